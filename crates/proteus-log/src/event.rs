@@ -351,7 +351,9 @@ impl CheckedAttributes {
                 let text = string_value(name, value)?;
                 base64::engine::general_purpose::STANDARD
                     .decode(text.as_bytes())
-                    .map_err(|e| EventError::attribute(name, format!("is not valid base64: {e}")))?;
+                    .map_err(|e| {
+                        EventError::attribute(name, format!("is not valid base64: {e}"))
+                    })?;
                 self.has_data_base64 = true;
             }
             "specversion" => {
@@ -502,23 +504,71 @@ mod tests {
     #[test]
     fn attribute_errors_are_precise() {
         let cases = [
-            (r#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#, "specversion", "\"0.3\""),
-            (r#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#, "id", "empty"),
-            (r#"{"specversion":"1.0","id":1,"source":"/s","type":"t"}"#, "id", "string"),
-            (r#"{"specversion":"1.0","id":"1","source":"a b","type":"t"}"#, "source", "URI"),
-            (r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"yesterday"}"#, "time", "RFC 3339"),
-            (r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","Bad":"x"}"#, "Bad", "lower-case"),
-            (r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","ext":{"a":1}}"#, "ext", "objects"),
-            (r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","ext":1.5}"#, "ext", "whole number"),
-            (r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#, "data_base64", "together"),
-            (r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"%%"}"#, "data_base64", "base64"),
+            (
+                r#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#,
+                "specversion",
+                "\"0.3\"",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#,
+                "id",
+                "empty",
+            ),
+            (
+                r#"{"specversion":"1.0","id":1,"source":"/s","type":"t"}"#,
+                "id",
+                "string",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"a b","type":"t"}"#,
+                "source",
+                "URI",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"yesterday"}"#,
+                "time",
+                "RFC 3339",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","Bad":"x"}"#,
+                "Bad",
+                "lower-case",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","ext":{"a":1}}"#,
+                "ext",
+                "objects",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","ext":1.5}"#,
+                "ext",
+                "whole number",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#,
+                "data_base64",
+                "together",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"%%"}"#,
+                "data_base64",
+                "base64",
+            ),
         ];
         for (json, attribute, words) in cases {
             let error = error_of(json);
-            assert_eq!(error.attribute.as_deref(), Some(attribute), "{json}: {error}");
+            assert_eq!(
+                error.attribute.as_deref(),
+                Some(attribute),
+                "{json}: {error}"
+            );
             assert!(error.to_string().contains(words), "{json}: {error}");
         }
-        assert!(error_of(r#"{"id":"1","id":"2"}"#).to_string().contains("twice"));
+        assert!(
+            error_of(r#"{"id":"1","id":"2"}"#)
+                .to_string()
+                .contains("twice")
+        );
         assert!(error_of("[1]").to_string().contains("object"));
         assert!(error_of("{").to_string().contains("JSON"));
     }
@@ -554,7 +604,10 @@ mod tests {
             panic!("expected an invalid event")
         };
         assert_eq!(error.index, Some(1));
-        assert!(error.to_string().starts_with("event 1: attribute 'id'"), "{error}");
+        assert!(
+            error.to_string().starts_with("event 1: attribute 'id'"),
+            "{error}"
+        );
         assert_eq!(
             Event::batch_from_json(format!("[{MINIMAL},{MINIMAL}]").as_bytes())
                 .unwrap()
@@ -574,25 +627,37 @@ mod tests {
     #[test]
     fn binary_mode_maps_the_body_by_content_type() {
         let attributes = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
-            [("specversion", "1.0"), ("id", "1"), ("source", "/s"), ("type", "t")]
-                .iter()
-                .chain(extra)
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
+            [
+                ("specversion", "1.0"),
+                ("id", "1"),
+                ("source", "/s"),
+                ("type", "t"),
+            ]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
         };
-        let as_value = |event: &Event| -> serde_json::Value {
-            serde_json::from_slice(event.json()).unwrap()
-        };
-        let json = Event::from_binary(&attributes(&[]), Some("application/json"), br#"{"a":1}"#)
-            .unwrap();
+        let as_value =
+            |event: &Event| -> serde_json::Value { serde_json::from_slice(event.json()).unwrap() };
+        let json =
+            Event::from_binary(&attributes(&[]), Some("application/json"), br#"{"a":1}"#).unwrap();
         assert_eq!(as_value(&json)["data"]["a"], 1);
         assert_eq!(as_value(&json)["datacontenttype"], "application/json");
-        let text = Event::from_binary(&attributes(&[("traceparent", "00-ab")]), Some("text/plain; charset=utf-8"), b"hello")
-            .unwrap();
+        let text = Event::from_binary(
+            &attributes(&[("traceparent", "00-ab")]),
+            Some("text/plain; charset=utf-8"),
+            b"hello",
+        )
+        .unwrap();
         assert_eq!(as_value(&text)["data"], "hello");
         assert_eq!(as_value(&text)["traceparent"], "00-ab");
-        let binary = Event::from_binary(&attributes(&[]), Some("application/octet-stream"), &[0, 159, 255])
-            .unwrap();
+        let binary = Event::from_binary(
+            &attributes(&[]),
+            Some("application/octet-stream"),
+            &[0, 159, 255],
+        )
+        .unwrap();
         assert_eq!(as_value(&binary)["data_base64"], "AJ//");
         let bad = Event::from_binary(&attributes(&[]), Some("application/json"), b"{").unwrap_err();
         assert_eq!(bad.attribute.as_deref(), Some("data"));

@@ -58,7 +58,9 @@ impl fmt::Display for Cursor {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid position {text:?}: expected partition:offset pairs separated by commas, such as 0:12,1:7")]
+#[error(
+    "invalid position {text:?}: expected partition:offset pairs separated by commas, such as 0:12,1:7"
+)]
 pub struct InvalidCursor {
     pub text: String,
 }

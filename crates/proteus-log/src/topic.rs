@@ -52,7 +52,9 @@ impl TopicName {
             )));
         }
         if !name.as_bytes()[0].is_ascii_alphanumeric() {
-            return Err(invalid("a topic name must start with a letter or a digit".into()));
+            return Err(invalid(
+                "a topic name must start with a letter or a digit".into(),
+            ));
         }
         Ok(TopicName(name.to_owned()))
     }
@@ -192,7 +194,12 @@ impl TopicConfig {
         check(
             (1..=PARTITIONS_MAX).contains(&self.partitions),
             "partitions",
-            || format!("must be between 1 and {PARTITIONS_MAX}, got {}", self.partitions),
+            || {
+                format!(
+                    "must be between 1 and {PARTITIONS_MAX}, got {}",
+                    self.partitions
+                )
+            },
         )?;
         check(self.retention_ms != Some(0), "retention_ms", || {
             "must be positive, or null to keep events forever".into()

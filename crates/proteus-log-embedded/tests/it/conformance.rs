@@ -1,0 +1,3 @@
+use crate::support::TempLog;
+
+proteus_log_conformance::log_conformance_tests!(TempLog::new());
