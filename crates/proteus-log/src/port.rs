@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::LogError;
 use crate::event::Event;
@@ -16,7 +16,7 @@ use crate::position::{Cursor, Offset, PartitionId};
 use crate::topic::{TopicConfig, TopicName};
 
 /// Where an appended event landed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendReceipt {
     pub partition: PartitionId,
     pub offset: Offset,
@@ -80,7 +80,7 @@ pub struct ReadBatch {
     pub end_offset: Offset,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionDescription {
     pub partition: PartitionId,
     /// First retained offset (equal to `next_offset` when the partition is empty).
@@ -92,7 +92,7 @@ pub struct PartitionDescription {
     pub segments: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicDescription {
     pub name: TopicName,
     pub config: TopicConfig,

@@ -1,0 +1,200 @@
+//! The HTTP API of Proteus.
+//!
+//! Routes (documented in `docs/http-api.md`):
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | liveness, readiness, Prometheus metrics |
+//! | `GET /v1/topics` | list topics |
+//! | `PUT`/`GET`/`DELETE /v1/topics/{topic}` | create or update, describe, delete a topic |
+//! | `POST /v1/topics/{topic}/events` | append CloudEvents (structured, batch or binary mode) |
+//! | `GET /v1/topics/{topic}/partitions/{p}/events` | read a partition, with long polling |
+//! | `GET /v1/topics/{topic}/events/stream` | live tail as Server-Sent Events, resumable |
+//!
+//! Every error is an RFC 9457 `application/problem+json` body.
+
+mod events;
+mod extract;
+mod metrics_layer;
+mod problem;
+mod stream;
+mod topics;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use proteus_log::port::Log;
+use tokio::sync::watch;
+
+pub use metrics_layer::install_metrics_recorder;
+pub use problem::Problem;
+
+/// Limits and settings of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Largest request body accepted.
+    pub body_bytes_max: usize,
+    /// Longest `wait_ms` a long-polling read may ask for.
+    pub wait_ms_max: u64,
+    /// Interval of SSE keep-alive comments.
+    pub sse_keep_alive_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body_bytes_max: 16 * 1024 * 1024,
+            wait_ms_max: 30_000,
+            sse_keep_alive_ms: 15_000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub log: Arc<dyn Log>,
+    pub config: HttpConfig,
+    pub metrics: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Tells long-running requests (long polls, SSE streams) to finish, and `/readyz` to fail, so
+/// a graceful shutdown does not wait on them.
+#[derive(Clone)]
+pub struct ShutdownSignal {
+    ready: Arc<AtomicBool>,
+    sender: Arc<watch::Sender<bool>>,
+}
+
+impl ShutdownSignal {
+    pub fn trigger(&self) {
+        self.ready.store(false, Ordering::Release);
+        self.sender.send_replace(true);
+    }
+
+    /// Resolves once [`ShutdownSignal::trigger`] was called.
+    pub async fn triggered(&self) {
+        let mut receiver = self.sender.subscribe();
+        let _ = receiver.wait_for(|down| *down).await;
+    }
+}
+
+impl AppState {
+    pub fn new(log: Arc<dyn Log>, config: HttpConfig) -> (AppState, ShutdownSignal) {
+        let (sender, receiver) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(true));
+        let state = AppState {
+            log,
+            config,
+            metrics: install_metrics_recorder(),
+            ready: ready.clone(),
+            shutdown: receiver,
+        };
+        let signal = ShutdownSignal {
+            ready,
+            sender: Arc::new(sender),
+        };
+        (state, signal)
+    }
+
+    /// Resolves when shutdown starts.
+    pub(crate) async fn shutting_down(&self) {
+        let mut shutdown = self.shutdown.clone();
+        let _ = shutdown.wait_for(|down| *down).await;
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/topics", get(topics::list))
+        .route(
+            "/v1/topics/{topic}",
+            get(topics::describe)
+                .put(topics::put)
+                .delete(topics::delete),
+        )
+        .route(
+            "/v1/topics/{topic}/events",
+            axum::routing::post(events::append),
+        )
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/events",
+            get(events::read),
+        )
+        .route("/v1/topics/{topic}/events/stream", get(stream::stream))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(metrics_layer::record))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting connections and waits for the
+/// requests in flight (including the fdatasync of their appends) to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, Problem> {
+    if state.ready.load(Ordering::Acquire) {
+        Ok(axum::Json(serde_json::json!({"status": "ready"})))
+    } else {
+        Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            "the server is shutting down",
+        ))
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn not_found(uri: axum::http::Uri) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        format!(
+            "no route for {}; the API lives under /v1 (see docs/http-api.md)",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,611 @@
+//! The client commands: `topic`, `publish` and `tail`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use futures_util::StreamExt;
+use proteus_client::{Client, ClientError, EventRecord, TailOptions};
+use proteus_log::TopicDescription;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document per line, for scripts.
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// The Proteus server to talk to.
+    #[arg(
+        long,
+        env = "PROTEUS_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub server: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    pub output: Output,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopicCommand {
+    /// Create a topic, or update the settings of an existing one.
+    Create {
+        name: String,
+        /// Number of partitions (fixed once created).
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Delete events older than this; 0 keeps them forever [default: 7 days].
+        #[arg(long, value_name = "MS")]
+        retention_ms: Option<u64>,
+        /// Delete the oldest events when a partition holds more than this.
+        #[arg(long, value_name = "BYTES")]
+        retention_bytes: Option<u64>,
+        /// Largest event accepted [default: 1048576].
+        #[arg(long, value_name = "BYTES")]
+        event_bytes_max: Option<u32>,
+        /// Size at which a partition starts a new segment file [default: 67108864].
+        #[arg(long, value_name = "BYTES")]
+        segment_bytes: Option<u64>,
+        /// Window in which a repeated (source, id) is recognised as a duplicate; 0 disables
+        /// deduplication [default: 120000].
+        #[arg(long, value_name = "MS")]
+        dedup_window_ms: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List topics.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a topic's settings and partitions.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a topic and all its events.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    pub topic: String,
+    /// The event's type; with it, one event is built from these flags. Without it, CloudEvents
+    /// are read as JSON lines from stdin (missing specversion and id are filled in).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+    /// The event's source [default: /proteus-cli].
+    #[arg(long)]
+    pub source: Option<String>,
+    /// The event's id [default: a new UUIDv7].
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The event's subject (also its partition key unless --partition-key is given).
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// The partitionkey extension: events with the same key keep their order.
+    #[arg(long)]
+    pub partition_key: Option<String>,
+    /// JSON data.
+    #[arg(long, conflicts_with = "data_text")]
+    pub data: Option<String>,
+    /// Text data.
+    #[arg(long)]
+    pub data_text: Option<String>,
+    /// An extension attribute, NAME=VALUE (repeatable).
+    #[arg(long = "extension", value_name = "NAME=VALUE")]
+    pub extensions: Vec<String>,
+    /// Events per request when reading stdin.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_events: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TailArgs {
+    pub topic: String,
+    /// Where to start: beginning, end, an offset (with --partition), or a position printed by
+    /// an earlier tail (such as 0:12,1:7).
+    #[arg(long, default_value = "end")]
+    pub from: String,
+    /// Start at the first event appended at or after this time (RFC 3339, or ms since epoch).
+    #[arg(long, conflicts_with = "from")]
+    pub from_time: Option<String>,
+    /// Only this partition.
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Exit after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn client(args: &ClientArgs) -> Result<Client, String> {
+    Client::new(&args.server).map_err(|e| e.to_string())
+}
+
+fn say(error: ClientError) -> String {
+    error.to_string()
+}
+
+pub async fn topic(command: TopicCommand) -> Result<(), String> {
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            retention_ms,
+            retention_bytes,
+            event_bytes_max,
+            segment_bytes,
+            dedup_window_ms,
+            client: args,
+        } => {
+            let mut config = json!({ "partitions": partitions });
+            if let Some(ms) = retention_ms {
+                config["retention_ms"] = if ms == 0 { Value::Null } else { ms.into() };
+            }
+            if let Some(bytes) = retention_bytes {
+                config["retention_bytes"] = bytes.into();
+            }
+            if let Some(bytes) = event_bytes_max {
+                config["event_bytes_max"] = bytes.into();
+            }
+            if let Some(bytes) = segment_bytes {
+                config["segment_bytes"] = bytes.into();
+            }
+            if let Some(ms) = dedup_window_ms {
+                config["dedup_window_ms"] = ms.into();
+            }
+            let topic = client(&args)?
+                .put_topic(&name, &config)
+                .await
+                .map_err(say)?;
+            print_topic(&topic, args.output);
+        }
+        TopicCommand::List { client: args } => {
+            let topics = client(&args)?.list_topics().await.map_err(say)?;
+            match args.output {
+                Output::Json => {
+                    for topic in &topics {
+                        println!("{}", serde_json::to_string(topic).unwrap_or_default());
+                    }
+                }
+                Output::Table => {
+                    let rows = topics
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                t.name.to_string(),
+                                t.partitions.len().to_string(),
+                                t.partitions
+                                    .iter()
+                                    .map(|p| p.next_offset - p.first_offset)
+                                    .sum::<u64>()
+                                    .to_string(),
+                                human_bytes(t.partitions.iter().map(|p| p.bytes).sum()),
+                                t.config.retention_ms.map_or("forever".into(), human_ms),
+                            ]
+                        })
+                        .collect();
+                    print_table(
+                        &["TOPIC", "PARTITIONS", "EVENTS", "SIZE", "RETENTION"],
+                        rows,
+                    );
+                }
+            }
+        }
+        TopicCommand::Describe { name, client: args } => {
+            let topic = client(&args)?.describe_topic(&name).await.map_err(say)?;
+            print_topic(&topic, args.output);
+        }
+        TopicCommand::Delete { name, client: args } => {
+            client(&args)?.delete_topic(&name).await.map_err(say)?;
+            match args.output {
+                Output::Json => println!("{}", json!({"deleted": name})),
+                Output::Table => println!("deleted topic {name}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_topic(topic: &TopicDescription, output: Output) {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string(topic).unwrap_or_default());
+        return;
+    }
+    let c = &topic.config;
+    println!("topic {}", topic.name);
+    println!(
+        "  retention: {} / {}   event max: {}   segment: {}   dedup window: {}",
+        c.retention_ms.map_or("forever".into(), human_ms),
+        c.retention_bytes
+            .map_or("no size limit".into(), human_bytes),
+        human_bytes(u64::from(c.event_bytes_max)),
+        human_bytes(c.segment_bytes),
+        if c.dedup_window_ms == 0 {
+            "off".into()
+        } else {
+            human_ms(c.dedup_window_ms)
+        },
+    );
+    let rows = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            vec![
+                p.partition.to_string(),
+                p.first_offset.to_string(),
+                p.next_offset.to_string(),
+                human_bytes(p.bytes),
+                p.segments.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "PARTITION",
+            "FIRST OFFSET",
+            "NEXT OFFSET",
+            "SIZE",
+            "SEGMENTS",
+        ],
+        rows,
+    );
+}
+
+pub async fn publish(args: PublishArgs) -> Result<(), String> {
+    let client = client(&args.client)?;
+    let source = args.source.clone().unwrap_or_else(|| "/proteus-cli".into());
+    if let Some(event_type) = &args.event_type {
+        let event = event_from_flags(&args, event_type, &source)?;
+        let results = client.publish(&args.topic, &[event]).await.map_err(say)?;
+        print_results(&results, 0, args.client.output);
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err("no event given: pass --type (with --data or --data-text) for one event, or pipe CloudEvents as JSON lines on stdin".into());
+    }
+    let mut batch: Vec<Value> = Vec::new();
+    let (mut published, mut duplicates) = (0usize, 0usize);
+    let mut first_line = 1;
+    for (index, line) in stdin.lock().lines().enumerate() {
+        let line_number = index + 1;
+        let line = line.map_err(|e| format!("reading stdin: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut event: Value = serde_json::from_str(&line).map_err(|e| {
+            format!("line {line_number} is not JSON: {e}; each line must be one CloudEvent object")
+        })?;
+        let object = event.as_object_mut().ok_or_else(|| {
+            format!(
+                "line {line_number} is not a JSON object; each line must be one CloudEvent object"
+            )
+        })?;
+        object.entry("specversion").or_insert_with(|| "1.0".into());
+        object
+            .entry("id")
+            .or_insert_with(|| uuid::Uuid::now_v7().to_string().into());
+        object
+            .entry("source")
+            .or_insert_with(|| source.clone().into());
+        if !object.contains_key("type") {
+            return Err(format!(
+                "line {line_number} has no \"type\"; every CloudEvent needs one"
+            ));
+        }
+        if batch.is_empty() {
+            first_line = line_number;
+        }
+        batch.push(event);
+        if batch.len() >= args.batch_events as usize {
+            let results = client
+                .publish(&args.topic, &batch)
+                .await
+                .map_err(|e| with_lines(e, first_line))?;
+            (published, duplicates) = tally(
+                &results,
+                published,
+                duplicates,
+                first_line,
+                args.client.output,
+            );
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        let results = client
+            .publish(&args.topic, &batch)
+            .await
+            .map_err(|e| with_lines(e, first_line))?;
+        (published, duplicates) = tally(
+            &results,
+            published,
+            duplicates,
+            first_line,
+            args.client.output,
+        );
+    }
+    if args.client.output == Output::Table {
+        println!(
+            "published {published} events to {} ({duplicates} were duplicates already stored)",
+            args.topic
+        );
+    }
+    Ok(())
+}
+
+/// Server errors name the event's index in its batch; say which stdin line that was.
+fn with_lines(error: ClientError, first_line: usize) -> String {
+    if let ClientError::Problem { body, .. } = &error {
+        if let Some(index) = body.get("event_index").and_then(Value::as_u64) {
+            return format!("{error} (stdin line {})", first_line + index as usize);
+        }
+    }
+    error.to_string()
+}
+
+fn tally(
+    results: &[proteus_log::AppendReceipt],
+    published: usize,
+    duplicates: usize,
+    first_line: usize,
+    output: Output,
+) -> (usize, usize) {
+    if output == Output::Json {
+        print_results(results, first_line, output);
+    }
+    (
+        published + results.len(),
+        duplicates + results.iter().filter(|r| r.duplicate).count(),
+    )
+}
+
+fn print_results(results: &[proteus_log::AppendReceipt], first_line: usize, output: Output) {
+    match output {
+        Output::Json => {
+            for (i, r) in results.iter().enumerate() {
+                let mut line =
+                    json!({"partition": r.partition, "offset": r.offset, "duplicate": r.duplicate});
+                if first_line > 0 {
+                    line["line"] = (first_line + i).into();
+                }
+                println!("{line}");
+            }
+        }
+        Output::Table => {
+            let rows = results
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.partition.to_string(),
+                        r.offset.to_string(),
+                        if r.duplicate { "yes" } else { "no" }.into(),
+                    ]
+                })
+                .collect();
+            print_table(&["PARTITION", "OFFSET", "DUPLICATE"], rows);
+        }
+    }
+}
+
+fn event_from_flags(args: &PublishArgs, event_type: &str, source: &str) -> Result<Value, String> {
+    let mut event = json!({
+        "specversion": "1.0",
+        "id": args.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        "source": source,
+        "type": event_type,
+    });
+    if let Some(subject) = &args.subject {
+        event["subject"] = subject.as_str().into();
+    }
+    if let Some(key) = &args.partition_key {
+        event["partitionkey"] = key.as_str().into();
+    }
+    if let Some(data) = &args.data {
+        let value: Value = serde_json::from_str(data).map_err(|e| {
+            format!("--data is not valid JSON ({e}); use --data-text for plain text")
+        })?;
+        event["datacontenttype"] = "application/json".into();
+        event["data"] = value;
+    } else if let Some(text) = &args.data_text {
+        event["datacontenttype"] = "text/plain".into();
+        event["data"] = text.as_str().into();
+    }
+    for extension in &args.extensions {
+        let (name, value) = extension
+            .split_once('=')
+            .ok_or_else(|| format!("--extension {extension:?} is not NAME=VALUE"))?;
+        event[name] = value.into();
+    }
+    Ok(event)
+}
+
+/// Reconnection attempts after a broken stream, before giving up.
+const TAIL_RECONNECTS_MAX: u32 = 10;
+
+pub async fn tail(args: TailArgs) -> Result<(), String> {
+    let client = client(&args.client)?;
+    let mut options = TailOptions {
+        from: args.from_time.is_none().then(|| args.from.clone()),
+        from_time: args.from_time.clone(),
+        partition: args.partition,
+        resume_from: None,
+    };
+    let mut printed = 0u64;
+    let mut reconnects = 0;
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let stream = match client.tail(&args.topic, &options).await {
+            Ok(stream) => stream,
+            Err(e @ ClientError::Unreachable { .. })
+                if options.resume_from.is_some() && reconnects < TAIL_RECONNECTS_MAX =>
+            {
+                reconnects += 1;
+                eprintln!("{e}; reconnecting ({reconnects}/{TAIL_RECONNECTS_MAX})");
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(reconnects))).await;
+                continue;
+            }
+            Err(e) => return Err(say(e)),
+        };
+        let mut stream = std::pin::pin!(stream);
+        let interrupted = tokio::signal::ctrl_c();
+        let mut interrupted = std::pin::pin!(interrupted);
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = &mut interrupted => return Ok(()),
+            };
+            match next {
+                Some(Ok(event)) => {
+                    reconnects = 0;
+                    print_event(&mut stdout, &event.record, args.client.output);
+                    options.resume_from = Some(event.position);
+                    printed += 1;
+                    if args.count.is_some_and(|count| printed >= count) {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e @ ClientError::Problem { .. })) => return Err(say(e)),
+                Some(Err(e)) => {
+                    eprintln!("{e}");
+                    break;
+                }
+                None => break,
+            }
+        }
+        if options.resume_from.is_none() {
+            // Nothing received yet: resume from where we asked to start.
+            options.resume_from = None;
+        }
+        reconnects += 1;
+        if reconnects > TAIL_RECONNECTS_MAX {
+            return Err(format!(
+                "the stream from {} kept breaking; giving up",
+                client.base_url()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_event(out: &mut impl Write, record: &EventRecord, output: Output) {
+    let _ = match output {
+        Output::Json => writeln!(
+            out,
+            r#"{{"partition":{},"offset":{},"append_time_ms":{},"event":{}}}"#,
+            record.partition,
+            record.offset,
+            record.append_time_ms,
+            record.event.get()
+        ),
+        Output::Table => {
+            let event: Value = serde_json::from_str(record.event.get()).unwrap_or_default();
+            let text = |name: &str| {
+                event
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_owned()
+            };
+            let data = event
+                .get("data")
+                .map(|d| d.to_string())
+                .or_else(|| event.get("data_base64").map(|_| "(binary)".into()))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{}:{}  {}  {}  {}  {}  {}",
+                record.partition,
+                record.offset,
+                rfc3339_ms(record.append_time_ms),
+                text("type"),
+                text("source"),
+                text("id"),
+                truncate(&data, 120)
+            )
+        }
+    };
+    let _ = out.flush();
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn truncate(text: &str, chars_max: usize) -> String {
+    if text.chars().count() <= chars_max {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(chars_max - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn human_ms(ms: u64) -> String {
+    match ms {
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}

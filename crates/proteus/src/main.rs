@@ -1,0 +1,69 @@
+//! `proteus`: the server (`proteus serve`) and its command-line client.
+
+mod cli;
+mod serve;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "proteus",
+    version,
+    about = "Proteus: a single-binary platform for evolvable, self-adapting services",
+    after_help = "Start a server with `proteus serve`; the other commands talk to it (--server, default http://127.0.0.1:7070)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Proteus server (embedded storage in --data-dir, HTTP API on --listen).
+    Serve(settings::ServeArgs),
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: cli::TopicCommand,
+    },
+    /// Publish CloudEvents: one from flags, or JSON lines from stdin.
+    Publish(cli::PublishArgs),
+    /// Print a topic's events as they arrive.
+    Tail(cli::TailArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => {
+                let settings = settings::Settings::resolve(args)?;
+                serve::init_logging(settings.log_format, &settings.log_level)?;
+                serve::run(settings).await
+            }
+            Command::Topic { command } => cli::topic(command).await,
+            Command::Publish(args) => cli::publish(args).await,
+            Command::Tail(args) => cli::tail(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

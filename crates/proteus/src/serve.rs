@@ -1,0 +1,113 @@
+//! `proteus serve`: the embedded log behind the HTTP API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proteus_log::port::Log;
+use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
+use proteus_server::{AppState, HttpConfig};
+
+use crate::settings::{LogFormat, Settings};
+
+pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("invalid log level {filter:?}: {e}; use e.g. info, debug or proteus_log_embedded=debug,info"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    }
+    .map_err(|e| format!("cannot start logging: {e}"))
+}
+
+pub async fn run(settings: Settings) -> Result<(), String> {
+    // The recorder must exist before the log opens so partition gauges are registered in it.
+    proteus_server::install_metrics_recorder();
+    let started = std::time::Instant::now();
+    let log = EmbeddedLog::open(EmbeddedConfig {
+        durability: settings.durability,
+        retention_check_interval_ms: settings.retention_check_interval_ms,
+        ..EmbeddedConfig::new(&settings.data_dir)
+    })
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot open the log in {}: {e}",
+            settings.data_dir.display()
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}: {e}; pick another address with --listen (or PROTEUS_LISTEN)",
+                settings.listen
+            )
+        })?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let log: Arc<dyn Log> = Arc::new(log);
+    let (state, shutdown) = AppState::new(
+        log.clone(),
+        HttpConfig {
+            body_bytes_max: settings.http_body_bytes_max,
+            ..HttpConfig::default()
+        },
+    );
+    tracing::info!(
+        address = %format!("http://{address}"),
+        data_dir = %settings.data_dir.display(),
+        durability = %settings.durability,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "Proteus is serving"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_termination().await;
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        signal.trigger();
+        let _ = stop_tx.send(());
+    });
+    let server = tokio::spawn(proteus_server::serve(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+    // Wait for the server to drain; bounded so a stuck client cannot hold the process.
+    let mut server = server;
+    let finished = tokio::select! {
+        result = &mut server => Some(result),
+        () = async {
+            shutdown_started(&shutdown).await;
+            tokio::time::sleep(Duration::from_millis(settings.shutdown_timeout_ms)).await;
+        } => None,
+    };
+    match finished {
+        Some(Ok(Ok(()))) => {}
+        Some(Ok(Err(e))) => return Err(format!("the HTTP server failed: {e}")),
+        Some(Err(e)) => return Err(format!("the HTTP server task failed: {e}")),
+        None => tracing::warn!(
+            timeout_ms = settings.shutdown_timeout_ms,
+            "requests still in flight after the shutdown timeout; closing anyway"
+        ),
+    }
+    log.shutdown()
+        .await
+        .map_err(|e| format!("shutting down the log failed: {e}"))?;
+    tracing::info!("stopped cleanly; all acknowledged events are on disk");
+    Ok(())
+}
+
+async fn shutdown_started(signal: &proteus_server::ShutdownSignal) {
+    signal.triggered().await;
+}
+
+async fn wait_for_termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}

@@ -1,0 +1,221 @@
+//! `proteus serve` settings: flags override `PROTEUS_*` environment variables, which override
+//! the `--config` TOML file, which overrides the defaults.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use proteus_log_embedded::Durability;
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Flags of `proteus serve`; each can also come from the environment variable shown, or from
+/// the key of the same name in the config file.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as the flag names with '_').
+    #[arg(long, env = "PROTEUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve HTTP on [default: 127.0.0.1:7070].
+    #[arg(long, env = "PROTEUS_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Directory holding all data [default: ./proteus-data].
+    #[arg(long, env = "PROTEUS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log output format [default: pretty].
+    #[arg(long, env = "PROTEUS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `proteus_log_embedded=debug,info` [default: info].
+    #[arg(long, env = "PROTEUS_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// When appends are acknowledged: `fsync` (after fdatasync; survives power loss) or
+    /// `interval_ms=N` (after the write; fdatasync every N ms) [default: fsync].
+    #[arg(long, env = "PROTEUS_DURABILITY", value_name = "MODE")]
+    pub durability: Option<String>,
+    /// Largest HTTP request body accepted [default: 16777216].
+    #[arg(long, env = "PROTEUS_HTTP_BODY_BYTES_MAX", value_name = "BYTES")]
+    pub http_body_bytes_max: Option<usize>,
+    /// How often retention deletes expired segments [default: 30000].
+    #[arg(long, env = "PROTEUS_RETENTION_CHECK_INTERVAL_MS", value_name = "MS")]
+    pub retention_check_interval_ms: Option<u64>,
+    /// Longest wait for requests in flight at shutdown [default: 30000].
+    #[arg(long, env = "PROTEUS_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
+    pub shutdown_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    durability: Option<String>,
+    http_body_bytes_max: Option<usize>,
+    retention_check_interval_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub durability: Durability,
+    pub http_body_bytes_max: usize,
+    pub retention_check_interval_ms: u64,
+    pub shutdown_timeout_ms: u64,
+}
+
+pub const HTTP_BODY_BYTES_MIN: usize = 1024;
+pub const HTTP_BODY_BYTES_LIMIT: usize = 256 * 1024 * 1024;
+
+impl Settings {
+    pub fn resolve(args: ServeArgs) -> Result<Settings, String> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let durability_text = args
+            .durability
+            .or(file.durability)
+            .unwrap_or_else(|| "fsync".into());
+        let durability: Durability = durability_text
+            .parse()
+            .map_err(|e: String| format!("durability: {e}"))?;
+        let settings = Settings {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:7070".into()),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| "./proteus-data".into()),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Pretty),
+            log_level: args
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            durability,
+            http_body_bytes_max: args
+                .http_body_bytes_max
+                .or(file.http_body_bytes_max)
+                .unwrap_or(16 * 1024 * 1024),
+            retention_check_interval_ms: args
+                .retention_check_interval_ms
+                .or(file.retention_check_interval_ms)
+                .unwrap_or(30_000),
+            shutdown_timeout_ms: args
+                .shutdown_timeout_ms
+                .or(file.shutdown_timeout_ms)
+                .unwrap_or(30_000),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(HTTP_BODY_BYTES_MIN..=HTTP_BODY_BYTES_LIMIT).contains(&self.http_body_bytes_max) {
+            return Err(format!(
+                "http_body_bytes_max must be between {HTTP_BODY_BYTES_MIN} and {HTTP_BODY_BYTES_LIMIT}, got {}",
+                self.http_body_bytes_max
+            ));
+        }
+        if !(100..=86_400_000).contains(&self.retention_check_interval_ms) {
+            return Err(format!(
+                "retention_check_interval_ms must be between 100 and 86400000, got {}",
+                self.retention_check_interval_ms
+            ));
+        }
+        if self.shutdown_timeout_ms > 600_000 {
+            return Err(format!(
+                "shutdown_timeout_ms must be at most 600000, got {}",
+                self.shutdown_timeout_ms
+            ));
+        }
+        if self
+            .listen
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            return Err(format!(
+                "listen address {:?} is not HOST:PORT, such as 127.0.0.1:7070 or 0.0.0.0:7070",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proteus.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\ndata_dir = \"/tmp/file\"\ndurability = \"interval_ms = 50\"\n").unwrap();
+        let settings = Settings::resolve(ServeArgs {
+            config: Some(path.clone()),
+            data_dir: Some("/tmp/flag".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(settings.listen, "0.0.0.0:9000");
+        assert_eq!(settings.data_dir, PathBuf::from("/tmp/flag"));
+        assert_eq!(
+            settings.durability,
+            Durability::Interval { interval_ms: 50 }
+        );
+        assert_eq!(settings.log_format, LogFormat::Pretty);
+        assert_eq!(settings.http_body_bytes_max, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn bad_settings_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proteus.toml");
+        std::fs::write(&path, "listn = \"x\"\n").unwrap();
+        let error = Settings::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.contains("unknown field `listn`"), "{error}");
+        let error = Settings::resolve(ServeArgs {
+            durability: Some("sometimes".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.contains("interval_ms=N"), "{error}");
+        let error = Settings::resolve(ServeArgs {
+            listen: Some("7070".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.contains("HOST:PORT"), "{error}");
+        let error = Settings::resolve(ServeArgs {
+            http_body_bytes_max: Some(10),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.contains("http_body_bytes_max"), "{error}");
+    }
+}
