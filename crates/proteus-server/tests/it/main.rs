@@ -1,0 +1,8 @@
+//! HTTP tests of the API over a real embedded log and real sockets.
+
+mod append;
+mod problems;
+mod read;
+mod stream;
+mod support;
+mod topics;

@@ -1,0 +1,101 @@
+use std::sync::Arc;
+
+use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
+use proteus_server::{AppState, HttpConfig, ShutdownSignal};
+use serde_json::{Value, json};
+
+pub struct TestServer {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub signal: ShutdownSignal,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::with_config(HttpConfig::default()).await
+    }
+
+    pub async fn with_config(config: HttpConfig) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        // As in `proteus serve`: the recorder exists before the log registers its gauges.
+        proteus_server::install_metrics_recorder();
+        let log = EmbeddedLog::open(EmbeddedConfig::new(dir.path()))
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (state, signal) = AppState::new(Arc::new(log), config);
+        let stop = signal.clone();
+        tokio::spawn(proteus_server::serve(listener, state, async move {
+            stop.triggered().await
+        }));
+        TestServer {
+            url,
+            http: reqwest::Client::new(),
+            signal,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub async fn create_topic(&self, name: &str, config: Value) {
+        let response = self
+            .http
+            .put(self.url(&format!("/v1/topics/{name}")))
+            .json(&config)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    }
+
+    pub async fn post_batch(&self, topic: &str, events: &[Value]) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/v1/topics/{topic}/events")))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::to_vec(events).unwrap())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+}
+
+pub fn event(id: &str) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": "/tests", "type": "test.event", "data": {"n": id}})
+}
+
+/// Checks a response is an RFC 9457 problem with this status and `type`, and returns it.
+pub async fn problem(response: reqwest::Response, status: u16, kind: &str) -> Value {
+    assert_eq!(response.status(), status, "unexpected status");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], format!("/problems/{kind}"), "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.len() > 10),
+        "a precise detail: {body}"
+    );
+    body
+}
