@@ -273,7 +273,7 @@ pub async fn publish(args: PublishArgs) -> Result<(), String> {
     if let Some(event_type) = &args.event_type {
         let event = event_from_flags(&args, event_type, &source)?;
         let results = client.publish(&args.topic, &[event]).await.map_err(say)?;
-        print_results(&results, 0, args.client.output);
+        print_results(&results, &[], args.client.output);
         return Ok(());
     }
     let stdin = std::io::stdin();
@@ -281,8 +281,9 @@ pub async fn publish(args: PublishArgs) -> Result<(), String> {
         return Err("no event given: pass --type (with --data or --data-text) for one event, or pipe CloudEvents as JSON lines on stdin".into());
     }
     let mut batch: Vec<Value> = Vec::new();
+    // The stdin line of each event in the batch, to name it in results and errors.
+    let mut batch_lines: Vec<usize> = Vec::new();
     let (mut published, mut duplicates) = (0usize, 0usize);
-    let mut first_line = 1;
     for (index, line) in stdin.lock().lines().enumerate() {
         let line_number = index + 1;
         let line = line.map_err(|e| format!("reading stdin: {e}"))?;
@@ -309,35 +310,34 @@ pub async fn publish(args: PublishArgs) -> Result<(), String> {
                 "line {line_number} has no \"type\"; every CloudEvent needs one"
             ));
         }
-        if batch.is_empty() {
-            first_line = line_number;
-        }
         batch.push(event);
+        batch_lines.push(line_number);
         if batch.len() >= args.batch_events as usize {
             let results = client
                 .publish(&args.topic, &batch)
                 .await
-                .map_err(|e| with_lines(e, first_line))?;
+                .map_err(|e| with_lines(e, &batch_lines))?;
             (published, duplicates) = tally(
                 &results,
                 published,
                 duplicates,
-                first_line,
+                &batch_lines,
                 args.client.output,
             );
             batch.clear();
+            batch_lines.clear();
         }
     }
     if !batch.is_empty() {
         let results = client
             .publish(&args.topic, &batch)
             .await
-            .map_err(|e| with_lines(e, first_line))?;
+            .map_err(|e| with_lines(e, &batch_lines))?;
         (published, duplicates) = tally(
             &results,
             published,
             duplicates,
-            first_line,
+            &batch_lines,
             args.client.output,
         );
     }
@@ -351,10 +351,14 @@ pub async fn publish(args: PublishArgs) -> Result<(), String> {
 }
 
 /// Server errors name the event's index in its batch; say which stdin line that was.
-fn with_lines(error: ClientError, first_line: usize) -> String {
+fn with_lines(error: ClientError, lines: &[usize]) -> String {
     if let ClientError::Problem { body, .. } = &error {
-        if let Some(index) = body.get("event_index").and_then(Value::as_u64) {
-            return format!("{error} (stdin line {})", first_line + index as usize);
+        if let Some(line) = body
+            .get("event_index")
+            .and_then(Value::as_u64)
+            .and_then(|i| lines.get(i as usize))
+        {
+            return format!("{error} (stdin line {line})");
         }
     }
     error.to_string()
@@ -364,11 +368,11 @@ fn tally(
     results: &[proteus_log::AppendReceipt],
     published: usize,
     duplicates: usize,
-    first_line: usize,
+    lines: &[usize],
     output: Output,
 ) -> (usize, usize) {
     if output == Output::Json {
-        print_results(results, first_line, output);
+        print_results(results, lines, output);
     }
     (
         published + results.len(),
@@ -376,14 +380,15 @@ fn tally(
     )
 }
 
-fn print_results(results: &[proteus_log::AppendReceipt], first_line: usize, output: Output) {
+/// Prints append results; `lines` are the stdin lines the events came from, if any.
+fn print_results(results: &[proteus_log::AppendReceipt], lines: &[usize], output: Output) {
     match output {
         Output::Json => {
             for (i, r) in results.iter().enumerate() {
                 let mut line =
                     json!({"partition": r.partition, "offset": r.offset, "duplicate": r.duplicate});
-                if first_line > 0 {
-                    line["line"] = (first_line + i).into();
+                if let Some(number) = lines.get(i) {
+                    line["line"] = (*number).into();
                 }
                 println!("{line}");
             }

@@ -1,1 +1,5 @@
+//! Tests of the `proteus` binary as users run it: real processes, real signals, real sockets.
 
+mod cli;
+mod crash;
+mod support;
