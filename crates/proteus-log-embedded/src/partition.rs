@@ -573,6 +573,11 @@ impl Partition {
         if let Some(corruption) = &corruption {
             end = end.min(corruption.offset);
         }
+        if let (Some(corruption), ReadFrom::Offset(offset)) = (&corruption, from) {
+            if offset >= corruption.offset {
+                return Err(corruption_error(&self.topic, self.id, corruption));
+            }
+        }
         let first = self.first_offset();
         let start = match from {
             ReadFrom::Offset(offset) if offset > self.visible_end() => {
