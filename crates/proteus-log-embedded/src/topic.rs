@@ -192,16 +192,18 @@ impl Topic {
         let _ = ready.wait_for(|ready| *ready).await;
     }
 
-    /// Refills the dedup index from the events appended within the window, reading at most
-    /// `dedup_entries_max` records per partition from the end. Blocking. Appends wait for it.
+    /// Refills the dedup index from the events appended within the window, reading the newest
+    /// `dedup_entries_max / partitions` records of each partition at most, so a restart costs
+    /// the same whatever the log's size. Blocking. Appends wait for it.
     pub fn rebuild_dedup(&self, now_ms: i64) -> Result<usize, LogError> {
         let config = self.config();
         let mut entries = Vec::new();
         if config.dedup_window_ms > 0 {
             let since_ms = now_ms.saturating_sub(config.dedup_window_ms as i64);
+            let per_partition = u64::from(config.dedup_entries_max).div_ceil(self.partitions.len() as u64);
             for partition in &self.partitions {
                 let end = partition.visible_end();
-                let by_count = end.saturating_sub(u64::from(config.dedup_entries_max));
+                let by_count = end.saturating_sub(per_partition);
                 let by_time = partition.offset_at_or_after(since_ms)?;
                 partition.scan_keys(by_count.max(by_time), end, |offset, time_ms, key| {
                     entries.push((time_ms, partition.id, offset, key));
