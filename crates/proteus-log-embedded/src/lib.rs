@@ -63,10 +63,10 @@ impl FromStr for Durability {
         if compact == "fsync" {
             return Ok(Durability::Fsync);
         }
-        if let Some(value) = compact.strip_prefix("interval_ms=") {
-            if let Ok(interval_ms @ 1..=60_000) = value.parse::<u64>() {
-                return Ok(Durability::Interval { interval_ms });
-            }
+        if let Some(value) = compact.strip_prefix("interval_ms=")
+            && let Ok(interval_ms @ 1..=60_000) = value.parse::<u64>()
+        {
+            return Ok(Durability::Interval { interval_ms });
         }
         Err(format!(
             "invalid durability {text:?}: use \"fsync\" (acknowledge after fdatasync) or \"interval_ms=N\" with N from 1 to 60000 (fdatasync every N ms)"

@@ -259,17 +259,16 @@ impl Partition {
             .map_or(0, |first| now_ms.saturating_sub(first));
         if w.position > 0
             && (w.position >= config.segment_bytes || segment_age_ms >= config.segment_ms as i64)
+            && let Err(e) = self.roll(w)
         {
-            if let Err(e) = self.roll(w) {
-                w.failed = Some(format!(
-                    "partition {} of topic '{}' stopped accepting appends after failing to start a new segment: {e}; restart Proteus to recover",
-                    self.id, self.topic
-                ));
-                return Err(LogError::storage(format!(
-                    "starting a new segment in {}",
-                    self.dir.display()
-                ))(e));
-            }
+            w.failed = Some(format!(
+                "partition {} of topic '{}' stopped accepting appends after failing to start a new segment: {e}; restart Proteus to recover",
+                self.id, self.topic
+            ));
+            return Err(LogError::storage(format!(
+                "starting a new segment in {}",
+                self.dir.display()
+            ))(e));
         }
         let time_ms = now_ms.max(w.last_time_ms);
         let first_offset = w.next_offset;
@@ -573,10 +572,10 @@ impl Partition {
         if let Some(corruption) = &corruption {
             end = end.min(corruption.offset);
         }
-        if let (Some(corruption), ReadFrom::Offset(offset)) = (&corruption, from) {
-            if offset >= corruption.offset {
-                return Err(corruption_error(&self.topic, self.id, corruption));
-            }
+        if let (Some(corruption), ReadFrom::Offset(offset)) = (&corruption, from)
+            && offset >= corruption.offset
+        {
+            return Err(corruption_error(&self.topic, self.id, corruption));
         }
         let first = self.first_offset();
         let start = match from {
@@ -591,10 +590,10 @@ impl Partition {
             ReadFrom::Offset(offset) => offset.max(first),
             ReadFrom::TimeMs(time_ms) => self.offset_for_time(time_ms, end)?.max(first),
         };
-        if let Some(corruption) = &corruption {
-            if start >= corruption.offset {
-                return Err(corruption_error(&self.topic, self.id, corruption));
-            }
+        if let Some(corruption) = &corruption
+            && start >= corruption.offset
+        {
+            return Err(corruption_error(&self.topic, self.id, corruption));
         }
         let mut events = Vec::new();
         let mut bytes = 0u64;
@@ -732,10 +731,10 @@ impl Partition {
                 segment::index_path(&self.dir, segment.base_offset),
                 segment::time_index_path(&self.dir, segment.base_offset),
             ] {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        tracing::warn!(file = %path.display(), error = %e, "could not delete a segment file removed by retention");
-                    }
+                if let Err(e) = std::fs::remove_file(&path)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    tracing::warn!(file = %path.display(), error = %e, "could not delete a segment file removed by retention");
                 }
             }
             tracing::debug!(topic = %self.topic, partition = self.id, base_offset = segment.base_offset, too_old, too_big, "retention deleted a segment");
@@ -976,10 +975,10 @@ fn valid_record_after(
     let filled = segment::read_full_at(file, &mut tail, from)?;
     tail.truncate(filled);
     for start in 0..tail.len() {
-        if let Decoded::Record(record) = record::decode(&tail[start..]) {
-            if record.offset > bad_offset {
-                return Ok(true);
-            }
+        if let Decoded::Record(record) = record::decode(&tail[start..])
+            && record.offset > bad_offset
+        {
+            return Ok(true);
         }
     }
     Ok(false)

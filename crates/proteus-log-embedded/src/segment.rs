@@ -156,10 +156,7 @@ impl Segment {
             return Ok(known);
         }
         let times = self.with_index(|index| index.times.last().map(|e| e.time_ms))?;
-        let time = match times {
-            Some(time) => time,
-            None => i64::MIN + 1,
-        };
+        let time = times.unwrap_or(i64::MIN + 1);
         self.max_time_ms.store(time, Ordering::Release);
         Ok(time)
     }

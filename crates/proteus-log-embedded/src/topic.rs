@@ -200,7 +200,8 @@ impl Topic {
         let mut entries = Vec::new();
         if config.dedup_window_ms > 0 {
             let since_ms = now_ms.saturating_sub(config.dedup_window_ms as i64);
-            let per_partition = u64::from(config.dedup_entries_max).div_ceil(self.partitions.len() as u64);
+            let per_partition =
+                u64::from(config.dedup_entries_max).div_ceil(self.partitions.len() as u64);
             for partition in &self.partitions {
                 let end = partition.visible_end();
                 let by_count = end.saturating_sub(per_partition);

@@ -352,14 +352,13 @@ pub async fn publish(args: PublishArgs) -> Result<(), String> {
 
 /// Server errors name the event's index in its batch; say which stdin line that was.
 fn with_lines(error: ClientError, lines: &[usize]) -> String {
-    if let ClientError::Problem { body, .. } = &error {
-        if let Some(line) = body
+    if let ClientError::Problem { body, .. } = &error
+        && let Some(line) = body
             .get("event_index")
             .and_then(Value::as_u64)
             .and_then(|i| lines.get(i as usize))
-        {
-            return format!("{error} (stdin line {line})");
-        }
+    {
+        return format!("{error} (stdin line {line})");
     }
     error.to_string()
 }
