@@ -478,7 +478,7 @@ impl Partition {
         &self,
         start: Offset,
         end: Offset,
-        mut visit: impl FnMut(&RecordView<'_>) -> Visit,
+        mut visit: impl FnMut(&RecordView<'_>, &Bytes) -> Visit,
     ) -> Result<(), LogError> {
         let mut next = start;
         let Some(mut segment) = self.segment_for(next) else {
@@ -494,23 +494,24 @@ impl Partition {
             );
             let mut stopped = false;
             loop {
-                let result = segment.scan(from.0, from.1, segment.size_bytes(), |record, _| {
-                    if record.offset < next {
-                        return Visit::Continue;
-                    }
-                    if record.offset >= end {
-                        stopped = true;
-                        return Visit::Stop;
-                    }
-                    next = record.offset + 1;
-                    match visit(record) {
-                        Visit::Continue => Visit::Continue,
-                        Visit::Stop => {
-                            stopped = true;
-                            Visit::Stop
+                let result =
+                    segment.scan(from.0, from.1, segment.size_bytes(), |record, _, chunk| {
+                        if record.offset < next {
+                            return Visit::Continue;
                         }
-                    }
-                });
+                        if record.offset >= end {
+                            stopped = true;
+                            return Visit::Stop;
+                        }
+                        next = record.offset + 1;
+                        match visit(record, chunk) {
+                            Visit::Continue => Visit::Continue,
+                            Visit::Stop => {
+                                stopped = true;
+                                Visit::Stop
+                            }
+                        }
+                    });
                 match result {
                     Ok(()) => break,
                     Err(ScanError::Corrupt(failure))
@@ -597,13 +598,13 @@ impl Partition {
         }
         let mut events = Vec::new();
         let mut bytes = 0u64;
-        let result = self.scan_range(start, end, |record| {
+        let result = self.scan_range(start, end, |record, chunk| {
             bytes += record.payload.len() as u64;
             events.push(StoredEvent {
                 partition: self.id,
                 offset: record.offset,
                 append_time_ms: record.append_time_ms,
-                json: Bytes::copy_from_slice(record.payload),
+                json: chunk.slice_ref(record.payload),
             });
             if events.len() as u64 >= u64::from(limits.events_max)
                 || bytes >= u64::from(limits.bytes_max)
@@ -642,14 +643,18 @@ impl Partition {
                 .with_index(|index| index.time_floor(time_ms))
                 .map_err(|e| self.storage_error(&segment, e))?;
             let mut found = None;
-            self.scan_range(segment.base_offset + u64::from(relative), end, |record| {
-                if record.append_time_ms >= time_ms {
-                    found = Some(record.offset);
-                    Visit::Stop
-                } else {
-                    Visit::Continue
-                }
-            })?;
+            self.scan_range(
+                segment.base_offset + u64::from(relative),
+                end,
+                |record, _| {
+                    if record.append_time_ms >= time_ms {
+                        found = Some(record.offset);
+                        Visit::Stop
+                    } else {
+                        Visit::Continue
+                    }
+                },
+            )?;
             return Ok(found.unwrap_or(end));
         }
         Ok(end)
@@ -668,7 +673,7 @@ impl Partition {
         end: Offset,
         mut visit: impl FnMut(Offset, i64, proteus_log::DedupKey),
     ) -> Result<(), LogError> {
-        self.scan_range(start.max(self.first_offset()), end, |record| {
+        self.scan_range(start.max(self.first_offset()), end, |record, _| {
             visit(record.offset, record.append_time_ms, record.dedup_key);
             Visit::Continue
         })
@@ -866,7 +871,7 @@ fn recover_active(
     let mut next_offset = start.1;
     let mut end_position = start.0;
     let mut last_time_ms = previous_max_time_ms;
-    let scan = probe.scan(start.0, start.1, file_bytes, |record, position| {
+    let scan = probe.scan(start.0, start.1, file_bytes, |record, position, _| {
         builder.add(record, position);
         next_offset = record.offset + 1;
         end_position = position + record.encoded_len() as u64;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use bytes::{Bytes, BytesMut};
 use proteus_log::Offset;
 
 use crate::index::{self, SegmentIndex};
@@ -209,7 +210,7 @@ impl Segment {
             0,
             self.base_offset,
             self.size_bytes(),
-            |record, position| {
+            |record, position, _| {
                 builder.add(record, position);
                 Visit::Continue
             },
@@ -219,65 +220,76 @@ impl Segment {
 
     /// Visits records from byte `position`, which must hold the record `offset`, up to byte
     /// `limit_bytes`, checking each record's CRC and that offsets follow one another. `visit`
-    /// gets each record and its byte position.
+    /// gets each record, its byte position, and the chunk it was read into (so a reader can keep
+    /// the payload as a slice of it instead of copying).
     pub fn scan(
         &self,
         mut position: u64,
         mut expected_offset: Offset,
         limit_bytes: u64,
-        mut visit: impl FnMut(&RecordView<'_>, u64) -> Visit,
+        mut visit: impl FnMut(&RecordView<'_>, u64, &Bytes) -> Visit,
     ) -> Result<(), ScanError> {
         let file = self.file()?;
-        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        let corrupt = |offset, position, reason: String| {
+            Err(ScanError::Corrupt(ScanFailure {
+                offset,
+                position,
+                reason,
+            }))
+        };
+        let mut chunk_bytes = READ_CHUNK_BYTES;
         while position < limit_bytes {
-            let want = (limit_bytes - position).min(chunk.len() as u64) as usize;
-            let filled = read_full_at(file, &mut chunk[..want], position)?;
+            let want = (limit_bytes - position).min(chunk_bytes as u64) as usize;
+            let mut buf = BytesMut::zeroed(want);
+            let filled = read_full_at(file, &mut buf, position)?;
+            if filled == 0 {
+                return corrupt(
+                    expected_offset,
+                    position,
+                    format!(
+                        "the file ends at byte {position}, before the end of its records at byte {limit_bytes}"
+                    ),
+                );
+            }
+            buf.truncate(filled);
+            let chunk = buf.freeze();
             let mut consumed = 0usize;
             while consumed < filled {
-                match record::decode(&chunk[consumed..filled]) {
+                let at = position + consumed as u64;
+                match record::decode(&chunk[consumed..]) {
                     Decoded::Record(record) => {
                         if record.offset != expected_offset {
-                            return Err(ScanError::Corrupt(ScanFailure {
-                                offset: expected_offset,
-                                position: position + consumed as u64,
-                                reason: format!(
+                            return corrupt(
+                                expected_offset,
+                                at,
+                                format!(
                                     "record holds offset {} where offset {expected_offset} was expected",
                                     record.offset
                                 ),
-                            }));
+                            );
                         }
-                        if let Visit::Stop = visit(&record, position + consumed as u64) {
+                        if let Visit::Stop = visit(&record, at, &chunk) {
                             return Ok(());
                         }
                         consumed += record.encoded_len();
                         expected_offset += 1;
                     }
                     Decoded::Incomplete { total_bytes } => {
-                        let record_end =
-                            position + consumed as u64 + total_bytes.unwrap_or(HEADER_BYTES) as u64;
-                        if record_end > limit_bytes {
-                            return Err(ScanError::Corrupt(ScanFailure {
-                                offset: expected_offset,
-                                position: position + consumed as u64,
-                                reason: "record extends past the end of the segment's data".into(),
-                            }));
+                        let needed = total_bytes.unwrap_or(HEADER_BYTES);
+                        if at + needed as u64 > limit_bytes || filled < want {
+                            return corrupt(
+                                expected_offset,
+                                at,
+                                "record extends past the end of the segment's data".into(),
+                            );
                         }
                         if consumed == 0 {
-                            // A single record larger than the chunk: grow the chunk.
-                            chunk.resize(
-                                total_bytes.unwrap_or(HEADER_BYTES).max(chunk.len() * 2),
-                                0,
-                            );
+                            // A single record larger than the chunk: read a bigger one.
+                            chunk_bytes = needed.max(chunk_bytes * 2);
                         }
                         break;
                     }
-                    Decoded::Invalid(reason) => {
-                        return Err(ScanError::Corrupt(ScanFailure {
-                            offset: expected_offset,
-                            position: position + consumed as u64,
-                            reason,
-                        }));
-                    }
+                    Decoded::Invalid(reason) => return corrupt(expected_offset, at, reason),
                 }
             }
             position += consumed as u64;
