@@ -428,10 +428,12 @@ impl EventAppender for EmbeddedLog {
         topic.wait_dedup_ready().await;
         let now_ms = (self.inner.config.clock)();
         let writer = topic.clone();
+        let started = std::time::Instant::now();
         let (receipts, waits) =
             tokio::task::spawn_blocking(move || writer.write_batch(&events, now_ms))
                 .await
                 .map_err(join_error)??;
+        topic.record_write_phase(started.elapsed());
         if self.inner.config.durability == Durability::Fsync {
             futures_util::future::try_join_all(
                 waits

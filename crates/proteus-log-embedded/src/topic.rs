@@ -33,6 +33,7 @@ struct AppendState {
 }
 
 struct TopicMetrics {
+    write_seconds: metrics::Histogram,
     events: metrics::Counter,
     bytes: metrics::Counter,
     duplicates: metrics::Counter,
@@ -128,6 +129,10 @@ impl Topic {
             deleted: AtomicBool::new(false),
             change,
             metrics: TopicMetrics {
+                write_seconds: metrics::histogram!(
+                    "proteus_log_append_write_duration_seconds",
+                    &labels
+                ),
                 events: metrics::counter!("proteus_log_append_events_total", &labels),
                 bytes: metrics::counter!("proteus_log_append_bytes_total", &labels),
                 duplicates: metrics::counter!("proteus_log_append_duplicates_total", &labels),
@@ -169,6 +174,12 @@ impl Topic {
                 partition: id,
                 partitions: self.partitions.len() as u32,
             })
+    }
+
+    /// Records how long an append's write phase took (queueing for the topic, deduplication,
+    /// writing to the page cache), as opposed to its wait for durability.
+    pub fn record_write_phase(&self, elapsed: std::time::Duration) {
+        self.metrics.write_seconds.record(elapsed.as_secs_f64());
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -251,7 +262,6 @@ impl Topic {
                 topic: self.name.clone(),
             });
         }
-        state.dedup.expire(now_ms);
         let partition_count = self.partitions.len() as u32;
         let keyless_partition = state.next_keyless_partition;
         let mut used_keyless = false;
@@ -267,7 +277,7 @@ impl Topic {
         let dedup = state.dedup.enabled();
         for (i, event) in events.iter().enumerate() {
             if dedup {
-                if let Some((partition, offset)) = state.dedup.get(event.dedup_key()) {
+                if let Some((partition, offset)) = state.dedup.get(event.dedup_key(), now_ms) {
                     slots.push(Slot::Duplicate(partition, offset));
                     continue;
                 }
