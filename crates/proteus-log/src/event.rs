@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use xxhash_rust::xxh3::xxh3_128;
@@ -33,7 +34,7 @@ impl DedupKey {
 /// A valid CloudEvent, ready to append.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    json: Vec<u8>,
+    json: Bytes,
     dedup_key: DedupKey,
     routing_key: Option<String>,
 }
@@ -116,16 +117,26 @@ impl Event {
     /// Parses and validates one event in CloudEvents JSON format
     /// (`application/cloudevents+json`). The bytes are kept as given.
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
-        let raw: &RawValue = serde_json::from_slice(bytes)
+        Event::from_bytes(Bytes::copy_from_slice(bytes))
+    }
+
+    /// Like [`Event::from_json`], keeping a slice of `bytes` rather than a copy.
+    pub fn from_bytes(bytes: Bytes) -> Result<Event, EventError> {
+        let raw: &RawValue = serde_json::from_slice(&bytes)
             .map_err(|e| EventError::general(format!("is not valid JSON: {e}")))?;
-        Event::from_raw(raw)
+        Event::from_raw(raw, &bytes)
     }
 
     /// Parses and validates a CloudEvents JSON batch (`application/cloudevents-batch+json`):
     /// a JSON array of at most [`BATCH_EVENTS_MAX`] events. An error names the index of the
     /// first invalid event.
     pub fn batch_from_json(bytes: &[u8]) -> Result<Vec<Event>, BatchError> {
-        let elements: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(|e| {
+        Event::batch_from_bytes(Bytes::copy_from_slice(bytes))
+    }
+
+    /// Like [`Event::batch_from_json`]; each event keeps a slice of `body`, not a copy.
+    pub fn batch_from_bytes(body: Bytes) -> Result<Vec<Event>, BatchError> {
+        let elements: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
             BatchError::Invalid(EventError::general(format!(
                 "the batch is not a JSON array of CloudEvents objects: {e}"
             )))
@@ -138,11 +149,14 @@ impl Event {
         elements
             .into_iter()
             .enumerate()
-            .map(|(index, raw)| Event::from_raw(raw).map_err(|e| BatchError::Invalid(e.at(index))))
+            .map(|(index, raw)| {
+                Event::from_raw(raw, &body).map_err(|e| BatchError::Invalid(e.at(index)))
+            })
             .collect()
     }
 
-    fn from_raw(raw: &RawValue) -> Result<Event, EventError> {
+    /// Checks one event; `raw` borrows from `input`, whose matching slice becomes the event.
+    fn from_raw(raw: &RawValue, input: &Bytes) -> Result<Event, EventError> {
         let members = parse_members(raw)?;
         let mut checked = CheckedAttributes::default();
         for (name, value) in &members {
@@ -167,7 +181,7 @@ impl Event {
         Ok(Event {
             dedup_key: DedupKey::of(source, id),
             routing_key: checked.partitionkey.or(checked.subject),
-            json: raw.get().as_bytes().to_vec(),
+            json: input.slice_ref(raw.get().as_bytes()),
         })
     }
 

@@ -50,11 +50,11 @@ pub async fn append(
     let events = match media_type.as_deref() {
         Some(STRUCTURED) => {
             let bytes = read_body(body, limit).await?;
-            vec![Event::from_json(&bytes).map_err(invalid_event)?]
+            vec![Event::from_bytes(bytes).map_err(invalid_event)?]
         }
         Some(BATCH) => {
             let bytes = read_body(body, limit).await?;
-            Event::batch_from_json(&bytes).map_err(|e| match e {
+            Event::batch_from_bytes(bytes).map_err(|e| match e {
                 BatchError::TooManyEvents { count } => Problem::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "batch-too-large",
@@ -96,8 +96,12 @@ pub async fn append(
         }
     };
     let receipts = state.log.append(&name, events).await?;
-    let body = serde_json::json!({ "results": receipts });
-    Ok(axum::Json(body).into_response())
+    Ok(axum::Json(AppendResponse { results: receipts }).into_response())
+}
+
+#[derive(serde::Serialize)]
+struct AppendResponse {
+    results: Vec<proteus_log::AppendReceipt>,
 }
 
 fn invalid_event(error: EventError) -> Problem {
