@@ -33,6 +33,11 @@ enum Command {
     Publish(cli::PublishArgs),
     /// Print a topic's events as they arrive.
     Tail(cli::TailArgs),
+    /// Measure Proteus and its peers (NATS JetStream, Redis, PostgreSQL) on this machine.
+    Bench {
+        #[command(subcommand)]
+        command: proteus_bench::BenchCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
             Command::Topic { command } => cli::topic(command).await,
             Command::Publish(args) => cli::publish(args).await,
             Command::Tail(args) => cli::tail(args).await,
+            Command::Bench { command } => proteus_bench::run(command).await,
         }
     });
     match result {

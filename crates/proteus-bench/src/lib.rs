@@ -1,0 +1,61 @@
+//! `proteus bench`: measurements of Proteus against its peers on the same machine.
+//!
+//! - `produce`: the same append workload against Proteus over HTTP, Proteus in-process, NATS
+//!   JetStream, Redis Streams or PostgreSQL, chosen by the `--target` URL's scheme;
+//! - `replay`: read throughput of a whole topic, over HTTP or in-process;
+//! - `disk`: the disk's sequential fdatasync bandwidth and small-write latency, the physical
+//!   limit for any durable log on it;
+//! - `startup`: how long the embedded log takes to open with a large log on disk.
+//!
+//! `bench/compare.sh` runs `produce` against every target one after the other and prints one
+//! table.
+
+mod disk;
+mod events;
+mod limits;
+mod produce;
+mod replay;
+mod report;
+mod startup;
+mod targets;
+
+use clap::Subcommand;
+
+pub use disk::{DiskArgs, DiskReport};
+pub use produce::{ProduceArgs, produce};
+pub use replay::{ReplayArgs, ReplayReport};
+pub use report::ProduceReport;
+pub use startup::{StartupArgs, StartupReport};
+pub use targets::Target;
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchCommand {
+    /// Append load: concurrent producers sending batches of events to one target for a fixed
+    /// time; reports events/s, MB/s and batch latency percentiles.
+    Produce(ProduceArgs),
+    /// Read every event of a topic back with the largest pages (fills it first if needed).
+    Replay(ReplayArgs),
+    /// The disk's own sequential fdatasync bandwidth and 4 KiB write+fdatasync latency.
+    Disk(DiskArgs),
+    /// Time to open the embedded log with a large log on disk (fills it first if needed).
+    Startup(StartupArgs),
+}
+
+/// Runs a benchmark and prints its report. Errors are sentences for the person running it.
+pub async fn run(command: BenchCommand) -> Result<(), String> {
+    match command {
+        BenchCommand::Produce(args) => produce(args).await.map(drop),
+        BenchCommand::Replay(args) => replay::run(args).await,
+        BenchCommand::Disk(args) => disk::run(args).await,
+        BenchCommand::Startup(args) => startup::run(args).await,
+    }
+}
+
+/// How a report is printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// For people: one measurement a line.
+    Table,
+    /// One JSON object on one line, for scripts.
+    Json,
+}
