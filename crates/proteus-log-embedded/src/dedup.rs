@@ -14,7 +14,7 @@ use proteus_log::{DedupKey, Offset, PartitionId};
 
 /// Keys are already xxh3 hashes: hashing them again would only cost time.
 #[derive(Default)]
-struct PassThroughHasher(u64);
+pub struct PassThroughHasher(u64);
 
 impl Hasher for PassThroughHasher {
     fn finish(&self) -> u64 {

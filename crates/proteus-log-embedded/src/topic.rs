@@ -1,6 +1,7 @@
 //! One topic: its partitions, its stored configuration, deduplication and the append path.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::Durability;
-use crate::dedup::DedupIndex;
+use crate::dedup::{DedupIndex, PassThroughHasher};
 use crate::partition::{Partition, RecoveryReport, sync_dir};
 
 /// Version of the on-disk layout described in `docs/storage-format.md`.
@@ -273,7 +274,8 @@ impl Topic {
         }
         let mut slots = Vec::with_capacity(events.len());
         let mut per_partition: Vec<Vec<&Event>> = vec![Vec::new(); self.partitions.len()];
-        let mut seen_in_batch: HashMap<u128, usize> = HashMap::new();
+        let mut seen_in_batch: HashMap<u128, usize, BuildHasherDefault<PassThroughHasher>> =
+            HashMap::default();
         let dedup = state.dedup.enabled();
         for (i, event) in events.iter().enumerate() {
             if dedup {

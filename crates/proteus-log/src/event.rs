@@ -12,7 +12,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
-use xxhash_rust::xxh3::xxh3_128;
+use xxhash_rust::xxh3::Xxh3Default;
 
 /// The hash of an event's (`source`, `id`) pair, used to recognise a retried append.
 ///
@@ -23,11 +23,12 @@ pub struct DedupKey(pub u128);
 
 impl DedupKey {
     pub fn of(source: &str, id: &str) -> Self {
-        let mut bytes = Vec::with_capacity(source.len() + 1 + id.len());
-        bytes.extend_from_slice(source.as_bytes());
-        bytes.push(0xFF);
-        bytes.extend_from_slice(id.as_bytes());
-        DedupKey(xxh3_128(&bytes))
+        // Streaming gives the same digest as hashing the concatenation, without building it.
+        let mut hasher = Xxh3Default::new();
+        hasher.update(source.as_bytes());
+        hasher.update(&[0xFF]);
+        hasher.update(id.as_bytes());
+        DedupKey(hasher.digest128())
     }
 }
 
@@ -85,8 +86,8 @@ impl EventError {
 /// Why a batch was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
-    #[error("a batch holds at most {BATCH_EVENTS_MAX} events, this one has {count}")]
-    TooManyEvents { count: usize },
+    #[error("a batch holds at most {BATCH_EVENTS_MAX} events, this one has more")]
+    TooManyEvents,
     #[error(transparent)]
     Invalid(EventError),
 }
@@ -122,9 +123,10 @@ impl Event {
 
     /// Like [`Event::from_json`], keeping a slice of `bytes` rather than a copy.
     pub fn from_bytes(bytes: Bytes) -> Result<Event, EventError> {
-        let raw: &RawValue = serde_json::from_slice(&bytes)
-            .map_err(|e| EventError::general(format!("is not valid JSON: {e}")))?;
-        Event::from_raw(raw, &bytes)
+        let members: Members = serde_json::from_slice(&bytes).map_err(not_an_event)?;
+        let start = skip_whitespace(&bytes, 0);
+        let end = bytes.trim_ascii_end().len();
+        Event::from_members(members, bytes.slice(start..end))
     }
 
     /// Parses and validates a CloudEvents JSON batch (`application/cloudevents-batch+json`):
@@ -134,32 +136,67 @@ impl Event {
         Event::batch_from_bytes(Bytes::copy_from_slice(bytes))
     }
 
-    /// Like [`Event::batch_from_json`]; each event keeps a slice of `body`, not a copy.
+    /// Like [`Event::batch_from_json`]; each event keeps a slice of `body`, not a copy. The
+    /// body is read once: each element is checked as it is parsed, and its byte span becomes the
+    /// stored event.
     pub fn batch_from_bytes(body: Bytes) -> Result<Vec<Event>, BatchError> {
-        let elements: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
+        let not_an_array = |reason: String| {
             BatchError::Invalid(EventError::general(format!(
-                "the batch is not a JSON array of CloudEvents objects: {e}"
+                "the batch is not a JSON array of CloudEvents objects: {reason}"
             )))
-        })?;
-        if elements.len() > BATCH_EVENTS_MAX {
-            return Err(BatchError::TooManyEvents {
-                count: elements.len(),
-            });
+        };
+        let mut at = skip_whitespace(&body, 0);
+        if body.get(at) != Some(&b'[') {
+            return Err(not_an_array(format!("expected '[' at byte {at}")));
         }
-        elements
-            .into_iter()
-            .enumerate()
-            .map(|(index, raw)| {
-                Event::from_raw(raw, &body).map_err(|e| BatchError::Invalid(e.at(index)))
-            })
-            .collect()
+        at = skip_whitespace(&body, at + 1);
+        let mut events = Vec::new();
+        if body.get(at) == Some(&b']') {
+            at += 1;
+        } else {
+            loop {
+                let index = events.len();
+                if index == BATCH_EVENTS_MAX {
+                    return Err(BatchError::TooManyEvents);
+                }
+                let mut elements =
+                    serde_json::Deserializer::from_slice(&body[at..]).into_iter::<Members>();
+                let members = match elements.next() {
+                    Some(Ok(members)) => members,
+                    Some(Err(e)) => return Err(BatchError::Invalid(not_an_event(e).at(index))),
+                    None => return Err(not_an_array("it ends before its closing ']'".into())),
+                };
+                let end = at + elements.byte_offset();
+                let event = Event::from_members(members, body.slice(at..end))
+                    .map_err(|e| BatchError::Invalid(e.at(index)))?;
+                events.push(event);
+                at = skip_whitespace(&body, end);
+                match body.get(at) {
+                    Some(b',') => at = skip_whitespace(&body, at + 1),
+                    Some(b']') => {
+                        at += 1;
+                        break;
+                    }
+                    _ => {
+                        return Err(not_an_array(format!(
+                            "expected ',' or ']' after event {index}, at byte {at}"
+                        )));
+                    }
+                }
+            }
+        }
+        if skip_whitespace(&body, at) != body.len() {
+            return Err(not_an_array(format!(
+                "unexpected data after the array, at byte {at}"
+            )));
+        }
+        Ok(events)
     }
 
-    /// Checks one event; `raw` borrows from `input`, whose matching slice becomes the event.
-    fn from_raw(raw: &RawValue, input: &Bytes) -> Result<Event, EventError> {
-        let members = parse_members(raw)?;
+    /// Checks one event from its members; `json` is its text, which becomes the stored event.
+    fn from_members(members: Members<'_>, json: Bytes) -> Result<Event, EventError> {
         let mut checked = CheckedAttributes::default();
-        for (name, value) in &members {
+        for (name, value) in &members.0 {
             checked.check(name, value)?;
         }
         for required in REQUIRED {
@@ -181,7 +218,7 @@ impl Event {
         Ok(Event {
             dedup_key: DedupKey::of(source, id),
             routing_key: checked.partitionkey.or(checked.subject),
-            json: input.slice_ref(raw.get().as_bytes()),
+            json,
         })
     }
 
@@ -276,57 +313,74 @@ impl DataKind {
     }
 }
 
-/// Reads a JSON object into its members, keeping each value as raw JSON and refusing duplicate
-/// member names (which JSON parsers disagree on, so an event carrying them is ambiguous).
-fn parse_members(raw: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, EventError> {
-    struct MembersVisitor;
-    impl<'de> Visitor<'de> for MembersVisitor {
-        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut members: Self::Value = Vec::with_capacity(8);
-            while let Some(KeyName(name)) = map.next_key()? {
-                if members.iter().any(|(seen, _)| *seen == name) {
-                    return Err(de::Error::custom(format!(
-                        "attribute '{name}' appears twice"
-                    )));
-                }
-                let value: &'de RawValue = map.next_value()?;
-                members.push((name, value));
+/// A JSON object read as its members, each value kept as raw JSON. Duplicate member names are
+/// refused: JSON parsers disagree on them, so an event carrying them is ambiguous.
+struct Members<'de>(Vec<(Cow<'de, str>, &'de RawValue)>);
+
+impl<'de> de::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
             }
-            Ok(members)
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(8);
+                while let Some(KeyName(name)) = map.next_key()? {
+                    if members
+                        .iter()
+                        .any(|(seen, _): &(Cow<'_, str>, _)| *seen == name)
+                    {
+                        return Err(de::Error::custom(format!(
+                            "attribute '{name}' appears twice"
+                        )));
+                    }
+                    let value: &'de RawValue = map.next_value()?;
+                    members.push((name, value));
+                }
+                Ok(Members(members))
+            }
         }
+        deserializer.deserialize_map(MembersVisitor)
     }
-    struct KeyName<'de>(Cow<'de, str>);
-    impl<'de> de::Deserialize<'de> for KeyName<'de> {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            struct KeyVisitor;
-            impl<'de> Visitor<'de> for KeyVisitor {
-                type Value = KeyName<'de>;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("an attribute name")
-                }
-                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                    Ok(KeyName(Cow::Borrowed(v)))
-                }
-                fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                    Ok(KeyName(Cow::Owned(v.to_owned())))
-                }
+}
+
+struct KeyName<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for KeyName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = KeyName<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an attribute name")
             }
-            deserializer.deserialize_str(KeyVisitor)
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(KeyName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(KeyName(Cow::Owned(v.to_owned())))
+            }
         }
+        deserializer.deserialize_str(KeyVisitor)
     }
-    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
-    deserializer
-        .deserialize_map(MembersVisitor)
-        .map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => {
-                EventError::general(format!("is not a valid CloudEvent: {e}"))
-            }
-            _ => EventError::general(format!("is not a JSON object: {e}")),
-        })
+}
+
+fn not_an_event(error: serde_json::Error) -> EventError {
+    match error.classify() {
+        serde_json::error::Category::Data => {
+            EventError::general(format!("is not a valid CloudEvent: {error}"))
+        }
+        _ => EventError::general(format!("is not a JSON object: {error}")),
+    }
+}
+
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(|b| b.is_ascii_whitespace()) {
+        at += 1;
+    }
+    at
 }
 
 /// The attributes seen so far while checking an event, and the values the log needs.
@@ -494,6 +548,14 @@ mod tests {
     }
 
     #[test]
+    fn the_dedup_key_is_xxh3_128_of_source_separator_id() {
+        // Stored on disk: this value must never change.
+        let expected = xxhash_rust::xxh3::xxh3_128(b"/s\xFFab");
+        assert_eq!(DedupKey::of("/s", "ab"), DedupKey(expected));
+        assert_ne!(DedupKey::of("/sa", "b"), DedupKey::of("/s", "ab"));
+    }
+
+    #[test]
     fn a_valid_event_is_kept_byte_for_byte() {
         let json = r#"{ "specversion" : "1.0", "id":"a\u0062", "source":"/s", "type":"t",
             "comexampleext": 12, "flag": true, "time": "2026-11-23T10:00:00.123+01:00",
@@ -632,10 +694,26 @@ mod tests {
         let too_many = format!("[{}]", vec![MINIMAL; BATCH_EVENTS_MAX + 1].join(","));
         assert_eq!(
             Event::batch_from_json(too_many.as_bytes()).unwrap_err(),
-            BatchError::TooManyEvents {
-                count: BATCH_EVENTS_MAX + 1
-            }
+            BatchError::TooManyEvents
         );
+        let spaced = format!(" [ {MINIMAL} ,\n {MINIMAL} ] ");
+        let events = Event::batch_from_json(spaced.as_bytes()).unwrap();
+        assert_eq!(
+            events[1].json(),
+            MINIMAL.as_bytes(),
+            "each event is exactly its element"
+        );
+        assert!(Event::batch_from_json(b"[]").unwrap().is_empty());
+        for bad in [
+            "[",
+            "[{}",
+            "[1,]",
+            "{}",
+            "[] x",
+            &format!("[{MINIMAL}{MINIMAL}]"),
+        ] {
+            assert!(Event::batch_from_json(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -55,13 +55,12 @@ pub async fn append(
         Some(BATCH) => {
             let bytes = read_body(body, limit).await?;
             Event::batch_from_bytes(bytes).map_err(|e| match e {
-                BatchError::TooManyEvents { count } => Problem::new(
+                BatchError::TooManyEvents => Problem::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "batch-too-large",
                     "Batch too large",
                     e.to_string(),
                 )
-                .with("events", count)
                 .with("limit_events", proteus_log::event::BATCH_EVENTS_MAX),
                 BatchError::Invalid(error) => invalid_event(error),
             })?
