@@ -191,14 +191,16 @@ GROUP_KIB=$(( GROUP_KIB > DISK_TOTAL_MIB * 1024 ? DISK_TOTAL_MIB * 1024 : GROUP_
 DISK_CHUNKS_KIB=(1024)
 [[ $GROUP_KIB -ne 1024 ]] && DISK_CHUNKS_KIB+=("$GROUP_KIB")
 DISK_JSON=""
+STALL_S=10 # the first disk run also counts the disk's own fdatasync stalls
 for chunk_kib in "${DISK_CHUNKS_KIB[@]}"; do
   echo "running: disk (${DISK_TOTAL_MIB} MiB, fdatasync after each ${chunk_kib} KiB)…" >&2
-  if out=$("$PROTEUS" bench disk --dir "$WORK" --total-mib "$DISK_TOTAL_MIB" --chunk-kib "$chunk_kib" --output json 2>"$WORK/run.err"); then
+  if out=$("$PROTEUS" bench disk --dir "$WORK" --total-mib "$DISK_TOTAL_MIB" --chunk-kib "$chunk_kib" --stall-s "$STALL_S" --output json 2>"$WORK/run.err"); then
     DISK_JSON+="$out"$'\n'
   else
     FAILED=1
     echo "  disk failed: $(tail -1 "$WORK/run.err")" >&2
   fi
+  STALL_S=0
 done
 
 # ---- the table ----
@@ -232,6 +234,12 @@ for disk in disks:
         f'Disk: {disk["sequential_mb_per_s"]:.1f} MB/s sequential with an fdatasync after each {disk["chunk_kib"]} KiB; '
         f'4 KiB write+fdatasync p50 {disk["small_write_p50_ms"]:.3f} ms, p99 {disk["small_write_p99_ms"]:.3f} ms.'
     )
+    if disk["stall_writes"]:
+        print(
+            f'Disk stalls: of {disk["stall_writes"]:,} back-to-back 100 KiB write+fdatasync, '
+            f'{disk["stall_writes_over_10_ms"]} took over 10 ms, {disk["stall_writes_over_25_ms"]} over 25 ms, '
+            f'{disk["stall_writes_over_50_ms"]} over 50 ms (max {disk["stall_write_max_ms"]:.1f} ms).'
+        )
 if disks:
     print()
 for row in rows:

@@ -28,6 +28,10 @@ pub struct DiskArgs {
     /// 4 KiB write + fdatasync round trips timed after the sequential pass.
     #[arg(long, default_value_t = 1000)]
     pub small_writes: u32,
+    /// Seconds of 100 KiB write + fdatasync round trips, back to back, to count the disk's own
+    /// stalls (the floor under any durable log's tail latency); 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    pub stall_s: u64,
     #[arg(long, value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -36,7 +40,9 @@ pub const TOTAL_MIB_MAX: u64 = 64 * 1024;
 pub const CHUNK_KIB_MIN: u64 = 4;
 pub const CHUNK_KIB_MAX: u64 = 64 * 1024;
 pub const SMALL_WRITES_MAX: u32 = 100_000;
+pub const STALL_S_MAX: u64 = 3600;
 const SMALL_WRITE_BYTES: usize = 4096;
+const STALL_WRITE_BYTES: usize = 100 * 1024;
 
 #[derive(Debug, Serialize)]
 pub struct DiskReport {
@@ -50,6 +56,13 @@ pub struct DiskReport {
     pub small_write_p50_ms: f64,
     pub small_write_p99_ms: f64,
     pub small_write_max_ms: f64,
+    /// 100 KiB write+fdatasync round trips in the stall pass, and how many took longer than
+    /// 10, 25 and 50 ms.
+    pub stall_writes: u64,
+    pub stall_writes_over_10_ms: u64,
+    pub stall_writes_over_25_ms: u64,
+    pub stall_writes_over_50_ms: u64,
+    pub stall_write_max_ms: f64,
 }
 
 impl DiskReport {
@@ -76,6 +89,17 @@ impl DiskReport {
                     self.small_writes
                 ),
             ),
+            (
+                "100 KiB write+fdatasync",
+                format!(
+                    "{} writes: {} over 10 ms, {} over 25 ms, {} over 50 ms, max {:.1} ms",
+                    self.stall_writes,
+                    self.stall_writes_over_10_ms,
+                    self.stall_writes_over_25_ms,
+                    self.stall_writes_over_50_ms,
+                    self.stall_write_max_ms
+                ),
+            ),
         ])
     }
 }
@@ -92,6 +116,7 @@ pub async fn run(args: DiskArgs) -> Result<(), String> {
         ));
     }
     in_range("--small-writes", args.small_writes, 1, SMALL_WRITES_MAX)?;
+    in_range("--stall-s", args.stall_s, 0, STALL_S_MAX)?;
     let output = args.output;
     let report = tokio::task::spawn_blocking(move || measure(&args))
         .await
@@ -122,9 +147,10 @@ fn measure(args: &DiskArgs) -> Result<DiskReport, String> {
     let removed = scratch
         .close()
         .map_err(|e| format!("removing the test file in {} failed: {e}", dir.display()));
-    let (seconds, mut latencies_ms) = measured?;
+    let (seconds, mut latencies_ms, stall_ms) = measured?;
     removed?;
     latencies_ms.sort_by(f64::total_cmp);
+    let over = |ms: f64| stall_ms.iter().filter(|&&l| l > ms).count() as u64;
     let written = (total_bytes / (args.chunk_kib << 10)) * (args.chunk_kib << 10);
     Ok(DiskReport {
         dir: std::fs::canonicalize(&dir)
@@ -139,11 +165,16 @@ fn measure(args: &DiskArgs) -> Result<DiskReport, String> {
         small_write_p50_ms: percentile(&latencies_ms, 0.5),
         small_write_p99_ms: percentile(&latencies_ms, 0.99),
         small_write_max_ms: latencies_ms.last().copied().unwrap_or(0.0),
+        stall_writes: stall_ms.len() as u64,
+        stall_writes_over_10_ms: over(10.0),
+        stall_writes_over_25_ms: over(25.0),
+        stall_writes_over_50_ms: over(50.0),
+        stall_write_max_ms: stall_ms.iter().copied().fold(0.0, f64::max),
     })
 }
 
-/// The sequential pass's seconds, and each small write's latency in milliseconds.
-fn write_and_time(path: &Path, args: &DiskArgs) -> std::io::Result<(f64, Vec<f64>)> {
+/// The sequential pass's seconds, and each small and stall-pass write's latency in ms.
+fn write_and_time(path: &Path, args: &DiskArgs) -> std::io::Result<(f64, Vec<f64>, Vec<f64>)> {
     let mut file = File::create_new(path)?;
     // Not all zeroes, so no file system can skip or compress it.
     let chunk: Vec<u8> = (0..args.chunk_kib << 10)
@@ -164,7 +195,20 @@ fn write_and_time(path: &Path, args: &DiskArgs) -> std::io::Result<(f64, Vec<f64
         file.sync_data()?;
         latencies_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    Ok((seconds, latencies_ms))
+    // The stall pass rewrites the start of the file, so it needs no more space.
+    let batch = &chunk[..STALL_WRITE_BYTES.min(chunk.len())];
+    let mut stall_ms = Vec::new();
+    let mut position = 0u64;
+    let stall_started = Instant::now();
+    while stall_started.elapsed().as_secs() < args.stall_s {
+        use std::os::unix::fs::FileExt;
+        let t = Instant::now();
+        file.write_all_at(batch, position)?;
+        file.sync_data()?;
+        stall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        position = (position + batch.len() as u64) % (args.total_mib << 20).max(batch.len() as u64);
+    }
+    Ok((seconds, latencies_ms, stall_ms))
 }
 
 #[cfg(test)]
@@ -177,6 +221,7 @@ mod tests {
             total_mib: 2,
             chunk_kib: 256,
             small_writes: 10,
+            stall_s: 1,
             output: Output::Json,
         }
     }
@@ -190,6 +235,7 @@ mod tests {
         assert!(report.small_write_p50_ms <= report.small_write_p99_ms);
         assert!(report.small_write_p99_ms <= report.small_write_max_ms);
         assert!(report.table().contains("4 KiB write+fdatasync"));
+        assert!(report.stall_writes > 0 && report.stall_write_max_ms > 0.0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

@@ -343,6 +343,8 @@ async fn disk_measures_and_cleans_up() {
         "512",
         "--small-writes",
         "20",
+        "--stall-s",
+        "1",
     ];
     proteus_bench::run(parse(&disk).unwrap()).await.unwrap();
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
