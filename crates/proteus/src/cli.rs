@@ -280,10 +280,7 @@ pub async fn publish(args: PublishArgs) -> Result<(), String> {
     if stdin.is_terminal() {
         return Err("no event given: pass --type (with --data or --data-text) for one event, or pipe CloudEvents as JSON lines on stdin".into());
     }
-    let mut batch: Vec<Value> = Vec::new();
-    // The stdin line of each event in the batch, to name it in results and errors.
-    let mut batch_lines: Vec<usize> = Vec::new();
-    let (mut published, mut duplicates) = (0usize, 0usize);
+    let mut pending = StdinBatch::default();
     for (index, line) in stdin.lock().lines().enumerate() {
         let line_number = index + 1;
         let line = line.map_err(|e| format!("reading stdin: {e}"))?;
@@ -310,37 +307,18 @@ pub async fn publish(args: PublishArgs) -> Result<(), String> {
                 "line {line_number} has no \"type\"; every CloudEvent needs one"
             ));
         }
-        batch.push(event);
-        batch_lines.push(line_number);
-        if batch.len() >= args.batch_events as usize {
-            let results = client
-                .publish(&args.topic, &batch)
-                .await
-                .map_err(|e| with_lines(e, &batch_lines))?;
-            (published, duplicates) = tally(
-                &results,
-                published,
-                duplicates,
-                &batch_lines,
-                args.client.output,
-            );
-            batch.clear();
-            batch_lines.clear();
+        pending.events.push(event);
+        pending.lines.push(line_number);
+        if pending.events.len() >= args.batch_events as usize {
+            pending
+                .flush(&client, &args.topic, args.client.output)
+                .await?;
         }
     }
-    if !batch.is_empty() {
-        let results = client
-            .publish(&args.topic, &batch)
-            .await
-            .map_err(|e| with_lines(e, &batch_lines))?;
-        (published, duplicates) = tally(
-            &results,
-            published,
-            duplicates,
-            &batch_lines,
-            args.client.output,
-        );
-    }
+    pending
+        .flush(&client, &args.topic, args.client.output)
+        .await?;
+    let (published, duplicates) = (pending.published, pending.duplicates);
     if args.client.output == Output::Table {
         println!(
             "published {published} events to {} ({duplicates} were duplicates already stored)",
@@ -363,20 +341,33 @@ fn with_lines(error: ClientError, lines: &[usize]) -> String {
     error.to_string()
 }
 
-fn tally(
-    results: &[proteus_log::AppendReceipt],
+/// Events read from stdin and not yet sent, with the line each came from, and running totals.
+#[derive(Default)]
+struct StdinBatch {
+    events: Vec<Value>,
+    lines: Vec<usize>,
     published: usize,
     duplicates: usize,
-    lines: &[usize],
-    output: Output,
-) -> (usize, usize) {
-    if output == Output::Json {
-        print_results(results, lines, output);
+}
+
+impl StdinBatch {
+    async fn flush(&mut self, client: &Client, topic: &str, output: Output) -> Result<(), String> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let results = client
+            .publish(topic, &self.events)
+            .await
+            .map_err(|e| with_lines(e, &self.lines))?;
+        if output == Output::Json {
+            print_results(&results, &self.lines, output);
+        }
+        self.published += results.len();
+        self.duplicates += results.iter().filter(|r| r.duplicate).count();
+        self.events.clear();
+        self.lines.clear();
+        Ok(())
     }
-    (
-        published + results.len(),
-        duplicates + results.iter().filter(|r| r.duplicate).count(),
-    )
 }
 
 /// Prints append results; `lines` are the stdin lines the events came from, if any.
@@ -493,10 +484,7 @@ pub async fn tail(args: TailArgs) -> Result<(), String> {
                 None => break,
             }
         }
-        if options.resume_from.is_none() {
-            // Nothing received yet: resume from where we asked to start.
-            options.resume_from = None;
-        }
+        // Reconnect after the last event received (or from the requested start if none was).
         reconnects += 1;
         if reconnects > TAIL_RECONNECTS_MAX {
             return Err(format!(

@@ -2,6 +2,8 @@
 //! acknowledged event is there, at its acknowledged position, exactly once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -31,10 +33,13 @@ fn event(id: &str, key: Option<&str>) -> Value {
     event
 }
 
+/// Sends batches until the server stops answering; returns what was acknowledged and counts
+/// acknowledged batches in `progress`.
 async fn produce(
     url: String,
     producer: usize,
     cycle: usize,
+    progress: Arc<AtomicUsize>,
 ) -> Vec<(String, Option<String>, u32, u64)> {
     let http = reqwest::Client::new();
     let mut acked = Vec::new();
@@ -62,6 +67,7 @@ async fn produce(
         };
         for (event, result) in events.iter().zip(body["results"].as_array().unwrap()) {
             assert_eq!(result["duplicate"], false, "fresh ids are never duplicates");
+            progress.fetch_add(1, Ordering::Relaxed);
             acked.push((
                 event["id"].as_str().unwrap().to_owned(),
                 event
@@ -74,6 +80,17 @@ async fn produce(
         }
     }
     acked
+}
+
+async fn wait_for_progress(progress: &AtomicUsize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while progress.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no append was acknowledged within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Reads every partition and checks the acknowledged events against it.
@@ -158,10 +175,14 @@ async fn acknowledged_events_survive_kill_9_under_load() {
                 server.log_text()
             );
         }
+        let progress = Arc::new(AtomicUsize::new(0));
         let producers: Vec<_> = (0..PRODUCERS)
-            .map(|p| tokio::spawn(produce(server.url.clone(), p, cycle)))
+            .map(|p| tokio::spawn(produce(server.url.clone(), p, cycle, progress.clone())))
             .collect();
-        let run_ms = 150 + (cycle as u64 * 97) % 400;
+        // Kill while the load is running, at a different moment each cycle: wait for the first
+        // acknowledgements (a loaded CI machine can be slow to start), then a varying while.
+        wait_for_progress(&progress).await;
+        let run_ms = 50 + (cycle as u64 * 97) % 400;
         tokio::time::sleep(Duration::from_millis(run_ms)).await;
         server.kill_9();
         let mut cycle_acked = 0;
@@ -199,10 +220,12 @@ async fn sigterm_finishes_appends_in_flight_and_exits_zero() {
         .send()
         .await
         .unwrap();
+    let progress = Arc::new(AtomicUsize::new(0));
     let producers: Vec<_> = (0..PRODUCERS)
-        .map(|p| tokio::spawn(produce(server.url.clone(), p, 0)))
+        .map(|p| tokio::spawn(produce(server.url.clone(), p, 0, progress.clone())))
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_progress(&progress).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let code = tokio::task::spawn_blocking(move || {
         let code = server.terminate();
         (code, server)
