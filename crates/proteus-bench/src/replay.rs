@@ -6,17 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use proteus_log::port::{
-    EventAppender, EventReader, Log, READ_BYTES_MAX, READ_EVENTS_MAX, TopicAdmin,
-};
-use proteus_log::{Event, ReadFrom, ReadLimits, TopicConfig, TopicName};
+use proteus_log::port::{EventReader, Log, READ_BYTES_MAX, READ_EVENTS_MAX, TopicAdmin};
+use proteus_log::{ReadFrom, ReadLimits, TopicConfig, TopicName};
 use serde::{Deserialize, Serialize};
 
 use crate::Output;
 use crate::events::{EVENT_BYTES_MAX, EVENT_BYTES_MIN, EventFactory};
 use crate::limits::in_range;
 use crate::report::render_rows;
-use crate::targets::{self, Target};
+use crate::targets::{self, Bench, Target};
 
 #[derive(Args, Debug, Clone)]
 pub struct ReplayArgs {
@@ -153,6 +151,35 @@ fn fill_batches(task: usize, tasks: usize, batches: u64) -> impl Iterator<Item =
     (task as u64..batches).step_by(tasks)
 }
 
+/// Appends `events` more events through `FILL_TASKS` sinks of `bench`, in batches of
+/// `FILL_BATCH_EVENTS`, each task taking every `FILL_TASKS`-th batch.
+async fn fill(bench: &dyn Bench, factory: Arc<EventFactory>, events: u64) -> Result<(), String> {
+    let batches = events.div_ceil(FILL_BATCH_EVENTS as u64);
+    let mut tasks = Vec::new();
+    for task in 0..FILL_TASKS {
+        let mut sink = bench.sink().await?;
+        let factory = factory.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in fill_batches(task, FILL_TASKS, batches) {
+                sink.stage(factory.batch(
+                    FILL_PRODUCER_BASE + task,
+                    b * FILL_BATCH_EVENTS as u64,
+                    FILL_BATCH_EVENTS,
+                ))?;
+                sink.send()
+                    .await
+                    .map_err(|e| format!("filling the topic failed: {e}"))?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|e| format!("a fill task failed: {e}"))??;
+    }
+    Ok(())
+}
+
 async fn replay_embedded(
     dir: &Path,
     topic: &TopicName,
@@ -203,31 +230,8 @@ async fn replay_embedded_open(
     let filled = args.events.saturating_sub(have);
     if filled > 0 {
         eprintln!("filling topic '{topic}' with {filled} events…");
-        let batches = filled.div_ceil(FILL_BATCH_EVENTS as u64);
-        let mut tasks = Vec::new();
-        for task in 0..FILL_TASKS {
-            let (log, topic, factory) = (log.clone(), topic.clone(), factory.clone());
-            tasks.push(tokio::spawn(async move {
-                for b in fill_batches(task, FILL_TASKS, batches) {
-                    let batch = factory.batch(
-                        FILL_PRODUCER_BASE + task,
-                        b * FILL_BATCH_EVENTS as u64,
-                        FILL_BATCH_EVENTS,
-                    );
-                    let events = Event::batch_from_json(&batch.body).map_err(|e| e.to_string())?;
-                    let receipts = log
-                        .append(&topic, events)
-                        .await
-                        .map_err(|e| format!("filling the topic failed: {e}"))?;
-                    targets::embedded::check_receipts(&receipts, batch.len())?;
-                }
-                Ok::<(), String>(())
-            }));
-        }
-        for task in tasks {
-            task.await
-                .map_err(|e| format!("a fill task failed: {e}"))??;
-        }
+        let bench = targets::EmbeddedBench::on(log.clone(), topic.clone());
+        fill(&bench, factory, filled).await?;
     }
     let description = describe().await?;
     let started = Instant::now();
@@ -341,45 +345,8 @@ async fn replay_http(
     let filled = args.events.saturating_sub(have);
     if filled > 0 {
         eprintln!("filling topic '{topic}' with {filled} events…");
-        let batches = filled.div_ceil(FILL_BATCH_EVENTS as u64);
-        let mut tasks = Vec::new();
-        for task in 0..FILL_TASKS {
-            let (http, factory) = (http.clone(), factory.clone());
-            let endpoint = format!("{topic_url}/events");
-            tasks.push(tokio::spawn(async move {
-                for b in fill_batches(task, FILL_TASKS, batches) {
-                    let batch = factory.batch(
-                        FILL_PRODUCER_BASE + task,
-                        b * FILL_BATCH_EVENTS as u64,
-                        FILL_BATCH_EVENTS,
-                    );
-                    let response = http
-                        .post(&endpoint)
-                        .header(
-                            reqwest::header::CONTENT_TYPE,
-                            "application/cloudevents-batch+json",
-                        )
-                        .body(batch.body.clone())
-                        .send()
-                        .await
-                        .map_err(|e| format!("filling the topic failed: {e}"))?;
-                    let status = response.status();
-                    let body = response.bytes().await.map_err(|e| e.to_string())?;
-                    if !status.is_success() {
-                        return Err(format!(
-                            "filling the topic failed: {}",
-                            targets::problem_message(status, &body)
-                        ));
-                    }
-                    targets::http::check_append_response(&body, batch.len())?;
-                }
-                Ok::<(), String>(())
-            }));
-        }
-        for task in tasks {
-            task.await
-                .map_err(|e| format!("a fill task failed: {e}"))??;
-        }
+        let bench = targets::HttpBench::on(http.clone(), url, topic.as_str());
+        fill(&bench, factory, filled).await?;
     }
     let description = describe().await?.0;
     let started = Instant::now();

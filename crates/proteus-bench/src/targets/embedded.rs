@@ -64,6 +64,11 @@ pub fn check_receipts(receipts: &[AppendReceipt], events: usize) -> Result<(), S
 }
 
 impl EmbeddedBench {
+    /// Sinks appending to `topic` of a log the caller already opened (and will shut down).
+    pub fn on(log: EmbeddedLog, topic: TopicName) -> EmbeddedBench {
+        EmbeddedBench { log, topic }
+    }
+
     pub async fn prepare(dir: &Path, setup: &Setup) -> Result<EmbeddedBench, String> {
         let log = open(dir, setup.durability).await?;
         let config = TopicConfig {

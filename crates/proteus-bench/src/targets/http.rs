@@ -88,10 +88,15 @@ impl HttpBench {
     pub async fn prepare(url: &str, setup: &Setup) -> Result<HttpBench, String> {
         let http = client(setup.producers)?;
         put_topic(&http, url, setup.topic.as_str(), setup.partitions).await?;
-        Ok(HttpBench {
+        Ok(HttpBench::on(http, url, setup.topic.as_str()))
+    }
+
+    /// Sinks appending to an existing `topic` of the server at `url`.
+    pub fn on(http: reqwest::Client, url: &str, topic: &str) -> HttpBench {
+        HttpBench {
             http,
-            endpoint: format!("{url}/v1/topics/{}/events", setup.topic),
-        })
+            endpoint: format!("{url}/v1/topics/{topic}/events"),
+        }
     }
 }
 
