@@ -51,6 +51,20 @@ impl TimeEntry {
     }
 }
 
+/// The bytes of `entries` as they are appended to an `.index` file.
+pub fn encode_offsets(entries: &[OffsetEntry]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(entries.len() * OFFSET_ENTRY_BYTES);
+    entries.iter().for_each(|e| e.encode(&mut buf));
+    buf
+}
+
+/// The bytes of `entries` as they are appended to a `.timeindex` file.
+pub fn encode_times(entries: &[TimeEntry]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(entries.len() * TIME_ENTRY_BYTES);
+    entries.iter().for_each(|e| e.encode(&mut buf));
+    buf
+}
+
 /// Decodes an offset index file, keeping the longest prefix of entries that is strictly
 /// increasing and points inside a log file of `log_bytes`. Anything after is the unsynced tail
 /// of a crash and is dropped.

@@ -132,9 +132,7 @@ impl EmbeddedLog {
         let opening = config.clone();
         let inner = tokio::task::spawn_blocking(move || Inner::open(opening))
             .await
-            .map_err(|e| LogError::Unavailable {
-                reason: format!("opening the log failed: {e}"),
-            })??;
+            .map_err(join_error)??;
         let log = EmbeddedLog {
             inner: Arc::new(inner),
         };
@@ -153,9 +151,7 @@ impl EmbeddedLog {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.run_retention())
             .await
-            .map_err(|e| LogError::Unavailable {
-                reason: format!("retention failed: {e}"),
-            })?
+            .map_err(join_error)?
     }
 
     fn start_background_tasks(&self) {

@@ -303,16 +303,13 @@ impl Partition {
                 w.active.log_path().display()
             ))(e));
         }
-        let new_entries = w.index_builder.take();
-        if let Err(e) = write_index_entries(w, &new_entries) {
+        if let Err(e) = append_index_entries(w) {
             w.failed = Some(format!(
                 "partition {} of topic '{}' stopped accepting appends after an index write failed: {e}; restart Proteus to recover",
                 self.id, self.topic
             ));
             return Err(LogError::storage("writing a segment index")(e));
         }
-        w.active
-            .extend_index(&new_entries.offsets, &new_entries.times);
         w.position += w.buf.len() as u64;
         w.next_offset += events.len() as u64;
         w.last_time_ms = time_ms;
@@ -329,10 +326,7 @@ impl Partition {
     fn roll(&self, w: &mut Writer) -> io::Result<()> {
         let last_relative = (w.next_offset - 1 - w.active.base_offset) as u32;
         w.index_builder.add_time(w.last_time_ms, last_relative);
-        let final_entries = w.index_builder.take();
-        write_index_entries(w, &final_entries)?;
-        w.active
-            .extend_index(&final_entries.offsets, &final_entries.times);
+        append_index_entries(w)?;
         w.file.sync_data()?;
         w.index_file.sync_data()?;
         w.time_index_file.sync_data()?;
@@ -780,20 +774,22 @@ fn corruption_error(topic: &TopicName, partition: PartitionId, c: &Corruption) -
     }
 }
 
-fn write_index_entries(w: &mut Writer, entries: &SegmentIndex) -> io::Result<()> {
+/// Moves the entries the index builder collected into the active segment's index files and
+/// its in-memory index.
+fn append_index_entries(w: &mut Writer) -> io::Result<()> {
+    let entries = w.index_builder.take();
     if !entries.offsets.is_empty() {
-        let mut buf = Vec::with_capacity(entries.offsets.len() * index::OFFSET_ENTRY_BYTES);
-        entries.offsets.iter().for_each(|e| e.encode(&mut buf));
+        let buf = index::encode_offsets(&entries.offsets);
         w.index_file.write_all_at(&buf, w.index_file_bytes)?;
         w.index_file_bytes += buf.len() as u64;
     }
     if !entries.times.is_empty() {
-        let mut buf = Vec::with_capacity(entries.times.len() * index::TIME_ENTRY_BYTES);
-        entries.times.iter().for_each(|e| e.encode(&mut buf));
+        let buf = index::encode_times(&entries.times);
         w.time_index_file
             .write_all_at(&buf, w.time_index_file_bytes)?;
         w.time_index_file_bytes += buf.len() as u64;
     }
+    w.active.extend_index(&entries.offsets, &entries.times);
     Ok(())
 }
 
@@ -831,14 +827,10 @@ fn recover_active(
     let log_path = segment::log_path(dir, base);
     let file = Arc::new(segment::open_for_write(&log_path)?);
     let file_bytes = file.metadata()?.len();
-    let read_or_empty = |path: PathBuf| match std::fs::read(path) {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    };
-    let mut offsets =
-        index::decode_offsets(&read_or_empty(segment::index_path(dir, base))?, file_bytes);
-    let mut times = index::decode_times(&read_or_empty(segment::time_index_path(dir, base))?);
+    let SegmentIndex {
+        mut offsets,
+        mut times,
+    } = segment::read_index_files(dir, base, file_bytes)?;
 
     // The last index entry whose record is intact is where checking starts.
     let mut start = (0u64, base);
@@ -904,14 +896,10 @@ fn recover_active(
     // Rewrite both index files to match what the log holds.
     let index_file = segment::open_for_write(&segment::index_path(dir, base))?;
     let time_index_file = segment::open_for_write(&segment::time_index_path(dir, base))?;
-    let mut buf = Vec::new();
-    index.offsets.iter().for_each(|e| e.encode(&mut buf));
     index_file.set_len(0)?;
-    index_file.write_all_at(&buf, 0)?;
-    buf.clear();
-    index.times.iter().for_each(|e| e.encode(&mut buf));
+    index_file.write_all_at(&index::encode_offsets(&index.offsets), 0)?;
     time_index_file.set_len(0)?;
-    time_index_file.write_all_at(&buf, 0)?;
+    time_index_file.write_all_at(&index::encode_times(&index.times), 0)?;
     // What recovery found may so far live only in the page cache of a process that crashed:
     // make it durable before serving it as acknowledged.
     file.sync_all()?;
@@ -949,7 +937,7 @@ fn record_at(file: &File, position: u64, file_bytes: u64) -> io::Result<Option<O
     {
         return Ok(None);
     }
-    let payload_len = u32::from_le_bytes(header[4..8].try_into().unwrap()) as u64;
+    let payload_len = u64::from(record::header_payload_len(&header));
     let total = HEADER_BYTES as u64 + payload_len;
     if payload_len > u64::from(proteus_log::topic::EVENT_BYTES_MAX_LIMIT)
         || position + total > file_bytes
@@ -994,5 +982,5 @@ fn first_record_time(file: &File) -> io::Result<Option<i64>> {
     if segment::read_full_at(file, &mut header, 0)? < HEADER_BYTES {
         return Ok(None);
     }
-    Ok(Some(i64::from_le_bytes(header[16..24].try_into().unwrap())))
+    Ok(Some(record::header_append_time_ms(&header)))
 }

@@ -62,11 +62,22 @@ pub fn encode(
     buf[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The payload length a record header claims (unchecked). `header` holds at least
+/// [`HEADER_BYTES`] bytes.
+pub fn header_payload_len(header: &[u8]) -> u32 {
+    u32::from_le_bytes(header[4..8].try_into().unwrap())
+}
+
+/// The append time a record header claims (unchecked).
+pub fn header_append_time_ms(header: &[u8]) -> i64 {
+    i64::from_le_bytes(header[16..24].try_into().unwrap())
+}
+
 pub fn decode(buf: &[u8]) -> Decoded<'_> {
     if buf.len() < HEADER_BYTES {
         return Decoded::Incomplete { total_bytes: None };
     }
-    let payload_len = u32::from_le_bytes(buf[4..8].try_into().unwrap());
+    let payload_len = header_payload_len(buf);
     if payload_len > EVENT_BYTES_MAX_LIMIT {
         // Either a torn header or corruption; which one is for the caller to judge.
         return Decoded::Invalid(format!(
@@ -88,7 +99,7 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
     }
     Decoded::Record(RecordView {
         offset: u64::from_le_bytes(buf[8..16].try_into().unwrap()),
-        append_time_ms: i64::from_le_bytes(buf[16..24].try_into().unwrap()),
+        append_time_ms: header_append_time_ms(buf),
         dedup_key: DedupKey(u128::from_le_bytes(buf[24..40].try_into().unwrap())),
         payload: &buf[HEADER_BYTES..total],
     })

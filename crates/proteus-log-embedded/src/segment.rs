@@ -26,6 +26,24 @@ pub fn time_index_path(dir: &Path, base_offset: Offset) -> PathBuf {
     dir.join(format!("{base_offset:020}.timeindex"))
 }
 
+/// The valid prefix of a segment's two index files (see [`index::decode_offsets`]); a missing
+/// file reads as empty.
+pub fn read_index_files(
+    dir: &Path,
+    base_offset: Offset,
+    log_bytes: u64,
+) -> io::Result<SegmentIndex> {
+    let read = |path: PathBuf| match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    };
+    Ok(SegmentIndex {
+        offsets: index::decode_offsets(&read(index_path(dir, base_offset))?, log_bytes),
+        times: index::decode_times(&read(time_index_path(dir, base_offset))?),
+    })
+}
+
 /// Parses `00000000000000001234.log` into 1234.
 pub fn parse_log_file_name(name: &str) -> Option<Offset> {
     let digits = name.strip_suffix(".log")?;
@@ -187,18 +205,12 @@ impl Segment {
 
     fn load_index(&self) -> io::Result<SegmentIndex> {
         let size = self.size_bytes();
-        let read = |path: PathBuf| match std::fs::read(path) {
-            Ok(bytes) => Ok(bytes),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
-        };
-        let offsets = index::decode_offsets(&read(index_path(&self.dir, self.base_offset))?, size);
-        let times = index::decode_times(&read(time_index_path(&self.dir, self.base_offset))?);
-        if offsets.is_empty() && size > 0 {
+        let index = read_index_files(&self.dir, self.base_offset, size)?;
+        if index.offsets.is_empty() && size > 0 {
             tracing::warn!(segment = %self.log_path().display(), "offset index missing or damaged; rebuilding it from the log file");
             return self.rebuild_index();
         }
-        Ok(SegmentIndex { offsets, times })
+        Ok(index)
     }
 
     /// Rebuilds the index by reading the whole segment. Used only when an index file is lost;

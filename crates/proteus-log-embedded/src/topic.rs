@@ -30,7 +30,6 @@ struct TopicFile {
 struct AppendState {
     dedup: DedupIndex,
     next_keyless_partition: PartitionId,
-    deleted: bool,
 }
 
 struct TopicMetrics {
@@ -122,7 +121,6 @@ impl Topic {
             append: Mutex::new(AppendState {
                 dedup: DedupIndex::new(config.dedup_window_ms, config.dedup_entries_max),
                 next_keyless_partition: 0,
-                deleted: false,
             }),
             config: RwLock::new(config),
             partitions,
@@ -189,8 +187,10 @@ impl Topic {
 
     /// Marks the topic deleted once no append is in its write phase; later appends fail.
     pub fn mark_deleted(&self) {
-        self.append.lock().unwrap().deleted = true;
+        // Set under the append lock: a write phase either finished before, or sees the flag.
+        let writers = self.append.lock().unwrap();
         self.deleted.store(true, Ordering::Release);
+        drop(writers);
         self.change.send_modify(|v| *v = v.wrapping_add(1));
     }
 
@@ -231,7 +231,7 @@ impl Topic {
         }
         let count = state.dedup.len();
         drop(state);
-        self.dedup_ready.send_replace(true);
+        self.mark_dedup_ready();
         Ok(count)
     }
 
@@ -258,7 +258,7 @@ impl Topic {
             }
         }
         let mut state = self.append.lock().unwrap();
-        if state.deleted {
+        if self.is_deleted() {
             return Err(LogError::TopicNotFound {
                 topic: self.name.clone(),
             });
