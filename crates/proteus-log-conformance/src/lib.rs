@@ -4,7 +4,7 @@
 //! and holds everywhere. An adapter provides a [`Harness`] and invokes
 //! [`log_conformance_tests!`] in its integration tests:
 //!
-//! ```ignore
+//! ```text
 //! proteus_log_conformance::log_conformance_tests!(MyHarness::new());
 //! ```
 //!
