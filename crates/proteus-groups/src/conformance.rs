@@ -1,0 +1,268 @@
+//! The conformance suite of the [`GroupStore`] port. Every adapter runs all of it through
+//! [`group_store_conformance_tests!`](crate::group_store_conformance_tests):
+//!
+//! ```text
+//! struct Harness { dir: tempfile::TempDir }
+//! impl proteus_groups::conformance::StoreHarness for Harness { ... }
+//! proteus_groups::group_store_conformance_tests!(Harness::new());
+//! ```
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use proteus_log::TopicName;
+
+use crate::config::GroupConfig;
+use crate::name::GroupName;
+use crate::store::{
+    FailureRecord, GroupRecord, GroupStore, PartitionProgress, ReplayRecord, StoreError,
+};
+
+/// What the suite needs from an adapter's test set-up.
+#[async_trait]
+pub trait StoreHarness: Send + Sync {
+    /// Opens the store. Opening again after dropping every handle must see everything a
+    /// completed write wrote (as after a crash or restart).
+    async fn open(&self) -> Arc<dyn GroupStore>;
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName::parse(name).unwrap()
+}
+
+fn group(name: &str) -> GroupName {
+    GroupName::parse(name).unwrap()
+}
+
+pub fn record(topic_name: &str, group_name: &str, partitions: u32) -> GroupRecord {
+    GroupRecord {
+        topic: topic(topic_name),
+        group: group(group_name),
+        config: GroupConfig::default(),
+        created_ms: 1_700_000_000_000,
+        partitions: (0..partitions)
+            .map(|partition| PartitionProgress {
+                partition,
+                committed: 0,
+                ..PartitionProgress::default()
+            })
+            .collect(),
+    }
+}
+
+pub async fn create_then_load(harness: &dyn StoreHarness) {
+    let store = harness.open().await;
+    let created = record("orders", "billing", 3);
+    store.create_group(&created).await.unwrap();
+    let loaded = store
+        .load_group(&created.topic, &created.group)
+        .await
+        .unwrap()
+        .expect("created group is found");
+    assert_eq!(loaded, created);
+    assert!(
+        store
+            .load_group(&created.topic, &group("other"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn create_twice_is_refused(harness: &dyn StoreHarness) {
+    let store = harness.open().await;
+    let created = record("orders", "billing", 1);
+    store.create_group(&created).await.unwrap();
+    let again = store.create_group(&created).await.unwrap_err();
+    assert!(matches!(again, StoreError::AlreadyExists { .. }), "{again}");
+}
+
+pub async fn same_group_name_on_two_topics_is_two_groups(harness: &dyn StoreHarness) {
+    let store = harness.open().await;
+    store.create_group(&record("a", "g", 1)).await.unwrap();
+    store.create_group(&record("b", "g", 2)).await.unwrap();
+    assert_eq!(
+        store
+            .load_group(&topic("b"), &group("g"))
+            .await
+            .unwrap()
+            .unwrap()
+            .partitions
+            .len(),
+        2
+    );
+}
+
+pub async fn progress_replaces_only_the_partitions_given(harness: &dyn StoreHarness) {
+    let store = harness.open().await;
+    let created = record("orders", "billing", 3);
+    store.create_group(&created).await.unwrap();
+    let one = PartitionProgress {
+        partition: 1,
+        committed: 42,
+        acked: vec![(44, 50), (60, 61)],
+        failures: vec![FailureRecord {
+            offset: 42,
+            deliveries: 3,
+            last_error: Some("timeout calling payments".into()),
+        }],
+        replays: vec![ReplayRecord {
+            offset: 7,
+            dead_letter_offset: 2,
+        }],
+    };
+    store
+        .save_progress(&created.topic, &created.group, std::slice::from_ref(&one))
+        .await
+        .unwrap();
+    let two = PartitionProgress {
+        partition: 2,
+        committed: 9,
+        ..PartitionProgress::default()
+    };
+    store
+        .save_progress(&created.topic, &created.group, std::slice::from_ref(&two))
+        .await
+        .unwrap();
+    let loaded = store
+        .load_group(&created.topic, &created.group)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.partitions[0], created.partitions[0]);
+    assert_eq!(loaded.partitions[1], one);
+    assert_eq!(loaded.partitions[2], two);
+}
+
+pub async fn writes_to_a_missing_group_fail(harness: &dyn StoreHarness) {
+    let store = harness.open().await;
+    let missing = record("orders", "ghost", 1);
+    let error = store
+        .save_progress(&missing.topic, &missing.group, &missing.partitions)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotFound { .. }), "{error}");
+    let error = store
+        .update_config(&missing.topic, &missing.group, &GroupConfig::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotFound { .. }), "{error}");
+}
+
+pub async fn config_updates_keep_progress(harness: &dyn StoreHarness) {
+    let store = harness.open().await;
+    let created = record("orders", "billing", 1);
+    store.create_group(&created).await.unwrap();
+    let progress = PartitionProgress {
+        partition: 0,
+        committed: 5,
+        ..PartitionProgress::default()
+    };
+    store
+        .save_progress(&created.topic, &created.group, std::slice::from_ref(&progress))
+        .await
+        .unwrap();
+    let mut config = GroupConfig::default();
+    config.ack_wait_ms = 1_234;
+    store
+        .update_config(&created.topic, &created.group, &config)
+        .await
+        .unwrap();
+    let loaded = store
+        .load_group(&created.topic, &created.group)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.config.ack_wait_ms, 1_234);
+    assert_eq!(loaded.partitions[0], progress);
+}
+
+pub async fn list_is_sorted_and_delete_removes(harness: &dyn StoreHarness) {
+    let store = harness.open().await;
+    for (t, g) in [("b", "y"), ("a", "z"), ("b", "x"), ("a", "a")] {
+        store.create_group(&record(t, g, 1)).await.unwrap();
+    }
+    let names: Vec<(String, String)> = store
+        .list_groups()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.topic.as_str().to_owned(), r.group.as_str().to_owned()))
+        .collect();
+    let expected: Vec<(String, String)> = [("a", "a"), ("a", "z"), ("b", "x"), ("b", "y")]
+        .iter()
+        .map(|(t, g)| (t.to_string(), g.to_string()))
+        .collect();
+    assert_eq!(names, expected);
+    assert!(store.delete_group(&topic("b"), &group("x")).await.unwrap());
+    assert!(!store.delete_group(&topic("b"), &group("x")).await.unwrap());
+    assert!(
+        store
+            .load_group(&topic("b"), &group("x"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.list_groups().await.unwrap().len(), 3);
+    // A deleted name can be created again, from scratch.
+    store.create_group(&record("b", "x", 2)).await.unwrap();
+    let again = store
+        .load_group(&topic("b"), &group("x"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.partitions.len(), 2);
+    assert_eq!(again.partitions[0].committed, 0);
+}
+
+pub async fn everything_survives_a_reopen(harness: &dyn StoreHarness) {
+    let created = record("orders", "billing", 2);
+    let progress = PartitionProgress {
+        partition: 1,
+        committed: 1_000_000,
+        acked: vec![(1_000_002, 1_000_010)],
+        ..PartitionProgress::default()
+    };
+    {
+        let store = harness.open().await;
+        store.create_group(&created).await.unwrap();
+        store
+            .save_progress(&created.topic, &created.group, std::slice::from_ref(&progress))
+            .await
+            .unwrap();
+    }
+    let store = harness.open().await;
+    let loaded = store
+        .load_group(&created.topic, &created.group)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.partitions[1], progress);
+}
+
+/// Runs the whole suite against `$harness` (an expression building a fresh [`StoreHarness`]
+/// for each test).
+#[macro_export]
+macro_rules! group_store_conformance_tests {
+    ($harness:expr) => {
+        $crate::group_store_conformance_tests!(@tests $harness;
+            create_then_load,
+            create_twice_is_refused,
+            same_group_name_on_two_topics_is_two_groups,
+            progress_replaces_only_the_partitions_given,
+            writes_to_a_missing_group_fail,
+            config_updates_keep_progress,
+            list_is_sorted_and_delete_removes,
+            everything_survives_a_reopen,
+        );
+    };
+    (@tests $harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let harness = $harness;
+                $crate::conformance::$name(&harness).await;
+            }
+        )*
+    };
+}
