@@ -98,6 +98,11 @@ pub enum GroupError {
         max: usize,
     },
 
+    #[error(
+        "there is no dead letter of group '{group}' at offset {offset} of its dead-letter topic; list them with GET …/dead-letters"
+    )]
+    DeadLetterNotFound { group: GroupName, offset: Offset },
+
     #[error("the consumer-group store failed: {0}")]
     Store(#[from] StoreError),
 

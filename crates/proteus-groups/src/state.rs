@@ -993,6 +993,11 @@ impl GroupState {
         dirty.into_iter().filter_map(|p| self.progress(p)).collect()
     }
 
+    /// Marks partitions to be saved again (after a failed save).
+    pub fn mark_dirty(&mut self, partitions: impl IntoIterator<Item = PartitionId>) {
+        self.dirty.extend(partitions);
+    }
+
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }
