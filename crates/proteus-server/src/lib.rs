@@ -10,11 +10,13 @@
 //! | `POST /v1/topics/{topic}/events` | append CloudEvents (structured, batch or binary mode) |
 //! | `GET /v1/topics/{topic}/partitions/{p}/events` | read a partition, with long polling |
 //! | `GET /v1/topics/{topic}/events/stream` | live tail as Server-Sent Events, resumable |
+//! | `/v1/topics/{topic}/groups/...` | consumer groups: members, pull, ack/nack, dead letters |
 //!
 //! Every error is an RFC 9457 `application/problem+json` body.
 
 mod events;
 mod extract;
+mod groups;
 mod metrics_layer;
 mod problem;
 mod stream;
@@ -28,8 +30,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+use proteus_groups_service::GroupService;
 use proteus_log::port::Log;
 use tokio::sync::watch;
 
@@ -60,6 +63,7 @@ impl Default for HttpConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub log: Arc<dyn Log>,
+    pub groups: GroupService,
     pub config: HttpConfig,
     pub metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
@@ -88,11 +92,16 @@ impl ShutdownSignal {
 }
 
 impl AppState {
-    pub fn new(log: Arc<dyn Log>, config: HttpConfig) -> (AppState, ShutdownSignal) {
+    pub fn new(
+        log: Arc<dyn Log>,
+        groups: GroupService,
+        config: HttpConfig,
+    ) -> (AppState, ShutdownSignal) {
         let (sender, receiver) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(true));
         let state = AppState {
             log,
+            groups,
             config,
             metrics: install_metrics_recorder(),
             ready: ready.clone(),
@@ -133,6 +142,49 @@ pub fn router(state: AppState) -> Router {
             get(events::read),
         )
         .route("/v1/topics/{topic}/events/stream", get(stream::stream))
+        .route("/v1/topics/{topic}/groups", get(groups::list))
+        .route(
+            "/v1/topics/{topic}/groups/{group}",
+            get(groups::describe).put(groups::put).delete(groups::delete),
+        )
+        .route("/v1/topics/{topic}/groups/{group}/reset", post(groups::reset))
+        .route("/v1/topics/{topic}/groups/{group}/members", post(groups::join))
+        .route(
+            "/v1/topics/{topic}/groups/{group}/members/{member}",
+            axum::routing::delete(groups::leave),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/members/{member}/heartbeat",
+            post(groups::heartbeat),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/members/{member}/pull",
+            post(groups::pull),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/members/{member}/ack",
+            post(groups::ack),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/members/{member}/nack",
+            post(groups::nack),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/members/{member}/in-progress",
+            post(groups::in_progress),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/dead-letters",
+            get(groups::dead_letters),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/dead-letters/replay",
+            post(groups::replay),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/dead-letters/{offset}",
+            get(groups::dead_letter),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(metrics_layer::record))

@@ -65,5 +65,6 @@ pub async fn delete(
 ) -> Result<impl IntoResponse, Problem> {
     let name = topic_name(&topic)?;
     state.log.delete_topic(&name).await?;
+    state.groups.topic_deleted(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proteus_groups_embedded::EmbeddedGroupStore;
+use proteus_groups_service::{GroupService, ServiceConfig};
 use proteus_log::port::Log;
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_server::{AppState, HttpConfig};
@@ -48,8 +50,18 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         })?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let log: Arc<dyn Log> = Arc::new(log);
+    let store = EmbeddedGroupStore::open(&settings.data_dir).map_err(|e| {
+        format!(
+            "cannot open the consumer-group store in {}: {e}",
+            settings.data_dir.display()
+        )
+    })?;
+    let groups = GroupService::open(log.clone(), Arc::new(store), ServiceConfig::default())
+        .await
+        .map_err(|e| format!("cannot load the consumer groups: {e}"))?;
     let (state, shutdown) = AppState::new(
         log.clone(),
+        groups.clone(),
         HttpConfig {
             body_bytes_max: settings.http_body_bytes_max,
             ..HttpConfig::default()
@@ -91,6 +103,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             "requests still in flight after the shutdown timeout; closing anyway"
         ),
     }
+    groups.shutdown().await;
     log.shutdown()
         .await
         .map_err(|e| format!("shutting down the log failed: {e}"))?;

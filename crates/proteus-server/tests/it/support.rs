@@ -25,7 +25,16 @@ impl TestServer {
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (state, signal) = AppState::new(Arc::new(log), config);
+        let log: Arc<dyn proteus_log::Log> = Arc::new(log);
+        let store = proteus_groups_embedded::EmbeddedGroupStore::open(dir.path()).unwrap();
+        let groups = proteus_groups_service::GroupService::open(
+            log.clone(),
+            Arc::new(store),
+            proteus_groups_service::ServiceConfig::default(),
+        )
+        .await
+        .unwrap();
+        let (state, signal) = AppState::new(log, groups, config);
         let stop = signal.clone();
         tokio::spawn(proteus_server::serve(listener, state, async move {
             stop.triggered().await
