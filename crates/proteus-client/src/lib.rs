@@ -13,12 +13,16 @@
 //! # Ok(()) }
 //! ```
 
+mod groups;
+
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use proteus_log::port::{AppendReceipt, TopicDescription};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+pub use groups::{Assignment, Consumer, ConsumerOptions, Delivered, Membership, Pulled};
 
 /// What went wrong talking to Proteus, worded for the person running the command.
 #[derive(Debug, thiserror::Error)]

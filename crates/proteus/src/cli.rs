@@ -1,4 +1,4 @@
-//! The client commands: `topic`, `publish` and `tail`.
+//! The client commands: `topic`, `publish` and `tail` (groups are in `group_cli`).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
@@ -133,11 +133,11 @@ pub struct TailArgs {
     pub client: ClientArgs,
 }
 
-fn client(args: &ClientArgs) -> Result<Client, String> {
+pub(crate) fn client(args: &ClientArgs) -> Result<Client, String> {
     Client::new(&args.server).map_err(|e| e.to_string())
 }
 
-fn say(error: ClientError) -> String {
+pub(crate) fn say(error: ClientError) -> String {
     error.to_string()
 }
 
@@ -536,7 +536,7 @@ fn print_event(out: &mut impl Write, record: &EventRecord, output: Output) {
     let _ = out.flush();
 }
 
-fn rfc3339_ms(ms: i64) -> String {
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| {
@@ -546,7 +546,7 @@ fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn truncate(text: &str, chars_max: usize) -> String {
+pub(crate) fn truncate(text: &str, chars_max: usize) -> String {
     if text.chars().count() <= chars_max {
         text.to_owned()
     } else {
@@ -556,7 +556,7 @@ fn truncate(text: &str, chars_max: usize) -> String {
     }
 }
 
-fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {

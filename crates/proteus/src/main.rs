@@ -1,6 +1,7 @@
 //! `proteus`: the server (`proteus serve`) and its command-line client.
 
 mod cli;
+mod group_cli;
 mod serve;
 mod settings;
 
@@ -33,6 +34,18 @@ enum Command {
     Publish(cli::PublishArgs),
     /// Print a topic's events as they arrive.
     Tail(cli::TailArgs),
+    /// Create, list, describe, delete and reset consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: group_cli::GroupCommand,
+    },
+    /// Consume a topic as a member of a group: print each event, then ack it.
+    Consume(group_cli::ConsumeArgs),
+    /// List and replay a group's dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: group_cli::DlqCommand,
+    },
     /// Measure Proteus and its peers (NATS JetStream, Redis, PostgreSQL) on this machine.
     Bench {
         #[command(subcommand)]
@@ -62,6 +75,9 @@ fn main() -> ExitCode {
             Command::Topic { command } => cli::topic(command).await,
             Command::Publish(args) => cli::publish(args).await,
             Command::Tail(args) => cli::tail(args).await,
+            Command::Group { command } => group_cli::group(command).await,
+            Command::Consume(args) => group_cli::consume(args).await,
+            Command::Dlq { command } => group_cli::dlq(command).await,
             Command::Bench { command } => proteus_bench::run(command).await,
         }
     });
