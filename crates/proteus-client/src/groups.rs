@@ -58,16 +58,28 @@ fn group_path(topic: &str, group: &str) -> String {
 impl Client {
     /// Creates a group or updates its settings; `config` is the JSON body of
     /// `PUT /v1/topics/{topic}/groups/{group}`.
-    pub async fn put_group(&self, topic: &str, group: &str, config: &Value) -> Result<Value, ClientError> {
+    pub async fn put_group(
+        &self,
+        topic: &str,
+        group: &str,
+        config: &Value,
+    ) -> Result<Value, ClientError> {
         let response = self
-            .send(self.http.put(self.url(&group_path(topic, group))).json(config))
+            .send(
+                self.http
+                    .put(self.url(&group_path(topic, group)))
+                    .json(config),
+            )
             .await?;
         self.json(response).await
     }
 
     pub async fn list_groups(&self, topic: &str) -> Result<Vec<Value>, ClientError> {
         let response = self
-            .send(self.http.get(self.url(&format!("/v1/topics/{topic}/groups"))))
+            .send(
+                self.http
+                    .get(self.url(&format!("/v1/topics/{topic}/groups"))),
+            )
             .await?;
         let body: Value = self.json(response).await?;
         Ok(body["groups"].as_array().cloned().unwrap_or_default())
@@ -131,17 +143,33 @@ impl Client {
     }
 
     fn member_url(&self, topic: &str, group: &str, member: &str, action: &str) -> String {
-        self.url(&format!("{}/members/{member}{action}", group_path(topic, group)))
+        self.url(&format!(
+            "{}/members/{member}{action}",
+            group_path(topic, group)
+        ))
     }
 
-    pub async fn heartbeat(&self, topic: &str, group: &str, member: &str) -> Result<Assignment, ClientError> {
+    pub async fn heartbeat(
+        &self,
+        topic: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<Assignment, ClientError> {
         let response = self
-            .send(self.http.post(self.member_url(topic, group, member, "/heartbeat")))
+            .send(
+                self.http
+                    .post(self.member_url(topic, group, member, "/heartbeat")),
+            )
             .await?;
         self.json(response).await
     }
 
-    pub async fn leave_group(&self, topic: &str, group: &str, member: &str) -> Result<(), ClientError> {
+    pub async fn leave_group(
+        &self,
+        topic: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<(), ClientError> {
         self.send(self.http.delete(self.member_url(topic, group, member, "")))
             .await?;
         Ok(())
@@ -176,7 +204,11 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let body = json!({ "generation": generation, "positions": positions });
         let response = self
-            .send(self.http.post(self.member_url(topic, group, member, "/ack")).json(&body))
+            .send(
+                self.http
+                    .post(self.member_url(topic, group, member, "/ack"))
+                    .json(&body),
+            )
             .await?;
         self.json(response).await
     }
@@ -200,7 +232,11 @@ impl Client {
             body["error"] = json!(error);
         }
         let response = self
-            .send(self.http.post(self.member_url(topic, group, member, "/nack")).json(&body))
+            .send(
+                self.http
+                    .post(self.member_url(topic, group, member, "/nack"))
+                    .json(&body),
+            )
             .await?;
         self.json(response).await
     }
@@ -336,7 +372,11 @@ impl Consumer {
     }
 
     /// Pulls and handles events until `stop` resolves, then leaves the group.
-    pub async fn run<F, Fut>(&mut self, mut handler: F, stop: impl Future<Output = ()>) -> Result<(), ClientError>
+    pub async fn run<F, Fut>(
+        &mut self,
+        mut handler: F,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), ClientError>
     where
         F: FnMut(Delivered) -> Fut,
         Fut: Future<Output = Result<(), String>>,
@@ -387,10 +427,20 @@ impl Consumer {
         self.client
             .leave_group(&self.topic, &self.group, &self.membership.member_id)
             .await
-            .or_else(|error| if is_lost_session(&error) { Ok(()) } else { Err(error) })
+            .or_else(|error| {
+                if is_lost_session(&error) {
+                    Ok(())
+                } else {
+                    Err(error)
+                }
+            })
     }
 
-    async fn settle(&mut self, acks: Vec<String>, nacks: Vec<(String, String)>) -> Result<(), ClientError> {
+    async fn settle(
+        &mut self,
+        acks: Vec<String>,
+        nacks: Vec<(String, String)>,
+    ) -> Result<(), ClientError> {
         let generation = self.membership.generation;
         let member = self.membership.member_id.clone();
         if !acks.is_empty()
@@ -407,7 +457,15 @@ impl Consumer {
         for (position, reason) in nacks {
             if let Err(error) = self
                 .client
-                .nack(&self.topic, &self.group, &member, generation, &[position], None, Some(&reason))
+                .nack(
+                    &self.topic,
+                    &self.group,
+                    &member,
+                    generation,
+                    &[position],
+                    None,
+                    Some(&reason),
+                )
                 .await
                 && !is_fenced(&error)
             {
@@ -451,6 +509,11 @@ fn is_lost_session(error: &ClientError) -> bool {
 fn is_fenced(error: &ClientError) -> bool {
     matches!(
         problem_type(error),
-        Some("/problems/stale-generation" | "/problems/not-owner" | "/problems/unknown-member" | "/problems/not-delivered")
+        Some(
+            "/problems/stale-generation"
+                | "/problems/not-owner"
+                | "/problems/unknown-member"
+                | "/problems/not-delivered"
+        )
     )
 }

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use proteus_groups::{GroupConfig, GroupName, GroupRecord, GroupStore, PartitionProgress, StoreError};
+use proteus_groups::{
+    GroupConfig, GroupName, GroupRecord, GroupStore, PartitionProgress, StoreError,
+};
 use proteus_log::TopicName;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -63,9 +65,8 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 impl EmbeddedGroupStore {
     /// Opens (or creates) `<data_dir>/groups.redb`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            backend(format!("cannot create {}: {e}", data_dir.display()))
-        })?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| backend(format!("cannot create {}: {e}", data_dir.display())))?;
         let path = data_dir.join(FILE_NAME);
         let db = Database::create(&path)
             .map_err(|e| backend(format!("cannot open {}: {e}", path.display())))?;
@@ -87,10 +88,17 @@ impl EmbeddedGroupStore {
     }
 }
 
-fn read_group(db: &Database, topic: &TopicName, group: &GroupName) -> Result<Option<GroupRecord>, StoreError> {
+fn read_group(
+    db: &Database,
+    topic: &TopicName,
+    group: &GroupName,
+) -> Result<Option<GroupRecord>, StoreError> {
     let txn = db.begin_read().map_err(backend)?;
     let groups = txn.open_table(GROUPS).map_err(backend)?;
-    let Some(stored) = groups.get(group_key(topic, group).as_str()).map_err(backend)? else {
+    let Some(stored) = groups
+        .get(group_key(topic, group).as_str())
+        .map_err(backend)?
+    else {
         return Ok(None);
     };
     let stored: StoredGroup = serde_json::from_slice(stored.value()).map_err(backend)?;
@@ -98,9 +106,13 @@ fn read_group(db: &Database, topic: &TopicName, group: &GroupName) -> Result<Opt
     let prefix = progress_prefix(topic, group);
     let end = prefix_end(&prefix);
     let mut partitions = Vec::with_capacity(stored.partitions as usize);
-    for entry in progress.range(prefix.as_slice()..end.as_slice()).map_err(backend)? {
+    for entry in progress
+        .range(prefix.as_slice()..end.as_slice())
+        .map_err(backend)?
+    {
         let (_, value) = entry.map_err(backend)?;
-        let partition: PartitionProgress = serde_json::from_slice(value.value()).map_err(backend)?;
+        let partition: PartitionProgress =
+            serde_json::from_slice(value.value()).map_err(backend)?;
         partitions.push(partition);
     }
     Ok(Some(GroupRecord {
@@ -133,12 +145,16 @@ impl GroupStore for EmbeddedGroupStore {
                     partitions: record.partitions.len() as u32,
                 };
                 let json = serde_json::to_vec(&stored).map_err(backend)?;
-                groups.insert(key.as_str(), json.as_slice()).map_err(backend)?;
+                groups
+                    .insert(key.as_str(), json.as_slice())
+                    .map_err(backend)?;
                 let mut progress = txn.open_table(PROGRESS).map_err(backend)?;
                 for partition in &record.partitions {
                     let key = progress_key(&record.topic, &record.group, partition.partition);
                     let json = serde_json::to_vec(partition).map_err(backend)?;
-                    progress.insert(key.as_slice(), json.as_slice()).map_err(backend)?;
+                    progress
+                        .insert(key.as_slice(), json.as_slice())
+                        .map_err(backend)?;
                 }
             }
             txn.commit().map_err(backend)
@@ -164,7 +180,9 @@ impl GroupStore for EmbeddedGroupStore {
                 };
                 stored.config = config;
                 let json = serde_json::to_vec(&stored).map_err(backend)?;
-                groups.insert(key.as_str(), json.as_slice()).map_err(backend)?;
+                groups
+                    .insert(key.as_str(), json.as_slice())
+                    .map_err(backend)?;
             }
             txn.commit().map_err(backend)
         })
@@ -193,7 +211,9 @@ impl GroupStore for EmbeddedGroupStore {
                 for partition in &progress {
                     let key = progress_key(&topic, &group, partition.partition);
                     let json = serde_json::to_vec(partition).map_err(backend)?;
-                    table.insert(key.as_slice(), json.as_slice()).map_err(backend)?;
+                    table
+                        .insert(key.as_slice(), json.as_slice())
+                        .map_err(backend)?;
                 }
             }
             txn.commit().map_err(backend)
@@ -207,7 +227,8 @@ impl GroupStore for EmbeddedGroupStore {
         group: &GroupName,
     ) -> Result<Option<GroupRecord>, StoreError> {
         let (topic, group) = (topic.clone(), group.clone());
-        self.blocking(move |db| read_group(db, &topic, &group)).await
+        self.blocking(move |db| read_group(db, &topic, &group))
+            .await
     }
 
     async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError> {

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use proteus_groups::GroupError;
 use proteus_groups::dead_letter::{DeadLetter, dead_letter_json, parse_dead_letter};
 use proteus_groups::state::{DeadLetterDue, Position};
-use proteus_groups::GroupError;
 use proteus_log::topic::EVENT_BYTES_MAX_LIMIT;
 use proteus_log::{Event, LogError, Offset, ReadFrom, ReadLimits, TopicConfig, TopicName};
 
@@ -26,7 +26,11 @@ pub enum ReplaySelection {
 /// Creates the dead-letter topic if needed: one partition (dead letters keep their arrival
 /// order), no deduplication (the same event may die twice after a replay), the source topic's
 /// retention, and room for the added attributes.
-async fn ensure_topic(inner: &Inner, source: &TopicName, topic: &TopicName) -> Result<(), LogError> {
+async fn ensure_topic(
+    inner: &Inner,
+    source: &TopicName,
+    topic: &TopicName,
+) -> Result<(), LogError> {
     match inner.log.describe_topic(topic).await {
         Ok(_) => return Ok(()),
         Err(LogError::TopicNotFound { .. }) => {}
@@ -76,7 +80,11 @@ pub(crate) fn spawn_writes(inner: &Arc<Inner>, handle: &Arc<GroupHandle>, due: V
     });
 }
 
-async fn write(inner: &Inner, handle: &GroupHandle, due: &[DeadLetterDue]) -> Result<u64, GroupError> {
+async fn write(
+    inner: &Inner,
+    handle: &GroupHandle,
+    due: &[DeadLetterDue],
+) -> Result<u64, GroupError> {
     let dead_letter_topic = handle
         .config()
         .dead_letter_topic_for(&handle.topic, &handle.group);
@@ -92,9 +100,15 @@ async fn write(inner: &Inner, handle: &GroupHandle, due: &[DeadLetterDue]) -> Re
                 .await?
                 .and_then(|stored| parse_dead_letter(&stored))
                 .map(|letter| proteus_groups::dead_letter::original_json(&letter)),
-            None => read_at(inner, &handle.topic, entry.position.partition, entry.position.offset, one)
-                .await?
-                .map(|stored| stored.json.to_vec()),
+            None => read_at(
+                inner,
+                &handle.topic,
+                entry.position.partition,
+                entry.position.offset,
+                one,
+            )
+            .await?
+            .map(|stored| stored.json.to_vec()),
         };
         let Some(original) = original else {
             tracing::warn!(topic = %handle.topic, group = %handle.group, position = %entry.position,
@@ -130,7 +144,11 @@ async fn read_at(
         .read(topic, partition, ReadFrom::Offset(offset), limits)
         .await
     {
-        Ok(batch) => Ok(batch.events.into_iter().next().filter(|e| e.offset == offset)),
+        Ok(batch) => Ok(batch
+            .events
+            .into_iter()
+            .next()
+            .filter(|e| e.offset == offset)),
         Err(LogError::OffsetOutOfRange { .. } | LogError::TopicNotFound { .. }) => Ok(None),
         Err(error) => Err(error.into()),
     }
@@ -206,7 +224,11 @@ pub(crate) async fn replay(
             let mut letters = Vec::with_capacity(offsets.len());
             for offset in offsets {
                 let (page, _) = list(inner, handle, offset, 1).await?;
-                match page.into_iter().next().filter(|l| l.dead_letter_offset == offset) {
+                match page
+                    .into_iter()
+                    .next()
+                    .filter(|l| l.dead_letter_offset == offset)
+                {
                     Some(letter) => letters.push(letter),
                     None => {
                         return Err(GroupError::DeadLetterNotFound {

@@ -210,7 +210,8 @@ impl GroupHandle {
         if !expired.dead_letters.is_empty() {
             dead_letters::spawn_writes(inner, self, expired.dead_letters);
         }
-        let ready_now = self.with_state(|state| state.next_due_ms().is_some_and(|due| due <= now_ms));
+        let ready_now =
+            self.with_state(|state| state.next_due_ms().is_some_and(|due| due <= now_ms));
         if ready_now {
             self.changed.notify_waiters();
         }
@@ -337,7 +338,9 @@ async fn save(inner: &Inner, handle: &GroupHandle) {
         (state.take_dirty(), handle.requested.load(Ordering::Acquire))
     };
     if progress.is_empty() {
-        handle.durability.send_modify(|d| d.durable = d.durable.max(version));
+        handle
+            .durability
+            .send_modify(|d| d.durable = d.durable.max(version));
         return;
     }
     match inner
@@ -367,7 +370,9 @@ async fn save(inner: &Inner, handle: &GroupHandle) {
 async fn flusher(inner: std::sync::Weak<Inner>, handle: std::sync::Weak<GroupHandle>) {
     loop {
         let wake = {
-            let Some(handle) = handle.upgrade() else { return };
+            let Some(handle) = handle.upgrade() else {
+                return;
+            };
             // Register interest before checking, so a wake-up between the two is not lost.
             let handle_for_wait = handle.clone();
             async move { handle_for_wait.flush_wake.notified().await }

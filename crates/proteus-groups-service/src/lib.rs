@@ -13,8 +13,8 @@
 mod dead_letters;
 mod handle;
 mod metrics_names;
-pub mod push;
 mod pull;
+pub mod push;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -32,8 +32,8 @@ use tokio::sync::watch;
 
 pub use dead_letters::ReplaySelection;
 pub use handle::GroupHandle;
-pub use pull::{Delivery, PullRequest, PullResponse};
 pub use proteus_groups::dead_letter::DeadLetter;
+pub use pull::{Delivery, PullRequest, PullResponse};
 
 /// The clock: milliseconds since the Unix epoch. Tests pass one they control.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -222,13 +222,15 @@ impl GroupService {
     ) -> Result<bool, GroupError> {
         config.validate()?;
         if let Ok(handle) = self.handle(topic, group) {
-            self.inner.store.update_config(topic, group, &config).await?;
+            self.inner
+                .store
+                .update_config(topic, group, &config)
+                .await?;
             handle.set_config(&self.inner, config);
             return Ok(false);
         }
         let description = self.inner.log.describe_topic(topic).await?;
-        if self.inner.groups.read().expect("group map lock").len() >= self.inner.config.groups_max
-        {
+        if self.inner.groups.read().expect("group map lock").len() >= self.inner.config.groups_max {
             return Err(GroupError::InvalidConfig(
                 proteus_groups::config::InvalidGroupConfig {
                     field: "groups",

@@ -281,7 +281,12 @@ async fn read_one(
         }
         Err(error) => return Err(error.into()),
     };
-    let Some(event) = batch.events.into_iter().next().filter(|e| e.offset == offset) else {
+    let Some(event) = batch
+        .events
+        .into_iter()
+        .next()
+        .filter(|e| e.offset == offset)
+    else {
         return Ok(None);
     };
     if replay_of.is_none() {

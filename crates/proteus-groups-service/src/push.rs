@@ -284,7 +284,8 @@ pub fn sign(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> [(&'static 
 }
 
 fn batch_request(deliveries: &[Delivery]) -> (HeaderMap, Bytes) {
-    let mut body = Vec::with_capacity(deliveries.iter().map(|d| d.json.len() + 1).sum::<usize>() + 2);
+    let mut body =
+        Vec::with_capacity(deliveries.iter().map(|d| d.json.len() + 1).sum::<usize>() + 2);
     body.push(b'[');
     for (index, delivery) in deliveries.iter().enumerate() {
         if index > 0 {
@@ -304,8 +305,7 @@ fn batch_request(deliveries: &[Delivery]) -> (HeaderMap, Bytes) {
 /// The CloudEvents HTTP binary mode: every attribute but the data as a `ce-` header
 /// (`datacontenttype` as `Content-Type`), the data as the body.
 pub fn binary_request(json: &[u8]) -> Result<(HeaderMap, Bytes), String> {
-    let mut event: Map<String, Value> =
-        serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let mut event: Map<String, Value> = serde_json::from_slice(json).map_err(|e| e.to_string())?;
     let data = event.remove("data");
     let data_base64 = event.remove("data_base64");
     let content_type = match event.remove("datacontenttype") {
@@ -323,14 +323,16 @@ pub fn binary_request(json: &[u8]) -> Result<(HeaderMap, Bytes), String> {
         headers.insert(header, header_value(&text)?);
         if name == "traceparent" || name == "tracestate" {
             headers.insert(
-                HeaderName::from_static(if name == "traceparent" { "traceparent" } else { "tracestate" }),
+                HeaderName::from_static(if name == "traceparent" {
+                    "traceparent"
+                } else {
+                    "tracestate"
+                }),
                 header_value(&text)?,
             );
         }
     }
-    let is_json = content_type
-        .as_deref()
-        .is_none_or(|ct| ct.contains("json"));
+    let is_json = content_type.as_deref().is_none_or(|ct| ct.contains("json"));
     let body = match (data_base64, data) {
         (Some(Value::String(encoded)), _) => base64::engine::general_purpose::STANDARD
             .decode(encoded)
@@ -364,7 +366,10 @@ mod tests {
         assert_eq!(headers["ce-type"], "order.created");
         assert_eq!(headers["ce-subject"], "caf%C3%A9");
         assert_eq!(headers["content-type"], "application/json");
-        assert_eq!(headers["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        assert_eq!(
+            headers["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
         assert_eq!(&body[..], br#"{"total":12}"#);
     }
 

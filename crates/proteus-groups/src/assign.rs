@@ -87,7 +87,11 @@ mod tests {
     }
 
     fn check_balanced(partitions: u32, members: &[MemberId], result: &BTreeMap<u32, MemberId>) {
-        assert_eq!(result.len(), partitions as usize, "every partition has an owner");
+        assert_eq!(
+            result.len(),
+            partitions as usize,
+            "every partition has an owner"
+        );
         let mut counts: BTreeMap<&MemberId, usize> = BTreeMap::new();
         for owner in result.values() {
             assert!(members.contains(owner));
@@ -108,7 +112,10 @@ mod tests {
         let second = sticky_assign(6, &three, &first);
         check_balanced(6, &three, &second);
         let moved = (0..6).filter(|p| first[p] != second[p]).count();
-        assert_eq!(moved, 2, "the new member takes two partitions, nothing else moves");
+        assert_eq!(
+            moved, 2,
+            "the new member takes two partitions, nothing else moves"
+        );
     }
 
     #[test]

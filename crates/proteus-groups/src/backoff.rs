@@ -52,7 +52,9 @@ mod tests {
             backoff_max_ms: 1_000,
             deliveries_max: 10,
         };
-        let ceilings: Vec<u64> = (1..=6).map(|n| exponential_ceiling_ms(&policy, n)).collect();
+        let ceilings: Vec<u64> = (1..=6)
+            .map(|n| exponential_ceiling_ms(&policy, n))
+            .collect();
         assert_eq!(ceilings, [100, 200, 400, 800, 1_000, 1_000]);
         assert_eq!(exponential_ceiling_ms(&policy, u32::MAX), 1_000);
     }
@@ -69,7 +71,10 @@ mod tests {
             .map(|_| retry_delay_ms(&policy, 1, jitter.next_u64()))
             .collect();
         assert!(delays.iter().all(|&d| d <= 1_000));
-        assert!(delays.iter().any(|&d| d < 100), "full jitter reaches low delays");
+        assert!(
+            delays.iter().any(|&d| d < 100),
+            "full jitter reaches low delays"
+        );
         assert!(delays.iter().any(|&d| d > 900), "and high ones");
         let mean = delays.iter().sum::<u64>() as f64 / delays.len() as f64;
         assert!((mean - 500.0).abs() < 25.0, "mean {mean}");

@@ -302,11 +302,9 @@ pub fn default_dead_letter_topic(topic: &TopicName, group: &crate::GroupName) ->
     if let Ok(name) = TopicName::parse(&full) {
         return name;
     }
-    let hash = full
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
     let short = format!("{}.{hash:016x}.dlq", &topic.as_str()[..200]);
     TopicName::parse(&short).expect("a 200-byte topic prefix plus a hash is a valid topic name")
 }
@@ -381,9 +379,15 @@ mod tests {
             (r#""beginning""#, StartPosition::Beginning),
             (r#""end""#, StartPosition::End),
             (r#"{"offset": 42}"#, StartPosition::Offset(42)),
-            (r#"{"time_ms": 1700000000000}"#, StartPosition::TimeMs(1_700_000_000_000)),
+            (
+                r#"{"time_ms": 1700000000000}"#,
+                StartPosition::TimeMs(1_700_000_000_000),
+            ),
         ] {
-            assert_eq!(serde_json::from_str::<StartPosition>(text).unwrap(), expected);
+            assert_eq!(
+                serde_json::from_str::<StartPosition>(text).unwrap(),
+                expected
+            );
         }
     }
 
@@ -392,14 +396,16 @@ mod tests {
         let mut config = GroupConfig::default();
         config.retry.deliveries_max = 0;
         assert_eq!(config.validate().unwrap_err().field, "retry.deliveries_max");
-        let mut config = GroupConfig::default();
-        config.push = Some(PushConfig {
-            url: "ftp://x".into(),
-            mode: PushMode::Binary,
-            concurrency_max: 1,
-            timeout_ms: 1000,
-            hmac_secret: None,
-        });
+        let config = GroupConfig {
+            push: Some(PushConfig {
+                url: "ftp://x".into(),
+                mode: PushMode::Binary,
+                concurrency_max: 1,
+                timeout_ms: 1000,
+                hmac_secret: None,
+            }),
+            ..GroupConfig::default()
+        };
         assert_eq!(config.validate().unwrap_err().field, "push.url");
         assert!(serde_json::from_str::<GroupConfig>(r#"{"ack_wait":1}"#).is_err());
     }

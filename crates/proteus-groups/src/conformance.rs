@@ -159,11 +159,17 @@ pub async fn config_updates_keep_progress(harness: &dyn StoreHarness) {
         ..PartitionProgress::default()
     };
     store
-        .save_progress(&created.topic, &created.group, std::slice::from_ref(&progress))
+        .save_progress(
+            &created.topic,
+            &created.group,
+            std::slice::from_ref(&progress),
+        )
         .await
         .unwrap();
-    let mut config = GroupConfig::default();
-    config.ack_wait_ms = 1_234;
+    let config = GroupConfig {
+        ack_wait_ms: 1_234,
+        ..GroupConfig::default()
+    };
     store
         .update_config(&created.topic, &created.group, &config)
         .await
@@ -227,7 +233,11 @@ pub async fn everything_survives_a_reopen(harness: &dyn StoreHarness) {
         let store = harness.open().await;
         store.create_group(&created).await.unwrap();
         store
-            .save_progress(&created.topic, &created.group, std::slice::from_ref(&progress))
+            .save_progress(
+                &created.topic,
+                &created.group,
+                std::slice::from_ref(&progress),
+            )
             .await
             .unwrap();
     }

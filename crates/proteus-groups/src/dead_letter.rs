@@ -47,7 +47,10 @@ pub fn dead_letter_json(
     if let Some(error) = &due.last_error {
         event.insert("dlerror".into(), error.clone().into());
     }
-    event.insert("dldeliveries".into(), due.deliveries.min(i32::MAX as u32).into());
+    event.insert(
+        "dldeliveries".into(),
+        due.deliveries.min(i32::MAX as u32).into(),
+    );
     event.insert("dltopic".into(), topic.as_str().into());
     event.insert("dlgroup".into(), group.as_str().into());
     event.insert(

@@ -64,8 +64,13 @@ pub enum GroupError {
         fetched: Offset,
     },
 
-    #[error("position {partition}:{offset} is not awaiting an ack: it was already acknowledged, or it is waiting for a retry")]
-    NotInFlight { partition: PartitionId, offset: Offset },
+    #[error(
+        "position {partition}:{offset} is not awaiting an ack: it was already acknowledged, or it is waiting for a retry"
+    )]
+    NotInFlight {
+        partition: PartitionId,
+        offset: Offset,
+    },
 
     #[error("invalid position {text:?}: expected partition:offset, such as 0:42")]
     InvalidPosition { text: String },
@@ -88,9 +93,7 @@ pub enum GroupError {
     )]
     PushGroup { group: GroupName },
 
-    #[error(
-        "group '{group}' of topic '{topic}' has {members} members; the most is {max}"
-    )]
+    #[error("group '{group}' of topic '{topic}' has {members} members; the most is {max}")]
     TooManyMembers {
         topic: TopicName,
         group: GroupName,

@@ -737,7 +737,14 @@ impl GroupState {
                 .expect("checked above");
             let last_error = error.clone().or(flight.last_error);
             outcome.nacked += 1;
-            if let Some(due) = self.fail(position, flight.deliveries, last_error, flight.replay_of, delay_ms, now_ms) {
+            if let Some(due) = self.fail(
+                position,
+                flight.deliveries,
+                last_error,
+                flight.replay_of,
+                delay_ms,
+                now_ms,
+            ) {
                 outcome.dead_letters.push(due);
             }
         }
@@ -853,15 +860,22 @@ impl GroupState {
             for (offset, flight) in late {
                 expired.events += 1;
                 let last_error = flight.last_error.or_else(|| {
-                    Some(format!("not acknowledged within ack_wait_ms = {ack_wait_ms}"))
+                    Some(format!(
+                        "not acknowledged within ack_wait_ms = {ack_wait_ms}"
+                    ))
                 });
                 let position = Position {
                     partition: index as PartitionId,
                     offset,
                 };
-                if let Some(due) =
-                    self.fail(position, flight.deliveries, last_error, flight.replay_of, None, now_ms)
-                {
+                if let Some(due) = self.fail(
+                    position,
+                    flight.deliveries,
+                    last_error,
+                    flight.replay_of,
+                    None,
+                    now_ms,
+                ) {
                     expired.dead_letters.push(due);
                 }
             }
@@ -888,7 +902,8 @@ impl GroupState {
         if let Some(state) = self.partitions.get_mut(position.partition as usize)
             && let Some(mut entry) = state.dead_lettering.remove(&position.offset)
         {
-            entry.ready_ms = now_ms.saturating_add(self.config.retry.backoff_base_ms.max(100) as i64);
+            entry.ready_ms =
+                now_ms.saturating_add(self.config.retry.backoff_base_ms.max(100) as i64);
             entry.deliveries = entry.deliveries.saturating_sub(1);
             state.waiting.insert(position.offset, entry);
         }
@@ -947,20 +962,21 @@ impl GroupState {
         let state = self.partitions.get(partition as usize)?;
         let mut failures: Vec<FailureRecord> = Vec::new();
         let mut replays: Vec<ReplayRecord> = Vec::new();
-        let mut note = |offset: Offset, deliveries: u32, error: &Option<String>, replay_of: Option<Offset>| {
-            if let Some(dead_letter_offset) = replay_of {
-                replays.push(ReplayRecord {
-                    offset,
-                    dead_letter_offset,
-                });
-            } else if deliveries > 0 {
-                failures.push(FailureRecord {
-                    offset,
-                    deliveries,
-                    last_error: error.clone(),
-                });
-            }
-        };
+        let mut note =
+            |offset: Offset, deliveries: u32, error: &Option<String>, replay_of: Option<Offset>| {
+                if let Some(dead_letter_offset) = replay_of {
+                    replays.push(ReplayRecord {
+                        offset,
+                        dead_letter_offset,
+                    });
+                } else if deliveries > 0 {
+                    failures.push(FailureRecord {
+                        offset,
+                        deliveries,
+                        last_error: error.clone(),
+                    });
+                }
+            };
         for (&offset, w) in state.waiting.iter().chain(state.dead_lettering.iter()) {
             note(offset, w.deliveries, &w.last_error, w.replay_of);
         }
@@ -1046,10 +1062,10 @@ impl GroupState {
 
     /// The earliest time something may become due: a deadline, a retry or a session end.
     pub fn next_due_ms(&self) -> Option<i64> {
-        let sessions = self
-            .members
-            .values()
-            .map(|s| s.last_seen_ms.saturating_add(self.config.session_timeout_ms as i64 + 1));
+        let sessions = self.members.values().map(|s| {
+            s.last_seen_ms
+                .saturating_add(self.config.session_timeout_ms as i64 + 1)
+        });
         let partitions = self.partitions.iter().flat_map(|p| {
             p.in_flight
                 .values()

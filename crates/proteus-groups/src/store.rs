@@ -96,6 +96,5 @@ pub trait GroupStore: Send + Sync {
     async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
 
     /// Removes a group and its progress; returns whether it existed.
-    async fn delete_group(&self, topic: &TopicName, group: &GroupName)
-    -> Result<bool, StoreError>;
+    async fn delete_group(&self, topic: &TopicName, group: &GroupName) -> Result<bool, StoreError>;
 }

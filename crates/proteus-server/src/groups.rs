@@ -68,22 +68,36 @@ impl From<GroupError> for Problem {
                 StatusCode::NOT_FOUND,
                 "group-not-found",
                 "Group not found",
-                format!("{detail}; create it with PUT /v1/topics/{topic}/groups/{group} or `proteus group create {topic} {group}`"),
+                format!(
+                    "{detail}; create it with PUT /v1/topics/{topic}/groups/{group} or `proteus group create {topic} {group}`"
+                ),
             ),
-            GroupError::GroupExists { .. } => {
-                Problem::new(StatusCode::CONFLICT, "group-exists", "Group already exists", detail)
-            }
+            GroupError::GroupExists { .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "group-exists",
+                "Group already exists",
+                detail,
+            ),
             GroupError::InvalidName(_) => {
                 Problem::bad_request("invalid-name", "Invalid name", detail)
             }
-            GroupError::InvalidConfig(invalid) => {
-                Problem::bad_request("invalid-group-config", "Invalid group configuration", detail)
-                    .with("field", invalid.field)
-            }
-            GroupError::UnknownMember { .. } => {
-                Problem::new(StatusCode::NOT_FOUND, "unknown-member", "Unknown member", detail)
-            }
-            GroupError::StaleGeneration { current, assigned_at, .. } => Problem::new(
+            GroupError::InvalidConfig(invalid) => Problem::bad_request(
+                "invalid-group-config",
+                "Invalid group configuration",
+                detail,
+            )
+            .with("field", invalid.field),
+            GroupError::UnknownMember { .. } => Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-member",
+                "Unknown member",
+                detail,
+            ),
+            GroupError::StaleGeneration {
+                current,
+                assigned_at,
+                ..
+            } => Problem::new(
                 StatusCode::CONFLICT,
                 "stale-generation",
                 "Stale generation",
@@ -95,23 +109,35 @@ impl From<GroupError> for Problem {
                 Problem::bad_request("invalid-generation", "Invalid generation", detail)
                     .with("generation", current)
             }
-            GroupError::NotOwner { partition, .. } => {
-                Problem::new(StatusCode::CONFLICT, "not-owner", "Partition not owned", detail)
-                    .with("partition", partition)
-            }
-            GroupError::NotDelivered { .. } => {
-                Problem::new(StatusCode::CONFLICT, "not-delivered", "Position never delivered", detail)
-            }
-            GroupError::NotInFlight { .. } => {
-                Problem::new(StatusCode::CONFLICT, "not-in-flight", "Event not in flight", detail)
-            }
+            GroupError::NotOwner { partition, .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "not-owner",
+                "Partition not owned",
+                detail,
+            )
+            .with("partition", partition),
+            GroupError::NotDelivered { .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "not-delivered",
+                "Position never delivered",
+                detail,
+            ),
+            GroupError::NotInFlight { .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "not-in-flight",
+                "Event not in flight",
+                detail,
+            ),
             GroupError::InvalidPosition { .. } => {
                 Problem::bad_request("invalid-position", "Invalid position", detail)
             }
-            GroupError::PartitionNotFound { partitions, .. } => {
-                Problem::new(StatusCode::NOT_FOUND, "partition-not-found", "Partition not found", detail)
-                    .with("partitions", partitions)
-            }
+            GroupError::PartitionNotFound { partitions, .. } => Problem::new(
+                StatusCode::NOT_FOUND,
+                "partition-not-found",
+                "Partition not found",
+                detail,
+            )
+            .with("partitions", partitions),
             GroupError::DelayTooLong { max_ms, .. } => {
                 Problem::bad_request("invalid-delay", "Invalid nack delay", detail)
                     .with("limit_ms", max_ms)
@@ -123,10 +149,13 @@ impl From<GroupError> for Problem {
             GroupError::PushGroup { .. } => {
                 Problem::new(StatusCode::CONFLICT, "push-group", "Push group", detail)
             }
-            GroupError::TooManyMembers { max, .. } => {
-                Problem::new(StatusCode::CONFLICT, "too-many-members", "Too many members", detail)
-                    .with("limit", max)
-            }
+            GroupError::TooManyMembers { max, .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "too-many-members",
+                "Too many members",
+                detail,
+            )
+            .with("limit", max),
             GroupError::DeadLetterNotFound { .. } => Problem::new(
                 StatusCode::NOT_FOUND,
                 "dead-letter-not-found",
@@ -135,7 +164,12 @@ impl From<GroupError> for Problem {
             ),
             GroupError::Store(_) => {
                 tracing::error!(error = %detail, "group store error");
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "storage-error", "Storage error", detail)
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage-error",
+                    "Storage error",
+                    detail,
+                )
             }
         }
     }
@@ -166,7 +200,11 @@ pub async fn put(
     .await?;
     let created = state.groups.put_group(&topic, &group, config).await?;
     let description = state.groups.describe(&topic, &group).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(description)))
 }
 
@@ -300,8 +338,13 @@ pub async fn pull(
 ) -> Result<Response, Problem> {
     let (topic, group) = names(&topic, &group)?;
     let member = member_id(&member)?;
-    let request: PullBody =
-        json_body(&headers, body, "pull request", "max_events, max_bytes, wait_ms").await?;
+    let request: PullBody = json_body(
+        &headers,
+        body,
+        "pull request",
+        "max_events, max_bytes, wait_ms",
+    )
+    .await?;
     if request.wait_ms > state.config.wait_ms_max {
         return Err(Problem::invalid_query(format!(
             "wait_ms {} is more than the {} this server allows",
@@ -352,8 +395,10 @@ pub async fn pull(
     }
     out.extend_from_slice(b"]}");
     let mut http = Response::new(Body::from(out));
-    http.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    http.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(http)
 }
 
@@ -384,7 +429,8 @@ fn parse_positions(texts: &[String]) -> Result<Vec<Position>, Problem> {
         .collect()
 }
 
-const POSITIONS_FIELDS: &str = r#"generation, positions (["0:42", …]), and for nack: delay_ms, error"#;
+const POSITIONS_FIELDS: &str =
+    r#"generation, positions (["0:42", …]), and for nack: delay_ms, error"#;
 
 pub async fn ack(
     State(state): State<AppState>,
@@ -400,7 +446,9 @@ pub async fn ack(
         .groups
         .ack(&topic, &group, &member, request.generation, &positions)
         .await?;
-    Ok(Json(json!({"acked": outcome.acked, "duplicates": outcome.duplicates})))
+    Ok(Json(
+        json!({"acked": outcome.acked, "duplicates": outcome.duplicates}),
+    ))
 }
 
 pub async fn nack(
@@ -431,7 +479,9 @@ pub async fn nack(
         .iter()
         .map(|d| d.position.to_string())
         .collect();
-    Ok(Json(json!({"nacked": outcome.nacked, "dead_lettered": dead_lettered})))
+    Ok(Json(
+        json!({"nacked": outcome.nacked, "dead_lettered": dead_lettered}),
+    ))
 }
 
 pub async fn in_progress(
@@ -449,7 +499,9 @@ pub async fn in_progress(
         .groups
         .in_progress(&topic, &group, &member, request.generation, &positions)
         .await?;
-    Ok(Json(json!({"extended": positions.len(), "deadline_ms": deadline_ms})))
+    Ok(Json(
+        json!({"extended": positions.len(), "deadline_ms": deadline_ms}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -491,7 +543,11 @@ pub async fn dead_letter(
         )
     })?;
     let (letters, _) = state.groups.dead_letters(&topic, &group, offset, 1).await?;
-    match letters.into_iter().next().filter(|l| l.dead_letter_offset == offset) {
+    match letters
+        .into_iter()
+        .next()
+        .filter(|l| l.dead_letter_offset == offset)
+    {
         Some(letter) => Ok(Json(letter)),
         None => Err(GroupError::DeadLetterNotFound { group, offset }.into()),
     }

@@ -145,10 +145,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/topics/{topic}/groups", get(groups::list))
         .route(
             "/v1/topics/{topic}/groups/{group}",
-            get(groups::describe).put(groups::put).delete(groups::delete),
+            get(groups::describe)
+                .put(groups::put)
+                .delete(groups::delete),
         )
-        .route("/v1/topics/{topic}/groups/{group}/reset", post(groups::reset))
-        .route("/v1/topics/{topic}/groups/{group}/members", post(groups::join))
+        .route(
+            "/v1/topics/{topic}/groups/{group}/reset",
+            post(groups::reset),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/members",
+            post(groups::join),
+        )
         .route(
             "/v1/topics/{topic}/groups/{group}/members/{member}",
             axum::routing::delete(groups::leave),

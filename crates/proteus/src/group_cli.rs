@@ -168,7 +168,11 @@ fn position_json(text: &str) -> Result<Value, String> {
             }
             text.parse::<u64>()
                 .map(|offset| json!({ "offset": offset }))
-                .map_err(|_| format!("invalid position {text:?}: use beginning, end, an offset, or time:RFC3339"))
+                .map_err(|_| {
+                    format!(
+                        "invalid position {text:?}: use beginning, end, an offset, or time:RFC3339"
+                    )
+                })
         }
     }
 }
@@ -189,12 +193,30 @@ fn settings_json(settings: &GroupSettings) -> Result<Value, String> {
         }
     };
     set(&["ack_wait_ms"], settings.ack_wait_ms.map(Value::from));
-    set(&["unacked_events_max"], settings.unacked_events_max.map(Value::from));
-    set(&["session_timeout_ms"], settings.session_timeout_ms.map(Value::from));
-    set(&["retry", "deliveries_max"], settings.deliveries_max.map(Value::from));
-    set(&["retry", "backoff_base_ms"], settings.backoff_base_ms.map(Value::from));
-    set(&["retry", "backoff_max_ms"], settings.backoff_max_ms.map(Value::from));
-    set(&["dead_letter_topic"], settings.dead_letter_topic.clone().map(Value::from));
+    set(
+        &["unacked_events_max"],
+        settings.unacked_events_max.map(Value::from),
+    );
+    set(
+        &["session_timeout_ms"],
+        settings.session_timeout_ms.map(Value::from),
+    );
+    set(
+        &["retry", "deliveries_max"],
+        settings.deliveries_max.map(Value::from),
+    );
+    set(
+        &["retry", "backoff_base_ms"],
+        settings.backoff_base_ms.map(Value::from),
+    );
+    set(
+        &["retry", "backoff_max_ms"],
+        settings.backoff_max_ms.map(Value::from),
+    );
+    set(
+        &["dead_letter_topic"],
+        settings.dead_letter_topic.clone().map(Value::from),
+    );
     set(&["push", "url"], settings.push_url.clone().map(Value::from));
     set(
         &["push", "mode"],
@@ -203,9 +225,18 @@ fn settings_json(settings: &GroupSettings) -> Result<Value, String> {
             PushModeArg::Batch => json!("batch"),
         }),
     );
-    set(&["push", "concurrency_max"], settings.push_concurrency_max.map(Value::from));
-    set(&["push", "timeout_ms"], settings.push_timeout_ms.map(Value::from));
-    set(&["push", "hmac_secret"], settings.hmac_secret.clone().map(Value::from));
+    set(
+        &["push", "concurrency_max"],
+        settings.push_concurrency_max.map(Value::from),
+    );
+    set(
+        &["push", "timeout_ms"],
+        settings.push_timeout_ms.map(Value::from),
+    );
+    set(
+        &["push", "hmac_secret"],
+        settings.hmac_secret.clone().map(Value::from),
+    );
     Ok(config)
 }
 
@@ -225,7 +256,12 @@ fn print_groups(groups: &[Value], output: Output) {
         .map(|g| {
             vec![
                 g["group"].as_str().unwrap_or("-").to_owned(),
-                if g["config"]["push"].is_object() { "push" } else { "pull" }.to_owned(),
+                if g["config"]["push"].is_object() {
+                    "push"
+                } else {
+                    "pull"
+                }
+                .to_owned(),
                 g["members"].as_array().map_or(0, Vec::len).to_string(),
                 g["lag_events"].to_string(),
                 g["unacked_events"].to_string(),
@@ -233,7 +269,17 @@ fn print_groups(groups: &[Value], output: Output) {
             ]
         })
         .collect();
-    print_table(&["GROUP", "MODE", "MEMBERS", "LAG", "UNACKED", "DEAD LETTERED"], rows);
+    print_table(
+        &[
+            "GROUP",
+            "MODE",
+            "MEMBERS",
+            "LAG",
+            "UNACKED",
+            "DEAD LETTERED",
+        ],
+        rows,
+    );
 }
 
 fn print_group(group: &Value, output: Output) {
@@ -276,14 +322,28 @@ fn print_group(group: &Value, output: Output) {
         })
         .unwrap_or_default();
     print_table(
-        &["PARTITION", "OWNER", "COMMITTED", "END", "LAG", "LAG S", "IN FLIGHT", "RETRYING"],
+        &[
+            "PARTITION",
+            "OWNER",
+            "COMMITTED",
+            "END",
+            "LAG",
+            "LAG S",
+            "IN FLIGHT",
+            "RETRYING",
+        ],
         rows,
     );
 }
 
 pub async fn group(command: GroupCommand) -> Result<(), String> {
     match command {
-        GroupCommand::Create { topic, group, settings, client: args } => {
+        GroupCommand::Create {
+            topic,
+            group,
+            settings,
+            client: args,
+        } => {
             let config = settings_json(&settings)?;
             let description = client(&args)?
                 .put_group(&topic, &group, &config)
@@ -291,24 +351,44 @@ pub async fn group(command: GroupCommand) -> Result<(), String> {
                 .map_err(say)?;
             print_group(&description, args.output);
         }
-        GroupCommand::List { topic, client: args } => {
+        GroupCommand::List {
+            topic,
+            client: args,
+        } => {
             let groups = client(&args)?.list_groups(&topic).await.map_err(say)?;
             print_groups(&groups, args.output);
         }
-        GroupCommand::Describe { topic, group, client: args } => {
+        GroupCommand::Describe {
+            topic,
+            group,
+            client: args,
+        } => {
             let description = client(&args)?
                 .describe_group(&topic, &group)
                 .await
                 .map_err(say)?;
             print_group(&description, args.output);
         }
-        GroupCommand::Delete { topic, group, client: args } => {
-            client(&args)?.delete_group(&topic, &group).await.map_err(say)?;
+        GroupCommand::Delete {
+            topic,
+            group,
+            client: args,
+        } => {
+            client(&args)?
+                .delete_group(&topic, &group)
+                .await
+                .map_err(say)?;
             if args.output == Output::Table {
                 println!("deleted group {group} of topic {topic}");
             }
         }
-        GroupCommand::Reset { topic, group, to, partitions, client: args } => {
+        GroupCommand::Reset {
+            topic,
+            group,
+            to,
+            partitions,
+            client: args,
+        } => {
             let to = position_json(&to)?;
             let partitions = (!partitions.is_empty()).then_some(partitions.as_slice());
             let committed = client(&args)?
@@ -333,7 +413,10 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
     if args.create
         && let Err(error) = client.describe_group(topic, group).await
     {
-        if !matches!(&error, proteus_client::ClientError::Problem { status: 404, .. }) {
+        if !matches!(
+            &error,
+            proteus_client::ClientError::Problem { status: 404, .. }
+        ) {
             return Err(say(error));
         }
         client
@@ -376,33 +459,61 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
             for delivered in &pulled.events {
                 print_delivered(&mut out, delivered, args.client.output);
             }
-            out.flush().map_err(|e| format!("cannot write to stdout: {e}"))?;
+            out.flush()
+                .map_err(|e| format!("cannot write to stdout: {e}"))?;
         }
         printed += pulled.events.len() as u64;
         let positions: Vec<String> = pulled.events.iter().map(|d| d.position.clone()).collect();
         match client
-            .ack(topic, group, &membership.member_id, pulled.generation, &positions)
+            .ack(
+                topic,
+                group,
+                &membership.member_id,
+                pulled.generation,
+                &positions,
+            )
             .await
         {
             Ok(_) => {}
             // The partition moved to another member meanwhile: it will deliver them again.
-            Err(error) if matches!(problem_type(&error), Some("/problems/stale-generation" | "/problems/not-owner" | "/problems/unknown-member")) => {
+            Err(error)
+                if matches!(
+                    problem_type(&error),
+                    Some(
+                        "/problems/stale-generation"
+                            | "/problems/not-owner"
+                            | "/problems/unknown-member"
+                    )
+                ) =>
+            {
                 eprintln!("warning: {error}");
             }
             Err(error) => return Err(say(error)),
         }
     }
-    let _ = client.leave_group(topic, group, &membership.member_id).await;
+    let _ = client
+        .leave_group(topic, group, &membership.member_id)
+        .await;
     Ok(())
 }
 
-async fn rejoin(client: &Client, topic: &str, group: &str, member: &str) -> Result<proteus_client::Membership, String> {
-    client.join_group(topic, group, Some(member)).await.map_err(say)
+async fn rejoin(
+    client: &Client,
+    topic: &str,
+    group: &str,
+    member: &str,
+) -> Result<proteus_client::Membership, String> {
+    client
+        .join_group(topic, group, Some(member))
+        .await
+        .map_err(say)
 }
 
 fn problem_type(error: &proteus_client::ClientError) -> Option<&str> {
     match error {
-        proteus_client::ClientError::Problem { body, .. } => body.get("type").and_then(Value::as_str),
+        proteus_client::ClientError::Problem { body, .. } => {
+            body.get("type").and_then(Value::as_str)
+        }
         _ => None,
     }
 }
@@ -420,7 +531,13 @@ fn print_delivered(out: &mut impl Write, delivered: &proteus_client::Delivered, 
         ),
         Output::Table => {
             let event: Value = serde_json::from_str(delivered.event.get()).unwrap_or_default();
-            let text = |name: &str| event.get(name).and_then(Value::as_str).unwrap_or("-").to_owned();
+            let text = |name: &str| {
+                event
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_owned()
+            };
             let data = event.get("data").map(|d| d.to_string()).unwrap_or_default();
             writeln!(
                 out,
@@ -438,7 +555,13 @@ fn print_delivered(out: &mut impl Write, delivered: &proteus_client::Delivered, 
 
 pub async fn dlq(command: DlqCommand) -> Result<(), String> {
     match command {
-        DlqCommand::List { topic, group, from, limit, client: args } => {
+        DlqCommand::List {
+            topic,
+            group,
+            from,
+            limit,
+            client: args,
+        } => {
             let (letters, next) = client(&args)?
                 .dead_letters(&topic, &group, from, limit)
                 .await
@@ -463,10 +586,27 @@ pub async fn dlq(command: DlqCommand) -> Result<(), String> {
                     ]
                 })
                 .collect();
-            print_table(&["DLQ OFFSET", "POSITION", "DELIVERIES", "DEAD LETTERED", "TYPE", "ID", "LAST ERROR"], rows);
+            print_table(
+                &[
+                    "DLQ OFFSET",
+                    "POSITION",
+                    "DELIVERIES",
+                    "DEAD LETTERED",
+                    "TYPE",
+                    "ID",
+                    "LAST ERROR",
+                ],
+                rows,
+            );
             println!("next page: --from {next}");
         }
-        DlqCommand::Replay { topic, group, all, offsets, client: args } => {
+        DlqCommand::Replay {
+            topic,
+            group,
+            all,
+            offsets,
+            client: args,
+        } => {
             let selection = (!all).then_some(offsets.as_slice());
             let replayed = client(&args)?
                 .replay_dead_letters(&topic, &group, selection)
@@ -474,7 +614,9 @@ pub async fn dlq(command: DlqCommand) -> Result<(), String> {
                 .map_err(say)?;
             match args.output {
                 Output::Json => print_json(&json!({ "replayed": replayed })),
-                Output::Table => println!("{replayed} dead letters queued for redelivery to group {group}"),
+                Output::Table => {
+                    println!("{replayed} dead letters queued for redelivery to group {group}")
+                }
             }
         }
     }

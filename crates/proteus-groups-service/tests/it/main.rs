@@ -20,12 +20,25 @@ pub struct Fixture {
 impl Fixture {
     pub async fn new(partitions: u32) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(EmbeddedConfig::new(dir.path())).await.unwrap());
+        let log: Arc<dyn Log> = Arc::new(
+            EmbeddedLog::open(EmbeddedConfig::new(dir.path()))
+                .await
+                .unwrap(),
+        );
         let store = Arc::new(EmbeddedGroupStore::open(dir.path()).unwrap());
-        let groups = GroupService::open(log.clone(), store, ServiceConfig::default()).await.unwrap();
+        let groups = GroupService::open(log.clone(), store, ServiceConfig::default())
+            .await
+            .unwrap();
         let topic = TopicName::parse("orders").unwrap();
-        log.put_topic(&topic, TopicConfig::with_partitions(partitions)).await.unwrap();
-        Fixture { log, groups, topic, _dir: dir }
+        log.put_topic(&topic, TopicConfig::with_partitions(partitions))
+            .await
+            .unwrap();
+        Fixture {
+            log,
+            groups,
+            topic,
+            _dir: dir,
+        }
     }
 
     /// Appends events `0..count` keyed `k{i % keys}`.

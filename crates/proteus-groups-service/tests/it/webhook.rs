@@ -5,8 +5,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use proteus_groups::{GroupConfig, GroupName};
 use proteus_groups::config::{PushConfig, PushMode, RetryPolicy};
+use proteus_groups::{GroupConfig, GroupName};
 
 use crate::{Fixture, eventually};
 
@@ -35,7 +35,13 @@ struct Receiver {
 }
 
 async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
     if let Behaviour::Hang = receiver.behaviour {
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
@@ -55,7 +61,9 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
     let attempts = received.attempts.entry(id.clone()).or_default();
     *attempts += 1;
     match receiver.behaviour {
-        Behaviour::FailFirst(failures) if *attempts <= failures => StatusCode::INTERNAL_SERVER_ERROR,
+        Behaviour::FailFirst(failures) if *attempts <= failures => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
         _ => {
             received.accepted.push((id, header("ce-partitionkey")));
             StatusCode::NO_CONTENT
@@ -109,27 +117,51 @@ async fn failing_webhooks_are_retried_in_order_until_they_accept() {
         .await
         .unwrap();
     let delivered = eventually(30, async || received.lock().unwrap().accepted.len() == 20).await;
-    let received = received.lock().unwrap();
-    assert!(delivered, "accepted only {} of 20", received.accepted.len());
-    assert_eq!(received.bad_signatures, 0, "every request is correctly signed");
-    assert!(received.attempts.values().all(|&a| a == 3), "two failures then success: {:?}", received.attempts);
-    assert!(received.traceparents.iter().all(|t| t.starts_with("00-0af7651916cd43dd8448eb211c80319c")));
-    // Per key (hence per partition), events arrive in the order they were appended.
-    for key in ["k0", "k1", "k2", "k3"] {
-        let order: Vec<u32> = received
-            .accepted
-            .iter()
-            .filter(|(_, k)| k == key)
-            .map(|(id, _)| id[1..].parse().unwrap())
-            .collect();
-        let mut sorted = order.clone();
-        sorted.sort_unstable();
-        assert_eq!(order, sorted, "key {key} out of order");
+    {
+        let received = received.lock().unwrap();
+        assert!(delivered, "accepted only {} of 20", received.accepted.len());
+        assert_eq!(
+            received.bad_signatures, 0,
+            "every request is correctly signed"
+        );
+        assert!(
+            received.attempts.values().all(|&a| a == 3),
+            "two failures then success: {:?}",
+            received.attempts
+        );
+        assert!(
+            received
+                .traceparents
+                .iter()
+                .all(|t| t.starts_with("00-0af7651916cd43dd8448eb211c80319c"))
+        );
+        // Per key (hence per partition), events arrive in the order they were appended.
+        for key in ["k0", "k1", "k2", "k3"] {
+            let order: Vec<u32> = received
+                .accepted
+                .iter()
+                .filter(|(_, k)| k == key)
+                .map(|(id, _)| id[1..].parse().unwrap())
+                .collect();
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(order, sorted, "key {key} out of order");
+        }
     }
-    drop(received);
-    let description = fixture.groups.describe(&fixture.topic, &group).await.unwrap();
+    let description = fixture
+        .groups
+        .describe(&fixture.topic, &group)
+        .await
+        .unwrap();
     assert!(
-        eventually(5, async || fixture.groups.describe(&fixture.topic, &group).await.unwrap().lag_events == 0).await,
+        eventually(5, async || fixture
+            .groups
+            .describe(&fixture.topic, &group)
+            .await
+            .unwrap()
+            .lag_events
+            == 0)
+        .await,
         "committed positions cover everything: {description:?}"
     );
 }
@@ -146,13 +178,27 @@ async fn a_webhook_that_always_fails_sends_events_to_dead_letters_with_its_answe
         .await
         .unwrap();
     let all_dead = eventually(30, async || {
-        fixture.groups.dead_letters(&fixture.topic, &group, 0, 100).await.unwrap().0.len() == 3
+        fixture
+            .groups
+            .dead_letters(&fixture.topic, &group, 0, 100)
+            .await
+            .unwrap()
+            .0
+            .len()
+            == 3
     })
     .await;
     assert!(all_dead);
-    let (letters, _) = fixture.groups.dead_letters(&fixture.topic, &group, 0, 100).await.unwrap();
+    let (letters, _) = fixture
+        .groups
+        .dead_letters(&fixture.topic, &group, 0, 100)
+        .await
+        .unwrap();
     for (index, letter) in letters.iter().enumerate() {
-        assert_eq!(letter.offset, index as u64, "dead letters keep the partition's order");
+        assert_eq!(
+            letter.offset, index as u64,
+            "dead letters keep the partition's order"
+        );
         assert_eq!(letter.deliveries, 2);
         let error = letter.error.as_deref().unwrap();
         assert!(error.contains("500"), "{error}");
@@ -181,15 +227,28 @@ async fn hanging_and_unreachable_webhooks_fail_by_timeout_and_connection_error()
         .put_group(&fixture.topic, &gone, push_config(closed, 1, 2_000))
         .await
         .unwrap();
-    for (group, expected) in [(&slow, "did not answer within timeout_ms = 200"), (&gone, "cannot reach the webhook")] {
+    for (group, expected) in [
+        (&slow, "did not answer within timeout_ms = 200"),
+        (&gone, "cannot reach the webhook"),
+    ] {
         assert!(
             eventually(20, async || {
-                !fixture.groups.dead_letters(&fixture.topic, group, 0, 10).await.unwrap().0.is_empty()
+                !fixture
+                    .groups
+                    .dead_letters(&fixture.topic, group, 0, 10)
+                    .await
+                    .unwrap()
+                    .0
+                    .is_empty()
             })
             .await,
             "group {group} dead-letters its event"
         );
-        let (letters, _) = fixture.groups.dead_letters(&fixture.topic, group, 0, 10).await.unwrap();
+        let (letters, _) = fixture
+            .groups
+            .dead_letters(&fixture.topic, group, 0, 10)
+            .await
+            .unwrap();
         let error = letters[0].error.as_deref().unwrap();
         assert!(error.contains(expected), "{group}: {error}");
     }

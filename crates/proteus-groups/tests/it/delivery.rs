@@ -28,17 +28,45 @@ fn acks_commit_in_order_and_are_idempotent() {
     let delivered = pull(&mut state, &member("a"), 10, 5, 0);
     assert_eq!(delivered.len(), 5);
     let generation = state.generation();
-    state.ack(&member("a"), generation, &[position(0, 1), position(0, 2)], 1).unwrap();
+    state
+        .ack(
+            &member("a"),
+            generation,
+            &[position(0, 1), position(0, 2)],
+            1,
+        )
+        .unwrap();
     assert_eq!(state.committed(0), Some(0), "0 is still unacked");
-    state.ack(&member("a"), generation, &[position(0, 0)], 2).unwrap();
+    state
+        .ack(&member("a"), generation, &[position(0, 0)], 2)
+        .unwrap();
     assert_eq!(state.committed(0), Some(3));
-    let again = state.ack(&member("a"), generation, &[position(0, 0)], 3).unwrap();
+    let again = state
+        .ack(&member("a"), generation, &[position(0, 0)], 3)
+        .unwrap();
     assert_eq!((again.acked, again.duplicates), (0, 1));
-    let error = state.ack(&member("a"), generation, &[position(0, 9)], 4).unwrap_err();
-    assert!(matches!(error, GroupError::NotDelivered { offset: 9, fetched: 5, .. }), "{error}");
+    let error = state
+        .ack(&member("a"), generation, &[position(0, 9)], 4)
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            GroupError::NotDelivered {
+                offset: 9,
+                fetched: 5,
+                ..
+            }
+        ),
+        "{error}"
+    );
     // A request with one bad position changes nothing.
     let error = state
-        .ack(&member("a"), generation, &[position(0, 3), position(0, 9)], 5)
+        .ack(
+            &member("a"),
+            generation,
+            &[position(0, 3), position(0, 9)],
+            5,
+        )
         .unwrap_err();
     assert!(matches!(error, GroupError::NotDelivered { .. }));
     assert_eq!(state.committed(0), Some(3));
@@ -55,7 +83,9 @@ fn a_missed_deadline_redelivers_after_backoff() {
     // Full jitter over [0, 100] ms for the first retry: due by 1_100 at the latest.
     let again = pull(&mut state, &member("a"), 10, 1, 1_100);
     assert_eq!(again, vec![position(0, 0)]);
-    let plan = state.plan_pull(&member("a"), 10, None, false, 1_100).unwrap();
+    let plan = state
+        .plan_pull(&member("a"), 10, None, false, 1_100)
+        .unwrap();
     assert!(plan.redeliveries.is_empty());
 }
 
@@ -63,7 +93,9 @@ fn a_missed_deadline_redelivers_after_backoff() {
 fn in_progress_extends_the_deadline() {
     let mut state = one_member(retrying(5));
     pull(&mut state, &member("a"), 1, 1, 0);
-    let deadline = state.in_progress(&member("a"), state.generation(), &[position(0, 0)], 900).unwrap();
+    let deadline = state
+        .in_progress(&member("a"), state.generation(), &[position(0, 0)], 900)
+        .unwrap();
     assert_eq!(deadline, 1_900);
     assert_eq!(state.expire(1_500).events, 0);
     assert_eq!(state.expire(1_900).events, 1);
@@ -77,7 +109,14 @@ fn backoff_doubles_with_full_jitter_up_to_the_max() {
     pull(&mut state, &member("a"), 1, 1, now);
     for (retry, ceiling) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 800), (6, 800)] {
         state
-            .nack(&member("a"), state.generation(), &[position(0, 0)], None, Some("db down"), now)
+            .nack(
+                &member("a"),
+                state.generation(),
+                &[position(0, 0)],
+                None,
+                Some("db down"),
+                now,
+            )
             .unwrap();
         let mut waited = 0;
         loop {
@@ -86,7 +125,10 @@ fn backoff_doubles_with_full_jitter_up_to_the_max() {
                 break;
             }
             waited += 1;
-            assert!(waited <= ceiling, "retry {retry} waited more than {ceiling} ms");
+            assert!(
+                waited <= ceiling,
+                "retry {retry} waited more than {ceiling} ms"
+            );
         }
         now += waited;
     }
@@ -97,14 +139,31 @@ fn a_nack_can_ask_for_its_own_delay_but_not_an_absurd_one() {
     let mut state = one_member(retrying(5));
     pull(&mut state, &member("a"), 1, 1, 0);
     let error = state
-        .nack(&member("a"), state.generation(), &[position(0, 0)], Some(u64::MAX), None, 1)
+        .nack(
+            &member("a"),
+            state.generation(),
+            &[position(0, 0)],
+            Some(u64::MAX),
+            None,
+            1,
+        )
         .unwrap_err();
     assert!(matches!(error, GroupError::DelayTooLong { .. }), "{error}");
     state
-        .nack(&member("a"), state.generation(), &[position(0, 0)], Some(5_000), None, 1)
+        .nack(
+            &member("a"),
+            state.generation(),
+            &[position(0, 0)],
+            Some(5_000),
+            None,
+            1,
+        )
         .unwrap();
     assert!(pull(&mut state, &member("a"), 1, 1, 5_000).is_empty());
-    assert_eq!(pull(&mut state, &member("a"), 1, 1, 5_001), vec![position(0, 0)]);
+    assert_eq!(
+        pull(&mut state, &member("a"), 1, 1, 5_001),
+        vec![position(0, 0)]
+    );
 }
 
 #[test]
@@ -123,15 +182,29 @@ fn used_up_deliveries_become_a_dead_letter_with_the_last_error() {
         };
         assert_eq!(got, vec![at]);
         let outcome = state
-            .nack(&member("a"), state.generation(), &[at], None, Some(&format!("failure {attempt}")), now)
+            .nack(
+                &member("a"),
+                state.generation(),
+                &[at],
+                None,
+                Some(&format!("failure {attempt}")),
+                now,
+            )
             .unwrap();
         dead = outcome.dead_letters;
     }
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].deliveries, 3);
     assert_eq!(dead[0].last_error.as_deref(), Some("failure 3"));
-    assert_eq!(state.committed(0), Some(0), "not committed until the dead letter is written");
-    assert!(pull(&mut state, &member("a"), 1, 1, now + 10_000).is_empty(), "never redelivered");
+    assert_eq!(
+        state.committed(0),
+        Some(0),
+        "not committed until the dead letter is written"
+    );
+    assert!(
+        pull(&mut state, &member("a"), 1, 1, now + 10_000).is_empty(),
+        "never redelivered"
+    );
     state.dead_lettered(at);
     assert_eq!(state.committed(0), Some(1));
     // Replay: delivered again with a fresh count, acked without touching the committed position.
@@ -140,7 +213,9 @@ fn used_up_deliveries_become_a_dead_letter_with_the_last_error() {
     assert_eq!(plan.redeliveries.len(), 1);
     assert_eq!(plan.redeliveries[0].deliveries, 1);
     assert_eq!(plan.redeliveries[0].replay_of, Some(0));
-    state.ack(&member("a"), state.generation(), &[at], now).unwrap();
+    state
+        .ack(&member("a"), state.generation(), &[at], now)
+        .unwrap();
     assert_eq!(state.committed(0), Some(1));
     assert_eq!(state.snapshot().unacked_events, 0);
 }
@@ -153,8 +228,13 @@ fn the_unacked_bound_holds_back_new_deliveries() {
     });
     assert_eq!(pull(&mut state, &member("a"), 10, 100, 0).len(), 3);
     assert!(pull(&mut state, &member("a"), 10, 100, 1).is_empty());
-    state.ack(&member("a"), state.generation(), &[position(0, 0)], 2).unwrap();
-    assert_eq!(pull(&mut state, &member("a"), 10, 100, 3), vec![position(0, 3)]);
+    state
+        .ack(&member("a"), state.generation(), &[position(0, 0)], 2)
+        .unwrap();
+    assert_eq!(
+        pull(&mut state, &member("a"), 10, 100, 3),
+        vec![position(0, 3)]
+    );
 }
 
 #[test]
@@ -164,13 +244,33 @@ fn ordered_pulls_hold_a_partition_behind_its_retry() {
     assert_eq!(plan.reads, vec![(0, 0)]);
     state.record_first_deliveries(&member("a"), 0, 0, &[0], 0);
     // While 0:0 is in flight, nothing newer is planned for an ordered pull.
-    assert!(state.plan_pull(&member("a"), 1, Some(0), true, 1).unwrap().reads.is_empty());
+    assert!(
+        state
+            .plan_pull(&member("a"), 1, Some(0), true, 1)
+            .unwrap()
+            .reads
+            .is_empty()
+    );
     state
-        .nack(&member("a"), state.generation(), &[position(0, 0)], Some(500), None, 2)
+        .nack(
+            &member("a"),
+            state.generation(),
+            &[position(0, 0)],
+            Some(500),
+            None,
+            2,
+        )
         .unwrap();
-    let plan = state.plan_pull(&member("a"), 1, Some(0), true, 100).unwrap();
-    assert!(plan.reads.is_empty() && plan.redeliveries.is_empty(), "waits for the retry");
-    let plan = state.plan_pull(&member("a"), 1, Some(0), true, 502).unwrap();
+    let plan = state
+        .plan_pull(&member("a"), 1, Some(0), true, 100)
+        .unwrap();
+    assert!(
+        plan.reads.is_empty() && plan.redeliveries.is_empty(),
+        "waits for the retry"
+    );
+    let plan = state
+        .plan_pull(&member("a"), 1, Some(0), true, 502)
+        .unwrap();
     assert_eq!(plan.redeliveries.len(), 1);
 }
 
@@ -179,9 +279,23 @@ fn progress_survives_a_restart_with_failures_and_acks() {
     let mut state = one_member(retrying(3));
     pull(&mut state, &member("a"), 10, 4, 0);
     let generation = state.generation();
-    state.ack(&member("a"), generation, &[position(0, 0), position(0, 2)], 1).unwrap();
     state
-        .nack(&member("a"), generation, &[position(0, 1)], Some(0), Some("flaky"), 1)
+        .ack(
+            &member("a"),
+            generation,
+            &[position(0, 0), position(0, 2)],
+            1,
+        )
+        .unwrap();
+    state
+        .nack(
+            &member("a"),
+            generation,
+            &[position(0, 1)],
+            Some(0),
+            Some("flaky"),
+            1,
+        )
         .unwrap();
     let progress = state.take_dirty();
     assert_eq!(progress.len(), 1);
@@ -195,12 +309,21 @@ fn progress_survives_a_restart_with_failures_and_acks() {
     let mut restarted = GroupState::from_record(record, 7);
     restarted.join(member("b"), 10).unwrap();
     let delivered = {
-        let plan = restarted.plan_pull(&member("b"), 10, None, false, 10).unwrap();
+        let plan = restarted
+            .plan_pull(&member("b"), 10, None, false, 10)
+            .unwrap();
         restarted.record_first_deliveries(&member("b"), 0, plan.reads[0].1, &[1, 2, 3], 10)
     };
     let offsets: Vec<(u64, u32)> = delivered.iter().map(|d| (d.offset, d.deliveries)).collect();
-    assert_eq!(offsets, vec![(1, 2), (3, 1)], "2 was acked; 1 keeps its failed delivery");
-    let _ = Position { partition: 0, offset: 0 };
+    assert_eq!(
+        offsets,
+        vec![(1, 2), (3, 1)],
+        "2 was acked; 1 keeps its failed delivery"
+    );
+    let _ = Position {
+        partition: 0,
+        offset: 0,
+    };
 }
 
 #[test]

@@ -35,8 +35,16 @@ pub fn group_with(partitions: u32, config: GroupConfig) -> GroupState {
 
 /// Plans a pull and records first deliveries as if the log held offsets `0..log_end` in
 /// every partition; returns every position handed out.
-pub fn pull(state: &mut GroupState, who: &MemberId, events_max: u32, log_end: u64, now_ms: i64) -> Vec<Position> {
-    let plan: PullPlan = state.plan_pull(who, events_max, None, false, now_ms).unwrap();
+pub fn pull(
+    state: &mut GroupState,
+    who: &MemberId,
+    events_max: u32,
+    log_end: u64,
+    now_ms: i64,
+) -> Vec<Position> {
+    let plan: PullPlan = state
+        .plan_pull(who, events_max, None, false, now_ms)
+        .unwrap();
     let mut out: Vec<Position> = plan.redeliveries.iter().map(|r| r.position).collect();
     let mut budget = plan.new_events_max as u64;
     for (partition, from) in plan.reads {

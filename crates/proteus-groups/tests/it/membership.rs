@@ -10,9 +10,17 @@ fn each_partition_has_one_owner_and_joins_move_few() {
     state.join(member("b"), 0).unwrap();
     let c = state.join(member("c"), 0).unwrap();
     let snapshot = state.snapshot();
-    let mut owned: Vec<u32> = snapshot.members.iter().flat_map(|m| m.partitions.clone()).collect();
+    let mut owned: Vec<u32> = snapshot
+        .members
+        .iter()
+        .flat_map(|m| m.partitions.clone())
+        .collect();
     owned.sort_unstable();
-    assert_eq!(owned, vec![0, 1, 2, 3, 4, 5], "exactly one owner per partition");
+    assert_eq!(
+        owned,
+        vec![0, 1, 2, 3, 4, 5],
+        "exactly one owner per partition"
+    );
     assert_eq!(c.partitions.len(), 2);
     assert_eq!(snapshot.generation, 3);
 }
@@ -31,7 +39,10 @@ fn a_member_that_lost_a_partition_cannot_ack_it() {
     let error = state
         .ack(&member("a"), generation_before, &[position(moved, 0)], 20)
         .unwrap_err();
-    assert!(matches!(error, GroupError::NotOwner { partition, .. } if partition == moved), "{error}");
+    assert!(
+        matches!(error, GroupError::NotOwner { partition, .. } if partition == moved),
+        "{error}"
+    );
     // Its events are redelivered to b at once, with their delivery count.
     let redelivered = pull(&mut state, &member("b"), 10, 3, 30);
     assert_eq!(redelivered.len(), 3);
@@ -40,7 +51,10 @@ fn a_member_that_lost_a_partition_cannot_ack_it() {
     let error = state
         .ack(&member("b"), generation_before, &[position(moved, 0)], 40)
         .unwrap_err();
-    assert!(matches!(error, GroupError::StaleGeneration { .. }), "{error}");
+    assert!(
+        matches!(error, GroupError::StaleGeneration { .. }),
+        "{error}"
+    );
     let outcome = state
         .ack(&member("b"), state.generation(), &[position(moved, 0)], 40)
         .unwrap();
@@ -48,7 +62,10 @@ fn a_member_that_lost_a_partition_cannot_ack_it() {
     // a keeps acking its remaining partition with its old generation: it owned it throughout.
     let kept = 1 - moved;
     assert_eq!(
-        state.ack(&member("a"), generation_before, &[position(kept, 0)], 50).unwrap().acked,
+        state
+            .ack(&member("a"), generation_before, &[position(kept, 0)], 50)
+            .unwrap()
+            .acked,
         1
     );
 }
@@ -65,7 +82,10 @@ fn a_silent_member_times_out_and_its_partitions_move() {
     pull(&mut state, &member("a"), 10, 1, 0);
     // b keeps heartbeating, a goes silent.
     state.heartbeat(&member("b"), 900).unwrap();
-    assert!(state.expire(1_000).members.is_empty(), "not yet: exactly at the timeout");
+    assert!(
+        state.expire(1_000).members.is_empty(),
+        "not yet: exactly at the timeout"
+    );
     state.heartbeat(&member("b"), 1_800).unwrap();
     let expired = state.expire(1_001);
     assert_eq!(expired.members, vec![member("a")]);
@@ -77,7 +97,11 @@ fn a_silent_member_times_out_and_its_partitions_move() {
     ));
     // What a had in flight goes to b.
     let redelivered = pull(&mut state, &member("b"), 10, 1, 2_000);
-    assert_eq!(redelivered.len(), 4, "two from a, two first deliveries of b's own");
+    assert_eq!(
+        redelivered.len(),
+        4,
+        "two from a, two first deliveries of b's own"
+    );
 }
 
 #[test]
@@ -86,6 +110,12 @@ fn leaving_hands_partitions_over_immediately() {
     state.join(member("a"), 0).unwrap();
     state.join(member("b"), 0).unwrap();
     state.leave(&member("a"), 5).unwrap();
-    assert_eq!(state.heartbeat(&member("b"), 6).unwrap().partitions, vec![0, 1, 2]);
-    assert!(matches!(state.leave(&member("a"), 7).unwrap_err(), GroupError::UnknownMember { .. }));
+    assert_eq!(
+        state.heartbeat(&member("b"), 6).unwrap().partitions,
+        vec![0, 1, 2]
+    );
+    assert!(matches!(
+        state.leave(&member("a"), 7).unwrap_err(),
+        GroupError::UnknownMember { .. }
+    ));
 }

@@ -23,7 +23,18 @@ struct Consumer {
 impl Consumer {
     fn start(url: &str, seen: Arc<Mutex<BTreeSet<String>>>) -> Consumer {
         let mut child = Command::new(BINARY)
-            .args(["consume", "orders", "--group", "workers", "--max-events", "50", "--output", "json", "--server", url])
+            .args([
+                "consume",
+                "orders",
+                "--group",
+                "workers",
+                "--max-events",
+                "50",
+                "--output",
+                "json",
+                "--server",
+                url,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -70,7 +81,11 @@ fn killed_consumers_lose_nothing() {
     let http = reqwest::blocking::Client::new();
     let put = |path: &str, body: Value| {
         let response = http.put(format!("{url}{path}")).json(&body).send().unwrap();
-        assert!(response.status().is_success(), "{path}: {}", response.text().unwrap());
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.text().unwrap()
+        );
     };
     put("/v1/topics/orders", json!({"partitions": 4}));
     put(
@@ -80,11 +95,18 @@ fn killed_consumers_lose_nothing() {
     let mut seed = std::env::var("PROTEUS_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
     eprintln!("chaos seed {seed} (set PROTEUS_CHAOS_SEED to replay)");
 
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let mut consumers: Vec<Consumer> = (0..CONSUMERS).map(|_| Consumer::start(&url, seen.clone())).collect();
+    let mut consumers: Vec<Consumer> = (0..CONSUMERS)
+        .map(|_| Consumer::start(&url, seen.clone()))
+        .collect();
 
     let producer = {
         let url = url.clone();
@@ -112,7 +134,7 @@ fn killed_consumers_lose_nothing() {
         let victim = (next(&mut seed) % CONSUMERS as u64) as usize;
         consumers[victim].kill_9();
         kills += 1;
-        if next(&mut seed) % 3 != 0 {
+        if !next(&mut seed).is_multiple_of(3) {
             // Most come back at once; some stay down for a while.
             consumers[victim] = Consumer::start(&url, seen.clone());
         } else {
@@ -138,10 +160,20 @@ fn killed_consumers_lose_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let seen = seen.lock().unwrap();
-    let missing: Vec<usize> = (0..EVENTS).filter(|i| !seen.contains(&format!("e{i}"))).collect();
-    assert!(missing.is_empty(), "{} events never processed, e.g. {:?}; group: {description}", missing.len(), &missing[..missing.len().min(10)]);
+    let missing: Vec<usize> = (0..EVENTS)
+        .filter(|i| !seen.contains(&format!("e{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events never processed, e.g. {:?}; group: {description}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     for partition in description["partitions"].as_array().unwrap() {
-        assert_eq!(partition["committed"], partition["end_offset"], "committed positions cover the partition: {partition}");
+        assert_eq!(
+            partition["committed"], partition["end_offset"],
+            "committed positions cover the partition: {partition}"
+        );
     }
     assert_eq!(description["counters"]["dead_lettered"], 0);
     drop(consumers);
@@ -158,7 +190,12 @@ fn killed_consumers_lose_nothing() {
         .unwrap();
     assert_eq!(after["lag_events"], 0, "after kill -9 and restart: {after}");
     let committed = |d: &Value| -> Vec<Value> {
-        d["partitions"].as_array().unwrap().iter().map(|p| p["committed"].clone()).collect()
+        d["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["committed"].clone())
+            .collect()
     };
     assert_eq!(committed(&after), committed(&description));
 }
