@@ -3,6 +3,8 @@
 //! - `produce`: the same append workload against Proteus over HTTP, Proteus in-process, NATS
 //!   JetStream, Redis Streams or PostgreSQL, chosen by the `--target` URL's scheme;
 //! - `replay`: read throughput of a whole topic, over HTTP or in-process;
+//! - `consume`: a consumer group against a NATS JetStream pull consumer: end-to-end latency at a
+//!   steady rate, or the drain rate of a backlog;
 //! - `disk`: the disk's sequential fdatasync bandwidth and small-write latency, the physical
 //!   limit for any durable log on it;
 //! - `startup`: how long the embedded log takes to open with a large log on disk.
@@ -10,6 +12,7 @@
 //! `bench/compare.sh` runs `produce` against every target one after the other and prints one
 //! table.
 
+mod consume;
 mod disk;
 mod events;
 mod limits;
@@ -21,6 +24,7 @@ mod targets;
 
 use clap::Subcommand;
 
+pub use consume::{ConsumeArgs, ConsumeReport};
 pub use disk::{DiskArgs, DiskReport};
 pub use produce::{ProduceArgs, produce};
 pub use replay::{ReplayArgs, ReplayReport};
@@ -35,6 +39,9 @@ pub enum BenchCommand {
     Produce(ProduceArgs),
     /// Read every event of a topic back with the largest pages (fills it first if needed).
     Replay(ReplayArgs),
+    /// A consumer group beside a NATS JetStream pull consumer: produce-to-consume latency at a
+    /// steady rate, or how fast one group drains a backlog.
+    Consume(ConsumeArgs),
     /// The disk's own sequential fdatasync bandwidth and 4 KiB write+fdatasync latency.
     Disk(DiskArgs),
     /// Time to open the embedded log with a large log on disk (fills it first if needed).
@@ -46,6 +53,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
     match command {
         BenchCommand::Produce(args) => produce(args).await.map(drop),
         BenchCommand::Replay(args) => replay::run(args).await,
+        BenchCommand::Consume(args) => consume::run(args).await,
         BenchCommand::Disk(args) => disk::run(args).await,
         BenchCommand::Startup(args) => startup::run(args).await,
     }

@@ -153,7 +153,11 @@ fn fill_batches(task: usize, tasks: usize, batches: u64) -> impl Iterator<Item =
 
 /// Appends `events` more events through `FILL_TASKS` sinks of `bench`, in batches of
 /// `FILL_BATCH_EVENTS`, each task taking every `FILL_TASKS`-th batch.
-async fn fill(bench: &dyn Bench, factory: Arc<EventFactory>, events: u64) -> Result<(), String> {
+pub(crate) async fn fill(
+    bench: &dyn Bench,
+    factory: Arc<EventFactory>,
+    events: u64,
+) -> Result<(), String> {
     let batches = events.div_ceil(FILL_BATCH_EVENTS as u64);
     let mut tasks = Vec::new();
     for task in 0..FILL_TASKS {

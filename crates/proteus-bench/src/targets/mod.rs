@@ -4,7 +4,7 @@
 
 pub mod embedded;
 pub mod http;
-mod nats;
+pub mod nats;
 mod postgres;
 mod redis;
 

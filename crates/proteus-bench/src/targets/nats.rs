@@ -20,7 +20,7 @@ pub struct NatsBench {
     keep: bool,
 }
 
-async fn connect(url: &str) -> Result<async_nats::Client, String> {
+pub(crate) async fn connect(url: &str) -> Result<async_nats::Client, String> {
     let shown = super::redact(url);
     connecting(&format!("NATS at {shown}"), async {
         async_nats::ConnectOptions::new()
