@@ -16,8 +16,10 @@
 
 mod events;
 mod extract;
+mod flagsets;
 mod groups;
 mod metrics_layer;
+pub mod ofrep;
 mod problem;
 mod stream;
 mod topics;
@@ -32,6 +34,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+use proteus_flagsets_service::FlagService;
 use proteus_groups_service::GroupService;
 use proteus_log::port::Log;
 use tokio::sync::watch;
@@ -48,6 +51,9 @@ pub struct HttpConfig {
     pub wait_ms_max: u64,
     /// Interval of SSE keep-alive comments.
     pub sse_keep_alive_ms: u64,
+    /// API keys for OFREP and flag-set management; empty: no key needed, OFREP evaluates the
+    /// `default` flag set.
+    pub flag_api_keys: Vec<ofrep::ApiKey>,
 }
 
 impl Default for HttpConfig {
@@ -56,6 +62,7 @@ impl Default for HttpConfig {
             body_bytes_max: 16 * 1024 * 1024,
             wait_ms_max: 30_000,
             sse_keep_alive_ms: 15_000,
+            flag_api_keys: Vec::new(),
         }
     }
 }
@@ -64,6 +71,7 @@ impl Default for HttpConfig {
 pub struct AppState {
     pub log: Arc<dyn Log>,
     pub groups: GroupService,
+    pub flags: FlagService,
     pub config: HttpConfig,
     pub metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
@@ -95,6 +103,7 @@ impl AppState {
     pub fn new(
         log: Arc<dyn Log>,
         groups: GroupService,
+        flags: FlagService,
         config: HttpConfig,
     ) -> (AppState, ShutdownSignal) {
         let (sender, receiver) = watch::channel(false);
@@ -102,6 +111,7 @@ impl AppState {
         let state = AppState {
             log,
             groups,
+            flags,
             config,
             metrics: install_metrics_recorder(),
             ready: ready.clone(),
@@ -192,6 +202,45 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/topics/{topic}/groups/{group}/dead-letters/{offset}",
             get(groups::dead_letter),
+        )
+        .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
+        .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
+        .route("/ofrep/v1/events", get(ofrep::events))
+        .route("/v1/flagsets", get(flagsets::list))
+        .route(
+            "/v1/flagsets/{set}",
+            get(flagsets::get_set)
+                .put(flagsets::put_set)
+                .delete(flagsets::delete_set),
+        )
+        .route("/v1/flagsets/{set}/history", get(flagsets::history))
+        .route("/v1/flagsets/{set}/events", get(flagsets::events))
+        .route("/v1/flagsets/{set}/rollback", post(flagsets::rollback))
+        .route(
+            "/v1/flagsets/{set}/versions/{version}",
+            get(flagsets::version),
+        )
+        .route(
+            "/v1/flagsets/{set}/flags/{key}",
+            get(flagsets::get_flag)
+                .put(flagsets::put_flag)
+                .delete(flagsets::delete_flag),
+        )
+        .route(
+            "/v1/flagsets/{set}/flags/{key}/kill",
+            post(flagsets::kill_flag),
+        )
+        .route(
+            "/v1/flagsets/{set}/flags/{key}/enable",
+            post(flagsets::enable_flag),
+        )
+        .route(
+            "/v1/flagsets/{set}/flags/{key}/history",
+            get(flagsets::flag_history),
+        )
+        .route(
+            "/v1/flagsets/{set}/flags/{key}/restore",
+            post(flagsets::restore_flag),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

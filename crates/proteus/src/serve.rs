@@ -3,10 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proteus_flagsets_service::proteus_flagsets::FlagSetName;
+use proteus_flagsets_service::{FlagService, files};
 use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_service::{GroupService, ServiceConfig};
 use proteus_log::port::Log;
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
+use proteus_server::ofrep::ApiKey;
 use proteus_server::{AppState, HttpConfig};
 
 use crate::settings::{LogFormat, Settings};
@@ -59,11 +62,40 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let groups = GroupService::open(log.clone(), Arc::new(store), ServiceConfig::default())
         .await
         .map_err(|e| format!("cannot load the consumer groups: {e}"))?;
+    let flags = FlagService::open(log.clone())
+        .await
+        .map_err(|e| format!("cannot load the flag sets: {e}"))?;
+    if let Some(path) = &settings.flags {
+        let set = FlagSetName::default_set();
+        files::apply(&flags, &set, path)
+            .await
+            .map_err(|e| format!("--flags: {e}"))?;
+        tokio::spawn(files::watch(
+            flags.clone(),
+            set,
+            path.clone(),
+            Duration::from_millis(settings.flags_watch_ms),
+            std::future::pending(),
+        ));
+    }
+    let flag_api_keys = settings
+        .flag_api_keys
+        .iter()
+        .map(|key| {
+            Ok(ApiKey {
+                name: key.name.clone(),
+                flag_set: FlagSetName::parse(&key.flag_set).map_err(|e| e.to_string())?,
+                secret: key.secret.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let (state, shutdown) = AppState::new(
         log.clone(),
         groups.clone(),
+        flags,
         HttpConfig {
             body_bytes_max: settings.http_body_bytes_max,
+            flag_api_keys,
             ..HttpConfig::default()
         },
     );

@@ -46,6 +46,57 @@ pub struct ServeArgs {
     /// Longest wait for requests in flight at shutdown [default: 30000].
     #[arg(long, env = "PROTEUS_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    /// A flagd flag file, or a directory of them, loaded into the `default` flag set and
+    /// reloaded when it changes.
+    #[arg(long, env = "PROTEUS_FLAGS", value_name = "PATH")]
+    pub flags: Option<PathBuf>,
+    /// How often the flag files are checked for changes [default: 1000].
+    #[arg(long, env = "PROTEUS_FLAGS_WATCH_MS", value_name = "MS")]
+    pub flags_watch_ms: Option<u64>,
+    /// API keys for OFREP and /v1/flagsets, comma-separated `NAME:FLAG_SET:SECRET`; with any
+    /// configured, every flag request needs one (in the config file: `[[flag_api_keys]]` tables
+    /// with `name`, `flag_set`, `secret`).
+    #[arg(
+        long,
+        env = "PROTEUS_FLAG_API_KEYS",
+        value_name = "KEYS",
+        hide_env_values = true
+    )]
+    pub flag_api_keys: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FlagApiKey {
+    pub name: String,
+    pub flag_set: String,
+    pub secret: String,
+}
+
+/// Shortest API key secret accepted, in bytes: shorter ones can be guessed.
+pub const FLAG_API_KEY_SECRET_BYTES_MIN: usize = 16;
+/// Most API keys one server holds.
+pub const FLAG_API_KEYS_MAX: usize = 1_000;
+
+fn parse_api_keys(text: &str) -> Result<Vec<FlagApiKey>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let mut parts = entry.splitn(3, ':');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(name), Some(flag_set), Some(secret)) => Ok(FlagApiKey {
+                    name: name.to_owned(),
+                    flag_set: flag_set.to_owned(),
+                    secret: secret.to_owned(),
+                }),
+                _ => Err(format!(
+                    "flag_api_keys: an entry is not NAME:FLAG_SET:SECRET (entry starting {:?})",
+                    entry.chars().take(8).collect::<String>()
+                )),
+            }
+        })
+        .collect()
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -59,6 +110,9 @@ struct FileSettings {
     http_body_bytes_max: Option<usize>,
     retention_check_interval_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
+    flags: Option<PathBuf>,
+    flags_watch_ms: Option<u64>,
+    flag_api_keys: Option<Vec<FlagApiKey>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +125,9 @@ pub struct Settings {
     pub http_body_bytes_max: usize,
     pub retention_check_interval_ms: u64,
     pub shutdown_timeout_ms: u64,
+    pub flags: Option<PathBuf>,
+    pub flags_watch_ms: u64,
+    pub flag_api_keys: Vec<FlagApiKey>,
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
@@ -119,6 +176,12 @@ impl Settings {
                 .shutdown_timeout_ms
                 .or(file.shutdown_timeout_ms)
                 .unwrap_or(30_000),
+            flags: args.flags.or(file.flags),
+            flags_watch_ms: args.flags_watch_ms.or(file.flags_watch_ms).unwrap_or(1_000),
+            flag_api_keys: match args.flag_api_keys {
+                Some(text) => parse_api_keys(&text)?,
+                None => file.flag_api_keys.unwrap_or_default(),
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -142,6 +205,39 @@ impl Settings {
                 "shutdown_timeout_ms must be at most 600000, got {}",
                 self.shutdown_timeout_ms
             ));
+        }
+        if !(50..=3_600_000).contains(&self.flags_watch_ms) {
+            return Err(format!(
+                "flags_watch_ms must be between 50 and 3600000, got {}",
+                self.flags_watch_ms
+            ));
+        }
+        if self.flag_api_keys.len() > FLAG_API_KEYS_MAX {
+            return Err(format!(
+                "flag_api_keys holds {} keys, the most is {FLAG_API_KEYS_MAX}",
+                self.flag_api_keys.len()
+            ));
+        }
+        let mut secrets = std::collections::HashSet::new();
+        for key in &self.flag_api_keys {
+            if key.name.is_empty() || key.name.len() > 128 {
+                return Err("flag_api_keys: a key's name must be 1 to 128 bytes".into());
+            }
+            proteus_flagsets::FlagSetName::parse(&key.flag_set)
+                .map_err(|e| format!("flag_api_keys: key '{}': {e}", key.name))?;
+            if key.secret.len() < FLAG_API_KEY_SECRET_BYTES_MIN {
+                return Err(format!(
+                    "flag_api_keys: key '{}' has a secret of {} bytes; use at least {FLAG_API_KEY_SECRET_BYTES_MIN} random bytes (e.g. `openssl rand -hex 16`)",
+                    key.name,
+                    key.secret.len()
+                ));
+            }
+            if !secrets.insert(key.secret.as_str()) {
+                return Err(format!(
+                    "flag_api_keys: key '{}' reuses another key's secret; every key needs its own",
+                    key.name
+                ));
+            }
         }
         if self
             .listen

@@ -30,9 +30,12 @@ impl TestServer {
         )
         .await
         .unwrap();
+        let flags = proteus_flagsets_service::FlagService::open(log.clone())
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (state, signal) = AppState::new(log, groups, HttpConfig::default());
+        let (state, signal) = AppState::new(log.clone(), groups, flags, HttpConfig::default());
         let stop = signal.clone();
         tokio::spawn(proteus_server::serve(listener, state, async move {
             stop.triggered().await

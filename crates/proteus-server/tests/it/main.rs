@@ -1,6 +1,7 @@
 //! HTTP tests of the API over a real embedded log and real sockets.
 
 mod append;
+mod flags;
 mod groups;
 mod problems;
 mod read;

@@ -8,7 +8,10 @@ pub struct TestServer {
     pub url: String,
     pub http: reqwest::Client,
     pub signal: ShutdownSignal,
-    _dir: tempfile::TempDir,
+    log: Arc<dyn proteus_log::Log>,
+    groups: proteus_groups_service::GroupService,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -18,15 +21,32 @@ impl TestServer {
 
     pub async fn with_config(config: HttpConfig) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
+        let mut server = TestServer::open(dir.path(), config).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// A server over the data in `dir`, which outlives it (for restarts).
+    pub async fn in_dir(dir: &std::path::Path) -> TestServer {
+        TestServer::open(dir, HttpConfig::default()).await
+    }
+
+    /// Stops serving and closes the log, as a shutdown does.
+    pub async fn stop(self) {
+        self.signal.trigger();
+        self.served.await.unwrap().unwrap();
+        self.groups.shutdown().await;
+        self.log.shutdown().await.unwrap();
+    }
+
+    async fn open(dir: &std::path::Path, config: HttpConfig) -> TestServer {
         // As in `proteus serve`: the recorder exists before the log registers its gauges.
         proteus_server::install_metrics_recorder();
-        let log = EmbeddedLog::open(EmbeddedConfig::new(dir.path()))
-            .await
-            .unwrap();
+        let log = EmbeddedLog::open(EmbeddedConfig::new(dir)).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let log: Arc<dyn proteus_log::Log> = Arc::new(log);
-        let store = proteus_groups_embedded::EmbeddedGroupStore::open(dir.path()).unwrap();
+        let store = proteus_groups_embedded::EmbeddedGroupStore::open(dir).unwrap();
         let groups = proteus_groups_service::GroupService::open(
             log.clone(),
             Arc::new(store),
@@ -34,16 +54,22 @@ impl TestServer {
         )
         .await
         .unwrap();
-        let (state, signal) = AppState::new(log, groups, config);
+        let flags = proteus_flagsets_service::FlagService::open(log.clone())
+            .await
+            .unwrap();
+        let (state, signal) = AppState::new(log.clone(), groups.clone(), flags, config);
         let stop = signal.clone();
-        tokio::spawn(proteus_server::serve(listener, state, async move {
+        let served = tokio::spawn(proteus_server::serve(listener, state, async move {
             stop.triggered().await
         }));
         TestServer {
             url,
             http: reqwest::Client::new(),
             signal,
-            _dir: dir,
+            log,
+            groups,
+            served,
+            _dir: None,
         }
     }
 

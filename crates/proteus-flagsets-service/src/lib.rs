@@ -1,0 +1,497 @@
+//! The flag-set runtime.
+//!
+//! - **Durable store: the log.** Every change becomes a [`Revision`] appended to the audit
+//!   topic (`proteus.flagsets.audit`) before it takes effect; [`FlagService::open`] replays that
+//!   topic to rebuild every set. A change acknowledged to its author therefore survives kill -9,
+//!   and the audit trail cannot disagree with the state.
+//! - **Evaluation: compiled once per version.** Each version is compiled into a
+//!   [`proteus_flags::FlagSet`] and published as an immutable [`LiveSet`]; readers take an
+//!   `Arc` under a read lock held for a pointer copy, so evaluations never wait for a change.
+//! - **Changes are serialised** by one writer lock and may carry the version they expect
+//!   (optimistic concurrency: a stale `expected_version` is [`FlagServiceError::Conflict`]).
+//! - **Notifications**: every new version is broadcast as a [`SetChanged`] (SSE streams, local
+//!   evaluators).
+//! - **Files** ([`files`]): a flagd file or a directory of them loaded into a set and polled for
+//!   changes.
+
+pub mod files;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use proteus_flags::{DefinitionErrors, FlagSet};
+use proteus_flagsets::{Change, ChangeError, FlagSetName, Revision, ValidationMode, audit};
+use proteus_log::port::Log;
+use proteus_log::{LogError, Offset, ReadFrom, ReadLimits, TopicName};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+pub use proteus_flagsets;
+
+/// Most revisions one history request returns.
+pub const HISTORY_LIMIT_MAX: usize = 1_000;
+/// Notifications a slow subscriber may fall behind by before it is told it lagged (it then
+/// refetches everything, which is always correct).
+const CHANGES_QUEUE_MAX: usize = 1_024;
+/// Audit events read per request while replaying the topic at start-up.
+const REPLAY_EVENTS_PER_READ: u32 = 1_000;
+
+/// One version of a flag set, compiled and ready to evaluate. Immutable: a change publishes a
+/// new one.
+#[derive(Debug)]
+pub struct LiveSet {
+    pub name: FlagSetName,
+    pub version: u64,
+    pub updated_ms: i64,
+    pub validation: ValidationMode,
+    /// The flagd document of this version.
+    pub document: Value,
+    pub flags: FlagSet,
+    /// Problems `Flagd` validation tolerated, as `path: reason` sentences.
+    pub warnings: Vec<String>,
+    /// Changes with every version (OFREP bulk `ETag`).
+    pub etag: String,
+}
+
+/// Sent to subscribers after each new version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetChanged {
+    pub set: FlagSetName,
+    /// The new version; the set was deleted when `deleted`.
+    pub version: u64,
+    pub deleted: bool,
+    pub etag: String,
+    pub updated_ms: i64,
+}
+
+/// Who made a change and why, for the audit record.
+#[derive(Clone, Debug, Default)]
+pub struct Author {
+    /// An API key's name, `file:PATH`, or `anonymous`.
+    pub actor: String,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlagServiceError {
+    #[error("flag set '{set}' does not exist")]
+    SetNotFound { set: FlagSetName },
+    #[error("flag '{key}' does not exist in flag set '{set}'")]
+    FlagNotFound { set: FlagSetName, key: String },
+    #[error("flag set '{set}' has no version {version}: its versions are 1 to {latest}")]
+    VersionNotFound {
+        set: FlagSetName,
+        version: u64,
+        latest: u64,
+    },
+    #[error("flag set '{set}' is at version {actual}, not the expected {expected}")]
+    Conflict {
+        set: FlagSetName,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{0}")]
+    InvalidChange(String),
+    #[error("the flag definitions are invalid: {0}")]
+    InvalidDefinitions(DefinitionErrors),
+    #[error("the flag set store (the log) failed: {0}")]
+    Log(#[from] LogError),
+    #[error("audit event {offset} of the flag-set topic cannot be read: {reason}")]
+    CorruptAudit { offset: Offset, reason: String },
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where each version of a set is in the audit topic: `offsets[v - 1]` holds version `v`.
+#[derive(Default)]
+struct SetIndex {
+    offsets: Vec<Offset>,
+}
+
+struct Inner {
+    log: Arc<dyn Log>,
+    topic: TopicName,
+    sets: RwLock<HashMap<FlagSetName, Arc<LiveSet>>>,
+    index: Mutex<HashMap<FlagSetName, SetIndex>>,
+    writer: tokio::sync::Mutex<()>,
+    changes: broadcast::Sender<SetChanged>,
+}
+
+#[derive(Clone)]
+pub struct FlagService {
+    inner: Arc<Inner>,
+}
+
+fn live_set(revision: &Revision) -> Result<Option<LiveSet>, DefinitionErrors> {
+    if revision.document.is_null() {
+        return Ok(None);
+    }
+    let compiled = proteus_flagsets::compile(&revision.document, revision.validation)?;
+    Ok(Some(LiveSet {
+        name: revision.set.clone(),
+        version: revision.version,
+        updated_ms: revision.time_ms,
+        validation: revision.validation,
+        document: revision.document.clone(),
+        flags: compiled.flag_set,
+        warnings: compiled.warnings.iter().map(ToString::to_string).collect(),
+        etag: format!("\"{}.{}\"", revision.set, revision.version),
+    }))
+}
+
+impl FlagService {
+    /// Opens the service over `log`: creates the audit topic if needed and replays it.
+    pub async fn open(log: Arc<dyn Log>) -> Result<FlagService, FlagServiceError> {
+        let topic = audit::topic();
+        match log.describe_topic(&topic).await {
+            Ok(_) => {}
+            Err(LogError::TopicNotFound { .. }) => {
+                log.put_topic(&topic, audit::topic_config()).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let (changes, _) = broadcast::channel(CHANGES_QUEUE_MAX);
+        let service = FlagService {
+            inner: Arc::new(Inner {
+                log,
+                topic,
+                sets: RwLock::default(),
+                index: Mutex::default(),
+                writer: tokio::sync::Mutex::new(()),
+                changes,
+            }),
+        };
+        service.replay().await?;
+        Ok(service)
+    }
+
+    async fn replay(&self) -> Result<(), FlagServiceError> {
+        let limits = ReadLimits {
+            events_max: REPLAY_EVENTS_PER_READ,
+            bytes_max: proteus_log::port::READ_BYTES_MAX,
+        };
+        let mut from = 0;
+        let mut sets = HashMap::new();
+        let mut index: HashMap<FlagSetName, SetIndex> = HashMap::new();
+        loop {
+            let batch = self
+                .inner
+                .log
+                .read(&self.inner.topic, 0, ReadFrom::Offset(from), limits)
+                .await?;
+            if batch.events.is_empty() {
+                break;
+            }
+            for stored in &batch.events {
+                let corrupt = |reason: String| FlagServiceError::CorruptAudit {
+                    offset: stored.offset,
+                    reason,
+                };
+                let Some(revision) = audit::from_event_json(&stored.json).map_err(corrupt)? else {
+                    continue;
+                };
+                let versions = index.entry(revision.set.clone()).or_default();
+                if revision.version != versions.offsets.len() as u64 + 1 {
+                    return Err(corrupt(format!(
+                        "it holds version {} of flag set '{}' where version {} was expected",
+                        revision.version,
+                        revision.set,
+                        versions.offsets.len() + 1
+                    )));
+                }
+                versions.offsets.push(stored.offset);
+                // A version was valid when it was written; the engine may have become stricter
+                // since. Keep serving the last version that still compiles, and say so.
+                match live_set(&revision) {
+                    Ok(Some(live)) => {
+                        sets.insert(revision.set.clone(), Arc::new(live));
+                    }
+                    Ok(None) => {
+                        sets.remove(&revision.set);
+                    }
+                    Err(errors) => tracing::error!(
+                        set = %revision.set, version = revision.version, %errors,
+                        "a stored flag-set version no longer compiles; the previous version stays in use"
+                    ),
+                }
+            }
+            from = batch.next_offset;
+        }
+        *self.inner.sets.write().unwrap_or_else(|p| p.into_inner()) = sets;
+        *self.inner.index.lock().unwrap_or_else(|p| p.into_inner()) = index;
+        Ok(())
+    }
+
+    /// The current version of `set`, if it exists.
+    pub fn get(&self, set: &FlagSetName) -> Option<Arc<LiveSet>> {
+        self.inner
+            .sets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(set)
+            .cloned()
+    }
+
+    /// Every existing set, by name.
+    pub fn list(&self) -> Vec<Arc<LiveSet>> {
+        let mut sets: Vec<_> = self
+            .inner
+            .sets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        sets.sort_by(|a, b| a.name.cmp(&b.name));
+        sets
+    }
+
+    /// New versions from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SetChanged> {
+        self.inner.changes.subscribe()
+    }
+
+    fn latest_version(&self, set: &FlagSetName) -> u64 {
+        self.inner
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(set)
+            .map_or(0, |i| i.offsets.len() as u64)
+    }
+
+    /// Applies `change` to `set` as a new version, durably, then publishes it. Returns the new
+    /// version's revision, or `None` when the change left the document as it was (no version
+    /// is made: reloading an unchanged file is not a change).
+    pub async fn apply(
+        &self,
+        set: &FlagSetName,
+        change: Change,
+        author: Author,
+        validation: ValidationMode,
+        expected_version: Option<u64>,
+    ) -> Result<Option<Revision>, FlagServiceError> {
+        let _writer = self.inner.writer.lock().await;
+        let current = self.get(set);
+        let actual = current.as_ref().map_or(0, |c| c.version);
+        if let Some(expected) = expected_version
+            && expected != actual
+        {
+            return Err(FlagServiceError::Conflict {
+                set: set.clone(),
+                expected,
+                actual,
+            });
+        }
+        let document =
+            proteus_flagsets::apply(set.as_str(), current.as_ref().map(|c| &c.document), &change)
+                .map_err(|e| match e {
+                ChangeError::SetNotFound { .. } => {
+                    FlagServiceError::SetNotFound { set: set.clone() }
+                }
+                ChangeError::FlagNotFound { key, .. } => FlagServiceError::FlagNotFound {
+                    set: set.clone(),
+                    key,
+                },
+                ChangeError::Invalid(reason) => FlagServiceError::InvalidChange(reason),
+            })?;
+        if let Some(current) = &current
+            && current.document == document
+            && current.validation == validation
+            && !matches!(change, Change::Rollback { .. })
+        {
+            return Ok(None);
+        }
+        let bytes = serde_json::to_vec(&document).map_or(0, |b| b.len());
+        if bytes > audit::DOCUMENT_BYTES_MAX {
+            return Err(FlagServiceError::InvalidChange(format!(
+                "the flag set document would be {bytes} bytes, more than the {} allowed",
+                audit::DOCUMENT_BYTES_MAX
+            )));
+        }
+        let revision = Revision::new(
+            set.clone(),
+            self.latest_version(set) + 1,
+            now_ms(),
+            author.actor,
+            author.comment,
+            &change,
+            validation,
+            current.as_ref().map(|c| &c.document),
+            document,
+        );
+        // Validate before anything is written: an invalid version never reaches the log.
+        let live = live_set(&revision).map_err(FlagServiceError::InvalidDefinitions)?;
+        let event = audit::to_event(&revision).map_err(FlagServiceError::InvalidChange)?;
+        let receipts = self
+            .inner
+            .log
+            .append(&self.inner.topic, vec![event])
+            .await?;
+        let offset = receipts.first().map_or(0, |r| r.offset);
+        self.inner
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(set.clone())
+            .or_default()
+            .offsets
+            .push(offset);
+        let notice = SetChanged {
+            set: set.clone(),
+            version: revision.version,
+            deleted: live.is_none(),
+            etag: live.as_ref().map(|l| l.etag.clone()).unwrap_or_default(),
+            updated_ms: revision.time_ms,
+        };
+        {
+            let mut sets = self.inner.sets.write().unwrap_or_else(|p| p.into_inner());
+            match live {
+                Some(live) => sets.insert(set.clone(), Arc::new(live)),
+                None => sets.remove(set),
+            };
+        }
+        // No subscriber is fine.
+        let _ = self.inner.changes.send(notice);
+        Ok(Some(revision))
+    }
+
+    /// Version `version` of `set`, read back from the audit topic.
+    pub async fn revision(
+        &self,
+        set: &FlagSetName,
+        version: u64,
+    ) -> Result<Revision, FlagServiceError> {
+        let offset = {
+            let index = self.inner.index.lock().unwrap_or_else(|p| p.into_inner());
+            let offsets = index.get(set).map(|i| i.offsets.as_slice()).unwrap_or(&[]);
+            if offsets.is_empty() {
+                return Err(FlagServiceError::SetNotFound { set: set.clone() });
+            }
+            match version.checked_sub(1).and_then(|v| offsets.get(v as usize)) {
+                Some(offset) => *offset,
+                None => {
+                    return Err(FlagServiceError::VersionNotFound {
+                        set: set.clone(),
+                        version,
+                        latest: offsets.len() as u64,
+                    });
+                }
+            }
+        };
+        self.read_revision(offset).await
+    }
+
+    async fn read_revision(&self, offset: Offset) -> Result<Revision, FlagServiceError> {
+        let limits = ReadLimits {
+            events_max: 1,
+            bytes_max: proteus_log::port::READ_BYTES_MAX,
+        };
+        let batch = self
+            .inner
+            .log
+            .read(&self.inner.topic, 0, ReadFrom::Offset(offset), limits)
+            .await?;
+        let corrupt = |reason: String| FlagServiceError::CorruptAudit { offset, reason };
+        let stored = batch
+            .events
+            .into_iter()
+            .find(|e| e.offset == offset)
+            .ok_or_else(|| corrupt("it is missing from the topic".into()))?;
+        audit::from_event_json(&stored.json)
+            .map_err(corrupt)?
+            .ok_or_else(|| corrupt("it is not a flag-set revision".into()))
+    }
+
+    /// The newest revisions of `set` first, only those that changed `flag` when given, at most
+    /// `limit` (capped at [`HISTORY_LIMIT_MAX`]), older than `before_version` when given.
+    pub async fn history(
+        &self,
+        set: &FlagSetName,
+        flag: Option<&str>,
+        before_version: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Revision>, FlagServiceError> {
+        let offsets: Vec<Offset> = {
+            let index = self.inner.index.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(set_index) = index.get(set) else {
+                return Err(FlagServiceError::SetNotFound { set: set.clone() });
+            };
+            let end = before_version.map_or(set_index.offsets.len(), |v| {
+                (v.saturating_sub(1) as usize).min(set_index.offsets.len())
+            });
+            set_index.offsets[..end].to_vec()
+        };
+        let limit = limit.clamp(1, HISTORY_LIMIT_MAX);
+        let mut revisions = Vec::new();
+        for offset in offsets.into_iter().rev() {
+            let revision = self.read_revision(offset).await?;
+            if flag.is_none_or(|key| revision.touches(key)) {
+                revisions.push(revision);
+                if revisions.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(revisions)
+    }
+
+    /// Makes version `to_version`'s document current again, as a new version.
+    pub async fn rollback(
+        &self,
+        set: &FlagSetName,
+        to_version: u64,
+        author: Author,
+        expected_version: Option<u64>,
+    ) -> Result<Revision, FlagServiceError> {
+        let target = self.revision(set, to_version).await?;
+        if target.document.is_null() {
+            return Err(FlagServiceError::InvalidChange(format!(
+                "version {to_version} of flag set '{set}' is its deletion; restore a version before it"
+            )));
+        }
+        let change = Change::Rollback {
+            to_version,
+            document: target.document,
+        };
+        let revision = self
+            .apply(set, change, author, target.validation, expected_version)
+            .await?;
+        // A rollback always makes a version (apply never skips one).
+        revision
+            .ok_or_else(|| FlagServiceError::InvalidChange("the rollback made no version".into()))
+    }
+}
+
+impl FlagService {
+    /// Restores flag `key` of `set` to its definition at `version` (deleting it if it did not
+    /// exist then), as a new version; the other flags keep their current definitions.
+    pub async fn restore_flag(
+        &self,
+        set: &FlagSetName,
+        key: &str,
+        version: u64,
+        author: Author,
+        expected_version: Option<u64>,
+    ) -> Result<Option<Revision>, FlagServiceError> {
+        let target = self.revision(set, version).await?;
+        let change = match target.document.get("flags").and_then(|f| f.get(key)) {
+            Some(flag) => Change::PutFlag {
+                key: key.to_owned(),
+                flag: flag.clone(),
+            },
+            None => Change::DeleteFlag {
+                key: key.to_owned(),
+            },
+        };
+        let validation = self
+            .get(set)
+            .map_or(target.validation, |current| current.validation);
+        self.apply(set, change, author, validation, expected_version)
+            .await
+    }
+}

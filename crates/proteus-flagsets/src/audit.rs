@@ -1,0 +1,79 @@
+//! Revisions as CloudEvents in the audit topic, the durable store of every flag set.
+
+use proteus_log::topic::EVENT_BYTES_MAX_LIMIT;
+use proteus_log::{Event, TopicConfig, TopicName};
+use serde_json::json;
+
+use crate::revision::Revision;
+
+/// The topic every flag-set change is appended to.
+pub const TOPIC: &str = "proteus.flagsets.audit";
+/// The CloudEvent type of a revision.
+pub const EVENT_TYPE: &str = "dev.proteus.flagset.changed";
+/// Largest flag-set document, in bytes of JSON: a revision carries the document and a patch
+/// that can be as large, and must fit one event.
+pub const DOCUMENT_BYTES_MAX: usize = (EVENT_BYTES_MAX_LIMIT as usize) / 4;
+
+pub fn topic() -> TopicName {
+    // A constant that satisfies the topic-name rules.
+    TopicName::parse(TOPIC).expect("the audit topic name is valid")
+}
+
+/// One partition (so versions of all sets keep one order), kept forever, no deduplication
+/// window needed (ids are `set@version`, unique by construction) but harmless.
+pub fn topic_config() -> TopicConfig {
+    TopicConfig {
+        partitions: 1,
+        retention_ms: None,
+        retention_bytes: None,
+        event_bytes_max: EVENT_BYTES_MAX_LIMIT,
+        ..TopicConfig::default()
+    }
+}
+
+/// The CloudEvent of `revision`: id `set@version`, source `/proteus/flagsets/{set}`, subject
+/// the flag a single-flag change is about, `time` when it was made, and the revision as data.
+pub fn to_event(revision: &Revision) -> Result<Event, String> {
+    let time =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(revision.time_ms) * 1_000_000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            });
+    let mut event = json!({
+        "specversion": "1.0",
+        "id": format!("{}@{}", revision.set, revision.version),
+        "source": format!("/proteus/flagsets/{}", revision.set),
+        "type": EVENT_TYPE,
+        "datacontenttype": "application/json",
+        "partitionkey": revision.set.as_str(),
+        "data": revision,
+    });
+    if let Some(time) = time {
+        event["time"] = json!(time);
+    }
+    if let Some(flag) = &revision.flag {
+        event["subject"] = json!(flag);
+    }
+    let bytes = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
+    Event::from_json(&bytes).map_err(|e| e.to_string())
+}
+
+/// The revision in an audit event's JSON; other event types are `Ok(None)`.
+pub fn from_event_json(json: &[u8]) -> Result<Option<Revision>, String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(rename = "type")]
+        kind: String,
+        data: Option<serde_json::Value>,
+    }
+    let envelope: Envelope = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    if envelope.kind != EVENT_TYPE {
+        return Ok(None);
+    }
+    let data = envelope.data.ok_or("an audit event has no data")?;
+    serde_json::from_value(data)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
