@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+mod flags;
 mod groups;
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ use proteus_log::port::{AppendReceipt, TopicDescription};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub use flags::ChangeOptions;
 pub use groups::{Assignment, Consumer, ConsumerOptions, Delivered, Membership, Pulled};
 
 /// What went wrong talking to Proteus, worded for the person running the command.
@@ -90,6 +92,8 @@ pub struct TailOptions {
 pub struct Client {
     base_url: String,
     http: reqwest::Client,
+    /// Sent as `X-API-Key` on flag requests (OFREP and `/v1/flagsets`).
+    api_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +129,7 @@ impl Client {
         Ok(Client {
             base_url: trimmed.to_owned(),
             http,
+            api_key: None,
         })
     }
 

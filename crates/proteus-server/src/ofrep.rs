@@ -177,9 +177,9 @@ fn render(key: &str, evaluation: &Evaluation<'_>) -> (StatusCode, Value) {
         "reason": evaluation.reason.as_str(),
         "metadata": evaluation.metadata,
     });
-    if let Some(variant) = evaluation.variant {
-        body["variant"] = json!(variant);
-    }
+    // Always present, `""` when there is none (a disabled flag, no default variant), as flagd
+    // sends it: some providers (the Python one) read `variant` unconditionally.
+    body["variant"] = json!(evaluation.variant.unwrap_or_default());
     if let Some(value) = evaluation.value {
         body["value"] = value.clone();
     }

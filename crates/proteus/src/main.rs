@@ -1,6 +1,7 @@
 //! `proteus`: the server (`proteus serve`) and its command-line client.
 
 mod cli;
+mod flags_cli;
 mod group_cli;
 mod serve;
 mod settings;
@@ -46,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: group_cli::DlqCommand,
     },
+    /// Feature flags: validate flagd files, push, get, set, kill, history, rollback, evaluate.
+    Flags {
+        #[command(subcommand)]
+        command: flags_cli::FlagsCommand,
+    },
     /// Measure Proteus and its peers (NATS JetStream, Redis, PostgreSQL) on this machine.
     Bench {
         #[command(subcommand)]
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
             Command::Group { command } => group_cli::group(command).await,
             Command::Consume(args) => group_cli::consume(args).await,
             Command::Dlq { command } => group_cli::dlq(command).await,
+            Command::Flags { command } => flags_cli::flags(command).await,
             Command::Bench { command } => proteus_bench::run(command).await,
         }
     });

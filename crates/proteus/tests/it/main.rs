@@ -3,5 +3,7 @@
 mod bench_consume;
 mod cli;
 mod crash;
+mod flags_cli;
 mod group_chaos;
+mod openfeature;
 mod support;

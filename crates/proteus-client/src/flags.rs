@@ -1,0 +1,195 @@
+//! Feature flags: flag-set management (`/v1/flagsets`) and OFREP evaluation.
+
+use serde_json::{Value, json};
+
+use crate::{Client, ClientError};
+
+/// Optional parts of a change: why, and the version it was based on.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeOptions<'a> {
+    pub comment: Option<&'a str>,
+    pub expected_version: Option<u64>,
+    /// `strict` (default) or `flagd`.
+    pub validation: Option<&'a str>,
+}
+
+fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl ChangeOptions<'_> {
+    fn query(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(comment) = self.comment {
+            parts.push(format!("comment={}", encode(comment)));
+        }
+        if let Some(version) = self.expected_version {
+            parts.push(format!("expected_version={version}"));
+        }
+        if let Some(validation) = self.validation {
+            parts.push(format!("validation={}", encode(validation)));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
+        }
+    }
+}
+
+impl Client {
+    /// Sends `key` as `X-API-Key` on flag requests.
+    pub fn with_api_key(mut self, key: Option<String>) -> Client {
+        self.api_key = key;
+        self
+    }
+
+    fn flag_request(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(key) => request.header("x-api-key", key),
+            None => request,
+        }
+    }
+
+    fn set_path(set: &str) -> String {
+        format!("/v1/flagsets/{}", encode(set))
+    }
+
+    fn flag_path(set: &str, key: &str) -> String {
+        format!("{}/flags/{}", Client::set_path(set), encode(key))
+    }
+
+    pub async fn list_flag_sets(&self) -> Result<Value, ClientError> {
+        let response = self
+            .send(self.flag_request(self.http.get(self.url("/v1/flagsets"))))
+            .await?;
+        self.json(response).await
+    }
+
+    /// The set's summary and whole document.
+    pub async fn get_flag_set(&self, set: &str) -> Result<Value, ClientError> {
+        let response = self
+            .send(self.flag_request(self.http.get(self.url(&Client::set_path(set)))))
+            .await?;
+        self.json(response).await
+    }
+
+    /// Replaces the set's document (creating the set); returns its summary.
+    pub async fn put_flag_set(
+        &self,
+        set: &str,
+        document: &Value,
+        options: &ChangeOptions<'_>,
+    ) -> Result<Value, ClientError> {
+        let url = self.url(&format!("{}{}", Client::set_path(set), options.query()));
+        let response = self
+            .send(self.flag_request(self.http.put(url).json(document)))
+            .await?;
+        self.json(response).await
+    }
+
+    pub async fn get_flag(&self, set: &str, key: &str) -> Result<Value, ClientError> {
+        let response = self
+            .send(self.flag_request(self.http.get(self.url(&Client::flag_path(set, key)))))
+            .await?;
+        self.json(response).await
+    }
+
+    /// Creates or replaces one flag.
+    pub async fn put_flag(
+        &self,
+        set: &str,
+        key: &str,
+        definition: &Value,
+        options: &ChangeOptions<'_>,
+    ) -> Result<Value, ClientError> {
+        let url = self.url(&format!(
+            "{}{}",
+            Client::flag_path(set, key),
+            options.query()
+        ));
+        let response = self
+            .send(self.flag_request(self.http.put(url).json(definition)))
+            .await?;
+        self.json(response).await
+    }
+
+    /// The kill switch (`enabled = false`) and its undo.
+    pub async fn set_flag_enabled(
+        &self,
+        set: &str,
+        key: &str,
+        enabled: bool,
+        options: &ChangeOptions<'_>,
+    ) -> Result<Value, ClientError> {
+        let action = if enabled { "enable" } else { "kill" };
+        let url = self.url(&format!(
+            "{}/{action}{}",
+            Client::flag_path(set, key),
+            options.query()
+        ));
+        let response = self.send(self.flag_request(self.http.post(url))).await?;
+        self.json(response).await
+    }
+
+    /// Revisions newest first; only those touching `key` when given.
+    pub async fn flag_history(
+        &self,
+        set: &str,
+        key: Option<&str>,
+        limit: usize,
+    ) -> Result<Value, ClientError> {
+        let path = match key {
+            Some(key) => format!("{}/history?limit={limit}", Client::flag_path(set, key)),
+            None => format!("{}/history?limit={limit}", Client::set_path(set)),
+        };
+        let response = self
+            .send(self.flag_request(self.http.get(self.url(&path))))
+            .await?;
+        self.json(response).await
+    }
+
+    /// The whole set (no `key`) or one flag back to its state at `version`, as a new version.
+    pub async fn restore_flags(
+        &self,
+        set: &str,
+        key: Option<&str>,
+        version: u64,
+        comment: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let path = match key {
+            Some(key) => format!("{}/restore", Client::flag_path(set, key)),
+            None => format!("{}/rollback", Client::set_path(set)),
+        };
+        let mut body = json!({ "version": version });
+        if let Some(comment) = comment {
+            body["comment"] = json!(comment);
+        }
+        let response = self
+            .send(self.flag_request(self.http.post(self.url(&path)).json(&body)))
+            .await?;
+        self.json(response).await
+    }
+
+    /// Evaluates one flag over OFREP. OFREP failures (a missing flag, an invalid context) are
+    /// answers, not errors: they come back as the OFREP body with `errorCode`.
+    pub async fn evaluate_flag(&self, key: &str, context: &Value) -> Result<Value, ClientError> {
+        let url = self.url(&format!("/ofrep/v1/evaluate/flags/{}", encode(key)));
+        let response = self
+            .flag_request(self.http.post(url).json(&json!({ "context": context })))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        if response.status().as_u16() == 401 {
+            return Err(ClientError::Problem {
+                status: 401,
+                title: "Unauthorized".into(),
+                detail:
+                    "the server needs an API key for flags: pass --api-key or set PROTEUS_API_KEY"
+                        .into(),
+                body: Value::Null,
+            });
+        }
+        self.json(response).await
+    }
+}

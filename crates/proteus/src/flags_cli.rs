@@ -1,0 +1,397 @@
+//! `proteus flags`: validate flagd files locally, and manage flag sets on a server.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use proteus_client::{ChangeOptions, Client};
+use proteus_flagsets::ValidationMode;
+use serde_json::{Value, json};
+
+use crate::cli::{ClientArgs, Output, client, print_table, rfc3339_ms, say, truncate};
+
+/// One line of output.
+fn out(line: &str) {
+    println!("{line}");
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ValidationArg {
+    /// Refuse every definition problem (what people author).
+    Strict,
+    /// Load what flagd loads; report the rest as warnings.
+    Flagd,
+}
+
+impl ValidationArg {
+    fn mode(self) -> ValidationMode {
+        match self {
+            ValidationArg::Strict => ValidationMode::Strict,
+            ValidationArg::Flagd => ValidationMode::Flagd,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ValidationArg::Strict => "strict",
+            ValidationArg::Flagd => "flagd",
+        }
+    }
+}
+
+/// Where a flag command acts.
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    /// The flag set (environment).
+    #[arg(long = "set", default_value = "default", value_name = "FLAG_SET")]
+    set: String,
+    /// API key, when the server requires one.
+    #[arg(long, env = "PROTEUS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Why a change is made, and what it was based on.
+#[derive(Args, Debug)]
+pub struct ChangeArgs {
+    /// Recorded in the audit history.
+    #[arg(long)]
+    comment: Option<String>,
+    /// Refuse the change unless the set is at this version.
+    #[arg(long, value_name = "VERSION")]
+    expected_version: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FlagsCommand {
+    /// Check flagd files without a server: every error with its JSON path.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "strict")]
+        validation: ValidationArg,
+    },
+    /// Replace a flag set with a flagd file (creating the set).
+    Push {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "strict")]
+        validation: ValidationArg,
+        #[command(flatten)]
+        change: ChangeArgs,
+        #[command(flatten)]
+        target: SetArgs,
+    },
+    /// Show a flag set's flags, or one flag's definition.
+    Get {
+        key: Option<String>,
+        #[command(flatten)]
+        target: SetArgs,
+    },
+    /// Create or replace one flag from a JSON definition (or turn it on or off).
+    Set {
+        key: String,
+        /// The flag's definition as JSON (`{"state": …, "variants": …}`), or @FILE.
+        #[arg(long, conflicts_with = "state")]
+        definition: Option<String>,
+        /// `disabled` is the kill switch: the flag is off everywhere at once.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        #[command(flatten)]
+        change: ChangeArgs,
+        #[command(flatten)]
+        target: SetArgs,
+    },
+    /// Who changed what, when and why, newest first.
+    History {
+        /// Only the changes to this flag.
+        key: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        target: SetArgs,
+    },
+    /// Restore the set (or one flag, given its key) to an earlier version, as a new version.
+    Rollback {
+        key: Option<String>,
+        #[arg(long, value_name = "VERSION")]
+        to_version: u64,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        target: SetArgs,
+    },
+    /// Evaluate a flag over OFREP, as an OpenFeature provider would.
+    Evaluate {
+        key: String,
+        /// The evaluation context as a JSON object (with `targetingKey`).
+        #[arg(long, default_value = "{}")]
+        context: String,
+        #[command(flatten)]
+        target: SetArgs,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    Enabled,
+    Disabled,
+}
+
+pub async fn flags(command: FlagsCommand) -> Result<(), String> {
+    match command {
+        FlagsCommand::Validate { files, validation } => validate(&files, validation),
+        FlagsCommand::Push {
+            file,
+            validation,
+            change,
+            target,
+        } => {
+            let document = read_json(&file)?;
+            let options = ChangeOptions {
+                comment: change.comment.as_deref(),
+                expected_version: change.expected_version,
+                validation: Some(validation.as_str()),
+            };
+            let summary = connect(&target)?
+                .put_flag_set(&target.set, &document, &options)
+                .await
+                .map_err(say)?;
+            print_change(&target, &summary, "pushed")
+        }
+        FlagsCommand::Get { key, target } => get(key, &target).await,
+        FlagsCommand::Set {
+            key,
+            definition,
+            state,
+            change,
+            target,
+        } => {
+            let options = ChangeOptions {
+                comment: change.comment.as_deref(),
+                expected_version: change.expected_version,
+                validation: None,
+            };
+            let client = connect(&target)?;
+            let summary = match (definition, state) {
+                (Some(definition), _) => {
+                    let definition = match definition.strip_prefix('@') {
+                        Some(file) => read_json(Path::new(file))?,
+                        None => serde_json::from_str(&definition)
+                            .map_err(|e| format!("--definition is not valid JSON: {e}"))?,
+                    };
+                    client
+                        .put_flag(&target.set, &key, &definition, &options)
+                        .await
+                }
+                (None, Some(state)) => {
+                    client
+                        .set_flag_enabled(&target.set, &key, state == StateArg::Enabled, &options)
+                        .await
+                }
+                (None, None) => {
+                    return Err(
+                        "say what to set: --definition JSON (or @FILE), or --state enabled|disabled"
+                            .into(),
+                    );
+                }
+            }
+            .map_err(say)?;
+            print_change(&target, &summary, &format!("flag '{key}' set"))
+        }
+        FlagsCommand::History { key, limit, target } => history(key, limit, &target).await,
+        FlagsCommand::Rollback {
+            key,
+            to_version,
+            comment,
+            target,
+        } => {
+            let summary = connect(&target)?
+                .restore_flags(&target.set, key.as_deref(), to_version, comment.as_deref())
+                .await
+                .map_err(say)?;
+            let what = match &key {
+                Some(key) => format!("flag '{key}' restored to its version {to_version}"),
+                None => format!("restored to version {to_version}"),
+            };
+            print_change(&target, &summary, &what)
+        }
+        FlagsCommand::Evaluate {
+            key,
+            context,
+            target,
+        } => {
+            let context: Value = serde_json::from_str(&context)
+                .map_err(|e| format!("--context is not valid JSON: {e}"))?;
+            let answer = connect(&target)?
+                .evaluate_flag(&key, &context)
+                .await
+                .map_err(say)?;
+            out(&answer.to_string());
+            Ok(())
+        }
+    }
+}
+
+fn connect(target: &SetArgs) -> Result<Client, String> {
+    Ok(client(&target.client)?.with_api_key(target.api_key.clone()))
+}
+
+fn read_json(file: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", file.display()))
+}
+
+fn validate(files: &[PathBuf], validation: ValidationArg) -> Result<(), String> {
+    let mut invalid = 0;
+    for file in files {
+        let document = match read_json(file) {
+            Ok(document) => document,
+            Err(error) => {
+                eprintln!("{error}");
+                invalid += 1;
+                continue;
+            }
+        };
+        match proteus_flagsets::compile(&document, validation.mode()) {
+            Ok(compiled) => {
+                out(&format!(
+                    "{}: valid, {} flags",
+                    file.display(),
+                    compiled.flag_set.len()
+                ));
+                for warning in &compiled.warnings {
+                    out(&format!("  warning {warning}"));
+                }
+            }
+            Err(errors) => {
+                invalid += 1;
+                eprintln!("{}: invalid", file.display());
+                for error in errors.errors() {
+                    eprintln!("  {error}");
+                }
+            }
+        }
+    }
+    if invalid > 0 {
+        return Err(format!(
+            "{invalid} of {} files are invalid; fix the definitions at the paths above",
+            files.len()
+        ));
+    }
+    Ok(())
+}
+
+fn print_change(target: &SetArgs, summary: &Value, what: &str) -> Result<(), String> {
+    if target.client.output == Output::Json {
+        out(&summary.to_string());
+        return Ok(());
+    }
+    let version = &summary["version"];
+    if summary["changed"] == json!(false) {
+        out(&format!(
+            "flag set '{}' unchanged (version {version}): it already was that way",
+            target.set
+        ));
+    } else {
+        out(&format!(
+            "flag set '{}' {what}: now version {version}",
+            target.set
+        ));
+    }
+    for warning in summary["warnings"].as_array().into_iter().flatten() {
+        out(&format!(
+            "  warning {}",
+            warning.as_str().unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+async fn get(key: Option<String>, target: &SetArgs) -> Result<(), String> {
+    let client = connect(target)?;
+    let answer = match &key {
+        Some(key) => client.get_flag(&target.set, key).await,
+        None => client.get_flag_set(&target.set).await,
+    }
+    .map_err(say)?;
+    if target.client.output == Output::Json || key.is_some() {
+        let shown = if key.is_some() && target.client.output == Output::Table {
+            serde_json::to_string_pretty(&answer["definition"]).unwrap_or_default()
+        } else {
+            answer.to_string()
+        };
+        out(&shown);
+        return Ok(());
+    }
+    out(&format!(
+        "flag set '{}' version {} ({} flags, updated {})",
+        target.set,
+        answer["version"],
+        answer["flags"],
+        rfc3339_ms(answer["updated_ms"].as_i64().unwrap_or(0))
+    ));
+    let flags = answer["document"]["flags"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = flags
+        .iter()
+        .map(|(key, flag)| {
+            let variants = flag["variants"]
+                .as_object()
+                .map(|v| v.keys().cloned().collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            vec![
+                key.clone(),
+                flag["state"].as_str().unwrap_or("?").to_owned(),
+                flag["defaultVariant"]
+                    .as_str()
+                    .unwrap_or("(code default)")
+                    .to_owned(),
+                truncate(&variants, 40),
+                if flag.get("targeting").is_some_and(|t| t != &json!({})) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+            ]
+        })
+        .collect();
+    print_table(&["FLAG", "STATE", "DEFAULT", "VARIANTS", "TARGETING"], rows);
+    Ok(())
+}
+
+async fn history(key: Option<String>, limit: usize, target: &SetArgs) -> Result<(), String> {
+    let answer = connect(target)?
+        .flag_history(&target.set, key.as_deref(), limit)
+        .await
+        .map_err(say)?;
+    let revisions = answer["revisions"].as_array().cloned().unwrap_or_default();
+    if target.client.output == Output::Json {
+        for revision in &revisions {
+            out(&revision.to_string());
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = revisions
+        .iter()
+        .map(|r| {
+            let what = match (&r["flag"], &r["restored_version"]) {
+                (Value::String(flag), _) => format!("{} {flag}", r["kind"].as_str().unwrap_or("")),
+                (_, Value::Number(version)) => format!("rollback to v{version}"),
+                _ => r["kind"].as_str().unwrap_or("").to_owned(),
+            };
+            vec![
+                r["version"].to_string(),
+                rfc3339_ms(r["time_ms"].as_i64().unwrap_or(0)),
+                r["actor"].as_str().unwrap_or("").to_owned(),
+                what,
+                format!("{} ops", r["patch"].as_array().map_or(0, Vec::len)),
+                truncate(r["comment"].as_str().unwrap_or(""), 40),
+            ]
+        })
+        .collect();
+    print_table(&["VERSION", "TIME", "WHO", "WHAT", "DIFF", "WHY"], rows);
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! `proteus flags` against a real server, and `serve --flags` reloading a changed file.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{ServerProcess, run_cli};
+
+const FLAGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openfeature/flags.json");
+
+#[test]
+fn flags_are_validated_pushed_changed_audited_and_rolled_back_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let cli = |args: &[&str]| {
+        let all: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--server", server.url.as_str(), "--set", "prod"])
+            .collect();
+        run_cli(&all, None)
+    };
+
+    let (code, out, err) = run_cli(&["flags", "validate", FLAGS], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("valid, 7 flags"), "{out}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"flags": {"x": {"state": "ENABLED", "variants": {"a": true}, "defaultVariant": "b"}}}"#,
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["flags", "validate", bad.to_str().unwrap()], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/flags/x/defaultVariant") && err.contains("fix the definitions"),
+        "{err}"
+    );
+
+    let (code, out, err) = cli(&["flags", "push", FLAGS, "--comment", "first release"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("now version 1"), "{out}");
+    let (code, out, _) = cli(&["flags", "push", FLAGS]);
+    assert_eq!(code, 0);
+    assert!(out.contains("unchanged"), "{out}");
+
+    let (code, out, err) = cli(&["flags", "get"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("legacy-search") && out.contains("DISABLED"),
+        "{out}"
+    );
+
+    let (code, _, err) = cli(&[
+        "flags",
+        "set",
+        "new-checkout",
+        "--state",
+        "disabled",
+        "--comment",
+        "incident 7",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = cli(&[
+        "flags",
+        "evaluate",
+        "new-checkout",
+        "--context",
+        r#"{"targetingKey": "u", "email": "a@example.com"}"#,
+    ]);
+    // `--set` only matters for management; OFREP without keys evaluates `default`.
+    let answer: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(answer["errorCode"], "FLAG_NOT_FOUND", "{answer}");
+
+    let definition =
+        json!({"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "b"});
+    let (code, _, err) = cli(&[
+        "flags",
+        "set",
+        "page-size",
+        "--definition",
+        &definition.to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&[
+        "flags",
+        "set",
+        "page-size",
+        "--definition",
+        r#"{"state": "ON"}"#,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/flags/page-size"), "{err}");
+
+    let (code, out, err) = cli(&["flags", "history", "new-checkout"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("incident 7") && out.contains("first release"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("page-size"),
+        "only the changes to new-checkout: {out}"
+    );
+
+    let (code, out, err) = cli(&["flags", "rollback", "--to-version", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("now version 4"), "{out}");
+    let (_, out, _) = cli(&["flags", "get", "new-checkout"]);
+    assert!(out.contains("\"ENABLED\""), "{out}");
+    let (code, _, err) = cli(&["flags", "rollback", "--to-version", "99"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("versions are 1 to 4"), "{err}");
+}
+
+#[test]
+fn serve_flags_applies_a_changed_file_within_the_watch_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flags.json");
+    let flag = |text: &str| {
+        json!({"flags": {"banner": {"state": "ENABLED", "variants": {"v": text}, "defaultVariant": "v"}}})
+            .to_string()
+    };
+    std::fs::write(&file, flag("one")).unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProcess::start_with(
+        &data,
+        &["--flags", file.to_str().unwrap(), "--flags-watch-ms", "100"],
+        &[],
+    );
+    let evaluate = || {
+        reqwest::blocking::Client::new()
+            .post(format!("{}/ofrep/v1/evaluate/flags/banner", server.url))
+            .json(&json!({"context": {"targetingKey": "u"}}))
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()
+    };
+    assert_eq!(evaluate()["value"], "one");
+    std::fs::write(&file, flag("two")).unwrap();
+    let started = Instant::now();
+    while evaluate()["value"] != "two" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the change was not applied"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A broken file keeps the last good version.
+    std::fs::write(&file, "{ not json").unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(evaluate()["value"], "two");
+    let history: Value =
+        reqwest::blocking::get(format!("{}/v1/flagsets/default/history", server.url))
+            .unwrap()
+            .json()
+            .unwrap();
+    assert_eq!(
+        history["revisions"][0]["actor"],
+        format!("file:{}", file.display())
+    );
+}
