@@ -5,6 +5,7 @@
 //! - `replay`: read throughput of a whole topic, over HTTP or in-process;
 //! - `consume`: a consumer group against a NATS JetStream pull consumer: end-to-end latency at a
 //!   steady rate, or the drain rate of a backlog;
+//! - `ofrep`: feature-flag evaluation over OFREP, single flags or bulk;
 //! - `disk`: the disk's sequential fdatasync bandwidth and small-write latency, the physical
 //!   limit for any durable log on it;
 //! - `startup`: how long the embedded log takes to open with a large log on disk.
@@ -16,6 +17,7 @@ mod consume;
 mod disk;
 mod events;
 mod limits;
+mod ofrep;
 mod produce;
 mod replay;
 mod report;
@@ -26,6 +28,7 @@ use clap::Subcommand;
 
 pub use consume::{ConsumeArgs, ConsumeReport};
 pub use disk::{DiskArgs, DiskReport};
+pub use ofrep::{OfrepArgs, OfrepReport};
 pub use produce::{ProduceArgs, produce};
 pub use replay::{ReplayArgs, ReplayReport};
 pub use report::ProduceReport;
@@ -42,6 +45,8 @@ pub enum BenchCommand {
     /// A consumer group beside a NATS JetStream pull consumer: produce-to-consume latency at a
     /// steady rate, or how fast one group drains a backlog.
     Consume(ConsumeArgs),
+    /// OFREP flag evaluation over HTTP/1.1 keep-alive: requests/s and latency, single or bulk.
+    Ofrep(OfrepArgs),
     /// The disk's own sequential fdatasync bandwidth and 4 KiB write+fdatasync latency.
     Disk(DiskArgs),
     /// Time to open the embedded log with a large log on disk (fills it first if needed).
@@ -54,6 +59,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
         BenchCommand::Produce(args) => produce(args).await.map(drop),
         BenchCommand::Replay(args) => replay::run(args).await,
         BenchCommand::Consume(args) => consume::run(args).await,
+        BenchCommand::Ofrep(args) => ofrep::run(args).await,
         BenchCommand::Disk(args) => disk::run(args).await,
         BenchCommand::Startup(args) => startup::run(args).await,
     }
