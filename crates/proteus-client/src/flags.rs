@@ -44,14 +44,14 @@ impl Client {
         self
     }
 
-    fn flag_request(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    pub(crate) fn flag_request(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.api_key {
             Some(key) => request.header("x-api-key", key),
             None => request,
         }
     }
 
-    fn set_path(set: &str) -> String {
+    pub(crate) fn set_path(set: &str) -> String {
         format!("/v1/flagsets/{}", encode(set))
     }
 

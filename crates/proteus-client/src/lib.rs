@@ -15,6 +15,7 @@
 
 mod flags;
 mod groups;
+mod local_flags;
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use serde_json::value::RawValue;
 
 pub use flags::ChangeOptions;
 pub use groups::{Assignment, Consumer, ConsumerOptions, Delivered, Membership, Pulled};
+pub use local_flags::{FlagsSnapshot, LocalFlags};
 
 /// What went wrong talking to Proteus, worded for the person running the command.
 #[derive(Debug, thiserror::Error)]

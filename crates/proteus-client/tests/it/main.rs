@@ -2,6 +2,7 @@
 //! temporary directory, HTTP on an ephemeral port).
 
 mod consumer;
+mod local_flags;
 
 use std::sync::Arc;
 

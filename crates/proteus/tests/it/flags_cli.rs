@@ -161,3 +161,40 @@ fn serve_flags_applies_a_changed_file_within_the_watch_interval() {
         format!("file:{}", file.display())
     );
 }
+
+#[test]
+fn bench_ofrep_measures_single_and_bulk_evaluations() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    for mode in ["single", "bulk"] {
+        let (code, out, err) = run_cli(
+            &[
+                "bench",
+                "ofrep",
+                "--target",
+                &server.url,
+                "--mode",
+                mode,
+                "--seconds",
+                "1",
+                "--connections",
+                "2",
+                "--flags",
+                "20",
+                "--output",
+                "json",
+            ],
+            None,
+        );
+        assert_eq!(code, 0, "{err}");
+        let report: Value = serde_json::from_str(out.trim()).unwrap();
+        assert!(report["requests"].as_u64().unwrap() > 10, "{report}");
+        assert!(report["latency_p99_ms"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    // The bench pushed its set through the management API: 20 flags, audited.
+    let set: Value = reqwest::blocking::get(format!("{}/v1/flagsets/default", server.url))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(set["flags"], 20, "{set}");
+}
