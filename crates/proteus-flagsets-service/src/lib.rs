@@ -14,6 +14,7 @@
 //! - **Files** ([`files`]): a flagd file or a directory of them loaded into a set and polled for
 //!   changes.
 
+pub mod exposures;
 pub mod files;
 
 use std::collections::HashMap;
@@ -119,6 +120,7 @@ struct Inner {
     index: Mutex<HashMap<FlagSetName, SetIndex>>,
     writer: tokio::sync::Mutex<()>,
     changes: broadcast::Sender<SetChanged>,
+    exposures: exposures::ExposureSink,
 }
 
 #[derive(Clone)]
@@ -145,7 +147,17 @@ fn live_set(revision: &Revision) -> Result<Option<LiveSet>, DefinitionErrors> {
 
 impl FlagService {
     /// Opens the service over `log`: creates the audit topic if needed and replays it.
+    /// Exposures are not recorded.
     pub async fn open(log: Arc<dyn Log>) -> Result<FlagService, FlagServiceError> {
+        FlagService::open_with(log, exposures::ExposureConfig::default()).await
+    }
+
+    /// Like [`FlagService::open`], recording exposures as `exposures` says.
+    pub async fn open_with(
+        log: Arc<dyn Log>,
+        exposures: exposures::ExposureConfig,
+    ) -> Result<FlagService, FlagServiceError> {
+        let exposures = exposures::ExposureSink::start(log.clone(), exposures).await?;
         let topic = audit::topic();
         match log.describe_topic(&topic).await {
             Ok(_) => {}
@@ -163,6 +175,7 @@ impl FlagService {
                 index: Mutex::default(),
                 writer: tokio::sync::Mutex::new(()),
                 changes,
+                exposures,
             }),
         };
         service.replay().await?;
@@ -248,6 +261,11 @@ impl FlagService {
             .collect();
         sets.sort_by(|a, b| a.name.cmp(&b.name));
         sets
+    }
+
+    /// Where evaluations report exposures.
+    pub fn exposures(&self) -> &exposures::ExposureSink {
+        &self.inner.exposures
     }
 
     /// New versions from now on.

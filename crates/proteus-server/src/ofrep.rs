@@ -225,8 +225,39 @@ pub async fn evaluate_flag(
         return flag_not_found(&key, Some(&set));
     };
     let evaluation = flag.evaluate(&context, now_s());
+    record_exposure(&state, &set, &key, &context, &evaluation);
     let (status, body) = render(&key, &evaluation);
     json_response(status, body)
+}
+
+/// Reports a served variant to the exposure topic, when its targeting key is sampled.
+/// Bulk evaluations are not exposures: a client-side provider fetches every flag whether or not
+/// the application uses it.
+fn record_exposure(
+    state: &AppState,
+    set: &LiveSet,
+    key: &str,
+    context: &Map<String, Value>,
+    evaluation: &Evaluation<'_>,
+) {
+    let sink = state.flags.exposures();
+    let Some(targeting_key) = context.get("targetingKey").and_then(Value::as_str) else {
+        return;
+    };
+    let (Some(variant), None) = (evaluation.variant, evaluation.error) else {
+        return;
+    };
+    if !sink.samples(targeting_key) {
+        return;
+    }
+    sink.record(proteus_flagsets_service::exposures::Exposure {
+        flag_set: set.name.to_string(),
+        flag: key.to_owned(),
+        variant: variant.to_owned(),
+        targeting_key: targeting_key.to_owned(),
+        reason: evaluation.reason.as_str(),
+        time_ms: now_s() * 1_000,
+    });
 }
 
 /// `POST /ofrep/v1/evaluate/flags`: every flag of the set, with `ETag`/`If-None-Match`.

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proteus_flagsets_service::exposures::ExposureConfig;
 use proteus_flagsets_service::proteus_flagsets::FlagSetName;
 use proteus_flagsets_service::{FlagService, files};
 use proteus_groups_embedded::EmbeddedGroupStore;
@@ -62,7 +63,11 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let groups = GroupService::open(log.clone(), Arc::new(store), ServiceConfig::default())
         .await
         .map_err(|e| format!("cannot load the consumer groups: {e}"))?;
-    let flags = FlagService::open(log.clone())
+    let exposures = ExposureConfig {
+        sample_rate: settings.flag_exposure_sample_rate,
+        ..ExposureConfig::default()
+    };
+    let flags = FlagService::open_with(log.clone(), exposures)
         .await
         .map_err(|e| format!("cannot load the flag sets: {e}"))?;
     if let Some(path) = &settings.flags {

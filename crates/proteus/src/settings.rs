@@ -63,6 +63,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub flag_api_keys: Option<String>,
+    /// Share of targeting keys whose OFREP evaluations are recorded as exposure events in the
+    /// topic `proteus.flags.exposures`, 0 (off) to 1 (all) [default: 0].
+    #[arg(long, env = "PROTEUS_FLAG_EXPOSURE_SAMPLE_RATE", value_name = "RATE")]
+    pub flag_exposure_sample_rate: Option<f64>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -113,6 +117,7 @@ struct FileSettings {
     flags: Option<PathBuf>,
     flags_watch_ms: Option<u64>,
     flag_api_keys: Option<Vec<FlagApiKey>>,
+    flag_exposure_sample_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +133,7 @@ pub struct Settings {
     pub flags: Option<PathBuf>,
     pub flags_watch_ms: u64,
     pub flag_api_keys: Vec<FlagApiKey>,
+    pub flag_exposure_sample_rate: f64,
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
@@ -182,6 +188,10 @@ impl Settings {
                 Some(text) => parse_api_keys(&text)?,
                 None => file.flag_api_keys.unwrap_or_default(),
             },
+            flag_exposure_sample_rate: args
+                .flag_exposure_sample_rate
+                .or(file.flag_exposure_sample_rate)
+                .unwrap_or(0.0),
         };
         settings.validate()?;
         Ok(settings)
@@ -210,6 +220,12 @@ impl Settings {
             return Err(format!(
                 "flags_watch_ms must be between 50 and 3600000, got {}",
                 self.flags_watch_ms
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.flag_exposure_sample_rate) {
+            return Err(format!(
+                "flag_exposure_sample_rate must be from 0 (off) to 1 (every evaluation), got {}",
+                self.flag_exposure_sample_rate
             ));
         }
         if self.flag_api_keys.len() > FLAG_API_KEYS_MAX {

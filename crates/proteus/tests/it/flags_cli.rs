@@ -198,3 +198,65 @@ fn bench_ofrep_measures_single_and_bulk_evaluations() {
         .unwrap();
     assert_eq!(set["flags"], 20, "{set}");
 }
+
+#[test]
+fn sampled_evaluations_become_exposure_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        &dir.path().join("data"),
+        &["--flags", FLAGS, "--flag-exposure-sample-rate", "0.5"],
+        &[],
+    );
+    let http = reqwest::blocking::Client::new();
+    let users: Vec<String> = (0..40).map(|n| format!("user-{n}")).collect();
+    for user in &users {
+        for _ in 0..2 {
+            let answer: Value = http
+                .post(format!("{}/ofrep/v1/evaluate/flags/page-size", server.url))
+                .json(&json!({"context": {"targetingKey": user}}))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            assert_eq!(answer["value"], 10);
+        }
+    }
+    // Batches are appended within the linger time (200 ms).
+    let started = Instant::now();
+    let exposures = loop {
+        let page: Value = http
+            .get(format!(
+                "{}/v1/topics/proteus.flags.exposures/partitions/0/events?from=0&limit=1000",
+                server.url
+            ))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        if started.elapsed() > Duration::from_secs(2) {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut per_user = std::collections::BTreeMap::<String, usize>::new();
+    for stored in &exposures {
+        let event = &stored["event"];
+        assert_eq!(event["type"], "dev.proteus.flag.exposure");
+        let data = &event["data"];
+        assert_eq!(
+            (&data["flag"], &data["variant"], &data["reason"]),
+            (&json!("page-size"), &json!("small"), &json!("STATIC"))
+        );
+        *per_user
+            .entry(data["targetingKey"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    // Sampling is per unit: a sampled user has both of its evaluations, about half are sampled.
+    assert!(per_user.values().all(|n| *n == 2), "{per_user:?}");
+    assert!(
+        (8..=32).contains(&per_user.len()),
+        "{} of 40 users sampled",
+        per_user.len()
+    );
+}
