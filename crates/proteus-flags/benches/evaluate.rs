@@ -2,8 +2,14 @@
 //! peers given the same decision:
 //!
 //! - `datalogic-rs` (5.4, its flagd feature: `fractional`, `sem_ver`, `starts_with`/`ends_with`)
-//!   evaluating the same JSON Logic. Measured twice: with the context pre-parsed into its arena
-//!   (`ParsedData`, its fastest path) and from a `serde_json::Value` like Proteus gets.
+//!   evaluating the same JSON Logic. Measured twice:
+//!   - `datalogic_serde_json`: from a `serde_json::Value` context, as Proteus gets it and as an
+//!     OFREP server receives it. This is the fair comparison point.
+//!   - `datalogic_parsed_data (...)`: with the context pre-parsed into datalogic's arena
+//!     (`ParsedData`, its fastest path) once, outside the loop. That parsing is work a server
+//!     pays on every request, so this number leaves part of the per-request cost out; it is
+//!     kept for reference, labelled as such.
+//!
 //!   Its `fractional` reads `$flagd.flagKey` from the data, so the context carries it.
 //! - `unleash-yggdrasil` (0.21) evaluating the equivalent Unleash toggle: four
 //!   `flexibleRollout` strategies (100% with `STR_ENDS_WITH` email, 100% with `IN` country,
@@ -23,6 +29,10 @@ use serde_json::{Map, Value, json};
 use unleash_yggdrasil::{ClientFeatures, Context, EngineState};
 
 const NOW_S: i64 = 1_800_000_000;
+
+/// The id of the datalogic measurement that leaves the context's parsing out.
+const DATALOGIC_PREPARSED: &str = "datalogic_parsed_data (context pre-parsed into datalogic's arena, \
+     excluded from the per-request cost a server pays)";
 
 fn targeting() -> Value {
     json!({"if": [
@@ -144,7 +154,8 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(flag.evaluate(black_box(&context), NOW_S).variant))
         });
         let mut arena = Bump::new();
-        group.bench_function("datalogic_parsed_data", |b| {
+        // Not a per-request cost: the context's parsing into `ParsedData` is excluded.
+        group.bench_function(DATALOGIC_PREPARSED, |b| {
             b.iter(|| {
                 let on = engine
                     .evaluate(&logic, black_box(&parsed), &arena)

@@ -95,12 +95,7 @@ impl FlagSet {
             };
             return outcome(flag, flag.default_variant, reason);
         };
-        let env = Env {
-            context,
-            flag_key: &flag.key,
-            now_s,
-            segments: &self.segments,
-        };
+        let env = Env::new(context, &flag.key, now_s, &self.segments);
         match targeting.resolve(&env, &flag.variants) {
             Ok(Resolved::Variant(variant)) => outcome(flag, Some(variant), Reason::TargetingMatch),
             Ok(Resolved::Null) => outcome(flag, flag.default_variant, Reason::Default),

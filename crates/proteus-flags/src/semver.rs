@@ -26,7 +26,9 @@ use serde_json::Value;
 use crate::error::json_type;
 use crate::logic::js::StackStr;
 use crate::logic::value::Val;
-use crate::logic::{Args, Env, Failure, Node, Position, RuleCompiler, Scope, is_operation};
+use crate::logic::{
+    Args, Env, Failure, Node, Position, RuleCompiler, Scope, is_operation, root_value,
+};
 
 /// A version borrowed from its text. `minor`/`patch` are `"0"` when omitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +46,52 @@ pub(crate) fn parse(text: &str) -> Option<Version<'_>> {
     Some(spans.view(text))
 }
 
+/// A version without pre-release or build, as numbers: `[major, minor, patch]`.
+pub(crate) type Plain = [u64; 3];
+
+/// Fast path for the usual `[v]MAJOR[.MINOR[.PATCH]]`: parses it into numbers without building
+/// a [`Version`], so comparing two plain versions is comparing two arrays. `None` for anything
+/// else (pre-release, build metadata, a number over 19 digits, or not a version), which then
+/// takes the general path. When it is `Some`, [`parse`] accepts the same text and its parts
+/// are these numbers (a property test checks it), so both paths agree.
+// Always inlined: returned through memory, the 32-byte result costs more than the parse.
+#[inline(always)]
+pub(crate) fn parse_plain(text: &str) -> Option<Plain> {
+    let b = text.as_bytes();
+    let mut i = usize::from(matches!(b.first(), Some(b'v' | b'V')));
+    let mut parts = [0u64; 3];
+    for (index, part) in parts.iter_mut().enumerate() {
+        let start = i;
+        let mut n: u64 = 0;
+        while let Some(&digit) = b.get(i).filter(|d| d.is_ascii_digit()) {
+            // 19 digits always fit a u64; longer numbers go to the general path.
+            if i - start == 19 {
+                return None;
+            }
+            n = n * 10 + u64::from(digit - b'0');
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || (digits > 1 && b[start] == b'0') {
+            return None;
+        }
+        *part = n;
+        match b.get(i) {
+            None => return Some(parts),
+            Some(b'.') if index < 2 => i += 1,
+            Some(_) => return None,
+        }
+    }
+    None
+}
+
 /// A version literal parsed at compile time: its text and where its parts are.
 #[derive(Debug)]
 pub(crate) struct OwnedVersion {
     text: Box<str>,
     spans: Spans,
+    /// The version as numbers when it is plain (see [`parse_plain`]).
+    plain: Option<Plain>,
 }
 
 impl OwnedVersion {
@@ -57,6 +100,7 @@ impl OwnedVersion {
         Some(Self {
             text: text.into(),
             spans,
+            plain: parse_plain(text),
         })
     }
 
@@ -230,6 +274,23 @@ impl SemVerOp {
         })
     }
 
+    /// [`Self::holds`] for plain versions: numbers compare as the digit strings they were
+    /// parsed from (no leading zeros), and neither has a pre-release.
+    #[inline]
+    pub(crate) fn holds_plain(self, a: &Plain, b: &Plain) -> bool {
+        let ordering = a.cmp(b);
+        match self {
+            SemVerOp::Equal => ordering == Ordering::Equal,
+            SemVerOp::NotEqual => ordering != Ordering::Equal,
+            SemVerOp::Less => ordering == Ordering::Less,
+            SemVerOp::LessOrEqual => ordering != Ordering::Greater,
+            SemVerOp::Greater => ordering == Ordering::Greater,
+            SemVerOp::GreaterOrEqual => ordering != Ordering::Less,
+            SemVerOp::SameMajor => a[0] == b[0],
+            SemVerOp::SameMinor => a[..2] == b[..2],
+        }
+    }
+
     pub(crate) fn holds(self, a: &Version<'_>, b: &Version<'_>) -> bool {
         let ordering = a.compare(b);
         match self {
@@ -280,35 +341,88 @@ fn number_version(n: f64, buffer: &mut StackStr<40>) -> Option<Version<'_>> {
     parse(buffer.as_str())
 }
 
-impl SemVerNode {
-    pub(crate) fn eval<'a>(
+/// One evaluated version operand: a literal parsed at compile time, or the value of an
+/// expression (a string, or a number already formatted as flagd formats it).
+enum Operand<'a> {
+    Literal(&'a OwnedVersion),
+    Value(Val<'a>),
+}
+
+impl Operand<'_> {
+    fn version(&self) -> Option<Version<'_>> {
+        match self {
+            Operand::Literal(version) => Some(version.version()),
+            Operand::Value(value) => value.as_str().and_then(parse),
+        }
+    }
+}
+
+impl SemVerArg {
+    /// Fast path: the plain version of a literal or of a string that a root `var` reads,
+    /// looked at in place instead of being evaluated into a `Val`. `None` when the operand is
+    /// anything else; then the general path evaluates it (reading a `var` has no effects and
+    /// cannot fail, so reading it twice changes nothing).
+    // Always inlined, for the reason `parse_plain` is.
+    #[inline(always)]
+    fn plain_at_root(&self, env: &Env<'_>, scope: Scope<'_, '_>) -> Option<Plain> {
+        match self {
+            SemVerArg::Literal(version) => version.plain,
+            SemVerArg::Expr(node) => match (scope, node.as_root_var()) {
+                (Scope::Root, Some(keys)) => match root_value(keys, env)? {
+                    Value::String(text) => parse_plain(text),
+                    _ => None,
+                },
+                _ => None,
+            },
+        }
+    }
+
+    fn operand<'a>(
         &'a self,
         env: &Env<'a>,
         scope: Scope<'_, 'a>,
-    ) -> Result<Val<'a>, Failure<'a>> {
+    ) -> Result<Operand<'a>, Failure<'a>> {
+        Ok(match self {
+            SemVerArg::Literal(version) => Operand::Literal(version),
+            SemVerArg::Expr(node) => Operand::Value(version_text(node.eval(env, scope)?)),
+        })
+    }
+}
+
+impl SemVerNode {
+    /// Whether the comparison holds; `None` (the operation is `null`) when an operand is not a
+    /// version or the operator is unknown.
+    pub(crate) fn holds<'a>(
+        &'a self,
+        env: &Env<'a>,
+        scope: Scope<'_, 'a>,
+    ) -> Result<Option<bool>, Failure<'a>> {
+        // Fast path: the usual `{"var": "app_version"}, ">=", "2.0.0"` with a plain version in
+        // the context compares two number arrays.
+        if let SemVerOpArg::Fixed(op) = self.op
+            && let Some(left) = self.left.plain_at_root(env, scope)
+            && let Some(right) = self.right.plain_at_root(env, scope)
+        {
+            return Ok(Some(op.holds_plain(&left, &right)));
+        }
+        self.holds_general(env, scope)
+    }
+
+    /// [`Self::holds`] without the fast path.
+    pub(crate) fn holds_general<'a>(
+        &'a self,
+        env: &Env<'a>,
+        scope: Scope<'_, 'a>,
+    ) -> Result<Option<bool>, Failure<'a>> {
         let op = match &self.op {
             SemVerOpArg::Fixed(op) => Some(*op),
             SemVerOpArg::Expr(node) => node.eval(env, scope)?.as_str().and_then(SemVerOp::parse),
         };
-        let left_value;
-        let left = match &self.left {
-            SemVerArg::Literal(version) => Some(version.version()),
-            SemVerArg::Expr(node) => {
-                left_value = version_text(node.eval(env, scope)?);
-                left_value.as_str().and_then(parse)
-            }
-        };
-        let right_value;
-        let right = match &self.right {
-            SemVerArg::Literal(version) => Some(version.version()),
-            SemVerArg::Expr(node) => {
-                right_value = version_text(node.eval(env, scope)?);
-                right_value.as_str().and_then(parse)
-            }
-        };
-        Ok(match (left, op, right) {
-            (Some(left), Some(op), Some(right)) => Val::Bool(op.holds(&left, &right)),
-            _ => Val::Null,
+        let left = self.left.operand(env, scope)?;
+        let right = self.right.operand(env, scope)?;
+        Ok(match (left.version(), op, right.version()) {
+            (Some(left), Some(op), Some(right)) => Some(op.holds(&left, &right)),
+            _ => None,
         })
     }
 }
@@ -405,7 +519,75 @@ impl RuleCompiler<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Version-like text: mostly valid plain versions, with leading zeros, `v` prefixes,
+    /// pre-releases, build metadata, 20-digit numbers and stray characters mixed in.
+    fn version_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            // Small numbers, so that equal and nearly equal versions are frequent.
+            "[vV]?[0-2](\\.[0-2]){0,2}",
+            "[vV]?(0|[1-9][0-9]{0,2})(\\.(0|[1-9][0-9]{0,2})){0,2}",
+            "[vV]?[0-9]{1,21}(\\.[0-9]{1,21}){0,3}",
+            "[vV]?[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}([-+][0-9a-z.-]{0,6})?",
+            "[0-9v.+-]{0,8}",
+        ]
+    }
+
+    const OPS: [SemVerOp; 8] = [
+        SemVerOp::Equal,
+        SemVerOp::NotEqual,
+        SemVerOp::Less,
+        SemVerOp::LessOrEqual,
+        SemVerOp::Greater,
+        SemVerOp::GreaterOrEqual,
+        SemVerOp::SameMajor,
+        SemVerOp::SameMinor,
+    ];
+
+    proptest! {
+        /// The fast path accepts only versions the general parser accepts, with the same parts.
+        #[test]
+        fn plain_parse_agrees_with_general_parse(text in version_text()) {
+            let general = parse(&text);
+            match parse_plain(&text) {
+                Some([major, minor, patch]) => {
+                    let general = general.expect("general parser accepts it");
+                    prop_assert_eq!(general.major, major.to_string());
+                    prop_assert_eq!(general.minor, minor.to_string());
+                    prop_assert_eq!(general.patch, patch.to_string());
+                    prop_assert_eq!(general.prerelease, "");
+                }
+                // Only what the fast path leaves to the general one: pre-release or build
+                // metadata, numbers over 19 digits, or not a version.
+                None => prop_assert!(
+                    general.is_none()
+                        || text.contains(['-', '+'])
+                        || text.split(['.', 'v', 'V']).any(|n| n.len() > 19)
+                ),
+            }
+        }
+
+        /// Comparing plain versions as numbers agrees with the general comparison.
+        #[test]
+        fn plain_comparison_agrees_with_general_comparison(
+            a in version_text(),
+            b in version_text(),
+        ) {
+            if let (Some(plain_a), Some(plain_b)) = (parse_plain(&a), parse_plain(&b)) {
+                let (general_a, general_b) = (parse(&a).unwrap(), parse(&b).unwrap());
+                for op in OPS {
+                    prop_assert_eq!(
+                        op.holds_plain(&plain_a, &plain_b),
+                        op.holds(&general_a, &general_b),
+                        "{} {:?} {}", a, op, b
+                    );
+                }
+            }
+        }
+    }
 
     fn cmp(a: &str, b: &str) -> Ordering {
         parse(a).unwrap().compare(&parse(b).unwrap())

@@ -116,25 +116,48 @@ pub(crate) struct Prerequisite {
     pub(crate) variants: Box<[u16]>,
 }
 
-/// FNV-1a, for the flag-key index. Keys come from the operator's own definitions (nobody can
-/// choose them to collide), and hashing a short key this way costs a fraction of SipHash.
+/// A hash over 8-byte words for the flag-key index: each word is mixed in with a folded
+/// multiplication (the 128-bit product's halves xored, as foldhash and wyhash do). Keys come
+/// from the operator's own definitions (nobody can choose them to collide), and hashing a short
+/// key a word at a time costs a fraction of SipHash (and of FNV's byte at a time), which
+/// matters because every evaluation by key starts with it.
 #[derive(Default)]
 pub(crate) struct KeyHasher(u64);
 
+impl KeyHasher {
+    const MULTIPLIER: u64 = 0xf135_7aea_2e62_a9c5;
+
+    #[inline]
+    fn add(&mut self, word: u64) {
+        let product = u128::from(self.0 ^ word) * u128::from(Self::MULTIPLIER);
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
 impl Hasher for KeyHasher {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &byte in bytes {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+        let mut words = bytes.chunks_exact(8);
+        for word in words.by_ref() {
+            self.add(u64::from_le_bytes(word.try_into().unwrap_or_default()));
         }
-        self.0 = hash;
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            // The 1-7 trailing bytes and their count, so `"a\0"` and `"a"` differ.
+            let tail = rest
+                .iter()
+                .rev()
+                .fold(0u64, |word, &byte| (word << 8) | u64::from(byte));
+            self.add(tail ^ ((rest.len() as u64) << 56));
+        }
     }
 
+    #[inline]
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
@@ -242,5 +265,39 @@ impl<'f> FlagRef<'f> {
             .prerequisites
             .iter()
             .map(move |p| &*set.flags[p.flag as usize].key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn key_index_finds_every_key_and_spreads_them() {
+        let keys: Vec<String> = (0..5_000)
+            .map(|i| format!("flag-{i}"))
+            .chain(["", "a", "a\0", "checkout", "new-checkout-flow-v2"].map(String::from))
+            .collect();
+        let index: KeyIndex = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| (key.clone().into_boxed_str(), i as u32))
+            .collect();
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(index.get(key.as_str()), Some(&(i as u32)), "{key:?}");
+        }
+        assert_eq!(index.get("flag-5000"), None);
+        // Distinct 64-bit hashes, and the low bits the table uses spread over 4,096 slots.
+        let build = BuildHasherDefault::<KeyHasher>::default();
+        let hashes: Vec<u64> = keys
+            .iter()
+            .map(|key| build.hash_one(key.as_str()))
+            .collect();
+        let distinct: std::collections::HashSet<u64> = hashes.iter().copied().collect();
+        assert_eq!(distinct.len(), keys.len());
+        let slots: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 4095).collect();
+        assert!(slots.len() > 2_500, "{} of 4096 slots used", slots.len());
     }
 }

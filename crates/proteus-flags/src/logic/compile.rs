@@ -501,12 +501,7 @@ impl<'c> RuleCompiler<'c> {
             return node;
         }
         let context = Map::new();
-        let env = Env {
-            context: &context,
-            flag_key: "",
-            now_s: 0,
-            segments: &[],
-        };
+        let env = Env::new(&context, "", 0, &[]);
         let value = match node.eval(&env, Scope::Root) {
             Ok(value) => const_value(value),
             Err(_) => return node,

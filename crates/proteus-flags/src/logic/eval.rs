@@ -1,5 +1,7 @@
 //! The evaluator: walks a compiled tree over borrowed values.
 
+use std::cell::{Cell, RefCell};
+
 use serde_json::{Map, Value};
 
 use super::value::Val;
@@ -12,18 +14,92 @@ pub(crate) struct Env<'a> {
     pub(crate) flag_key: &'a str,
     pub(crate) now_s: i64,
     pub(crate) segments: &'a [Node],
+    /// The root context's entries read so far (see [`RootEntries`]).
+    root: RootEntries<'a>,
+}
+
+impl<'a> Env<'a> {
+    #[inline]
+    pub(crate) fn new(
+        context: &'a Map<String, Value>,
+        flag_key: &'a str,
+        now_s: i64,
+        segments: &'a [Node],
+    ) -> Self {
+        Env {
+            context,
+            flag_key,
+            now_s,
+            segments,
+            root: RootEntries {
+                read: Cell::new(0),
+                entries: Default::default(),
+                unread: RefCell::new(context.iter()),
+            },
+        }
+    }
+
+    /// `context.get(key)`: reads a key of the root context.
+    #[inline]
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
+        if self.context.len() > SCANNED_KEYS_MAX {
+            return self.context.get(key);
+        }
+        let is_key = |k: &str| bytes_eq(k.as_bytes(), key.as_bytes());
+        let root = &self.root;
+        let read = &root.entries[..root.read.get()];
+        if let Some((_, value)) = read.iter().filter_map(Cell::get).find(|(k, _)| is_key(k)) {
+            return Some(value);
+        }
+        // Not among the entries read so far: read on, keeping what is passed.
+        let mut unread = root.unread.borrow_mut();
+        for (k, value) in unread.by_ref() {
+            // In bounds: the context has at most `SCANNED_KEYS_MAX` entries.
+            let i = root.read.get();
+            root.entries[i].set(Some((k, value)));
+            root.read.set(i + 1);
+            if is_key(k) {
+                return Some(value);
+            }
+        }
+        None
+    }
+}
+
+/// Fast path for reading the root context, which most `var`s of a rule do. A context of up to
+/// [`SCANNED_KEYS_MAX`] keys (the usual handful) is walked at most once per evaluation: each
+/// read first scans the entries earlier reads walked past (comparing lengths first), then walks
+/// on from where they stopped, keeping the entries it passes. A step of a walk over a
+/// `BTreeMap` (serde_json's `Map` without `preserve_order`) costs several times an array step,
+/// and `Map::get` makes a `memcmp` call for every key it passes, so a rule reading four keys
+/// used to walk the map four times. Larger contexts use `Map::get`. All find the same entry:
+/// keys are unique (tested).
+struct RootEntries<'a> {
+    /// How many entries have been read.
+    read: Cell<usize>,
+    entries: [Cell<Option<(&'a str, &'a Value)>>; SCANNED_KEYS_MAX],
+    /// Where reading the context goes on.
+    unread: RefCell<serde_json::map::Iter<'a>>,
 }
 
 /// The data `var` reads: the root context, an array item (`map`, `filter`, ...), or the
 /// `{current, accumulator}` pair of `reduce`.
+///
+/// Kept to two words (`Reduce` points to its pair) so it is passed in registers: every
+/// evaluation step takes one.
 #[derive(Clone, Copy)]
 pub(crate) enum Scope<'s, 'a> {
     Root,
     Item(&'s Val<'a>),
-    Reduce {
-        current: &'s Val<'a>,
-        accumulator: &'s Val<'a>,
-    },
+    Reduce(&'s ReduceData<'a>),
+}
+
+const _: () = assert!(std::mem::size_of::<Scope<'_, '_>>() == 16);
+
+/// What `reduce` gives its body.
+pub(crate) struct ReduceData<'a> {
+    pub(crate) current: Val<'a>,
+    pub(crate) accumulator: Val<'a>,
 }
 
 /// Evaluation hit a [`Node::Fail`]; flagd reports this as `PARSE_ERROR`.
@@ -171,17 +247,18 @@ impl Node {
             Node::Iterate { op, args } => iterate(*op, args, env, scope)?,
             Node::Reduce(args) => {
                 let array = args[0].eval(env, scope)?;
-                let mut accumulator = args[2].eval(env, scope)?;
+                let mut data = ReduceData {
+                    current: Val::Null,
+                    accumulator: args[2].eval(env, scope)?,
+                };
                 if let Some(items) = array.items() {
                     for current in items {
-                        let scope = Scope::Reduce {
-                            current: &current,
-                            accumulator: &accumulator,
-                        };
-                        accumulator = args[1].eval(env, scope)?;
+                        data.current = current;
+                        let accumulator = args[1].eval(env, Scope::Reduce(&data))?;
+                        data.accumulator = accumulator;
                     }
                 }
-                accumulator
+                data.accumulator
             }
             Node::StringTest { ends, args } => {
                 let value = args[0].eval(env, scope)?;
@@ -193,24 +270,11 @@ impl Node {
                     _ => Val::Null,
                 }
             }
-            Node::VarStringTest(test) => match root_string(&test.keys, env, scope) {
-                RootString::Str(value) => Val::Bool(if test.ends {
-                    value.ends_with(&*test.affix)
-                } else {
-                    value.starts_with(&*test.affix)
-                }),
-                RootString::Other => Val::Null,
-                RootString::Scoped(value) => match value.as_str() {
-                    Some(value) => Val::Bool(if test.ends {
-                        value.ends_with(&*test.affix)
-                    } else {
-                        value.starts_with(&*test.affix)
-                    }),
-                    None => Val::Null,
-                },
-            },
+            Node::VarStringTest(test) => {
+                var_string_test(test, env, scope).map_or(Val::Null, Val::Bool)
+            }
             Node::VarInStrings(test) => Val::Bool(var_in_strings(test, env, scope)),
-            Node::SemVer(node) => node.eval(env, scope)?,
+            Node::SemVer(node) => node.holds(env, scope)?.map_or(Val::Null, Val::Bool),
             Node::Fractional(fractional) => match fractional.choose(env, scope)? {
                 Some(bucket) => match bucket.eval(env, scope)? {
                     value @ (Val::Null
@@ -264,7 +328,10 @@ impl Node {
     ) -> Result<bool, Failure<'a>> {
         match self {
             Node::Const(c) => Ok(c.val().truthy()),
+            // The operators `if` conditions use most, answered without building a `Val`.
             Node::VarInStrings(test) => Ok(var_in_strings(test, env, scope)),
+            Node::VarStringTest(test) => Ok(var_string_test(test, env, scope).unwrap_or(false)),
+            Node::SemVer(node) => Ok(node.holds(env, scope)?.unwrap_or(false)),
             Node::Not(arg) => Ok(!arg.test(env, scope)?),
             Node::Truthy(arg) => arg.test(env, scope),
             Node::And(args) => {
@@ -297,7 +364,7 @@ enum RootString<'a> {
 /// Reads a string `var` without building a value when the data is the root context.
 fn root_string<'a>(keys: &[PathKey], env: &Env<'a>, scope: Scope<'_, 'a>) -> RootString<'a> {
     match scope {
-        Scope::Root => match root_value(keys, env.context) {
+        Scope::Root => match root_value(keys, env) {
             Some(Value::String(s)) => RootString::Str(s),
             _ => RootString::Other,
         },
@@ -308,14 +375,11 @@ fn root_string<'a>(keys: &[PathKey], env: &Env<'a>, scope: Scope<'_, 'a>) -> Roo
 fn walk_scope<'a>(keys: &[PathKey], scope: Scope<'_, 'a>) -> Option<Val<'a>> {
     match scope {
         Scope::Item(item) => walk(item.clone(), keys),
-        Scope::Reduce {
-            current,
-            accumulator,
-        } => {
+        Scope::Reduce(data) => {
             let (first, rest) = keys.split_first()?;
             match &*first.key {
-                "current" => walk(current.clone(), rest),
-                "accumulator" => walk(accumulator.clone(), rest),
+                "current" => walk(data.current.clone(), rest),
+                "accumulator" => walk(data.accumulator.clone(), rest),
                 _ => None,
             }
         }
@@ -323,31 +387,99 @@ fn walk_scope<'a>(keys: &[PathKey], scope: Scope<'_, 'a>) -> Option<Val<'a>> {
     }
 }
 
-fn var_in_strings<'a>(test: &'a super::VarInStrings, env: &Env<'a>, scope: Scope<'_, 'a>) -> bool {
-    match root_string(&test.keys, env, scope) {
-        RootString::Str(value) => test.items.iter().any(|item| **item == *value),
-        RootString::Other => false,
-        RootString::Scoped(value) => value
-            .as_str()
-            .is_some_and(|value| test.items.iter().any(|item| **item == *value)),
+impl super::VarInStrings {
+    fn contains(&self, value: &str) -> bool {
+        self.items
+            .iter()
+            .any(|item| bytes_eq(item.as_bytes(), value.as_bytes()))
     }
 }
 
-/// `context.get(key)`: the one place context keys are looked up.
+/// `starts_with`/`ends_with` of a `var`; `None` (null) when the value is not a string.
+fn var_string_test<'a>(
+    test: &'a super::VarStringTest,
+    env: &Env<'a>,
+    scope: Scope<'_, 'a>,
+) -> Option<bool> {
+    // `str::ends_with`/`starts_with`, with the inlined comparison.
+    let applies = |value: &str| {
+        let (value, affix) = (value.as_bytes(), test.affix.as_bytes());
+        value.len() >= affix.len()
+            && if test.ends {
+                bytes_eq(&value[value.len() - affix.len()..], affix)
+            } else {
+                bytes_eq(&value[..affix.len()], affix)
+            }
+    };
+    match root_string(&test.keys, env, scope) {
+        RootString::Str(value) => Some(applies(value)),
+        RootString::Other => None,
+        RootString::Scoped(value) => value.as_str().map(applies),
+    }
+}
+
+fn var_in_strings<'a>(test: &'a super::VarInStrings, env: &Env<'a>, scope: Scope<'_, 'a>) -> bool {
+    match root_string(&test.keys, env, scope) {
+        RootString::Str(value) => test.contains(value),
+        RootString::Other => false,
+        RootString::Scoped(value) => value.as_str().is_some_and(|value| test.contains(value)),
+    }
+}
+
+/// Objects with at most this many keys are searched by a scan rather than by `Map::get`.
+const SCANNED_KEYS_MAX: usize = 8;
+
+/// `object.get(key)`, for objects nested in the context (keys of the root are read with
+/// [`Env::get`]).
+///
+/// Fast path: without serde_json's `preserve_order`, a `Map` is a `BTreeMap`, whose `get`
+/// orders `key` against the keys it passes with a `memcmp` call each. A small object has a
+/// handful of keys of mostly different lengths, so scanning them and comparing lengths first
+/// leaves at most one byte comparison (inlined for short keys) per lookup. Larger objects keep
+/// the logarithmic `get`. Both find the same entry: keys are unique (tested).
+#[inline]
 pub(crate) fn context_get<'a>(context: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    context.get(key)
+    if context.len() <= SCANNED_KEYS_MAX {
+        context
+            .iter()
+            .find_map(|(k, v)| bytes_eq(k.as_bytes(), key.as_bytes()).then_some(v))
+    } else {
+        context.get(key)
+    }
+}
+
+/// `a == b`, inlined for up to 16 bytes (two overlapping word loads instead of a `memcmp`
+/// call), which covers nearly every context key and short string literal.
+#[inline]
+pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let n = a.len();
+    // In range: both are n bytes long, and the match arms bound n.
+    let word = |bytes: &[u8], at: usize| {
+        u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default())
+    };
+    let half = |bytes: &[u8], at: usize| {
+        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default())
+    };
+    match n {
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        0 => true,
+        // First, middle and last byte: every byte of 1 to 3.
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        _ => a == b,
+    }
 }
 
 /// Follows `keys` through the root context, borrowing the value found.
-pub(crate) fn root_value<'a>(
-    keys: &[PathKey],
-    context: &'a Map<String, Value>,
-) -> Option<&'a Value> {
+pub(crate) fn root_value<'a>(keys: &[PathKey], env: &Env<'a>) -> Option<&'a Value> {
     let (first, rest) = keys.split_first()?;
-    let mut value = context_get(context, &first.key)?;
+    let mut value = env.get(&first.key)?;
     for key in rest {
         value = match value {
-            Value::Object(map) => map.get(&*key.key)?,
+            Value::Object(map) => context_get(map, &key.key)?,
             Value::Array(items) => items.get(key.index?)?,
             _ => return None,
         };
@@ -382,25 +514,22 @@ pub(crate) fn lookup<'a>(path: &VarPath, env: &Env<'a>, scope: Scope<'_, 'a>) ->
             VarPath::Timestamp => Some(Val::Num(env.now_s as f64)),
             VarPath::Flagd => Some(ops::flagd_object(env)),
             VarPath::Undefined => None,
-            VarPath::Keys(keys) => root_value(keys, env.context).map(Val::from_json),
+            VarPath::Keys(keys) => root_value(keys, env).map(Val::from_json),
         },
         Scope::Item(item) => match path {
             VarPath::Keys(keys) => walk(item.clone(), keys),
             _ => Some(item.clone()),
         },
-        Scope::Reduce {
-            current,
-            accumulator,
-        } => match path {
+        Scope::Reduce(data) => match path {
             VarPath::Keys(keys) => {
                 let (first, rest) = keys.split_first()?;
                 match &*first.key {
-                    "current" => walk(current.clone(), rest),
-                    "accumulator" => walk(accumulator.clone(), rest),
+                    "current" => walk(data.current.clone(), rest),
+                    "accumulator" => walk(data.accumulator.clone(), rest),
                     _ => None,
                 }
             }
-            _ => Some(ops::reduce_object(current, accumulator)),
+            _ => Some(ops::reduce_object(&data.current, &data.accumulator)),
         },
     }
 }

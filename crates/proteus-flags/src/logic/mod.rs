@@ -11,6 +11,8 @@ mod ops;
 pub(crate) mod value;
 
 #[cfg(test)]
+mod fast_path_tests;
+#[cfg(test)]
 mod tests;
 
 use serde_json::Value;
@@ -19,7 +21,7 @@ use crate::fractional::Fractional;
 use crate::semver::SemVerNode;
 
 pub(crate) use compile::{Args, Position, RuleCompiler, is_operation};
-pub(crate) use eval::{Env, Failure, Resolved, Scope, context_get};
+pub(crate) use eval::{Env, Failure, Resolved, Scope, root_value};
 
 /// One compiled JSON Logic expression.
 #[derive(Debug)]

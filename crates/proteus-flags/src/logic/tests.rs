@@ -18,12 +18,7 @@ fn compile(rule: &Value) -> Node {
 fn eval(rule: Value, data: Value) -> Value {
     let node = compile(&rule);
     let context = data.as_object().cloned().unwrap_or_default();
-    let env = Env {
-        context: &context,
-        flag_key: "flag",
-        now_s: 42,
-        segments: &[],
-    };
+    let env = Env::new(&context, "flag", 42, &[]);
     node.eval(&env, Scope::Root)
         .map_or(json!("<failed>"), |v| v.to_value())
 }
