@@ -21,6 +21,7 @@ use futures_util::Stream;
 use proteus_flags::{Evaluation, Reason};
 use proteus_flagsets::FlagSetName;
 use proteus_flagsets_service::LiveSet;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -154,37 +155,65 @@ fn now_s() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// OFREP's body for one evaluation, and whether it is a failure (and which status).
-fn render(key: &str, evaluation: &Evaluation<'_>) -> (StatusCode, Value) {
+/// OFREP's body for one evaluation, serialised straight from the evaluation's borrowed parts
+/// (no intermediate JSON tree on the hot path).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Answer<'a> {
+    Success {
+        key: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<&'a Value>,
+        /// Always present, `""` when there is none (a disabled flag, no default variant), as
+        /// flagd sends it: some providers (the Python one) read `variant` unconditionally.
+        variant: &'a str,
+        reason: &'static str,
+        metadata: &'a Map<String, Value>,
+    },
+    Failure {
+        key: &'a str,
+        #[serde(rename = "errorCode")]
+        error_code: &'static str,
+        #[serde(rename = "errorDetails")]
+        error_details: &'a str,
+        #[serde(skip_serializing_if = "Map::is_empty")]
+        metadata: &'a Map<String, Value>,
+    },
+}
+
+/// The answer for one evaluation, and its status when it is the whole response.
+fn render<'a>(key: &'a str, evaluation: &'a Evaluation<'_>) -> (StatusCode, Answer<'a>) {
     if let Some(code) = evaluation.error {
         let status = if code == proteus_flags::ErrorCode::FlagNotFound {
             StatusCode::NOT_FOUND
         } else {
             StatusCode::BAD_REQUEST
         };
-        let mut body = json!({
-            "key": key,
-            "errorCode": code.as_str(),
-            "errorDetails": evaluation.error_message.as_deref().unwrap_or(code.as_str()),
-        });
-        if !evaluation.metadata.is_empty() {
-            body["metadata"] = Value::Object(evaluation.metadata.clone());
-        }
-        return (status, body);
-    }
-    let mut body = json!({
-        "key": key,
-        "reason": evaluation.reason.as_str(),
-        "metadata": evaluation.metadata,
-    });
-    // Always present, `""` when there is none (a disabled flag, no default variant), as flagd
-    // sends it: some providers (the Python one) read `variant` unconditionally.
-    body["variant"] = json!(evaluation.variant.unwrap_or_default());
-    if let Some(value) = evaluation.value {
-        body["value"] = value.clone();
+        let answer = Answer::Failure {
+            key,
+            error_code: code.as_str(),
+            error_details: evaluation.error_message.as_deref().unwrap_or(code.as_str()),
+            metadata: evaluation.metadata,
+        };
+        return (status, answer);
     }
     debug_assert!(evaluation.reason != Reason::Error);
-    (StatusCode::OK, body)
+    let answer = Answer::Success {
+        key,
+        value: evaluation.value,
+        variant: evaluation.variant.unwrap_or_default(),
+        reason: evaluation.reason.as_str(),
+        metadata: evaluation.metadata,
+    };
+    (StatusCode::OK, answer)
+}
+
+fn serialized_response(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        // Evaluations are JSON values and strings already; this cannot fail.
+        Err(e) => general_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 fn flag_not_found(key: &str, set: Option<&LiveSet>) -> Response {
@@ -226,8 +255,8 @@ pub async fn evaluate_flag(
     };
     let evaluation = flag.evaluate(&context, now_s());
     record_exposure(&state, &set, &key, &context, &evaluation);
-    let (status, body) = render(&key, &evaluation);
-    json_response(status, body)
+    let (status, answer) = render(&key, &evaluation);
+    serialized_response(status, &answer)
 }
 
 /// Reports a served variant to the exposure topic, when its targeting key is sampled.
@@ -299,20 +328,25 @@ pub async fn evaluate_all(
         return response;
     }
     let now = now_s();
-    let flags: Vec<Value> = set
+    let evaluations: Vec<(&str, Evaluation<'_>)> = set
         .flags
         .flags()
-        .map(|flag| {
-            let evaluation = flag.evaluate(&context, now);
-            render(flag.key(), &evaluation).1
-        })
+        .map(|flag| (flag.key(), flag.evaluate(&context, now)))
+        .collect();
+    let flags: Vec<Answer<'_>> = evaluations
+        .iter()
+        .map(|(key, evaluation)| render(key, evaluation).1)
         .collect();
     let mut metadata = set.flags.metadata().clone();
     metadata.insert("flagSetVersion".into(), json!(set.version));
-    let mut response = json_response(
-        StatusCode::OK,
-        json!({ "flags": flags, "metadata": metadata, "eventStreams": event_streams() }),
-    );
+    let body = json!({ "metadata": metadata, "eventStreams": event_streams() });
+    #[derive(Serialize)]
+    struct Bulk<'a> {
+        flags: Vec<Answer<'a>>,
+        #[serde(flatten)]
+        rest: Value,
+    }
+    let mut response = serialized_response(StatusCode::OK, &Bulk { flags, rest: body });
     if let Ok(value) = HeaderValue::from_str(etag) {
         response.headers_mut().insert(header::ETAG, value);
     }
