@@ -86,7 +86,10 @@ impl OfrepReport {
                     self.mode, self.flags, self.connections
                 ),
             ),
-            ("requests", format!("{} in {:.2} s", self.requests, self.seconds)),
+            (
+                "requests",
+                format!("{} in {:.2} s", self.requests, self.seconds),
+            ),
             ("requests/s", format!("{:.0}", self.requests_per_s)),
             ("latency p50 ms", format!("{:.3}", self.latency_p50_ms)),
             ("latency p90 ms", format!("{:.3}", self.latency_p90_ms)),
@@ -125,7 +128,9 @@ pub fn flag_set(flags: usize) -> Value {
 async fn push_flag_set(url: &str, set: &str, flags: usize) -> Result<(), String> {
     let http = reqwest::Client::new();
     let response = http
-        .put(format!("{url}/v1/flagsets/{set}?comment=proteus+bench+ofrep"))
+        .put(format!(
+            "{url}/v1/flagsets/{set}?comment=proteus+bench+ofrep"
+        ))
         .json(&flag_set(flags))
         .send()
         .await

@@ -390,11 +390,16 @@ mod tests {
             duplicates: 0,
         };
         assert!(!report.table().contains("p99"));
+        report.latency_p50_ms = Some(1.25);
         report.latency_p99_ms = Some(4.5);
+        let table = report.table();
         assert!(
-            report.table().contains("latency p99 ms    4.50"),
-            "{}",
-            report.table()
+            table.contains("latency p50 ms") && table.contains("1.25"),
+            "{table}"
+        );
+        assert!(
+            table.contains("latency p99 ms") && table.contains("4.50"),
+            "{table}"
         );
     }
 }
