@@ -193,3 +193,42 @@ impl Client {
         self.json(response).await
     }
 }
+
+impl Client {
+    /// Schedules `change` (`{"kind": "set_state", "key": …, "state": "DISABLED"}`, …) at `at`
+    /// (RFC 3339, or milliseconds since the epoch as a JSON number); returns the schedule.
+    pub async fn schedule_flag_change(
+        &self,
+        set: &str,
+        at: &Value,
+        change: &Value,
+        comment: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({ "at": at, "change": change });
+        if let Some(comment) = comment {
+            body["comment"] = json!(comment);
+        }
+        let url = self.url(&format!("{}/schedules", Client::set_path(set)));
+        let response = self
+            .send(self.flag_request(self.http.post(url).json(&body)))
+            .await?;
+        self.json(response).await
+    }
+
+    /// Pending scheduled changes, soonest first.
+    pub async fn flag_schedules(&self, set: &str) -> Result<Value, ClientError> {
+        let url = self.url(&format!("{}/schedules", Client::set_path(set)));
+        let response = self.send(self.flag_request(self.http.get(url))).await?;
+        self.json(response).await
+    }
+
+    pub async fn cancel_flag_schedule(&self, set: &str, id: &str) -> Result<(), ClientError> {
+        let url = self.url(&format!(
+            "{}/schedules/{}",
+            Client::set_path(set),
+            encode(id)
+        ));
+        self.send(self.flag_request(self.http.delete(url))).await?;
+        Ok(())
+    }
+}

@@ -17,11 +17,16 @@
 pub mod exposures;
 pub mod files;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use proteus_flags::{DefinitionErrors, FlagSet};
-use proteus_flagsets::{Change, ChangeError, FlagSetName, Revision, ValidationMode, audit};
+use proteus_flagsets::audit::AuditRecord;
+use proteus_flagsets::schedule::{SCHEDULE_AHEAD_MS_MAX, SCHEDULES_MAX};
+use proteus_flagsets::{
+    Change, ChangeError, FlagSetName, Revision, Schedule, ScheduleEnded, ScheduleOutcome,
+    ValidationMode, audit,
+};
 use proteus_log::port::Log;
 use proteus_log::{LogError, Offset, ReadFrom, ReadLimits, TopicName};
 use serde_json::Value;
@@ -34,6 +39,8 @@ pub const HISTORY_LIMIT_MAX: usize = 1_000;
 /// Notifications a slow subscriber may fall behind by before it is told it lagged (it then
 /// refetches everything, which is always correct).
 const CHANGES_QUEUE_MAX: usize = 1_024;
+/// How often due schedules are looked for: a scheduled change applies at most this late.
+const SCHEDULER_TICK_MS: u64 = 250;
 /// Audit events read per request while replaying the topic at start-up.
 const REPLAY_EVENTS_PER_READ: u32 = 1_000;
 
@@ -91,6 +98,8 @@ pub enum FlagServiceError {
         expected: u64,
         actual: u64,
     },
+    #[error("flag set '{set}' has no pending schedule '{id}'")]
+    ScheduleNotFound { set: FlagSetName, id: String },
     #[error("{0}")]
     InvalidChange(String),
     #[error("the flag definitions are invalid: {0}")]
@@ -121,6 +130,8 @@ struct Inner {
     writer: tokio::sync::Mutex<()>,
     changes: broadcast::Sender<SetChanged>,
     exposures: exposures::ExposureSink,
+    /// Pending scheduled changes by id.
+    schedules: Mutex<BTreeMap<String, Schedule>>,
 }
 
 #[derive(Clone)]
@@ -176,9 +187,11 @@ impl FlagService {
                 writer: tokio::sync::Mutex::new(()),
                 changes,
                 exposures,
+                schedules: Mutex::default(),
             }),
         };
         service.replay().await?;
+        spawn_scheduler(Arc::downgrade(&service.inner));
         Ok(service)
     }
 
@@ -190,6 +203,7 @@ impl FlagService {
         let mut from = 0;
         let mut sets = HashMap::new();
         let mut index: HashMap<FlagSetName, SetIndex> = HashMap::new();
+        let mut schedules = BTreeMap::new();
         loop {
             let batch = self
                 .inner
@@ -204,8 +218,17 @@ impl FlagService {
                     offset: stored.offset,
                     reason,
                 };
-                let Some(revision) = audit::from_event_json(&stored.json).map_err(corrupt)? else {
-                    continue;
+                let revision = match audit::record_from_event_json(&stored.json).map_err(corrupt)? {
+                    Some(AuditRecord::Revision(revision)) => revision,
+                    Some(AuditRecord::Scheduled(schedule)) => {
+                        schedules.insert(schedule.id.clone(), schedule);
+                        continue;
+                    }
+                    Some(AuditRecord::ScheduleEnded(ended)) => {
+                        schedules.remove(&ended.id);
+                        continue;
+                    }
+                    None => continue,
                 };
                 let versions = index.entry(revision.set.clone()).or_default();
                 if revision.version != versions.offsets.len() as u64 + 1 {
@@ -236,6 +259,11 @@ impl FlagService {
         }
         *self.inner.sets.write().unwrap_or_else(|p| p.into_inner()) = sets;
         *self.inner.index.lock().unwrap_or_else(|p| p.into_inner()) = index;
+        *self
+            .inner
+            .schedules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = schedules;
         Ok(())
     }
 
@@ -511,5 +539,225 @@ impl FlagService {
             .map_or(target.validation, |current| current.validation);
         self.apply(set, change, author, validation, expected_version)
             .await
+    }
+}
+
+/// Applies due schedules every [`SCHEDULER_TICK_MS`] until the service is dropped.
+fn spawn_scheduler(service: Weak<Inner>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(SCHEDULER_TICK_MS)).await;
+            let Some(inner) = service.upgrade() else {
+                return;
+            };
+            FlagService { inner }.apply_due_schedules().await;
+        }
+    });
+}
+
+impl FlagService {
+    /// Schedules `change` to `set` at `at_ms`. It must apply to the set as it is now (a change
+    /// that could not apply today is refused now rather than failing silently later).
+    pub async fn schedule(
+        &self,
+        set: &FlagSetName,
+        change: Change,
+        at_ms: i64,
+        author: Author,
+        validation: ValidationMode,
+    ) -> Result<Schedule, FlagServiceError> {
+        let now = now_ms();
+        if at_ms > now + SCHEDULE_AHEAD_MS_MAX {
+            return Err(FlagServiceError::InvalidChange(format!(
+                "a change can be scheduled at most {} days ahead",
+                SCHEDULE_AHEAD_MS_MAX / 86_400_000
+            )));
+        }
+        if matches!(change, Change::Rollback { .. }) {
+            return Err(FlagServiceError::InvalidChange(
+                "rollbacks cannot be scheduled; schedule a put of the document instead".into(),
+            ));
+        }
+        let _writer = self.inner.writer.lock().await;
+        if self
+            .inner
+            .schedules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+            >= SCHEDULES_MAX
+        {
+            return Err(FlagServiceError::InvalidChange(format!(
+                "{SCHEDULES_MAX} changes are already scheduled, the most this server holds"
+            )));
+        }
+        // Check it against the current document, as `apply` would.
+        let current = self.get(set);
+        let document =
+            proteus_flagsets::apply(set.as_str(), current.as_ref().map(|c| &c.document), &change)
+                .map_err(|e| match e {
+                ChangeError::SetNotFound { .. } => {
+                    FlagServiceError::SetNotFound { set: set.clone() }
+                }
+                ChangeError::FlagNotFound { key, .. } => FlagServiceError::FlagNotFound {
+                    set: set.clone(),
+                    key,
+                },
+                ChangeError::Invalid(reason) => FlagServiceError::InvalidChange(reason),
+            })?;
+        if !document.is_null() {
+            proteus_flagsets::compile(&document, validation)
+                .map_err(FlagServiceError::InvalidDefinitions)?;
+        }
+        let schedule = Schedule {
+            id: uuid::Uuid::now_v7().to_string(),
+            set: set.clone(),
+            at_ms,
+            change,
+            validation,
+            actor: author.actor,
+            comment: author.comment,
+            created_ms: now,
+        };
+        let event = audit::schedule_event(&schedule).map_err(FlagServiceError::InvalidChange)?;
+        self.inner
+            .log
+            .append(&self.inner.topic, vec![event])
+            .await?;
+        self.inner
+            .schedules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(schedule.id.clone(), schedule.clone());
+        Ok(schedule)
+    }
+
+    /// The pending schedules of `set`, soonest first.
+    pub fn schedules(&self, set: &FlagSetName) -> Vec<Schedule> {
+        let mut pending: Vec<Schedule> = self
+            .inner
+            .schedules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| &s.set == set)
+            .cloned()
+            .collect();
+        pending.sort_by_key(|s| (s.at_ms, s.id.clone()));
+        pending
+    }
+
+    /// Cancels a pending schedule.
+    pub async fn cancel_schedule(
+        &self,
+        set: &FlagSetName,
+        id: &str,
+        author: Author,
+    ) -> Result<(), FlagServiceError> {
+        let _writer = self.inner.writer.lock().await;
+        let pending = self
+            .inner
+            .schedules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|s| &s.set == set);
+        if !pending {
+            return Err(FlagServiceError::ScheduleNotFound {
+                set: set.clone(),
+                id: id.to_owned(),
+            });
+        }
+        self.end_schedule(
+            set,
+            id,
+            ScheduleOutcome::Cancelled {
+                actor: author.actor,
+            },
+        )
+        .await
+    }
+
+    async fn end_schedule(
+        &self,
+        set: &FlagSetName,
+        id: &str,
+        outcome: ScheduleOutcome,
+    ) -> Result<(), FlagServiceError> {
+        let ended = ScheduleEnded {
+            set: set.clone(),
+            id: id.to_owned(),
+            time_ms: now_ms(),
+            outcome,
+        };
+        let event = audit::schedule_ended_event(&ended).map_err(FlagServiceError::InvalidChange)?;
+        self.inner
+            .log
+            .append(&self.inner.topic, vec![event])
+            .await?;
+        self.inner
+            .schedules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    /// Applies every schedule that is due, oldest first, and records how each ended. A crash
+    /// between a schedule's revision and its end record applies it again after the restart,
+    /// which changes nothing for puts and state changes (the document is already that way).
+    async fn apply_due_schedules(&self) {
+        let now = now_ms();
+        let mut due: Vec<Schedule> = self
+            .inner
+            .schedules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.at_ms <= now)
+            .cloned()
+            .collect();
+        due.sort_by_key(|s| (s.at_ms, s.id.clone()));
+        for schedule in due {
+            let comment = match &schedule.comment {
+                Some(comment) => format!("scheduled change {}: {comment}", schedule.id),
+                None => format!("scheduled change {}", schedule.id),
+            };
+            let author = Author {
+                actor: schedule.actor.clone(),
+                comment: Some(comment),
+            };
+            let outcome = match self
+                .apply(
+                    &schedule.set,
+                    schedule.change.clone(),
+                    author,
+                    schedule.validation,
+                    None,
+                )
+                .await
+            {
+                Ok(revision) => ScheduleOutcome::Applied {
+                    version: revision.map(|r| r.version),
+                },
+                // The log is away: leave it pending and try again on the next tick.
+                Err(FlagServiceError::Log(error)) => {
+                    tracing::warn!(id = %schedule.id, %error, "a due scheduled change could not be applied yet");
+                    continue;
+                }
+                Err(error) => ScheduleOutcome::Failed {
+                    reason: error.to_string(),
+                },
+            };
+            if let ScheduleOutcome::Failed { reason } = &outcome {
+                tracing::error!(set = %schedule.set, id = %schedule.id, %reason, "a scheduled change failed");
+            }
+            if let Err(error) = self
+                .end_schedule(&schedule.set, &schedule.id, outcome)
+                .await
+            {
+                tracing::warn!(id = %schedule.id, %error, "recording the end of a scheduled change failed");
+            }
+        }
     }
 }

@@ -16,10 +16,12 @@ pub mod audit;
 mod change;
 mod name;
 mod revision;
+pub mod schedule;
 
 pub use change::{Change, ChangeError, FlagStateChange, apply};
 pub use name::{FlagSetName, InvalidFlagSetName};
 pub use revision::{ChangeKind, Revision, ValidationMode, compile};
+pub use schedule::{Schedule, ScheduleEnded, ScheduleOutcome};
 
 /// Longest actor name recorded in a revision, in bytes.
 pub const ACTOR_BYTES_MAX: usize = 128;

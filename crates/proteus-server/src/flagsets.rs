@@ -134,6 +134,12 @@ impl From<FlagServiceError> for Problem {
             )
             .with("actual_version", actual)
             .with("expected_version", expected),
+            FlagServiceError::ScheduleNotFound { .. } => Problem::new(
+                StatusCode::NOT_FOUND,
+                "schedule-not-found",
+                "Schedule not found",
+                detail,
+            ),
             FlagServiceError::InvalidChange(_) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-flag-change",
@@ -577,4 +583,87 @@ pub async fn events(
     let set = set_name(&set)?;
     check_read(&state, &headers, &set)?;
     Ok(crate::ofrep::change_stream(state, set))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    /// When: RFC 3339, or milliseconds since the Unix epoch.
+    at: Value,
+    /// The change, as `{"kind": "put_flag", "key": …, "flag": {…}}`, `{"kind": "set_state",
+    /// "key": …, "state": "DISABLED"}`, `{"kind": "delete_flag", "key": …}`, `{"kind":
+    /// "put_set", "document": {…}}` or `{"kind": "delete_set"}`.
+    change: Change,
+    comment: Option<String>,
+    validation: Option<ValidationMode>,
+}
+
+fn parse_time_ms(at: &Value) -> Result<i64, Problem> {
+    let invalid =
+        |detail: String| Problem::bad_request("invalid-schedule", "Invalid schedule", detail);
+    match at {
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| invalid(format!("\"at\" {n} is not a whole number of milliseconds"))),
+        Value::String(text) => {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .map_err(|e| invalid(format!("\"at\" {text:?} is not an RFC 3339 time: {e}")))
+        }
+        other => Err(invalid(format!(
+            "\"at\" must be an RFC 3339 time or milliseconds since the epoch, got {other}"
+        ))),
+    }
+}
+
+/// `POST /v1/flagsets/{set}/schedules`: apply a change at a given time.
+pub async fn schedule(
+    State(state): State<AppState>,
+    PathParams(set): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let set = set_name(&set)?;
+    let request: ScheduleBody = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "invalid-schedule",
+            "Invalid schedule",
+            format!("expected {{\"at\": RFC 3339 or ms, \"change\": {{\"kind\": …}}, \"comment\"?: …}}: {e}"),
+        )
+    })?;
+    let at_ms = parse_time_ms(&request.at)?;
+    let author = author(&state, &headers, &set, request.comment)?;
+    let validation = request
+        .validation
+        .or_else(|| state.flags.get(&set).map(|s| s.validation))
+        .unwrap_or_default();
+    let schedule = state
+        .flags
+        .schedule(&set, request.change, at_ms, author, validation)
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(schedule)).into_response())
+}
+
+/// `GET /v1/flagsets/{set}/schedules`: pending scheduled changes, soonest first.
+pub async fn schedules(
+    State(state): State<AppState>,
+    PathParams(set): PathParams<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let set = set_name(&set)?;
+    check_read(&state, &headers, &set)?;
+    let pending = state.flags.schedules(&set);
+    Ok(axum::Json(json!({ "flag_set": set, "schedules": pending })).into_response())
+}
+
+/// `DELETE /v1/flagsets/{set}/schedules/{id}`: cancels a pending schedule.
+pub async fn cancel_schedule(
+    State(state): State<AppState>,
+    PathParams((set, id)): PathParams<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let set = set_name(&set)?;
+    let author = author(&state, &headers, &set, None)?;
+    state.flags.cancel_schedule(&set, &id, author).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

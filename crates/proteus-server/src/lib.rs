@@ -217,6 +217,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/flagsets/{set}/events", get(flagsets::events))
         .route("/v1/flagsets/{set}/rollback", post(flagsets::rollback))
         .route(
+            "/v1/flagsets/{set}/schedules",
+            get(flagsets::schedules).post(flagsets::schedule),
+        )
+        .route(
+            "/v1/flagsets/{set}/schedules/{id}",
+            axum::routing::delete(flagsets::cancel_schedule),
+        )
+        .route(
             "/v1/flagsets/{set}/versions/{version}",
             get(flagsets::version),
         )

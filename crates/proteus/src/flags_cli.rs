@@ -120,6 +120,30 @@ pub enum FlagsCommand {
         #[command(flatten)]
         target: SetArgs,
     },
+    /// Schedule a change to one flag: its state (`--state disabled` at a time is a planned
+    /// switch-off) or its definition.
+    Schedule {
+        key: String,
+        /// When: RFC 3339 (2026-12-01T09:00:00Z) or milliseconds since the epoch.
+        #[arg(long)]
+        at: String,
+        #[arg(long, conflicts_with = "definition")]
+        state: Option<StateArg>,
+        /// The flag's new definition as JSON, or @FILE.
+        #[arg(long)]
+        definition: Option<String>,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        target: SetArgs,
+    },
+    /// List pending scheduled changes, or cancel one.
+    Schedules {
+        #[arg(long, value_name = "ID")]
+        cancel: Option<String>,
+        #[command(flatten)]
+        target: SetArgs,
+    },
     /// Evaluate a flag over OFREP, as an OpenFeature provider would.
     Evaluate {
         key: String,
@@ -214,6 +238,83 @@ pub async fn flags(command: FlagsCommand) -> Result<(), String> {
                 None => format!("restored to version {to_version}"),
             };
             print_change(&target, &summary, &what)
+        }
+        FlagsCommand::Schedule {
+            key,
+            at,
+            state,
+            definition,
+            comment,
+            target,
+        } => {
+            let change = match (state, definition) {
+                (Some(state), _) => json!({"kind": "set_state", "key": key,
+                    "state": if state == StateArg::Enabled { "ENABLED" } else { "DISABLED" }}),
+                (None, Some(definition)) => {
+                    let flag = match definition.strip_prefix('@') {
+                        Some(file) => read_json(Path::new(file))?,
+                        None => serde_json::from_str(&definition)
+                            .map_err(|e| format!("--definition is not valid JSON: {e}"))?,
+                    };
+                    json!({"kind": "put_flag", "key": key, "flag": flag})
+                }
+                (None, None) => {
+                    return Err("say what to schedule: --state enabled|disabled, or --definition JSON (or @FILE)".into());
+                }
+            };
+            let at = match at.parse::<i64>() {
+                Ok(ms) => json!(ms),
+                Err(_) => json!(at),
+            };
+            let schedule = connect(&target)?
+                .schedule_flag_change(&target.set, &at, &change, comment.as_deref())
+                .await
+                .map_err(say)?;
+            if target.client.output == Output::Json {
+                out(&schedule.to_string());
+            } else {
+                out(&format!(
+                    "scheduled {} for {} (id {})",
+                    key,
+                    rfc3339_ms(schedule["at_ms"].as_i64().unwrap_or(0)),
+                    schedule["id"].as_str().unwrap_or("?")
+                ));
+            }
+            Ok(())
+        }
+        FlagsCommand::Schedules { cancel, target } => {
+            let client = connect(&target)?;
+            if let Some(id) = cancel {
+                client
+                    .cancel_flag_schedule(&target.set, &id)
+                    .await
+                    .map_err(say)?;
+                out(&format!("cancelled schedule {id}"));
+                return Ok(());
+            }
+            let answer = client.flag_schedules(&target.set).await.map_err(say)?;
+            let pending = answer["schedules"].as_array().cloned().unwrap_or_default();
+            if target.client.output == Output::Json {
+                for schedule in &pending {
+                    out(&schedule.to_string());
+                }
+                return Ok(());
+            }
+            let rows = pending
+                .iter()
+                .map(|s| {
+                    vec![
+                        s["id"].as_str().unwrap_or("").to_owned(),
+                        rfc3339_ms(s["at_ms"].as_i64().unwrap_or(0)),
+                        s["change"]["kind"].as_str().unwrap_or("").to_owned(),
+                        s["change"]["key"].as_str().unwrap_or("").to_owned(),
+                        s["actor"].as_str().unwrap_or("").to_owned(),
+                        truncate(s["comment"].as_str().unwrap_or(""), 40),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "AT", "CHANGE", "FLAG", "WHO", "WHY"], rows);
+            Ok(())
         }
         FlagsCommand::Evaluate {
             key,

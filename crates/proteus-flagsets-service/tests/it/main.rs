@@ -192,3 +192,61 @@ async fn flag_files_merge_and_refuse_clashes() {
             .contains("cannot read flag path")
     );
 }
+
+#[tokio::test]
+async fn pending_schedules_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 3_600_000;
+    let id = {
+        let log = open_log(dir.path()).await;
+        let service = FlagService::open(log.clone()).await.unwrap();
+        put(&service, "one", None).await.unwrap();
+        let kept = service
+            .schedule(
+                &set(),
+                Change::PutSet {
+                    document: document("later"),
+                },
+                far,
+                author("ada"),
+                ValidationMode::Strict,
+            )
+            .await
+            .unwrap();
+        let cancelled = service
+            .schedule(
+                &set(),
+                Change::DeleteSet,
+                far,
+                author("ada"),
+                ValidationMode::Strict,
+            )
+            .await
+            .unwrap();
+        service
+            .cancel_schedule(&set(), &cancelled.id, author("bob"))
+            .await
+            .unwrap();
+        log.shutdown().await.unwrap();
+        kept.id
+    };
+    let service = FlagService::open(open_log(dir.path()).await).await.unwrap();
+    let pending = service.schedules(&set());
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, id);
+    assert_eq!(
+        pending[0].change,
+        Change::PutSet {
+            document: document("later")
+        }
+    );
+    assert_eq!(
+        service.get(&set()).unwrap().version,
+        1,
+        "schedules are not versions"
+    );
+}

@@ -470,3 +470,119 @@ async fn flag_sets_survive_a_restart_from_the_audit_topic() {
     let audit = server.get_json("/v1/topics/proteus.flagsets.audit").await;
     assert_eq!(audit["partitions"][0]["next_offset"], 2, "{audit:#}");
 }
+
+#[tokio::test]
+async fn scheduled_changes_apply_on_time_and_can_be_cancelled() {
+    let server = TestServer::start().await;
+    put_set(&server, "default", &checkout_set(), "").await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let schedule = |body: Value| {
+        server
+            .http
+            .post(server.url("/v1/flagsets/default/schedules"))
+            .json(&body)
+            .send()
+    };
+    let response = schedule(json!({"at": now_ms + 300, "comment": "launch off",
+        "change": {"kind": "set_state", "key": "banner-text", "state": "DISABLED"}}))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 201);
+    let scheduled: Value = response.json().await.unwrap();
+    let too_far = schedule(json!({"at": "2099-01-01T00:00:00Z",
+        "change": {"kind": "delete_flag", "key": "old-feature"}}))
+    .await
+    .unwrap();
+    problem(too_far, 422, "invalid-flag-change").await;
+    let later = schedule(json!({"at": now_ms + 86_400_000,
+        "change": {"kind": "delete_flag", "key": "old-feature"}}))
+    .await
+    .unwrap();
+    let later: Value = later.json().await.unwrap();
+    let pending = server.get_json("/v1/flagsets/default/schedules").await;
+    assert_eq!(
+        pending["schedules"].as_array().unwrap().len(),
+        2,
+        "{pending:#}"
+    );
+    assert_eq!(
+        pending["schedules"][0]["id"], scheduled["id"],
+        "soonest first"
+    );
+
+    let (_, body) = evaluate(&server, "banner-text", json!({"targetingKey": "u"})).await;
+    assert_eq!(body["reason"], "STATIC", "not yet");
+    let started = Instant::now();
+    loop {
+        let (_, body) = evaluate(&server, "banner-text", json!({"targetingKey": "u"})).await;
+        if body["reason"] == "DISABLED" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the scheduled change never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let history = server
+        .get_json("/v1/flagsets/default/flags/banner-text/history")
+        .await;
+    let comment = history["revisions"][0]["comment"].as_str().unwrap();
+    assert!(
+        comment.starts_with("scheduled change") && comment.ends_with("launch off"),
+        "{comment}"
+    );
+
+    let cancel = |id: &str| {
+        server
+            .http
+            .delete(server.url(&format!("/v1/flagsets/default/schedules/{id}")))
+            .send()
+    };
+    assert_eq!(
+        cancel(later["id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert!(
+        server.get_json("/v1/flagsets/default/schedules").await["schedules"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    problem(cancel("nope").await.unwrap(), 404, "schedule-not-found").await;
+
+    // Refused now rather than failing later.
+    let body = problem(
+        schedule(
+            json!({"at": now_ms + 60_000, "change": {"kind": "delete_flag", "key": "missing"}}),
+        )
+        .await
+        .unwrap(),
+        404,
+        "flag-not-found",
+    )
+    .await;
+    assert_eq!(body["flag"], "missing");
+    problem(
+        schedule(json!({"at": "tomorrow", "change": {"kind": "delete_set"}}))
+            .await
+            .unwrap(),
+        400,
+        "invalid-schedule",
+    )
+    .await;
+    problem(
+        schedule(json!({"at": now_ms, "change": {"kind": "explode"}}))
+            .await
+            .unwrap(),
+        400,
+        "invalid-schedule",
+    )
+    .await;
+}

@@ -260,3 +260,84 @@ fn sampled_evaluations_become_exposure_events() {
         per_user.len()
     );
 }
+
+#[test]
+fn changes_are_scheduled_listed_and_cancelled_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(&dir.path().join("data"), &["--flags", FLAGS], &[]);
+    let cli = |args: &[&str]| {
+        let all: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--server", server.url.as_str()])
+            .collect();
+        run_cli(&all, None)
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let soon = (now_ms + 500).to_string();
+    let (code, out, err) = cli(&[
+        "flags",
+        "schedule",
+        "banner-text",
+        "--at",
+        &soon,
+        "--state",
+        "disabled",
+        "--comment",
+        "end of campaign",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("scheduled banner-text"), "{out}");
+    let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (code, out, err) = cli(&[
+        "flags",
+        "schedule",
+        "page-size",
+        "--at",
+        &tomorrow,
+        "--definition",
+        r#"{"state": "ENABLED", "variants": {"small": 10, "large": 50}, "defaultVariant": "large"}"#,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let later: Value = serde_json::from_str(out.trim()).unwrap();
+    let (_, out, _) = cli(&["flags", "schedules"]);
+    assert!(
+        out.contains("set_state") && out.contains("put_flag") && out.contains("end of campaign"),
+        "{out}"
+    );
+
+    let started = Instant::now();
+    loop {
+        let (_, out, _) = cli(&["flags", "get", "banner-text"]);
+        if out.contains("DISABLED") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the scheduled change never applied: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, out, err) = cli(&[
+        "flags",
+        "schedules",
+        "--cancel",
+        later["id"].as_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    let (_, out, _) = cli(&["flags", "schedules", "--output", "json"]);
+    assert!(out.trim().is_empty(), "nothing pending: {out}");
+    let (code, _, err) = cli(&[
+        "flags", "schedule", "nope", "--at", &soon, "--state", "disabled",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("flag 'nope' does not exist"), "{err}");
+}
