@@ -27,6 +27,14 @@ pub enum Change {
         key: String,
         state: FlagStateChange,
     },
+    /// One step of a progressive rollout: the flag's targeting becomes a `fractional` split
+    /// serving `variant` to `percent` % of targeting keys and its `defaultVariant` to the rest.
+    /// Buckets are stable, so every key served `variant` at a lower percentage keeps it.
+    SetRollout {
+        key: String,
+        variant: String,
+        percent: u8,
+    },
     /// Makes the document of an earlier version current again, as a new version.
     Rollback {
         to_version: u64,
@@ -136,6 +144,41 @@ pub fn apply(set: &str, current: Option<&Value>, change: &Change) -> Result<Valu
                 .and_then(Value::as_object_mut)
                 .ok_or_else(|| flag_missing(key))?;
             flag.insert("state".into(), Value::from(state.as_str()));
+            Ok(document)
+        }
+        Change::SetRollout {
+            key,
+            variant,
+            percent,
+        } => {
+            if *percent > 100 {
+                return Err(ChangeError::Invalid(format!(
+                    "a rollout percentage is 0 to 100, got {percent}"
+                )));
+            }
+            let mut document = existing()?;
+            let flag = flags_mut(&mut document, set)?
+                .get_mut(key)
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| flag_missing(key))?;
+            if flag.get("variants").and_then(|v| v.get(variant)).is_none() {
+                return Err(ChangeError::Invalid(format!(
+                    "flag '{key}' has no variant '{variant}' to roll out"
+                )));
+            }
+            let default = match flag.get("defaultVariant").and_then(Value::as_str) {
+                Some(default) if default != variant => default.to_owned(),
+                _ => {
+                    return Err(ChangeError::Invalid(format!(
+                        "flag '{key}' needs a defaultVariant other than '{variant}' for the rest of the rollout to be served"
+                    )));
+                }
+            };
+            let rest = 100 - u32::from(*percent);
+            flag.insert(
+                "targeting".into(),
+                json!({ "fractional": [[variant, percent], [default, rest]] }),
+            );
             Ok(document)
         }
         Change::Rollback { document, .. } => Ok(document.clone()),

@@ -37,6 +37,7 @@ pub enum ChangeKind {
     PutFlag,
     DeleteFlag,
     SetState,
+    SetRollout,
     Rollback,
     DeleteSet,
 }
@@ -87,6 +88,7 @@ impl Revision {
             Change::PutFlag { key, .. } => (ChangeKind::PutFlag, Some(key.clone()), None),
             Change::DeleteFlag { key } => (ChangeKind::DeleteFlag, Some(key.clone()), None),
             Change::SetState { key, .. } => (ChangeKind::SetState, Some(key.clone()), None),
+            Change::SetRollout { key, .. } => (ChangeKind::SetRollout, Some(key.clone()), None),
             Change::Rollback { to_version, .. } => (ChangeKind::Rollback, None, Some(*to_version)),
             Change::DeleteSet => (ChangeKind::DeleteSet, None, None),
         };

@@ -667,3 +667,133 @@ pub async fn cancel_schedule(
     state.flags.cancel_schedule(&set, &id, author).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// Most steps one rollout plan may have.
+const ROLLOUT_STEPS_MAX: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStep {
+    percent: u8,
+    /// When this step applies: RFC 3339 or ms since the epoch; absent on the first step: now.
+    at: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutBody {
+    /// The variant being rolled out; the flag's `defaultVariant` serves everyone else.
+    variant: String,
+    steps: Vec<RolloutStep>,
+    comment: Option<String>,
+}
+
+/// `POST /v1/flagsets/{set}/flags/{key}/rollout`: a progressive rollout plan (e.g. 1% → 5% →
+/// 25% → 100%), one scheduled step per entry, each applying on its own when due.
+pub async fn rollout(
+    State(state): State<AppState>,
+    PathParams((set, key)): PathParams<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let set = set_name(&set)?;
+    let invalid =
+        |detail: String| Problem::bad_request("invalid-rollout", "Invalid rollout plan", detail);
+    let plan: RolloutBody = serde_json::from_slice(&body).map_err(|e| {
+        invalid(format!(
+            "expected {{\"variant\": …, \"steps\": [{{\"percent\": 1}}, {{\"percent\": 5, \"at\": …}}, …]}}: {e}"
+        ))
+    })?;
+    if plan.steps.is_empty() || plan.steps.len() > ROLLOUT_STEPS_MAX {
+        return Err(invalid(format!(
+            "a plan has 1 to {ROLLOUT_STEPS_MAX} steps, got {}",
+            plan.steps.len()
+        )));
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut previous: Option<(i64, u8)> = None;
+    let mut steps = Vec::with_capacity(plan.steps.len());
+    for (n, step) in plan.steps.iter().enumerate() {
+        let at_ms = match &step.at {
+            Some(at) => parse_time_ms(at)?,
+            None if n == 0 => now_ms,
+            None => {
+                return Err(invalid(format!(
+                    "step {n} has no \"at\"; only the first step may start now"
+                )));
+            }
+        };
+        if step.percent > 100 {
+            return Err(invalid(format!(
+                "step {n}: percent is 0 to 100, got {}",
+                step.percent
+            )));
+        }
+        if let Some((at, percent)) = previous
+            && (at_ms < at || step.percent < percent)
+        {
+            return Err(invalid(format!(
+                "step {n} ({}% at {at_ms}) goes back in time or percentage; steps must not decrease",
+                step.percent
+            )));
+        }
+        previous = Some((at_ms, step.percent));
+        steps.push((at_ms, step.percent));
+    }
+    let author = author(&state, &headers, &set, plan.comment)?;
+    let validation = state
+        .flags
+        .get(&set)
+        .map(|s| s.validation)
+        .unwrap_or_default();
+    let mut scheduled = Vec::with_capacity(steps.len());
+    for (at_ms, percent) in steps {
+        let change = Change::SetRollout {
+            key: key.clone(),
+            variant: plan.variant.clone(),
+            percent,
+        };
+        let step_author = Author {
+            actor: author.actor.clone(),
+            comment: Some(match &author.comment {
+                Some(comment) => format!("rollout of '{key}' to {percent}%: {comment}"),
+                None => format!("rollout of '{key}' to {percent}%"),
+            }),
+        };
+        scheduled.push(
+            state
+                .flags
+                .schedule(&set, change, at_ms, step_author, validation)
+                .await?,
+        );
+    }
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "flag": key, "steps": scheduled })),
+    )
+        .into_response())
+}
+
+/// `POST /v1/flagsets/{set}/flags/{key}/rollout/pause`: cancels the plan's steps not yet
+/// applied; the flag stays at its current percentage. Resuming is posting the remaining steps.
+pub async fn pause_rollout(
+    State(state): State<AppState>,
+    PathParams((set, key)): PathParams<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let set = set_name(&set)?;
+    let author = author(&state, &headers, &set, None)?;
+    let mut cancelled = Vec::new();
+    for schedule in state.flags.schedules(&set) {
+        if matches!(&schedule.change, Change::SetRollout { key: k, .. } if k == &key) {
+            state
+                .flags
+                .cancel_schedule(&set, &schedule.id, author.clone())
+                .await?;
+            cancelled.push(schedule.id);
+        }
+    }
+    Ok(axum::Json(json!({ "flag": key, "cancelled": cancelled })).into_response())
+}

@@ -250,6 +250,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/flagsets/{set}/flags/{key}/restore",
             post(flagsets::restore_flag),
         )
+        .route(
+            "/v1/flagsets/{set}/flags/{key}/rollout",
+            post(flagsets::rollout),
+        )
+        .route(
+            "/v1/flagsets/{set}/flags/{key}/rollout/pause",
+            post(flagsets::pause_rollout),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(metrics_layer::record))

@@ -150,3 +150,36 @@ fn names_and_validation_modes_are_checked() {
     let compiled = compile(&lenient, ValidationMode::Flagd).unwrap();
     assert_eq!(compiled.warnings.len(), 1);
 }
+
+#[test]
+fn a_rollout_step_rewrites_the_targeting_as_a_stable_split() {
+    let document = json!({"flags": {"x": {"state": "ENABLED", "variants": {"on": true, "off": false},
+        "defaultVariant": "off", "targeting": {"if": [true, "on"]}}}});
+    let step = |percent| Change::SetRollout {
+        key: "x".into(),
+        variant: "on".into(),
+        percent,
+    };
+    let five = apply("s", Some(&document), &step(5)).unwrap();
+    assert_eq!(
+        five["flags"]["x"]["targeting"],
+        json!({"fractional": [["on", 5], ["off", 95]]})
+    );
+    assert!(compile(&five, ValidationMode::Strict).is_ok());
+    let Err(ChangeError::Invalid(reason)) = apply("s", Some(&document), &step(101)) else {
+        panic!("over 100% is refused");
+    };
+    assert!(reason.contains("0 to 100"), "{reason}");
+    let same_default = Change::SetRollout {
+        key: "x".into(),
+        variant: "off".into(),
+        percent: 5,
+    };
+    let Err(ChangeError::Invalid(reason)) = apply("s", Some(&document), &same_default) else {
+        panic!("rolling out the default variant is refused");
+    };
+    assert!(
+        reason.contains("defaultVariant other than 'off'"),
+        "{reason}"
+    );
+}

@@ -586,3 +586,135 @@ async fn scheduled_changes_apply_on_time_and_can_be_cancelled() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_progressive_rollout_advances_on_its_own_keeps_early_users_and_can_be_paused() {
+    let server = TestServer::start().await;
+    put_set(&server, "default", &checkout_set(), "").await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let users: Vec<String> = (0..400).map(|n| format!("user-{n}")).collect();
+    let served_on = |server: &TestServer| {
+        let users = users.clone();
+        let http = server.http.clone();
+        let url = server.url("/ofrep/v1/evaluate/flags/banner-text");
+        async move {
+            let mut on = std::collections::BTreeSet::new();
+            for user in users {
+                let body: Value = http
+                    .post(&url)
+                    .json(&json!({"context": {"targetingKey": user}}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if body["variant"] == "bye" {
+                    on.insert(user);
+                }
+            }
+            on
+        }
+    };
+    let response = server
+        .http
+        .post(server.url("/v1/flagsets/default/flags/banner-text/rollout"))
+        .json(&json!({"variant": "bye", "comment": "new copy", "steps": [
+            {"percent": 10},
+            {"percent": 50, "at": now_ms + 600},
+            {"percent": 100, "at": now_ms + 3_600_000}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let plan: Value = response.json().await.unwrap();
+    assert_eq!(plan["steps"].as_array().unwrap().len(), 3);
+
+    // The first step applies within a scheduler tick; the second after 600 ms.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let at_10 = served_on(&server).await;
+    assert!(
+        (15..=70).contains(&at_10.len()),
+        "{} of 400 at 10%",
+        at_10.len()
+    );
+    let started = Instant::now();
+    let at_50 = loop {
+        let on = served_on(&server).await;
+        if on.len() > 120 {
+            break on;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the 50% step never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        (150..=250).contains(&at_50.len()),
+        "{} of 400 at 50%",
+        at_50.len()
+    );
+    assert!(
+        at_10.is_subset(&at_50),
+        "everyone served the new variant at 10% keeps it at 50%"
+    );
+
+    let response = server
+        .http
+        .post(server.url("/v1/flagsets/default/flags/banner-text/rollout/pause"))
+        .send()
+        .await
+        .unwrap();
+    let paused: Value = response.json().await.unwrap();
+    assert_eq!(
+        paused["cancelled"].as_array().unwrap().len(),
+        1,
+        "only the 100% step was pending"
+    );
+    let history = server
+        .get_json("/v1/flagsets/default/flags/banner-text/history")
+        .await;
+    assert!(
+        history["revisions"][0]["comment"]
+            .as_str()
+            .unwrap()
+            .contains("to 50%: new copy"),
+        "{history:#}"
+    );
+
+    for (plan, why) in [
+        (
+            json!({"variant": "nope", "steps": [{"percent": 5}]}),
+            "no variant 'nope'",
+        ),
+        (
+            json!({"variant": "bye", "steps": [{"percent": 50}, {"percent": 10, "at": now_ms + 1000}]}),
+            "must not decrease",
+        ),
+        (json!({"variant": "bye", "steps": []}), "1 to 100 steps"),
+        (
+            json!({"variant": "bye", "steps": [{"percent": 5}, {"percent": 10}]}),
+            "only the first step",
+        ),
+    ] {
+        let response = server
+            .http
+            .post(server.url("/v1/flagsets/default/flags/banner-text/rollout"))
+            .json(&plan)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert!(status == 400 || status == 422, "{status} {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(why),
+            "{why}: {body}"
+        );
+    }
+}
