@@ -110,6 +110,18 @@ pub enum FlagServiceError {
     CorruptAudit { offset: Offset, reason: String },
 }
 
+/// The service's error for a change that does not apply to `set`.
+fn change_error(set: &FlagSetName, error: ChangeError) -> FlagServiceError {
+    match error {
+        ChangeError::SetNotFound { .. } => FlagServiceError::SetNotFound { set: set.clone() },
+        ChangeError::FlagNotFound { key, .. } => FlagServiceError::FlagNotFound {
+            set: set.clone(),
+            key,
+        },
+        ChangeError::Invalid(reason) => FlagServiceError::InvalidChange(reason),
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -335,16 +347,7 @@ impl FlagService {
         }
         let document =
             proteus_flagsets::apply(set.as_str(), current.as_ref().map(|c| &c.document), &change)
-                .map_err(|e| match e {
-                ChangeError::SetNotFound { .. } => {
-                    FlagServiceError::SetNotFound { set: set.clone() }
-                }
-                ChangeError::FlagNotFound { key, .. } => FlagServiceError::FlagNotFound {
-                    set: set.clone(),
-                    key,
-                },
-                ChangeError::Invalid(reason) => FlagServiceError::InvalidChange(reason),
-            })?;
+                .map_err(|e| change_error(set, e))?;
         if let Some(current) = &current
             && current.document == document
             && current.validation == validation
@@ -595,16 +598,7 @@ impl FlagService {
         let current = self.get(set);
         let document =
             proteus_flagsets::apply(set.as_str(), current.as_ref().map(|c| &c.document), &change)
-                .map_err(|e| match e {
-                ChangeError::SetNotFound { .. } => {
-                    FlagServiceError::SetNotFound { set: set.clone() }
-                }
-                ChangeError::FlagNotFound { key, .. } => FlagServiceError::FlagNotFound {
-                    set: set.clone(),
-                    key,
-                },
-                ChangeError::Invalid(reason) => FlagServiceError::InvalidChange(reason),
-            })?;
+                .map_err(|e| change_error(set, e))?;
         if !document.is_null() {
             proteus_flagsets::compile(&document, validation)
                 .map_err(FlagServiceError::InvalidDefinitions)?;

@@ -47,30 +47,15 @@ pub fn topic_config() -> TopicConfig {
 /// The CloudEvent of `revision`: id `set@version`, source `/proteus/flagsets/{set}`, subject
 /// the flag a single-flag change is about, `time` when it was made, and the revision as data.
 pub fn to_event(revision: &Revision) -> Result<Event, String> {
-    let time =
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(revision.time_ms) * 1_000_000)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            });
-    let mut event = json!({
-        "specversion": "1.0",
-        "id": format!("{}@{}", revision.set, revision.version),
-        "source": format!("/proteus/flagsets/{}", revision.set),
-        "type": EVENT_TYPE,
-        "datacontenttype": "application/json",
-        "partitionkey": revision.set.as_str(),
-        "data": revision,
-    });
-    if let Some(time) = time {
-        event["time"] = json!(time);
-    }
-    if let Some(flag) = &revision.flag {
-        event["subject"] = json!(flag);
-    }
-    let bytes = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
-    Event::from_json(&bytes).map_err(|e| e.to_string())
+    let data = serde_json::to_value(revision).map_err(|e| e.to_string())?;
+    envelope(
+        EVENT_TYPE,
+        format!("{}@{}", revision.set, revision.version),
+        revision.set.as_str(),
+        revision.time_ms,
+        revision.flag.as_deref(),
+        data,
+    )
 }
 
 fn rfc3339(time_ms: i64) -> Option<String> {
@@ -87,6 +72,7 @@ fn envelope(
     id: String,
     set: &str,
     time_ms: i64,
+    subject: Option<&str>,
     data: serde_json::Value,
 ) -> Result<Event, String> {
     let mut event = json!({
@@ -101,6 +87,9 @@ fn envelope(
     if let Some(time) = rfc3339(time_ms) {
         event["time"] = json!(time);
     }
+    if let Some(subject) = subject {
+        event["subject"] = json!(subject);
+    }
     let bytes = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
     Event::from_json(&bytes).map_err(|e| e.to_string())
 }
@@ -113,6 +102,7 @@ pub fn schedule_event(schedule: &Schedule) -> Result<Event, String> {
         format!("{}@schedule-{}", schedule.set, schedule.id),
         schedule.set.as_str(),
         schedule.created_ms,
+        None,
         data,
     )
 }
@@ -125,6 +115,7 @@ pub fn schedule_ended_event(ended: &ScheduleEnded) -> Result<Event, String> {
         format!("{}@schedule-{}-ended", ended.set, ended.id),
         ended.set.as_str(),
         ended.time_ms,
+        None,
         data,
     )
 }
@@ -155,18 +146,8 @@ pub fn record_from_event_json(json: &[u8]) -> Result<Option<AuditRecord>, String
 
 /// The revision in an audit event's JSON; other event types are `Ok(None)`.
 pub fn from_event_json(json: &[u8]) -> Result<Option<Revision>, String> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        #[serde(rename = "type")]
-        kind: String,
-        data: Option<serde_json::Value>,
-    }
-    let envelope: Envelope = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    if envelope.kind != EVENT_TYPE {
-        return Ok(None);
-    }
-    let data = envelope.data.ok_or("an audit event has no data")?;
-    serde_json::from_value(data)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    Ok(match record_from_event_json(json)? {
+        Some(AuditRecord::Revision(revision)) => Some(revision),
+        _ => None,
+    })
 }

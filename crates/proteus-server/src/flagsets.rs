@@ -337,6 +337,28 @@ pub async fn get_flag(
     ))
 }
 
+/// Applies a change to one flag of `set`: validated as the query says, else as the set
+/// already is (a set loaded from flagd files stays flagd-compatible).
+async fn change_flag(
+    state: &AppState,
+    set: &str,
+    headers: &HeaderMap,
+    query: ChangeQuery,
+    change: Change,
+) -> Result<Response, Problem> {
+    let set = set_name(set)?;
+    let author = author(state, headers, &set, query.comment)?;
+    let validation = query
+        .validation
+        .or_else(|| state.flags.get(&set).map(|s| s.validation))
+        .unwrap_or_default();
+    let revision = state
+        .flags
+        .apply(&set, change, author, validation, query.expected_version)
+        .await?;
+    Ok(changed(state, &set, revision))
+}
+
 pub async fn put_flag(
     State(state): State<AppState>,
     PathParams((set, key)): PathParams<(String, String)>,
@@ -344,24 +366,8 @@ pub async fn put_flag(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let set = set_name(&set)?;
-    let author = author(&state, &headers, &set, query.comment)?;
     let flag = parse_json(&body, "the flag definition")?;
-    let validation = query
-        .validation
-        .or_else(|| state.flags.get(&set).map(|s| s.validation))
-        .unwrap_or_default();
-    let revision = state
-        .flags
-        .apply(
-            &set,
-            Change::PutFlag { key, flag },
-            author,
-            validation,
-            query.expected_version,
-        )
-        .await?;
-    Ok(changed(&state, &set, revision))
+    change_flag(&state, &set, &headers, query, Change::PutFlag { key, flag }).await
 }
 
 pub async fn delete_flag(
@@ -370,55 +376,7 @@ pub async fn delete_flag(
     QueryParams(query): QueryParams<ChangeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let set = set_name(&set)?;
-    let author = author(&state, &headers, &set, query.comment)?;
-    let validation = state
-        .flags
-        .get(&set)
-        .map(|s| s.validation)
-        .unwrap_or_default();
-    let revision = state
-        .flags
-        .apply(
-            &set,
-            Change::DeleteFlag { key },
-            author,
-            validation,
-            query.expected_version,
-        )
-        .await?;
-    Ok(changed(&state, &set, revision))
-}
-
-async fn set_state(
-    state: AppState,
-    set: String,
-    key: String,
-    query: ChangeQuery,
-    headers: HeaderMap,
-    flag_state: FlagStateChange,
-) -> Result<Response, Problem> {
-    let set = set_name(&set)?;
-    let author = author(&state, &headers, &set, query.comment)?;
-    let validation = state
-        .flags
-        .get(&set)
-        .map(|s| s.validation)
-        .unwrap_or_default();
-    let revision = state
-        .flags
-        .apply(
-            &set,
-            Change::SetState {
-                key,
-                state: flag_state,
-            },
-            author,
-            validation,
-            query.expected_version,
-        )
-        .await?;
-    Ok(changed(&state, &set, revision))
+    change_flag(&state, &set, &headers, query, Change::DeleteFlag { key }).await
 }
 
 /// `POST …/flags/{key}/kill`: the kill switch, the flag is `DISABLED` for everyone at once.
@@ -428,7 +386,11 @@ pub async fn kill_flag(
     QueryParams(query): QueryParams<ChangeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    set_state(state, set, key, query, headers, FlagStateChange::Disabled).await
+    let change = Change::SetState {
+        key,
+        state: FlagStateChange::Disabled,
+    };
+    change_flag(&state, &set, &headers, query, change).await
 }
 
 /// `POST …/flags/{key}/enable`: undoes the kill switch.
@@ -438,7 +400,11 @@ pub async fn enable_flag(
     QueryParams(query): QueryParams<ChangeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    set_state(state, set, key, query, headers, FlagStateChange::Enabled).await
+    let change = Change::SetState {
+        key,
+        state: FlagStateChange::Enabled,
+    };
+    change_flag(&state, &set, &headers, query, change).await
 }
 
 #[derive(Deserialize)]
