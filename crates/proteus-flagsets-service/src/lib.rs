@@ -376,12 +376,7 @@ impl FlagService {
         // Validate before anything is written: an invalid version never reaches the log.
         let live = live_set(&revision).map_err(FlagServiceError::InvalidDefinitions)?;
         let event = audit::to_event(&revision).map_err(FlagServiceError::InvalidChange)?;
-        let receipts = self
-            .inner
-            .log
-            .append(&self.inner.topic, vec![event])
-            .await?;
-        let offset = receipts.first().map_or(0, |r| r.offset);
+        let offset = self.append_audit(event).await?;
         self.inner
             .index
             .lock()
@@ -407,6 +402,16 @@ impl FlagService {
         // No subscriber is fine.
         let _ = self.inner.changes.send(notice);
         Ok(Some(revision))
+    }
+
+    /// Appends one event to the audit topic, durably; returns its offset.
+    async fn append_audit(&self, event: proteus_log::Event) -> Result<Offset, FlagServiceError> {
+        let receipts = self
+            .inner
+            .log
+            .append(&self.inner.topic, vec![event])
+            .await?;
+        Ok(receipts.first().map_or(0, |r| r.offset))
     }
 
     /// Version `version` of `set`, read back from the audit topic.
@@ -613,11 +618,10 @@ impl FlagService {
             comment: author.comment,
             created_ms: now,
         };
-        let event = audit::schedule_event(&schedule).map_err(FlagServiceError::InvalidChange)?;
-        self.inner
-            .log
-            .append(&self.inner.topic, vec![event])
-            .await?;
+        self.append_audit(
+            audit::schedule_event(&schedule).map_err(FlagServiceError::InvalidChange)?,
+        )
+        .await?;
         self.inner
             .schedules
             .lock()
@@ -684,11 +688,10 @@ impl FlagService {
             time_ms: now_ms(),
             outcome,
         };
-        let event = audit::schedule_ended_event(&ended).map_err(FlagServiceError::InvalidChange)?;
-        self.inner
-            .log
-            .append(&self.inner.topic, vec![event])
-            .await?;
+        self.append_audit(
+            audit::schedule_ended_event(&ended).map_err(FlagServiceError::InvalidChange)?,
+        )
+        .await?;
         self.inner
             .schedules
             .lock()

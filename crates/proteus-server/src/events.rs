@@ -183,16 +183,20 @@ pub fn parse_start(from: Option<&str>, from_time: Option<&str>) -> Result<Start,
 }
 
 pub fn parse_time_ms(text: &str) -> Result<i64, Problem> {
+    time_ms_from_text(text).map_err(|e| {
+        Problem::invalid_query(format!(
+            "'from_time' must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z or milliseconds since the Unix epoch, got {text:?} ({e})"
+        ))
+    })
+}
+
+/// Milliseconds since the Unix epoch from either that number or an RFC 3339 timestamp.
+pub fn time_ms_from_text(text: &str) -> Result<i64, time::error::Parse> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|e| {
-            Problem::invalid_query(format!(
-                "'from_time' must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z or milliseconds since the Unix epoch, got {text:?} ({e})"
-            ))
-        })
 }
 
 pub fn read_limits(limit: Option<u32>, bytes_max: Option<u32>) -> Result<ReadLimits, Problem> {

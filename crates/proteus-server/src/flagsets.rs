@@ -571,11 +571,8 @@ fn parse_time_ms(at: &Value) -> Result<i64, Problem> {
         Value::Number(n) => n
             .as_i64()
             .ok_or_else(|| invalid(format!("\"at\" {n} is not a whole number of milliseconds"))),
-        Value::String(text) => {
-            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-                .map_err(|e| invalid(format!("\"at\" {text:?} is not an RFC 3339 time: {e}")))
-        }
+        Value::String(text) => crate::events::time_ms_from_text(text)
+            .map_err(|e| invalid(format!("\"at\" {text:?} is not an RFC 3339 time: {e}"))),
         other => Err(invalid(format!(
             "\"at\" must be an RFC 3339 time or milliseconds since the epoch, got {other}"
         ))),
@@ -676,9 +673,7 @@ pub async fn rollout(
             plan.steps.len()
         )));
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = crate::ofrep::now_ms();
     let mut previous: Option<(i64, u8)> = None;
     let mut steps = Vec::with_capacity(plan.steps.len());
     for (n, step) in plan.steps.iter().enumerate() {

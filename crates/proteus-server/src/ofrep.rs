@@ -149,10 +149,10 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-fn now_s() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// OFREP's body for one evaluation, serialised straight from the evaluation's borrowed parts
@@ -253,8 +253,9 @@ pub async fn evaluate_flag(
     let Some(flag) = set.flags.flag(&key) else {
         return flag_not_found(&key, Some(&set));
     };
-    let evaluation = flag.evaluate(&context, now_s());
-    record_exposure(&state, &set, &key, &context, &evaluation);
+    let now_ms = now_ms();
+    let evaluation = flag.evaluate(&context, now_ms / 1_000);
+    record_exposure(&state, &set, &key, &context, &evaluation, now_ms);
     let (status, answer) = render(&key, &evaluation);
     serialized_response(status, &answer)
 }
@@ -268,6 +269,7 @@ fn record_exposure(
     key: &str,
     context: &Map<String, Value>,
     evaluation: &Evaluation<'_>,
+    now_ms: i64,
 ) {
     let sink = state.flags.exposures();
     let Some(targeting_key) = context.get("targetingKey").and_then(Value::as_str) else {
@@ -285,7 +287,7 @@ fn record_exposure(
         variant: variant.to_owned(),
         targeting_key: targeting_key.to_owned(),
         reason: evaluation.reason.as_str(),
-        time_ms: now_s() * 1_000,
+        time_ms: now_ms,
     });
 }
 
@@ -327,7 +329,7 @@ pub async fn evaluate_all(
         }
         return response;
     }
-    let now = now_s();
+    let now = now_ms() / 1_000;
     let evaluations: Vec<(&str, Evaluation<'_>)> = set
         .flags
         .flags()

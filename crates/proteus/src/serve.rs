@@ -86,14 +86,12 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let flag_api_keys = settings
         .flag_api_keys
         .iter()
-        .map(|key| {
-            Ok(ApiKey {
-                name: key.name.clone(),
-                flag_set: FlagSetName::parse(&key.flag_set).map_err(|e| e.to_string())?,
-                secret: key.secret.clone(),
-            })
+        .map(|key| ApiKey {
+            name: key.name.clone(),
+            flag_set: key.flag_set.clone(),
+            secret: key.secret.clone(),
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect();
     let (state, shutdown) = AppState::new(
         log.clone(),
         groups.clone(),

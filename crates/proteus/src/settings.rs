@@ -73,7 +73,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 pub struct FlagApiKey {
     pub name: String,
-    pub flag_set: String,
+    pub flag_set: proteus_flagsets::FlagSetName,
     pub secret: String,
 }
 
@@ -91,7 +91,8 @@ fn parse_api_keys(text: &str) -> Result<Vec<FlagApiKey>, String> {
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(name), Some(flag_set), Some(secret)) => Ok(FlagApiKey {
                     name: name.to_owned(),
-                    flag_set: flag_set.to_owned(),
+                    flag_set: proteus_flagsets::FlagSetName::parse(flag_set)
+                        .map_err(|e| format!("flag_api_keys: key '{name}': {e}"))?,
                     secret: secret.to_owned(),
                 }),
                 _ => Err(format!(
@@ -239,8 +240,6 @@ impl Settings {
             if key.name.is_empty() || key.name.len() > 128 {
                 return Err("flag_api_keys: a key's name must be 1 to 128 bytes".into());
             }
-            proteus_flagsets::FlagSetName::parse(&key.flag_set)
-                .map_err(|e| format!("flag_api_keys: key '{}': {e}", key.name))?;
             if key.secret.len() < FLAG_API_KEY_SECRET_BYTES_MIN {
                 return Err(format!(
                     "flag_api_keys: key '{}' has a secret of {} bytes; use at least {FLAG_API_KEY_SECRET_BYTES_MIN} random bytes (e.g. `openssl rand -hex 16`)",
