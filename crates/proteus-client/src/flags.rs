@@ -215,6 +215,65 @@ impl Client {
         self.json(response).await
     }
 
+    /// A progressive rollout of `variant` to `key`: one scheduled step per `(percent, at)`
+    /// (`at` as RFC 3339 or milliseconds; `None` only for a first step that starts now).
+    pub async fn start_rollout(
+        &self,
+        set: &str,
+        key: &str,
+        variant: &str,
+        steps: &[(u8, Option<Value>)],
+        comment: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let steps: Vec<Value> = steps
+            .iter()
+            .map(|(percent, at)| match at {
+                Some(at) => json!({ "percent": percent, "at": at }),
+                None => json!({ "percent": percent }),
+            })
+            .collect();
+        let mut body = json!({ "variant": variant, "steps": steps });
+        if let Some(comment) = comment {
+            body["comment"] = json!(comment);
+        }
+        let url = self.url(&format!("{}/rollout", Client::flag_path(set, key)));
+        let response = self
+            .send(self.flag_request(self.http.post(url).json(&body)))
+            .await?;
+        self.json(response).await
+    }
+
+    /// Cancels the steps of `key`'s rollout not yet applied; the flag stays where it is.
+    pub async fn pause_rollout(&self, set: &str, key: &str) -> Result<Value, ClientError> {
+        let url = self.url(&format!("{}/rollout/pause", Client::flag_path(set, key)));
+        let response = self.send(self.flag_request(self.http.post(url))).await?;
+        self.json(response).await
+    }
+
+    /// The set's stale flags: not evaluated for `unused_for`, or serving one outcome to
+    /// everyone for `uniform_for` (durations like `30d`, or `off`; `None` is 30 days).
+    pub async fn stale_flags(
+        &self,
+        set: &str,
+        unused_for: Option<&str>,
+        uniform_for: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut query = Vec::new();
+        if let Some(window) = unused_for {
+            query.push(format!("unused_for={}", encode(window)));
+        }
+        if let Some(window) = uniform_for {
+            query.push(format!("uniform_for={}", encode(window)));
+        }
+        let url = self.url(&format!(
+            "{}/stale?{}",
+            Client::set_path(set),
+            query.join("&")
+        ));
+        let response = self.send(self.flag_request(self.http.get(url))).await?;
+        self.json(response).await
+    }
+
     /// Pending scheduled changes, soonest first.
     pub async fn flag_schedules(&self, set: &str) -> Result<Value, ClientError> {
         let url = self.url(&format!("{}/schedules", Client::set_path(set)));

@@ -222,6 +222,12 @@ impl<'f> FlagRef<'f> {
         &self.compiled().key
     }
 
+    /// The flag's position in its set, `0..set.len()`, in the order [`FlagSet::flags`] yields:
+    /// lets a caller keep per-flag data in a `Vec` beside the set.
+    pub fn index(&self) -> usize {
+        self.id as usize
+    }
+
     pub fn state(&self) -> FlagState {
         self.compiled().state
     }

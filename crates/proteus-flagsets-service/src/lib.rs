@@ -16,6 +16,7 @@
 
 pub mod exposures;
 pub mod files;
+pub mod usage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use proteus_flags::{DefinitionErrors, FlagSet};
 use proteus_flagsets::audit::AuditRecord;
 use proteus_flagsets::schedule::{SCHEDULE_AHEAD_MS_MAX, SCHEDULES_MAX};
+use proteus_flagsets::stale::{SetLifecycle, StaleCriteria, StaleFlag};
 use proteus_flagsets::{
     Change, ChangeError, FlagSetName, Revision, Schedule, ScheduleEnded, ScheduleOutcome,
     ValidationMode, audit,
@@ -59,6 +61,36 @@ pub struct LiveSet {
     pub warnings: Vec<String>,
     /// Changes with every version (OFREP bulk `ETag`).
     pub etag: String,
+    /// Last-evaluation slots, by flag index (`FlagRef::index`), shared by every version.
+    usage: Vec<usage::UsageSlot>,
+}
+
+impl LiveSet {
+    /// Records that `flag` (of this set) was evaluated at `now_ms`, for the stale-flag report.
+    /// A relaxed load and at most one store a second: cheap enough for every evaluation.
+    #[inline]
+    pub fn record_evaluation(&self, flag: proteus_flags::FlagRef<'_>, now_ms: i64) {
+        if let Some(slot) = self.usage.get(flag.index()) {
+            usage::record(slot, now_ms);
+        }
+    }
+}
+
+/// How the service records what evaluations do.
+#[derive(Clone, Debug, Default)]
+pub struct FlagServiceConfig {
+    pub exposures: exposures::ExposureConfig,
+    pub usage: usage::UsageConfig,
+}
+
+/// The stale flags of a set (see [`proteus_flagsets::stale`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StaleReport {
+    pub set: FlagSetName,
+    /// Since when evaluations have been recorded.
+    pub tracked_since_ms: i64,
+    pub criteria: StaleCriteria,
+    pub flags: Vec<StaleFlag>,
 }
 
 /// Sent to subscribers after each new version.
@@ -144,6 +176,9 @@ struct Inner {
     exposures: exposures::ExposureSink,
     /// Pending scheduled changes by id.
     schedules: Mutex<BTreeMap<String, Schedule>>,
+    usage: usage::UsageTracker,
+    /// Per set, since when each flag exists and serves one outcome to everyone.
+    lifecycles: Mutex<HashMap<FlagSetName, SetLifecycle>>,
 }
 
 #[derive(Clone)]
@@ -151,11 +186,16 @@ pub struct FlagService {
     inner: Arc<Inner>,
 }
 
-fn live_set(revision: &Revision) -> Result<Option<LiveSet>, DefinitionErrors> {
+fn live_set(
+    revision: &Revision,
+    usage: &usage::UsageTracker,
+) -> Result<Option<LiveSet>, DefinitionErrors> {
     if revision.document.is_null() {
         return Ok(None);
     }
     let compiled = proteus_flagsets::compile(&revision.document, revision.validation)?;
+    // `flags()` yields flags in index order.
+    let usage = usage.slots(&revision.set, compiled.flag_set.flags().map(|f| f.key()));
     Ok(Some(LiveSet {
         name: revision.set.clone(),
         version: revision.version,
@@ -165,6 +205,7 @@ fn live_set(revision: &Revision) -> Result<Option<LiveSet>, DefinitionErrors> {
         flags: compiled.flag_set,
         warnings: compiled.warnings.iter().map(ToString::to_string).collect(),
         etag: format!("\"{}.{}\"", revision.set, revision.version),
+        usage,
     }))
 }
 
@@ -172,15 +213,16 @@ impl FlagService {
     /// Opens the service over `log`: creates the audit topic if needed and replays it.
     /// Exposures are not recorded.
     pub async fn open(log: Arc<dyn Log>) -> Result<FlagService, FlagServiceError> {
-        FlagService::open_with(log, exposures::ExposureConfig::default()).await
+        FlagService::open_with(log, FlagServiceConfig::default()).await
     }
 
-    /// Like [`FlagService::open`], recording exposures as `exposures` says.
+    /// Like [`FlagService::open`], recording exposures and usage as `config` says.
     pub async fn open_with(
         log: Arc<dyn Log>,
-        exposures: exposures::ExposureConfig,
+        config: FlagServiceConfig,
     ) -> Result<FlagService, FlagServiceError> {
-        let exposures = exposures::ExposureSink::start(log.clone(), exposures).await?;
+        let exposures = exposures::ExposureSink::start(log.clone(), config.exposures).await?;
+        let usage = usage::UsageTracker::open(log.clone(), now_ms()).await?;
         let topic = audit::topic();
         match log.describe_topic(&topic).await {
             Ok(_) => {}
@@ -200,10 +242,13 @@ impl FlagService {
                 changes,
                 exposures,
                 schedules: Mutex::default(),
+                usage,
+                lifecycles: Mutex::default(),
             }),
         };
         service.replay().await?;
         spawn_scheduler(Arc::downgrade(&service.inner));
+        spawn_usage_flusher(Arc::downgrade(&service.inner), config.usage.flush_ms);
         Ok(service)
     }
 
@@ -216,6 +261,7 @@ impl FlagService {
         let mut sets = HashMap::new();
         let mut index: HashMap<FlagSetName, SetIndex> = HashMap::new();
         let mut schedules = BTreeMap::new();
+        let mut lifecycles: HashMap<FlagSetName, SetLifecycle> = HashMap::new();
         loop {
             let batch = self
                 .inner
@@ -252,9 +298,13 @@ impl FlagService {
                     )));
                 }
                 versions.offsets.push(stored.offset);
+                lifecycles
+                    .entry(revision.set.clone())
+                    .or_default()
+                    .observe(&revision.document, revision.time_ms);
                 // A version was valid when it was written; the engine may have become stricter
                 // since. Keep serving the last version that still compiles, and say so.
-                match live_set(&revision) {
+                match live_set(&revision, &self.inner.usage) {
                     Ok(Some(live)) => {
                         sets.insert(revision.set.clone(), Arc::new(live));
                     }
@@ -269,6 +319,12 @@ impl FlagService {
             }
             from = batch.next_offset;
         }
+        lifecycles.retain(|set, _| sets.contains_key(set));
+        *self
+            .inner
+            .lifecycles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = lifecycles;
         *self.inner.sets.write().unwrap_or_else(|p| p.into_inner()) = sets;
         *self.inner.index.lock().unwrap_or_else(|p| p.into_inner()) = index;
         *self
@@ -374,7 +430,8 @@ impl FlagService {
             document,
         );
         // Validate before anything is written: an invalid version never reaches the log.
-        let live = live_set(&revision).map_err(FlagServiceError::InvalidDefinitions)?;
+        let live =
+            live_set(&revision, &self.inner.usage).map_err(FlagServiceError::InvalidDefinitions)?;
         let event = audit::to_event(&revision).map_err(FlagServiceError::InvalidChange)?;
         let offset = self.append_audit(event).await?;
         self.inner
@@ -385,6 +442,21 @@ impl FlagService {
             .or_default()
             .offsets
             .push(offset);
+        {
+            let mut lifecycles = self
+                .inner
+                .lifecycles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if revision.document.is_null() {
+                lifecycles.remove(set);
+            } else {
+                lifecycles
+                    .entry(set.clone())
+                    .or_default()
+                    .observe(&revision.document, revision.time_ms);
+            }
+        }
         let notice = SetChanged {
             set: set.clone(),
             version: revision.version,
@@ -547,6 +619,70 @@ impl FlagService {
             .map_or(target.validation, |current| current.validation);
         self.apply(set, change, author, validation, expected_version)
             .await
+    }
+}
+
+/// Writes moved usage slots every `flush_ms` until the service is dropped.
+fn spawn_usage_flusher(service: Weak<Inner>, flush_ms: u64) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(flush_ms.max(1))).await;
+            let Some(inner) = service.upgrade() else {
+                return;
+            };
+            FlagService { inner }.flush_usage().await;
+        }
+    });
+}
+
+impl FlagService {
+    /// Writes when flags were last evaluated to the usage topic, if that moved since the last
+    /// flush. Runs every `flush_ms`; call it at shutdown so the last interval is kept too.
+    pub async fn flush_usage(&self) {
+        let live_flags = self
+            .list()
+            .iter()
+            .map(|set| {
+                let keys = set.flags.flags().map(|f| f.key().to_owned()).collect();
+                (set.name.clone(), keys)
+            })
+            .collect();
+        self.inner.usage.retain(&live_flags);
+        if let Err(error) = self.inner.usage.flush(now_ms()).await {
+            tracing::warn!(%error, "flag usage could not be written; the next flush retries");
+        }
+    }
+
+    /// The flags of `set` that look stale by `criteria` at `now_ms`.
+    pub fn stale_flags(
+        &self,
+        set: &FlagSetName,
+        criteria: StaleCriteria,
+        now_ms: i64,
+    ) -> Result<StaleReport, FlagServiceError> {
+        let lifecycles = self
+            .inner
+            .lifecycles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let lifecycle = lifecycles
+            .get(set)
+            .ok_or_else(|| FlagServiceError::SetNotFound { set: set.clone() })?;
+        let usage = &self.inner.usage;
+        let tracked_since_ms = usage.tracked_since_ms();
+        let flags = proteus_flagsets::stale::stale_flags(
+            lifecycle,
+            |key| usage.last_evaluated_ms(set, key),
+            tracked_since_ms,
+            criteria,
+            now_ms,
+        );
+        Ok(StaleReport {
+            set: set.clone(),
+            tracked_since_ms,
+            criteria,
+            flags,
+        })
     }
 }
 

@@ -17,6 +17,7 @@ mod change;
 mod name;
 mod revision;
 pub mod schedule;
+pub mod stale;
 
 pub use change::{Change, ChangeError, FlagStateChange, apply};
 pub use name::{FlagSetName, InvalidFlagSetName};

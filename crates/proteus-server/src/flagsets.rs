@@ -607,6 +607,53 @@ pub async fn schedule(
     Ok((StatusCode::CREATED, axum::Json(schedule)).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaleQuery {
+    unused_for: Option<String>,
+    uniform_for: Option<String>,
+}
+
+/// A staleness window: a duration such as `30d`, `12h` or `90m`, or `off`; absent, 30 days.
+fn stale_window(parameter: &str, value: Option<&str>) -> Result<Option<i64>, Problem> {
+    match value {
+        None => Ok(Some(proteus_flagsets::stale::STALE_WINDOW_MS_DEFAULT)),
+        Some("off") => Ok(None),
+        Some(text) => humantime::parse_duration(text)
+            .map(|d| Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+            .map_err(|e| {
+                Problem::bad_request(
+                    "invalid-query",
+                    "Invalid query parameter",
+                    format!(
+                        "{parameter} '{text}' is not a duration ({e}): write it like 30d, 12h or \
+                         90m, or 'off' to leave that test out"
+                    ),
+                )
+            }),
+    }
+}
+
+/// `GET /v1/flagsets/{set}/stale`: flags not evaluated for `unused_for`, or serving one
+/// outcome to everyone for `uniform_for` (both 30 days unless given).
+pub async fn stale(
+    State(state): State<AppState>,
+    PathParams(set): PathParams<String>,
+    QueryParams(query): QueryParams<StaleQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let set = set_name(&set)?;
+    check_read(&state, &headers, &set)?;
+    let criteria = proteus_flagsets::stale::StaleCriteria {
+        unused_for_ms: stale_window("unused_for", query.unused_for.as_deref())?,
+        uniform_for_ms: stale_window("uniform_for", query.uniform_for.as_deref())?,
+    };
+    let report = state
+        .flags
+        .stale_flags(&set, criteria, crate::ofrep::now_ms())?;
+    Ok(axum::Json(report).into_response())
+}
+
 /// `GET /v1/flagsets/{set}/schedules`: pending scheduled changes, soonest first.
 pub async fn schedules(
     State(state): State<AppState>,

@@ -214,6 +214,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(flagsets::delete_set),
         )
         .route("/v1/flagsets/{set}/history", get(flagsets::history))
+        .route("/v1/flagsets/{set}/stale", get(flagsets::stale))
         .route("/v1/flagsets/{set}/events", get(flagsets::events))
         .route("/v1/flagsets/{set}/rollback", post(flagsets::rollback))
         .route(

@@ -255,6 +255,7 @@ pub async fn evaluate_flag(
     };
     let now_ms = now_ms();
     let evaluation = flag.evaluate(&context, now_ms / 1_000);
+    set.record_evaluation(flag, now_ms);
     record_exposure(&state, &set, &key, &context, &evaluation, now_ms);
     let (status, answer) = render(&key, &evaluation);
     serialized_response(status, &answer)
@@ -323,17 +324,25 @@ pub async fn evaluate_all(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     if matches {
+        // The client keeps using every flag it cached: that is usage too.
+        let now_ms = now_ms();
+        for flag in set.flags.flags() {
+            set.record_evaluation(flag, now_ms);
+        }
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         if let Ok(value) = HeaderValue::from_str(etag) {
             response.headers_mut().insert(header::ETAG, value);
         }
         return response;
     }
-    let now = now_ms() / 1_000;
+    let now_ms = now_ms();
     let evaluations: Vec<(&str, Evaluation<'_>)> = set
         .flags
         .flags()
-        .map(|flag| (flag.key(), flag.evaluate(&context, now)))
+        .map(|flag| {
+            set.record_evaluation(flag, now_ms);
+            (flag.key(), flag.evaluate(&context, now_ms / 1_000))
+        })
         .collect();
     let flags: Vec<Answer<'_>> = evaluations
         .iter()

@@ -601,3 +601,10 @@ fn human_ms(ms: u64) -> String {
         ms => format!("{ms}ms"),
     }
 }
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -144,6 +144,41 @@ pub enum FlagsCommand {
         #[command(flatten)]
         target: SetArgs,
     },
+    /// Roll a variant out progressively (e.g. --steps 1,5,25,100 --every 1d), or pause a
+    /// rollout (--pause): the steps not yet applied are cancelled.
+    Rollout {
+        key: String,
+        /// The variant rolled out; the flag's defaultVariant serves everyone else.
+        #[arg(long, required_unless_present = "pause")]
+        variant: Option<String>,
+        /// Percentages, in order: the first applies now, each next one --every later.
+        #[arg(long, value_delimiter = ',', required_unless_present = "pause")]
+        steps: Vec<u8>,
+        /// Time between steps, like 30m, 12h or 1d.
+        #[arg(long, default_value = "1d")]
+        every: String,
+        #[arg(long, conflicts_with_all = ["variant", "steps"])]
+        pause: bool,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        target: SetArgs,
+    },
+    /// Flags whose code can probably go: not evaluated for a while, or serving one outcome to
+    /// everyone (disabled, static, rolled out to 100%) for a while.
+    Stale {
+        /// Not evaluated for this long (30d, 12h, …), or `off`.
+        #[arg(long, default_value = "30d")]
+        unused_for: String,
+        /// Serving one outcome to everyone for this long, or `off`.
+        #[arg(long, default_value = "30d")]
+        uniform_for: String,
+        /// Exit with status 1 when a flag is stale (for CI checks).
+        #[arg(long)]
+        fail: bool,
+        #[command(flatten)]
+        target: SetArgs,
+    },
     /// Evaluate a flag over OFREP, as an OpenFeature provider would.
     Evaluate {
         key: String,
@@ -316,6 +351,68 @@ pub async fn flags(command: FlagsCommand) -> Result<(), String> {
             print_table(&["ID", "AT", "CHANGE", "FLAG", "WHO", "WHY"], rows);
             Ok(())
         }
+        FlagsCommand::Rollout {
+            key,
+            variant,
+            steps,
+            every,
+            pause,
+            comment,
+            target,
+        } => {
+            let client = connect(&target)?;
+            if pause {
+                let answer = client.pause_rollout(&target.set, &key).await.map_err(say)?;
+                let cancelled = answer["cancelled"].as_array().map_or(0, Vec::len);
+                out(&format!(
+                    "rollout of '{key}' paused: {cancelled} pending steps cancelled"
+                ));
+                return Ok(());
+            }
+            let variant = variant.ok_or("say which variant to roll out: --variant NAME")?;
+            let every = humantime::parse_duration(&every).map_err(|e| {
+                format!("--every '{every}' is not a duration like 30m, 12h or 1d: {e}")
+            })?;
+            let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+            let start_ms = crate::cli::now_ms();
+            let plan: Vec<(u8, Option<Value>)> = steps
+                .iter()
+                .enumerate()
+                .map(|(n, percent)| {
+                    let at = (n > 0)
+                        .then(|| json!(start_ms.saturating_add(every_ms.saturating_mul(n as i64))));
+                    (*percent, at)
+                })
+                .collect();
+            let answer = client
+                .start_rollout(&target.set, &key, &variant, &plan, comment.as_deref())
+                .await
+                .map_err(say)?;
+            if target.client.output == Output::Json {
+                out(&answer.to_string());
+                return Ok(());
+            }
+            let rows = answer["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|step| {
+                    vec![
+                        step["id"].as_str().unwrap_or("").to_owned(),
+                        rfc3339_ms(step["at_ms"].as_i64().unwrap_or(0)),
+                        format!("{}%", step["change"]["percent"]),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "AT", "PERCENT"], rows);
+            Ok(())
+        }
+        FlagsCommand::Stale {
+            unused_for,
+            uniform_for,
+            fail,
+            target,
+        } => stale(&unused_for, &uniform_for, fail, &target).await,
         FlagsCommand::Evaluate {
             key,
             context,
@@ -460,6 +557,63 @@ async fn get(key: Option<String>, target: &SetArgs) -> Result<(), String> {
         })
         .collect();
     print_table(&["FLAG", "STATE", "DEFAULT", "VARIANTS", "TARGETING"], rows);
+    Ok(())
+}
+
+async fn stale(
+    unused_for: &str,
+    uniform_for: &str,
+    fail: bool,
+    target: &SetArgs,
+) -> Result<(), String> {
+    let report = connect(target)?
+        .stale_flags(&target.set, Some(unused_for), Some(uniform_for))
+        .await
+        .map_err(say)?;
+    let flags = report["flags"].as_array().cloned().unwrap_or_default();
+    if target.client.output == Output::Json {
+        out(&report.to_string());
+    } else {
+        let never = format!(
+            "never (tracked since {})",
+            rfc3339_ms(report["tracked_since_ms"].as_i64().unwrap_or(0))
+        );
+        let rows = flags
+            .iter()
+            .map(|flag| {
+                let reasons: Vec<&str> = flag["reasons"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let serves = match (&flag["uniform"]["kind"], &flag["uniform"]["variant"]) {
+                    (Value::String(kind), Value::String(variant)) => format!("{variant} ({kind})"),
+                    (Value::String(kind), _) => format!("code default ({kind})"),
+                    _ => "a split".to_owned(),
+                };
+                vec![
+                    flag["key"].as_str().unwrap_or("").to_owned(),
+                    reasons.join(", "),
+                    flag["last_evaluated_ms"]
+                        .as_i64()
+                        .map_or_else(|| never.clone(), rfc3339_ms),
+                    serves,
+                    flag["uniform_since_ms"]
+                        .as_i64()
+                        .map_or_else(String::new, rfc3339_ms),
+                ]
+            })
+            .collect();
+        print_table(&["FLAG", "WHY", "LAST EVALUATED", "SERVES", "SINCE"], rows);
+    }
+    if fail && !flags.is_empty() {
+        return Err(format!(
+            "{} stale flag(s) in flag set '{}': remove them from the code and the set, or widen --unused-for/--uniform-for",
+            flags.len(),
+            target.set
+        ));
+    }
     Ok(())
 }
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use proteus_flagsets_service::exposures::ExposureConfig;
 use proteus_flagsets_service::proteus_flagsets::FlagSetName;
-use proteus_flagsets_service::{FlagService, files};
+use proteus_flagsets_service::usage::UsageConfig;
+use proteus_flagsets_service::{FlagService, FlagServiceConfig, files};
 use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_service::{GroupService, ServiceConfig};
 use proteus_log::port::Log;
@@ -63,11 +64,16 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let groups = GroupService::open(log.clone(), Arc::new(store), ServiceConfig::default())
         .await
         .map_err(|e| format!("cannot load the consumer groups: {e}"))?;
-    let exposures = ExposureConfig {
-        sample_rate: settings.flag_exposure_sample_rate,
-        ..ExposureConfig::default()
+    let flag_config = FlagServiceConfig {
+        exposures: ExposureConfig {
+            sample_rate: settings.flag_exposure_sample_rate,
+            ..ExposureConfig::default()
+        },
+        usage: UsageConfig {
+            flush_ms: settings.flag_usage_flush_ms,
+        },
     };
-    let flags = FlagService::open_with(log.clone(), exposures)
+    let flags = FlagService::open_with(log.clone(), flag_config)
         .await
         .map_err(|e| format!("cannot load the flag sets: {e}"))?;
     if let Some(path) = &settings.flags {
@@ -95,7 +101,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let (state, shutdown) = AppState::new(
         log.clone(),
         groups.clone(),
-        flags,
+        flags.clone(),
         HttpConfig {
             body_bytes_max: settings.http_body_bytes_max,
             flag_api_keys,
@@ -138,6 +144,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             "requests still in flight after the shutdown timeout; closing anyway"
         ),
     }
+    flags.flush_usage().await;
     groups.shutdown().await;
     log.shutdown()
         .await

@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// topic `proteus.flags.exposures`, 0 (off) to 1 (all) [default: 0].
     #[arg(long, env = "PROTEUS_FLAG_EXPOSURE_SAMPLE_RATE", value_name = "RATE")]
     pub flag_exposure_sample_rate: Option<f64>,
+    /// How often flags' last-evaluation times are saved for the stale-flag report (a kill -9
+    /// loses at most this much usage) [default: 60000].
+    #[arg(long, env = "PROTEUS_FLAG_USAGE_FLUSH_MS", value_name = "MS")]
+    pub flag_usage_flush_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -119,6 +123,7 @@ struct FileSettings {
     flags_watch_ms: Option<u64>,
     flag_api_keys: Option<Vec<FlagApiKey>>,
     flag_exposure_sample_rate: Option<f64>,
+    flag_usage_flush_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +140,7 @@ pub struct Settings {
     pub flags_watch_ms: u64,
     pub flag_api_keys: Vec<FlagApiKey>,
     pub flag_exposure_sample_rate: f64,
+    pub flag_usage_flush_ms: u64,
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
@@ -193,6 +199,10 @@ impl Settings {
                 .flag_exposure_sample_rate
                 .or(file.flag_exposure_sample_rate)
                 .unwrap_or(0.0),
+            flag_usage_flush_ms: args
+                .flag_usage_flush_ms
+                .or(file.flag_usage_flush_ms)
+                .unwrap_or(60_000),
         };
         settings.validate()?;
         Ok(settings)
@@ -221,6 +231,12 @@ impl Settings {
             return Err(format!(
                 "flags_watch_ms must be between 50 and 3600000, got {}",
                 self.flags_watch_ms
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.flag_usage_flush_ms) {
+            return Err(format!(
+                "flag_usage_flush_ms must be between 100 and 3600000, got {}",
+                self.flag_usage_flush_ms
             ));
         }
         if !(0.0..=1.0).contains(&self.flag_exposure_sample_rate) {

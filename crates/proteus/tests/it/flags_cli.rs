@@ -341,3 +341,199 @@ fn changes_are_scheduled_listed_and_cancelled_from_the_command_line() {
     assert_eq!(code, 1);
     assert!(err.contains("flag 'nope' does not exist"), "{err}");
 }
+
+#[test]
+fn stale_flags_are_reported_and_usage_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["--flags", FLAGS, "--flag-usage-flush-ms", "200"];
+    let mut server = ServerProcess::start_with(&data, &args, &[]);
+    let http = reqwest::blocking::Client::new();
+    let evaluate = |url: &str, key: &str| {
+        let answer: Value = http
+            .post(format!("{url}/ofrep/v1/evaluate/flags/{key}"))
+            .json(&json!({"context": {"targetingKey": "user-1"}}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert!(answer["errorCode"].is_null(), "{answer}");
+    };
+    let stale = |url: &str, extra: &[&str]| {
+        let mut all = vec!["flags", "stale", "--server", url, "--output", "json"];
+        all.extend_from_slice(extra);
+        let (code, out, err) = run_cli(&all, None);
+        assert_eq!(code, 0, "{err}");
+        let report: Value = serde_json::from_str(out.trim()).unwrap();
+        report
+    };
+    let keys_with = |report: &Value, reason: &str| -> Vec<String> {
+        report["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["reasons"].as_array().unwrap().contains(&json!(reason)))
+            .map(|f| f["key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    evaluate(&server.url, "rollout");
+    std::thread::sleep(Duration::from_secs(3));
+    evaluate(&server.url, "theme");
+    let report = stale(&server.url, &["--unused-for", "2s", "--uniform-for", "off"]);
+    assert_eq!(
+        keys_with(&report, "not_evaluated"),
+        [
+            "banner-text",
+            "discount-rate",
+            "legacy-search",
+            "new-checkout",
+            "page-size",
+            "rollout"
+        ],
+        "{report}"
+    );
+    let rollout = report["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["key"] == "rollout")
+        .unwrap();
+    assert!(rollout["last_evaluated_ms"].is_i64(), "{rollout}");
+    let report = stale(&server.url, &["--unused-for", "off", "--uniform-for", "2s"]);
+    assert_eq!(
+        keys_with(&report, "uniform"),
+        ["discount-rate", "legacy-search", "page-size"],
+        "{report}"
+    );
+
+    // A rollout plan from the CLI: 100 % now makes the flag uniform (fully rolled out).
+    let (code, out, err) = run_cli(
+        &[
+            "flags",
+            "rollout",
+            "rollout",
+            "--variant",
+            "on",
+            "--steps",
+            "50,100",
+            "--every",
+            "1h",
+            "--server",
+            &server.url,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("50%") && out.contains("100%"), "{out}");
+    let started = Instant::now();
+    while !run_cli(&["flags", "get", "rollout", "--server", &server.url], None)
+        .1
+        .contains("50")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "step 1 never applied"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, out, err) = run_cli(
+        &[
+            "flags",
+            "rollout",
+            "rollout",
+            "--pause",
+            "--server",
+            &server.url,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 pending steps cancelled"), "{out}");
+    let (code, _, err) = run_cli(
+        &[
+            "flags",
+            "rollout",
+            "rollout",
+            "--variant",
+            "on",
+            "--steps",
+            "100",
+            "--server",
+            &server.url,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let started = Instant::now();
+    loop {
+        let report = stale(&server.url, &["--unused-for", "off", "--uniform-for", "0s"]);
+        let rollout = report["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["key"] == "rollout")
+            .cloned();
+        if let Some(rollout) = rollout {
+            assert_eq!(
+                rollout["uniform"],
+                json!({"kind": "fully_rolled_out", "variant": "on"})
+            );
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{report}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _, err) = run_cli(
+        &[
+            "flags",
+            "stale",
+            "--fail",
+            "--unused-for",
+            "2s",
+            "--server",
+            &server.url,
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("stale flag(s) in flag set 'default'"), "{err}");
+    let (code, _, err) = run_cli(
+        &[
+            "flags",
+            "stale",
+            "--unused-for",
+            "soon",
+            "--server",
+            &server.url,
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("unused_for 'soon' is not a duration"), "{err}");
+
+    // Usage is flushed every 200 ms: a kill -9 after that keeps it.
+    let theme_before = stale(&server.url, &["--unused-for", "0s", "--uniform-for", "off"]);
+    std::thread::sleep(Duration::from_millis(600));
+    server.kill_9();
+    let server = ServerProcess::start_with(&data, &args, &[]);
+    let theme_after = stale(&server.url, &["--unused-for", "0s", "--uniform-for", "off"]);
+    let last_evaluated = |report: &Value, key: &str| {
+        report["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["key"] == key)
+            .map(|f| f["last_evaluated_ms"].clone())
+    };
+    for key in ["theme", "rollout"] {
+        let before = last_evaluated(&theme_before, key).unwrap();
+        assert!(before.is_i64(), "{theme_before}");
+        assert_eq!(last_evaluated(&theme_after, key), Some(before), "{key}");
+    }
+    assert_eq!(
+        last_evaluated(&theme_after, "page-size"),
+        Some(Value::Null),
+        "{theme_after}"
+    );
+}
