@@ -1,0 +1,38 @@
+//! Event sourcing, the domain.
+//!
+//! An event-sourced application stores what happened as events appended to *streams* (one per
+//! aggregate, such as `order-123`) and rebuilds state by folding them. This crate owns what
+//! that means, independent of any runtime or storage, with EventStoreDB/KurrentDB semantics:
+//!
+//! - [`name`]: stream names and their categories (`order-123` is in `order`), event ids and
+//!   types;
+//! - [`event`]: expected versions (optimistic concurrency), proposed and recorded events, append
+//!   outcomes, read pages, filters, snapshots and aggregates;
+//! - [`limits`]: the bound of every request and the checks every adapter runs before storage,
+//!   including the idempotency rule;
+//! - [`store`]: the [`EventStore`] port;
+//! - `conformance` (feature `conformance`): the suite every adapter runs.
+//!
+//! Like `proteus-log`, it does no I/O and has no async runtime in its API. Stores live in
+//! adapter crates (`proteus-eventstore-embedded`).
+
+pub mod error;
+pub mod event;
+pub mod limits;
+pub mod name;
+pub mod store;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{ErrorKind, EventStoreError};
+pub use event::{
+    Aggregate, AppendOutcome, DeleteOutcome, Direction, ExpectedVersion, FeedPage, ProposedEvent,
+    ReadFilter, RecordedEvent, Snapshot, StreamInfo, StreamPage,
+};
+pub use limits::{
+    APPEND_BYTES_MAX, EVENT_DATA_BYTES_MAX, EVENT_METADATA_BYTES_MAX, EVENTS_PER_APPEND_MAX,
+    FILTER_EVENT_TYPES_MAX, READ_COUNT_MAX, READ_SCAN_EVENTS_MAX, SNAPSHOT_BYTES_MAX, WAIT_MS_MAX,
+};
+pub use name::{Category, InvalidName, StreamName};
+pub use store::EventStore;
