@@ -16,6 +16,7 @@
 mod flags;
 mod groups;
 mod local_flags;
+mod streams;
 
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ use serde_json::value::RawValue;
 pub use flags::ChangeOptions;
 pub use groups::{Assignment, Consumer, ConsumerOptions, Delivered, Membership, Pulled};
 pub use local_flags::{FlagsSnapshot, LocalFlags};
+pub use proteus_eventstore;
+pub use streams::FeedQuery;
 
 /// What went wrong talking to Proteus, worded for the person running the command.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,7 @@ mod metrics_layer;
 pub mod ofrep;
 mod problem;
 mod stream;
+mod streams;
 mod topics;
 
 use std::future::Future;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub log: Arc<dyn Log>,
     pub groups: GroupService,
     pub flags: FlagService,
+    /// The event store behind `/v1/streams`; without one those routes answer 503.
+    pub events: Option<Arc<dyn proteus_eventstore::EventStore>>,
     pub config: HttpConfig,
     pub metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
@@ -112,6 +115,7 @@ impl AppState {
             log,
             groups,
             flags,
+            events: None,
             config,
             metrics: install_metrics_recorder(),
             ready: ready.clone(),
@@ -122,6 +126,12 @@ impl AppState {
             sender: Arc::new(sender),
         };
         (state, signal)
+    }
+
+    /// Serves `/v1/streams` from `events`.
+    pub fn with_event_store(mut self, events: Arc<dyn proteus_eventstore::EventStore>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Resolves when shutdown starts.
@@ -206,6 +216,19 @@ pub fn router(state: AppState) -> Router {
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
         .route("/ofrep/v1/events", get(ofrep::events))
+        .route(
+            "/v1/streams/{stream}",
+            get(streams::read)
+                .post(streams::append)
+                .delete(streams::delete),
+        )
+        .route("/v1/streams/{stream}/info", get(streams::info))
+        .route(
+            "/v1/streams/{stream}/snapshot",
+            get(streams::get_snapshot).put(streams::put_snapshot),
+        )
+        .route("/v1/streams/{stream}/aggregate", get(streams::aggregate))
+        .route("/v1/streams/{stream}/subscribe", get(streams::subscribe))
         .route("/v1/flagsets", get(flagsets::list))
         .route(
             "/v1/flagsets/{set}",

@@ -5,6 +5,7 @@ mod flags_cli;
 mod group_cli;
 mod serve;
 mod settings;
+mod stream_cli;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: flags_cli::FlagsCommand,
     },
+    /// Event sourcing: append to streams atomically, read streams, categories and $all.
+    Stream {
+        #[command(subcommand)]
+        command: stream_cli::StreamCommand,
+    },
     /// Measure Proteus and its peers (NATS JetStream, Redis, PostgreSQL) on this machine.
     Bench {
         #[command(subcommand)]
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => group_cli::consume(args).await,
             Command::Dlq { command } => group_cli::dlq(command).await,
             Command::Flags { command } => flags_cli::flags(command).await,
+            Command::Stream { command } => stream_cli::stream(command).await,
             Command::Bench { command } => proteus_bench::run(command).await,
         }
     });

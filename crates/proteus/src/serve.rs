@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proteus_eventstore::EventStore;
+use proteus_eventstore_embedded::{EmbeddedConfig as EventStoreConfig, EmbeddedEventStore};
 use proteus_flagsets_service::exposures::ExposureConfig;
 use proteus_flagsets_service::proteus_flagsets::FlagSetName;
 use proteus_flagsets_service::usage::UsageConfig;
@@ -89,6 +91,14 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             std::future::pending(),
         ));
     }
+    let events: Arc<dyn EventStore> = Arc::new(
+        EmbeddedEventStore::open(&settings.data_dir, EventStoreConfig::default()).map_err(|e| {
+            format!(
+                "cannot open the event store in {}: {e}",
+                settings.data_dir.display()
+            )
+        })?,
+    );
     let flag_api_keys = settings
         .flag_api_keys
         .iter()
@@ -108,6 +118,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             ..HttpConfig::default()
         },
     );
+    let state = state.with_event_store(events.clone());
     tracing::info!(
         address = %format!("http://{address}"),
         data_dir = %settings.data_dir.display(),
@@ -146,6 +157,9 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     }
     flags.flush_usage().await;
     groups.shutdown().await;
+    if let Err(e) = events.close().await {
+        tracing::warn!(error = %e, "closing the event store failed");
+    }
     log.shutdown()
         .await
         .map_err(|e| format!("shutting down the log failed: {e}"))?;

@@ -6,5 +6,6 @@ mod groups;
 mod problems;
 mod read;
 mod stream;
+mod streams;
 mod support;
 mod topics;

@@ -6,13 +6,13 @@ use serde_json::{Value, json};
 use crate::support::{TestServer, event, problem};
 
 /// A minimal SSE reader: yields (id, data) of each message.
-struct SseReader {
+pub struct SseReader {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buffer: String,
 }
 
 impl SseReader {
-    async fn open(server: &TestServer, path: &str, last_event_id: Option<&str>) -> SseReader {
+    pub async fn open(server: &TestServer, path: &str, last_event_id: Option<&str>) -> SseReader {
         let mut request = server.http.get(server.url(path));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
@@ -26,7 +26,7 @@ impl SseReader {
         }
     }
 
-    async fn next(&mut self) -> (String, Value) {
+    pub async fn next(&mut self) -> (String, Value) {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let message: String = self.buffer.drain(..end + 2).collect();

@@ -10,6 +10,7 @@ pub struct TestServer {
     pub signal: ShutdownSignal,
     log: Arc<dyn proteus_log::Log>,
     groups: proteus_groups_service::GroupService,
+    events: Arc<dyn proteus_eventstore::EventStore>,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -36,6 +37,7 @@ impl TestServer {
         self.signal.trigger();
         self.served.await.unwrap().unwrap();
         self.groups.shutdown().await;
+        self.events.close().await.unwrap();
         self.log.shutdown().await.unwrap();
     }
 
@@ -57,7 +59,11 @@ impl TestServer {
         let flags = proteus_flagsets_service::FlagService::open(log.clone())
             .await
             .unwrap();
+        let events: Arc<dyn proteus_eventstore::EventStore> = Arc::new(
+            proteus_eventstore_embedded::EmbeddedEventStore::open(dir, Default::default()).unwrap(),
+        );
         let (state, signal) = AppState::new(log.clone(), groups.clone(), flags, config);
+        let state = state.with_event_store(events.clone());
         let stop = signal.clone();
         let served = tokio::spawn(proteus_server::serve(listener, state, async move {
             stop.triggered().await
@@ -68,6 +74,7 @@ impl TestServer {
             signal,
             log,
             groups,
+            events,
             served,
             _dir: None,
         }

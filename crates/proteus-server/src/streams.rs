@@ -1,0 +1,632 @@
+//! `/v1/streams`: the event store over HTTP (event sourcing).
+//!
+//! - `POST /v1/streams/{stream}` appends events atomically with an expected version
+//!   (`?expected_version=any|no_stream|exists|N`); a mismatch is 409 with the actual version.
+//! - `GET /v1/streams/{stream}` reads a stream forwards or backwards from a version. The
+//!   reserved names read feeds: `$all` (every event, by global position) and `$ce-{category}`
+//!   (a category, as EventStoreDB names it), with `types` and `stream_prefix` filters.
+//! - `GET …/subscribe` is a catch-up subscription over SSE: it replays from a version or
+//!   position and turns live without gap or repeat; `Last-Event-ID` resumes it.
+//! - `DELETE` tombstones a stream; `…/info`, `…/snapshot` and `…/aggregate` serve loading.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use proteus_eventstore::{
+    Category, Direction, ErrorKind, EventStore, EventStoreError, ExpectedVersion, ProposedEvent,
+    ReadFilter, RecordedEvent, StreamName,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::extract::{PathParams, QueryParams};
+use crate::problem::Problem;
+
+/// Events one read returns unless `limit` says otherwise.
+const READ_LIMIT_DEFAULT: usize = 100;
+/// Events read per step while a subscription catches up.
+const SUBSCRIBE_READ_EVENTS: usize = 500;
+/// The prefix EventStoreDB gives category streams.
+const CATEGORY_PREFIX: &str = "$ce-";
+
+impl From<EventStoreError> for Problem {
+    fn from(error: EventStoreError) -> Problem {
+        let detail = error.to_string();
+        let (status, kind, title) = match error.kind() {
+            ErrorKind::InvalidInput => (
+                StatusCode::BAD_REQUEST,
+                "invalid-event-store-request",
+                "Invalid event store request",
+            ),
+            ErrorKind::NotFound => (
+                StatusCode::NOT_FOUND,
+                "stream-not-found",
+                "Stream not found",
+            ),
+            ErrorKind::Conflict => match &error {
+                EventStoreError::WrongExpectedVersion { .. } => (
+                    StatusCode::CONFLICT,
+                    "wrong-expected-version",
+                    "Wrong expected version",
+                ),
+                _ => (StatusCode::CONFLICT, "stream-conflict", "Stream conflict"),
+            },
+            ErrorKind::Gone => (StatusCode::GONE, "stream-deleted", "Stream deleted"),
+            ErrorKind::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "event-store-unavailable",
+                "Event store unavailable",
+            ),
+            ErrorKind::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "event-store-failure",
+                "Event store failure",
+            ),
+        };
+        let problem = Problem::new(status, kind, title, detail);
+        match error {
+            EventStoreError::WrongExpectedVersion {
+                stream,
+                expected,
+                actual,
+            } => problem
+                .with("stream", stream.as_str())
+                .with("expected_version", expected.to_string())
+                .with("actual_version", json!(actual)),
+            _ => problem,
+        }
+    }
+}
+
+fn event_store(state: &AppState) -> Result<&Arc<dyn EventStore>, Problem> {
+    state.events.as_ref().ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "event-store-disabled",
+            "Event store disabled",
+            "this server runs without an event store",
+        )
+    })
+}
+
+/// What a path names: one stream, a category feed or the `$all` feed.
+enum Target {
+    Stream(StreamName),
+    Category(Category),
+    All,
+}
+
+fn target(name: &str) -> Result<Target, Problem> {
+    let invalid = |e: proteus_eventstore::InvalidName| {
+        Problem::bad_request("invalid-stream-name", "Invalid stream name", e.to_string())
+    };
+    if name == "$all" {
+        return Ok(Target::All);
+    }
+    if let Some(category) = name.strip_prefix(CATEGORY_PREFIX) {
+        return Category::parse(category)
+            .map(Target::Category)
+            .map_err(invalid);
+    }
+    StreamName::parse(name).map(Target::Stream).map_err(invalid)
+}
+
+fn stream_name(name: &str) -> Result<StreamName, Problem> {
+    match target(name)? {
+        Target::Stream(stream) => Ok(stream),
+        Target::All | Target::Category(_) => Err(Problem::bad_request(
+            "invalid-stream-name",
+            "Invalid stream name",
+            format!(
+                "'{name}' is a feed, read-only: append to, delete and snapshot named streams such as 'order-123'"
+            ),
+        )),
+    }
+}
+
+fn expected_version(text: Option<&str>) -> Result<ExpectedVersion, Problem> {
+    match text {
+        None => Ok(ExpectedVersion::Any),
+        Some(text) => text.parse().map_err(|_| {
+            Problem::invalid_query(format!(
+                "expected_version '{text}' is not 'any', 'no_stream', 'exists' or a version number"
+            ))
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendQuery {
+    expected_version: Option<String>,
+}
+
+/// The events of an append body: an array of events, one event, or `{"expected_version",
+/// "events"}`. An event without `id` gets a fresh UUID (it then cannot be retried safely).
+fn parse_append(body: &Bytes) -> Result<(Option<String>, Vec<ProposedEvent>), Problem> {
+    let invalid = |detail: String| Problem::bad_request("invalid-events", "Invalid events", detail);
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let (expected, events) = match value {
+        Value::Array(events) => (None, events),
+        Value::Object(mut object) if object.contains_key("events") => {
+            let expected = match object.remove("expected_version") {
+                None => None,
+                Some(Value::String(text)) => Some(text),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "\"expected_version\" is 'any', 'no_stream', 'exists' or a number, got {other}"
+                    )));
+                }
+            };
+            match object.remove("events") {
+                Some(Value::Array(events)) => (expected, events),
+                _ => return Err(invalid("\"events\" must be an array of events".into())),
+            }
+        }
+        single @ Value::Object(_) => (None, vec![single]),
+        other => {
+            return Err(invalid(format!(
+                "expected an event object or an array of them, got {other}"
+            )));
+        }
+    };
+    let events = events
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut event)| {
+            if let Some(object) = event.as_object_mut()
+                && !object.contains_key("id")
+            {
+                object.insert("id".into(), json!(uuid::Uuid::now_v7().to_string()));
+            }
+            serde_json::from_value::<ProposedEvent>(event).map_err(|e| {
+                invalid(format!(
+                    "event {index}: {e}; an event is {{\"id\"?, \"type\", \"data\", \"metadata\"?, \"schema_version\"?}}"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((expected, events))
+}
+
+/// `POST /v1/streams/{stream}`: appends atomically; 201, or 200 for a recognised retry.
+pub async fn append(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    QueryParams(query): QueryParams<AppendQuery>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let store = event_store(&state)?;
+    let stream = stream_name(&name)?;
+    let (body_expected, events) = parse_append(&body)?;
+    if query.expected_version.is_some() && body_expected.is_some() {
+        return Err(Problem::invalid_query(
+            "expected_version is both in the query and in the body; give it once",
+        ));
+    }
+    let expected = expected_version(query.expected_version.or(body_expected).as_deref())?;
+    let outcome = store.append(&stream, expected, events).await?;
+    let status = if outcome.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut body = serde_json::to_value(outcome).unwrap_or_default();
+    body["stream"] = json!(stream.as_str());
+    Ok((status, axum::Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    /// A version for a stream, a position for a feed; `end` reads backwards from the newest.
+    from: Option<String>,
+    direction: Option<Direction>,
+    limit: Option<usize>,
+    /// Feeds only: comma-separated event types.
+    types: Option<String>,
+    /// Feeds only: streams whose name starts with this.
+    stream_prefix: Option<String>,
+    /// Forward reads at the end wait this long for new events (long polling).
+    wait_ms: Option<u64>,
+}
+
+fn read_from(query: &ReadQuery, direction: Direction) -> Result<u64, Problem> {
+    match (query.from.as_deref(), direction) {
+        (None | Some("start"), Direction::Forward) => Ok(0),
+        (None | Some("end"), Direction::Backward) => Ok(u64::MAX),
+        (Some("end"), Direction::Forward) => Err(Problem::invalid_query(
+            "from=end reads nothing forwards; use direction=backward, or subscribe to follow new events",
+        )),
+        (Some(text), _) => text.parse().map_err(|_| {
+            Problem::invalid_query(format!(
+                "'from' must be a version or position number, 'start' or 'end', got '{text}'"
+            ))
+        }),
+    }
+}
+
+fn filter(query: &ReadQuery) -> ReadFilter {
+    ReadFilter {
+        event_types: query
+            .types
+            .as_deref()
+            .map(|types| {
+                types
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        stream_prefix: query.stream_prefix.clone(),
+    }
+}
+
+fn check_wait(state: &AppState, wait_ms: u64) -> Result<Duration, Problem> {
+    let wait_ms_max = state
+        .config
+        .wait_ms_max
+        .min(proteus_eventstore::WAIT_MS_MAX);
+    if wait_ms > wait_ms_max {
+        return Err(Problem::invalid_query(format!(
+            "'wait_ms' must be at most {wait_ms_max}, got {wait_ms}"
+        )));
+    }
+    Ok(Duration::from_millis(wait_ms))
+}
+
+/// `GET /v1/streams/{stream}`: a page of a stream, of `$ce-{category}` or of `$all`.
+pub async fn read(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    QueryParams(query): QueryParams<ReadQuery>,
+) -> Result<Response, Problem> {
+    let store = event_store(&state)?.clone();
+    let direction = query.direction.unwrap_or_default();
+    let from = read_from(&query, direction)?;
+    let limit = query.limit.unwrap_or(READ_LIMIT_DEFAULT);
+    let wait = check_wait(&state, query.wait_ms.unwrap_or(0))?;
+    let target = target(&name)?;
+    if matches!(target, Target::Stream(_))
+        && (query.types.is_some() || query.stream_prefix.is_some())
+    {
+        return Err(Problem::invalid_query(
+            "'types' and 'stream_prefix' filter feeds ($all, $ce-{category}), not a single stream",
+        ));
+    }
+    let filter = filter(&query);
+    let mut waited = false;
+    loop {
+        let (body, empty_at_end, head) = match &target {
+            Target::Stream(stream) => {
+                let page = store.read_stream(stream, from, direction, limit).await?;
+                let empty = page.events.is_empty();
+                let head = page.head_position;
+                (serde_json::to_value(page), empty, head)
+            }
+            Target::Category(category) => {
+                let page = store.read_category(category, from, limit, &filter).await?;
+                let empty = page.events.is_empty() && page.is_end;
+                let head = page.head_position;
+                (serde_json::to_value(page), empty, head)
+            }
+            Target::All => {
+                let page = store.read_all(from, direction, limit, &filter).await?;
+                let empty = page.events.is_empty() && page.is_end;
+                let head = page.head_position;
+                (serde_json::to_value(page), empty, head)
+            }
+        };
+        if empty_at_end && !waited && !wait.is_zero() && direction == Direction::Forward {
+            waited = true;
+            tokio::select! {
+                woke = store.wait_for_position(head, wait) => { woke?; }
+                () = state.shutting_down() => {}
+            }
+            continue;
+        }
+        let body = body.map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "event-store-failure",
+                "Event store failure",
+                format!("a stored event cannot be rendered as JSON: {e}"),
+            )
+        })?;
+        return Ok(axum::Json(body).into_response());
+    }
+}
+
+/// `DELETE /v1/streams/{stream}`: tombstones the stream for good.
+pub async fn delete(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    QueryParams(query): QueryParams<AppendQuery>,
+) -> Result<Response, Problem> {
+    let store = event_store(&state)?;
+    let stream = stream_name(&name)?;
+    let expected = expected_version(query.expected_version.as_deref())?;
+    let outcome = store.delete_stream(&stream, expected).await?;
+    Ok(
+        axum::Json(json!({ "stream": stream.as_str(), "deleted": true,
+        "last_version": outcome.last_version }))
+        .into_response(),
+    )
+}
+
+/// `GET /v1/streams/{stream}/info`
+pub async fn info(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+) -> Result<Response, Problem> {
+    let store = event_store(&state)?;
+    let stream = stream_name(&name)?;
+    Ok(axum::Json(store.stream_info(&stream).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    version: u64,
+    #[serde(rename = "type")]
+    snapshot_type: String,
+    data: Box<serde_json::value::RawValue>,
+}
+
+/// `PUT /v1/streams/{stream}/snapshot`: `{"version", "type", "data"}`.
+pub async fn put_snapshot(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let store = event_store(&state)?;
+    let stream = stream_name(&name)?;
+    let snapshot: SnapshotBody = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "invalid-snapshot",
+            "Invalid snapshot",
+            format!(
+                "expected {{\"version\": N, \"type\": \"OrderState.v1\", \"data\": {{…}}}}: {e}"
+            ),
+        )
+    })?;
+    let data = Bytes::copy_from_slice(snapshot.data.get().as_bytes());
+    store
+        .put_snapshot(&stream, snapshot.version, &snapshot.snapshot_type, data)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "stream": stream.as_str(), "version": snapshot.version })),
+    )
+        .into_response())
+}
+
+/// `GET /v1/streams/{stream}/snapshot`: the latest snapshot (404 when there is none).
+pub async fn get_snapshot(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+) -> Result<Response, Problem> {
+    let store = event_store(&state)?;
+    let stream = stream_name(&name)?;
+    match store.get_snapshot(&stream).await? {
+        Some(snapshot) => Ok(axum::Json(snapshot).into_response()),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "snapshot-not-found",
+            "Snapshot not found",
+            format!(
+                "stream '{stream}' has no snapshot; PUT one to …/snapshot",
+                stream = stream.as_str()
+            ),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/streams/{stream}/aggregate`: the latest snapshot and the events after it.
+pub async fn aggregate(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    QueryParams(query): QueryParams<AggregateQuery>,
+) -> Result<Response, Problem> {
+    let store = event_store(&state)?;
+    let stream = stream_name(&name)?;
+    let limit = query.limit.unwrap_or(proteus_eventstore::READ_COUNT_MAX);
+    Ok(axum::Json(store.read_aggregate(&stream, limit).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeQuery {
+    /// First version (stream) or position (feed) to deliver; `end` for new events only.
+    from: Option<String>,
+    types: Option<String>,
+    stream_prefix: Option<String>,
+}
+
+/// Where a subscription is: the next version of a stream or the next position of a feed.
+struct Subscription {
+    store: Arc<dyn EventStore>,
+    state: AppState,
+    target: Target,
+    filter: ReadFilter,
+    next: u64,
+    pending: std::collections::VecDeque<RecordedEvent>,
+    keep_alive: Duration,
+    finished: bool,
+}
+
+impl Subscription {
+    /// The next event, waiting for one when caught up; `None` ends the stream (shutdown or an
+    /// error, which is sent as an `error` message first).
+    async fn next_message(&mut self) -> Option<SseEvent> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            if let Some(event) = self.pending.pop_front() {
+                let id = match self.target {
+                    Target::Stream(_) => event.version,
+                    _ => event.position,
+                };
+                let data = serde_json::to_string(&event).unwrap_or_default();
+                return Some(SseEvent::default().id(id.to_string()).data(data));
+            }
+            let read = match &self.target {
+                Target::Stream(stream) => self
+                    .store
+                    .read_stream(stream, self.next, Direction::Forward, SUBSCRIBE_READ_EVENTS)
+                    .await
+                    .map(|page| (page.events, page.next_version, page.head_position)),
+                Target::Category(category) => self
+                    .store
+                    .read_category(category, self.next, SUBSCRIBE_READ_EVENTS, &self.filter)
+                    .await
+                    .map(|page| (page.events, page.next_position, page.head_position)),
+                Target::All => self
+                    .store
+                    .read_all(
+                        self.next,
+                        Direction::Forward,
+                        SUBSCRIBE_READ_EVENTS,
+                        &self.filter,
+                    )
+                    .await
+                    .map(|page| (page.events, page.next_position, page.head_position)),
+            };
+            let (events, next, head) = match read {
+                Ok(read) => read,
+                // A stream that does not exist yet is one to wait for.
+                Err(EventStoreError::StreamNotFound { .. }) => {
+                    let head = self
+                        .store
+                        .read_all(u64::MAX, Direction::Backward, 1, &ReadFilter::default())
+                        .await
+                        .map_or(0, |page| page.head_position);
+                    (Vec::new(), self.next, head)
+                }
+                Err(error) => {
+                    self.finished = true;
+                    let problem = Problem::from(error);
+                    return Some(
+                        SseEvent::default()
+                            .event("error")
+                            .data(problem.body().to_string()),
+                    );
+                }
+            };
+            if events.is_empty() {
+                // Positions are published only once committed, so waiting past `head` cannot
+                // skip an event that commits later with a lower position.
+                let head = match self.target {
+                    // A stream's `next` is a version, not a position.
+                    Target::Stream(_) => head,
+                    _ => head.max(self.next.saturating_sub(1)),
+                };
+                tokio::select! {
+                    waited = self.store.wait_for_position(head, self.keep_alive) => {
+                        if let Err(error) = waited {
+                            self.finished = true;
+                            let problem = Problem::from(error);
+                            return Some(SseEvent::default().event("error").data(problem.body().to_string()));
+                        }
+                    }
+                    () = self.state.shutting_down() => return None,
+                }
+            }
+            self.next = next;
+            self.pending.extend(events);
+        }
+    }
+}
+
+/// `GET /v1/streams/{stream}/subscribe`: a catch-up subscription over SSE. Each message's id
+/// is the event's version (stream) or position (feed); reconnecting with `Last-Event-ID`
+/// resumes after it.
+pub async fn subscribe(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    QueryParams(query): QueryParams<SubscribeQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
+    let store = event_store(&state)?.clone();
+    let target = target(&name)?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|text| {
+            text.parse::<u64>().map_err(|_| {
+                Problem::bad_request(
+                    "invalid-cursor",
+                    "Invalid Last-Event-ID",
+                    format!("Last-Event-ID '{text}' is not a version or position number"),
+                )
+            })
+        })
+        .transpose()?;
+    let next = match (last_event_id, query.from.as_deref()) {
+        (Some(last), _) => last + 1,
+        (None, None | Some("start")) => 0,
+        (None, Some("end")) => match &target {
+            Target::Stream(stream) => match store.stream_info(stream).await {
+                Ok(info) => info.last_version.map_or(0, |v| v + 1),
+                Err(EventStoreError::StreamNotFound { .. }) => 0,
+                Err(e) => return Err(e.into()),
+            },
+            _ => {
+                let page = store
+                    .read_all(u64::MAX, Direction::Backward, 1, &ReadFilter::default())
+                    .await?;
+                page.head_position + 1
+            }
+        },
+        (None, Some(text)) => text.parse().map_err(|_| {
+            Problem::invalid_query(format!(
+                "'from' must be a version or position number, 'start' or 'end', got '{text}'"
+            ))
+        })?,
+    };
+    let filter = filter(&ReadQuery {
+        from: None,
+        direction: None,
+        limit: None,
+        types: query.types,
+        stream_prefix: query.stream_prefix,
+        wait_ms: None,
+    });
+    let keep_alive = Duration::from_millis(state.config.sse_keep_alive_ms);
+    let subscription = Subscription {
+        store,
+        state,
+        target,
+        filter,
+        next,
+        pending: std::collections::VecDeque::new(),
+        keep_alive,
+        finished: false,
+    };
+    let events = futures_util::stream::unfold(subscription, |mut subscription| async move {
+        subscription
+            .next_message()
+            .await
+            .map(|event| (Ok(event), subscription))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive)))
+}
