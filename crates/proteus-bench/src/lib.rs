@@ -22,6 +22,7 @@ mod produce;
 mod replay;
 mod report;
 mod startup;
+mod streams;
 mod targets;
 
 use clap::Subcommand;
@@ -47,6 +48,9 @@ pub enum BenchCommand {
     Consume(ConsumeArgs),
     /// OFREP flag evaluation over HTTP/1.1 keep-alive: requests/s and latency, single or bulk.
     Ofrep(OfrepArgs),
+    /// Event-sourcing appends with exact expected versions to many streams, and whole
+    /// aggregate reads, beside PostgreSQL doing the same (`--postgres`).
+    Streams(streams::StreamsArgs),
     /// The disk's own sequential fdatasync bandwidth and 4 KiB write+fdatasync latency.
     Disk(DiskArgs),
     /// Time to open the embedded log with a large log on disk (fills it first if needed).
@@ -60,6 +64,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
         BenchCommand::Replay(args) => replay::run(args).await,
         BenchCommand::Consume(args) => consume::run(args).await,
         BenchCommand::Ofrep(args) => ofrep::run(args).await,
+        BenchCommand::Streams(args) => streams::run(args).await,
         BenchCommand::Disk(args) => disk::run(args).await,
         BenchCommand::Startup(args) => startup::run(args).await,
     }

@@ -1,0 +1,510 @@
+//! `proteus bench streams`: event-sourcing appends with exact expected versions, beside
+//! PostgreSQL doing the same.
+//!
+//! **Appends.** `--connections` writers each own a slice of `--streams` streams and append
+//! `--events-per-append` events to them in turn, each append carrying the exact version the
+//! writer last saw (the optimistic-concurrency write every event-sourced command makes). Against
+//! Proteus each writer is one HTTP/1.1 keep-alive connection posting to `/v1/streams/{s}`;
+//! against PostgreSQL (`--postgres`) each is one connection running one transaction per append
+//! into a table with a unique `(stream, version)` (`synchronous_commit` on). Every append must
+//! succeed: a conflict or error stops the run, so the counts are of durable, checked writes.
+//!
+//! **Aggregate reads.** Then one stream of `--aggregate-events` events is written and loaded
+//! whole, back to back for `--seconds`: `GET /v1/streams/{s}/aggregate` against
+//! `SELECT … WHERE stream = $1 ORDER BY version`. The report gives latency percentiles.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::Output;
+use crate::limits::in_range;
+use crate::report::{latency_histogram, render_rows};
+
+#[derive(Args, Debug, Clone)]
+pub struct StreamsArgs {
+    /// The Proteus server: http://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub target: String,
+    /// Also measure PostgreSQL, e.g. postgres://postgres@127.0.0.1:5432/test.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// Distinct streams appended to.
+    #[arg(long, default_value_t = 10_000)]
+    pub streams: usize,
+    #[arg(long, default_value_t = 10)]
+    pub events_per_append: usize,
+    /// Bytes of each event's data.
+    #[arg(long, default_value_t = 100)]
+    pub event_bytes: usize,
+    /// Concurrent writers (connections).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Duration of each phase, per system.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Events of the aggregate the read phase loads.
+    #[arg(long, default_value_t = 1_000)]
+    pub aggregate_events: usize,
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+pub const STREAMS_MAX: usize = 10_000_000;
+pub const EVENTS_PER_APPEND_MAX: usize = 1_000;
+pub const EVENT_BYTES_MAX: usize = 64 * 1024;
+pub const CONNECTIONS_MAX: usize = 1_024;
+pub const SECONDS_MAX: u64 = 3_600;
+pub const AGGREGATE_EVENTS_MAX: usize = 10_000;
+
+#[derive(Debug, Serialize)]
+pub struct SystemReport {
+    pub system: String,
+    pub appends: u64,
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_s: f64,
+    pub append_p50_ms: f64,
+    pub append_p99_ms: f64,
+    pub aggregate_reads: u64,
+    pub aggregate_p50_ms: f64,
+    pub aggregate_p99_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StreamsReport {
+    pub streams: usize,
+    pub events_per_append: usize,
+    pub connections: usize,
+    pub aggregate_events: usize,
+    pub systems: Vec<SystemReport>,
+}
+
+impl StreamsReport {
+    fn table(&self) -> String {
+        let mut rows = vec![(
+            "workload",
+            format!(
+                "{} streams, {} events per append, {} connections, aggregate of {} events",
+                self.streams, self.events_per_append, self.connections, self.aggregate_events
+            ),
+        )];
+        let lines: Vec<(String, String)> = self
+            .systems
+            .iter()
+            .flat_map(|s| {
+                [
+                    (
+                        format!("{} appends", s.system),
+                        format!(
+                            "{:.0} events/s ({} events in {:.1} s), append p50 {:.2} ms, p99 {:.2} ms",
+                            s.events_per_s, s.events, s.seconds, s.append_p50_ms, s.append_p99_ms
+                        ),
+                    ),
+                    (
+                        format!("{} aggregate read", s.system),
+                        format!(
+                            "p50 {:.3} ms, p99 {:.3} ms ({} reads)",
+                            s.aggregate_p50_ms, s.aggregate_p99_ms, s.aggregate_reads
+                        ),
+                    ),
+                ]
+            })
+            .collect();
+        let mut out: Vec<(&str, String)> = rows.drain(..).collect();
+        out.extend(lines.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        render_rows(&out)
+    }
+}
+
+pub async fn run(args: StreamsArgs) -> Result<(), String> {
+    in_range("--streams", args.streams, 1, STREAMS_MAX)?;
+    in_range(
+        "--events-per-append",
+        args.events_per_append,
+        1,
+        EVENTS_PER_APPEND_MAX,
+    )?;
+    in_range("--event-bytes", args.event_bytes, 1, EVENT_BYTES_MAX)?;
+    in_range("--connections", args.connections, 1, CONNECTIONS_MAX)?;
+    in_range("--seconds", args.seconds, 1, SECONDS_MAX)?;
+    in_range(
+        "--aggregate-events",
+        args.aggregate_events,
+        1,
+        AGGREGATE_EVENTS_MAX,
+    )?;
+    if args.streams < args.connections {
+        return Err(format!(
+            "--streams ({}) must be at least --connections ({}): each writer owns its streams",
+            args.streams, args.connections
+        ));
+    }
+    let target: crate::Target = args.target.parse()?;
+    let crate::Target::Http(url) = &target else {
+        return Err(format!(
+            "streams measures Proteus over HTTP (--target http://HOST:PORT), not {target}"
+        ));
+    };
+    // Stream names unique to this run, so runs against one server do not collide.
+    let run = uuid::Uuid::now_v7().simple().to_string()[..12].to_owned();
+    let mut systems = vec![proteus::measure(url, &run, &args).await?];
+    if let Some(postgres) = &args.postgres {
+        systems.push(postgres::measure(postgres, &args).await?);
+    }
+    let report = StreamsReport {
+        streams: args.streams,
+        events_per_append: args.events_per_append,
+        connections: args.connections,
+        aggregate_events: args.aggregate_events,
+        systems,
+    };
+    crate::report::print(args.output, &report, StreamsReport::table);
+    Ok(())
+}
+
+/// The data of every event: a JSON object of about `bytes` bytes.
+fn event_data(bytes: usize) -> String {
+    json!({ "payload": "x".repeat(bytes.saturating_sub(16)) }).to_string()
+}
+
+fn ms(histogram: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
+    histogram.value_at_quantile(q) as f64 / 1_000.0
+}
+
+mod proteus {
+    use super::*;
+
+    async fn connect(
+        authority: &str,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+        let stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("setting TCP_NODELAY failed: {e}"))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {authority} failed: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                eprintln!("connection error: {e:?}");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send(
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
+        // The connection finishes the previous exchange before it takes the next request.
+        sender
+            .ready()
+            .await
+            .map_err(|e| format!("the connection closed: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("a request failed: {e:?}"))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading an answer failed: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    fn append_request(
+        authority: &str,
+        stream: &str,
+        expected: Option<u64>,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, String> {
+        let expected = expected.map_or("no_stream".to_owned(), |v| v.to_string());
+        Request::post(format!("/v1/streams/{stream}?expected_version={expected}"))
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| format!("building a request failed: {e}"))
+    }
+
+    fn events_body(events: usize, data: &str) -> Bytes {
+        let events: Vec<String> = (0..events)
+            .map(|_| {
+                format!(
+                    r#"{{"id":"{}","type":"BenchEvent","data":{data}}}"#,
+                    uuid::Uuid::now_v7()
+                )
+            })
+            .collect();
+        Bytes::from(format!("[{}]", events.join(",")))
+    }
+
+    pub async fn measure(url: &str, run: &str, args: &StreamsArgs) -> Result<SystemReport, String> {
+        let authority = url
+            .strip_prefix("http://")
+            .unwrap_or(url)
+            .trim_end_matches('/')
+            .to_owned();
+        let data = event_data(args.event_bytes);
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for writer in 0..args.connections {
+            let (authority, data, run) = (authority.clone(), data.clone(), run.to_owned());
+            let (streams, per_append, connections) =
+                (args.streams, args.events_per_append, args.connections);
+            tasks.push(tokio::spawn(async move {
+                let mut sender = connect(&authority).await?;
+                let owned: Vec<usize> = (writer..streams).step_by(connections).collect();
+                let mut versions: Vec<Option<u64>> = vec![None; owned.len()];
+                let mut histogram = latency_histogram();
+                let mut appends = 0u64;
+                let mut turn = 0usize;
+                while Instant::now() < deadline {
+                    let slot = turn % owned.len();
+                    turn += 1;
+                    let stream = format!("bench{run}-{}", owned[slot]);
+                    let request = append_request(
+                        &authority,
+                        &stream,
+                        versions[slot],
+                        events_body(per_append, &data),
+                    )?;
+                    let sent = Instant::now();
+                    let (status, body) = send(&mut sender, request).await?;
+                    histogram.saturating_record((sent.elapsed().as_micros() as u64).max(1));
+                    if status != hyper::StatusCode::CREATED {
+                        return Err(format!(
+                            "an append to {stream} was answered {status}: {}",
+                            String::from_utf8_lossy(&body[..body.len().min(300)])
+                        ));
+                    }
+                    versions[slot] = Some(
+                        versions[slot].map_or(per_append as u64 - 1, |v| v + per_append as u64),
+                    );
+                    appends += 1;
+                }
+                Ok::<_, String>((appends, histogram))
+            }));
+        }
+        let mut histogram = latency_histogram();
+        let mut appends = 0;
+        for task in tasks {
+            let (count, latencies) = task
+                .await
+                .map_err(|e| format!("a writer task failed: {e}"))??;
+            appends += count;
+            histogram
+                .add(&latencies)
+                .map_err(|e| format!("merging latencies failed: {e}"))?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let events = appends * args.events_per_append as u64;
+
+        // The aggregate: written in appends of at most 1,000, then loaded whole repeatedly.
+        let mut sender = connect(&authority).await?;
+        let stream = format!("bench{run}-aggregate");
+        let mut expected = None;
+        let mut written = 0;
+        while written < args.aggregate_events {
+            let count = (args.aggregate_events - written).min(1_000);
+            let request = append_request(&authority, &stream, expected, events_body(count, &data))?;
+            let (status, body) = send(&mut sender, request).await?;
+            if status != hyper::StatusCode::CREATED {
+                return Err(format!(
+                    "writing the aggregate was answered {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                ));
+            }
+            written += count;
+            expected = Some(written as u64 - 1);
+        }
+        let mut reads = latency_histogram();
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        while Instant::now() < deadline {
+            let request = Request::get(format!("/v1/streams/{stream}/aggregate"))
+                .header(hyper::header::HOST, &authority)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| format!("building a request failed: {e}"))?;
+            let sent = Instant::now();
+            let (status, body) = send(&mut sender, request).await?;
+            reads.saturating_record((sent.elapsed().as_micros() as u64).max(1));
+            if status != hyper::StatusCode::OK {
+                return Err(format!("an aggregate read was answered {status}"));
+            }
+            // Check the whole aggregate came back, not an error or a page of it.
+            let aggregate: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| format!("an aggregate read is not JSON: {e}"))?;
+            let loaded = aggregate["events"].as_array().map_or(0, Vec::len);
+            if loaded != args.aggregate_events {
+                return Err(format!(
+                    "an aggregate read returned {loaded} events, not {}",
+                    args.aggregate_events
+                ));
+            }
+        }
+        Ok(SystemReport {
+            system: "proteus".into(),
+            appends,
+            events,
+            seconds,
+            events_per_s: events as f64 / seconds,
+            append_p50_ms: ms(&histogram, 0.5),
+            append_p99_ms: ms(&histogram, 0.99),
+            aggregate_reads: reads.len(),
+            aggregate_p50_ms: ms(&reads, 0.5),
+            aggregate_p99_ms: ms(&reads, 0.99),
+        })
+    }
+}
+
+mod postgres {
+    use tokio_postgres::NoTls;
+
+    use super::*;
+
+    const TABLE: &str = "proteus_bench_streams";
+
+    async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
+        let shown = crate::targets::redact(url);
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(|e| {
+            format!(
+                "cannot reach PostgreSQL at {shown}: {e}; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` or fix --postgres"
+            )
+        })?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    pub async fn measure(url: &str, args: &StreamsArgs) -> Result<SystemReport, String> {
+        let setup = connect(url).await?;
+        setup
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {TABLE}; \
+                 CREATE TABLE {TABLE} (position bigserial, stream text NOT NULL, version bigint NOT NULL, \
+                   id uuid NOT NULL, type text NOT NULL, data jsonb NOT NULL, \
+                   PRIMARY KEY (stream, version))"
+            ))
+            .await
+            .map_err(|e| format!("creating {TABLE} failed: {e}"))?;
+        let data: serde_json::Value =
+            serde_json::from_str(&event_data(args.event_bytes)).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for writer in 0..args.connections {
+            let (url, data) = (url.to_owned(), data.clone());
+            let (streams, per_append, connections) =
+                (args.streams, args.events_per_append, args.connections);
+            tasks.push(tokio::spawn(async move {
+                let mut client = connect(&url).await?;
+                let insert = client
+                    .prepare(&format!(
+                        "INSERT INTO {TABLE} (stream, version, id, type, data) \
+                         SELECT $1, v, gen_random_uuid(), 'BenchEvent', $3 FROM generate_series($2::bigint, $2::bigint + $4 - 1) AS v"
+                    ))
+                    .await
+                    .map_err(|e| format!("preparing the insert failed: {e}"))?;
+                let owned: Vec<usize> = (writer..streams).step_by(connections).collect();
+                let mut next_versions = vec![0i64; owned.len()];
+                let mut histogram = latency_histogram();
+                let mut appends = 0u64;
+                let mut turn = 0usize;
+                while Instant::now() < deadline {
+                    let slot = turn % owned.len();
+                    turn += 1;
+                    let stream = format!("bench-{}", owned[slot]);
+                    let sent = Instant::now();
+                    // One transaction per append: the unique (stream, version) is the
+                    // expected-version check.
+                    let transaction = client
+                        .transaction()
+                        .await
+                        .map_err(|e| format!("BEGIN failed: {e}"))?;
+                    transaction
+                        .execute(&insert, &[&stream, &next_versions[slot], &data, &(per_append as i64)])
+                        .await
+                        .map_err(|e| format!("an append to {stream} failed: {e}"))?;
+                    transaction
+                        .commit()
+                        .await
+                        .map_err(|e| format!("COMMIT failed: {e}"))?;
+                    histogram.saturating_record((sent.elapsed().as_micros() as u64).max(1));
+                    next_versions[slot] += per_append as i64;
+                    appends += 1;
+                }
+                Ok::<_, String>((appends, histogram))
+            }));
+        }
+        let mut histogram = latency_histogram();
+        let mut appends = 0;
+        for task in tasks {
+            let (count, latencies) = task
+                .await
+                .map_err(|e| format!("a writer task failed: {e}"))??;
+            appends += count;
+            histogram
+                .add(&latencies)
+                .map_err(|e| format!("merging latencies failed: {e}"))?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let events = appends * args.events_per_append as u64;
+
+        setup
+            .execute(
+                &format!(
+                    "INSERT INTO {TABLE} (stream, version, id, type, data) \
+                     SELECT 'aggregate', v, gen_random_uuid(), 'BenchEvent', $1 FROM generate_series(0, $2::bigint - 1) AS v"
+                ),
+                &[&data, &(args.aggregate_events as i64)],
+            )
+            .await
+            .map_err(|e| format!("writing the aggregate failed: {e}"))?;
+        let select = setup
+            .prepare(&format!(
+                "SELECT position, version, id, type, data FROM {TABLE} WHERE stream = 'aggregate' ORDER BY version"
+            ))
+            .await
+            .map_err(|e| format!("preparing the read failed: {e}"))?;
+        let mut reads = latency_histogram();
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        while Instant::now() < deadline {
+            let sent = Instant::now();
+            let rows = setup
+                .query(&select, &[])
+                .await
+                .map_err(|e| format!("an aggregate read failed: {e}"))?;
+            reads.saturating_record((sent.elapsed().as_micros() as u64).max(1));
+            if rows.len() != args.aggregate_events {
+                return Err(format!("an aggregate read returned {} rows", rows.len()));
+            }
+        }
+        setup
+            .batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
+            .await
+            .map_err(|e| format!("dropping {TABLE} failed: {e}"))?;
+        Ok(SystemReport {
+            system: "postgresql".into(),
+            appends,
+            events,
+            seconds,
+            events_per_s: events as f64 / seconds,
+            append_p50_ms: ms(&histogram, 0.5),
+            append_p99_ms: ms(&histogram, 0.99),
+            aggregate_reads: reads.len(),
+            aggregate_p50_ms: ms(&reads, 0.5),
+            aggregate_p99_ms: ms(&reads, 0.99),
+        })
+    }
+}
