@@ -156,7 +156,7 @@ pub async fn run(args: StreamsArgs) -> Result<(), String> {
     let run = uuid::Uuid::now_v7().simple().to_string()[..12].to_owned();
     let mut systems = vec![proteus::measure(url, &run, &args).await?];
     if let Some(postgres) = &args.postgres {
-        systems.push(postgres::measure(postgres, &args).await?);
+        systems.push(postgres::measure(postgres, &run, &args).await?);
     }
     let report = StreamsReport {
         streams: args.streams,
@@ -374,8 +374,6 @@ mod postgres {
 
     use super::*;
 
-    const TABLE: &str = "proteus_bench_streams";
-
     async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
         let shown = crate::targets::redact(url);
         let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(|e| {
@@ -387,31 +385,33 @@ mod postgres {
         Ok(client)
     }
 
-    pub async fn measure(url: &str, args: &StreamsArgs) -> Result<SystemReport, String> {
+    pub async fn measure(url: &str, run: &str, args: &StreamsArgs) -> Result<SystemReport, String> {
+        // A table of this run's own (the run id is lower-case hex), dropped at the end.
+        let table = format!("proteus_bench_streams_{run}");
         let setup = connect(url).await?;
         setup
             .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {TABLE}; \
-                 CREATE TABLE {TABLE} (position bigserial, stream text NOT NULL, version bigint NOT NULL, \
+                "DROP table IF EXISTS {table}; \
+                 CREATE table {table} (position bigserial, stream text NOT NULL, version bigint NOT NULL, \
                    id uuid NOT NULL, type text NOT NULL, data jsonb NOT NULL, \
                    PRIMARY KEY (stream, version))"
             ))
             .await
-            .map_err(|e| format!("creating {TABLE} failed: {e}"))?;
+            .map_err(|e| format!("creating {table} failed: {e}"))?;
         let data: serde_json::Value =
             serde_json::from_str(&event_data(args.event_bytes)).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(args.seconds);
         let started = Instant::now();
         let mut tasks = Vec::new();
         for writer in 0..args.connections {
-            let (url, data) = (url.to_owned(), data.clone());
+            let (url, data, table) = (url.to_owned(), data.clone(), table.clone());
             let (streams, per_append, connections) =
                 (args.streams, args.events_per_append, args.connections);
             tasks.push(tokio::spawn(async move {
                 let mut client = connect(&url).await?;
                 let insert = client
                     .prepare(&format!(
-                        "INSERT INTO {TABLE} (stream, version, id, type, data) \
+                        "INSERT INTO {table} (stream, version, id, type, data) \
                          SELECT $1, v, gen_random_uuid(), 'BenchEvent', $3 FROM generate_series($2::bigint, $2::bigint + $4 - 1) AS v"
                     ))
                     .await
@@ -464,7 +464,7 @@ mod postgres {
         setup
             .execute(
                 &format!(
-                    "INSERT INTO {TABLE} (stream, version, id, type, data) \
+                    "INSERT INTO {table} (stream, version, id, type, data) \
                      SELECT 'aggregate', v, gen_random_uuid(), 'BenchEvent', $1 FROM generate_series(0, $2::bigint - 1) AS v"
                 ),
                 &[&data, &(args.aggregate_events as i64)],
@@ -473,7 +473,7 @@ mod postgres {
             .map_err(|e| format!("writing the aggregate failed: {e}"))?;
         let select = setup
             .prepare(&format!(
-                "SELECT position, version, id, type, data FROM {TABLE} WHERE stream = 'aggregate' ORDER BY version"
+                "SELECT position, version, id, type, data FROM {table} WHERE stream = 'aggregate' ORDER BY version"
             ))
             .await
             .map_err(|e| format!("preparing the read failed: {e}"))?;
@@ -491,9 +491,9 @@ mod postgres {
             }
         }
         setup
-            .batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
+            .batch_execute(&format!("DROP table IF EXISTS {table}"))
             .await
-            .map_err(|e| format!("dropping {TABLE} failed: {e}"))?;
+            .map_err(|e| format!("dropping {table} failed: {e}"))?;
         Ok(SystemReport {
             system: "postgresql".into(),
             appends,

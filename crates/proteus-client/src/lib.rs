@@ -16,6 +16,7 @@
 mod flags;
 mod groups;
 mod local_flags;
+mod schemas;
 mod streams;
 
 use std::time::Duration;

@@ -190,30 +190,31 @@ impl SchemaError {
         }
     }
 
-    /// A stable, machine-readable name of the error (for problem types and metrics).
+    /// A stable, machine-readable name of the error, kebab-case like every problem type of the
+    /// HTTP API (`/problems/{code}`).
     pub fn code(&self) -> &'static str {
         use SchemaError::*;
         match self {
-            InvalidName(_) => "invalid_event_type_name",
-            SchemaTooLarge { .. } => "schema_too_large",
-            InvalidSchema { .. } => "invalid_schema",
-            UnknownEventType { .. } => "unknown_event_type",
-            UnregisteredEventType { .. } => "unregistered_event_type",
-            UnknownVersion { .. } => "unknown_version",
-            Incompatible { .. } => "incompatible_schema",
-            UpcasterMissing { .. } => "upcaster_missing",
-            UpcasterVersions { .. } => "upcaster_versions",
-            InvalidUpcaster { .. } => "invalid_upcaster",
-            UpcasterConflict { .. } => "upcaster_conflict",
-            UpcasterExampleRejected { .. } => "upcaster_example_rejected",
-            TooManyVersions { .. } => "too_many_versions",
-            TooManyEventTypes { .. } => "too_many_event_types",
-            Invalid { .. } => "schema_violation",
-            UpcastFailed { .. } => "upcast_failed",
-            UpcastGap { .. } => "upcast_gap",
-            UpcastBackwards { .. } => "upcast_backwards",
-            ChangeOutOfOrder { .. } => "change_out_of_order",
-            InvalidLimits(_) => "invalid_limits",
+            InvalidName(_) => "invalid-event-type-name",
+            SchemaTooLarge { .. } => "schema-too-large",
+            InvalidSchema { .. } => "invalid-schema",
+            UnknownEventType { .. } => "unknown-event-type",
+            UnregisteredEventType { .. } => "unregistered-event-type",
+            UnknownVersion { .. } => "unknown-version",
+            Incompatible { .. } => "incompatible-schema",
+            UpcasterMissing { .. } => "upcaster-missing",
+            UpcasterVersions { .. } => "upcaster-versions",
+            InvalidUpcaster { .. } => "invalid-upcaster",
+            UpcasterConflict { .. } => "upcaster-conflict",
+            UpcasterExampleRejected { .. } => "upcaster-example-rejected",
+            TooManyVersions { .. } => "too-many-versions",
+            TooManyEventTypes { .. } => "too-many-event-types",
+            Invalid { .. } => "schema-violation",
+            UpcastFailed { .. } => "upcast-failed",
+            UpcastGap { .. } => "upcast-gap",
+            UpcastBackwards { .. } => "upcast-backwards",
+            ChangeOutOfOrder { .. } => "change-out-of-order",
+            InvalidLimits(_) => "invalid-limits",
         }
     }
 }

@@ -21,6 +21,7 @@ mod groups;
 mod metrics_layer;
 pub mod ofrep;
 mod problem;
+mod schemas;
 mod stream;
 mod streams;
 mod topics;
@@ -75,6 +76,8 @@ pub struct AppState {
     pub flags: FlagService,
     /// The event store behind `/v1/streams`; without one those routes answer 503.
     pub events: Option<Arc<dyn proteus_eventstore::EventStore>>,
+    /// The schema registry behind `/v1/schemas`, validating appends and upcasting reads.
+    pub schemas: Option<proteus_schemas_service::SchemaService>,
     pub config: HttpConfig,
     pub metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
@@ -116,6 +119,7 @@ impl AppState {
             groups,
             flags,
             events: None,
+            schemas: None,
             config,
             metrics: install_metrics_recorder(),
             ready: ready.clone(),
@@ -131,6 +135,12 @@ impl AppState {
     /// Serves `/v1/streams` from `events`.
     pub fn with_event_store(mut self, events: Arc<dyn proteus_eventstore::EventStore>) -> Self {
         self.events = Some(events);
+        self
+    }
+
+    /// Serves `/v1/schemas` and checks appends against it.
+    pub fn with_schemas(mut self, schemas: proteus_schemas_service::SchemaService) -> Self {
+        self.schemas = Some(schemas);
         self
     }
 
@@ -229,6 +239,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/streams/{stream}/aggregate", get(streams::aggregate))
         .route("/v1/streams/{stream}/subscribe", get(streams::subscribe))
+        .route("/v1/schemas", get(schemas::list))
+        .route(
+            "/v1/schemas/{event_type}",
+            get(schemas::get_type).post(schemas::register),
+        )
+        .route("/v1/schemas/{event_type}/check", post(schemas::check))
+        .route(
+            "/v1/schemas/{event_type}/mode",
+            axum::routing::put(schemas::set_mode),
+        )
+        .route(
+            "/v1/schemas/{event_type}/versions/{version}",
+            get(schemas::get_version),
+        )
         .route("/v1/flagsets", get(flagsets::list))
         .route(
             "/v1/flagsets/{set}",

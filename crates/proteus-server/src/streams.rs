@@ -23,6 +23,7 @@ use proteus_eventstore::{
     Category, Direction, ErrorKind, EventStore, EventStoreError, ExpectedVersion, ProposedEvent,
     ReadFilter, RecordedEvent, StreamName,
 };
+use proteus_schemas::AppendCheck;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -199,6 +200,73 @@ fn parse_append(body: &Bytes) -> Result<(Option<String>, Vec<ProposedEvent>), Pr
     Ok((expected, events))
 }
 
+/// Checks each event against its type's schema (the version it declares, else the latest) and
+/// records the version it was validated with, so reads can upcast it later. Types without a
+/// schema pass under the lenient policy and are refused under the strict one.
+fn validate_events(state: &AppState, events: &mut [ProposedEvent]) -> Result<(), Problem> {
+    let Some(schemas) = &state.schemas else {
+        return Ok(());
+    };
+    let registry = schemas.registry();
+    for (index, event) in events.iter_mut().enumerate() {
+        let data: Value = serde_json::from_slice(&event.data).unwrap_or(Value::Null);
+        match registry.check_append(
+            schemas.policy(),
+            &event.event_type,
+            event.schema_version,
+            &data,
+        ) {
+            Ok(AppendCheck::Validated { version }) => event.schema_version = Some(version),
+            Ok(AppendCheck::Unchecked) => {}
+            Err(error) => {
+                let mut problem = Problem::from(error);
+                problem.detail = format!(
+                    "event {index} (id '{}', type '{}'): {}",
+                    event.id, event.event_type, problem.detail
+                );
+                return Err(problem.with("index", index));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns events written with an older schema version into the latest one, so consumers
+/// written for the latest version read every event. An event that cannot be upcast fails the
+/// read with its position: never skipped.
+pub(crate) fn upcast_events(state: &AppState, events: &mut [RecordedEvent]) -> Result<(), Problem> {
+    let Some(schemas) = &state.schemas else {
+        return Ok(());
+    };
+    let registry = schemas.registry();
+    for event in events.iter_mut() {
+        let Some(version) = event.schema_version else {
+            continue;
+        };
+        let Ok(name) = proteus_schemas::EventTypeName::parse(&event.event_type) else {
+            continue;
+        };
+        let Ok(latest) = registry.latest(&name) else {
+            continue;
+        };
+        if latest.version <= version {
+            continue;
+        }
+        let data: Value = serde_json::from_slice(&event.data).unwrap_or(Value::Null);
+        let (to, data) = registry.upcast(&name, version, data).map_err(|error| {
+            let mut problem = Problem::from(error);
+            problem.detail = format!(
+                "event at position {} ({} version {}) cannot be upcast: {}; read with upcast=false to get it as written",
+                event.position, event.stream.as_str(), event.version, problem.detail
+            );
+            problem.with("position", event.position)
+        })?;
+        event.data = Bytes::from(data.to_string());
+        event.schema_version = Some(to);
+    }
+    Ok(())
+}
+
 /// `POST /v1/streams/{stream}`: appends atomically; 201, or 200 for a recognised retry.
 pub async fn append(
     State(state): State<AppState>,
@@ -215,6 +283,8 @@ pub async fn append(
         ));
     }
     let expected = expected_version(query.expected_version.or(body_expected).as_deref())?;
+    let mut events = events;
+    validate_events(&state, &mut events)?;
     let outcome = store.append(&stream, expected, events).await?;
     let status = if outcome.duplicate {
         StatusCode::OK
@@ -239,6 +309,8 @@ pub struct ReadQuery {
     stream_prefix: Option<String>,
     /// Forward reads at the end wait this long for new events (long polling).
     wait_ms: Option<u64>,
+    /// `false` returns events as written instead of upcast to the latest schema version.
+    upcast: Option<bool>,
 }
 
 fn read_from(query: &ReadQuery, direction: Direction) -> Result<u64, Problem> {
@@ -309,21 +381,28 @@ pub async fn read(
     let filter = filter(&query);
     let mut waited = false;
     loop {
+        let upcast = |events: &mut [RecordedEvent]| match query.upcast {
+            Some(false) => Ok(()),
+            _ => upcast_events(&state, events),
+        };
         let (body, empty_at_end, head) = match &target {
             Target::Stream(stream) => {
-                let page = store.read_stream(stream, from, direction, limit).await?;
+                let mut page = store.read_stream(stream, from, direction, limit).await?;
+                upcast(&mut page.events)?;
                 let empty = page.events.is_empty();
                 let head = page.head_position;
                 (serde_json::to_value(page), empty, head)
             }
             Target::Category(category) => {
-                let page = store.read_category(category, from, limit, &filter).await?;
+                let mut page = store.read_category(category, from, limit, &filter).await?;
+                upcast(&mut page.events)?;
                 let empty = page.events.is_empty() && page.is_end;
                 let head = page.head_position;
                 (serde_json::to_value(page), empty, head)
             }
             Target::All => {
-                let page = store.read_all(from, direction, limit, &filter).await?;
+                let mut page = store.read_all(from, direction, limit, &filter).await?;
+                upcast(&mut page.events)?;
                 let empty = page.events.is_empty() && page.is_end;
                 let head = page.head_position;
                 (serde_json::to_value(page), empty, head)
@@ -438,6 +517,7 @@ pub async fn get_snapshot(
 #[serde(deny_unknown_fields)]
 pub struct AggregateQuery {
     limit: Option<usize>,
+    upcast: Option<bool>,
 }
 
 /// `GET /v1/streams/{stream}/aggregate`: the latest snapshot and the events after it.
@@ -449,7 +529,11 @@ pub async fn aggregate(
     let store = event_store(&state)?;
     let stream = stream_name(&name)?;
     let limit = query.limit.unwrap_or(proteus_eventstore::READ_COUNT_MAX);
-    Ok(axum::Json(store.read_aggregate(&stream, limit).await?).into_response())
+    let mut aggregate = store.read_aggregate(&stream, limit).await?;
+    if query.upcast != Some(false) {
+        upcast_events(&state, &mut aggregate.events)?;
+    }
+    Ok(axum::Json(aggregate).into_response())
 }
 
 #[derive(Deserialize)]
@@ -459,6 +543,7 @@ pub struct SubscribeQuery {
     from: Option<String>,
     types: Option<String>,
     stream_prefix: Option<String>,
+    upcast: Option<bool>,
 }
 
 /// Where a subscription is: the next version of a stream or the next position of a feed.
@@ -471,6 +556,7 @@ struct Subscription {
     pending: std::collections::VecDeque<RecordedEvent>,
     keep_alive: Duration,
     finished: bool,
+    upcast: bool,
 }
 
 impl Subscription {
@@ -551,6 +637,17 @@ impl Subscription {
                     () = self.state.shutting_down() => return None,
                 }
             }
+            let mut events = events;
+            if self.upcast
+                && let Err(problem) = upcast_events(&self.state, &mut events)
+            {
+                self.finished = true;
+                return Some(
+                    SseEvent::default()
+                        .event("error")
+                        .data(problem.body().to_string()),
+                );
+            }
             self.next = next;
             self.pending.extend(events);
         }
@@ -610,6 +707,7 @@ pub async fn subscribe(
         types: query.types,
         stream_prefix: query.stream_prefix,
         wait_ms: None,
+        upcast: None,
     });
     let keep_alive = Duration::from_millis(state.config.sse_keep_alive_ms);
     let subscription = Subscription {
@@ -621,6 +719,7 @@ pub async fn subscribe(
         pending: std::collections::VecDeque::new(),
         keep_alive,
         finished: false,
+        upcast: query.upcast != Some(false),
     };
     let events = futures_util::stream::unfold(subscription, |mut subscription| async move {
         subscription

@@ -3,6 +3,7 @@
 mod cli;
 mod flags_cli;
 mod group_cli;
+mod schema_cli;
 mod serve;
 mod settings;
 mod stream_cli;
@@ -58,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: stream_cli::StreamCommand,
     },
+    /// Event schemas: register versions (with upcasters), check compatibility, list, set modes.
+    Schema {
+        #[command(subcommand)]
+        command: schema_cli::SchemaCommand,
+    },
     /// Measure Proteus and its peers (NATS JetStream, Redis, PostgreSQL) on this machine.
     Bench {
         #[command(subcommand)]
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
             Command::Dlq { command } => group_cli::dlq(command).await,
             Command::Flags { command } => flags_cli::flags(command).await,
             Command::Stream { command } => stream_cli::stream(command).await,
+            Command::Schema { command } => schema_cli::schema(command).await,
             Command::Bench { command } => proteus_bench::run(command).await,
         }
     });

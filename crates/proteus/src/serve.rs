@@ -13,6 +13,8 @@ use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_service::{GroupService, ServiceConfig};
 use proteus_log::port::Log;
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
+use proteus_schemas_service::SchemaService;
+use proteus_schemas_service::proteus_schemas::{RegistryConfig, SchemaPolicy};
 use proteus_server::ofrep::ApiKey;
 use proteus_server::{AppState, HttpConfig};
 
@@ -99,6 +101,14 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             )
         })?,
     );
+    let policy = if settings.schema_policy_strict {
+        SchemaPolicy::Strict
+    } else {
+        SchemaPolicy::Lenient
+    };
+    let schemas = SchemaService::open(log.clone(), RegistryConfig::default(), policy)
+        .await
+        .map_err(|e| format!("cannot load the schema registry: {e}"))?;
     let flag_api_keys = settings
         .flag_api_keys
         .iter()
@@ -118,7 +128,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             ..HttpConfig::default()
         },
     );
-    let state = state.with_event_store(events.clone());
+    let state = state.with_event_store(events.clone()).with_schemas(schemas);
     tracing::info!(
         address = %format!("http://{address}"),
         data_dir = %settings.data_dir.display(),

@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// loses at most this much usage) [default: 60000].
     #[arg(long, env = "PROTEUS_FLAG_USAGE_FLUSH_MS", value_name = "MS")]
     pub flag_usage_flush_ms: Option<u64>,
+    /// Appends of event types without a registered schema: `lenient` accepts them, `strict`
+    /// refuses them [default: lenient].
+    #[arg(long, env = "PROTEUS_SCHEMA_POLICY", value_name = "POLICY")]
+    pub schema_policy: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -124,6 +128,7 @@ struct FileSettings {
     flag_api_keys: Option<Vec<FlagApiKey>>,
     flag_exposure_sample_rate: Option<f64>,
     flag_usage_flush_ms: Option<u64>,
+    schema_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -141,6 +146,8 @@ pub struct Settings {
     pub flag_api_keys: Vec<FlagApiKey>,
     pub flag_exposure_sample_rate: f64,
     pub flag_usage_flush_ms: u64,
+    /// `true`: appends of event types without a schema are refused.
+    pub schema_policy_strict: bool,
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
@@ -203,6 +210,20 @@ impl Settings {
                 .flag_usage_flush_ms
                 .or(file.flag_usage_flush_ms)
                 .unwrap_or(60_000),
+            schema_policy_strict: match args
+                .schema_policy
+                .or(file.schema_policy)
+                .as_deref()
+                .unwrap_or("lenient")
+            {
+                "lenient" => false,
+                "strict" => true,
+                other => {
+                    return Err(format!(
+                        "schema_policy must be 'lenient' or 'strict', got '{other}'"
+                    ));
+                }
+            },
         };
         settings.validate()?;
         Ok(settings)

@@ -36,7 +36,7 @@ fn registering_the_same_schema_again_returns_its_version() {
         steps: vec![],
     };
     let error = registry.register(&t, v2, Some(other)).unwrap_err();
-    assert_eq!(error.code(), "upcaster_conflict");
+    assert_eq!(error.code(), "upcaster-conflict");
     assert_eq!(error.status(), 409);
 }
 
@@ -53,7 +53,7 @@ fn a_breaking_change_without_upcaster_leaves_a_gap_and_is_refused() {
     assert!(report.compatible, "mode NONE checks nothing");
     assert!(report.upcaster_required);
     let error = registry.register(&t, v2.clone(), None).unwrap_err();
-    assert_eq!(error.code(), "upcaster_missing");
+    assert_eq!(error.code(), "upcaster-missing");
     let text = error.to_string();
     assert!(
         text.contains("upcaster from version 1 to 2 is missing"),
@@ -106,7 +106,7 @@ fn the_first_version_has_no_upcaster() {
     let error = registry
         .register(&t, json!({"type": "object"}), Some(upcaster))
         .unwrap_err();
-    assert_eq!(error.code(), "invalid_upcaster");
+    assert_eq!(error.code(), "invalid-upcaster");
 }
 
 #[test]
@@ -203,7 +203,7 @@ fn modes_are_per_type_with_a_default() {
     assert_eq!(list[0].latest_version, None);
     assert_eq!(
         registry.latest(&b).unwrap_err().code(),
-        "unknown_event_type"
+        "unknown-event-type"
     );
 }
 
@@ -267,7 +267,7 @@ fn limits_are_enforced_with_their_names() {
     let error = registry
         .register(&t, json!({"title": "v4"}), Some(upcaster))
         .unwrap_err();
-    assert_eq!(error.code(), "too_many_versions");
+    assert_eq!(error.code(), "too-many-versions");
     assert!(
         error.to_string().contains("already has 3 versions"),
         "{error}"
@@ -279,13 +279,13 @@ fn limits_are_enforced_with_their_names() {
     let error = registry
         .register(&super::name("V"), json!({}), None)
         .unwrap_err();
-    assert_eq!(error.code(), "too_many_event_types");
+    assert_eq!(error.code(), "too-many-event-types");
     assert_eq!(
         registry
             .set_mode(&super::name("V"), CompatibilityMode::None)
             .unwrap_err()
             .code(),
-        "too_many_event_types"
+        "too-many-event-types"
     );
 
     let tiny = RegistryLimits {
@@ -321,14 +321,14 @@ fn appends_follow_the_schema_policy() {
                 .check_append(policy, "OrderPlaced", Some(1), &bad)
                 .unwrap_err()
                 .code(),
-            "schema_violation"
+            "schema-violation"
         );
         assert_eq!(
             registry
                 .check_append(policy, "OrderPlaced", Some(9), &good)
                 .unwrap_err()
                 .code(),
-            "unknown_version"
+            "unknown-version"
         );
     }
     assert_eq!(

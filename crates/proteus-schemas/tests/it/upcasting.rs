@@ -135,7 +135,7 @@ fn without_upcasters_the_rename_is_refused_in_backward_mode() {
     registry.register(&t, v1(), None).unwrap();
     let error = registry.register(&t, v2(), None).unwrap_err();
     let text = error.to_string();
-    assert_eq!(error.code(), "incompatible_schema", "{text}");
+    assert_eq!(error.code(), "incompatible-schema", "{text}");
     assert!(text.contains("/properties/customerId"), "{text}");
 }
 
@@ -259,7 +259,7 @@ fn upcasters_with_bad_steps_are_refused_at_registration() {
         let error = registry
             .register(&t, json!({"type": "object", "title": "2"}), Some(upcaster))
             .unwrap_err();
-        assert_eq!(error.code(), "invalid_upcaster", "{error}");
+        assert_eq!(error.code(), "invalid-upcaster", "{error}");
         assert!(
             format!("{error:?}").contains(expected),
             "{error:?} should contain {expected}"
@@ -286,7 +286,7 @@ fn old_examples_must_survive_the_upcaster() {
     let mut upcaster = v1_to_v2();
     upcaster.steps.pop();
     let error = registry.register(&t, v2(), Some(upcaster)).unwrap_err();
-    assert_eq!(error.code(), "upcaster_example_rejected", "{error}");
+    assert_eq!(error.code(), "upcaster-example-rejected", "{error}");
     assert!(
         error.to_string().contains("example 0 of version 1"),
         "{error}"
@@ -315,7 +315,7 @@ fn upcasting_outside_the_versions_names_them() {
         "{error}"
     );
     let error = registry.upcast_to(&t, 3, 1, json!({})).unwrap_err();
-    assert_eq!(error.code(), "upcast_backwards");
+    assert_eq!(error.code(), "upcast-backwards");
     let error = registry
         .upcast(&super::name("Nope"), 1, json!({}))
         .unwrap_err();

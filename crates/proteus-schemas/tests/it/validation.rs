@@ -105,7 +105,7 @@ fn bad_schemas_are_refused_with_the_reason() {
     let error = registry
         .register(&t, json!({"type": "strin"}), None)
         .unwrap_err();
-    assert_eq!(error.code(), "invalid_schema");
+    assert_eq!(error.code(), "invalid-schema");
     assert!(
         error.to_string().contains("not a valid JSON Schema"),
         "{error}"
@@ -120,7 +120,7 @@ fn bad_schemas_are_refused_with_the_reason() {
     let error = registry
         .register(&t, json!({"$ref": "https://example.com/order.json"}), None)
         .unwrap_err();
-    assert_eq!(error.code(), "invalid_schema");
+    assert_eq!(error.code(), "invalid-schema");
     let error = registry
         .register(&t, json!({"$ref": "other.json"}), None)
         .unwrap_err();

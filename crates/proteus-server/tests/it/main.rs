@@ -5,6 +5,7 @@ mod flags;
 mod groups;
 mod problems;
 mod read;
+mod schemas;
 mod stream;
 mod streams;
 mod support;

@@ -63,7 +63,14 @@ impl TestServer {
             proteus_eventstore_embedded::EmbeddedEventStore::open(dir, Default::default()).unwrap(),
         );
         let (state, signal) = AppState::new(log.clone(), groups.clone(), flags, config);
-        let state = state.with_event_store(events.clone());
+        let schemas = proteus_schemas_service::SchemaService::open(
+            log.clone(),
+            Default::default(),
+            proteus_schemas::SchemaPolicy::Lenient,
+        )
+        .await
+        .unwrap();
+        let state = state.with_event_store(events.clone()).with_schemas(schemas);
         let stop = signal.clone();
         let served = tokio::spawn(proteus_server::serve(listener, state, async move {
             stop.triggered().await

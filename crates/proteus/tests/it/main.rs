@@ -6,4 +6,5 @@ mod crash;
 mod flags_cli;
 mod group_chaos;
 mod openfeature;
+mod streams_cli;
 mod support;

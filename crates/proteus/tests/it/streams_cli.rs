@@ -1,0 +1,140 @@
+//! `proteus stream` and `proteus schema` against a real server, and `proteus bench streams`
+//! against Proteus and PostgreSQL.
+
+use serde_json::Value;
+
+use crate::support::{ServerProcess, run_cli};
+
+#[test]
+fn streams_and_schemas_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let cli = |args: &[&str]| {
+        let all: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--server", server.url.as_str()])
+            .collect();
+        run_cli(&all, None)
+    };
+    let v1 = r#"{"type": "object", "properties": {"sku": {"type": "string"}}, "required": ["sku"], "additionalProperties": false}"#;
+    let (code, out, err) = cli(&["schema", "register", "ItemAdded", "--schema", v1]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("registered ItemAdded version 1"), "{out}");
+
+    let (code, out, err) = cli(&[
+        "stream",
+        "append",
+        "cart-1",
+        "--type",
+        "ItemAdded",
+        "--data",
+        r#"{"sku": "a"}"#,
+        "--expected-version",
+        "no_stream",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("versions 0..=0"), "{out}");
+    let (code, _, err) = cli(&[
+        "stream",
+        "append",
+        "cart-1",
+        "--type",
+        "ItemAdded",
+        "--data",
+        r#"{"sku": 1}"#,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("event 0") && err.contains("/sku"), "{err}");
+    let (code, _, err) = cli(&[
+        "stream",
+        "append",
+        "cart-1",
+        "--type",
+        "ItemAdded",
+        "--data",
+        r#"{"sku": "b"}"#,
+        "--expected-version",
+        "7",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("its last version is 0"), "{err}");
+
+    // A breaking version: check says why and exits 1; with an upcaster it registers.
+    let v2 = r#"{"type": "object", "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}}, "required": ["sku", "quantity"], "additionalProperties": false}"#;
+    let (code, out, _) = cli(&["schema", "check", "ItemAdded", "--schema", v2]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("required_property_added") || out.contains("incompatible"),
+        "{out}"
+    );
+    let upcaster = r#"{"from_version": 1, "to_version": 2, "steps": [{"op": "add", "path": "/quantity", "default": 1}]}"#;
+    let (code, out, err) = cli(&[
+        "schema",
+        "register",
+        "ItemAdded",
+        "--schema",
+        v2,
+        "--upcaster",
+        upcaster,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("version 2"), "{out}");
+
+    let (code, out, err) = cli(&["stream", "read", "cart-1", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let event: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        event["data"],
+        serde_json::json!({"sku": "a", "quantity": 1})
+    );
+    let (code, out, _) = cli(&["stream", "read", "$ce-cart"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ItemAdded") && out.contains("cart-1"), "{out}");
+    let (code, out, _) = cli(&["schema", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("ItemAdded") && out.contains("BACKWARD"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bench_streams_measures_proteus_beside_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let (code, out, err) = run_cli(
+        &[
+            "bench",
+            "streams",
+            "--target",
+            &server.url,
+            "--postgres",
+            "postgres://postgres@127.0.0.1:5432/test",
+            "--streams",
+            "200",
+            "--connections",
+            "4",
+            "--seconds",
+            "1",
+            "--aggregate-events",
+            "100",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    let systems = report["systems"].as_array().unwrap();
+    assert_eq!(systems.len(), 2, "{report}");
+    for system in systems {
+        assert!(system["events"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(
+            system["events"].as_u64().unwrap() % 10,
+            0,
+            "whole appends: {report}"
+        );
+        assert!(system["aggregate_reads"].as_u64().unwrap() > 0, "{report}");
+    }
+}
