@@ -16,6 +16,7 @@
 mod flags;
 mod groups;
 mod local_flags;
+mod projections;
 mod schemas;
 mod streams;
 

@@ -29,7 +29,7 @@ use proteus_eventstore::limits::{
     validate_wait,
 };
 use proteus_eventstore::{
-    AppendOutcome, Category, DeleteOutcome, Direction, EventStore, EventStoreError,
+    Aggregate, AppendOutcome, Category, DeleteOutcome, Direction, EventStore, EventStoreError,
     ExpectedVersion, FeedPage, ProposedEvent, ReadFilter, RecordedEvent, Snapshot, StreamInfo,
     StreamName, StreamPage,
 };
@@ -575,6 +575,36 @@ impl EventStore for EmbeddedEventStore {
             snapshot_type,
             data,
             reply,
+        })
+        .await
+    }
+
+    /// One read transaction and one blocking-pool hop for the snapshot and the events after it
+    /// (the port's default takes two of each), so loading an aggregate sees one consistent
+    /// state and costs one round trip.
+    async fn read_aggregate(
+        &self,
+        stream: &StreamName,
+        max_count: usize,
+    ) -> Result<Aggregate, EventStoreError> {
+        validate_read_count(max_count)?;
+        let stream = stream.clone();
+        self.read(move |txn| {
+            let snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
+            let snapshot = match snapshots.get(stream.as_str()).map_err(storage)? {
+                Some(value) => Some(codec::decode_snapshot(&stream, value.value())?),
+                None => None,
+            };
+            let from_version = snapshot.as_ref().map_or(0, |s| s.version + 1);
+            let page = read_stream_page(txn, &stream, from_version, Direction::Forward, max_count)?;
+            Ok(Aggregate {
+                stream,
+                snapshot,
+                events: page.events,
+                next_version: page.next_version,
+                is_end: page.is_end,
+                last_version: page.last_version,
+            })
         })
         .await
     }

@@ -11,6 +11,11 @@
 
 use std::sync::{Arc, RwLock};
 
+use proteus_eventstore::{
+    Aggregate, AppendOutcome, Category, DeleteOutcome, Direction, EventStore, EventStoreError,
+    ExpectedVersion, FeedPage, ProposedEvent, ReadFilter, RecordedEvent, Snapshot, StreamInfo,
+    StreamName, StreamPage,
+};
 use proteus_log::port::Log;
 use proteus_log::{Event, LogError, Offset, ReadFrom, ReadLimits, TopicConfig, TopicName};
 use proteus_schemas::{
@@ -205,5 +210,188 @@ impl SchemaService {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok(())
+    }
+}
+
+/// An event that could not be upcast, and why.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "event at position {position} ({stream} version {version}) cannot be upcast to the latest schema of '{event_type}': {error}"
+)]
+pub struct UpcastFailure {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    pub event_type: String,
+    pub error: SchemaError,
+}
+
+impl SchemaService {
+    /// Turns events written with an older schema version of their type into the latest one
+    /// (data and `schema_version`). Events without a version, or of types without a schema,
+    /// are left as written.
+    pub fn upcast_events(&self, events: &mut [RecordedEvent]) -> Result<(), UpcastFailure> {
+        let registry = self.registry();
+        for event in events.iter_mut() {
+            let Some(version) = event.schema_version else {
+                continue;
+            };
+            let Ok(name) = EventTypeName::parse(&event.event_type) else {
+                continue;
+            };
+            let Ok(latest) = registry.latest(&name) else {
+                continue;
+            };
+            if latest.version <= version {
+                continue;
+            }
+            let data: Value = serde_json::from_slice(&event.data).unwrap_or(Value::Null);
+            let (to, data) =
+                registry
+                    .upcast(&name, version, data)
+                    .map_err(|error| UpcastFailure {
+                        position: event.position,
+                        stream: event.stream.as_str().to_owned(),
+                        version: event.version,
+                        event_type: event.event_type.clone(),
+                        error,
+                    })?;
+            event.data = data.to_string().into_bytes().into();
+            event.schema_version = Some(to);
+        }
+        Ok(())
+    }
+}
+
+/// An [`EventStore`] whose reads return events upcast to their type's latest schema version:
+/// what projections and other in-process consumers read, so a consumer written for the latest
+/// version reads every older event. Writes pass through unchanged.
+///
+/// An event that cannot be upcast fails the read as [`EventStoreError::Unavailable`] naming its
+/// position: a projection then shows it and retries rather than skipping it or reading it in a
+/// shape it was not written for.
+pub struct UpcastingEventStore {
+    inner: Arc<dyn EventStore>,
+    schemas: SchemaService,
+}
+
+impl UpcastingEventStore {
+    pub fn new(inner: Arc<dyn EventStore>, schemas: SchemaService) -> UpcastingEventStore {
+        UpcastingEventStore { inner, schemas }
+    }
+
+    fn upcast(&self, events: &mut [RecordedEvent]) -> Result<(), EventStoreError> {
+        self.schemas
+            .upcast_events(events)
+            .map_err(|failure| EventStoreError::Unavailable {
+                reason: failure.to_string(),
+            })
+    }
+}
+
+#[async_trait::async_trait]
+impl EventStore for UpcastingEventStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<ProposedEvent>,
+    ) -> Result<AppendOutcome, EventStoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+    ) -> Result<DeleteOutcome, EventStoreError> {
+        self.inner.delete_stream(stream, expected).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        direction: Direction,
+        max_count: usize,
+    ) -> Result<StreamPage, EventStoreError> {
+        let mut page = self
+            .inner
+            .read_stream(stream, from_version, direction, max_count)
+            .await?;
+        self.upcast(&mut page.events)?;
+        Ok(page)
+    }
+
+    async fn read_category(
+        &self,
+        category: &Category,
+        from_position: u64,
+        max_count: usize,
+        filter: &ReadFilter,
+    ) -> Result<FeedPage, EventStoreError> {
+        let mut page = self
+            .inner
+            .read_category(category, from_position, max_count, filter)
+            .await?;
+        self.upcast(&mut page.events)?;
+        Ok(page)
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        direction: Direction,
+        max_count: usize,
+        filter: &ReadFilter,
+    ) -> Result<FeedPage, EventStoreError> {
+        let mut page = self
+            .inner
+            .read_all(from_position, direction, max_count, filter)
+            .await?;
+        self.upcast(&mut page.events)?;
+        Ok(page)
+    }
+
+    async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo, EventStoreError> {
+        self.inner.stream_info(stream).await
+    }
+
+    async fn put_snapshot(
+        &self,
+        stream: &StreamName,
+        version: u64,
+        snapshot_type: &str,
+        data: bytes::Bytes,
+    ) -> Result<(), EventStoreError> {
+        self.inner
+            .put_snapshot(stream, version, snapshot_type, data)
+            .await
+    }
+
+    async fn get_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, EventStoreError> {
+        self.inner.get_snapshot(stream).await
+    }
+
+    async fn wait_for_position(
+        &self,
+        after: u64,
+        timeout: std::time::Duration,
+    ) -> Result<bool, EventStoreError> {
+        self.inner.wait_for_position(after, timeout).await
+    }
+
+    async fn close(&self) -> Result<(), EventStoreError> {
+        self.inner.close().await
+    }
+
+    async fn read_aggregate(
+        &self,
+        stream: &StreamName,
+        max_count: usize,
+    ) -> Result<Aggregate, EventStoreError> {
+        let mut aggregate = self.inner.read_aggregate(stream, max_count).await?;
+        self.upcast(&mut aggregate.events)?;
+        Ok(aggregate)
     }
 }

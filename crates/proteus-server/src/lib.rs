@@ -21,6 +21,7 @@ mod groups;
 mod metrics_layer;
 pub mod ofrep;
 mod problem;
+mod projections;
 mod schemas;
 mod stream;
 mod streams;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub events: Option<Arc<dyn proteus_eventstore::EventStore>>,
     /// The schema registry behind `/v1/schemas`, validating appends and upcasting reads.
     pub schemas: Option<proteus_schemas_service::SchemaService>,
+    /// The projections behind `/v1/projections`.
+    pub projections: Option<proteus_projections_service::ProjectionService>,
     pub config: HttpConfig,
     pub metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
@@ -120,6 +123,7 @@ impl AppState {
             flags,
             events: None,
             schemas: None,
+            projections: None,
             config,
             metrics: install_metrics_recorder(),
             ready: ready.clone(),
@@ -141,6 +145,15 @@ impl AppState {
     /// Serves `/v1/schemas` and checks appends against it.
     pub fn with_schemas(mut self, schemas: proteus_schemas_service::SchemaService) -> Self {
         self.schemas = Some(schemas);
+        self
+    }
+
+    /// Serves `/v1/projections` from `projections`.
+    pub fn with_projections(
+        mut self,
+        projections: proteus_projections_service::ProjectionService,
+    ) -> Self {
+        self.projections = Some(projections);
         self
     }
 
@@ -239,6 +252,22 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/streams/{stream}/aggregate", get(streams::aggregate))
         .route("/v1/streams/{stream}/subscribe", get(streams::subscribe))
+        .route("/v1/projections", get(projections::list))
+        .route(
+            "/v1/projections/{name}",
+            get(projections::status)
+                .put(projections::create)
+                .delete(projections::delete),
+        )
+        .route("/v1/projections/{name}/docs", get(projections::query))
+        .route(
+            "/v1/projections/{name}/docs/{key}",
+            get(projections::get_doc),
+        )
+        .route(
+            "/v1/projections/{name}/{action}",
+            post(projections::control),
+        )
         .route("/v1/schemas", get(schemas::list))
         .route(
             "/v1/schemas/{event_type}",

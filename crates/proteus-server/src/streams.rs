@@ -238,33 +238,15 @@ pub(crate) fn upcast_events(state: &AppState, events: &mut [RecordedEvent]) -> R
     let Some(schemas) = &state.schemas else {
         return Ok(());
     };
-    let registry = schemas.registry();
-    for event in events.iter_mut() {
-        let Some(version) = event.schema_version else {
-            continue;
-        };
-        let Ok(name) = proteus_schemas::EventTypeName::parse(&event.event_type) else {
-            continue;
-        };
-        let Ok(latest) = registry.latest(&name) else {
-            continue;
-        };
-        if latest.version <= version {
-            continue;
-        }
-        let data: Value = serde_json::from_slice(&event.data).unwrap_or(Value::Null);
-        let (to, data) = registry.upcast(&name, version, data).map_err(|error| {
-            let mut problem = Problem::from(error);
-            problem.detail = format!(
-                "event at position {} ({} version {}) cannot be upcast: {}; read with upcast=false to get it as written",
-                event.position, event.stream.as_str(), event.version, problem.detail
-            );
-            problem.with("position", event.position)
-        })?;
-        event.data = Bytes::from(data.to_string());
-        event.schema_version = Some(to);
-    }
-    Ok(())
+    schemas.upcast_events(events).map_err(|failure| {
+        let position = failure.position;
+        let mut problem = Problem::from(failure.error);
+        problem.detail = format!(
+            "event at position {position} ({} version {}) cannot be upcast: {}; read with upcast=false to get it as written",
+            failure.stream, failure.version, problem.detail
+        );
+        problem.with("position", position)
+    })
 }
 
 /// `POST /v1/streams/{stream}`: appends atomically; 201, or 200 for a recognised retry.

@@ -3,6 +3,7 @@
 mod cli;
 mod flags_cli;
 mod group_cli;
+mod projection_cli;
 mod schema_cli;
 mod serve;
 mod settings;
@@ -59,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: stream_cli::StreamCommand,
     },
+    /// Projections (CQRS read models): create, status, query, rebuild, pause, resume, delete.
+    Projection {
+        #[command(subcommand)]
+        command: projection_cli::ProjectionCommand,
+    },
     /// Event schemas: register versions (with upcasters), check compatibility, list, set modes.
     Schema {
         #[command(subcommand)]
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
             Command::Dlq { command } => group_cli::dlq(command).await,
             Command::Flags { command } => flags_cli::flags(command).await,
             Command::Stream { command } => stream_cli::stream(command).await,
+            Command::Projection { command } => projection_cli::projection(command).await,
             Command::Schema { command } => schema_cli::schema(command).await,
             Command::Bench { command } => proteus_bench::run(command).await,
         }

@@ -13,8 +13,10 @@ use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_service::{GroupService, ServiceConfig};
 use proteus_log::port::Log;
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
-use proteus_schemas_service::SchemaService;
+use proteus_projections_embedded::EmbeddedReadModelStore;
+use proteus_projections_service::{ProjectionService, ProjectionServiceConfig};
 use proteus_schemas_service::proteus_schemas::{RegistryConfig, SchemaPolicy};
+use proteus_schemas_service::{SchemaService, UpcastingEventStore};
 use proteus_server::ofrep::ApiKey;
 use proteus_server::{AppState, HttpConfig};
 
@@ -109,6 +111,22 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let schemas = SchemaService::open(log.clone(), RegistryConfig::default(), policy)
         .await
         .map_err(|e| format!("cannot load the schema registry: {e}"))?;
+    let read_models = EmbeddedReadModelStore::open(&settings.data_dir).map_err(|e| {
+        format!(
+            "cannot open the read-model store in {}: {e}",
+            settings.data_dir.display()
+        )
+    })?;
+    // Projections read events upcast to their latest schema, as HTTP readers do.
+    let upcasting: Arc<dyn EventStore> =
+        Arc::new(UpcastingEventStore::new(events.clone(), schemas.clone()));
+    let projections = ProjectionService::open(
+        upcasting,
+        Arc::new(read_models),
+        ProjectionServiceConfig::default(),
+    )
+    .await
+    .map_err(|e| format!("cannot start the projections: {e}"))?;
     let flag_api_keys = settings
         .flag_api_keys
         .iter()
@@ -128,7 +146,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             ..HttpConfig::default()
         },
     );
-    let state = state.with_event_store(events.clone()).with_schemas(schemas);
+    let state = state
+        .with_event_store(events.clone())
+        .with_schemas(schemas)
+        .with_projections(projections.clone());
     tracing::info!(
         address = %format!("http://{address}"),
         data_dir = %settings.data_dir.display(),
@@ -167,6 +188,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     }
     flags.flush_usage().await;
     groups.shutdown().await;
+    projections.close().await;
     if let Err(e) = events.close().await {
         tracing::warn!(error = %e, "closing the event store failed");
     }

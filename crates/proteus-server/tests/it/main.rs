@@ -4,6 +4,7 @@ mod append;
 mod flags;
 mod groups;
 mod problems;
+mod projections;
 mod read;
 mod schemas;
 mod stream;

@@ -11,6 +11,7 @@ pub struct TestServer {
     log: Arc<dyn proteus_log::Log>,
     groups: proteus_groups_service::GroupService,
     events: Arc<dyn proteus_eventstore::EventStore>,
+    projections: proteus_projections_service::ProjectionService,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -37,6 +38,7 @@ impl TestServer {
         self.signal.trigger();
         self.served.await.unwrap().unwrap();
         self.groups.shutdown().await;
+        self.projections.close().await;
         self.events.close().await.unwrap();
         self.log.shutdown().await.unwrap();
     }
@@ -70,7 +72,21 @@ impl TestServer {
         )
         .await
         .unwrap();
-        let state = state.with_event_store(events.clone()).with_schemas(schemas);
+        let read_models = proteus_projections_embedded::EmbeddedReadModelStore::open(dir).unwrap();
+        let upcasting: Arc<dyn proteus_eventstore::EventStore> = Arc::new(
+            proteus_schemas_service::UpcastingEventStore::new(events.clone(), schemas.clone()),
+        );
+        let projections = proteus_projections_service::ProjectionService::open(
+            upcasting,
+            Arc::new(read_models),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let state = state
+            .with_event_store(events.clone())
+            .with_schemas(schemas)
+            .with_projections(projections.clone());
         let stop = signal.clone();
         let served = tokio::spawn(proteus_server::serve(listener, state, async move {
             stop.triggered().await
@@ -82,6 +98,7 @@ impl TestServer {
             log,
             groups,
             events,
+            projections,
             served,
             _dir: None,
         }

@@ -97,6 +97,41 @@ fn streams_and_schemas_from_the_command_line() {
         out.contains("ItemAdded") && out.contains("BACKWARD"),
         "{out}"
     );
+
+    // A projection over the cart category, queried and rebuilt from the CLI.
+    let definition = r#"{"source": {"category": "cart"}, "state": {"key": "stream", "handlers": {"ItemAdded": {"increment": {"items": {"path": "/data/quantity"}}}}}}"#;
+    let (code, out, err) = cli(&["projection", "create", "carts", "--definition", definition]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("carts"), "{out}");
+    let typo = r#"{"source": {"category": "cart"}, "state": {"key": "stream", "handlers": {"ItemAdded": {"increment": {"items": {"path": "/data/quantiy"}}}}}}"#;
+    let (code, _, err) = cli(&["projection", "create", "typo", "--definition", typo]);
+    assert_eq!(code, 1);
+    assert!(err.contains("quantiy"), "{err}");
+    let started = std::time::Instant::now();
+    loop {
+        let (code, out, _) = cli(&["projection", "query", "carts", "--key", "cart-1"]);
+        if code == 0 {
+            assert_eq!(
+                serde_json::from_str::<Value>(out.trim()).unwrap()["items"],
+                1
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "never projected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, out, err) = cli(&["projection", "rebuild", "carts"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("carts"), "{out}");
+    let (code, out, _) = cli(&["projection", "status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("carts") && out.contains("running"), "{out}");
+    let (code, out, _) = cli(&["projection", "query", "carts", "--filter", "items:gte:1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("cart-1"), "{out}");
 }
 
 #[test]

@@ -1,0 +1,11 @@
+//! The projection runtime against the real embedded event store and read-model store, in
+//! temporary directories: convergence under concurrent appends, failures, control operations,
+//! restarts, and SIGKILL during processing.
+
+mod api;
+mod control;
+mod converge;
+mod crash;
+mod failure;
+mod restart;
+mod support;
