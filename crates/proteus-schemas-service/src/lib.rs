@@ -223,14 +223,15 @@ pub struct UpcastFailure {
     pub stream: String,
     pub version: u64,
     pub event_type: String,
-    pub error: SchemaError,
+    /// Boxed: schema errors carry violation lists, and this travels in `Result`s.
+    pub error: Box<SchemaError>,
 }
 
 impl SchemaService {
     /// Turns events written with an older schema version of their type into the latest one
     /// (data and `schema_version`). Events without a version, or of types without a schema,
     /// are left as written.
-    pub fn upcast_events(&self, events: &mut [RecordedEvent]) -> Result<(), UpcastFailure> {
+    pub fn upcast_events(&self, events: &mut [RecordedEvent]) -> Result<(), Box<UpcastFailure>> {
         let registry = self.registry();
         for event in events.iter_mut() {
             let Some(version) = event.schema_version else {
@@ -246,16 +247,15 @@ impl SchemaService {
                 continue;
             }
             let data: Value = serde_json::from_slice(&event.data).unwrap_or(Value::Null);
-            let (to, data) =
-                registry
-                    .upcast(&name, version, data)
-                    .map_err(|error| UpcastFailure {
-                        position: event.position,
-                        stream: event.stream.as_str().to_owned(),
-                        version: event.version,
-                        event_type: event.event_type.clone(),
-                        error,
-                    })?;
+            let (to, data) = registry.upcast(&name, version, data).map_err(|error| {
+                Box::new(UpcastFailure {
+                    position: event.position,
+                    stream: event.stream.as_str().to_owned(),
+                    version: event.version,
+                    event_type: event.event_type.clone(),
+                    error: Box::new(error),
+                })
+            })?;
             event.data = data.to_string().into_bytes().into();
             event.schema_version = Some(to);
         }

@@ -240,7 +240,7 @@ pub(crate) fn upcast_events(state: &AppState, events: &mut [RecordedEvent]) -> R
     };
     schemas.upcast_events(events).map_err(|failure| {
         let position = failure.position;
-        let mut problem = Problem::from(failure.error);
+        let mut problem = Problem::from(*failure.error);
         problem.detail = format!(
             "event at position {position} ({} version {}) cannot be upcast: {}; read with upcast=false to get it as written",
             failure.stream, failure.version, problem.detail

@@ -6,5 +6,6 @@ mod crash;
 mod flags_cli;
 mod group_chaos;
 mod openfeature;
+mod schema_policy;
 mod streams_cli;
 mod support;
