@@ -8,7 +8,8 @@
 //! - `ofrep`: feature-flag evaluation over OFREP, single flags or bulk;
 //! - `disk`: the disk's sequential fdatasync bandwidth and small-write latency, the physical
 //!   limit for any durable log on it;
-//! - `startup`: how long the embedded log takes to open with a large log on disk.
+//! - `startup`: how long the embedded log takes to open with a large log on disk;
+//! - `projection`: how fast a projection catches up with a large event store, in-process.
 //!
 //! `bench/compare.sh` runs `produce` against every target one after the other and prints one
 //! table.
@@ -19,6 +20,7 @@ mod events;
 mod limits;
 mod ofrep;
 mod produce;
+mod projection;
 mod replay;
 mod report;
 mod startup;
@@ -55,6 +57,9 @@ pub enum BenchCommand {
     Disk(DiskArgs),
     /// Time to open the embedded log with a large log on disk (fills it first if needed).
     Startup(StartupArgs),
+    /// Projection catch-up in-process: fills an embedded event store (once, reused after),
+    /// then times a fresh projection reading all of it and checks the read model it built.
+    Projection(projection::ProjectionArgs),
 }
 
 /// Runs a benchmark and prints its report. Errors are sentences for the person running it.
@@ -67,6 +72,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
         BenchCommand::Streams(args) => streams::run(args).await,
         BenchCommand::Disk(args) => disk::run(args).await,
         BenchCommand::Startup(args) => startup::run(args).await,
+        BenchCommand::Projection(args) => projection::run(args).await,
     }
 }
 

@@ -88,7 +88,7 @@ pub struct StreamsReport {
 
 impl StreamsReport {
     fn table(&self) -> String {
-        let mut rows = vec![(
+        let rows = vec![(
             "workload",
             format!(
                 "{} streams, {} events per append, {} connections, aggregate of {} events",
@@ -117,7 +117,7 @@ impl StreamsReport {
                 ]
             })
             .collect();
-        let mut out: Vec<(&str, String)> = rows.drain(..).collect();
+        let mut out: Vec<(&str, String)> = rows;
         out.extend(lines.iter().map(|(k, v)| (k.as_str(), v.clone())));
         render_rows(&out)
     }
@@ -153,7 +153,7 @@ pub async fn run(args: StreamsArgs) -> Result<(), String> {
         ));
     };
     // Stream names unique to this run, so runs against one server do not collide.
-    let run = uuid::Uuid::now_v7().simple().to_string()[..12].to_owned();
+    let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let mut systems = vec![proteus::measure(url, &run, &args).await?];
     if let Some(postgres) = &args.postgres {
         systems.push(postgres::measure(postgres, &run, &args).await?);

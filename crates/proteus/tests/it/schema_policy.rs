@@ -9,7 +9,14 @@ fn a_strict_schema_policy_refuses_unregistered_event_types() {
     let append = |event_type: &str| {
         run_cli(
             &[
-                "stream", "append", "note-1", "--type", event_type, "--data", "{}", "--server",
+                "stream",
+                "append",
+                "note-1",
+                "--type",
+                event_type,
+                "--data",
+                "{}",
+                "--server",
                 &server.url,
             ],
             None,
@@ -23,7 +30,12 @@ fn a_strict_schema_policy_refuses_unregistered_event_types() {
     );
     let (code, _, err) = run_cli(
         &[
-            "schema", "register", "NoteTaken", "--schema", r#"{"type": "object"}"#, "--server",
+            "schema",
+            "register",
+            "NoteTaken",
+            "--schema",
+            r#"{"type": "object"}"#,
+            "--server",
             &server.url,
         ],
         None,
@@ -33,9 +45,18 @@ fn a_strict_schema_policy_refuses_unregistered_event_types() {
     assert_eq!(code, 0, "{err}");
 
     let (code, _, err) = run_cli(
-        &["serve", "--schema-policy", "sometimes", "--data-dir", dir.path().to_str().unwrap()],
+        &[
+            "serve",
+            "--schema-policy",
+            "sometimes",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
         None,
     );
     assert_eq!(code, 1);
-    assert!(err.contains("schema_policy must be 'lenient' or 'strict'"), "{err}");
+    assert!(
+        err.contains("schema_policy must be 'lenient' or 'strict'"),
+        "{err}"
+    );
 }

@@ -173,3 +173,53 @@ fn bench_streams_measures_proteus_beside_postgresql() {
         assert!(system["aggregate_reads"].as_u64().unwrap() > 0, "{report}");
     }
 }
+
+#[test]
+fn bench_projection_catches_up_and_checks_its_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let (code, out, err) = run_cli(
+        &[
+            "bench",
+            "projection",
+            "--data-dir",
+            data_dir,
+            "--events",
+            "20000",
+            "--streams",
+            "100",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["events"], 20_000, "{report}");
+    assert_eq!(report["documents"], 100, "{report}");
+    assert_eq!(report["filled"], true, "{report}");
+    assert!(report["events_per_s"].as_f64().unwrap() > 0.0, "{report}");
+
+    // A second run reuses the events and measures another kind.
+    let (code, out, err) = run_cli(
+        &[
+            "bench",
+            "projection",
+            "--data-dir",
+            data_dir,
+            "--events",
+            "20000",
+            "--streams",
+            "100",
+            "--kind",
+            "aggregate",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["filled"], false, "{report}");
+    assert_eq!(report["documents"], 4, "{report}");
+}
