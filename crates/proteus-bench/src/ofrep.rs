@@ -175,17 +175,7 @@ pub async fn run(args: OfrepArgs) -> Result<(), String> {
         }));
     }
     let started = Instant::now();
-    let mut histogram = latency_histogram();
-    let mut requests = 0;
-    for task in tasks {
-        let (count, latencies) = task
-            .await
-            .map_err(|e| format!("a connection task failed: {e}"))??;
-        requests += count;
-        histogram
-            .add(&latencies)
-            .map_err(|e| format!("merging latencies failed: {e}"))?;
-    }
+    let (requests, histogram) = crate::report::join_counted(tasks, "connection").await?;
     let seconds = started.elapsed().as_secs_f64();
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1_000.0;
     let report = OfrepReport {

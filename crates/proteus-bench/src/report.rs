@@ -9,6 +9,29 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// What one load task returns: operations completed and their latencies (microseconds).
+pub type CountedLatencies = Result<(u64, Histogram<u64>), String>;
+
+/// Awaits load tasks that each return how many operations they completed and their latency
+/// histogram; returns the total and the merged histogram. `what` names a task in errors.
+pub async fn join_counted(
+    tasks: Vec<tokio::task::JoinHandle<CountedLatencies>>,
+    what: &str,
+) -> Result<(u64, Histogram<u64>), String> {
+    let mut histogram = latency_histogram();
+    let mut total = 0;
+    for task in tasks {
+        let (count, latencies) = task
+            .await
+            .map_err(|e| format!("a {what} task failed: {e}"))??;
+        total += count;
+        histogram
+            .add(&latencies)
+            .map_err(|e| format!("merging latencies failed: {e}"))?;
+    }
+    Ok((total, histogram))
+}
+
 /// The value at quantile `q` (0 to 1) of `sorted` by the nearest-rank method; 0 when empty.
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

@@ -298,17 +298,7 @@ mod proteus {
                 Ok::<_, String>((appends, histogram))
             }));
         }
-        let mut histogram = latency_histogram();
-        let mut appends = 0;
-        for task in tasks {
-            let (count, latencies) = task
-                .await
-                .map_err(|e| format!("a writer task failed: {e}"))??;
-            appends += count;
-            histogram
-                .add(&latencies)
-                .map_err(|e| format!("merging latencies failed: {e}"))?;
-        }
+        let (appends, histogram) = crate::report::join_counted(tasks, "writer").await?;
         let seconds = started.elapsed().as_secs_f64();
         let events = appends * args.events_per_append as u64;
 
@@ -447,17 +437,7 @@ mod postgres {
                 Ok::<_, String>((appends, histogram))
             }));
         }
-        let mut histogram = latency_histogram();
-        let mut appends = 0;
-        for task in tasks {
-            let (count, latencies) = task
-                .await
-                .map_err(|e| format!("a writer task failed: {e}"))??;
-            appends += count;
-            histogram
-                .add(&latencies)
-                .map_err(|e| format!("merging latencies failed: {e}"))?;
-        }
+        let (appends, histogram) = crate::report::join_counted(tasks, "writer").await?;
         let seconds = started.elapsed().as_secs_f64();
         let events = appends * args.events_per_append as u64;
 

@@ -1,7 +1,5 @@
 //! The embedded read-model store runs the ReadModelStore conformance suite.
 
-mod measure;
-
 use std::sync::Arc;
 
 use async_trait::async_trait;
