@@ -36,6 +36,23 @@ pub trait DocAccess {
     fn get(&self, key: &str) -> Option<Option<&Value>>;
     /// Replaces (or with `None` deletes) the document under `key`.
     fn put(&mut self, key: &str, doc: Option<Value>);
+
+    /// The document under `key`, moved out for an in-place change that the caller then `put`s
+    /// back; a copy when this access cannot give it away. `None` as for [`DocAccess::get`].
+    fn take(&mut self, key: &str) -> Option<Option<Value>> {
+        self.get(key).map(|doc| doc.cloned())
+    }
+
+    /// An upper bound of the JSON size of the document under `key`, when one is known (saves
+    /// encoding a large document again to check its size).
+    fn size_bound(&self, _key: &str) -> Option<usize> {
+        None
+    }
+
+    /// Like [`DocAccess::put`], remembering an upper bound of the document's JSON size.
+    fn put_sized(&mut self, key: &str, doc: Option<Value>, _size_bound: usize) {
+        self.put(key, doc);
+    }
 }
 
 /// A projection's logic. The declarative [`Projector`] implements it; projections compiled to
@@ -59,6 +76,8 @@ pub trait Projection: Send + Sync {
 pub struct DocBatch {
     loaded: HashMap<String, Option<Value>>,
     changed: HashMap<String, Option<Value>>,
+    /// Upper bounds of the JSON size of changed documents, where known.
+    size_bounds: HashMap<String, usize>,
 }
 
 impl DocBatch {
@@ -67,6 +86,7 @@ impl DocBatch {
         DocBatch {
             loaded: loaded.into_iter().collect(),
             changed: HashMap::new(),
+            size_bounds: HashMap::new(),
         }
     }
 
@@ -92,7 +112,26 @@ impl DocAccess for DocBatch {
     }
 
     fn put(&mut self, key: &str, doc: Option<Value>) {
+        self.size_bounds.remove(key);
         self.changed.insert(key.to_owned(), doc);
+    }
+
+    /// Changed documents move out; loaded ones are copied (the batch keeps them to tell which
+    /// documents ended as they were loaded).
+    fn take(&mut self, key: &str) -> Option<Option<Value>> {
+        match self.changed.remove(key) {
+            Some(doc) => Some(doc),
+            None => self.loaded.get(key).cloned(),
+        }
+    }
+
+    fn size_bound(&self, key: &str) -> Option<usize> {
+        self.size_bounds.get(key).copied()
+    }
+
+    fn put_sized(&mut self, key: &str, doc: Option<Value>, size_bound: usize) {
+        self.changed.insert(key.to_owned(), doc);
+        self.size_bounds.insert(key.to_owned(), size_bound);
     }
 }
 
@@ -232,14 +271,18 @@ impl Projection for Projector {
         let Some(key) = self.key(event)? else {
             return Ok(());
         };
-        let Some(current) = docs.get(&key) else {
+        if docs.get(&key).is_none() {
             return Err(ProcessingError::at(
                 event,
                 format!(
                     "document '{key}' was not loaded before applying the event (a runtime bug: load every key of keys_touched)"
                 ),
             ));
-        };
+        }
+        if let Kind::List(list) = &self.definition.kind {
+            return apply_list(event, list, &key, docs);
+        }
+        let current = docs.get(&key).flatten();
         let next = match &self.definition.kind {
             Kind::State(state) => {
                 let Some(handler) = handler_of(state, event.event_type) else {
@@ -248,7 +291,7 @@ impl Projection for Projector {
                 apply_state(event, handler, current)?
             }
             Kind::Aggregate(aggregate) => Some(apply_aggregate(event, aggregate, current)?),
-            Kind::List(list) => Some(apply_list(event, list, current)?),
+            Kind::List(_) => unreachable!("list projections return above"),
         };
         if let Some(doc) = &next {
             let bytes = json_bytes(doc);
@@ -712,11 +755,19 @@ fn apply_aggregate(
     Ok(doc)
 }
 
+/// Appends the event's item to the key's list, keeping the last `max_items`.
+///
+/// A list document only grows by one item and loses the trimmed ones, so its size is tracked
+/// as an upper bound from event to event (`+ item + 2` for a comma and a longer count, `-` the
+/// trimmed items): the document is changed in place, and copied and encoded again only when
+/// the bound nears [`DOC_BYTES_MAX`]. The outcome is the one an exact check after every event
+/// gives, whatever the batching, since the bound is never below the exact size.
 fn apply_list(
     event: &EventView<'_>,
     list: &ListDefinition,
-    current: Option<&Value>,
-) -> Result<Value, ProcessingError> {
+    key: &str,
+    docs: &mut dyn DocAccess,
+) -> Result<(), ProcessingError> {
     let item = match &list.fields {
         Some(fields) => {
             let mut item = Map::new();
@@ -736,21 +787,53 @@ fn apply_list(
             "data": event.data,
         }),
     };
-    let mut doc = current
-        .cloned()
-        .unwrap_or_else(|| json!({"items": [], "count": 0}));
-    let count = doc.get("count").and_then(Value::as_u64).unwrap_or(0);
-    let Some(Value::Array(items)) = doc.get_mut("items") else {
-        return Err(ProcessingError::at(
-            event,
-            "the stored list document has no items array; reset the projection",
-        ));
+    let empty = || json!({"items": [], "count": 0});
+    let (bound_before, trimmed_bytes) = match docs.get(key).flatten() {
+        None => (json_bytes(&empty()), 0),
+        Some(doc) => {
+            let Some(items) = doc.get("items").and_then(Value::as_array) else {
+                return Err(ProcessingError::at(
+                    event,
+                    "the stored list document has no items array; reset the projection",
+                ));
+            };
+            let excess = (items.len() + 1).saturating_sub(list.max_items);
+            let trimmed: usize = items.iter().take(excess).map(json_bytes).sum();
+            let bound = docs.size_bound(key).unwrap_or_else(|| json_bytes(doc));
+            (bound, trimmed)
+        }
     };
-    items.push(item);
-    if items.len() > list.max_items {
-        let excess = items.len() - list.max_items;
+    let bound = (bound_before + json_bytes(&item) + 2).saturating_sub(trimmed_bytes);
+    if bound > DOC_BYTES_MAX {
+        // Near the limit: change a copy and measure it, so a refused event changes nothing.
+        let mut doc = docs.get(key).flatten().cloned().unwrap_or_else(empty);
+        push_item(&mut doc, item, list.max_items);
+        let bytes = json_bytes(&doc);
+        if bytes > DOC_BYTES_MAX {
+            return Err(ProcessingError::at(
+                event,
+                format!(
+                    "document '{key}' would be {bytes} bytes; the most is {DOC_BYTES_MAX}: lower max_items, or keep fewer fields"
+                ),
+            ));
+        }
+        docs.put_sized(key, Some(doc), bytes);
+        return Ok(());
+    }
+    let mut doc = docs.take(key).flatten().unwrap_or_else(empty);
+    push_item(&mut doc, item, list.max_items);
+    docs.put_sized(key, Some(doc), bound);
+    Ok(())
+}
+
+/// Appends `item` to a list document (whose `items` array was checked), keeps the last
+/// `max_items` and counts it.
+fn push_item(doc: &mut Value, item: Value, max_items: usize) {
+    let count = doc.get("count").and_then(Value::as_u64).unwrap_or(0);
+    if let Some(Value::Array(items)) = doc.get_mut("items") {
+        items.push(item);
+        let excess = items.len().saturating_sub(max_items);
         items.drain(..excess);
     }
     doc["count"] = json!(count + 1);
-    Ok(doc)
 }

@@ -380,3 +380,43 @@ fn documents_past_the_size_limit_stop_the_projection() {
     assert_eq!(next, 3);
     assert_eq!(docs.0["order-1"]["blobs"].as_array().unwrap().len(), 3);
 }
+
+/// Lists track their size as a bound from event to event; the outcome must be the one an exact
+/// check after every event gives, in one batch or many.
+#[test]
+fn list_documents_stop_at_the_size_limit_whatever_the_batching() {
+    let list = |max_items: usize| {
+        Projector::from_json(&json!({
+            "source": {"category": "order"},
+            "list": {"key": "stream", "max_items": max_items, "fields": {"blob": "/data/blob"}}
+        }))
+        .unwrap()
+    };
+    let blob = "x".repeat(300_000);
+    let events = events(&[
+        ("order-1", "A", json!({"blob": blob})),
+        ("order-1", "A", json!({"blob": blob})),
+        ("order-1", "A", json!({"blob": blob})),
+        ("order-1", "A", json!({"blob": blob})),
+        ("order-1", "A", json!({"blob": blob})),
+    ]);
+    for batch in [1, 2, 10] {
+        // Keeping 10 items, the fourth 300 KB item does not fit.
+        let (docs, error, next) = run(&list(10), &events, batch);
+        let error = error.expect("the fourth event is refused");
+        assert_eq!(error.position, 3, "batch {batch}");
+        assert!(
+            error.reason.contains("the most is 1048576"),
+            "{}",
+            error.reason
+        );
+        assert_eq!(next, 3);
+        assert_eq!(docs.0["order-1"]["items"].as_array().unwrap().len(), 3);
+        assert_eq!(docs.0["order-1"]["count"], 3);
+        // Keeping 3, trimming makes room every time.
+        let (docs, error, _) = run(&list(3), &events, batch);
+        assert!(error.is_none(), "batch {batch}: {error:?}");
+        assert_eq!(docs.0["order-1"]["items"].as_array().unwrap().len(), 3);
+        assert_eq!(docs.0["order-1"]["count"], 5);
+    }
+}
