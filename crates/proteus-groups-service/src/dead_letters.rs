@@ -50,11 +50,22 @@ async fn ensure_topic(
 }
 
 /// Writes dead letters in the background; each event counts as done once its dead letter is
-/// durable. A failed write puts the events back for another try.
+/// durable. A failed write puts the events back for another try. Writes of one group run one
+/// after another in the order they were started, so dead letters keep the partition's order.
 pub(crate) fn spawn_writes(inner: &Arc<Inner>, handle: &Arc<GroupHandle>, due: Vec<DeadLetterDue>) {
     let inner = inner.clone();
-    let handle = handle.clone();
-    tokio::spawn(async move {
+    let task_handle = handle.clone();
+    let mut tail = handle
+        .dead_letter_tail
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let previous = tail.take();
+    *tail = Some(tokio::spawn(async move {
+        let handle = task_handle;
+        if let Some(previous) = previous {
+            // Its outcome is its own; only its place in the order matters here.
+            let _ = previous.await;
+        }
         let positions: Vec<Position> = due.iter().map(|d| d.position).collect();
         match write(&inner, &handle, &due).await {
             Ok(written) => {
@@ -77,7 +88,7 @@ pub(crate) fn spawn_writes(inner: &Arc<Inner>, handle: &Arc<GroupHandle>, due: V
             }
         }
         handle.changed.notify_waiters();
-    });
+    }));
 }
 
 async fn write(

@@ -39,6 +39,9 @@ pub struct GroupHandle {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// (time, delivered, acked) samples for the rates in descriptions.
     rate_samples: Mutex<VecDeque<(i64, u64, u64)>>,
+    /// The last dead-letter write started: each write waits for the one before it, so dead
+    /// letters reach their topic in the order events were given up on.
+    pub(crate) dead_letter_tail: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl GroupHandle {
@@ -54,6 +57,7 @@ impl GroupHandle {
             durability: watch::channel(Durability::default()).0,
             tasks: Mutex::new(Vec::new()),
             rate_samples: Mutex::new(VecDeque::new()),
+            dead_letter_tail: Mutex::new(None),
         });
         let flusher = tokio::spawn(flusher(Arc::downgrade(inner), Arc::downgrade(&handle)));
         handle.tasks.lock().expect("tasks lock").push(flusher);
