@@ -32,26 +32,7 @@ impl FlagSetName {
             text: text.to_owned(),
             reason,
         };
-        if text.is_empty() {
-            return Err(invalid("it is empty".into()));
-        }
-        if text.len() > FLAG_SET_NAME_BYTES_MAX {
-            return Err(invalid(format!(
-                "it is {} bytes, the most is {FLAG_SET_NAME_BYTES_MAX}",
-                text.len()
-            )));
-        }
-        if !text.as_bytes()[0].is_ascii_alphanumeric() {
-            return Err(invalid("it must start with a letter or a digit".into()));
-        }
-        if let Some(bad) = text
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            return Err(invalid(format!(
-                "{bad:?} is not allowed; use letters, digits, '.', '_' and '-'"
-            )));
-        }
+        proteus_log::name::check_name(text, FLAG_SET_NAME_BYTES_MAX).map_err(invalid)?;
         Ok(FlagSetName(text.to_owned()))
     }
 

@@ -30,32 +30,11 @@ pub struct InvalidName {
 }
 
 fn check(what: &'static str, text: &str, bytes_max: usize) -> Result<(), InvalidName> {
-    let invalid = |reason: String| InvalidName {
+    proteus_log::name::check_name(text, bytes_max).map_err(|reason| InvalidName {
         what,
         text: text.to_owned(),
         reason,
-    };
-    if text.is_empty() {
-        return Err(invalid("it is empty".into()));
-    }
-    if text.len() > bytes_max {
-        return Err(invalid(format!(
-            "it is {} bytes, the most is {bytes_max}",
-            text.len()
-        )));
-    }
-    if !text.as_bytes()[0].is_ascii_alphanumeric() {
-        return Err(invalid("it must start with a letter or a digit".into()));
-    }
-    if let Some(bad) = text
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(invalid(format!(
-            "{bad:?} is not allowed; use letters, digits, '.', '_' and '-'"
-        )));
-    }
-    Ok(())
+    })
 }
 
 impl GroupName {

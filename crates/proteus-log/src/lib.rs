@@ -15,6 +15,7 @@
 
 pub mod error;
 pub mod event;
+pub mod name;
 pub mod partitioner;
 pub mod port;
 pub mod position;

@@ -34,28 +34,7 @@ impl TopicName {
             name: name.to_owned(),
             reason,
         };
-        if name.is_empty() {
-            return Err(invalid("a topic name cannot be empty".into()));
-        }
-        if name.len() > TOPIC_NAME_BYTES_MAX {
-            return Err(invalid(format!(
-                "a topic name is at most {TOPIC_NAME_BYTES_MAX} bytes, this one has {}",
-                name.len()
-            )));
-        }
-        if let Some(bad) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            return Err(invalid(format!(
-                "character {bad:?} is not allowed; use letters, digits, '.', '_' and '-'"
-            )));
-        }
-        if !name.as_bytes()[0].is_ascii_alphanumeric() {
-            return Err(invalid(
-                "a topic name must start with a letter or a digit".into(),
-            ));
-        }
+        crate::name::check_name(name, TOPIC_NAME_BYTES_MAX).map_err(invalid)?;
         Ok(TopicName(name.to_owned()))
     }
 

@@ -27,26 +27,7 @@ impl ProjectionName {
             text: text.to_owned(),
             reason,
         };
-        if text.is_empty() {
-            return Err(invalid("it is empty".into()));
-        }
-        if text.len() > PROJECTION_NAME_BYTES_MAX {
-            return Err(invalid(format!(
-                "it is {} bytes, the most is {PROJECTION_NAME_BYTES_MAX}",
-                text.len()
-            )));
-        }
-        if !text.as_bytes()[0].is_ascii_alphanumeric() {
-            return Err(invalid("it must start with a letter or a digit".into()));
-        }
-        if let Some(bad) = text
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            return Err(invalid(format!(
-                "{bad:?} is not allowed; use letters, digits, '.', '_' and '-'"
-            )));
-        }
+        proteus_log::name::check_name(text, PROJECTION_NAME_BYTES_MAX).map_err(invalid)?;
         Ok(ProjectionName(text.to_owned()))
     }
 
