@@ -360,6 +360,11 @@ pub async fn read(
             "'types' and 'stream_prefix' filter feeds ($all, $ce-{category}), not a single stream",
         ));
     }
+    if matches!(target, Target::Category(_)) && direction == Direction::Backward {
+        return Err(Problem::invalid_query(
+            "a category is read forwards only; read $all backwards with stream_prefix, or one stream backwards",
+        ));
+    }
     let filter = filter(&query);
     let mut waited = false;
     loop {

@@ -152,6 +152,13 @@ async fn feeds_filter_by_category_type_and_prefix_and_long_poll() {
     assert_eq!(ids(&orders), ["a", "c", "d"]);
     let shipped = server.get_json("/v1/streams/$ce-order?types=Shipped").await;
     assert_eq!(ids(&shipped), ["d"]);
+    let response = server
+        .http
+        .get(server.url("/v1/streams/$ce-order?direction=backward"))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 400, "invalid-query").await;
     let prefixed = server
         .get_json("/v1/streams/$all?stream_prefix=cart-")
         .await;
