@@ -9,6 +9,7 @@ use proteus_eventstore::conformance::EventStoreHarness;
 use proteus_eventstore_embedded::{EmbeddedConfig, EmbeddedEventStore};
 
 mod adapter;
+mod race_property;
 
 struct Harness {
     dir: tempfile::TempDir,
