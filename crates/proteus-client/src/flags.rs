@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, encode};
 
 /// Optional parts of a change: why, and the version it was based on.
 #[derive(Debug, Clone, Default)]
@@ -11,10 +11,6 @@ pub struct ChangeOptions<'a> {
     pub expected_version: Option<u64>,
     /// `strict` (default) or `flagd`.
     pub validation: Option<&'a str>,
-}
-
-fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 impl ChangeOptions<'_> {

@@ -33,6 +33,11 @@ pub use local_flags::{FlagsSnapshot, LocalFlags};
 pub use proteus_eventstore;
 pub use streams::FeedQuery;
 
+/// `text` percent-encoded for a URL path segment or query value.
+fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 /// What went wrong talking to Proteus, worded for the person running the command.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -2,11 +2,7 @@
 
 use serde_json::Value;
 
-use crate::{Client, ClientError};
-
-fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
+use crate::{Client, ClientError, encode};
 
 impl Client {
     fn projection_path(name: &str) -> String {

@@ -7,11 +7,7 @@ use proteus_eventstore::{
 };
 use serde_json::{Value, json};
 
-use crate::{Client, ClientError};
-
-fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
+use crate::{Client, ClientError, encode};
 
 fn direction_name(direction: Direction) -> &'static str {
     match direction {

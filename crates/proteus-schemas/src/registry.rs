@@ -716,6 +716,16 @@ impl SchemaRegistry {
         Ok(schema.version)
     }
 
+    /// Whether `event_type` has a registered schema (names this registry cannot hold have
+    /// none). Lets an append skip decoding data that [`SchemaRegistry::check_append`] will not
+    /// look at.
+    pub fn has_schema(&self, event_type: &str) -> bool {
+        EventTypeName::parse(event_type)
+            .ok()
+            .and_then(|name| self.types.get(&name))
+            .is_some_and(|entry| !entry.versions.is_empty())
+    }
+
     /// The check of an append: events of types with a schema must match it (the version the
     /// producer declares, else the latest); types without one pass under
     /// [`SchemaPolicy::Lenient`] and are refused under [`SchemaPolicy::Strict`]. It takes the
@@ -730,7 +740,7 @@ impl SchemaRegistry {
     ) -> Result<AppendCheck, SchemaError> {
         let registered = EventTypeName::parse(event_type)
             .ok()
-            .filter(|name| self.types.get(name).is_some_and(|e| !e.versions.is_empty()));
+            .filter(|_| self.has_schema(event_type));
         match (registered, policy) {
             (Some(name), _) => Ok(AppendCheck::Validated {
                 version: self.validate(&name, schema_version, data)?,

@@ -311,7 +311,7 @@ fn render_batch(batch: &ReadBatch) -> Vec<u8> {
     out
 }
 
-fn json_response(body: Vec<u8>) -> Response {
+pub(crate) fn json_response(body: Vec<u8>) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use proteus_projections::Query;
@@ -23,7 +23,7 @@ use proteus_projections_service::{ErrorKind, ProjectionService, ServiceError};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::extract::PathParams;
+use crate::extract::{PathParams, QueryParams};
 use crate::problem::Problem;
 
 impl From<ServiceError> for Problem {
@@ -172,24 +172,9 @@ pub async fn control(
     Ok(axum::Json(status).into_response())
 }
 
-/// Splits a raw query string into decoded pairs, keeping repeated names (`filter` may repeat).
-fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
-    raw.unwrap_or_default()
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |text: &str| {
-                percent_encoding::percent_decode_str(&text.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (decode(name), decode(value))
-        })
-        .collect()
-}
-
-/// Waits for `wait_for_position` when the request asks to read its own writes.
+/// Waits for `wait_for_position` when the request asks to read its own writes; takes that
+/// parameter and `wait_ms` out of `pairs` (the rest is the query). Pairs, not a struct: `filter`
+/// repeats.
 async fn wait_if_asked(
     state: &AppState,
     service: &ProjectionService,
@@ -250,10 +235,9 @@ async fn wait_if_asked(
 pub async fn get_doc(
     State(state): State<AppState>,
     PathParams((name, key)): PathParams<(String, String)>,
-    RawQuery(raw): RawQuery,
+    QueryParams(mut pairs): QueryParams<Vec<(String, String)>>,
 ) -> Result<Response, Problem> {
     let service = service(&state)?;
-    let mut pairs = query_pairs(raw.as_deref());
     wait_if_asked(&state, service, &name, &mut pairs).await?;
     match service.get(&name, &key).await? {
         Some(doc) => Ok(axum::Json(json!({ "key": key, "doc": doc })).into_response()),
@@ -271,10 +255,9 @@ pub async fn get_doc(
 pub async fn query(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
-    RawQuery(raw): RawQuery,
+    QueryParams(mut pairs): QueryParams<Vec<(String, String)>>,
 ) -> Result<Response, Problem> {
     let service = service(&state)?;
-    let mut pairs = query_pairs(raw.as_deref());
     wait_if_asked(&state, service, &name, &mut pairs).await?;
     let query = Query::from_params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| Problem::from(ServiceError::InvalidQuery(e)))?;

@@ -209,7 +209,12 @@ fn validate_events(state: &AppState, events: &mut [ProposedEvent]) -> Result<(),
     };
     let registry = schemas.registry();
     for (index, event) in events.iter_mut().enumerate() {
-        let data: Value = serde_json::from_slice(&event.data).unwrap_or(Value::Null);
+        // Data is decoded only for types with a schema; the others are decided on the type.
+        let data: Value = if registry.has_schema(&event.event_type) {
+            serde_json::from_slice(&event.data).unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
         match registry.check_append(
             schemas.policy(),
             &event.event_type,
@@ -378,21 +383,21 @@ pub async fn read(
                 upcast(&mut page.events)?;
                 let empty = page.events.is_empty();
                 let head = page.head_position;
-                (serde_json::to_value(page), empty, head)
+                (serde_json::to_vec(&page), empty, head)
             }
             Target::Category(category) => {
                 let mut page = store.read_category(category, from, limit, &filter).await?;
                 upcast(&mut page.events)?;
                 let empty = page.events.is_empty() && page.is_end;
                 let head = page.head_position;
-                (serde_json::to_value(page), empty, head)
+                (serde_json::to_vec(&page), empty, head)
             }
             Target::All => {
                 let mut page = store.read_all(from, direction, limit, &filter).await?;
                 upcast(&mut page.events)?;
                 let empty = page.events.is_empty() && page.is_end;
                 let head = page.head_position;
-                (serde_json::to_value(page), empty, head)
+                (serde_json::to_vec(&page), empty, head)
             }
         };
         if empty_at_end && !waited && !wait.is_zero() && direction == Direction::Forward {
@@ -411,7 +416,7 @@ pub async fn read(
                 format!("a stored event cannot be rendered as JSON: {e}"),
             )
         })?;
-        return Ok(axum::Json(body).into_response());
+        return Ok(crate::events::json_response(body));
     }
 }
 
@@ -553,11 +558,7 @@ pub async fn aggregate(
         )
         .as_bytes(),
     );
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response())
+    Ok(crate::events::json_response(body))
 }
 
 #[derive(Deserialize)]
@@ -634,12 +635,7 @@ impl Subscription {
                 }
                 Err(error) => {
                     self.finished = true;
-                    let problem = Problem::from(error);
-                    return Some(
-                        SseEvent::default()
-                            .event("error")
-                            .data(problem.body().to_string()),
-                    );
+                    return Some(error_message(Problem::from(error)));
                 }
             };
             if events.is_empty() {
@@ -654,8 +650,7 @@ impl Subscription {
                     waited = self.store.wait_for_position(head, self.keep_alive) => {
                         if let Err(error) = waited {
                             self.finished = true;
-                            let problem = Problem::from(error);
-                            return Some(SseEvent::default().event("error").data(problem.body().to_string()));
+                            return Some(error_message(Problem::from(error)));
                         }
                     }
                     () = self.state.shutting_down() => return None,
@@ -666,16 +661,19 @@ impl Subscription {
                 && let Err(problem) = upcast_events(&self.state, &mut events)
             {
                 self.finished = true;
-                return Some(
-                    SseEvent::default()
-                        .event("error")
-                        .data(problem.body().to_string()),
-                );
+                return Some(error_message(problem));
             }
             self.next = next;
             self.pending.extend(events);
         }
     }
+}
+
+/// The last message of a subscription that failed: an `error` event with the problem.
+fn error_message(problem: Problem) -> SseEvent {
+    SseEvent::default()
+        .event("error")
+        .data(problem.body().to_string())
 }
 
 /// `GET /v1/streams/{stream}/subscribe`: a catch-up subscription over SSE. Each message's id

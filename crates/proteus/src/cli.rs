@@ -608,3 +608,14 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// A JSON argument given inline or as `@FILE`; errors name the flag.
+pub(crate) fn json_arg(flag: &str, text: &str) -> Result<serde_json::Value, String> {
+    let text = match text.strip_prefix('@') {
+        Some(file) => {
+            std::fs::read_to_string(file).map_err(|e| format!("{flag}: cannot read {file}: {e}"))?
+        }
+        None => text.to_owned(),
+    };
+    serde_json::from_str(&text).map_err(|e| format!("{flag} is not valid JSON: {e}"))
+}

@@ -7,7 +7,7 @@ use proteus_client::{ChangeOptions, Client};
 use proteus_flagsets::ValidationMode;
 use serde_json::{Value, json};
 
-use crate::cli::{ClientArgs, Output, client, print_table, rfc3339_ms, say, truncate};
+use crate::cli::{ClientArgs, Output, client, json_arg, print_table, rfc3339_ms, say, truncate};
 
 /// One line of output.
 fn out(line: &str) {
@@ -233,11 +233,7 @@ pub async fn flags(command: FlagsCommand) -> Result<(), String> {
             let client = connect(&target)?;
             let summary = match (definition, state) {
                 (Some(definition), _) => {
-                    let definition = match definition.strip_prefix('@') {
-                        Some(file) => read_json(Path::new(file))?,
-                        None => serde_json::from_str(&definition)
-                            .map_err(|e| format!("--definition is not valid JSON: {e}"))?,
-                    };
+                    let definition = json_arg("--definition", &definition)?;
                     client
                         .put_flag(&target.set, &key, &definition, &options)
                         .await
@@ -286,11 +282,7 @@ pub async fn flags(command: FlagsCommand) -> Result<(), String> {
                 (Some(state), _) => json!({"kind": "set_state", "key": key,
                     "state": if state == StateArg::Enabled { "ENABLED" } else { "DISABLED" }}),
                 (None, Some(definition)) => {
-                    let flag = match definition.strip_prefix('@') {
-                        Some(file) => read_json(Path::new(file))?,
-                        None => serde_json::from_str(&definition)
-                            .map_err(|e| format!("--definition is not valid JSON: {e}"))?,
-                    };
+                    let flag = json_arg("--definition", &definition)?;
                     json!({"kind": "put_flag", "key": key, "flag": flag})
                 }
                 (None, None) => {

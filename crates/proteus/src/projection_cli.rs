@@ -1,11 +1,9 @@
 //! `proteus projection`: create projections, follow their status, query their read models.
 
-use std::path::Path;
-
 use clap::Subcommand;
 use serde_json::Value;
 
-use crate::cli::{ClientArgs, Output, client, print_table, say};
+use crate::cli::{ClientArgs, Output, client, json_arg, print_table, say};
 
 #[derive(Subcommand, Debug)]
 pub enum ProjectionCommand {
@@ -100,13 +98,7 @@ pub async fn projection(command: ProjectionCommand) -> Result<(), String> {
             definition,
             client: args,
         } => {
-            let text = match definition.strip_prefix('@') {
-                Some(file) => std::fs::read_to_string(Path::new(file))
-                    .map_err(|e| format!("--definition: cannot read {file}: {e}"))?,
-                None => definition,
-            };
-            let definition: Value = serde_json::from_str(&text)
-                .map_err(|e| format!("--definition is not valid JSON: {e}"))?;
+            let definition = json_arg("--definition", &definition)?;
             let status = client(&args)?
                 .create_projection(&name, &definition)
                 .await

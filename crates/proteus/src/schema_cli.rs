@@ -1,11 +1,9 @@
 //! `proteus schema`: register, check and list event schemas.
 
-use std::path::Path;
-
 use clap::Subcommand;
 use serde_json::Value;
 
-use crate::cli::{ClientArgs, Output, client, print_table};
+use crate::cli::{ClientArgs, Output, client, json_arg, print_table};
 
 #[derive(Subcommand, Debug)]
 pub enum SchemaCommand {
@@ -47,15 +45,6 @@ pub enum SchemaCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-}
-
-fn json_arg(flag: &str, text: &str) -> Result<Value, String> {
-    let text = match text.strip_prefix('@') {
-        Some(file) => std::fs::read_to_string(Path::new(file))
-            .map_err(|e| format!("{flag}: cannot read {file}: {e}"))?,
-        None => text.to_owned(),
-    };
-    serde_json::from_str(&text).map_err(|e| format!("{flag} is not valid JSON: {e}"))
 }
 
 /// The incompatibilities of a problem or report, one per line.

@@ -1,6 +1,5 @@
 //! `proteus stream`: append to and read event-sourced streams.
 
-use std::path::Path;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -10,7 +9,7 @@ use proteus_client::proteus_eventstore::{
 use proteus_client::{Client, FeedQuery};
 use serde_json::Value;
 
-use crate::cli::{ClientArgs, Output, client, print_table, rfc3339_ms, say, truncate};
+use crate::cli::{ClientArgs, Output, client, json_arg, print_table, rfc3339_ms, say, truncate};
 
 /// How long `read --follow` waits per request for new events.
 const FOLLOW_WAIT_MS: u64 = 30_000;
@@ -228,13 +227,4 @@ fn print_events(events: &[RecordedEvent], output: Output, table: bool) {
         &["POSITION", "STREAM", "VERSION", "TYPE", "TIME", "DATA"],
         rows,
     );
-}
-
-fn json_arg(flag: &str, text: &str) -> Result<Value, String> {
-    let text = match text.strip_prefix('@') {
-        Some(file) => std::fs::read_to_string(Path::new(file))
-            .map_err(|e| format!("{flag}: cannot read {file}: {e}"))?,
-        None => text.to_owned(),
-    };
-    serde_json::from_str(&text).map_err(|e| format!("{flag} is not valid JSON: {e}"))
 }
