@@ -15,7 +15,7 @@ use proteus_log::port::Log;
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_projections_embedded::EmbeddedReadModelStore;
 use proteus_projections_service::{ProjectionService, ProjectionServiceConfig};
-use proteus_schemas_service::proteus_schemas::{RegistryConfig, SchemaPolicy};
+use proteus_schemas_service::proteus_schemas::RegistryConfig;
 use proteus_schemas_service::{SchemaService, UpcastingEventStore};
 use proteus_server::ofrep::ApiKey;
 use proteus_server::{AppState, HttpConfig};
@@ -103,14 +103,13 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             )
         })?,
     );
-    let policy = if settings.schema_policy_strict {
-        SchemaPolicy::Strict
-    } else {
-        SchemaPolicy::Lenient
-    };
-    let schemas = SchemaService::open(log.clone(), RegistryConfig::default(), policy)
-        .await
-        .map_err(|e| format!("cannot load the schema registry: {e}"))?;
+    let schemas = SchemaService::open(
+        log.clone(),
+        RegistryConfig::default(),
+        settings.schema_policy,
+    )
+    .await
+    .map_err(|e| format!("cannot load the schema registry: {e}"))?;
     let read_models = EmbeddedReadModelStore::open(&settings.data_dir).map_err(|e| {
         format!(
             "cannot open the read-model store in {}: {e}",

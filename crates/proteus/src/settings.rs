@@ -1,6 +1,7 @@
 //! `proteus serve` settings: flags override `PROTEUS_*` environment variables, which override
 //! the `--config` TOML file, which overrides the defaults.
 
+use proteus_schemas_service::proteus_schemas::SchemaPolicy;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
@@ -146,8 +147,8 @@ pub struct Settings {
     pub flag_api_keys: Vec<FlagApiKey>,
     pub flag_exposure_sample_rate: f64,
     pub flag_usage_flush_ms: u64,
-    /// `true`: appends of event types without a schema are refused.
-    pub schema_policy_strict: bool,
+    /// What appends of event types without a schema get.
+    pub schema_policy: SchemaPolicy,
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
@@ -210,14 +211,14 @@ impl Settings {
                 .flag_usage_flush_ms
                 .or(file.flag_usage_flush_ms)
                 .unwrap_or(60_000),
-            schema_policy_strict: match args
+            schema_policy: match args
                 .schema_policy
                 .or(file.schema_policy)
                 .as_deref()
                 .unwrap_or("lenient")
             {
-                "lenient" => false,
-                "strict" => true,
+                "lenient" => SchemaPolicy::Lenient,
+                "strict" => SchemaPolicy::Strict,
                 other => {
                     return Err(format!(
                         "schema_policy must be 'lenient' or 'strict', got '{other}'"
