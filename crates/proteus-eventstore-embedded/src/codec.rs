@@ -96,6 +96,17 @@ pub fn decode_event(
     bytes: &[u8],
     filter: Option<&ReadFilter>,
 ) -> Result<Option<RecordedEvent>, EventStoreError> {
+    decode_event_of(position, bytes, filter, None)
+}
+
+/// [`decode_event`] of an event read through the index of `known_stream`, whose name is then
+/// cloned rather than parsed again (stream reads decode up to thousands of events).
+pub fn decode_event_of(
+    position: u64,
+    bytes: &[u8],
+    filter: Option<&ReadFilter>,
+    known_stream: Option<&StreamName>,
+) -> Result<Option<RecordedEvent>, EventStoreError> {
     let mut reader = Reader::new(bytes, || format!("the event at position {position}"));
     let format = reader.u8()?;
     if format != EVENT_FORMAT {
@@ -112,7 +123,10 @@ pub fn decode_event(
     {
         return Ok(None);
     }
-    let stream = StreamName::parse(stream).map_err(|e| reader.corrupt(&e.to_string()))?;
+    let stream = match known_stream {
+        Some(known) if known.as_str() == stream => known.clone(),
+        _ => StreamName::parse(stream).map_err(|e| reader.corrupt(&e.to_string()))?,
+    };
     let event_type = event_type.to_owned();
     let id = reader.str16()?.to_owned();
     let data = Bytes::copy_from_slice(reader.bytes32()?);

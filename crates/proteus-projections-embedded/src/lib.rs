@@ -7,6 +7,10 @@
 //! - `docs/<name>`, one per projection: key → document as JSON. A table per projection makes
 //!   `reset` and `drop` one `delete_table` instead of a scan, and keeps scans of one
 //!   projection away from the others' documents.
+//! - `lists/<name>`, one per projection that keeps lists: one row per kept item in a ring of
+//!   `max_items` slots per key, and one row with the key's count (module `lists`), so an
+//!   append reads one row and writes one per item whatever the list's length. Files written
+//!   before lists had rows kept them as documents; opening moves them to rows.
 //!
 //! Every write is one redb transaction committed with `Durability::Immediate` (fsync), so a
 //! commit's documents and checkpoint are durable together when it returns, and a crash leaves
@@ -29,10 +33,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use proteus_projections::definition::Kind;
 use proteus_projections::query::ScanOrder;
 use proteus_projections::store::check_writes;
 use proteus_projections::{
-    Checkpoint, Page, ProjectionName, ProjectionRecord, Query, ReadModelStore, RunState,
+    Checkpoint, ListItem, Page, ProjectionName, ProjectionRecord, Query, ReadModelStore, RunState,
     StoreError, Write,
 };
 use redb::{
@@ -40,6 +45,10 @@ use redb::{
     TableError, WriteTransaction,
 };
 use serde_json::Value;
+
+mod lists;
+
+use lists::{ListsTable, append_list, lists_table, query_lists, read_list, write_list};
 
 const PROJECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("projections");
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
@@ -99,6 +108,7 @@ impl EmbeddedReadModelStore {
         let txn = write_txn(&db)?;
         txn.open_table(PROJECTIONS).map_err(backend)?;
         txn.open_table(CHECKPOINTS).map_err(backend)?;
+        move_list_documents_to_rows(&txn)?;
         txn.commit().map_err(backend)?;
         Ok(EmbeddedReadModelStore {
             db: Arc::new(db),
@@ -144,6 +154,12 @@ fn read_docs(
     name: &ProjectionName,
     keys: &[String],
 ) -> Result<Vec<Option<Value>>, StoreError> {
+    let lists_name = lists_table(name.as_str());
+    match txn.open_table(ListsTable::new(&lists_name)) {
+        Ok(lists) => return keys.iter().map(|key| read_list(&lists, key)).collect(),
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(backend(e)),
+    }
     let table_name = docs_table(name.as_str());
     let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&table_name)) {
         Ok(table) => table,
@@ -158,6 +174,57 @@ fn read_docs(
         .collect()
 }
 
+/// Moves list documents written before lists had rows (`{"items": [...], "count": N}` in
+/// `docs/<name>` of a `list` projection) to `lists/<name>`, once, at open.
+fn move_list_documents_to_rows(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut list_projections = Vec::new();
+    {
+        let projections = txn.open_table(PROJECTIONS).map_err(backend)?;
+        for entry in projections.iter().map_err(backend)? {
+            let (key, bytes) = entry.map_err(backend)?;
+            let Ok(record) = serde_json::from_slice::<ProjectionRecord>(bytes.value()) else {
+                continue; // Reported when the projection is loaded.
+            };
+            if let Kind::List(list) = &record.definition.kind {
+                list_projections.push((key.value().to_owned(), list.max_items));
+            }
+        }
+    }
+    for (name, max_items) in list_projections {
+        let table_name = docs_table(&name);
+        let documents: Vec<(String, Value)> = {
+            let docs = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&table_name)) {
+                Ok(docs) => docs,
+                Err(TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(backend(e)),
+            };
+            docs.iter()
+                .map_err(backend)?
+                .map(|entry| {
+                    let (key, bytes) = entry.map_err(backend)?;
+                    let key = key.value().to_owned();
+                    let doc = decode(&key, bytes.value())?;
+                    Ok((key, doc))
+                })
+                .collect::<Result<_, StoreError>>()?
+        };
+        let lists_name = lists_table(&name);
+        let mut lists = txn
+            .open_table(ListsTable::new(&lists_name))
+            .map_err(backend)?;
+        for (key, doc) in documents {
+            let count = doc.get("count").and_then(Value::as_u64).unwrap_or(0);
+            let items = doc.get("items").and_then(Value::as_array);
+            let items = items.map(Vec::as_slice).unwrap_or_default();
+            write_list(&mut lists, &key, items, count, max_items)?;
+        }
+        drop(lists);
+        txn.delete_table(TableDefinition::<&str, &[u8]>::new(&table_name))
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
 fn run_query(
     db: &Database,
     options: &EmbeddedOptions,
@@ -166,6 +233,12 @@ fn run_query(
 ) -> Result<Page, StoreError> {
     let mut scan = query.scan()?;
     let txn = db.begin_read().map_err(backend)?;
+    let lists_name = lists_table(name.as_str());
+    match txn.open_table(ListsTable::new(&lists_name)) {
+        Ok(lists) => return query_lists(&lists, options, name, scan),
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(backend(e)),
+    }
     let table_name = docs_table(name.as_str());
     let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&table_name)) {
         Ok(table) => table,
@@ -318,12 +391,9 @@ impl ReadModelStore for EmbeddedReadModelStore {
         let name = name.clone();
         self.blocking(move |db, _| {
             // Serialised before the transaction so it stays short.
-            let encoded: Vec<(String, Option<Vec<u8>>)> = writes
+            let encoded: Vec<EncodedWrite> = writes
                 .into_iter()
-                .map(|w| {
-                    let bytes = w.doc.map(|d| serde_json::to_vec(&d)).transpose();
-                    bytes.map(|b| (w.key, b)).map_err(backend)
-                })
+                .map(EncodedWrite::new)
                 .collect::<Result<_, _>>()?;
             let checkpoint_json = serde_json::to_vec(&checkpoint).map_err(backend)?;
             let txn = write_txn(db)?;
@@ -346,18 +416,47 @@ impl ReadModelStore for EmbeddedReadModelStore {
                 checkpoints
                     .insert(name.as_str(), checkpoint_json.as_slice())
                     .map_err(backend)?;
+                // Tables are opened only when written, so a projection's file holds
+                // documents or lists, as its writes do.
                 let table_name = docs_table(name.as_str());
-                let mut docs = txn
-                    .open_table(TableDefinition::<&str, &[u8]>::new(&table_name))
-                    .map_err(backend)?;
-                for (key, doc) in &encoded {
-                    match doc {
-                        Some(bytes) => {
-                            docs.insert(key.as_str(), bytes.as_slice())
-                                .map_err(backend)?;
+                let lists_name = lists_table(name.as_str());
+                let mut docs = None;
+                let mut lists = None;
+                for write in &encoded {
+                    match write {
+                        EncodedWrite::Doc { key, doc } => {
+                            let docs = match &mut docs {
+                                Some(docs) => docs,
+                                None => docs.insert(
+                                    txn.open_table(TableDefinition::<&str, &[u8]>::new(
+                                        &table_name,
+                                    ))
+                                    .map_err(backend)?,
+                                ),
+                            };
+                            match doc {
+                                Some(bytes) => {
+                                    docs.insert(key.as_str(), bytes.as_slice())
+                                        .map_err(backend)?;
+                                }
+                                None => {
+                                    docs.remove(key.as_str()).map_err(backend)?;
+                                }
+                            }
                         }
-                        None => {
-                            docs.remove(key.as_str()).map_err(backend)?;
+                        EncodedWrite::Append {
+                            key,
+                            items,
+                            max_items,
+                        } => {
+                            let lists = match &mut lists {
+                                Some(lists) => lists,
+                                None => lists.insert(
+                                    txn.open_table(ListsTable::new(&lists_name))
+                                        .map_err(backend)?,
+                                ),
+                            };
+                            append_list(lists, key, items, *max_items)?;
                         }
                     }
                 }
@@ -421,12 +520,51 @@ impl ReadModelStore for EmbeddedReadModelStore {
     }
 }
 
-/// Removes a projection's documents and checkpoint inside `txn`.
+/// Removes a projection's documents, lists and checkpoint inside `txn`.
 fn remove_data(txn: &WriteTransaction, name: &ProjectionName) -> Result<(), StoreError> {
     let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(backend)?;
     checkpoints.remove(name.as_str()).map_err(backend)?;
     let table_name = docs_table(name.as_str());
     txn.delete_table(TableDefinition::<&str, &[u8]>::new(&table_name))
         .map_err(backend)?;
+    let lists_name = lists_table(name.as_str());
+    txn.delete_table(ListsTable::new(&lists_name))
+        .map_err(backend)?;
     Ok(())
+}
+
+/// A write with its JSON encoded, ready for the transaction.
+enum EncodedWrite {
+    Doc {
+        key: String,
+        doc: Option<Vec<u8>>,
+    },
+    Append {
+        key: String,
+        items: Vec<ListItem>,
+        max_items: usize,
+    },
+}
+
+impl EncodedWrite {
+    fn new(write: Write) -> Result<Self, StoreError> {
+        Ok(match write {
+            Write::Doc { key, doc } => EncodedWrite::Doc {
+                doc: doc
+                    .map(|d| serde_json::to_vec(&d))
+                    .transpose()
+                    .map_err(backend)?,
+                key,
+            },
+            Write::Append {
+                key,
+                items,
+                max_items,
+            } => EncodedWrite::Append {
+                items,
+                key,
+                max_items,
+            },
+        })
+    }
 }

@@ -18,8 +18,8 @@ use crate::error::ProcessingError;
 use crate::name::ProjectionName;
 use crate::query::{Condition, Op, Order, Query, Sort, SortBy};
 use crate::store::{
-    COMMIT_WRITES_MAX, Checkpoint, DOC_BYTES_MAX, KEY_BYTES_MAX, ProjectionRecord, ReadModelStore,
-    RunState, StoreError, Write,
+    COMMIT_WRITES_MAX, Checkpoint, DOC_BYTES_MAX, KEY_BYTES_MAX, ListItem, ProjectionRecord,
+    ReadModelStore, RunState, StoreError, Write, list_item_bytes_max,
 };
 
 /// What the suite needs from an adapter's test set-up.
@@ -50,9 +50,24 @@ pub fn record(projection: &str) -> ProjectionRecord {
 }
 
 fn put(key: &str, doc: Value) -> Write {
-    Write {
+    Write::Doc {
         key: key.to_owned(),
         doc: Some(doc),
+    }
+}
+
+fn delete(key: &str) -> Write {
+    Write::Doc {
+        key: key.to_owned(),
+        doc: None,
+    }
+}
+
+fn append(key: &str, items: Vec<Value>, max_items: usize) -> Write {
+    Write::Append {
+        key: key.to_owned(),
+        items: items.into_iter().map(ListItem::from).collect(),
+        max_items,
     }
 }
 
@@ -116,14 +131,8 @@ pub async fn commit_writes_docs_and_checkpoint_together(harness: &dyn StoreHarne
             vec![
                 put("a", json!({"total": 3})),
                 put("a", json!({"total": 4})),
-                Write {
-                    key: "b".into(),
-                    doc: None,
-                },
-                Write {
-                    key: "never-there".into(),
-                    doc: None,
-                },
+                delete("b"),
+                delete("never-there"),
             ],
             checkpoint(20),
         )
@@ -568,10 +577,7 @@ pub async fn pages_stay_stable_while_others_change(harness: &dyn StoreHarness) {
                 &p,
                 vec![
                     put(&format!("new{position}"), json!({"n": 1000 + position})),
-                    Write {
-                        key: format!("new{}", position - 1),
-                        doc: None,
-                    },
+                    delete(&format!("new{}", position - 1)),
                 ],
                 checkpoint(position),
             )
@@ -670,6 +676,202 @@ pub async fn query_limits_are_enforced(harness: &dyn StoreHarness) {
     assert!(page.next_cursor.is_some());
 }
 
+fn items(range: std::ops::Range<u64>) -> Vec<Value> {
+    range.map(|i| json!({"i": i})).collect()
+}
+
+pub async fn lists_append_trim_and_count(harness: &dyn StoreHarness) {
+    let p = name("recent");
+    {
+        let store = harness.open().await;
+        created(&*store, "recent").await;
+        // Two appends to one key in a commit add up, in order.
+        store
+            .commit(
+                &p,
+                vec![append("a", items(0..3), 5), append("a", items(3..4), 5)],
+                checkpoint(4),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(&p, "a").await.unwrap(),
+            Some(json!({"items": items(0..4), "count": 4}))
+        );
+        // Past max_items the oldest go; the count keeps every item ever appended.
+        store
+            .commit(
+                &p,
+                vec![append("a", items(4..7), 5), append("b", items(0..1), 5)],
+                checkpoint(8),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(&p, "a").await.unwrap(),
+            Some(json!({"items": items(2..7), "count": 7}))
+        );
+        // One append longer than the list keeps its own last items.
+        store
+            .commit(&p, vec![append("b", items(1..13), 5)], checkpoint(20))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_many(&p, &["b".into(), "none".into(), "a".into()])
+                .await
+                .unwrap(),
+            vec![
+                Some(json!({"items": items(8..13), "count": 13})),
+                None,
+                Some(json!({"items": items(2..7), "count": 7})),
+            ]
+        );
+    }
+    // Lists are durable like documents.
+    let store = harness.open().await;
+    assert_eq!(
+        store.get(&p, "a").await.unwrap(),
+        Some(json!({"items": items(2..7), "count": 7}))
+    );
+    store
+        .commit(&p, vec![append("a", items(7..8), 5)], checkpoint(21))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&p, "a").await.unwrap(),
+        Some(json!({"items": items(3..8), "count": 8}))
+    );
+    // A reset starts every list again from zero.
+    store.reset(&p).await.unwrap();
+    assert_eq!(store.get(&p, "a").await.unwrap(), None);
+    store
+        .commit(&p, vec![append("a", items(100..101), 5)], checkpoint(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&p, "a").await.unwrap(),
+        Some(json!({"items": items(100..101), "count": 1}))
+    );
+    assert!(store.drop_projection(&p).await.unwrap());
+    created(&*store, "recent").await;
+    assert_eq!(store.get(&p, "a").await.unwrap(), None);
+}
+
+pub async fn lists_are_queried_as_documents(harness: &dyn StoreHarness) {
+    let store = harness.open().await;
+    let p = created(&*store, "recent").await;
+    let writes = (0..30u64)
+        .map(|k| append(&format!("k{k:02}"), items(0..k % 7 + 1), 3))
+        .collect();
+    store.commit(&p, writes, checkpoint(30)).await.unwrap();
+    let query = Query {
+        filter: vec![Condition::new("/count", Op::Gte, json!(5))],
+        sort: Some(Sort {
+            by: SortBy::Key,
+            order: Order::Desc,
+        }),
+        limit: 4,
+        ..Query::default()
+    };
+    let mut seen = Vec::new();
+    let mut page = store.query(&p, &query).await.unwrap();
+    loop {
+        for (key, doc) in &page.items {
+            let count = doc["count"].as_u64().unwrap();
+            assert!(count >= 5, "{key}: {doc}");
+            assert_eq!(doc["items"], json!(items(count - 3..count)));
+        }
+        seen.extend(keys(&page.items));
+        let Some(cursor) = page.next_cursor.clone() else {
+            break;
+        };
+        page = store
+            .query(
+                &p,
+                &Query {
+                    cursor: Some(cursor),
+                    ..query.clone()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let expected: Vec<String> = (0..30u64)
+        .rev()
+        .filter(|k| k % 7 + 1 >= 5)
+        .map(|k| format!("k{k:02}"))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+pub async fn refused_list_appends_change_nothing(harness: &dyn StoreHarness) {
+    let store = harness.open().await;
+    let p = created(&*store, "recent").await;
+    store
+        .commit(&p, vec![append("a", items(0..2), 10)], checkpoint(2))
+        .await
+        .unwrap();
+    let item_bytes_max = list_item_bytes_max(10);
+    // Right at the bound is accepted: `"xx…"` is the string plus two quotes.
+    let largest = json!("x".repeat(item_bytes_max - 2));
+    store
+        .commit(&p, vec![append("a", vec![largest], 10)], checkpoint(3))
+        .await
+        .unwrap();
+    let before = store.get(&p, "a").await.unwrap();
+    let too_large = json!("x".repeat(item_bytes_max - 1));
+    let error = store
+        .commit(
+            &p,
+            vec![
+                append("a", items(3..4), 10),
+                append("a", vec![too_large], 10),
+            ],
+            checkpoint(5),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::ListItemTooLarge { item_bytes_max: m, .. } if m == item_bytes_max),
+        "{error}"
+    );
+    let error = store
+        .commit(&p, vec![append("a", items(3..4), 0)], checkpoint(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::ListItemsOutOfRange { .. }),
+        "{error}"
+    );
+    // Items count towards the writes of a commit.
+    let error = store
+        .commit(
+            &p,
+            vec![
+                put("d", json!(1)),
+                append("a", items(0..COMMIT_WRITES_MAX as u64), 10),
+            ],
+            checkpoint(5),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::TooManyWrites { .. }), "{error}");
+    assert_eq!(store.get(&p, "a").await.unwrap(), before);
+    assert_eq!(store.get(&p, "d").await.unwrap(), None);
+    assert_eq!(store.checkpoint(&p).await.unwrap(), Some(checkpoint(3)));
+    // The whole list document stays within DOC_BYTES_MAX even when every item is the largest.
+    let full = (0..10)
+        .map(|_| json!("x".repeat(item_bytes_max - 2)))
+        .collect();
+    store
+        .commit(&p, vec![append("a", full, 10)], checkpoint(6))
+        .await
+        .unwrap();
+    let doc = store.get(&p, "a").await.unwrap().unwrap();
+    assert!(crate::value::json_bytes(&doc) <= DOC_BYTES_MAX);
+}
+
 /// Runs the whole suite against `$harness` (an expression building a fresh [`StoreHarness`]
 /// for each test).
 #[macro_export]
@@ -689,6 +891,9 @@ macro_rules! read_model_store_conformance_tests {
             sorts_and_pages_visit_every_match_once,
             pages_stay_stable_while_others_change,
             query_limits_are_enforced,
+            lists_append_trim_and_count,
+            lists_are_queried_as_documents,
+            refused_list_appends_change_nothing,
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {

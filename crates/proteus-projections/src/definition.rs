@@ -90,7 +90,10 @@
 //!
 //! One document per key (`all` without `key`): `{"items": [...oldest to newest], "count": <events
 //! seen>}`, keeping the last `max_items` (default 100, most 10 000). Without `fields` an item is
-//! `{"stream", "version", "position", "event_type", "recorded_ms", "data"}`.
+//! `{"stream", "version", "position", "event_type", "recorded_ms", "data"}`. Stores keep one row
+//! per item, so an event costs the same whatever the list's length; so that a list document
+//! stays within the document limit, each item may take at most its share of it
+//! ([`crate::store::list_item_bytes_max`]: about 10 KB with the default 100 items).
 
 use std::collections::BTreeSet;
 

@@ -26,7 +26,9 @@ use crate::definition::{
 };
 use crate::error::{DefinitionErrors, ProcessingError};
 use crate::event::EventView;
-use crate::store::{Checkpoint, DOC_BYTES_MAX, KEY_BYTES_MAX, Write};
+use crate::store::{
+    Checkpoint, DOC_BYTES_MAX, KEY_BYTES_MAX, ListItem, Write, list_item_bytes_max,
+};
 use crate::value::{add_numbers, compare, json_bytes};
 
 /// The documents a projection reads and writes while applying events.
@@ -36,23 +38,9 @@ pub trait DocAccess {
     fn get(&self, key: &str) -> Option<Option<&Value>>;
     /// Replaces (or with `None` deletes) the document under `key`.
     fn put(&mut self, key: &str, doc: Option<Value>);
-
-    /// The document under `key`, moved out for an in-place change that the caller then `put`s
-    /// back; a copy when this access cannot give it away. `None` as for [`DocAccess::get`].
-    fn take(&mut self, key: &str) -> Option<Option<Value>> {
-        self.get(key).map(|doc| doc.cloned())
-    }
-
-    /// An upper bound of the JSON size of the document under `key`, when one is known (saves
-    /// encoding a large document again to check its size).
-    fn size_bound(&self, _key: &str) -> Option<usize> {
-        None
-    }
-
-    /// Like [`DocAccess::put`], remembering an upper bound of the document's JSON size.
-    fn put_sized(&mut self, key: &str, doc: Option<Value>, _size_bound: usize) {
-        self.put(key, doc);
-    }
+    /// Appends `item` to the list under `key`, which keeps its last `max_items`. Lists are
+    /// written without being read, so their keys need no loading.
+    fn append(&mut self, key: &str, item: ListItem, max_items: usize);
 }
 
 /// A projection's logic. The declarative [`Projector`] implements it; projections compiled to
@@ -71,13 +59,14 @@ pub trait Projection: Send + Sync {
     -> Result<(), ProcessingError>;
 }
 
-/// The documents of one batch: those loaded from the store, and the changes made since.
+/// The documents of one batch: those loaded from the store, the changes made since, and the
+/// items appended to lists.
 #[derive(Debug, Default)]
 pub struct DocBatch {
     loaded: HashMap<String, Option<Value>>,
     changed: HashMap<String, Option<Value>>,
-    /// Upper bounds of the JSON size of changed documents, where known.
-    size_bounds: HashMap<String, usize>,
+    /// By list key: the items appended in this batch, oldest first, and `max_items`.
+    appended: HashMap<String, (Vec<ListItem>, usize)>,
 }
 
 impl DocBatch {
@@ -86,19 +75,29 @@ impl DocBatch {
         DocBatch {
             loaded: loaded.into_iter().collect(),
             changed: HashMap::new(),
-            size_bounds: HashMap::new(),
+            appended: HashMap::new(),
         }
     }
 
     /// The changes, sorted by key, leaving out documents that ended as they were loaded.
     pub fn into_writes(self) -> Vec<Write> {
+        let loaded = self.loaded;
         let mut writes: Vec<Write> = self
             .changed
             .into_iter()
-            .filter(|(key, doc)| self.loaded.get(key) != Some(doc))
-            .map(|(key, doc)| Write { key, doc })
+            .filter(|(key, doc)| loaded.get(key) != Some(doc))
+            .map(|(key, doc)| Write::Doc { key, doc })
+            .chain(
+                self.appended
+                    .into_iter()
+                    .map(|(key, (items, max_items))| Write::Append {
+                        key,
+                        items,
+                        max_items,
+                    }),
+            )
             .collect();
-        writes.sort_by(|a, b| a.key.cmp(&b.key));
+        writes.sort_by(|a, b| a.key().cmp(b.key()));
         writes
     }
 }
@@ -112,26 +111,17 @@ impl DocAccess for DocBatch {
     }
 
     fn put(&mut self, key: &str, doc: Option<Value>) {
-        self.size_bounds.remove(key);
         self.changed.insert(key.to_owned(), doc);
     }
 
-    /// Changed documents move out; loaded ones are copied (the batch keeps them to tell which
-    /// documents ended as they were loaded).
-    fn take(&mut self, key: &str) -> Option<Option<Value>> {
-        match self.changed.remove(key) {
-            Some(doc) => Some(doc),
-            None => self.loaded.get(key).cloned(),
+    fn append(&mut self, key: &str, item: ListItem, max_items: usize) {
+        match self.appended.get_mut(key) {
+            Some((items, _)) => items.push(item),
+            None => {
+                self.appended
+                    .insert(key.to_owned(), (vec![item], max_items));
+            }
         }
-    }
-
-    fn size_bound(&self, key: &str) -> Option<usize> {
-        self.size_bounds.get(key).copied()
-    }
-
-    fn put_sized(&mut self, key: &str, doc: Option<Value>, size_bound: usize) {
-        self.changed.insert(key.to_owned(), doc);
-        self.size_bounds.insert(key.to_owned(), size_bound);
     }
 }
 
@@ -257,6 +247,10 @@ impl Projection for Projector {
         if !self.wants(event) {
             return Ok(Vec::new());
         }
+        if let Kind::List(_) = &self.definition.kind {
+            // Appends to a list are written without reading it.
+            return Ok(Vec::new());
+        }
         Ok(self.key(event)?.into_iter().collect())
     }
 
@@ -271,6 +265,9 @@ impl Projection for Projector {
         let Some(key) = self.key(event)? else {
             return Ok(());
         };
+        if let Kind::List(list) = &self.definition.kind {
+            return apply_list(event, list, &key, docs);
+        }
         if docs.get(&key).is_none() {
             return Err(ProcessingError::at(
                 event,
@@ -278,9 +275,6 @@ impl Projection for Projector {
                     "document '{key}' was not loaded before applying the event (a runtime bug: load every key of keys_touched)"
                 ),
             ));
-        }
-        if let Kind::List(list) = &self.definition.kind {
-            return apply_list(event, list, &key, docs);
         }
         let current = docs.get(&key).flatten();
         let next = match &self.definition.kind {
@@ -768,72 +762,67 @@ fn apply_list(
     key: &str,
     docs: &mut dyn DocAccess,
 ) -> Result<(), ProcessingError> {
-    let item = match &list.fields {
+    // The item is written as JSON text directly: no map is built for it, and it is encoded
+    // once for both the size check and the store.
+    let mut json = Vec::with_capacity(128);
+    let field = |json: &mut Vec<u8>, name: &str, value: &dyn erased::Json| {
+        json.push(if json.is_empty() { b'{' } else { b',' });
+        erased::write(json, &name);
+        json.push(b':');
+        value.write_to(json);
+    };
+    match &list.fields {
         Some(fields) => {
-            let mut item = Map::new();
             for (name, operand) in fields {
                 if let Some(value) = eval(event, operand)? {
-                    item.insert(name.clone(), value.into_owned());
+                    field(&mut json, name, &value.as_ref());
                 }
             }
-            Value::Object(item)
         }
-        None => json!({
-            "stream": event.stream,
-            "version": event.version,
-            "position": event.position,
-            "event_type": event.event_type,
-            "recorded_ms": event.recorded_ms,
-            "data": event.data,
-        }),
-    };
-    let empty = || json!({"items": [], "count": 0});
-    let (bound_before, trimmed_bytes) = match docs.get(key).flatten() {
-        None => (json_bytes(&empty()), 0),
-        Some(doc) => {
-            let Some(items) = doc.get("items").and_then(Value::as_array) else {
-                return Err(ProcessingError::at(
-                    event,
-                    "the stored list document has no items array; reset the projection",
-                ));
-            };
-            let excess = (items.len() + 1).saturating_sub(list.max_items);
-            let trimmed: usize = items.iter().take(excess).map(json_bytes).sum();
-            let bound = docs.size_bound(key).unwrap_or_else(|| json_bytes(doc));
-            (bound, trimmed)
+        None => {
+            field(&mut json, "stream", &event.stream);
+            field(&mut json, "version", &event.version);
+            field(&mut json, "position", &event.position);
+            field(&mut json, "event_type", &event.event_type);
+            field(&mut json, "recorded_ms", &event.recorded_ms);
+            field(&mut json, "data", &event.data);
         }
-    };
-    let bound = (bound_before + json_bytes(&item) + 2).saturating_sub(trimmed_bytes);
-    if bound > DOC_BYTES_MAX {
-        // Near the limit: change a copy and measure it, so a refused event changes nothing.
-        let mut doc = docs.get(key).flatten().cloned().unwrap_or_else(empty);
-        push_item(&mut doc, item, list.max_items);
-        let bytes = json_bytes(&doc);
-        if bytes > DOC_BYTES_MAX {
-            return Err(ProcessingError::at(
-                event,
-                format!(
-                    "document '{key}' would be {bytes} bytes; the most is {DOC_BYTES_MAX}: lower max_items, or keep fewer fields"
-                ),
-            ));
-        }
-        docs.put_sized(key, Some(doc), bytes);
-        return Ok(());
     }
-    let mut doc = docs.take(key).flatten().unwrap_or_else(empty);
-    push_item(&mut doc, item, list.max_items);
-    docs.put_sized(key, Some(doc), bound);
+    if json.is_empty() {
+        json.push(b'{');
+    }
+    json.push(b'}');
+    // Checking each item against its share of DOC_BYTES_MAX keeps every list document within
+    // it without reading the list, and gives the same answer however events are batched.
+    let bytes = json.len();
+    let item_bytes_max = list_item_bytes_max(list.max_items);
+    if bytes > item_bytes_max {
+        return Err(ProcessingError::at(
+            event,
+            format!(
+                "the item for list '{key}' would be {bytes} bytes; with max_items {} an item may be at most {item_bytes_max}: lower max_items, or keep fewer fields",
+                list.max_items
+            ),
+        ));
+    }
+    docs.append(key, ListItem::from_encoded(json), list.max_items);
     Ok(())
 }
 
-/// Appends `item` to a list document (whose `items` array was checked), keeps the last
-/// `max_items` and counts it.
-fn push_item(doc: &mut Value, item: Value, max_items: usize) {
-    let count = doc.get("count").and_then(Value::as_u64).unwrap_or(0);
-    if let Some(Value::Array(items)) = doc.get_mut("items") {
-        items.push(item);
-        let excess = items.len().saturating_sub(max_items);
-        items.drain(..excess);
+/// Writing values of different types into one JSON buffer through one closure.
+mod erased {
+    pub trait Json {
+        fn write_to(&self, out: &mut Vec<u8>);
     }
-    doc["count"] = json!(count + 1);
+
+    impl<T: serde::Serialize + ?Sized> Json for T {
+        fn write_to(&self, out: &mut Vec<u8>) {
+            write(out, self);
+        }
+    }
+
+    pub fn write<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+        // Serialising plain values into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, value);
+    }
 }

@@ -18,11 +18,116 @@ pub const DOC_BYTES_MAX: usize = 1024 * 1024;
 /// of up to this many events always fit.
 pub const COMMIT_WRITES_MAX: usize = 10_000;
 
-/// One document change: `doc: None` deletes the key.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Write {
-    pub key: String,
-    pub doc: Option<Value>,
+/// Bytes a list document takes besides its items: `{"items":[],"count":N}` with a 20-digit
+/// count, rounded up.
+const LIST_DOC_OVERHEAD_BYTES: usize = 64;
+
+/// Largest item of a list keeping `max_items` items, in bytes of compact JSON: the bound that
+/// keeps the whole list document within [`DOC_BYTES_MAX`] (each item also takes a comma).
+pub fn list_item_bytes_max(max_items: usize) -> usize {
+    (DOC_BYTES_MAX - LIST_DOC_OVERHEAD_BYTES) / max_items.max(1) - 1
+}
+
+/// One item of a list: its compact JSON text, encoded once where it is made (the projector), so
+/// neither the batch nor the store build or encode it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListItem(Vec<u8>);
+
+impl ListItem {
+    pub fn new(value: &Value) -> Self {
+        // Encoding a Value into a Vec cannot fail.
+        ListItem(serde_json::to_vec(value).unwrap_or_default())
+    }
+
+    /// An item from JSON text that the caller wrote with serde_json, so it is valid.
+    pub(crate) fn from_encoded(json: Vec<u8>) -> Self {
+        ListItem(json)
+    }
+
+    /// The compact JSON text.
+    pub fn json(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn to_value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_slice(&self.0)
+    }
+}
+
+impl From<Value> for ListItem {
+    fn from(value: Value) -> Self {
+        ListItem::new(&value)
+    }
+}
+
+/// How a list shows as a document: its kept items, oldest first, and how many items were
+/// ever appended to it.
+pub fn list_document(items: Vec<Value>, count: u64) -> Value {
+    serde_json::json!({"items": items, "count": count})
+}
+
+/// The list document `doc` (or a new list) after appending `items` and keeping the last
+/// `max_items`: what a store shows after a [`Write::Append`], for stores that keep lists as
+/// whole documents (in-memory ones and tests).
+pub fn append_to_list_document(
+    doc: Option<Value>,
+    items: Vec<ListItem>,
+    max_items: usize,
+) -> Value {
+    let (mut kept, count) = match doc {
+        Some(Value::Object(mut doc)) => {
+            let count = doc.get("count").and_then(Value::as_u64).unwrap_or(0);
+            match doc.remove("items") {
+                Some(Value::Array(items)) => (items, count),
+                _ => (Vec::new(), count),
+            }
+        }
+        _ => (Vec::new(), 0),
+    };
+    let appended = items.len() as u64;
+    kept.extend(
+        items
+            .iter()
+            .map(|item| item.to_value().unwrap_or(Value::Null)),
+    );
+    let excess = kept.len().saturating_sub(max_items);
+    kept.drain(..excess);
+    list_document(kept, count + appended)
+}
+
+/// One change to a read model.
+///
+/// A projection keeps documents or lists, never both under one key. A list is stored one row
+/// per item, so appending to it costs the same whatever its length; stores show it as the
+/// document `{"items": [...oldest to newest], "count": <items ever appended>}` to `get`,
+/// `get_many` and `query`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Replaces (`Some`) or deletes (`None`) the document under `key`.
+    Doc { key: String, doc: Option<Value> },
+    /// Appends `items` (oldest first) to the list under `key`, then keeps its last
+    /// `max_items`. Every item is at most [`list_item_bytes_max`]`(max_items)` bytes.
+    Append {
+        key: String,
+        items: Vec<ListItem>,
+        max_items: usize,
+    },
+}
+
+impl Write {
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Doc { key, .. } | Write::Append { key, .. } => key,
+        }
+    }
+
+    /// How much of [`COMMIT_WRITES_MAX`] this write uses: one per document, one per item.
+    pub fn weight(&self) -> usize {
+        match self {
+            Write::Doc { .. } => 1,
+            Write::Append { items, .. } => items.len(),
+        }
+    }
 }
 
 /// How far a projection has read, saved in the same transaction as the documents it produced,
@@ -100,13 +205,24 @@ pub enum StoreError {
         given: u64,
     },
     #[error(
-        "{count} writes in one commit; the most is {COMMIT_WRITES_MAX}: commit smaller batches"
+        "{count} writes (documents and list items) in one commit; the most is {COMMIT_WRITES_MAX}: commit smaller batches"
     )]
     TooManyWrites { count: usize },
+    #[error(
+        "list '{key}' keeps {max_items} items; it must keep 1 to {}",
+        crate::definition::LIST_ITEMS_MAX
+    )]
+    ListItemsOutOfRange { key: String, max_items: usize },
     #[error("document key of {bytes} bytes; the most is {KEY_BYTES_MAX} (key starts {prefix:?})")]
     KeyTooLong { bytes: usize, prefix: String },
     #[error("document '{key}' is {bytes} bytes of JSON; the most is {DOC_BYTES_MAX}")]
     DocTooLarge { key: String, bytes: usize },
+    #[error("an item of list '{key}' is {bytes} bytes of JSON; the most is {item_bytes_max}")]
+    ListItemTooLarge {
+        key: String,
+        bytes: usize,
+        item_bytes_max: usize,
+    },
     #[error("{0}")]
     InvalidQuery(#[from] QueryError),
     #[error(
@@ -122,20 +238,48 @@ pub enum StoreError {
 
 /// Checks the writes of a commit against the limits every store enforces.
 pub fn check_writes(writes: &[Write]) -> Result<(), StoreError> {
-    if writes.len() > COMMIT_WRITES_MAX {
-        return Err(StoreError::TooManyWrites {
-            count: writes.len(),
-        });
+    let count: usize = writes.iter().map(Write::weight).sum();
+    if count > COMMIT_WRITES_MAX {
+        return Err(StoreError::TooManyWrites { count });
     }
     for write in writes {
-        check_key(&write.key)?;
-        if let Some(doc) = &write.doc {
-            let bytes = crate::value::json_bytes(doc);
-            if bytes > DOC_BYTES_MAX {
-                return Err(StoreError::DocTooLarge {
-                    key: write.key.clone(),
-                    bytes,
-                });
+        check_key(write.key())?;
+        match write {
+            Write::Doc { doc: None, .. } => {}
+            Write::Doc {
+                key,
+                doc: Some(doc),
+            } => {
+                let bytes = crate::value::json_bytes(doc);
+                if bytes > DOC_BYTES_MAX {
+                    return Err(StoreError::DocTooLarge {
+                        key: key.clone(),
+                        bytes,
+                    });
+                }
+            }
+            Write::Append {
+                key,
+                items,
+                max_items,
+            } => {
+                if !(1..=crate::definition::LIST_ITEMS_MAX).contains(max_items) {
+                    return Err(StoreError::ListItemsOutOfRange {
+                        key: key.clone(),
+                        max_items: *max_items,
+                    });
+                }
+                let item_bytes_max = list_item_bytes_max(*max_items);
+                for item in items {
+                    let bytes = item.json().len();
+                    if bytes > item_bytes_max {
+                        return Err(StoreError::ListItemTooLarge {
+                            key: key.clone(),
+                            bytes,
+                            item_bytes_max,
+                        });
+                    }
+                }
             }
         }
     }
@@ -193,11 +337,12 @@ pub trait ReadModelStore: Send + Sync {
         keys: &[String],
     ) -> Result<Vec<Option<Value>>, StoreError>;
 
-    /// Applies `writes` (in order; a later write to a key wins) and saves `checkpoint`, all in
-    /// one transaction, durable when it returns: after a crash either all of it is there or
-    /// none. Refused, changing nothing, when the projection does not exist, the checkpoint is
-    /// behind the stored one, or a limit ([`COMMIT_WRITES_MAX`], [`KEY_BYTES_MAX`],
-    /// [`DOC_BYTES_MAX`]) is exceeded.
+    /// Applies `writes` (in order; a later write to a key wins, appends add up) and saves
+    /// `checkpoint`, all in one transaction, durable when it returns: after a crash either all
+    /// of it is there or none. Refused, changing nothing, when the projection does not exist,
+    /// the checkpoint is behind the stored one, or a limit ([`COMMIT_WRITES_MAX`],
+    /// [`KEY_BYTES_MAX`], [`DOC_BYTES_MAX`], [`list_item_bytes_max`]) is exceeded
+    /// ([`check_writes`]).
     async fn commit(
         &self,
         name: &ProjectionName,
@@ -208,14 +353,15 @@ pub trait ReadModelStore: Send + Sync {
     /// The last committed checkpoint; `None` before the first commit or after a reset.
     async fn checkpoint(&self, name: &ProjectionName) -> Result<Option<Checkpoint>, StoreError>;
 
-    /// One page of the documents matching `query`, in its order (see [`crate::query`]).
+    /// One page of the documents matching `query`, in its order (see [`crate::query`]). The
+    /// documents of a projection that keeps lists are its lists.
     async fn query(&self, name: &ProjectionName, query: &Query) -> Result<Page, StoreError>;
 
-    /// Removes every document and the checkpoint in one transaction, keeping the record: the
+    /// Removes every document, every list and the checkpoint in one transaction, keeping the record: the
     /// start of a rebuild from zero. [`StoreError::NotFound`] if absent.
     async fn reset(&self, name: &ProjectionName) -> Result<(), StoreError>;
 
-    /// Removes the projection entirely (record, documents, checkpoint) in one transaction;
+    /// Removes the projection entirely (record, documents, lists, checkpoint) in one transaction;
     /// returns whether it existed.
     async fn drop_projection(&self, name: &ProjectionName) -> Result<bool, StoreError>;
 }

@@ -77,6 +77,12 @@ enum Command {
     },
 }
 
+/// mimalloc rather than glibc's allocator: with many short-lived allocations crossing the
+/// runtime's threads (decoded events, documents, response buffers), glibc spent much of a
+/// projection's catch-up in arena locking and consolidation (see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

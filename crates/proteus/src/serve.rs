@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use proteus_eventstore::EventStore;
 use proteus_eventstore_embedded::{EmbeddedConfig as EventStoreConfig, EmbeddedEventStore};
+use proteus_eventstore_postgres::{PostgresEventStore, PostgresEventStoreConfig};
 use proteus_flagsets_service::exposures::ExposureConfig;
 use proteus_flagsets_service::proteus_flagsets::FlagSetName;
 use proteus_flagsets_service::usage::UsageConfig;
@@ -20,7 +21,7 @@ use proteus_schemas_service::{SchemaService, UpcastingEventStore};
 use proteus_server::ofrep::ApiKey;
 use proteus_server::{AppState, HttpConfig};
 
-use crate::settings::{LogFormat, Settings};
+use crate::settings::{EventStoreBackend, LogFormat, Settings};
 
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -95,14 +96,25 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             std::future::pending(),
         ));
     }
-    let events: Arc<dyn EventStore> = Arc::new(
-        EmbeddedEventStore::open(&settings.data_dir, EventStoreConfig::default()).map_err(|e| {
-            format!(
-                "cannot open the event store in {}: {e}",
-                settings.data_dir.display()
-            )
-        })?,
-    );
+    let events: Arc<dyn EventStore> = match &settings.event_store {
+        EventStoreBackend::Embedded => Arc::new(
+            EmbeddedEventStore::open(&settings.data_dir, EventStoreConfig::default()).map_err(
+                |e| {
+                    format!(
+                        "cannot open the event store in {}: {e}",
+                        settings.data_dir.display()
+                    )
+                },
+            )?,
+        ),
+        EventStoreBackend::Postgres { url, schema } => Arc::new(
+            PostgresEventStore::open(PostgresEventStoreConfig::new(url, schema))
+                .await
+                .map_err(|e| {
+                    format!("cannot open the PostgreSQL event store (schema {schema}): {e}")
+                })?,
+        ),
+    };
     let schemas = SchemaService::open(
         log.clone(),
         RegistryConfig::default(),
@@ -153,6 +165,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         address = %format!("http://{address}"),
         data_dir = %settings.data_dir.display(),
         durability = %settings.durability,
+        event_store = ?settings.event_store,
         startup_ms = started.elapsed().as_millis() as u64,
         "Proteus is serving"
     );

@@ -76,6 +76,68 @@ pub struct ServeArgs {
     /// refuses them [default: lenient].
     #[arg(long, env = "PROTEUS_SCHEMA_POLICY", value_name = "POLICY")]
     pub schema_policy: Option<String>,
+    /// Where event streams are stored: `embedded` (`eventstore.redb` in the data directory) or
+    /// a PostgreSQL URL such as `postgres://proteus@db:5432/proteus`, which several instances
+    /// can share [default: embedded] (in the config file: `event_store` under `[storage]`).
+    #[arg(
+        long,
+        env = "PROTEUS_EVENT_STORE",
+        value_name = "BACKEND",
+        hide_env_values = true
+    )]
+    pub event_store: Option<String>,
+    /// The PostgreSQL schema of a PostgreSQL event store, created if missing
+    /// [default: proteus_eventstore] (in the config file: `event_store_schema` under
+    /// `[storage]`).
+    #[arg(long, env = "PROTEUS_EVENT_STORE_SCHEMA", value_name = "SCHEMA")]
+    pub event_store_schema: Option<String>,
+}
+
+/// Where event streams are stored.
+#[derive(Clone, PartialEq, Eq)]
+pub enum EventStoreBackend {
+    /// `<data_dir>/eventstore.redb`.
+    Embedded,
+    /// A PostgreSQL database, in one schema of it.
+    Postgres { url: String, schema: String },
+}
+
+impl std::fmt::Debug for EventStoreBackend {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventStoreBackend::Embedded => f.write_str("Embedded"),
+            EventStoreBackend::Postgres { schema, .. } => {
+                write!(f, "Postgres {{ schema: {schema:?}, .. }}")
+            }
+        }
+    }
+}
+
+impl EventStoreBackend {
+    fn parse(text: &str, schema: Option<String>) -> Result<Self, String> {
+        if text == "embedded" {
+            return Ok(EventStoreBackend::Embedded);
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(EventStoreBackend::Postgres {
+                url: text.to_owned(),
+                schema: schema.unwrap_or_else(|| "proteus_eventstore".into()),
+            });
+        }
+        let shown: String = text.chars().take(24).collect();
+        Err(format!(
+            "event_store must be 'embedded' or a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE), got {shown:?}"
+        ))
+    }
+}
+
+/// The `[storage]` table of the config file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct StorageFile {
+    event_store: Option<String>,
+    event_store_schema: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -130,6 +192,8 @@ struct FileSettings {
     flag_exposure_sample_rate: Option<f64>,
     flag_usage_flush_ms: Option<u64>,
     schema_policy: Option<String>,
+    #[serde(default)]
+    storage: StorageFile,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +213,7 @@ pub struct Settings {
     pub flag_usage_flush_ms: u64,
     /// What appends of event types without a schema get.
     pub schema_policy: SchemaPolicy,
+    pub event_store: EventStoreBackend,
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
@@ -225,6 +290,13 @@ impl Settings {
                     ));
                 }
             },
+            event_store: EventStoreBackend::parse(
+                args.event_store
+                    .or(file.storage.event_store)
+                    .as_deref()
+                    .unwrap_or("embedded"),
+                args.event_store_schema.or(file.storage.event_store_schema),
+            )?,
         };
         settings.validate()?;
         Ok(settings)

@@ -1,7 +1,7 @@
 //! Data-driven projector tests: a definition and a sequence of events give exactly these
 //! documents, or stop at this event with this error.
 
-use proteus_projections::Projector;
+use proteus_projections::{Projector, list_item_bytes_max};
 use serde_json::{Value, json};
 
 use crate::support::{Docs, events, run};
@@ -381,10 +381,10 @@ fn documents_past_the_size_limit_stop_the_projection() {
     assert_eq!(docs.0["order-1"]["blobs"].as_array().unwrap().len(), 3);
 }
 
-/// Lists track their size as a bound from event to event; the outcome must be the one an exact
-/// check after every event gives, in one batch or many.
+/// A list item may take its share of the document limit (`list_item_bytes_max`), so a list
+/// never outgrows DOC_BYTES_MAX and the outcome does not depend on the batching.
 #[test]
-fn list_documents_stop_at_the_size_limit_whatever_the_batching() {
+fn list_items_are_bounded_by_their_share_of_the_document_limit() {
     let list = |max_items: usize| {
         Projector::from_json(&json!({
             "source": {"category": "order"},
@@ -392,31 +392,33 @@ fn list_documents_stop_at_the_size_limit_whatever_the_batching() {
         }))
         .unwrap()
     };
-    let blob = "x".repeat(300_000);
+    // `{"blob":"…"}` takes 11 bytes besides the string.
+    let fits_in_ten = "x".repeat(list_item_bytes_max(10) - 11);
+    let too_large_for_ten = "x".repeat(list_item_bytes_max(10) - 10);
     let events = events(&[
-        ("order-1", "A", json!({"blob": blob})),
-        ("order-1", "A", json!({"blob": blob})),
-        ("order-1", "A", json!({"blob": blob})),
-        ("order-1", "A", json!({"blob": blob})),
-        ("order-1", "A", json!({"blob": blob})),
+        ("order-1", "A", json!({"blob": fits_in_ten})),
+        ("order-1", "A", json!({"blob": fits_in_ten})),
+        ("order-1", "A", json!({"blob": too_large_for_ten})),
+        ("order-1", "A", json!({"blob": fits_in_ten})),
     ]);
     for batch in [1, 2, 10] {
-        // Keeping 10 items, the fourth 300 KB item does not fit.
         let (docs, error, next) = run(&list(10), &events, batch);
-        let error = error.expect("the fourth event is refused");
-        assert_eq!(error.position, 3, "batch {batch}");
+        let error = error.expect("the third event is refused");
+        assert_eq!(error.position, 2, "batch {batch}");
         assert!(
-            error.reason.contains("the most is 1048576"),
+            error
+                .reason
+                .contains(&format!("at most {}", list_item_bytes_max(10))),
             "{}",
             error.reason
         );
-        assert_eq!(next, 3);
-        assert_eq!(docs.0["order-1"]["items"].as_array().unwrap().len(), 3);
-        assert_eq!(docs.0["order-1"]["count"], 3);
-        // Keeping 3, trimming makes room every time.
+        assert_eq!(next, 2);
+        assert_eq!(docs.0["order-1"]["items"].as_array().unwrap().len(), 2);
+        assert_eq!(docs.0["order-1"]["count"], 2);
+        // Keeping 3, each item may be three times larger.
         let (docs, error, _) = run(&list(3), &events, batch);
         assert!(error.is_none(), "batch {batch}: {error:?}");
         assert_eq!(docs.0["order-1"]["items"].as_array().unwrap().len(), 3);
-        assert_eq!(docs.0["order-1"]["count"], 5);
+        assert_eq!(docs.0["order-1"]["count"], 4);
     }
 }

@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use proteus_projections::{EventView, Projection, Write, keys_for_batch, plan_batch};
+use proteus_projections::{
+    EventView, Projection, Write, append_to_list_document, keys_for_batch, plan_batch,
+};
 use serde_json::Value;
 
 #[derive(Clone, Debug)]
@@ -63,10 +65,25 @@ pub struct Docs(pub BTreeMap<String, Value>);
 impl Docs {
     pub fn commit(&mut self, writes: Vec<Write>) {
         for write in writes {
-            match write.doc {
-                Some(doc) => self.0.insert(write.key, doc),
-                None => self.0.remove(&write.key),
-            };
+            match write {
+                Write::Doc {
+                    key,
+                    doc: Some(doc),
+                } => {
+                    self.0.insert(key, doc);
+                }
+                Write::Doc { key, doc: None } => {
+                    self.0.remove(&key);
+                }
+                Write::Append {
+                    key,
+                    items,
+                    max_items,
+                } => {
+                    let doc = append_to_list_document(self.0.remove(&key), items, max_items);
+                    self.0.insert(key, doc);
+                }
+            }
         }
     }
 }

@@ -7,5 +7,6 @@ mod flags_cli;
 mod group_chaos;
 mod openfeature;
 mod schema_policy;
+mod shared_event_store;
 mod streams_cli;
 mod support;

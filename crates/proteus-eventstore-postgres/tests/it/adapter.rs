@@ -1,0 +1,272 @@
+//! What only the PostgreSQL adapter promises: its schema, its migrations, and how it behaves
+//! when PostgreSQL goes away.
+
+use std::time::Duration;
+
+use proteus_eventstore::{
+    Direction, ErrorKind, EventStore, EventStoreError, ExpectedVersion, ProposedEvent, StreamName,
+};
+use proteus_eventstore_postgres::{MIGRATIONS, PostgresEventStore, PostgresEventStoreConfig};
+
+use crate::support::{TestSchema, admin, unreachable, url};
+
+fn stream(name: &str) -> StreamName {
+    StreamName::parse(name).unwrap()
+}
+
+fn event(id: &str) -> ProposedEvent {
+    ProposedEvent::new(id, "T", &b"{\"x\":1}"[..])
+}
+
+#[tokio::test]
+async fn postgres_is_reachable() {
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{}", unreachable(e)));
+    tokio::spawn(connection);
+    let row = client.query_one("SELECT 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_migrate_once() {
+    let schema = TestSchema::new("migr");
+    let mut opens = Vec::new();
+    for _ in 0..4 {
+        let config = schema.config();
+        opens.push(tokio::spawn(async move {
+            PostgresEventStore::open(config).await
+        }));
+    }
+    let mut stores = Vec::new();
+    for open in opens {
+        stores.push(open.await.unwrap().expect("every concurrent open succeeds"));
+    }
+    let admin = admin().await;
+    let rows = admin
+        .query(
+            &format!(
+                "SELECT version FROM \"{}\".schema_migrations ORDER BY version",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    let wanted: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(versions, wanted, "each migration applied once");
+    // They all work on the same tables.
+    stores[0]
+        .append(&stream("m-1"), ExpectedVersion::NoStream, vec![event("a")])
+        .await
+        .unwrap();
+    let info = stores[3].stream_info(&stream("m-1")).await.unwrap();
+    assert_eq!(info.last_version, Some(0));
+    for store in &stores {
+        store.close().await.unwrap();
+    }
+    // Opening again applies nothing and keeps the data.
+    let store = schema.open().await;
+    assert_eq!(
+        store
+            .stream_info(&stream("m-1"))
+            .await
+            .unwrap()
+            .last_version,
+        Some(0)
+    );
+    store.close().await.unwrap();
+
+    // A schema migrated by a newer build is refused.
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO \"{}\".schema_migrations (version, name) VALUES (9999, 'future')",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let error = PostgresEventStore::open(schema.config())
+        .await
+        .err()
+        .expect("a newer schema is refused");
+    assert!(error.to_string().contains("newer"), "{error}");
+}
+
+#[tokio::test]
+async fn stores_in_different_schemas_are_separate() {
+    let (a, b) = (TestSchema::new("sepa"), TestSchema::new("sepb"));
+    let (store_a, store_b) = (a.open().await, b.open().await);
+    store_a
+        .append(&stream("s-1"), ExpectedVersion::NoStream, vec![event("a")])
+        .await
+        .unwrap();
+    let error = store_b.stream_info(&stream("s-1")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotFound);
+    let outcome = store_b
+        .append(&stream("s-1"), ExpectedVersion::NoStream, vec![event("a")])
+        .await
+        .unwrap();
+    assert_eq!(outcome.first_position, 1, "each schema has its own feed");
+    // A wait in one schema is not woken by the other's appends.
+    assert!(
+        !store_a
+            .wait_for_position(1, Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn invalid_configurations_are_refused() {
+    for config in [
+        PostgresEventStoreConfig::new(url(), "Not-A-Schema"),
+        PostgresEventStoreConfig {
+            pool_size_max: 0,
+            ..PostgresEventStoreConfig::new(url(), "fine")
+        },
+        PostgresEventStoreConfig::new("postgres://u@h:notaport/db", "fine"),
+    ] {
+        let error = PostgresEventStore::open(config).await.err().unwrap();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_with_a_hint() {
+    let config = PostgresEventStoreConfig {
+        connect_timeout_ms: 2_000,
+        ..PostgresEventStoreConfig::new("postgres://postgres@127.0.0.1:1/test", "nowhere")
+    };
+    let error = PostgresEventStore::open(config).await.err().unwrap();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.to_string().contains("pg_ctlcluster"), "{error}");
+}
+
+/// Backends of the store are killed (as by a restart of PostgreSQL or a network cut): calls
+/// fail with `Unavailable` (an append in flight says it may have been committed), never
+/// panic, and the store recovers by itself, waits included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connections_are_unavailable_then_recover() {
+    let schema = TestSchema::new("loss");
+    let application = format!("it-{}", &schema.name[schema.name.len() - 12..]);
+    let separator = if url().contains('?') { '&' } else { '?' };
+    let config = PostgresEventStoreConfig {
+        url: format!("{}{separator}application_name={application}", url()),
+        ..schema.config()
+    };
+    let store = schema.open_with(config).await;
+    let other = schema.open().await; // another process's view, not killed
+    let s = stream("loss-1");
+    store
+        .append(&s, ExpectedVersion::NoStream, vec![event("a")])
+        .await
+        .unwrap();
+
+    // Hold the stream's row so the next append blocks in PostgreSQL, then kill its backend.
+    let mut admin = admin().await;
+    let txn = admin.transaction().await.unwrap();
+    txn.execute(
+        &format!(
+            "SELECT 1 FROM \"{}\".streams WHERE name = 'loss-1' FOR UPDATE",
+            schema.name
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let blocked = {
+        let (store, s) = (store.clone(), s.clone());
+        tokio::spawn(async move {
+            store
+                .append(&s, ExpectedVersion::Exact(0), vec![event("b")])
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killer = crate::support::admin().await;
+    let killed = killer
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&application],
+        )
+        .await
+        .unwrap();
+    assert!(!killed.is_empty(), "the store's backends were found");
+    let error = blocked.await.unwrap().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.to_string().contains("same event ids"), "{error}");
+    txn.rollback().await.unwrap();
+
+    // The pool replaces its connections: within a few tries, calls work again, and a retry
+    // of the append is exactly-once.
+    let mut outcome = None;
+    for _ in 0..50 {
+        match store
+            .append(&s, ExpectedVersion::Exact(0), vec![event("b")])
+            .await
+        {
+            Ok(o) => {
+                outcome = Some(o);
+                break;
+            }
+            Err(EventStoreError::Unavailable { .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    let outcome = outcome.expect("the store recovered");
+    assert_eq!(outcome.first_version, 1);
+    let page = store
+        .read_stream(&s, 0, Direction::Forward, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 2);
+
+    // The LISTEN connection was killed too: a wait still ends when another process appends.
+    let head = outcome.last_position;
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move { store.wait_for_position(head, Duration::from_secs(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    killer
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&application],
+        )
+        .await
+        .unwrap();
+    other
+        .append(&stream("loss-2"), ExpectedVersion::Any, vec![event("c")])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let woken = waiter.await.unwrap();
+    assert!(
+        matches!(woken, Ok(true)) || matches!(&woken, Err(e) if e.kind() == ErrorKind::Unavailable),
+        "{woken:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not held to its timeout"
+    );
+    // And once reconnected, waits are woken by notifications again.
+    let mut woke = false;
+    for _ in 0..50 {
+        match store.wait_for_position(head, Duration::from_secs(5)).await {
+            Ok(found) => {
+                woke = found;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(woke);
+    store.close().await.unwrap();
+    other.close().await.unwrap();
+}

@@ -1,0 +1,167 @@
+//! Several `proteus serve` processes sharing one PostgreSQL event store behave as one: what one
+//! appends the others read and wait for, expected versions hold across them, and an append
+//! acknowledged by one survives its kill -9.
+
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::support::ServerProcess;
+
+fn postgres_url() -> String {
+    std::env::var("PROTEUS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A schema of its own, dropped when the test ends (even when it fails).
+struct Schema(String);
+
+impl Schema {
+    fn new() -> Schema {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        Schema(format!("it_shared_{}_{nanos}", std::process::id()))
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &postgres_url(),
+                "-q",
+                "-c",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0),
+            ])
+            .output();
+    }
+}
+
+fn start(data_dir: &std::path::Path, schema: &Schema) -> ServerProcess {
+    ServerProcess::start_with(
+        data_dir,
+        &[
+            "--event-store",
+            &postgres_url(),
+            "--event-store-schema",
+            &schema.0,
+        ],
+        &[],
+    )
+}
+
+fn append(
+    http: &reqwest::blocking::Client,
+    server: &str,
+    stream: &str,
+    expected: &str,
+) -> (u16, Value) {
+    let response = http
+        .post(format!(
+            "{server}/v1/streams/{stream}?expected_version={expected}"
+        ))
+        .json(&json!([{"type": "Deposited", "data": {"amount": 5}}]))
+        .send()
+        .unwrap();
+    (response.status().as_u16(), response.json().unwrap())
+}
+
+fn read_all(http: &reqwest::blocking::Client, server: &str, from: u64, wait_ms: u64) -> Value {
+    http.get(format!(
+        "{server}/v1/streams/$all?from={from}&wait_ms={wait_ms}"
+    ))
+    .send()
+    .unwrap()
+    .json()
+    .unwrap()
+}
+
+#[test]
+fn three_instances_share_one_postgres_event_store() {
+    let schema = Schema::new();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut servers: Vec<ServerProcess> = dirs.iter().map(|d| start(d.path(), &schema)).collect();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+
+    // B waits at the head of $all; A's append wakes it (LISTEN/NOTIFY across processes).
+    let head = read_all(&http, &urls[1], 0, 0)["head_position"]
+        .as_u64()
+        .unwrap_or(0);
+    let waiter = {
+        let (http, url) = (http.clone(), urls[1].clone());
+        std::thread::spawn(move || read_all(&http, &url, head + 1, 20_000))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, first) = append(&http, &urls[0], "acct-1", "no_stream");
+    assert_eq!(status, 201, "{first}");
+    let seen = waiter.join().unwrap();
+    let events = seen["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{seen}");
+    assert_eq!(events[0]["stream"], "acct-1");
+    assert_eq!(events[0]["position"], first["first_position"]);
+
+    // Expected versions hold across instances: C appends at version 0, then A's stale
+    // expectation is refused with the actual version.
+    let (status, body) = append(&http, &urls[2], "acct-1", "0");
+    assert_eq!(status, 201, "{body}");
+    let (status, conflict) = append(&http, &urls[0], "acct-1", "0");
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(conflict["actual_version"], 1);
+
+    // An append acknowledged by A survives A's kill -9; B and a restarted A read it.
+    let (status, acked) = append(&http, &urls[0], "acct-2", "no_stream");
+    assert_eq!(status, 201, "{acked}");
+    servers[0].kill_9();
+    let stream: Value = http
+        .get(format!("{}/v1/streams/acct-2", urls[1]))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(stream["events"].as_array().unwrap().len(), 1, "{stream}");
+    servers[0] = start(dirs[0].path(), &schema);
+    let feed = read_all(&http, &servers[0].url, 0, 0);
+    let streams: Vec<&str> = feed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(streams, ["acct-1", "acct-1", "acct-2"], "{feed}");
+}
+
+#[test]
+fn an_unreachable_postgres_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(crate::support::BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--event-store", "postgres://postgres@127.0.0.1:1/test"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot open the PostgreSQL event store"),
+        "{stderr}"
+    );
+    let output = Command::new(crate::support::BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--event-store", "mysql://x"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("event_store must be 'embedded' or a PostgreSQL URL"),
+        "{stderr}"
+    );
+}
