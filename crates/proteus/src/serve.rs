@@ -14,6 +14,7 @@ use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_service::{GroupService, ServiceConfig};
 use proteus_log::port::Log;
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
+use proteus_log_nats::{NatsLog, NatsLogConfig};
 use proteus_projections_embedded::EmbeddedReadModelStore;
 use proteus_projections_service::{ProjectionService, ProjectionServiceConfig};
 use proteus_schemas_service::proteus_schemas::RegistryConfig;
@@ -21,7 +22,7 @@ use proteus_schemas_service::{SchemaService, UpcastingEventStore};
 use proteus_server::ofrep::ApiKey;
 use proteus_server::{AppState, HttpConfig};
 
-use crate::settings::{EventStoreBackend, LogFormat, Settings};
+use crate::settings::{EventStoreBackend, LogBackend, LogFormat, Settings};
 
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -40,18 +41,33 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     // The recorder must exist before the log opens so partition gauges are registered in it.
     proteus_server::install_metrics_recorder();
     let started = std::time::Instant::now();
-    let log = EmbeddedLog::open(EmbeddedConfig {
-        durability: settings.durability,
-        retention_check_interval_ms: settings.retention_check_interval_ms,
-        ..EmbeddedConfig::new(&settings.data_dir)
-    })
-    .await
-    .map_err(|e| {
-        format!(
-            "cannot open the log in {}: {e}",
-            settings.data_dir.display()
-        )
-    })?;
+    let log: Arc<dyn Log> = match &settings.log {
+        LogBackend::Embedded => Arc::new(
+            EmbeddedLog::open(EmbeddedConfig {
+                durability: settings.durability,
+                retention_check_interval_ms: settings.retention_check_interval_ms,
+                ..EmbeddedConfig::new(&settings.data_dir)
+            })
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot open the log in {}: {e}",
+                    settings.data_dir.display()
+                )
+            })?,
+        ),
+        LogBackend::Nats { url, prefix } => Arc::new(
+            NatsLog::connect(NatsLogConfig {
+                url: url.clone(),
+                stream_prefix: prefix.clone(),
+                subject_prefix: prefix.to_lowercase(),
+                retention_interval_ms: settings.retention_check_interval_ms,
+                ..NatsLogConfig::default()
+            })
+            .await
+            .map_err(|e| format!("cannot open the NATS JetStream log (prefix {prefix}): {e}"))?,
+        ),
+    };
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| {
@@ -61,7 +77,6 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             )
         })?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    let log: Arc<dyn Log> = Arc::new(log);
     let store = EmbeddedGroupStore::open(&settings.data_dir).map_err(|e| {
         format!(
             "cannot open the consumer-group store in {}: {e}",
@@ -165,6 +180,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         address = %format!("http://{address}"),
         data_dir = %settings.data_dir.display(),
         durability = %settings.durability,
+        log = ?settings.log,
         event_store = ?settings.event_store,
         startup_ms = started.elapsed().as_millis() as u64,
         "Proteus is serving"

@@ -91,6 +91,58 @@ pub struct ServeArgs {
     /// `[storage]`).
     #[arg(long, env = "PROTEUS_EVENT_STORE_SCHEMA", value_name = "SCHEMA")]
     pub event_store_schema: Option<String>,
+    /// Where topics are stored: `embedded` (segment files in the data directory) or a NATS
+    /// JetStream URL such as `nats://127.0.0.1:4222`, which several instances can share
+    /// [default: embedded] (in the config file: `log` under `[storage]`).
+    #[arg(
+        long,
+        env = "PROTEUS_STORAGE_LOG",
+        value_name = "BACKEND",
+        hide_env_values = true
+    )]
+    pub storage_log: Option<String>,
+    /// With a NATS log: the prefix of its JetStream stream and subject names, so several
+    /// Proteus deployments can share one NATS [default: PROTEUS] (in the config file:
+    /// `log_prefix` under `[storage]`).
+    #[arg(long, env = "PROTEUS_STORAGE_LOG_PREFIX", value_name = "PREFIX")]
+    pub storage_log_prefix: Option<String>,
+}
+
+/// Where topics are stored.
+#[derive(Clone, PartialEq, Eq)]
+pub enum LogBackend {
+    /// Segment files in the data directory.
+    Embedded,
+    /// NATS JetStream: a stream per topic, named `<prefix>_<topic>`.
+    Nats { url: String, prefix: String },
+}
+
+impl std::fmt::Debug for LogBackend {
+    // The URL may carry credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogBackend::Embedded => f.write_str("Embedded"),
+            LogBackend::Nats { prefix, .. } => write!(f, "Nats {{ prefix: {prefix:?}, .. }}"),
+        }
+    }
+}
+
+impl LogBackend {
+    fn parse(text: &str, prefix: Option<String>) -> Result<Self, String> {
+        if text == "embedded" {
+            return Ok(LogBackend::Embedded);
+        }
+        if text.starts_with("nats://") {
+            return Ok(LogBackend::Nats {
+                url: text.to_owned(),
+                prefix: prefix.unwrap_or_else(|| "PROTEUS".into()),
+            });
+        }
+        let shown: String = text.chars().take(24).collect();
+        Err(format!(
+            "storage log must be 'embedded' or a NATS URL (nats://HOST:PORT), got {shown:?}"
+        ))
+    }
 }
 
 /// Where event streams are stored.
@@ -136,6 +188,8 @@ impl EventStoreBackend {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct StorageFile {
+    log: Option<String>,
+    log_prefix: Option<String>,
     event_store: Option<String>,
     event_store_schema: Option<String>,
 }
@@ -214,6 +268,7 @@ pub struct Settings {
     /// What appends of event types without a schema get.
     pub schema_policy: SchemaPolicy,
     pub event_store: EventStoreBackend,
+    pub log: LogBackend,
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
@@ -296,6 +351,13 @@ impl Settings {
                     .as_deref()
                     .unwrap_or("embedded"),
                 args.event_store_schema.or(file.storage.event_store_schema),
+            )?,
+            log: LogBackend::parse(
+                args.storage_log
+                    .or(file.storage.log)
+                    .as_deref()
+                    .unwrap_or("embedded"),
+                args.storage_log_prefix.or(file.storage.log_prefix),
             )?,
         };
         settings.validate()?;

@@ -8,5 +8,6 @@ mod group_chaos;
 mod openfeature;
 mod schema_policy;
 mod shared_event_store;
+mod shared_nats_log;
 mod streams_cli;
 mod support;

@@ -1,0 +1,140 @@
+//! Appends across a connection outage, simulated with a TCP proxy in front of the shared
+//! server (restarting the server itself would disturb every other test using it).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proteus_log::port::{EventAppender, EventReader, TopicAdmin};
+use proteus_log::{LogError, ReadFrom, ReadLimits, TopicConfig, TopicName};
+use proteus_log_conformance::event;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::support::{NatsHarness, connect, nats_url};
+
+/// Forwards a local port to the NATS server until stopped; can be started again on the same
+/// port.
+struct Proxy {
+    port: u16,
+    upstream: String,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Proxy {
+            port,
+            upstream,
+            tasks: Arc::new(Mutex::new(Vec::new())),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let upstream = self.upstream.clone();
+        let tasks = self.tasks.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tasks.lock().unwrap().push(pipe);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Closes the listener and every forwarded connection.
+    fn stop(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    async fn restart(&self) {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match socket.bind(format!("127.0.0.1:{}", self.port).parse().unwrap()) {
+                Ok(()) => break,
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("cannot listen again on port {}: {error}", self.port),
+            }
+        }
+        self.serve(socket.listen(64).unwrap());
+    }
+}
+
+fn host_port(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    rest.split(',').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnecting() {
+    let proxy = Proxy::start(host_port(&nats_url())).await;
+    let mut harness = NatsHarness::new();
+    harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
+    harness.config.request_timeout_ms = 1_000;
+    harness.config.reconnect_delay_max_ms = 200;
+    let log = connect(harness.config.clone()).await;
+    let name = TopicName::parse("outage").unwrap();
+    log.put_topic(&name, TopicConfig::with_partitions(1))
+        .await
+        .unwrap();
+    log.append(&name, vec![event("before", None)])
+        .await
+        .unwrap();
+
+    proxy.stop();
+    let started = Instant::now();
+    let error = log
+        .append(&name, vec![event("during", None)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, LogError::Unavailable { .. }),
+        "an append during an outage is retriable: {error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the failure came after {:?}, past the bounded timeout",
+        started.elapsed()
+    );
+
+    proxy.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let receipt = loop {
+        match log.append(&name, vec![event("during", None)]).await {
+            Ok(receipts) => break receipts[0],
+            Err(LogError::Unavailable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the log did not reconnect by itself: {error}"),
+        }
+    };
+    assert_eq!(receipt.offset, 1, "the retried event follows the first one");
+    let batch = log
+        .read(&name, 0, ReadFrom::Offset(0), ReadLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        batch.events.len(),
+        2,
+        "the event sent during the outage is stored once, not twice"
+    );
+    proxy.stop();
+}

@@ -1,0 +1,270 @@
+//! The store's settings.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use proteus_projections::StoreError;
+
+/// Longest schema name, in bytes (the same rule as the PostgreSQL event store's).
+pub const SCHEMA_NAME_BYTES_MAX: usize = 48;
+/// Documents one query may read when no other limit is set (as the embedded store).
+pub const QUERY_SCAN_DOCS_MAX_DEFAULT: usize = 1_000_000;
+
+/// Settings of the PostgreSQL read-model store. Every store lives in its own PostgreSQL
+/// schema, so one database can hold several (tests run each in a fresh schema); its tables do
+/// not clash with the PostgreSQL event store's, so both may also share one schema.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresReadModelConfig {
+    /// A libpq-style connection URL or key=value string, such as
+    /// `postgres://proteus@db.internal:5432/proteus`. TLS is not supported: connect over a
+    /// trusted network or a local socket. `application_name` defaults to
+    /// `proteus-readmodels`. The database must use the UTF8 encoding.
+    pub url: String,
+    /// The PostgreSQL schema holding the store's tables, created at open if missing: 1 to
+    /// [`SCHEMA_NAME_BYTES_MAX`] bytes of lowercase ASCII letters, digits and `_`, starting with
+    /// a letter or `_`, not starting with `pg_`. Default `proteus_readmodels`.
+    pub schema: String,
+    /// Most connections of the pool. Default 16.
+    pub pool_size_max: usize,
+    /// Longest wait for a new connection to be established, in milliseconds. Default 5,000.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for a free connection of the pool, in milliseconds. Default 10,000.
+    pub pool_wait_timeout_ms: u64,
+    /// Longest statement, in milliseconds (PostgreSQL's `statement_timeout`); 0 for none.
+    /// Default 30,000.
+    pub statement_timeout_ms: u64,
+    /// Longest statement of `reset` and `drop_projection`, which delete every row of a
+    /// projection in one transaction, in milliseconds; 0 for none. Default 600,000.
+    pub reset_statement_timeout_ms: u64,
+    /// Most documents one query reads before it is refused with `QueryTooBroad` (as the
+    /// embedded store's option of the same name). Default 1,000,000.
+    pub query_scan_docs_max: usize,
+    /// Most rows one statement of a query fetches; a query reads in chunks growing from about
+    /// its page size up to this. Default 1,000.
+    pub query_chunk_rows_max: usize,
+    /// Most documents or list items one statement of a commit sends. Default 10,000 (so
+    /// every commit within `COMMIT_WRITES_MAX` needs one statement per kind of write).
+    pub write_chunk_rows_max: usize,
+    /// Most bytes of JSON one statement of a commit sends; a larger document or list is
+    /// still sent, alone. Default 32 MiB (PostgreSQL takes at most 1 GiB per parameter).
+    pub write_chunk_bytes_max: usize,
+}
+
+impl Default for PostgresReadModelConfig {
+    fn default() -> Self {
+        PostgresReadModelConfig {
+            url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            schema: "proteus_readmodels".into(),
+            pool_size_max: 16,
+            connect_timeout_ms: 5_000,
+            pool_wait_timeout_ms: 10_000,
+            statement_timeout_ms: 30_000,
+            reset_statement_timeout_ms: 600_000,
+            query_scan_docs_max: QUERY_SCAN_DOCS_MAX_DEFAULT,
+            query_chunk_rows_max: 1_000,
+            write_chunk_rows_max: 10_000,
+            write_chunk_bytes_max: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl PostgresReadModelConfig {
+    /// The defaults with this URL and schema.
+    pub fn new(url: impl Into<String>, schema: impl Into<String>) -> Self {
+        PostgresReadModelConfig {
+            url: url.into(),
+            schema: schema.into(),
+            ..PostgresReadModelConfig::default()
+        }
+    }
+
+    /// Checks every field and gives the driver's configuration.
+    pub(crate) fn validate(&self) -> Result<tokio_postgres::Config, StoreError> {
+        let invalid =
+            |reason: String| StoreError::Backend(format!("invalid configuration: {reason}"));
+        validate_schema_name(&self.schema).map_err(invalid)?;
+        for (name, value) in [
+            ("pool_size_max", self.pool_size_max as u64),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("pool_wait_timeout_ms", self.pool_wait_timeout_ms),
+            ("query_scan_docs_max", self.query_scan_docs_max as u64),
+            ("query_chunk_rows_max", self.query_chunk_rows_max as u64),
+            ("write_chunk_rows_max", self.write_chunk_rows_max as u64),
+            ("write_chunk_bytes_max", self.write_chunk_bytes_max as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("{name} is 0; it must be at least 1")));
+            }
+        }
+        let mut pg = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
+            invalid(format!(
+                "the PostgreSQL URL {} is invalid: {e}; use the form postgres://user@host:5432/database",
+                redact(&self.url)
+            ))
+        })?;
+        if pg.get_application_name().is_none() {
+            pg.application_name("proteus-readmodels");
+        }
+        pg.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
+        let mut options = pg.get_options().unwrap_or_default().to_owned();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str(&format!(
+            "-c statement_timeout={} -c client_encoding=UTF8",
+            self.statement_timeout_ms
+        ));
+        pg.options(&options);
+        Ok(pg)
+    }
+}
+
+/// The URL without its password, for messages and `Debug`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return if url.contains("password") {
+            "(a key=value connection string with a password)".into()
+        } else {
+            url.to_owned()
+        };
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let redacted = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = if tail.contains("password=") {
+        "/…(options with a password)"
+    } else {
+        tail
+    };
+    format!("{scheme}://{redacted}{tail}")
+}
+
+impl fmt::Debug for PostgresReadModelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresReadModelConfig")
+            .field("url", &redact(&self.url))
+            .field("schema", &self.schema)
+            .field("pool_size_max", &self.pool_size_max)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("pool_wait_timeout_ms", &self.pool_wait_timeout_ms)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field(
+                "reset_statement_timeout_ms",
+                &self.reset_statement_timeout_ms,
+            )
+            .field("query_scan_docs_max", &self.query_scan_docs_max)
+            .field("query_chunk_rows_max", &self.query_chunk_rows_max)
+            .field("write_chunk_rows_max", &self.write_chunk_rows_max)
+            .field("write_chunk_bytes_max", &self.write_chunk_bytes_max)
+            .finish()
+    }
+}
+
+/// The schema name rule (see [`PostgresReadModelConfig::schema`]): names that never need
+/// quoting nor escaping, so they can be spliced into SQL safely.
+pub fn validate_schema_name(schema: &str) -> Result<(), String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "invalid schema name {:?}: {why}",
+            schema.chars().take(64).collect::<String>()
+        ))
+    };
+    if schema.is_empty() {
+        return refuse("it is empty; name the PostgreSQL schema holding the read models");
+    }
+    if schema.len() > SCHEMA_NAME_BYTES_MAX {
+        return refuse(&format!(
+            "it is {} bytes long, the most is {SCHEMA_NAME_BYTES_MAX}",
+            schema.len()
+        ));
+    }
+    if !schema
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return refuse("use only lowercase ASCII letters, digits and '_'");
+    }
+    if schema.as_bytes()[0].is_ascii_digit() {
+        return refuse("it must start with a letter or '_'");
+    }
+    if schema.starts_with("pg_") {
+        return refuse("names starting with 'pg_' are reserved by PostgreSQL");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names() {
+        for good in ["proteus", "_x", "a1_b2", &"s".repeat(SCHEMA_NAME_BYTES_MAX)] {
+            assert!(validate_schema_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Proteus",
+            "1abc",
+            "pg_things",
+            "a-b",
+            "a b",
+            "a\"b",
+            "é",
+            &"s".repeat(SCHEMA_NAME_BYTES_MAX + 1),
+        ] {
+            assert!(validate_schema_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db?x=1"),
+            "postgres://u:***@h:5432/db?x=1"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert!(!redact("postgres://u@h/db?password=secret").contains("secret"));
+        assert!(!redact("host=h password=secret").contains("secret"));
+        let config = PostgresReadModelConfig::new("postgres://u:secret@h/db", "s");
+        assert!(!format!("{config:?}").contains("secret"));
+    }
+
+    #[test]
+    fn configs_are_checked() {
+        let good = PostgresReadModelConfig::new("postgres://u@h:5432/db", "s");
+        let pg = good.validate().unwrap();
+        assert_eq!(pg.get_application_name(), Some("proteus-readmodels"));
+        for bad in [
+            PostgresReadModelConfig {
+                pool_size_max: 0,
+                ..good.clone()
+            },
+            PostgresReadModelConfig {
+                schema: "Bad".into(),
+                ..good.clone()
+            },
+            PostgresReadModelConfig {
+                url: "postgres://u@h:notaport/db".into(),
+                ..good.clone()
+            },
+            PostgresReadModelConfig {
+                query_scan_docs_max: 0,
+                ..good.clone()
+            },
+            PostgresReadModelConfig {
+                write_chunk_bytes_max: 0,
+                ..good.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Two `proteus serve` processes sharing one NATS JetStream log: a topic created through one is
+//! used through the other, an event published through one is read (and waited for) through the
+//! other, and a retried event is recognised as a duplicate whichever instance receives it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proteus_log::port::TopicAdmin;
+use proteus_log_nats::{NatsLog, NatsLogConfig};
+use serde_json::{Value, json};
+
+use crate::support::ServerProcess;
+
+fn nats_url() -> String {
+    std::env::var("PROTEUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A stream-name prefix of its own; every stream under it is deleted when the test ends.
+struct Prefix(String);
+
+impl Prefix {
+    fn new() -> Prefix {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        Prefix(format!("ITSHARED{}x{nanos}", std::process::id()))
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        let config = NatsLogConfig {
+            url: nats_url(),
+            stream_prefix: self.0.clone(),
+            subject_prefix: self.0.to_lowercase(),
+            retention_interval_ms: 0,
+            ..NatsLogConfig::default()
+        };
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            if let Ok(log) = NatsLog::connect(config).await
+                && let Ok(topics) = log.list_topics().await
+            {
+                for topic in topics {
+                    let _ = log.delete_topic(&topic.name).await;
+                }
+            }
+        });
+    }
+}
+
+fn start(data_dir: &std::path::Path, prefix: &Prefix) -> ServerProcess {
+    ServerProcess::start_with(
+        data_dir,
+        &[
+            "--storage-log",
+            &nats_url(),
+            "--storage-log-prefix",
+            &prefix.0,
+        ],
+        &[],
+    )
+}
+
+fn publish(http: &reqwest::blocking::Client, server: &str, id: &str) -> Value {
+    let response = http
+        .post(format!("{server}/v1/topics/orders/events"))
+        .header("content-type", "application/cloudevents+json")
+        .json(&json!({
+            "specversion": "1.0", "id": id, "source": "/it", "type": "OrderPlaced",
+            "data": {"n": 1}
+        }))
+        .send()
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response.json().unwrap()
+}
+
+#[test]
+fn two_instances_share_one_nats_log() {
+    let prefix = Prefix::new();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(dirs[0].path(), &prefix);
+    let b = start(dirs[1].path(), &prefix);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let status = http
+        .put(format!("{}/v1/topics/orders", a.url))
+        .json(&json!({"partitions": 1}))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 201);
+    let described: Value = http
+        .get(format!("{}/v1/topics/orders", b.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(described["name"], "orders", "{described}");
+
+    // B long-polls the partition; A's publish wakes it.
+    let waiter = {
+        let (http, url) = (http.clone(), b.url.clone());
+        std::thread::spawn(move || -> Value {
+            http.get(format!(
+                "{url}/v1/topics/orders/partitions/0/events?from=0&wait_ms=20000"
+            ))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    publish(&http, &a.url, "order-1");
+    let read = waiter.join().unwrap();
+    let events = read["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{read}");
+    assert_eq!(events[0]["event"]["id"], "order-1");
+
+    // The same event retried through B is a duplicate of A's, not a second event.
+    publish(&http, &b.url, "order-1");
+    publish(&http, &b.url, "order-2");
+    let read: Value = http
+        .get(format!(
+            "{}/v1/topics/orders/partitions/0/events?from=0",
+            a.url
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ids: Vec<&str> = read["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["order-1", "order-2"], "{read}");
+    drop((a, b));
+}
