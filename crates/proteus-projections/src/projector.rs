@@ -765,27 +765,21 @@ fn apply_list(
     // The item is written as JSON text directly: no map is built for it, and it is encoded
     // once for both the size check and the store.
     let mut json = Vec::with_capacity(128);
-    let field = |json: &mut Vec<u8>, name: &str, value: &dyn erased::Json| {
-        json.push(if json.is_empty() { b'{' } else { b',' });
-        erased::write(json, &name);
-        json.push(b':');
-        value.write_to(json);
-    };
     match &list.fields {
         Some(fields) => {
             for (name, operand) in fields {
                 if let Some(value) = eval(event, operand)? {
-                    field(&mut json, name, &value.as_ref());
+                    write_field(&mut json, name, value.as_ref());
                 }
             }
         }
         None => {
-            field(&mut json, "stream", &event.stream);
-            field(&mut json, "version", &event.version);
-            field(&mut json, "position", &event.position);
-            field(&mut json, "event_type", &event.event_type);
-            field(&mut json, "recorded_ms", &event.recorded_ms);
-            field(&mut json, "data", &event.data);
+            write_field(&mut json, "stream", event.stream);
+            write_field(&mut json, "version", &event.version);
+            write_field(&mut json, "position", &event.position);
+            write_field(&mut json, "event_type", event.event_type);
+            write_field(&mut json, "recorded_ms", &event.recorded_ms);
+            write_field(&mut json, "data", event.data);
         }
     }
     if json.is_empty() {
@@ -809,20 +803,11 @@ fn apply_list(
     Ok(())
 }
 
-/// Writing values of different types into one JSON buffer through one closure.
-mod erased {
-    pub trait Json {
-        fn write_to(&self, out: &mut Vec<u8>);
-    }
-
-    impl<T: serde::Serialize + ?Sized> Json for T {
-        fn write_to(&self, out: &mut Vec<u8>) {
-            write(out, self);
-        }
-    }
-
-    pub fn write<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-        // Serialising plain values into a Vec cannot fail.
-        let _ = serde_json::to_writer(out, value);
-    }
+/// Adds `"name":value` to the JSON object being written in `json` (opening it first).
+fn write_field<T: serde::Serialize + ?Sized>(json: &mut Vec<u8>, name: &str, value: &T) {
+    json.push(if json.is_empty() { b'{' } else { b',' });
+    // Serialising plain values into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *json, name);
+    json.push(b':');
+    let _ = serde_json::to_writer(&mut *json, value);
 }
