@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+mod experiments;
 mod flags;
 mod groups;
 mod local_flags;

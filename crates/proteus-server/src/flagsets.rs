@@ -36,7 +36,7 @@ fn set_name(name: &str) -> Result<FlagSetName, Problem> {
 }
 
 /// The author of a change to `set`, checking the request's API key may touch it.
-fn author(
+pub(crate) fn author(
     state: &AppState,
     headers: &HeaderMap,
     set: &FlagSetName,
@@ -86,7 +86,11 @@ fn check_scope(key: Option<&crate::ofrep::ApiKey>, set: &FlagSetName) -> Result<
 }
 
 /// Reading needs the same rights as writing: a key sees only its own set.
-fn check_read(state: &AppState, headers: &HeaderMap, set: &FlagSetName) -> Result<(), Problem> {
+pub(crate) fn check_read(
+    state: &AppState,
+    headers: &HeaderMap,
+    set: &FlagSetName,
+) -> Result<(), Problem> {
     let key = authenticate(state, headers).map_err(|details| {
         Problem::new(
             StatusCode::UNAUTHORIZED,

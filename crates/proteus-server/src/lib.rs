@@ -11,10 +11,12 @@
 //! | `GET /v1/topics/{topic}/partitions/{p}/events` | read a partition, with long polling |
 //! | `GET /v1/topics/{topic}/events/stream` | live tail as Server-Sent Events, resumable |
 //! | `/v1/topics/{topic}/groups/...` | consumer groups: members, pull, ack/nack, dead letters |
+//! | `/v1/experiments/...` | experiments on flags: create, start, stop, decide, results |
 //!
 //! Every error is an RFC 9457 `application/problem+json` body.
 
 mod events;
+mod experiments;
 mod extract;
 mod flagsets;
 mod groups;
@@ -81,6 +83,8 @@ pub struct AppState {
     pub schemas: Option<proteus_schemas_service::SchemaService>,
     /// The projections behind `/v1/projections`.
     pub projections: Option<proteus_projections_service::ProjectionService>,
+    /// The experiments behind `/v1/experiments`.
+    pub experiments: Option<proteus_experiments_service::ExperimentService>,
     pub config: HttpConfig,
     pub metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
@@ -124,6 +128,7 @@ impl AppState {
             events: None,
             schemas: None,
             projections: None,
+            experiments: None,
             config,
             metrics: install_metrics_recorder(),
             ready: ready.clone(),
@@ -154,6 +159,15 @@ impl AppState {
         projections: proteus_projections_service::ProjectionService,
     ) -> Self {
         self.projections = Some(projections);
+        self
+    }
+
+    /// Serves `/v1/experiments` from `experiments`.
+    pub fn with_experiments(
+        mut self,
+        experiments: proteus_experiments_service::ExperimentService,
+    ) -> Self {
+        self.experiments = Some(experiments);
         self
     }
 
@@ -268,6 +282,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/projections/{name}/{action}",
             post(projections::control),
         )
+        .route(
+            "/v1/experiments",
+            get(experiments::list).post(experiments::create),
+        )
+        .route(
+            "/v1/experiments/{id}",
+            get(experiments::get).put(experiments::redefine),
+        )
+        .route("/v1/experiments/{id}/results", get(experiments::results))
+        .route("/v1/experiments/{id}/{action}", post(experiments::action))
         .route("/v1/schemas", get(schemas::list))
         .route(
             "/v1/schemas/{event_type}",

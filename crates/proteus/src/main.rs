@@ -1,6 +1,7 @@
 //! `proteus`: the server (`proteus serve`) and its command-line client.
 
 mod cli;
+mod experiment_cli;
 mod flags_cli;
 mod group_cli;
 mod projection_cli;
@@ -70,6 +71,11 @@ enum Command {
         #[command(subcommand)]
         command: schema_cli::SchemaCommand,
     },
+    /// Experiments on feature flags: create, start, stop, decide, results.
+    Experiment {
+        #[command(subcommand)]
+        command: experiment_cli::ExperimentCommand,
+    },
     /// Measure Proteus and its peers (NATS JetStream, Redis, PostgreSQL) on this machine.
     Bench {
         #[command(subcommand)]
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
             Command::Stream { command } => stream_cli::stream(command).await,
             Command::Projection { command } => projection_cli::projection(command).await,
             Command::Schema { command } => schema_cli::schema(command).await,
+            Command::Experiment { command } => experiment_cli::experiment(command).await,
             Command::Bench { command } => proteus_bench::run(command).await,
         }
     });

@@ -6,6 +6,7 @@ use std::time::Duration;
 use proteus_eventstore::EventStore;
 use proteus_eventstore_embedded::{EmbeddedConfig as EventStoreConfig, EmbeddedEventStore};
 use proteus_eventstore_postgres::{PostgresEventStore, PostgresEventStoreConfig};
+use proteus_experiments_service::{ExperimentService, ExperimentServiceConfig};
 use proteus_flagsets_service::exposures::ExposureConfig;
 use proteus_flagsets_service::proteus_flagsets::FlagSetName;
 use proteus_flagsets_service::usage::UsageConfig;
@@ -153,6 +154,13 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot start the projections: {e}"))?;
+    let experiments = ExperimentService::open(
+        log.clone(),
+        flags.clone(),
+        ExperimentServiceConfig::default(),
+    )
+    .await
+    .map_err(|e| format!("cannot load the experiments: {e}"))?;
     let flag_api_keys = settings
         .flag_api_keys
         .iter()
@@ -175,7 +183,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let state = state
         .with_event_store(events.clone())
         .with_schemas(schemas)
-        .with_projections(projections.clone());
+        .with_projections(projections.clone())
+        .with_experiments(experiments.clone());
     tracing::info!(
         address = %format!("http://{address}"),
         data_dir = %settings.data_dir.display(),
@@ -215,6 +224,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         ),
     }
     flags.flush_usage().await;
+    experiments.close().await;
     groups.shutdown().await;
     projections.close().await;
     if let Err(e) = events.close().await {

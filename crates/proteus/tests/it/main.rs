@@ -3,6 +3,7 @@
 mod bench_consume;
 mod cli;
 mod crash;
+mod experiments_cli;
 mod flags_cli;
 mod group_chaos;
 mod openfeature;

@@ -1,0 +1,1055 @@
+//! The experiments runtime.
+//!
+//! - **The log is the store.** Every definition and lifecycle transition is appended (fsync) to
+//!   the topic `proteus.experiments` as the experiment's whole new state before it takes effect;
+//!   [`ExperimentService::open`] replays the topic (the last record of an id wins). A change
+//!   acknowledged to its author survives kill -9.
+//! - **One aggregation task per started experiment** reads `proteus.flags.exposures` and the
+//!   topics its metrics name, from the experiment's start (or its checkpoint), in bounded batches
+//!   merged by append time across topics and partitions (so a backlog is replayed roughly in the
+//!   order it was written and no topic runs ahead of the others by more than one batch). It feeds
+//!   the domain's [`ExperimentAggregator`], whose own limits (`units_max`, `unit_events_max`)
+//!   bound its memory. Event times are capped at the clock, so one event from the future cannot
+//!   make everything else late.
+//! - **Checkpoints.** Every `checkpoint_interval_ms` (when something was consumed), when the task
+//!   stops, and when the service closes, the aggregator (compacted) and the offsets it consumed
+//!   are appended to `proteus.experiments.state`; start-up resumes from the latest checkpoint of
+//!   each experiment instead of re-reading everything. A checkpoint larger than
+//!   [`CHECKPOINT_BYTES_MAX`] is skipped (and logged): a restart then resumes from the previous
+//!   one.
+//! - Exposures count from the start to the stop of the experiment; metric events keep counting
+//!   after the stop (for units already exposed, within their windows) until the experiment is
+//!   decided, when the task catches up once more, checkpoints and ends.
+//! - **Decisions roll out through the flag-set service**: `decide` with `roll_out` applies the
+//!   domain's [`rollout_change`] as an audited flag-set revision before the decision is recorded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use proteus_experiments::{
+    Decision, DefinitionError, DefinitionErrors, EXPOSURE_EVENT_TYPE, EXPOSURE_TOPIC, Experiment,
+    ExperimentAggregator, ExperimentDefinition, ExperimentResults, Exposure, LifecycleError,
+    Status, rollout_change,
+};
+use proteus_flagsets::FlagSetName;
+use proteus_flagsets_service::{Author, FlagService, FlagServiceError};
+use proteus_log::port::{Log, StoredEvent};
+use proteus_log::{Event, LogError, Offset, ReadFrom, ReadLimits, TopicConfig, TopicName};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+pub use proteus_experiments;
+
+/// The topic experiment changes go to.
+pub const TOPIC: &str = "proteus.experiments";
+/// The topic aggregation checkpoints go to.
+pub const STATE_TOPIC: &str = "proteus.experiments.state";
+/// The CloudEvent type of an experiment change.
+pub const EVENT_TYPE: &str = "dev.proteus.experiment.changed";
+/// The CloudEvent type of a checkpoint.
+pub const CHECKPOINT_EVENT_TYPE: &str = "dev.proteus.experiment.checkpoint";
+/// Most experiments kept (every state).
+pub const EXPERIMENTS_MAX: usize = 1_000;
+/// Most experiments running or stopped (each has an aggregation task) at once.
+pub const ACTIVE_MAX: usize = 100;
+/// Largest checkpoint event, in bytes (the log's largest event).
+pub const CHECKPOINT_BYTES_MAX: usize = proteus_log::topic::EVENT_BYTES_MAX_LIMIT as usize;
+/// Largest change event, in bytes: a definition (256 KiB at most) with room.
+const CHANGE_EVENT_BYTES_MAX: u32 = 1024 * 1024;
+/// Events read per request while replaying the topics at start-up.
+const REPLAY_EVENTS_PER_READ: u32 = 1_000;
+
+/// How the aggregation tasks read and checkpoint.
+#[derive(Clone, Debug)]
+pub struct ExperimentServiceConfig {
+    /// Pause of a task that found nothing new, in ms.
+    pub poll_ms: u64,
+    /// Shortest time between two checkpoints of one experiment, in ms (0: after every batch).
+    pub checkpoint_interval_ms: u64,
+    /// Most events read from one partition per batch.
+    pub read_events_max: u32,
+    /// Most bytes read from one partition per batch.
+    pub read_bytes_max: u32,
+}
+
+impl Default for ExperimentServiceConfig {
+    fn default() -> Self {
+        ExperimentServiceConfig {
+            poll_ms: 250,
+            checkpoint_interval_ms: 10_000,
+            read_events_max: 1_000,
+            read_bytes_max: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentServiceError {
+    #[error("the experiment definition is invalid: {0}")]
+    Definition(DefinitionErrors),
+    #[error("experiment '{id}' does not exist; list them with GET /v1/experiments")]
+    NotFound { id: String },
+    #[error(
+        "experiment '{id}' already exists ({state}); choose another id, or redefine a draft with PUT /v1/experiments/{id}"
+    )]
+    AlreadyExists { id: String, state: &'static str },
+    #[error("{error}")]
+    Lifecycle {
+        error: LifecycleError,
+        /// What the experiment's state allows instead.
+        allowed_actions: Vec<&'static str>,
+    },
+    #[error("the variant cannot be rolled out: {0}")]
+    Rollout(String),
+    #[error(
+        "{count} {what} experiments exist, the most is {max}; decide (or stop) some before adding more"
+    )]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("the flag-set service refused the rollout: {0}")]
+    Flag(#[from] FlagServiceError),
+    #[error("the experiments' store (the log) failed: {0}")]
+    Log(#[from] LogError),
+    #[error("an experiment change cannot be encoded as an event: {0}")]
+    Encoding(String),
+    #[error("event {offset} of the topic '{topic}' cannot be replayed: {reason}")]
+    Corrupt {
+        topic: &'static str,
+        offset: Offset,
+        reason: String,
+    },
+}
+
+/// One record of the `proteus.experiments` topic: the experiment after a change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    /// `create`, `redefine`, `start`, `stop` or `decide`.
+    pub action: String,
+    pub time_ms: i64,
+    pub actor: String,
+    pub experiment: Experiment,
+}
+
+/// Offsets consumed: topic → partition → next offset.
+pub type Positions = BTreeMap<String, BTreeMap<u32, Offset>>;
+
+/// One record of the `proteus.experiments.state` topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    id: String,
+    started_ms: i64,
+    time_ms: i64,
+    positions: Positions,
+    aggregator: ExperimentAggregator,
+}
+
+/// An experiment as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExperimentInfo {
+    pub id: String,
+    pub state: &'static str,
+    /// What may be done next: `redefine`, `start`, `stop`, `decide`.
+    pub allowed_actions: Vec<&'static str>,
+    pub updated_ms: i64,
+    pub definition: ExperimentDefinition,
+    pub status: Status,
+}
+
+/// The outcome of a decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decided {
+    pub experiment: ExperimentInfo,
+    /// The flag set's new version when the variant was rolled out (`None`: not rolled out, or
+    /// the flag already served it).
+    pub flag_set_version: Option<u64>,
+}
+
+fn allowed_actions(status: &Status) -> Vec<&'static str> {
+    match status {
+        Status::Draft => vec!["redefine", "start"],
+        Status::Running { .. } => vec!["stop"],
+        Status::Stopped { .. } => vec!["decide"],
+        Status::Decided { .. } => vec![],
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The aggregation state of one started experiment, shared by its task and the results.
+struct Shared {
+    aggregator: ExperimentAggregator,
+    positions: Positions,
+    /// Consumed since the last checkpoint.
+    dirty: bool,
+    checkpointed_ms: i64,
+}
+
+struct Entry {
+    experiment: Experiment,
+    updated_ms: i64,
+    shared: Option<Arc<Mutex<Shared>>>,
+}
+
+impl Entry {
+    fn info(&self) -> ExperimentInfo {
+        ExperimentInfo {
+            id: self.experiment.definition.id.clone(),
+            state: self.experiment.status.name(),
+            allowed_actions: allowed_actions(&self.experiment.status),
+            updated_ms: self.updated_ms,
+            definition: self.experiment.definition.clone(),
+            status: self.experiment.status.clone(),
+        }
+    }
+}
+
+struct Inner {
+    log: Arc<dyn Log>,
+    flags: FlagService,
+    topic: TopicName,
+    state_topic: TopicName,
+    config: ExperimentServiceConfig,
+    experiments: RwLock<BTreeMap<String, Entry>>,
+    writer: tokio::sync::Mutex<()>,
+    closing: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// The experiments, shared by the HTTP handlers. Cloning shares them.
+#[derive(Clone)]
+pub struct ExperimentService {
+    inner: Arc<Inner>,
+}
+
+async fn ensure_topic(
+    log: &dyn Log,
+    topic: &TopicName,
+    event_bytes_max: u32,
+) -> Result<(), LogError> {
+    match log.describe_topic(topic).await {
+        Ok(_) => Ok(()),
+        Err(LogError::TopicNotFound { .. }) => {
+            let config = TopicConfig {
+                partitions: 1,
+                retention_ms: None,
+                retention_bytes: None,
+                event_bytes_max,
+                ..TopicConfig::default()
+            };
+            log.put_topic(topic, config).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads every event of partition 0 of `topic`, in order, handing each to `each`.
+async fn replay_topic(
+    log: &dyn Log,
+    topic: &TopicName,
+    mut each: impl FnMut(&StoredEvent) -> Result<(), ExperimentServiceError>,
+) -> Result<(), ExperimentServiceError> {
+    let limits = ReadLimits {
+        events_max: REPLAY_EVENTS_PER_READ,
+        bytes_max: proteus_log::port::READ_BYTES_MAX,
+    };
+    let mut from = 0;
+    loop {
+        let batch = log.read(topic, 0, ReadFrom::Offset(from), limits).await?;
+        if batch.events.is_empty() {
+            return Ok(());
+        }
+        for stored in &batch.events {
+            each(stored)?;
+        }
+        from = batch.next_offset;
+    }
+}
+
+fn definition_error(path: &str, message: String) -> ExperimentServiceError {
+    ExperimentServiceError::Definition(DefinitionErrors(vec![DefinitionError {
+        path: path.to_owned(),
+        message,
+    }]))
+}
+
+impl ExperimentService {
+    /// Creates the topics if needed, replays the experiments and their checkpoints, and starts
+    /// the aggregation task of every started experiment.
+    pub async fn open(
+        log: Arc<dyn Log>,
+        flags: FlagService,
+        config: ExperimentServiceConfig,
+    ) -> Result<ExperimentService, ExperimentServiceError> {
+        let topic = TopicName::parse(TOPIC).expect("the experiments topic name is valid");
+        let state_topic = TopicName::parse(STATE_TOPIC).expect("the state topic name is valid");
+        ensure_topic(log.as_ref(), &topic, CHANGE_EVENT_BYTES_MAX).await?;
+        ensure_topic(
+            log.as_ref(),
+            &state_topic,
+            proteus_log::topic::EVENT_BYTES_MAX_LIMIT,
+        )
+        .await?;
+
+        let mut experiments: BTreeMap<String, Entry> = BTreeMap::new();
+        replay_topic(log.as_ref(), &topic, |stored| {
+            let corrupt = |reason: String| ExperimentServiceError::Corrupt {
+                topic: TOPIC,
+                offset: stored.offset,
+                reason,
+            };
+            let envelope: Value =
+                serde_json::from_slice(&stored.json).map_err(|e| corrupt(e.to_string()))?;
+            if envelope["type"] != EVENT_TYPE {
+                return Ok(());
+            }
+            let record: ChangeRecord = serde_json::from_value(envelope["data"].clone())
+                .map_err(|e| corrupt(e.to_string()))?;
+            experiments.insert(
+                record.experiment.definition.id.clone(),
+                Entry {
+                    experiment: record.experiment,
+                    updated_ms: record.time_ms,
+                    shared: None,
+                },
+            );
+            Ok(())
+        })
+        .await?;
+
+        // The latest checkpoint of each experiment (kept raw: only the last one is decoded).
+        let mut checkpoints: HashMap<String, (Offset, Value)> = HashMap::new();
+        replay_topic(log.as_ref(), &state_topic, |stored| {
+            let Ok(mut envelope) = serde_json::from_slice::<Value>(&stored.json) else {
+                tracing::warn!(
+                    offset = stored.offset,
+                    "an experiment checkpoint is not JSON; ignored"
+                );
+                return Ok(());
+            };
+            if envelope["type"] != CHECKPOINT_EVENT_TYPE {
+                return Ok(());
+            }
+            if let Some(id) = envelope["subject"].as_str().map(str::to_owned) {
+                checkpoints.insert(id, (stored.offset, envelope["data"].take()));
+            }
+            Ok(())
+        })
+        .await?;
+
+        for (id, entry) in experiments.iter_mut() {
+            let Some(started_ms) = started_ms(&entry.experiment.status) else {
+                continue;
+            };
+            let definition = &entry.experiment.definition;
+            let restored = checkpoints.remove(id).and_then(|(offset, data)| {
+                match serde_json::from_value::<Checkpoint>(data) {
+                    Ok(c) if c.started_ms == started_ms => Some(c),
+                    Ok(_) => None,
+                    Err(error) => {
+                        tracing::warn!(experiment = %id, offset, %error,
+                            "the experiment's checkpoint cannot be decoded; its topics are read again from the start");
+                        None
+                    }
+                }
+            });
+            let shared = match restored {
+                Some(c) => Shared {
+                    aggregator: c.aggregator,
+                    positions: c.positions,
+                    dirty: false,
+                    checkpointed_ms: c.time_ms,
+                },
+                None => Shared {
+                    aggregator: ExperimentAggregator::new(definition),
+                    positions: Positions::new(),
+                    dirty: false,
+                    checkpointed_ms: 0,
+                },
+            };
+            entry.shared = Some(Arc::new(Mutex::new(shared)));
+        }
+
+        let (closing, _) = watch::channel(false);
+        let service = ExperimentService {
+            inner: Arc::new(Inner {
+                log,
+                flags,
+                topic,
+                state_topic,
+                config,
+                experiments: RwLock::new(experiments),
+                writer: tokio::sync::Mutex::new(()),
+                closing,
+                tasks: Mutex::default(),
+            }),
+        };
+        let started: Vec<(String, Arc<Mutex<Shared>>)> = service
+            .read()
+            .iter()
+            .filter_map(|(id, e)| e.shared.clone().map(|s| (id.clone(), s)))
+            .collect();
+        for (id, shared) in started {
+            service.spawn(id, shared);
+        }
+        Ok(service)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.inner
+            .experiments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+        self.inner
+            .experiments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spawn(&self, id: String, shared: Arc<Mutex<Shared>>) {
+        let task = tokio::spawn(run(
+            Arc::downgrade(&self.inner),
+            id,
+            shared,
+            self.inner.closing.subscribe(),
+        ));
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// Every experiment, by id.
+    pub fn list(&self) -> Vec<ExperimentInfo> {
+        self.read().values().map(Entry::info).collect()
+    }
+
+    pub fn get(&self, id: &str) -> Result<ExperimentInfo, ExperimentServiceError> {
+        self.read()
+            .get(id)
+            .map(Entry::info)
+            .ok_or_else(|| ExperimentServiceError::NotFound { id: id.to_owned() })
+    }
+
+    /// The offsets the experiment's aggregation has consumed (`None` before it started).
+    pub fn positions(&self, id: &str) -> Option<Positions> {
+        let shared = self.read().get(id)?.shared.clone()?;
+        let positions = shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .positions
+            .clone();
+        Some(positions)
+    }
+
+    /// Checks the definition against its flag as the flag set is now: the set and the flag
+    /// exist and every arm is one of the flag's variants.
+    fn check_flag(&self, definition: &ExperimentDefinition) -> Result<(), ExperimentServiceError> {
+        let set = FlagSetName::parse(&definition.flag_set)
+            .map_err(|e| definition_error("/flag_set", e.to_string()))?;
+        let Some(live) = self.inner.flags.get(&set) else {
+            return Err(definition_error(
+                "/flag_set",
+                format!(
+                    "flag set '{set}' does not exist; push it first (`proteus flags push FILE --set {set}`)"
+                ),
+            ));
+        };
+        let Some(flag) = live.flags.flag(&definition.flag) else {
+            let known: Vec<&str> = live.flags.flags().map(|f| f.key()).take(20).collect();
+            return Err(definition_error(
+                "/flag",
+                format!(
+                    "flag '{}' does not exist in flag set '{set}' (version {}); its flags: {}",
+                    definition.flag,
+                    live.version,
+                    known.join(", ")
+                ),
+            ));
+        };
+        definition
+            .validate(Some(flag))
+            .map_err(ExperimentServiceError::Definition)
+    }
+
+    /// Appends the experiment's new state durably (the caller holds the writer lock).
+    async fn append(
+        &self,
+        action: &str,
+        actor: &str,
+        time_ms: i64,
+        experiment: &Experiment,
+    ) -> Result<(), ExperimentServiceError> {
+        let record = ChangeRecord {
+            action: action.to_owned(),
+            time_ms,
+            actor: actor.to_owned(),
+            experiment: experiment.clone(),
+        };
+        let event = json!({
+            "specversion": "1.0",
+            "id": uuid::Uuid::now_v7().to_string(),
+            "source": "/proteus/experiments",
+            "type": EVENT_TYPE,
+            "subject": experiment.definition.id,
+            "datacontenttype": "application/json",
+            "data": serde_json::to_value(&record)
+                .map_err(|e| ExperimentServiceError::Encoding(e.to_string()))?,
+        });
+        let bytes = serde_json::to_vec(&event)
+            .map_err(|e| ExperimentServiceError::Encoding(e.to_string()))?;
+        let event = Event::from_json(&bytes)
+            .map_err(|e| ExperimentServiceError::Encoding(e.to_string()))?;
+        self.inner
+            .log
+            .append(&self.inner.topic, vec![event])
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a draft from a definition (see [`ExperimentDefinition::from_json`]), checked
+    /// against its flag.
+    pub async fn create(
+        &self,
+        definition: ExperimentDefinition,
+        actor: &str,
+    ) -> Result<ExperimentInfo, ExperimentServiceError> {
+        self.check_flag(&definition)?;
+        let experiment = Experiment::draft(definition).map_err(lifecycle(&Status::Draft))?;
+        let _writer = self.inner.writer.lock().await;
+        {
+            let experiments = self.read();
+            if let Some(existing) = experiments.get(&experiment.definition.id) {
+                return Err(ExperimentServiceError::AlreadyExists {
+                    id: experiment.definition.id.clone(),
+                    state: existing.experiment.status.name(),
+                });
+            }
+            if experiments.len() >= EXPERIMENTS_MAX {
+                return Err(ExperimentServiceError::TooMany {
+                    what: "",
+                    count: experiments.len(),
+                    max: EXPERIMENTS_MAX,
+                });
+            }
+        }
+        let now = now_ms();
+        self.append("create", actor, now, &experiment).await?;
+        let entry = Entry {
+            experiment,
+            updated_ms: now,
+            shared: None,
+        };
+        let info = entry.info();
+        self.write().insert(info.id.clone(), entry);
+        Ok(info)
+    }
+
+    fn current(&self, id: &str) -> Result<Experiment, ExperimentServiceError> {
+        self.read()
+            .get(id)
+            .map(|e| e.experiment.clone())
+            .ok_or_else(|| ExperimentServiceError::NotFound { id: id.to_owned() })
+    }
+
+    /// Records `next` (already appended) as the current state of its experiment.
+    fn publish(
+        &self,
+        next: Experiment,
+        now: i64,
+        shared: Option<Arc<Mutex<Shared>>>,
+    ) -> ExperimentInfo {
+        let mut experiments = self.write();
+        let id = next.definition.id.clone();
+        let entry = experiments.entry(id).or_insert(Entry {
+            experiment: next.clone(),
+            updated_ms: now,
+            shared: None,
+        });
+        entry.experiment = next;
+        entry.updated_ms = now;
+        if shared.is_some() {
+            entry.shared = shared;
+        }
+        entry.info()
+    }
+
+    /// Replaces the definition of a draft (same id).
+    pub async fn redefine(
+        &self,
+        id: &str,
+        definition: ExperimentDefinition,
+        actor: &str,
+    ) -> Result<ExperimentInfo, ExperimentServiceError> {
+        let _writer = self.inner.writer.lock().await;
+        let mut next = self.current(id)?;
+        let status = next.status.clone();
+        next.redefine(definition).map_err(lifecycle(&status))?;
+        self.check_flag(&next.definition)?;
+        let now = now_ms();
+        self.append("redefine", actor, now, &next).await?;
+        Ok(self.publish(next, now, None))
+    }
+
+    /// draft → running: checks the flag again and starts aggregating.
+    pub async fn start(
+        &self,
+        id: &str,
+        actor: &str,
+    ) -> Result<ExperimentInfo, ExperimentServiceError> {
+        let _writer = self.inner.writer.lock().await;
+        let mut next = self.current(id)?;
+        let status = next.status.clone();
+        let now = now_ms();
+        next.start(now).map_err(lifecycle(&status))?;
+        self.check_flag(&next.definition)?;
+        let active = self
+            .read()
+            .values()
+            .filter(|e| {
+                matches!(
+                    e.experiment.status,
+                    Status::Running { .. } | Status::Stopped { .. }
+                )
+            })
+            .count();
+        if active >= ACTIVE_MAX {
+            return Err(ExperimentServiceError::TooMany {
+                what: "running or stopped",
+                count: active,
+                max: ACTIVE_MAX,
+            });
+        }
+        self.append("start", actor, now, &next).await?;
+        let shared = Arc::new(Mutex::new(Shared {
+            aggregator: ExperimentAggregator::new(&next.definition),
+            positions: Positions::new(),
+            dirty: false,
+            checkpointed_ms: now,
+        }));
+        let info = self.publish(next, now, Some(shared.clone()));
+        self.spawn(id.to_owned(), shared);
+        Ok(info)
+    }
+
+    /// running → stopped: exposures after now no longer count.
+    pub async fn stop(
+        &self,
+        id: &str,
+        actor: &str,
+    ) -> Result<ExperimentInfo, ExperimentServiceError> {
+        let _writer = self.inner.writer.lock().await;
+        let mut next = self.current(id)?;
+        let status = next.status.clone();
+        let now = now_ms();
+        next.stop(now).map_err(lifecycle(&status))?;
+        self.append("stop", actor, now, &next).await?;
+        Ok(self.publish(next, now, None))
+    }
+
+    /// stopped → decided, with `variant`; when `roll_out`, the flag first serves `variant` to
+    /// everyone (an audited flag-set revision by `actor`).
+    pub async fn decide(
+        &self,
+        id: &str,
+        variant: &str,
+        roll_out: bool,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<Decided, ExperimentServiceError> {
+        let _writer = self.inner.writer.lock().await;
+        let mut next = self.current(id)?;
+        let status = next.status.clone();
+        let now = now_ms();
+        next.decide(
+            Decision {
+                variant: variant.to_owned(),
+                roll_out,
+                reason,
+            },
+            now,
+        )
+        .map_err(lifecycle(&status))?;
+        let mut flag_set_version = None;
+        if roll_out {
+            let definition = &next.definition;
+            let set = FlagSetName::parse(&definition.flag_set)
+                .map_err(|e| ExperimentServiceError::Rollout(e.to_string()))?;
+            let live = self.inner.flags.get(&set).ok_or_else(|| {
+                ExperimentServiceError::Rollout(format!(
+                    "flag set '{set}' no longer exists; decide without rollout, or push the set again"
+                ))
+            })?;
+            let flag = live
+                .document
+                .get("flags")
+                .and_then(|f| f.get(&definition.flag))
+                .ok_or_else(|| {
+                    ExperimentServiceError::Rollout(format!(
+                        "flag '{}' no longer exists in flag set '{set}'; decide without rollout",
+                        definition.flag
+                    ))
+                })?;
+            let change = rollout_change(&definition.flag, flag, variant)
+                .map_err(|e| ExperimentServiceError::Rollout(e.0))?;
+            let author = Author {
+                actor: actor.to_owned(),
+                comment: Some(format!(
+                    "experiment '{id}' decided: roll out variant '{variant}'"
+                )),
+            };
+            let revision = self
+                .inner
+                .flags
+                .apply(&set, change, author, live.validation, None)
+                .await?;
+            flag_set_version = revision.map(|r| r.version);
+        }
+        self.append("decide", actor, now, &next).await?;
+        Ok(Decided {
+            experiment: self.publish(next, now, None),
+            flag_set_version,
+        })
+    }
+
+    /// The experiment and its results now (a draft's are empty: not enough data).
+    pub fn results(
+        &self,
+        id: &str,
+    ) -> Result<(ExperimentInfo, ExperimentResults), ExperimentServiceError> {
+        let (info, shared) = {
+            let experiments = self.read();
+            let entry = experiments
+                .get(id)
+                .ok_or_else(|| ExperimentServiceError::NotFound { id: id.to_owned() })?;
+            (entry.info(), entry.shared.clone())
+        };
+        let now = now_ms();
+        let results = match shared {
+            Some(shared) => {
+                let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+                proteus_experiments::results(&info.definition, &shared.aggregator, now)
+            }
+            None => proteus_experiments::results(
+                &info.definition,
+                &ExperimentAggregator::new(&info.definition),
+                now,
+            ),
+        };
+        Ok((info, results))
+    }
+
+    /// Stops the aggregation tasks after a last checkpoint each.
+    pub async fn close(&self) {
+        self.inner.closing.send_replace(true);
+        let tasks: Vec<_> = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn started_ms(status: &Status) -> Option<i64> {
+    match status {
+        Status::Draft => None,
+        Status::Running { started_ms }
+        | Status::Stopped { started_ms, .. }
+        | Status::Decided { started_ms, .. } => Some(*started_ms),
+    }
+}
+
+fn lifecycle(status: &Status) -> impl Fn(LifecycleError) -> ExperimentServiceError + use<> {
+    let allowed = allowed_actions(status);
+    move |error| match error {
+        LifecycleError::Definition(errors) => ExperimentServiceError::Definition(errors),
+        error => ExperimentServiceError::Lifecycle {
+            error,
+            allowed_actions: allowed.clone(),
+        },
+    }
+}
+
+/// An event's time: its CloudEvent `time` when it has one, else when the log appended it.
+fn event_time_ms(event: &Value, append_time_ms: i64) -> i64 {
+    event
+        .get("time")
+        .and_then(Value::as_str)
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map_or(append_time_ms, |t| {
+            i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(append_time_ms)
+        })
+}
+
+/// The aggregation task of one experiment.
+async fn run(
+    inner: Weak<Inner>,
+    id: String,
+    shared: Arc<Mutex<Shared>>,
+    mut closing: watch::Receiver<bool>,
+) {
+    loop {
+        let Some(service) = inner.upgrade().map(|inner| ExperimentService { inner }) else {
+            return;
+        };
+        let Some(experiment) = service.read().get(&id).map(|e| e.experiment.clone()) else {
+            return;
+        };
+        let Some(started_ms) = started_ms(&experiment.status) else {
+            return;
+        };
+        let stopped_ms = match &experiment.status {
+            Status::Stopped { stopped_ms, .. } | Status::Decided { stopped_ms, .. } => {
+                Some(*stopped_ms)
+            }
+            _ => None,
+        };
+        let decided = matches!(experiment.status, Status::Decided { .. });
+        let closed = *closing.borrow();
+        let progressed = if closed {
+            false
+        } else {
+            match consume(
+                &service,
+                &experiment.definition,
+                started_ms,
+                stopped_ms,
+                &shared,
+            )
+            .await
+            {
+                Ok(progressed) => progressed,
+                Err(error) => {
+                    tracing::warn!(experiment = %id, %error, "experiment aggregation failed; retrying");
+                    false
+                }
+            }
+        };
+        let finishing = closed || (decided && !progressed);
+        let due = {
+            let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            s.dirty
+                && (finishing
+                    || now_ms().saturating_sub(s.checkpointed_ms)
+                        >= service.inner.config.checkpoint_interval_ms as i64)
+        };
+        if due {
+            checkpoint(&service, &id, started_ms, &shared).await;
+        }
+        if finishing {
+            return;
+        }
+        let poll = Duration::from_millis(service.inner.config.poll_ms);
+        drop(service);
+        if !progressed {
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = closing.changed() => {}
+            }
+        }
+    }
+}
+
+/// Reads one batch from every partition of the exposure and metric topics and applies the
+/// events up to the earliest append time among partitions that have more; returns whether
+/// anything was consumed.
+async fn consume(
+    service: &ExperimentService,
+    definition: &ExperimentDefinition,
+    started_ms: i64,
+    stopped_ms: Option<i64>,
+    shared: &Arc<Mutex<Shared>>,
+) -> Result<bool, LogError> {
+    let inner = &service.inner;
+    let mut metric_topics: Vec<&str> = definition
+        .metrics
+        .iter()
+        .flat_map(|m| std::iter::once(&m.source).chain(m.denominator.as_ref()))
+        .map(|s| s.topic.as_str())
+        .collect();
+    metric_topics.sort_unstable();
+    metric_topics.dedup();
+    let mut topics: Vec<&str> = vec![EXPOSURE_TOPIC];
+    topics.extend(
+        metric_topics
+            .iter()
+            .copied()
+            .filter(|t| *t != EXPOSURE_TOPIC),
+    );
+    let pre_period_ms = definition
+        .analysis
+        .cuped
+        .map_or(0, |c| i64::try_from(c.pre_period_ms).unwrap_or(i64::MAX));
+    let positions = shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .positions
+        .clone();
+    let limits = ReadLimits {
+        events_max: inner.config.read_events_max.max(1),
+        bytes_max: inner.config.read_bytes_max.max(1),
+    };
+    let mut batches = Vec::new();
+    for topic in &topics {
+        let Ok(name) = TopicName::parse(topic) else {
+            continue;
+        };
+        let description = match inner.log.describe_topic(&name).await {
+            Ok(d) => d,
+            Err(LogError::TopicNotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let start_ms = if *topic == EXPOSURE_TOPIC {
+            started_ms
+        } else {
+            started_ms.saturating_sub(pre_period_ms)
+        };
+        for partition in &description.partitions {
+            let from = positions
+                .get(*topic)
+                .and_then(|p| p.get(&partition.partition))
+                .map_or(ReadFrom::TimeMs(start_ms), |o| ReadFrom::Offset(*o));
+            let batch = match inner
+                .log
+                .read(&name, partition.partition, from, limits)
+                .await
+            {
+                Ok(batch) => batch,
+                // The topic was deleted and created again: read the new one from the start.
+                Err(LogError::OffsetOutOfRange { .. }) => {
+                    inner
+                        .log
+                        .read(
+                            &name,
+                            partition.partition,
+                            ReadFrom::TimeMs(start_ms),
+                            limits,
+                        )
+                        .await?
+                }
+                Err(e) => return Err(e),
+            };
+            batches.push((*topic, partition.partition, batch));
+        }
+    }
+    // Partitions with more to read bound how far this round goes, so no topic runs ahead.
+    let cutoff = batches
+        .iter()
+        .filter(|(_, _, b)| b.next_offset < b.end_offset)
+        .filter_map(|(_, _, b)| b.events.last().map(|e| e.append_time_ms))
+        .min();
+    let mut next_positions = positions.clone();
+    let mut apply: Vec<(&str, &StoredEvent)> = Vec::new();
+    for (topic, partition, batch) in &batches {
+        let mut next = batch.next_offset;
+        for stored in &batch.events {
+            if cutoff.is_some_and(|c| stored.append_time_ms > c) {
+                next = stored.offset;
+                break;
+            }
+            apply.push((topic, stored));
+        }
+        next_positions
+            .entry((*topic).to_owned())
+            .or_default()
+            .insert(*partition, next);
+    }
+    apply.sort_by_key(|(_, e)| e.append_time_ms);
+    let now = now_ms();
+    let changed = next_positions != positions;
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    for (topic, stored) in &apply {
+        let Ok(event) = serde_json::from_slice::<Value>(&stored.json) else {
+            continue;
+        };
+        if *topic == EXPOSURE_TOPIC && event["type"] == EXPOSURE_EVENT_TYPE {
+            if let Ok(mut exposure) = Exposure::from_cloud_event(&event) {
+                exposure.time_ms = exposure.time_ms.min(now);
+                let in_period = exposure.time_ms >= started_ms
+                    && stopped_ms.is_none_or(|stop| exposure.time_ms < stop);
+                if in_period {
+                    s.aggregator.apply_exposure(&exposure);
+                }
+            }
+            continue;
+        }
+        if metric_topics.contains(topic) {
+            let time_ms = event_time_ms(&event, stored.append_time_ms).min(now);
+            s.aggregator.apply_metric_event(topic, &event, time_ms);
+        }
+    }
+    s.positions = next_positions;
+    if changed {
+        s.dirty = true;
+    }
+    Ok(changed)
+}
+
+/// Appends the aggregator (compacted) and its positions to the state topic.
+async fn checkpoint(
+    service: &ExperimentService,
+    id: &str,
+    started_ms: i64,
+    shared: &Arc<Mutex<Shared>>,
+) {
+    let now = now_ms();
+    let bytes = {
+        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.aggregator.compact();
+        let data = json!({
+            "id": id,
+            "started_ms": started_ms,
+            "time_ms": now,
+            "positions": s.positions,
+            "aggregator": s.aggregator,
+        });
+        let event = json!({
+            "specversion": "1.0",
+            "id": uuid::Uuid::now_v7().to_string(),
+            "source": "/proteus/experiments",
+            "type": CHECKPOINT_EVENT_TYPE,
+            "subject": id,
+            "datacontenttype": "application/json",
+            "data": data,
+        });
+        s.dirty = false;
+        s.checkpointed_ms = now;
+        serde_json::to_vec(&event).unwrap_or_default()
+    };
+    if bytes.len() > CHECKPOINT_BYTES_MAX {
+        tracing::warn!(experiment = %id, bytes = bytes.len(), limit_bytes = CHECKPOINT_BYTES_MAX,
+            "the experiment's checkpoint is too large and was skipped; a restart resumes from the previous one");
+        return;
+    }
+    let appended = match Event::from_json(&bytes) {
+        Ok(event) => service
+            .inner
+            .log
+            .append(&service.inner.state_topic, vec![event])
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(error) = appended {
+        tracing::warn!(experiment = %id, %error, "the experiment's checkpoint could not be appended; retrying later");
+        shared.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+    }
+}

@@ -1,0 +1,304 @@
+//! The experiments runtime over a real embedded log: replay, lifecycle refusals, aggregation,
+//! checkpoints and resume, decisions rolled out to the flag.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proteus_experiments_service::proteus_experiments::ExperimentDefinition;
+use proteus_experiments_service::{
+    ExperimentService, ExperimentServiceConfig, ExperimentServiceError, STATE_TOPIC,
+};
+use proteus_flagsets::{Change, FlagSetName, ValidationMode};
+use proteus_flagsets_service::exposures::{self, Exposure};
+use proteus_flagsets_service::{Author, FlagService};
+use proteus_log::port::Log;
+use proteus_log::{Event, ReadFrom, ReadLimits, TopicConfig, TopicName};
+use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
+use serde_json::{Value, json};
+
+async fn open_log(dir: &std::path::Path) -> Arc<dyn Log> {
+    Arc::new(EmbeddedLog::open(EmbeddedConfig::new(dir)).await.unwrap())
+}
+
+fn config() -> ExperimentServiceConfig {
+    ExperimentServiceConfig {
+        poll_ms: 20,
+        checkpoint_interval_ms: 0,
+        ..ExperimentServiceConfig::default()
+    }
+}
+
+async fn flags(log: &Arc<dyn Log>) -> FlagService {
+    let flags = FlagService::open(log.clone()).await.unwrap();
+    let document = json!({"flags": {"checkout": {
+        "state": "ENABLED",
+        "variants": {"control": "grey", "green": "green"},
+        "defaultVariant": "control",
+        "targeting": {"fractional": [["control", 50], ["green", 50]]}
+    }}});
+    flags
+        .apply(
+            &FlagSetName::parse("prod").unwrap(),
+            Change::PutSet { document },
+            Author::default(),
+            ValidationMode::Strict,
+            None,
+        )
+        .await
+        .unwrap();
+    flags
+}
+
+fn definition(id: &str, flag: &str, treatment: &str) -> ExperimentDefinition {
+    parse(
+        &json!({
+            "id": id,
+            "name": "Green checkout",
+            "flag_set": "prod",
+            "flag": flag,
+            "arms": [{"variant": "control", "weight": 1}, {"variant": treatment, "weight": 1}],
+            "control": "control",
+            "metrics": [{"id": "purchase", "kind": "conversion",
+                         "source": {"topic": "shop", "event_type": "order.placed"}}],
+            "primary_metric": "purchase",
+            "minimum_detectable_effect": {"relative": 0.1}
+        })
+        .to_string(),
+    )
+}
+
+fn parse(text: &str) -> ExperimentDefinition {
+    ExperimentDefinition::from_json(text).unwrap()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn expose(log: &Arc<dyn Log>, users: std::ops::Range<u32>) {
+    let topic = TopicName::parse(exposures::TOPIC).unwrap();
+    if log.describe_topic(&topic).await.is_err() {
+        log.put_topic(&topic, TopicConfig::default()).await.unwrap();
+    }
+    let events: Vec<Event> = users
+        .map(|n| {
+            exposures::to_event(&Exposure {
+                flag_set: "prod".into(),
+                flag: "checkout".into(),
+                variant: if n % 2 == 0 { "control" } else { "green" }.into(),
+                targeting_key: format!("user-{n}"),
+                reason: "SPLIT",
+                time_ms: now_ms(),
+            })
+            .unwrap()
+        })
+        .collect();
+    log.append(&topic, events).await.unwrap();
+}
+
+async fn buy(log: &Arc<dyn Log>, users: &[u32]) {
+    let topic = TopicName::parse("shop").unwrap();
+    if log.describe_topic(&topic).await.is_err() {
+        log.put_topic(&topic, TopicConfig::default()).await.unwrap();
+    }
+    let events: Vec<Event> = users
+        .iter()
+        .map(|n| {
+            let event = json!({"specversion": "1.0", "id": format!("order-{n}"), "source": "/shop",
+                "type": "order.placed", "partitionkey": format!("user-{n}"), "data": {"amount": 10}});
+            Event::from_json(&serde_json::to_vec(&event).unwrap()).unwrap()
+        })
+        .collect();
+    log.append(&topic, events).await.unwrap();
+}
+
+/// The results once `done` holds, within 10 s.
+async fn results_when(
+    service: &ExperimentService,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, results) = service.results(id).unwrap();
+        let results = serde_json::to_value(results).unwrap();
+        if done(&results) {
+            return results;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "results never got there: {results:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn definitions_are_checked_against_the_flag_and_the_lifecycle_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let flags = flags(&log).await;
+    let service = ExperimentService::open(log.clone(), flags, config())
+        .await
+        .unwrap();
+
+    match service.create(definition("x", "nope", "green"), "me").await {
+        Err(ExperimentServiceError::Definition(errors)) => {
+            assert!(errors.has_path("/flag"), "{errors}");
+            assert!(errors.to_string().contains("checkout"), "{errors}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match service
+        .create(definition("x", "checkout", "blue"), "me")
+        .await
+    {
+        Err(ExperimentServiceError::Definition(errors)) => {
+            assert!(errors.to_string().contains("blue"), "{errors}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let errors = ExperimentDefinition::from_json("{\"id\": 3}").unwrap_err();
+    assert!(errors.has_path("/id"), "{errors}");
+
+    let info = service
+        .create(definition("green", "checkout", "green"), "me")
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.state, info.allowed_actions.clone()),
+        ("draft", vec!["redefine", "start"])
+    );
+    assert!(matches!(
+        service
+            .create(definition("green", "checkout", "green"), "me")
+            .await,
+        Err(ExperimentServiceError::AlreadyExists { .. })
+    ));
+    match service.stop("green", "me").await {
+        Err(ExperimentServiceError::Lifecycle {
+            allowed_actions,
+            error,
+        }) => {
+            assert_eq!(allowed_actions, vec!["redefine", "start"], "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        service.start("missing", "me").await,
+        Err(ExperimentServiceError::NotFound { .. })
+    ));
+    service
+        .redefine("green", definition("green", "checkout", "green"), "me")
+        .await
+        .unwrap();
+    service.start("green", "me").await.unwrap();
+    assert!(matches!(
+        service
+            .redefine("green", definition("green", "checkout", "green"), "me")
+            .await,
+        Err(ExperimentServiceError::Lifecycle { .. })
+    ));
+    service.close().await;
+    drop(service);
+
+    // Replayed from the log.
+    let flags = FlagService::open(log.clone()).await.unwrap();
+    let service = ExperimentService::open(log.clone(), flags, config())
+        .await
+        .unwrap();
+    let all = service.list();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].state, "running");
+    assert_eq!(all[0].definition.flag, "checkout");
+    service.close().await;
+}
+
+#[tokio::test]
+async fn aggregation_checkpoints_and_resumes_without_counting_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let flags = flags(&log).await;
+    let service = ExperimentService::open(log.clone(), flags, config())
+        .await
+        .unwrap();
+    service
+        .create(definition("green", "checkout", "green"), "me")
+        .await
+        .unwrap();
+    service.start("green", "me").await.unwrap();
+    expose(&log, 0..20).await;
+    // Three control users (even) and one green user (odd) buy; a unit never exposed does not count.
+    buy(&log, &[0, 2, 4, 1, 999]).await;
+    let results = results_when(&service, "green", |r| {
+        r["aggregation"]["exposures_applied"] == 20
+            && r["aggregation"]["metric_events_applied"] == 5
+    })
+    .await;
+    let arms = &results["metrics"][0]["arms"];
+    assert_eq!((&arms[0]["n"], &arms[1]["n"]), (&json!(10), &json!(10)));
+    assert_eq!(arms[0]["mean"], 0.3);
+    assert_eq!(arms[1]["mean"], 0.1);
+    assert_eq!(results["srm"]["status"], "ok");
+    service.close().await;
+    let positions = service.positions("green").unwrap();
+    assert_eq!(positions[exposures::TOPIC][&0], 20);
+    assert_eq!(positions["shop"][&0], 5);
+    drop(service);
+
+    // A checkpoint was written...
+    let state = log
+        .read(
+            &TopicName::parse(STATE_TOPIC).unwrap(),
+            0,
+            ReadFrom::Offset(0),
+            ReadLimits::default(),
+        )
+        .await
+        .unwrap();
+    assert!(!state.events.is_empty());
+
+    // ...and a restart resumes from it: the positions are there before anything is read, and
+    // nothing is counted twice.
+    let flags = FlagService::open(log.clone()).await.unwrap();
+    let service = ExperimentService::open(log.clone(), flags, config())
+        .await
+        .unwrap();
+    assert_eq!(service.positions("green").unwrap(), positions);
+    expose(&log, 20..22).await;
+    buy(&log, &[20]).await;
+    let results = results_when(&service, "green", |r| {
+        r["aggregation"]["exposures_applied"] == 22
+            && r["aggregation"]["metric_events_applied"] == 6
+    })
+    .await;
+    let arms = &results["metrics"][0]["arms"];
+    assert_eq!((&arms[0]["n"], &arms[1]["n"]), (&json!(11), &json!(11)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, again) = service.results("green").unwrap();
+    assert_eq!(again.aggregation.exposures_applied, 22);
+
+    // Stop, then decide with a rollout: the flag now serves green to everyone.
+    service.stop("green", "me").await.unwrap();
+    match service.decide("green", "blue", true, None, "me").await {
+        Err(ExperimentServiceError::Lifecycle { error, .. }) => {
+            assert!(error.to_string().contains("blue"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let decided = service
+        .decide("green", "green", true, Some("it sells".into()), "me")
+        .await
+        .unwrap();
+    assert_eq!(decided.experiment.state, "decided");
+    assert_eq!(decided.flag_set_version, Some(2));
+    let flags = FlagService::open(log.clone()).await.unwrap();
+    let live = flags.get(&FlagSetName::parse("prod").unwrap()).unwrap();
+    let flag = &live.document["flags"]["checkout"];
+    assert_eq!(flag["defaultVariant"], "green");
+    assert!(flag.get("targeting").is_none(), "{flag}");
+    service.close().await;
+}
