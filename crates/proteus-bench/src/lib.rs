@@ -9,7 +9,9 @@
 //! - `disk`: the disk's sequential fdatasync bandwidth and small-write latency, the physical
 //!   limit for any durable log on it;
 //! - `startup`: how long the embedded log takes to open with a large log on disk;
-//! - `projection`: how fast a projection catches up with a large event store, in-process.
+//! - `projection`: how fast a projection catches up with a large event store, in-process;
+//! - `experiment`: the experiments' statistics on synthetic traffic with a known truth (false
+//!   positives under A/A with hourly peeking, and power).
 //!
 //! `bench/compare.sh` runs `produce` against every target one after the other and prints one
 //! table.
@@ -17,6 +19,7 @@
 mod consume;
 mod disk;
 mod events;
+mod experiment;
 mod limits;
 mod ofrep;
 mod produce;
@@ -60,6 +63,9 @@ pub enum BenchCommand {
     /// Projection catch-up in-process: fills an embedded event store (once, reused after),
     /// then times a fresh projection reading all of it and checks the read model it built.
     Projection(projection::ProjectionArgs),
+    /// Synthetic experiments with a known truth through the experiments' aggregation and
+    /// statistics: A/A false positives when peeking every hour, and power under a true lift.
+    Experiment(experiment::ExperimentArgs),
 }
 
 /// Runs a benchmark and prints its report. Errors are sentences for the person running it.
@@ -73,6 +79,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
         BenchCommand::Disk(args) => disk::run(args).await,
         BenchCommand::Startup(args) => startup::run(args).await,
         BenchCommand::Projection(args) => projection::run(args).await,
+        BenchCommand::Experiment(args) => experiment::run(args),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod definition;
 pub mod lifecycle;
 pub mod metric;
 pub mod results;
+pub mod simulation;
 
 pub use aggregate::{
     AggregationReport, Applied, ArmStats, EXPOSURE_EVENT_TYPE, EXPOSURE_TOPIC,

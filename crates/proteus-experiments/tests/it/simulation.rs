@@ -92,3 +92,46 @@ fn a_a_false_positives_with_continuous_peeking_and_power() {
     assert!(seq_power >= 0.4, "sequential power {seq_power}");
     assert!(fixed_power >= 0.7, "fixed power {fixed_power}");
 }
+
+/// The simulation behind `proteus bench experiment`: the same conclusions from its public API,
+/// and clear errors for impossible settings.
+#[test]
+fn the_bench_simulation_keeps_sequential_peeking_under_alpha() {
+    use proteus_experiments::simulation::{SimulationConfig, simulate};
+    let config = SimulationConfig {
+        experiments: 100,
+        units: 1_000,
+        units_per_hour: 100,
+        look_every_ms: 3_600_000,
+        control_rate: 0.2,
+        treatment_rate: 0.2,
+        alpha: 0.05,
+        seed: 7,
+    };
+    let report = simulate(&config).unwrap();
+    assert_eq!(report.looks, 10);
+    assert!(report.sequential_at_any_look <= 0.05, "{report:?}");
+    assert!(
+        report.fixed_at_any_look > report.sequential_at_any_look,
+        "{report:?}"
+    );
+    let bad = SimulationConfig {
+        treatment_rate: 1.5,
+        ..config.clone()
+    };
+    let error = simulate(&bad).unwrap_err();
+    assert!(
+        error.0.contains("treatment_rate must be from 0 to 1"),
+        "{error}"
+    );
+    let none = SimulationConfig {
+        experiments: 0,
+        ..config
+    };
+    assert!(
+        simulate(&none)
+            .unwrap_err()
+            .0
+            .contains("experiments must be")
+    );
+}
