@@ -88,4 +88,11 @@ impl Client {
         let response = self.send(self.flag_request(self.http.get(url))).await?;
         self.json(response).await
     }
+
+    /// The primary metric's lift with its interval over time: `{"points": [...]}`.
+    pub async fn experiment_history(&self, id: &str) -> Result<Value, ClientError> {
+        let url = self.url(&format!("{}/results/history", Client::experiment_path(id)));
+        let response = self.send(self.flag_request(self.http.get(url))).await?;
+        self.json(response).await
+    }
 }

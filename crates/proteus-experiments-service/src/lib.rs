@@ -29,10 +29,10 @@ use std::time::Duration;
 
 use proteus_experiments::{
     Decision, DefinitionError, DefinitionErrors, EXPOSURE_EVENT_TYPE, EXPOSURE_TOPIC, Experiment,
-    ExperimentAggregator, ExperimentDefinition, ExperimentResults, Exposure, LifecycleError,
-    Status, rollout_change,
+    ExperimentAggregator, ExperimentDefinition, ExperimentResults, Exposure, GuardrailBreach,
+    LifecycleError, Status, guardrail_breaches, rollout_change,
 };
-use proteus_flagsets::FlagSetName;
+use proteus_flagsets::{Change, FlagSetName};
 use proteus_flagsets_service::{Author, FlagService, FlagServiceError};
 use proteus_log::port::{Log, StoredEvent};
 use proteus_log::{Event, LogError, Offset, ReadFrom, ReadLimits, TopicConfig, TopicName};
@@ -72,6 +72,9 @@ pub struct ExperimentServiceConfig {
     pub read_events_max: u32,
     /// Most bytes read from one partition per batch.
     pub read_bytes_max: u32,
+    /// Shortest time between two points of an experiment's results history (what
+    /// `proteus experiment results --chart` draws), in ms.
+    pub history_interval_ms: u64,
 }
 
 impl Default for ExperimentServiceConfig {
@@ -81,6 +84,7 @@ impl Default for ExperimentServiceConfig {
             checkpoint_interval_ms: 10_000,
             read_events_max: 1_000,
             read_bytes_max: 1024 * 1024,
+            history_interval_ms: 60_000,
         }
     }
 }
@@ -146,6 +150,59 @@ struct Checkpoint {
     time_ms: i64,
     positions: Positions,
     aggregator: ExperimentAggregator,
+    #[serde(default)]
+    history: Vec<HistoryPoint>,
+}
+
+/// Most points of one experiment's results history; past it, every other point is dropped,
+/// so the history keeps covering the whole experiment at a coarser step.
+pub const HISTORY_POINTS_MAX: usize = 500;
+
+/// The primary metric's lift of every treatment arm at one time: a point of the chart of lift
+/// with intervals over time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    pub time_ms: i64,
+    pub arms: Vec<ArmLift>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmLift {
+    pub variant: String,
+    pub n: u64,
+    /// `relative` (share of the control's mean) or `absolute` (when the control's mean is 0).
+    pub scale: String,
+    pub lift: f64,
+    /// Unbounded ends (one-sided or not yet bounded) are absent.
+    pub lower: Option<f64>,
+    pub upper: Option<f64>,
+}
+
+impl HistoryPoint {
+    /// The primary metric's lifts in `results`; `None` when no treatment arm has one yet.
+    fn from_results(results: &ExperimentResults, primary: &str, time_ms: i64) -> Option<Self> {
+        let metric = results.metrics.iter().find(|m| m.metric == primary)?;
+        let arms: Vec<ArmLift> = metric
+            .arms
+            .iter()
+            .filter_map(|arm| {
+                let comparison = arm.comparison.as_ref()?.ready()?;
+                let (scale, lift) = match &comparison.lift_relative {
+                    Some(relative) => ("relative", relative),
+                    None => ("absolute", &comparison.lift_absolute),
+                };
+                Some(ArmLift {
+                    variant: arm.variant.clone(),
+                    n: arm.n,
+                    scale: scale.to_owned(),
+                    lift: lift.estimate,
+                    lower: lift.interval.lower,
+                    upper: lift.interval.upper,
+                })
+            })
+            .collect();
+        (!arms.is_empty()).then_some(HistoryPoint { time_ms, arms })
+    }
 }
 
 /// An experiment as the API shows it.
@@ -178,6 +235,9 @@ fn allowed_actions(status: &Status) -> Vec<&'static str> {
     }
 }
 
+/// Who a guardrail halt's changes are recorded as.
+pub const HALT_ACTOR: &str = "proteus.experiments.guardrails";
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -191,6 +251,42 @@ struct Shared {
     /// Consumed since the last checkpoint.
     dirty: bool,
     checkpointed_ms: i64,
+    history: Vec<HistoryPoint>,
+}
+
+impl Shared {
+    fn new(aggregator: ExperimentAggregator) -> Self {
+        Shared {
+            aggregator,
+            positions: Positions::new(),
+            dirty: false,
+            checkpointed_ms: 0,
+            history: Vec::new(),
+        }
+    }
+
+    /// Adds a point of the results history when the last is `interval_ms` old.
+    fn record_history(&mut self, definition: &ExperimentDefinition, now: i64, interval_ms: u64) {
+        let due = self
+            .history
+            .last()
+            .is_none_or(|last| now.saturating_sub(last.time_ms) >= interval_ms as i64);
+        if !due {
+            return;
+        }
+        let results = proteus_experiments::results(definition, &self.aggregator, now);
+        if let Some(point) = HistoryPoint::from_results(&results, &definition.primary_metric, now) {
+            if self.history.len() >= HISTORY_POINTS_MAX {
+                let mut index = 0;
+                self.history.retain(|_| {
+                    index += 1;
+                    index % 2 == 0
+                });
+            }
+            self.history.push(point);
+            self.dirty = true;
+        }
+    }
 }
 
 struct Entry {
@@ -367,13 +463,9 @@ impl ExperimentService {
                     positions: c.positions,
                     dirty: false,
                     checkpointed_ms: c.time_ms,
+                    history: c.history,
                 },
-                None => Shared {
-                    aggregator: ExperimentAggregator::new(definition),
-                    positions: Positions::new(),
-                    dirty: false,
-                    checkpointed_ms: 0,
-                },
+                None => Shared::new(ExperimentAggregator::new(definition)),
             };
             entry.shared = Some(Arc::new(Mutex::new(shared)));
         }
@@ -632,10 +724,8 @@ impl ExperimentService {
         }
         self.append("start", actor, now, &next).await?;
         let shared = Arc::new(Mutex::new(Shared {
-            aggregator: ExperimentAggregator::new(&next.definition),
-            positions: Positions::new(),
-            dirty: false,
             checkpointed_ms: now,
+            ..Shared::new(ExperimentAggregator::new(&next.definition))
         }));
         let info = self.publish(next, now, Some(shared.clone()));
         self.spawn(id.to_owned(), shared);
@@ -680,45 +770,142 @@ impl ExperimentService {
             now,
         )
         .map_err(lifecycle(&status))?;
-        let mut flag_set_version = None;
-        if roll_out {
-            let definition = &next.definition;
-            let set = FlagSetName::parse(&definition.flag_set)
-                .map_err(|e| ExperimentServiceError::Rollout(e.to_string()))?;
-            let live = self.inner.flags.get(&set).ok_or_else(|| {
-                ExperimentServiceError::Rollout(format!(
-                    "flag set '{set}' no longer exists; decide without rollout, or push the set again"
-                ))
-            })?;
-            let flag = live
-                .document
-                .get("flags")
-                .and_then(|f| f.get(&definition.flag))
-                .ok_or_else(|| {
-                    ExperimentServiceError::Rollout(format!(
-                        "flag '{}' no longer exists in flag set '{set}'; decide without rollout",
-                        definition.flag
-                    ))
-                })?;
-            let change = rollout_change(&definition.flag, flag, variant)
-                .map_err(|e| ExperimentServiceError::Rollout(e.0))?;
-            let author = Author {
-                actor: actor.to_owned(),
-                comment: Some(format!(
-                    "experiment '{id}' decided: roll out variant '{variant}'"
-                )),
-            };
-            let revision = self
-                .inner
-                .flags
-                .apply(&set, change, author, live.validation, None)
-                .await?;
-            flag_set_version = revision.map(|r| r.version);
-        }
+        let flag_set_version = if roll_out {
+            let comment = format!("experiment '{id}' decided: roll out variant '{variant}'");
+            self.roll_out(&next.definition, variant, actor, comment)
+                .await?
+        } else {
+            None
+        };
         self.append("decide", actor, now, &next).await?;
         Ok(Decided {
             experiment: self.publish(next, now, None),
             flag_set_version,
+        })
+    }
+
+    /// Makes the experiment's flag serve `variant` to everyone, as an audited flag-set revision
+    /// by `actor`; returns the new version (`None` when the set already was that way).
+    async fn roll_out(
+        &self,
+        definition: &ExperimentDefinition,
+        variant: &str,
+        actor: &str,
+        comment: String,
+    ) -> Result<Option<u64>, ExperimentServiceError> {
+        let set = FlagSetName::parse(&definition.flag_set)
+            .map_err(|e| ExperimentServiceError::Rollout(e.to_string()))?;
+        let live = self.inner.flags.get(&set).ok_or_else(|| {
+            ExperimentServiceError::Rollout(format!(
+                "flag set '{set}' no longer exists; decide without rollout, or push the set again"
+            ))
+        })?;
+        let flag = live
+            .document
+            .get("flags")
+            .and_then(|f| f.get(&definition.flag))
+            .ok_or_else(|| {
+                ExperimentServiceError::Rollout(format!(
+                    "flag '{}' no longer exists in flag set '{set}'; decide without rollout",
+                    definition.flag
+                ))
+            })?;
+        let change = rollout_change(&definition.flag, flag, variant)
+            .map_err(|e| ExperimentServiceError::Rollout(e.0))?;
+        let author = Author {
+            actor: actor.to_owned(),
+            comment: Some(comment),
+        };
+        let revision = self
+            .inner
+            .flags
+            .apply(&set, change, author, live.validation, None)
+            .await?;
+        Ok(revision.map(|r| r.version))
+    }
+
+    /// Halts a running experiment whose guardrail is significantly worse in a treatment arm
+    /// (sequential test, so checking after every batch is valid): the flag's pending rollout
+    /// steps are cancelled, the flag serves control to everyone, and the experiment is stopped
+    /// and decided for control with the breaches as the reason, recorded as a `halt` change in
+    /// `proteus.experiments` (and as the flag-set revision's comment).
+    async fn halt(
+        &self,
+        id: &str,
+        breaches: &[GuardrailBreach],
+    ) -> Result<(), ExperimentServiceError> {
+        let _writer = self.inner.writer.lock().await;
+        let mut next = self.current(id)?;
+        if !matches!(next.status, Status::Running { .. }) {
+            return Ok(());
+        }
+        let reason = format!(
+            "halted by guardrail: {}",
+            breaches
+                .iter()
+                .map(|b| b.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let definition = next.definition.clone();
+        if let Ok(set) = FlagSetName::parse(&definition.flag_set) {
+            for schedule in self.inner.flags.schedules(&set) {
+                let rollout_step = matches!(
+                    &schedule.change,
+                    Change::SetRollout { key, .. } if *key == definition.flag
+                );
+                if rollout_step {
+                    let author = Author {
+                        actor: HALT_ACTOR.to_owned(),
+                        comment: Some(format!("experiment '{id}' {reason}")),
+                    };
+                    self.inner
+                        .flags
+                        .cancel_schedule(&set, &schedule.id, author)
+                        .await?;
+                }
+            }
+        }
+        let now = now_ms();
+        let status = next.status.clone();
+        next.stop(now).map_err(lifecycle(&status))?;
+        let control = definition.arms[definition.control_index()].variant.clone();
+        let status = next.status.clone();
+        next.decide(
+            Decision {
+                variant: control.clone(),
+                roll_out: true,
+                reason: Some(reason.clone()),
+            },
+            now,
+        )
+        .map_err(lifecycle(&status))?;
+        self.roll_out(
+            &definition,
+            &control,
+            HALT_ACTOR,
+            format!("experiment '{id}' {reason}"),
+        )
+        .await?;
+        self.append("halt", HALT_ACTOR, now, &next).await?;
+        tracing::warn!(experiment = %id, %reason, "experiment halted; the flag serves control");
+        self.publish(next, now, None);
+        Ok(())
+    }
+
+    /// The primary metric's lift with its interval over time, oldest first (empty for a draft).
+    pub fn history(&self, id: &str) -> Result<Vec<HistoryPoint>, ExperimentServiceError> {
+        let experiments = self.read();
+        let entry = experiments
+            .get(id)
+            .ok_or_else(|| ExperimentServiceError::NotFound { id: id.to_owned() })?;
+        Ok(match &entry.shared {
+            Some(shared) => shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .history
+                .clone(),
+            None => Vec::new(),
         })
     }
 
@@ -842,6 +1029,28 @@ async fn run(
                 }
             }
         };
+        if progressed {
+            shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record_history(
+                    &experiment.definition,
+                    now_ms(),
+                    service.inner.config.history_interval_ms,
+                );
+        }
+        let running = matches!(experiment.status, Status::Running { .. });
+        if progressed && running && !experiment.definition.guardrails.is_empty() {
+            let breaches = {
+                let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                guardrail_breaches(&experiment.definition, &s.aggregator)
+            };
+            if !breaches.is_empty()
+                && let Err(error) = service.halt(&id, &breaches).await
+            {
+                tracing::error!(experiment = %id, %error, "a guardrail is breached but the halt failed; retrying");
+            }
+        }
         let finishing = closed || (decided && !progressed);
         let due = {
             let s = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -1019,6 +1228,7 @@ async fn checkpoint(
             "time_ms": now,
             "positions": s.positions,
             "aggregator": s.aggregator,
+            "history": s.history,
         });
         let event = json!({
             "specversion": "1.0",

@@ -296,6 +296,20 @@ pub async fn action(
 }
 
 /// `GET /v1/experiments/{id}/results`
+/// `GET /v1/experiments/{id}/results/history`: the primary metric's lift of every treatment
+/// arm with its interval over time, `{"points": [{"time_ms", "arms": [{"variant", "n",
+/// "scale", "lift", "lower", "upper"}]}]}`, oldest first.
+pub async fn history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+) -> Result<Response, Problem> {
+    let service = service(&state)?;
+    authorised(&state, &headers, &id)?;
+    let points = service.history(&id)?;
+    Ok(json(StatusCode::OK, json!({"id": id, "points": points})))
+}
+
 pub async fn results(
     State(state): State<AppState>,
     headers: HeaderMap,

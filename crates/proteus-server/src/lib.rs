@@ -291,6 +291,10 @@ pub fn router(state: AppState) -> Router {
             get(experiments::get).put(experiments::redefine),
         )
         .route("/v1/experiments/{id}/results", get(experiments::results))
+        .route(
+            "/v1/experiments/{id}/results/history",
+            get(experiments::history),
+        )
         .route("/v1/experiments/{id}/{action}", post(experiments::action))
         .route("/v1/schemas", get(schemas::list))
         .route(

@@ -75,6 +75,9 @@ pub enum ExperimentCommand {
     /// The results now: sample-ratio check, per arm and metric statistics, decision hint.
     Results {
         id: String,
+        /// Also write an SVG chart of the primary metric's lift with its interval over time.
+        #[arg(long, value_name = "FILE")]
+        chart: Option<std::path::PathBuf>,
         #[command(flatten)]
         target: Target,
     },
@@ -225,15 +228,35 @@ pub async fn experiment(command: ExperimentCommand) -> Result<(), String> {
             }
             Ok(())
         }
-        ExperimentCommand::Results { id, target } => {
-            let results = connect(&target)?
-                .experiment_results(&id)
-                .await
-                .map_err(say)?;
+        ExperimentCommand::Results { id, chart, target } => {
+            let client = connect(&target)?;
+            let results = client.experiment_results(&id).await.map_err(say)?;
             if target.client.output == Output::Json {
                 println!("{results}");
             } else {
                 print_results(&results);
+            }
+            if let Some(path) = chart {
+                let history = client.experiment_history(&id).await.map_err(say)?;
+                let primary = results["metrics"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| {
+                        m["roles"]
+                            .as_array()
+                            .is_some_and(|r| r.contains(&"primary".into()))
+                    })
+                    .map_or_else(String::new, |m| text(&m["metric"]));
+                let title = format!("{id}: lift of {primary} against control");
+                let svg = crate::chart::lift_chart(&title, &history["points"]);
+                std::fs::write(&path, svg).map_err(|e| {
+                    format!(
+                        "cannot write the chart to {}: {e}; choose a writable path with --chart",
+                        path.display()
+                    )
+                })?;
+                eprintln!("chart written to {}", path.display());
             }
             Ok(())
         }

@@ -1,5 +1,6 @@
 //! `proteus`: the server (`proteus serve`) and its command-line client.
 
+mod chart;
 mod cli;
 mod experiment_cli;
 mod flags_cli;

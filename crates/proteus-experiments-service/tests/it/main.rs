@@ -302,3 +302,115 @@ async fn aggregation_checkpoints_and_resumes_without_counting_twice() {
     assert!(flag.get("targeting").is_none(), "{flag}");
     service.close().await;
 }
+
+/// A guardrail significantly worse in the treatment arm halts the rollout: its pending steps
+/// are cancelled, the flag serves control to everyone, and the experiment is decided for
+/// control with the breach as the reason, recorded in `proteus.experiments`.
+#[tokio::test]
+async fn a_breached_guardrail_halts_the_rollout_and_returns_the_flag_to_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let flags = flags(&log).await;
+    let set = FlagSetName::parse("prod").unwrap();
+    // The next step of a progressive rollout, scheduled for later.
+    let step = flags
+        .schedule(
+            &set,
+            Change::SetRollout {
+                key: "checkout".into(),
+                variant: "green".into(),
+                percent: 100,
+            },
+            now_ms() + 3_600_000,
+            Author::default(),
+            ValidationMode::Strict,
+        )
+        .await
+        .unwrap();
+    let service = ExperimentService::open(log.clone(), flags.clone(), config())
+        .await
+        .unwrap();
+    let mut definition = serde_json::to_value(definition("green", "checkout", "green")).unwrap();
+    definition["metrics"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "errors", "kind": "conversion",
+                     "source": {"topic": "shop", "event_type": "checkout.failed"}}));
+    definition["guardrails"] = json!([{"metric": "errors", "direction": "must_not_increase"}]);
+    service
+        .create(parse(&definition.to_string()), "me")
+        .await
+        .unwrap();
+    service.start("green", "me").await.unwrap();
+
+    // 1,000 users: 80% of green users (odd) hit an error, 20% of control users (even) do.
+    expose(&log, 0..1_000).await;
+    let topic = TopicName::parse("shop").unwrap();
+    log.put_topic(&topic, TopicConfig::default()).await.unwrap();
+    let failures: Vec<Event> = (0..1_000u32)
+        .filter(|n| [0, 1, 3, 5, 7].contains(&(n % 10)))
+        .map(|n| {
+            let event = json!({"specversion": "1.0", "id": format!("failure-{n}"),
+                "source": "/shop", "type": "checkout.failed",
+                "partitionkey": format!("user-{n}"), "data": {}});
+            Event::from_json(&serde_json::to_vec(&event).unwrap()).unwrap()
+        })
+        .collect();
+    log.append(&topic, failures).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = service.get("green").unwrap();
+        if info.state == "decided" {
+            break info;
+        }
+        if Instant::now() >= deadline {
+            let (_, results) = service.results("green").unwrap();
+            panic!(
+                "never halted: {}; results: {:#}",
+                info.state,
+                serde_json::to_value(results).unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let status = serde_json::to_value(&info.status).unwrap();
+    assert_eq!(status["decision"]["variant"], "control", "{status}");
+    let reason = status["decision"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("halted by guardrail"), "{reason}");
+    assert!(reason.contains("errors"), "{reason}");
+    // The rollout's pending step is cancelled, and everyone gets control.
+    assert!(
+        flags.schedules(&set).iter().all(|s| s.id != step.id),
+        "the rollout step is still pending"
+    );
+    let live = flags.get(&set).unwrap();
+    let flag = &live.document["flags"]["checkout"];
+    assert_eq!(flag["defaultVariant"], "control", "{flag}");
+    assert!(
+        flag.get("targeting")
+            .is_none_or(|t| t.is_null() || t == &json!({})),
+        "{flag}"
+    );
+    // The halt is recorded with its reason in proteus.experiments.
+    let changes = log
+        .read(
+            &TopicName::parse("proteus.experiments").unwrap(),
+            0,
+            ReadFrom::Offset(0),
+            ReadLimits::default(),
+        )
+        .await
+        .unwrap();
+    let halt = changes
+        .events
+        .iter()
+        .map(|stored| {
+            let event: Value = serde_json::from_slice(&stored.json).unwrap();
+            event
+        })
+        .find(|event| event.to_string().contains("\"halt\""))
+        .expect("a halt change");
+    assert!(halt.to_string().contains("halted by guardrail"), "{halt}");
+    service.close().await;
+}

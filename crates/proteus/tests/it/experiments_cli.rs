@@ -205,6 +205,37 @@ fn an_experiment_runs_from_exposures_to_a_rolled_out_decision_and_survives_kill_
     assert_eq!(code, 0);
     let parsed: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(parsed["experiment_id"], "checkout-green");
+    // The chart of the lift over time, from the results history.
+    let chart = dir.path().join("lift.svg");
+    let (code, _, err) = cli(&[
+        "experiment",
+        "results",
+        "checkout-green",
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("lift of purchase"),
+        "{svg}"
+    );
+    assert!(
+        svg.contains("<polyline") && svg.contains(">green "),
+        "{svg}"
+    );
+    let history: Value = http
+        .get(format!(
+            "{url}/v1/experiments/checkout-green/results/history"
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        history["points"][0]["arms"][0]["variant"], "green",
+        "{history}"
+    );
     let (code, out, _) = cli(&["experiment", "list"]);
     assert_eq!(code, 0);
     assert!(
