@@ -72,6 +72,7 @@
 
 mod config;
 mod error;
+mod import;
 mod listener;
 mod migrate;
 mod writer;
@@ -100,6 +101,7 @@ use tokio_postgres::{NoTls, Row};
 
 pub use crate::config::{PostgresEventStoreConfig, SCHEMA_NAME_BYTES_MAX, validate_schema_name};
 pub use crate::error::START_HINT;
+pub use crate::import::IMPORT_EVENTS_MAX;
 pub use crate::migrate::{MIGRATIONS, Migration};
 
 use crate::error::{closed, pg, storage};
@@ -228,7 +230,7 @@ pub struct PostgresEventStore {
 
 /// What the store's handles and its writer task share.
 pub(crate) struct Shared {
-    pool: Pool,
+    pub(crate) pool: Pool,
     pub(crate) sql: Statements,
     /// The highest position known committed; advanced by appends, notifications and polls.
     pub(crate) head: watch::Sender<u64>,

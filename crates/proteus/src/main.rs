@@ -5,6 +5,7 @@ mod cli;
 mod experiment_cli;
 mod flags_cli;
 mod group_cli;
+mod migrate_cli;
 mod projection_cli;
 mod schema_cli;
 mod serve;
@@ -77,6 +78,9 @@ enum Command {
         #[command(subcommand)]
         command: experiment_cli::ExperimentCommand,
     },
+    /// Copy an event store to PostgreSQL with positions and versions kept, verify it, and
+    /// optionally keep it in sync until cut-over.
+    Migrate(migrate_cli::MigrateArgs),
     /// Measure Proteus and its peers (NATS JetStream, Redis, PostgreSQL) on this machine.
     Bench {
         #[command(subcommand)]
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
             Command::Schema { command } => schema_cli::schema(command).await,
             Command::Experiment { command } => experiment_cli::experiment(command).await,
             Command::Bench { command } => proteus_bench::run(command).await,
+            Command::Migrate(args) => migrate_cli::run(args).await,
         }
     });
     match result {

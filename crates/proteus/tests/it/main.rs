@@ -6,6 +6,7 @@ mod crash;
 mod experiments_cli;
 mod flags_cli;
 mod group_chaos;
+mod migrate_cli;
 mod openfeature;
 mod schema_policy;
 mod shared_event_store;

@@ -1,0 +1,207 @@
+//! `proteus migrate`: an embedded event store copied to PostgreSQL with positions, versions and
+//! tombstones kept and verified; a server on the copy serves the same history and continues it;
+//! a second run resumes; `--follow` keeps the copy in sync with a running server.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::support::{BINARY, ServerProcess, run_cli};
+
+fn postgres_url() -> String {
+    std::env::var("PROTEUS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Schemas of their own, dropped when the test ends.
+struct Schemas(Vec<String>);
+
+impl Drop for Schemas {
+    fn drop(&mut self) {
+        for schema in &self.0 {
+            let _ = Command::new("psql")
+                .args([
+                    &postgres_url(),
+                    "-q",
+                    "-c",
+                    &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                ])
+                .output();
+        }
+    }
+}
+
+fn psql_count(schema: &str) -> u64 {
+    let output = Command::new("psql")
+        .args([
+            &postgres_url(),
+            "-Atc",
+            &format!("SELECT count(*) FROM {schema}.events"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn feed(http: &reqwest::blocking::Client, url: &str) -> Vec<Value> {
+    let page: Value = http
+        .get(format!("{url}/v1/streams/$all?from=0&limit=1000"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    page["events"].as_array().unwrap().clone()
+}
+
+#[test]
+fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let (copy, followed) = (
+        format!("it_migrate_{}_{nanos}", std::process::id()),
+        format!("it_follow_{}_{nanos}", std::process::id()),
+    );
+    let _schemas = Schemas(vec![copy.clone(), followed.clone()]);
+    let http = reqwest::blocking::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut source = ServerProcess::start(dir.path());
+    for (stream, events) in [
+        (
+            "order-1",
+            json!([{"type": "Placed", "data": {"n": 1}}, {"type": "Paid", "data": {"n": 2}}]),
+        ),
+        (
+            "order-2",
+            json!([{"type": "Placed", "data": {"n": 3}, "metadata": {"by": "me"}}]),
+        ),
+        ("cart-9", json!([{"type": "Added", "data": {"sku": "a"}}])),
+        ("order-1", json!([{"type": "Shipped", "data": {"n": 4}}])),
+    ] {
+        let status = http
+            .post(format!("{}/v1/streams/{stream}", source.url))
+            .json(&events)
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 201);
+    }
+    let status = http
+        .delete(format!("{}/v1/streams/cart-9", source.url))
+        .send()
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    let original = feed(&http, &source.url);
+    assert_eq!(original.len(), 5);
+    assert_eq!(source.terminate(), Some(0));
+
+    let from = format!("embedded:{}", dir.path().display());
+    let migrate = |from: &str, schema: &str| {
+        run_cli(
+            &[
+                "migrate",
+                "--from",
+                from,
+                "--to",
+                &postgres_url(),
+                "--to-schema",
+                schema,
+            ],
+            None,
+        )
+    };
+    let (code, out, err) = migrate(&from, &copy);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("copied 5 events of 3 streams (1 deleted)"),
+        "{out}"
+    );
+    assert!(out.contains("verified: 5 events up to position"), "{out}");
+    // A second run resumes after what was copied: nothing twice.
+    let (code, out, err) = migrate(&from, &copy);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("copied 0 events"), "{out}");
+    assert_eq!(psql_count(&copy), 5);
+
+    // A server on the copy serves the same history and continues it.
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = ServerProcess::start_with(
+        target_dir.path(),
+        &[
+            "--event-store",
+            &postgres_url(),
+            "--event-store-schema",
+            &copy,
+        ],
+        &[],
+    );
+    assert_eq!(feed(&http, &target.url), original);
+    let gone = http
+        .get(format!("{}/v1/streams/cart-9", target.url))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(gone.as_u16(), 410);
+    let appended: Value = http
+        .post(format!(
+            "{}/v1/streams/order-1?expected_version=2",
+            target.url
+        ))
+        .json(&json!({"type": "Delivered", "data": {}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let last = original.last().unwrap()["position"].as_u64().unwrap();
+    assert_eq!(appended["first_version"], 3, "{appended}");
+    assert!(
+        appended["first_position"].as_u64().unwrap() > last,
+        "{appended}"
+    );
+    drop(target);
+
+    // --follow from a running server: a new event reaches the copy while it runs.
+    let source = ServerProcess::start(dir.path());
+    let mut follower = Command::new(BINARY)
+        .args([
+            "migrate",
+            "--from",
+            &source.url,
+            "--to",
+            &postgres_url(),
+            "--to-schema",
+            &followed,
+            "--follow",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while psql_count(&followed) < 5 {
+        assert!(Instant::now() < deadline, "the initial copy never arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = http
+        .post(format!("{}/v1/streams/order-3", source.url))
+        .json(&json!({"type": "Placed", "data": {}}))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 201);
+    while psql_count(&followed) < 6 {
+        assert!(Instant::now() < deadline, "the new event was not followed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe {
+        libc::kill(follower.id() as libc::pid_t, libc::SIGINT);
+    }
+    let exit = follower.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
