@@ -16,7 +16,9 @@ use proteus_groups_service::{GroupService, ServiceConfig};
 use proteus_log::port::Log;
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_log_nats::{NatsLog, NatsLogConfig};
+use proteus_projections::ReadModelStore;
 use proteus_projections_embedded::EmbeddedReadModelStore;
+use proteus_projections_postgres::{PostgresReadModelConfig, PostgresReadModelStore};
 use proteus_projections_service::{ProjectionService, ProjectionServiceConfig};
 use proteus_schemas_service::proteus_schemas::RegistryConfig;
 use proteus_schemas_service::{SchemaService, UpcastingEventStore};
@@ -138,22 +140,30 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot load the schema registry: {e}"))?;
-    let read_models = EmbeddedReadModelStore::open(&settings.data_dir).map_err(|e| {
-        format!(
-            "cannot open the read-model store in {}: {e}",
-            settings.data_dir.display()
-        )
-    })?;
+    let read_models: Arc<dyn ReadModelStore> = match &settings.read_models {
+        EventStoreBackend::Embedded => Arc::new(
+            EmbeddedReadModelStore::open(&settings.data_dir).map_err(|e| {
+                format!(
+                    "cannot open the read-model store in {}: {e}",
+                    settings.data_dir.display()
+                )
+            })?,
+        ),
+        EventStoreBackend::Postgres { url, schema } => Arc::new(
+            PostgresReadModelStore::open(PostgresReadModelConfig::new(url, schema))
+                .await
+                .map_err(|e| {
+                    format!("cannot open the PostgreSQL read models (schema {schema}): {e}")
+                })?,
+        ),
+    };
     // Projections read events upcast to their latest schema, as HTTP readers do.
     let upcasting: Arc<dyn EventStore> =
         Arc::new(UpcastingEventStore::new(events.clone(), schemas.clone()));
-    let projections = ProjectionService::open(
-        upcasting,
-        Arc::new(read_models),
-        ProjectionServiceConfig::default(),
-    )
-    .await
-    .map_err(|e| format!("cannot start the projections: {e}"))?;
+    let projections =
+        ProjectionService::open(upcasting, read_models, ProjectionServiceConfig::default())
+            .await
+            .map_err(|e| format!("cannot start the projections: {e}"))?;
     let experiments = ExperimentService::open(
         log.clone(),
         flags.clone(),
@@ -191,6 +201,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         durability = %settings.durability,
         log = ?settings.log,
         event_store = ?settings.event_store,
+        read_models = ?settings.read_models,
         startup_ms = started.elapsed().as_millis() as u64,
         "Proteus is serving"
     );

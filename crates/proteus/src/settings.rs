@@ -91,6 +91,21 @@ pub struct ServeArgs {
     /// `[storage]`).
     #[arg(long, env = "PROTEUS_EVENT_STORE_SCHEMA", value_name = "SCHEMA")]
     pub event_store_schema: Option<String>,
+    /// Where projections keep their read models: `embedded` (`readmodels.redb` in the data
+    /// directory) or a PostgreSQL URL [default: embedded] (in the config file: `read_models`
+    /// under `[storage]`).
+    #[arg(
+        long,
+        env = "PROTEUS_READ_MODELS",
+        value_name = "BACKEND",
+        hide_env_values = true
+    )]
+    pub read_models: Option<String>,
+    /// The PostgreSQL schema of PostgreSQL read models, created if missing
+    /// [default: proteus_readmodels] (in the config file: `read_models_schema` under
+    /// `[storage]`).
+    #[arg(long, env = "PROTEUS_READ_MODELS_SCHEMA", value_name = "SCHEMA")]
+    pub read_models_schema: Option<String>,
     /// Where topics are stored: `embedded` (segment files in the data directory) or a NATS
     /// JetStream URL such as `nats://127.0.0.1:4222`, which several instances can share
     /// [default: embedded] (in the config file: `log` under `[storage]`).
@@ -192,6 +207,8 @@ struct StorageFile {
     log_prefix: Option<String>,
     event_store: Option<String>,
     event_store_schema: Option<String>,
+    read_models: Option<String>,
+    read_models_schema: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -268,6 +285,8 @@ pub struct Settings {
     /// What appends of event types without a schema get.
     pub schema_policy: SchemaPolicy,
     pub event_store: EventStoreBackend,
+    /// Where read models are kept: the same choices as the event store.
+    pub read_models: EventStoreBackend,
     pub log: LogBackend,
 }
 
@@ -352,6 +371,18 @@ impl Settings {
                     .unwrap_or("embedded"),
                 args.event_store_schema.or(file.storage.event_store_schema),
             )?,
+            read_models: EventStoreBackend::parse(
+                args.read_models
+                    .or(file.storage.read_models)
+                    .as_deref()
+                    .unwrap_or("embedded"),
+                Some(
+                    args.read_models_schema
+                        .or(file.storage.read_models_schema)
+                        .unwrap_or_else(|| "proteus_readmodels".into()),
+                ),
+            )
+            .map_err(|e| e.replace("event_store", "read_models"))?,
             log: LogBackend::parse(
                 args.storage_log
                     .or(file.storage.log)

@@ -165,3 +165,73 @@ fn an_unreachable_postgres_is_a_clear_start_up_error() {
         "{stderr}"
     );
 }
+
+/// With `--read-models postgres://…` projections keep their read models (and definitions and
+/// checkpoints) in PostgreSQL: a new instance, with an empty data directory, serves them.
+#[test]
+fn read_models_in_postgres_outlive_the_instance_that_built_them() {
+    let events = Schema::new();
+    let models = Schema(format!("{}_models", events.0));
+    let start = |dir: &std::path::Path| {
+        ServerProcess::start_with(
+            dir,
+            &[
+                "--event-store",
+                &postgres_url(),
+                "--event-store-schema",
+                &events.0,
+                "--read-models",
+                &postgres_url(),
+                "--read-models-schema",
+                &models.0,
+            ],
+            &[],
+        )
+    };
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let first_dir = tempfile::tempdir().unwrap();
+    let mut first = start(first_dir.path());
+    let status = http
+        .put(format!("{}/v1/projections/balances", first.url))
+        .json(&json!({
+            "source": {"category": "acct"},
+            "state": {"key": "stream", "handlers": {
+                "Deposited": {"increment": {"balance": {"path": "/data/amount"}}}}}
+        }))
+        .send()
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    let mut last_position = 0;
+    for amount in [5, 7] {
+        let response = http
+            .post(format!("{}/v1/streams/acct-1", first.url))
+            .json(&json!({"type": "Deposited", "data": {"amount": amount}}))
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        let body: Value = response.json().unwrap();
+        last_position = body["last_position"].as_u64().unwrap();
+    }
+    let doc = |url: &str| -> Value {
+        http.get(format!(
+            "{url}/v1/projections/balances/docs/acct-1?wait_for_position={last_position}&wait_ms=10000"
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+    };
+    let built = doc(&first.url);
+    assert_eq!(built["doc"]["balance"], 12, "{built}");
+    first.kill_9();
+
+    let second_dir = tempfile::tempdir().unwrap();
+    let second = start(second_dir.path());
+    let served = doc(&second.url);
+    assert_eq!(served["doc"]["balance"], 12, "{served}");
+    drop(models);
+}
