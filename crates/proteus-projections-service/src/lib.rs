@@ -25,6 +25,7 @@
 //! and `proteus_projection_lag_events` (gauge, positions between the runner and the head of
 //! the event store), both labelled `projection`.
 
+mod cache;
 mod runner;
 mod service;
 

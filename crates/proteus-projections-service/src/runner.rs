@@ -6,7 +6,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use proteus_cache::TieredCache;
 use proteus_eventstore::{Category, Direction, EventStore, FeedPage, ReadFilter, RecordedEvent};
+use proteus_projections::Write;
 use proteus_projections::definition::Source;
 use proteus_projections::{
     Checkpoint, EventView, ProcessingError, Projection, ProjectionDefinition, ProjectionName,
@@ -106,6 +108,8 @@ pub(crate) struct Runner {
     pub projection: Arc<dyn Projection>,
     pub config: ProjectionServiceConfig,
     pub stop: Stop,
+    /// Documents' cache: the keys of every commit are invalidated right after it succeeds.
+    pub cache: Option<TieredCache>,
     feed: Feed,
     filter: ReadFilter,
     /// Whether the definition may read metadata; when not, it is not parsed.
@@ -159,10 +163,17 @@ impl Runner {
             projection,
             config,
             stop,
+            cache: None,
             feed,
             filter,
             parse_metadata,
         }
+    }
+
+    /// Invalidates the keys of every commit in `cache`.
+    pub fn with_cache(mut self, cache: Option<TieredCache>) -> Self {
+        self.cache = cache;
+        self
     }
 
     fn name(&self) -> &ProjectionName {
@@ -380,6 +391,23 @@ impl Runner {
         checkpoint: Checkpoint,
         prefetch_from: Option<u64>,
     ) -> (CommitOutcome, Option<FeedPage>) {
+        let keys = match &self.cache {
+            Some(_) => crate::cache::keys_of(self.name(), writes.iter().map(Write::key)),
+            None => Vec::new(),
+        };
+        let result = self.commit_once(writes, checkpoint, prefetch_from).await;
+        // Whatever the outcome: an attempt that failed ambiguously (the answer lost after the
+        // store committed) may have written too, and a needless invalidation is harmless.
+        self.invalidate_cached(&keys).await;
+        result
+    }
+
+    async fn commit_once(
+        &mut self,
+        writes: Vec<proteus_projections::Write>,
+        checkpoint: Checkpoint,
+        prefetch_from: Option<u64>,
+    ) -> (CommitOutcome, Option<FeedPage>) {
         let (store, name) = (self.store.clone(), self.name().clone());
         let prefetch = prefetch_from.map(|position| {
             let feed = match &self.feed {
@@ -433,6 +461,25 @@ impl Runner {
             result = store
                 .commit(&name, writes.clone(), checkpoint.clone())
                 .await;
+        }
+    }
+
+    /// Drops the committed documents from every instance's cache, retrying until it is done:
+    /// a reader must not be served a document older than a commit that succeeded. If a stop
+    /// ends the retries, this instance's whole L1 is cleared (other instances then rely on
+    /// their L1 lifetime, see `proteus_cache::tiered`).
+    async fn invalidate_cached(&mut self, keys: &[String]) {
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let done = self
+            .retry("invalidate cached documents", || cache.invalidate(keys))
+            .await;
+        if done.is_none() {
+            cache.clear_l1();
         }
     }
 

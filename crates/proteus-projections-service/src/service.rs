@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use proteus_cache::TieredCache;
 use proteus_eventstore::{Category, Direction, EventStore, ReadFilter};
 use proteus_projections::definition::{SchemaLookup, Source};
 use proteus_projections::{
@@ -30,6 +31,8 @@ struct Inner {
     events: Arc<dyn EventStore>,
     store: Arc<dyn ReadModelStore>,
     config: ProjectionServiceConfig,
+    /// Documents' cache for `get` (see [`crate::cache`]).
+    cache: Option<TieredCache>,
     /// By name. Locked briefly, never across an await.
     entries: Mutex<BTreeMap<ProjectionName, Arc<Entry>>>,
     /// `true` (or dropped) stops every runner.
@@ -105,6 +108,17 @@ impl ProjectionService {
         store: Arc<dyn ReadModelStore>,
         config: ProjectionServiceConfig,
     ) -> Result<ProjectionService, ServiceError> {
+        ProjectionService::open_with_cache(events, store, config, None).await
+    }
+
+    /// [`open`](Self::open), with `get` served through `cache` (see [`crate::cache`] for how
+    /// it stays fresh).
+    pub async fn open_with_cache(
+        events: Arc<dyn EventStore>,
+        store: Arc<dyn ReadModelStore>,
+        config: ProjectionServiceConfig,
+        cache: Option<TieredCache>,
+    ) -> Result<ProjectionService, ServiceError> {
         config.validate()?;
         let records = store.list_projections().await?;
         let service = ProjectionService {
@@ -112,6 +126,7 @@ impl ProjectionService {
                 events,
                 store,
                 config,
+                cache,
                 entries: Mutex::new(BTreeMap::new()),
                 shutdown: watch::channel(false).0,
             }),
@@ -175,7 +190,8 @@ impl ProjectionService {
                 own,
                 service: self.inner.shutdown.subscribe(),
             },
-        );
+        )
+        .with_cache(self.inner.cache.clone());
         let task = tokio::spawn(runner.run());
         control.runner = Some(RunnerHandle { stop, task });
     }
@@ -273,7 +289,11 @@ impl ProjectionService {
         // Documents left by a projection of this name that was not dropped completely (a
         // crash during a delete) must not seed the new one.
         if store.checkpoint(name).await?.is_some() {
+            let keys = self.cached_keys(name).await?;
             store.reset(name).await?;
+            if let Some(cache) = &self.inner.cache {
+                crate::cache::invalidate_with_retries(cache, &keys).await;
+            }
         }
         entry.slot.lock().record = Some(record);
         entry.slot.set_positions(Default::default(), 0);
@@ -434,12 +454,21 @@ impl ProjectionService {
         let Some(record) = record else {
             return Err(not_found(&entry.slot.name));
         };
-        let reset = self.inner.store.reset(&entry.slot.name).await;
-        if let Err(error) = reset {
-            if record.state == RunState::Running {
-                self.start(&entry, &mut control, &record.definition);
+        let reset = match self.cached_keys(&entry.slot.name).await {
+            Ok(keys) => self.inner.store.reset(&entry.slot.name).await.map(|_| keys),
+            Err(error) => Err(error),
+        };
+        let keys = match reset {
+            Ok(keys) => keys,
+            Err(error) => {
+                if record.state == RunState::Running {
+                    self.start(&entry, &mut control, &record.definition);
+                }
+                return Err(error.into());
             }
-            return Err(error.into());
+        };
+        if let Some(cache) = &self.inner.cache {
+            crate::cache::invalidate_with_retries(cache, &keys).await;
         }
         entry.slot.set_positions(Default::default(), 0);
         {
@@ -465,11 +494,26 @@ impl ProjectionService {
         if entry.slot.lock().record.is_none() {
             return Err(not_found(&entry.slot.name));
         }
-        if let Err(error) = self.inner.store.drop_projection(&entry.slot.name).await {
-            if record.state == RunState::Running {
-                self.start(&entry, &mut control, &record.definition);
+        let dropped = match self.cached_keys(&entry.slot.name).await {
+            Ok(keys) => self
+                .inner
+                .store
+                .drop_projection(&entry.slot.name)
+                .await
+                .map(|_| keys),
+            Err(error) => Err(error),
+        };
+        let keys = match dropped {
+            Ok(keys) => keys,
+            Err(error) => {
+                if record.state == RunState::Running {
+                    self.start(&entry, &mut control, &record.definition);
+                }
+                return Err(error.into());
             }
-            return Err(error.into());
+        };
+        if let Some(cache) = &self.inner.cache {
+            crate::cache::invalidate_with_retries(cache, &keys).await;
         }
         entry.slot.lock().record = None;
         let mut entries = self.entries();
@@ -486,7 +530,55 @@ impl ProjectionService {
     pub async fn get(&self, name: &str, key: &str) -> Result<Option<Value>, ServiceError> {
         let name = name_of(name)?;
         self.exists(&name)?;
-        Ok(self.inner.store.get(&name, key).await?)
+        let cache_key = self
+            .inner
+            .cache
+            .as_ref()
+            .and_then(|cache| Some((cache, crate::cache::key_of(&name, key)?)));
+        let Some((cache, cache_key)) = cache_key else {
+            return Ok(self.inner.store.get(&name, key).await?);
+        };
+        if let Some(doc) = cache
+            .get(&cache_key)
+            .await
+            .and_then(|bytes| crate::cache::decode(bytes.as_ref()))
+        {
+            return Ok(doc);
+        }
+        let token = cache.fill_token(&cache_key);
+        let doc = self.inner.store.get(&name, key).await?;
+        cache
+            .fill(&cache_key, crate::cache::encode(&doc), token)
+            .await;
+        Ok(doc)
+    }
+
+    /// The cache keys of every document of a projection (empty without a cache). Called with
+    /// the runner stopped, so no commit changes the set meanwhile.
+    async fn cached_keys(
+        &self,
+        name: &ProjectionName,
+    ) -> Result<Vec<String>, proteus_projections::StoreError> {
+        if self.inner.cache.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::new();
+        let mut query = Query {
+            limit: proteus_projections::query::QUERY_LIMIT_MAX,
+            ..Query::default()
+        };
+        loop {
+            let page = self.inner.store.query(name, &query).await?;
+            keys.extend(
+                page.items
+                    .iter()
+                    .filter_map(|(key, _)| crate::cache::key_of(name, key)),
+            );
+            match page.next_cursor {
+                Some(cursor) => query.cursor = Some(cursor),
+                None => return Ok(keys),
+            }
+        }
     }
 
     /// One page of the documents matching `query` (see [`proteus_projections::query`]).

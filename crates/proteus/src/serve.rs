@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proteus_cache::{RemoteCache, TieredCache, TieredConfig};
+use proteus_cache_redis::RedisRemoteCache;
 use proteus_eventstore::EventStore;
 use proteus_eventstore_embedded::{EmbeddedConfig as EventStoreConfig, EmbeddedEventStore};
 use proteus_eventstore_postgres::{PostgresEventStore, PostgresEventStoreConfig};
@@ -25,7 +27,7 @@ use proteus_schemas_service::{SchemaService, UpcastingEventStore};
 use proteus_server::ofrep::ApiKey;
 use proteus_server::{AppState, HttpConfig};
 
-use crate::settings::{EventStoreBackend, LogBackend, LogFormat, Settings};
+use crate::settings::{CacheBackend, EventStoreBackend, LogBackend, LogFormat, Settings};
 
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -160,10 +162,15 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     // Projections read events upcast to their latest schema, as HTTP readers do.
     let upcasting: Arc<dyn EventStore> =
         Arc::new(UpcastingEventStore::new(events.clone(), schemas.clone()));
-    let projections =
-        ProjectionService::open(upcasting, read_models, ProjectionServiceConfig::default())
-            .await
-            .map_err(|e| format!("cannot start the projections: {e}"))?;
+    let cache = open_cache(&settings, log.clone()).await?;
+    let projections = ProjectionService::open_with_cache(
+        upcasting,
+        read_models,
+        ProjectionServiceConfig::default(),
+        cache,
+    )
+    .await
+    .map_err(|e| format!("cannot start the projections: {e}"))?;
     let experiments = ExperimentService::open(
         log.clone(),
         flags.clone(),
@@ -202,6 +209,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         log = ?settings.log,
         event_store = ?settings.event_store,
         read_models = ?settings.read_models,
+        cache = ?settings.cache,
         startup_ms = started.elapsed().as_millis() as u64,
         "Proteus is serving"
     );
@@ -260,4 +268,46 @@ async fn wait_for_termination() {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
+}
+
+/// The cache of projections' document reads. Invalidations go through the log whenever other
+/// instances may hold entries: with a Redis L2, or with a log several instances share (NATS).
+/// Read models in PostgreSQL may be written by other instances, whose invalidations only reach
+/// this one through a shared log: without one there is no cache (`memory`) or a start-up error
+/// (Redis), never a stale read. The follower runs for the life of the process.
+async fn open_cache(settings: &Settings, log: Arc<dyn Log>) -> Result<Option<TieredCache>, String> {
+    let shared_log = matches!(settings.log, LogBackend::Nats { .. });
+    let shared_models = matches!(settings.read_models, EventStoreBackend::Postgres { .. });
+    let l2: Option<Arc<dyn RemoteCache>> = match &settings.cache {
+        CacheBackend::Memory if shared_models && !shared_log => {
+            tracing::info!(
+                "projection documents are not cached: PostgreSQL read models without a shared \
+                 log (--storage-log nats://…) could be changed by another instance unseen"
+            );
+            return Ok(None);
+        }
+        CacheBackend::Memory => None,
+        CacheBackend::Redis { .. } if shared_models && !shared_log => {
+            return Err(
+                "--cache redis://… with PostgreSQL read models needs a log every \
+                 instance shares (--storage-log nats://…): cache invalidations travel through \
+                 it; without one use --cache memory"
+                    .into(),
+            );
+        }
+        CacheBackend::Redis { url, prefix } => Some(Arc::new(
+            RedisRemoteCache::connect(url, prefix)
+                .await
+                .map_err(|e| format!("cannot open the Redis cache (prefix {prefix}): {e}"))?,
+        )),
+    };
+    let publish = l2.is_some() || shared_log;
+    let cache = TieredCache::open(TieredConfig::new("projections"), l2, publish.then_some(log))
+        .await
+        .map_err(|e| format!("cannot open the cache: {e}"))?;
+    cache
+        .follow_invalidations()
+        .await
+        .map_err(|e| format!("cannot follow cache invalidations: {e}"))?;
+    Ok(Some(cache))
 }

@@ -121,6 +121,58 @@ pub struct ServeArgs {
     /// `log_prefix` under `[storage]`).
     #[arg(long, env = "PROTEUS_STORAGE_LOG_PREFIX", value_name = "PREFIX")]
     pub storage_log_prefix: Option<String>,
+    /// The cache of projections' document reads: `memory` (an in-process L1 only) or a Redis
+    /// URL such as `redis://127.0.0.1:6379`, an L2 shared by every instance behind the L1;
+    /// invalidations travel through the log [default: memory] (in the config file: `cache`
+    /// under `[storage]`).
+    #[arg(
+        long,
+        env = "PROTEUS_CACHE",
+        value_name = "BACKEND",
+        hide_env_values = true
+    )]
+    pub cache: Option<String>,
+    /// With a Redis cache: the prefix of every key, so several deployments can share one Redis
+    /// [default: proteus:] (in the config file: `cache_prefix` under `[storage]`).
+    #[arg(long, env = "PROTEUS_CACHE_PREFIX", value_name = "PREFIX")]
+    pub cache_prefix: Option<String>,
+}
+
+/// Where cached reads are kept besides the in-process L1.
+#[derive(Clone, PartialEq, Eq)]
+pub enum CacheBackend {
+    /// The in-process L1 only.
+    Memory,
+    /// Redis as a shared L2, keys prefixed by `prefix`.
+    Redis { url: String, prefix: String },
+}
+
+impl std::fmt::Debug for CacheBackend {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheBackend::Memory => f.write_str("Memory"),
+            CacheBackend::Redis { prefix, .. } => write!(f, "Redis {{ prefix: {prefix:?}, .. }}"),
+        }
+    }
+}
+
+impl CacheBackend {
+    fn parse(text: &str, prefix: Option<String>) -> Result<Self, String> {
+        if text == "memory" {
+            return Ok(CacheBackend::Memory);
+        }
+        if text.starts_with("redis://") || text.starts_with("rediss://") {
+            return Ok(CacheBackend::Redis {
+                url: text.to_owned(),
+                prefix: prefix.unwrap_or_else(|| "proteus:".into()),
+            });
+        }
+        let shown: String = text.chars().take(24).collect();
+        Err(format!(
+            "cache must be 'memory' or a Redis URL (redis://HOST:PORT), got {shown:?}"
+        ))
+    }
 }
 
 /// Where topics are stored.
@@ -209,6 +261,8 @@ struct StorageFile {
     event_store_schema: Option<String>,
     read_models: Option<String>,
     read_models_schema: Option<String>,
+    cache: Option<String>,
+    cache_prefix: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -288,6 +342,8 @@ pub struct Settings {
     /// Where read models are kept: the same choices as the event store.
     pub read_models: EventStoreBackend,
     pub log: LogBackend,
+    /// The cache of projections' document reads.
+    pub cache: CacheBackend,
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
@@ -389,6 +445,13 @@ impl Settings {
                     .as_deref()
                     .unwrap_or("embedded"),
                 args.storage_log_prefix.or(file.storage.log_prefix),
+            )?,
+            cache: CacheBackend::parse(
+                args.cache
+                    .or(file.storage.cache)
+                    .as_deref()
+                    .unwrap_or("memory"),
+                args.cache_prefix.or(file.storage.cache_prefix),
             )?,
         };
         settings.validate()?;
@@ -531,5 +594,39 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.contains("http_body_bytes_max"), "{error}");
+    }
+
+    #[test]
+    fn the_cache_is_memory_or_redis() {
+        let settings = Settings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(settings.cache, CacheBackend::Memory);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proteus.toml");
+        std::fs::write(
+            &path,
+            "[storage]\ncache = \"redis://127.0.0.1:6379\"\ncache_prefix = \"p1:\"\n",
+        )
+        .unwrap();
+        let settings = Settings::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            settings.cache,
+            CacheBackend::Redis {
+                url: "redis://127.0.0.1:6379".into(),
+                prefix: "p1:".into()
+            }
+        );
+        let error = Settings::resolve(ServeArgs {
+            cache: Some("memcached://x".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            error.contains("cache must be 'memory' or a Redis URL"),
+            "{error}"
+        );
     }
 }

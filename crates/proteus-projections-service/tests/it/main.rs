@@ -3,6 +3,7 @@
 //! restarts, and SIGKILL during processing.
 
 mod api;
+mod cache;
 mod control;
 mod converge;
 mod crash;

@@ -9,6 +9,7 @@ mod group_chaos;
 mod migrate_cli;
 mod openfeature;
 mod schema_policy;
+mod shared_cache;
 mod shared_event_store;
 mod shared_nats_log;
 mod streams_cli;

@@ -1,0 +1,155 @@
+//! The [`RemoteCache`] port on Redis: every key is prefixed by a namespace, reads are one
+//! `MGET`, writes one pipeline of `SET key value PX ttl_ms`, deletes one `DEL`. The connection
+//! is a `ConnectionManager`, which reconnects by itself after a loss.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use proteus_cache::{CacheError, RemoteCache, check_keys, check_put};
+use redis::aio::ConnectionManager;
+
+/// A Redis-backed remote cache. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct RedisRemoteCache {
+    connection: ConnectionManager,
+    namespace: String,
+}
+
+fn unavailable(error: redis::RedisError) -> CacheError {
+    CacheError::Unavailable(format!("redis: {error}"))
+}
+
+impl RedisRemoteCache {
+    /// Connects to `url` (`redis://host:port[/db]`); keys are stored as `{namespace}{key}`.
+    pub async fn connect(url: &str, namespace: &str) -> Result<RedisRemoteCache, CacheError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| CacheError::Unavailable(format!("invalid redis url {url:?}: {e}")))?;
+        let connection = ConnectionManager::new(client)
+            .await
+            .map_err(|e| CacheError::Unavailable(format!("connecting to {url}: {e}")))?;
+        Ok(RedisRemoteCache {
+            connection,
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    /// The same connection with keys in another namespace.
+    pub fn with_namespace(&self, namespace: &str) -> RedisRemoteCache {
+        RedisRemoteCache {
+            connection: self.connection.clone(),
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.namespace)
+    }
+
+    /// Deletes every key of this namespace (SCAN + DEL); for tests and administration.
+    pub async fn clear_namespace(&self) -> Result<u64, CacheError> {
+        let mut connection = self.connection.clone();
+        let pattern = format!("{}*", escape_glob(&self.namespace));
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+fn escape_glob(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[async_trait]
+impl RemoteCache for RedisRemoteCache {
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, CacheError> {
+        check_keys(keys.iter().map(String::as_str))?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let full: Vec<String> = keys.iter().map(|k| self.full_key(k)).collect();
+        let mut connection = self.connection.clone();
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&full)
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        if values.len() != keys.len() {
+            return Err(CacheError::Unavailable(format!(
+                "redis answered {} values to an MGET of {} keys",
+                values.len(),
+                keys.len()
+            )));
+        }
+        Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+    }
+
+    async fn put_many(&self, entries: Vec<(String, Bytes)>, ttl_ms: u64) -> Result<(), CacheError> {
+        check_put(&entries, ttl_ms)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        for (key, value) in &entries {
+            pipeline
+                .cmd("SET")
+                .arg(self.full_key(key))
+                .arg(value.as_ref())
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
+        }
+        let mut connection = self.connection.clone();
+        pipeline
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), CacheError> {
+        check_keys(keys.iter().map(String::as_str))?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let full: Vec<String> = keys.iter().map(|k| self.full_key(k)).collect();
+        let mut connection = self.connection.clone();
+        redis::cmd("DEL")
+            .arg(&full)
+            .query_async::<u64>(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,358 @@
+//! What every PostgreSQL adapter shares, written once: the schema-name rule, URL redaction for
+//! messages, which error codes are worth a retry, a bounded pool, and migrations compiled into
+//! the binary and applied at open.
+//!
+//! Adapters map [`PgError`] into their port's error type. (`proteus-eventstore-postgres` and
+//! `proteus-projections-postgres` predate this crate and still carry their own copies; new
+//! adapters start here, and those two should move onto it.)
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+/// How to start the local PostgreSQL of a developer machine, for messages.
+pub const START_HINT: &str = "start it (on Debian: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)";
+
+/// Longest schema name, in bytes (PostgreSQL identifiers take 63; room is left for suffixes).
+pub const SCHEMA_NAME_BYTES_MAX: usize = 48;
+
+/// A failure, with whether retrying later can fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError {
+    pub message: String,
+    pub retriable: bool,
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl PgError {
+    fn permanent(message: impl Into<String>) -> Self {
+        PgError {
+            message: message.into(),
+            retriable: false,
+        }
+    }
+}
+
+/// Schema names that never need quoting rules: 1 to [`SCHEMA_NAME_BYTES_MAX`] bytes of
+/// lowercase ASCII letters, digits and `_`, starting with a letter or `_`, not `pg_…`.
+pub fn validate_schema_name(schema: &str) -> Result<(), String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "invalid schema name {:?}: {why}",
+            schema.chars().take(64).collect::<String>()
+        ))
+    };
+    if schema.is_empty() {
+        return refuse("it is empty");
+    }
+    if schema.len() > SCHEMA_NAME_BYTES_MAX {
+        return refuse(&format!(
+            "it is {} bytes long, the most is {SCHEMA_NAME_BYTES_MAX}",
+            schema.len()
+        ));
+    }
+    if !schema
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return refuse("use only lowercase ASCII letters, digits and '_'");
+    }
+    if schema.as_bytes()[0].is_ascii_digit() {
+        return refuse("it must start with a letter or '_'");
+    }
+    if schema.starts_with("pg_") {
+        return refuse("names starting with 'pg_' are reserved by PostgreSQL");
+    }
+    Ok(())
+}
+
+/// The URL without its password, for messages and `Debug`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return if url.contains("password") {
+            "(a key=value connection string with a password)".into()
+        } else {
+            url.to_owned()
+        };
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let redacted = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = if tail.contains("password=") {
+        "/…(options with a password)"
+    } else {
+        tail
+    };
+    format!("{scheme}://{redacted}{tail}")
+}
+
+/// Whether a PostgreSQL error code means "try again later": connection exceptions (08),
+/// insufficient resources (53), shutdown or start-up (57P0x), serialization failure and
+/// deadlock (40001, 40P01), lock not available (55P03), statement timeout (57014).
+pub fn retriable(code: &SqlState) -> bool {
+    let code = code.code();
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P0")
+        || matches!(code, "40001" | "40P01" | "55P03" | "57014")
+}
+
+/// Maps a driver error met while doing `what` (a phrase such as "saving group 'billing'").
+pub fn pg(error: tokio_postgres::Error, what: &str) -> PgError {
+    if let Some(db) = error.as_db_error() {
+        let retry = retriable(db.code());
+        return PgError {
+            message: format!(
+                "PostgreSQL failed {what}: {} ({}){}{}",
+                db.message(),
+                db.code().code(),
+                db.detail().map(|d| format!("; {d}")).unwrap_or_default(),
+                if retry { " (temporary, retry)" } else { "" }
+            ),
+            retriable: retry,
+        };
+    }
+    PgError {
+        message: format!(
+            "the connection to PostgreSQL failed while {what} (temporary, retry): {error}{}",
+            std::error::Error::source(&error)
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
+        ),
+        retriable: true,
+    }
+}
+
+/// Maps a failure to get a pooled connection.
+pub fn pool_error(error: deadpool_postgres::PoolError, what: &str) -> PgError {
+    use deadpool_postgres::PoolError;
+    match error {
+        PoolError::Backend(error) => {
+            let mut mapped = pg(error, what);
+            if mapped.retriable {
+                mapped
+                    .message
+                    .push_str(&format!("; is PostgreSQL running? If not, {START_HINT}"));
+            }
+            mapped
+        }
+        PoolError::Closed => PgError::permanent("the store was closed"),
+        PoolError::Timeout(kind) => PgError {
+            message: format!(
+                "no PostgreSQL connection became available in time ({kind:?} timeout) while {what} (temporary, retry); every pooled connection is busy (raise pool_size_max) or PostgreSQL does not answer"
+            ),
+            retriable: true,
+        },
+        other => PgError::permanent(format!("the connection pool failed while {what}: {other}")),
+    }
+}
+
+/// How to connect: the URL and the pool's bounds.
+#[derive(Clone)]
+pub struct Connection {
+    pub url: String,
+    pub application_name: &'static str,
+    pub pool_size_max: usize,
+    pub connect_timeout_ms: u64,
+    pub pool_wait_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+}
+
+impl Connection {
+    /// The driver's configuration, or why the URL is refused.
+    pub fn config(&self) -> Result<tokio_postgres::Config, String> {
+        let mut config = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
+            format!(
+                "the PostgreSQL URL {} is invalid: {e}; use the form postgres://user@host:5432/database",
+                redact(&self.url)
+            )
+        })?;
+        if config.get_application_name().is_none() {
+            config.application_name(self.application_name);
+        }
+        config.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
+        let mut options = config.get_options().unwrap_or_default().to_owned();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str(&format!(
+            "-c statement_timeout={} -c client_encoding=UTF8",
+            self.statement_timeout_ms
+        ));
+        config.options(&options);
+        Ok(config)
+    }
+
+    /// Applies `migrations` to `schema`, then builds the pool (connections open lazily).
+    pub async fn open(&self, schema: &str, migrations: &Migrations) -> Result<Pool, PgError> {
+        validate_schema_name(schema).map_err(PgError::permanent)?;
+        if self.pool_size_max == 0 {
+            return Err(PgError::permanent(
+                "pool_size_max is 0; it must be at least 1",
+            ));
+        }
+        let config = self.config().map_err(PgError::permanent)?;
+        let (mut client, connection) = config.connect(NoTls).await.map_err(|e| PgError {
+            message: format!(
+                "cannot connect to PostgreSQL at {}: {e}{}; is it running? If not, {START_HINT}",
+                redact(&self.url),
+                std::error::Error::source(&e)
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default(),
+            ),
+            retriable: true,
+        })?;
+        let driver = tokio::spawn(connection);
+        let migrated = migrations.apply(&mut client, schema).await;
+        drop(client);
+        let _ = driver.await;
+        migrated?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        Pool::builder(manager)
+            .max_size(self.pool_size_max)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_millis(self.pool_wait_timeout_ms)))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(connect_timeout))
+            .build()
+            .map_err(|e| PgError::permanent(format!("cannot build the connection pool: {e}")))
+    }
+}
+
+/// One migration: its version (from 1, consecutive), a short name and its SQL.
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// An adapter's migrations and the table recording them in each schema.
+pub struct Migrations {
+    /// Named per adapter, so adapters sharing a schema never mix their versions.
+    pub table: &'static str,
+    /// What the schema holds, for messages ("consumer groups").
+    pub what: &'static str,
+    pub list: &'static [Migration],
+}
+
+/// The first key of the advisory lock (the second is the schema name's hash), shared by every
+/// adapter so two processes, or two adapters sharing a schema, migrate one after the other.
+const ADVISORY_LOCK_CLASS: i32 = 0x5052_5453;
+
+impl Migrations {
+    /// Applies, in one transaction under the schema's advisory lock, every migration the schema
+    /// misses (creating it if needed); refuses a schema migrated by a newer build.
+    pub async fn apply(
+        &self,
+        client: &mut tokio_postgres::Client,
+        schema: &str,
+    ) -> Result<Vec<i32>, PgError> {
+        validate_schema_name(schema).map_err(PgError::permanent)?;
+        let what = format!("migrating the {} in schema {schema}", self.what);
+        let fail = |e| pg(e, &what);
+        let table = self.table;
+        let txn = client.transaction().await.map_err(fail)?;
+        txn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&ADVISORY_LOCK_CLASS, &schema],
+        )
+        .await
+        .map_err(fail)?;
+        // `schema` passed `validate_schema_name`: only [a-z0-9_], safe to splice.
+        txn.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+             CREATE TABLE IF NOT EXISTS \"{schema}\".{table} (
+                 version    integer     PRIMARY KEY,
+                 name       text        NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );"
+        ))
+        .await
+        .map_err(fail)?;
+        let applied: Vec<i32> = txn
+            .query(
+                &format!("SELECT version FROM \"{schema}\".{table} ORDER BY version"),
+                &[],
+            )
+            .await
+            .map_err(fail)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let known = self.list.last().map_or(0, |m| m.version);
+        if let Some(&newest) = applied.last()
+            && newest > known
+        {
+            return Err(PgError::permanent(format!(
+                "the {} of schema {schema} were migrated to version {newest} by a newer Proteus, but this one knows versions up to {known}; run the newer version, or use another schema",
+                self.what
+            )));
+        }
+        let mut done = Vec::new();
+        for migration in self.list {
+            if applied.contains(&migration.version) {
+                continue;
+            }
+            txn.batch_execute(&format!("SET LOCAL search_path TO \"{schema}\""))
+                .await
+                .map_err(fail)?;
+            txn.batch_execute(migration.sql).await.map_err(|e| {
+                PgError::permanent(format!(
+                    "migration {} ({}) of the {} in schema {schema} failed: {}",
+                    migration.version,
+                    migration.name,
+                    self.what,
+                    pg(e, &what)
+                ))
+            })?;
+            txn.execute(
+                &format!("INSERT INTO \"{schema}\".{table} (version, name) VALUES ($1, $2)"),
+                &[&migration.version, &migration.name],
+            )
+            .await
+            .map_err(fail)?;
+            done.push(migration.version);
+        }
+        txn.commit().await.map_err(fail)?;
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_and_redaction() {
+        assert!(validate_schema_name("groups_1").is_ok());
+        for bad in ["", "Groups", "1x", "pg_x", "a-b", &"x".repeat(49)] {
+            assert!(validate_schema_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            redact("postgres://me:secret@db:5432/x"),
+            "postgres://me:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://me@db/x"), "postgres://me@db/x");
+    }
+}
