@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use proteus_eventstore::EventStoreError;
 
-/// Longest schema name, in bytes: PostgreSQL identifiers take 63, and the notification channel
-/// is the schema name followed by `.head`.
-pub const SCHEMA_NAME_BYTES_MAX: usize = 48;
+// The schema-name rule and URL redaction are the ones every PostgreSQL adapter shares.
+pub(crate) use proteus_postgres::redact;
+pub use proteus_postgres::{SCHEMA_NAME_BYTES_MAX, validate_schema_name};
 
 /// Settings of the PostgreSQL event store. Every store lives in its own PostgreSQL schema, so
 /// one database can hold several (tests run each in a fresh schema).
@@ -121,32 +121,6 @@ impl PostgresEventStoreConfig {
     }
 }
 
-/// The URL without its password, for messages and `Debug`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return if url.contains("password") {
-            "(a key=value connection string with a password)".into()
-        } else {
-            url.to_owned()
-        };
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let redacted = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = if tail.contains("password=") {
-        "/…(options with a password)"
-    } else {
-        tail
-    };
-    format!("{scheme}://{redacted}{tail}")
-}
-
 impl fmt::Debug for PostgresEventStoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresEventStoreConfig")
@@ -162,39 +136,6 @@ impl fmt::Debug for PostgresEventStoreConfig {
             .field("write_queue_appends_max", &self.write_queue_appends_max)
             .finish()
     }
-}
-
-/// The schema name rule (see [`PostgresEventStoreConfig::schema`]): names that never need
-/// quoting nor escaping, so they can be spliced into SQL safely.
-pub fn validate_schema_name(schema: &str) -> Result<(), String> {
-    let refuse = |why: &str| {
-        Err(format!(
-            "invalid schema name {:?}: {why}",
-            schema.chars().take(64).collect::<String>()
-        ))
-    };
-    if schema.is_empty() {
-        return refuse("it is empty; name the PostgreSQL schema holding the event store");
-    }
-    if schema.len() > SCHEMA_NAME_BYTES_MAX {
-        return refuse(&format!(
-            "it is {} bytes long, the most is {SCHEMA_NAME_BYTES_MAX}",
-            schema.len()
-        ));
-    }
-    if !schema
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return refuse("use only lowercase ASCII letters, digits and '_'");
-    }
-    if schema.as_bytes()[0].is_ascii_digit() {
-        return refuse("it must start with a letter or '_'");
-    }
-    if schema.starts_with("pg_") {
-        return refuse("names starting with 'pg_' are reserved by PostgreSQL");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

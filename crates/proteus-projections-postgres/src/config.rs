@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use proteus_projections::StoreError;
 
-/// Longest schema name, in bytes (the same rule as the PostgreSQL event store's).
-pub const SCHEMA_NAME_BYTES_MAX: usize = 48;
+// The schema-name rule and URL redaction are the ones every PostgreSQL adapter shares.
+pub(crate) use proteus_postgres::redact;
+pub use proteus_postgres::{SCHEMA_NAME_BYTES_MAX, validate_schema_name};
+
 /// Documents one query may read when no other limit is set (as the embedded store).
 pub const QUERY_SCAN_DOCS_MAX_DEFAULT: usize = 1_000_000;
 
@@ -120,32 +122,6 @@ impl PostgresReadModelConfig {
     }
 }
 
-/// The URL without its password, for messages and `Debug`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return if url.contains("password") {
-            "(a key=value connection string with a password)".into()
-        } else {
-            url.to_owned()
-        };
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let redacted = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = if tail.contains("password=") {
-        "/…(options with a password)"
-    } else {
-        tail
-    };
-    format!("{scheme}://{redacted}{tail}")
-}
-
 impl fmt::Debug for PostgresReadModelConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresReadModelConfig")
@@ -165,39 +141,6 @@ impl fmt::Debug for PostgresReadModelConfig {
             .field("write_chunk_bytes_max", &self.write_chunk_bytes_max)
             .finish()
     }
-}
-
-/// The schema name rule (see [`PostgresReadModelConfig::schema`]): names that never need
-/// quoting nor escaping, so they can be spliced into SQL safely.
-pub fn validate_schema_name(schema: &str) -> Result<(), String> {
-    let refuse = |why: &str| {
-        Err(format!(
-            "invalid schema name {:?}: {why}",
-            schema.chars().take(64).collect::<String>()
-        ))
-    };
-    if schema.is_empty() {
-        return refuse("it is empty; name the PostgreSQL schema holding the read models");
-    }
-    if schema.len() > SCHEMA_NAME_BYTES_MAX {
-        return refuse(&format!(
-            "it is {} bytes long, the most is {SCHEMA_NAME_BYTES_MAX}",
-            schema.len()
-        ));
-    }
-    if !schema
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return refuse("use only lowercase ASCII letters, digits and '_'");
-    }
-    if schema.as_bytes()[0].is_ascii_digit() {
-        return refuse("it must start with a letter or '_'");
-    }
-    if schema.starts_with("pg_") {
-        return refuse("names starting with 'pg_' are reserved by PostgreSQL");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
