@@ -11,29 +11,36 @@
 //!   the domain's [`ExperimentAggregator`], whose own limits (`units_max`, `unit_events_max`)
 //!   bound its memory. Event times are capped at the clock, so one event from the future cannot
 //!   make everything else late.
-//! - **Checkpoints.** Every `checkpoint_interval_ms` (when something was consumed), when the task
-//!   stops, and when the service closes, the aggregator (compacted) and the offsets it consumed
-//!   are appended to `proteus.experiments.state`; start-up resumes from the latest checkpoint of
-//!   each experiment instead of re-reading everything. A checkpoint larger than
-//!   [`CHECKPOINT_BYTES_MAX`] is skipped (and logged): a restart then resumes from the previous
-//!   one.
+//! - **Units and checkpoints live in the key-value store** ([`KvStore`], one namespace per
+//!   experiment, see [`namespace_of`]). Every `checkpoint_interval_ms` (when something was
+//!   consumed), whenever [`UNITS_PER_COMMIT_MAX`] units changed, when the task stops and when
+//!   the service closes, the changed units (`s/<unit>` once settled, `p/<unit>` before) and the
+//!   checkpoint (the aggregator without its units, the offsets consumed, the results history)
+//!   are written in one atomic commit, checked against the previous checkpoint so two
+//!   instances cannot both advance one experiment. Settled units then leave memory; the next
+//!   events that name one load it back. Start-up reads the checkpoint and the unsettled units
+//!   and resumes from the offsets. A failed commit reloads the last committed state, so
+//!   nothing is counted twice or lost.
 //! - Exposures count from the start to the stop of the experiment; metric events keep counting
 //!   after the stop (for units already exposed, within their windows) until the experiment is
 //!   decided, when the task catches up once more, checkpoints and ends.
 //! - **Decisions roll out through the flag-set service**: `decide` with `roll_out` applies the
 //!   domain's [`rollout_change`] as an audited flag-set revision before the decision is recorded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use proteus_experiments::{
     Decision, DefinitionError, DefinitionErrors, EXPOSURE_EVENT_TYPE, EXPOSURE_TOPIC, Experiment,
     ExperimentAggregator, ExperimentDefinition, ExperimentResults, Exposure, GuardrailBreach,
-    LifecycleError, Status, guardrail_breaches, rollout_change,
+    LifecycleError, Status, UnitState, guardrail_breaches, rollout_change,
 };
 use proteus_flagsets::{Change, FlagSetName};
 use proteus_flagsets_service::{Author, FlagService, FlagServiceError};
+use proteus_kv::{
+    GET_KEYS_MAX, KvCheck, KvCommit, KvError, KvStore, KvWrite, Namespace, SCAN_ENTRIES_MAX,
+};
 use proteus_log::port::{Log, StoredEvent};
 use proteus_log::{Event, LogError, Offset, ReadFrom, ReadLimits, TopicConfig, TopicName};
 use serde::{Deserialize, Serialize};
@@ -44,18 +51,23 @@ pub use proteus_experiments;
 
 /// The topic experiment changes go to.
 pub const TOPIC: &str = "proteus.experiments";
-/// The topic aggregation checkpoints go to.
-pub const STATE_TOPIC: &str = "proteus.experiments.state";
 /// The CloudEvent type of an experiment change.
 pub const EVENT_TYPE: &str = "dev.proteus.experiment.changed";
-/// The CloudEvent type of a checkpoint.
-pub const CHECKPOINT_EVENT_TYPE: &str = "dev.proteus.experiment.checkpoint";
 /// Most experiments kept (every state).
 pub const EXPERIMENTS_MAX: usize = 1_000;
 /// Most experiments running or stopped (each has an aggregation task) at once.
 pub const ACTIVE_MAX: usize = 100;
-/// Largest checkpoint event, in bytes (the log's largest event).
-pub const CHECKPOINT_BYTES_MAX: usize = proteus_log::topic::EVENT_BYTES_MAX_LIMIT as usize;
+/// Largest checkpoint (the aggregator without its units, offsets, history), in bytes.
+pub const CHECKPOINT_BYTES_MAX: usize = proteus_kv::VALUE_BYTES_MAX;
+/// Most units changed between two commits: a batch stops early and commits when it reaches
+/// this (each unit is at most two writes, so a commit stays within the store's limit).
+pub const UNITS_PER_COMMIT_MAX: usize = 4_000;
+/// Most commits one checkpoint makes to finish a compaction before the task reads on.
+const COMPACTION_COMMITS_MAX: usize = 1_000;
+/// Key of the checkpoint in an experiment's namespace.
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const SETTLED_PREFIX: &str = "s/";
+const UNSETTLED_PREFIX: &str = "p/";
 /// Largest change event, in bytes: a definition (256 KiB at most) with room.
 const CHANGE_EVENT_BYTES_MAX: u32 = 1024 * 1024;
 /// Events read per request while replaying the topics at start-up.
@@ -119,6 +131,8 @@ pub enum ExperimentServiceError {
     Flag(#[from] FlagServiceError),
     #[error("the experiments' store (the log) failed: {0}")]
     Log(#[from] LogError),
+    #[error("the experiments' key-value store failed: {0}")]
+    Store(#[from] KvError),
     #[error("an experiment change cannot be encoded as an event: {0}")]
     Encoding(String),
     #[error("event {offset} of the topic '{topic}' cannot be replayed: {reason}")]
@@ -142,16 +156,126 @@ pub struct ChangeRecord {
 /// Offsets consumed: topic → partition → next offset.
 pub type Positions = BTreeMap<String, BTreeMap<u32, Offset>>;
 
-/// One record of the `proteus.experiments.state` topic.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// An experiment's checkpoint in its key-value namespace (its units are stored beside it).
+#[derive(Debug, Clone, Deserialize)]
 struct Checkpoint {
-    id: String,
     started_ms: i64,
     time_ms: i64,
     positions: Positions,
     aggregator: ExperimentAggregator,
     #[serde(default)]
     history: Vec<HistoryPoint>,
+}
+
+/// [`Checkpoint`] as it is written, borrowing from the live state.
+#[derive(Serialize)]
+struct CheckpointRef<'a> {
+    started_ms: i64,
+    time_ms: i64,
+    positions: &'a Positions,
+    aggregator: &'a ExperimentAggregator,
+    history: &'a [HistoryPoint],
+}
+
+/// The key-value namespace of an experiment: `experiment.` then its id, with `_` written `__`
+/// and an upper-case letter `_` and its lower case (namespaces are lower case, ids are not).
+pub fn namespace_of(id: &str) -> Result<Namespace, KvError> {
+    let mut name = String::with_capacity(11 + 2 * id.len());
+    name.push_str("experiment.");
+    for c in id.chars() {
+        match c {
+            '_' => name.push_str("__"),
+            c if c.is_ascii_uppercase() => {
+                name.push('_');
+                name.push(c.to_ascii_lowercase());
+            }
+            c => name.push(c),
+        }
+    }
+    Namespace::parse(&name)
+}
+
+fn unit_key(prefix: &str, unit: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + unit.len());
+    key.extend_from_slice(prefix.as_bytes());
+    key.extend_from_slice(unit.as_bytes());
+    key
+}
+
+fn decode_unit(key: &[u8], value: &[u8]) -> Result<UnitState, KvError> {
+    serde_json::from_slice(value).map_err(|e| {
+        KvError::Corrupt(format!(
+            "unit {} of an experiment cannot be decoded: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+/// An experiment's last committed state: its checkpoint and unsettled units; or a fresh
+/// aggregator, after clearing what an earlier start left, when there is no usable checkpoint.
+async fn load_state(
+    kv: &dyn KvStore,
+    namespace: &Namespace,
+    definition: &ExperimentDefinition,
+    started_ms: i64,
+) -> Result<Shared, KvError> {
+    let stored = kv
+        .get_many(namespace, &[CHECKPOINT_KEY.to_vec()])
+        .await?
+        .pop()
+        .flatten();
+    let checkpoint = stored.as_deref().and_then(|bytes| {
+        match serde_json::from_slice::<Checkpoint>(bytes) {
+            Ok(c) if c.started_ms == started_ms => Some(c),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(experiment = %definition.id, %error,
+                    "the experiment's checkpoint cannot be decoded; its topics are read again from the start");
+                None
+            }
+        }
+    });
+    let Some(checkpoint) = checkpoint else {
+        if stored.is_some() {
+            kv.clear(namespace).await?;
+        }
+        return Ok(Shared::new(
+            ExperimentAggregator::new(definition),
+            namespace.clone(),
+        ));
+    };
+    let mut aggregator = checkpoint.aggregator;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = kv
+            .scan(
+                namespace,
+                UNSETTLED_PREFIX.as_bytes(),
+                after.as_deref(),
+                SCAN_ENTRIES_MAX,
+            )
+            .await?;
+        let full = page.len() == SCAN_ENTRIES_MAX;
+        for (key, value) in page {
+            let unit = decode_unit(&key, &value)?;
+            let name = String::from_utf8_lossy(&key[UNSETTLED_PREFIX.len()..]).into_owned();
+            aggregator.load_unit(name, unit);
+            after = Some(key);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(Shared {
+        aggregator,
+        positions: checkpoint.positions,
+        dirty: false,
+        stale: false,
+        checkpointed_ms: checkpoint.time_ms,
+        history: checkpoint.history,
+        committed: stored,
+        namespace: namespace.clone(),
+    })
 }
 
 /// Most points of one experiment's results history; past it, every other point is dropped,
@@ -250,18 +374,27 @@ struct Shared {
     positions: Positions,
     /// Consumed since the last checkpoint.
     dirty: bool,
+    /// A commit failed and the last committed state could not be loaded back yet: nothing is
+    /// consumed until it is.
+    stale: bool,
     checkpointed_ms: i64,
     history: Vec<HistoryPoint>,
+    /// The checkpoint as last committed (what the next commit checks), `None` before the first.
+    committed: Option<Vec<u8>>,
+    namespace: Namespace,
 }
 
 impl Shared {
-    fn new(aggregator: ExperimentAggregator) -> Self {
+    fn new(aggregator: ExperimentAggregator, namespace: Namespace) -> Self {
         Shared {
             aggregator,
             positions: Positions::new(),
             dirty: false,
+            stale: false,
             checkpointed_ms: 0,
             history: Vec::new(),
+            committed: None,
+            namespace,
         }
     }
 
@@ -310,9 +443,9 @@ impl Entry {
 
 struct Inner {
     log: Arc<dyn Log>,
+    kv: Arc<dyn KvStore>,
     flags: FlagService,
     topic: TopicName,
-    state_topic: TopicName,
     config: ExperimentServiceConfig,
     experiments: RwLock<BTreeMap<String, Entry>>,
     writer: tokio::sync::Mutex<()>,
@@ -378,22 +511,16 @@ fn definition_error(path: &str, message: String) -> ExperimentServiceError {
 }
 
 impl ExperimentService {
-    /// Creates the topics if needed, replays the experiments and their checkpoints, and starts
-    /// the aggregation task of every started experiment.
+    /// Creates the topic if needed, replays the experiments, loads the checkpoint and unsettled
+    /// units of every started one from `kv`, and starts their aggregation tasks.
     pub async fn open(
         log: Arc<dyn Log>,
+        kv: Arc<dyn KvStore>,
         flags: FlagService,
         config: ExperimentServiceConfig,
     ) -> Result<ExperimentService, ExperimentServiceError> {
         let topic = TopicName::parse(TOPIC).expect("the experiments topic name is valid");
-        let state_topic = TopicName::parse(STATE_TOPIC).expect("the state topic name is valid");
         ensure_topic(log.as_ref(), &topic, CHANGE_EVENT_BYTES_MAX).await?;
-        ensure_topic(
-            log.as_ref(),
-            &state_topic,
-            proteus_log::topic::EVENT_BYTES_MAX_LIMIT,
-        )
-        .await?;
 
         let mut experiments: BTreeMap<String, Entry> = BTreeMap::new();
         replay_topic(log.as_ref(), &topic, |stored| {
@@ -421,52 +548,18 @@ impl ExperimentService {
         })
         .await?;
 
-        // The latest checkpoint of each experiment (kept raw: only the last one is decoded).
-        let mut checkpoints: HashMap<String, (Offset, Value)> = HashMap::new();
-        replay_topic(log.as_ref(), &state_topic, |stored| {
-            let Ok(mut envelope) = serde_json::from_slice::<Value>(&stored.json) else {
-                tracing::warn!(
-                    offset = stored.offset,
-                    "an experiment checkpoint is not JSON; ignored"
-                );
-                return Ok(());
-            };
-            if envelope["type"] != CHECKPOINT_EVENT_TYPE {
-                return Ok(());
-            }
-            if let Some(id) = envelope["subject"].as_str().map(str::to_owned) {
-                checkpoints.insert(id, (stored.offset, envelope["data"].take()));
-            }
-            Ok(())
-        })
-        .await?;
-
         for (id, entry) in experiments.iter_mut() {
             let Some(started_ms) = started_ms(&entry.experiment.status) else {
                 continue;
             };
-            let definition = &entry.experiment.definition;
-            let restored = checkpoints.remove(id).and_then(|(offset, data)| {
-                match serde_json::from_value::<Checkpoint>(data) {
-                    Ok(c) if c.started_ms == started_ms => Some(c),
-                    Ok(_) => None,
-                    Err(error) => {
-                        tracing::warn!(experiment = %id, offset, %error,
-                            "the experiment's checkpoint cannot be decoded; its topics are read again from the start");
-                        None
-                    }
-                }
-            });
-            let shared = match restored {
-                Some(c) => Shared {
-                    aggregator: c.aggregator,
-                    positions: c.positions,
-                    dirty: false,
-                    checkpointed_ms: c.time_ms,
-                    history: c.history,
-                },
-                None => Shared::new(ExperimentAggregator::new(definition)),
-            };
+            let namespace = namespace_of(id)?;
+            let shared = load_state(
+                kv.as_ref(),
+                &namespace,
+                &entry.experiment.definition,
+                started_ms,
+            )
+            .await?;
             entry.shared = Some(Arc::new(Mutex::new(shared)));
         }
 
@@ -474,9 +567,9 @@ impl ExperimentService {
         let service = ExperimentService {
             inner: Arc::new(Inner {
                 log,
+                kv,
                 flags,
                 topic,
-                state_topic,
                 config,
                 experiments: RwLock::new(experiments),
                 writer: tokio::sync::Mutex::new(()),
@@ -722,10 +815,13 @@ impl ExperimentService {
                 max: ACTIVE_MAX,
             });
         }
+        // Whatever an earlier life of this id left in the store is not this experiment's.
+        let namespace = namespace_of(id)?;
+        self.inner.kv.clear(&namespace).await?;
         self.append("start", actor, now, &next).await?;
         let shared = Arc::new(Mutex::new(Shared {
             checkpointed_ms: now,
-            ..Shared::new(ExperimentAggregator::new(&next.definition))
+            ..Shared::new(ExperimentAggregator::new(&next.definition), namespace)
         }));
         let info = self.publish(next, now, Some(shared.clone()));
         self.spawn(id.to_owned(), shared);
@@ -1010,7 +1106,12 @@ async fn run(
         };
         let decided = matches!(experiment.status, Status::Decided { .. });
         let closed = *closing.borrow();
-        let progressed = if closed {
+        let stale = shared.lock().unwrap_or_else(|p| p.into_inner()).stale;
+        if stale && !closed {
+            reload(&service, &experiment.definition, started_ms, &shared).await;
+        }
+        let stale = shared.lock().unwrap_or_else(|p| p.into_inner()).stale;
+        let progressed = if closed || stale {
             false
         } else {
             match consume(
@@ -1054,13 +1155,15 @@ async fn run(
         let finishing = closed || (decided && !progressed);
         let due = {
             let s = shared.lock().unwrap_or_else(|p| p.into_inner());
-            s.dirty
+            !s.stale
+                && s.dirty
                 && (finishing
+                    || s.aggregator.changed_units() >= UNITS_PER_COMMIT_MAX
                     || now_ms().saturating_sub(s.checkpointed_ms)
                         >= service.inner.config.checkpoint_interval_ms as i64)
         };
         if due {
-            checkpoint(&service, &id, started_ms, &shared).await;
+            checkpoint(&service, &experiment.definition, started_ms, &shared).await;
         }
         if finishing {
             return;
@@ -1085,7 +1188,7 @@ async fn consume(
     started_ms: i64,
     stopped_ms: Option<i64>,
     shared: &Arc<Mutex<Shared>>,
-) -> Result<bool, LogError> {
+) -> Result<bool, ExperimentServiceError> {
     let inner = &service.inner;
     let mut metric_topics: Vec<&str> = definition
         .metrics
@@ -1123,7 +1226,7 @@ async fn consume(
         let description = match inner.log.describe_topic(&name).await {
             Ok(d) => d,
             Err(LogError::TopicNotFound { .. }) => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let start_ms = if *topic == EXPOSURE_TOPIC {
             started_ms
@@ -1153,7 +1256,7 @@ async fn consume(
                         )
                         .await?
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
             batches.push((*topic, partition.partition, batch));
         }
@@ -1165,7 +1268,7 @@ async fn consume(
         .filter_map(|(_, _, b)| b.events.last().map(|e| e.append_time_ms))
         .min();
     let mut next_positions = positions.clone();
-    let mut apply: Vec<(&str, &StoredEvent)> = Vec::new();
+    let mut apply: Vec<(&str, u32, &StoredEvent)> = Vec::new();
     for (topic, partition, batch) in &batches {
         let mut next = batch.next_offset;
         for stored in &batch.events {
@@ -1173,37 +1276,64 @@ async fn consume(
                 next = stored.offset;
                 break;
             }
-            apply.push((topic, stored));
+            apply.push((topic, *partition, stored));
         }
         next_positions
             .entry((*topic).to_owned())
             .or_default()
             .insert(*partition, next);
     }
-    apply.sort_by_key(|(_, e)| e.append_time_ms);
+    apply.sort_by_key(|(_, _, e)| e.append_time_ms);
     let now = now_ms();
-    let changed = next_positions != positions;
-    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
-    for (topic, stored) in &apply {
-        let Ok(event) = serde_json::from_slice::<Value>(&stored.json) else {
-            continue;
-        };
-        if *topic == EXPOSURE_TOPIC && event["type"] == EXPOSURE_EVENT_TYPE {
-            if let Ok(mut exposure) = Exposure::from_cloud_event(&event) {
+    let decoded: Vec<Option<Input>> = apply
+        .iter()
+        .map(|(topic, _, stored)| {
+            let event = serde_json::from_slice::<Value>(&stored.json).ok()?;
+            if *topic == EXPOSURE_TOPIC && event["type"] == EXPOSURE_EVENT_TYPE {
+                let mut exposure = Exposure::from_cloud_event(&event).ok()?;
                 exposure.time_ms = exposure.time_ms.min(now);
                 let in_period = exposure.time_ms >= started_ms
                     && stopped_ms.is_none_or(|stop| exposure.time_ms < stop);
-                if in_period {
-                    s.aggregator.apply_exposure(&exposure);
-                }
+                return in_period.then_some(Input::Exposure(exposure));
             }
-            continue;
-        }
-        if metric_topics.contains(topic) {
+            if !metric_topics.contains(topic) {
+                return None;
+            }
             let time_ms = event_time_ms(&event, stored.append_time_ms).min(now);
-            s.aggregator.apply_metric_event(topic, &event, time_ms);
+            Some(Input::Metric(event, time_ms))
+        })
+        .collect();
+    load_units(service, shared, &apply, &decoded).await?;
+
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    // Stop early once enough units changed for one commit: the offsets then say exactly which
+    // events were applied (those before the first one left, per partition).
+    let mut applied = 0;
+    for ((topic, _, _), input) in apply.iter().zip(&decoded) {
+        if s.aggregator.changed_units() >= UNITS_PER_COMMIT_MAX {
+            break;
+        }
+        applied += 1;
+        match input {
+            Some(Input::Exposure(exposure)) => {
+                s.aggregator.apply_exposure(exposure);
+            }
+            Some(Input::Metric(event, time_ms)) => {
+                s.aggregator.apply_metric_event(topic, event, *time_ms);
+            }
+            None => {}
         }
     }
+    let mut left: BTreeSet<(&str, u32)> = BTreeSet::new();
+    for (topic, partition, stored) in &apply[applied..] {
+        if left.insert((topic, *partition)) {
+            next_positions
+                .entry((*topic).to_owned())
+                .or_default()
+                .insert(*partition, stored.offset);
+        }
+    }
+    let changed = next_positions != positions;
     s.positions = next_positions;
     if changed {
         s.dirty = true;
@@ -1211,55 +1341,171 @@ async fn consume(
     Ok(changed)
 }
 
-/// Appends the aggregator (compacted) and its positions to the state topic.
-async fn checkpoint(
+/// One decoded event of a batch.
+enum Input {
+    Exposure(Exposure),
+    /// A metric event and its time.
+    Metric(Value, i64),
+}
+
+/// Makes resident every stored unit the batch's events name.
+async fn load_units(
     service: &ExperimentService,
-    id: &str,
+    shared: &Arc<Mutex<Shared>>,
+    apply: &[(&str, u32, &StoredEvent)],
+    decoded: &[Option<Input>],
+) -> Result<(), KvError> {
+    let (namespace, missing) = {
+        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut missing: BTreeSet<String> = BTreeSet::new();
+        for ((topic, _, _), input) in apply.iter().zip(decoded) {
+            let keys = match input {
+                Some(Input::Exposure(e)) => s
+                    .aggregator
+                    .exposure_unit(e)
+                    .map(str::to_owned)
+                    .into_iter()
+                    .collect(),
+                Some(Input::Metric(event, _)) => s.aggregator.metric_event_units(topic, event),
+                None => Vec::new(),
+            };
+            missing.extend(keys.into_iter().filter(|k| !s.aggregator.is_resident(k)));
+        }
+        (s.namespace.clone(), missing.into_iter().collect::<Vec<_>>())
+    };
+    for chunk in missing.chunks(GET_KEYS_MAX) {
+        let keys: Vec<Vec<u8>> = chunk.iter().map(|k| unit_key(SETTLED_PREFIX, k)).collect();
+        let values = service.inner.kv.get_many(&namespace, &keys).await?;
+        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        for ((name, key), value) in chunk.iter().zip(&keys).zip(values) {
+            if let Some(value) = value {
+                s.aggregator
+                    .load_unit(name.clone(), decode_unit(key, &value)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the live state with the last committed one (after a failed commit); marks it
+/// stale when that cannot be read either, so the task retries before consuming more.
+async fn reload(
+    service: &ExperimentService,
+    definition: &ExperimentDefinition,
     started_ms: i64,
     shared: &Arc<Mutex<Shared>>,
 ) {
-    let now = now_ms();
-    let bytes = {
-        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
-        s.aggregator.compact();
-        let data = json!({
-            "id": id,
-            "started_ms": started_ms,
-            "time_ms": now,
-            "positions": s.positions,
-            "aggregator": s.aggregator,
-            "history": s.history,
-        });
-        let event = json!({
-            "specversion": "1.0",
-            "id": uuid::Uuid::now_v7().to_string(),
-            "source": "/proteus/experiments",
-            "type": CHECKPOINT_EVENT_TYPE,
-            "subject": id,
-            "datacontenttype": "application/json",
-            "data": data,
-        });
-        s.dirty = false;
-        s.checkpointed_ms = now;
-        serde_json::to_vec(&event).unwrap_or_default()
-    };
-    if bytes.len() > CHECKPOINT_BYTES_MAX {
-        tracing::warn!(experiment = %id, bytes = bytes.len(), limit_bytes = CHECKPOINT_BYTES_MAX,
-            "the experiment's checkpoint is too large and was skipped; a restart resumes from the previous one");
-        return;
+    let namespace = shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .namespace
+        .clone();
+    let loaded = load_state(
+        service.inner.kv.as_ref(),
+        &namespace,
+        definition,
+        started_ms,
+    )
+    .await;
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    match loaded {
+        Ok(state) => *s = state,
+        Err(error) => {
+            tracing::warn!(experiment = %definition.id, %error,
+                "the experiment's committed state cannot be loaded; retrying");
+            s.stale = true;
+        }
     }
-    let appended = match Event::from_json(&bytes) {
-        Ok(event) => service
-            .inner
-            .log
-            .append(&service.inner.state_topic, vec![event])
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(error) = appended {
-        tracing::warn!(experiment = %id, %error, "the experiment's checkpoint could not be appended; retrying later");
-        shared.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+}
+
+/// Commits the changed units with the checkpoint (aggregator without units, offsets,
+/// history) in one checked write, then evicts settled units; repeats while a bounded compaction
+/// has more to do. A failed commit reloads the last committed state.
+async fn checkpoint(
+    service: &ExperimentService,
+    definition: &ExperimentDefinition,
+    started_ms: i64,
+    shared: &Arc<Mutex<Shared>>,
+) {
+    let id = &definition.id;
+    for _ in 0..COMPACTION_COMMITS_MAX {
+        let now = now_ms();
+        let (namespace, commit, body) = {
+            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            s.aggregator.compact(UNITS_PER_COMMIT_MAX);
+            let changes = s.aggregator.take_changes();
+            let body = serde_json::to_vec(&CheckpointRef {
+                started_ms,
+                time_ms: now,
+                positions: &s.positions,
+                aggregator: &s.aggregator,
+                history: &s.history,
+            })
+            .unwrap_or_default();
+            let mut writes = Vec::with_capacity(2 * changes.len() + 1);
+            for (unit, state) in changes {
+                let settled = unit_key(SETTLED_PREFIX, &unit);
+                let unsettled = unit_key(UNSETTLED_PREFIX, &unit);
+                match state {
+                    Some(state) => {
+                        let value = serde_json::to_vec(&state).unwrap_or_default();
+                        if state.is_settled() {
+                            writes.push(KvWrite::Put {
+                                key: settled,
+                                value,
+                            });
+                            writes.push(KvWrite::Delete { key: unsettled });
+                        } else {
+                            writes.push(KvWrite::Put {
+                                key: unsettled,
+                                value,
+                            });
+                        }
+                    }
+                    None => {
+                        writes.push(KvWrite::Delete { key: unsettled });
+                        writes.push(KvWrite::Delete { key: settled });
+                    }
+                }
+            }
+            writes.push(KvWrite::Put {
+                key: CHECKPOINT_KEY.to_vec(),
+                value: body.clone(),
+            });
+            let commit = KvCommit {
+                checks: vec![KvCheck {
+                    key: CHECKPOINT_KEY.to_vec(),
+                    expected: s.committed.clone(),
+                }],
+                writes,
+            };
+            s.dirty = false;
+            s.checkpointed_ms = now;
+            (s.namespace.clone(), commit, body)
+        };
+        let result = if body.len() > CHECKPOINT_BYTES_MAX {
+            Err(KvError::Invalid(format!(
+                "the checkpoint has {} bytes, more than the {CHECKPOINT_BYTES_MAX} allowed",
+                body.len()
+            )))
+        } else {
+            service.inner.kv.commit(&namespace, commit).await
+        };
+        if let Err(error) = result {
+            match error {
+                KvError::Conflict { .. } => tracing::error!(experiment = %id, %error,
+                    "another instance advanced this experiment's checkpoint; loading its state"),
+                _ => tracing::warn!(experiment = %id, %error,
+                    "the experiment's checkpoint could not be committed; resuming from the last one"),
+            }
+            reload(service, definition, started_ms, shared).await;
+            return;
+        }
+        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.committed = Some(body);
+        s.aggregator.evict_settled();
+        if !s.aggregator.compaction_due() {
+            return;
+        }
     }
 }

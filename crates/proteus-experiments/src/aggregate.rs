@@ -23,17 +23,29 @@
 //! - **Batching does not matter**: every decision (lateness, folding, pruning) is a function of
 //!   the sequence of events, never of how they were grouped into calls; the same sequence gives
 //!   the same state, bit for bit.
-//! - **Bounded memory**: at most `units_max` units (events of new units beyond it are refused and
-//!   counted); at most `unit_events_max` raw events buffered per unit while its F may move (more
-//!   are dropped and counted). Units that never get exposed are forgotten once their events are
-//!   too old to fall into any future exposure's pre-period (watermark − lateness − pre-period).
+//! - **Bounded**: at most `units_max` units known (events of new units beyond it are refused
+//!   and counted); at most `unit_events_max` raw events buffered per unit while its F may move
+//!   (more are dropped and counted). Units that never get exposed are forgotten once their
+//!   events are too old to fall into any future exposure's pre-period (watermark − lateness −
+//!   pre-period).
 //!
-//! Per-arm [`SufficientStats`] are a fold over the units in key order ([`ArmStats`]): O(units ×
-//! metrics) per look, a few milliseconds per million units. They are not kept as running sums
-//! because a unit's value changes while its window is open, and subtracting floating-point sums
-//! would make the state depend on the order of events.
+//! # Running statistics, stored units
+//!
+//! Per-arm [`SufficientStats`] are **running sums**: whenever an event changes a unit, the
+//! unit's old contribution is removed and its new one added, so a look at the results costs
+//! O(arms × metrics) whatever the number of units. Removing and adding floating-point values
+//! makes the sums depend on the order of events up to rounding (about 1e-15 relative), never
+//! on how events were batched.
+//!
+//! Units need not stay in memory. A settled unit (F final, events folded) only changes when an
+//! event names it, so a runtime stores units ([`ExperimentAggregator::take_changes`], written
+//! atomically with the serialised aggregator, which leaves units out), evicts settled ones
+//! ([`ExperimentAggregator::evict_settled`]) and loads back those the next events name
+//! ([`ExperimentAggregator::load_unit`]). Units whose F may still move stay resident: they are
+//! the ones compaction ([`ExperimentAggregator::compact`], bounded per call) settles or
+//! forgets, which changes how units are kept, never what they count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proteus_stats::SufficientStats;
 use serde::{Deserialize, Serialize};
@@ -178,8 +190,11 @@ struct Pending {
     value: f64,
 }
 
+/// One unit's state: its exposures, and its metric events (raw while its first exposure may
+/// still move, folded into sums once it is final). A runtime stores it between looks; it is
+/// opaque apart from [`UnitState::is_settled`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct UnitState {
+pub struct UnitState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     first_exposure_ms: Option<i64>,
     #[serde(default)]
@@ -222,18 +237,39 @@ pub struct AggregationReport {
     /// Events dropped because a unit buffered `unit_events_max` raw events.
     pub unit_events_dropped: u64,
     pub rejected: Vec<MetricRejections>,
-    /// Units tracked now (exposed or with buffered events) and the limit.
+    /// Units known now (exposed, or with buffered events) and the limit.
     pub units_tracked: u64,
     pub units_max: u64,
+    /// Units in memory: those whose first exposure may still move, and settled ones changed or
+    /// loaded since the runtime last stored them.
+    #[serde(default)]
+    pub units_resident: u64,
     pub watermark_ms: Option<i64>,
 }
 
-/// The incremental state of one experiment: serialisable so a runtime can checkpoint it with
-/// the log offsets it has consumed.
+/// The incremental state of one experiment.
+///
+/// Serialised, it is a checkpoint *without* its units: a runtime stores the units itself
+/// ([`take_changes`](Self::take_changes)) and makes them resident again before events touch
+/// them ([`load_unit`](Self::load_unit)). Used purely in memory (tests, the simulation), every
+/// unit simply stays resident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentAggregator {
     plan: Plan,
+    /// Resident units: every unit whose first exposure may still move, and the settled units
+    /// loaded or changed since the last eviction.
+    #[serde(skip)]
     units: BTreeMap<String, UnitState>,
+    /// Units changed since the last [`take_changes`](Self::take_changes).
+    #[serde(skip)]
+    changed: BTreeSet<String>,
+    /// Where an unfinished compaction resumes (a key of `units`).
+    #[serde(skip)]
+    compaction_resume: Option<String>,
+    /// Running per-arm statistics of every unit, resident or stored.
+    totals: ArmStats,
+    /// Units known, resident or stored (what `units_max` bounds).
+    units_known: u64,
     watermark_ms: Option<i64>,
     next_compaction_ms: Option<i64>,
     exposure_time_min_ms: Option<i64>,
@@ -242,7 +278,7 @@ pub struct ExperimentAggregator {
 }
 
 /// Per arm and metric sufficient statistics of the units exposed to exactly one arm.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArmStats {
     /// Units exposed to exactly one arm, per arm (definition order).
     pub units: Vec<u64>,
@@ -253,6 +289,58 @@ pub struct ArmStats {
     pub metrics: Vec<Vec<SufficientStats>>,
     /// Units skipped because a sum overflowed a 64-bit float.
     pub units_non_finite: u64,
+}
+
+impl ArmStats {
+    fn empty(arms: usize, metrics: usize) -> ArmStats {
+        ArmStats {
+            units: vec![0; arms],
+            units_multiple_arms: vec![0; arms],
+            metrics: vec![vec![SufficientStats::default(); arms]; metrics],
+            units_non_finite: 0,
+        }
+    }
+
+    /// Adds (or removes) what one unit contributes.
+    fn apply(&mut self, contribution: &Contribution, add: bool) {
+        let count = |c: &mut u64| {
+            *c = if add { *c + 1 } else { c.saturating_sub(1) };
+        };
+        match contribution {
+            Contribution::Nothing => {}
+            Contribution::NonFinite => count(&mut self.units_non_finite),
+            Contribution::MultipleArms(arm) => {
+                if let Some(c) = self.units_multiple_arms.get_mut(*arm) {
+                    count(c);
+                }
+            }
+            Contribution::Counted(arm, values) => {
+                if let Some(c) = self.units.get_mut(*arm) {
+                    count(c);
+                }
+                for (m, one) in values.iter().enumerate() {
+                    if let Some(s) = self.metrics.get_mut(m).and_then(|m| m.get_mut(*arm)) {
+                        if add {
+                            *s += *one;
+                        } else {
+                            *s -= *one;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What one unit adds to [`ArmStats`].
+#[derive(Debug, Clone, PartialEq)]
+enum Contribution {
+    /// Not exposed (yet), or exposed to an arm outside the plan.
+    Nothing,
+    MultipleArms(usize),
+    NonFinite,
+    /// Its arm and, per metric, its one-unit statistics.
+    Counted(usize, Vec<SufficientStats>),
 }
 
 impl ExperimentAggregator {
@@ -294,6 +382,10 @@ impl ExperimentAggregator {
                 unit_events_max: a.unit_events_max,
             },
             units: BTreeMap::new(),
+            changed: BTreeSet::new(),
+            compaction_resume: None,
+            totals: ArmStats::empty(definition.arms.len(), definition.metrics.len()),
+            units_known: 0,
             watermark_ms: None,
             next_compaction_ms: None,
             exposure_time_min_ms: None,
@@ -323,9 +415,100 @@ impl ExperimentAggregator {
         self.horizon_ms().is_some_and(|h| time_ms < h)
     }
 
+    /// The unit an exposure is about, when it is an exposure of this experiment's flag.
+    pub fn exposure_unit<'e>(&self, exposure: &'e Exposure) -> Option<&'e str> {
+        (exposure.flag_set == self.plan.flag_set && exposure.flag == self.plan.flag)
+            .then_some(exposure.targeting_key.as_str())
+    }
+
+    /// The units a metric event read from `topic` is about (one per matching metric source).
+    pub fn metric_event_units(&self, topic: &str, event: &Value) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .plan
+            .slots
+            .iter()
+            .filter(|slot| slot.source.matches(topic, event))
+            .filter_map(|slot| slot.unit.extract(event))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Whether `key`'s unit is in memory. A runtime that stores units loads every unit an
+    /// event is about ([`load_unit`](Self::load_unit)) before applying it: a unit that is
+    /// neither resident nor loaded is taken for a new one.
+    pub fn is_resident(&self, key: &str) -> bool {
+        self.units.contains_key(key)
+    }
+
+    /// Makes a stored unit resident again (nothing when it already is).
+    pub fn load_unit(&mut self, key: String, unit: UnitState) {
+        self.units.entry(key).or_insert(unit);
+    }
+
+    /// How many units changed since the last [`take_changes`](Self::take_changes).
+    pub fn changed_units(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// How many units are in memory.
+    pub fn resident_units(&self) -> usize {
+        self.units.len()
+    }
+
+    /// The units changed since the last call, to store with the checkpoint in one atomic
+    /// write: each unit's state, or `None` when it was forgotten.
+    pub fn take_changes(&mut self) -> Vec<(String, Option<UnitState>)> {
+        std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|key| {
+                let unit = self.units.get(&key).cloned();
+                (key, unit)
+            })
+            .collect()
+    }
+
+    /// Drops from memory the settled units that did not change since the last
+    /// [`take_changes`](Self::take_changes) (a runtime has stored them); returns how many.
+    pub fn evict_settled(&mut self) -> usize {
+        let before = self.units.len();
+        let changed = &self.changed;
+        self.units
+            .retain(|key, unit| !unit.settled || changed.contains(key));
+        before - self.units.len()
+    }
+
+    /// Applies `change` to `key`'s unit (created when absent and there is room) and keeps the
+    /// running totals equal to the sum of every unit's contribution.
+    fn change_unit(&mut self, key: &str, change: impl FnOnce(&mut UnitState, &Plan)) -> bool {
+        let before = match self.units.get(key) {
+            Some(unit) => contribution(unit, &self.plan),
+            None if self.has_room() => {
+                self.units.insert(key.to_owned(), UnitState::default());
+                self.units_known += 1;
+                Contribution::Nothing
+            }
+            None => return false,
+        };
+        let Some(unit) = self.units.get_mut(key) else {
+            return false;
+        };
+        change(unit, &self.plan);
+        let after = contribution(unit, &self.plan);
+        if after != before {
+            self.totals.apply(&before, false);
+            self.totals.apply(&after, true);
+        }
+        if !self.changed.contains(key) {
+            self.changed.insert(key.to_owned());
+        }
+        true
+    }
+
     /// Applies one exposure.
     pub fn apply_exposure(&mut self, exposure: &Exposure) -> Applied {
-        if exposure.flag_set != self.plan.flag_set || exposure.flag != self.plan.flag {
+        if self.exposure_unit(exposure).is_none() {
             self.report.exposures_other_flag += 1;
             return Applied::OtherFlag;
         }
@@ -345,22 +528,20 @@ impl ExperimentAggregator {
             self.report.late_events += 1;
             return Applied::Late;
         }
-        if !self.units.contains_key(&exposure.targeting_key) && !self.has_room() {
+        let applied = self.change_unit(&exposure.targeting_key, |unit, _| {
+            unit.arms_seen |= 1 << arm;
+            let arm = arm as u8;
+            match unit.first_exposure_ms {
+                Some(f) if f < t || (f == t && unit.arm <= arm) => {}
+                _ => {
+                    unit.first_exposure_ms = Some(t);
+                    unit.arm = arm;
+                }
+            }
+        });
+        if !applied {
             self.report.units_refused_events += 1;
             return Applied::UnitsFull;
-        }
-        let unit = self
-            .units
-            .entry(exposure.targeting_key.clone())
-            .or_default();
-        unit.arms_seen |= 1 << arm;
-        let arm = arm as u8;
-        match unit.first_exposure_ms {
-            Some(f) if f < t || (f == t && unit.arm <= arm) => {}
-            _ => {
-                unit.first_exposure_ms = Some(t);
-                unit.arm = arm;
-            }
         }
         self.exposure_time_min_ms = Some(self.exposure_time_min_ms.map_or(t, |m| m.min(t)));
         self.exposure_time_max_ms = Some(self.exposure_time_max_ms.map_or(t, |m| m.max(t)));
@@ -411,27 +592,33 @@ impl ExperimentAggregator {
         }
         let mut outcome = Applied::Counted;
         let mut touched: Vec<String> = Vec::new();
+        let events_max = self.plan.unit_events_max as usize;
         for (key, slot, value) in matched {
-            if !self.units.contains_key(&key) && !self.has_room() {
-                self.report.units_refused_events += 1;
-                outcome = Applied::UnitsFull;
-                continue;
-            }
-            let slots = self.plan.slots.len();
-            let unit = self.units.entry(key.clone()).or_default();
-            if unit.settled {
-                let f = unit.first_exposure_ms.unwrap_or(time_ms);
-                fold(&mut unit.sums, slots, &self.plan, f, time_ms, slot, value);
-            } else if unit.pending.len() >= self.plan.unit_events_max as usize {
+            let full = self
+                .units
+                .get(&key)
+                .is_some_and(|u| !u.settled && u.pending.len() >= events_max);
+            if full {
                 self.report.unit_events_dropped += 1;
                 outcome = Applied::UnitEventsFull;
                 continue;
-            } else {
-                unit.pending.push(Pending {
-                    time_ms,
-                    slot: slot as u16,
-                    value,
-                });
+            }
+            let applied = self.change_unit(&key, |unit, plan| {
+                if unit.settled {
+                    let f = unit.first_exposure_ms.unwrap_or(time_ms);
+                    fold(&mut unit.sums, plan, f, time_ms, slot, value);
+                } else {
+                    unit.pending.push(Pending {
+                        time_ms,
+                        slot: slot as u16,
+                        value,
+                    });
+                }
+            });
+            if !applied {
+                self.report.units_refused_events += 1;
+                outcome = Applied::UnitsFull;
+                continue;
             }
             touched.push(key);
         }
@@ -439,36 +626,31 @@ impl ExperimentAggregator {
             self.report.metric_events_applied += 1;
         }
         // Settling the unit of the first key is enough to keep the rule a function of the
-        // sequence; full compaction settles the rest.
+        // sequence; compaction settles the rest.
         let first = touched.first().cloned();
         self.advance(time_ms, first.as_deref());
         outcome
     }
 
     fn has_room(&self) -> bool {
-        (self.units.len() as u64) < self.plan.units_max
+        self.units_known < self.plan.units_max
     }
 
-    /// Moves the watermark to `time_ms`, settles `key`'s unit when its F is final, and compacts
-    /// the table when the watermark passed the next compaction time.
+    /// Moves the watermark to `time_ms` and settles `key`'s unit when its F is final (which
+    /// changes how it is stored, never what it contributes).
     fn advance(&mut self, time_ms: i64, key: Option<&str>) {
         self.watermark_ms = Some(self.watermark_ms.map_or(time_ms, |w| w.max(time_ms)));
         let horizon = self.horizon_ms().unwrap_or(time_ms);
         if let Some(key) = key
             && let Some(unit) = self.units.get_mut(key)
+            && settle(unit, &self.plan, horizon)
+            && !self.changed.contains(key)
         {
-            settle(unit, &self.plan, horizon);
+            self.changed.insert(key.to_owned());
         }
-        let watermark = self.watermark_ms.unwrap_or(time_ms);
-        match self.next_compaction_ms {
-            None => {
-                self.next_compaction_ms = Some(watermark.saturating_add(self.compaction_ms()));
-            }
-            Some(next) if watermark >= next => {
-                self.compact();
-                self.next_compaction_ms = Some(watermark.saturating_add(self.compaction_ms()));
-            }
-            Some(_) => {}
+        if self.next_compaction_ms.is_none() {
+            let watermark = self.watermark_ms.unwrap_or(time_ms);
+            self.next_compaction_ms = Some(watermark.saturating_add(self.compaction_ms()));
         }
     }
 
@@ -476,17 +658,41 @@ impl ExperimentAggregator {
         clamp_i64((self.plan.lateness_ms / 2).max(COMPACTION_INTERVAL_MS_MIN))
     }
 
-    /// Settles every unit whose first exposure is final, drops buffered events that can no
-    /// longer count, and forgets unexposed units with nothing left. Runs by itself as the
-    /// watermark advances; public so a runtime may run it before a checkpoint.
-    pub fn compact(&mut self) {
+    /// Whether [`compact`](Self::compact) has work: the watermark passed the next compaction
+    /// time, or the last one stopped at its bound.
+    pub fn compaction_due(&self) -> bool {
+        self.compaction_resume.is_some()
+            || matches!((self.watermark_ms, self.next_compaction_ms), (Some(w), Some(n)) if w >= n)
+    }
+
+    /// Settles every resident unit whose first exposure is final, drops buffered events that
+    /// can no longer count, and forgets unexposed units with nothing left, when due
+    /// ([`compaction_due`](Self::compaction_due)). It stops once `changed_units_max` units are
+    /// changed (and resumes there next time), so a runtime's write stays bounded. None of this
+    /// changes the statistics: it is how units are kept, not what they count.
+    pub fn compact(&mut self, changed_units_max: usize) {
+        if !self.compaction_due() {
+            return;
+        }
         let Some(horizon) = self.horizon_ms() else {
             return;
         };
         let pre = clamp_i64(self.plan.pre_period_ms);
-        let plan = &self.plan;
-        self.units.retain(|_, unit| {
-            settle(unit, plan, horizon);
+        let start = match self.compaction_resume.take() {
+            Some(key) => std::ops::Bound::Included(key),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut forgotten: Vec<String> = Vec::new();
+        let mut resume = None;
+        for (key, unit) in self.units.range_mut((start, std::ops::Bound::Unbounded)) {
+            if self.changed.len() >= changed_units_max {
+                resume = Some(key.clone());
+                break;
+            }
+            if unit.settled {
+                continue;
+            }
+            let mut changed = settle(unit, &self.plan, horizon);
             if !unit.settled {
                 // F can only move down to the horizon: events before min(F, horizon) − pre are
                 // outside every possible pre-period.
@@ -494,16 +700,35 @@ impl ExperimentAggregator {
                     .first_exposure_ms
                     .map_or(horizon, |f| f.min(horizon))
                     .saturating_sub(pre);
+                let before = unit.pending.len();
                 unit.pending.retain(|p| p.time_ms >= floor);
+                changed |= unit.pending.len() != before;
+                if unit.first_exposure_ms.is_none() && unit.pending.is_empty() {
+                    forgotten.push(key.clone());
+                }
             }
-            unit.first_exposure_ms.is_some() || !unit.pending.is_empty()
-        });
+            if changed && !self.changed.contains(key) {
+                self.changed.insert(key.clone());
+            }
+        }
+        for key in forgotten {
+            self.units.remove(&key);
+            self.units_known = self.units_known.saturating_sub(1);
+            self.changed.insert(key);
+        }
+        // `resume` is the first key not visited: the next pass starts there.
+        self.compaction_resume = resume;
+        if self.compaction_resume.is_none() {
+            let watermark = self.watermark_ms.unwrap_or(horizon);
+            self.next_compaction_ms = Some(watermark.saturating_add(self.compaction_ms()));
+        }
     }
 
-    /// The counters of events not counted, and the table's size.
+    /// The counters of events not counted, and the number of units.
     pub fn report(&self) -> AggregationReport {
         let mut report = self.report.clone();
-        report.units_tracked = self.units.len() as u64;
+        report.units_tracked = self.units_known;
+        report.units_resident = self.units.len() as u64;
         report.watermark_ms = self.watermark_ms;
         report
     }
@@ -513,13 +738,13 @@ impl ExperimentAggregator {
         Some((self.exposure_time_min_ms?, self.exposure_time_max_ms?))
     }
 
-    /// The sums of one unit (settled or not), per slot; for tests and debugging.
+    /// The sums of one resident unit (settled or not), per slot; for tests and debugging.
     pub fn unit_sums(&self, key: &str) -> Option<Vec<SlotSums>> {
         let unit = self.units.get(key)?;
         Some(current_sums(unit, &self.plan))
     }
 
-    /// The arm of a unit's first exposure, and whether it saw several arms.
+    /// The arm of a resident unit's first exposure, and whether it saw several arms.
     pub fn unit_arm(&self, key: &str) -> Option<(String, bool)> {
         let unit = self.units.get(key)?;
         unit.first_exposure_ms?;
@@ -529,73 +754,64 @@ impl ExperimentAggregator {
         ))
     }
 
-    /// Per arm and metric sufficient statistics (see the module docs for why this is a fold).
+    /// Per arm and metric sufficient statistics of every unit: running sums, kept by adding a
+    /// unit's new contribution and removing its old one whenever an event changes it.
     pub fn arm_stats(&self) -> ArmStats {
-        let arms = self.plan.variants.len();
-        let metrics = self.plan.metric_slots.len();
-        let cuped = self.plan.pre_period_ms > 0;
-        let mut stats = ArmStats {
-            units: vec![0; arms],
-            units_multiple_arms: vec![0; arms],
-            metrics: vec![vec![SufficientStats::default(); arms]; metrics],
-            units_non_finite: 0,
-        };
-        for unit in self.units.values() {
-            if unit.first_exposure_ms.is_none() {
-                continue;
-            }
-            let arm = unit.arm as usize;
-            if arm >= arms {
-                continue;
-            }
-            if unit.arms_seen.count_ones() > 1 {
-                stats.units_multiple_arms[arm] += 1;
-                continue;
-            }
-            let sums = current_sums(unit, &self.plan);
-            let mut pushes = Vec::with_capacity(metrics);
-            for (m, &(numerator, denominator)) in self.plan.metric_slots.iter().enumerate() {
-                let (Some(num), kind) = (sums.get(numerator), self.plan.metric_kinds[m]) else {
-                    continue;
-                };
-                let (y, d, x) = match kind {
-                    MetricKind::Conversion => (
-                        f64::from(u8::from(num.post_count > 0)),
-                        None,
-                        Some(f64::from(u8::from(num.pre_count > 0))),
-                    ),
-                    MetricKind::Count => (num.post_count as f64, None, Some(num.pre_count as f64)),
-                    MetricKind::Sum => (num.post_sum, None, Some(num.pre_sum)),
-                    MetricKind::Mean => (num.post_sum, Some(num.post_count as f64), None),
-                    MetricKind::Ratio => (
-                        num.post_sum,
-                        Some(
-                            denominator
-                                .and_then(|d| sums.get(d))
-                                .map_or(0.0, |d| d.post_sum),
-                        ),
-                        None,
-                    ),
-                };
-                let mut one = SufficientStats::default();
-                match one.push_unit(y, d, if cuped { x } else { None }) {
-                    Ok(()) => pushes.push((m, one)),
-                    Err(_) => {
-                        pushes.clear();
-                        stats.units_non_finite += 1;
-                        break;
-                    }
-                }
-            }
-            if pushes.len() == metrics {
-                stats.units[arm] += 1;
-                for (m, one) in pushes {
-                    stats.metrics[m][arm] += one;
-                }
-            }
-        }
-        stats
+        self.totals.clone()
     }
+}
+
+impl UnitState {
+    /// Whether the unit's first exposure is final and its events folded: it can no longer
+    /// leave its arm's statistics except by a second arm's exposure.
+    pub fn is_settled(&self) -> bool {
+        self.settled
+    }
+}
+
+/// What one unit adds to the per-arm statistics.
+fn contribution(unit: &UnitState, plan: &Plan) -> Contribution {
+    if unit.first_exposure_ms.is_none() {
+        return Contribution::Nothing;
+    }
+    let arm = unit.arm as usize;
+    if arm >= plan.variants.len() {
+        return Contribution::Nothing;
+    }
+    if unit.arms_seen.count_ones() > 1 {
+        return Contribution::MultipleArms(arm);
+    }
+    let cuped = plan.pre_period_ms > 0;
+    let sums = current_sums(unit, plan);
+    let mut values = Vec::with_capacity(plan.metric_slots.len());
+    for (m, &(numerator, denominator)) in plan.metric_slots.iter().enumerate() {
+        let num = sums.get(numerator).copied().unwrap_or_default();
+        let (y, d, x) = match plan.metric_kinds[m] {
+            MetricKind::Conversion => (
+                f64::from(u8::from(num.post_count > 0)),
+                None,
+                Some(f64::from(u8::from(num.pre_count > 0))),
+            ),
+            MetricKind::Count => (num.post_count as f64, None, Some(num.pre_count as f64)),
+            MetricKind::Sum => (num.post_sum, None, Some(num.pre_sum)),
+            MetricKind::Mean => (num.post_sum, Some(num.post_count as f64), None),
+            MetricKind::Ratio => (
+                num.post_sum,
+                Some(
+                    denominator
+                        .and_then(|d| sums.get(d))
+                        .map_or(0.0, |d| d.post_sum),
+                ),
+                None,
+            ),
+        };
+        let mut one = SufficientStats::default();
+        if one.push_unit(y, d, if cuped { x } else { None }).is_err() {
+            return Contribution::NonFinite;
+        }
+        values.push(one);
+    }
+    Contribution::Counted(arm, values)
 }
 
 fn clamp_i64(value: u64) -> i64 {
@@ -603,17 +819,9 @@ fn clamp_i64(value: u64) -> i64 {
 }
 
 /// Adds one event to a unit's sums, classified against its first exposure `f`.
-fn fold(
-    sums: &mut Vec<SlotSums>,
-    slots: usize,
-    plan: &Plan,
-    f: i64,
-    t: i64,
-    slot: usize,
-    value: f64,
-) {
-    if sums.len() < slots {
-        sums.resize(slots, SlotSums::default());
+fn fold(sums: &mut Vec<SlotSums>, plan: &Plan, f: i64, t: i64, slot: usize, value: f64) {
+    if sums.len() < plan.slots.len() {
+        sums.resize(plan.slots.len(), SlotSums::default());
     }
     let Some(window) = plan.slots.get(slot).map(|s| s.window_ms) else {
         return;
@@ -641,34 +849,28 @@ fn fold_pending(unit: &UnitState, plan: &Plan, f: i64, sums: &mut Vec<SlotSums>)
             .then(a.value.total_cmp(&b.value))
     });
     for p in pending {
-        fold(
-            sums,
-            plan.slots.len(),
-            plan,
-            f,
-            p.time_ms,
-            p.slot as usize,
-            p.value,
-        );
+        fold(sums, plan, f, p.time_ms, p.slot as usize, p.value);
     }
 }
 
-/// Folds the buffer when F is final (F ≤ horizon: no exposure earlier than F can still come).
-fn settle(unit: &mut UnitState, plan: &Plan, horizon: i64) {
+/// Folds the buffer when F is final (F ≤ horizon: no exposure earlier than F can still come);
+/// returns whether the unit settled now.
+fn settle(unit: &mut UnitState, plan: &Plan, horizon: i64) -> bool {
     if unit.settled {
-        return;
+        return false;
     }
     let Some(f) = unit.first_exposure_ms else {
-        return;
+        return false;
     };
     if f > horizon {
-        return;
+        return false;
     }
     let mut sums = vec![SlotSums::default(); plan.slots.len()];
     fold_pending(unit, plan, f, &mut sums);
     unit.sums = sums;
     unit.pending = Vec::new();
     unit.settled = true;
+    true
 }
 
 /// A unit's sums as they stand: folded ones, or its buffer classified against the current F.

@@ -39,13 +39,17 @@ pub const PRE_PERIOD_MS_MAX: u64 = 90 * 24 * 3_600_000;
 pub const LATENESS_MS_MAX: u64 = 7 * 24 * 3_600_000;
 /// Default lateness: one hour, in milliseconds.
 pub const LATENESS_MS_DEFAULT: u64 = 3_600_000;
-/// Default and largest `units_max`: units one aggregator tracks.
-pub const UNITS_MAX_DEFAULT: u64 = 1_000_000;
+/// Default and largest `units_max`: units one aggregator knows. Settled units live in the
+/// runtime's key-value store, not in memory; those whose first exposure may still move (the
+/// last `lateness_ms` of traffic) stay resident.
+pub const UNITS_MAX_DEFAULT: u64 = 10_000_000;
 pub const UNITS_MAX_CEILING: u64 = 50_000_000;
 /// Default and largest `unit_events_max`: raw events buffered per unit while its first exposure
 /// may still move (see `aggregate`).
 pub const UNIT_EVENTS_MAX_DEFAULT: u32 = 1_000;
-pub const UNIT_EVENTS_MAX_CEILING: u32 = 100_000;
+/// The ceiling keeps one stored unit (about 60 bytes per buffered event) under the key-value
+/// store's 1 MiB value limit.
+pub const UNIT_EVENTS_MAX_CEILING: u32 = 10_000;
 /// Planned units at which the confidence sequence is tightest when the definition gives none.
 pub const SEQUENTIAL_TARGET_UNITS_DEFAULT: u64 = 10_000;
 /// Most errors reported for one definition; the first ones are what a person fixes first.

@@ -22,7 +22,7 @@ pub mod simulation;
 
 pub use aggregate::{
     AggregationReport, Applied, ArmStats, EXPOSURE_EVENT_TYPE, EXPOSURE_TOPIC,
-    ExperimentAggregator, Exposure, ExposureError, MetricRejections, SlotSums,
+    ExperimentAggregator, Exposure, ExposureError, MetricRejections, SlotSums, UnitState,
 };
 pub use definition::{
     AnalysisOptions, ArmDefinition, CupedOptions, DefinitionError, DefinitionErrors,

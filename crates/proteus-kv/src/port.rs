@@ -5,7 +5,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 /// Longest namespace, in bytes.
-pub const NAMESPACE_BYTES_MAX: usize = 200;
+pub const NAMESPACE_BYTES_MAX: usize = 300;
 /// Longest key, in bytes (keys are arbitrary bytes, at least one).
 pub const KEY_BYTES_MAX: usize = 1024;
 /// Largest value, in bytes.

@@ -8,7 +8,7 @@
 
 use crate::error::{StatsError, finite_input};
 use serde::{Deserialize, Serialize};
-use std::ops::{Add, AddAssign};
+use std::ops::{Add, AddAssign, SubAssign};
 
 /// Per-arm, per-metric sums from which every method of this crate is computed.
 ///
@@ -234,6 +234,29 @@ impl AddAssign for SufficientStats {
         self.covariate_sum += other.covariate_sum;
         self.covariate_sum_squares += other.covariate_sum_squares;
         self.sum_products_covariate += other.sum_products_covariate;
+    }
+}
+
+/// Removes a part that was added before (a unit whose value changed, in a running aggregate).
+/// Rounding may leave sums of squares a hair below zero; they are clamped at zero, and an
+/// aggregate left with no unit is exactly zero again.
+impl SubAssign for SufficientStats {
+    fn sub_assign(&mut self, other: SufficientStats) {
+        self.n = self.n.saturating_sub(other.n);
+        if self.n == 0 {
+            *self = SufficientStats::default();
+            return;
+        }
+        self.sum -= other.sum;
+        self.sum_squares = (self.sum_squares - other.sum_squares).max(0.0);
+        self.denominator_sum -= other.denominator_sum;
+        self.denominator_sum_squares =
+            (self.denominator_sum_squares - other.denominator_sum_squares).max(0.0);
+        self.sum_products_denominator -= other.sum_products_denominator;
+        self.covariate_sum -= other.covariate_sum;
+        self.covariate_sum_squares =
+            (self.covariate_sum_squares - other.covariate_sum_squares).max(0.0);
+        self.sum_products_covariate -= other.sum_products_covariate;
     }
 }
 

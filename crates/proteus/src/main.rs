@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the Proteus server (embedded storage in --data-dir, HTTP API on --listen).
-    Serve(settings::ServeArgs),
+    Serve(Box<settings::ServeArgs>),
     /// Create, list, describe and delete topics.
     Topic {
         #[command(subcommand)]
@@ -109,7 +109,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => {
-                let settings = settings::Settings::resolve(args)?;
+                let settings = settings::Settings::resolve(*args)?;
                 serve::init_logging(settings.log_format, &settings.log_level)?;
                 serve::run(settings).await
             }

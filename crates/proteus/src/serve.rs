@@ -15,6 +15,9 @@ use proteus_flagsets_service::usage::UsageConfig;
 use proteus_flagsets_service::{FlagService, FlagServiceConfig, files};
 use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_service::{GroupService, ServiceConfig};
+use proteus_kv::KvStore;
+use proteus_kv_embedded::EmbeddedKvStore;
+use proteus_kv_postgres::{PostgresKvStore, PostgresKvStoreConfig};
 use proteus_log::port::Log;
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_log_nats::{NatsLog, NatsLogConfig};
@@ -171,8 +174,25 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot start the projections: {e}"))?;
+    let metadata: Arc<dyn KvStore> =
+        match &settings.metadata {
+            EventStoreBackend::Embedded => {
+                let path = settings.data_dir.join(proteus_kv_embedded::FILE_NAME);
+                Arc::new(EmbeddedKvStore::open(&path).map_err(|e| {
+                    format!("cannot open the metadata store {}: {e}", path.display())
+                })?)
+            }
+            EventStoreBackend::Postgres { url, schema } => Arc::new(
+                PostgresKvStore::open(PostgresKvStoreConfig::new(url, schema))
+                    .await
+                    .map_err(|e| {
+                        format!("cannot open the PostgreSQL metadata store (schema {schema}): {e}")
+                    })?,
+            ),
+        };
     let experiments = ExperimentService::open(
         log.clone(),
+        metadata,
         flags.clone(),
         ExperimentServiceConfig::default(),
     )
@@ -209,6 +229,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         log = ?settings.log,
         event_store = ?settings.event_store,
         read_models = ?settings.read_models,
+        metadata = ?settings.metadata,
         cache = ?settings.cache,
         startup_ms = started.elapsed().as_millis() as u64,
         "Proteus is serving"

@@ -106,6 +106,20 @@ pub struct ServeArgs {
     /// `[storage]`).
     #[arg(long, env = "PROTEUS_READ_MODELS_SCHEMA", value_name = "SCHEMA")]
     pub read_models_schema: Option<String>,
+    /// Where key-value metadata (experiments' per-unit state and checkpoints) is kept:
+    /// `embedded` (`kv.redb` in the data directory) or a PostgreSQL URL [default: embedded]
+    /// (in the config file: `metadata` under `[storage]`).
+    #[arg(
+        long,
+        env = "PROTEUS_METADATA",
+        value_name = "BACKEND",
+        hide_env_values = true
+    )]
+    pub metadata: Option<String>,
+    /// The PostgreSQL schema of PostgreSQL metadata, created if missing
+    /// [default: proteus_metadata] (in the config file: `metadata_schema` under `[storage]`).
+    #[arg(long, env = "PROTEUS_METADATA_SCHEMA", value_name = "SCHEMA")]
+    pub metadata_schema: Option<String>,
     /// Where topics are stored: `embedded` (segment files in the data directory) or a NATS
     /// JetStream URL such as `nats://127.0.0.1:4222`, which several instances can share
     /// [default: embedded] (in the config file: `log` under `[storage]`).
@@ -261,6 +275,8 @@ struct StorageFile {
     event_store_schema: Option<String>,
     read_models: Option<String>,
     read_models_schema: Option<String>,
+    metadata: Option<String>,
+    metadata_schema: Option<String>,
     cache: Option<String>,
     cache_prefix: Option<String>,
 }
@@ -341,6 +357,8 @@ pub struct Settings {
     pub event_store: EventStoreBackend,
     /// Where read models are kept: the same choices as the event store.
     pub read_models: EventStoreBackend,
+    /// Where key-value metadata is kept: the same choices as the event store.
+    pub metadata: EventStoreBackend,
     pub log: LogBackend,
     /// The cache of projections' document reads.
     pub cache: CacheBackend,
@@ -439,6 +457,18 @@ impl Settings {
                 ),
             )
             .map_err(|e| e.replace("event_store", "read_models"))?,
+            metadata: EventStoreBackend::parse(
+                args.metadata
+                    .or(file.storage.metadata)
+                    .as_deref()
+                    .unwrap_or("embedded"),
+                Some(
+                    args.metadata_schema
+                        .or(file.storage.metadata_schema)
+                        .unwrap_or_else(|| "proteus_metadata".into()),
+                ),
+            )
+            .map_err(|e| e.replace("event_store", "metadata"))?,
             log: LogBackend::parse(
                 args.storage_log
                     .or(file.storage.log)

@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use proteus_experiments_service::proteus_experiments::ExperimentDefinition;
 use proteus_experiments_service::{
-    ExperimentService, ExperimentServiceConfig, ExperimentServiceError, STATE_TOPIC,
+    ExperimentService, ExperimentServiceConfig, ExperimentServiceError, namespace_of,
 };
 use proteus_flagsets::{Change, FlagSetName, ValidationMode};
 use proteus_flagsets_service::exposures::{self, Exposure};
 use proteus_flagsets_service::{Author, FlagService};
+use proteus_kv::KvStore;
+use proteus_kv_embedded::EmbeddedKvStore;
 use proteus_log::port::Log;
 use proteus_log::{Event, ReadFrom, ReadLimits, TopicConfig, TopicName};
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
@@ -18,6 +20,11 @@ use serde_json::{Value, json};
 
 async fn open_log(dir: &std::path::Path) -> Arc<dyn Log> {
     Arc::new(EmbeddedLog::open(EmbeddedConfig::new(dir)).await.unwrap())
+}
+
+/// The embedded key-value store in `dir` (opened again after a restart, like the log).
+fn open_kv(dir: &std::path::Path) -> Arc<dyn KvStore> {
+    Arc::new(EmbeddedKvStore::open(&dir.join("kv.redb")).unwrap())
 }
 
 fn config() -> ExperimentServiceConfig {
@@ -107,7 +114,10 @@ async fn buy(log: &Arc<dyn Log>, users: &[u32]) {
     let events: Vec<Event> = users
         .iter()
         .map(|n| {
-            let event = json!({"specversion": "1.0", "id": format!("order-{n}"), "source": "/shop",
+            // Unique ids: the log drops a repeated (source, id) as a retry.
+            static ORDERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let order = ORDERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let event = json!({"specversion": "1.0", "id": format!("order-{n}-{order}"), "source": "/shop",
                 "type": "order.placed", "partitionkey": format!("user-{n}"), "data": {"amount": 10}});
             Event::from_json(&serde_json::to_vec(&event).unwrap()).unwrap()
         })
@@ -141,7 +151,7 @@ async fn definitions_are_checked_against_the_flag_and_the_lifecycle_is_enforced(
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(dir.path()).await;
     let flags = flags(&log).await;
-    let service = ExperimentService::open(log.clone(), flags, config())
+    let service = ExperimentService::open(log.clone(), open_kv(dir.path()), flags, config())
         .await
         .unwrap();
 
@@ -207,7 +217,7 @@ async fn definitions_are_checked_against_the_flag_and_the_lifecycle_is_enforced(
 
     // Replayed from the log.
     let flags = FlagService::open(log.clone()).await.unwrap();
-    let service = ExperimentService::open(log.clone(), flags, config())
+    let service = ExperimentService::open(log.clone(), open_kv(dir.path()), flags, config())
         .await
         .unwrap();
     let all = service.list();
@@ -222,7 +232,7 @@ async fn aggregation_checkpoints_and_resumes_without_counting_twice() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(dir.path()).await;
     let flags = flags(&log).await;
-    let service = ExperimentService::open(log.clone(), flags, config())
+    let service = ExperimentService::open(log.clone(), open_kv(dir.path()), flags, config())
         .await
         .unwrap();
     service
@@ -250,21 +260,19 @@ async fn aggregation_checkpoints_and_resumes_without_counting_twice() {
     drop(service);
 
     // A checkpoint was written...
-    let state = log
-        .read(
-            &TopicName::parse(STATE_TOPIC).unwrap(),
-            0,
-            ReadFrom::Offset(0),
-            ReadLimits::default(),
-        )
+    let kv = open_kv(dir.path());
+    let namespace = namespace_of("green").unwrap();
+    let stored = kv
+        .get_many(&namespace, &[b"checkpoint".to_vec()])
         .await
         .unwrap();
-    assert!(!state.events.is_empty());
+    assert!(stored[0].is_some());
+    drop(kv);
 
     // ...and a restart resumes from it: the positions are there before anything is read, and
     // nothing is counted twice.
     let flags = FlagService::open(log.clone()).await.unwrap();
-    let service = ExperimentService::open(log.clone(), flags, config())
+    let service = ExperimentService::open(log.clone(), open_kv(dir.path()), flags, config())
         .await
         .unwrap();
     assert_eq!(service.positions("green").unwrap(), positions);
@@ -327,9 +335,10 @@ async fn a_breached_guardrail_halts_the_rollout_and_returns_the_flag_to_control(
         )
         .await
         .unwrap();
-    let service = ExperimentService::open(log.clone(), flags.clone(), config())
-        .await
-        .unwrap();
+    let service =
+        ExperimentService::open(log.clone(), open_kv(dir.path()), flags.clone(), config())
+            .await
+            .unwrap();
     let mut definition = serde_json::to_value(definition("green", "checkout", "green")).unwrap();
     definition["metrics"]
         .as_array_mut()
@@ -412,5 +421,61 @@ async fn a_breached_guardrail_halts_the_rollout_and_returns_the_flag_to_control(
         .find(|event| event.to_string().contains("\"halt\""))
         .expect("a halt change");
     assert!(halt.to_string().contains("halted by guardrail"), "{halt}");
+    service.close().await;
+}
+
+/// Settled units leave memory after each commit and come back from the key-value store when
+/// an event names them: the counts are the same as if they had stayed, also after a restart.
+#[tokio::test]
+async fn settled_units_are_stored_evicted_and_loaded_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let flags = flags(&log).await;
+    let service = ExperimentService::open(log.clone(), open_kv(dir.path()), flags, config())
+        .await
+        .unwrap();
+    let mut v: Value = serde_json::to_value(definition("green", "checkout", "green")).unwrap();
+    // No lateness: a unit settles as soon as it is exposed.
+    v["analysis"]["lateness_ms"] = json!(0);
+    service.create(parse(&v.to_string()), "me").await.unwrap();
+    service.start("green", "me").await.unwrap();
+    expose(&log, 0..300).await;
+    let results = results_when(&service, "green", |r| {
+        r["aggregation"]["exposures_applied"] == 300 && r["aggregation"]["units_resident"] == 0
+    })
+    .await;
+    assert_eq!(results["aggregation"]["units_tracked"], 300);
+
+    // Buyers are loaded back from the store, counted once, and leave memory again.
+    let buyers: Vec<u32> = (0..300).step_by(3).collect();
+    buy(&log, &buyers).await;
+    let results = results_when(&service, "green", |r| {
+        r["aggregation"]["metric_events_applied"] == 100 && r["aggregation"]["units_resident"] == 0
+    })
+    .await;
+    let arms = &results["metrics"][0]["arms"];
+    // Multiples of 3 below 300: 50 even (control), 50 odd (green); 150 units per arm.
+    assert_eq!((&arms[0]["n"], &arms[1]["n"]), (&json!(150), &json!(150)));
+    assert_eq!(arms[0]["mean"], json!(50.0 / 150.0));
+    assert_eq!(arms[1]["mean"], json!(50.0 / 150.0));
+    service.close().await;
+    drop(service);
+
+    // After a restart the same units are found in the store: a second order converts no one
+    // twice and a new buyer (user 1, green) is counted.
+    let flags = FlagService::open(log.clone()).await.unwrap();
+    let service = ExperimentService::open(log.clone(), open_kv(dir.path()), flags, config())
+        .await
+        .unwrap();
+    buy(&log, &[0, 3, 1]).await;
+    let results = results_when(&service, "green", |r| {
+        r["aggregation"]["metric_events_applied"] == 103
+    })
+    .await;
+    let arms = &results["metrics"][0]["arms"];
+    assert_eq!((&arms[0]["n"], &arms[1]["n"]), (&json!(150), &json!(150)));
+    assert_eq!(arms[0]["mean"], json!(50.0 / 150.0));
+    assert_eq!(arms[1]["mean"], json!(51.0 / 150.0));
+    assert_eq!(results["aggregation"]["units_tracked"], 300);
     service.close().await;
 }
