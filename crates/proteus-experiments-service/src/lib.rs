@@ -34,7 +34,7 @@ use std::time::Duration;
 use proteus_experiments::{
     Decision, DefinitionError, DefinitionErrors, EXPOSURE_EVENT_TYPE, EXPOSURE_TOPIC, Experiment,
     ExperimentAggregator, ExperimentDefinition, ExperimentResults, Exposure, GuardrailBreach,
-    LifecycleError, Status, UnitState, guardrail_breaches, rollout_change,
+    LifecycleError, SequentialLooks, Status, UnitState, guardrail_breaches, rollout_change,
 };
 use proteus_flagsets::{Change, FlagSetName};
 use proteus_flagsets_service::{Author, FlagService, FlagServiceError};
@@ -165,6 +165,8 @@ struct Checkpoint {
     aggregator: ExperimentAggregator,
     #[serde(default)]
     history: Vec<HistoryPoint>,
+    #[serde(default)]
+    looks: SequentialLooks,
 }
 
 /// [`Checkpoint`] as it is written, borrowing from the live state.
@@ -175,6 +177,7 @@ struct CheckpointRef<'a> {
     positions: &'a Positions,
     aggregator: &'a ExperimentAggregator,
     history: &'a [HistoryPoint],
+    looks: &'a SequentialLooks,
 }
 
 /// The key-value namespace of an experiment: `experiment.` then its id, with `_` written `__`
@@ -273,6 +276,7 @@ async fn load_state(
         stale: false,
         checkpointed_ms: checkpoint.time_ms,
         history: checkpoint.history,
+        looks: checkpoint.looks,
         committed: stored,
         namespace: namespace.clone(),
     })
@@ -379,6 +383,8 @@ struct Shared {
     stale: bool,
     checkpointed_ms: i64,
     history: Vec<HistoryPoint>,
+    /// The running minimum p-values and intersected intervals of the sequential analysis.
+    looks: SequentialLooks,
     /// The checkpoint as last committed (what the next commit checks), `None` before the first.
     committed: Option<Vec<u8>>,
     namespace: Namespace,
@@ -393,6 +399,7 @@ impl Shared {
             stale: false,
             checkpointed_ms: 0,
             history: Vec::new(),
+            looks: SequentialLooks::default(),
             committed: None,
             namespace,
         }
@@ -407,7 +414,8 @@ impl Shared {
         if !due {
             return;
         }
-        let results = proteus_experiments::results(definition, &self.aggregator, now);
+        let results =
+            proteus_experiments::results_with_looks(definition, &self.aggregator, now, &self.looks);
         if let Some(point) = HistoryPoint::from_results(&results, &definition.primary_metric, now) {
             if self.history.len() >= HISTORY_POINTS_MAX {
                 let mut index = 0;
@@ -1021,7 +1029,12 @@ impl ExperimentService {
         let results = match shared {
             Some(shared) => {
                 let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
-                proteus_experiments::results(&info.definition, &shared.aggregator, now)
+                proteus_experiments::results_with_looks(
+                    &info.definition,
+                    &shared.aggregator,
+                    now,
+                    &shared.looks,
+                )
             }
             None => proteus_experiments::results(
                 &info.definition,
@@ -1131,14 +1144,22 @@ async fn run(
             }
         };
         if progressed {
-            shared
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record_history(
+            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            // Every batch is a look of the sequential analysis.
+            if experiment.definition.analysis.sequential {
+                let look = proteus_experiments::results_with_looks(
                     &experiment.definition,
+                    &s.aggregator,
                     now_ms(),
-                    service.inner.config.history_interval_ms,
+                    &s.looks,
                 );
+                s.looks.observe(&look);
+            }
+            s.record_history(
+                &experiment.definition,
+                now_ms(),
+                service.inner.config.history_interval_ms,
+            );
         }
         let running = matches!(experiment.status, Status::Running { .. });
         if progressed && running && !experiment.definition.guardrails.is_empty() {
@@ -1440,6 +1461,7 @@ async fn checkpoint(
                 positions: &s.positions,
                 aggregator: &s.aggregator,
                 history: &s.history,
+                looks: &s.looks,
             })
             .unwrap_or_default();
             let mut writes = Vec::with_capacity(2 * changes.len() + 1);

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use proteus_flags::FlagRef;
-use proteus_stats::Correction;
+use proteus_stats::{Correction, Prior};
 use serde::{Deserialize, Serialize};
 
 use crate::metric::{MetricDefinition, UnitKey};
@@ -151,6 +151,18 @@ pub struct CupedOptions {
     pub pre_period_ms: u64,
 }
 
+/// Which differences a frequentist test looks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sidedness {
+    /// A difference either way.
+    #[default]
+    TwoSided,
+    /// Only a difference in the metric's `goal` direction: more power for the same alpha, and
+    /// no claim at all about a change the other way.
+    OneSided,
+}
+
 /// How results are computed and how much the aggregator may hold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -165,6 +177,12 @@ pub struct AnalysisOptions {
     pub cuped: Option<CupedOptions>,
     /// Correction across treatment arms × primary and secondary metrics.
     pub correction: Correction,
+    /// Two-sided tests (the default), or one-sided in each metric's `goal` direction. One-sided
+    /// tests need `sequential: false`: the confidence sequences are two-sided.
+    pub alternative: Sidedness,
+    /// The prior of the Bayesian analysis on the relative lift: `{"kind": "flat"}` (the
+    /// default) or `{"kind": "gaussian", "mean": 0, "variance": 0.09}`.
+    pub prior: Prior,
     /// p-value below which the sample-ratio check reports a mismatch.
     pub srm_threshold: f64,
     /// How far behind the newest event time another event may arrive and still count (see
@@ -183,6 +201,8 @@ impl Default for AnalysisOptions {
             sequential_target_units: None,
             cuped: None,
             correction: Correction::Holm,
+            alternative: Sidedness::TwoSided,
+            prior: Prior::Flat,
             srm_threshold: proteus_stats::SRM_P_VALUE_THRESHOLD_DEFAULT,
             lateness_ms: LATENESS_MS_DEFAULT,
             units_max: UNITS_MAX_DEFAULT,
@@ -533,6 +553,22 @@ impl ExperimentDefinition {
             errors.push(
                 "/analysis/sequential_target_units",
                 format!("the planned units are 2 to 10^12, found {target}"),
+            );
+        }
+        if a.alternative == Sidedness::OneSided && a.sequential {
+            errors.push(
+                "/analysis/alternative",
+                "one-sided tests need fixed-horizon analysis (\"sequential\": false): the confidence sequences are two-sided".to_owned(),
+            );
+        }
+        if let Prior::Gaussian { mean, variance } = a.prior
+            && !(mean.is_finite() && variance.is_finite() && variance > 0.0)
+        {
+            errors.push(
+                "/analysis/prior",
+                format!(
+                    "a Gaussian prior has a finite mean and a finite variance above 0 (e.g. mean 0, variance 0.09 for ±60% relative lifts), found mean {mean}, variance {variance}"
+                ),
             );
         }
         if let Some(cuped) = a.cuped

@@ -26,12 +26,12 @@ pub use aggregate::{
 };
 pub use definition::{
     AnalysisOptions, ArmDefinition, CupedOptions, DefinitionError, DefinitionErrors,
-    ExperimentDefinition, Guardrail, GuardrailDirection, MinimumDetectableEffect,
+    ExperimentDefinition, Guardrail, GuardrailDirection, MinimumDetectableEffect, Sidedness,
 };
 pub use lifecycle::{Decision, Experiment, LifecycleError, RolloutError, Status, rollout_change};
-pub use metric::{EventSource, Goal, MetricDefinition, MetricKind, UnitKey};
+pub use metric::{EventFilter, EventSource, FilterOp, Goal, MetricDefinition, MetricKind, UnitKey};
 pub use results::{
     Action, ArmMetricResult, ArmUnits, ComparisonOutcome, ComparisonResult, DecisionHint,
-    ExperimentResults, GuardrailBreach, MethodSummary, MetricResult, MetricRole, SrmStatus,
-    guardrail_breaches, results,
+    ExperimentResults, GuardrailBreach, MethodSummary, MetricResult, MetricRole, SequentialLooks,
+    SrmStatus, guardrail_breaches, results, results_with_looks,
 };

@@ -47,6 +47,105 @@ pub struct EventSource {
     /// JSON pointer into the CloudEvent's `data` to a number; absent: each event counts 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// Conditions on the event's data, all of which must hold for the event to count (e.g.
+    /// only orders from France). An event that fails one is simply not this source's.
+    #[serde(default, rename = "where", skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<EventFilter>,
+}
+
+/// Most filters on one event source.
+pub const FILTERS_MAX: usize = 8;
+/// Most values in one `in` / `not_in` filter.
+pub const FILTER_VALUES_MAX: usize = 100;
+
+/// A condition on one field of a metric event's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilter {
+    /// JSON pointer into the CloudEvent's `data`, e.g. `/country`.
+    pub path: String,
+    pub op: FilterOp,
+    /// What the field is compared with: any JSON value for `equals` / `not_equals`, an array
+    /// for `in` / `not_in`, a number for the orderings, absent for `exists` / `missing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterOp {
+    Equals,
+    NotEquals,
+    In,
+    NotIn,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    Exists,
+    Missing,
+}
+
+impl EventFilter {
+    /// Whether `data` passes. JSON numbers compare by value (1 equals 1.0).
+    pub fn holds(&self, data: Option<&Value>) -> bool {
+        let field = data.and_then(|d| d.pointer(&self.path));
+        let same = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) if a.is_number() && b.is_number() => x == y,
+            _ => a == b,
+        };
+        let value = self.value.as_ref();
+        let number = || Some((field?.as_f64()?, value?.as_f64()?));
+        match self.op {
+            FilterOp::Exists => field.is_some_and(|f| !f.is_null()),
+            FilterOp::Missing => field.is_none_or(Value::is_null),
+            FilterOp::Equals => matches!((field, value), (Some(f), Some(v)) if same(f, v)),
+            FilterOp::NotEquals => !matches!((field, value), (Some(f), Some(v)) if same(f, v)),
+            FilterOp::In | FilterOp::NotIn => {
+                let found = match (field, value.and_then(Value::as_array)) {
+                    (Some(f), Some(list)) => list.iter().any(|v| same(f, v)),
+                    _ => false,
+                };
+                found == (self.op == FilterOp::In)
+            }
+            FilterOp::Gt => number().is_some_and(|(f, v)| f > v),
+            FilterOp::Gte => number().is_some_and(|(f, v)| f >= v),
+            FilterOp::Lt => number().is_some_and(|(f, v)| f < v),
+            FilterOp::Lte => number().is_some_and(|(f, v)| f <= v),
+        }
+    }
+
+    fn validate(&self, path: &str, push: &mut dyn FnMut(String, String)) {
+        check_pointer(&format!("{path}/path"), &self.path, push);
+        let value = self.value.as_ref();
+        let problem = match self.op {
+            FilterOp::Exists | FilterOp::Missing => value
+                .is_some()
+                .then(|| "takes no value; remove `value`".to_owned()),
+            FilterOp::Equals | FilterOp::NotEquals => value
+                .is_none()
+                .then(|| "needs `value`, the JSON value to compare with".to_owned()),
+            FilterOp::In | FilterOp::NotIn => match value.and_then(Value::as_array) {
+                Some(list) if !list.is_empty() && list.len() <= FILTER_VALUES_MAX => None,
+                _ => Some(format!(
+                    "needs `value`, an array of 1 to {FILTER_VALUES_MAX} JSON values"
+                )),
+            },
+            FilterOp::Gt | FilterOp::Gte | FilterOp::Lt | FilterOp::Lte => {
+                match value.and_then(Value::as_f64) {
+                    Some(v) if v.is_finite() => None,
+                    _ => Some("needs `value`, a finite number".to_owned()),
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            let op = serde_json::to_value(self.op).unwrap_or_default();
+            push(
+                format!("{path}/value"),
+                format!("the filter {} {problem}", op.as_str().unwrap_or("?")),
+            );
+        }
+    }
 }
 
 /// Where a metric event's unit (targeting key) is. The exposure's unit is its `targetingKey`.
@@ -123,7 +222,9 @@ pub enum ValueProblem {
 impl EventSource {
     /// Whether `event` (in `topic`) is one of this source's events.
     pub fn matches(&self, topic: &str, event: &Value) -> bool {
-        self.topic == topic && event.get("type").and_then(Value::as_str) == Some(&self.event_type)
+        self.topic == topic
+            && event.get("type").and_then(Value::as_str) == Some(&self.event_type)
+            && self.filters.iter().all(|f| f.holds(event.get("data")))
     }
 
     /// The number this event contributes: its `value` field, or 1.
@@ -152,6 +253,18 @@ impl EventSource {
         }
         if let Some(pointer) = &self.value {
             check_pointer(&format!("{path}/value"), pointer, push);
+        }
+        if self.filters.len() > FILTERS_MAX {
+            push(
+                format!("{path}/where"),
+                format!(
+                    "at most {FILTERS_MAX} filters, found {}",
+                    self.filters.len()
+                ),
+            );
+        }
+        for (i, filter) in self.filters.iter().enumerate() {
+            filter.validate(&format!("{path}/where/{i}"), push);
         }
     }
 }

@@ -4,17 +4,21 @@
 //! Every number is finite: an estimate that cannot be computed yet is an explicit
 //! `not_enough_data` entry with the reason, never NaN or infinity.
 
+use std::collections::BTreeMap;
+
 use proteus_stats::{
-    Arm, ArmEstimate, BayesSettings, Conversions, Cuped, Interval, LiftEstimate, Mde,
+    Alternative, Arm, ArmEstimate, BayesSettings, Conversions, Cuped, Interval, LiftEstimate, Mde,
     NotEnoughData, PowerSettings, SequentialSettings, StatsError, SufficientStats, TestSettings,
-    adjust_p_values, bayesian_test, estimated_days, ratio_estimate, sample_size, sequential_test,
-    srm_check, welch_test_estimates, z_test,
+    adjust_p_values, bayesian_test, estimated_days, ratio_estimate, running_intersection,
+    sample_size, sequential_test, srm_check, welch_test_estimates, z_test,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{AggregationReport, ArmStats, ExperimentAggregator};
-use crate::definition::{ExperimentDefinition, GuardrailDirection, MinimumDetectableEffect};
-use crate::metric::{Goal, MetricKind};
+use crate::definition::{
+    ExperimentDefinition, GuardrailDirection, MinimumDetectableEffect, Sidedness,
+};
+use crate::metric::{Goal, MetricDefinition, MetricKind};
 
 const DAY_MS: f64 = 86_400_000.0;
 /// Shortest span of exposures the traffic rate is measured over, in ms: one hour, so the first
@@ -62,6 +66,11 @@ pub enum MetricRole {
 pub struct ComparisonResult {
     /// `welch` (t-test), `z` (proportions, ratios) or `sequential` (confidence sequence).
     pub method: &'static str,
+    /// Two-sided, or one-sided in the metric's goal direction (`greater` or `less`).
+    pub alternative: Alternative,
+    /// With the sequential method, the intervals are the running intersection over every
+    /// look the runtime took, and the p-value the running minimum: still always valid, and
+    /// never looser than an earlier look.
     pub lift_absolute: LiftEstimate,
     pub lift_relative: Option<LiftEstimate>,
     pub p_value: f64,
@@ -71,11 +80,14 @@ pub struct ComparisonResult {
     pub significant: bool,
     /// Whether the lift goes the metric's `goal` way (None when not significant).
     pub better: Option<bool>,
-    /// Bayesian (flat prior, relative lift): P(treatment better than control on the raw
-    /// scale, i.e. the lift is positive); absent when the control mean is 0.
+    /// Bayesian (the definition's prior on the relative lift): P(treatment better than control
+    /// on the raw scale, i.e. the lift is positive); absent when the control mean is 0.
     pub chance_to_beat_control: Option<f64>,
+    /// Expected loss (relative) of shipping the treatment, and of keeping the control.
     pub risk_treatment: Option<f64>,
     pub risk_control: Option<f64>,
+    /// The posterior's 1 − alpha credible interval of the relative lift.
+    pub credible_interval_relative: Option<Interval>,
     /// Share of variance CUPED removed, when CUPED is on.
     pub variance_reduction: Option<f64>,
 }
@@ -187,6 +199,8 @@ pub struct MethodSummary {
     pub sequential_target_units: u64,
     pub cuped: bool,
     pub correction: proteus_stats::Correction,
+    pub alternative: Sidedness,
+    pub prior: proteus_stats::Prior,
 }
 
 /// Everything about an experiment's results at `computed_ms`.
@@ -244,13 +258,18 @@ fn estimates(kind: MetricKind, stats: &[SufficientStats], cuped_on: bool) -> Met
 /// Compares treatment with control by the configured method.
 fn compare(
     definition: &ExperimentDefinition,
-    kind: MetricKind,
+    metric: &MetricDefinition,
     control: &ArmEstimate,
     treatment: &ArmEstimate,
     cuped: bool,
     sequential: bool,
 ) -> Result<(ComparisonResult, f64), StatsError> {
     let alpha = definition.alpha;
+    let alternative = match (definition.analysis.alternative, metric.goal) {
+        (Sidedness::TwoSided, _) => Alternative::TwoSided,
+        (Sidedness::OneSided, Goal::Increase) => Alternative::Greater,
+        (Sidedness::OneSided, Goal::Decrease) => Alternative::Less,
+    };
     let (method, absolute, relative, p_value) = if sequential {
         let s = sequential_test(
             control,
@@ -262,10 +281,8 @@ fn compare(
         )?;
         ("sequential", s.absolute, s.relative, s.p_value)
     } else {
-        let settings = TestSettings {
-            alpha,
-            ..TestSettings::default()
-        };
+        let settings = TestSettings { alpha, alternative };
+        let kind = metric.kind;
         let normal = kind.is_ratio() || (kind == MetricKind::Conversion && !cuped);
         let c = if normal {
             z_test(control, treatment, &settings)?
@@ -284,6 +301,7 @@ fn compare(
         treatment,
         &BayesSettings {
             alpha,
+            prior: definition.analysis.prior,
             ..BayesSettings::default()
         },
     )
@@ -291,6 +309,7 @@ fn compare(
     Ok((
         ComparisonResult {
             method,
+            alternative,
             lift_absolute: absolute,
             lift_relative: relative,
             p_value,
@@ -300,10 +319,74 @@ fn compare(
             chance_to_beat_control: bayes.map(|b| b.chance_to_beat_control),
             risk_treatment: bayes.map(|b| b.risk_treatment),
             risk_control: bayes.map(|b| b.risk_control),
+            credible_interval_relative: bayes.map(|b| b.credible_interval),
             variance_reduction: None,
         },
         p_value,
     ))
+}
+
+/// What earlier looks of a sequential analysis leave for the next: per metric and treatment
+/// arm, the running minimum of the p-value and the running intersection of the intervals. A
+/// runtime keeps it between looks ([`SequentialLooks::observe`] after each) and passes it to
+/// [`results_with_looks`]. Confidence sequences hold at every time at once, so intersecting
+/// them over looks (and taking the smallest always-valid p-value) keeps the guarantee.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SequentialLooks {
+    /// metric id → variant → the combined values so far.
+    looks: BTreeMap<String, BTreeMap<String, Look>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Look {
+    p_value_min: f64,
+    absolute: Interval,
+    relative: Option<Interval>,
+}
+
+impl SequentialLooks {
+    /// Records the sequential comparisons of `results` (computed with these looks).
+    pub fn observe(&mut self, results: &ExperimentResults) {
+        for metric in &results.metrics {
+            for arm in &metric.arms {
+                let Some(ComparisonOutcome::Ready { result }) = &arm.comparison else {
+                    continue;
+                };
+                if result.method != "sequential" {
+                    continue;
+                }
+                self.looks.entry(metric.metric.clone()).or_default().insert(
+                    arm.variant.clone(),
+                    Look {
+                        p_value_min: result.p_value,
+                        absolute: result.lift_absolute.interval,
+                        relative: result.lift_relative.map(|r| r.interval),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Combines a new sequential comparison with the earlier looks; returns the new p-value.
+    fn combine(
+        &self,
+        metric: &str,
+        variant: &str,
+        alpha: f64,
+        result: &mut ComparisonResult,
+    ) -> f64 {
+        let Some(look) = self.looks.get(metric).and_then(|m| m.get(variant)) else {
+            return result.p_value;
+        };
+        result.p_value = result.p_value.min(look.p_value_min);
+        result.lift_absolute.interval =
+            running_intersection(&look.absolute, &result.lift_absolute.interval);
+        if let (Some(previous), Some(relative)) = (look.relative, result.lift_relative.as_mut()) {
+            relative.interval = running_intersection(&previous, &relative.interval);
+        }
+        result.significant = result.p_value < alpha;
+        result.p_value
+    }
 }
 
 fn roles(definition: &ExperimentDefinition, id: &str) -> Vec<MetricRole> {
@@ -327,11 +410,21 @@ fn finite(value: f64) -> Option<f64> {
     value.is_finite().then_some(value)
 }
 
-/// The results of `definition` from `aggregator`'s state at `now_ms`.
+/// The results of `definition` from `aggregator`'s state at `now_ms`, as one look.
 pub fn results(
     definition: &ExperimentDefinition,
     aggregator: &ExperimentAggregator,
     now_ms: i64,
+) -> ExperimentResults {
+    results_with_looks(definition, aggregator, now_ms, &SequentialLooks::default())
+}
+
+/// The results at `now_ms`, with sequential comparisons combined with earlier `looks`.
+pub fn results_with_looks(
+    definition: &ExperimentDefinition,
+    aggregator: &ExperimentAggregator,
+    now_ms: i64,
+    looks: &SequentialLooks,
 ) -> ExperimentResults {
     let stats = aggregator.arm_stats();
     let control = definition.control_index();
@@ -359,15 +452,16 @@ pub fn results(
             } else {
                 let outcome = match (est.arms.get(control), est.arms.get(a)) {
                     (Some(Ok(c)), Some(Ok(t))) => {
-                        match compare(
-                            definition,
-                            metric.kind,
-                            c,
-                            t,
-                            est.cuped.is_some(),
-                            sequential,
-                        ) {
-                            Ok((mut result, p)) => {
+                        match compare(definition, metric, c, t, est.cuped.is_some(), sequential) {
+                            Ok((mut result, mut p)) => {
+                                if sequential {
+                                    p = looks.combine(
+                                        &metric.id,
+                                        &arm.variant,
+                                        definition.alpha,
+                                        &mut result,
+                                    );
+                                }
                                 if let Some(raw) = &est.cuped {
                                     result.variance_reduction =
                                         variance_reduction(raw, control, a, c, t);
@@ -461,6 +555,8 @@ pub fn results(
             sequential_target_units: definition.sequential_target_units(),
             cuped: cuped_on,
             correction: definition.analysis.correction,
+            alternative: definition.analysis.alternative,
+            prior: definition.analysis.prior,
         },
         aggregation: aggregator.report(),
     }

@@ -319,3 +319,63 @@ fn running_totals_follow_a_settled_unit_into_a_second_arm() {
     );
     assert_eq!(stats.metrics[1][0].n, 0);
 }
+
+#[test]
+fn metric_filters_count_only_the_events_they_select() {
+    let mut v = definition_json();
+    v["metrics"][0]["source"]["where"] = json!([
+        {"path": "/country", "op": "in", "value": ["FR", "BE"]},
+        {"path": "/amount", "op": "gte", "value": 10}
+    ]);
+    let d = parse(&v);
+    let mut agg = ExperimentAggregator::new(&d);
+    let order_from = |unit: &str, country: &str, amount: f64| {
+        event(
+            "order.placed",
+            unit,
+            json!({"amount": amount, "country": country}),
+        )
+    };
+    for (unit, country, amount) in [
+        ("u1", "FR", 12.0),
+        ("u2", "DE", 50.0),
+        ("u3", "BE", 9.0),
+        ("u4", "BE", 10.0),
+    ] {
+        agg.apply_exposure(&exposure(unit, "green", T0));
+        agg.apply_metric_event("shop", &order_from(unit, country, amount), T0 + 1);
+    }
+    agg.apply_exposure(&exposure("u5", "green", T0));
+    agg.apply_metric_event("shop", &order("u5", 30.0), T0 + 1); // no country: filtered out
+    let stats = agg.arm_stats();
+    // purchase (filtered): u1 and u4 convert; revenue (unfiltered) counts every order.
+    assert_eq!((stats.metrics[0][1].n, stats.metrics[0][1].sum), (5, 2.0));
+    assert_eq!(stats.metrics[1][1].sum, 12.0 + 50.0 + 9.0 + 10.0 + 30.0);
+}
+
+#[test]
+fn bad_metric_filters_are_refused_with_paths() {
+    let mut v = definition_json();
+    v["metrics"][0]["source"]["where"] = json!([
+        {"path": "country", "op": "equals", "value": "FR"},
+        {"path": "/amount", "op": "gt", "value": "ten"},
+        {"path": "/tags", "op": "in", "value": []},
+        {"path": "/x", "op": "exists", "value": 1}
+    ]);
+    let e = proteus_experiments::ExperimentDefinition::from_json(&v.to_string())
+        .unwrap_err()
+        .to_string();
+    for path in [
+        "/metrics/0/source/where/0/path",
+        "/metrics/0/source/where/1/value",
+        "/metrics/0/source/where/2/value",
+        "/metrics/0/source/where/3/value",
+    ] {
+        assert!(e.contains(path), "{path} missing in {e}");
+    }
+    v["metrics"][0]["source"]["where"] = json!([{"path": "/a", "op": "like", "value": 1}]);
+    let e = proteus_experiments::ExperimentDefinition::from_json(&v.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/metrics/0/source/where/0/op"), "{e}");
+}

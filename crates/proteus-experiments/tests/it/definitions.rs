@@ -167,8 +167,10 @@ fn statistics_settings_are_checked() {
     v["minimum_detectable_effect"] = json!({"relative": 0});
     v["analysis"] = json!({"cuped": {"pre_period_ms": 0}, "units_max": 0, "srm_threshold": 1,
                            "lateness_ms": 999_999_999_999u64, "unit_events_max": 0,
-                           "sequential_target_units": 1});
+                           "sequential_target_units": 1, "alternative": "one_sided",
+                           "prior": {"kind": "gaussian", "mean": 0.0, "variance": 0.0}});
     let e = errors(&v);
+    assert!(e.to_string().contains("sequential\": false"), "{e}");
     for path in [
         "/alpha",
         "/power",
@@ -179,6 +181,8 @@ fn statistics_settings_are_checked() {
         "/analysis/lateness_ms",
         "/analysis/unit_events_max",
         "/analysis/sequential_target_units",
+        "/analysis/alternative",
+        "/analysis/prior",
     ] {
         assert!(e.has_path(path), "{path} missing in {e}");
     }

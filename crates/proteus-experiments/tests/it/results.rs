@@ -256,3 +256,119 @@ fn multivariate_results_compare_every_arm_with_control() {
         .unwrap();
     assert!(!green.significant);
 }
+
+fn ready(
+    r: &proteus_experiments::ExperimentResults,
+    m: usize,
+) -> proteus_experiments::ComparisonResult {
+    r.metrics[m].arms[1]
+        .comparison
+        .as_ref()
+        .unwrap()
+        .ready()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn one_sided_tests_look_only_in_the_goal_direction() {
+    let mut v = definition_json();
+    v["analysis"] = json!({"sequential": false});
+    let two = parse(&v);
+    v["analysis"] = json!({"sequential": false, "alternative": "one_sided"});
+    let one = parse(&v);
+    // Green converts better: the goal direction of `purchase` (increase).
+    let agg = traffic(
+        &two,
+        2000,
+        5,
+        |i| i % 2,
+        |a| if a == 1 { 0.36 } else { 0.3 },
+    );
+    let (r2, r1) = (results(&two, &agg, T0), results(&one, &agg, T0));
+    assert_all_finite(&r1);
+    let (c2, c1) = (ready(&r2, 0), ready(&r1, 0));
+    assert_eq!(c1.alternative, proteus_stats::Alternative::Greater);
+    assert!(c2.lift_absolute.estimate > 0.0);
+    // The one-sided p-value of an effect in the goal direction is half the two-sided one.
+    assert!(
+        (c1.p_value - c2.p_value / 2.0).abs() < 1e-12,
+        "{} {}",
+        c1.p_value,
+        c2.p_value
+    );
+    assert_eq!(c1.lift_absolute.interval.upper, None);
+    // `latency` has goal decrease: its test looks for a decrease.
+    assert_eq!(ready(&r1, 4).alternative, proteus_stats::Alternative::Less);
+    assert_eq!(
+        serde_json::to_value(&r1.method).unwrap()["alternative"],
+        "one_sided"
+    );
+}
+
+#[test]
+fn a_gaussian_prior_shrinks_the_bayesian_answer_toward_no_effect() {
+    let flat = definition();
+    let mut v = definition_json();
+    v["analysis"] = json!({"prior": {"kind": "gaussian", "mean": 0.0, "variance": 0.0001}});
+    let tight = parse(&v);
+    let agg = traffic(
+        &flat,
+        2000,
+        9,
+        |i| i % 2,
+        |a| if a == 1 { 0.45 } else { 0.3 },
+    );
+    let (f, t) = (
+        ready(&results(&flat, &agg, T0), 0),
+        ready(&results(&tight, &agg, T0), 0),
+    );
+    let (cf, ct) = (
+        f.chance_to_beat_control.unwrap(),
+        t.chance_to_beat_control.unwrap(),
+    );
+    assert!(cf > 0.9, "{cf}");
+    assert!((ct - 0.5).abs() < (cf - 0.5).abs(), "{ct} vs {cf}");
+    let (wf, wt) = (
+        f.credible_interval_relative.unwrap(),
+        t.credible_interval_relative.unwrap(),
+    );
+    let width = |i: proteus_stats::Interval| i.upper.unwrap() - i.lower.unwrap();
+    assert!(width(wt) < width(wf));
+    // The frequentist numbers do not depend on the prior.
+    assert_eq!(f.p_value, t.p_value);
+}
+
+#[test]
+fn sequential_looks_never_loosen_intervals_or_raise_p_values() {
+    let d = definition();
+    let mut looks = proteus_experiments::SequentialLooks::default();
+    let mut previous: Option<proteus_experiments::ComparisonResult> = None;
+    let mut agg = ExperimentAggregator::new(&d);
+    let mut rng = Rng(3);
+    for i in 0..3000usize {
+        let unit = format!("u{i}");
+        let t = T0 + i as i64 * 1_000;
+        let arm = i % 2;
+        agg.apply_exposure(&exposure(&unit, &d.arms[arm].variant, t));
+        if rng.uniform() < if arm == 1 { 0.33 } else { 0.3 } {
+            agg.apply_metric_event("shop", &order(&unit, 20.0), t + 1);
+        }
+        if i % 100 != 99 {
+            continue;
+        }
+        let r = proteus_experiments::results_with_looks(&d, &agg, t, &looks);
+        assert_all_finite(&r);
+        looks.observe(&r);
+        let current = ready(&r, 0);
+        if let Some(p) = &previous {
+            assert!(current.p_value <= p.p_value);
+            let (a, b) = (current.lift_absolute.interval, p.lift_absolute.interval);
+            assert!(a.lower.unwrap() >= b.lower.unwrap() && a.upper.unwrap() <= b.upper.unwrap());
+        }
+        // The running values are at least as tight as this look's own.
+        let own = ready(&results(&d, &agg, t), 0);
+        assert!(current.p_value <= own.p_value);
+        previous = Some(current);
+    }
+}
