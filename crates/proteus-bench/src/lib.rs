@@ -20,6 +20,7 @@ mod consume;
 mod disk;
 mod events;
 mod experiment;
+mod experiment_scale;
 mod limits;
 mod ofrep;
 mod produce;
@@ -66,6 +67,9 @@ pub enum BenchCommand {
     /// Synthetic experiments with a known truth through the experiments' aggregation and
     /// statistics: A/A false positives when peeking every hour, and power under a true lift.
     Experiment(experiment::ExperimentArgs),
+    /// The experiments runtime aggregating a large experiment in-process on the embedded log
+    /// and key-value store: catch-up events/s, results latency while it runs, memory, restart.
+    ExperimentScale(experiment_scale::ExperimentScaleArgs),
 }
 
 /// Runs a benchmark and prints its report. Errors are sentences for the person running it.
@@ -80,6 +84,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
         BenchCommand::Startup(args) => startup::run(args).await,
         BenchCommand::Projection(args) => projection::run(args).await,
         BenchCommand::Experiment(args) => experiment::run(args),
+        BenchCommand::ExperimentScale(args) => experiment_scale::run(args).await,
     }
 }
 

@@ -11,14 +11,17 @@
 //! - [`limits`]: the bound of every request and the checks every adapter runs before storage,
 //!   including the idempotency rule;
 //! - [`store`]: the [`EventStore`] port;
+//! - [`memory`]: [`MemoryEventStore`], the store in process memory, which keeps every promise
+//!   of the port except surviving the process;
 //! - `conformance` (feature `conformance`): the suite every adapter runs.
 //!
-//! Like `proteus-log`, it does no I/O and has no async runtime in its API. Stores live in
-//! adapter crates (`proteus-eventstore-embedded`).
+//! Like `proteus-log`, it does no I/O and has no async runtime in its API. Durable stores live
+//! in adapter crates (`proteus-eventstore-embedded`, `proteus-eventstore-postgres`).
 
 pub mod error;
 pub mod event;
 pub mod limits;
+pub mod memory;
 pub mod name;
 pub mod store;
 
@@ -34,5 +37,6 @@ pub use limits::{
     APPEND_BYTES_MAX, EVENT_DATA_BYTES_MAX, EVENT_METADATA_BYTES_MAX, EVENTS_PER_APPEND_MAX,
     FILTER_EVENT_TYPES_MAX, READ_COUNT_MAX, READ_SCAN_EVENTS_MAX, SNAPSHOT_BYTES_MAX, WAIT_MS_MAX,
 };
+pub use memory::MemoryEventStore;
 pub use name::{Category, InvalidName, StreamName};
 pub use store::EventStore;

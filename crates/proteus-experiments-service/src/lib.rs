@@ -62,6 +62,8 @@ pub const CHECKPOINT_BYTES_MAX: usize = proteus_kv::VALUE_BYTES_MAX;
 /// Most units changed between two commits: a batch stops early and commits when it reaches
 /// this (each unit is at most two writes, so a commit stays within the store's limit).
 pub const UNITS_PER_COMMIT_MAX: usize = 4_000;
+/// Events applied per hold of an experiment's lock, so results requests wait little.
+const APPLY_EVENTS_PER_LOCK: usize = 256;
 /// Most commits one checkpoint makes to finish a compaction before the task reads on.
 const COMPACTION_COMMITS_MAX: usize = 1_000;
 /// Key of the checkpoint in an experiment's namespace.
@@ -1333,6 +1335,12 @@ async fn consume(
     for ((topic, _, _), input) in apply.iter().zip(&decoded) {
         if s.aggregator.changed_units() >= UNITS_PER_COMMIT_MAX {
             break;
+        }
+        if applied > 0 && applied % APPLY_EVENTS_PER_LOCK == 0 {
+            // Let a results request in between: it reads a state between two events, which
+            // is as consistent as any.
+            drop(s);
+            s = shared.lock().unwrap_or_else(|p| p.into_inner());
         }
         applied += 1;
         match input {

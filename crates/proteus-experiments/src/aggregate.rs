@@ -59,7 +59,7 @@ pub const EXPOSURE_TOPIC: &str = "proteus.flags.exposures";
 /// The CloudEvent type of an exposure.
 pub const EXPOSURE_EVENT_TYPE: &str = "dev.proteus.flag.exposure";
 /// Shortest interval of event time between two full compactions of the unit table, in ms.
-pub const COMPACTION_INTERVAL_MS_MIN: u64 = 60_000;
+pub const COMPACTION_INTERVAL_MS_MIN: u64 = 10_000;
 
 /// One exposure: a unit was served a variant of a flag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

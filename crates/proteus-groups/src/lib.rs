@@ -12,16 +12,20 @@
 //!   deliveries, acks, nacks, deadlines, redeliveries and dead-lettering — driven by explicit
 //!   `now_ms` arguments so tests control time;
 //! - [`store`]: the port through which committed positions are made durable;
-//! - [`dead_letter`]: how a dead letter is written to and read back from its topic.
+//! - [`dead_letter`]: how a dead letter is written to and read back from its topic;
+//! - [`memory`]: [`MemoryGroupStore`], the store in process memory, which keeps every promise of
+//!   the port except surviving the process.
 //!
 //! Like `proteus-log`, it does no I/O and has no async runtime in its API. The runtime lives in
-//! `proteus-groups-service`; stores in adapter crates (`proteus-groups-embedded`).
+//! `proteus-groups-service`; durable stores in adapter crates (`proteus-groups-embedded`,
+//! `proteus-groups-postgres`).
 
 pub mod assign;
 pub mod backoff;
 pub mod config;
 pub mod dead_letter;
 pub mod error;
+pub mod memory;
 pub mod name;
 pub mod ranges;
 pub mod state;
@@ -32,6 +36,7 @@ pub mod conformance;
 
 pub use config::{GroupConfig, PushConfig, RetryPolicy, StartPosition};
 pub use error::GroupError;
+pub use memory::MemoryGroupStore;
 pub use name::{GroupName, MemberId};
 pub use state::GroupState;
 pub use store::{GroupRecord, GroupStore, PartitionProgress, StoreError};

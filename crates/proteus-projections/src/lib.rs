@@ -11,14 +11,17 @@
 //! - [`query`] and [`value`]: filters, sorts, pagination and the one order of JSON values every
 //!   store uses;
 //! - [`store`]: the [`ReadModelStore`] port, its records and limits, and (feature
-//!   `conformance`) the suite every adapter runs.
+//!   `conformance`) the suite every adapter runs;
+//! - [`memory`]: [`MemoryReadModelStore`], the store in process memory, which keeps every promise
+//!   of the port except surviving the process.
 //!
-//! It does no I/O and has no async runtime in its API; stores live in adapter crates
-//! (`proteus-projections-embedded`).
+//! It does no I/O and has no async runtime in its API; durable stores live in adapter crates
+//! (`proteus-projections-embedded`, `proteus-projections-postgres`).
 
 pub mod definition;
 pub mod error;
 pub mod event;
+pub mod memory;
 pub mod name;
 pub mod projector;
 pub mod query;
@@ -31,6 +34,7 @@ pub mod conformance;
 pub use definition::{ProjectionDefinition, validate};
 pub use error::{DefinitionError, DefinitionErrors, ProcessingError};
 pub use event::EventView;
+pub use memory::MemoryReadModelStore;
 pub use name::{InvalidProjectionName, ProjectionName};
 pub use projector::{
     BatchPlan, DocAccess, DocBatch, Projection, Projector, keys_for_batch, plan_batch,

@@ -1,8 +1,10 @@
 //! The group state machine under a clock the tests control: rebalances and fencing, deadlines,
-//! retries with backoff, dead letters, replays, and restart from stored progress.
+//! retries with backoff, dead letters, replays, and restart from stored progress; the GroupStore
+//! conformance suite on the in-memory store.
 
 mod delivery;
 mod membership;
+mod memory_store;
 
 use proteus_groups::state::{Position, PullPlan};
 use proteus_groups::store::{GroupRecord, PartitionProgress};

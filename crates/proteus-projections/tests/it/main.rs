@@ -1,7 +1,9 @@
-//! Integration tests of the projections domain.
+//! Integration tests of the projections domain, and the ReadModelStore conformance suite on the
+//! in-memory store.
 
 mod batching;
 mod definitions;
+mod memory_store;
 mod projector;
 mod query;
 mod schemas;
