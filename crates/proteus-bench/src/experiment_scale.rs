@@ -47,6 +47,10 @@ pub struct ExperimentScaleArgs {
     /// One purchase for every N-th unit.
     #[arg(long, default_value_t = 5)]
     pub buy_every: u64,
+    /// Spread the writes over at least this many seconds (steady traffic rather than one
+    /// burst, so units settle and leave memory while it runs).
+    #[arg(long, default_value_t = 30)]
+    pub write_seconds: u64,
     /// How often the results are computed while the runtime catches up, in ms.
     #[arg(long, default_value_t = 100)]
     pub look_every_ms: u64,
@@ -69,7 +73,10 @@ pub struct ExperimentScaleReport {
     pub results_p50_ms: f64,
     pub results_p99_ms: f64,
     pub results_max_ms: f64,
-    /// Units in memory when the runtime had caught up (the rest are in the key-value store).
+    /// Most units in memory at any look while catching up.
+    pub units_resident_max: u64,
+    /// Units in memory after the checkpoint that followed catching up (the rest are in the
+    /// key-value store).
     pub units_resident: u64,
     pub units_tracked: u64,
     pub kv_file_bytes: u64,
@@ -108,8 +115,8 @@ impl ExperimentScaleReport {
             (
                 "memory",
                 format!(
-                    "{} of {} units resident after catching up",
-                    self.units_resident, self.units_tracked
+                    "{} of {} units resident after the next checkpoint (at most {} while running)",
+                    self.units_resident, self.units_tracked, self.units_resident_max
                 ),
             ),
             ("kv.redb", format!("{} bytes", self.kv_file_bytes)),
@@ -232,14 +239,21 @@ pub async fn run(args: ExperimentScaleArgs) -> Result<(), String> {
     let purchases = args.units.div_ceil(args.buy_every);
     let events = args.units + purchases;
     let started = Instant::now();
-    let writer = tokio::spawn(write(log.clone(), args.units, args.buy_every));
+    let writer = tokio::spawn(write(
+        log.clone(),
+        args.units,
+        args.buy_every,
+        Duration::from_secs(args.write_seconds),
+    ));
     let mut latencies_ms: Vec<f64> = Vec::new();
+    let mut resident_max = 0;
     let deadline = started + Duration::from_secs(CATCH_UP_S_MAX);
     let (catch_up_s, aggregation) = loop {
         let look = Instant::now();
         let (_, results) = service.results(EXPERIMENT).map_err(|e| e.to_string())?;
         latencies_ms.push(look.elapsed().as_secs_f64() * 1e3);
         let a = &results.aggregation;
+        resident_max = resident_max.max(a.units_resident);
         if a.exposures_applied == args.units && a.metric_events_applied == purchases {
             break (started.elapsed().as_secs_f64(), a.clone());
         }
@@ -260,7 +274,17 @@ pub async fn run(args: ExperimentScaleArgs) -> Result<(), String> {
         let _ = service.results(EXPERIMENT).map_err(|e| e.to_string())?;
         latencies_ms.push(look.elapsed().as_secs_f64() * 1e3);
     }
-    let (_, results) = service.results(EXPERIMENT).map_err(|e| e.to_string())?;
+    // The next checkpoint (at most `checkpoint_interval_ms` later) stores and evicts.
+    let settle_deadline =
+        Instant::now() + Duration::from_millis(config.checkpoint_interval_ms + 5_000);
+    let mut results = service.results(EXPERIMENT).map_err(|e| e.to_string())?.1;
+    while results.aggregation.units_resident == aggregation.units_resident
+        && Instant::now() < settle_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        results = service.results(EXPERIMENT).map_err(|e| e.to_string())?.1;
+    }
+    let units_resident = results.aggregation.units_resident;
     let purchase = &results.metrics[0];
     let n: u64 = purchase.arms.iter().map(|a| a.n).sum();
     let converted: f64 = purchase
@@ -313,7 +337,8 @@ pub async fn run(args: ExperimentScaleArgs) -> Result<(), String> {
         results_p50_ms: percentile(&latencies_ms, 0.5),
         results_p99_ms: percentile(&latencies_ms, 0.99),
         results_max_ms: latencies_ms.last().copied().unwrap_or(0.0),
-        units_resident: aggregation.units_resident,
+        units_resident_max: resident_max,
+        units_resident,
         units_tracked: aggregation.units_tracked,
         kv_file_bytes,
         restart_ms,
@@ -331,9 +356,14 @@ pub async fn run(args: ExperimentScaleArgs) -> Result<(), String> {
     }
 }
 
-/// Appends the exposures, and after each batch the purchases of its units; returns how long
-/// writing took, in seconds.
-async fn write(log: Arc<dyn Log>, units: u64, buy_every: u64) -> Result<f64, String> {
+/// Appends the exposures, and after each batch the purchases of its units, paced to take at
+/// least `spread`; returns how long writing took, in seconds.
+async fn write(
+    log: Arc<dyn Log>,
+    units: u64,
+    buy_every: u64,
+    spread: Duration,
+) -> Result<f64, String> {
     let started = Instant::now();
     let exposure_topic = TopicName::parse(exposures::TOPIC).map_err(|e| e.to_string())?;
     let shop = TopicName::parse("shop").map_err(|e| e.to_string())?;
@@ -371,6 +401,10 @@ async fn write(log: Arc<dyn Log>, units: u64, buy_every: u64) -> Result<f64, Str
                 .map_err(|e| format!("appending purchases failed: {e}"))?;
         }
         unit = end;
+        let due = spread.mul_f64(unit as f64 / units as f64);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(ahead).await;
+        }
     }
     Ok(started.elapsed().as_secs_f64())
 }

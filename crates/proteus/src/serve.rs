@@ -7,6 +7,7 @@ use proteus_cache::{RemoteCache, TieredCache, TieredConfig};
 use proteus_cache_redis::RedisRemoteCache;
 use proteus_eventstore::EventStore;
 use proteus_eventstore_embedded::{EmbeddedConfig as EventStoreConfig, EmbeddedEventStore};
+use proteus_eventstore_nats::{NatsEventStore, NatsEventStoreConfig};
 use proteus_eventstore_postgres::{PostgresEventStore, PostgresEventStoreConfig};
 use proteus_experiments_service::{ExperimentService, ExperimentServiceConfig};
 use proteus_flagsets_service::exposures::ExposureConfig;
@@ -137,6 +138,16 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                     format!("cannot open the PostgreSQL event store (schema {schema}): {e}")
                 })?,
         ),
+        EventStoreBackend::Nats { url, prefix } => {
+            let config = NatsEventStoreConfig {
+                stream_prefix: prefix.clone(),
+                subject_prefix: prefix.to_ascii_lowercase(),
+                ..NatsEventStoreConfig::new(url)
+            };
+            Arc::new(NatsEventStore::open(config).await.map_err(|e| {
+                format!("cannot open the NATS event store (stream prefix {prefix}): {e}")
+            })?)
+        }
     };
     let schemas = SchemaService::open(
         log.clone(),
@@ -160,7 +171,9 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 .map_err(|e| {
                     format!("cannot open the PostgreSQL read models (schema {schema}): {e}")
                 })?,
-        ),
+        ),        EventStoreBackend::Nats { .. } => {
+            return Err("read models are kept embedded or in PostgreSQL, not in NATS".into());
+        }
     };
     // Projections read events upcast to their latest schema, as HTTP readers do.
     let upcasting: Arc<dyn EventStore> =
@@ -188,7 +201,9 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                     .map_err(|e| {
                         format!("cannot open the PostgreSQL metadata store (schema {schema}): {e}")
                     })?,
-            ),
+            ),            EventStoreBackend::Nats { .. } => {
+                return Err("metadata is kept embedded or in PostgreSQL, not in NATS".into());
+            }
         };
     let experiments = ExperimentService::open(
         log.clone(),

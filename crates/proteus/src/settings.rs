@@ -76,9 +76,10 @@ pub struct ServeArgs {
     /// refuses them [default: lenient].
     #[arg(long, env = "PROTEUS_SCHEMA_POLICY", value_name = "POLICY")]
     pub schema_policy: Option<String>,
-    /// Where event streams are stored: `embedded` (`eventstore.redb` in the data directory) or
-    /// a PostgreSQL URL such as `postgres://proteus@db:5432/proteus`, which several instances
-    /// can share [default: embedded] (in the config file: `event_store` under `[storage]`).
+    /// Where event streams are stored: `embedded` (`eventstore.redb` in the data directory), a
+    /// PostgreSQL URL such as `postgres://proteus@db:5432/proteus`, or a NATS JetStream URL
+    /// such as `nats://127.0.0.1:4222`; several instances can share the last two
+    /// [default: embedded] (in the config file: `event_store` under `[storage]`).
     #[arg(
         long,
         env = "PROTEUS_EVENT_STORE",
@@ -91,6 +92,11 @@ pub struct ServeArgs {
     /// `[storage]`).
     #[arg(long, env = "PROTEUS_EVENT_STORE_SCHEMA", value_name = "SCHEMA")]
     pub event_store_schema: Option<String>,
+    /// The JetStream stream prefix of a NATS event store: its streams are `<PREFIX>_EVENTS`
+    /// and `<PREFIX>_SNAPSHOTS` [default: PROTEUS_ES] (in the config file:
+    /// `event_store_prefix` under `[storage]`).
+    #[arg(long, env = "PROTEUS_EVENT_STORE_PREFIX", value_name = "PREFIX")]
+    pub event_store_prefix: Option<String>,
     /// Where projections keep their read models: `embedded` (`readmodels.redb` in the data
     /// directory) or a PostgreSQL URL [default: embedded] (in the config file: `read_models`
     /// under `[storage]`).
@@ -233,6 +239,9 @@ pub enum EventStoreBackend {
     Embedded,
     /// A PostgreSQL database, in one schema of it.
     Postgres { url: String, schema: String },
+    /// NATS JetStream, in the streams `<prefix>_EVENTS` and `<prefix>_SNAPSHOTS` (the event
+    /// store only).
+    Nats { url: String, prefix: String },
 }
 
 impl std::fmt::Debug for EventStoreBackend {
@@ -243,12 +252,21 @@ impl std::fmt::Debug for EventStoreBackend {
             EventStoreBackend::Postgres { schema, .. } => {
                 write!(f, "Postgres {{ schema: {schema:?}, .. }}")
             }
+            EventStoreBackend::Nats { prefix, .. } => {
+                write!(f, "Nats {{ prefix: {prefix:?}, .. }}")
+            }
         }
     }
 }
 
 impl EventStoreBackend {
     fn parse(text: &str, schema: Option<String>) -> Result<Self, String> {
+        if text.starts_with("nats://") || text.starts_with("tls://") {
+            return Err(
+                "event_store must be 'embedded' or a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE); NATS JetStream keeps the log and the event store, not this"
+                    .to_owned(),
+            );
+        }
         if text == "embedded" {
             return Ok(EventStoreBackend::Embedded);
         }
@@ -260,8 +278,23 @@ impl EventStoreBackend {
         }
         let shown: String = text.chars().take(24).collect();
         Err(format!(
-            "event_store must be 'embedded' or a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE), got {shown:?}"
+            "event_store must be 'embedded', a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE) or a NATS URL (nats://HOST:PORT), got {shown:?}"
         ))
+    }
+
+    /// Like `parse`, and also NATS JetStream (`nats://`), with its stream prefix.
+    fn parse_event_store(
+        text: &str,
+        schema: Option<String>,
+        prefix: Option<String>,
+    ) -> Result<Self, String> {
+        if text.starts_with("nats://") || text.starts_with("tls://") {
+            return Ok(EventStoreBackend::Nats {
+                url: text.to_owned(),
+                prefix: prefix.unwrap_or_else(|| "PROTEUS_ES".into()),
+            });
+        }
+        EventStoreBackend::parse(text, schema)
     }
 }
 
@@ -273,6 +306,7 @@ struct StorageFile {
     log_prefix: Option<String>,
     event_store: Option<String>,
     event_store_schema: Option<String>,
+    event_store_prefix: Option<String>,
     read_models: Option<String>,
     read_models_schema: Option<String>,
     metadata: Option<String>,
@@ -438,12 +472,13 @@ impl Settings {
                     ));
                 }
             },
-            event_store: EventStoreBackend::parse(
+            event_store: EventStoreBackend::parse_event_store(
                 args.event_store
                     .or(file.storage.event_store)
                     .as_deref()
                     .unwrap_or("embedded"),
                 args.event_store_schema.or(file.storage.event_store_schema),
+                args.event_store_prefix.or(file.storage.event_store_prefix),
             )?,
             read_models: EventStoreBackend::parse(
                 args.read_models

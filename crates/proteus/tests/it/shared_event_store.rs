@@ -1,6 +1,6 @@
-//! Several `proteus serve` processes sharing one PostgreSQL event store behave as one: what one
-//! appends the others read and wait for, expected versions hold across them, and an append
-//! acknowledged by one survives its kill -9.
+//! Several `proteus serve` processes sharing one PostgreSQL (or NATS JetStream) event store
+//! behave as one: what one appends the others read and wait for, expected versions hold across
+//! them, and an append acknowledged by one survives its kill -9.
 
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -161,7 +161,8 @@ fn an_unreachable_postgres_is_a_clear_start_up_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("event_store must be 'embedded' or a PostgreSQL URL"),
+        stderr.contains("event_store must be 'embedded', a PostgreSQL URL")
+            && stderr.contains("or a NATS URL (nats://HOST:PORT)"),
         "{stderr}"
     );
 }
@@ -234,4 +235,100 @@ fn read_models_in_postgres_outlive_the_instance_that_built_them() {
     let served = doc(&second.url);
     assert_eq!(served["doc"]["balance"], 12, "{served}");
     drop(models);
+}
+
+/// JetStream streams `<prefix>_EVENTS` and `<prefix>_SNAPSHOTS` of their own, deleted when the
+/// test ends (even when it fails).
+struct NatsStreams(String);
+
+impl NatsStreams {
+    fn new() -> NatsStreams {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        NatsStreams(format!("ITES{}x{nanos}", std::process::id()))
+    }
+}
+
+fn nats_url() -> String {
+    std::env::var("PROTEUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+impl Drop for NatsStreams {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let Ok(client) = async_nats::connect(nats_url()).await else {
+                return;
+            };
+            let js = async_nats::jetstream::new(client.clone());
+            for suffix in ["EVENTS", "SNAPSHOTS"] {
+                let _ = js.delete_stream(format!("{}_{suffix}", self.0)).await;
+            }
+            let _ = client.flush().await;
+        });
+    }
+}
+
+#[test]
+fn two_instances_share_one_nats_event_store() {
+    let streams = NatsStreams::new();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let servers: Vec<ServerProcess> = dirs
+        .iter()
+        .map(|d| {
+            ServerProcess::start_with(
+                d.path(),
+                &[
+                    "--event-store",
+                    &nats_url(),
+                    "--event-store-prefix",
+                    &streams.0,
+                ],
+                &[],
+            )
+        })
+        .collect();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+
+    // B waits at the head of $all; A's append wakes it.
+    let head = read_all(&http, &urls[1], 0, 0)["head_position"]
+        .as_u64()
+        .unwrap_or(0);
+    let waiter = {
+        let (http, url) = (http.clone(), urls[1].clone());
+        std::thread::spawn(move || read_all(&http, &url, head + 1, 20_000))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, first) = append(&http, &urls[0], "acct-1", "no_stream");
+    assert_eq!(status, 201, "{first}");
+    let seen = waiter.join().unwrap();
+    let events = seen["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{seen}");
+    assert_eq!(events[0]["stream"], "acct-1");
+    assert_eq!(events[0]["position"], first["first_position"]);
+
+    // Expected versions hold across instances.
+    let (status, body) = append(&http, &urls[1], "acct-1", "0");
+    assert_eq!(status, 201, "{body}");
+    let (status, conflict) = append(&http, &urls[0], "acct-1", "0");
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(conflict["actual_version"], 1);
+    let stream: Value = http
+        .get(format!("{}/v1/streams/acct-1", urls[0]))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(stream["events"].as_array().unwrap().len(), 2, "{stream}");
 }

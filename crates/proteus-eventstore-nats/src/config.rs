@@ -1,0 +1,190 @@
+//! How the store connects and names things.
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the NATS JetStream event store. Every limit is named with its unit last.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsEventStoreConfig {
+    /// Server URL(s), comma-separated, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The store's JetStream streams are `<stream_prefix>_EVENTS` and
+    /// `<stream_prefix>_SNAPSHOTS`. `[A-Za-z0-9_-]`, 1 to 64 bytes.
+    pub stream_prefix: String,
+    /// Events are published on `<subject_prefix>.s.<category>.<stream>`, snapshots on
+    /// `<subject_prefix>.snap.<stream>`. One or more subject tokens of `[A-Za-z0-9_-]`,
+    /// separated by `.`.
+    pub subject_prefix: String,
+    /// How long one JetStream request (publish acknowledgement, message get, stream info,
+    /// consumer creation, fetch) may take before the call fails with `Unavailable`.
+    pub request_timeout_ms: u64,
+    /// How long the first connection may take.
+    pub connect_timeout_ms: u64,
+    /// Longest pause between two reconnection attempts (the client backs off up to this).
+    pub reconnect_delay_max_ms: u64,
+    /// JetStream replicas of the streams created (1, 3 or 5).
+    pub replicas: usize,
+    /// `wait_for_position` wakes on the store's core NATS messages; this is its fallback poll
+    /// interval, the worst-case wake-up latency if a wake-up is missed (during a reconnection,
+    /// for instance).
+    pub wait_poll_interval_ms: u64,
+    /// How many times one append is sent again after another writer changed its stream
+    /// between the read of the stream's end and the publish (only `Any` and retried appends
+    /// are sent again; an `Exact` expectation that no longer holds fails at once) before it
+    /// fails with `Unavailable`.
+    pub append_conflict_retries_max: u32,
+    /// Most event ids kept in memory, over all streams, to decide idempotency without
+    /// reading a stream's history again. Past it the cache is emptied and rebuilt from the
+    /// streams on demand (correctness never depends on it).
+    pub id_cache_events_max: usize,
+}
+
+impl Default for NatsEventStoreConfig {
+    fn default() -> Self {
+        NatsEventStoreConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            stream_prefix: "PROTEUS_ES".into(),
+            subject_prefix: "proteus.es".into(),
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            reconnect_delay_max_ms: 2_000,
+            replicas: 1,
+            wait_poll_interval_ms: 250,
+            append_conflict_retries_max: 64,
+            id_cache_events_max: 1_000_000,
+        }
+    }
+}
+
+/// Longest `stream_prefix`, in bytes.
+pub const STREAM_PREFIX_BYTES_MAX: usize = 64;
+/// Longest `subject_prefix`, in bytes.
+pub const SUBJECT_PREFIX_BYTES_MAX: usize = 128;
+/// Smallest `request_timeout_ms`, `connect_timeout_ms` and `wait_poll_interval_ms`.
+pub const TIMEOUT_MS_MIN: u64 = 10;
+
+impl NatsEventStoreConfig {
+    /// A configuration for `url` with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsEventStoreConfig {
+            url: url.into(),
+            ..NatsEventStoreConfig::default()
+        }
+    }
+
+    /// Checks every field; the error names the field and says what is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        let word = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if self.url.trim().is_empty() {
+            return Err("url: must not be empty (e.g. nats://127.0.0.1:4222)".into());
+        }
+        if !word(&self.stream_prefix) || self.stream_prefix.len() > STREAM_PREFIX_BYTES_MAX {
+            return Err(format!(
+                "stream_prefix: must be 1 to {STREAM_PREFIX_BYTES_MAX} bytes of A-Z, a-z, 0-9, '_' or '-', got {:?}",
+                self.stream_prefix
+            ));
+        }
+        if self.subject_prefix.len() > SUBJECT_PREFIX_BYTES_MAX
+            || !self.subject_prefix.split('.').all(word)
+        {
+            return Err(format!(
+                "subject_prefix: must be 1 to {SUBJECT_PREFIX_BYTES_MAX} bytes of subject tokens (A-Z, a-z, 0-9, '_', '-') separated by '.', got {:?}",
+                self.subject_prefix
+            ));
+        }
+        for (field, value) in [
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("wait_poll_interval_ms", self.wait_poll_interval_ms),
+        ] {
+            if value < TIMEOUT_MS_MIN {
+                return Err(format!(
+                    "{field}: must be at least {TIMEOUT_MS_MIN}, got {value}"
+                ));
+            }
+        }
+        if ![1, 3, 5].contains(&self.replicas) {
+            return Err(format!(
+                "replicas: must be 1, 3 or 5, got {}",
+                self.replicas
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.stream_prefix)
+    }
+
+    pub fn snapshots_stream(&self) -> String {
+        format!("{}_SNAPSHOTS", self.stream_prefix)
+    }
+}
+
+/// `url` with passwords and tokens replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let one = one.trim();
+            let (scheme, rest) = match one.split_once("://") {
+                Some((scheme, rest)) => (format!("{scheme}://"), rest),
+                None => (String::new(), one),
+            };
+            let (authority, tail) = match rest.find('/') {
+                Some(at) => rest.split_at(at),
+                None => (rest, ""),
+            };
+            match authority.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = match user.split_once(':') {
+                        Some((name, _)) => format!("{name}:***"),
+                        None => "***".into(),
+                    };
+                    format!("{scheme}{user}@{host}{tail}")
+                }
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_fields_are_named() {
+        assert!(NatsEventStoreConfig::default().validate().is_ok());
+        let bad = NatsEventStoreConfig {
+            stream_prefix: "a.b".into(),
+            ..NatsEventStoreConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().starts_with("stream_prefix"));
+        let bad = NatsEventStoreConfig {
+            subject_prefix: "a..b".into(),
+            ..NatsEventStoreConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().starts_with("subject_prefix"));
+        let bad = NatsEventStoreConfig {
+            replicas: 2,
+            ..NatsEventStoreConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().starts_with("replicas"));
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact("nats://me:secret@h:4222"), "nats://me:***@h:4222");
+        assert_eq!(redact("nats://token@h:4222"), "nats://***@h:4222");
+        assert_eq!(
+            redact("nats://a:b@h1:1, nats://h2:2"),
+            "nats://a:***@h1:1,nats://h2:2"
+        );
+    }
+}

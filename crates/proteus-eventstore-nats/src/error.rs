@@ -1,0 +1,96 @@
+//! How client failures become [`EventStoreError`]s: a server that cannot be reached or does
+//! not answer in time is `Unavailable` (retriable); anything else is `Storage`.
+
+use proteus_eventstore::EventStoreError;
+
+/// How to start a local NATS server with JetStream, for messages.
+pub const START_HINT: &str = "start NATS with JetStream enabled (nats-server -js -sd <dir>; on Debian: start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server)";
+
+pub(crate) fn closed() -> EventStoreError {
+    EventStoreError::Unavailable {
+        reason:
+            "the NATS event store was closed (the server is shutting down); open it again to use it"
+                .into(),
+    }
+}
+
+pub(crate) fn storage(reason: impl Into<String>) -> EventStoreError {
+    EventStoreError::Storage(reason.into())
+}
+
+/// Whether an error means the server could not be reached or did not answer in time.
+fn is_transient(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    [
+        "timed out",
+        "timedout",
+        "no responders",
+        "noresponders",
+        "broken pipe",
+        "brokenpipe",
+        "disconnect",
+        "connection",
+        "jetstreamunavailable",
+        "flush",
+        "subscribe",
+        "request",
+        "pull",
+    ]
+    .iter()
+    .any(|word| text.contains(word))
+}
+
+/// Maps a client error met at `url` (redacted) while doing `what` (a phrase such as
+/// "appending to stream 'x'"). `write` adds that the write may or may not have been stored,
+/// so the caller retries it with the same event ids (which makes the retry idempotent).
+pub(crate) fn nats<E: std::fmt::Display + std::fmt::Debug>(
+    url: &str,
+    what: &str,
+    error: E,
+    write: bool,
+) -> EventStoreError {
+    let text = format!("{error} {error:?}");
+    if is_transient(&text) {
+        let unknown = if write {
+            "; the write may or may not have been stored, so retry it with the same event ids (a retry is recognised and not written twice)"
+        } else {
+            ""
+        };
+        EventStoreError::Unavailable {
+            reason: format!(
+                "NATS JetStream at {url} did not answer while {what}: {error}{unknown}; retry once NATS is reachable (is it running? If not, {START_HINT})"
+            ),
+        }
+    } else {
+        storage(format!(
+            "NATS JetStream at {url} failed while {what}: {error}"
+        ))
+    }
+}
+
+/// A message of the store's streams that the adapter cannot read.
+pub(crate) fn corrupt(stream: &str, seq: u64, reason: impl std::fmt::Display) -> EventStoreError {
+    storage(format!(
+        "the message at sequence {seq} of JetStream stream {stream} cannot be read: {reason}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proteus_eventstore::ErrorKind;
+
+    #[test]
+    fn timeouts_are_retriable_and_say_how_to_start_nats() {
+        let error = nats("nats://h:1", "appending to stream 'a'", "timed out", true);
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+        let text = error.to_string();
+        assert!(
+            text.contains("nats://h:1") && text.contains("-js"),
+            "{text}"
+        );
+        assert!(text.contains("same event ids"), "{text}");
+        let error = nats("nats://h:1", "reading", "invalid stream config", false);
+        assert_eq!(error.kind(), ErrorKind::Internal);
+    }
+}

@@ -1,0 +1,413 @@
+//! Integration tests of the NATS JetStream event store against a real server
+//! (`PROTEUS_TEST_NATS_URL`, default `nats://127.0.0.1:4222`): the whole `EventStore`
+//! conformance suite, two instances racing on one stream, and appends across a connection
+//! outage. Each harness uses its own stream and subject prefixes and deletes its streams when
+//! it is dropped, even when the test fails. The tests fail (never skip) when NATS is not
+//! running, saying how to start it.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use proteus_eventstore::conformance::{EventStoreHarness, event, stream};
+use proteus_eventstore::{
+    Direction, ErrorKind, EventStore, EventStoreError, ExpectedVersion, ProposedEvent,
+    READ_COUNT_MAX,
+};
+use proteus_eventstore_nats::{NatsEventStore, NatsEventStoreConfig, START_HINT};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+
+fn nats_url() -> String {
+    std::env::var("PROTEUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A configuration whose stream and subject prefixes no other test (or run) uses.
+fn unique_config(url: &str) -> NatsEventStoreConfig {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let tag = format!("{}_{n}_{nanos:x}", std::process::id());
+    NatsEventStoreConfig {
+        stream_prefix: format!("PESTEST_{tag}"),
+        subject_prefix: format!("pestest.{tag}"),
+        wait_poll_interval_ms: 100,
+        ..NatsEventStoreConfig::new(url)
+    }
+}
+
+async fn open(config: NatsEventStoreConfig) -> NatsEventStore {
+    match NatsEventStore::open(config.clone()).await {
+        Ok(store) => store,
+        Err(error) => panic!(
+            "NATS with JetStream is not reachable at {} ({error}). Start it: {START_HINT}; or point PROTEUS_TEST_NATS_URL at a running server.",
+            config.url
+        ),
+    }
+}
+
+/// Deletes the harness's streams on a separate runtime (usable from `Drop`).
+fn delete_streams(url: String, stream_prefix: String) {
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let Ok(client) = async_nats::connect(url.as_str()).await else {
+                return;
+            };
+            let js = async_nats::jetstream::new(client.clone());
+            let prefix = format!("{stream_prefix}_");
+            let mut names = Vec::new();
+            let mut streams = js.stream_names();
+            while let Some(Ok(name)) = streams.next().await {
+                if name.starts_with(&prefix) {
+                    names.push(name);
+                }
+            }
+            for name in names {
+                let _ = js.delete_stream(&name).await;
+            }
+            let _ = client.flush().await;
+        });
+    });
+    let _ = cleanup.join();
+}
+
+/// A fresh pair of streams per test; `open` connects a new store to them each time (so the
+/// suite's reopen sees what the previous store wrote); dropping the harness deletes them.
+struct Harness {
+    config: NatsEventStoreConfig,
+    /// Where the streams are deleted from (the server itself, even when `config` goes
+    /// through a proxy).
+    cleanup_url: String,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let url = nats_url();
+        Harness {
+            config: unique_config(&url),
+            cleanup_url: url,
+        }
+    }
+
+    async fn store(&self) -> NatsEventStore {
+        open(self.config.clone()).await
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        delete_streams(self.cleanup_url.clone(), self.config.stream_prefix.clone());
+    }
+}
+
+#[async_trait]
+impl EventStoreHarness for Harness {
+    async fn open(&self) -> Arc<dyn EventStore> {
+        Arc::new(self.store().await)
+    }
+}
+
+mod conformance {
+    use super::Harness;
+    proteus_eventstore::event_store_conformance_tests!(Harness::new());
+}
+
+fn ids(events: &[proteus_eventstore::RecordedEvent]) -> Vec<String> {
+    events.iter().map(|e| e.id.clone()).collect()
+}
+
+/// Two store instances (two connections, as two Proteus processes would have) race appends
+/// with the same expected version, round after round: exactly one wins each round, the
+/// losers are told the winner's version, and the stream has every winner's events at
+/// consecutive versions. Then both append with `Any` at once: nothing lost, doubled or gapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_racing_on_one_stream_get_one_winner_per_version() {
+    let harness = Harness::new();
+    let instances = [harness.store().await, harness.store().await];
+    let s = stream("race-1");
+    let mut last: Option<u64> = None;
+    let mut winners: Vec<String> = Vec::new();
+    for round in 0..30 {
+        let expected = last.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+        let mut tasks = Vec::new();
+        for (instance, store) in instances.iter().enumerate() {
+            for contender in 0..3 {
+                let (store, s) = (store.clone(), s.clone());
+                let proposed: Vec<ProposedEvent> = (0..1 + (round + contender) % 3)
+                    .map(|i| event(&format!("r{round}-i{instance}-c{contender}-e{i}"), "Raced"))
+                    .collect();
+                tasks.push(tokio::spawn(async move {
+                    let result = store.append(&s, expected, proposed.clone()).await;
+                    (proposed, result)
+                }));
+            }
+        }
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        let won: Vec<_> = results
+            .iter()
+            .filter_map(|(proposed, result)| result.as_ref().ok().map(|o| (proposed, *o)))
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: one winner: {results:?}");
+        let (proposed, outcome) = won[0];
+        assert_eq!(outcome.first_version, last.map_or(0, |v| v + 1));
+        assert_eq!(
+            outcome.last_version - outcome.first_version + 1,
+            proposed.len() as u64
+        );
+        assert!(!outcome.duplicate);
+        for (_, result) in &results {
+            if let Err(error) = result {
+                match error {
+                    EventStoreError::WrongExpectedVersion { actual, .. } => {
+                        assert_eq!(*actual, Some(outcome.last_version), "losers see the winner")
+                    }
+                    other => panic!("round {round}: unexpected error {other}"),
+                }
+            }
+        }
+        winners.extend(proposed.iter().map(|e| e.id.clone()));
+        last = Some(outcome.last_version);
+    }
+
+    // Both instances append with Any at the same time.
+    let mut tasks = Vec::new();
+    for (instance, store) in instances.iter().enumerate() {
+        let (store, s) = (store.clone(), s.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            for append in 0..15 {
+                let proposed = vec![
+                    event(&format!("any-i{instance}-a{append}-0"), "Any"),
+                    event(&format!("any-i{instance}-a{append}-1"), "Any"),
+                ];
+                let outcome = store
+                    .append(&s, ExpectedVersion::Any, proposed.clone())
+                    .await
+                    .unwrap();
+                assert!(!outcome.duplicate);
+                written.push((outcome.first_version, proposed));
+            }
+            written
+        }));
+    }
+    let mut any_written = Vec::new();
+    for task in tasks {
+        any_written.extend(task.await.unwrap());
+    }
+    any_written.sort_by_key(|(version, _)| *version);
+    winners.extend(
+        any_written
+            .into_iter()
+            .flat_map(|(_, proposed)| proposed.into_iter().map(|e| e.id)),
+    );
+
+    let reader = harness.store().await;
+    let page = reader
+        .read_stream(&s, 0, Direction::Forward, READ_COUNT_MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&page.events),
+        winners,
+        "every winner once, in version order"
+    );
+    let versions: Vec<u64> = page.events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, (0..winners.len() as u64).collect::<Vec<_>>());
+    assert!(
+        page.events
+            .windows(2)
+            .all(|w| w[0].position < w[1].position)
+    );
+}
+
+/// Forwards a local port to the NATS server until stopped; can be started again on the same
+/// port.
+struct Proxy {
+    port: u16,
+    upstream: String,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Proxy {
+            port,
+            upstream,
+            tasks: Arc::new(Mutex::new(Vec::new())),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let upstream = self.upstream.clone();
+        let tasks = self.tasks.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tasks.lock().unwrap().push(pipe);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Closes the listener and every forwarded connection.
+    fn stop(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    async fn restart(&self) {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match socket.bind(format!("127.0.0.1:{}", self.port).parse().unwrap()) {
+                Ok(()) => break,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("cannot listen again on port {}: {error}", self.port),
+            }
+        }
+        self.serve(socket.listen(64).unwrap());
+    }
+}
+
+fn host_port(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    rest.split(',').next().unwrap().to_owned()
+}
+
+/// The connection is cut (a TCP proxy in front of the shared server stops) while an append
+/// is made: it fails quickly with a retriable error naming the server (or, had it been
+/// stored, succeeds); retried after the proxy is back, it succeeds, and the stream holds the
+/// event once, never twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnecting() {
+    let proxy = Proxy::start(host_port(&nats_url())).await;
+    let mut harness = Harness::new();
+    harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
+    harness.config.request_timeout_ms = 1_000;
+    harness.config.reconnect_delay_max_ms = 200;
+    let store = harness.store().await;
+    let s = stream("outage-1");
+    store
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![event("before", "Happened")],
+        )
+        .await
+        .unwrap();
+
+    proxy.stop();
+    let started = Instant::now();
+    match store
+        .append(
+            &s,
+            ExpectedVersion::Exact(0),
+            vec![event("during", "Happened")],
+        )
+        .await
+    {
+        Err(error) => {
+            assert_eq!(error.kind(), ErrorKind::Unavailable, "retriable: {error}");
+            let text = error.to_string();
+            assert!(
+                text.contains(&harness.config.url),
+                "names the server: {text}"
+            );
+            assert!(
+                text.contains("nats-server"),
+                "says how to start NATS: {text}"
+            );
+        }
+        Ok(outcome) => assert_eq!(outcome.first_version, 1),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the failure came after {:?}, past the bounded timeout",
+        started.elapsed()
+    );
+
+    proxy.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let outcome = loop {
+        match store
+            .append(
+                &s,
+                ExpectedVersion::Exact(0),
+                vec![event("during", "Happened")],
+            )
+            .await
+        {
+            Ok(outcome) => break outcome,
+            Err(error) if error.kind() == ErrorKind::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the store did not recover by itself: {error}"),
+        }
+    };
+    assert_eq!(
+        (outcome.first_version, outcome.last_version),
+        (1, 1),
+        "the retried event follows the first one (as a duplicate if the first try was stored)"
+    );
+    let page = store
+        .read_stream(&s, 0, Direction::Forward, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&page.events),
+        ["before", "during"],
+        "the event sent during the outage is stored once, not twice"
+    );
+    store.close().await.unwrap();
+    proxy.stop();
+}
+
+/// An unreachable server is a retriable error that names it (without its password) and says
+/// how to start NATS.
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_and_says_how_to_start_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let config = NatsEventStoreConfig {
+        connect_timeout_ms: 500,
+        ..NatsEventStoreConfig::new(format!("nats://me:secret@127.0.0.1:{port}"))
+    };
+    let error = match NatsEventStore::open(config).await {
+        Ok(_) => panic!("nothing listens on port {port}"),
+        Err(error) => error,
+    };
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    let text = error.to_string();
+    assert!(text.contains("me:***@127.0.0.1"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+    assert!(text.contains("nats-server"), "{text}");
+}
