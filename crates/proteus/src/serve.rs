@@ -171,7 +171,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 .map_err(|e| {
                     format!("cannot open the PostgreSQL read models (schema {schema}): {e}")
                 })?,
-        ),        EventStoreBackend::Nats { .. } => {
+        ),
+        EventStoreBackend::Nats { .. } => {
             return Err("read models are kept embedded or in PostgreSQL, not in NATS".into());
         }
     };
@@ -201,7 +202,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                     .map_err(|e| {
                         format!("cannot open the PostgreSQL metadata store (schema {schema}): {e}")
                     })?,
-            ),            EventStoreBackend::Nats { .. } => {
+            ),
+            EventStoreBackend::Nats { .. } => {
                 return Err("metadata is kept embedded or in PostgreSQL, not in NATS".into());
             }
         };
