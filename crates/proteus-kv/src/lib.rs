@@ -15,6 +15,7 @@
 //! Adapters: [`MemoryKvStore`] here, `proteus-kv-embedded` (redb) and `proteus-kv-postgres`.
 //! Each runs the whole conformance suite (feature `conformance`).
 
+pub mod lease;
 pub mod memory;
 pub mod port;
 
