@@ -45,6 +45,13 @@ impl Client {
         self.json(response).await
     }
 
+    /// Deletes a draft or a decided experiment.
+    pub async fn delete_experiment(&self, id: &str) -> Result<(), ClientError> {
+        let request = self.http.delete(self.url(&Client::experiment_path(id)));
+        self.send(self.flag_request(request)).await?;
+        Ok(())
+    }
+
     /// draft → running.
     pub async fn start_experiment(&self, id: &str) -> Result<Value, ClientError> {
         self.experiment_action(id, "start", &json!({})).await

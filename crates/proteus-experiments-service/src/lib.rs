@@ -148,7 +148,7 @@ pub enum ExperimentServiceError {
 /// One record of the `proteus.experiments` topic: the experiment after a change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangeRecord {
-    /// `create`, `redefine`, `start`, `stop` or `decide`.
+    /// `create`, `redefine`, `start`, `stop`, `decide` or `delete` (the experiment as it was).
     pub action: String,
     pub time_ms: i64,
     pub actor: String,
@@ -358,10 +358,10 @@ pub struct Decided {
 
 fn allowed_actions(status: &Status) -> Vec<&'static str> {
     match status {
-        Status::Draft => vec!["redefine", "start"],
+        Status::Draft => vec!["redefine", "start", "delete"],
         Status::Running { .. } => vec!["stop"],
         Status::Stopped { .. } => vec!["decide"],
-        Status::Decided { .. } => vec![],
+        Status::Decided { .. } => vec!["delete"],
     }
 }
 
@@ -546,6 +546,10 @@ impl ExperimentService {
             }
             let record: ChangeRecord = serde_json::from_value(envelope["data"].clone())
                 .map_err(|e| corrupt(e.to_string()))?;
+            if record.action == "delete" {
+                experiments.remove(&record.experiment.definition.id);
+                return Ok(());
+            }
             experiments.insert(
                 record.experiment.definition.id.clone(),
                 Entry {
@@ -836,6 +840,23 @@ impl ExperimentService {
         let info = self.publish(next, now, Some(shared.clone()));
         self.spawn(id.to_owned(), shared);
         Ok(info)
+    }
+
+    /// Deletes a draft or a decided experiment: the deletion is appended to the experiments'
+    /// topic (so a restart forgets it too), then its units and checkpoint are removed from the
+    /// key-value store. Its id can be used again afterwards.
+    pub async fn delete(&self, id: &str, actor: &str) -> Result<(), ExperimentServiceError> {
+        let _writer = self.inner.writer.lock().await;
+        let current = self.current(id)?;
+        let status = current.status.clone();
+        current.check_delete().map_err(lifecycle(&status))?;
+        let now = now_ms();
+        self.append("delete", actor, now, &current).await?;
+        // The aggregation task (of a decided experiment still catching up) ends when it no
+        // longer finds its entry.
+        self.write().remove(id);
+        self.inner.kv.clear(&namespace_of(id)?).await?;
+        Ok(())
     }
 
     /// running → stopped: exposures after now no longer count.

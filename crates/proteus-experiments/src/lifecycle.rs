@@ -188,6 +188,20 @@ impl Experiment {
         }
     }
 
+    /// Whether the experiment may be deleted: a draft (nothing ran) or a decided one (its
+    /// results are final and the decision is in the flag's history), never while running or
+    /// stopped, where a decision is still due.
+    pub fn check_delete(&self) -> Result<(), LifecycleError> {
+        match self.status {
+            Status::Draft | Status::Decided { .. } => Ok(()),
+            _ => Err(LifecycleError::NotAllowed {
+                action: "delete",
+                from: self.status.name(),
+                allowed: "only a draft or a decided experiment can be deleted; stop and decide it first",
+            }),
+        }
+    }
+
     /// stopped → decided. A decision is final; the flag change (if `roll_out`) is made by
     /// [`rollout_change`] from the flag as it is then.
     pub fn decide(&mut self, decision: Decision, now_ms: i64) -> Result<(), LifecycleError> {

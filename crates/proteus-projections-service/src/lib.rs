@@ -21,6 +21,11 @@
 //!   per projection: an operation stops the runner and waits for it to finish its commit in
 //!   flight, so no commit can land after a reset or a delete.
 //!
+//! - Shared mode ([`ProjectionService::open_shared`], see [`SharedMode`]): several instances
+//!   over one shared read-model store run each projection on exactly one of them at a time
+//!   (a runner lease in a [`proteus_kv::KvStore`]), follow each other's definitions, and
+//!   serve reads, statuses and read-your-writes waits for every projection.
+//!
 //! Metrics (the `metrics` facade): `proteus_projection_events_total` (counter, events applied)
 //! and `proteus_projection_lag_events` (gauge, positions between the runner and the head of
 //! the event store), both labelled `projection`.
@@ -28,6 +33,7 @@
 mod cache;
 mod runner;
 mod service;
+mod shared;
 
 use std::time::Duration;
 
@@ -40,6 +46,10 @@ use proteus_projections::{
 use serde::{Deserialize, Serialize};
 
 pub use service::ProjectionService;
+pub use shared::{
+    DEFINITIONS_REFRESH_MS_MAX, DEFINITIONS_REFRESH_MS_MIN, HANDOFF_NAMESPACE, RUNNERS_NAMESPACE,
+    SharedMode,
+};
 
 /// The most events one batch may hold: a batch is one read (at most
 /// [`proteus_eventstore::READ_COUNT_MAX`] events) and one commit (at most
@@ -161,8 +171,13 @@ pub struct Retrying {
 ///   "checkpoint": {"position", "events_processed", "updated_ms"},
 ///   "read_position": 1043, "head_position": 1100, "lag": 58, "live": false,
 ///   "retrying": {"operation", "error", "attempts", "since_ms", "retry_in_ms"},  // or null
-///   "definition": {...}, "created_ms": ..., "updated_ms": ... }
+///   "definition": {...}, "created_ms": ..., "updated_ms": ...,
+///   "runner": "instance-a" }   // shared mode only
 /// ```
+///
+/// In shared mode, an instance that does not run the projection shows the checkpoint, state
+/// and definition as stored, `read_position` = the checkpoint's position, no `retrying`, and
+/// `live` when the checkpoint is past the head.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProjectionStatus {
     pub name: ProjectionName,
@@ -190,6 +205,10 @@ pub struct ProjectionStatus {
     pub created_ms: i64,
     /// The later of the last state change and the last checkpoint commit.
     pub updated_ms: i64,
+    /// Shared mode: the instance that holds the projection's runner lease (and so runs it),
+    /// if any. Absent in single-instance mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
 }
 
 /// Positions from `read_position` (the next to read; 0 counts as 1) to `head` (the last
@@ -252,6 +271,11 @@ pub enum ServiceError {
         "the projection service was closed (the server is shutting down); retry against a running server"
     )]
     Closed,
+
+    /// Shared mode: the instances could not agree who runs a projection now (the lease store
+    /// failed, or the running instance did not hand the projection over in time).
+    #[error("projection coordination between instances failed: {reason}; retry later")]
+    Coordination { reason: String },
 }
 
 impl ServiceError {
@@ -264,7 +288,7 @@ impl ServiceError {
             | ServiceError::InvalidConfig { .. } => ErrorKind::InvalidInput,
             ServiceError::NotFound { .. } => ErrorKind::NotFound,
             ServiceError::Conflict { .. } => ErrorKind::Conflict,
-            ServiceError::Closed => ErrorKind::Unavailable,
+            ServiceError::Closed | ServiceError::Coordination { .. } => ErrorKind::Unavailable,
             ServiceError::EventStore(e) => match e.kind() {
                 proteus_eventstore::ErrorKind::Unavailable => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,

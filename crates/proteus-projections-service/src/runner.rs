@@ -29,6 +29,10 @@ pub(crate) struct Shared {
     pub head_position: u64,
     pub live: bool,
     pub retrying: Option<Retrying>,
+    /// Whether a runner of this instance is running the projection (maintained by the runner).
+    pub local: bool,
+    /// Shared mode: the instance last seen holding the runner lease.
+    pub holder: Option<String>,
 }
 
 /// A projection's runtime state: what status shows, and progress for waiters.
@@ -51,6 +55,8 @@ impl Slot {
                 head_position: 0,
                 live: false,
                 retrying: None,
+                local: false,
+                holder: None,
             }),
             progress: watch::channel(0).0,
         }
@@ -74,24 +80,53 @@ impl Slot {
     }
 }
 
-/// A stop request: the runner's own (pause, reset, delete) or the whole service's (close or
-/// drop). Either sender closing counts as a request.
+/// A stop request: the runner's own (pause, reset, delete), the whole service's (close or
+/// drop), or, in shared mode, the loss of the runner lease. Any sender closing counts as a
+/// request.
 pub(crate) struct Stop {
     pub own: watch::Receiver<bool>,
     pub service: watch::Receiver<bool>,
+    pub lease: Option<watch::Receiver<bool>>,
 }
 
 impl Stop {
     pub fn is_requested(&self) -> bool {
-        *self.own.borrow() || *self.service.borrow()
+        *self.own.borrow()
+            || *self.service.borrow()
+            || self.lease.as_ref().is_some_and(|lost| *lost.borrow())
     }
 
     /// Resolves once a stop is requested.
     pub async fn requested(&mut self) {
+        let lease = async {
+            match &mut self.lease {
+                Some(lost) => {
+                    let _ = lost.wait_for(|s| *s).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.own.wait_for(|s| *s) => {}
             _ = self.service.wait_for(|s| *s) => {}
+            _ = lease => {}
         }
+    }
+}
+
+/// Marks the slot as run by this instance from the runner's spawn until its task ends.
+pub(crate) struct LocalGuard(Arc<Slot>);
+
+impl LocalGuard {
+    pub fn new(slot: Arc<Slot>) -> LocalGuard {
+        slot.lock().local = true;
+        LocalGuard(slot)
+    }
+}
+
+impl Drop for LocalGuard {
+    fn drop(&mut self) {
+        self.0.lock().local = false;
     }
 }
 

@@ -115,6 +115,12 @@ impl From<ExperimentServiceError> for Problem {
             .with("limit", max),
             ExperimentServiceError::Flag(error) => error.into(),
             ExperimentServiceError::Log(error) => error.into(),
+            ExperimentServiceError::Store(error) if error.is_retriable() => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metadata-unavailable",
+                "Metadata store unavailable",
+                format!("{detail}; retry the request"),
+            ),
             other => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "experiments-failure",
@@ -248,6 +254,19 @@ struct DecideBody {
     rollout: bool,
     #[serde(default)]
     reason: Option<String>,
+}
+
+/// `DELETE /v1/experiments/{id}`: a draft or a decided experiment; 204.
+pub async fn delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+) -> Result<Response, Problem> {
+    let service = service(&state)?;
+    let info = authorised(&state, &headers, &id)?;
+    let actor = actor(&state, &headers, &info.definition.flag_set)?;
+    service.delete(&id, &actor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST /v1/experiments/{id}/{start|stop|decide}`

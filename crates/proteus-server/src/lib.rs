@@ -288,7 +288,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/experiments/{id}",
-            get(experiments::get).put(experiments::redefine),
+            get(experiments::get)
+                .put(experiments::redefine)
+                .delete(experiments::delete),
         )
         .route("/v1/experiments/{id}/results", get(experiments::results))
         .route(

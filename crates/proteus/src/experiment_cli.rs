@@ -57,6 +57,12 @@ pub enum ExperimentCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Delete a draft or a decided experiment (its aggregated state goes too).
+    Delete {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Decide a stopped experiment; --rollout makes the flag serve the variant to everyone.
     Decide {
         id: String,
@@ -196,6 +202,18 @@ pub async fn experiment(command: ExperimentCommand) -> Result<(), String> {
         ExperimentCommand::Start { id, target } => {
             let answer = connect(&target)?.start_experiment(&id).await.map_err(say)?;
             print_experiment(target.client.output, &answer);
+            Ok(())
+        }
+        ExperimentCommand::Delete { id, target } => {
+            connect(&target)?
+                .delete_experiment(&id)
+                .await
+                .map_err(say)?;
+            if target.client.output == Output::Json {
+                println!("{}", serde_json::json!({"deleted": id}));
+            } else {
+                println!("experiment {id} deleted");
+            }
             Ok(())
         }
         ExperimentCommand::Stop { id, target } => {

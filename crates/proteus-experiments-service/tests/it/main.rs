@@ -180,7 +180,7 @@ async fn definitions_are_checked_against_the_flag_and_the_lifecycle_is_enforced(
         .unwrap();
     assert_eq!(
         (info.state, info.allowed_actions.clone()),
-        ("draft", vec!["redefine", "start"])
+        ("draft", vec!["redefine", "start", "delete"])
     );
     assert!(matches!(
         service
@@ -193,7 +193,11 @@ async fn definitions_are_checked_against_the_flag_and_the_lifecycle_is_enforced(
             allowed_actions,
             error,
         }) => {
-            assert_eq!(allowed_actions, vec!["redefine", "start"], "{error}");
+            assert_eq!(
+                allowed_actions,
+                vec!["redefine", "start", "delete"],
+                "{error}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -477,5 +481,68 @@ async fn settled_units_are_stored_evicted_and_loaded_back() {
     assert_eq!(arms[0]["mean"], json!(50.0 / 150.0));
     assert_eq!(arms[1]["mean"], json!(51.0 / 150.0));
     assert_eq!(results["aggregation"]["units_tracked"], 300);
+    service.close().await;
+}
+
+/// Only drafts and decided experiments can be deleted; a deletion survives a restart, removes
+/// the stored units and checkpoint, and frees the id.
+#[tokio::test]
+async fn deleting_an_experiment_forgets_it_and_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let flags = flags(&log).await;
+    let service = ExperimentService::open(log.clone(), open_kv(dir.path()), flags, config())
+        .await
+        .unwrap();
+    service
+        .create(definition("green", "checkout", "green"), "me")
+        .await
+        .unwrap();
+    service.start("green", "me").await.unwrap();
+    expose(&log, 0..10).await;
+    results_when(&service, "green", |r| {
+        r["aggregation"]["exposures_applied"] == 10
+    })
+    .await;
+    match service.delete("green", "me").await {
+        Err(ExperimentServiceError::Lifecycle {
+            error,
+            allowed_actions,
+        }) => {
+            assert!(
+                error.to_string().contains("stop and decide it first"),
+                "{error}"
+            );
+            assert_eq!(allowed_actions, vec!["stop"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    service.stop("green", "me").await.unwrap();
+    service
+        .decide("green", "control", false, None, "me")
+        .await
+        .unwrap();
+    service.delete("green", "me").await.unwrap();
+    assert!(matches!(
+        service.get("green"),
+        Err(ExperimentServiceError::NotFound { .. })
+    ));
+    service.close().await;
+    drop(service);
+
+    let kv = open_kv(dir.path());
+    let namespace = namespace_of("green").unwrap();
+    assert!(kv.scan(&namespace, b"", None, 10).await.unwrap().is_empty());
+    drop(kv);
+    let flags = FlagService::open(log.clone()).await.unwrap();
+    let service = ExperimentService::open(log.clone(), open_kv(dir.path()), flags, config())
+        .await
+        .unwrap();
+    assert!(service.list().is_empty());
+    // The id is free again.
+    service
+        .create(definition("green", "checkout", "green"), "me")
+        .await
+        .unwrap();
     service.close().await;
 }

@@ -9,4 +9,5 @@ mod converge;
 mod crash;
 mod failure;
 mod restart;
+mod shared;
 mod support;

@@ -289,4 +289,23 @@ fn an_experiment_runs_from_exposures_to_a_rolled_out_decision_and_survives_kill_
     });
     assert_eq!(results["srm"]["status"], "ok");
     assert_eq!(results["state"], "decided");
+
+    // A decided experiment can be deleted; then it is gone.
+    let (code, out, err) = run_cli(
+        &[
+            "experiment",
+            "delete",
+            "checkout-green",
+            "--server",
+            url.as_str(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted"), "{out}");
+    let gone = http
+        .get(format!("{url}/v1/experiments/checkout-green"))
+        .send()
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 404);
 }
