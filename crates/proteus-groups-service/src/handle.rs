@@ -2,7 +2,7 @@
 //! durable, and its push worker when it has one.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use proteus_groups::state::{AckOutcome, GroupSnapshot};
@@ -13,6 +13,10 @@ use tokio::task::JoinHandle;
 
 use crate::metrics_names as names;
 use crate::{GroupDescription, Inner, PartitionStatus, dead_letters, push};
+
+/// Why requests on a group this instance stopped coordinating fail.
+pub(crate) const ABANDONED: &str =
+    "this instance stopped coordinating the group (its lease moved); retry the request";
 
 /// Where durability stands: every version up to `durable` is saved; `failed` is the newest
 /// version whose save failed, with the error.
@@ -42,6 +46,9 @@ pub struct GroupHandle {
     /// The last dead-letter write started: each write waits for the one before it, so dead
     /// letters reach their topic in the order events were given up on.
     pub(crate) dead_letter_tail: Mutex<Option<JoinHandle<()>>>,
+    /// Set when this instance stopped coordinating the group (shared group stores): requests
+    /// still holding the handle fail instead of acting on state another instance now owns.
+    abandoned: AtomicBool,
 }
 
 impl GroupHandle {
@@ -58,6 +65,7 @@ impl GroupHandle {
             tasks: Mutex::new(Vec::new()),
             rate_samples: Mutex::new(VecDeque::new()),
             dead_letter_tail: Mutex::new(None),
+            abandoned: AtomicBool::new(false),
         });
         let flusher = tokio::spawn(flusher(Arc::downgrade(inner), Arc::downgrade(&handle)));
         handle.tasks.lock().expect("tasks lock").push(flusher);
@@ -78,6 +86,22 @@ impl GroupHandle {
             task.abort();
         }
         self.changed.notify_waiters();
+    }
+
+    /// Stops the group's work without saving what is not durable yet: another instance now
+    /// coordinates it (or may at any moment) and owns its stored progress. Acks waiting for
+    /// durability fail, pulls in progress end with an error.
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        self.stop();
+        self.durability.send_modify(|d| {
+            d.failed = u64::MAX;
+            d.error = ABANDONED.to_owned();
+        });
+    }
+
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
     }
 
     pub fn with_state<T>(&self, work: impl FnOnce(&mut GroupState) -> T) -> T {
@@ -224,68 +248,17 @@ impl GroupHandle {
     pub(crate) async fn describe(&self, inner: &Inner) -> Result<GroupDescription, GroupError> {
         let (snapshot, config, created_ms): (GroupSnapshot, GroupConfig, i64) =
             self.with_state(|state| (state.snapshot(), state.config().clone(), state.created_ms()));
-        let topic = inner.log.describe_topic(&self.topic).await?;
-        let now_ms = inner.now_ms();
-        let mut partitions = Vec::with_capacity(snapshot.partitions.len());
-        let mut total_lag = 0;
-        for status in &snapshot.partitions {
-            let end_offset = topic
-                .partitions
-                .get(status.partition as usize)
-                .map_or(status.committed, |p| p.next_offset);
-            let lag_events = end_offset.saturating_sub(status.committed);
-            total_lag += lag_events;
-            let lag_seconds = if lag_events == 0 {
-                0.0
-            } else {
-                match inner
-                    .log
-                    .read(
-                        &self.topic,
-                        status.partition,
-                        ReadFrom::Offset(status.committed),
-                        ReadLimits {
-                            events_max: 1,
-                            bytes_max: 1,
-                        },
-                    )
-                    .await
-                {
-                    Ok(batch) => batch.events.first().map_or(0.0, |event| {
-                        (now_ms - event.append_time_ms).max(0) as f64 / 1_000.0
-                    }),
-                    Err(LogError::OffsetOutOfRange { .. }) => 0.0,
-                    Err(error) => return Err(error.into()),
-                }
-            };
-            partitions.push(PartitionStatus {
-                partition: status.partition,
-                owner: status.owner.clone(),
-                committed: status.committed,
-                end_offset,
-                lag_events,
-                lag_seconds,
-                in_flight: status.in_flight,
-                waiting_retry: status.waiting_retry,
-                pending_replays: status.pending_replays,
-            });
-        }
-        let (delivery_rate_per_s, ack_rate_per_s) = self.rates(now_ms, &snapshot);
-        Ok(GroupDescription {
-            topic: self.topic.clone(),
-            dead_letter_topic: config.dead_letter_topic_for(&self.topic, &self.group),
-            group: self.group.clone(),
+        let rates = self.rates(inner.now_ms(), &snapshot);
+        describe_snapshot(
+            inner,
+            &self.topic,
+            &self.group,
+            snapshot,
             config,
             created_ms,
-            generation: snapshot.generation,
-            members: snapshot.members,
-            partitions,
-            lag_events: total_lag,
-            unacked_events: snapshot.unacked_events,
-            counters: snapshot.counters,
-            delivery_rate_per_s,
-            ack_rate_per_s,
-        })
+            rates,
+        )
+        .await
     }
 
     /// Rates over the samples of the last ten seconds or so (taken once a second).
@@ -333,6 +306,79 @@ impl GroupHandle {
             metrics::gauge!(names::LAG_SECONDS, &labels).set(partition.lag_seconds);
         }
     }
+}
+
+/// A group's description from a snapshot of its state.
+pub(crate) async fn describe_snapshot(
+    inner: &Inner,
+    topic_name: &TopicName,
+    group: &GroupName,
+    snapshot: GroupSnapshot,
+    config: GroupConfig,
+    created_ms: i64,
+    (delivery_rate_per_s, ack_rate_per_s): (f64, f64),
+) -> Result<GroupDescription, GroupError> {
+    let topic = inner.log.describe_topic(topic_name).await?;
+    let now_ms = inner.now_ms();
+    let mut partitions = Vec::with_capacity(snapshot.partitions.len());
+    let mut total_lag = 0;
+    for status in &snapshot.partitions {
+        let end_offset = topic
+            .partitions
+            .get(status.partition as usize)
+            .map_or(status.committed, |p| p.next_offset);
+        let lag_events = end_offset.saturating_sub(status.committed);
+        total_lag += lag_events;
+        let lag_seconds = if lag_events == 0 {
+            0.0
+        } else {
+            match inner
+                .log
+                .read(
+                    topic_name,
+                    status.partition,
+                    ReadFrom::Offset(status.committed),
+                    ReadLimits {
+                        events_max: 1,
+                        bytes_max: 1,
+                    },
+                )
+                .await
+            {
+                Ok(batch) => batch.events.first().map_or(0.0, |event| {
+                    (now_ms - event.append_time_ms).max(0) as f64 / 1_000.0
+                }),
+                Err(LogError::OffsetOutOfRange { .. }) => 0.0,
+                Err(error) => return Err(error.into()),
+            }
+        };
+        partitions.push(PartitionStatus {
+            partition: status.partition,
+            owner: status.owner.clone(),
+            committed: status.committed,
+            end_offset,
+            lag_events,
+            lag_seconds,
+            in_flight: status.in_flight,
+            waiting_retry: status.waiting_retry,
+            pending_replays: status.pending_replays,
+        });
+    }
+    Ok(GroupDescription {
+        topic: topic_name.clone(),
+        dead_letter_topic: config.dead_letter_topic_for(topic_name, group),
+        group: group.clone(),
+        config,
+        created_ms,
+        generation: snapshot.generation,
+        members: snapshot.members,
+        partitions,
+        lag_events: total_lag,
+        unacked_events: snapshot.unacked_events,
+        counters: snapshot.counters,
+        delivery_rate_per_s,
+        ack_rate_per_s,
+    })
 }
 
 /// Saves the dirty progress of `handle` once and publishes the outcome.

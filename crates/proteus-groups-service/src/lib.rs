@@ -10,6 +10,7 @@
 //! - push delivery to webhooks ([`push`]);
 //! - Prometheus metrics and the group descriptions the API returns.
 
+pub mod coordination;
 mod dead_letters;
 mod handle;
 mod metrics_names;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 
 pub use dead_letters::ReplaySelection;
 pub use handle::GroupHandle;
+pub use proteus_groups;
 pub use proteus_groups::dead_letter::DeadLetter;
 pub use pull::{Delivery, PullRequest, PullResponse};
 
@@ -57,6 +59,11 @@ pub struct ServiceConfig {
     pub wait_ms_max: u64,
     /// Most groups per server.
     pub groups_max: usize,
+    /// The group store is shared by several instances, each group coordinated by one of them
+    /// at a time ([`coordination`]): groups are not loaded at open but activated when this
+    /// instance becomes their coordinator ([`GroupService::activate`]) and dropped when it
+    /// stops being it ([`GroupService::deactivate`]); lists read the store.
+    pub shared: bool,
 }
 
 impl Default for ServiceConfig {
@@ -66,6 +73,7 @@ impl Default for ServiceConfig {
             tick_ms: 50,
             wait_ms_max: 30_000,
             groups_max: 10_000,
+            shared: false,
         }
     }
 }
@@ -161,7 +169,12 @@ impl GroupService {
             http,
         });
         let service = GroupService { inner };
-        for record in service.inner.store.list_groups().await? {
+        let records = if service.inner.config.shared {
+            Vec::new()
+        } else {
+            service.inner.store.list_groups().await?
+        };
+        for record in records {
             match service.inner.log.describe_topic(&record.topic).await {
                 Ok(_) => {
                     service.install(record);
@@ -182,17 +195,75 @@ impl GroupService {
         Ok(service)
     }
 
+    /// Runs the group from its record, unless it already runs here.
     fn install(&self, record: GroupRecord) -> Arc<GroupHandle> {
         let key = (record.topic.clone(), record.group.clone());
+        let mut groups = self.inner.groups.write().expect("group map lock");
+        if let Some(handle) = groups.get(&key) {
+            return handle.clone();
+        }
         let seed = (self.inner.now_ms() as u64) ^ (record.created_ms as u64).rotate_left(17);
         let state = GroupState::from_record(record, seed);
         let handle = GroupHandle::start(&self.inner, state);
+        groups.insert(key, handle.clone());
+        handle
+    }
+
+    /// Whether the group runs in this instance.
+    pub fn is_active(&self, topic: &TopicName, group: &GroupName) -> bool {
         self.inner
+            .groups
+            .read()
+            .expect("group map lock")
+            .contains_key(&(topic.clone(), group.clone()))
+    }
+
+    /// The groups running in this instance.
+    pub fn active_groups(&self) -> Vec<(TopicName, GroupName)> {
+        self.inner
+            .groups
+            .read()
+            .expect("group map lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Runs the group here from its stored state (shared stores: this instance just became its
+    /// coordinator). Returns whether the group exists; nothing happens if it already runs.
+    pub async fn activate(&self, topic: &TopicName, group: &GroupName) -> Result<bool, GroupError> {
+        if self.is_active(topic, group) {
+            return Ok(true);
+        }
+        match self.inner.store.load_group(topic, group).await? {
+            Some(record) => {
+                self.install(record);
+                tracing::info!(%topic, %group, "group state loaded from the store");
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Stops running the group here without saving what is not durable yet (shared stores:
+    /// another instance coordinates it now, or may at any moment). Requests in progress on it
+    /// fail; members learn of the move when their next request reaches the new coordinator
+    /// (404 unknown-member: rejoin). Returns whether it ran here.
+    pub fn deactivate(&self, topic: &TopicName, group: &GroupName) -> bool {
+        let removed = self
+            .inner
             .groups
             .write()
             .expect("group map lock")
-            .insert(key, handle.clone());
-        handle
+            .remove(&(topic.clone(), group.clone()));
+        match removed {
+            Some(handle) => {
+                handle.abandon();
+                tracing::info!(%topic, %group, "no longer coordinating the group here");
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn handle(
@@ -318,9 +389,47 @@ impl GroupService {
         handle.describe(&self.inner).await
     }
 
-    /// Every group of `topic`, sorted by name.
+    /// Every group of `topic`, sorted by name. With a shared store: every stored group, those
+    /// coordinated elsewhere described from their stored progress (no members, no counters).
     pub async fn list(&self, topic: &TopicName) -> Result<Vec<GroupDescription>, GroupError> {
         self.inner.log.describe_topic(topic).await?;
+        if self.inner.config.shared {
+            let records: Vec<GroupRecord> = self
+                .inner
+                .store
+                .list_groups()
+                .await?
+                .into_iter()
+                .filter(|record| &record.topic == topic)
+                .collect();
+            let mut descriptions = Vec::with_capacity(records.len());
+            for record in records {
+                if let Ok(handle) = self.handle(&record.topic, &record.group) {
+                    descriptions.push(handle.describe(&self.inner).await?);
+                    continue;
+                }
+                let (topic, group, created_ms) = (
+                    record.topic.clone(),
+                    record.group.clone(),
+                    record.created_ms,
+                );
+                let state = GroupState::from_record(record, 0);
+                let (snapshot, config) = (state.snapshot(), state.config().clone());
+                descriptions.push(
+                    handle::describe_snapshot(
+                        &self.inner,
+                        &topic,
+                        &group,
+                        snapshot,
+                        config,
+                        created_ms,
+                        (0.0, 0.0),
+                    )
+                    .await?,
+                );
+            }
+            return Ok(descriptions);
+        }
         let handles: Vec<Arc<GroupHandle>> = self
             .inner
             .groups

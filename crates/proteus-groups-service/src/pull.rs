@@ -66,6 +66,11 @@ pub(crate) async fn pull(
     let mut bytes = 0usize;
     let mut shutdown = inner.shutdown.clone();
     loop {
+        if handle.is_abandoned() {
+            return Err(GroupError::Store(proteus_groups::StoreError::Backend(
+                crate::handle::ABANDONED.to_owned(),
+            )));
+        }
         let notified = handle.changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();

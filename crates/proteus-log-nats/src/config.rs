@@ -30,8 +30,8 @@ pub struct NatsLogConfig {
     /// How often the background task applies `retention_ms` to every topic of this prefix.
     /// 0 disables the task ([`crate::NatsLog::apply_retention`] can still be called).
     pub retention_interval_ms: u64,
-    /// How many times one event is re-sent after losing an offset race against another writer
-    /// of the same partition before the append fails with `LogError::Unavailable`.
+    /// No effect since partitions became streams (offsets are stream sequences, so appends
+    /// never race); kept so that configurations written for earlier versions still load.
     pub append_conflict_retries_max: u32,
 }
 

@@ -6,16 +6,14 @@ use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
-use async_nats::jetstream::{self, context::GetStreamErrorKind};
+use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::future::try_join_all;
+use futures_util::{StreamExt, TryStreamExt};
 use proteus_log::port::{
     EventAppender, EventReader, EventSubscriber, Log, READ_BYTES_MAX, READ_EVENTS_MAX, TopicAdmin,
 };
@@ -25,19 +23,15 @@ use proteus_log::{
     PutTopicOutcome, ReadBatch, ReadFrom, ReadLimits, StoredEvent, TopicConfig, TopicDescription,
     TopicName,
 };
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 
 use crate::config::NatsLogConfig;
-use crate::meta::TopicMeta;
+use crate::meta::{StreamRole, TopicMeta};
 use crate::names;
 
-/// The header holding an event's offset within its partition.
-pub const OFFSET_HEADER: &str = "Proteus-Offset";
 /// Bytes of headers and subject a stored message may carry beyond its event, reserved when
 /// checking sizes against the server's `max_payload` and the stream's `max_msg_size`.
 pub const HEADER_BYTES_RESERVED: usize = 1024;
-/// Most probes of the offset search before a read falls back to scanning from a lower bound.
-const SEARCH_PROBES_MAX: u32 = 64;
 /// After a wake-up message, `wait_for_events` re-checks this soon, a few times, since the
 /// stream may store the message a moment after core NATS delivered it.
 const QUICK_RECHECK_MS: u64 = 5;
@@ -45,6 +39,19 @@ const QUICK_RECHECKS: u32 = 4;
 /// Ephemeral read consumers are removed by the server after this idle time if the adapter
 /// could not delete them itself.
 const READ_CONSUMER_IDLE_MS: u64 = 30_000;
+/// Publishes whose acknowledgement may be awaited at once by one instance (all appends
+/// together); past it an append fails with `Unavailable` rather than queueing without bound.
+const ACKS_IN_FLIGHT_MAX: usize = 1 << 20;
+/// Streams of one topic created, updated, described or deleted at once.
+const STREAM_REQUESTS_IN_FLIGHT: usize = 16;
+/// How long a claim is kept when the topic has no dedup window (claims are then not used).
+const CLAIMS_AGE_DEFAULT_MS: u64 = 120_000;
+/// JetStream's "stream not found" error code.
+const STREAM_NOT_FOUND: u64 = 10059;
+/// JetStream's "stream name already in use with a different configuration" error code.
+const STREAM_NAME_IN_USE: u64 = 10058;
+/// JetStream's "subjects overlap with an existing stream" error code.
+const SUBJECTS_OVERLAP: u64 = 10065;
 
 /// The log on NATS JetStream. Cheap to clone; clones share one connection.
 #[derive(Clone)]
@@ -57,32 +64,17 @@ struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     closed: AtomicBool,
-    /// Per (stream, partition): what this process last knew of the partition's end. The async
-    /// mutex also serialises this process's appends to the partition.
-    tails: StdMutex<HashMap<(String, PartitionId), TailLock>>,
-    /// Per stream: the next round-robin partition for keyless events.
-    round_robin: StdMutex<HashMap<String, u32>>,
+    /// Per topic: the next round-robin partition for keyless batches.
+    round_robin: StdMutex<HashMap<TopicName, u32>>,
     stop: watch::Sender<bool>,
 }
 
-type TailLock = Arc<Mutex<Option<Tail>>>;
-
-#[derive(Clone, Copy, Debug)]
-struct Tail {
-    /// The stream's creation time: a topic deleted and created again is another stream.
-    created: i128,
-    /// Stream sequence of the partition's newest message (0: none yet).
-    last_seq: u64,
-    next_offset: Offset,
-}
-
-/// A topic as loaded from its stream.
+/// A topic as loaded from its partition 0 stream.
 struct Topic {
     name: TopicName,
-    stream: stream::Stream,
-    info: stream::Info,
     config: TopicConfig,
-    created: i128,
+    /// Partition 0's stream, with the info it was loaded with.
+    first: stream::Stream,
 }
 
 impl Topic {
@@ -99,28 +91,33 @@ impl Topic {
     }
 }
 
-/// A stored message reduced to what the adapter needs.
-#[derive(Clone, Copy, Debug)]
-struct Position {
-    seq: u64,
-    offset: Offset,
-    time_ms: i64,
-}
-
-/// The first and last messages of a partition.
+/// A partition's offsets and times, from its stream's state: offset = stream sequence − 1.
 #[derive(Clone, Copy, Debug)]
 struct Bounds {
-    first: Option<Position>,
-    last: Option<Position>,
+    first_offset: Offset,
+    end_offset: Offset,
+    messages: u64,
+    bytes: u64,
+    first_ms: i64,
+    last_ms: i64,
 }
 
 impl Bounds {
-    fn end_offset(&self) -> Offset {
-        self.last.map_or(0, |p| p.offset + 1)
-    }
-
-    fn first_offset(&self) -> Offset {
-        self.first.map_or(self.end_offset(), |p| p.offset)
+    fn of(state: &stream::State) -> Bounds {
+        let end_offset = state.last_sequence;
+        let first_offset = if state.messages == 0 {
+            end_offset
+        } else {
+            state.first_sequence.saturating_sub(1).min(end_offset)
+        };
+        Bounds {
+            first_offset,
+            end_offset,
+            messages: state.messages,
+            bytes: state.bytes,
+            first_ms: time_ms(state.first_timestamp),
+            last_ms: time_ms(state.last_timestamp),
+        }
     }
 }
 
@@ -134,6 +131,11 @@ fn now_ms() -> i64 {
 
 fn time_ms(time: time::OffsetDateTime) -> i64 {
     (time.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn start_time(at_ms: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms.max(0)) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 /// Whether an error means the server could not be reached or did not answer in time.
@@ -153,6 +155,8 @@ fn is_transient(text: &str) -> bool {
         "flush",
         "subscribe",
         "pull",
+        "max ack pending",
+        "maxackpending",
     ]
     .iter()
     .any(|word| text.contains(word))
@@ -206,8 +210,13 @@ impl NatsLog {
             .map_err(|error| LogError::Unavailable {
                 reason: format!("cannot connect to NATS at {}: {error}", config.url),
             })?;
-        let mut js = jetstream::new(client.clone());
-        js.set_timeout(ms(config.request_timeout_ms));
+        // Appends pipeline their publishes: allow many acknowledgements in flight, and fail
+        // (rather than wait, which could deadlock appends holding part of the budget) past it.
+        let js = ContextBuilder::new()
+            .timeout(ms(config.request_timeout_ms))
+            .max_ack_inflight(ACKS_IN_FLIGHT_MAX)
+            .backpressure_on_inflight(false)
+            .build(client.clone());
         // The account info request answers on every JetStream version (the typed
         // `query_account` expects fields older servers do not send).
         let no_jetstream = |why: String| LogError::Unavailable {
@@ -232,7 +241,6 @@ impl NatsLog {
                 client,
                 js,
                 closed: AtomicBool::new(false),
-                tails: StdMutex::new(HashMap::new()),
                 round_robin: StdMutex::new(HashMap::new()),
                 stop,
             }),
@@ -261,8 +269,12 @@ impl NatsLog {
         }
     }
 
-    fn stream_name(&self, topic: &TopicName) -> String {
-        names::stream_name(&self.inner.config.stream_prefix, topic)
+    fn partition_stream(&self, topic: &TopicName, partition: PartitionId) -> String {
+        names::partition_stream(&self.inner.config.stream_prefix, topic, partition)
+    }
+
+    fn claims_stream(&self, topic: &TopicName) -> String {
+        names::claims_stream(&self.inner.config.stream_prefix, topic)
     }
 
     fn subject(&self, topic: &TopicName, partition: PartitionId) -> String {
@@ -278,47 +290,90 @@ impl NatsLog {
             .saturating_sub(HEADER_BYTES_RESERVED)
     }
 
+    /// A stream, or `None` if it does not exist.
+    async fn get_stream(
+        &self,
+        name: &str,
+        context: &str,
+    ) -> Result<Option<stream::Stream>, LogError> {
+        match self.inner.js.get_stream(name).await {
+            Ok(stream) => Ok(Some(stream)),
+            Err(error) if jetstream_code(&error.kind()) == Some(STREAM_NOT_FOUND) => Ok(None),
+            Err(error) => Err(nats_error(context, error)),
+        }
+    }
+
+    /// The error for a topic without a partition 0 stream: `TopicConflict` if the topic exists
+    /// in the first layout of this adapter (one stream per topic), else `TopicNotFound`.
+    async fn missing_topic(&self, name: &TopicName) -> LogError {
+        let old = names::old_layout_stream(&self.inner.config.stream_prefix, name);
+        if let Ok(Some(stream)) = self.get_stream(&old, "looking for an old topic").await
+            && TopicMeta::old_layout_topic(stream.cached_info().config.description.as_deref())
+                .is_some_and(|topic| &topic == name)
+        {
+            return old_layout_conflict(name, &old);
+        }
+        LogError::TopicNotFound {
+            topic: name.clone(),
+        }
+    }
+
     async fn topic(&self, name: &TopicName) -> Result<Topic, LogError> {
-        let stream_name = self.stream_name(name);
-        let stream = match self.inner.js.get_stream(&stream_name).await {
-            Ok(stream) => stream,
-            Err(error) => {
-                if let GetStreamErrorKind::JetStream(api) = error.kind()
-                    && api.error_code() == ErrorCode::STREAM_NOT_FOUND
-                {
-                    return Err(LogError::TopicNotFound {
-                        topic: name.clone(),
-                    });
-                }
-                return Err(nats_error(&format!("loading topic '{name}'"), error));
-            }
+        let stream_name = self.partition_stream(name, 0);
+        let Some(first) = self
+            .get_stream(&stream_name, &format!("loading topic '{name}'"))
+            .await?
+        else {
+            return Err(self.missing_topic(name).await);
         };
-        let info = stream.cached_info().clone();
-        let meta = TopicMeta::from_description(info.config.description.as_deref())
-            .filter(|meta| &meta.topic == name)
+        let meta = TopicMeta::from_description(first.cached_info().config.description.as_deref())
+            .filter(|meta| &meta.topic == name && meta.role == StreamRole::Partition(0))
             .ok_or_else(|| LogError::TopicNotFound {
                 topic: name.clone(),
             })?;
         Ok(Topic {
             name: name.clone(),
-            created: info.created.unix_timestamp_nanos(),
-            stream,
-            info,
             config: meta.config,
+            first,
         })
     }
 
-    fn stream_config(&self, meta: &TopicMeta) -> stream::Config {
-        let config = &meta.config;
-        let max_message_size =
-            (config.event_bytes_max as usize + HEADER_BYTES_RESERVED).min(i32::MAX as usize);
-        stream::Config {
-            name: self.stream_name(&meta.topic),
-            subjects: vec![names::stream_subjects(
-                &self.inner.config.subject_prefix,
-                &meta.topic,
-            )],
-            description: Some(meta.to_description()),
+    /// A partition's stream with its current state.
+    async fn partition(
+        &self,
+        topic: &Topic,
+        partition: PartitionId,
+    ) -> Result<stream::Stream, LogError> {
+        let name = self.partition_stream(&topic.name, partition);
+        self.get_stream(
+            &name,
+            &format!("loading partition {partition} of topic '{}'", topic.name),
+        )
+        .await?
+        .ok_or_else(|| LogError::TopicNotFound {
+            topic: topic.name.clone(),
+        })
+    }
+
+    async fn bounds(&self, topic: &Topic, partition: PartitionId) -> Result<Bounds, LogError> {
+        let stream = self.partition(topic, partition).await?;
+        Ok(Bounds::of(&stream.cached_info().state))
+    }
+
+    fn stream_config(
+        &self,
+        name: &TopicName,
+        config: &TopicConfig,
+        role: StreamRole,
+    ) -> stream::Config {
+        let description = TopicMeta {
+            topic: name.clone(),
+            config: config.clone(),
+            role,
+        }
+        .to_description();
+        let common = stream::Config {
+            description: Some(description),
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
             storage: StorageType::File,
@@ -326,12 +381,42 @@ impl NatsLog {
             max_messages: -1,
             max_bytes: -1,
             max_messages_per_subject: -1,
-            max_age: Duration::ZERO,
-            max_message_size: max_message_size as i32,
-            // 0 leaves the server's default; without a window no Nats-Msg-Id is sent anyway.
-            duplicate_window: ms(config.dedup_window_ms),
             allow_direct: true,
             ..Default::default()
+        };
+        match role {
+            StreamRole::Partition(partition) => {
+                let max_message_size = (config.event_bytes_max as usize + HEADER_BYTES_RESERVED)
+                    .min(i32::MAX as usize);
+                stream::Config {
+                    name: self.partition_stream(name, partition),
+                    subjects: vec![self.subject(name, partition)],
+                    max_age: Duration::ZERO,
+                    max_message_size: max_message_size as i32,
+                    // 0 leaves the server's default; without a window no Nats-Msg-Id is sent.
+                    duplicate_window: ms(config.dedup_window_ms),
+                    ..common
+                }
+            }
+            StreamRole::Claims => {
+                // A claim matters only within the dedup window: it is removed after it.
+                let window = if config.dedup_window_ms == 0 {
+                    CLAIMS_AGE_DEFAULT_MS
+                } else {
+                    config.dedup_window_ms
+                };
+                stream::Config {
+                    name: self.claims_stream(name),
+                    subjects: vec![names::claims_subject(
+                        &self.inner.config.subject_prefix,
+                        name,
+                    )],
+                    max_age: ms(window),
+                    max_message_size: 1024,
+                    duplicate_window: ms(window),
+                    ..common
+                }
+            }
         }
     }
 
@@ -340,9 +425,91 @@ impl NatsLog {
         if config.retention_bytes.is_some() {
             return Err(LogError::InvalidTopicConfig(InvalidTopicConfig {
                 field: "retention_bytes",
-                reason: "is not supported by the NATS JetStream backend: JetStream limits bytes per stream, not per partition, and removing a partition's newest event would lose its offset counter; leave it null (use retention_ms) or use the embedded backend".into(),
+                reason: "is not supported by the NATS JetStream backend: JetStream limits bytes per stream and removing a partition's newest event could lose its offset counter on servers before 2.10; leave it null (use retention_ms) or use the embedded backend".into(),
             }));
         }
+        Ok(())
+    }
+
+    /// Creates a stream of the topic, or updates it if it is already this topic's stream in
+    /// this role. `Ok(false)`: it existed (and was updated).
+    async fn ensure_stream(
+        &self,
+        name: &TopicName,
+        config: &TopicConfig,
+        role: StreamRole,
+    ) -> Result<bool, LogError> {
+        let stream_config = self.stream_config(name, config, role);
+        let stream_name = stream_config.name.clone();
+        let subjects = stream_config.subjects.join(", ");
+        let error = match self.inner.js.create_stream(stream_config.clone()).await {
+            Ok(_) => return Ok(true),
+            Err(error) => error,
+        };
+        match jetstream_code(&error.kind()) {
+            Some(STREAM_NAME_IN_USE) => {
+                let existing = self
+                    .get_stream(&stream_name, &format!("creating topic '{name}'"))
+                    .await?;
+                let ours = existing.as_ref().is_some_and(|stream| {
+                    TopicMeta::from_description(stream.cached_info().config.description.as_deref())
+                        .is_some_and(|meta| &meta.topic == name && meta.role == role)
+                });
+                if !ours {
+                    if let Some(stream) = &existing
+                        && TopicMeta::old_layout_topic(
+                            stream.cached_info().config.description.as_deref(),
+                        )
+                        .is_some()
+                    {
+                        return Err(LogError::TopicConflict {
+                            topic: name.clone(),
+                            reason: format!(
+                                "the JetStream stream '{stream_name}' holds a topic in the old layout of the NATS log (one stream per topic), which this version cannot read; delete that stream or use another stream prefix"
+                            ),
+                        });
+                    }
+                    return Err(LogError::TopicConflict {
+                        topic: name.clone(),
+                        reason: format!(
+                            "a JetStream stream named '{stream_name}' already exists and was not created by Proteus for this topic"
+                        ),
+                    });
+                }
+                self.inner
+                    .js
+                    .update_stream(stream_config)
+                    .await
+                    .map_err(|e| nats_error(&format!("updating topic '{name}'"), e))?;
+                Ok(false)
+            }
+            Some(SUBJECTS_OVERLAP) => Err(LogError::TopicConflict {
+                topic: name.clone(),
+                reason: format!(
+                    "another JetStream stream already listens on its subject '{subjects}' (a topic in the old layout of the NATS log, or another deployment sharing the subject prefix)"
+                ),
+            }),
+            _ => Err(nats_error(&format!("creating topic '{name}'"), error)),
+        }
+    }
+
+    /// Creates or updates every stream of the topic but partition 0, which comes last: the
+    /// topic exists once partition 0's stream does.
+    async fn ensure_other_streams(
+        &self,
+        name: &TopicName,
+        config: &TopicConfig,
+    ) -> Result<(), LogError> {
+        let mut roles: Vec<StreamRole> =
+            (1..config.partitions).map(StreamRole::Partition).collect();
+        if config.partitions > 1 {
+            roles.push(StreamRole::Claims);
+        }
+        futures_util::stream::iter(roles)
+            .map(|role| self.ensure_stream(name, config, role))
+            .buffer_unordered(STREAM_REQUESTS_IN_FLIGHT)
+            .try_collect::<Vec<bool>>()
+            .await?;
         Ok(())
     }
 
@@ -353,73 +520,36 @@ impl NatsLog {
     ) -> Result<PutTopicOutcome, LogError> {
         self.check_open()?;
         self.check_supported(&config)?;
-        let meta = TopicMeta {
-            topic: name.clone(),
-            config,
-        };
         for _ in 0..3 {
             match self.topic(name).await {
                 Ok(existing) => {
-                    if existing.config.partitions != meta.config.partitions {
+                    if existing.config.partitions != config.partitions {
                         return Err(LogError::TopicConflict {
                             topic: name.clone(),
                             reason: format!(
                                 "it has {} partitions and the partition count is fixed at creation (asked for {})",
-                                existing.config.partitions, meta.config.partitions
+                                existing.config.partitions, config.partitions
                             ),
                         });
                     }
-                    if existing.config == meta.config {
+                    if existing.config == config {
                         return Ok(PutTopicOutcome::Unchanged);
                     }
-                    self.inner
-                        .js
-                        .update_stream(self.stream_config(&meta))
-                        .await
-                        .map_err(|e| nats_error(&format!("updating topic '{name}'"), e))?;
+                    self.ensure_other_streams(name, &config).await?;
+                    self.ensure_stream(name, &config, StreamRole::Partition(0))
+                        .await?;
                     return Ok(PutTopicOutcome::Updated);
                 }
                 Err(LogError::TopicNotFound { .. }) => {
-                    match self.inner.js.create_stream(self.stream_config(&meta)).await {
-                        Ok(_) => return Ok(PutTopicOutcome::Created),
-                        Err(error) => match jetstream_code(&error.kind()) {
-                            // Created meanwhile by another instance, or a stream of that name
-                            // that is not a Proteus topic: look again.
-                            Some(10058) => {
-                                if let Ok(stream) =
-                                    self.inner.js.get_stream(self.stream_name(name)).await
-                                    && TopicMeta::from_description(
-                                        stream.cached_info().config.description.as_deref(),
-                                    )
-                                    .is_none_or(|m| &m.topic != name)
-                                {
-                                    return Err(LogError::TopicConflict {
-                                        topic: name.clone(),
-                                        reason: format!(
-                                            "a JetStream stream named '{}' already exists and was not created by Proteus for this topic",
-                                            self.stream_name(name)
-                                        ),
-                                    });
-                                }
-                                continue;
-                            }
-                            Some(10065) => {
-                                return Err(LogError::TopicConflict {
-                                    topic: name.clone(),
-                                    reason: format!(
-                                        "another JetStream stream already listens on its subjects '{}'",
-                                        names::stream_subjects(
-                                            &self.inner.config.subject_prefix,
-                                            name
-                                        )
-                                    ),
-                                });
-                            }
-                            _ => {
-                                return Err(nats_error(&format!("creating topic '{name}'"), error));
-                            }
-                        },
+                    self.ensure_other_streams(name, &config).await?;
+                    if self
+                        .ensure_stream(name, &config, StreamRole::Partition(0))
+                        .await?
+                    {
+                        return Ok(PutTopicOutcome::Created);
                     }
+                    // Created meanwhile by another instance (and now updated to this
+                    // configuration): look again.
                 }
                 Err(other) => return Err(other),
             }
@@ -442,7 +572,8 @@ impl NatsLog {
                 continue;
             }
             if let Some(meta) = TopicMeta::from_description(info.config.description.as_deref())
-                && self.stream_name(&meta.topic) == info.config.name
+                && meta.role == StreamRole::Partition(0)
+                && self.partition_stream(&meta.topic, 0) == info.config.name
             {
                 names.push(meta.topic);
             }
@@ -459,104 +590,25 @@ impl NatsLog {
         Ok(topics)
     }
 
-    fn position(
-        &self,
-        topic: &Topic,
-        partition: PartitionId,
-        message: &StreamMessage,
-    ) -> Result<Position, LogError> {
-        let offset = offset_header(Some(&message.headers))
-            .ok_or_else(|| missing_offset(topic, partition, message.sequence, &message.subject))?;
-        Ok(Position {
-            seq: message.sequence,
-            offset,
-            time_ms: time_ms(message.time),
-        })
-    }
-
-    async fn last_message(
-        &self,
-        topic: &Topic,
-        subject: &str,
-    ) -> Result<Option<StreamMessage>, LogError> {
-        match topic
-            .stream
-            .raw_message_builder()
-            .last_by_subject(subject)
-            .send()
-            .await
-        {
-            Ok(message) => Ok(Some(message)),
-            Err(error) => raw_get_error(topic, error),
-        }
-    }
-
-    async fn next_message(
-        &self,
-        topic: &Topic,
-        subject: &str,
-        from_seq: u64,
-    ) -> Result<Option<StreamMessage>, LogError> {
-        match topic
-            .stream
-            .raw_message_builder()
-            .next_by_subject(subject)
-            .sequence(from_seq.max(1))
-            .send()
-            .await
-        {
-            Ok(message) => Ok(Some(message)),
-            Err(error) => raw_get_error(topic, error),
-        }
-    }
-
-    async fn bounds(&self, topic: &Topic, partition: PartitionId) -> Result<Bounds, LogError> {
-        let subject = self.subject(&topic.name, partition);
-        let Some(last) = self.last_message(topic, &subject).await? else {
-            return Ok(Bounds {
-                first: None,
-                last: None,
-            });
-        };
-        let last = self.position(topic, partition, &last)?;
-        let first = match self.next_message(topic, &subject, 1).await? {
-            Some(first) => self.position(topic, partition, &first)?,
-            None => last,
-        };
-        Ok(Bounds {
-            first: Some(first),
-            last: Some(last),
-        })
-    }
-
     async fn describe(&self, topic: &Topic) -> Result<TopicDescription, LogError> {
-        let bounds = try_join_all(
-            (0..topic.config.partitions).map(|partition| self.bounds(topic, partition)),
-        )
-        .await?;
-        let state = &topic.info.state;
-        let partitions = bounds
-            .iter()
-            .zip(0..)
-            .map(|(bounds, partition)| {
-                let count = bounds.end_offset() - bounds.first_offset();
-                // JetStream counts bytes per stream; a partition's share is estimated from
-                // its share of the messages.
-                let bytes = if state.messages == 0 {
-                    0
+        let partitions = futures_util::stream::iter(0..topic.config.partitions)
+            .map(|partition| async move {
+                let bounds = if partition == 0 {
+                    Bounds::of(&topic.first.cached_info().state)
                 } else {
-                    (u128::from(state.bytes) * u128::from(count) / u128::from(state.messages))
-                        as u64
+                    self.bounds(topic, partition).await?
                 };
-                PartitionDescription {
+                Ok::<_, LogError>(PartitionDescription {
                     partition,
-                    first_offset: bounds.first_offset(),
-                    next_offset: bounds.end_offset(),
-                    bytes,
+                    first_offset: bounds.first_offset,
+                    next_offset: bounds.end_offset,
+                    bytes: bounds.bytes,
                     segments: 0,
-                }
+                })
             })
-            .collect();
+            .buffered(STREAM_REQUESTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
         Ok(TopicDescription {
             name: topic.name.clone(),
             config: topic.config.clone(),
@@ -564,47 +616,37 @@ impl NatsLog {
         })
     }
 
-    fn tail_lock(&self, stream: &str, partition: PartitionId) -> TailLock {
-        let mut tails = self.inner.tails.lock().expect("tails lock poisoned");
-        tails
-            .entry((stream.to_owned(), partition))
-            .or_default()
-            .clone()
-    }
-
-    async fn load_tail(&self, topic: &Topic, partition: PartitionId) -> Result<Tail, LogError> {
-        let subject = self.subject(&topic.name, partition);
-        let tail = match self.last_message(topic, &subject).await? {
-            Some(last) => {
-                let position = self.position(topic, partition, &last)?;
-                Tail {
-                    created: topic.created,
-                    last_seq: position.seq,
-                    next_offset: position.offset + 1,
-                }
-            }
-            None => Tail {
-                created: topic.created,
-                last_seq: 0,
-                next_offset: 0,
-            },
-        };
-        Ok(tail)
-    }
-
-    /// Checks that the topic's stream is still the one the append started on.
-    async fn check_same_stream(&self, topic: &Topic) -> Result<(), LogError> {
-        let current = self.topic(&topic.name).await?;
-        if current.created != topic.created {
-            return Err(LogError::TopicNotFound {
+    fn publish_error(
+        &self,
+        topic: &Topic,
+        partition: PartitionId,
+        index: usize,
+        event: &Event,
+        error: async_nats::jetstream::context::PublishError,
+    ) -> LogError {
+        match error.kind() {
+            PublishErrorKind::StreamNotFound => LogError::TopicNotFound {
                 topic: topic.name.clone(),
-            });
+            },
+            PublishErrorKind::MaxPayloadExceeded => LogError::EventTooLarge {
+                topic: topic.name.clone(),
+                index,
+                bytes: event.json().len(),
+                max: self.payload_bytes_max() as u32,
+            },
+            _ => nats_error(
+                &format!(
+                    "appending event {index} to partition {partition} of topic '{}' (it may or may not have been stored; retry with the same ids)",
+                    topic.name
+                ),
+                error,
+            ),
         }
-        Ok(())
     }
 
-    /// Appends one partition's events in order, one at a time: each carries its offset and
-    /// the stream sequence of the partition's previous message, which the server checks.
+    /// Appends one partition's events in order: every publish is sent, then the
+    /// acknowledgements are awaited in order. The server assigns the stream sequences, so the
+    /// offsets (sequence − 1) are gapless and unique whatever the number of writers.
     async fn append_partition(
         &self,
         topic: &Topic,
@@ -612,159 +654,139 @@ impl NatsLog {
         events: Vec<(usize, &Event)>,
     ) -> Result<Vec<(usize, AppendReceipt)>, LogError> {
         let subject = self.subject(&topic.name, partition);
-        let stream_name = self.stream_name(&topic.name);
-        let lock = self.tail_lock(&stream_name, partition);
-        let mut tail = lock.lock().await;
+        let stream_name = self.partition_stream(&topic.name, partition);
         let dedup = topic.config.dedup_window_ms > 0;
-        let mut receipts = Vec::with_capacity(events.len());
-        for (index, event) in events {
-            let mut conflicts = 0;
-            loop {
-                let current = match *tail {
-                    Some(current) if current.created == topic.created => current,
-                    _ => {
-                        let loaded = self.load_tail(topic, partition).await?;
-                        *tail = Some(loaded);
-                        loaded
-                    }
-                };
-                let mut headers = HeaderMap::new();
-                if dedup {
-                    headers.insert(
-                        async_nats::header::NATS_MESSAGE_ID,
-                        format!("{:032x}", event.dedup_key().0).as_str(),
-                    );
-                }
+        let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(events.len());
+        for &(index, event) in &events {
+            let mut headers = HeaderMap::new();
+            if dedup {
                 headers.insert(
-                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                    current.last_seq.to_string().as_str(),
+                    async_nats::header::NATS_MESSAGE_ID,
+                    format!("{:032x}", event.dedup_key().0).as_str(),
                 );
-                headers.insert(OFFSET_HEADER, current.next_offset.to_string().as_str());
-                let sent = self
-                    .inner
-                    .js
-                    .publish_with_headers(
-                        subject.clone(),
-                        headers,
-                        Bytes::copy_from_slice(event.json()),
-                    )
-                    .await;
-                let acked = match sent {
-                    Ok(future) => future.await,
-                    Err(error) => Err(error),
-                };
-                match acked {
-                    Ok(ack) if ack.duplicate => {
-                        let receipt = self.original(topic, partition, ack.sequence).await?;
-                        receipts.push((index, receipt));
-                        break;
-                    }
-                    Ok(ack) => {
-                        *tail = Some(Tail {
-                            created: topic.created,
-                            last_seq: ack.sequence,
-                            next_offset: current.next_offset + 1,
-                        });
-                        receipts.push((
-                            index,
-                            AppendReceipt {
-                                partition,
-                                offset: current.next_offset,
-                                duplicate: false,
-                            },
-                        ));
-                        break;
-                    }
-                    Err(error) => {
-                        *tail = None;
-                        match error.kind() {
-                            PublishErrorKind::WrongLastSequence => {
-                                // Another writer appended to the partition: learn its end and
-                                // send again, unless the topic was deleted meanwhile.
-                                conflicts += 1;
-                                if conflicts > self.inner.config.append_conflict_retries_max {
-                                    return Err(LogError::Unavailable {
-                                        reason: format!(
-                                            "partition {partition} of topic '{}' is being appended to by other writers so fast that event {index} lost {conflicts} offset races; retry the request",
-                                            topic.name
-                                        ),
-                                    });
-                                }
-                                self.check_same_stream(topic).await?;
-                            }
-                            PublishErrorKind::StreamNotFound => {
-                                return Err(LogError::TopicNotFound {
-                                    topic: topic.name.clone(),
-                                });
-                            }
-                            PublishErrorKind::MaxPayloadExceeded => {
-                                return Err(LogError::EventTooLarge {
-                                    topic: topic.name.clone(),
-                                    index,
-                                    bytes: event.json().len(),
-                                    max: self.payload_bytes_max() as u32,
-                                });
-                            }
-                            _ => {
-                                return Err(nats_error(
-                                    &format!(
-                                        "appending event {index} to partition {partition} of topic '{}'",
-                                        topic.name
-                                    ),
-                                    error,
-                                ));
-                            }
-                        }
-                    }
-                }
             }
+            let future = self
+                .inner
+                .js
+                .publish_with_headers(
+                    subject.clone(),
+                    headers,
+                    Bytes::copy_from_slice(event.json()),
+                )
+                .await
+                .map_err(|error| self.publish_error(topic, partition, index, event, error))?;
+            pending.push(future);
+        }
+        let mut receipts = Vec::with_capacity(events.len());
+        for ((index, event), future) in events.into_iter().zip(pending) {
+            let ack = future
+                .await
+                .map_err(|error| self.publish_error(topic, partition, index, event, error))?;
+            if ack.stream != stream_name || ack.sequence == 0 {
+                return Err(LogError::Storage {
+                    context: format!(
+                        "appending event {index} to partition {partition} of topic '{}' on NATS JetStream",
+                        topic.name
+                    ),
+                    source: std::io::Error::other(format!(
+                        "the message was stored in stream '{}' at sequence {}, not in '{stream_name}': another stream listens on the partition's subject '{subject}'",
+                        ack.stream, ack.sequence
+                    )),
+                });
+            }
+            receipts.push((
+                index,
+                AppendReceipt {
+                    partition,
+                    offset: ack.sequence - 1,
+                    duplicate: ack.duplicate,
+                },
+            ));
         }
         Ok(receipts)
     }
 
-    /// The receipt of the message a duplicate matched.
-    async fn original(
+    /// The partition of a call's keyless events. Round-robin, except that a retried batch must
+    /// land where it first did, since deduplication is per partition stream: the batch claims
+    /// the round-robin choice in the topic's claims stream under its first keyless event's
+    /// dedup key, and a retry finds the original claim (a duplicate) and uses its partition.
+    async fn keyless_partition(
         &self,
         topic: &Topic,
-        routed_to: PartitionId,
-        seq: u64,
-    ) -> Result<AppendReceipt, LogError> {
-        match topic
-            .stream
-            .raw_message_builder()
-            .sequence(seq)
-            .send()
-            .await
-        {
-            Ok(message) => {
-                let partition = names::partition_of_subject(&message.subject).unwrap_or(routed_to);
-                let position = self.position(topic, partition, &message)?;
-                Ok(AppendReceipt {
-                    partition,
-                    offset: position.offset,
-                    duplicate: true,
-                })
+        first: &Event,
+    ) -> Result<PartitionId, LogError> {
+        let partitions = topic.config.partitions;
+        if partitions == 1 {
+            return Ok(0);
+        }
+        let chosen = {
+            let mut round_robin = self.inner.round_robin.lock().expect("round-robin poisoned");
+            let next = round_robin.entry(topic.name.clone()).or_insert(0);
+            let partition = *next % partitions;
+            *next = next.wrapping_add(1) % partitions;
+            partition
+        };
+        if topic.config.dedup_window_ms == 0 {
+            return Ok(chosen);
+        }
+        let context = || {
+            format!(
+                "choosing the partition of keyless events of topic '{}'",
+                topic.name
+            )
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{:032x}", first.dedup_key().0).as_str(),
+        );
+        let subject = names::claims_subject(&self.inner.config.subject_prefix, &topic.name);
+        let sent = self
+            .inner
+            .js
+            .publish_with_headers(subject, headers, Bytes::from(chosen.to_string()))
+            .await;
+        let acked = match sent {
+            Ok(future) => future.await,
+            Err(error) => Err(error),
+        };
+        let ack = match acked {
+            Ok(ack) => ack,
+            Err(error) if matches!(error.kind(), PublishErrorKind::StreamNotFound) => {
+                // The claims stream is created with the topic; without it the topic is gone
+                // (or was being created or deleted meanwhile).
+                return Err(LogError::TopicNotFound {
+                    topic: topic.name.clone(),
+                });
             }
-            Err(error) => {
+            Err(error) => return Err(nats_error(&context(), error)),
+        };
+        if !ack.duplicate {
+            return Ok(chosen);
+        }
+        let claims = self
+            .get_stream(&self.claims_stream(&topic.name), &context())
+            .await?
+            .ok_or_else(|| LogError::TopicNotFound {
+                topic: topic.name.clone(),
+            })?;
+        match claims.get_raw_message(ack.sequence).await {
+            Ok(message) => Ok(std::str::from_utf8(&message.payload)
+                .ok()
+                .and_then(|text| text.parse::<PartitionId>().ok())
+                .filter(|&partition| partition < partitions)
+                .unwrap_or(chosen)),
+            // The claim aged out between the acknowledgement and the read: so did the batch's
+            // ids, and the round-robin choice is as good as any.
+            Err(error)
                 if matches!(
                     error.kind(),
                     async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
-                ) {
-                    // The original was removed by retention while its id is still in the
-                    // dedup window: name the partition the retry was routed to and its first
-                    // retained offset.
-                    let bounds = self.bounds(topic, routed_to).await?;
-                    return Ok(AppendReceipt {
-                        partition: routed_to,
-                        offset: bounds.first_offset(),
-                        duplicate: true,
-                    });
-                }
-                Err(nats_error(
-                    "reading the original of a duplicate event",
-                    error,
-                ))
+                ) =>
+            {
+                Ok(chosen)
             }
+            Err(error) => Err(nats_error(&context(), error)),
         }
     }
 
@@ -790,15 +812,9 @@ impl NatsLog {
             }
         }
         let partitions = topic.config.partitions;
-        let keyless = if events.iter().any(|e| e.routing_key().is_none()) {
-            let stream = self.stream_name(name);
-            let mut round_robin = self.inner.round_robin.lock().expect("round-robin poisoned");
-            let next = round_robin.entry(stream).or_insert(0);
-            let partition = *next % partitions;
-            *next = next.wrapping_add(1) % partitions;
-            partition
-        } else {
-            0
+        let keyless = match events.iter().find(|e| e.routing_key().is_none()) {
+            Some(first) => self.keyless_partition(&topic, first).await?,
+            None => 0,
         };
         // A repeat within the call is answered from its first occurrence, without a request.
         let dedup = topic.config.dedup_window_ms > 0;
@@ -845,78 +861,21 @@ impl NatsLog {
             .collect())
     }
 
-    /// A stream sequence from which the partition's first message has an offset at most
-    /// `offset`, and exactly `offset` whenever the search converges (it always does unless
-    /// retention removes messages while it runs). Interpolation between known messages,
-    /// narrowed by the rule that each offset takes at least one stream sequence.
-    async fn locate(
-        &self,
-        topic: &Topic,
-        subject: &str,
-        partition: PartitionId,
-        bounds: &Bounds,
-        offset: Offset,
-    ) -> Result<u64, LogError> {
-        let (Some(first), Some(last)) = (bounds.first, bounds.last) else {
-            return Ok(1);
-        };
-        if offset <= first.offset {
-            return Ok(first.seq);
-        }
-        if offset >= last.offset {
-            return Ok(last.seq);
-        }
-        let (mut a_seq, mut a_off) = (first.seq, first.offset);
-        let (mut b_seq, mut b_off) = (last.seq, last.offset);
-        let mut lo = a_seq + (offset - a_off);
-        let mut hi = b_seq.saturating_sub(b_off - offset);
-        for _ in 0..SEARCH_PROBES_MAX {
-            if lo >= hi {
-                return Ok(lo);
-            }
-            let span = u128::from(b_seq - a_seq);
-            let guess =
-                a_seq + (u128::from(offset - a_off) * span / u128::from(b_off - a_off)) as u64;
-            let guess = guess.clamp(lo, hi);
-            let Some(message) = self.next_message(topic, subject, guess).await? else {
-                return Ok(lo);
-            };
-            let found = self.position(topic, partition, &message)?;
-            if found.offset == offset {
-                return Ok(found.seq);
-            }
-            if found.offset < offset {
-                (a_seq, a_off) = (found.seq, found.offset);
-                lo = lo.max(found.seq + (offset - found.offset));
-            } else {
-                (b_seq, b_off) = (found.seq, found.offset);
-                hi = hi
-                    .min(guess.saturating_sub(1))
-                    .min(found.seq.saturating_sub(found.offset - offset));
-            }
-        }
-        Ok(lo)
-    }
-
-    /// Reads from an ephemeral consumer of the partition's subject.
-    #[allow(clippy::too_many_arguments)]
+    /// Reads from an ephemeral consumer of the partition's stream.
     async fn fetch(
         &self,
         topic: &Topic,
+        stream: &stream::Stream,
         partition: PartitionId,
-        subject: &str,
         deliver_policy: DeliverPolicy,
-        min_offset: Offset,
         events_max: u32,
         bytes_max: u32,
     ) -> Result<Vec<StoredEvent>, LogError> {
         let context = || format!("reading partition {partition} of topic '{}'", topic.name);
-        let consumer: consumer::PullConsumer = topic
-            .stream
+        let consumer: consumer::PullConsumer = stream
             .create_consumer(consumer::pull::Config {
                 deliver_policy,
                 ack_policy: AckPolicy::None,
-                filter_subject: subject.to_owned(),
                 inactive_threshold: ms(READ_CONSUMER_IDLE_MS),
                 memory_storage: true,
                 ..Default::default()
@@ -924,32 +883,36 @@ impl NatsLog {
             .await
             .map_err(|e| nats_error(&context(), e))?;
         let consumer_name = consumer.cached_info().name.clone();
+        let subject_len = self.subject(&topic.name, partition).len();
         let result = self
             .fetch_from(
-                &consumer, topic, partition, subject, min_offset, events_max, bytes_max,
+                &consumer,
+                topic,
+                partition,
+                subject_len,
+                events_max,
+                bytes_max,
             )
             .await;
-        let stream = topic.stream.clone();
+        let stream = stream.clone();
         tokio::spawn(async move {
             let _ = stream.delete_consumer(&consumer_name).await;
         });
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn fetch_from(
         &self,
         consumer: &consumer::PullConsumer,
         topic: &Topic,
         partition: PartitionId,
-        subject: &str,
-        min_offset: Offset,
+        subject_len: usize,
         events_max: u32,
         bytes_max: u32,
     ) -> Result<Vec<StoredEvent>, LogError> {
         let context = || format!("reading partition {partition} of topic '{}'", topic.name);
         // The server counts headers and subject too; ask for enough and trim here.
-        let overhead = HEADER_BYTES_RESERVED / 2 + subject.len();
+        let overhead = HEADER_BYTES_RESERVED / 2 + subject_len;
         let server_bytes = (bytes_max as usize).saturating_add(events_max as usize * overhead);
         let mut events: Vec<StoredEvent> = Vec::new();
         let mut bytes = 0usize;
@@ -981,12 +944,6 @@ impl NatsLog {
                 };
                 let info = message.info().map_err(|e| nats_error(&context(), e))?;
                 let (seq, published) = (info.stream_sequence, info.published);
-                let offset = offset_header(message.message.headers.as_ref()).ok_or_else(|| {
-                    missing_offset(topic, partition, seq, &message.message.subject)
-                })?;
-                if offset < min_offset {
-                    continue;
-                }
                 let json = message.message.payload.clone();
                 if !events.is_empty() && bytes + json.len() > bytes_max as usize {
                     break;
@@ -994,7 +951,7 @@ impl NatsLog {
                 bytes += json.len();
                 events.push(StoredEvent {
                     partition,
-                    offset,
+                    offset: seq.saturating_sub(1),
                     append_time_ms: time_ms(published),
                     json,
                 });
@@ -1021,16 +978,20 @@ impl NatsLog {
         topic.check_partition(partition)?;
         let events_max = limits.events_max.clamp(1, READ_EVENTS_MAX);
         let bytes_max = limits.bytes_max.min(READ_BYTES_MAX);
-        let subject = self.subject(name, partition);
-        let bounds = self.bounds(&topic, partition).await?;
-        let (first_offset, end_offset) = (bounds.first_offset(), bounds.end_offset());
+        let stream = if partition == 0 {
+            topic.first.clone()
+        } else {
+            self.partition(&topic, partition).await?
+        };
+        let bounds = Bounds::of(&stream.cached_info().state);
+        let (first_offset, end_offset) = (bounds.first_offset, bounds.end_offset);
         let empty = |next_offset| ReadBatch {
             events: Vec::new(),
             next_offset,
             first_offset,
             end_offset,
         };
-        let (policy, min_offset) = match from {
+        let policy = match from {
             ReadFrom::Offset(offset) => {
                 if offset > end_offset {
                     return Err(LogError::OffsetOutOfRange {
@@ -1043,33 +1004,21 @@ impl NatsLog {
                 if offset == end_offset {
                     return Ok(empty(offset));
                 }
-                let offset = offset.max(first_offset);
-                let seq = self
-                    .locate(&topic, &subject, partition, &bounds, offset)
-                    .await?;
-                (
-                    DeliverPolicy::ByStartSequence {
-                        start_sequence: seq,
-                    },
-                    offset,
-                )
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: offset.max(first_offset) + 1,
+                }
             }
             ReadFrom::TimeMs(at) => {
-                match bounds.last {
-                    Some(last) if last.time_ms >= at => {}
-                    _ => return Ok(empty(end_offset)),
+                if bounds.messages == 0 || bounds.last_ms < at {
+                    return Ok(empty(end_offset));
                 }
-                let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(
-                    i128::from(at.max(0)) * 1_000_000,
-                )
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-                (DeliverPolicy::ByStartTime { start_time }, 0)
+                DeliverPolicy::ByStartTime {
+                    start_time: start_time(at),
+                }
             }
         };
         let events = self
-            .fetch(
-                &topic, partition, &subject, policy, min_offset, events_max, bytes_max,
-            )
+            .fetch(&topic, &stream, partition, policy, events_max, bytes_max)
             .await?;
         let Some(last) = events.last() else {
             return Ok(empty(end_offset));
@@ -1090,14 +1039,7 @@ impl NatsLog {
         watched: &[(PartitionId, Offset)],
     ) -> Result<bool, LogError> {
         let ends = try_join_all(watched.iter().map(|&(partition, _)| async move {
-            let subject = self.subject(&topic.name, partition);
-            let last = self.last_message(topic, &subject).await?;
-            match last {
-                Some(message) => {
-                    Ok::<_, LogError>(self.position(topic, partition, &message)?.offset + 1)
-                }
-                None => Ok(0),
-            }
+            Ok::<_, LogError>(self.bounds(topic, partition).await?.end_offset)
         }))
         .await?;
         Ok(watched
@@ -1127,7 +1069,7 @@ impl NatsLog {
         let mut wakeups = self
             .inner
             .client
-            .subscribe(names::stream_subjects(
+            .subscribe(names::topic_subjects(
                 &self.inner.config.subject_prefix,
                 name,
             ))
@@ -1179,7 +1121,7 @@ impl NatsLog {
 
     /// Applies `retention_ms` to every topic of this stream prefix now: in each partition,
     /// removes the events older than the retention, always keeping the partition's newest
-    /// event (its offset is the partition's counter). Returns how many events were removed.
+    /// event. Returns how many events were removed.
     pub async fn apply_retention(&self) -> Result<u64, LogError> {
         self.check_open()?;
         let mut removed = 0;
@@ -1195,99 +1137,64 @@ impl NatsLog {
         let cutoff_ms = now_ms().saturating_sub(i64::try_from(retention_ms).unwrap_or(i64::MAX));
         let mut removed = 0;
         for partition in 0..topic.config.partitions {
-            let bounds = self.bounds(topic, partition).await?;
-            let (Some(first), Some(last)) = (bounds.first, bounds.last) else {
-                continue;
-            };
-            if first.time_ms >= cutoff_ms || first.seq == last.seq {
+            let stream = self.partition(topic, partition).await?;
+            let bounds = Bounds::of(&stream.cached_info().state);
+            if bounds.messages <= 1 || bounds.first_ms >= cutoff_ms {
                 continue;
             }
-            let subject = self.subject(&topic.name, partition);
-            let keep_from = if last.time_ms < cutoff_ms {
-                last.seq
+            // Sequences are offsets + 1.
+            let last_seq = bounds.end_offset;
+            let keep_from = if bounds.last_ms < cutoff_ms {
+                last_seq
             } else {
-                let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(
-                    i128::from(cutoff_ms.max(0)) * 1_000_000,
-                )
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
                 let first_kept = self
                     .fetch(
                         topic,
+                        &stream,
                         partition,
-                        &subject,
-                        DeliverPolicy::ByStartTime { start_time },
-                        0,
+                        DeliverPolicy::ByStartTime {
+                            start_time: start_time(cutoff_ms),
+                        },
                         1,
                         0,
                     )
                     .await?;
-                match first_kept.first() {
-                    Some(event) => {
-                        // The sequence of that event: search by its offset.
-                        self.locate(topic, &subject, partition, &bounds, event.offset)
-                            .await?
-                            .min(last.seq)
-                    }
-                    None => last.seq,
-                }
+                first_kept
+                    .first()
+                    .map_or(last_seq, |event| (event.offset + 1).min(last_seq))
             };
-            if keep_from <= first.seq {
+            if keep_from <= bounds.first_offset + 1 {
                 continue;
             }
-            let response = topic
-                .stream
-                .purge()
-                .filter(subject)
-                .sequence(keep_from)
-                .await
-                .map_err(|e| {
-                    nats_error(
-                        &format!(
-                            "removing old events of partition {partition} of topic '{}'",
-                            topic.name
-                        ),
-                        e,
-                    )
-                })?;
+            let response = stream.purge().sequence(keep_from).await.map_err(|e| {
+                nats_error(
+                    &format!(
+                        "removing old events of partition {partition} of topic '{}'",
+                        topic.name
+                    ),
+                    e,
+                )
+            })?;
             removed += response.purged;
         }
         Ok(removed)
     }
-}
 
-fn offset_header(headers: Option<&HeaderMap>) -> Option<Offset> {
-    headers?.get(OFFSET_HEADER)?.as_str().parse().ok()
-}
-
-fn missing_offset(topic: &Topic, partition: PartitionId, seq: u64, subject: &str) -> LogError {
-    LogError::Corrupt {
-        topic: topic.name.clone(),
-        partition,
-        offset: 0,
-        file: format!("JetStream stream {}", topic.info.config.name),
-        position: seq,
-        reason: format!(
-            "the message at stream sequence {seq} on subject '{subject}' has no {OFFSET_HEADER} header: something other than Proteus published to the partition's subject"
-        ),
+    async fn delete_stream(&self, topic: &TopicName, stream: String) -> Result<bool, LogError> {
+        match self.inner.js.delete_stream(&stream).await {
+            Ok(_) => Ok(true),
+            Err(error) if jetstream_code(&error.kind()) == Some(STREAM_NOT_FOUND) => Ok(false),
+            Err(error) => Err(nats_error(&format!("deleting topic '{topic}'"), error)),
+        }
     }
 }
 
-fn raw_get_error(
-    topic: &Topic,
-    error: async_nats::jetstream::stream::RawMessageError,
-) -> Result<Option<StreamMessage>, LogError> {
-    use async_nats::jetstream::stream::RawMessageErrorKind;
-    match error.kind() {
-        RawMessageErrorKind::NoMessageFound => Ok(None),
-        RawMessageErrorKind::JetStream(api) if api.error_code() == ErrorCode::STREAM_NOT_FOUND => {
-            Err(LogError::TopicNotFound {
-                topic: topic.name.clone(),
-            })
-        }
-        _ => Err(nats_error(
-            &format!("reading topic '{}'", topic.name),
-            error,
-        )),
+fn old_layout_conflict(name: &TopicName, stream: &str) -> LogError {
+    LogError::TopicConflict {
+        topic: name.clone(),
+        reason: format!(
+            "it is stored in the JetStream stream '{stream}' in the old layout of the NATS log (one stream per topic), which this version cannot read; its events are not migrated: delete that stream or use another stream prefix"
+        ),
     }
 }
 
@@ -1335,30 +1242,30 @@ impl TopicAdmin for NatsLog {
     async fn delete_topic(&self, name: &TopicName) -> Result<(), LogError> {
         self.check_open()?;
         let topic = self.topic(name).await?;
-        let stream_name = topic.info.config.name.clone();
-        match self.inner.js.delete_stream(&stream_name).await {
-            Ok(_) => {}
-            Err(error) => {
-                if let GetStreamErrorKind::JetStream(api) = error.kind()
-                    && api.error_code() == ErrorCode::STREAM_NOT_FOUND
-                {
-                    return Err(LogError::TopicNotFound {
-                        topic: name.clone(),
-                    });
-                }
-                return Err(nats_error(&format!("deleting topic '{name}'"), error));
-            }
+        // Partition 0 last: until it is gone the topic is still visible, and a deletion cut
+        // short can be repeated.
+        let mut others: Vec<String> = (1..topic.config.partitions)
+            .map(|partition| self.partition_stream(name, partition))
+            .collect();
+        others.push(self.claims_stream(name));
+        futures_util::stream::iter(others)
+            .map(|stream| self.delete_stream(name, stream))
+            .buffer_unordered(STREAM_REQUESTS_IN_FLIGHT)
+            .try_collect::<Vec<bool>>()
+            .await?;
+        if !self
+            .delete_stream(name, self.partition_stream(name, 0))
+            .await?
+        {
+            return Err(LogError::TopicNotFound {
+                topic: name.clone(),
+            });
         }
-        self.inner
-            .tails
-            .lock()
-            .expect("tails lock poisoned")
-            .retain(|(stream, _), _| stream != &stream_name);
         self.inner
             .round_robin
             .lock()
             .expect("round-robin poisoned")
-            .remove(&stream_name);
+            .remove(name);
         Ok(())
     }
 }
@@ -1406,7 +1313,7 @@ impl Log for NatsLog {
             return Ok(());
         }
         let _ = self.inner.stop.send(true);
-        // Every append already waited for its acknowledgement; flushing sends what is left
+        // Every append already waited for its acknowledgements; flushing sends what is left
         // (consumer deletions) before the connection closes.
         let _ = self.inner.client.flush().await;
         let _ = self.inner.client.drain().await;

@@ -4,8 +4,9 @@ use std::io::Write as _;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use proteus_groups::config::StartPosition;
 use proteus_groups::state::Position;
@@ -22,6 +23,166 @@ use crate::problem::Problem;
 
 /// Group requests (settings, acks of up to 10,000 positions) fit in this.
 const GROUP_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Marks a request forwarded to a group's coordinator (value: the forwarding instance's id).
+/// A forwarded request is never forwarded again.
+pub const FORWARDED_HEADER: &str = "proteus-forwarded-by";
+
+/// How long a forwarded request may take, beyond a pull's `wait_ms`.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Request headers a forwarded request carries over.
+const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
+    "content-type",
+    "accept",
+    "authorization",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+];
+
+/// `(topic, group)` of a path under `/v1/topics/{topic}/groups/{group}`, percent-decoded.
+fn group_of_path(path: &str) -> Option<(String, String)> {
+    let mut segments = path.split('/');
+    let (Some(""), Some("v1"), Some("topics"), Some(topic), Some("groups"), Some(group)) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return None;
+    };
+    if group.is_empty() {
+        return None;
+    }
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .ok()
+            .map(|t| t.into_owned())
+    };
+    Some((decode(topic)?, decode(group)?))
+}
+
+fn coordinator_unavailable(detail: String) -> Response {
+    let mut response = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "coordinator-unavailable",
+        "Group coordinator unavailable",
+        detail,
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// Middleware in front of every route: a request about one group goes to the instance that
+/// coordinates the group. Handled here when this instance is its coordinator (or becomes it);
+/// otherwise forwarded once to the coordinator, whose answer is returned unchanged.
+pub async fn route_to_coordinator(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(router) = state.group_router.clone() else {
+        return next.run(request).await;
+    };
+    let Some((topic, group)) = group_of_path(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    // Invalid names: the handler says what is wrong.
+    let (Ok(topic), Ok(group)) = (TopicName::parse(&topic), GroupName::parse(&group)) else {
+        return next.run(request).await;
+    };
+    match router.route(&topic, &group).await {
+        Ok(proteus_groups_service::coordination::Route::Local) => next.run(request).await,
+        Ok(proteus_groups_service::coordination::Route::Remote(url)) => {
+            if request.headers().contains_key(FORWARDED_HEADER) {
+                return coordinator_unavailable(format!(
+                    "the coordinator of group '{group}' is moving (this instance was asked by \
+                     another one, but {url} holds the group now); retry"
+                ));
+            }
+            match forward(&state, router.instance_id(), &url, request).await {
+                Ok(response) => response,
+                Err(ForwardError::Problem(problem)) => problem.into_response(),
+                Err(ForwardError::Unreachable(error)) => {
+                    router.forward_failed(&topic, &group, &url);
+                    tracing::warn!(%topic, %group, coordinator = %url, %error,
+                        "forwarding a group request to its coordinator failed");
+                    coordinator_unavailable(format!(
+                        "the coordinator of group '{group}' ({url}) did not answer: {error}; \
+                         retry (another instance takes over once its lease expires)"
+                    ))
+                }
+            }
+        }
+        Err(error) => coordinator_unavailable(format!(
+            "cannot tell which instance coordinates group '{group}': {error}; retry"
+        )),
+    }
+}
+
+enum ForwardError {
+    Problem(Problem),
+    Unreachable(String),
+}
+
+async fn forward(
+    state: &AppState,
+    instance_id: &str,
+    base_url: &str,
+    request: Request,
+) -> Result<Response, ForwardError> {
+    let (parts, body) = request.into_parts();
+    check_content_length(&parts.headers, GROUP_BODY_BYTES_MAX).map_err(ForwardError::Problem)?;
+    let bytes = read_body(body, GROUP_BODY_BYTES_MAX)
+        .await
+        .map_err(ForwardError::Problem)?;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    // A long poll may take its whole wait_ms before the coordinator answers.
+    let mut timeout = FORWARD_TIMEOUT;
+    if parts.uri.path().ends_with("/pull")
+        && let Ok(pull) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && let Some(wait_ms) = pull.get("wait_ms").and_then(serde_json::Value::as_u64)
+    {
+        timeout += std::time::Duration::from_millis(wait_ms.min(state.config.wait_ms_max));
+    }
+    let mut builder = state
+        .forwarder
+        .request(parts.method, format!("{base_url}{path_and_query}"))
+        .timeout(timeout)
+        .header(FORWARDED_HEADER, instance_id);
+    for name in FORWARDED_REQUEST_HEADERS {
+        if let Some(value) = parts.headers.get(name) {
+            builder = builder.header(name, value);
+        }
+    }
+    let answer = builder
+        .body(bytes)
+        .send()
+        .await
+        .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if !matches!(
+            name.as_str(),
+            "connection" | "keep-alive" | "transfer-encoding" | "content-length" | "date"
+        ) {
+            response = response.header(name, value);
+        }
+    }
+    response
+        .body(Body::from_stream(answer.bytes_stream()))
+        .map_err(|e| ForwardError::Unreachable(e.to_string()))
+}
 
 fn group_name(name: &str) -> Result<GroupName, Problem> {
     GroupName::parse(name).map_err(|e| {

@@ -87,6 +87,11 @@ pub struct AppState {
     pub experiments: Option<proteus_experiments_service::ExperimentService>,
     pub config: HttpConfig,
     pub metrics: PrometheusHandle,
+    /// Which instance coordinates each consumer group when several share a group store; `None`
+    /// (one instance): every group is handled here.
+    pub group_router: Option<Arc<dyn proteus_groups_service::coordination::GroupRouter>>,
+    /// Forwards group requests to their coordinator.
+    pub(crate) forwarder: reqwest::Client,
     ready: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
 }
@@ -131,6 +136,11 @@ impl AppState {
             experiments: None,
             config,
             metrics: install_metrics_recorder(),
+            group_router: None,
+            forwarder: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap_or_default(),
             ready: ready.clone(),
             shutdown: receiver,
         };
@@ -168,6 +178,16 @@ impl AppState {
         experiments: proteus_experiments_service::ExperimentService,
     ) -> Self {
         self.experiments = Some(experiments);
+        self
+    }
+
+    /// Handles each consumer group's requests on the instance `router` names, forwarding them
+    /// there when it is another one.
+    pub fn with_group_router(
+        mut self,
+        router: Arc<dyn proteus_groups_service::coordination::GroupRouter>,
+    ) -> Self {
+        self.group_router = Some(router);
         self
     }
 
@@ -367,6 +387,10 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            groups::route_to_coordinator,
+        ))
         .layer(axum::middleware::from_fn(metrics_layer::record))
         .with_state(state)
 }

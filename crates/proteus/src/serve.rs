@@ -15,6 +15,9 @@ use proteus_flagsets_service::proteus_flagsets::FlagSetName;
 use proteus_flagsets_service::usage::UsageConfig;
 use proteus_flagsets_service::{FlagService, FlagServiceConfig, files};
 use proteus_groups_embedded::EmbeddedGroupStore;
+use proteus_groups_postgres::{PostgresGroupStore, PostgresGroupStoreConfig};
+use proteus_groups_service::coordination::{CoordinatorConfig, LeaseCoordinator};
+use proteus_groups_service::proteus_groups::GroupStore;
 use proteus_groups_service::{GroupService, ServiceConfig};
 use proteus_kv::KvStore;
 use proteus_kv_embedded::EmbeddedKvStore;
@@ -25,7 +28,7 @@ use proteus_log_nats::{NatsLog, NatsLogConfig};
 use proteus_projections::ReadModelStore;
 use proteus_projections_embedded::EmbeddedReadModelStore;
 use proteus_projections_postgres::{PostgresReadModelConfig, PostgresReadModelStore};
-use proteus_projections_service::{ProjectionService, ProjectionServiceConfig};
+use proteus_projections_service::{ProjectionService, ProjectionServiceConfig, SharedMode};
 use proteus_schemas_service::proteus_schemas::RegistryConfig;
 use proteus_schemas_service::{SchemaService, UpcastingEventStore};
 use proteus_server::ofrep::ApiKey;
@@ -86,15 +89,40 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             )
         })?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    let store = EmbeddedGroupStore::open(&settings.data_dir).map_err(|e| {
-        format!(
-            "cannot open the consumer-group store in {}: {e}",
-            settings.data_dir.display()
-        )
-    })?;
-    let groups = GroupService::open(log.clone(), Arc::new(store), ServiceConfig::default())
-        .await
-        .map_err(|e| format!("cannot load the consumer groups: {e}"))?;
+    let (group_store, shared_groups): (Arc<dyn GroupStore>, bool) = match &settings.groups {
+        EventStoreBackend::Embedded => (
+            Arc::new(EmbeddedGroupStore::open(&settings.data_dir).map_err(|e| {
+                format!(
+                    "cannot open the consumer-group store in {}: {e}",
+                    settings.data_dir.display()
+                )
+            })?),
+            false,
+        ),
+        EventStoreBackend::Postgres { url, schema } => (
+            Arc::new(
+                PostgresGroupStore::open(PostgresGroupStoreConfig::new(url, schema))
+                    .await
+                    .map_err(|e| {
+                        format!("cannot open the PostgreSQL consumer groups (schema {schema}): {e}")
+                    })?,
+            ),
+            true,
+        ),
+        EventStoreBackend::Nats { .. } => {
+            return Err("consumer groups are kept embedded or in PostgreSQL, not in NATS".into());
+        }
+    };
+    let groups = GroupService::open(
+        log.clone(),
+        group_store,
+        ServiceConfig {
+            shared: shared_groups,
+            ..ServiceConfig::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot load the consumer groups: {e}"))?;
     let flag_config = FlagServiceConfig {
         exposures: ExposureConfig {
             sample_rate: settings.flag_exposure_sample_rate,
@@ -180,14 +208,6 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let upcasting: Arc<dyn EventStore> =
         Arc::new(UpcastingEventStore::new(events.clone(), schemas.clone()));
     let cache = open_cache(&settings, log.clone()).await?;
-    let projections = ProjectionService::open_with_cache(
-        upcasting,
-        read_models,
-        ProjectionServiceConfig::default(),
-        cache,
-    )
-    .await
-    .map_err(|e| format!("cannot start the projections: {e}"))?;
     let metadata: Arc<dyn KvStore> =
         match &settings.metadata {
             EventStoreBackend::Embedded => {
@@ -207,6 +227,57 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 return Err("metadata is kept embedded or in PostgreSQL, not in NATS".into());
             }
         };
+    // One id for this process in every lease it takes (groups, projections).
+    let instance_id = uuid::Uuid::now_v7().simple().to_string();
+    // Shared read models with shared metadata: each projection runs on one instance (a lease);
+    // with embedded metadata every instance would take every lease, so they are not shared.
+    let shared_projections = matches!(settings.read_models, EventStoreBackend::Postgres { .. })
+        && matches!(settings.metadata, EventStoreBackend::Postgres { .. });
+    let projections = if shared_projections {
+        tracing::info!(%instance_id,
+            "read models are shared: each projection runs on one instance, by lease");
+        ProjectionService::open_shared(
+            upcasting,
+            read_models,
+            ProjectionServiceConfig::default(),
+            cache,
+            SharedMode::new(metadata.clone(), instance_id.clone()),
+        )
+        .await
+    } else {
+        if matches!(settings.read_models, EventStoreBackend::Postgres { .. }) {
+            tracing::warn!(
+                "read models are in PostgreSQL but metadata is embedded: instances do not coordinate projections (use --metadata postgres://… to share them)"
+            );
+        }
+        ProjectionService::open_with_cache(
+            upcasting,
+            read_models,
+            ProjectionServiceConfig::default(),
+            cache,
+        )
+        .await
+    }
+    .map_err(|e| format!("cannot start the projections: {e}"))?;
+    // Shared groups: one coordinator per group, chosen by a lease in the metadata store.
+    let coordinator = if shared_groups {
+        let advertise_url = settings
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| default_advertise_url(address));
+        tracing::info!(%instance_id, %advertise_url,
+            "consumer groups are shared: coordinating groups by lease");
+        Some(
+            LeaseCoordinator::start(
+                metadata.clone(),
+                groups.clone(),
+                CoordinatorConfig::new(instance_id.clone(), advertise_url),
+            )
+            .map_err(|e| format!("cannot coordinate the consumer groups: {e}"))?,
+        )
+    } else {
+        None
+    };
     let experiments = ExperimentService::open(
         log.clone(),
         metadata,
@@ -234,6 +305,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             ..HttpConfig::default()
         },
     );
+    let state = match &coordinator {
+        Some(coordinator) => state.with_group_router(Arc::new(coordinator.clone())),
+        None => state,
+    };
     let state = state
         .with_event_store(events.clone())
         .with_schemas(schemas)
@@ -247,6 +322,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         event_store = ?settings.event_store,
         read_models = ?settings.read_models,
         metadata = ?settings.metadata,
+        groups = ?settings.groups,
         cache = ?settings.cache,
         startup_ms = started.elapsed().as_millis() as u64,
         "Proteus is serving"
@@ -283,6 +359,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     flags.flush_usage().await;
     experiments.close().await;
     groups.shutdown().await;
+    if let Some(coordinator) = &coordinator {
+        // Progress is saved: let other instances take the groups over at once.
+        coordinator.release_all().await;
+    }
     projections.close().await;
     if let Err(e) = events.close().await {
         tracing::warn!(error = %e, "closing the event store failed");
@@ -292,6 +372,21 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("shutting down the log failed: {e}"))?;
     tracing::info!("stopped cleanly; all acknowledged events are on disk");
     Ok(())
+}
+
+/// `http://<bound address>`; 127.0.0.1 (or ::1) when bound to every interface, which other
+/// instances on the same machine reach (elsewhere, set --advertise-url).
+fn default_advertise_url(address: std::net::SocketAddr) -> String {
+    let mut address = address;
+    if address.ip().is_unspecified() {
+        address.set_ip(if address.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+        tracing::warn!(%address, "listening on every interface: advertising {address} to other instances; set --advertise-url when they run on other machines");
+    }
+    format!("http://{address}")
 }
 
 async fn shutdown_started(signal: &proteus_server::ShutdownSignal) {

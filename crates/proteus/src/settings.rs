@@ -126,6 +126,28 @@ pub struct ServeArgs {
     /// [default: proteus_metadata] (in the config file: `metadata_schema` under `[storage]`).
     #[arg(long, env = "PROTEUS_METADATA_SCHEMA", value_name = "SCHEMA")]
     pub metadata_schema: Option<String>,
+    /// Where consumer groups' settings and progress are kept: `embedded` (`groups.redb` in the
+    /// data directory) or a PostgreSQL URL, which several instances share: each group is then
+    /// coordinated by one instance at a time, chosen by a lease in the metadata store, and the
+    /// others forward its requests there. Needs `--metadata postgres://…` and
+    /// `--storage-log nats://…` [default: embedded] (in the config file: `groups` under
+    /// `[storage]`).
+    #[arg(
+        long,
+        env = "PROTEUS_GROUPS",
+        value_name = "BACKEND",
+        hide_env_values = true
+    )]
+    pub groups: Option<String>,
+    /// The PostgreSQL schema of PostgreSQL consumer groups, created if missing
+    /// [default: proteus_groups] (in the config file: `groups_schema` under `[storage]`).
+    #[arg(long, env = "PROTEUS_GROUPS_SCHEMA", value_name = "SCHEMA")]
+    pub groups_schema: Option<String>,
+    /// The base URL other instances use to reach this one, to forward requests of the consumer
+    /// groups it coordinates [default: http://<listen address> with the bound port; 127.0.0.1
+    /// when listening on every interface].
+    #[arg(long, env = "PROTEUS_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
     /// Where topics are stored: `embedded` (segment files in the data directory) or a NATS
     /// JetStream URL such as `nats://127.0.0.1:4222`, which several instances can share
     /// [default: embedded] (in the config file: `log` under `[storage]`).
@@ -311,6 +333,8 @@ struct StorageFile {
     read_models_schema: Option<String>,
     metadata: Option<String>,
     metadata_schema: Option<String>,
+    groups: Option<String>,
+    groups_schema: Option<String>,
     cache: Option<String>,
     cache_prefix: Option<String>,
 }
@@ -367,6 +391,7 @@ struct FileSettings {
     flag_exposure_sample_rate: Option<f64>,
     flag_usage_flush_ms: Option<u64>,
     schema_policy: Option<String>,
+    advertise_url: Option<String>,
     #[serde(default)]
     storage: StorageFile,
 }
@@ -393,6 +418,10 @@ pub struct Settings {
     pub read_models: EventStoreBackend,
     /// Where key-value metadata is kept: the same choices as the event store.
     pub metadata: EventStoreBackend,
+    /// Where consumer groups are kept: embedded or PostgreSQL (shared by instances).
+    pub groups: EventStoreBackend,
+    /// The base URL other instances reach this one at; `None`: derived from the bound address.
+    pub advertise_url: Option<String>,
     pub log: LogBackend,
     /// The cache of projections' document reads.
     pub cache: CacheBackend,
@@ -504,6 +533,19 @@ impl Settings {
                 ),
             )
             .map_err(|e| e.replace("event_store", "metadata"))?,
+            groups: EventStoreBackend::parse(
+                args.groups
+                    .or(file.storage.groups)
+                    .as_deref()
+                    .unwrap_or("embedded"),
+                Some(
+                    args.groups_schema
+                        .or(file.storage.groups_schema)
+                        .unwrap_or_else(|| "proteus_groups".into()),
+                ),
+            )
+            .map_err(|e| e.replace("event_store", "groups"))?,
+            advertise_url: args.advertise_url.or(file.advertise_url),
             log: LogBackend::parse(
                 args.storage_log
                     .or(file.storage.log)
@@ -585,6 +627,34 @@ impl Settings {
                 ));
             }
         }
+        if matches!(self.groups, EventStoreBackend::Postgres { .. }) {
+            let leases = matches!(self.metadata, EventStoreBackend::Postgres { .. });
+            let log = matches!(self.log, LogBackend::Nats { .. });
+            if !leases || !log {
+                return Err(format!(
+                    "groups in PostgreSQL are shared by several instances, which also need to share {}: \
+                     add {}, or keep groups embedded (--groups embedded)",
+                    match (leases, log) {
+                        (false, false) =>
+                            "the metadata store (where coordinator leases live) and the log",
+                        (false, true) => "the metadata store (where coordinator leases live)",
+                        _ => "the log (the topics groups read)",
+                    },
+                    match (leases, log) {
+                        (false, false) => "--metadata postgres://… and --storage-log nats://…",
+                        (false, true) => "--metadata postgres://…",
+                        _ => "--storage-log nats://…",
+                    }
+                ));
+            }
+        }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "advertise_url must be an http(s) URL such as http://10.0.0.5:7070, got {url:?}"
+            ));
+        }
         if self
             .listen
             .rsplit_once(':')
@@ -659,6 +729,67 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.contains("http_body_bytes_max"), "{error}");
+    }
+
+    #[test]
+    fn shared_groups_need_shared_metadata_and_log() {
+        let settings = Settings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(settings.groups, EventStoreBackend::Embedded);
+        assert_eq!(settings.advertise_url, None);
+        let pg = "postgres://postgres@127.0.0.1:5432/test";
+        let error = Settings::resolve(ServeArgs {
+            groups: Some(pg.into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            error.contains("--metadata postgres://… and --storage-log nats://…"),
+            "{error}"
+        );
+        let error = Settings::resolve(ServeArgs {
+            groups: Some(pg.into()),
+            metadata: Some(pg.into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.contains("add --storage-log nats://…"), "{error}");
+        let error = Settings::resolve(ServeArgs {
+            groups: Some("nats://127.0.0.1:4222".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.starts_with("groups must be"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proteus.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "advertise_url = \"http://10.0.0.5:7070\"\n[storage]\ngroups = \"{pg}\"\ngroups_schema = \"g1\"\nmetadata = \"{pg}\"\nlog = \"nats://127.0.0.1:4222\"\n"
+            ),
+        )
+        .unwrap();
+        let settings = Settings::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            settings.groups,
+            EventStoreBackend::Postgres {
+                url: pg.into(),
+                schema: "g1".into()
+            }
+        );
+        assert_eq!(
+            settings.advertise_url.as_deref(),
+            Some("http://10.0.0.5:7070")
+        );
+        let error = Settings::resolve(ServeArgs {
+            advertise_url: Some("10.0.0.5:7070".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.contains("advertise_url"), "{error}");
     }
 
     #[test]

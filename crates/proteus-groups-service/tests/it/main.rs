@@ -1,6 +1,7 @@
 //! Push delivery against real local webhooks that fail on purpose, and the service's durable
 //! acks across a restart.
 
+mod coordination;
 mod webhook;
 
 use std::sync::Arc;

@@ -11,6 +11,7 @@ mod openfeature;
 mod schema_policy;
 mod shared_cache;
 mod shared_event_store;
+mod shared_groups;
 mod shared_nats_log;
 mod streams_cli;
 mod support;

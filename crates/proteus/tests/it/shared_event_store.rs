@@ -237,6 +237,95 @@ fn read_models_in_postgres_outlive_the_instance_that_built_them() {
     drop(models);
 }
 
+/// With read models and metadata in PostgreSQL, instances share projections live: one created
+/// through A is served through B at once (no restart), runs on exactly one of them, and moves
+/// to B when A dies.
+#[test]
+fn projections_are_shared_live_and_run_on_one_instance() {
+    let events = Schema::new();
+    let models = Schema(format!("{}_models", events.0));
+    let metadata = Schema(format!("{}_meta", events.0));
+    let start = |dir: &std::path::Path| {
+        ServerProcess::start_with(
+            dir,
+            &[
+                "--event-store",
+                &postgres_url(),
+                "--event-store-schema",
+                &events.0,
+                "--read-models",
+                &postgres_url(),
+                "--read-models-schema",
+                &models.0,
+                "--metadata",
+                &postgres_url(),
+                "--metadata-schema",
+                &metadata.0,
+            ],
+            &[],
+        )
+    };
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = start(a_dir.path());
+    let b = start(b_dir.path());
+    let status = http
+        .put(format!("{}/v1/projections/balances", a.url))
+        .json(&json!({
+            "source": {"category": "acct"},
+            "state": {"key": "stream", "handlers": {
+                "Deposited": {"increment": {"balance": {"path": "/data/amount"}}}}}
+        }))
+        .send()
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    let deposit = |url: &str, amount: u64| -> u64 {
+        let response = http
+            .post(format!("{url}/v1/streams/acct-1"))
+            .json(&json!({"type": "Deposited", "data": {"amount": amount}}))
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        response.json::<Value>().unwrap()["last_position"]
+            .as_u64()
+            .unwrap()
+    };
+    let doc = |url: &str, position: u64| -> Value {
+        http.get(format!(
+            "{url}/v1/projections/balances/docs/acct-1?wait_for_position={position}&wait_ms=10000"
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+    };
+    deposit(&a.url, 5);
+    let position = deposit(&b.url, 7);
+    // B serves the projection A created, without a restart.
+    assert_eq!(doc(&b.url, position)["doc"]["balance"], 12);
+    let runner = |url: &str| -> Value {
+        http.get(format!("{url}/v1/projections/balances"))
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()["runner"]
+            .clone()
+    };
+    let first_runner = runner(&a.url);
+    assert!(first_runner.is_string(), "{first_runner}");
+    assert_eq!(runner(&b.url), first_runner);
+
+    // A dies; B keeps the read model up to date (after the lease expires if A ran it).
+    a.kill_9();
+    let position = deposit(&b.url, 30);
+    assert_eq!(doc(&b.url, position)["doc"]["balance"], 42);
+    drop((models, metadata));
+}
+
 /// JetStream streams `<prefix>_EVENTS` and `<prefix>_SNAPSHOTS` of their own, deleted when the
 /// test ends (even when it fails).
 struct NatsStreams(String);
