@@ -27,9 +27,9 @@
 //! - **Decisions roll out through the flag-set service**: `decide` with `roll_out` applies the
 //!   domain's [`rollout_change`] as an audited flag-set revision before the decision is recorded.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proteus_experiments::{
     Decision, DefinitionError, DefinitionErrors, EXPOSURE_EVENT_TYPE, EXPOSURE_TOPIC, Experiment,
@@ -38,11 +38,12 @@ use proteus_experiments::{
 };
 use proteus_flagsets::{Change, FlagSetName};
 use proteus_flagsets_service::{Author, FlagService, FlagServiceError};
+use proteus_kv::lease::LeaseState;
 use proteus_kv::{
     GET_KEYS_MAX, KvCheck, KvCommit, KvError, KvStore, KvWrite, Namespace, SCAN_ENTRIES_MAX,
 };
 use proteus_log::port::{Log, StoredEvent};
-use proteus_log::{Event, LogError, Offset, ReadFrom, ReadLimits, TopicConfig, TopicName};
+use proteus_log::{Cursor, Event, LogError, Offset, ReadFrom, ReadLimits, TopicConfig, TopicName};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -64,6 +65,10 @@ pub const CHECKPOINT_BYTES_MAX: usize = proteus_kv::VALUE_BYTES_MAX;
 pub const UNITS_PER_COMMIT_MAX: usize = 4_000;
 /// Events applied per hold of an experiment's lock, so results requests wait little.
 const APPLY_EVENTS_PER_LOCK: usize = 256;
+/// The key-value namespace of the runner leases, one key per experiment id.
+pub const RUNNERS_NAMESPACE: &str = "experiments.runners";
+/// Shortest pause of an instance that follows another's aggregation, in ms.
+const FOLLOW_POLL_MS_MIN: u64 = 500;
 /// Most commits one checkpoint makes to finish a compaction before the task reads on.
 const COMPACTION_COMMITS_MAX: usize = 1_000;
 /// Key of the checkpoint in an experiment's namespace.
@@ -89,6 +94,12 @@ pub struct ExperimentServiceConfig {
     /// Shortest time between two points of an experiment's results history (what
     /// `proteus experiment results --chart` draws), in ms.
     pub history_interval_ms: u64,
+    /// This process in the runner leases (`experiments.runners`): with a shared key-value
+    /// store, each experiment is aggregated by the one instance holding its lease; the others
+    /// serve its results from the committed checkpoint.
+    pub instance_id: String,
+    /// How long a runner lease lasts without renewal, in ms (renewed every third of it).
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for ExperimentServiceConfig {
@@ -99,6 +110,8 @@ impl Default for ExperimentServiceConfig {
             read_events_max: 1_000,
             read_bytes_max: 1024 * 1024,
             history_interval_ms: 60_000,
+            instance_id: uuid::Uuid::now_v7().simple().to_string(),
+            lease_ttl_ms: 10_000,
         }
     }
 }
@@ -458,6 +471,8 @@ struct Inner {
     topic: TopicName,
     config: ExperimentServiceConfig,
     experiments: RwLock<BTreeMap<String, Entry>>,
+    /// Per experiment, the offset of the last record of `proteus.experiments` applied here.
+    applied: Mutex<HashMap<String, Offset>>,
     writer: tokio::sync::Mutex<()>,
     closing: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -491,11 +506,12 @@ async fn ensure_topic(
 }
 
 /// Reads every event of partition 0 of `topic`, in order, handing each to `each`.
+/// Reads `topic`'s partition 0 from the start through `each`; returns the offset after it.
 async fn replay_topic(
     log: &dyn Log,
     topic: &TopicName,
     mut each: impl FnMut(&StoredEvent) -> Result<(), ExperimentServiceError>,
-) -> Result<(), ExperimentServiceError> {
+) -> Result<Offset, ExperimentServiceError> {
     let limits = ReadLimits {
         events_max: REPLAY_EVENTS_PER_READ,
         bytes_max: proteus_log::port::READ_BYTES_MAX,
@@ -504,7 +520,7 @@ async fn replay_topic(
     loop {
         let batch = log.read(topic, 0, ReadFrom::Offset(from), limits).await?;
         if batch.events.is_empty() {
-            return Ok(());
+            return Ok(from.max(batch.next_offset));
         }
         for stored in &batch.events {
             each(stored)?;
@@ -533,7 +549,8 @@ impl ExperimentService {
         ensure_topic(log.as_ref(), &topic, CHANGE_EVENT_BYTES_MAX).await?;
 
         let mut experiments: BTreeMap<String, Entry> = BTreeMap::new();
-        replay_topic(log.as_ref(), &topic, |stored| {
+        let mut applied: HashMap<String, Offset> = HashMap::new();
+        let replayed = replay_topic(log.as_ref(), &topic, |stored| {
             let corrupt = |reason: String| ExperimentServiceError::Corrupt {
                 topic: TOPIC,
                 offset: stored.offset,
@@ -546,6 +563,7 @@ impl ExperimentService {
             }
             let record: ChangeRecord = serde_json::from_value(envelope["data"].clone())
                 .map_err(|e| corrupt(e.to_string()))?;
+            applied.insert(record.experiment.definition.id.clone(), stored.offset);
             if record.action == "delete" {
                 experiments.remove(&record.experiment.definition.id);
                 return Ok(());
@@ -586,6 +604,7 @@ impl ExperimentService {
                 topic,
                 config,
                 experiments: RwLock::new(experiments),
+                applied: Mutex::new(applied),
                 writer: tokio::sync::Mutex::new(()),
                 closing,
                 tasks: Mutex::default(),
@@ -599,7 +618,59 @@ impl ExperimentService {
         for (id, shared) in started {
             service.spawn(id, shared);
         }
+        // Changes made through other instances sharing the log arrive through it.
+        let follower = tokio::spawn(follow_changes(
+            Arc::downgrade(&service.inner),
+            replayed,
+            service.inner.closing.subscribe(),
+        ));
+        service
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(follower);
         Ok(service)
+    }
+
+    /// Applies one change record another instance (or this one) appended at `offset`, unless
+    /// a later record of the same experiment was already applied. Called with the writer lock.
+    async fn apply_followed(
+        &self,
+        offset: Offset,
+        record: ChangeRecord,
+    ) -> Result<(), ExperimentServiceError> {
+        let id = record.experiment.definition.id.clone();
+        {
+            let mut applied = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
+            if applied.get(&id).is_some_and(|&done| done >= offset) {
+                return Ok(());
+            }
+            applied.insert(id.clone(), offset);
+        }
+        if record.action == "delete" {
+            self.write().remove(&id);
+            return Ok(());
+        }
+        let has_task = self.read().get(&id).is_some_and(|e| e.shared.is_some());
+        let shared = match started_ms(&record.experiment.status) {
+            Some(started) if !has_task => {
+                let state = load_state(
+                    self.inner.kv.as_ref(),
+                    &namespace_of(&id)?,
+                    &record.experiment.definition,
+                    started,
+                )
+                .await?;
+                Some(Arc::new(Mutex::new(state)))
+            }
+            _ => None,
+        };
+        self.publish(record.experiment, record.time_ms, shared.clone());
+        if let Some(shared) = shared {
+            self.spawn(id, shared);
+        }
+        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
@@ -709,10 +780,18 @@ impl ExperimentService {
             .map_err(|e| ExperimentServiceError::Encoding(e.to_string()))?;
         let event = Event::from_json(&bytes)
             .map_err(|e| ExperimentServiceError::Encoding(e.to_string()))?;
-        self.inner
+        let receipts = self
+            .inner
             .log
             .append(&self.inner.topic, vec![event])
             .await?;
+        if let Some(receipt) = receipts.first() {
+            self.inner
+                .applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(experiment.definition.id.clone(), receipt.offset);
+        }
         Ok(())
     }
 
@@ -1117,13 +1196,180 @@ fn event_time_ms(event: &Value, append_time_ms: i64) -> i64 {
         })
 }
 
+/// How long the change follower waits for new records per call, in ms.
+const FOLLOW_CHANGES_WAIT_MS: u64 = 1_000;
+
+/// Reads `proteus.experiments` from `from` on and applies what other instances sharing the
+/// log change (this instance's own records are already applied and are skipped).
+async fn follow_changes(inner: Weak<Inner>, mut from: Offset, mut closing: watch::Receiver<bool>) {
+    let limits = ReadLimits {
+        events_max: REPLAY_EVENTS_PER_READ,
+        bytes_max: proteus_log::port::READ_BYTES_MAX,
+    };
+    loop {
+        if *closing.borrow() {
+            return;
+        }
+        let Some(service) = inner.upgrade().map(|inner| ExperimentService { inner }) else {
+            return;
+        };
+        let topic = service.inner.topic.clone();
+        let log = service.inner.log.clone();
+        let batch = match log.read(&topic, 0, ReadFrom::Offset(from), limits).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(%error, "experiment changes cannot be read; retrying");
+                drop(service);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(FOLLOW_CHANGES_WAIT_MS)) => {}
+                    _ = closing.changed() => {}
+                }
+                continue;
+            }
+        };
+        if batch.events.is_empty() {
+            drop(service);
+            let mut cursor = Cursor::new();
+            cursor.set(0, from);
+            tokio::select! {
+                _ = log.wait_for_events(&topic, &cursor, Duration::from_millis(FOLLOW_CHANGES_WAIT_MS)) => {}
+                _ = closing.changed() => {}
+            }
+            continue;
+        }
+        let _writer = service.inner.writer.lock().await;
+        for stored in &batch.events {
+            let record = serde_json::from_slice::<Value>(&stored.json)
+                .ok()
+                .filter(|envelope| envelope["type"] == EVENT_TYPE)
+                .and_then(|mut envelope| {
+                    serde_json::from_value::<ChangeRecord>(envelope["data"].take()).ok()
+                });
+            let Some(record) = record else {
+                continue;
+            };
+            if let Err(error) = service.apply_followed(stored.offset, record).await {
+                tracing::warn!(offset = stored.offset, %error, "an experiment change from another instance could not be applied");
+            }
+        }
+        from = batch.next_offset;
+    }
+}
+
 /// The aggregation task of one experiment.
 async fn run(
     inner: Weak<Inner>,
     id: String,
     shared: Arc<Mutex<Shared>>,
-    mut closing: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
 ) {
+    let mut lease: Option<Instant> = None;
+    run_loop(&inner, &id, &shared, closing, &mut lease).await;
+    if lease.is_some()
+        && let Some(inner) = inner.upgrade()
+        && let Err(error) = proteus_kv::lease::release(
+            inner.kv.as_ref(),
+            &runners_namespace(),
+            id.as_bytes(),
+            &inner.config.instance_id,
+        )
+        .await
+    {
+        tracing::warn!(experiment = %id, %error, "the experiment's runner lease could not be released; it expires by itself");
+    }
+}
+
+fn runners_namespace() -> Namespace {
+    Namespace::parse(RUNNERS_NAMESPACE).expect("the runners namespace is valid")
+}
+
+/// Takes or renews this instance's runner lease of `id` when a third of its time has passed;
+/// returns whether this instance may aggregate now (its last renewal is recent enough that the
+/// lease cannot have passed to another instance). `lease` is when the last renewal was asked.
+async fn hold_lease(service: &ExperimentService, id: &str, lease: &mut Option<Instant>) -> bool {
+    let config = &service.inner.config;
+    let ttl = Duration::from_millis(config.lease_ttl_ms.max(proteus_kv::lease::LEASE_TTL_MS_MIN));
+    if lease.is_none_or(|at| at.elapsed() >= ttl / 3) {
+        let asked = Instant::now();
+        match proteus_kv::lease::acquire(
+            service.inner.kv.as_ref(),
+            &runners_namespace(),
+            id.as_bytes(),
+            &config.instance_id,
+            "",
+            now_ms(),
+            ttl.as_millis() as u64,
+        )
+        .await
+        {
+            Ok(LeaseState::Held(_)) => *lease = Some(asked),
+            Ok(LeaseState::HeldByOther(_)) => *lease = None,
+            Err(error) => {
+                tracing::warn!(experiment = %id, %error, "the experiment's runner lease could not be renewed");
+            }
+        }
+    }
+    // Stop a fifth of the lease before it could expire.
+    lease.is_some_and(|at| at.elapsed() < ttl - ttl / 5)
+}
+
+/// What an instance that does not aggregate `definition` serves: the committed checkpoint
+/// (statistics, counters, offsets, history), read again when it changed.
+async fn follow(
+    service: &ExperimentService,
+    definition: &ExperimentDefinition,
+    started_ms: i64,
+    shared: &Arc<Mutex<Shared>>,
+) {
+    let namespace = shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .namespace
+        .clone();
+    let stored = match service
+        .inner
+        .kv
+        .get_many(&namespace, &[CHECKPOINT_KEY.to_vec()])
+        .await
+    {
+        Ok(mut values) => values.pop().flatten(),
+        Err(error) => {
+            tracing::warn!(experiment = %definition.id, %error, "the experiment's checkpoint cannot be read");
+            return;
+        }
+    };
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    if stored.is_none() || stored == s.committed {
+        return;
+    }
+    let Some(checkpoint) = stored
+        .as_deref()
+        .and_then(|bytes| serde_json::from_slice::<Checkpoint>(bytes).ok())
+        .filter(|c| c.started_ms == started_ms)
+    else {
+        return;
+    };
+    s.aggregator = checkpoint.aggregator;
+    s.positions = checkpoint.positions;
+    s.history = checkpoint.history;
+    s.looks = checkpoint.looks;
+    s.checkpointed_ms = checkpoint.time_ms;
+    s.dirty = false;
+    s.committed = stored;
+}
+
+/// The body of an aggregation task; `lease` tracks this instance's runner lease.
+async fn run_loop(
+    inner: &Weak<Inner>,
+    id: &str,
+    shared: &Arc<Mutex<Shared>>,
+    mut closing: watch::Receiver<bool>,
+    lease: &mut Option<Instant>,
+) {
+    let id = id.to_owned();
+    // Whether `shared` holds the committed state with its units (as loaded at open or start),
+    // rather than a follower's copy of the checkpoint alone.
+    let mut holds_units = true;
     loop {
         let Some(service) = inner.upgrade().map(|inner| ExperimentService { inner }) else {
             return;
@@ -1142,9 +1388,38 @@ async fn run(
         };
         let decided = matches!(experiment.status, Status::Decided { .. });
         let closed = *closing.borrow();
+        let was_runner = lease.is_some();
+        let runner = if closed {
+            let ttl = Duration::from_millis(service.inner.config.lease_ttl_ms);
+            lease.is_some_and(|at| at.elapsed() < ttl - ttl / 5)
+        } else {
+            hold_lease(&service, &id, lease).await
+        };
+        if !runner {
+            if closed {
+                return;
+            }
+            if was_runner {
+                tracing::info!(experiment = %id, "another instance aggregates this experiment now");
+            }
+            follow(&service, &experiment.definition, started_ms, shared).await;
+            holds_units = false;
+            let poll = Duration::from_millis(service.inner.config.poll_ms.max(FOLLOW_POLL_MS_MIN));
+            drop(service);
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = closing.changed() => {}
+            }
+            continue;
+        }
+        if !was_runner && !holds_units {
+            // Start from what was last committed, whoever committed it.
+            reload(&service, &experiment.definition, started_ms, shared).await;
+            holds_units = true;
+        }
         let stale = shared.lock().unwrap_or_else(|p| p.into_inner()).stale;
         if stale && !closed {
-            reload(&service, &experiment.definition, started_ms, &shared).await;
+            reload(&service, &experiment.definition, started_ms, shared).await;
         }
         let stale = shared.lock().unwrap_or_else(|p| p.into_inner()).stale;
         let progressed = if closed || stale {
@@ -1155,7 +1430,7 @@ async fn run(
                 &experiment.definition,
                 started_ms,
                 stopped_ms,
-                &shared,
+                shared,
             )
             .await
             {
@@ -1207,7 +1482,7 @@ async fn run(
                         >= service.inner.config.checkpoint_interval_ms as i64)
         };
         if due {
-            checkpoint(&service, &experiment.definition, started_ms, &shared).await;
+            checkpoint(&service, &experiment.definition, started_ms, shared).await;
         }
         if finishing {
             return;

@@ -227,8 +227,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 return Err("metadata is kept embedded or in PostgreSQL, not in NATS".into());
             }
         };
-    // One id for this process in every lease it takes (groups, projections).
-    let instance_id = uuid::Uuid::now_v7().simple().to_string();
+    // One id for this instance in every lease it takes (groups, projections, experiments),
+    // kept in the data directory so a restart after kill -9 takes its own leases back at once
+    // instead of waiting for them to expire.
+    let instance_id = instance_id(&settings.data_dir)?;
     // Shared read models with shared metadata: each projection runs on one instance (a lease);
     // with embedded metadata every instance would take every lease, so they are not shared.
     let shared_projections = matches!(settings.read_models, EventStoreBackend::Postgres { .. })
@@ -282,7 +284,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         log.clone(),
         metadata,
         flags.clone(),
-        ExperimentServiceConfig::default(),
+        ExperimentServiceConfig {
+            instance_id: instance_id.clone(),
+            ..ExperimentServiceConfig::default()
+        },
     )
     .await
     .map_err(|e| format!("cannot load the experiments: {e}"))?;
@@ -443,4 +448,22 @@ async fn open_cache(settings: &Settings, log: Arc<dyn Log>) -> Result<Option<Tie
         .await
         .map_err(|e| format!("cannot follow cache invalidations: {e}"))?;
     Ok(Some(cache))
+}
+
+/// The instance id in `<data_dir>/instance.id`, created on first start.
+fn instance_id(data_dir: &std::path::Path) -> Result<String, String> {
+    let path = data_dir.join("instance.id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        Ok(_) | Err(_) => {
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            std::fs::write(&path, &id).map_err(|e| {
+                format!(
+                    "cannot write the instance id to {}: {e}; check that the data directory is writable",
+                    path.display()
+                )
+            })?;
+            Ok(id)
+        }
+    }
 }

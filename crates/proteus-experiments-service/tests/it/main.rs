@@ -546,3 +546,76 @@ async fn deleting_an_experiment_forgets_it_and_its_state() {
         .unwrap();
     service.close().await;
 }
+
+/// Two instances sharing the log and the key-value store: changes made through one reach the
+/// other through the log; one aggregates the experiment (it holds the runner lease), the other
+/// serves the same results from the committed checkpoint, and takes over when the first closes.
+#[tokio::test]
+async fn one_instance_aggregates_and_the_other_follows_then_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let flags = flags(&log).await;
+    let kv: Arc<dyn KvStore> = Arc::new(proteus_kv::MemoryKvStore::new());
+    let instance = |name: &str| ExperimentServiceConfig {
+        instance_id: name.into(),
+        lease_ttl_ms: 1_000,
+        ..config()
+    };
+    let a = ExperimentService::open(log.clone(), kv.clone(), flags.clone(), instance("a"))
+        .await
+        .unwrap();
+    let b = ExperimentService::open(log.clone(), kv.clone(), flags.clone(), instance("b"))
+        .await
+        .unwrap();
+    // Created and started through A, the experiment reaches B through the log.
+    a.create(definition("green", "checkout", "green"), "me")
+        .await
+        .unwrap();
+    a.start("green", "me").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.get("green").map(|e| e.state).ok() != Some("running") {
+        assert!(
+            Instant::now() < deadline,
+            "B never saw the experiment start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    expose(&log, 0..40).await;
+    buy(&log, &[0, 1, 2]).await;
+    let done = |r: &Value| {
+        r["aggregation"]["exposures_applied"] == 40
+            && r["aggregation"]["metric_events_applied"] == 3
+    };
+    let from_a = results_when(&a, "green", done).await;
+    let from_b = results_when(&b, "green", done).await;
+    assert_eq!(from_a["metrics"], from_b["metrics"]);
+    // Either may hold the lease: the other serves what the holder committed.
+    let holder = proteus_kv::lease::current(
+        kv.as_ref(),
+        &proteus_kv::Namespace::parse(proteus_experiments_service::RUNNERS_NAMESPACE).unwrap(),
+        b"green",
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (runner, follower) = match holder.holder.as_str() {
+        "a" => (a, b),
+        "b" => (b, a),
+        other => panic!("unknown holder {other}"),
+    };
+
+    // The runner closes (releasing its lease); the follower takes over and counts what comes
+    // next, once.
+    runner.close().await;
+    drop(runner);
+    expose(&log, 40..42).await;
+    buy(&log, &[40]).await;
+    let after = results_when(&follower, "green", |r| {
+        r["aggregation"]["exposures_applied"] == 42
+            && r["aggregation"]["metric_events_applied"] == 4
+    })
+    .await;
+    let arms = &after["metrics"][0]["arms"];
+    assert_eq!((&arms[0]["n"], &arms[1]["n"]), (&json!(21), &json!(21)));
+    follower.close().await;
+}
