@@ -1,17 +1,26 @@
 //! `proteus bench streams`: event-sourcing appends with exact expected versions, beside
-//! PostgreSQL doing the same.
+//! PostgreSQL and NATS JetStream doing the same.
 //!
 //! **Appends.** `--connections` writers each own a slice of `--streams` streams and append
 //! `--events-per-append` events to them in turn, each append carrying the exact version the
 //! writer last saw (the optimistic-concurrency write every event-sourced command makes). Against
 //! Proteus each writer is one HTTP/1.1 keep-alive connection posting to `/v1/streams/{s}`;
 //! against PostgreSQL (`--postgres`) each is one connection running one transaction per append
-//! into a table with a unique `(stream, version)` (`synchronous_commit` on). Every append must
-//! succeed: a conflict or error stops the run, so the counts are of durable, checked writes.
+//! into a table with a unique `(stream, version)` (`synchronous_commit` on). Against JetStream
+//! (`--nats`) each is one NATS connection publishing into a fresh file-backed stream (deleted at
+//! the end) with one subject per event stream: an append is ONE message holding its events (the
+//! binary framing of Proteus's NATS event store, so it is as atomic as a Proteus append there)
+//! with `Nats-Expected-Last-Subject-Sequence` set to the sequence of the subject's last message,
+//! which the writer knows from its previous acknowledgement (0 for a new subject); the writer
+//! waits for each acknowledgement. Every append must succeed: a conflict (a unique violation, a
+//! wrong last subject sequence) or error stops the run, so the counts are of durable, checked
+//! writes.
 //!
 //! **Aggregate reads.** Then one stream of `--aggregate-events` events is written and loaded
 //! whole, back to back for `--seconds`: `GET /v1/streams/{s}/aggregate` against
-//! `SELECT … WHERE stream = $1 ORDER BY version`. The report gives latency percentiles.
+//! `SELECT … WHERE stream = $1 ORDER BY version`, and against an ephemeral JetStream pull
+//! consumer of the subject (no acks, memory storage; created, read to the end and deleted per
+//! load). The report gives latency percentiles.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +44,9 @@ pub struct StreamsArgs {
     /// Also measure PostgreSQL, e.g. postgres://postgres@127.0.0.1:5432/test.
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// Also measure NATS JetStream directly, e.g. nats://127.0.0.1:4222.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
     /// Distinct streams appended to.
     #[arg(long, default_value_t = 10_000)]
     pub streams: usize,
@@ -157,6 +169,9 @@ pub async fn run(args: StreamsArgs) -> Result<(), String> {
     let mut systems = vec![proteus::measure(url, &run, &args).await?];
     if let Some(postgres) = &args.postgres {
         systems.push(postgres::measure(postgres, &run, &args).await?);
+    }
+    if let Some(nats) = &args.nats {
+        systems.push(nats::measure(nats, &run, &args).await?);
     }
     let report = StreamsReport {
         streams: args.streams,
@@ -486,5 +501,298 @@ mod postgres {
             aggregate_p50_ms: ms(&reads, 0.5),
             aggregate_p99_ms: ms(&reads, 0.99),
         })
+    }
+}
+
+mod nats {
+    use async_nats::jetstream::message::PublishMessage;
+    use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+    use bytes::{Buf, BufMut, BytesMut};
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    const START_HINT: &str = "start it with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server` or fix --nats";
+    /// Bytes of a message's size left for its headers and subject.
+    const HEADER_BYTES_RESERVED: usize = 1_024;
+    /// Events of the aggregate per message at most, as Proteus appends it.
+    const AGGREGATE_EVENTS_PER_MESSAGE_MAX: usize = 1_000;
+    /// How long one aggregate load may wait for messages.
+    const LOAD_WAIT: Duration = Duration::from_secs(10);
+
+    async fn connect(url: &str) -> Result<async_nats::Client, String> {
+        let shown = crate::targets::redact(url);
+        crate::targets::connecting(&format!("NATS at {shown}"), async {
+            async_nats::ConnectOptions::new()
+                .connection_timeout(crate::targets::CONNECT_TIMEOUT)
+                .connect(url)
+                .await
+                .map_err(|e| format!("cannot reach NATS at {shown}: {e}; {START_HINT}"))
+        })
+        .await
+        .map_err(|e| {
+            if e.contains(START_HINT) {
+                e
+            } else {
+                format!("{e}; {START_HINT}")
+            }
+        })
+    }
+
+    /// The payload of one append, framed as Proteus's NATS event store frames it: per event
+    /// u16 id length, id, u16 type length, type, u8 flags (0), u32 data length, data.
+    fn events_payload(events: usize, data: &str) -> Bytes {
+        const TYPE: &str = "BenchEvent";
+        let mut out =
+            BytesMut::with_capacity(events * (2 + 36 + 2 + TYPE.len() + 1 + 4 + data.len()));
+        for _ in 0..events {
+            let id = uuid::Uuid::now_v7().to_string();
+            out.put_u16(id.len() as u16);
+            out.put_slice(id.as_bytes());
+            out.put_u16(TYPE.len() as u16);
+            out.put_slice(TYPE.as_bytes());
+            out.put_u8(0);
+            out.put_u32(data.len() as u32);
+            out.put_slice(data.as_bytes());
+        }
+        out.freeze()
+    }
+
+    /// The number of events in a payload of [`events_payload`], checking its framing.
+    fn events_in(payload: &Bytes) -> Result<usize, String> {
+        fn take(rest: &mut Bytes, len: usize) -> Result<Bytes, String> {
+            if rest.remaining() < len {
+                return Err("a JetStream message's payload ends inside an event".to_owned());
+            }
+            Ok(rest.split_to(len))
+        }
+        let mut rest = payload.clone();
+        let mut count = 0;
+        while rest.has_remaining() {
+            let len = take(&mut rest, 2)?.get_u16() as usize;
+            take(&mut rest, len)?; // the id
+            let len = take(&mut rest, 2)?.get_u16() as usize;
+            take(&mut rest, len)?; // the type
+            take(&mut rest, 1)?; // the flags
+            let len = take(&mut rest, 4)?.get_u32() as usize;
+            take(&mut rest, len)?; // the data
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Deletes `name` if it exists.
+    async fn delete_stream(jetstream: &jetstream::Context, name: &str) -> Result<(), String> {
+        match jetstream.delete_stream(name).await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::DeleteStreamErrorKind::JetStream(ref error)
+                        if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(format!("deleting JetStream stream {name} failed: {e}")),
+        }
+    }
+
+    /// Publishes one append to `subject` whose last message is at `expected` (0: none) and
+    /// returns the sequence it was stored at.
+    async fn append(
+        jetstream: &jetstream::Context,
+        subject: &str,
+        expected: u64,
+        payload: Bytes,
+    ) -> Result<u64, String> {
+        let message = PublishMessage::build()
+            .payload(payload)
+            .expected_last_subject_sequence(expected);
+        let ack = jetstream
+            .send_publish(subject.to_owned(), message)
+            .await
+            .map_err(|e| format!("publishing an append to {subject} failed: {e}"))?
+            .await
+            .map_err(|e| {
+                if e.kind() == PublishErrorKind::WrongLastSequence {
+                    format!(
+                        "an append to {subject} conflicted: its last message is not at sequence {expected} ({e})"
+                    )
+                } else {
+                    format!("an append to {subject} was not acknowledged: {e}")
+                }
+            })?;
+        Ok(ack.sequence)
+    }
+
+    pub async fn measure(url: &str, run: &str, args: &StreamsArgs) -> Result<SystemReport, String> {
+        // A stream of this run's own (the run id is lower-case hex), deleted at the end.
+        let name = format!("PROTEUS_BENCH_STREAMS_{run}");
+        let prefix = format!("proteus-bench-streams-{run}");
+        let client = connect(url).await?;
+        let jetstream = jetstream::new(client.clone());
+        let stream = jetstream
+            .create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{prefix}.>")],
+                storage: stream::StorageType::File,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                format!("creating JetStream stream {name} failed: {e}; is JetStream enabled (nats-server -js)?")
+            })?;
+        let measured = measure_on(url, &client, &stream, &prefix, args).await;
+        let deleted = delete_stream(&jetstream, &name).await;
+        let report = measured?;
+        deleted?;
+        Ok(report)
+    }
+
+    async fn measure_on(
+        url: &str,
+        client: &async_nats::Client,
+        stream: &stream::Stream,
+        prefix: &str,
+        args: &StreamsArgs,
+    ) -> Result<SystemReport, String> {
+        let data = event_data(args.event_bytes);
+        // An append must fit one message, as on Proteus's NATS event store.
+        let max_payload = client.server_info().max_payload;
+        let append_bytes = events_payload(args.events_per_append, &data).len();
+        if append_bytes + HEADER_BYTES_RESERVED > max_payload {
+            return Err(format!(
+                "an append of {} events of {} bytes is {append_bytes} bytes, more than NATS takes in one message (max_payload {max_payload} bytes, {HEADER_BYTES_RESERVED} kept for headers); raise max_payload in nats-server's configuration or lower --events-per-append or --event-bytes",
+                args.events_per_append, args.event_bytes
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for writer in 0..args.connections {
+            let (url, data, prefix) = (url.to_owned(), data.clone(), prefix.to_owned());
+            let (streams, per_append, connections) =
+                (args.streams, args.events_per_append, args.connections);
+            tasks.push(tokio::spawn(async move {
+                let jetstream = jetstream::new(connect(&url).await?);
+                let owned: Vec<usize> = (writer..streams).step_by(connections).collect();
+                // The sequence of each subject's last message, from the last acknowledgement.
+                let mut last_sequences = vec![0u64; owned.len()];
+                let mut histogram = latency_histogram();
+                let mut appends = 0u64;
+                let mut turn = 0usize;
+                while Instant::now() < deadline {
+                    let slot = turn % owned.len();
+                    turn += 1;
+                    let subject = format!("{prefix}.s.{}", owned[slot]);
+                    let payload = events_payload(per_append, &data);
+                    let sent = Instant::now();
+                    last_sequences[slot] =
+                        append(&jetstream, &subject, last_sequences[slot], payload).await?;
+                    histogram.saturating_record((sent.elapsed().as_micros() as u64).max(1));
+                    appends += 1;
+                }
+                Ok::<_, String>((appends, histogram))
+            }));
+        }
+        let (appends, histogram) = crate::report::join_counted(tasks, "writer").await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let events = appends * args.events_per_append as u64;
+
+        // The aggregate: written in messages of at most 1,000 events (and `max_payload`), then
+        // loaded whole repeatedly.
+        let jetstream = jetstream::new(client.clone());
+        let subject = format!("{prefix}.aggregate");
+        let event_bytes = append_bytes.div_ceil(args.events_per_append);
+        let per_message = ((max_payload - HEADER_BYTES_RESERVED) / event_bytes)
+            .clamp(1, AGGREGATE_EVENTS_PER_MESSAGE_MAX);
+        let mut last_sequence = 0;
+        let mut written = 0;
+        let mut messages = 0;
+        while written < args.aggregate_events {
+            let count = (args.aggregate_events - written).min(per_message);
+            last_sequence = append(
+                &jetstream,
+                &subject,
+                last_sequence,
+                events_payload(count, &data),
+            )
+            .await
+            .map_err(|e| format!("writing the aggregate failed: {e}"))?;
+            written += count;
+            messages += 1;
+        }
+        let mut reads = latency_histogram();
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        while Instant::now() < deadline {
+            let sent = Instant::now();
+            let loaded = load(stream, &subject, messages).await?;
+            reads.saturating_record((sent.elapsed().as_micros() as u64).max(1));
+            if loaded != args.aggregate_events {
+                return Err(format!(
+                    "an aggregate read returned {loaded} events, not {}",
+                    args.aggregate_events
+                ));
+            }
+        }
+        Ok(SystemReport {
+            system: "nats-jetstream".into(),
+            appends,
+            events,
+            seconds,
+            events_per_s: events as f64 / seconds,
+            append_p50_ms: ms(&histogram, 0.5),
+            append_p99_ms: ms(&histogram, 0.99),
+            aggregate_reads: reads.len(),
+            aggregate_p50_ms: ms(&reads, 0.5),
+            aggregate_p99_ms: ms(&reads, 0.99),
+        })
+    }
+
+    /// Loads the events of `subject` (`messages` messages) through an ephemeral pull consumer,
+    /// deleted afterwards, and returns how many there are.
+    async fn load(
+        stream: &stream::Stream,
+        subject: &str,
+        messages: usize,
+    ) -> Result<usize, String> {
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: subject.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                memory_storage: true,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("creating a consumer of {subject} failed: {e}"))?;
+        let name = consumer.cached_info().name.clone();
+        let mut batch = consumer
+            .batch()
+            .max_messages(messages)
+            .expires(LOAD_WAIT)
+            .messages()
+            .await
+            .map_err(|e| format!("reading {subject} failed: {e}"))?;
+        let mut loaded = 0;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| format!("reading {subject} failed: {e}"))?;
+            loaded += events_in(&message.payload)?;
+            let info = message
+                .info()
+                .map_err(|e| format!("a message of {subject} has no JetStream metadata: {e}"))?;
+            if info.pending == 0 {
+                break;
+            }
+        }
+        drop(batch);
+        stream
+            .delete_consumer(&name)
+            .await
+            .map_err(|e| format!("deleting the consumer {name} of {subject} failed: {e}"))?;
+        Ok(loaded)
     }
 }
