@@ -118,6 +118,11 @@ struct IdIndex {
     seq: u64,
     /// Event id → (version, position).
     ids: HashMap<String, (u64, u64)>,
+    /// The stream's end as this instance's last append left it: (the subject's last stream
+    /// sequence, the stream's last version). The next append publishes against it without
+    /// reading the end first; the server's expected-sequence check refuses it if anyone wrote
+    /// since, and the end is then read again.
+    tail: Option<(u64, u64)>,
 }
 
 /// The NATS JetStream event store. Cheap to clone; clones share one connection.
@@ -827,24 +832,33 @@ impl NatsEventStore {
         let count = events.len() as u64;
         let mut conflicts = 0;
         loop {
-            let (last_seq, actual) = match self.state(stream, &subject).await? {
-                State::Deleted { .. } => {
-                    return Err(EventStoreError::StreamDeleted {
-                        stream: stream.clone(),
-                    });
+            let (last_seq, actual) = match index.tail.take() {
+                // The index is complete up to the cached end: nothing to read.
+                Some((last_seq, last_version)) if index.seq == last_seq => {
+                    (last_seq, Some(last_version))
                 }
-                State::None => {
-                    *index = IdIndex::default();
-                    (0, None)
+                _ => {
+                    let (last_seq, actual) = match self.state(stream, &subject).await? {
+                        State::Deleted { .. } => {
+                            return Err(EventStoreError::StreamDeleted {
+                                stream: stream.clone(),
+                            });
+                        }
+                        State::None => {
+                            *index = IdIndex::default();
+                            (0, None)
+                        }
+                        State::Live {
+                            last,
+                            first_version,
+                            count,
+                        } => (last.seq, Some(first_version + count - 1)),
+                    };
+                    self.refresh_index(stream, &subject, &mut index, last_seq)
+                        .await?;
+                    (last_seq, actual)
                 }
-                State::Live {
-                    last,
-                    first_version,
-                    count,
-                } => (last.seq, Some(first_version + count - 1)),
             };
-            self.refresh_index(stream, &subject, &mut index, last_seq)
-                .await?;
             let versions: Vec<Option<u64>> = events
                 .iter()
                 .map(|e| index.ids.get(&e.id).map(|(version, _)| *version))
@@ -878,6 +892,7 @@ impl NatsEventStore {
                             .insert(event.id.clone(), (first_version + i, position_of(seq, i)));
                     }
                     index.seq = seq;
+                    index.tail = Some((seq, first_version + count - 1));
                     self.account_ids(events.len());
                     let outcome = AppendOutcome {
                         first_version,
