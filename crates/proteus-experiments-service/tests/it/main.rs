@@ -125,6 +125,13 @@ async fn buy(log: &Arc<dyn Log>, users: &[u32]) {
     log.append(&topic, events).await.unwrap();
 }
 
+/// Creates `definition` as a draft and starts it.
+async fn create_and_start(service: &ExperimentService, definition: ExperimentDefinition) {
+    let id = definition.id.clone();
+    service.create(definition, "me").await.unwrap();
+    service.start(&id, "me").await.unwrap();
+}
+
 /// The results once `done` holds, within 10 s.
 async fn results_when(
     service: &ExperimentService,
@@ -239,11 +246,7 @@ async fn aggregation_checkpoints_and_resumes_without_counting_twice() {
     let service = ExperimentService::open(log.clone(), open_kv(dir.path()), flags, config())
         .await
         .unwrap();
-    service
-        .create(definition("green", "checkout", "green"), "me")
-        .await
-        .unwrap();
-    service.start("green", "me").await.unwrap();
+    create_and_start(&service, definition("green", "checkout", "green")).await;
     expose(&log, 0..20).await;
     // Three control users (even) and one green user (odd) buy; a unit never exposed does not count.
     buy(&log, &[0, 2, 4, 1, 999]).await;
@@ -494,11 +497,7 @@ async fn deleting_an_experiment_forgets_it_and_its_state() {
     let service = ExperimentService::open(log.clone(), open_kv(dir.path()), flags, config())
         .await
         .unwrap();
-    service
-        .create(definition("green", "checkout", "green"), "me")
-        .await
-        .unwrap();
-    service.start("green", "me").await.unwrap();
+    create_and_start(&service, definition("green", "checkout", "green")).await;
     expose(&log, 0..10).await;
     results_when(&service, "green", |r| {
         r["aggregation"]["exposures_applied"] == 10
