@@ -229,6 +229,20 @@ fn decode_unit(key: &[u8], value: &[u8]) -> Result<UnitState, KvError> {
     })
 }
 
+/// The checkpoint in `bytes` when it belongs to the start at `started_ms` (an earlier life of
+/// the same id does not count); an undecodable one is logged and ignored.
+fn decode_checkpoint(id: &str, bytes: &[u8], started_ms: i64) -> Option<Checkpoint> {
+    match serde_json::from_slice::<Checkpoint>(bytes) {
+        Ok(c) if c.started_ms == started_ms => Some(c),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::warn!(experiment = %id, %error,
+                "the experiment's checkpoint cannot be decoded; it is not used");
+            None
+        }
+    }
+}
+
 /// An experiment's last committed state: its checkpoint and unsettled units; or a fresh
 /// aggregator, after clearing what an earlier start left, when there is no usable checkpoint.
 async fn load_state(
@@ -242,17 +256,9 @@ async fn load_state(
         .await?
         .pop()
         .flatten();
-    let checkpoint = stored.as_deref().and_then(|bytes| {
-        match serde_json::from_slice::<Checkpoint>(bytes) {
-            Ok(c) if c.started_ms == started_ms => Some(c),
-            Ok(_) => None,
-            Err(error) => {
-                tracing::warn!(experiment = %definition.id, %error,
-                    "the experiment's checkpoint cannot be decoded; its topics are read again from the start");
-                None
-            }
-        }
-    });
+    let checkpoint = stored
+        .as_deref()
+        .and_then(|bytes| decode_checkpoint(&definition.id, bytes, started_ms));
     let Some(checkpoint) = checkpoint else {
         if stored.is_some() {
             kv.clear(namespace).await?;
@@ -1344,8 +1350,7 @@ async fn follow(
     }
     let Some(checkpoint) = stored
         .as_deref()
-        .and_then(|bytes| serde_json::from_slice::<Checkpoint>(bytes).ok())
-        .filter(|c| c.started_ms == started_ms)
+        .and_then(|bytes| decode_checkpoint(&definition.id, bytes, started_ms))
     else {
         return;
     };

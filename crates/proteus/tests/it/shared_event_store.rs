@@ -79,6 +79,38 @@ fn read_all(http: &reqwest::blocking::Client, server: &str, from: u64, wait_ms: 
     .unwrap()
 }
 
+/// What instances sharing one event store must show: `waiting`, waiting at the head of `$all`,
+/// is woken by an append through `writer`; then `other` appends at version 0 and the writer's
+/// stale expectation of version 0 is refused with the actual version.
+fn shared_appends_behave_as_one(
+    http: &reqwest::blocking::Client,
+    writer: &str,
+    waiting: &str,
+    other: &str,
+) {
+    let head = read_all(http, waiting, 0, 0)["head_position"]
+        .as_u64()
+        .unwrap_or(0);
+    let waiter = {
+        let (http, url) = (http.clone(), waiting.to_owned());
+        std::thread::spawn(move || read_all(&http, &url, head + 1, 20_000))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, first) = append(http, writer, "acct-1", "no_stream");
+    assert_eq!(status, 201, "{first}");
+    let seen = waiter.join().unwrap();
+    let events = seen["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{seen}");
+    assert_eq!(events[0]["stream"], "acct-1");
+    assert_eq!(events[0]["position"], first["first_position"]);
+
+    let (status, body) = append(http, other, "acct-1", "0");
+    assert_eq!(status, 201, "{body}");
+    let (status, conflict) = append(http, writer, "acct-1", "0");
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(conflict["actual_version"], 1);
+}
+
 #[test]
 fn three_instances_share_one_postgres_event_store() {
     let schema = Schema::new();
@@ -90,30 +122,7 @@ fn three_instances_share_one_postgres_event_store() {
         .unwrap();
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
 
-    // B waits at the head of $all; A's append wakes it (LISTEN/NOTIFY across processes).
-    let head = read_all(&http, &urls[1], 0, 0)["head_position"]
-        .as_u64()
-        .unwrap_or(0);
-    let waiter = {
-        let (http, url) = (http.clone(), urls[1].clone());
-        std::thread::spawn(move || read_all(&http, &url, head + 1, 20_000))
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let (status, first) = append(&http, &urls[0], "acct-1", "no_stream");
-    assert_eq!(status, 201, "{first}");
-    let seen = waiter.join().unwrap();
-    let events = seen["events"].as_array().unwrap();
-    assert_eq!(events.len(), 1, "{seen}");
-    assert_eq!(events[0]["stream"], "acct-1");
-    assert_eq!(events[0]["position"], first["first_position"]);
-
-    // Expected versions hold across instances: C appends at version 0, then A's stale
-    // expectation is refused with the actual version.
-    let (status, body) = append(&http, &urls[2], "acct-1", "0");
-    assert_eq!(status, 201, "{body}");
-    let (status, conflict) = append(&http, &urls[0], "acct-1", "0");
-    assert_eq!(status, 409, "{conflict}");
-    assert_eq!(conflict["actual_version"], 1);
+    shared_appends_behave_as_one(&http, &urls[0], &urls[1], &urls[2]);
 
     // An append acknowledged by A survives A's kill -9; B and a restarted A read it.
     let (status, acked) = append(&http, &urls[0], "acct-2", "no_stream");
@@ -390,29 +399,7 @@ fn two_instances_share_one_nats_event_store() {
         .unwrap();
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
 
-    // B waits at the head of $all; A's append wakes it.
-    let head = read_all(&http, &urls[1], 0, 0)["head_position"]
-        .as_u64()
-        .unwrap_or(0);
-    let waiter = {
-        let (http, url) = (http.clone(), urls[1].clone());
-        std::thread::spawn(move || read_all(&http, &url, head + 1, 20_000))
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let (status, first) = append(&http, &urls[0], "acct-1", "no_stream");
-    assert_eq!(status, 201, "{first}");
-    let seen = waiter.join().unwrap();
-    let events = seen["events"].as_array().unwrap();
-    assert_eq!(events.len(), 1, "{seen}");
-    assert_eq!(events[0]["stream"], "acct-1");
-    assert_eq!(events[0]["position"], first["first_position"]);
-
-    // Expected versions hold across instances.
-    let (status, body) = append(&http, &urls[1], "acct-1", "0");
-    assert_eq!(status, 201, "{body}");
-    let (status, conflict) = append(&http, &urls[0], "acct-1", "0");
-    assert_eq!(status, 409, "{conflict}");
-    assert_eq!(conflict["actual_version"], 1);
+    shared_appends_behave_as_one(&http, &urls[0], &urls[1], &urls[1]);
     let stream: Value = http
         .get(format!("{}/v1/streams/acct-1", urls[0]))
         .send()
