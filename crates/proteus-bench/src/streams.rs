@@ -5,8 +5,11 @@
 //! `--events-per-append` events to them in turn, each append carrying the exact version the
 //! writer last saw (the optimistic-concurrency write every event-sourced command makes). Against
 //! Proteus each writer is one HTTP/1.1 keep-alive connection posting to `/v1/streams/{s}`;
-//! against PostgreSQL (`--postgres`) each is one connection running one transaction per append
-//! into a table with a unique `(stream, version)` (`synchronous_commit` on). Against JetStream
+//! against PostgreSQL (`--postgres`) each is one connection running one transaction per append,
+//! twice: into a minimal table (a `bigserial` position, unique `(stream, version)`) and into a
+//! table with the indexes Proteus's PostgreSQL event store keeps for what it promises (the
+//! position as primary key for the `$all` feed, unique `(stream, event id)` for idempotent
+//! retries, `(category, position)` for category reads), `synchronous_commit` on. Against JetStream
 //! (`--nats`) each is one NATS connection publishing into a fresh file-backed stream (deleted at
 //! the end) with one subject per event stream: an append is ONE message holding its events (the
 //! binary framing of Proteus's NATS event store, so it is as atomic as a Proteus append there)
@@ -168,7 +171,9 @@ pub async fn run(args: StreamsArgs) -> Result<(), String> {
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let mut systems = vec![proteus::measure(url, &run, &args).await?];
     if let Some(postgres) = &args.postgres {
-        systems.push(postgres::measure(postgres, &run, &args).await?);
+        for shape in [postgres::Table::Minimal, postgres::Table::SameIndexes] {
+            systems.push(postgres::measure(postgres, &run, &args, shape).await?);
+        }
     }
     if let Some(nats) = &args.nats {
         systems.push(nats::measure(nats, &run, &args).await?);
@@ -390,16 +395,46 @@ mod postgres {
         Ok(client)
     }
 
-    pub async fn measure(url: &str, run: &str, args: &StreamsArgs) -> Result<SystemReport, String> {
+    /// The table the appends go to.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Table {
+        /// What the appends need and no more: versions unique per stream.
+        Minimal,
+        /// Also the indexes behind what Proteus's PostgreSQL event store promises: the `$all`
+        /// feed by position, idempotent retries by event id, category reads.
+        SameIndexes,
+    }
+
+    pub async fn measure(
+        url: &str,
+        run: &str,
+        args: &StreamsArgs,
+        shape: Table,
+    ) -> Result<SystemReport, String> {
         // A table of this run's own (the run id is lower-case hex), dropped at the end.
         let table = format!("proteus_bench_streams_{run}");
+        let (system, columns) = match shape {
+            Table::Minimal => (
+                "postgresql",
+                "position bigserial, stream text NOT NULL, version bigint NOT NULL, \
+                 category text NOT NULL, id text NOT NULL, type text NOT NULL, data jsonb NOT NULL, \
+                 PRIMARY KEY (stream, version)",
+            ),
+            Table::SameIndexes => (
+                "postgresql-same-indexes",
+                "position bigserial PRIMARY KEY, stream text NOT NULL, version bigint NOT NULL, \
+                 category text NOT NULL, id text NOT NULL, type text NOT NULL, data jsonb NOT NULL, \
+                 UNIQUE (stream, version), UNIQUE (stream, id)",
+            ),
+        };
+        let index = match shape {
+            Table::Minimal => String::new(),
+            Table::SameIndexes => format!("CREATE INDEX ON {table} (category, position);"),
+        };
         let setup = connect(url).await?;
         setup
             .batch_execute(&format!(
-                "DROP table IF EXISTS {table}; \
-                 CREATE table {table} (position bigserial, stream text NOT NULL, version bigint NOT NULL, \
-                   id uuid NOT NULL, type text NOT NULL, data jsonb NOT NULL, \
-                   PRIMARY KEY (stream, version))"
+                "DROP table IF EXISTS {table}; CREATE table {table} ({columns}); {index}"
             ))
             .await
             .map_err(|e| format!("creating {table} failed: {e}"))?;
@@ -416,8 +451,9 @@ mod postgres {
                 let mut client = connect(&url).await?;
                 let insert = client
                     .prepare(&format!(
-                        "INSERT INTO {table} (stream, version, id, type, data) \
-                         SELECT $1, v, gen_random_uuid(), 'BenchEvent', $3 FROM generate_series($2::bigint, $2::bigint + $4 - 1) AS v"
+                        "INSERT INTO {table} (stream, version, category, id, type, data) \
+                         SELECT $1, v, 'bench', gen_random_uuid()::text, 'BenchEvent', $3 \
+                         FROM generate_series($2::bigint, $2::bigint + $4 - 1) AS v"
                     ))
                     .await
                     .map_err(|e| format!("preparing the insert failed: {e}"))?;
@@ -438,7 +474,10 @@ mod postgres {
                         .await
                         .map_err(|e| format!("BEGIN failed: {e}"))?;
                     transaction
-                        .execute(&insert, &[&stream, &next_versions[slot], &data, &(per_append as i64)])
+                        .execute(
+                            &insert,
+                            &[&stream, &next_versions[slot], &data, &(per_append as i64)],
+                        )
                         .await
                         .map_err(|e| format!("an append to {stream} failed: {e}"))?;
                     transaction
@@ -459,8 +498,9 @@ mod postgres {
         setup
             .execute(
                 &format!(
-                    "INSERT INTO {table} (stream, version, id, type, data) \
-                     SELECT 'aggregate', v, gen_random_uuid(), 'BenchEvent', $1 FROM generate_series(0, $2::bigint - 1) AS v"
+                    "INSERT INTO {table} (stream, version, category, id, type, data) \
+                     SELECT 'aggregate', v, 'aggregate', gen_random_uuid()::text, 'BenchEvent', $1 \
+                     FROM generate_series(0, $2::bigint - 1) AS v"
                 ),
                 &[&data, &(args.aggregate_events as i64)],
             )
@@ -490,7 +530,7 @@ mod postgres {
             .await
             .map_err(|e| format!("dropping {table} failed: {e}"))?;
         Ok(SystemReport {
-            system: "postgresql".into(),
+            system: system.into(),
             appends,
             events,
             seconds,

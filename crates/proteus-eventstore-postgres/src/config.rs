@@ -43,6 +43,9 @@ pub struct PostgresEventStoreConfig {
     /// Most bytes (as `append_bytes_max` counts them) committed together; an append larger
     /// alone is still written, alone. Default 16 MiB.
     pub write_batch_bytes_max: usize,
+    /// Most batches being written at once, each on its own pooled connection; less than
+    /// `pool_size_max`, so reads always find a connection. Default 8.
+    pub write_batches_in_flight_max: usize,
     /// Most appends waiting for the writer; further appends wait for room (back-pressure).
     /// Default 1,024.
     pub write_queue_appends_max: usize,
@@ -60,6 +63,7 @@ impl Default for PostgresEventStoreConfig {
             listen_fallback_poll_ms: 500,
             write_batch_appends_max: 128,
             write_batch_bytes_max: 16 * 1024 * 1024,
+            write_batches_in_flight_max: 8,
             write_queue_appends_max: 1_024,
         }
     }
@@ -90,6 +94,10 @@ impl PostgresEventStoreConfig {
             ),
             ("write_batch_bytes_max", self.write_batch_bytes_max as u64),
             (
+                "write_batches_in_flight_max",
+                self.write_batches_in_flight_max as u64,
+            ),
+            (
                 "write_queue_appends_max",
                 self.write_queue_appends_max as u64,
             ),
@@ -97,6 +105,12 @@ impl PostgresEventStoreConfig {
             if value == 0 {
                 return Err(invalid(format!("{name} is 0; it must be at least 1")));
             }
+        }
+        if self.write_batches_in_flight_max >= self.pool_size_max {
+            return Err(invalid(format!(
+                "write_batches_in_flight_max ({}) must be less than pool_size_max ({}), so reads always find a connection; lower it or raise pool_size_max",
+                self.write_batches_in_flight_max, self.pool_size_max
+            )));
         }
         let mut pg = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
             invalid(format!(
@@ -132,6 +146,10 @@ impl fmt::Debug for PostgresEventStoreConfig {
             .field("statement_timeout_ms", &self.statement_timeout_ms)
             .field("listen_fallback_poll_ms", &self.listen_fallback_poll_ms)
             .field("write_batch_appends_max", &self.write_batch_appends_max)
+            .field(
+                "write_batches_in_flight_max",
+                &self.write_batches_in_flight_max,
+            )
             .field("write_batch_bytes_max", &self.write_batch_bytes_max)
             .field("write_queue_appends_max", &self.write_queue_appends_max)
             .finish()

@@ -6,14 +6,17 @@ use std::collections::BTreeMap;
 use proteus_eventstore::{EventStoreError, RecordedEvent};
 
 use crate::error::{pg, pool};
-use crate::{PostgresEventStore, big, listener};
+use crate::head::advance;
+use crate::{PostgresEventStore, big};
 
 /// Most events imported in one call (one transaction).
 pub const IMPORT_EVENTS_MAX: usize = 10_000;
 
 impl PostgresEventStore {
     /// Writes `events`, in position order, exactly as another store recorded them, in one
-    /// transaction under the head lock. They must all come after this store's head, and each
+    /// transaction holding the writers key exclusively (appends wait meanwhile; readers wait
+    /// for the import to end before trusting its positions). They must all come after every
+    /// position this store has handed out, and each
     /// stream's versions must continue its own without gap. Refused, writing nothing, when any
     /// of that does not hold, when a stream is deleted here, or over [`IMPORT_EVENTS_MAX`].
     pub async fn import(&self, events: &[RecordedEvent]) -> Result<(), EventStoreError> {
@@ -42,9 +45,17 @@ impl PostgresEventStore {
             .await
             .map_err(|e| pool(e, what))?;
         let txn = client.transaction().await.map_err(|e| pg(e, what, true))?;
+        txn.execute(
+            &format!("SELECT pg_advisory_xact_lock(o_class, o_key) FROM {schema}.writers_key()"),
+            &[],
+        )
+        .await
+        .map_err(|e| pg(e, what, true))?;
         let head = txn
             .query_one(
-                &format!("SELECT position FROM {schema}.head FOR UPDATE"),
+                &format!(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {schema}.positions"
+                ),
                 &[],
             )
             .await
@@ -154,20 +165,16 @@ impl PostgresEventStore {
         .await
         .map_err(|e| pg(e, what, true))?;
         let new_head = events[events.len() - 1].position;
+        // Not transactional: a rolled-back import leaves a gap, which readers skip.
         txn.execute(
-            &format!("UPDATE {schema}.head SET position = $1"),
+            &format!("SELECT setval('{schema}.positions', $1)"),
             &[&big(new_head)],
         )
         .await
         .map_err(|e| pg(e, what, true))?;
-        txn.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&format!("{}.head", self.schema()), &new_head.to_string()],
-        )
-        .await
-        .map_err(|e| pg(e, what, true))?;
         txn.commit().await.map_err(|e| pg(e, what, true))?;
-        listener::advance(&self.inner.shared.head, new_head);
+        // The follower announces it to every process.
+        advance(&self.inner.shared.committed, new_head);
         Ok(())
     }
 }

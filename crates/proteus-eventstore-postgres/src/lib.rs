@@ -4,52 +4,48 @@
 //!
 //! # Tables
 //!
-//! `head` (one row: the last position handed out), `streams` (name, last version and
+//! The sequence `positions` (the last position handed out), `streams` (name, last version and
 //! position, tombstone), `events` (the `$all` feed keyed by position, unique
 //! `(stream, version)` and `(stream, event_id)`, indexed by `(category, position)`) and
 //! `snapshots` (the latest per stream). `docs/backends/postgres.md` describes them.
 //!
-//! # Appends: one statement, one transaction, group-committed
+//! # Appends: one statement, one transaction, group-committed, several in flight
 //!
 //! Every validation of `proteus_eventstore::limits` runs before anything is sent. Appends are
 //! then queued to the store's writer task (module `writer`), which takes everything queued
 //! (up to `write_batch_appends_max` / `write_batch_bytes_max`) and sends it as ONE statement:
-//! the `append_events` SQL function for a lone append, `append_batch` for several. So each
-//! append costs one round trip and one transaction shared with its batch, and one commit (one
-//! WAL flush; durable with PostgreSQL's default `synchronous_commit = on`) acknowledges the
-//! whole batch. For each append, `append_events` locks the stream's row (`FOR UPDATE`,
-//! creating it if needed), refuses a tombstoned stream, looks its event ids up (a retry is
-//! then decided by the domain's `check_idempotency`, exactly as the embedded adapter does),
-//! checks the expected version, and only then takes its positions, inserts its events in one
-//! `INSERT … SELECT FROM unnest(…)` of prepared-statement arrays, updates the stream and
-//! notifies. An append refused by its own check writes nothing and does not disturb the rest
-//! of its batch; a failed statement fails the whole batch, none of it committed.
+//! the `append_events` SQL function for a lone append, `append_batch` for several, with up to
+//! `write_batches_in_flight_max` batches in flight on separate connections. For each append,
+//! `append_events` locks the stream's row (`FOR UPDATE`, creating it if needed), refuses a
+//! tombstoned stream, looks its event ids up (a retry is then decided by the domain's
+//! `check_idempotency`, exactly as the embedded adapter does), checks the expected version, and
+//! only then takes the writers key and its positions and inserts its events in one
+//! `INSERT … SELECT FROM unnest(…)` of prepared-statement arrays. An append refused by its own
+//! check writes nothing and does not disturb the rest of its batch; a failed statement fails
+//! the whole batch, none of it committed.
 //!
-//! # Positions: why a reader never sees N+1 before N
+//! # Positions: why a reader never sees N+1 and then misses N
 //!
-//! Positions are NOT taken from a sequence: sequence values are handed out at `nextval`, not at
-//! commit, so a transaction holding position 7 can commit after one holding 8, and a reader
-//! that saw 8 and moved on would never see 7. Instead every append takes its positions with
-//! `UPDATE head SET position = position + n RETURNING …`, as the last step before its inserts.
-//! The row lock this takes is held until the transaction ends, and PostgreSQL releases a
-//! transaction's locks only after its commit is visible to new snapshots. So the next append
-//! gets its positions only once the previous one is committed and visible (or rolled back, in
-//! which case its positions are handed out again: the feed has no holes at all). Hence any
-//! snapshot that sees position N+1 also sees every position below it, and a reader that
-//! reached the head (read in the same snapshot as the events) and then waits for the head to
-//! move misses nothing. The price is that appends serialise from their position update to
-//! their commit, which is why appends are group-committed. Locks are always taken in the order
-//! stream rows (sorted by name within a batch), then the head row, so appends of several
-//! processes on the same schema cannot deadlock.
+//! Positions come from a sequence, so a transaction holding position 7 can commit after one
+//! holding 8. What makes that safe: an append holds the store's *writers key* (a shared
+//! advisory lock) from before it takes positions until it ends, and readers only read up to a
+//! *safe head* (module `head`): a probe reads the last position handed out, then the writers
+//! holding the key; once all of those have released it (PostgreSQL releases locks after the
+//! commit is visible), every position up to that last one is committed or never will be. Feed
+//! reads below the known safe head run at once; one that reaches it probes and waits for the
+//! writers in flight then, so it sees every append acknowledged before it started. Gaps (a
+//! rollback after taking positions) are possible and never fill later. Locks are always taken
+//! in the order stream rows (sorted by name within a batch), then the writers key, so appends
+//! of several processes on the same schema cannot deadlock.
 //!
-//! # Live waits: LISTEN/NOTIFY with a fallback poll
+//! # Live waits: LISTEN/NOTIFY, a follower, a fallback poll
 //!
-//! `append_events` calls `pg_notify('<schema>.head', last_position)`, which PostgreSQL delivers
-//! after the commit. One dedicated connection per store LISTENs to it and advances a `watch`
-//! of the head that every `wait_for_position` waits on; an append also advances it itself once
-//! committed. A waiter that hears nothing for `listen_fallback_poll_ms` reads the head from
-//! the table, so a notification lost with the LISTEN connection (which reconnects by itself)
-//! delays a waiter by at most that, never up to its timeout.
+//! Module `listener`: after its commits each process sends `pg_notify('<schema>.head', last)`,
+//! coalesced and outside the append's transaction (a NOTIFY inside would serialise every commit
+//! of the database); one connection per store LISTENs; while `wait_for_position` has waiters,
+//! the follower task probes until the safe head reaches what was heard or committed. A waiter
+//! that hears nothing for `listen_fallback_poll_ms` probes itself, so a notification lost with
+//! the LISTEN connection (which reconnects by itself) delays a waiter by at most that.
 //!
 //! # Reads
 //!
@@ -72,6 +68,7 @@
 
 mod config;
 mod error;
+mod head;
 mod import;
 mod listener;
 mod migrate;
@@ -116,7 +113,8 @@ pub(crate) struct Statements {
     append_batch: String,
     delete: String,
     put_snapshot: String,
-    head: String,
+    head_probe: String,
+    notify: String,
     stream_forward: String,
     stream_backward: String,
     all_forward: String,
@@ -151,35 +149,37 @@ impl Statements {
             put_snapshot: format!(
                 "SELECT o_status, o_actual FROM {s}.put_snapshot($1, $2, $3, $4)"
             ),
-            head: format!("SELECT position FROM {s}.head"),
+            head_probe: format!("SELECT o_last, o_writers FROM {s}.head_probe()"),
+            notify: "SELECT pg_notify($1, $2)".into(),
             stream_forward: format!(
-                "SELECT st.last_version, st.deleted, h.position, {c} \
-                 FROM {s}.streams st CROSS JOIN {s}.head h \
+                "SELECT st.last_version, st.deleted, h.position, st.last_position, {c} \
+                 FROM {s}.streams st CROSS JOIN (SELECT $4::bigint AS position) h \
                  LEFT JOIN LATERAL (SELECT * FROM {s}.events x \
                      WHERE x.stream = st.name AND x.version >= $2 \
                      ORDER BY x.version LIMIT $3) e ON true \
                  WHERE st.name = $1 ORDER BY e.version"
             ),
             stream_backward: format!(
-                "SELECT st.last_version, st.deleted, h.position, {c} \
-                 FROM {s}.streams st CROSS JOIN {s}.head h \
+                "SELECT st.last_version, st.deleted, h.position, st.last_position, {c} \
+                 FROM {s}.streams st CROSS JOIN (SELECT $4::bigint AS position) h \
                  LEFT JOIN LATERAL (SELECT * FROM {s}.events x \
                      WHERE x.stream = st.name AND x.version <= $2 \
                      ORDER BY x.version DESC LIMIT $3) e ON true \
                  WHERE st.name = $1 ORDER BY e.version DESC"
             ),
-            // $1 from, $2 the last position of the scan window, $3 types, $4 prefix, $5 count.
+            // $1 from, $2 the last position of the scan window, $3 types, $4 prefix, $5 count,
+            // $6 the safe head.
             all_forward: format!(
-                "SELECT h.position, {c} FROM {s}.head h \
+                "SELECT h.position, {c} FROM (SELECT $6::bigint AS position) h \
                  LEFT JOIN LATERAL (SELECT * FROM {s}.events e \
                      WHERE e.position >= $1 AND e.position <= LEAST(h.position, $2) AND {f} \
                      ORDER BY e.position LIMIT $5) e ON true \
                  ORDER BY e.position",
                 f = filter_sql(3, 4)
             ),
-            // $1 from, $2 the scan window's size, $3 types, $4 prefix, $5 count.
+            // $1 from, $2 the scan window's size, $3 types, $4 prefix, $5 count, $6 the safe head.
             all_backward: format!(
-                "SELECT h.position, {c} FROM {s}.head h \
+                "SELECT h.position, {c} FROM (SELECT $6::bigint AS position) h \
                  LEFT JOIN LATERAL (SELECT * FROM {s}.events e \
                      WHERE e.position <= LEAST(h.position, $1) \
                      AND e.position > LEAST(h.position, $1) - $2 AND {f} \
@@ -187,11 +187,12 @@ impl Statements {
                  ORDER BY e.position DESC",
                 f = filter_sql(3, 4)
             ),
-            // $1 category, $2 from, $3 most entries scanned, $4 types, $5 prefix, $6 count.
+            // $1 category, $2 from, $3 most entries scanned, $4 types, $5 prefix, $6 count,
+            // $7 the safe head.
             // `scan` bounds the work (index only); `page` is what passes the filter in it;
             // `stop` is the last entry examined; `more` whether the category goes on after it.
             category: format!(
-                "WITH h AS (SELECT position AS head FROM {s}.head), \
+                "WITH h AS (SELECT $7::bigint AS head), \
                  scan AS (SELECT x.position FROM {s}.events x, h \
                      WHERE x.category = $1 AND x.position >= $2 AND x.position <= h.head \
                      ORDER BY x.position LIMIT $3), \
@@ -232,8 +233,15 @@ pub struct PostgresEventStore {
 pub(crate) struct Shared {
     pub(crate) pool: Pool,
     pub(crate) sql: Statements,
-    /// The highest position known committed; advanced by appends, notifications and polls.
+    /// The safe head (module `head`): every position up to it is committed or never will be.
+    /// `wait_for_position` waits on it.
     pub(crate) head: watch::Sender<u64>,
+    /// The highest position this process's appends committed, for the follower to announce.
+    pub(crate) committed: watch::Sender<u64>,
+    /// The highest position heard of from other processes or seen handed out by a probe.
+    pub(crate) heard: watch::Sender<u64>,
+    /// Probes waiting for their writers to end; one probe at a time.
+    pub(crate) candidates: tokio::sync::Mutex<head::Candidates>,
 }
 
 struct Inner {
@@ -242,7 +250,8 @@ struct Inner {
     /// Appends for the writer task; `None` once closed.
     writes: Mutex<Option<mpsc::Sender<writer::AppendRequest>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    listener: Mutex<Option<JoinHandle<()>>>,
+    /// The LISTEN connection's task and the follower (module `listener`).
+    background: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
     fallback_poll: Duration,
 }
@@ -253,10 +262,8 @@ impl Drop for Inner {
         if let Ok(mut writes) = self.writes.lock() {
             writes.take();
         }
-        if let Ok(mut listener) = self.listener.lock()
-            && let Some(handle) = listener.take()
-        {
-            handle.abort();
+        if let Ok(mut background) = self.background.lock() {
+            background.drain(..).for_each(|task| task.abort());
         }
     }
 }
@@ -279,19 +286,6 @@ impl Shared {
             .query(&statement, params)
             .await
             .map_err(|e| pg(e, what, write))
-    }
-
-    /// Reads the committed head from the table and advances the watch with it.
-    async fn fetch_head(&self) -> Result<u64, EventStoreError> {
-        let rows = self
-            .query(&self.sql.head, &[], "reading the head position", false)
-            .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| storage("the head table is empty; restore the store from a backup"))?;
-        let head = unsigned(get(row, 0)?, "head position")?;
-        listener::advance(&self.head, head);
-        Ok(head)
     }
 }
 
@@ -421,15 +415,20 @@ impl PostgresEventStore {
             .build()
             .map_err(|e| storage(format!("cannot build the connection pool: {e}")))?;
         let sql = Statements::new(&schema);
-        let (head, _) = watch::channel(0);
-        let shared = Arc::new(Shared { pool, sql, head });
-        shared.fetch_head().await?;
-        let listener = tokio::spawn(listener::run(
-            pg_config,
-            format!("{schema}.head"),
-            shared.sql.head.clone(),
-            shared.head.clone(),
-        ));
+        let shared = Arc::new(Shared {
+            pool,
+            sql,
+            head: watch::channel(0).0,
+            committed: watch::channel(0).0,
+            heard: watch::channel(0).0,
+            candidates: Default::default(),
+        });
+        shared.settled_head().await?;
+        let channel = format!("{schema}.head");
+        let background = vec![
+            tokio::spawn(listener::listen(pg_config, channel.clone(), shared.clone())),
+            tokio::spawn(listener::follow(shared.clone(), channel)),
+        ];
         let (writes, requests) = mpsc::channel(config.write_queue_appends_max);
         let writer = tokio::spawn(writer::run(
             shared.clone(),
@@ -437,6 +436,7 @@ impl PostgresEventStore {
             writer::BatchLimits {
                 appends_max: config.write_batch_appends_max,
                 bytes_max: config.write_batch_bytes_max,
+                in_flight_max: config.write_batches_in_flight_max,
             },
         ));
         Ok(PostgresEventStore {
@@ -445,7 +445,7 @@ impl PostgresEventStore {
                 schema,
                 writes: Mutex::new(Some(writes)),
                 writer: Mutex::new(Some(writer)),
-                listener: Mutex::new(Some(listener)),
+                background: Mutex::new(background),
                 closed: AtomicBool::new(false),
                 fallback_poll: Duration::from_millis(config.listen_fallback_poll_ms),
             }),
@@ -488,6 +488,152 @@ impl PostgresEventStore {
             .into_iter()
             .next()
             .ok_or_else(|| storage(format!("{what}: PostgreSQL answered no row")))
+    }
+
+    /// A category read that sees positions up to `head` (a safe head).
+    async fn read_category_to(
+        &self,
+        category: &Category,
+        from_position: u64,
+        max_count: usize,
+        filter: &ReadFilter,
+        head: u64,
+    ) -> Result<FeedPage, EventStoreError> {
+        let (types, prefix) = filter_params(filter);
+        // Without a filter every entry scanned is returned: scan just the page.
+        let scan = if filter.is_empty() {
+            max_count
+        } else {
+            READ_SCAN_EVENTS_MAX
+        };
+        let rows = self
+            .query(
+                &self.inner.shared.sql.category,
+                &[
+                    &category.as_str(),
+                    &big(from_position),
+                    &(scan as i64),
+                    &types,
+                    &prefix,
+                    &(max_count as i64),
+                    &big(head),
+                ],
+                "reading a category",
+                false,
+            )
+            .await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| storage("a category read answered no row"))?;
+        let head_position = unsigned(get(first, 0)?, "head position")?;
+        let scanned: i64 = get(first, 1)?;
+        let stop: Option<i64> = get(first, 2)?;
+        let more: bool = get(first, 3)?;
+        let events = decode_events(&rows, 4, None)?;
+        let is_end = scanned == 0 || !more;
+        let next_position = match stop {
+            Some(stop) if !is_end => unsigned(stop, "position")? + 1,
+            _ => from_position.max(head_position + 1),
+        };
+        Ok(FeedPage {
+            events,
+            next_position,
+            is_end,
+            head_position,
+        })
+    }
+
+    /// A read of `$all` that sees positions up to `head` (a safe head).
+    async fn read_all_to(
+        &self,
+        from_position: u64,
+        direction: Direction,
+        max_count: usize,
+        filter: &ReadFilter,
+        head: u64,
+    ) -> Result<FeedPage, EventStoreError> {
+        let (types, prefix) = filter_params(filter);
+        // A filtered read examines at most READ_SCAN_EVENTS_MAX positions (a window of
+        // positions holds at most that many events); an unfiltered one just its page.
+        let window = if filter.is_empty() {
+            u64::MAX
+        } else {
+            READ_SCAN_EVENTS_MAX as u64
+        };
+        let from = big(from_position);
+        match direction {
+            Direction::Forward => {
+                let upper = from_position.saturating_add(window - 1);
+                let rows = self
+                    .query(
+                        &self.inner.shared.sql.all_forward,
+                        &[
+                            &from,
+                            &big(upper),
+                            &types,
+                            &prefix,
+                            &(max_count as i64),
+                            &big(head),
+                        ],
+                        "reading the $all feed",
+                        false,
+                    )
+                    .await?;
+                let first = rows
+                    .first()
+                    .ok_or_else(|| storage("a read of $all answered no row"))?;
+                let head_position = unsigned(get(first, 0)?, "head position")?;
+                let events = decode_events(&rows, 1, None)?;
+                let next_position = match events.last() {
+                    Some(last) if events.len() == max_count => last.position + 1,
+                    _ => from_position.max(upper.min(head_position).saturating_add(1)),
+                };
+                Ok(FeedPage {
+                    events,
+                    next_position,
+                    is_end: next_position > head_position,
+                    head_position,
+                })
+            }
+            Direction::Backward => {
+                let rows = self
+                    .query(
+                        &self.inner.shared.sql.all_backward,
+                        &[
+                            &from,
+                            &big(window),
+                            &types,
+                            &prefix,
+                            &(max_count as i64),
+                            &big(head),
+                        ],
+                        "reading the $all feed",
+                        false,
+                    )
+                    .await?;
+                let first = rows
+                    .first()
+                    .ok_or_else(|| storage("a read of $all answered no row"))?;
+                let head_position = unsigned(get(first, 0)?, "head position")?;
+                let events = decode_events(&rows, 1, None)?;
+                // The lowest position examined: the last event of a full page, else the
+                // bottom of the window.
+                let lowest = match events.last() {
+                    Some(last) if events.len() == max_count => last.position,
+                    _ => from_position
+                        .min(head_position)
+                        .saturating_sub(window - 1)
+                        .max(1),
+                };
+                let is_end = lowest <= 1;
+                Ok(FeedPage {
+                    events,
+                    next_position: if is_end { 0 } else { lowest - 1 },
+                    is_end,
+                    head_position,
+                })
+            }
+        }
     }
 }
 
@@ -571,10 +717,18 @@ impl EventStore for PostgresEventStore {
             Direction::Forward => &self.inner.shared.sql.stream_forward,
             Direction::Backward => &self.inner.shared.sql.stream_backward,
         };
+        // Stream reads follow versions, not the feed: they report the safe head known, or a
+        // settled one when the stream is past it.
+        let head = big(*self.inner.shared.head.borrow());
         let rows = self
             .query(
                 sql,
-                &[&stream.as_str(), &big(from_version), &(max_count as i64)],
+                &[
+                    &stream.as_str(),
+                    &big(from_version),
+                    &(max_count as i64),
+                    &head,
+                ],
                 "reading a stream",
                 false,
             )
@@ -595,8 +749,12 @@ impl EventStore for PostgresEventStore {
             });
         };
         let last_version = unsigned(last_version, "version")?;
-        let head_position = unsigned(get(first, 2)?, "head position")?;
-        let events = decode_events(&rows, 3, Some(stream))?;
+        let mut head_position = unsigned(get(first, 2)?, "head position")?;
+        let stream_position = get::<Option<i64>>(first, 3)?.unwrap_or(0);
+        if unsigned(stream_position, "position")? > head_position {
+            head_position = self.inner.shared.settled_head().await?;
+        }
+        let events = decode_events(&rows, 4, Some(stream))?;
         let (next_version, is_end) = match direction {
             Direction::Forward => {
                 let next = events.last().map_or(from_version, |e| e.version + 1);
@@ -626,47 +784,18 @@ impl EventStore for PostgresEventStore {
     ) -> Result<FeedPage, EventStoreError> {
         validate_read_count(max_count)?;
         validate_filter(filter)?;
-        let (types, prefix) = filter_params(filter);
-        // Without a filter every entry scanned is returned: scan just the page.
-        let scan = if filter.is_empty() {
-            max_count
-        } else {
-            READ_SCAN_EVENTS_MAX
-        };
-        let rows = self
-            .query(
-                &self.inner.shared.sql.category,
-                &[
-                    &category.as_str(),
-                    &big(from_position),
-                    &(scan as i64),
-                    &types,
-                    &prefix,
-                    &(max_count as i64),
-                ],
-                "reading a category",
-                false,
-            )
-            .await?;
-        let first = rows
-            .first()
-            .ok_or_else(|| storage("a category read answered no row"))?;
-        let head_position = unsigned(get(first, 0)?, "head position")?;
-        let scanned: i64 = get(first, 1)?;
-        let stop: Option<i64> = get(first, 2)?;
-        let more: bool = get(first, 3)?;
-        let events = decode_events(&rows, 4, None)?;
-        let is_end = scanned == 0 || !more;
-        let next_position = match stop {
-            Some(stop) if !is_end => unsigned(stop, "position")? + 1,
-            _ => from_position.max(head_position + 1),
-        };
-        Ok(FeedPage {
-            events,
-            next_position,
-            is_end,
-            head_position,
-        })
+        let cached = *self.inner.shared.head.borrow();
+        if from_position <= cached {
+            let page = self
+                .read_category_to(category, from_position, max_count, filter, cached)
+                .await?;
+            if page.next_position <= cached {
+                return Ok(page);
+            }
+        }
+        let settled = self.inner.shared.settled_head().await?;
+        self.read_category_to(category, from_position, max_count, filter, settled)
+            .await
     }
 
     async fn read_all(
@@ -678,74 +807,21 @@ impl EventStore for PostgresEventStore {
     ) -> Result<FeedPage, EventStoreError> {
         validate_read_count(max_count)?;
         validate_filter(filter)?;
-        let (types, prefix) = filter_params(filter);
-        // A filtered read examines at most READ_SCAN_EVENTS_MAX positions (a window of
-        // positions holds at most that many events); an unfiltered one just its page.
-        let window = if filter.is_empty() {
-            u64::MAX
-        } else {
-            READ_SCAN_EVENTS_MAX as u64
-        };
-        let from = big(from_position);
-        match direction {
-            Direction::Forward => {
-                let upper = from_position.saturating_add(window - 1);
-                let rows = self
-                    .query(
-                        &self.inner.shared.sql.all_forward,
-                        &[&from, &big(upper), &types, &prefix, &(max_count as i64)],
-                        "reading the $all feed",
-                        false,
-                    )
+        if direction == Direction::Forward {
+            let cached = *self.inner.shared.head.borrow();
+            if from_position <= cached {
+                let page = self
+                    .read_all_to(from_position, direction, max_count, filter, cached)
                     .await?;
-                let first = rows
-                    .first()
-                    .ok_or_else(|| storage("a read of $all answered no row"))?;
-                let head_position = unsigned(get(first, 0)?, "head position")?;
-                let events = decode_events(&rows, 1, None)?;
-                let next_position = match events.last() {
-                    Some(last) if events.len() == max_count => last.position + 1,
-                    _ => from_position.max(upper.min(head_position).saturating_add(1)),
-                };
-                Ok(FeedPage {
-                    events,
-                    next_position,
-                    is_end: next_position > head_position,
-                    head_position,
-                })
-            }
-            Direction::Backward => {
-                let rows = self
-                    .query(
-                        &self.inner.shared.sql.all_backward,
-                        &[&from, &big(window), &types, &prefix, &(max_count as i64)],
-                        "reading the $all feed",
-                        false,
-                    )
-                    .await?;
-                let first = rows
-                    .first()
-                    .ok_or_else(|| storage("a read of $all answered no row"))?;
-                let head_position = unsigned(get(first, 0)?, "head position")?;
-                let events = decode_events(&rows, 1, None)?;
-                // The lowest position examined: the last event of a full page, else the
-                // bottom of the window.
-                let lowest = match events.last() {
-                    Some(last) if events.len() == max_count => last.position,
-                    _ => from_position
-                        .min(head_position)
-                        .saturating_sub(window - 1)
-                        .max(1),
-                };
-                let is_end = lowest <= 1;
-                Ok(FeedPage {
-                    events,
-                    next_position: if is_end { 0 } else { lowest - 1 },
-                    is_end,
-                    head_position,
-                })
+                if page.next_position <= cached {
+                    return Ok(page);
+                }
             }
         }
+        // At the head (or from the end backwards): wait for the writers in flight now.
+        let settled = self.inner.shared.settled_head().await?;
+        self.read_all_to(from_position, direction, max_count, filter, settled)
+            .await
     }
 
     async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo, EventStoreError> {
@@ -867,12 +943,16 @@ impl EventStore for PostgresEventStore {
             return Err(closed());
         }
         let deadline = Instant::now() + timeout;
-        let mut head = self.inner.shared.head.subscribe();
+        let shared = &self.inner.shared;
+        let mut head = shared.head.subscribe();
         if *head.borrow_and_update() > after {
             return Ok(true);
         }
-        // A commit of another process may not have been announced yet: ask once.
-        if self.inner.shared.fetch_head().await? > after {
+        // A commit of another process may not have been announced yet: ask once, and wake the
+        // follower, which probes while anyone waits.
+        let probe = shared.probe_head().await?;
+        shared.heard.send_modify(|_| {});
+        if probe.safe > after {
             return Ok(true);
         }
         loop {
@@ -893,7 +973,7 @@ impl EventStore for PostgresEventStore {
                 Ok(Err(_)) => return Err(closed()),
                 Err(_) => {
                     // Nothing heard for a while: the LISTEN connection may be down.
-                    if Instant::now() < deadline && self.inner.shared.fetch_head().await? > after {
+                    if Instant::now() < deadline && shared.probe_head().await?.safe > after {
                         return Ok(true);
                     }
                 }
@@ -905,10 +985,8 @@ impl EventStore for PostgresEventStore {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Ok(mut listener) = self.inner.listener.lock()
-            && let Some(handle) = listener.take()
-        {
-            handle.abort();
+        if let Ok(mut background) = self.inner.background.lock() {
+            background.drain(..).for_each(|task| task.abort());
         }
         // The writer commits what is queued, then stops.
         self.inner.writes.lock().map_err(|_| closed())?.take();

@@ -20,11 +20,18 @@ pub struct Migration {
 }
 
 /// Every migration of this build, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "concurrent_appends",
+        sql: include_str!("../migrations/0002_concurrent_appends.sql"),
+    },
+];
 
 /// The first key of the advisory lock (the second is the schema name's hash): "PRTS".
 const ADVISORY_LOCK_CLASS: i32 = 0x5052_5453;

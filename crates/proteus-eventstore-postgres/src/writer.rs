@@ -3,11 +3,13 @@
 //! acknowledge them all. A lone append calls `append_events`; several call `append_batch`,
 //! which locks all their streams first (in name order), then applies them in order.
 //!
-//! Since appends serialise on the `head` row from their position update to their commit,
-//! sharing that commit is what lets throughput grow with concurrent writers. An append whose
-//! own check fails (expected version, idempotency, tombstone) is answered with its error and
-//! does not affect the others; a failure of the statement (a lost connection, a timeout) fails
-//! every append of the batch, none of which was then committed.
+//! Up to `write_batches_in_flight_max` batches run at once, each on its own pooled
+//! connection: appends do not serialise on anything but their streams' rows (positions come
+//! from a sequence, see the crate's docs), so PostgreSQL flushes the WAL of concurrent
+//! batches together. An append whose own check fails (expected version, idempotency,
+//! tombstone) is answered with its error and does not affect the others; a failure of the
+//! statement (a lost connection, a timeout) fails every append of the batch, none of which
+//! was then committed.
 
 use std::sync::Arc;
 
@@ -15,12 +17,14 @@ use proteus_eventstore::limits::{Idempotency, check_expected_version, check_idem
 use proteus_eventstore::{
     AppendOutcome, EventStoreError, ExpectedVersion, ProposedEvent, StreamName,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use crate::error::storage;
-use crate::{Shared, expected_sql, get, listener, unsigned};
+use crate::head::advance;
+use crate::{Shared, expected_sql, get, unsigned};
 
 pub(crate) struct AppendRequest {
     pub stream: StreamName,
@@ -34,21 +38,30 @@ pub(crate) struct AppendRequest {
 pub(crate) struct BatchLimits {
     pub appends_max: usize,
     pub bytes_max: usize,
+    pub in_flight_max: usize,
 }
 
-/// Runs until every sender is gone, then returns after answering everything queued.
+/// Runs until every sender is gone, then returns after answering everything queued and
+/// finishing every batch in flight.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     mut requests: mpsc::Receiver<AppendRequest>,
     limits: BatchLimits,
 ) {
+    let slots = Arc::new(Semaphore::new(limits.in_flight_max.max(1)));
+    let mut in_flight = JoinSet::new();
     let mut carried: Option<AppendRequest> = None;
     loop {
+        // Wait for a free slot before taking appends, so they keep gathering meanwhile.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        while in_flight.try_join_next().is_some() {}
         let first = match carried.take() {
             Some(request) => request,
             None => match requests.recv().await {
                 Some(request) => request,
-                None => return,
+                None => break,
             },
         };
         let mut bytes = first.bytes;
@@ -67,14 +80,19 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        if batch.len() == 1 {
-            let request = batch.remove(0);
-            let result = append_one(&shared, &request).await;
-            let _ = request.reply.send(result);
-        } else {
-            append_batch(&shared, batch).await;
-        }
+        let shared = shared.clone();
+        in_flight.spawn(async move {
+            if batch.len() == 1 {
+                let request = batch.remove(0);
+                let result = append_one(&shared, &request).await;
+                let _ = request.reply.send(result);
+            } else {
+                append_batch(&shared, batch).await;
+            }
+            drop(slot);
+        });
     }
+    while in_flight.join_next().await.is_some() {}
 }
 
 async fn append_one(
@@ -203,8 +221,8 @@ fn decode(
             let first_version = unsigned(get(row, 2)?, "version")?;
             let first_position = unsigned(get(row, 3)?, "position")?;
             let last_position = first_position + count - 1;
-            // Committed: every position up to it is too.
-            listener::advance(&shared.head, last_position);
+            // Committed (positions below it may not be yet: module `head` decides that).
+            advance(&shared.committed, last_position);
             Ok(AppendOutcome {
                 first_version,
                 last_version: first_version + count - 1,

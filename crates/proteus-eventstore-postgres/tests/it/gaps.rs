@@ -1,7 +1,12 @@
-//! Concurrent appends to different streams, from two stores on one schema (two processes, as
-//! far as PostgreSQL can tell), while readers follow `$all` live: no reader ever observes a
-//! gap that is later filled. This adapter's feed has no gaps at all, so each reader must see
-//! positions 1, 2, 3, ... each exactly once, in order, and end with the stored feed.
+//! Positions handed out but not yet committed: readers never see past them, so no reader
+//! observes a gap that is later filled.
+//!
+//! First, deterministically: a transaction behind the store's back takes a position the way an
+//! append does and stays open while a later append commits; the feed must stop before it until
+//! that transaction ends. Then concurrent appends to different streams, from two stores on one
+//! schema (two processes, as far as PostgreSQL can tell), while readers follow `$all` live: no
+//! append fails there, so each reader must see positions 1, 2, 3, ... each exactly once, in
+//! order, and end with the stored feed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use proteus_eventstore::{
     Direction, EventStore, ExpectedVersion, ProposedEvent, ReadFilter, RecordedEvent, StreamName,
 };
 
-use crate::support::TestSchema;
+use crate::support::{TestSchema, admin};
 
 const WRITERS: usize = 8;
 const APPENDS_PER_WRITER: usize = 60;
@@ -136,4 +141,86 @@ async fn concurrent_writers_leave_no_gap_a_reader_could_see() {
         let seen = reader.await.unwrap();
         assert_eq!(seen, stored, "a live reader saw exactly the stored feed");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_stops_before_a_position_whose_transaction_is_open() {
+    let schema = TestSchema::new("held");
+    let store = schema.open().await;
+    let s = |name: &str| StreamName::parse(name).unwrap();
+    let one = |id: &str| vec![ProposedEvent::new(id, "H", &b"{}"[..])];
+    let before = store
+        .append(&s("held-a"), ExpectedVersion::Any, one("a"))
+        .await
+        .unwrap();
+
+    // What an append does, without committing: take the writers key, then a position.
+    let mut admin = admin().await;
+    let open = admin.transaction().await.unwrap();
+    let quoted = format!("\"{}\"", schema.name);
+    open.execute(
+        &format!("SELECT pg_advisory_xact_lock_shared(o_class, o_key) FROM {quoted}.writers_key()"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let held: i64 = open
+        .query_one(&format!("SELECT {quoted}.take_positions(1)"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held as u64, before.last_position + 1);
+
+    let after = store
+        .append(&s("held-b"), ExpectedVersion::Any, one("b"))
+        .await
+        .unwrap();
+    assert!(after.first_position > held as u64);
+
+    let all = ReadFilter::default();
+    let page = store
+        .read_all(0, Direction::Forward, 100, &all)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["a"],
+        "the committed append after the held position is not shown yet"
+    );
+    assert!(
+        page.head_position < held as u64,
+        "head {}",
+        page.head_position
+    );
+    assert!(page.is_end);
+    assert!(
+        !store
+            .wait_for_position(before.last_position, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        "no position past the held one is announced"
+    );
+
+    // The holder ends without writing (as a rolled-back append would): a gap, then b.
+    let waiter = {
+        let store = store.clone();
+        let after_a = before.last_position;
+        tokio::spawn(async move {
+            store
+                .wait_for_position(after_a, Duration::from_secs(10))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    open.rollback().await.unwrap();
+    assert!(waiter.await.unwrap().unwrap(), "the waiter is woken");
+    let page = store
+        .read_all(page.next_position, Direction::Forward, 100, &all)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["b"]);
+    assert_eq!(page.events[0].position, after.first_position);
+    assert_eq!(page.head_position, after.last_position);
 }

@@ -57,6 +57,7 @@ impl TestSchema {
     pub fn config(&self) -> PostgresEventStoreConfig {
         PostgresEventStoreConfig {
             pool_size_max: 8,
+            write_batches_in_flight_max: 4,
             listen_fallback_poll_ms: 200,
             ..PostgresEventStoreConfig::new(url(), self.name.clone())
         }

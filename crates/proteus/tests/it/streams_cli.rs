@@ -162,7 +162,15 @@ fn bench_streams_measures_proteus_beside_postgresql() {
     assert_eq!(code, 0, "{err}");
     let report: Value = serde_json::from_str(out.trim()).unwrap();
     let systems = report["systems"].as_array().unwrap();
-    assert_eq!(systems.len(), 2, "{report}");
+    let names: Vec<&str> = systems
+        .iter()
+        .map(|s| s["system"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["proteus", "postgresql", "postgresql-same-indexes"],
+        "{report}"
+    );
     for system in systems {
         assert!(system["events"].as_u64().unwrap() > 0, "{report}");
         assert_eq!(
