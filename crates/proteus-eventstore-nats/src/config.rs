@@ -34,8 +34,9 @@ pub struct NatsEventStoreConfig {
     /// fails with `Unavailable`.
     pub append_conflict_retries_max: u32,
     /// Most event ids kept in memory, over all streams, to decide idempotency without
-    /// reading a stream's history again. Past it the cache is emptied and rebuilt from the
-    /// streams on demand (correctness never depends on it).
+    /// reading a stream's history again; about 32 bytes each (a hash, a version, a position),
+    /// so the default 4,000,000 is about 128 MB. Past it the cache is emptied and rebuilt from
+    /// the streams on demand (correctness never depends on it).
     pub id_cache_events_max: usize,
 }
 
@@ -51,7 +52,7 @@ impl Default for NatsEventStoreConfig {
             replicas: 1,
             wait_poll_interval_ms: 250,
             append_conflict_retries_max: 64,
-            id_cache_events_max: 1_000_000,
+            id_cache_events_max: 4_000_000,
         }
     }
 }

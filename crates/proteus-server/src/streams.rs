@@ -9,6 +9,7 @@
 //!   position and turns live without gap or repeat; `Last-Event-ID` resumes it.
 //! - `DELETE` tombstones a stream; `…/info`, `…/snapshot` and `…/aggregate` serve loading.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use proteus_eventstore::{
 };
 use proteus_schemas::AppendCheck;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -152,30 +154,50 @@ pub struct AppendQuery {
 
 /// The events of an append body: an array of events, one event, or `{"expected_version",
 /// "events"}`. An event without `id` gets a fresh UUID (it then cannot be retried safely).
+///
+/// Events are cut out of the body as raw JSON and each parsed straight into a
+/// [`ProposedEvent`], whose data and metadata stay the bytes they were sent as: building a
+/// `Value` tree of every payload only to write it out again was the most expensive part of an
+/// append over HTTP.
 fn parse_append(body: &Bytes) -> Result<(Option<String>, Vec<ProposedEvent>), Problem> {
     let invalid = |detail: String| Problem::bad_request("invalid-events", "Invalid events", detail);
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
-    let (expected, events) = match value {
-        Value::Array(events) => (None, events),
-        Value::Object(mut object) if object.contains_key("events") => {
-            let expected = match object.remove("expected_version") {
-                None => None,
-                Some(Value::String(text)) => Some(text),
-                Some(Value::Number(n)) => Some(n.to_string()),
-                Some(other) => {
-                    return Err(invalid(format!(
-                        "\"expected_version\" is 'any', 'no_stream', 'exists' or a number, got {other}"
-                    )));
-                }
-            };
+    let not_json = |e: serde_json::Error| invalid(format!("the body is not JSON: {e}"));
+    let text =
+        std::str::from_utf8(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let (expected, events): (Option<String>, Vec<&RawValue>) = match text
+        .trim_start()
+        .as_bytes()
+        .first()
+    {
+        Some(b'[') => (None, serde_json::from_str(text).map_err(not_json)?),
+        Some(b'{') => {
+            let mut object: BTreeMap<String, &RawValue> =
+                serde_json::from_str(text).map_err(not_json)?;
             match object.remove("events") {
-                Some(Value::Array(events)) => (expected, events),
-                _ => return Err(invalid("\"events\" must be an array of events".into())),
+                Some(events) => {
+                    let expected = match object
+                        .remove("expected_version")
+                        .map(|raw| serde_json::from_str::<Value>(raw.get()).map_err(not_json))
+                    {
+                        None => None,
+                        Some(Ok(Value::String(text))) => Some(text),
+                        Some(Ok(Value::Number(n))) => Some(n.to_string()),
+                        Some(Ok(other)) => {
+                            return Err(invalid(format!(
+                                "\"expected_version\" is 'any', 'no_stream', 'exists' or a number, got {other}"
+                            )));
+                        }
+                        Some(Err(problem)) => return Err(problem),
+                    };
+                    let events = serde_json::from_str(events.get())
+                        .map_err(|_| invalid("\"events\" must be an array of events".into()))?;
+                    (expected, events)
+                }
+                None => (None, vec![serde_json::from_str(text).map_err(not_json)?]),
             }
         }
-        single @ Value::Object(_) => (None, vec![single]),
-        other => {
+        _ => {
+            let other: Value = serde_json::from_str(text).map_err(not_json)?;
             return Err(invalid(format!(
                 "expected an event object or an array of them, got {other}"
             )));
@@ -184,17 +206,27 @@ fn parse_append(body: &Bytes) -> Result<(Option<String>, Vec<ProposedEvent>), Pr
     let events = events
         .into_iter()
         .enumerate()
-        .map(|(index, mut event)| {
-            if let Some(object) = event.as_object_mut()
-                && !object.contains_key("id")
-            {
-                object.insert("id".into(), json!(uuid::Uuid::now_v7().to_string()));
-            }
-            serde_json::from_value::<ProposedEvent>(event).map_err(|e| {
+        .map(|(index, raw)| {
+            let explain = |e: serde_json::Error| {
                 invalid(format!(
                     "event {index}: {e}; an event is {{\"id\"?, \"type\", \"data\", \"metadata\"?, \"schema_version\"?}}"
                 ))
-            })
+            };
+            match serde_json::from_str::<ProposedEvent>(raw.get()) {
+                Ok(event) => Ok(event),
+                Err(error) => {
+                    // Perhaps only the id is missing: give it one and try again.
+                    let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(raw.get())
+                    else {
+                        return Err(explain(error));
+                    };
+                    if object.contains_key("id") {
+                        return Err(explain(error));
+                    }
+                    object.insert("id".into(), json!(uuid::Uuid::now_v7().to_string()));
+                    serde_json::from_value::<ProposedEvent>(Value::Object(object)).map_err(explain)
+                }
+            }
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((expected, events))

@@ -26,6 +26,68 @@ fn placed(id: &str, total: u32) -> Value {
     json!({"id": id, "type": "OrderPlaced", "data": {"total": total}})
 }
 
+/// Every body form an append takes, and what each kind of bad body gets.
+#[tokio::test]
+async fn append_bodies_in_every_form_keep_payloads_as_sent() {
+    let server = TestServer::start().await;
+    // One event without an id: it gets one; its data comes back as sent.
+    let raw = r#"{"type":"Noted","data":{"z":1, "a":[true,null],"s":"\u00e9"}}"#;
+    let response = server
+        .http
+        .post(server.url("/v1/streams/note-1"))
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let page = server.get_json("/v1/streams/note-1").await;
+    let event = &page["events"][0];
+    assert!(!event["id"].as_str().unwrap().is_empty(), "{page}");
+    assert_eq!(event["data"], json!({"z": 1, "a": [true, null], "s": "é"}));
+    // The envelope, with a number or a word as expected version.
+    for (expected, id) in [(json!(0), "n2"), (json!("exists"), "n3")] {
+        let body = json!({"expected_version": expected, "events": [
+            {"id": id, "type": "Noted", "data": {}}]});
+        let response = server
+            .http
+            .post(server.url("/v1/streams/note-1"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{body}");
+    }
+    for (body, says) in [
+        ("42", "expected an event object or an array of them"),
+        ("{\"events\": 1}", "\"events\" must be an array of events"),
+        (
+            "{\"expected_version\": true, \"events\": []}",
+            "\"expected_version\" is",
+        ),
+        (
+            "[{\"id\": \"a\", \"type\": \"T\", \"data\": {}, \"extra\": 1}]",
+            "event 0:",
+        ),
+        ("[1]", "event 0:"),
+        ("[{\"id\": \"a\"", "the body is not JSON"),
+    ] {
+        let response = server
+            .http
+            .post(server.url("/v1/streams/note-2"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let bad = problem(response, 400, "invalid-events").await;
+        assert!(
+            bad["detail"].as_str().unwrap().contains(says),
+            "{body}: {bad}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn appends_check_expected_versions_and_retries_are_recognised() {
     let server = TestServer::start().await;
