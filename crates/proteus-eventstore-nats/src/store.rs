@@ -1,5 +1,6 @@
 //! [`NatsEventStore`]: the `EventStore` port on JetStream.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -755,7 +756,7 @@ impl NatsEventStore {
                 continue;
             };
             let seq = seq_of(position);
-            if !stored.contains_key(&seq) {
+            if let Entry::Vacant(slot) = stored.entry(seq) {
                 let events = match self.next_on(subject, seq, &what).await? {
                     Some(msg) if msg.seq == seq => match self.record(&msg)? {
                         Record::Events { count, .. } => self.decode(&msg, count)?,
@@ -763,7 +764,7 @@ impl NatsEventStore {
                     },
                     _ => Vec::new(),
                 };
-                stored.insert(seq, events);
+                slot.insert(events);
             }
             let at = ((position - 1) % POSITIONS_PER_MESSAGE) as usize;
             let same = stored
