@@ -543,6 +543,22 @@ impl PostgresEventStore {
         })
     }
 
+    /// Runs one `$all` statement: the head it reports and its events.
+    async fn read_feed(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(u64, Vec<RecordedEvent>), EventStoreError> {
+        let rows = self
+            .query(sql, params, "reading the $all feed", false)
+            .await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| storage("a read of $all answered no row"))?;
+        let head_position = unsigned(get(first, 0)?, "head position")?;
+        Ok((head_position, decode_events(&rows, 1, None)?))
+    }
+
     /// A read of `$all` that sees positions up to `head` (a safe head).
     async fn read_all_to(
         &self,
@@ -564,8 +580,8 @@ impl PostgresEventStore {
         match direction {
             Direction::Forward => {
                 let upper = from_position.saturating_add(window - 1);
-                let rows = self
-                    .query(
+                let (head_position, events) = self
+                    .read_feed(
                         &self.inner.shared.sql.all_forward,
                         &[
                             &from,
@@ -575,15 +591,8 @@ impl PostgresEventStore {
                             &(max_count as i64),
                             &big(head),
                         ],
-                        "reading the $all feed",
-                        false,
                     )
                     .await?;
-                let first = rows
-                    .first()
-                    .ok_or_else(|| storage("a read of $all answered no row"))?;
-                let head_position = unsigned(get(first, 0)?, "head position")?;
-                let events = decode_events(&rows, 1, None)?;
                 let next_position = match events.last() {
                     Some(last) if events.len() == max_count => last.position + 1,
                     _ => from_position.max(upper.min(head_position).saturating_add(1)),
@@ -596,8 +605,8 @@ impl PostgresEventStore {
                 })
             }
             Direction::Backward => {
-                let rows = self
-                    .query(
+                let (head_position, events) = self
+                    .read_feed(
                         &self.inner.shared.sql.all_backward,
                         &[
                             &from,
@@ -607,15 +616,8 @@ impl PostgresEventStore {
                             &(max_count as i64),
                             &big(head),
                         ],
-                        "reading the $all feed",
-                        false,
                     )
                     .await?;
-                let first = rows
-                    .first()
-                    .ok_or_else(|| storage("a read of $all answered no row"))?;
-                let head_position = unsigned(get(first, 0)?, "head position")?;
-                let events = decode_events(&rows, 1, None)?;
                 // The lowest position examined: the last event of a full page, else the
                 // bottom of the window.
                 let lowest = match events.last() {
