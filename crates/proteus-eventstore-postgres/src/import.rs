@@ -14,11 +14,11 @@ pub const IMPORT_EVENTS_MAX: usize = 10_000;
 
 impl PostgresEventStore {
     /// Writes `events`, in position order, exactly as another store recorded them, in one
-    /// transaction holding the writers key exclusively (appends wait meanwhile; readers wait
-    /// for the import to end before trusting its positions). They must all come after every
-    /// position this store has handed out, and each
-    /// stream's versions must continue its own without gap. Refused, writing nothing, when any
-    /// of that does not hold, when a stream is deleted here, or over [`IMPORT_EVENTS_MAX`].
+    /// transaction holding its streams' rows and then the writers key exclusively (appends
+    /// wait meanwhile; readers wait for the import to end before trusting its positions). They
+    /// must all come after every position this store has handed out, and each stream's versions
+    /// must continue its own without gap. Refused, writing nothing, when any of that does not
+    /// hold, when a stream is deleted here, or over [`IMPORT_EVENTS_MAX`].
     pub async fn import(&self, events: &[RecordedEvent]) -> Result<(), EventStoreError> {
         let invalid = |reason: String| EventStoreError::InvalidRequest { reason };
         if events.is_empty() {
@@ -44,7 +44,45 @@ impl PostgresEventStore {
             .get()
             .await
             .map_err(|e| pool(e, what))?;
+        // Each stream's first imported version must follow what the store holds.
+        let mut firsts: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut lasts: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for event in events {
+            let stream = event.stream.as_str();
+            if let Some(&(version, _)) = lasts.get(stream)
+                && event.version != version + 1
+            {
+                return Err(invalid(format!(
+                    "stream '{stream}' jumps from version {version} to {} within the import",
+                    event.version
+                )));
+            }
+            firsts.entry(stream).or_insert(event.version);
+            lasts.insert(stream, (event.version, event.position));
+        }
         let txn = client.transaction().await.map_err(|e| pg(e, what, true))?;
+        // Stream rows first (placeholders for new ones, all locked in name order), then the
+        // writers key: the order appends take them in, so an import and appends cannot deadlock.
+        let names: Vec<&str> = firsts.keys().copied().collect();
+        txn.execute(
+            &format!(
+                "INSERT INTO {schema}.streams (name) SELECT n FROM unnest($1::text[]) AS n \
+                 ORDER BY n ON CONFLICT (name) DO NOTHING"
+            ),
+            &[&names],
+        )
+        .await
+        .map_err(|e| pg(e, what, true))?;
+        let rows = txn
+            .query(
+                &format!(
+                    "SELECT name, last_version, deleted FROM {schema}.streams \
+                     WHERE name = ANY($1) ORDER BY name FOR UPDATE"
+                ),
+                &[&names],
+            )
+            .await
+            .map_err(|e| pg(e, what, true))?;
         txn.execute(
             &format!("SELECT pg_advisory_xact_lock(o_class, o_key) FROM {schema}.writers_key()"),
             &[],
@@ -67,33 +105,6 @@ impl PostgresEventStore {
                 events[0].position
             )));
         }
-        // Each stream's first imported version must follow what the store holds.
-        let mut firsts: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut lasts: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-        for event in events {
-            let stream = event.stream.as_str();
-            if let Some(&(version, _)) = lasts.get(stream)
-                && event.version != version + 1
-            {
-                return Err(invalid(format!(
-                    "stream '{stream}' jumps from version {version} to {} within the import",
-                    event.version
-                )));
-            }
-            firsts.entry(stream).or_insert(event.version);
-            lasts.insert(stream, (event.version, event.position));
-        }
-        let names: Vec<&str> = firsts.keys().copied().collect();
-        let rows = txn
-            .query(
-                &format!(
-                    "SELECT name, last_version, deleted FROM {schema}.streams \
-                     WHERE name = ANY($1) ORDER BY name FOR UPDATE"
-                ),
-                &[&names],
-            )
-            .await
-            .map_err(|e| pg(e, what, true))?;
         let mut stored: BTreeMap<String, (Option<i64>, bool)> = BTreeMap::new();
         for row in rows {
             stored.insert(row.get(0), (row.get(1), row.get(2)));
