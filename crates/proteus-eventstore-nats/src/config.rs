@@ -57,12 +57,7 @@ impl Default for NatsEventStoreConfig {
     }
 }
 
-/// Longest `stream_prefix`, in bytes.
-pub const STREAM_PREFIX_BYTES_MAX: usize = 64;
-/// Longest `subject_prefix`, in bytes.
-pub const SUBJECT_PREFIX_BYTES_MAX: usize = 128;
-/// Smallest `request_timeout_ms`, `connect_timeout_ms` and `wait_poll_interval_ms`.
-pub const TIMEOUT_MS_MIN: u64 = 10;
+pub use proteus_nats::{STREAM_PREFIX_BYTES_MAX, SUBJECT_PREFIX_BYTES_MAX, TIMEOUT_MS_MIN};
 
 impl NatsEventStoreConfig {
     /// A configuration for `url` with every other setting at its default.
@@ -75,46 +70,17 @@ impl NatsEventStoreConfig {
 
     /// Checks every field; the error names the field and says what is allowed.
     pub fn validate(&self) -> Result<(), String> {
-        let word = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        };
-        if self.url.trim().is_empty() {
-            return Err("url: must not be empty (e.g. nats://127.0.0.1:4222)".into());
-        }
-        if !word(&self.stream_prefix) || self.stream_prefix.len() > STREAM_PREFIX_BYTES_MAX {
-            return Err(format!(
-                "stream_prefix: must be 1 to {STREAM_PREFIX_BYTES_MAX} bytes of A-Z, a-z, 0-9, '_' or '-', got {:?}",
-                self.stream_prefix
-            ));
-        }
-        if self.subject_prefix.len() > SUBJECT_PREFIX_BYTES_MAX
-            || !self.subject_prefix.split('.').all(word)
-        {
-            return Err(format!(
-                "subject_prefix: must be 1 to {SUBJECT_PREFIX_BYTES_MAX} bytes of subject tokens (A-Z, a-z, 0-9, '_', '-') separated by '.', got {:?}",
-                self.subject_prefix
-            ));
-        }
-        for (field, value) in [
-            ("request_timeout_ms", self.request_timeout_ms),
-            ("connect_timeout_ms", self.connect_timeout_ms),
-            ("wait_poll_interval_ms", self.wait_poll_interval_ms),
-        ] {
-            if value < TIMEOUT_MS_MIN {
-                return Err(format!(
-                    "{field}: must be at least {TIMEOUT_MS_MIN}, got {value}"
-                ));
-            }
-        }
-        if ![1, 3, 5].contains(&self.replicas) {
-            return Err(format!(
-                "replicas: must be 1, 3 or 5, got {}",
-                self.replicas
-            ));
-        }
-        Ok(())
+        proteus_nats::validate(&proteus_nats::CommonSettings {
+            url: &self.url,
+            stream_prefix: &self.stream_prefix,
+            subject_prefix: &self.subject_prefix,
+            timeouts_ms: &[
+                ("request_timeout_ms", self.request_timeout_ms),
+                ("connect_timeout_ms", self.connect_timeout_ms),
+                ("wait_poll_interval_ms", self.wait_poll_interval_ms),
+            ],
+            replicas: self.replicas,
+        })
     }
 
     pub fn events_stream(&self) -> String {
@@ -126,33 +92,7 @@ impl NatsEventStoreConfig {
     }
 }
 
-/// `url` with passwords and tokens replaced by `***`, for messages and logs.
-pub fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|one| {
-            let one = one.trim();
-            let (scheme, rest) = match one.split_once("://") {
-                Some((scheme, rest)) => (format!("{scheme}://"), rest),
-                None => (String::new(), one),
-            };
-            let (authority, tail) = match rest.find('/') {
-                Some(at) => rest.split_at(at),
-                None => (rest, ""),
-            };
-            match authority.rsplit_once('@') {
-                Some((user, host)) => {
-                    let user = match user.split_once(':') {
-                        Some((name, _)) => format!("{name}:***"),
-                        None => "***".into(),
-                    };
-                    format!("{scheme}{user}@{host}{tail}")
-                }
-                None => one.to_owned(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use proteus_nats::redact;
 
 #[cfg(test)]
 mod tests {
@@ -176,16 +116,5 @@ mod tests {
             ..NatsEventStoreConfig::default()
         };
         assert!(bad.validate().unwrap_err().starts_with("replicas"));
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
-        assert_eq!(redact("nats://me:secret@h:4222"), "nats://me:***@h:4222");
-        assert_eq!(redact("nats://token@h:4222"), "nats://***@h:4222");
-        assert_eq!(
-            redact("nats://a:b@h1:1, nats://h2:2"),
-            "nats://a:***@h1:1,nats://h2:2"
-        );
     }
 }

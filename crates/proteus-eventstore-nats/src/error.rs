@@ -4,7 +4,7 @@
 use proteus_eventstore::EventStoreError;
 
 /// How to start a local NATS server with JetStream, for messages.
-pub const START_HINT: &str = "start NATS with JetStream enabled (nats-server -js -sd <dir>; on Debian: start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server)";
+pub use proteus_nats::START_HINT;
 
 pub(crate) fn closed() -> EventStoreError {
     EventStoreError::Unavailable {

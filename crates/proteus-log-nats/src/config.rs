@@ -52,55 +52,21 @@ impl Default for NatsLogConfig {
     }
 }
 
-/// Longest `stream_prefix`, in bytes.
-pub const STREAM_PREFIX_BYTES_MAX: usize = 64;
-/// Longest `subject_prefix`, in bytes.
-pub const SUBJECT_PREFIX_BYTES_MAX: usize = 128;
-/// Smallest `request_timeout_ms` and `wait_poll_interval_ms`.
-pub const TIMEOUT_MS_MIN: u64 = 10;
+pub use proteus_nats::{STREAM_PREFIX_BYTES_MAX, SUBJECT_PREFIX_BYTES_MAX, TIMEOUT_MS_MIN};
 
 impl NatsLogConfig {
     /// Checks every field; the error names the field and says what is allowed.
     pub fn validate(&self) -> Result<(), String> {
-        let word = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        };
-        if self.url.trim().is_empty() {
-            return Err("url: must not be empty (e.g. nats://127.0.0.1:4222)".into());
-        }
-        if !word(&self.stream_prefix) || self.stream_prefix.len() > STREAM_PREFIX_BYTES_MAX {
-            return Err(format!(
-                "stream_prefix: must be 1 to {STREAM_PREFIX_BYTES_MAX} bytes of A-Z, a-z, 0-9, '_' or '-', got {:?}",
-                self.stream_prefix
-            ));
-        }
-        if self.subject_prefix.len() > SUBJECT_PREFIX_BYTES_MAX
-            || !self.subject_prefix.split('.').all(word)
-        {
-            return Err(format!(
-                "subject_prefix: must be 1 to {SUBJECT_PREFIX_BYTES_MAX} bytes of subject tokens (A-Z, a-z, 0-9, '_', '-') separated by '.', got {:?}",
-                self.subject_prefix
-            ));
-        }
-        for (field, value) in [
-            ("request_timeout_ms", self.request_timeout_ms),
-            ("connect_timeout_ms", self.connect_timeout_ms),
-            ("wait_poll_interval_ms", self.wait_poll_interval_ms),
-        ] {
-            if value < TIMEOUT_MS_MIN {
-                return Err(format!(
-                    "{field}: must be at least {TIMEOUT_MS_MIN}, got {value}"
-                ));
-            }
-        }
-        if ![1, 3, 5].contains(&self.replicas) {
-            return Err(format!(
-                "replicas: must be 1, 3 or 5, got {}",
-                self.replicas
-            ));
-        }
-        Ok(())
+        proteus_nats::validate(&proteus_nats::CommonSettings {
+            url: &self.url,
+            stream_prefix: &self.stream_prefix,
+            subject_prefix: &self.subject_prefix,
+            timeouts_ms: &[
+                ("request_timeout_ms", self.request_timeout_ms),
+                ("connect_timeout_ms", self.connect_timeout_ms),
+                ("wait_poll_interval_ms", self.wait_poll_interval_ms),
+            ],
+            replicas: self.replicas,
+        })
     }
 }

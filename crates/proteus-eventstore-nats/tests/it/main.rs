@@ -5,24 +5,18 @@
 //! it is dropped, even when the test fails. The tests fail (never skip) when NATS is not
 //! running, saying how to start it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use proteus_eventstore::conformance::{EventStoreHarness, event, stream};
 use proteus_eventstore::{
     Direction, ErrorKind, EventStore, EventStoreError, ExpectedVersion, ProposedEvent,
     READ_COUNT_MAX,
 };
 use proteus_eventstore_nats::{NatsEventStore, NatsEventStoreConfig, START_HINT};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::task::JoinHandle;
-
-fn nats_url() -> String {
-    std::env::var("PROTEUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
+use proteus_nats::test_support::{Proxy, delete_streams, host_port, nats_url};
 
 /// A configuration whose stream and subject prefixes no other test (or run) uses.
 fn unique_config(url: &str) -> NatsEventStoreConfig {
@@ -49,35 +43,6 @@ async fn open(config: NatsEventStoreConfig) -> NatsEventStore {
             config.url
         ),
     }
-}
-
-/// Deletes the harness's streams on a separate runtime (usable from `Drop`).
-fn delete_streams(url: String, stream_prefix: String) {
-    let cleanup = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let Ok(client) = async_nats::connect(url.as_str()).await else {
-                return;
-            };
-            let js = async_nats::jetstream::new(client.clone());
-            let prefix = format!("{stream_prefix}_");
-            let mut names = Vec::new();
-            let mut streams = js.stream_names();
-            while let Some(Ok(name)) = streams.next().await {
-                if name.starts_with(&prefix) {
-                    names.push(name);
-                }
-            }
-            for name in names {
-                let _ = js.delete_stream(&name).await;
-            }
-            let _ = client.flush().await;
-        });
-    });
-    let _ = cleanup.join();
 }
 
 /// A fresh pair of streams per test; `open` connects a new store to them each time (so the
@@ -230,76 +195,6 @@ async fn two_instances_racing_on_one_stream_get_one_winner_per_version() {
             .windows(2)
             .all(|w| w[0].position < w[1].position)
     );
-}
-
-/// Forwards a local port to the NATS server until stopped; can be started again on the same
-/// port.
-struct Proxy {
-    port: u16,
-    upstream: String,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let proxy = Proxy {
-            port,
-            upstream,
-            tasks: Arc::new(Mutex::new(Vec::new())),
-        };
-        proxy.serve(listener);
-        proxy
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let upstream = self.upstream.clone();
-        let tasks = self.tasks.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let upstream = upstream.clone();
-                let pipe = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                tasks.lock().unwrap().push(pipe);
-            }
-        });
-        self.tasks.lock().unwrap().push(accept);
-    }
-
-    /// Closes the listener and every forwarded connection.
-    fn stop(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-
-    async fn restart(&self) {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match socket.bind(format!("127.0.0.1:{}", self.port).parse().unwrap()) {
-                Ok(()) => break,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(error) => panic!("cannot listen again on port {}: {error}", self.port),
-            }
-        }
-        self.serve(socket.listen(64).unwrap());
-    }
-}
-
-fn host_port(url: &str) -> String {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    rest.split(',').next().unwrap().to_owned()
 }
 
 /// The connection is cut (a TCP proxy in front of the shared server stops) while an append

@@ -1,87 +1,14 @@
 //! Appends across a connection outage, simulated with a TCP proxy in front of the shared
 //! server (restarting the server itself would disturb every other test using it).
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proteus_log::port::{EventAppender, EventReader, TopicAdmin};
 use proteus_log::{LogError, ReadFrom, ReadLimits, TopicConfig, TopicName};
 use proteus_log_conformance::event;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::task::JoinHandle;
+use proteus_nats::test_support::{Proxy, host_port};
 
 use crate::support::{NatsHarness, connect, nats_url};
-
-/// Forwards a local port to the NATS server until stopped; can be started again on the same
-/// port.
-struct Proxy {
-    port: u16,
-    upstream: String,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let proxy = Proxy {
-            port,
-            upstream,
-            tasks: Arc::new(Mutex::new(Vec::new())),
-        };
-        proxy.serve(listener);
-        proxy
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let upstream = self.upstream.clone();
-        let tasks = self.tasks.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let upstream = upstream.clone();
-                let pipe = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                tasks.lock().unwrap().push(pipe);
-            }
-        });
-        self.tasks.lock().unwrap().push(accept);
-    }
-
-    /// Closes the listener and every forwarded connection.
-    fn stop(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-
-    async fn restart(&self) {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match socket.bind(format!("127.0.0.1:{}", self.port).parse().unwrap()) {
-                Ok(()) => break,
-                Err(error) if Instant::now() < deadline => {
-                    let _ = error;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(error) => panic!("cannot listen again on port {}: {error}", self.port),
-            }
-        }
-        self.serve(socket.listen(64).unwrap());
-    }
-}
-
-fn host_port(url: &str) -> String {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    rest.split(',').next().unwrap().to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnecting() {

@@ -3,15 +3,11 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use proteus_log_conformance::Harness;
 use proteus_log_nats::{NatsLog, NatsLogConfig};
+use proteus_nats::START_HINT;
 
-pub const START_NATS: &str = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server";
-
-pub fn nats_url() -> String {
-    std::env::var("PROTEUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
+pub use proteus_nats::test_support::{delete_streams, nats_url};
 
 /// A configuration whose stream and subject prefixes no other test (or run) uses.
 pub fn unique_config(url: &str) -> NatsLogConfig {
@@ -37,39 +33,10 @@ pub async fn connect(config: NatsLogConfig) -> NatsLog {
     match NatsLog::connect(config.clone()).await {
         Ok(log) => log,
         Err(error) => panic!(
-            "NATS with JetStream is not reachable at {} ({error}). Start it with:\n  {START_NATS}\nor point PROTEUS_TEST_NATS_URL at a running server.",
+            "NATS with JetStream is not reachable at {} ({error}). {START_HINT}; or point PROTEUS_TEST_NATS_URL at a running server.",
             config.url
         ),
     }
-}
-
-/// Deletes every stream of `stream_prefix` on a separate runtime (usable from `Drop`).
-pub fn delete_streams(url: String, stream_prefix: String) {
-    let cleanup = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let Ok(client) = async_nats::connect(url.as_str()).await else {
-                return;
-            };
-            let js = async_nats::jetstream::new(client.clone());
-            let prefix = format!("{stream_prefix}_");
-            let mut names = Vec::new();
-            let mut streams = js.stream_names();
-            while let Some(Ok(name)) = streams.next().await {
-                if name.starts_with(&prefix) {
-                    names.push(name);
-                }
-            }
-            for name in names {
-                let _ = js.delete_stream(&name).await;
-            }
-            let _ = client.flush().await;
-        });
-    });
-    let _ = cleanup.join();
 }
 
 pub struct NatsHarness {

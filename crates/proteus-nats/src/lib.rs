@@ -1,0 +1,154 @@
+//! What every NATS JetStream adapter shares, written once: the rules their configurations'
+//! names and timeouts follow, URL redaction for messages, and how to start NATS. Pure: no
+//! connection, no runtime. With the `test-support` feature, [`test_support`] has what their
+//! integration tests share (a TCP proxy that cuts connections, stream cleanup).
+
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
+/// How to start NATS with JetStream on a developer machine, for messages.
+pub const START_HINT: &str = "start NATS with JetStream enabled (nats-server -js -sd <dir>; on Debian: start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server)";
+
+/// Longest `stream_prefix`, in bytes.
+pub const STREAM_PREFIX_BYTES_MAX: usize = 64;
+/// Longest `subject_prefix`, in bytes.
+pub const SUBJECT_PREFIX_BYTES_MAX: usize = 128;
+/// Smallest timeout or poll interval an adapter accepts, in milliseconds.
+pub const TIMEOUT_MS_MIN: u64 = 10;
+
+/// The settings every adapter's configuration has, borrowed for [`validate`].
+pub struct CommonSettings<'a> {
+    pub url: &'a str,
+    pub stream_prefix: &'a str,
+    pub subject_prefix: &'a str,
+    /// Each timeout or interval with its field name.
+    pub timeouts_ms: &'a [(&'a str, u64)],
+    pub replicas: usize,
+}
+
+/// Checks the common settings; the error names the field and says what is allowed.
+pub fn validate(settings: &CommonSettings<'_>) -> Result<(), String> {
+    let word = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if settings.url.trim().is_empty() {
+        return Err("url: must not be empty (e.g. nats://127.0.0.1:4222)".into());
+    }
+    let stream_prefix = settings.stream_prefix;
+    if !word(stream_prefix) || stream_prefix.len() > STREAM_PREFIX_BYTES_MAX {
+        return Err(format!(
+            "stream_prefix: must be 1 to {STREAM_PREFIX_BYTES_MAX} bytes of A-Z, a-z, 0-9, '_' or '-', got {stream_prefix:?}"
+        ));
+    }
+    let subject_prefix = settings.subject_prefix;
+    if subject_prefix.len() > SUBJECT_PREFIX_BYTES_MAX || !subject_prefix.split('.').all(word) {
+        return Err(format!(
+            "subject_prefix: must be 1 to {SUBJECT_PREFIX_BYTES_MAX} bytes of subject tokens (A-Z, a-z, 0-9, '_', '-') separated by '.', got {subject_prefix:?}"
+        ));
+    }
+    for (field, value) in settings.timeouts_ms {
+        if *value < TIMEOUT_MS_MIN {
+            return Err(format!(
+                "{field}: must be at least {TIMEOUT_MS_MIN}, got {value}"
+            ));
+        }
+    }
+    if ![1, 3, 5].contains(&settings.replicas) {
+        return Err(format!(
+            "replicas: must be 1, 3 or 5, got {}",
+            settings.replicas
+        ));
+    }
+    Ok(())
+}
+
+/// `url` (one server or several, comma-separated) with passwords and tokens replaced by
+/// `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let one = one.trim();
+            let (scheme, rest) = match one.split_once("://") {
+                Some((scheme, rest)) => (format!("{scheme}://"), rest),
+                None => (String::new(), one),
+            };
+            let (authority, tail) = match rest.find('/') {
+                Some(at) => rest.split_at(at),
+                None => (rest, ""),
+            };
+            match authority.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = match user.split_once(':') {
+                        Some((name, _)) => format!("{name}:***"),
+                        None => "***".into(),
+                    };
+                    format!("{scheme}{user}@{host}{tail}")
+                }
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings<'a>(stream_prefix: &'a str, subject_prefix: &'a str) -> CommonSettings<'a> {
+        CommonSettings {
+            url: "nats://127.0.0.1:4222",
+            stream_prefix,
+            subject_prefix,
+            timeouts_ms: &[("request_timeout_ms", 5_000)],
+            replicas: 1,
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        assert!(validate(&settings("PROTEUS", "proteus.events")).is_ok());
+        assert!(
+            validate(&settings("a.b", "p"))
+                .unwrap_err()
+                .starts_with("stream_prefix")
+        );
+        assert!(
+            validate(&settings("P", "a..b"))
+                .unwrap_err()
+                .starts_with("subject_prefix")
+        );
+        let short = CommonSettings {
+            timeouts_ms: &[("wait_poll_interval_ms", 1)],
+            ..settings("P", "p")
+        };
+        assert!(
+            validate(&short)
+                .unwrap_err()
+                .starts_with("wait_poll_interval_ms")
+        );
+        let even = CommonSettings {
+            replicas: 2,
+            ..settings("P", "p")
+        };
+        assert!(validate(&even).unwrap_err().starts_with("replicas"));
+        let empty = CommonSettings {
+            url: " ",
+            ..settings("P", "p")
+        };
+        assert!(validate(&empty).unwrap_err().starts_with("url"));
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact("nats://me:secret@h:4222"), "nats://me:***@h:4222");
+        assert_eq!(redact("nats://token@h:4222"), "nats://***@h:4222");
+        assert_eq!(
+            redact("nats://a:b@h1:1, nats://h2:2"),
+            "nats://a:***@h1:1,nats://h2:2"
+        );
+    }
+}
