@@ -153,6 +153,14 @@ async fn the_feed_stops_before_a_position_whose_transaction_is_open() {
         .append(&s("held-a"), ExpectedVersion::Any, one("a"))
         .await
         .unwrap();
+    // A read now, with no writer in flight, makes a's position the safe head. (The head only
+    // moves to what a probe saw once the writers then in flight have ended: had no probe run
+    // between a and the held position, a would wait for the holder too.)
+    let seen = store
+        .read_all(0, Direction::Forward, 100, &ReadFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(seen.head_position, before.last_position);
 
     // What an append does, without committing: take the writers key, then a position.
     let mut admin = admin().await;
