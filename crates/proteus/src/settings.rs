@@ -282,29 +282,33 @@ impl std::fmt::Debug for EventStoreBackend {
 }
 
 impl EventStoreBackend {
-    fn parse(text: &str, schema: Option<String>) -> Result<Self, String> {
-        if text.starts_with("nats://") || text.starts_with("tls://") {
-            return Err(
-                "event_store must be 'embedded' or a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE); NATS JetStream keeps the log and the event store, not this"
-                    .to_owned(),
-            );
-        }
+    /// `embedded` or a PostgreSQL URL, for the store named `setting` (its name in messages).
+    fn parse_embedded_or_postgres(
+        setting: &str,
+        text: &str,
+        schema: String,
+    ) -> Result<Self, String> {
         if text == "embedded" {
             return Ok(EventStoreBackend::Embedded);
         }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             return Ok(EventStoreBackend::Postgres {
                 url: text.to_owned(),
-                schema: schema.unwrap_or_else(|| "proteus_eventstore".into()),
+                schema,
             });
+        }
+        if text.starts_with("nats://") || text.starts_with("tls://") {
+            return Err(format!(
+                "{setting} must be 'embedded' or a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE); NATS JetStream keeps the log and the event store, not this"
+            ));
         }
         let shown: String = text.chars().take(24).collect();
         Err(format!(
-            "event_store must be 'embedded', a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE) or a NATS URL (nats://HOST:PORT), got {shown:?}"
+            "{setting} must be 'embedded' or a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE), got {shown:?}"
         ))
     }
 
-    /// Like `parse`, and also NATS JetStream (`nats://`), with its stream prefix.
+    /// `embedded`, a PostgreSQL URL or NATS JetStream (`nats://`, with its stream prefix).
     fn parse_event_store(
         text: &str,
         schema: Option<String>,
@@ -316,7 +320,28 @@ impl EventStoreBackend {
                 prefix: prefix.unwrap_or_else(|| "PROTEUS_ES".into()),
             });
         }
-        EventStoreBackend::parse(text, schema)
+        let schema = schema.unwrap_or_else(|| "proteus_eventstore".into());
+        EventStoreBackend::parse_embedded_or_postgres("event_store", text, schema).map_err(|_| {
+            let shown: String = text.chars().take(24).collect();
+            format!(
+                "event_store must be 'embedded', a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE) or a NATS URL (nats://HOST:PORT), got {shown:?}"
+            )
+        })
+    }
+
+    /// A store given by a setting and its schema (flag, else config file), embedded when
+    /// neither says.
+    fn resolve(
+        setting: &str,
+        value: Option<String>,
+        schema: Option<String>,
+        default_schema: &str,
+    ) -> Result<Self, String> {
+        EventStoreBackend::parse_embedded_or_postgres(
+            setting,
+            value.as_deref().unwrap_or("embedded"),
+            schema.unwrap_or_else(|| default_schema.into()),
+        )
     }
 }
 
@@ -509,42 +534,24 @@ impl Settings {
                 args.event_store_schema.or(file.storage.event_store_schema),
                 args.event_store_prefix.or(file.storage.event_store_prefix),
             )?,
-            read_models: EventStoreBackend::parse(
-                args.read_models
-                    .or(file.storage.read_models)
-                    .as_deref()
-                    .unwrap_or("embedded"),
-                Some(
-                    args.read_models_schema
-                        .or(file.storage.read_models_schema)
-                        .unwrap_or_else(|| "proteus_readmodels".into()),
-                ),
-            )
-            .map_err(|e| e.replace("event_store", "read_models"))?,
-            metadata: EventStoreBackend::parse(
-                args.metadata
-                    .or(file.storage.metadata)
-                    .as_deref()
-                    .unwrap_or("embedded"),
-                Some(
-                    args.metadata_schema
-                        .or(file.storage.metadata_schema)
-                        .unwrap_or_else(|| "proteus_metadata".into()),
-                ),
-            )
-            .map_err(|e| e.replace("event_store", "metadata"))?,
-            groups: EventStoreBackend::parse(
-                args.groups
-                    .or(file.storage.groups)
-                    .as_deref()
-                    .unwrap_or("embedded"),
-                Some(
-                    args.groups_schema
-                        .or(file.storage.groups_schema)
-                        .unwrap_or_else(|| "proteus_groups".into()),
-                ),
-            )
-            .map_err(|e| e.replace("event_store", "groups"))?,
+            read_models: EventStoreBackend::resolve(
+                "read_models",
+                args.read_models.or(file.storage.read_models),
+                args.read_models_schema.or(file.storage.read_models_schema),
+                "proteus_readmodels",
+            )?,
+            metadata: EventStoreBackend::resolve(
+                "metadata",
+                args.metadata.or(file.storage.metadata),
+                args.metadata_schema.or(file.storage.metadata_schema),
+                "proteus_metadata",
+            )?,
+            groups: EventStoreBackend::resolve(
+                "groups",
+                args.groups.or(file.storage.groups),
+                args.groups_schema.or(file.storage.groups_schema),
+                "proteus_groups",
+            )?,
             advertise_url: args.advertise_url.or(file.advertise_url),
             log: LogBackend::parse(
                 args.storage_log
