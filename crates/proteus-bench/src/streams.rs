@@ -92,6 +92,31 @@ pub struct SystemReport {
     pub aggregate_p99_ms: f64,
 }
 
+impl SystemReport {
+    /// A system's report from its counts and its append and aggregate-read latencies.
+    fn new(
+        system: impl Into<String>,
+        appends: u64,
+        events: u64,
+        seconds: f64,
+        appended: &hdrhistogram::Histogram<u64>,
+        reads: &hdrhistogram::Histogram<u64>,
+    ) -> Self {
+        SystemReport {
+            system: system.into(),
+            appends,
+            events,
+            seconds,
+            events_per_s: events as f64 / seconds,
+            append_p50_ms: ms(appended, 0.5),
+            append_p99_ms: ms(appended, 0.99),
+            aggregate_reads: reads.len(),
+            aggregate_p50_ms: ms(reads, 0.5),
+            aggregate_p99_ms: ms(reads, 0.99),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct StreamsReport {
     pub streams: usize,
@@ -364,36 +389,15 @@ mod proteus {
                 ));
             }
         }
-        Ok(SystemReport {
-            system: "proteus".into(),
-            appends,
-            events,
-            seconds,
-            events_per_s: events as f64 / seconds,
-            append_p50_ms: ms(&histogram, 0.5),
-            append_p99_ms: ms(&histogram, 0.99),
-            aggregate_reads: reads.len(),
-            aggregate_p50_ms: ms(&reads, 0.5),
-            aggregate_p99_ms: ms(&reads, 0.99),
-        })
+        Ok(SystemReport::new(
+            "proteus", appends, events, seconds, &histogram, &reads,
+        ))
     }
 }
 
 mod postgres {
-    use tokio_postgres::NoTls;
-
     use super::*;
-
-    async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
-        let shown = crate::targets::redact(url);
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(|e| {
-            format!(
-                "cannot reach PostgreSQL at {shown}: {e}; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` or fix --postgres"
-            )
-        })?;
-        tokio::spawn(connection);
-        Ok(client)
-    }
+    use crate::targets::postgres::connect_for;
 
     /// The table the appends go to.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,7 +435,7 @@ mod postgres {
             Table::Minimal => String::new(),
             Table::SameIndexes => format!("CREATE INDEX ON {table} (category, position);"),
         };
-        let setup = connect(url).await?;
+        let setup = connect_for(url, "--postgres").await?;
         setup
             .batch_execute(&format!(
                 "DROP table IF EXISTS {table}; CREATE table {table} ({columns}); {index}"
@@ -448,7 +452,7 @@ mod postgres {
             let (streams, per_append, connections) =
                 (args.streams, args.events_per_append, args.connections);
             tasks.push(tokio::spawn(async move {
-                let mut client = connect(&url).await?;
+                let mut client = connect_for(&url, "--postgres").await?;
                 let insert = client
                     .prepare(&format!(
                         "INSERT INTO {table} (stream, version, category, id, type, data) \
@@ -529,18 +533,9 @@ mod postgres {
             .batch_execute(&format!("DROP table IF EXISTS {table}"))
             .await
             .map_err(|e| format!("dropping {table} failed: {e}"))?;
-        Ok(SystemReport {
-            system: system.into(),
-            appends,
-            events,
-            seconds,
-            events_per_s: events as f64 / seconds,
-            append_p50_ms: ms(&histogram, 0.5),
-            append_p99_ms: ms(&histogram, 0.99),
-            aggregate_reads: reads.len(),
-            aggregate_p50_ms: ms(&reads, 0.5),
-            aggregate_p99_ms: ms(&reads, 0.99),
-        })
+        Ok(SystemReport::new(
+            system, appends, events, seconds, &histogram, &reads,
+        ))
     }
 }
 
@@ -551,33 +546,14 @@ mod nats {
     use futures_util::StreamExt;
 
     use super::*;
+    use crate::targets::nats::{connect_for, delete_stream};
 
-    const START_HINT: &str = "start it with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server` or fix --nats";
     /// Bytes of a message's size left for its headers and subject.
     const HEADER_BYTES_RESERVED: usize = 1_024;
     /// Events of the aggregate per message at most, as Proteus appends it.
     const AGGREGATE_EVENTS_PER_MESSAGE_MAX: usize = 1_000;
     /// How long one aggregate load may wait for messages.
     const LOAD_WAIT: Duration = Duration::from_secs(10);
-
-    async fn connect(url: &str) -> Result<async_nats::Client, String> {
-        let shown = crate::targets::redact(url);
-        crate::targets::connecting(&format!("NATS at {shown}"), async {
-            async_nats::ConnectOptions::new()
-                .connection_timeout(crate::targets::CONNECT_TIMEOUT)
-                .connect(url)
-                .await
-                .map_err(|e| format!("cannot reach NATS at {shown}: {e}; {START_HINT}"))
-        })
-        .await
-        .map_err(|e| {
-            if e.contains(START_HINT) {
-                e
-            } else {
-                format!("{e}; {START_HINT}")
-            }
-        })
-    }
 
     /// The payload of one append, framed as Proteus's NATS event store frames it: per event
     /// u16 id length, id, u16 type length, type, u8 flags (0), u32 data length, data.
@@ -621,23 +597,6 @@ mod nats {
         Ok(count)
     }
 
-    /// Deletes `name` if it exists.
-    async fn delete_stream(jetstream: &jetstream::Context, name: &str) -> Result<(), String> {
-        match jetstream.delete_stream(name).await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::DeleteStreamErrorKind::JetStream(ref error)
-                        if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(format!("deleting JetStream stream {name} failed: {e}")),
-        }
-    }
-
     /// Publishes one append to `subject` whose last message is at `expected` (0: none) and
     /// returns the sequence it was stored at.
     async fn append(
@@ -670,7 +629,7 @@ mod nats {
         // A stream of this run's own (the run id is lower-case hex), deleted at the end.
         let name = format!("PROTEUS_BENCH_STREAMS_{run}");
         let prefix = format!("proteus-bench-streams-{run}");
-        let client = connect(url).await?;
+        let client = connect_for(url, "--nats").await?;
         let jetstream = jetstream::new(client.clone());
         let stream = jetstream
             .create_stream(stream::Config {
@@ -716,7 +675,7 @@ mod nats {
             let (streams, per_append, connections) =
                 (args.streams, args.events_per_append, args.connections);
             tasks.push(tokio::spawn(async move {
-                let jetstream = jetstream::new(connect(&url).await?);
+                let jetstream = jetstream::new(connect_for(&url, "--nats").await?);
                 let owned: Vec<usize> = (writer..streams).step_by(connections).collect();
                 // The sequence of each subject's last message, from the last acknowledgement.
                 let mut last_sequences = vec![0u64; owned.len()];
@@ -777,18 +736,14 @@ mod nats {
                 ));
             }
         }
-        Ok(SystemReport {
-            system: "nats-jetstream".into(),
+        Ok(SystemReport::new(
+            "nats-jetstream",
             appends,
             events,
             seconds,
-            events_per_s: events as f64 / seconds,
-            append_p50_ms: ms(&histogram, 0.5),
-            append_p99_ms: ms(&histogram, 0.99),
-            aggregate_reads: reads.len(),
-            aggregate_p50_ms: ms(&reads, 0.5),
-            aggregate_p99_ms: ms(&reads, 0.99),
-        })
+            &histogram,
+            &reads,
+        ))
     }
 
     /// Loads the events of `subject` (`messages` messages) through an ephemeral pull consumer,

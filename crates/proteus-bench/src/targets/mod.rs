@@ -5,7 +5,7 @@
 pub mod embedded;
 pub mod http;
 pub mod nats;
-mod postgres;
+pub(crate) mod postgres;
 mod redis;
 
 use std::fmt;

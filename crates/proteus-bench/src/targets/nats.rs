@@ -21,23 +21,37 @@ pub struct NatsBench {
 }
 
 pub(crate) async fn connect(url: &str) -> Result<async_nats::Client, String> {
+    connect_for(url, "--target").await
+}
+
+/// Connects to the NATS server `flag` names; every failure says how to start it.
+pub(crate) async fn connect_for(url: &str, flag: &str) -> Result<async_nats::Client, String> {
     let shown = super::redact(url);
+    let hint = format!(
+        "start it with `nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server` or fix {flag}"
+    );
     connecting(&format!("NATS at {shown}"), async {
         async_nats::ConnectOptions::new()
             .connection_timeout(super::CONNECT_TIMEOUT)
             .connect(url)
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot reach NATS at {shown}: {e}; start it with `nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server` or fix --target"
-                )
-            })
+            .map_err(|e| format!("cannot reach NATS at {shown}: {e}; {hint}"))
     })
     .await
+    .map_err(|e| {
+        if e.contains(&hint) {
+            e
+        } else {
+            format!("{e}; {hint}")
+        }
+    })
 }
 
 /// Deletes `stream` if it exists.
-async fn delete_stream(jetstream: &jetstream::Context, stream: &str) -> Result<(), String> {
+pub(crate) async fn delete_stream(
+    jetstream: &jetstream::Context,
+    stream: &str,
+) -> Result<(), String> {
     match jetstream.delete_stream(stream).await {
         Ok(_) => Ok(()),
         Err(e)

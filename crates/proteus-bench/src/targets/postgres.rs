@@ -29,11 +29,16 @@ pub fn check_table_name(table: &str) -> Result<(), String> {
 }
 
 async fn connect(url: &str) -> Result<Client, String> {
+    connect_for(url, "--target").await
+}
+
+/// Connects to the PostgreSQL `flag` names; a failure says how to start it.
+pub(crate) async fn connect_for(url: &str, flag: &str) -> Result<Client, String> {
     let shown = super::redact(url);
     let (client, connection) = connecting(&format!("PostgreSQL at {shown}"), async {
         tokio_postgres::connect(url, NoTls).await.map_err(|e| {
             format!(
-                "cannot reach PostgreSQL at {shown}: {e}; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` or fix --target"
+                "cannot reach PostgreSQL at {shown}: {e}; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` or fix {flag}"
             )
         })
     })
