@@ -7,12 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::support::{BINARY, ServerProcess, run_cli};
-
-fn postgres_url() -> String {
-    std::env::var("PROTEUS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
+use crate::support::{BINARY, ServerProcess, drop_schema, postgres_url, run_cli};
 
 /// Schemas of their own, dropped when the test ends.
 struct Schemas(Vec<String>);
@@ -20,14 +15,7 @@ struct Schemas(Vec<String>);
 impl Drop for Schemas {
     fn drop(&mut self) {
         for schema in &self.0 {
-            let _ = Command::new("psql")
-                .args([
-                    &postgres_url(),
-                    "-q",
-                    "-c",
-                    &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-                ])
-                .output();
+            drop_schema(schema);
         }
     }
 }

@@ -2,23 +2,11 @@
 //! a document read through one is fresh after the other's projection commits a change (the
 //! invalidation travels through the log), never served stale from either cache level.
 
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use proteus_log::port::TopicAdmin;
-use proteus_log_nats::{NatsLog, NatsLogConfig};
 use serde_json::{Value, json};
 
-use crate::support::ServerProcess;
-
-fn postgres_url() -> String {
-    std::env::var("PROTEUS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn nats_url() -> String {
-    std::env::var("PROTEUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
+use crate::support::{ServerProcess, delete_streams, drop_schema, nats_url, postgres_url};
 
 fn redis_url() -> String {
     std::env::var("PROTEUS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -57,37 +45,17 @@ impl Namespace {
 impl Drop for Namespace {
     fn drop(&mut self) {
         for schema in [self.events_schema(), self.models_schema()] {
-            let _ = Command::new("psql")
-                .args([
-                    &postgres_url(),
-                    "-q",
-                    "-c",
-                    &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-                ])
-                .output();
+            drop_schema(&schema);
         }
+        delete_streams(nats_url(), self.nats_prefix());
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         else {
             return;
         };
-        let config = NatsLogConfig {
-            url: nats_url(),
-            stream_prefix: self.nats_prefix(),
-            subject_prefix: self.nats_prefix().to_lowercase(),
-            retention_interval_ms: 0,
-            ..NatsLogConfig::default()
-        };
         let redis_prefix = self.redis_prefix();
         runtime.block_on(async {
-            if let Ok(log) = NatsLog::connect(config).await
-                && let Ok(topics) = log.list_topics().await
-            {
-                for topic in topics {
-                    let _ = log.delete_topic(&topic.name).await;
-                }
-            }
             if let Ok(cache) =
                 proteus_cache_redis::RedisRemoteCache::connect(&redis_url(), &redis_prefix).await
             {

@@ -7,12 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::support::ServerProcess;
-
-fn postgres_url() -> String {
-    std::env::var("PROTEUS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
+use crate::support::{ServerProcess, delete_streams, drop_schema, nats_url, postgres_url};
 
 /// A schema of its own, dropped when the test ends (even when it fails).
 struct Schema(String);
@@ -29,14 +24,7 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                &postgres_url(),
-                "-q",
-                "-c",
-                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0),
-            ])
-            .output();
+        drop_schema(&self.0);
     }
 }
 
@@ -349,28 +337,9 @@ impl NatsStreams {
     }
 }
 
-fn nats_url() -> String {
-    std::env::var("PROTEUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
 impl Drop for NatsStreams {
     fn drop(&mut self) {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async {
-            let Ok(client) = async_nats::connect(nats_url()).await else {
-                return;
-            };
-            let js = async_nats::jetstream::new(client.clone());
-            for suffix in ["EVENTS", "SNAPSHOTS"] {
-                let _ = js.delete_stream(format!("{}_{suffix}", self.0)).await;
-            }
-            let _ = client.flush().await;
-        });
+        delete_streams(nats_url(), self.0.clone());
     }
 }
 

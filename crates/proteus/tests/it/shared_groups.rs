@@ -5,23 +5,11 @@
 //! consuming without an acknowledged event coming back.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use proteus_log::port::TopicAdmin;
-use proteus_log_nats::{NatsLog, NatsLogConfig};
 use serde_json::{Value, json};
 
-use crate::support::ServerProcess;
-
-fn nats_url() -> String {
-    std::env::var("PROTEUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-fn postgres_url() -> String {
-    std::env::var("PROTEUS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
+use crate::support::{ServerProcess, delete_streams, drop_schema, nats_url, postgres_url};
 
 /// A NATS stream prefix and two PostgreSQL schemas (metadata, groups) of the test's own,
 /// removed when it ends (even when it fails).
@@ -49,37 +37,9 @@ impl Namespaces {
 impl Drop for Namespaces {
     fn drop(&mut self) {
         for schema in [&self.metadata_schema, &self.groups_schema] {
-            let _ = Command::new("psql")
-                .args([
-                    &postgres_url(),
-                    "-q",
-                    "-c",
-                    &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-                ])
-                .output();
+            drop_schema(schema);
         }
-        let config = NatsLogConfig {
-            url: nats_url(),
-            stream_prefix: self.prefix.clone(),
-            subject_prefix: self.prefix.to_lowercase(),
-            retention_interval_ms: 0,
-            ..NatsLogConfig::default()
-        };
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async {
-            if let Ok(log) = NatsLog::connect(config).await
-                && let Ok(topics) = log.list_topics().await
-            {
-                for topic in topics {
-                    let _ = log.delete_topic(&topic.name).await;
-                }
-            }
-        });
+        delete_streams(nats_url(), self.prefix.clone().clone());
     }
 }
 

@@ -4,15 +4,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use proteus_log::port::TopicAdmin;
-use proteus_log_nats::{NatsLog, NatsLogConfig};
 use serde_json::{Value, json};
 
-use crate::support::ServerProcess;
-
-fn nats_url() -> String {
-    std::env::var("PROTEUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
+use crate::support::{ServerProcess, delete_streams, nats_url};
 
 /// A stream-name prefix of its own; every stream under it is deleted when the test ends.
 struct Prefix(String);
@@ -29,28 +23,7 @@ impl Prefix {
 
 impl Drop for Prefix {
     fn drop(&mut self) {
-        let config = NatsLogConfig {
-            url: nats_url(),
-            stream_prefix: self.0.clone(),
-            subject_prefix: self.0.to_lowercase(),
-            retention_interval_ms: 0,
-            ..NatsLogConfig::default()
-        };
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async {
-            if let Ok(log) = NatsLog::connect(config).await
-                && let Ok(topics) = log.list_topics().await
-            {
-                for topic in topics {
-                    let _ = log.delete_topic(&topic.name).await;
-                }
-            }
-        });
+        delete_streams(nats_url(), self.0.clone().clone());
     }
 }
 
