@@ -10,11 +10,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use proteus_groups::store::check_fence;
 use proteus_groups::{
     GroupConfig, GroupName, GroupRecord, GroupStore, PartitionProgress, StoreError,
 };
 use proteus_log::TopicName;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
@@ -28,6 +29,9 @@ struct StoredGroup {
     config: GroupConfig,
     created_ms: i64,
     partitions: u32,
+    /// The highest fencing token (absent in files written before fencing: 0).
+    #[serde(default)]
+    fence: u64,
 }
 
 #[derive(Clone)]
@@ -53,6 +57,37 @@ fn progress_key(topic: &TopicName, group: &GroupName, partition: u32) -> Vec<u8>
     let mut key = progress_prefix(topic, group);
     key.extend_from_slice(&partition.to_be_bytes());
     key
+}
+
+/// Inside a write: the group's row, after checking `fence` against it and raising its token
+/// to `fence` (written back only when it grows). `None` when the group does not exist.
+fn fence_group(
+    groups: &mut Table<&str, &[u8]>,
+    topic: &TopicName,
+    group: &GroupName,
+    fence: u64,
+) -> Result<Option<StoredGroup>, StoreError> {
+    let key = group_key(topic, group);
+    let mut stored: StoredGroup = match groups.get(key.as_str()).map_err(backend)? {
+        Some(value) => serde_json::from_slice(value.value()).map_err(backend)?,
+        None => return Ok(None),
+    };
+    check_fence(topic, group, fence, stored.fence)?;
+    if fence > stored.fence {
+        stored.fence = fence;
+        put_group(groups, &key, &stored)?;
+    }
+    Ok(Some(stored))
+}
+
+fn put_group(
+    groups: &mut Table<&str, &[u8]>,
+    key: &str,
+    stored: &StoredGroup,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_vec(stored).map_err(backend)?;
+    groups.insert(key, json.as_slice()).map_err(backend)?;
+    Ok(())
 }
 
 /// The first key after every key starting with `prefix` (whose last byte is `\0`).
@@ -103,6 +138,15 @@ fn read_group(
     };
     let stored: StoredGroup = serde_json::from_slice(stored.value()).map_err(backend)?;
     let progress = txn.open_table(PROGRESS).map_err(backend)?;
+    to_record(topic, group, stored, &progress).map(Some)
+}
+
+fn to_record(
+    topic: &TopicName,
+    group: &GroupName,
+    stored: StoredGroup,
+    progress: &impl ReadableTable<&'static [u8], &'static [u8]>,
+) -> Result<GroupRecord, StoreError> {
     let prefix = progress_prefix(topic, group);
     let end = prefix_end(&prefix);
     let mut partitions = Vec::with_capacity(stored.partitions as usize);
@@ -115,13 +159,14 @@ fn read_group(
             serde_json::from_slice(value.value()).map_err(backend)?;
         partitions.push(partition);
     }
-    Ok(Some(GroupRecord {
+    Ok(GroupRecord {
         topic: topic.clone(),
         group: group.clone(),
         config: stored.config,
         created_ms: stored.created_ms,
         partitions,
-    }))
+        fence: stored.fence,
+    })
 }
 
 #[async_trait]
@@ -143,11 +188,9 @@ impl GroupStore for EmbeddedGroupStore {
                     config: record.config.clone(),
                     created_ms: record.created_ms,
                     partitions: record.partitions.len() as u32,
+                    fence: record.fence,
                 };
-                let json = serde_json::to_vec(&stored).map_err(backend)?;
-                groups
-                    .insert(key.as_str(), json.as_slice())
-                    .map_err(backend)?;
+                put_group(&mut groups, &key, &stored)?;
                 let mut progress = txn.open_table(PROGRESS).map_err(backend)?;
                 for partition in &record.partitions {
                     let key = progress_key(&record.topic, &record.group, partition.partition);
@@ -166,6 +209,7 @@ impl GroupStore for EmbeddedGroupStore {
         &self,
         topic: &TopicName,
         group: &GroupName,
+        fence: u64,
         config: &GroupConfig,
     ) -> Result<(), StoreError> {
         let (topic, group, config) = (topic.clone(), group.clone(), config.clone());
@@ -173,16 +217,11 @@ impl GroupStore for EmbeddedGroupStore {
             let txn = db.begin_write().map_err(backend)?;
             {
                 let mut groups = txn.open_table(GROUPS).map_err(backend)?;
-                let key = group_key(&topic, &group);
-                let mut stored: StoredGroup = match groups.get(key.as_str()).map_err(backend)? {
-                    Some(value) => serde_json::from_slice(value.value()).map_err(backend)?,
-                    None => return Err(StoreError::NotFound { topic, group }),
+                let Some(mut stored) = fence_group(&mut groups, &topic, &group, fence)? else {
+                    return Err(StoreError::NotFound { topic, group });
                 };
                 stored.config = config;
-                let json = serde_json::to_vec(&stored).map_err(backend)?;
-                groups
-                    .insert(key.as_str(), json.as_slice())
-                    .map_err(backend)?;
+                put_group(&mut groups, &group_key(&topic, &group), &stored)?;
             }
             txn.commit().map_err(backend)
         })
@@ -193,18 +232,15 @@ impl GroupStore for EmbeddedGroupStore {
         &self,
         topic: &TopicName,
         group: &GroupName,
+        fence: u64,
         progress: &[PartitionProgress],
     ) -> Result<(), StoreError> {
         let (topic, group, progress) = (topic.clone(), group.clone(), progress.to_vec());
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
             {
-                let groups = txn.open_table(GROUPS).map_err(backend)?;
-                if groups
-                    .get(group_key(&topic, &group).as_str())
-                    .map_err(backend)?
-                    .is_none()
-                {
+                let mut groups = txn.open_table(GROUPS).map_err(backend)?;
+                if fence_group(&mut groups, &topic, &group, fence)?.is_none() {
                     return Err(StoreError::NotFound { topic, group });
                 }
                 let mut table = txn.open_table(PROGRESS).map_err(backend)?;
@@ -217,6 +253,29 @@ impl GroupStore for EmbeddedGroupStore {
                 }
             }
             txn.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn claim_group(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        fence: u64,
+    ) -> Result<Option<GroupRecord>, StoreError> {
+        let (topic, group) = (topic.clone(), group.clone());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let record = {
+                let mut groups = txn.open_table(GROUPS).map_err(backend)?;
+                let Some(stored) = fence_group(&mut groups, &topic, &group, fence)? else {
+                    return Ok(None);
+                };
+                let progress = txn.open_table(PROGRESS).map_err(backend)?;
+                to_record(&topic, &group, stored, &progress)?
+            };
+            txn.commit().map_err(backend)?;
+            Ok(Some(record))
         })
         .await
     }

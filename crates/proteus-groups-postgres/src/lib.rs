@@ -2,11 +2,13 @@
 //! PostgreSQL schema, so a group's acknowledged progress lives with the rest of a team's data
 //! and survives the loss of a Proteus machine.
 //!
-//! Tables (`migrations/`): `groups (topic, grp) → config, created_ms` and `progress (topic,
-//! grp, partition) → progress`, both JSON of the domain's types, the second deleted with its
-//! group. Every write is one transaction, durable when it returns (PostgreSQL's
-//! `synchronous_commit = on`); `save_progress` locks the group's row so a concurrent delete
-//! cannot leave orphans, and writes all the partitions given together.
+//! Tables (`migrations/`): `groups (topic, grp) → config, created_ms, fence` and `progress
+//! (topic, grp, partition) → progress`, both JSON of the domain's types, the second deleted with
+//! its group. Every write is one transaction, durable when it returns (PostgreSQL's
+//! `synchronous_commit = on`). Fenced writes start by raising the group row's fencing token
+//! (`UPDATE … WHERE fence <= $token`), which also locks the row: a concurrent delete cannot
+//! leave orphans, a newer coordinator's claim waits for the write or refuses it, and all the
+//! partitions given are written together.
 //!
 //! Connection handling, the schema-name rule and migrations come from `proteus-postgres`.
 
@@ -14,6 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
+use proteus_groups::store::check_fence;
 use proteus_groups::{
     GroupConfig, GroupName, GroupRecord, GroupStore, PartitionProgress, StoreError,
 };
@@ -27,11 +30,18 @@ pub use proteus_postgres::START_HINT;
 pub const MIGRATIONS: Migrations = Migrations {
     table: "group_migrations",
     what: "consumer groups",
-    list: &[Migration {
-        version: 1,
-        name: "initial",
-        sql: include_str!("../migrations/0001_initial.sql"),
-    }],
+    list: &[
+        Migration {
+            version: 1,
+            name: "initial",
+            sql: include_str!("../migrations/0001_initial.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "fencing_tokens",
+            sql: include_str!("../migrations/0002_fencing_tokens.sql"),
+        },
+    ],
 };
 
 /// Settings of the PostgreSQL group store.
@@ -94,6 +104,11 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, S
         .map_err(|e| StoreError::Backend(format!("the stored {what} is unreadable: {e}")))
 }
 
+/// A fencing token as PostgreSQL's `bigint` (tokens count lease hand-overs: far below 2^63).
+fn fence_column(fence: u64) -> i64 {
+    i64::try_from(fence).unwrap_or(i64::MAX)
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Backend(e.to_string()))
 }
@@ -130,6 +145,55 @@ impl PostgresGroupStore {
             .map_err(|e| backend(proteus_postgres::pool_error(e, what)))
     }
 
+    /// Inside `txn`: raises the group's fencing token to `fence`, locking its row, or rolls back
+    /// and reports why not (no such group, or a newer token claimed it).
+    async fn fence<'t>(
+        &self,
+        txn: deadpool_postgres::Transaction<'t>,
+        topic: &TopicName,
+        group: &GroupName,
+        fence: u64,
+        what: &str,
+    ) -> Result<deadpool_postgres::Transaction<'t>, StoreError> {
+        let fail = |e| backend(proteus_postgres::pg(e, what));
+        let s = &self.inner.schema;
+        let raised = txn
+            .execute(
+                &format!(
+                    "UPDATE {s}.groups SET fence = $3 WHERE topic = $1 AND grp = $2 AND fence <= $3"
+                ),
+                &[&topic.as_str(), &group.as_str(), &fence_column(fence)],
+            )
+            .await
+            .map_err(fail)?;
+        if raised == 1 {
+            return Ok(txn);
+        }
+        let claimed = txn
+            .query_opt(
+                &format!("SELECT fence FROM {s}.groups WHERE topic = $1 AND grp = $2"),
+                &[&topic.as_str(), &group.as_str()],
+            )
+            .await
+            .map_err(fail)?
+            .map(|row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0));
+        // Ended now rather than when dropped: a dropped transaction's ROLLBACK waits for the
+        // connection task, and the group's row lock with it.
+        txn.rollback().await.map_err(fail)?;
+        match claimed {
+            Some(claimed) => {
+                check_fence(topic, group, fence, claimed)?;
+                Err(StoreError::Backend(format!(
+                    "{what}: the group's fencing token changed while being checked; retry"
+                )))
+            }
+            None => Err(StoreError::NotFound {
+                topic: topic.clone(),
+                group: group.clone(),
+            }),
+        }
+    }
+
     /// Groups (optionally one) with their progress, sorted by topic, group and partition.
     async fn load(
         &self,
@@ -146,7 +210,7 @@ impl PostgresGroupStore {
         let groups = client
             .query(
                 &format!(
-                    "SELECT g.topic, g.grp, g.config::text, g.created_ms FROM {s}.groups g \
+                    "SELECT g.topic, g.grp, g.config::text, g.created_ms, g.fence FROM {s}.groups g \
                      WHERE {filter} ORDER BY g.topic, g.grp"
                 ),
                 &[&topic, &group],
@@ -192,6 +256,7 @@ fn record(row: &Row) -> Result<GroupRecord, StoreError> {
         config: decode::<GroupConfig>("group settings", row.get::<_, &str>(2))?,
         created_ms: row.get(3),
         partitions: Vec::new(),
+        fence: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
     })
 }
 
@@ -217,14 +282,15 @@ impl GroupStore for PostgresGroupStore {
         let inserted = txn
             .execute(
                 &format!(
-                    "INSERT INTO {s}.groups (topic, grp, config, created_ms) \
-                     VALUES ($1, $2, $3::text::json, $4) ON CONFLICT DO NOTHING"
+                    "INSERT INTO {s}.groups (topic, grp, config, created_ms, fence) \
+                     VALUES ($1, $2, $3::text::json, $4, $5) ON CONFLICT DO NOTHING"
                 ),
                 &[
                     &record.topic.as_str(),
                     &record.group.as_str(),
                     &config,
                     &record.created_ms,
+                    &fence_column(record.fence),
                 ],
             )
             .await
@@ -259,34 +325,30 @@ impl GroupStore for PostgresGroupStore {
         &self,
         topic: &TopicName,
         group: &GroupName,
+        fence: u64,
         config: &GroupConfig,
     ) -> Result<(), StoreError> {
         let what = format!("updating group '{group}'");
+        let fail = |e| backend(proteus_postgres::pg(e, &what));
         let config = encode(config)?;
-        let client = self.client(&what).await?;
+        let mut client = self.client(&what).await?;
         let s = &self.inner.schema;
-        let updated = client
-            .execute(
-                &format!(
-                    "UPDATE {s}.groups SET config = $3::text::json WHERE topic = $1 AND grp = $2"
-                ),
-                &[&topic.as_str(), &group.as_str(), &config],
-            )
-            .await
-            .map_err(|e| backend(proteus_postgres::pg(e, &what)))?;
-        if updated == 0 {
-            return Err(StoreError::NotFound {
-                topic: topic.clone(),
-                group: group.clone(),
-            });
-        }
-        Ok(())
+        let txn = client.transaction().await.map_err(fail)?;
+        let txn = self.fence(txn, topic, group, fence, &what).await?;
+        txn.execute(
+            &format!("UPDATE {s}.groups SET config = $3::text::json WHERE topic = $1 AND grp = $2"),
+            &[&topic.as_str(), &group.as_str(), &config],
+        )
+        .await
+        .map_err(fail)?;
+        txn.commit().await.map_err(fail)
     }
 
     async fn save_progress(
         &self,
         topic: &TopicName,
         group: &GroupName,
+        fence: u64,
         progress: &[PartitionProgress],
     ) -> Result<(), StoreError> {
         let what = format!("saving the progress of group '{group}'");
@@ -299,20 +361,7 @@ impl GroupStore for PostgresGroupStore {
         let mut client = self.client(&what).await?;
         let s = &self.inner.schema;
         let txn = client.transaction().await.map_err(fail)?;
-        let exists = txn
-            .query_opt(
-                &format!("SELECT 1 FROM {s}.groups WHERE topic = $1 AND grp = $2 FOR UPDATE"),
-                &[&topic.as_str(), &group.as_str()],
-            )
-            .await
-            .map_err(fail)?;
-        if exists.is_none() {
-            txn.rollback().await.map_err(fail)?;
-            return Err(StoreError::NotFound {
-                topic: topic.clone(),
-                group: group.clone(),
-            });
-        }
+        let txn = self.fence(txn, topic, group, fence, &what).await?;
         txn.execute(
             &format!(
                 "INSERT INTO {s}.progress (topic, grp, partition, progress) \
@@ -324,6 +373,28 @@ impl GroupStore for PostgresGroupStore {
         .await
         .map_err(fail)?;
         txn.commit().await.map_err(fail)
+    }
+
+    async fn claim_group(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        fence: u64,
+    ) -> Result<Option<GroupRecord>, StoreError> {
+        let what = format!("claiming group '{group}'");
+        let fail = |e| backend(proteus_postgres::pg(e, &what));
+        {
+            let mut client = self.client(&what).await?;
+            let txn = client.transaction().await.map_err(fail)?;
+            match self.fence(txn, topic, group, fence, &what).await {
+                Ok(txn) => txn.commit().await.map_err(fail)?,
+                Err(StoreError::NotFound { .. }) => return Ok(None),
+                Err(other) => return Err(other),
+            }
+        }
+        // Read after the claim committed: every write with an older token ended before it (the
+        // row lock) and is seen, and none can follow.
+        self.load_group(topic, group).await
     }
 
     async fn load_group(

@@ -6,8 +6,11 @@
 //! `<topic>/<group>` in the namespace [`LEASE_NAMESPACE`], data the holder's advertised URL.
 //!
 //! - A request for a group nobody coordinates (no lease, or an expired one) makes the instance
-//!   that received it the coordinator: it takes the lease, then loads the group's state from the
-//!   store ([`GroupService::activate`]).
+//!   that received it the coordinator: it takes the lease, then claims the group in the store
+//!   with the lease's fencing token and loads its state ([`GroupService::activate`]). Every
+//!   write it makes carries that token; the store refuses writes with an older one, so a
+//!   coordinator that outlived its lease unnoticed (a long pause, clocks apart by more than the
+//!   safety margin) cannot overwrite its successor's progress: it drops the group instead.
 //! - The coordinator renews its leases every `ttl_ms / 3`. It serves a group only until
 //!   `ttl_ms − safety_ms` after the start of its last successful renewal (measured on its own
 //!   monotonic clock), so a coordinator that cannot renew stops before its lease expires and
@@ -269,7 +272,11 @@ impl Inner {
 
     async fn route(&self, topic: &TopicName, group: &GroupName) -> Result<Route, String> {
         let key = (topic.clone(), group.clone());
-        if self.holds(&key) {
+        if self.service.take_fenced_out(topic, group) {
+            // The store refused this instance's write: a newer coordinator claimed the group
+            // (this one's lease ran out unnoticed, e.g. a long pause). Ask the lease store again.
+            self.held.lock().expect("held lock").remove(&key);
+        } else if self.holds(&key) {
             return Ok(Route::Local);
         }
         if let Some((url, expires_ms)) = self.remote.lock().expect("remote lock").get(&key)
@@ -291,7 +298,21 @@ impl Inner {
             self.drop_group(&key, "its lease was not renewed in time");
         }
         match self.acquire(&key).await? {
-            (LeaseState::Held(_), started) => {
+            (LeaseState::Held(lease), started) => {
+                self.remote.lock().expect("remote lock").remove(&key);
+                tracing::info!(%topic, %group, token = lease.token,
+                    "coordinating the group here (lease taken)");
+                if let Err(error) = self.service.activate(topic, group, lease.token).await {
+                    // Not serving it: let another instance (or a later request) try.
+                    let _ = lease::release(
+                        self.kv.as_ref(),
+                        &self.namespace,
+                        &lease_key(topic, group),
+                        &self.config.instance_id,
+                    )
+                    .await;
+                    return Err(format!("cannot load the group's state: {error}"));
+                }
                 self.held.lock().expect("held lock").insert(
                     key.clone(),
                     Held {
@@ -299,11 +320,6 @@ impl Inner {
                         renewed_at: started,
                     },
                 );
-                self.remote.lock().expect("remote lock").remove(&key);
-                tracing::info!(%topic, %group, "coordinating the group here (lease taken)");
-                if let Err(error) = self.service.activate(topic, group).await {
-                    return Err(format!("cannot load the group's state: {error}"));
-                }
                 Ok(Route::Local)
             }
             (LeaseState::HeldByOther(lease), _) => {

@@ -30,6 +30,9 @@ struct Durability {
 pub struct GroupHandle {
     pub topic: TopicName,
     pub group: GroupName,
+    /// The fencing token every write of this group carries: the coordinator lease's token it
+    /// was claimed with (shared group stores), 0 for a lone instance.
+    pub(crate) fence: u64,
     state: Mutex<GroupState>,
     /// Serialises the read phase of pulls, so two pulls never hand out the same events.
     pub(crate) fetch: tokio::sync::Mutex<()>,
@@ -52,10 +55,11 @@ pub struct GroupHandle {
 }
 
 impl GroupHandle {
-    pub(crate) fn start(inner: &Arc<Inner>, state: GroupState) -> Arc<GroupHandle> {
+    pub(crate) fn start(inner: &Arc<Inner>, state: GroupState, fence: u64) -> Arc<GroupHandle> {
         let handle = Arc::new(GroupHandle {
             topic: state.topic().clone(),
             group: state.group().clone(),
+            fence,
             state: Mutex::new(state),
             fetch: tokio::sync::Mutex::new(()),
             changed: Notify::new(),
@@ -395,12 +399,17 @@ async fn save(inner: &Inner, handle: &GroupHandle) {
     }
     match inner
         .store
-        .save_progress(&handle.topic, &handle.group, &progress)
+        .save_progress(&handle.topic, &handle.group, handle.fence, &progress)
         .await
     {
         Ok(()) => handle
             .durability
             .send_modify(|d| d.durable = d.durable.max(version)),
+        Err(error @ StoreError::Fenced { .. }) => {
+            tracing::warn!(topic = %handle.topic, group = %handle.group, %error,
+                "the group's progress was not saved: another instance coordinates it now");
+            inner.fenced_out(handle);
+        }
         Err(error) => {
             tracing::error!(topic = %handle.topic, group = %handle.group, %error,
                 "saving the group's progress failed; acks wait for the next attempt");

@@ -17,15 +17,15 @@ mod metrics_names;
 mod pull;
 pub mod push;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use proteus_groups::config::StartPosition;
 use proteus_groups::state::{Assignment, GroupCounters, MemberSnapshot, Position};
 use proteus_groups::{
     GroupConfig, GroupError, GroupName, GroupRecord, GroupState, GroupStore, MemberId,
-    PartitionProgress,
+    PartitionProgress, StoreError,
 };
 use proteus_log::{Log, LogError, Offset, PartitionId, ReadFrom, ReadLimits, TopicName};
 use serde::Serialize;
@@ -83,6 +83,12 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn GroupStore>,
     pub(crate) config: ServiceConfig,
     groups: RwLock<BTreeMap<(TopicName, GroupName), Arc<GroupHandle>>>,
+    /// Shared stores: the fencing token each group this instance coordinates was claimed with
+    /// (kept for groups not created yet, so a creation carries it too).
+    claims: Mutex<BTreeMap<(TopicName, GroupName), u64>>,
+    /// Shared stores: groups whose writes the store refused as fenced, until the coordinator
+    /// has dropped their lease ([`GroupService::take_fenced_out`]).
+    fenced: Mutex<BTreeSet<(TopicName, GroupName)>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_sender: watch::Sender<bool>,
     pub(crate) http: reqwest::Client,
@@ -91,6 +97,35 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) fn now_ms(&self) -> i64 {
         (self.config.clock)()
+    }
+
+    /// The store refused a write of `handle` because a newer coordinator claimed the group:
+    /// stop running it here at once (it must not act on state another instance owns) and let
+    /// the coordinator drop its lease.
+    pub(crate) fn fenced_out(&self, handle: &GroupHandle) {
+        let key = (handle.topic.clone(), handle.group.clone());
+        {
+            let mut groups = self.groups.write().expect("group map lock");
+            if groups
+                .get(&key)
+                .is_some_and(|running| std::ptr::eq(running.as_ref(), handle))
+            {
+                groups.remove(&key);
+            }
+        }
+        handle.abandon();
+        self.claims.lock().expect("claims lock").remove(&key);
+        self.fenced.lock().expect("fenced lock").insert(key);
+    }
+
+    /// The fencing token writes of a group carry: its claim here, or 0 (a lone instance).
+    fn fence_of(&self, topic: &TopicName, group: &GroupName) -> u64 {
+        self.claims
+            .lock()
+            .expect("claims lock")
+            .get(&(topic.clone(), group.clone()))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -164,6 +199,8 @@ impl GroupService {
             store,
             config,
             groups: RwLock::new(BTreeMap::new()),
+            claims: Mutex::new(BTreeMap::new()),
+            fenced: Mutex::new(BTreeSet::new()),
             shutdown,
             shutdown_sender,
             http,
@@ -203,8 +240,9 @@ impl GroupService {
             return handle.clone();
         }
         let seed = (self.inner.now_ms() as u64) ^ (record.created_ms as u64).rotate_left(17);
+        let fence = record.fence;
         let state = GroupState::from_record(record, seed);
-        let handle = GroupHandle::start(&self.inner, state);
+        let handle = GroupHandle::start(&self.inner, state, fence);
         groups.insert(key, handle.clone());
         handle
     }
@@ -229,20 +267,45 @@ impl GroupService {
             .collect()
     }
 
-    /// Runs the group here from its stored state (shared stores: this instance just became its
-    /// coordinator). Returns whether the group exists; nothing happens if it already runs.
-    pub async fn activate(&self, topic: &TopicName, group: &GroupName) -> Result<bool, GroupError> {
+    /// Runs the group here from its stored state, claimed with `fence` (shared stores: this
+    /// instance just became its coordinator under a lease with that token, and from now on the
+    /// store refuses writes with older tokens). Returns whether the group exists; a group that
+    /// does not yet will be created with `fence`. Nothing happens if it already runs.
+    pub async fn activate(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        fence: u64,
+    ) -> Result<bool, GroupError> {
+        let key = (topic.clone(), group.clone());
+        self.inner.fenced.lock().expect("fenced lock").remove(&key);
         if self.is_active(topic, group) {
             return Ok(true);
         }
-        match self.inner.store.load_group(topic, group).await? {
+        let claimed = self.inner.store.claim_group(topic, group, fence).await?;
+        self.inner
+            .claims
+            .lock()
+            .expect("claims lock")
+            .insert(key, fence);
+        match claimed {
             Some(record) => {
                 self.install(record);
-                tracing::info!(%topic, %group, "group state loaded from the store");
+                tracing::info!(%topic, %group, fence, "group state loaded from the store");
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    /// Whether the store refused a write of the group as fenced since it was last activated
+    /// here; the answer is given once (the coordinator then drops its lease record).
+    pub fn take_fenced_out(&self, topic: &TopicName, group: &GroupName) -> bool {
+        self.inner
+            .fenced
+            .lock()
+            .expect("fenced lock")
+            .remove(&(topic.clone(), group.clone()))
     }
 
     /// Stops running the group here without saving what is not durable yet (shared stores:
@@ -250,6 +313,11 @@ impl GroupService {
     /// fail; members learn of the move when their next request reaches the new coordinator
     /// (404 unknown-member: rejoin). Returns whether it ran here.
     pub fn deactivate(&self, topic: &TopicName, group: &GroupName) -> bool {
+        self.inner
+            .claims
+            .lock()
+            .expect("claims lock")
+            .remove(&(topic.clone(), group.clone()));
         let removed = self
             .inner
             .groups
@@ -293,10 +361,15 @@ impl GroupService {
     ) -> Result<bool, GroupError> {
         config.validate()?;
         if let Ok(handle) = self.handle(topic, group) {
-            self.inner
+            let updated = self
+                .inner
                 .store
-                .update_config(topic, group, &config)
-                .await?;
+                .update_config(topic, group, handle.fence, &config)
+                .await;
+            if let Err(StoreError::Fenced { .. }) = &updated {
+                self.inner.fenced_out(&handle);
+            }
+            updated?;
             handle.set_config(&self.inner, config);
             return Ok(false);
         }
@@ -329,6 +402,7 @@ impl GroupService {
             config,
             created_ms: self.inner.now_ms(),
             partitions,
+            fence: self.inner.fence_of(topic, group),
         };
         match self.inner.store.create_group(&record).await {
             Ok(()) => {}

@@ -47,6 +47,7 @@ pub fn record(topic_name: &str, group_name: &str, partitions: u32) -> GroupRecor
                 ..PartitionProgress::default()
             })
             .collect(),
+        fence: 0,
     }
 }
 
@@ -112,7 +113,12 @@ pub async fn progress_replaces_only_the_partitions_given(harness: &dyn StoreHarn
         }],
     };
     store
-        .save_progress(&created.topic, &created.group, std::slice::from_ref(&one))
+        .save_progress(
+            &created.topic,
+            &created.group,
+            0,
+            std::slice::from_ref(&one),
+        )
         .await
         .unwrap();
     let two = PartitionProgress {
@@ -121,7 +127,12 @@ pub async fn progress_replaces_only_the_partitions_given(harness: &dyn StoreHarn
         ..PartitionProgress::default()
     };
     store
-        .save_progress(&created.topic, &created.group, std::slice::from_ref(&two))
+        .save_progress(
+            &created.topic,
+            &created.group,
+            0,
+            std::slice::from_ref(&two),
+        )
         .await
         .unwrap();
     let loaded = store
@@ -138,15 +149,101 @@ pub async fn writes_to_a_missing_group_fail(harness: &dyn StoreHarness) {
     let store = harness.open().await;
     let missing = record("orders", "ghost", 1);
     let error = store
-        .save_progress(&missing.topic, &missing.group, &missing.partitions)
+        .save_progress(&missing.topic, &missing.group, 0, &missing.partitions)
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::NotFound { .. }), "{error}");
     let error = store
-        .update_config(&missing.topic, &missing.group, &GroupConfig::default())
+        .update_config(&missing.topic, &missing.group, 0, &GroupConfig::default())
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::NotFound { .. }), "{error}");
+    assert!(
+        store
+            .claim_group(&missing.topic, &missing.group, 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A claim raises the group's fencing token; writes and claims with a lower token are refused
+/// and change nothing; equal or higher tokens write (and raise it); the token survives a reopen
+/// and starts afresh when the group is deleted and created again.
+pub async fn writes_with_an_older_fencing_token_are_refused(harness: &dyn StoreHarness) {
+    let created = record("orders", "billing", 2);
+    let (t, g) = (&created.topic, &created.group);
+    let progress = |committed| PartitionProgress {
+        partition: 0,
+        committed,
+        ..PartitionProgress::default()
+    };
+    {
+        let store = harness.open().await;
+        store.create_group(&created).await.unwrap();
+        // A lone instance writes with token 0.
+        store.save_progress(t, g, 0, &[progress(3)]).await.unwrap();
+        // The first coordinator claims with 4 and sees what is stored.
+        let claimed = store.claim_group(t, g, 4).await.unwrap().unwrap();
+        assert_eq!(claimed.fence, 4);
+        assert_eq!(claimed.partitions[0].committed, 3);
+        store.save_progress(t, g, 4, &[progress(5)]).await.unwrap();
+        // Its successor claims with 5: from now on token 4 is refused, for every write.
+        assert_eq!(store.claim_group(t, g, 5).await.unwrap().unwrap().fence, 5);
+        let refused = store
+            .save_progress(t, g, 4, &[progress(1)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                StoreError::Fenced {
+                    fence: 4,
+                    claimed: 5,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("newer coordinator"),
+            "{refused}"
+        );
+        let config = GroupConfig {
+            ack_wait_ms: 4_444,
+            ..GroupConfig::default()
+        };
+        let refused = store.update_config(t, g, 4, &config).await.unwrap_err();
+        assert!(matches!(refused, StoreError::Fenced { .. }), "{refused}");
+        let refused = store.claim_group(t, g, 3).await.unwrap_err();
+        assert!(matches!(refused, StoreError::Fenced { .. }), "{refused}");
+        let refused = store.save_progress(t, g, 0, &[progress(9)]).await;
+        assert!(matches!(refused, Err(StoreError::Fenced { .. })));
+        // Nothing the refused writes carried was stored.
+        let loaded = store.load_group(t, g).await.unwrap().unwrap();
+        assert_eq!(loaded.partitions[0].committed, 5);
+        assert_ne!(loaded.config.ack_wait_ms, 4_444);
+        // The successor writes; a write with a newer token raises it too.
+        store.save_progress(t, g, 5, &[progress(6)]).await.unwrap();
+        store.update_config(t, g, 7, &config).await.unwrap();
+        assert!(matches!(
+            store.save_progress(t, g, 5, &[progress(7)]).await,
+            Err(StoreError::Fenced { claimed: 7, .. })
+        ));
+    }
+    let store = harness.open().await;
+    let loaded = store.load_group(t, g).await.unwrap().unwrap();
+    assert_eq!(loaded.fence, 7);
+    assert_eq!(loaded.partitions[0].committed, 6);
+    assert_eq!(loaded.config.ack_wait_ms, 4_444);
+    assert_eq!(store.list_groups().await.unwrap()[0].fence, 7);
+    assert!(matches!(
+        store.save_progress(t, g, 6, &[progress(8)]).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(store.delete_group(t, g).await.unwrap());
+    store.create_group(&created).await.unwrap();
+    store.save_progress(t, g, 1, &[progress(2)]).await.unwrap();
 }
 
 pub async fn config_updates_keep_progress(harness: &dyn StoreHarness) {
@@ -162,6 +259,7 @@ pub async fn config_updates_keep_progress(harness: &dyn StoreHarness) {
         .save_progress(
             &created.topic,
             &created.group,
+            0,
             std::slice::from_ref(&progress),
         )
         .await
@@ -171,7 +269,7 @@ pub async fn config_updates_keep_progress(harness: &dyn StoreHarness) {
         ..GroupConfig::default()
     };
     store
-        .update_config(&created.topic, &created.group, &config)
+        .update_config(&created.topic, &created.group, 0, &config)
         .await
         .unwrap();
     let loaded = store
@@ -236,6 +334,7 @@ pub async fn everything_survives_a_reopen(harness: &dyn StoreHarness) {
             .save_progress(
                 &created.topic,
                 &created.group,
+                0,
                 std::slice::from_ref(&progress),
             )
             .await
@@ -261,6 +360,7 @@ macro_rules! group_store_conformance_tests {
             same_group_name_on_two_topics_is_two_groups,
             progress_replaces_only_the_partitions_given,
             writes_to_a_missing_group_fail,
+            writes_with_an_older_fencing_token_are_refused,
             config_updates_keep_progress,
             list_is_sorted_and_delete_removes,
             everything_survives_a_reopen,

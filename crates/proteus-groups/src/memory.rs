@@ -9,13 +9,14 @@ use proteus_log::{PartitionId, TopicName};
 
 use crate::config::GroupConfig;
 use crate::name::GroupName;
-use crate::store::{GroupRecord, GroupStore, PartitionProgress, StoreError};
+use crate::store::{GroupRecord, GroupStore, PartitionProgress, StoreError, check_fence};
 
 #[derive(Debug)]
 struct StoredGroup {
     config: GroupConfig,
     created_ms: i64,
     partitions: BTreeMap<PartitionId, PartitionProgress>,
+    fence: u64,
 }
 
 type Groups = BTreeMap<(TopicName, GroupName), StoredGroup>;
@@ -50,6 +51,7 @@ fn to_record(topic: &TopicName, group: &GroupName, stored: &StoredGroup) -> Grou
         config: stored.config.clone(),
         created_ms: stored.created_ms,
         partitions: stored.partitions.values().cloned().collect(),
+        fence: stored.fence,
     }
 }
 
@@ -82,6 +84,7 @@ impl GroupStore for MemoryGroupStore {
                 config: record.config.clone(),
                 created_ms: record.created_ms,
                 partitions,
+                fence: record.fence,
             },
         );
         Ok(())
@@ -91,13 +94,16 @@ impl GroupStore for MemoryGroupStore {
         &self,
         topic: &TopicName,
         group: &GroupName,
+        fence: u64,
         config: &GroupConfig,
     ) -> Result<(), StoreError> {
         let mut groups = self.lock();
         let stored = groups
             .get_mut(&key(topic, group))
             .ok_or_else(|| not_found(topic, group))?;
+        check_fence(topic, group, fence, stored.fence)?;
         stored.config = config.clone();
+        stored.fence = fence;
         Ok(())
     }
 
@@ -105,18 +111,36 @@ impl GroupStore for MemoryGroupStore {
         &self,
         topic: &TopicName,
         group: &GroupName,
+        fence: u64,
         progress: &[PartitionProgress],
     ) -> Result<(), StoreError> {
         let mut groups = self.lock();
         let stored = groups
             .get_mut(&key(topic, group))
             .ok_or_else(|| not_found(topic, group))?;
+        check_fence(topic, group, fence, stored.fence)?;
+        stored.fence = fence;
         for partition in progress {
             stored
                 .partitions
                 .insert(partition.partition, partition.clone());
         }
         Ok(())
+    }
+
+    async fn claim_group(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        fence: u64,
+    ) -> Result<Option<GroupRecord>, StoreError> {
+        let mut groups = self.lock();
+        let Some(stored) = groups.get_mut(&key(topic, group)) else {
+            return Ok(None);
+        };
+        check_fence(topic, group, fence, stored.fence)?;
+        stored.fence = fence;
+        Ok(Some(to_record(topic, group, stored)))
     }
 
     async fn load_group(

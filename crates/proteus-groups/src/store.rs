@@ -49,6 +49,9 @@ pub struct GroupRecord {
     pub config: GroupConfig,
     pub created_ms: i64,
     pub partitions: Vec<PartitionProgress>,
+    /// The highest fencing token the group was claimed or written with (0: never claimed).
+    #[serde(default)]
+    pub fence: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,34 +60,81 @@ pub enum StoreError {
     AlreadyExists { topic: TopicName, group: GroupName },
     #[error("group '{group}' of topic '{topic}' does not exist")]
     NotFound { topic: TopicName, group: GroupName },
+    /// A newer coordinator claimed the group: the writer holds an older lease.
+    #[error(
+        "group '{group}' of topic '{topic}' was claimed by a newer coordinator (fencing token \
+         {claimed}, this instance's {fence}): this instance no longer coordinates it"
+    )]
+    Fenced {
+        topic: TopicName,
+        group: GroupName,
+        fence: u64,
+        claimed: u64,
+    },
     #[error("{0}")]
     Backend(String),
 }
 
+/// The check a fenced write makes against the token the group was last claimed with.
+pub fn check_fence(
+    topic: &TopicName,
+    group: &GroupName,
+    fence: u64,
+    claimed: u64,
+) -> Result<(), StoreError> {
+    if fence < claimed {
+        return Err(StoreError::Fenced {
+            topic: topic.clone(),
+            group: group.clone(),
+            fence,
+            claimed,
+        });
+    }
+    Ok(())
+}
+
 /// Durable storage of groups. Every write is durable (survives kill -9 and power loss) when it
-/// returns. Implementations: `proteus-groups-embedded` (redb); the conformance suite in
-/// [`crate::conformance`] states every promise.
+/// returns. Implementations: `proteus-groups-embedded` (redb), `proteus-groups-postgres`; the
+/// conformance suite in [`crate::conformance`] states every promise.
+///
+/// **Fencing.** When several instances share the store, a group's writer is the holder of its
+/// coordinator lease, and `fence` is that lease's token (0 for a lone instance). The store
+/// keeps the highest token a group was claimed or written with and refuses a lower one with
+/// [`StoreError::Fenced`], changing nothing, so a coordinator that lost its lease without
+/// noticing cannot overwrite its successor's progress.
 #[async_trait]
 pub trait GroupStore: Send + Sync {
     /// Stores a new group; [`StoreError::AlreadyExists`] if the name is taken on that topic.
     async fn create_group(&self, record: &GroupRecord) -> Result<(), StoreError>;
 
-    /// Replaces a group's settings, keeping its progress.
+    /// Replaces a group's settings, keeping its progress; fenced.
     async fn update_config(
         &self,
         topic: &TopicName,
         group: &GroupName,
+        fence: u64,
         config: &GroupConfig,
     ) -> Result<(), StoreError>;
 
     /// Replaces the stored progress of the partitions given; others keep theirs. All of them
-    /// change together or none does.
+    /// change together or none does; fenced.
     async fn save_progress(
         &self,
         topic: &TopicName,
         group: &GroupName,
+        fence: u64,
         progress: &[PartitionProgress],
     ) -> Result<(), StoreError>;
+
+    /// Raises the group's fencing token to `fence` (a new coordinator taking over) and returns
+    /// the group as stored then, so every write with an older token fails from now on.
+    /// [`StoreError::Fenced`] if a newer token already claimed it; `None` if it does not exist.
+    async fn claim_group(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        fence: u64,
+    ) -> Result<Option<GroupRecord>, StoreError>;
 
     async fn load_group(
         &self,

@@ -8,6 +8,14 @@
 //! read; otherwise it answers who holds it. Expiry compares the caller's clock with the
 //! holder's: instances must have clocks within a small fraction of `ttl_ms` of each other
 //! (NTP), and a holder must stop acting on a lease before it expires (renew at `ttl_ms / 3`).
+//!
+//! Every lease carries a **fencing token** ([`Lease::token`]) that grows by one each time the
+//! lease is taken while absent, expired or held by someone else, and stays the same across
+//! renewals. A holder passes its token with every write it makes under the lease, and the
+//! store it writes to refuses a token lower than the highest it has seen: a holder that
+//! stalled past its expiry (a pause, a clock off by more than the margin) cannot overwrite
+//! what its successor wrote. [`release`] keeps the key (expired, token kept) so tokens never go
+//! back.
 
 use crate::port::{KvCheck, KvCommit, KvError, KvStore, KvWrite, Namespace};
 
@@ -27,6 +35,8 @@ pub struct Lease {
     pub data: String,
     /// Until when, in ms since the epoch on the holder's clock.
     pub expires_ms: i64,
+    /// The fencing token: one more than the previous holder's, the same across renewals.
+    pub token: u64,
 }
 
 /// The outcome of [`acquire`].
@@ -40,19 +50,23 @@ pub enum LeaseState {
 
 impl Lease {
     fn encode(&self) -> Vec<u8> {
-        // holder \n data \n expires: the texts are checked to hold no newline.
-        format!("{}\n{}\n{}", self.holder, self.data, self.expires_ms).into_bytes()
+        // holder \n data \n expires \n token: the texts are checked to hold no newline.
+        format!(
+            "{}\n{}\n{}\n{}",
+            self.holder, self.data, self.expires_ms, self.token
+        )
+        .into_bytes()
     }
 
     fn decode(bytes: &[u8]) -> Result<Lease, KvError> {
         let corrupt = || {
             KvError::Corrupt(format!(
-                "a lease is not holder\\ndata\\nexpires_ms: {:?}",
+                "a lease is not holder\\ndata\\nexpires_ms\\ntoken: {:?}",
                 String::from_utf8_lossy(bytes)
             ))
         };
         let text = std::str::from_utf8(bytes).map_err(|_| corrupt())?;
-        let mut parts = text.splitn(3, '\n');
+        let mut parts = text.splitn(4, '\n');
         let (Some(holder), Some(data), Some(expires)) = (parts.next(), parts.next(), parts.next())
         else {
             return Err(corrupt());
@@ -61,6 +75,11 @@ impl Lease {
             holder: holder.to_owned(),
             data: data.to_owned(),
             expires_ms: expires.parse().map_err(|_| corrupt())?,
+            // Leases written before tokens existed count as token 0.
+            token: match parts.next() {
+                Some(token) => token.parse().map_err(|_| corrupt())?,
+                None => 0,
+            },
         })
     }
 }
@@ -101,16 +120,24 @@ pub async fn acquire(
         .await?
         .pop()
         .flatten();
-    if let Some(bytes) = &current {
-        let lease = Lease::decode(bytes)?;
-        if lease.holder != holder && lease.expires_ms > now_ms {
-            return Ok(LeaseState::HeldByOther(lease));
-        }
+    let previous = current.as_deref().map(Lease::decode).transpose()?;
+    if let Some(lease) = &previous
+        && lease.holder != holder
+        && lease.expires_ms > now_ms
+    {
+        return Ok(LeaseState::HeldByOther(lease.clone()));
     }
+    let token = match &previous {
+        // A renewal: the holder's lease is still running.
+        Some(lease) if lease.holder == holder && lease.expires_ms > now_ms => lease.token,
+        Some(lease) => lease.token.saturating_add(1),
+        None => 1,
+    };
     let lease = Lease {
         holder: holder.to_owned(),
         data: data.to_owned(),
         expires_ms: now_ms.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX)),
+        token,
     };
     let commit = KvCommit {
         checks: vec![KvCheck {
@@ -167,7 +194,8 @@ pub async fn current(
     }
 }
 
-/// Gives up `holder`'s lease at `key` (nothing when someone else holds it).
+/// Gives up `holder`'s lease at `key` (nothing when someone else holds it): the lease stays,
+/// expired, so the next holder's token is still higher.
 pub async fn release(
     kv: &dyn KvStore,
     namespace: &Namespace,
@@ -182,15 +210,23 @@ pub async fn release(
     else {
         return Ok(());
     };
-    if Lease::decode(&bytes)?.holder != holder {
+    let lease = Lease::decode(&bytes)?;
+    if lease.holder != holder {
         return Ok(());
     }
+    let released = Lease {
+        expires_ms: 0,
+        ..lease
+    };
     let commit = KvCommit {
         checks: vec![KvCheck {
             key: key.to_vec(),
             expected: Some(bytes),
         }],
-        writes: vec![KvWrite::Delete { key: key.to_vec() }],
+        writes: vec![KvWrite::Put {
+            key: key.to_vec(),
+            value: released.encode(),
+        }],
     };
     match kv.commit(namespace, commit).await {
         Ok(()) | Err(KvError::Conflict { .. }) => Ok(()),
@@ -232,18 +268,30 @@ mod tests {
             ))
             .unwrap()
         };
-        assert!(matches!(take("a", 0), LeaseState::Held(l) if l.expires_ms == 1_000));
+        assert!(
+            matches!(take("a", 0), LeaseState::Held(l) if l.expires_ms == 1_000 && l.token == 1)
+        );
         assert!(matches!(take("b", 500), LeaseState::HeldByOther(l) if l.holder == "a"));
-        // A renewal by the holder extends it.
-        assert!(matches!(take("a", 900), LeaseState::Held(l) if l.expires_ms == 1_900));
+        // A renewal by the holder extends it and keeps its token.
+        assert!(
+            matches!(take("a", 900), LeaseState::Held(l) if l.expires_ms == 1_900 && l.token == 1)
+        );
         assert!(matches!(take("b", 1_800), LeaseState::HeldByOther(_)));
-        // Expired: someone else takes it.
-        assert!(matches!(take("b", 1_900), LeaseState::Held(l) if l.holder == "b"));
-        // Release by a non-holder does nothing; by the holder frees it.
+        // Expired: someone else takes it, with a higher token.
+        assert!(matches!(take("b", 1_900), LeaseState::Held(l) if l.holder == "b" && l.token == 2));
+        // Release by a non-holder does nothing; by the holder frees it, and the token still
+        // grows for the next holder.
         block(release(&kv, &ns, b"group/orders", "a")).unwrap();
         assert!(matches!(take("a", 2_000), LeaseState::HeldByOther(_)));
         block(release(&kv, &ns, b"group/orders", "b")).unwrap();
-        assert!(matches!(take("a", 2_000), LeaseState::Held(_)));
+        let released = block(current(&kv, &ns, b"group/orders")).unwrap().unwrap();
+        assert_eq!((released.holder.as_str(), released.token), ("b", 2));
+        assert!(released.expires_ms <= 2_000);
+        assert!(matches!(take("a", 2_000), LeaseState::Held(l) if l.token == 3));
+        // Taking one's own expired lease again is a new term too.
+        assert!(matches!(take("a", 5_000), LeaseState::Held(l) if l.token == 4));
+        // Leases written before tokens existed read as token 0.
+        assert_eq!(Lease::decode(b"a\nhttp://a\n7").unwrap().token, 0);
         assert!(block(acquire(&kv, &ns, b"k", "a\nb", "", 0, 1_000)).is_err());
         assert!(block(acquire(&kv, &ns, b"k", "a", "", 0, 1)).is_err());
     }

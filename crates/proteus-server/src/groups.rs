@@ -323,6 +323,18 @@ impl From<GroupError> for Problem {
                 "Dead letter not found",
                 detail,
             ),
+            GroupError::Store(proteus_groups_service::proteus_groups::StoreError::Fenced {
+                ..
+            }) => {
+                // Another instance coordinates the group now: the client retries and its
+                // request is routed there.
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "coordinator-unavailable",
+                    "Group coordinator unavailable",
+                    detail,
+                )
+            }
             GroupError::Store(_) => {
                 tracing::error!(error = %detail, "group store error");
                 Problem::new(

@@ -1,7 +1,7 @@
 //! Two group services sharing one group store and one lease store, as two `proteus serve`
 //! instances do: one coordinator per group, renewal, and a coordinator that cannot renew
 //! dropping the group before its lease expires, after which the other takes it over from the
-//! stored progress.
+//! stored progress; a coordinator that outlived its lease unnoticed is fenced off by the store.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,11 +83,24 @@ async fn instance(
     kv: Arc<MemoryKvStore>,
     name: &str,
 ) -> Instance {
+    instance_with_clock_skew(log, store, kv, name, 0).await
+}
+
+/// An instance whose wall clock is `skew_ms` ahead of the others'.
+async fn instance_with_clock_skew(
+    log: Arc<dyn Log>,
+    store: Arc<dyn GroupStore>,
+    kv: Arc<MemoryKvStore>,
+    name: &str,
+    skew_ms: i64,
+) -> Instance {
+    let system = proteus_groups_service::system_clock();
     let groups = GroupService::open(
         log,
         store,
         ServiceConfig {
             shared: true,
+            clock: Arc::new(move || system() + skew_ms),
             ..ServiceConfig::default()
         },
     )
@@ -271,6 +284,139 @@ async fn one_coordinator_per_group_and_a_takeover_after_a_lost_lease() {
     assert_eq!(
         a.coordinator.route(&topic, &group).await.unwrap(),
         Route::Local
+    );
+    drop(fixture);
+}
+
+/// A coordinator that still believes it holds its lease (it cannot reach the lease store, and
+/// another instance's clock runs far enough ahead to see the lease expired) must not save
+/// progress over its successor's: the successor claimed the group with a newer fencing token,
+/// so the store refuses the old coordinator's acks, and it drops the group.
+#[tokio::test]
+async fn a_coordinator_past_its_lease_cannot_overwrite_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn Log> = Arc::new(
+        EmbeddedLog::open(EmbeddedConfig::new(dir.path()))
+            .await
+            .unwrap(),
+    );
+    let topic = TopicName::parse("orders").unwrap();
+    log.put_topic(&topic, TopicConfig::with_partitions(2))
+        .await
+        .unwrap();
+    let fixture = crate::Fixture {
+        log: log.clone(),
+        groups: GroupService::open(
+            log.clone(),
+            Arc::new(MemoryGroupStore::new()),
+            ServiceConfig::default(),
+        )
+        .await
+        .unwrap(),
+        topic: topic.clone(),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    fixture.publish(10, 4).await;
+    let store: Arc<dyn GroupStore> = Arc::new(MemoryGroupStore::new());
+    let kv = Arc::new(MemoryKvStore::new());
+    let a = instance(log.clone(), store.clone(), kv.clone(), "a").await;
+    // B's clock is 5 s ahead: more than the lease (1 s) and its safety margin.
+    let b = instance_with_clock_skew(log.clone(), store.clone(), kv.clone(), "b", 5_000).await;
+    let group = GroupName::parse("billing").unwrap();
+    let pull = PullRequest {
+        events_max: 100,
+        bytes_max: 1 << 20,
+        wait_ms: 0,
+    };
+
+    assert_eq!(
+        a.coordinator.route(&topic, &group).await.unwrap(),
+        Route::Local
+    );
+    a.groups
+        .put_group(&topic, &group, GroupConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .load_group(&topic, &group)
+            .await
+            .unwrap()
+            .unwrap()
+            .fence,
+        1,
+        "created with the first lease's token"
+    );
+    let member = a.groups.join(&topic, &group, None).await.unwrap();
+    let member_id = member.assignment.member_id.clone();
+    let pulled = a
+        .groups
+        .pull(&topic, &group, &member_id, pull)
+        .await
+        .unwrap();
+    assert_eq!(pulled.deliveries.len(), 10);
+    let positions: Vec<Position> = pulled.deliveries.iter().map(|d| d.position).collect();
+
+    // A cannot renew (it keeps serving until just before its lease would expire), and B,
+    // whose clock says the lease already expired, takes the group over.
+    a.kv.down.store(true, Ordering::Release);
+    assert_eq!(
+        b.coordinator.route(&topic, &group).await.unwrap(),
+        Route::Local
+    );
+    assert!(a.groups.is_active(&topic, &group), "A does not know yet");
+
+    // A's acks are refused by the store: nothing it saves lands over B's claim.
+    let refused = a
+        .groups
+        .ack(&topic, &group, &member_id, pulled.generation, &positions)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("stopped coordinating"),
+        "{refused}"
+    );
+    assert!(!a.groups.is_active(&topic, &group), "A dropped the group");
+    let stored = store.load_group(&topic, &group).await.unwrap().unwrap();
+    assert_eq!(stored.fence, 2, "B claimed it with the next token");
+    assert!(
+        stored
+            .partitions
+            .iter()
+            .all(|p| p.committed == 0 && p.acked.is_empty()),
+        "{stored:?}"
+    );
+
+    // B serves the events again, and its acks are saved.
+    let member = b.groups.join(&topic, &group, None).await.unwrap();
+    let pulled = b
+        .groups
+        .pull(&topic, &group, &member.assignment.member_id, pull)
+        .await
+        .unwrap();
+    assert_eq!(pulled.deliveries.len(), 10);
+    let positions: Vec<Position> = pulled.deliveries.iter().map(|d| d.position).collect();
+    b.groups
+        .ack(
+            &topic,
+            &group,
+            &member.assignment.member_id,
+            pulled.generation,
+            &positions,
+        )
+        .await
+        .unwrap();
+    let stored = store.load_group(&topic, &group).await.unwrap().unwrap();
+    assert_eq!(
+        stored.partitions.iter().map(|p| p.committed).sum::<u64>(),
+        10
+    );
+
+    // A, reconnected, asks the lease store again and forwards to B.
+    a.kv.down.store(false, Ordering::Release);
+    assert_eq!(
+        a.coordinator.route(&topic, &group).await.unwrap(),
+        Route::Remote("http://b".into())
     );
     drop(fixture);
 }

@@ -305,6 +305,7 @@ fn progress_survives_a_restart_with_failures_and_acks() {
         config: state.config().clone(),
         created_ms: 0,
         partitions: progress,
+        fence: 0,
     };
     let mut restarted = GroupState::from_record(record, 7);
     restarted.join(member("b"), 10).unwrap();

@@ -31,6 +31,7 @@ pub fn group_with(partitions: u32, config: GroupConfig) -> GroupState {
                 ..PartitionProgress::default()
             })
             .collect(),
+        fence: 0,
     };
     GroupState::from_record(record, 42)
 }
