@@ -176,10 +176,11 @@ impl PostgresEventStore {
         .await
         .map_err(|e| pg(e, what, true))?;
         let new_head = events[events.len() - 1].position;
-        // Not transactional: a rolled-back import leaves a gap, which readers skip.
+        // Marks the positions in flight, then moves the sequence past them (not transactional:
+        // a rolled-back import leaves a gap, which readers skip).
         txn.execute(
-            &format!("SELECT setval('{schema}.positions', $1)"),
-            &[&big(new_head)],
+            &format!("SELECT {schema}.import_positions($1, $2)"),
+            &[&big(events[0].position), &big(new_head)],
         )
         .await
         .map_err(|e| pg(e, what, true))?;

@@ -27,16 +27,18 @@
 //! # Positions: why a reader never sees N+1 and then misses N
 //!
 //! Positions come from a sequence, so a transaction holding position 7 can commit after one
-//! holding 8. What makes that safe: an append holds the store's *writers key* (a shared
-//! advisory lock) from before it takes positions until it ends, and readers only read up to a
-//! *safe head* (module `head`): a probe reads the last position handed out, then the writers
-//! holding the key; once all of those have released it (PostgreSQL releases locks after the
-//! commit is visible), every position up to that last one is committed or never will be. Feed
-//! reads below the known safe head run at once; one that reaches it probes and waits for the
-//! writers in flight then, so it sees every append acknowledged before it started. Gaps (a
-//! rollback after taking positions) are possible and never fill later. Locks are always taken
-//! in the order stream rows (sorted by name within a batch), then the writers key, so appends
-//! of several processes on the same schema cannot deadlock.
+//! holding 8. What makes that safe: the first time a transaction takes positions it also takes
+//! an advisory lock naming its first position, under the same momentary allocation lock, and
+//! keeps it until it ends; readers only read up to a *safe head* (module `head`): one below the
+//! oldest position marked in flight (read from `pg_locks` under the allocation lock), or the
+//! last position handed out when none is. PostgreSQL releases locks after the commit is
+//! visible, so every position below it is committed or never will be. Feed reads below the
+//! known safe head run at once; one that reaches it probes and waits for the positions in
+//! flight then, so it sees every append acknowledged before it started. Gaps (a rollback after
+//! taking positions) are possible and never fill later. Appends also hold the *writers key* (a
+//! shared advisory lock an import takes exclusively); locks are always taken in the order
+//! stream rows (sorted by name within a batch), then the writers key, so appends of several
+//! processes on the same schema cannot deadlock.
 //!
 //! # Live waits: LISTEN/NOTIFY, a follower, a fallback poll
 //!
@@ -113,7 +115,7 @@ pub(crate) struct Statements {
     append_batch: String,
     delete: String,
     put_snapshot: String,
-    head_probe: String,
+    safe_head: String,
     notify: String,
     stream_forward: String,
     stream_backward: String,
@@ -149,7 +151,7 @@ impl Statements {
             put_snapshot: format!(
                 "SELECT o_status, o_actual FROM {s}.put_snapshot($1, $2, $3, $4)"
             ),
-            head_probe: format!("SELECT o_last, o_writers FROM {s}.head_probe()"),
+            safe_head: format!("SELECT o_last, o_safe FROM {s}.safe_head()"),
             notify: "SELECT pg_notify($1, $2)".into(),
             stream_forward: format!(
                 "SELECT st.last_version, st.deleted, h.position, st.last_position, {c} \
@@ -240,8 +242,8 @@ pub(crate) struct Shared {
     pub(crate) committed: watch::Sender<u64>,
     /// The highest position heard of from other processes or seen handed out by a probe.
     pub(crate) heard: watch::Sender<u64>,
-    /// Probes waiting for their writers to end; one probe at a time.
-    pub(crate) candidates: tokio::sync::Mutex<head::Candidates>,
+    /// Held by the probe of the safe head running now: one at a time per process.
+    pub(crate) probing: tokio::sync::Mutex<()>,
 }
 
 struct Inner {
@@ -421,7 +423,7 @@ impl PostgresEventStore {
             head: watch::channel(0).0,
             committed: watch::channel(0).0,
             heard: watch::channel(0).0,
-            candidates: Default::default(),
+            probing: Default::default(),
         });
         shared.settled_head().await?;
         let channel = format!("{schema}.head");

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "concurrent_appends",
         sql: include_str!("../migrations/0002_concurrent_appends.sql"),
     },
+    Migration {
+        version: 3,
+        name: "exact_safe_head",
+        sql: include_str!("../migrations/0003_exact_safe_head.sql"),
+    },
 ];
 
 /// The first key of the advisory lock (the second is the schema name's hash): "PRTS".
