@@ -1,8 +1,6 @@
 //! The store's settings.
 
 use std::fmt;
-use std::str::FromStr;
-use std::time::Duration;
 
 use proteus_eventstore::EventStoreError;
 
@@ -79,8 +77,11 @@ impl PostgresEventStoreConfig {
         }
     }
 
-    /// Checks every field and gives the driver's configuration.
-    pub(crate) fn validate(&self) -> Result<tokio_postgres::Config, EventStoreError> {
+    /// Checks every field and gives how to connect (URL, pool bounds, timeouts) and the
+    /// driver's configuration built from it.
+    pub(crate) fn validate(
+        &self,
+    ) -> Result<(proteus_postgres::Connection, tokio_postgres::Config), EventStoreError> {
         let invalid = |reason: String| EventStoreError::InvalidRequest { reason };
         validate_schema_name(&self.schema).map_err(invalid)?;
         for (name, value) in [
@@ -112,26 +113,16 @@ impl PostgresEventStoreConfig {
                 self.write_batches_in_flight_max, self.pool_size_max
             )));
         }
-        let mut pg = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
-            invalid(format!(
-                "the PostgreSQL URL {} is invalid: {e}; use the form postgres://user@host:5432/database",
-                redact(&self.url)
-            ))
-        })?;
-        if pg.get_application_name().is_none() {
-            pg.application_name("proteus-eventstore");
-        }
-        pg.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
-        let mut options = pg.get_options().unwrap_or_default().to_owned();
-        if !options.is_empty() {
-            options.push(' ');
-        }
-        options.push_str(&format!(
-            "-c statement_timeout={} -c client_encoding=UTF8",
-            self.statement_timeout_ms
-        ));
-        pg.options(&options);
-        Ok(pg)
+        let connection = proteus_postgres::Connection {
+            url: self.url.clone(),
+            application_name: "proteus-eventstore",
+            pool_size_max: self.pool_size_max,
+            connect_timeout_ms: self.connect_timeout_ms,
+            pool_wait_timeout_ms: self.pool_wait_timeout_ms,
+            statement_timeout_ms: self.statement_timeout_ms,
+        };
+        let driver = connection.config().map_err(invalid)?;
+        Ok((connection, driver))
     }
 }
 
@@ -196,7 +187,7 @@ mod tests {
     #[test]
     fn configs_are_checked() {
         let good = PostgresEventStoreConfig::new("postgres://u@h:5432/db", "s");
-        let pg = good.validate().unwrap();
+        let (_, pg) = good.validate().unwrap();
         assert_eq!(pg.get_application_name(), Some("proteus-eventstore"));
         for bad in [
             PostgresEventStoreConfig {

@@ -3,10 +3,9 @@
 
 use deadpool_postgres::PoolError;
 use proteus_eventstore::EventStoreError;
-use tokio_postgres::error::SqlState;
 
-/// How to start the local PostgreSQL of a developer machine, for messages.
-pub const START_HINT: &str = "start it (on Debian: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)";
+pub use proteus_postgres::START_HINT;
+use proteus_postgres::retriable;
 
 pub(crate) fn closed() -> EventStoreError {
     EventStoreError::Unavailable {
@@ -16,19 +15,6 @@ pub(crate) fn closed() -> EventStoreError {
 
 pub(crate) fn storage(reason: impl Into<String>) -> EventStoreError {
     EventStoreError::Storage(reason.into())
-}
-
-/// Whether a PostgreSQL error code means "try again later".
-fn retriable(code: &SqlState) -> bool {
-    let code = code.code();
-    // 08: connection exceptions; 53: insufficient resources (too many connections, disk
-    // full, out of memory); 57P0x: the server is shutting down or starting; 40001 and 40P01:
-    // serialization failure and deadlock; 55P03: lock not available; 57014: statement
-    // timeout or cancel.
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57P0")
-        || matches!(code, "40001" | "40P01" | "55P03" | "57014")
 }
 
 /// Maps a driver error met while doing `what` (a phrase such as "appending to stream 'x'").

@@ -83,7 +83,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use proteus_eventstore::limits::{
     READ_SCAN_EVENTS_MAX, check_expected_version, validate_append, validate_filter,
     validate_read_count, validate_snapshot, validate_wait,
@@ -95,8 +95,8 @@ use proteus_eventstore::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 
 pub use crate::config::{PostgresEventStoreConfig, SCHEMA_NAME_BYTES_MAX, validate_schema_name};
 pub use crate::error::START_HINT;
@@ -378,44 +378,18 @@ impl PostgresEventStore {
     /// pool lazily and starts the LISTEN connection. Fails with `Unavailable` when PostgreSQL
     /// cannot be reached.
     pub async fn open(config: PostgresEventStoreConfig) -> Result<Self, EventStoreError> {
-        let pg_config = config.validate()?;
+        let (connection, pg_config) = config.validate()?;
         let schema = config.schema.clone();
-        let (mut client, connection) =
-            pg_config
-                .connect(NoTls)
-                .await
-                .map_err(|e| EventStoreError::Unavailable {
-                    reason: format!(
-                        "cannot connect to PostgreSQL at {}: {e}{}; is it running? If not, {}",
-                        config::redact(&config.url),
-                        std::error::Error::source(&e)
-                            .map(|s| format!(" ({s})"))
-                            .unwrap_or_default(),
-                        error::START_HINT
-                    ),
-                })?;
-        let driver = tokio::spawn(connection);
-        let migrated = migrate::migrate(&mut client, &schema).await;
-        drop(client);
-        let _ = driver.await;
-        migrated?;
-
-        let manager = Manager::from_config(
-            pg_config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size_max)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_millis(config.pool_wait_timeout_ms)))
-            .create_timeout(Some(connect_timeout))
-            .recycle_timeout(Some(connect_timeout))
-            .build()
-            .map_err(|e| storage(format!("cannot build the connection pool: {e}")))?;
+        let pool = connection
+            .open(&schema, &migrate::MIGRATIONS)
+            .await
+            .map_err(|e| {
+                if e.retriable {
+                    EventStoreError::Unavailable { reason: e.message }
+                } else {
+                    storage(e.message)
+                }
+            })?;
         let sql = Statements::new(&schema);
         let shared = Arc::new(Shared {
             pool,

@@ -2,9 +2,9 @@
 //! messages, which error codes are worth a retry, a bounded pool, and migrations compiled into
 //! the binary and applied at open.
 //!
-//! Adapters map [`PgError`] into their port's error type. (`proteus-eventstore-postgres` and
-//! `proteus-projections-postgres` predate this crate and still carry their own copies; new
-//! adapters start here, and those two should move onto it.)
+//! Adapters map [`PgError`] into their port's error type. Every PostgreSQL adapter (event
+//! store, read models, consumer groups, key-value metadata) opens its pool and applies its
+//! migrations through [`Connection::open`].
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,8 +1,6 @@
 //! The store's settings.
 
 use std::fmt;
-use std::str::FromStr;
-use std::time::Duration;
 
 use proteus_projections::StoreError;
 
@@ -81,8 +79,8 @@ impl PostgresReadModelConfig {
         }
     }
 
-    /// Checks every field and gives the driver's configuration.
-    pub(crate) fn validate(&self) -> Result<tokio_postgres::Config, StoreError> {
+    /// Checks every field and gives how to connect (URL, pool bounds, timeouts).
+    pub(crate) fn validate(&self) -> Result<proteus_postgres::Connection, StoreError> {
         let invalid =
             |reason: String| StoreError::Backend(format!("invalid configuration: {reason}"));
         validate_schema_name(&self.schema).map_err(invalid)?;
@@ -99,26 +97,16 @@ impl PostgresReadModelConfig {
                 return Err(invalid(format!("{name} is 0; it must be at least 1")));
             }
         }
-        let mut pg = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
-            invalid(format!(
-                "the PostgreSQL URL {} is invalid: {e}; use the form postgres://user@host:5432/database",
-                redact(&self.url)
-            ))
-        })?;
-        if pg.get_application_name().is_none() {
-            pg.application_name("proteus-readmodels");
-        }
-        pg.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
-        let mut options = pg.get_options().unwrap_or_default().to_owned();
-        if !options.is_empty() {
-            options.push(' ');
-        }
-        options.push_str(&format!(
-            "-c statement_timeout={} -c client_encoding=UTF8",
-            self.statement_timeout_ms
-        ));
-        pg.options(&options);
-        Ok(pg)
+        let connection = proteus_postgres::Connection {
+            url: self.url.clone(),
+            application_name: "proteus-readmodels",
+            pool_size_max: self.pool_size_max,
+            connect_timeout_ms: self.connect_timeout_ms,
+            pool_wait_timeout_ms: self.pool_wait_timeout_ms,
+            statement_timeout_ms: self.statement_timeout_ms,
+        };
+        connection.config().map_err(invalid)?;
+        Ok(connection)
     }
 }
 
@@ -183,7 +171,7 @@ mod tests {
     #[test]
     fn configs_are_checked() {
         let good = PostgresReadModelConfig::new("postgres://u@h:5432/db", "s");
-        let pg = good.validate().unwrap();
+        let pg = good.validate().unwrap().config().unwrap();
         assert_eq!(pg.get_application_name(), Some("proteus-readmodels"));
         for bad in [
             PostgresReadModelConfig {

@@ -72,17 +72,15 @@ mod migrate;
 mod scan;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Object, Pool};
 use proteus_projections::store::check_writes;
 use proteus_projections::{
     Checkpoint, Page, ProjectionName, ProjectionRecord, Query, ReadModelStore, RunState,
     StoreError, Write, list_document,
 };
 use serde_json::Value;
-use tokio_postgres::NoTls;
 
 pub use crate::config::{
     PostgresReadModelConfig, QUERY_SCAN_DOCS_MAX_DEFAULT, SCHEMA_NAME_BYTES_MAX,
@@ -298,40 +296,12 @@ impl PostgresReadModelStore {
     /// the pool lazily. Fails with a message saying how to start PostgreSQL when it cannot be
     /// reached.
     pub async fn open(config: PostgresReadModelConfig) -> Result<Self, StoreError> {
-        let pg_config = config.validate()?;
         let schema = config.schema.clone();
-        let (mut client, connection) = pg_config.connect(NoTls).await.map_err(|e| {
-            backend(format!(
-                "cannot connect to PostgreSQL at {}: {e}{}; is it running? If not, {}",
-                config::redact(&config.url),
-                std::error::Error::source(&e)
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default(),
-                error::START_HINT
-            ))
-        })?;
-        let driver = tokio::spawn(connection);
-        let migrated = migrate::migrate(&mut client, &schema).await;
-        drop(client);
-        let _ = driver.await;
-        migrated?;
-
-        let manager = Manager::from_config(
-            pg_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size_max)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_millis(config.pool_wait_timeout_ms)))
-            .create_timeout(Some(connect_timeout))
-            .recycle_timeout(Some(connect_timeout))
-            .build()
-            .map_err(|e| backend(format!("cannot build the connection pool: {e}")))?;
+        let pool = config
+            .validate()?
+            .open(&schema, &migrate::MIGRATIONS)
+            .await
+            .map_err(|e| backend(e.message))?;
         Ok(PostgresReadModelStore {
             inner: Arc::new(Inner {
                 pool,

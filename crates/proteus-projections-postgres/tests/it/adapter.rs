@@ -65,7 +65,7 @@ async fn concurrent_opens_migrate_once() {
         .await
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    let wanted: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    let wanted: Vec<i32> = MIGRATIONS.list.iter().map(|m| m.version).collect();
     assert_eq!(versions, wanted, "each migration applied once");
     // They all work on the same tables.
     let p = name("orders");
