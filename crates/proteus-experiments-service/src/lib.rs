@@ -80,6 +80,14 @@ const CHANGE_EVENT_BYTES_MAX: u32 = 1024 * 1024;
 /// Events read per request while replaying the topics at start-up.
 const REPLAY_EVENTS_PER_READ: u32 = 1_000;
 
+/// Locks `mutex`. A poisoned lock only means a thread panicked while holding it; every value
+/// behind these locks is replaced whole, so it is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// How the aggregation tasks read and checkpoint.
 #[derive(Clone, Debug)]
 pub struct ExperimentServiceConfig {
@@ -148,6 +156,10 @@ pub enum ExperimentServiceError {
     Log(#[from] LogError),
     #[error("the experiments' key-value store failed: {0}")]
     Store(#[from] KvError),
+    #[error(
+        "experiment '{id}' was changed through another instance at the same time, so this change was not applied; read the experiment again and retry if it still applies"
+    )]
+    Conflict { id: String },
     #[error("an experiment change cannot be encoded as an event: {0}")]
     Encoding(String),
     #[error("event {offset} of the topic '{topic}' cannot be replayed: {reason}")]
@@ -166,6 +178,43 @@ pub struct ChangeRecord {
     pub time_ms: i64,
     pub actor: String,
     pub experiment: Experiment,
+    /// The experiment's previous record that this change was computed from. Every instance
+    /// applies the change only if that record is still the experiment's last applied one, so
+    /// of two changes made at once through two instances from the same state, the first in
+    /// the log applies and the second is refused everywhere (its writer answers
+    /// [`ExperimentServiceError::Conflict`]). Absent in records written before conditional
+    /// changes, which always apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub based_on: Option<BasedOn>,
+}
+
+/// See [`ChangeRecord::based_on`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasedOn {
+    /// The offset of that record in `proteus.experiments`; `None` when the id had none.
+    pub offset: Option<Offset>,
+}
+
+impl ChangeRecord {
+    /// Whether the record applies after what `applied` says was applied last (see
+    /// [`ChangeRecord::based_on`]). The same answer on every instance: it depends only on the
+    /// records before it in the log.
+    fn applies_after(&self, applied: &HashMap<String, Offset>) -> bool {
+        self.based_on.is_none_or(|based_on| {
+            applied.get(&self.experiment.definition.id).copied() == based_on.offset
+        })
+    }
+
+    /// The record of a `proteus.experiments` event, `None` for other events.
+    fn decode(stored: &StoredEvent) -> Result<Option<ChangeRecord>, String> {
+        let envelope: Value = serde_json::from_slice(&stored.json).map_err(|e| e.to_string())?;
+        if envelope["type"] != EVENT_TYPE {
+            return Ok(None);
+        }
+        serde_json::from_value(envelope["data"].clone())
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Offsets consumed: topic → partition → next offset.
@@ -479,6 +528,9 @@ struct Inner {
     experiments: RwLock<BTreeMap<String, Entry>>,
     /// Per experiment, the offset of the last record of `proteus.experiments` applied here.
     applied: Mutex<HashMap<String, Offset>>,
+    /// The next offset of `proteus.experiments` to process: every record before it was applied
+    /// or refused here. Moved only with the writer lock held.
+    followed: Mutex<Offset>,
     writer: tokio::sync::Mutex<()>,
     closing: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -557,18 +609,18 @@ impl ExperimentService {
         let mut experiments: BTreeMap<String, Entry> = BTreeMap::new();
         let mut applied: HashMap<String, Offset> = HashMap::new();
         let replayed = replay_topic(log.as_ref(), &topic, |stored| {
-            let corrupt = |reason: String| ExperimentServiceError::Corrupt {
-                topic: TOPIC,
-                offset: stored.offset,
-                reason,
+            let record =
+                ChangeRecord::decode(stored).map_err(|reason| ExperimentServiceError::Corrupt {
+                    topic: TOPIC,
+                    offset: stored.offset,
+                    reason,
+                })?;
+            let Some(record) = record else {
+                return Ok(());
             };
-            let envelope: Value =
-                serde_json::from_slice(&stored.json).map_err(|e| corrupt(e.to_string()))?;
-            if envelope["type"] != EVENT_TYPE {
+            if !record.applies_after(&applied) {
                 return Ok(());
             }
-            let record: ChangeRecord = serde_json::from_value(envelope["data"].clone())
-                .map_err(|e| corrupt(e.to_string()))?;
             applied.insert(record.experiment.definition.id.clone(), stored.offset);
             if record.action == "delete" {
                 experiments.remove(&record.experiment.definition.id);
@@ -611,6 +663,7 @@ impl ExperimentService {
                 config,
                 experiments: RwLock::new(experiments),
                 applied: Mutex::new(applied),
+                followed: Mutex::new(replayed),
                 writer: tokio::sync::Mutex::new(()),
                 closing,
                 tasks: Mutex::default(),
@@ -627,20 +680,15 @@ impl ExperimentService {
         // Changes made through other instances sharing the log arrive through it.
         let follower = tokio::spawn(follow_changes(
             Arc::downgrade(&service.inner),
-            replayed,
             service.inner.closing.subscribe(),
         ));
-        service
-            .inner
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(follower);
+        lock(&service.inner.tasks).push(follower);
         Ok(service)
     }
 
-    /// Applies one change record another instance (or this one) appended at `offset`, unless
-    /// a later record of the same experiment was already applied. Called with the writer lock.
+    /// Applies one change record another instance appended at `offset`, unless it was
+    /// computed from an older state than the one applied here (then every instance refuses
+    /// it). Called with the writer lock.
     async fn apply_followed(
         &self,
         offset: Offset,
@@ -648,8 +696,13 @@ impl ExperimentService {
     ) -> Result<(), ExperimentServiceError> {
         let id = record.experiment.definition.id.clone();
         {
-            let mut applied = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
+            let mut applied = lock(&self.inner.applied);
             if applied.get(&id).is_some_and(|&done| done >= offset) {
+                return Ok(());
+            }
+            if !record.applies_after(&applied) {
+                tracing::info!(experiment = %id, offset, action = %record.action,
+                    "an experiment change made from an older state is refused");
                 return Ok(());
             }
             applied.insert(id.clone(), offset);
@@ -679,6 +732,59 @@ impl ExperimentService {
         Ok(())
     }
 
+    /// Applies (or refuses) every record of `proteus.experiments` before `end` not processed
+    /// here yet, in order. Called with the writer lock.
+    async fn follow_until(&self, end: Offset) -> Result<(), ExperimentServiceError> {
+        let limits = ReadLimits {
+            events_max: REPLAY_EVENTS_PER_READ,
+            bytes_max: proteus_log::port::READ_BYTES_MAX,
+        };
+        loop {
+            let from = *self.followed();
+            if from >= end {
+                return Ok(());
+            }
+            let batch = self
+                .inner
+                .log
+                .read(&self.inner.topic, 0, ReadFrom::Offset(from), limits)
+                .await?;
+            if batch.events.is_empty() {
+                return Err(ExperimentServiceError::Corrupt {
+                    topic: TOPIC,
+                    offset: from,
+                    reason: format!("records up to offset {end} were expected, none was read"),
+                });
+            }
+            self.apply_batch(&batch.events, end).await;
+            let mut followed = self.followed();
+            *followed = (*followed).max(batch.next_offset.min(end));
+        }
+    }
+
+    /// Applies the records of `events` from the followed offset on and before `end`. Called
+    /// with the writer lock.
+    async fn apply_batch(&self, events: &[StoredEvent], end: Offset) {
+        let from = *self.followed();
+        for stored in events.iter().filter(|e| e.offset >= from && e.offset < end) {
+            match ChangeRecord::decode(stored) {
+                Ok(Some(record)) => {
+                    if let Err(error) = self.apply_followed(stored.offset, record).await {
+                        tracing::warn!(offset = stored.offset, %error,
+                            "an experiment change from another instance could not be applied");
+                    }
+                }
+                Ok(None) => {}
+                Err(reason) => tracing::warn!(offset = stored.offset, %reason,
+                    "an experiment change cannot be read; skipped"),
+            }
+        }
+    }
+
+    fn followed(&self) -> std::sync::MutexGuard<'_, Offset> {
+        lock(&self.inner.followed)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
         self.inner
             .experiments
@@ -700,7 +806,7 @@ impl ExperimentService {
             shared,
             self.inner.closing.subscribe(),
         ));
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = lock(&self.inner.tasks);
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
     }
@@ -720,11 +826,7 @@ impl ExperimentService {
     /// The offsets the experiment's aggregation has consumed (`None` before it started).
     pub fn positions(&self, id: &str) -> Option<Positions> {
         let shared = self.read().get(id)?.shared.clone()?;
-        let positions = shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .positions
-            .clone();
+        let positions = lock(&shared).positions.clone();
         Some(positions)
     }
 
@@ -758,7 +860,11 @@ impl ExperimentService {
             .map_err(ExperimentServiceError::Definition)
     }
 
-    /// Appends the experiment's new state durably (the caller holds the writer lock).
+    /// Appends the experiment's new state durably, based on its last record applied here (the
+    /// caller holds the writer lock and computed `experiment` from that state). Records other
+    /// instances appended before it are applied first; if one of them changed this experiment,
+    /// this change is refused ([`ExperimentServiceError::Conflict`]), as every instance refuses
+    /// it when it reads it.
     async fn append(
         &self,
         action: &str,
@@ -766,18 +872,23 @@ impl ExperimentService {
         time_ms: i64,
         experiment: &Experiment,
     ) -> Result<(), ExperimentServiceError> {
+        let id = experiment.definition.id.clone();
+        let based_on = BasedOn {
+            offset: lock(&self.inner.applied).get(&id).copied(),
+        };
         let record = ChangeRecord {
             action: action.to_owned(),
             time_ms,
             actor: actor.to_owned(),
             experiment: experiment.clone(),
+            based_on: Some(based_on),
         };
         let event = json!({
             "specversion": "1.0",
             "id": uuid::Uuid::now_v7().to_string(),
             "source": "/proteus/experiments",
             "type": EVENT_TYPE,
-            "subject": experiment.definition.id,
+            "subject": id,
             "datacontenttype": "application/json",
             "data": serde_json::to_value(&record)
                 .map_err(|e| ExperimentServiceError::Encoding(e.to_string()))?,
@@ -791,14 +902,29 @@ impl ExperimentService {
             .log
             .append(&self.inner.topic, vec![event])
             .await?;
-        if let Some(receipt) = receipts.first() {
-            self.inner
-                .applied
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(experiment.definition.id.clone(), receipt.offset);
+        let Some(offset) = receipts.first().map(|r| r.offset) else {
+            return Err(ExperimentServiceError::Encoding(
+                "the log acknowledged no record".into(),
+            ));
+        };
+        self.follow_until(offset).await?;
+        let accepted = {
+            let mut applied = lock(&self.inner.applied);
+            let accepted = record.applies_after(&applied);
+            if accepted {
+                applied.insert(id.clone(), offset);
+            }
+            accepted
+        };
+        {
+            let mut followed = self.followed();
+            *followed = (*followed).max(offset + 1);
         }
-        Ok(())
+        if accepted {
+            Ok(())
+        } else {
+            Err(ExperimentServiceError::Conflict { id })
+        }
     }
 
     /// Creates a draft from a definition (see [`ExperimentDefinition::from_json`]), checked
@@ -1112,11 +1238,7 @@ impl ExperimentService {
             .get(id)
             .ok_or_else(|| ExperimentServiceError::NotFound { id: id.to_owned() })?;
         Ok(match &entry.shared {
-            Some(shared) => shared
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .history
-                .clone(),
+            Some(shared) => lock(shared).history.clone(),
             None => Vec::new(),
         })
     }
@@ -1136,7 +1258,7 @@ impl ExperimentService {
         let now = now_ms();
         let results = match shared {
             Some(shared) => {
-                let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+                let shared = lock(&shared);
                 proteus_experiments::results_with_looks(
                     &info.definition,
                     &shared.aggregator,
@@ -1156,13 +1278,7 @@ impl ExperimentService {
     /// Stops the aggregation tasks after a last checkpoint each.
     pub async fn close(&self) {
         self.inner.closing.send_replace(true);
-        let tasks: Vec<_> = self
-            .inner
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
+        let tasks: Vec<_> = lock(&self.inner.tasks).drain(..).collect();
         for task in tasks {
             let _ = task.await;
         }
@@ -1205,9 +1321,9 @@ fn event_time_ms(event: &Value, append_time_ms: i64) -> i64 {
 /// How long the change follower waits for new records per call, in ms.
 const FOLLOW_CHANGES_WAIT_MS: u64 = 1_000;
 
-/// Reads `proteus.experiments` from `from` on and applies what other instances sharing the
-/// log change (this instance's own records are already applied and are skipped).
-async fn follow_changes(inner: Weak<Inner>, mut from: Offset, mut closing: watch::Receiver<bool>) {
+/// Reads `proteus.experiments` from the followed offset on and applies what other instances
+/// sharing the log change (this instance's own records are processed when appended).
+async fn follow_changes(inner: Weak<Inner>, mut closing: watch::Receiver<bool>) {
     let limits = ReadLimits {
         events_max: REPLAY_EVENTS_PER_READ,
         bytes_max: proteus_log::port::READ_BYTES_MAX,
@@ -1221,6 +1337,7 @@ async fn follow_changes(inner: Weak<Inner>, mut from: Offset, mut closing: watch
         };
         let topic = service.inner.topic.clone();
         let log = service.inner.log.clone();
+        let from = *service.followed();
         let batch = match log.read(&topic, 0, ReadFrom::Offset(from), limits).await {
             Ok(batch) => batch,
             Err(error) => {
@@ -1244,21 +1361,10 @@ async fn follow_changes(inner: Weak<Inner>, mut from: Offset, mut closing: watch
             continue;
         }
         let _writer = service.inner.writer.lock().await;
-        for stored in &batch.events {
-            let record = serde_json::from_slice::<Value>(&stored.json)
-                .ok()
-                .filter(|envelope| envelope["type"] == EVENT_TYPE)
-                .and_then(|mut envelope| {
-                    serde_json::from_value::<ChangeRecord>(envelope["data"].take()).ok()
-                });
-            let Some(record) = record else {
-                continue;
-            };
-            if let Err(error) = service.apply_followed(stored.offset, record).await {
-                tracing::warn!(offset = stored.offset, %error, "an experiment change from another instance could not be applied");
-            }
-        }
-        from = batch.next_offset;
+        // A writer may have processed some of the batch while this task waited for the lock.
+        service.apply_batch(&batch.events, Offset::MAX).await;
+        let mut followed = service.followed();
+        *followed = (*followed).max(batch.next_offset);
     }
 }
 
@@ -1327,11 +1433,7 @@ async fn follow(
     started_ms: i64,
     shared: &Arc<Mutex<Shared>>,
 ) {
-    let namespace = shared
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .namespace
-        .clone();
+    let namespace = lock(shared).namespace.clone();
     let stored = match service
         .inner
         .kv
@@ -1344,7 +1446,7 @@ async fn follow(
             return;
         }
     };
-    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = lock(shared);
     if stored.is_none() || stored == s.committed {
         return;
     }
@@ -1422,11 +1524,11 @@ async fn run_loop(
             reload(&service, &experiment.definition, started_ms, shared).await;
             holds_units = true;
         }
-        let stale = shared.lock().unwrap_or_else(|p| p.into_inner()).stale;
+        let stale = lock(shared).stale;
         if stale && !closed {
             reload(&service, &experiment.definition, started_ms, shared).await;
         }
-        let stale = shared.lock().unwrap_or_else(|p| p.into_inner()).stale;
+        let stale = lock(shared).stale;
         let progressed = if closed || stale {
             false
         } else {
@@ -1447,7 +1549,7 @@ async fn run_loop(
             }
         };
         if progressed {
-            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(shared);
             // Every batch is a look of the sequential analysis.
             if experiment.definition.analysis.sequential {
                 let look = proteus_experiments::results_with_looks(
@@ -1467,7 +1569,7 @@ async fn run_loop(
         let running = matches!(experiment.status, Status::Running { .. });
         if progressed && running && !experiment.definition.guardrails.is_empty() {
             let breaches = {
-                let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                let s = lock(shared);
                 guardrail_breaches(&experiment.definition, &s.aggregator)
             };
             if !breaches.is_empty()
@@ -1478,7 +1580,7 @@ async fn run_loop(
         }
         let finishing = closed || (decided && !progressed);
         let due = {
-            let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let s = lock(shared);
             !s.stale
                 && s.dirty
                 && (finishing
@@ -1533,11 +1635,7 @@ async fn consume(
         .analysis
         .cuped
         .map_or(0, |c| i64::try_from(c.pre_period_ms).unwrap_or(i64::MAX));
-    let positions = shared
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .positions
-        .clone();
+    let positions = lock(shared).positions.clone();
     let limits = ReadLimits {
         events_max: inner.config.read_events_max.max(1),
         bytes_max: inner.config.read_bytes_max.max(1),
@@ -1629,7 +1727,7 @@ async fn consume(
         .collect();
     load_units(service, shared, &apply, &decoded).await?;
 
-    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = lock(shared);
     // Stop early once enough units changed for one commit: the offsets then say exactly which
     // events were applied (those before the first one left, per partition).
     let mut applied = 0;
@@ -1641,7 +1739,7 @@ async fn consume(
             // Let a results request in between: it reads a state between two events, which
             // is as consistent as any.
             drop(s);
-            s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            s = lock(shared);
         }
         applied += 1;
         match input {
@@ -1686,7 +1784,7 @@ async fn load_units(
     decoded: &[Option<Input>],
 ) -> Result<(), KvError> {
     let (namespace, missing) = {
-        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let s = lock(shared);
         let mut missing: BTreeSet<String> = BTreeSet::new();
         for ((topic, _, _), input) in apply.iter().zip(decoded) {
             let keys = match input {
@@ -1706,7 +1804,7 @@ async fn load_units(
     for chunk in missing.chunks(GET_KEYS_MAX) {
         let keys: Vec<Vec<u8>> = chunk.iter().map(|k| unit_key(SETTLED_PREFIX, k)).collect();
         let values = service.inner.kv.get_many(&namespace, &keys).await?;
-        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(shared);
         for ((name, key), value) in chunk.iter().zip(&keys).zip(values) {
             if let Some(value) = value {
                 s.aggregator
@@ -1725,11 +1823,7 @@ async fn reload(
     started_ms: i64,
     shared: &Arc<Mutex<Shared>>,
 ) {
-    let namespace = shared
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .namespace
-        .clone();
+    let namespace = lock(shared).namespace.clone();
     let loaded = load_state(
         service.inner.kv.as_ref(),
         &namespace,
@@ -1737,7 +1831,7 @@ async fn reload(
         started_ms,
     )
     .await;
-    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = lock(shared);
     match loaded {
         Ok(state) => *s = state,
         Err(error) => {
@@ -1761,7 +1855,7 @@ async fn checkpoint(
     for _ in 0..COMPACTION_COMMITS_MAX {
         let now = now_ms();
         let (namespace, commit, body) = {
-            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(shared);
             s.aggregator.compact(UNITS_PER_COMMIT_MAX);
             let changes = s.aggregator.take_changes();
             let body = serde_json::to_vec(&CheckpointRef {
@@ -1832,7 +1926,7 @@ async fn checkpoint(
             reload(service, definition, started_ms, shared).await;
             return;
         }
-        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(shared);
         s.committed = Some(body);
         s.aggregator.evict_settled();
         if !s.aggregator.compaction_due() {

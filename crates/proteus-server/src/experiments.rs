@@ -100,6 +100,13 @@ impl From<ExperimentServiceError> for Problem {
                     _ => problem,
                 }
             }
+            ExperimentServiceError::Conflict { id } => Problem::new(
+                StatusCode::CONFLICT,
+                "experiment-conflict",
+                "Experiment changed concurrently",
+                detail,
+            )
+            .with("experiment", id),
             ExperimentServiceError::Rollout(_) => Problem::new(
                 StatusCode::CONFLICT,
                 "rollout-not-possible",

@@ -618,3 +618,91 @@ async fn one_instance_aggregates_and_the_other_follows_then_takes_over() {
     assert_eq!((&arms[0]["n"], &arms[1]["n"]), (&json!(21), &json!(21)));
     follower.close().await;
 }
+
+/// Two instances changing one experiment at the same moment, each from the same state: the
+/// change first in the log applies, the other is refused with `Conflict` (and by every
+/// instance reading it), so the instances, and one opened later from the log, agree on which
+/// change won instead of each keeping its own.
+#[tokio::test]
+async fn changes_made_at_once_through_two_instances_never_diverge() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let flags = flags(&log).await;
+    let kv: Arc<dyn KvStore> = Arc::new(proteus_kv::MemoryKvStore::new());
+    let instance = |name: &str| ExperimentServiceConfig {
+        instance_id: name.into(),
+        ..config()
+    };
+    let a = ExperimentService::open(log.clone(), kv.clone(), flags.clone(), instance("a"))
+        .await
+        .unwrap();
+    let b = ExperimentService::open(log.clone(), kv.clone(), flags.clone(), instance("b"))
+        .await
+        .unwrap();
+    let named = |id: &str, name: &str| {
+        let mut definition = definition(id, "checkout", "green");
+        definition.name = name.to_owned();
+        definition
+    };
+    let name_on = |service: &ExperimentService, id: &str| {
+        service
+            .get(id)
+            .map(|e| e.definition.name)
+            .unwrap_or_default()
+    };
+    let mut winners = Vec::new();
+    for round in 0..4 {
+        let id = format!("race-{round}");
+        a.create(named(&id, "created"), "me").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while name_on(&b, &id) != "created" {
+            assert!(Instant::now() < deadline, "B never saw {id}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Both read the draft before either change reaches the log.
+        let (from_a, from_b) = tokio::join!(
+            a.redefine(&id, named(&id, "from a"), "alice"),
+            b.redefine(&id, named(&id, "from b"), "bob"),
+        );
+        let winner = match (&from_a, &from_b) {
+            (Ok(_), Err(ExperimentServiceError::Conflict { id: refused })) => {
+                assert_eq!(refused, &id);
+                "from a"
+            }
+            (Err(ExperimentServiceError::Conflict { .. }), Ok(_)) => "from b",
+            other => panic!("one change applies and the other conflicts, got {other:?}"),
+        };
+        let refused = from_a.err().or(from_b.err()).unwrap().to_string();
+        assert!(refused.contains("another instance"), "{refused}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while name_on(&a, &id) != winner || name_on(&b, &id) != winner {
+            assert!(
+                Instant::now() < deadline,
+                "instances disagree on {id}: a has {:?}, b has {:?}, {winner:?} won",
+                name_on(&a, &id),
+                name_on(&b, &id)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        winners.push((id, winner));
+    }
+    // A later change through the loser builds on the winner's state and applies.
+    let id = &winners[0].0.clone();
+    b.redefine(id, named(id, "after the race"), "bob")
+        .await
+        .unwrap();
+    winners[0].1 = "after the race";
+    // An instance opened now replays the log to the same states.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while name_on(&a, id) != "after the race" {
+        assert!(Instant::now() < deadline, "A never saw B's later change");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let c = ExperimentService::open(log.clone(), kv.clone(), flags.clone(), instance("c"))
+        .await
+        .unwrap();
+    for (id, winner) in &winners {
+        assert_eq!(name_on(&c, id), *winner, "{id} replayed");
+        assert_eq!(name_on(&a, id), *winner, "{id} on a");
+    }
+}
