@@ -9,6 +9,11 @@
 //!   `Arc` under a read lock held for a pointer copy, so evaluations never wait for a change.
 //! - **Changes are serialised** by one writer lock and may carry the version they expect
 //!   (optimistic concurrency: a stale `expected_version` is [`FlagServiceError::Conflict`]).
+//! - **Several instances sharing the log** behave as one: each follows the audit topic and
+//!   applies what the others append (a follower task, and every writer before and after its
+//!   own append). A revision applies only as the next version of its set, on every instance
+//!   alike, so of two changes made at once from the same version the first in the log wins
+//!   and the other is refused everywhere (its writer answers [`FlagServiceError::Conflict`]).
 //! - **Notifications**: every new version is broadcast as a [`SetChanged`] (SSE streams, local
 //!   evaluators).
 //! - **Files** ([`files`]): a flagd file or a directory of them loaded into a set and polled for
@@ -36,13 +41,22 @@ use tokio::sync::broadcast;
 
 pub use proteus_flagsets;
 
+/// Locks `mutex`. A poisoned lock only means a thread panicked while holding it; every value
+/// behind these locks is changed by whole assignments, so it is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Most revisions one history request returns.
 pub const HISTORY_LIMIT_MAX: usize = 1_000;
 /// Notifications a slow subscriber may fall behind by before it is told it lagged (it then
 /// refetches everything, which is always correct).
 const CHANGES_QUEUE_MAX: usize = 1_024;
-/// How often due schedules are looked for: a scheduled change applies at most this late.
-const SCHEDULER_TICK_MS: u64 = 250;
+/// How often changes from other instances and due schedules are looked for, in ms: another
+/// instance's change applies here, and a scheduled change applies, at most this late.
+const TICK_MS: u64 = 250;
 /// Audit events read per request while replaying the topic at start-up.
 const REPLAY_EVENTS_PER_READ: u32 = 1_000;
 
@@ -171,6 +185,9 @@ struct Inner {
     topic: TopicName,
     sets: RwLock<HashMap<FlagSetName, Arc<LiveSet>>>,
     index: Mutex<HashMap<FlagSetName, SetIndex>>,
+    /// The next offset of the audit topic to process: every record before it was applied (or
+    /// refused) here. Moved only with the writer lock held.
+    followed: Mutex<Offset>,
     writer: tokio::sync::Mutex<()>,
     changes: broadcast::Sender<SetChanged>,
     exposures: exposures::ExposureSink,
@@ -238,6 +255,7 @@ impl FlagService {
                 topic,
                 sets: RwLock::default(),
                 index: Mutex::default(),
+                followed: Mutex::new(0),
                 writer: tokio::sync::Mutex::new(()),
                 changes,
                 exposures,
@@ -246,93 +264,179 @@ impl FlagService {
                 lifecycles: Mutex::default(),
             }),
         };
-        service.replay().await?;
-        spawn_scheduler(Arc::downgrade(&service.inner));
+        {
+            let _writer = service.inner.writer.lock().await;
+            service.follow_until(None, true).await?;
+        }
+        spawn_ticker(Arc::downgrade(&service.inner));
         spawn_usage_flusher(Arc::downgrade(&service.inner), config.usage.flush_ms);
         Ok(service)
     }
 
-    async fn replay(&self) -> Result<(), FlagServiceError> {
+    /// Applies (or refuses) every record of the audit topic from the followed offset on and
+    /// before `end` (to the topic's end when `None`), in order. With `strict` (at open), a
+    /// record that cannot be read fails the call; otherwise it is skipped with an error logged.
+    /// Called with the writer lock.
+    async fn follow_until(
+        &self,
+        end: Option<Offset>,
+        strict: bool,
+    ) -> Result<(), FlagServiceError> {
         let limits = ReadLimits {
             events_max: REPLAY_EVENTS_PER_READ,
             bytes_max: proteus_log::port::READ_BYTES_MAX,
         };
-        let mut from = 0;
-        let mut sets = HashMap::new();
-        let mut index: HashMap<FlagSetName, SetIndex> = HashMap::new();
-        let mut schedules = BTreeMap::new();
-        let mut lifecycles: HashMap<FlagSetName, SetLifecycle> = HashMap::new();
         loop {
+            let from = *lock(&self.inner.followed);
+            if end.is_some_and(|end| from >= end) {
+                return Ok(());
+            }
             let batch = self
                 .inner
                 .log
                 .read(&self.inner.topic, 0, ReadFrom::Offset(from), limits)
                 .await?;
             if batch.events.is_empty() {
-                break;
-            }
-            for stored in &batch.events {
-                let corrupt = |reason: String| FlagServiceError::CorruptAudit {
-                    offset: stored.offset,
-                    reason,
-                };
-                let revision = match audit::record_from_event_json(&stored.json).map_err(corrupt)? {
-                    Some(AuditRecord::Revision(revision)) => revision,
-                    Some(AuditRecord::Scheduled(schedule)) => {
-                        schedules.insert(schedule.id.clone(), schedule);
-                        continue;
-                    }
-                    Some(AuditRecord::ScheduleEnded(ended)) => {
-                        schedules.remove(&ended.id);
-                        continue;
-                    }
-                    None => continue,
-                };
-                let versions = index.entry(revision.set.clone()).or_default();
-                if revision.version != versions.offsets.len() as u64 + 1 {
-                    return Err(corrupt(format!(
-                        "it holds version {} of flag set '{}' where version {} was expected",
-                        revision.version,
-                        revision.set,
-                        versions.offsets.len() + 1
-                    )));
+                if let Some(end) = end {
+                    return Err(FlagServiceError::CorruptAudit {
+                        offset: from,
+                        reason: format!("records up to offset {end} were expected, none was read"),
+                    });
                 }
-                versions.offsets.push(stored.offset);
+                return Ok(());
+            }
+            self.apply_records(&batch.events, end.unwrap_or(Offset::MAX), strict)?;
+            let mut followed = lock(&self.inner.followed);
+            *followed = (*followed).max(batch.next_offset.min(end.unwrap_or(Offset::MAX)));
+        }
+    }
+
+    /// Applies the records of `events` from the followed offset on and before `end`. Called
+    /// with the writer lock.
+    fn apply_records(
+        &self,
+        events: &[proteus_log::port::StoredEvent],
+        end: Offset,
+        strict: bool,
+    ) -> Result<(), FlagServiceError> {
+        let from = *lock(&self.inner.followed);
+        for stored in events.iter().filter(|e| e.offset >= from && e.offset < end) {
+            match audit::record_from_event_json(&stored.json) {
+                Ok(Some(record)) => {
+                    self.apply_record(stored.offset, record);
+                }
+                Ok(None) => {}
+                Err(reason) if strict => {
+                    return Err(FlagServiceError::CorruptAudit {
+                        offset: stored.offset,
+                        reason,
+                    });
+                }
+                Err(reason) => tracing::error!(offset = stored.offset, %reason,
+                    "a flag-set audit record cannot be read; skipped"),
+            }
+        }
+        Ok(())
+    }
+
+    /// What one audit record at `offset` does here: a schedule is added or ended; a revision
+    /// becomes its set's next version if its version is exactly that (else another instance's
+    /// concurrent change came first and it is refused, on every instance alike), its compiled
+    /// set is published and announced. Returns whether it applied.
+    fn apply_record(&self, offset: Offset, record: AuditRecord) -> bool {
+        let revision = match record {
+            AuditRecord::Scheduled(schedule) => {
+                lock(&self.inner.schedules).insert(schedule.id.clone(), schedule);
+                return true;
+            }
+            AuditRecord::ScheduleEnded(ended) => {
+                lock(&self.inner.schedules).remove(&ended.id);
+                return true;
+            }
+            AuditRecord::Revision(revision) => revision,
+        };
+        let set = revision.set.clone();
+        {
+            let mut index = lock(&self.inner.index);
+            let versions = index.entry(set.clone()).or_default();
+            if revision.version != versions.offsets.len() as u64 + 1 {
+                tracing::warn!(%set, offset, version = revision.version,
+                    latest = versions.offsets.len(),
+                    "a flag-set revision made concurrently from an older version is refused");
+                return false;
+            }
+            versions.offsets.push(offset);
+        }
+        {
+            let mut lifecycles = lock(&self.inner.lifecycles);
+            if revision.document.is_null() {
+                lifecycles.remove(&set);
+            } else {
                 lifecycles
-                    .entry(revision.set.clone())
+                    .entry(set.clone())
                     .or_default()
                     .observe(&revision.document, revision.time_ms);
-                // A version was valid when it was written; the engine may have become stricter
-                // since. Keep serving the last version that still compiles, and say so.
-                match live_set(&revision, &self.inner.usage) {
-                    Ok(Some(live)) => {
-                        sets.insert(revision.set.clone(), Arc::new(live));
-                    }
-                    Ok(None) => {
-                        sets.remove(&revision.set);
-                    }
-                    Err(errors) => tracing::error!(
-                        set = %revision.set, version = revision.version, %errors,
-                        "a stored flag-set version no longer compiles; the previous version stays in use"
-                    ),
-                }
             }
-            from = batch.next_offset;
         }
-        lifecycles.retain(|set, _| sets.contains_key(set));
-        *self
+        // A version was valid when it was written; the engine may have become stricter since.
+        // Keep serving the last version that still compiles, and say so.
+        let live = match live_set(&revision, &self.inner.usage) {
+            Ok(live) => live,
+            Err(errors) => {
+                tracing::error!(%set, version = revision.version, %errors,
+                    "a stored flag-set version no longer compiles; the previous version stays in use");
+                return true;
+            }
+        };
+        let notice = SetChanged {
+            set: set.clone(),
+            version: revision.version,
+            deleted: live.is_none(),
+            etag: live.as_ref().map(|l| l.etag.clone()).unwrap_or_default(),
+            updated_ms: revision.time_ms,
+        };
+        {
+            let mut sets = self.inner.sets.write().unwrap_or_else(|p| p.into_inner());
+            match live {
+                Some(live) => sets.insert(set, Arc::new(live)),
+                None => sets.remove(&set),
+            };
+        }
+        // No subscriber is fine.
+        let _ = self.inner.changes.send(notice);
+        true
+    }
+
+    /// Appends one record of this instance to the audit topic, durably, applies what other
+    /// instances appended before it, then applies it by the same rule as theirs; returns
+    /// whether it applied. Called with the writer lock.
+    async fn append_own(
+        &self,
+        event: proteus_log::Event,
+        record: AuditRecord,
+    ) -> Result<bool, FlagServiceError> {
+        let receipts = self
             .inner
-            .lifecycles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = lifecycles;
-        *self.inner.sets.write().unwrap_or_else(|p| p.into_inner()) = sets;
-        *self.inner.index.lock().unwrap_or_else(|p| p.into_inner()) = index;
-        *self
-            .inner
-            .schedules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = schedules;
-        Ok(())
+            .log
+            .append(&self.inner.topic, vec![event])
+            .await?;
+        let Some(receipt) = receipts.first() else {
+            return Err(FlagServiceError::InvalidChange(
+                "the log acknowledged no audit record".into(),
+            ));
+        };
+        let offset = receipt.offset;
+        if receipt.duplicate {
+            // Record ids are `set@version`: another instance appended this version first. Its
+            // record is applied; this one was never written.
+            self.follow_until(Some(offset + 1), false).await?;
+            return Ok(false);
+        }
+        self.follow_until(Some(offset), false).await?;
+        let applied = self.apply_record(offset, record);
+        let mut followed = lock(&self.inner.followed);
+        *followed = (*followed).max(offset + 1);
+        Ok(applied)
     }
 
     /// The current version of `set`, if it exists.
@@ -390,6 +494,8 @@ impl FlagService {
         expected_version: Option<u64>,
     ) -> Result<Option<Revision>, FlagServiceError> {
         let _writer = self.inner.writer.lock().await;
+        // Changes other instances made are applied first, so this one starts from them.
+        self.follow_until(None, false).await?;
         let current = self.get(set);
         let actual = current.as_ref().map_or(0, |c| c.version);
         if let Some(expected) = expected_version
@@ -430,60 +536,22 @@ impl FlagService {
             document,
         );
         // Validate before anything is written: an invalid version never reaches the log.
-        let live =
-            live_set(&revision, &self.inner.usage).map_err(FlagServiceError::InvalidDefinitions)?;
+        if !revision.document.is_null() {
+            proteus_flagsets::compile(&revision.document, revision.validation)
+                .map_err(FlagServiceError::InvalidDefinitions)?;
+        }
         let event = audit::to_event(&revision).map_err(FlagServiceError::InvalidChange)?;
-        let offset = self.append_audit(event).await?;
-        self.inner
-            .index
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(set.clone())
-            .or_default()
-            .offsets
-            .push(offset);
+        if !self
+            .append_own(event, AuditRecord::Revision(revision.clone()))
+            .await?
         {
-            let mut lifecycles = self
-                .inner
-                .lifecycles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if revision.document.is_null() {
-                lifecycles.remove(set);
-            } else {
-                lifecycles
-                    .entry(set.clone())
-                    .or_default()
-                    .observe(&revision.document, revision.time_ms);
-            }
+            return Err(FlagServiceError::Conflict {
+                set: set.clone(),
+                expected: revision.version - 1,
+                actual: self.latest_version(set),
+            });
         }
-        let notice = SetChanged {
-            set: set.clone(),
-            version: revision.version,
-            deleted: live.is_none(),
-            etag: live.as_ref().map(|l| l.etag.clone()).unwrap_or_default(),
-            updated_ms: revision.time_ms,
-        };
-        {
-            let mut sets = self.inner.sets.write().unwrap_or_else(|p| p.into_inner());
-            match live {
-                Some(live) => sets.insert(set.clone(), Arc::new(live)),
-                None => sets.remove(set),
-            };
-        }
-        // No subscriber is fine.
-        let _ = self.inner.changes.send(notice);
         Ok(Some(revision))
-    }
-
-    /// Appends one event to the audit topic, durably; returns its offset.
-    async fn append_audit(&self, event: proteus_log::Event) -> Result<Offset, FlagServiceError> {
-        let receipts = self
-            .inner
-            .log
-            .append(&self.inner.topic, vec![event])
-            .await?;
-        Ok(receipts.first().map_or(0, |r| r.offset))
     }
 
     /// Version `version` of `set`, read back from the audit topic.
@@ -686,15 +754,27 @@ impl FlagService {
     }
 }
 
-/// Applies due schedules every [`SCHEDULER_TICK_MS`] until the service is dropped.
-fn spawn_scheduler(service: Weak<Inner>) {
+/// Every [`TICK_MS`] until the service is dropped: applies what other instances appended to
+/// the audit topic, then the schedules that are due. (A read per tick rather than a task
+/// waiting on the log: nothing holds the log between ticks, so dropping the service releases
+/// it at once.)
+fn spawn_ticker(service: Weak<Inner>) {
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(std::time::Duration::from_millis(SCHEDULER_TICK_MS)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(TICK_MS)).await;
             let Some(inner) = service.upgrade() else {
                 return;
             };
-            FlagService { inner }.apply_due_schedules().await;
+            let service = FlagService { inner };
+            let followed = {
+                let _writer = service.inner.writer.lock().await;
+                service.follow_until(None, false).await
+            };
+            match followed {
+                Ok(()) => service.apply_due_schedules().await,
+                Err(error) => tracing::warn!(%error,
+                    "flag-set changes from other instances cannot be read; retrying"),
+            }
         }
     });
 }
@@ -754,15 +834,11 @@ impl FlagService {
             comment: author.comment,
             created_ms: now,
         };
-        self.append_audit(
+        self.append_own(
             audit::schedule_event(&schedule).map_err(FlagServiceError::InvalidChange)?,
+            AuditRecord::Scheduled(schedule.clone()),
         )
         .await?;
-        self.inner
-            .schedules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(schedule.id.clone(), schedule.clone());
         Ok(schedule)
     }
 
@@ -824,15 +900,11 @@ impl FlagService {
             time_ms: now_ms(),
             outcome,
         };
-        self.append_audit(
+        self.append_own(
             audit::schedule_ended_event(&ended).map_err(FlagServiceError::InvalidChange)?,
+            AuditRecord::ScheduleEnded(ended.clone()),
         )
         .await?;
-        self.inner
-            .schedules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
         Ok(())
     }
 
@@ -852,6 +924,10 @@ impl FlagService {
             .collect();
         due.sort_by_key(|s| (s.at_ms, s.id.clone()));
         for schedule in due {
+            // Another instance may have applied and ended it since (followed in `apply`).
+            if !lock(&self.inner.schedules).contains_key(&schedule.id) {
+                continue;
+            }
             let comment = match &schedule.comment {
                 Some(comment) => format!("scheduled change {}: {comment}", schedule.id),
                 None => format!("scheduled change {}", schedule.id),
@@ -878,6 +954,10 @@ impl FlagService {
                     tracing::warn!(id = %schedule.id, %error, "a due scheduled change could not be applied yet");
                     continue;
                 }
+                // Another instance changed the set at the same moment (most likely applying
+                // this schedule too): its end record arrives through the log; if not, the next
+                // tick tries again from the new version.
+                Err(FlagServiceError::Conflict { .. }) => continue,
                 Err(error) => ScheduleOutcome::Failed {
                     reason: error.to_string(),
                 },

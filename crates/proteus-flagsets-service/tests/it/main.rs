@@ -250,3 +250,103 @@ async fn pending_schedules_survive_a_restart() {
         "schedules are not versions"
     );
 }
+
+/// Polls `check` every 10 ms until it holds, failing after 5 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 5 s: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn banner(service: &FlagService) -> Option<(u64, Value)> {
+    service.get(&set()).map(|live| {
+        (
+            live.version,
+            live.document["flags"]["banner"]["variants"]["v"].clone(),
+        )
+    })
+}
+
+/// Two services on one log, as two `proteus serve` instances sharing NATS: a change made
+/// through one reaches the other; two changes made at once from the same version cannot both
+/// apply (the first in the log wins everywhere, the other answers Conflict); a scheduled change
+/// applies once although both instances hold the schedule; an instance opened later agrees.
+#[tokio::test]
+async fn instances_sharing_the_log_follow_each_other_and_never_diverge() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let a = FlagService::open(log.clone()).await.unwrap();
+    let b = FlagService::open(log.clone()).await.unwrap();
+    let mut b_changes = b.subscribe();
+
+    assert_eq!(put(&a, "one", None).await.unwrap(), Some(1));
+    eventually("b sees version 1", || banner(&b) == Some((1, json!("one")))).await;
+    let notice = b_changes.recv().await.unwrap();
+    assert_eq!((notice.set, notice.version), (set(), 1));
+
+    // Both start from version 1 before either change reaches the log.
+    let (from_a, from_b) = tokio::join!(put(&a, "from a", None), put(&b, "from b", None));
+    let winner = match (&from_a, &from_b) {
+        (Ok(Some(2)), Err(FlagServiceError::Conflict { actual: 2, .. })) => "from a",
+        (Err(FlagServiceError::Conflict { actual: 2, .. }), Ok(Some(2))) => "from b",
+        other => panic!("one change applies and the other conflicts, got {other:?}"),
+    };
+    eventually("both instances hold the winner", || {
+        banner(&a) == Some((2, json!(winner))) && banner(&b) == Some((2, json!(winner)))
+    })
+    .await;
+
+    // A change scheduled through A is held by both; it applies once.
+    let due = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 300;
+    let scheduled = a
+        .schedule(
+            &set(),
+            Change::PutSet {
+                document: document("scheduled"),
+            },
+            due,
+            author("ada"),
+            ValidationMode::Strict,
+        )
+        .await
+        .unwrap();
+    eventually("b holds the schedule", || b.schedules(&set()).len() == 1).await;
+    eventually("the schedule applied on both", || {
+        banner(&a) == Some((3, json!("scheduled")))
+            && banner(&b) == Some((3, json!("scheduled")))
+            && a.schedules(&set()).is_empty()
+            && b.schedules(&set()).is_empty()
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(banner(&a).unwrap().0, 3, "applied once");
+    assert_eq!(banner(&b).unwrap().0, 3, "applied once");
+
+    // An instance opened now replays the same history.
+    let c = FlagService::open(log.clone()).await.unwrap();
+    assert_eq!(banner(&c), Some((3, json!("scheduled"))));
+    let history = c.history(&set(), None, None, 10).await.unwrap();
+    let versions: Vec<u64> = history.iter().map(|r| r.version).collect();
+    assert_eq!(versions, [3, 2, 1]);
+    assert_eq!(
+        history[1].document["flags"]["banner"]["variants"]["v"],
+        json!(winner)
+    );
+    assert!(
+        history[0]
+            .comment
+            .as_deref()
+            .is_some_and(|c| c.contains(&scheduled.id)),
+        "{:?}",
+        history[0].comment
+    );
+}

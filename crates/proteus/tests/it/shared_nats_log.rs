@@ -1,6 +1,7 @@
 //! Two `proteus serve` processes sharing one NATS JetStream log: a topic created through one is
 //! used through the other, an event published through one is read (and waited for) through the
-//! other, and a retried event is recognised as a duplicate whichever instance receives it.
+//! other, a retried event is recognised as a duplicate whichever instance receives it, and a
+//! flag set changed through one is served by the other.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -118,5 +119,45 @@ fn two_instances_share_one_nats_log() {
         .map(|e| e["event"]["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["order-1", "order-2"], "{read}");
+
+    // A flag set written through A is evaluated through B (OFREP) shortly after.
+    let document = |text: &str| {
+        json!({"flags": {"banner": {
+            "state": "ENABLED", "variants": {"v": text}, "defaultVariant": "v"
+        }}})
+    };
+    for (text, version) in [("first", 1), ("second", 2)] {
+        let response = http
+            .put(format!("{}/v1/flagsets/default", a.url))
+            .json(&document(text))
+            .send()
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        let started = std::time::Instant::now();
+        loop {
+            let evaluated: Value = http
+                .post(format!("{}/ofrep/v1/evaluate/flags/banner", b.url))
+                .json(&json!({"context": {"targetingKey": "u"}}))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            if evaluated["value"] == text {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "B still serves {evaluated} for version {version}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // B's next change builds on A's version.
+    let response = http
+        .put(format!("{}/v1/flagsets/default?expected_version=2", b.url))
+        .json(&document("third"))
+        .send()
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
     drop((a, b));
 }
