@@ -8,8 +8,14 @@
 //!   a change builds the next snapshot and swaps it in. Appends validate and reads upcast
 //!   against whichever snapshot they took.
 //! - **Changes are serialised** by one writer lock, so versions are numbered without gaps.
+//! - **Several instances sharing the log** hold the same registry: each reads what the others
+//!   append every 250 ms and before each change it makes. A change applies only if it applies
+//!   to the registry as the records before it left it (a registration must be its type's next
+//!   version), on every instance alike, so of two registrations of one type made at once the
+//!   first in the log wins and the other is refused everywhere
+//!   ([`SchemaServiceError::Conflict`] for its writer).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use proteus_eventstore::{
     Aggregate, AppendOutcome, Category, DeleteOutcome, Direction, EventStore, EventStoreError,
@@ -30,6 +36,8 @@ pub use proteus_schemas;
 pub const TOPIC: &str = "proteus.schemas";
 /// The CloudEvent type of a registry change.
 pub const EVENT_TYPE: &str = "dev.proteus.schema.changed";
+/// How often changes other instances appended are looked for, in ms.
+const FOLLOW_EVERY_MS: u64 = 250;
 /// Changes read per request while replaying the topic at start-up.
 const REPLAY_EVENTS_PER_READ: u32 = 1_000;
 /// Largest change event, in bytes: a schema (64 KiB at most) and its upcaster, with room.
@@ -41,6 +49,10 @@ pub enum SchemaServiceError {
     Schema(#[from] SchemaError),
     #[error("the schema registry's store (the log) failed: {0}")]
     Log(#[from] LogError),
+    #[error(
+        "the schemas of '{event_type}' were changed through another instance at the same time, so this change was not applied: {reason}; read them again and retry if it still applies"
+    )]
+    Conflict { event_type: String, reason: String },
     #[error("a registry change cannot be encoded as an event: {0}")]
     Encoding(String),
     #[error("event {offset} of the topic '{TOPIC}' cannot be replayed: {reason}")]
@@ -51,6 +63,9 @@ struct Inner {
     log: Arc<dyn Log>,
     topic: TopicName,
     registry: RwLock<Arc<SchemaRegistry>>,
+    /// The next offset of the topic to process: every change before it was applied (or
+    /// refused) here. Moved only with the writer lock held.
+    followed: Mutex<Offset>,
     writer: tokio::sync::Mutex<()>,
     policy: SchemaPolicy,
 }
@@ -84,44 +99,93 @@ impl SchemaService {
             }
             Err(e) => return Err(e.into()),
         }
-        let mut registry = SchemaRegistry::new(config)?;
+        let service = SchemaService {
+            inner: Arc::new(Inner {
+                log,
+                topic,
+                registry: RwLock::new(Arc::new(SchemaRegistry::new(config)?)),
+                followed: Mutex::new(0),
+                writer: tokio::sync::Mutex::new(()),
+                policy,
+            }),
+        };
+        {
+            let _writer = service.inner.writer.lock().await;
+            service.follow_until(None, true).await?;
+        }
+        spawn_follower(Arc::downgrade(&service.inner));
+        Ok(service)
+    }
+
+    /// Applies (or refuses) every change of the topic from the followed offset on and before
+    /// `end` (to the topic's end when `None`), in order. With `strict` (at open), a record that
+    /// cannot be read fails the call; otherwise it is skipped with an error logged. Called
+    /// with the writer lock.
+    async fn follow_until(
+        &self,
+        end: Option<Offset>,
+        strict: bool,
+    ) -> Result<(), SchemaServiceError> {
         let limits = ReadLimits {
             events_max: REPLAY_EVENTS_PER_READ,
             bytes_max: proteus_log::port::READ_BYTES_MAX,
         };
-        let mut from = 0;
+        let end_offset = end.unwrap_or(Offset::MAX);
         loop {
-            let batch = log.read(&topic, 0, ReadFrom::Offset(from), limits).await?;
+            let from = *lock(&self.inner.followed);
+            if from >= end_offset {
+                return Ok(());
+            }
+            let batch = self
+                .inner
+                .log
+                .read(&self.inner.topic, 0, ReadFrom::Offset(from), limits)
+                .await?;
             if batch.events.is_empty() {
-                break;
-            }
-            for stored in &batch.events {
-                let corrupt = |reason: String| SchemaServiceError::CorruptChange {
-                    offset: stored.offset,
-                    reason,
+                return match end {
+                    Some(end) => Err(SchemaServiceError::CorruptChange {
+                        offset: from,
+                        reason: format!("changes up to offset {end} were expected, none was read"),
+                    }),
+                    None => Ok(()),
                 };
-                let envelope: Value =
-                    serde_json::from_slice(&stored.json).map_err(|e| corrupt(e.to_string()))?;
-                if envelope["type"] != EVENT_TYPE {
-                    continue;
-                }
-                let change: RegistryChange = serde_json::from_value(envelope["data"].clone())
-                    .map_err(|e| corrupt(e.to_string()))?;
-                registry
-                    .apply(&change)
-                    .map_err(|e| corrupt(e.to_string()))?;
             }
-            from = batch.next_offset;
+            let mut registry = (*self.registry()).clone();
+            for stored in batch
+                .events
+                .iter()
+                .filter(|e| e.offset >= from && e.offset < end_offset)
+            {
+                match decode(&stored.json) {
+                    Ok(Some(change)) => {
+                        if let Err(error) = registry.apply(&change) {
+                            tracing::warn!(offset = stored.offset, %error,
+                                "a schema change made concurrently from an older registry is refused");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(reason) if strict => {
+                        return Err(SchemaServiceError::CorruptChange {
+                            offset: stored.offset,
+                            reason,
+                        });
+                    }
+                    Err(reason) => tracing::error!(offset = stored.offset, %reason,
+                        "a schema change cannot be read; skipped"),
+                }
+            }
+            self.publish(registry);
+            let mut followed = lock(&self.inner.followed);
+            *followed = (*followed).max(batch.next_offset.min(end_offset));
         }
-        Ok(SchemaService {
-            inner: Arc::new(Inner {
-                log,
-                topic,
-                registry: RwLock::new(Arc::new(registry)),
-                writer: tokio::sync::Mutex::new(()),
-                policy,
-            }),
-        })
+    }
+
+    fn publish(&self, registry: SchemaRegistry) {
+        *self
+            .inner
+            .registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);
     }
 
     /// The registry as it is now: an immutable snapshot.
@@ -148,6 +212,7 @@ impl SchemaService {
         upcaster: Option<Upcaster>,
     ) -> Result<(u32, bool), SchemaServiceError> {
         let _writer = self.inner.writer.lock().await;
+        self.follow_until(None, false).await?;
         let registry = self.registry();
         match registry.prepare_register(event_type, schema, upcaster)? {
             Registration::Existing(version) => Ok((version, false)),
@@ -169,30 +234,32 @@ impl SchemaService {
         mode: CompatibilityMode,
     ) -> Result<(), SchemaServiceError> {
         let _writer = self.inner.writer.lock().await;
+        self.follow_until(None, false).await?;
         let registry = self.registry();
         let change = registry.prepare_set_mode(event_type, mode)?;
         self.commit(&registry, change).await
     }
 
-    /// Appends `change` durably, then publishes the registry with it applied. Called with the
-    /// writer lock held and `registry` the current snapshot.
+    /// Appends `change` durably, applies what other instances appended before it, then applies
+    /// it by the same rule as theirs and publishes the registry. Called with the writer lock
+    /// held and `registry` the current snapshot.
     async fn commit(
         &self,
         registry: &SchemaRegistry,
         change: RegistryChange,
     ) -> Result<(), SchemaServiceError> {
-        let mut next = registry.clone();
         // Applied first on a copy: a change that does not apply never reaches the log.
-        next.apply(&change)?;
+        registry.clone().apply(&change)?;
+        let event_type = match &change {
+            RegistryChange::Register { event_type, .. }
+            | RegistryChange::SetMode { event_type, .. } => event_type.to_string(),
+        };
         let event = json!({
             "specversion": "1.0",
             "id": uuid::Uuid::now_v7().to_string(),
             "source": "/proteus/schemas",
             "type": EVENT_TYPE,
-            "subject": match &change {
-                RegistryChange::Register { event_type, .. }
-                | RegistryChange::SetMode { event_type, .. } => event_type.to_string(),
-            },
+            "subject": event_type,
             "datacontenttype": "application/json",
             "data": serde_json::to_value(&change)
                 .map_err(|e| SchemaServiceError::Encoding(e.to_string()))?,
@@ -200,20 +267,71 @@ impl SchemaService {
         let bytes = serde_json::to_vec(&event).unwrap_or_default();
         let event =
             Event::from_json(&bytes).map_err(|e| SchemaServiceError::Encoding(e.to_string()))?;
-        self.inner
+        let receipts = self
+            .inner
             .log
             .append(&self.inner.topic, vec![event])
             .await?;
-        *self
-            .inner
-            .registry
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        Ok(())
+        let Some(offset) = receipts.first().map(|r| r.offset) else {
+            return Err(SchemaServiceError::Encoding(
+                "the log acknowledged no record".into(),
+            ));
+        };
+        self.follow_until(Some(offset), false).await?;
+        let mut next = (*self.registry()).clone();
+        let applied = next.apply(&change);
+        if applied.is_ok() {
+            self.publish(next);
+        }
+        {
+            let mut followed = lock(&self.inner.followed);
+            *followed = (*followed).max(offset + 1);
+        }
+        applied.map_err(|error| SchemaServiceError::Conflict {
+            event_type,
+            reason: error.to_string(),
+        })
     }
 }
 
-/// An event that could not be upcast, and why.
+/// Locks `mutex`. A poisoned lock only means a thread panicked while holding it; the offset
+/// behind it is replaced whole, so it is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The change an event of the topic holds; `None` for other events.
+fn decode(json: &[u8]) -> Result<Option<RegistryChange>, String> {
+    let envelope: Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    if envelope["type"] != EVENT_TYPE {
+        return Ok(None);
+    }
+    serde_json::from_value(envelope["data"].clone())
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Every [`FOLLOW_EVERY_MS`] until the service is dropped: applies the changes other instances
+/// appended. (A read per tick rather than a task waiting on the log: nothing holds the log
+/// between ticks, so dropping the service releases it at once.)
+fn spawn_follower(service: Weak<Inner>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(FOLLOW_EVERY_MS)).await;
+            let Some(inner) = service.upgrade() else {
+                return;
+            };
+            let service = SchemaService { inner };
+            let _writer = service.inner.writer.lock().await;
+            if let Err(error) = service.follow_until(None, false).await {
+                tracing::warn!(%error, "schema changes from other instances cannot be read; retrying");
+            }
+        }
+    });
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error(
     "event at position {position} ({stream} version {version}) cannot be upcast to the latest schema of '{event_type}': {error}"

@@ -54,6 +54,13 @@ impl From<SchemaServiceError> for Problem {
         match error {
             SchemaServiceError::Schema(error) => error.into(),
             SchemaServiceError::Log(error) => error.into(),
+            SchemaServiceError::Conflict { ref event_type, .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "schema-conflict",
+                "Schemas changed concurrently",
+                error.to_string(),
+            )
+            .with("event_type", event_type.as_str()),
             other => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "schema-registry-failure",
