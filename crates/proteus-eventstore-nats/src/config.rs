@@ -35,8 +35,9 @@ pub struct NatsEventStoreConfig {
     pub append_conflict_retries_max: u32,
     /// Most event ids kept in memory, over all streams, to decide idempotency without
     /// reading a stream's history again; about 32 bytes each (a hash, a version, a position),
-    /// so the default 4,000,000 is about 128 MB. Past it the cache is emptied and rebuilt from
-    /// the streams on demand (correctness never depends on it).
+    /// so the default 4,000,000 is about 128 MB. Past it the indexes of the least recently
+    /// used streams are dropped until three quarters remain, and rebuilt from their streams on
+    /// their next append (correctness never depends on the cache).
     pub id_cache_events_max: usize,
 }
 

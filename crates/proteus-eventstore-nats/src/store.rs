@@ -2,7 +2,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -135,6 +135,16 @@ struct IdIndex {
     tail: Option<(u64, u64)>,
 }
 
+/// A stream's [`IdIndex`] and when it was last used (a tick of `index_uses`).
+#[derive(Default)]
+struct IndexSlot {
+    index: Mutex<IdIndex>,
+    last_used: AtomicU64,
+}
+
+/// What an eviction keeps: this share of `id_cache_events_max`, so evictions are rare.
+const ID_CACHE_KEPT_PERCENT: usize = 75;
+
 /// The NATS JetStream event store. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct NatsEventStore {
@@ -154,8 +164,11 @@ struct Inner {
     gate: RwLock<()>,
     /// Per event stream: its id index; the async mutex also serialises this process's writes
     /// to the stream, so they do not race each other at the server.
-    indexes: StdMutex<HashMap<String, Arc<Mutex<IdIndex>>>>,
+    indexes: StdMutex<HashMap<String, Arc<IndexSlot>>>,
+    /// About how many ids `indexes` hold (exact after each eviction).
     cached_ids: AtomicUsize,
+    /// Counts uses of indexes, so the least recently used can be evicted first.
+    index_uses: AtomicU64,
     /// `(s, h)`: the newest events message at or below stream sequence `s` ends at position
     /// `h`. Messages never change, so this only moves forward.
     head: StdMutex<(u64, u64)>,
@@ -441,6 +454,7 @@ impl NatsEventStore {
                 gate: RwLock::new(()),
                 indexes: StdMutex::new(HashMap::new()),
                 cached_ids: AtomicUsize::new(0),
+                index_uses: AtomicU64::new(0),
                 head: StdMutex::new((0, 0)),
             }),
         })
@@ -719,24 +733,53 @@ impl NatsEventStore {
         }
     }
 
-    fn index_lock(&self, stream: &StreamName) -> Arc<Mutex<IdIndex>> {
-        let mut indexes = self.inner.indexes.lock().expect("index lock poisoned");
-        indexes
-            .entry(stream.as_str().to_owned())
-            .or_default()
-            .clone()
+    fn index_lock(&self, stream: &StreamName) -> Arc<IndexSlot> {
+        let slot = {
+            let mut indexes = self.inner.indexes.lock().expect("index lock poisoned");
+            indexes
+                .entry(stream.as_str().to_owned())
+                .or_default()
+                .clone()
+        };
+        let tick = self.inner.index_uses.fetch_add(1, Ordering::Relaxed);
+        slot.last_used.store(tick, Ordering::Relaxed);
+        slot
     }
 
     fn account_ids(&self, added: usize) {
         let total = self.inner.cached_ids.fetch_add(added, Ordering::AcqRel) + added;
         if total > self.inner.config.id_cache_events_max {
-            self.inner
-                .indexes
-                .lock()
-                .expect("index lock poisoned")
-                .clear();
-            self.inner.cached_ids.store(0, Ordering::Release);
+            self.evict_ids();
         }
+    }
+
+    /// Drops the indexes of the least recently used streams until the cache holds at most
+    /// [`ID_CACHE_KEPT_PERCENT`] of `id_cache_events_max` ids. Indexes in use (locked) stay;
+    /// a dropped one is read again from its stream on its next append.
+    fn evict_ids(&self) {
+        let target = self.inner.config.id_cache_events_max / 100 * ID_CACHE_KEPT_PERCENT;
+        let mut indexes = self.inner.indexes.lock().expect("index lock poisoned");
+        // (last use, size, stream) of every index not in use; those in use are kept.
+        let mut idle: Vec<(u64, usize, String)> = Vec::new();
+        for (stream, slot) in indexes.iter() {
+            if let Ok(index) = slot.index.try_lock() {
+                idle.push((
+                    slot.last_used.load(Ordering::Relaxed),
+                    index.ids.len(),
+                    stream.clone(),
+                ));
+            }
+        }
+        let mut total: usize = idle.iter().map(|(_, size, _)| size).sum();
+        idle.sort_unstable();
+        for (_, size, stream) in idle {
+            if total <= target {
+                break;
+            }
+            indexes.remove(&stream);
+            total -= size;
+        }
+        self.inner.cached_ids.store(total, Ordering::Release);
     }
 
     /// Keeps only the hits of `found` whose stored event really has the id: the index keys ids
@@ -877,8 +920,8 @@ impl NatsEventStore {
             ));
         }
         let subject = self.subject(stream);
-        let lock = self.index_lock(stream);
-        let mut index = lock.lock().await;
+        let slot = self.index_lock(stream);
+        let mut index = slot.index.lock().await;
         let count = events.len() as u64;
         let mut conflicts = 0;
         loop {
@@ -986,8 +1029,8 @@ impl NatsEventStore {
     ) -> Result<DeleteOutcome, EventStoreError> {
         let _gate = self.write_gate().await?;
         let subject = self.subject(stream);
-        let lock = self.index_lock(stream);
-        let mut index = lock.lock().await;
+        let slot = self.index_lock(stream);
+        let mut index = slot.index.lock().await;
         let mut conflicts = 0;
         loop {
             let (last_seq, actual, last_position) = match self.state(stream, &subject).await? {

@@ -1,6 +1,7 @@
 //! Integration tests of the NATS JetStream event store against a real server
 //! (`PROTEUS_TEST_NATS_URL`, default `nats://127.0.0.1:4222`): the whole `EventStore`
-//! conformance suite, two instances racing on one stream, and appends across a connection
+//! conformance suite (twice: as configured, and with an id cache so small that streams' id
+//! indexes are evicted all the time), two instances racing on one stream, and appends across a connection
 //! outage. Each harness uses its own stream and subject prefixes and deletes its streams when
 //! it is dropped, even when the test fails. The tests fail (never skip) when NATS is not
 //! running, saying how to start it.
@@ -63,6 +64,14 @@ impl Harness {
         }
     }
 
+    /// With room for 3 cached event ids: indexes are evicted all the time, so idempotency
+    /// and expected versions must hold when a stream's ids are read again from its history.
+    fn with_tiny_id_cache() -> Self {
+        let mut harness = Harness::new();
+        harness.config.id_cache_events_max = 3;
+        harness
+    }
+
     async fn store(&self) -> NatsEventStore {
         open(self.config.clone()).await
     }
@@ -84,6 +93,11 @@ impl EventStoreHarness for Harness {
 mod conformance {
     use super::Harness;
     proteus_eventstore::event_store_conformance_tests!(Harness::new());
+}
+
+mod conformance_with_a_tiny_id_cache {
+    use super::Harness;
+    proteus_eventstore::event_store_conformance_tests!(Harness::with_tiny_id_cache());
 }
 
 fn ids(events: &[proteus_eventstore::RecordedEvent]) -> Vec<String> {
