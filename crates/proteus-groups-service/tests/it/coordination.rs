@@ -16,8 +16,7 @@ use proteus_groups_service::proteus_groups::state::Position;
 use proteus_groups_service::proteus_groups::{GroupConfig, GroupName, GroupStore};
 use proteus_groups_service::{GroupService, PullRequest, ServiceConfig};
 use proteus_kv::{KvCommit, KvError, KvStore, MemoryKvStore, Namespace};
-use proteus_log::{Log, TopicConfig, TopicName};
-use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
+use proteus_log::Log;
 
 /// A lease store that can be cut off, as a network partition would.
 struct Flaky {
@@ -140,29 +139,10 @@ where
 
 #[tokio::test]
 async fn one_coordinator_per_group_and_a_takeover_after_a_lost_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let log: Arc<dyn Log> = Arc::new(
-        EmbeddedLog::open(EmbeddedConfig::new(dir.path()))
-            .await
-            .unwrap(),
-    );
-    let topic = TopicName::parse("orders").unwrap();
-    log.put_topic(&topic, TopicConfig::with_partitions(2))
-        .await
-        .unwrap();
-    let fixture = crate::Fixture {
-        log: log.clone(),
-        groups: GroupService::open(
-            log.clone(),
-            Arc::new(MemoryGroupStore::new()),
-            ServiceConfig::default(),
-        )
-        .await
-        .unwrap(),
-        topic: topic.clone(),
-        _dir: tempfile::tempdir().unwrap(),
-    };
+    // Ten events in a two-partition topic, read by the instances below through one log.
+    let fixture = crate::Fixture::new(2).await;
     fixture.publish(10, 4).await;
+    let (log, topic) = (fixture.log.clone(), fixture.topic.clone());
     let store: Arc<dyn GroupStore> = Arc::new(MemoryGroupStore::new());
     let kv = Arc::new(MemoryKvStore::new());
     let a = instance(log.clone(), store.clone(), kv.clone(), "a").await;
@@ -294,29 +274,10 @@ async fn one_coordinator_per_group_and_a_takeover_after_a_lost_lease() {
 /// so the store refuses the old coordinator's acks, and it drops the group.
 #[tokio::test]
 async fn a_coordinator_past_its_lease_cannot_overwrite_its_successor() {
-    let dir = tempfile::tempdir().unwrap();
-    let log: Arc<dyn Log> = Arc::new(
-        EmbeddedLog::open(EmbeddedConfig::new(dir.path()))
-            .await
-            .unwrap(),
-    );
-    let topic = TopicName::parse("orders").unwrap();
-    log.put_topic(&topic, TopicConfig::with_partitions(2))
-        .await
-        .unwrap();
-    let fixture = crate::Fixture {
-        log: log.clone(),
-        groups: GroupService::open(
-            log.clone(),
-            Arc::new(MemoryGroupStore::new()),
-            ServiceConfig::default(),
-        )
-        .await
-        .unwrap(),
-        topic: topic.clone(),
-        _dir: tempfile::tempdir().unwrap(),
-    };
+    // Ten events in a two-partition topic, read by the instances below through one log.
+    let fixture = crate::Fixture::new(2).await;
     fixture.publish(10, 4).await;
+    let (log, topic) = (fixture.log.clone(), fixture.topic.clone());
     let store: Arc<dyn GroupStore> = Arc::new(MemoryGroupStore::new());
     let kv = Arc::new(MemoryKvStore::new());
     let a = instance(log.clone(), store.clone(), kv.clone(), "a").await;
