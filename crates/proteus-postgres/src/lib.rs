@@ -339,6 +339,9 @@ impl Migrations {
     }
 }
 
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
 #[cfg(test)]
 mod tests {
     use super::*;

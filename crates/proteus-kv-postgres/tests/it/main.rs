@@ -5,7 +5,7 @@
 //! PostgreSQL must be running (the tests fail, saying how to start it, when it is not).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,46 +13,15 @@ use proteus_kv::conformance::KvHarness;
 use proteus_kv::{
     KvCheck, KvCommit, KvError, KvStore, KvWrite, MemoryKvStore, Namespace, display_key,
 };
-use proteus_kv_postgres::{KEY_LOCKS_MAX, PostgresKvStore, PostgresKvStoreConfig, START_HINT};
+use proteus_kv_postgres::{KEY_LOCKS_MAX, PostgresKvStore, PostgresKvStoreConfig};
+use proteus_postgres::test_support::{TestSchema, admin, unique_name as unique, unreachable, url};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_postgres::NoTls;
-
-fn url() -> String {
-    std::env::var("PROTEUS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A name no other test (or run) uses, for schemas and application names.
-fn unique(what: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{what}_{}_{}_{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// `url` with the sessions' `application_name` set, to find (and kill) a store's backends.
 fn with_application_name(url: &str, name: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}application_name={name}")
-}
-
-async fn admin() -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&url(), NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {} ({e}): {START_HINT}",
-                url()
-            )
-        });
-    tokio::spawn(connection);
-    client
 }
 
 async fn drop_schema(schema: &str) {
@@ -65,30 +34,27 @@ async fn drop_schema(schema: &str) {
 
 /// A schema of its own, dropped when the harness is.
 struct Harness {
-    schema: String,
+    schema: TestSchema,
 }
 
 impl Harness {
     fn new() -> Self {
         Harness {
-            schema: unique("proteus_kv"),
+            schema: TestSchema::new("proteus_kv"),
         }
     }
 
     fn config(&self, url: String) -> PostgresKvStoreConfig {
         PostgresKvStoreConfig {
             pool_size_max: 4,
-            ..PostgresKvStoreConfig::new(url, self.schema.clone())
+            ..PostgresKvStoreConfig::new(url, self.schema.name.clone())
         }
     }
 
     async fn open_with(&self, config: PostgresKvStoreConfig) -> PostgresKvStore {
-        PostgresKvStore::open(config).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {} ({e}). These tests need it: {START_HINT}, with trust authentication and a database named test, or set PROTEUS_TEST_POSTGRES_URL",
-                url()
-            )
-        })
+        PostgresKvStore::open(config)
+            .await
+            .unwrap_or_else(|e| panic!("{}", unreachable(e)))
     }
 
     async fn store(&self) -> PostgresKvStore {
@@ -108,28 +74,7 @@ impl KvHarness for Harness {
     }
 
     async fn clean_up(&self) {
-        drop_schema(&self.schema).await;
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let schema = self.schema.clone();
-        // Drop may run inside a runtime (or after a panic): use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&url(), NoTls).await?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                    .await
-            })
-        })
-        .join();
+        drop_schema(&self.schema.name).await;
     }
 }
 
@@ -612,7 +557,7 @@ async fn a_commit_killed_mid_transaction_is_run_again() {
         .query_one(
             &format!(
                 "SELECT value FROM \"{}\".kv WHERE namespace = 'mid' AND key = '\\x6b'::bytea FOR UPDATE",
-                harness.schema
+                harness.schema.name
             ),
             &[],
         )
@@ -660,7 +605,7 @@ async fn a_commit_killed_mid_transaction_is_run_again() {
         .query_one(
             &format!(
                 "SELECT count(*) FROM \"{}\".kv WHERE key = '\\x6f74686572'::bytea",
-                harness.schema
+                harness.schema.name
             ),
             &[],
         )
@@ -859,7 +804,7 @@ async fn a_schema_from_a_newer_build_is_refused() {
         .await
         .batch_execute(&format!(
             "INSERT INTO \"{}\".kv_migrations (version, name) VALUES (99, 'future')",
-            harness.schema
+            harness.schema.name
         ))
         .await
         .unwrap();

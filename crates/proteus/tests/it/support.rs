@@ -131,20 +131,5 @@ pub fn run_cli(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
 
 pub use proteus_nats::test_support::{delete_streams, nats_url};
 
-/// The PostgreSQL the shared-backend tests use: `PROTEUS_TEST_POSTGRES_URL`, or the local one.
-pub fn postgres_url() -> String {
-    std::env::var("PROTEUS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// Drops a test's PostgreSQL schema and everything in it (from `Drop`: errors are ignored).
-pub fn drop_schema(schema: &str) {
-    let _ = Command::new("psql")
-        .args([
-            &postgres_url(),
-            "-q",
-            "-c",
-            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-        ])
-        .output();
-}
+// The PostgreSQL the tests use, and dropping a test's schema: shared with the adapters' tests.
+pub use proteus_postgres::test_support::{drop_schema, url as postgres_url};
