@@ -26,6 +26,7 @@ pub mod usage;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
+use proteus_cache::TieredCache;
 use proteus_flags::{DefinitionErrors, FlagSet};
 use proteus_flagsets::audit::AuditRecord;
 use proteus_flagsets::schedule::{SCHEDULE_AHEAD_MS_MAX, SCHEDULES_MAX};
@@ -90,11 +91,32 @@ impl LiveSet {
     }
 }
 
-/// How the service records what evaluations do.
-#[derive(Clone, Debug, Default)]
+/// How the service records what evaluations do, and where it caches revisions.
+#[derive(Clone, Default)]
 pub struct FlagServiceConfig {
     pub exposures: exposures::ExposureConfig,
     pub usage: usage::UsageConfig,
+    /// Where revisions read back from the audit topic (history, versions, rollbacks) are
+    /// cached: an in-process L1, and Redis shared by the instances when it has an L2. A
+    /// revision never changes, so entries are never invalidated. `None`: every read goes to
+    /// the log.
+    pub revision_cache: Option<TieredCache>,
+}
+
+impl std::fmt::Debug for FlagServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlagServiceConfig")
+            .field("exposures", &self.exposures)
+            .field("usage", &self.usage)
+            .field(
+                "revision_cache",
+                &self
+                    .revision_cache
+                    .as_ref()
+                    .map(|c| c.config().name.clone()),
+            )
+            .finish()
+    }
 }
 
 /// The stale flags of a set (see [`proteus_flagsets::stale`]).
@@ -196,6 +218,7 @@ struct Inner {
     usage: usage::UsageTracker,
     /// Per set, since when each flag exists and serves one outcome to everyone.
     lifecycles: Mutex<HashMap<FlagSetName, SetLifecycle>>,
+    revision_cache: Option<TieredCache>,
 }
 
 #[derive(Clone)]
@@ -262,6 +285,7 @@ impl FlagService {
                 schedules: Mutex::default(),
                 usage,
                 lifecycles: Mutex::default(),
+                revision_cache: config.revision_cache,
             }),
         };
         {
@@ -577,10 +601,39 @@ impl FlagService {
                 }
             }
         };
-        self.read_revision(offset).await
+        self.read_revision(set, version, offset).await
     }
 
-    async fn read_revision(&self, offset: Offset) -> Result<Revision, FlagServiceError> {
+    /// Version `version` of `set`, at `offset` of the audit topic: from the revision cache
+    /// when it holds it (checked to be that version of that set), else from the log.
+    async fn read_revision(
+        &self,
+        set: &FlagSetName,
+        version: u64,
+        offset: Offset,
+    ) -> Result<Revision, FlagServiceError> {
+        let Some(cache) = &self.inner.revision_cache else {
+            return Ok(self.read_revision_event(offset).await?.0);
+        };
+        let key = format!("flagset:{set}@{version}");
+        if let Some(json) = cache.get(&key).await
+            && let Ok(Some(revision)) = audit::from_event_json(&json)
+            && revision.set == *set
+            && revision.version == version
+        {
+            return Ok(revision);
+        }
+        let token = cache.fill_token(&key);
+        let (revision, json) = self.read_revision_event(offset).await?;
+        cache.fill(&key, json, token).await;
+        Ok(revision)
+    }
+
+    /// The revision at `offset` of the audit topic, with its event's JSON.
+    async fn read_revision_event(
+        &self,
+        offset: Offset,
+    ) -> Result<(Revision, bytes::Bytes), FlagServiceError> {
         let limits = ReadLimits {
             events_max: 1,
             bytes_max: proteus_log::port::READ_BYTES_MAX,
@@ -596,9 +649,10 @@ impl FlagService {
             .into_iter()
             .find(|e| e.offset == offset)
             .ok_or_else(|| corrupt("it is missing from the topic".into()))?;
-        audit::from_event_json(&stored.json)
+        let revision = audit::from_event_json(&stored.json)
             .map_err(corrupt)?
-            .ok_or_else(|| corrupt("it is not a flag-set revision".into()))
+            .ok_or_else(|| corrupt("it is not a flag-set revision".into()))?;
+        Ok((revision, stored.json))
     }
 
     /// The newest revisions of `set` first, only those that changed `flag` when given, at most
@@ -622,8 +676,9 @@ impl FlagService {
         };
         let limit = limit.clamp(1, HISTORY_LIMIT_MAX);
         let mut revisions = Vec::new();
-        for offset in offsets.into_iter().rev() {
-            let revision = self.read_revision(offset).await?;
+        // `offsets[i]` holds version i + 1.
+        for (at, offset) in offsets.into_iter().enumerate().rev() {
+            let revision = self.read_revision(set, at as u64 + 1, offset).await?;
             if flag.is_none_or(|key| revision.touches(key)) {
                 revisions.push(revision);
                 if revisions.len() == limit {

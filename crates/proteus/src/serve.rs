@@ -123,6 +123,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot load the consumer groups: {e}"))?;
+    let remote_cache = open_remote_cache(&settings).await?;
     let flag_config = FlagServiceConfig {
         exposures: ExposureConfig {
             sample_rate: settings.flag_exposure_sample_rate,
@@ -131,6 +132,12 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         usage: UsageConfig {
             flush_ms: settings.flag_usage_flush_ms,
         },
+        // Revisions never change: no invalidation, so no log.
+        revision_cache: Some(
+            TieredCache::open(TieredConfig::new("flagsets"), remote_cache.clone(), None)
+                .await
+                .map_err(|e| format!("cannot open the flag-set revision cache: {e}"))?,
+        ),
     };
     let flags = FlagService::open_with(log.clone(), flag_config)
         .await
@@ -207,7 +214,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     // Projections read events upcast to their latest schema, as HTTP readers do.
     let upcasting: Arc<dyn EventStore> =
         Arc::new(UpcastingEventStore::new(events.clone(), schemas.clone()));
-    let cache = open_cache(&settings, log.clone()).await?;
+    let cache = open_cache(&settings, log.clone(), remote_cache).await?;
     let metadata: Arc<dyn KvStore> =
         match &settings.metadata {
             EventStoreBackend::Embedded => {
@@ -408,24 +415,33 @@ async fn wait_for_termination() {
     }
 }
 
-/// The cache of projections' document reads. Invalidations go through the log whenever other
-/// instances may hold entries: with a Redis L2, or with a log several instances share (NATS).
-/// Read models in PostgreSQL may be written by other instances, whose invalidations only reach
-/// this one through a shared log: without one there is no cache (`memory`) or a start-up error
-/// (Redis), never a stale read. The follower runs for the life of the process.
-async fn open_cache(settings: &Settings, log: Arc<dyn Log>) -> Result<Option<TieredCache>, String> {
+/// The shared L2 (`--cache redis://…`), if any: one connection for every tiered cache.
+async fn open_remote_cache(settings: &Settings) -> Result<Option<Arc<dyn RemoteCache>>, String> {
+    match &settings.cache {
+        CacheBackend::Memory => Ok(None),
+        CacheBackend::Redis { url, prefix } => Ok(Some(Arc::new(
+            RedisRemoteCache::connect(url, prefix)
+                .await
+                .map_err(|e| format!("cannot open the Redis cache (prefix {prefix}): {e}"))?,
+        ))),
+    }
+}
+
+/// The cache of projections' document reads, in front of `remote` (the L2, if any).
+/// Invalidations go through the log whenever other instances may hold entries: with a Redis
+/// L2, or with a log several instances share (NATS). Read models in PostgreSQL may be written
+/// by other instances, whose invalidations only reach this one through a shared log: without
+/// one there is no cache (`memory`) or a start-up error (Redis), never a stale read. The
+/// follower runs for the life of the process.
+async fn open_cache(
+    settings: &Settings,
+    log: Arc<dyn Log>,
+    remote: Option<Arc<dyn RemoteCache>>,
+) -> Result<Option<TieredCache>, String> {
     let shared_log = matches!(settings.log, LogBackend::Nats { .. });
     let shared_models = matches!(settings.read_models, EventStoreBackend::Postgres { .. });
-    let l2: Option<Arc<dyn RemoteCache>> = match &settings.cache {
-        CacheBackend::Memory if shared_models && !shared_log => {
-            tracing::info!(
-                "projection documents are not cached: PostgreSQL read models without a shared \
-                 log (--storage-log nats://…) could be changed by another instance unseen"
-            );
-            return Ok(None);
-        }
-        CacheBackend::Memory => None,
-        CacheBackend::Redis { .. } if shared_models && !shared_log => {
+    if shared_models && !shared_log {
+        if remote.is_some() {
             return Err(
                 "--cache redis://… with PostgreSQL read models needs a log every \
                  instance shares (--storage-log nats://…): cache invalidations travel through \
@@ -433,12 +449,13 @@ async fn open_cache(settings: &Settings, log: Arc<dyn Log>) -> Result<Option<Tie
                     .into(),
             );
         }
-        CacheBackend::Redis { url, prefix } => Some(Arc::new(
-            RedisRemoteCache::connect(url, prefix)
-                .await
-                .map_err(|e| format!("cannot open the Redis cache (prefix {prefix}): {e}"))?,
-        )),
-    };
+        tracing::info!(
+            "projection documents are not cached: PostgreSQL read models without a shared \
+             log (--storage-log nats://…) could be changed by another instance unseen"
+        );
+        return Ok(None);
+    }
+    let l2 = remote;
     let publish = l2.is_some() || shared_log;
     let cache = TieredCache::open(TieredConfig::new("projections"), l2, publish.then_some(log))
         .await

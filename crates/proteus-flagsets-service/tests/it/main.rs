@@ -350,3 +350,45 @@ async fn instances_sharing_the_log_follow_each_other_and_never_diverge() {
         history[0].comment
     );
 }
+
+/// Revisions read back once (history, versions) are served from the revision cache: once the
+/// audit topic is gone from the log, what was read is still readable, what was not is an
+/// error.
+#[tokio::test]
+async fn revisions_read_once_are_served_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let cache =
+        proteus_cache::TieredCache::open(proteus_cache::TieredConfig::new("flagsets"), None, None)
+            .await
+            .unwrap();
+    let service = FlagService::open_with(
+        log.clone(),
+        proteus_flagsets_service::FlagServiceConfig {
+            revision_cache: Some(cache),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for text in ["one", "two", "three"] {
+        put(&service, text, None).await.unwrap();
+    }
+    let history = service.history(&set(), None, Some(3), 10).await.unwrap();
+    assert_eq!(
+        history.iter().map(|r| r.version).collect::<Vec<_>>(),
+        [2, 1]
+    );
+
+    log.delete_topic(&proteus_flagsets::audit::topic())
+        .await
+        .unwrap();
+    let again = service.history(&set(), None, Some(3), 10).await.unwrap();
+    assert_eq!(again, history, "served from the cache");
+    assert_eq!(service.revision(&set(), 1).await.unwrap(), history[1]);
+    let never_read = service.revision(&set(), 3).await;
+    assert!(
+        matches!(never_read, Err(FlagServiceError::Log(_))),
+        "version 3 was never read: {never_read:?}"
+    );
+}
