@@ -1,7 +1,7 @@
 //! Two `proteus serve` processes sharing one NATS JetStream log: a topic created through one is
 //! used through the other, an event published through one is read (and waited for) through the
 //! other, a retried event is recognised as a duplicate whichever instance receives it, and a
-//! flag set changed through one is served by the other.
+//! flag set changed, or a schema registered, through one is served by the other.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -159,5 +159,44 @@ fn two_instances_share_one_nats_log() {
         .send()
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
+
+    // A schema registered through A is known to B, which registers the next version.
+    let schema = |fields: &[&str]| {
+        let properties: serde_json::Map<String, Value> = fields
+            .iter()
+            .map(|f| (f.to_string(), json!({"type": "string"})))
+            .collect();
+        json!({"schema": {"type": "object", "properties": properties,
+                          "additionalProperties": false}})
+    };
+    let response = http
+        .post(format!("{}/v1/schemas/OrderPlaced", a.url))
+        .json(&schema(&["id"]))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let started = std::time::Instant::now();
+    while http
+        .get(format!("{}/v1/schemas/OrderPlaced", b.url))
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+        != 200
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B never learnt A's schema"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let registered: Value = http
+        .post(format!("{}/v1/schemas/OrderPlaced", b.url))
+        .json(&schema(&["id", "total"]))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(registered["version"], 2, "{registered}");
     drop((a, b));
 }
