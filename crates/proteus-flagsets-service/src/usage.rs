@@ -7,6 +7,10 @@
 //! - **Durable, coarsely:** every `flush_ms` (and at shutdown) the slots that moved are written
 //!   as one snapshot of every set to the `proteus.flags.usage` topic. A kill -9 loses at most
 //!   the last interval of usage, which a report counted in days does not notice.
+//! - **Several instances** sharing the log write their own snapshots; each flush first merges
+//!   the snapshots others wrote since the last one (the later time of each flag wins), so every
+//!   instance's report, and its next snapshot, covers the evaluations made through all of them
+//!   (at most one `flush_ms` late).
 //! - **Start-up reads the tail:** the last complete snapshot is within the last few events, so
 //!   start-up time does not grow with the topic. The topic keeps [`RETENTION_MS`]; the first
 //!   retained event's time is when tracking started (a flag never evaluated since then counts
@@ -74,6 +78,10 @@ pub(crate) struct UsageTracker {
     flushed: Mutex<BTreeMap<String, BTreeMap<String, i64>>>,
     /// Serialises flushes (the ticker and shutdown).
     flushing: tokio::sync::Mutex<()>,
+    /// The next offset of the topic to merge (other instances' snapshots). Moved by flushes.
+    merged: Mutex<u64>,
+    /// Makes this instance's snapshot ids unique among the instances sharing the log.
+    instance: String,
     tracked_since_ms: i64,
 }
 
@@ -134,6 +142,8 @@ impl UsageTracker {
             slots: Mutex::new(slots),
             flushed: Mutex::new(last),
             flushing: tokio::sync::Mutex::new(()),
+            merged: Mutex::new(end),
+            instance: uuid::Uuid::now_v7().simple().to_string(),
             tracked_since_ms,
         })
     }
@@ -175,9 +185,49 @@ impl UsageTracker {
         });
     }
 
-    /// Writes a snapshot if any slot moved since the last one.
+    /// Merges the snapshots written since the last merge (other instances', and this one's,
+    /// which changes nothing): each flag keeps the later of its two times.
+    async fn merge_new_snapshots(&self) -> Result<(), LogError> {
+        loop {
+            let from = *self.merged.lock().unwrap_or_else(|p| p.into_inner());
+            let batch = self
+                .log
+                .read(
+                    &self.topic,
+                    0,
+                    ReadFrom::Offset(from),
+                    ReadLimits::default(),
+                )
+                .await?;
+            if batch.events.is_empty() {
+                return Ok(());
+            }
+            {
+                let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                for part in batch.events.iter().filter_map(decode_part) {
+                    for (set, flags) in part.sets {
+                        let Ok(set) = FlagSetName::parse(&set) else {
+                            continue;
+                        };
+                        let slots = slots.entry(set).or_default();
+                        for (key, ms) in flags {
+                            slots
+                                .entry(key)
+                                .or_default()
+                                .fetch_max(ms / 1_000, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            *self.merged.lock().unwrap_or_else(|p| p.into_inner()) = batch.next_offset;
+        }
+    }
+
+    /// Merges what other instances wrote, then writes a snapshot if any slot moved since the
+    /// last one.
     pub(crate) async fn flush(&self, now_ms: i64) -> Result<(), LogError> {
         let _flushing = self.flushing.lock().await;
+        self.merge_new_snapshots().await?;
         let current: BTreeMap<String, BTreeMap<String, i64>> = {
             let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots
@@ -196,7 +246,7 @@ impl UsageTracker {
         if *self.flushed.lock().unwrap_or_else(|p| p.into_inner()) == current {
             return Ok(());
         }
-        let events = snapshot_events(&current, now_ms);
+        let events = snapshot_events(&current, now_ms, &self.instance);
         self.log.append(&self.topic, events).await?;
         *self.flushed.lock().unwrap_or_else(|p| p.into_inner()) = current;
         Ok(())
@@ -205,7 +255,11 @@ impl UsageTracker {
 
 /// The snapshot as events of at most [`SNAPSHOT_PART_BYTES_MAX`] each (one set per part at
 /// least; a set document is bounded, so is its usage).
-fn snapshot_events(sets: &BTreeMap<String, BTreeMap<String, i64>>, now_ms: i64) -> Vec<Event> {
+fn snapshot_events(
+    sets: &BTreeMap<String, BTreeMap<String, i64>>,
+    now_ms: i64,
+    instance: &str,
+) -> Vec<Event> {
     let mut parts: Vec<BTreeMap<String, BTreeMap<String, i64>>> = vec![BTreeMap::new()];
     let mut part_bytes = 0;
     for (set, flags) in sets {
@@ -234,7 +288,7 @@ fn snapshot_events(sets: &BTreeMap<String, BTreeMap<String, i64>>, now_ms: i64) 
             };
             let event = serde_json::json!({
                 "specversion": "1.0",
-                "id": format!("usage-{now_ms}-{index}"),
+                "id": format!("usage-{instance}-{now_ms}-{index}"),
                 "source": "/proteus/flags/usage",
                 "type": EVENT_TYPE,
                 "datacontenttype": "application/json",
@@ -243,6 +297,22 @@ fn snapshot_events(sets: &BTreeMap<String, BTreeMap<String, i64>>, now_ms: i64) 
             Event::from_json(&serde_json::to_vec(&event).ok()?).ok()
         })
         .collect()
+}
+
+/// The snapshot part an event of the topic holds; `None` (logged) for one that cannot be read.
+fn decode_part(stored: &proteus_log::port::StoredEvent) -> Option<SnapshotPart> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        data: SnapshotPart,
+    }
+    match serde_json::from_slice::<Envelope>(&stored.json) {
+        Ok(envelope) => Some(envelope.data),
+        Err(error) => {
+            tracing::warn!(offset = stored.offset, %error,
+                "a flag usage event cannot be read; it is ignored (usage is advisory)");
+            None
+        }
+    }
 }
 
 /// The sets of the last snapshot whose parts are all in `[from, end)`; an incomplete last
@@ -262,19 +332,7 @@ async fn read_last_snapshot(
         if batch.events.is_empty() {
             break;
         }
-        for stored in &batch.events {
-            #[derive(Deserialize)]
-            struct Envelope {
-                data: SnapshotPart,
-            }
-            match serde_json::from_slice::<Envelope>(&stored.json) {
-                Ok(envelope) => parts.push(envelope.data),
-                Err(error) => tracing::warn!(
-                    offset = stored.offset, %error,
-                    "a flag usage event cannot be read; it is ignored (usage is advisory)"
-                ),
-            }
-        }
+        parts.extend(batch.events.iter().filter_map(decode_part));
         offset = batch.next_offset;
     }
     let mut snapshots: BTreeMap<i64, Vec<SnapshotPart>> = BTreeMap::new();

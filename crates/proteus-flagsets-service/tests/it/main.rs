@@ -392,3 +392,33 @@ async fn revisions_read_once_are_served_from_the_cache() {
         "version 3 was never read: {never_read:?}"
     );
 }
+
+/// Usage recorded through one instance reaches the others' stale-flag reports at their next
+/// flush: each merges the snapshots the others wrote.
+#[tokio::test]
+async fn usage_recorded_through_one_instance_reaches_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let a = FlagService::open(log.clone()).await.unwrap();
+    let b = FlagService::open(log.clone()).await.unwrap();
+    put(&a, "one", None).await.unwrap();
+    eventually("b sees the set", || b.get(&set()).is_some()).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let live = a.get(&set()).unwrap();
+    live.record_evaluation(live.flags.flag("banner").unwrap(), now_ms);
+
+    a.flush_usage().await;
+    b.flush_usage().await;
+    let criteria = proteus_flagsets::stale::StaleCriteria {
+        unused_for_ms: Some(1_000),
+        uniform_for_ms: None,
+    };
+    // An hour later, every flag is unused for more than a second: the report lists them all
+    // with when each was last evaluated.
+    let report = b.stale_flags(&set(), criteria, now_ms + 3_600_000).unwrap();
+    let banner = report.flags.iter().find(|f| f.key == "banner").unwrap();
+    assert_eq!(banner.last_evaluated_ms, Some(now_ms / 1_000 * 1_000));
+}
