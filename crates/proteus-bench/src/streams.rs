@@ -223,6 +223,64 @@ fn ms(histogram: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
     histogram.value_at_quantile(q) as f64 / 1_000.0
 }
 
+/// One writer of the append phase, on one connection to the system measured.
+trait Writer: Send + 'static {
+    /// Appends `--events-per-append` events to stream number `stream`, the `slot`-th of the
+    /// streams this writer owns (what it keeps per stream is indexed by slot), at the version
+    /// it last saw; any refusal is an error that stops the run.
+    fn append(
+        &mut self,
+        stream: usize,
+        slot: usize,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// What the append phase did, over every writer.
+struct Appended {
+    appends: u64,
+    latencies: hdrhistogram::Histogram<u64>,
+    seconds: f64,
+}
+
+/// The append phase, the same for every system: `--connections` writers, each opened by
+/// `open(how many streams it owns)`, own every `--connections`-th of the `--streams` streams
+/// and append to them in turn until `--seconds` have passed.
+async fn append_phase<W, F, Fut>(args: &StreamsArgs, open: F) -> Result<Appended, String>
+where
+    W: Writer,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<W, String>> + Send + 'static,
+{
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for writer in 0..args.connections {
+        let owned: Vec<usize> = (writer..args.streams).step_by(args.connections).collect();
+        let opening = open(owned.len());
+        tasks.push(tokio::spawn(async move {
+            let mut writer = opening.await?;
+            let mut latencies = latency_histogram();
+            let mut appends = 0u64;
+            let mut turn = 0usize;
+            while Instant::now() < deadline {
+                let slot = turn % owned.len();
+                turn += 1;
+                let sent = Instant::now();
+                writer.append(owned[slot], slot).await?;
+                latencies.saturating_record((sent.elapsed().as_micros() as u64).max(1));
+                appends += 1;
+            }
+            Ok::<_, String>((appends, latencies))
+        }));
+    }
+    let (appends, latencies) = crate::report::join_counted(tasks, "writer").await?;
+    Ok(Appended {
+        appends,
+        latencies,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 mod proteus {
     use super::*;
 
@@ -295,6 +353,40 @@ mod proteus {
         Bytes::from(format!("[{}]", events.join(",")))
     }
 
+    /// A writer over one HTTP/1.1 keep-alive connection to Proteus.
+    struct HttpWriter {
+        sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        authority: String,
+        data: String,
+        run: String,
+        per_append: usize,
+        /// Each owned stream's last version, as the writer's appends left it.
+        versions: Vec<Option<u64>>,
+    }
+
+    impl Writer for HttpWriter {
+        async fn append(&mut self, stream: usize, slot: usize) -> Result<(), String> {
+            let stream = format!("bench{}-{stream}", self.run);
+            let request = append_request(
+                &self.authority,
+                &stream,
+                self.versions[slot],
+                events_body(self.per_append, &self.data),
+            )?;
+            let (status, body) = send(&mut self.sender, request).await?;
+            if status != hyper::StatusCode::CREATED {
+                return Err(format!(
+                    "an append to {stream} was answered {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                ));
+            }
+            let per_append = self.per_append as u64;
+            self.versions[slot] =
+                Some(self.versions[slot].map_or(per_append - 1, |v| v + per_append));
+            Ok(())
+        }
+    }
+
     pub async fn measure(url: &str, run: &str, args: &StreamsArgs) -> Result<SystemReport, String> {
         let authority = url
             .strip_prefix("http://")
@@ -302,50 +394,22 @@ mod proteus {
             .trim_end_matches('/')
             .to_owned();
         let data = event_data(args.event_bytes);
-        let deadline = Instant::now() + Duration::from_secs(args.seconds);
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for writer in 0..args.connections {
+        let per_append = args.events_per_append;
+        let appended = append_phase(args, |owned| {
             let (authority, data, run) = (authority.clone(), data.clone(), run.to_owned());
-            let (streams, per_append, connections) =
-                (args.streams, args.events_per_append, args.connections);
-            tasks.push(tokio::spawn(async move {
-                let mut sender = connect(&authority).await?;
-                let owned: Vec<usize> = (writer..streams).step_by(connections).collect();
-                let mut versions: Vec<Option<u64>> = vec![None; owned.len()];
-                let mut histogram = latency_histogram();
-                let mut appends = 0u64;
-                let mut turn = 0usize;
-                while Instant::now() < deadline {
-                    let slot = turn % owned.len();
-                    turn += 1;
-                    let stream = format!("bench{run}-{}", owned[slot]);
-                    let request = append_request(
-                        &authority,
-                        &stream,
-                        versions[slot],
-                        events_body(per_append, &data),
-                    )?;
-                    let sent = Instant::now();
-                    let (status, body) = send(&mut sender, request).await?;
-                    histogram.saturating_record((sent.elapsed().as_micros() as u64).max(1));
-                    if status != hyper::StatusCode::CREATED {
-                        return Err(format!(
-                            "an append to {stream} was answered {status}: {}",
-                            String::from_utf8_lossy(&body[..body.len().min(300)])
-                        ));
-                    }
-                    versions[slot] = Some(
-                        versions[slot].map_or(per_append as u64 - 1, |v| v + per_append as u64),
-                    );
-                    appends += 1;
-                }
-                Ok::<_, String>((appends, histogram))
-            }));
-        }
-        let (appends, histogram) = crate::report::join_counted(tasks, "writer").await?;
-        let seconds = started.elapsed().as_secs_f64();
-        let events = appends * args.events_per_append as u64;
+            async move {
+                Ok(HttpWriter {
+                    sender: connect(&authority).await?,
+                    authority,
+                    data,
+                    run,
+                    per_append,
+                    versions: vec![None; owned],
+                })
+            }
+        })
+        .await?;
+        let events = appended.appends * args.events_per_append as u64;
 
         // The aggregate: written in appends of at most 1,000, then loaded whole repeatedly.
         let mut sender = connect(&authority).await?;
@@ -390,7 +454,12 @@ mod proteus {
             }
         }
         Ok(SystemReport::new(
-            "proteus", appends, events, seconds, &histogram, &reads,
+            "proteus",
+            appended.appends,
+            events,
+            appended.seconds,
+            &appended.latencies,
+            &reads,
         ))
     }
 }
@@ -407,6 +476,46 @@ mod postgres {
         /// Also the indexes behind what Proteus's PostgreSQL event store promises: the `$all`
         /// feed by position, idempotent retries by event id, category reads.
         SameIndexes,
+    }
+
+    /// A writer over one PostgreSQL connection: one transaction per append, the unique
+    /// (stream, version) being the expected-version check.
+    struct SqlWriter {
+        client: tokio_postgres::Client,
+        insert: tokio_postgres::Statement,
+        data: serde_json::Value,
+        per_append: i64,
+        /// Each owned stream's next version.
+        next_versions: Vec<i64>,
+    }
+
+    impl Writer for SqlWriter {
+        async fn append(&mut self, stream: usize, slot: usize) -> Result<(), String> {
+            let stream = format!("bench-{stream}");
+            let transaction = self
+                .client
+                .transaction()
+                .await
+                .map_err(|e| format!("BEGIN failed: {e}"))?;
+            transaction
+                .execute(
+                    &self.insert,
+                    &[
+                        &stream,
+                        &self.next_versions[slot],
+                        &self.data,
+                        &self.per_append,
+                    ],
+                )
+                .await
+                .map_err(|e| format!("an append to {stream} failed: {e}"))?;
+            transaction
+                .commit()
+                .await
+                .map_err(|e| format!("COMMIT failed: {e}"))?;
+            self.next_versions[slot] += self.per_append;
+            Ok(())
+        }
     }
 
     pub async fn measure(
@@ -444,15 +553,11 @@ mod postgres {
             .map_err(|e| format!("creating {table} failed: {e}"))?;
         let data: serde_json::Value =
             serde_json::from_str(&event_data(args.event_bytes)).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(args.seconds);
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for writer in 0..args.connections {
+        let per_append = args.events_per_append as i64;
+        let appended = append_phase(args, |owned| {
             let (url, data, table) = (url.to_owned(), data.clone(), table.clone());
-            let (streams, per_append, connections) =
-                (args.streams, args.events_per_append, args.connections);
-            tasks.push(tokio::spawn(async move {
-                let mut client = connect_for(&url, "--postgres").await?;
+            async move {
+                let client = connect_for(&url, "--postgres").await?;
                 let insert = client
                     .prepare(&format!(
                         "INSERT INTO {table} (stream, version, category, id, type, data) \
@@ -461,43 +566,17 @@ mod postgres {
                     ))
                     .await
                     .map_err(|e| format!("preparing the insert failed: {e}"))?;
-                let owned: Vec<usize> = (writer..streams).step_by(connections).collect();
-                let mut next_versions = vec![0i64; owned.len()];
-                let mut histogram = latency_histogram();
-                let mut appends = 0u64;
-                let mut turn = 0usize;
-                while Instant::now() < deadline {
-                    let slot = turn % owned.len();
-                    turn += 1;
-                    let stream = format!("bench-{}", owned[slot]);
-                    let sent = Instant::now();
-                    // One transaction per append: the unique (stream, version) is the
-                    // expected-version check.
-                    let transaction = client
-                        .transaction()
-                        .await
-                        .map_err(|e| format!("BEGIN failed: {e}"))?;
-                    transaction
-                        .execute(
-                            &insert,
-                            &[&stream, &next_versions[slot], &data, &(per_append as i64)],
-                        )
-                        .await
-                        .map_err(|e| format!("an append to {stream} failed: {e}"))?;
-                    transaction
-                        .commit()
-                        .await
-                        .map_err(|e| format!("COMMIT failed: {e}"))?;
-                    histogram.saturating_record((sent.elapsed().as_micros() as u64).max(1));
-                    next_versions[slot] += per_append as i64;
-                    appends += 1;
-                }
-                Ok::<_, String>((appends, histogram))
-            }));
-        }
-        let (appends, histogram) = crate::report::join_counted(tasks, "writer").await?;
-        let seconds = started.elapsed().as_secs_f64();
-        let events = appends * args.events_per_append as u64;
+                Ok(SqlWriter {
+                    client,
+                    insert,
+                    data,
+                    per_append,
+                    next_versions: vec![0; owned],
+                })
+            }
+        })
+        .await?;
+        let events = appended.appends * args.events_per_append as u64;
 
         setup
             .execute(
@@ -534,7 +613,12 @@ mod postgres {
             .await
             .map_err(|e| format!("dropping {table} failed: {e}"))?;
         Ok(SystemReport::new(
-            system, appends, events, seconds, &histogram, &reads,
+            system,
+            appended.appends,
+            events,
+            appended.seconds,
+            &appended.latencies,
+            &reads,
         ))
     }
 }
@@ -625,6 +709,32 @@ mod nats {
         Ok(ack.sequence)
     }
 
+    /// A writer over one NATS connection: a subject per event stream, one message per append,
+    /// published against the subject's last sequence from the writer's own acknowledgements.
+    struct JetStreamWriter {
+        jetstream: jetstream::Context,
+        prefix: String,
+        data: String,
+        per_append: usize,
+        /// The sequence of each owned subject's last message (0: none yet).
+        last_sequences: Vec<u64>,
+    }
+
+    impl Writer for JetStreamWriter {
+        async fn append(&mut self, stream: usize, slot: usize) -> Result<(), String> {
+            let subject = format!("{}.s.{stream}", self.prefix);
+            let payload = events_payload(self.per_append, &self.data);
+            self.last_sequences[slot] = append(
+                &self.jetstream,
+                &subject,
+                self.last_sequences[slot],
+                payload,
+            )
+            .await?;
+            Ok(())
+        }
+    }
+
     pub async fn measure(url: &str, run: &str, args: &StreamsArgs) -> Result<SystemReport, String> {
         // A stream of this run's own (the run id is lower-case hex), deleted at the end.
         let name = format!("PROTEUS_BENCH_STREAMS_{run}");
@@ -667,38 +777,21 @@ mod nats {
                 args.events_per_append, args.event_bytes
             ));
         }
-        let deadline = Instant::now() + Duration::from_secs(args.seconds);
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for writer in 0..args.connections {
+        let per_append = args.events_per_append;
+        let appended = append_phase(args, |owned| {
             let (url, data, prefix) = (url.to_owned(), data.clone(), prefix.to_owned());
-            let (streams, per_append, connections) =
-                (args.streams, args.events_per_append, args.connections);
-            tasks.push(tokio::spawn(async move {
-                let jetstream = jetstream::new(connect_for(&url, "--nats").await?);
-                let owned: Vec<usize> = (writer..streams).step_by(connections).collect();
-                // The sequence of each subject's last message, from the last acknowledgement.
-                let mut last_sequences = vec![0u64; owned.len()];
-                let mut histogram = latency_histogram();
-                let mut appends = 0u64;
-                let mut turn = 0usize;
-                while Instant::now() < deadline {
-                    let slot = turn % owned.len();
-                    turn += 1;
-                    let subject = format!("{prefix}.s.{}", owned[slot]);
-                    let payload = events_payload(per_append, &data);
-                    let sent = Instant::now();
-                    last_sequences[slot] =
-                        append(&jetstream, &subject, last_sequences[slot], payload).await?;
-                    histogram.saturating_record((sent.elapsed().as_micros() as u64).max(1));
-                    appends += 1;
-                }
-                Ok::<_, String>((appends, histogram))
-            }));
-        }
-        let (appends, histogram) = crate::report::join_counted(tasks, "writer").await?;
-        let seconds = started.elapsed().as_secs_f64();
-        let events = appends * args.events_per_append as u64;
+            async move {
+                Ok(JetStreamWriter {
+                    jetstream: jetstream::new(connect_for(&url, "--nats").await?),
+                    prefix,
+                    data,
+                    per_append,
+                    last_sequences: vec![0; owned],
+                })
+            }
+        })
+        .await?;
+        let events = appended.appends * args.events_per_append as u64;
 
         // The aggregate: written in messages of at most 1,000 events (and `max_payload`), then
         // loaded whole repeatedly.
@@ -738,10 +831,10 @@ mod nats {
         }
         Ok(SystemReport::new(
             "nats-jetstream",
-            appends,
+            appended.appends,
             events,
-            seconds,
-            &histogram,
+            appended.seconds,
+            &appended.latencies,
             &reads,
         ))
     }
