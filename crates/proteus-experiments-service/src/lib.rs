@@ -732,16 +732,18 @@ impl ExperimentService {
         Ok(())
     }
 
-    /// Applies (or refuses) every record of `proteus.experiments` before `end` not processed
-    /// here yet, in order. Called with the writer lock.
-    async fn follow_until(&self, end: Offset) -> Result<(), ExperimentServiceError> {
+    /// Applies (or refuses) every record of `proteus.experiments` not processed here yet, in
+    /// order: those before `end`, or to the topic's end when `None`. Called with the writer
+    /// lock.
+    async fn follow_until(&self, end: Option<Offset>) -> Result<(), ExperimentServiceError> {
         let limits = ReadLimits {
             events_max: REPLAY_EVENTS_PER_READ,
             bytes_max: proteus_log::port::READ_BYTES_MAX,
         };
+        let end_offset = end.unwrap_or(Offset::MAX);
         loop {
             let from = *self.followed();
-            if from >= end {
+            if from >= end_offset {
                 return Ok(());
             }
             let batch = self
@@ -750,15 +752,18 @@ impl ExperimentService {
                 .read(&self.inner.topic, 0, ReadFrom::Offset(from), limits)
                 .await?;
             if batch.events.is_empty() {
-                return Err(ExperimentServiceError::Corrupt {
-                    topic: TOPIC,
-                    offset: from,
-                    reason: format!("records up to offset {end} were expected, none was read"),
-                });
+                return match end {
+                    Some(end) => Err(ExperimentServiceError::Corrupt {
+                        topic: TOPIC,
+                        offset: from,
+                        reason: format!("records up to offset {end} were expected, none was read"),
+                    }),
+                    None => Ok(()),
+                };
             }
-            self.apply_batch(&batch.events, end).await;
+            self.apply_batch(&batch.events, end_offset).await;
             let mut followed = self.followed();
-            *followed = (*followed).max(batch.next_offset.min(end));
+            *followed = (*followed).max(batch.next_offset.min(end_offset));
         }
     }
 
@@ -907,7 +912,7 @@ impl ExperimentService {
                 "the log acknowledged no record".into(),
             ));
         };
-        self.follow_until(offset).await?;
+        self.follow_until(Some(offset)).await?;
         let accepted = {
             let mut applied = lock(&self.inner.applied);
             let accepted = record.applies_after(&applied);
@@ -937,6 +942,8 @@ impl ExperimentService {
         self.check_flag(&definition)?;
         let experiment = Experiment::draft(definition).map_err(lifecycle(&Status::Draft))?;
         let _writer = self.inner.writer.lock().await;
+        // Changes other instances made are applied first, so this one starts from them.
+        self.follow_until(None).await?;
         {
             let experiments = self.read();
             if let Some(existing) = experiments.get(&experiment.definition.id) {
@@ -1002,6 +1009,8 @@ impl ExperimentService {
         actor: &str,
     ) -> Result<ExperimentInfo, ExperimentServiceError> {
         let _writer = self.inner.writer.lock().await;
+        // Changes other instances made are applied first, so this one starts from them.
+        self.follow_until(None).await?;
         let mut next = self.current(id)?;
         let status = next.status.clone();
         next.redefine(definition).map_err(lifecycle(&status))?;
@@ -1018,6 +1027,8 @@ impl ExperimentService {
         actor: &str,
     ) -> Result<ExperimentInfo, ExperimentServiceError> {
         let _writer = self.inner.writer.lock().await;
+        // Changes other instances made are applied first, so this one starts from them.
+        self.follow_until(None).await?;
         let mut next = self.current(id)?;
         let status = next.status.clone();
         let now = now_ms();
@@ -1058,6 +1069,8 @@ impl ExperimentService {
     /// key-value store. Its id can be used again afterwards.
     pub async fn delete(&self, id: &str, actor: &str) -> Result<(), ExperimentServiceError> {
         let _writer = self.inner.writer.lock().await;
+        // Changes other instances made are applied first, so this one starts from them.
+        self.follow_until(None).await?;
         let current = self.current(id)?;
         let status = current.status.clone();
         current.check_delete().map_err(lifecycle(&status))?;
@@ -1077,6 +1090,8 @@ impl ExperimentService {
         actor: &str,
     ) -> Result<ExperimentInfo, ExperimentServiceError> {
         let _writer = self.inner.writer.lock().await;
+        // Changes other instances made are applied first, so this one starts from them.
+        self.follow_until(None).await?;
         let mut next = self.current(id)?;
         let status = next.status.clone();
         let now = now_ms();
@@ -1096,6 +1111,8 @@ impl ExperimentService {
         actor: &str,
     ) -> Result<Decided, ExperimentServiceError> {
         let _writer = self.inner.writer.lock().await;
+        // Changes other instances made are applied first, so this one starts from them.
+        self.follow_until(None).await?;
         let mut next = self.current(id)?;
         let status = next.status.clone();
         let now = now_ms();
@@ -1173,6 +1190,8 @@ impl ExperimentService {
         breaches: &[GuardrailBreach],
     ) -> Result<(), ExperimentServiceError> {
         let _writer = self.inner.writer.lock().await;
+        // Changes other instances made are applied first, so this one starts from them.
+        self.follow_until(None).await?;
         let mut next = self.current(id)?;
         if !matches!(next.status, Status::Running { .. }) {
             return Ok(());
@@ -1324,10 +1343,6 @@ const FOLLOW_CHANGES_WAIT_MS: u64 = 1_000;
 /// Reads `proteus.experiments` from the followed offset on and applies what other instances
 /// sharing the log change (this instance's own records are processed when appended).
 async fn follow_changes(inner: Weak<Inner>, mut closing: watch::Receiver<bool>) {
-    let limits = ReadLimits {
-        events_max: REPLAY_EVENTS_PER_READ,
-        bytes_max: proteus_log::port::READ_BYTES_MAX,
-    };
     loop {
         if *closing.borrow() {
             return;
@@ -1335,36 +1350,34 @@ async fn follow_changes(inner: Weak<Inner>, mut closing: watch::Receiver<bool>) 
         let Some(service) = inner.upgrade().map(|inner| ExperimentService { inner }) else {
             return;
         };
-        let topic = service.inner.topic.clone();
-        let log = service.inner.log.clone();
-        let from = *service.followed();
-        let batch = match log.read(&topic, 0, ReadFrom::Offset(from), limits).await {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::warn!(%error, "experiment changes cannot be read; retrying");
+        let followed = {
+            let _writer = service.inner.writer.lock().await;
+            service.follow_until(None).await
+        };
+        let pause = match followed {
+            Ok(()) => {
+                // Wait for the next record (returns at once if one came meanwhile).
+                let log = service.inner.log.clone();
+                let topic = service.inner.topic.clone();
+                let mut cursor = Cursor::new();
+                cursor.set(0, *service.followed());
                 drop(service);
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(FOLLOW_CHANGES_WAIT_MS)) => {}
+                    _ = log.wait_for_events(&topic, &cursor, Duration::from_millis(FOLLOW_CHANGES_WAIT_MS)) => {}
                     _ = closing.changed() => {}
                 }
                 continue;
             }
-        };
-        if batch.events.is_empty() {
-            drop(service);
-            let mut cursor = Cursor::new();
-            cursor.set(0, from);
-            tokio::select! {
-                _ = log.wait_for_events(&topic, &cursor, Duration::from_millis(FOLLOW_CHANGES_WAIT_MS)) => {}
-                _ = closing.changed() => {}
+            Err(error) => {
+                tracing::warn!(%error, "experiment changes cannot be read; retrying");
+                Duration::from_millis(FOLLOW_CHANGES_WAIT_MS)
             }
-            continue;
+        };
+        drop(service);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = closing.changed() => {}
         }
-        let _writer = service.inner.writer.lock().await;
-        // A writer may have processed some of the batch while this task waited for the lock.
-        service.apply_batch(&batch.events, Offset::MAX).await;
-        let mut followed = service.followed();
-        *followed = (*followed).max(batch.next_offset);
     }
 }
 
