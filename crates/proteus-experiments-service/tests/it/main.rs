@@ -546,26 +546,58 @@ async fn deleting_an_experiment_forgets_it_and_its_state() {
     service.close().await;
 }
 
+/// A log (with the flag set `prod`) and a key-value store, shared by the instances a test opens
+/// on them, as `proteus serve` processes share NATS and PostgreSQL.
+struct SharedBackends {
+    _dir: tempfile::TempDir,
+    log: Arc<dyn Log>,
+    flags: FlagService,
+    kv: Arc<dyn KvStore>,
+}
+
+impl SharedBackends {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path()).await;
+        let flags = flags(&log).await;
+        SharedBackends {
+            _dir: dir,
+            log,
+            flags,
+            kv: Arc::new(proteus_kv::MemoryKvStore::new()),
+        }
+    }
+
+    /// An instance's settings: its id, and runner leases of a second.
+    fn config(&self, name: &str) -> ExperimentServiceConfig {
+        ExperimentServiceConfig {
+            instance_id: name.into(),
+            lease_ttl_ms: 1_000,
+            ..config()
+        }
+    }
+
+    async fn instance(&self, name: &str) -> ExperimentService {
+        ExperimentService::open(
+            self.log.clone(),
+            self.kv.clone(),
+            self.flags.clone(),
+            self.config(name),
+        )
+        .await
+        .unwrap()
+    }
+}
+
 /// Two instances sharing the log and the key-value store: changes made through one reach the
 /// other through the log; one aggregates the experiment (it holds the runner lease), the other
 /// serves the same results from the committed checkpoint, and takes over when the first closes.
 #[tokio::test]
 async fn one_instance_aggregates_and_the_other_follows_then_takes_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(dir.path()).await;
-    let flags = flags(&log).await;
-    let kv: Arc<dyn KvStore> = Arc::new(proteus_kv::MemoryKvStore::new());
-    let instance = |name: &str| ExperimentServiceConfig {
-        instance_id: name.into(),
-        lease_ttl_ms: 1_000,
-        ..config()
-    };
-    let a = ExperimentService::open(log.clone(), kv.clone(), flags.clone(), instance("a"))
-        .await
-        .unwrap();
-    let b = ExperimentService::open(log.clone(), kv.clone(), flags.clone(), instance("b"))
-        .await
-        .unwrap();
+    let shared = SharedBackends::new().await;
+    let (log, kv) = (shared.log.clone(), shared.kv.clone());
+    let a = shared.instance("a").await;
+    let b = shared.instance("b").await;
     // Created and started through A, the experiment reaches B through the log.
     a.create(definition("green", "checkout", "green"), "me")
         .await
@@ -625,20 +657,9 @@ async fn one_instance_aggregates_and_the_other_follows_then_takes_over() {
 /// change won instead of each keeping its own.
 #[tokio::test]
 async fn changes_made_at_once_through_two_instances_never_diverge() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(dir.path()).await;
-    let flags = flags(&log).await;
-    let kv: Arc<dyn KvStore> = Arc::new(proteus_kv::MemoryKvStore::new());
-    let instance = |name: &str| ExperimentServiceConfig {
-        instance_id: name.into(),
-        ..config()
-    };
-    let a = ExperimentService::open(log.clone(), kv.clone(), flags.clone(), instance("a"))
-        .await
-        .unwrap();
-    let b = ExperimentService::open(log.clone(), kv.clone(), flags.clone(), instance("b"))
-        .await
-        .unwrap();
+    let shared = SharedBackends::new().await;
+    let a = shared.instance("a").await;
+    let b = shared.instance("b").await;
     let named = |id: &str, name: &str| {
         let mut definition = definition(id, "checkout", "green");
         definition.name = name.to_owned();
@@ -698,9 +719,7 @@ async fn changes_made_at_once_through_two_instances_never_diverge() {
         assert!(Instant::now() < deadline, "A never saw B's later change");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let c = ExperimentService::open(log.clone(), kv.clone(), flags.clone(), instance("c"))
-        .await
-        .unwrap();
+    let c = shared.instance("c").await;
     for (id, winner) in &winners {
         assert_eq!(name_on(&c, id), *winner, "{id} replayed");
         assert_eq!(name_on(&a, id), *winner, "{id} on a");
