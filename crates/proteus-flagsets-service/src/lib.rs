@@ -10,8 +10,8 @@
 //! - **Changes are serialised** by one writer lock and may carry the version they expect
 //!   (optimistic concurrency: a stale `expected_version` is [`FlagServiceError::Conflict`]).
 //! - **Several instances sharing the log** behave as one: each follows the audit topic and
-//!   applies what the others append (a follower task, and every writer before and after its
-//!   own append). A revision applies only as the next version of its set, on every instance
+//!   applies what the others append (a ticker every 250 ms, and every writer before and after
+//!   its own append). A revision applies only as the next version of its set, on every instance
 //!   alike, so of two changes made at once from the same version the first in the log wins
 //!   and the other is refused everywhere (its writer answers [`FlagServiceError::Conflict`]).
 //! - **Notifications**: every new version is broadcast as a [`SetChanged`] (SSE streams, local
