@@ -42,7 +42,7 @@ use proteus_kv::lease::LeaseState;
 use proteus_kv::{
     GET_KEYS_MAX, KvCheck, KvCommit, KvError, KvStore, KvWrite, Namespace, SCAN_ENTRIES_MAX,
 };
-use proteus_log::port::{Log, StoredEvent};
+use proteus_log::port::{FollowStep, Log, StoredEvent, follow_step};
 use proteus_log::{Cursor, Event, LogError, Offset, ReadFrom, ReadLimits, TopicConfig, TopicName};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -736,42 +736,39 @@ impl ExperimentService {
     /// order: those before `end`, or to the topic's end when `None`. Called with the writer
     /// lock.
     async fn follow_until(&self, end: Option<Offset>) -> Result<(), ExperimentServiceError> {
-        let limits = ReadLimits {
-            events_max: REPLAY_EVENTS_PER_READ,
-            bytes_max: proteus_log::port::READ_BYTES_MAX,
-        };
-        let end_offset = end.unwrap_or(Offset::MAX);
         loop {
             let from = *self.followed();
-            if from >= end_offset {
-                return Ok(());
-            }
-            let batch = self
-                .inner
-                .log
-                .read(&self.inner.topic, 0, ReadFrom::Offset(from), limits)
-                .await?;
-            if batch.events.is_empty() {
-                return match end {
-                    Some(end) => Err(ExperimentServiceError::Corrupt {
+            let step = follow_step(
+                self.inner.log.as_ref(),
+                &self.inner.topic,
+                from,
+                end,
+                REPLAY_EVENTS_PER_READ,
+            )
+            .await?;
+            let (events, next_offset) = match step {
+                FollowStep::CaughtUp => return Ok(()),
+                FollowStep::Missing { from, reason } => {
+                    return Err(ExperimentServiceError::Corrupt {
                         topic: TOPIC,
                         offset: from,
-                        reason: format!("records up to offset {end} were expected, none was read"),
-                    }),
-                    None => Ok(()),
-                };
-            }
-            self.apply_batch(&batch.events, end_offset).await;
+                        reason,
+                    });
+                }
+                FollowStep::Records {
+                    events,
+                    next_offset,
+                } => (events, next_offset),
+            };
+            self.apply_batch(&events).await;
             let mut followed = self.followed();
-            *followed = (*followed).max(batch.next_offset.min(end_offset));
+            *followed = (*followed).max(next_offset);
         }
     }
 
-    /// Applies the records of `events` from the followed offset on and before `end`. Called
-    /// with the writer lock.
-    async fn apply_batch(&self, events: &[StoredEvent], end: Offset) {
-        let from = *self.followed();
-        for stored in events.iter().filter(|e| e.offset >= from && e.offset < end) {
+    /// Applies `events`, in order. Called with the writer lock.
+    async fn apply_batch(&self, events: &[StoredEvent]) {
+        for stored in events {
             match ChangeRecord::decode(stored) {
                 Ok(Some(record)) => {
                     if let Err(error) = self.apply_followed(stored.offset, record).await {

@@ -35,7 +35,7 @@ use proteus_flagsets::{
     Change, ChangeError, FlagSetName, Revision, Schedule, ScheduleEnded, ScheduleOutcome,
     ValidationMode, audit,
 };
-use proteus_log::port::Log;
+use proteus_log::port::{FollowStep, Log, follow_step};
 use proteus_log::{LogError, Offset, ReadFrom, ReadLimits, TopicName};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -306,45 +306,42 @@ impl FlagService {
         end: Option<Offset>,
         strict: bool,
     ) -> Result<(), FlagServiceError> {
-        let limits = ReadLimits {
-            events_max: REPLAY_EVENTS_PER_READ,
-            bytes_max: proteus_log::port::READ_BYTES_MAX,
-        };
         loop {
             let from = *lock(&self.inner.followed);
-            if end.is_some_and(|end| from >= end) {
-                return Ok(());
-            }
-            let batch = self
-                .inner
-                .log
-                .read(&self.inner.topic, 0, ReadFrom::Offset(from), limits)
-                .await?;
-            if batch.events.is_empty() {
-                if let Some(end) = end {
+            let step = follow_step(
+                self.inner.log.as_ref(),
+                &self.inner.topic,
+                from,
+                end,
+                REPLAY_EVENTS_PER_READ,
+            )
+            .await?;
+            let (events, next_offset) = match step {
+                FollowStep::CaughtUp => return Ok(()),
+                FollowStep::Missing { from, reason } => {
                     return Err(FlagServiceError::CorruptAudit {
                         offset: from,
-                        reason: format!("records up to offset {end} were expected, none was read"),
+                        reason,
                     });
                 }
-                return Ok(());
-            }
-            self.apply_records(&batch.events, end.unwrap_or(Offset::MAX), strict)?;
+                FollowStep::Records {
+                    events,
+                    next_offset,
+                } => (events, next_offset),
+            };
+            self.apply_records(&events, strict)?;
             let mut followed = lock(&self.inner.followed);
-            *followed = (*followed).max(batch.next_offset.min(end.unwrap_or(Offset::MAX)));
+            *followed = (*followed).max(next_offset);
         }
     }
 
-    /// Applies the records of `events` from the followed offset on and before `end`. Called
-    /// with the writer lock.
+    /// Applies `events`, in order. Called with the writer lock.
     fn apply_records(
         &self,
         events: &[proteus_log::port::StoredEvent],
-        end: Offset,
         strict: bool,
     ) -> Result<(), FlagServiceError> {
-        let from = *lock(&self.inner.followed);
-        for stored in events.iter().filter(|e| e.offset >= from && e.offset < end) {
+        for stored in events {
             match audit::record_from_event_json(&stored.json) {
                 Ok(Some(record)) => {
                     self.apply_record(stored.offset, record);

@@ -173,3 +173,53 @@ pub trait Log: TopicAdmin + EventAppender + EventReader + EventSubscriber {
     /// made after it fail with [`LogError::Unavailable`].
     async fn shutdown(&self) -> Result<(), LogError>;
 }
+
+/// One step of following partition 0 of a topic whose records are a service's state (flag sets,
+/// schemas, experiments): what comes after the records already processed.
+#[derive(Debug)]
+pub enum FollowStep {
+    /// Nothing left before the end asked for (or, without one, the partition's end).
+    CaughtUp,
+    /// Records before `end` were expected (the caller appended one there) and none was read.
+    Missing { from: Offset, reason: String },
+    /// The next records, all before the end asked for, and where the next step starts.
+    Records {
+        events: Vec<StoredEvent>,
+        next_offset: Offset,
+    },
+}
+
+/// Reads the records of partition 0 of `topic` from `from` on and before `end` (the
+/// partition's end when `None`), at most `events_max` at a time.
+pub async fn follow_step(
+    log: &dyn Log,
+    topic: &TopicName,
+    from: Offset,
+    end: Option<Offset>,
+    events_max: u32,
+) -> Result<FollowStep, LogError> {
+    let end_offset = end.unwrap_or(Offset::MAX);
+    if from >= end_offset {
+        return Ok(FollowStep::CaughtUp);
+    }
+    let limits = ReadLimits {
+        events_max,
+        bytes_max: READ_BYTES_MAX,
+    };
+    let batch = log.read(topic, 0, ReadFrom::Offset(from), limits).await?;
+    if batch.events.is_empty() {
+        return Ok(match end {
+            Some(end) => FollowStep::Missing {
+                from,
+                reason: format!("records up to offset {end} were expected, none was read"),
+            },
+            None => FollowStep::CaughtUp,
+        });
+    }
+    let mut events = batch.events;
+    events.retain(|e| e.offset >= from && e.offset < end_offset);
+    Ok(FollowStep::Records {
+        events,
+        next_offset: batch.next_offset.min(end_offset),
+    })
+}

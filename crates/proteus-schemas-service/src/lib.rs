@@ -22,8 +22,8 @@ use proteus_eventstore::{
     ExpectedVersion, FeedPage, ProposedEvent, ReadFilter, RecordedEvent, Snapshot, StreamInfo,
     StreamName, StreamPage,
 };
-use proteus_log::port::Log;
-use proteus_log::{Event, LogError, Offset, ReadFrom, ReadLimits, TopicConfig, TopicName};
+use proteus_log::port::{FollowStep, Log, follow_step};
+use proteus_log::{Event, LogError, Offset, TopicConfig, TopicName};
 use proteus_schemas::{
     CompatibilityMode, EventTypeName, Registration, RegistryChange, RegistryConfig, SchemaError,
     SchemaPolicy, SchemaRegistry, Upcaster,
@@ -126,36 +126,31 @@ impl SchemaService {
         end: Option<Offset>,
         strict: bool,
     ) -> Result<(), SchemaServiceError> {
-        let limits = ReadLimits {
-            events_max: REPLAY_EVENTS_PER_READ,
-            bytes_max: proteus_log::port::READ_BYTES_MAX,
-        };
-        let end_offset = end.unwrap_or(Offset::MAX);
         loop {
             let from = *lock(&self.inner.followed);
-            if from >= end_offset {
-                return Ok(());
-            }
-            let batch = self
-                .inner
-                .log
-                .read(&self.inner.topic, 0, ReadFrom::Offset(from), limits)
-                .await?;
-            if batch.events.is_empty() {
-                return match end {
-                    Some(end) => Err(SchemaServiceError::CorruptChange {
+            let step = follow_step(
+                self.inner.log.as_ref(),
+                &self.inner.topic,
+                from,
+                end,
+                REPLAY_EVENTS_PER_READ,
+            )
+            .await?;
+            let (events, next_offset) = match step {
+                FollowStep::CaughtUp => return Ok(()),
+                FollowStep::Missing { from, reason } => {
+                    return Err(SchemaServiceError::CorruptChange {
                         offset: from,
-                        reason: format!("changes up to offset {end} were expected, none was read"),
-                    }),
-                    None => Ok(()),
-                };
-            }
+                        reason,
+                    });
+                }
+                FollowStep::Records {
+                    events,
+                    next_offset,
+                } => (events, next_offset),
+            };
             let mut registry = (*self.registry()).clone();
-            for stored in batch
-                .events
-                .iter()
-                .filter(|e| e.offset >= from && e.offset < end_offset)
-            {
+            for stored in &events {
                 match decode(&stored.json) {
                     Ok(Some(change)) => {
                         if let Err(error) = registry.apply(&change) {
@@ -176,7 +171,7 @@ impl SchemaService {
             }
             self.publish(registry);
             let mut followed = lock(&self.inner.followed);
-            *followed = (*followed).max(batch.next_offset.min(end_offset));
+            *followed = (*followed).max(next_offset);
         }
     }
 
