@@ -137,14 +137,22 @@ where
     }
 }
 
-#[tokio::test]
-async fn one_coordinator_per_group_and_a_takeover_after_a_lost_lease() {
-    // Ten events in a two-partition topic, read by the instances below through one log.
+/// Ten events in a two-partition topic, and the group store and lease store the instances of a
+/// test share with it.
+async fn shared_backends() -> (crate::Fixture, Arc<dyn GroupStore>, Arc<MemoryKvStore>) {
     let fixture = crate::Fixture::new(2).await;
     fixture.publish(10, 4).await;
+    (
+        fixture,
+        Arc::new(MemoryGroupStore::new()),
+        Arc::new(MemoryKvStore::new()),
+    )
+}
+
+#[tokio::test]
+async fn one_coordinator_per_group_and_a_takeover_after_a_lost_lease() {
+    let (fixture, store, kv) = shared_backends().await;
     let (log, topic) = (fixture.log.clone(), fixture.topic.clone());
-    let store: Arc<dyn GroupStore> = Arc::new(MemoryGroupStore::new());
-    let kv = Arc::new(MemoryKvStore::new());
     let a = instance(log.clone(), store.clone(), kv.clone(), "a").await;
     let b = instance(log.clone(), store.clone(), kv.clone(), "b").await;
     let group = GroupName::parse("billing").unwrap();
@@ -274,12 +282,8 @@ async fn one_coordinator_per_group_and_a_takeover_after_a_lost_lease() {
 /// so the store refuses the old coordinator's acks, and it drops the group.
 #[tokio::test]
 async fn a_coordinator_past_its_lease_cannot_overwrite_its_successor() {
-    // Ten events in a two-partition topic, read by the instances below through one log.
-    let fixture = crate::Fixture::new(2).await;
-    fixture.publish(10, 4).await;
+    let (fixture, store, kv) = shared_backends().await;
     let (log, topic) = (fixture.log.clone(), fixture.topic.clone());
-    let store: Arc<dyn GroupStore> = Arc::new(MemoryGroupStore::new());
-    let kv = Arc::new(MemoryKvStore::new());
     let a = instance(log.clone(), store.clone(), kv.clone(), "a").await;
     // B's clock is 5 s ahead: more than the lease (1 s) and its safety margin.
     let b = instance_with_clock_skew(log.clone(), store.clone(), kv.clone(), "b", 5_000).await;
