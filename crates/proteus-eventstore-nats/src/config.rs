@@ -74,7 +74,7 @@ impl NatsEventStoreConfig {
         proteus_nats::validate(&proteus_nats::CommonSettings {
             url: &self.url,
             stream_prefix: &self.stream_prefix,
-            subject_prefix: &self.subject_prefix,
+            subject_prefix: Some(&self.subject_prefix),
             timeouts_ms: &[
                 ("request_timeout_ms", self.request_timeout_ms),
                 ("connect_timeout_ms", self.connect_timeout_ms),

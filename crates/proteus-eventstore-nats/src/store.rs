@@ -371,41 +371,17 @@ impl NatsEventStore {
                 reason: format!("invalid NATS event store settings: {reason}"),
             })?;
         let url = redact(&config.url);
-        let delay_max = ms(config.reconnect_delay_max_ms);
-        let client = async_nats::ConnectOptions::new()
-            .name("proteus-eventstore")
-            .connection_timeout(ms(config.connect_timeout_ms))
-            .request_timeout(Some(ms(config.request_timeout_ms)))
-            .reconnect_delay_callback(move |attempts| {
-                let exponent = attempts.min(16) as u32;
-                ms(10u64.saturating_mul(1u64 << exponent)).min(delay_max)
-            })
-            .connect(config.url.as_str())
-            .await
-            .map_err(|error| EventStoreError::Unavailable {
-                reason: format!(
-                    "cannot connect to NATS at {url}: {error}; is it running? If not, {}",
-                    crate::START_HINT
-                ),
-            })?;
+        let client = proteus_nats::client::connect(&proteus_nats::client::ClientSettings {
+            url: &config.url,
+            name: "proteus-eventstore",
+            connect_timeout_ms: config.connect_timeout_ms,
+            request_timeout_ms: config.request_timeout_ms,
+            reconnect_delay_max_ms: config.reconnect_delay_max_ms,
+        })
+        .await
+        .map_err(|reason| EventStoreError::Unavailable { reason })?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(ms(config.request_timeout_ms));
-        let no_jetstream = |why: String| EventStoreError::Unavailable {
-            reason: format!(
-                "NATS at {url} does not answer JetStream requests ({why}); {}",
-                crate::START_HINT
-            ),
-        };
-        // The account info request answers on every JetStream version.
-        let answer = client
-            .request("$JS.API.INFO", Bytes::new())
-            .await
-            .map_err(|error| no_jetstream(error.to_string()))?;
-        let answer: serde_json::Value = serde_json::from_slice(&answer.payload)
-            .map_err(|error| no_jetstream(error.to_string()))?;
-        if let Some(error) = answer.get("error") {
-            return Err(no_jetstream(error.to_string()));
-        }
         let subject_prefix = &config.subject_prefix;
         let events_config = stream::Config {
             name: config.events_stream(),

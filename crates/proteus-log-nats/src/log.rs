@@ -196,20 +196,15 @@ impl NatsLog {
         config.validate().map_err(|reason| LogError::Unavailable {
             reason: format!("invalid NATS log settings: {reason}"),
         })?;
-        let delay_max = ms(config.reconnect_delay_max_ms);
-        let client = async_nats::ConnectOptions::new()
-            .name("proteus-log")
-            .connection_timeout(ms(config.connect_timeout_ms))
-            .request_timeout(Some(ms(config.request_timeout_ms)))
-            .reconnect_delay_callback(move |attempts| {
-                let exponent = attempts.min(16) as u32;
-                ms(10u64.saturating_mul(1u64 << exponent)).min(delay_max)
-            })
-            .connect(config.url.as_str())
-            .await
-            .map_err(|error| LogError::Unavailable {
-                reason: format!("cannot connect to NATS at {}: {error}", config.url),
-            })?;
+        let client = proteus_nats::client::connect(&proteus_nats::client::ClientSettings {
+            url: &config.url,
+            name: "proteus-log",
+            connect_timeout_ms: config.connect_timeout_ms,
+            request_timeout_ms: config.request_timeout_ms,
+            reconnect_delay_max_ms: config.reconnect_delay_max_ms,
+        })
+        .await
+        .map_err(|reason| LogError::Unavailable { reason })?;
         // Appends pipeline their publishes: allow many acknowledgements in flight, and fail
         // (rather than wait, which could deadlock appends holding part of the budget) past it.
         let js = ContextBuilder::new()
@@ -217,23 +212,6 @@ impl NatsLog {
             .max_ack_inflight(ACKS_IN_FLIGHT_MAX)
             .backpressure_on_inflight(false)
             .build(client.clone());
-        // The account info request answers on every JetStream version (the typed
-        // `query_account` expects fields older servers do not send).
-        let no_jetstream = |why: String| LogError::Unavailable {
-            reason: format!(
-                "NATS at {} does not answer JetStream requests ({why}); start the server with JetStream enabled (-js)",
-                config.url
-            ),
-        };
-        let answer = client
-            .request("$JS.API.INFO", Bytes::new())
-            .await
-            .map_err(|error| no_jetstream(error.to_string()))?;
-        let answer: serde_json::Value = serde_json::from_slice(&answer.payload)
-            .map_err(|error| no_jetstream(error.to_string()))?;
-        if let Some(error) = answer.get("error") {
-            return Err(no_jetstream(error.to_string()));
-        }
         let (stop, _) = watch::channel(false);
         let log = NatsLog {
             inner: Arc::new(Inner {

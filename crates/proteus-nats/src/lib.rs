@@ -1,8 +1,11 @@
 //! What every NATS JetStream adapter shares, written once: the rules their configurations'
 //! names and timeouts follow, URL redaction for messages, and how to start NATS. Pure: no
-//! connection, no runtime. With the `test-support` feature, [`test_support`] has what their
+//! connection, no runtime. With the `client` feature, [`client::connect`] opens a client the
+//! way every adapter does. With the `test-support` feature, [`test_support`] has what their
 //! integration tests share (a TCP proxy that cuts connections, stream cleanup).
 
+#[cfg(feature = "client")]
+pub mod client;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 
@@ -20,7 +23,8 @@ pub const TIMEOUT_MS_MIN: u64 = 10;
 pub struct CommonSettings<'a> {
     pub url: &'a str,
     pub stream_prefix: &'a str,
-    pub subject_prefix: &'a str,
+    /// `None` for an adapter whose subjects follow from its stream names (key-value buckets).
+    pub subject_prefix: Option<&'a str>,
     /// Each timeout or interval with its field name.
     pub timeouts_ms: &'a [(&'a str, u64)],
     pub replicas: usize,
@@ -42,8 +46,9 @@ pub fn validate(settings: &CommonSettings<'_>) -> Result<(), String> {
             "stream_prefix: must be 1 to {STREAM_PREFIX_BYTES_MAX} bytes of A-Z, a-z, 0-9, '_' or '-', got {stream_prefix:?}"
         ));
     }
-    let subject_prefix = settings.subject_prefix;
-    if subject_prefix.len() > SUBJECT_PREFIX_BYTES_MAX || !subject_prefix.split('.').all(word) {
+    if let Some(subject_prefix) = settings.subject_prefix
+        && (subject_prefix.len() > SUBJECT_PREFIX_BYTES_MAX || !subject_prefix.split('.').all(word))
+    {
         return Err(format!(
             "subject_prefix: must be 1 to {SUBJECT_PREFIX_BYTES_MAX} bytes of subject tokens (A-Z, a-z, 0-9, '_', '-') separated by '.', got {subject_prefix:?}"
         ));
@@ -101,7 +106,7 @@ mod tests {
         CommonSettings {
             url: "nats://127.0.0.1:4222",
             stream_prefix,
-            subject_prefix,
+            subject_prefix: Some(subject_prefix),
             timeouts_ms: &[("request_timeout_ms", 5_000)],
             replicas: 1,
         }

@@ -15,6 +15,7 @@ use proteus_flagsets_service::proteus_flagsets::FlagSetName;
 use proteus_flagsets_service::usage::UsageConfig;
 use proteus_flagsets_service::{FlagService, FlagServiceConfig, files};
 use proteus_groups_embedded::EmbeddedGroupStore;
+use proteus_groups_nats::{NatsGroupStore, NatsGroupStoreConfig};
 use proteus_groups_postgres::{PostgresGroupStore, PostgresGroupStoreConfig};
 use proteus_groups_service::coordination::{CoordinatorConfig, LeaseCoordinator};
 use proteus_groups_service::proteus_groups::GroupStore;
@@ -89,7 +90,13 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             )
         })?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    let (group_store, shared_groups): (Arc<dyn GroupStore>, bool) = match &settings.groups {
+    // Shared groups come with the store of their coordinator leases: NATS keeps both; groups
+    // in PostgreSQL keep their leases in the metadata store (opened below).
+    let (group_store, shared_groups, group_leases): (
+        Arc<dyn GroupStore>,
+        bool,
+        Option<Arc<dyn KvStore>>,
+    ) = match &settings.groups {
         EventStoreBackend::Embedded => (
             Arc::new(EmbeddedGroupStore::open(&settings.data_dir).map_err(|e| {
                 format!(
@@ -98,6 +105,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 )
             })?),
             false,
+            None,
         ),
         EventStoreBackend::Postgres { url, schema } => (
             Arc::new(
@@ -108,9 +116,17 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                     })?,
             ),
             true,
+            None,
         ),
-        EventStoreBackend::Nats { .. } => {
-            return Err("consumer groups are kept embedded or in PostgreSQL, not in NATS".into());
+        EventStoreBackend::Nats { url, prefix } => {
+            let store = NatsGroupStore::open(NatsGroupStoreConfig {
+                bucket_prefix: prefix.clone(),
+                ..NatsGroupStoreConfig::new(url)
+            })
+            .await
+            .map_err(|e| format!("cannot open the NATS consumer groups (prefix {prefix}): {e}"))?;
+            let leases: Arc<dyn KvStore> = Arc::new(store.lease_store());
+            (Arc::new(store), true, Some(leases))
         }
     };
     let groups = GroupService::open(
@@ -215,25 +231,26 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let upcasting: Arc<dyn EventStore> =
         Arc::new(UpcastingEventStore::new(events.clone(), schemas.clone()));
     let cache = open_cache(&settings, log.clone(), remote_cache).await?;
-    let metadata: Arc<dyn KvStore> =
-        match &settings.metadata {
-            EventStoreBackend::Embedded => {
-                let path = settings.data_dir.join(proteus_kv_embedded::FILE_NAME);
-                Arc::new(EmbeddedKvStore::open(&path).map_err(|e| {
+    let metadata: Arc<dyn KvStore> = match &settings.metadata {
+        EventStoreBackend::Embedded => {
+            let path = settings.data_dir.join(proteus_kv_embedded::FILE_NAME);
+            Arc::new(
+                EmbeddedKvStore::open(&path).map_err(|e| {
                     format!("cannot open the metadata store {}: {e}", path.display())
-                })?)
-            }
-            EventStoreBackend::Postgres { url, schema } => Arc::new(
-                PostgresKvStore::open(PostgresKvStoreConfig::new(url, schema))
-                    .await
-                    .map_err(|e| {
-                        format!("cannot open the PostgreSQL metadata store (schema {schema}): {e}")
-                    })?,
-            ),
-            EventStoreBackend::Nats { .. } => {
-                return Err("metadata is kept embedded or in PostgreSQL, not in NATS".into());
-            }
-        };
+                })?,
+            )
+        }
+        EventStoreBackend::Postgres { url, schema } => Arc::new(
+            PostgresKvStore::open(PostgresKvStoreConfig::new(url, schema))
+                .await
+                .map_err(|e| {
+                    format!("cannot open the PostgreSQL metadata store (schema {schema}): {e}")
+                })?,
+        ),
+        EventStoreBackend::Nats { .. } => {
+            return Err("metadata is kept embedded or in PostgreSQL, not in NATS (JetStream cannot commit several keys atomically); consumer groups can keep their leases in NATS with --groups nats://…".into());
+        }
+    };
     // One id for this instance in every lease it takes (groups, projections, experiments),
     // kept in the data directory so a restart after kill -9 takes its own leases back at once
     // instead of waiting for them to expire.
@@ -278,7 +295,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             "consumer groups are shared: coordinating groups by lease");
         Some(
             LeaseCoordinator::start(
-                metadata.clone(),
+                group_leases.unwrap_or_else(|| metadata.clone()),
                 groups.clone(),
                 CoordinatorConfig::new(instance_id.clone(), advertise_url),
             )

@@ -127,11 +127,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTEUS_METADATA_SCHEMA", value_name = "SCHEMA")]
     pub metadata_schema: Option<String>,
     /// Where consumer groups' settings and progress are kept: `embedded` (`groups.redb` in the
-    /// data directory) or a PostgreSQL URL, which several instances share: each group is then
-    /// coordinated by one instance at a time, chosen by a lease in the metadata store, and the
-    /// others forward its requests there. Needs `--metadata postgres://…` and
-    /// `--storage-log nats://…` [default: embedded] (in the config file: `groups` under
-    /// `[storage]`).
+    /// data directory), a PostgreSQL URL or a NATS URL (`nats://…`, JetStream key-value
+    /// buckets), which several instances share: each group is then coordinated by one
+    /// instance at a time, chosen by a lease, and the others forward its requests there. Needs
+    /// `--storage-log nats://…`; groups in PostgreSQL also need `--metadata postgres://…` (where
+    /// their leases live), groups in NATS keep their leases in NATS [default: embedded] (in the
+    /// config file: `groups` under `[storage]`).
     #[arg(
         long,
         env = "PROTEUS_GROUPS",
@@ -143,6 +144,11 @@ pub struct ServeArgs {
     /// [default: proteus_groups] (in the config file: `groups_schema` under `[storage]`).
     #[arg(long, env = "PROTEUS_GROUPS_SCHEMA", value_name = "SCHEMA")]
     pub groups_schema: Option<String>,
+    /// With groups in NATS: the prefix of their key-value buckets (`<PREFIX>_GROUPS`,
+    /// `<PREFIX>_LEASES`), so several deployments can share one NATS [default: PROTEUS] (in the
+    /// config file: `groups_prefix` under `[storage]`).
+    #[arg(long, env = "PROTEUS_GROUPS_PREFIX", value_name = "PREFIX")]
+    pub groups_prefix: Option<String>,
     /// The base URL other instances use to reach this one, to forward requests of the consumer
     /// groups it coordinates [default: http://<listen address> with the bound port; 127.0.0.1
     /// when listening on every interface].
@@ -261,8 +267,9 @@ pub enum EventStoreBackend {
     Embedded,
     /// A PostgreSQL database, in one schema of it.
     Postgres { url: String, schema: String },
-    /// NATS JetStream, in the streams `<prefix>_EVENTS` and `<prefix>_SNAPSHOTS` (the event
-    /// store only).
+    /// NATS JetStream: the event store in the streams `<prefix>_EVENTS` and
+    /// `<prefix>_SNAPSHOTS`; consumer groups in the key-value buckets `<prefix>_GROUPS` and
+    /// `<prefix>_LEASES`.
     Nats { url: String, prefix: String },
 }
 
@@ -299,7 +306,7 @@ impl EventStoreBackend {
         }
         if text.starts_with("nats://") || text.starts_with("tls://") {
             return Err(format!(
-                "{setting} must be 'embedded' or a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE); NATS JetStream keeps the log and the event store, not this"
+                "{setting} must be 'embedded' or a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE); NATS JetStream keeps the log, the event store and consumer groups, not this"
             ));
         }
         let shown: String = text.chars().take(24).collect();
@@ -325,6 +332,28 @@ impl EventStoreBackend {
             let shown: String = text.chars().take(24).collect();
             format!(
                 "event_store must be 'embedded', a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE) or a NATS URL (nats://HOST:PORT), got {shown:?}"
+            )
+        })
+    }
+
+    /// `embedded`, a PostgreSQL URL or NATS JetStream (`nats://`, with its bucket prefix).
+    fn parse_groups(
+        text: Option<String>,
+        schema: Option<String>,
+        prefix: Option<String>,
+    ) -> Result<Self, String> {
+        let text = text.as_deref().unwrap_or("embedded");
+        if text.starts_with("nats://") || text.starts_with("tls://") {
+            return Ok(EventStoreBackend::Nats {
+                url: text.to_owned(),
+                prefix: prefix.unwrap_or_else(|| "PROTEUS".into()),
+            });
+        }
+        let schema = schema.unwrap_or_else(|| "proteus_groups".into());
+        EventStoreBackend::parse_embedded_or_postgres("groups", text, schema).map_err(|_| {
+            let shown: String = text.chars().take(24).collect();
+            format!(
+                "groups must be 'embedded', a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE) or a NATS URL (nats://HOST:PORT), got {shown:?}"
             )
         })
     }
@@ -360,6 +389,7 @@ struct StorageFile {
     metadata_schema: Option<String>,
     groups: Option<String>,
     groups_schema: Option<String>,
+    groups_prefix: Option<String>,
     cache: Option<String>,
     cache_prefix: Option<String>,
 }
@@ -443,7 +473,7 @@ pub struct Settings {
     pub read_models: EventStoreBackend,
     /// Where key-value metadata is kept: the same choices as the event store.
     pub metadata: EventStoreBackend,
-    /// Where consumer groups are kept: embedded or PostgreSQL (shared by instances).
+    /// Where consumer groups are kept: embedded, or PostgreSQL or NATS (shared by instances).
     pub groups: EventStoreBackend,
     /// The base URL other instances reach this one at; `None`: derived from the bound address.
     pub advertise_url: Option<String>,
@@ -546,11 +576,10 @@ impl Settings {
                 args.metadata_schema.or(file.storage.metadata_schema),
                 "proteus_metadata",
             )?,
-            groups: EventStoreBackend::resolve(
-                "groups",
+            groups: EventStoreBackend::parse_groups(
                 args.groups.or(file.storage.groups),
                 args.groups_schema.or(file.storage.groups_schema),
-                "proteus_groups",
+                args.groups_prefix.or(file.storage.groups_prefix),
             )?,
             advertise_url: args.advertise_url.or(file.advertise_url),
             log: LogBackend::parse(
@@ -634,13 +663,24 @@ impl Settings {
                 ));
             }
         }
+        if matches!(self.groups, EventStoreBackend::Nats { .. })
+            && !matches!(self.log, LogBackend::Nats { .. })
+        {
+            return Err(
+                "groups in NATS are shared by several instances, which also need to share the log \
+                 (the topics groups read): add --storage-log nats://…, or keep groups embedded \
+                 (--groups embedded)"
+                    .into(),
+            );
+        }
         if matches!(self.groups, EventStoreBackend::Postgres { .. }) {
             let leases = matches!(self.metadata, EventStoreBackend::Postgres { .. });
             let log = matches!(self.log, LogBackend::Nats { .. });
             if !leases || !log {
                 return Err(format!(
                     "groups in PostgreSQL are shared by several instances, which also need to share {}: \
-                     add {}, or keep groups embedded (--groups embedded)",
+                     add {}, or keep groups embedded (--groups embedded); with a NATS log, \
+                     groups in NATS (--groups nats://…) keep their leases in NATS",
                     match (leases, log) {
                         (false, false) =>
                             "the metadata store (where coordinator leases live) and the log",
@@ -762,6 +802,27 @@ mod tests {
         assert!(error.contains("add --storage-log nats://…"), "{error}");
         let error = Settings::resolve(ServeArgs {
             groups: Some("nats://127.0.0.1:4222".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.contains("add --storage-log nats://…"), "{error}");
+        let settings = Settings::resolve(ServeArgs {
+            groups: Some("nats://127.0.0.1:4222".into()),
+            groups_prefix: Some("TEAM_A".into()),
+            storage_log: Some("nats://127.0.0.1:4222".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            settings.groups,
+            EventStoreBackend::Nats {
+                url: "nats://127.0.0.1:4222".into(),
+                prefix: "TEAM_A".into()
+            },
+            "groups in NATS keep their leases in NATS: no --metadata needed"
+        );
+        let error = Settings::resolve(ServeArgs {
+            groups: Some("redis://127.0.0.1:6379".into()),
             ..ServeArgs::default()
         })
         .unwrap_err();

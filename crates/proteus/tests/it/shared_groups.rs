@@ -1,8 +1,9 @@
-//! Three `proteus serve` processes sharing NATS JetStream (the log) and PostgreSQL (consumer
-//! groups and the coordinator leases) serve one consumer group together: members joined through
-//! different instances split its partitions, every event is consumed once, and when the group's
-//! coordinator is killed -9 another instance takes the group over and the survivors keep
-//! consuming without an acknowledged event coming back.
+//! Three `proteus serve` processes sharing NATS JetStream (the log) and a shared group store
+//! serve one consumer group together: members joined through different instances split its
+//! partitions, every event is consumed once, and when the group's coordinator is killed -9
+//! another instance takes the group over and the survivors keep consuming without an
+//! acknowledged event coming back. Run twice: groups and their coordinator leases in
+//! PostgreSQL, then both in NATS (a deployment with no other shared backend).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,19 +40,26 @@ impl Drop for Namespaces {
         for schema in [&self.metadata_schema, &self.groups_schema] {
             drop_schema(schema);
         }
-        delete_streams(nats_url(), self.prefix.clone().clone());
+        delete_streams(nats_url(), self.prefix.clone());
+        // Groups in NATS: the key-value buckets' streams.
+        delete_streams(nats_url(), format!("KV_{}", self.prefix));
     }
 }
 
-fn start(data_dir: &std::path::Path, ns: &Namespaces) -> ServerProcess {
+/// Where the instances keep their groups (and the groups' coordinator leases).
+#[derive(Clone, Copy, Debug)]
+enum GroupBackend {
+    /// Groups in PostgreSQL, leases in the PostgreSQL metadata store.
+    Postgres,
+    /// Groups and leases in NATS key-value buckets.
+    Nats,
+}
+
+fn start(data_dir: &std::path::Path, ns: &Namespaces, backend: GroupBackend) -> ServerProcess {
     let (nats, postgres) = (nats_url(), postgres_url());
-    ServerProcess::start_with(
-        data_dir,
-        &[
-            "--storage-log",
-            &nats,
-            "--storage-log-prefix",
-            &ns.prefix,
+    let mut args = vec!["--storage-log", &nats, "--storage-log-prefix", &ns.prefix];
+    match backend {
+        GroupBackend::Postgres => args.extend([
             "--metadata",
             &postgres,
             "--metadata-schema",
@@ -60,9 +68,10 @@ fn start(data_dir: &std::path::Path, ns: &Namespaces) -> ServerProcess {
             &postgres,
             "--groups-schema",
             &ns.groups_schema,
-        ],
-        &[],
-    )
+        ]),
+        GroupBackend::Nats => args.extend(["--groups", &nats, "--groups-prefix", &ns.prefix]),
+    }
+    ServerProcess::start_with(data_dir, &args, &[])
 }
 
 const GROUP: &str = "/v1/topics/orders/groups/billing";
@@ -228,10 +237,20 @@ fn consume_all(
 }
 
 #[test]
-fn three_instances_share_one_consumer_group() {
+fn three_instances_share_one_consumer_group_in_postgres() {
+    three_instances_share_one_consumer_group(GroupBackend::Postgres);
+}
+
+#[test]
+fn three_instances_share_one_consumer_group_in_nats() {
+    three_instances_share_one_consumer_group(GroupBackend::Nats);
+}
+
+fn three_instances_share_one_consumer_group(backend: GroupBackend) {
     let ns = Namespaces::new();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut servers: Vec<ServerProcess> = dirs.iter().map(|d| start(d.path(), &ns)).collect();
+    let mut servers: Vec<ServerProcess> =
+        dirs.iter().map(|d| start(d.path(), &ns, backend)).collect();
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(40))

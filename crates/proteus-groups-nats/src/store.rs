@@ -1,0 +1,411 @@
+//! [`NatsGroupStore`]: the `GroupStore` port on a JetStream key-value bucket, one value per
+//! group written by compare-and-set.
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use proteus_groups::StoreError;
+use proteus_groups::store::check_fence;
+use proteus_groups::{GroupConfig, GroupName, GroupRecord, GroupStore, PartitionProgress};
+use proteus_log::TopicName;
+
+use crate::config::NatsGroupStoreConfig;
+use crate::error::{corrupt, failure};
+use crate::leases::NatsLeaseStore;
+
+/// Consumer groups in the bucket `<bucket_prefix>_GROUPS`; see the crate docs. Cloning shares
+/// the connection.
+#[derive(Clone)]
+pub struct NatsGroupStore {
+    config: NatsGroupStoreConfig,
+    /// The configured URL with passwords hidden, for messages.
+    url: String,
+    client: async_nats::Client,
+    groups: kv::Store,
+    leases: kv::Store,
+}
+
+impl std::fmt::Debug for NatsGroupStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsGroupStore")
+            .field("url", &self.url)
+            .field("bucket_prefix", &self.config.bucket_prefix)
+            .finish()
+    }
+}
+
+/// The bucket key of a group: `<topic>.<group>`, each `.` inside a name written `=` (names
+/// never hold `=`, so the mapping is one-to-one, and a key never has an empty subject token).
+pub(crate) fn group_key(topic: &TopicName, group: &GroupName) -> String {
+    format!(
+        "{}.{}",
+        topic.as_str().replace('.', "="),
+        group.as_str().replace('.', "=")
+    )
+}
+
+/// Opens the bucket `name`, creating it (one value per key, file storage) when missing. The
+/// stream is created with the settings JetStream's own key-value buckets use, directly:
+/// the client's `create_key_value` first asks for account details NATS 2.9 does not send.
+pub(crate) async fn ensure_bucket(
+    js: &jetstream::Context,
+    url: &str,
+    name: &str,
+    description: &str,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    let what = format!("opening key-value bucket {name}");
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    let config = stream::Config {
+        name: format!("KV_{name}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_messages: -1,
+        max_bytes: -1,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    // An error here may be another instance creating it at the same moment: open it then.
+    let created = js.create_stream(config).await;
+    match js.get_key_value(name).await {
+        Ok(store) => Ok(store),
+        Err(error) => Err(match created {
+            Err(create_error) => failure(url, &what, create_error),
+            Ok(_) => failure(url, &what, error),
+        }),
+    }
+}
+
+impl NatsGroupStore {
+    /// Connects to NATS, checks that JetStream answers and opens (creating them if missing)
+    /// the groups and leases buckets. The error says what failed and how to start NATS.
+    pub async fn open(config: NatsGroupStoreConfig) -> Result<NatsGroupStore, StoreError> {
+        config.validate().map_err(|reason| {
+            StoreError::Backend(format!("invalid NATS consumer-group settings: {reason}"))
+        })?;
+        let url = proteus_nats::redact(&config.url);
+        let client = proteus_nats::client::connect(&proteus_nats::client::ClientSettings {
+            url: &config.url,
+            name: "proteus-groups",
+            connect_timeout_ms: config.connect_timeout_ms,
+            request_timeout_ms: config.request_timeout_ms,
+            reconnect_delay_max_ms: config.reconnect_delay_max_ms,
+        })
+        .await
+        .map_err(StoreError::Backend)?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_millis(config.request_timeout_ms));
+        let groups = ensure_bucket(
+            &js,
+            &url,
+            &config.groups_bucket(),
+            "Proteus consumer groups: settings, fencing token and progress of each group",
+            config.replicas,
+        )
+        .await
+        .map_err(StoreError::Backend)?;
+        let leases = ensure_bucket(
+            &js,
+            &url,
+            &config.leases_bucket(),
+            "Proteus consumer groups: which instance coordinates each group (leases)",
+            config.replicas,
+        )
+        .await
+        .map_err(StoreError::Backend)?;
+        Ok(NatsGroupStore {
+            config,
+            url,
+            client,
+            groups,
+            leases,
+        })
+    }
+
+    pub fn config(&self) -> &NatsGroupStoreConfig {
+        &self.config
+    }
+
+    /// The coordinator leases' store, on the same connection.
+    pub fn lease_store(&self) -> NatsLeaseStore {
+        NatsLeaseStore::new(
+            self.leases.clone(),
+            self.url.clone(),
+            self.config.write_attempts_max,
+        )
+    }
+
+    fn backend(&self, what: &str, error: impl std::fmt::Display) -> StoreError {
+        StoreError::Backend(failure(&self.url, what, error))
+    }
+
+    /// The group stored at `key` and the revision to write it back against; `None` when the
+    /// key is absent or deleted.
+    async fn read(&self, key: &str, what: &str) -> Result<Option<(GroupRecord, u64)>, StoreError> {
+        let entry = self
+            .groups
+            .entry(key)
+            .await
+            .map_err(|error| self.backend(what, error))?;
+        match entry {
+            Some(entry) if entry.operation == Operation::Put => {
+                let record = serde_json::from_slice(&entry.value).map_err(|error| {
+                    StoreError::Backend(corrupt(&self.config.groups_bucket(), key, error))
+                })?;
+                Ok(Some((record, entry.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The record as bytes, refused when it would not fit in one NATS message.
+    fn encode(&self, record: &GroupRecord) -> Result<Bytes, StoreError> {
+        let bytes = serde_json::to_vec(record)
+            .map_err(|error| StoreError::Backend(format!("cannot encode a group: {error}")))?;
+        // Leave room for the subject and headers in the server's payload limit.
+        let max_payload = self.client.server_info().max_payload.saturating_sub(1024);
+        if bytes.len() > max_payload {
+            return Err(StoreError::Backend(format!(
+                "group '{}' of topic '{}' holds {} bytes of settings and progress, more than the \
+                 {max_payload} one NATS message carries here; raise max_payload in the NATS \
+                 server's configuration, or keep groups in PostgreSQL (--groups postgres://…)",
+                record.group,
+                record.topic,
+                bytes.len()
+            )));
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    /// Reads the group, lets `change` modify it (or refuse), and writes it back only if no
+    /// other write came in between, reading again when one did. `None`: no such group.
+    async fn modify(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        what: &str,
+        change: impl Fn(&mut GroupRecord) -> Result<(), StoreError>,
+    ) -> Result<Option<GroupRecord>, StoreError> {
+        let key = group_key(topic, group);
+        for _ in 0..self.config.write_attempts_max {
+            let Some((mut record, revision)) = self.read(&key, what).await? else {
+                return Ok(None);
+            };
+            change(&mut record)?;
+            let value = self.encode(&record)?;
+            match self.groups.update(&key, value, revision).await {
+                Ok(_) => return Ok(Some(record)),
+                Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                Err(error) => return Err(self.backend(what, error)),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "{what}: the group changed under {} writes in a row (another instance writing it \
+             at the same time); retry",
+            self.config.write_attempts_max
+        )))
+    }
+}
+
+fn not_found(topic: &TopicName, group: &GroupName) -> StoreError {
+    StoreError::NotFound {
+        topic: topic.clone(),
+        group: group.clone(),
+    }
+}
+
+#[async_trait]
+impl GroupStore for NatsGroupStore {
+    async fn create_group(&self, record: &GroupRecord) -> Result<(), StoreError> {
+        let mut record = record.clone();
+        record.partitions.sort_by_key(|p| p.partition);
+        let value = self.encode(&record)?;
+        let key = group_key(&record.topic, &record.group);
+        match self.groups.create(&key, value).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+                Err(StoreError::AlreadyExists {
+                    topic: record.topic,
+                    group: record.group,
+                })
+            }
+            Err(error) => Err(self.backend(
+                &format!(
+                    "creating group '{}' of topic '{}'",
+                    record.group, record.topic
+                ),
+                error,
+            )),
+        }
+    }
+
+    async fn update_config(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        fence: u64,
+        config: &GroupConfig,
+    ) -> Result<(), StoreError> {
+        let what = format!("changing the settings of group '{group}' of topic '{topic}'");
+        self.modify(topic, group, &what, |record| {
+            check_fence(topic, group, fence, record.fence)?;
+            record.fence = fence;
+            record.config = config.clone();
+            Ok(())
+        })
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| not_found(topic, group))
+    }
+
+    async fn save_progress(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        fence: u64,
+        progress: &[PartitionProgress],
+    ) -> Result<(), StoreError> {
+        let what = format!("saving the progress of group '{group}' of topic '{topic}'");
+        self.modify(topic, group, &what, |record| {
+            check_fence(topic, group, fence, record.fence)?;
+            record.fence = fence;
+            for saved in progress {
+                match record
+                    .partitions
+                    .binary_search_by_key(&saved.partition, |p| p.partition)
+                {
+                    Ok(at) => record.partitions[at] = saved.clone(),
+                    Err(at) => record.partitions.insert(at, saved.clone()),
+                }
+            }
+            Ok(())
+        })
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| not_found(topic, group))
+    }
+
+    async fn claim_group(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        fence: u64,
+    ) -> Result<Option<GroupRecord>, StoreError> {
+        let what = format!("claiming group '{group}' of topic '{topic}'");
+        self.modify(topic, group, &what, |record| {
+            check_fence(topic, group, fence, record.fence)?;
+            record.fence = fence;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_group(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+    ) -> Result<Option<GroupRecord>, StoreError> {
+        let what = format!("loading group '{group}' of topic '{topic}'");
+        Ok(self
+            .read(&group_key(topic, group), &what)
+            .await?
+            .map(|(record, _)| record))
+    }
+
+    async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        let what = "listing the consumer groups";
+        let mut keys = self
+            .groups
+            .keys()
+            .await
+            .map_err(|error| self.backend(what, error))?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.map_err(|error| self.backend(what, error))?);
+        }
+        let mut records = Vec::with_capacity(names.len());
+        for key in names {
+            // A group deleted since the listing is simply left out.
+            if let Some((record, _)) = self.read(&key, what).await? {
+                records.push(record);
+            }
+        }
+        records.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
+        Ok(records)
+    }
+
+    async fn delete_group(&self, topic: &TopicName, group: &GroupName) -> Result<bool, StoreError> {
+        let what = format!("deleting group '{group}' of topic '{topic}'");
+        let key = group_key(topic, group);
+        for _ in 0..self.config.write_attempts_max {
+            let Some((_, revision)) = self.read(&key, &what).await? else {
+                return Ok(false);
+            };
+            // Purge rather than delete: the group's last value goes, only a marker stays.
+            match self
+                .groups
+                .purge_expect_revision(&key, Some(revision))
+                .await
+            {
+                Ok(()) => return Ok(true),
+                Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                Err(error) => return Err(self.backend(&what, error)),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "{what}: the group changed under {} attempts in a row; retry",
+            self.config.write_attempts_max
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_one_to_one_and_valid_subject_tokens() {
+        let key = |t: &str, g: &str| {
+            group_key(&TopicName::parse(t).unwrap(), &GroupName::parse(g).unwrap())
+        };
+        assert_eq!(key("orders.v2", "billing"), "orders=v2.billing");
+        assert_ne!(key("a.b", "c"), key("a", "b.c"));
+        assert!(!key("a..b.", "c").split('.').any(str::is_empty));
+    }
+
+    /// The size quoted in docs/backends/nats.md: the largest topic (1,024 partitions) with
+    /// ten-digit committed offsets and nothing pending fits well within NATS's default 1 MiB.
+    #[test]
+    fn a_group_of_the_largest_topic_fits_in_one_message() {
+        let record = GroupRecord {
+            topic: TopicName::parse("orders").unwrap(),
+            group: GroupName::parse("billing").unwrap(),
+            config: GroupConfig::default(),
+            created_ms: 1_700_000_000_000,
+            partitions: (0..1024)
+                .map(|partition| PartitionProgress {
+                    partition,
+                    committed: 1_000_000_000 + u64::from(partition),
+                    ..PartitionProgress::default()
+                })
+                .collect(),
+            fence: 42,
+        };
+        let bytes = serde_json::to_vec(&record).unwrap().len();
+        assert!(bytes < 48 * 1024, "{bytes} bytes");
+    }
+}

@@ -1,0 +1,58 @@
+//! Connecting to NATS the one way every adapter does (feature `client`): bounded connect and
+//! request timeouts, reconnection with exponential back-off up to a ceiling, and a check that
+//! the server answers JetStream requests, each failure worded with how to start NATS.
+
+use std::time::Duration;
+
+use crate::{START_HINT, redact};
+
+/// How an adapter connects, borrowed from its configuration.
+pub struct ClientSettings<'a> {
+    /// Server URL(s), comma-separated.
+    pub url: &'a str,
+    /// The connection's name, shown by the server's monitoring (`proteus-log`, …).
+    pub name: &'a str,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Longest pause between two reconnection attempts.
+    pub reconnect_delay_max_ms: u64,
+}
+
+fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+/// Connects, then checks that JetStream answers. The error says what failed at which
+/// (redacted) URL and how to start NATS.
+pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client, String> {
+    let url = redact(settings.url);
+    let delay_max = ms(settings.reconnect_delay_max_ms);
+    let client = async_nats::ConnectOptions::new()
+        .name(settings.name)
+        .connection_timeout(ms(settings.connect_timeout_ms))
+        .request_timeout(Some(ms(settings.request_timeout_ms)))
+        .reconnect_delay_callback(move |attempts| {
+            let exponent = attempts.min(16) as u32;
+            ms(10u64.saturating_mul(1u64 << exponent)).min(delay_max)
+        })
+        .connect(settings.url)
+        .await
+        .map_err(|error| {
+            format!("cannot connect to NATS at {url}: {error}; is it running? If not, {START_HINT}")
+        })?;
+    let no_jetstream = |why: String| {
+        format!("NATS at {url} does not answer JetStream requests ({why}); {START_HINT}")
+    };
+    // The account info request answers on every JetStream version (the typed
+    // `query_account` expects fields older servers do not send).
+    let answer = client
+        .request("$JS.API.INFO", bytes::Bytes::new())
+        .await
+        .map_err(|error| no_jetstream(error.to_string()))?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&answer.payload).map_err(|error| no_jetstream(error.to_string()))?;
+    if let Some(error) = answer.get("error") {
+        return Err(no_jetstream(error.to_string()));
+    }
+    Ok(client)
+}
