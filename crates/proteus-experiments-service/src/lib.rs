@@ -292,6 +292,29 @@ fn decode_checkpoint(id: &str, bytes: &[u8], started_ms: i64) -> Option<Checkpoi
     }
 }
 
+/// Clears the namespace when it holds a checkpoint of an earlier start of `id` (a deletion cut
+/// short before its clear). Units are only ever committed with a checkpoint and a namespace is
+/// cleared whole, so there is nothing else an earlier life can have left. A checkpoint of this
+/// start (`started_ms`) is kept: the aggregation may already have committed one.
+async fn clear_earlier_life(
+    kv: &dyn KvStore,
+    namespace: &Namespace,
+    id: &str,
+    started_ms: i64,
+) -> Result<(), KvError> {
+    let stored = kv
+        .get_many(namespace, &[CHECKPOINT_KEY.to_vec()])
+        .await?
+        .pop()
+        .flatten();
+    if let Some(bytes) = stored
+        && decode_checkpoint(id, &bytes, started_ms).is_none()
+    {
+        kv.clear(namespace).await?;
+    }
+    Ok(())
+}
+
 /// An experiment's last committed state: its checkpoint and unsettled units; or a fresh
 /// aggregator, after clearing what an earlier start left, when there is no usable checkpoint.
 async fn load_state(
@@ -1048,10 +1071,11 @@ impl ExperimentService {
                 max: ACTIVE_MAX,
             });
         }
-        // Whatever an earlier life of this id left in the store is not this experiment's.
         let namespace = namespace_of(id)?;
-        self.inner.kv.clear(&namespace).await?;
         self.append("start", actor, now, &next).await?;
+        // Only once the start is recorded (a start refused as a conflict touches nothing):
+        // what an earlier life of this id left in the store is not this experiment's.
+        clear_earlier_life(&*self.inner.kv, &namespace, id, now).await?;
         let shared = Arc::new(Mutex::new(Shared {
             checkpointed_ms: now,
             ..Shared::new(ExperimentAggregator::new(&next.definition), namespace)

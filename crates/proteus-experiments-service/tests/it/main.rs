@@ -538,11 +538,38 @@ async fn deleting_an_experiment_forgets_it_and_its_state() {
         .await
         .unwrap();
     assert!(service.list().is_empty());
-    // The id is free again.
-    service
-        .create(definition("green", "checkout", "green"), "me")
+    service.close().await;
+    drop(service);
+    // The id is free again. A deletion cut short between its record and its clear leaves an
+    // earlier life's checkpoint and units behind: the next start clears them once recorded.
+    let kv = open_kv(dir.path());
+    let earlier_life = proteus_kv::KvCommit {
+        checks: vec![],
+        writes: [&b"checkpoint"[..], b"p/user-1", b"s/user-2"]
+            .map(|key| proteus_kv::KvWrite::Put {
+                key: key.to_vec(),
+                value: br#"{"started_ms": 1}"#.to_vec(),
+            })
+            .to_vec(),
+    };
+    kv.commit(&namespace, earlier_life).await.unwrap();
+    let flags = FlagService::open(log.clone()).await.unwrap();
+    let service = ExperimentService::open(log.clone(), kv.clone(), flags, config())
         .await
         .unwrap();
+    create_and_start(&service, definition("green", "checkout", "green")).await;
+    let left: Vec<Vec<u8>> = kv
+        .scan(&namespace, b"", None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| key.as_slice() != b"checkpoint")
+        .collect();
+    assert!(
+        left.is_empty(),
+        "an earlier life's units were kept: {left:?}"
+    );
     service.close().await;
 }
 
