@@ -221,13 +221,6 @@ impl NatsGroupStore {
     }
 }
 
-fn not_found(topic: &TopicName, group: &GroupName) -> StoreError {
-    StoreError::NotFound {
-        topic: topic.clone(),
-        group: group.clone(),
-    }
-}
-
 #[async_trait]
 impl GroupStore for NatsGroupStore {
     async fn create_group(&self, record: &GroupRecord) -> Result<(), StoreError> {
@@ -269,7 +262,7 @@ impl GroupStore for NatsGroupStore {
         })
         .await?
         .map(|_| ())
-        .ok_or_else(|| not_found(topic, group))
+        .ok_or_else(|| StoreError::not_found(topic, group))
     }
 
     async fn save_progress(
@@ -296,7 +289,7 @@ impl GroupStore for NatsGroupStore {
         })
         .await?
         .map(|_| ())
-        .ok_or_else(|| not_found(topic, group))
+        .ok_or_else(|| StoreError::not_found(topic, group))
     }
 
     async fn claim_group(

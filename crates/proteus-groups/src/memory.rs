@@ -55,13 +55,6 @@ fn to_record(topic: &TopicName, group: &GroupName, stored: &StoredGroup) -> Grou
     }
 }
 
-fn not_found(topic: &TopicName, group: &GroupName) -> StoreError {
-    StoreError::NotFound {
-        topic: topic.clone(),
-        group: group.clone(),
-    }
-}
-
 #[async_trait]
 impl GroupStore for MemoryGroupStore {
     async fn create_group(&self, record: &GroupRecord) -> Result<(), StoreError> {
@@ -100,7 +93,7 @@ impl GroupStore for MemoryGroupStore {
         let mut groups = self.lock();
         let stored = groups
             .get_mut(&key(topic, group))
-            .ok_or_else(|| not_found(topic, group))?;
+            .ok_or_else(|| StoreError::not_found(topic, group))?;
         check_fence(topic, group, fence, stored.fence)?;
         stored.config = config.clone();
         stored.fence = fence;
@@ -117,7 +110,7 @@ impl GroupStore for MemoryGroupStore {
         let mut groups = self.lock();
         let stored = groups
             .get_mut(&key(topic, group))
-            .ok_or_else(|| not_found(topic, group))?;
+            .ok_or_else(|| StoreError::not_found(topic, group))?;
         check_fence(topic, group, fence, stored.fence)?;
         stored.fence = fence;
         for partition in progress {

@@ -75,6 +75,15 @@ pub enum StoreError {
     Backend(String),
 }
 
+impl StoreError {
+    pub fn not_found(topic: &TopicName, group: &GroupName) -> StoreError {
+        StoreError::NotFound {
+            topic: topic.clone(),
+            group: group.clone(),
+        }
+    }
+}
+
 /// The check a fenced write makes against the token the group was last claimed with.
 pub fn check_fence(
     topic: &TopicName,

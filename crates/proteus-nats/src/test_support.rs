@@ -14,6 +14,17 @@ pub fn nats_url() -> String {
     std::env::var("PROTEUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// A tag no other test of this run, or of another run, uses: process id, a counter and the
+/// clock's nanoseconds, as `[0-9a-f_]` (valid in stream names and subject tokens alike).
+pub fn unique_tag() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}_{n}_{nanos:x}", std::process::id())
+}
+
 /// `host:port` of the first server of a NATS URL.
 pub fn host_port(url: &str) -> String {
     let rest = url.split("://").nth(1).unwrap_or(url);

@@ -7,7 +7,6 @@
 //! running, saying how to start it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,17 +16,11 @@ use proteus_eventstore::{
     READ_COUNT_MAX,
 };
 use proteus_eventstore_nats::{NatsEventStore, NatsEventStoreConfig, START_HINT};
-use proteus_nats::test_support::{Proxy, delete_streams, host_port, nats_url};
+use proteus_nats::test_support::{Proxy, delete_streams, host_port, nats_url, unique_tag};
 
 /// A configuration whose stream and subject prefixes no other test (or run) uses.
 fn unique_config(url: &str) -> NatsEventStoreConfig {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let tag = format!("{}_{n}_{nanos:x}", std::process::id());
+    let tag = unique_tag();
     NatsEventStoreConfig {
         stream_prefix: format!("PESTEST_{tag}"),
         subject_prefix: format!("pestest.{tag}"),

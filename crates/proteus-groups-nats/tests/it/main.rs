@@ -4,7 +4,6 @@
 //! when it is not).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -14,18 +13,12 @@ use proteus_groups_nats::{NatsGroupStore, NatsGroupStoreConfig, NatsLeaseStore, 
 use proteus_kv::lease::{self, LeaseState};
 use proteus_kv::{KvCheck, KvCommit, KvError, KvStore, KvWrite, Namespace};
 use proteus_log::TopicName;
-use proteus_nats::test_support::{Proxy, delete_streams, host_port, nats_url};
+use proteus_nats::test_support::{Proxy, delete_streams, host_port, nats_url, unique_tag};
 
 /// A configuration whose buckets no other test (or run) uses.
 fn unique_config(url: &str) -> NatsGroupStoreConfig {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
     NatsGroupStoreConfig {
-        bucket_prefix: format!("PGTEST_{}_{n}_{nanos:x}", std::process::id()),
+        bucket_prefix: format!("PGTEST_{}", unique_tag()),
         ..NatsGroupStoreConfig::new(url)
     }
 }

@@ -1,23 +1,17 @@
 //! The harness: a unique namespace per test on the shared NATS server, removed at the end.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use proteus_log_conformance::Harness;
 use proteus_log_nats::{NatsLog, NatsLogConfig};
 use proteus_nats::START_HINT;
 
+use proteus_nats::test_support::unique_tag;
 pub use proteus_nats::test_support::{delete_streams, nats_url};
 
 /// A configuration whose stream and subject prefixes no other test (or run) uses.
 pub fn unique_config(url: &str) -> NatsLogConfig {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let tag = format!("{}_{n}_{nanos:x}", std::process::id());
+    let tag = unique_tag();
     NatsLogConfig {
         url: url.to_owned(),
         stream_prefix: format!("PTEST_{tag}"),
