@@ -67,6 +67,12 @@ pub struct StreamsArgs {
     /// Events of the aggregate the read phase loads.
     #[arg(long, default_value_t = 1_000)]
     pub aggregate_events: usize,
+    /// A process whose CPU time to report for each append phase, as NAME=PID (repeatable),
+    /// e.g. `--cpu-of proteus=$(pgrep -f 'proteus serve') --cpu-of nats=$(pgrep nats-server)`:
+    /// on a shared machine it shows where each system's time went. The bench's own CPU time is
+    /// always reported.
+    #[arg(long, value_name = "NAME=PID")]
+    pub cpu_of: Vec<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -90,26 +96,27 @@ pub struct SystemReport {
     pub aggregate_reads: u64,
     pub aggregate_p50_ms: f64,
     pub aggregate_p99_ms: f64,
+    /// CPU seconds each watched process (and `bench`) used during the append phase.
+    pub append_cpu_s: Vec<(String, f64)>,
 }
 
 impl SystemReport {
-    /// A system's report from its counts and its append and aggregate-read latencies.
+    /// A system's report from its append phase and aggregate-read latencies.
     fn new(
         system: impl Into<String>,
-        appends: u64,
         events: u64,
-        seconds: f64,
-        appended: &hdrhistogram::Histogram<u64>,
+        appended: Appended,
         reads: &hdrhistogram::Histogram<u64>,
     ) -> Self {
         SystemReport {
             system: system.into(),
-            appends,
+            appends: appended.appends,
             events,
-            seconds,
-            events_per_s: events as f64 / seconds,
-            append_p50_ms: ms(appended, 0.5),
-            append_p99_ms: ms(appended, 0.99),
+            seconds: appended.seconds,
+            events_per_s: events as f64 / appended.seconds,
+            append_p50_ms: ms(&appended.latencies, 0.5),
+            append_p99_ms: ms(&appended.latencies, 0.99),
+            append_cpu_s: appended.cpu_s,
             aggregate_reads: reads.len(),
             aggregate_p50_ms: ms(reads, 0.5),
             aggregate_p99_ms: ms(reads, 0.99),
@@ -146,6 +153,19 @@ impl StreamsReport {
                             "{:.0} events/s ({} events in {:.1} s), append p50 {:.2} ms, p99 {:.2} ms",
                             s.events_per_s, s.events, s.seconds, s.append_p50_ms, s.append_p99_ms
                         ),
+                    ),
+                    (
+                        format!("{} append CPU", s.system),
+                        s.append_cpu_s
+                            .iter()
+                            .map(|(name, seconds)| {
+                                format!(
+                                    "{name} {seconds:.1} s ({:.2} s per million events)",
+                                    seconds * 1e6 / s.events.max(1) as f64
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     ),
                     (
                         format!("{} aggregate read", s.system),
@@ -240,6 +260,49 @@ struct Appended {
     appends: u64,
     latencies: hdrhistogram::Histogram<u64>,
     seconds: f64,
+    /// CPU seconds of each watched process and of the bench during the phase.
+    cpu_s: Vec<(String, f64)>,
+}
+
+/// The processes `--cpu-of` names, and the bench itself, as (name, `/proc` stat path).
+fn watched(args: &StreamsArgs) -> Result<Vec<(String, String)>, String> {
+    let mut out = vec![("bench".to_owned(), "/proc/self/stat".to_owned())];
+    for entry in &args.cpu_of {
+        let Some((name, pid)) = entry.split_once('=') else {
+            return Err(format!("--cpu-of wants NAME=PID, got {entry:?}"));
+        };
+        let pid: u32 = pid
+            .trim()
+            .parse()
+            .map_err(|_| format!("--cpu-of {entry:?}: the PID is not a number"))?;
+        let path = format!("/proc/{pid}/stat");
+        cpu_seconds(&path).map_err(|e| format!("--cpu-of {entry:?}: {e}"))?;
+        out.push((name.to_owned(), path));
+    }
+    Ok(out)
+}
+
+/// User plus system CPU seconds a process has used, from its `/proc/PID/stat`.
+fn cpu_seconds(path: &str) -> Result<f64, String> {
+    // Linux reports them in clock ticks, 100 per second on every mainstream kernel.
+    const TICKS_PER_S: f64 = 100.0;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    // Fields after the command name (in parentheses, which may hold spaces): state is the
+    // first, utime the 12th and stime the 13th.
+    let after = text.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => Ok((user + system) as f64 / TICKS_PER_S),
+        _ => Err(format!("{path} does not read as a process stat line")),
+    }
+}
+
+fn cpu_snapshot(watched: &[(String, String)]) -> Vec<f64> {
+    watched
+        .iter()
+        .map(|(_, path)| cpu_seconds(path).unwrap_or(f64::NAN))
+        .collect()
 }
 
 /// The append phase, the same for every system: `--connections` writers, each opened by
@@ -251,6 +314,8 @@ where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<W, String>> + Send + 'static,
 {
+    let watched = watched(args)?;
+    let cpu_before = cpu_snapshot(&watched);
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -274,10 +339,18 @@ where
         }));
     }
     let (appends, latencies) = crate::report::join_counted(tasks, "writer").await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_snapshot(&watched);
+    let cpu_s = watched
+        .into_iter()
+        .zip(cpu_before.iter().zip(&cpu_after))
+        .map(|((name, _), (before, after))| (name, after - before))
+        .collect();
     Ok(Appended {
         appends,
         latencies,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
+        cpu_s,
     })
 }
 
@@ -453,14 +526,7 @@ mod proteus {
                 ));
             }
         }
-        Ok(SystemReport::new(
-            "proteus",
-            appended.appends,
-            events,
-            appended.seconds,
-            &appended.latencies,
-            &reads,
-        ))
+        Ok(SystemReport::new("proteus", events, appended, &reads))
     }
 }
 
@@ -612,14 +678,7 @@ mod postgres {
             .batch_execute(&format!("DROP table IF EXISTS {table}"))
             .await
             .map_err(|e| format!("dropping {table} failed: {e}"))?;
-        Ok(SystemReport::new(
-            system,
-            appended.appends,
-            events,
-            appended.seconds,
-            &appended.latencies,
-            &reads,
-        ))
+        Ok(SystemReport::new(system, events, appended, &reads))
     }
 }
 
@@ -831,10 +890,8 @@ mod nats {
         }
         Ok(SystemReport::new(
             "nats-jetstream",
-            appended.appends,
             events,
-            appended.seconds,
-            &appended.latencies,
+            appended,
             &reads,
         ))
     }
@@ -882,5 +939,45 @@ mod nats {
             .await
             .map_err(|e| format!("deleting the consumer {name} of {subject} failed: {e}"))?;
         Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_from_proc_and_bad_watch_entries_are_named() {
+        let before = cpu_seconds("/proc/self/stat").unwrap();
+        let mut x = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(300) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let used = cpu_seconds("/proc/self/stat").unwrap() - before;
+        assert!(used > 0.1, "300 ms of busy loop counted {used} s");
+        assert!(cpu_seconds("/proc/0/stat").is_err());
+        let args = |cpu_of: &str| StreamsArgs {
+            target: "http://127.0.0.1:1".into(),
+            postgres: None,
+            nats: None,
+            streams: 1,
+            events_per_append: 1,
+            event_bytes: 1,
+            connections: 1,
+            seconds: 1,
+            aggregate_events: 1,
+            cpu_of: vec![cpu_of.into()],
+            output: Output::Table,
+        };
+        assert!(watched(&args("nats")).unwrap_err().contains("NAME=PID"));
+        assert!(
+            watched(&args("nats=x"))
+                .unwrap_err()
+                .contains("not a number")
+        );
+        let own = format!("me={}", std::process::id());
+        assert_eq!(watched(&args(&own)).unwrap().len(), 2);
     }
 }
