@@ -906,6 +906,19 @@ impl NatsEventStore {
                 Some((last_seq, last_version)) if index.seq == last_seq => {
                     (last_seq, Some(last_version))
                 }
+                // A stream this instance knows nothing of (new, or its index evicted), with an
+                // expectation an empty stream meets: publish as its first append without
+                // reading first, as a client of JetStream would. The server refuses it
+                // (expected last subject sequence 0) if the subject holds anything at all,
+                // events or a tombstone; then the end is read below and the append decided
+                // again. An empty stream has no event ids, so nothing can be a duplicate.
+                None if conflicts == 0
+                    && index.seq == 0
+                    && index.ids.is_empty()
+                    && matches!(expected, ExpectedVersion::Any | ExpectedVersion::NoStream) =>
+                {
+                    (0, None)
+                }
                 _ => {
                     let (last_seq, actual) = match self.state(stream, &subject).await? {
                         State::Deleted { .. } => {

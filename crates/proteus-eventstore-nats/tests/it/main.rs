@@ -97,6 +97,70 @@ fn ids(events: &[proteus_eventstore::RecordedEvent]) -> Vec<String> {
     events.iter().map(|e| e.id.clone()).collect()
 }
 
+/// An instance appending to a stream it has never seen, with `Any` or `NoStream`, publishes
+/// without reading the stream first (the server checks the subject is empty). Every case where
+/// the stream is not empty must still be decided on what it holds: another instance's events
+/// (the version continues, a retry is a duplicate, `NoStream` is refused) or its tombstone.
+#[tokio::test]
+async fn first_appends_without_a_read_still_see_what_other_instances_wrote() {
+    let harness = Harness::new();
+    let (a, b) = (harness.store().await, harness.store().await);
+    let s = stream("seen-by-a");
+    let first = vec![event("a-1", "Happened"), event("a-2", "Happened")];
+    a.append(&s, ExpectedVersion::NoStream, first.clone())
+        .await
+        .unwrap();
+    // B knows nothing of `s`: each of these starts with a publish the server refuses.
+    match b
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![event("b-0", "Happened")],
+        )
+        .await
+    {
+        Err(EventStoreError::WrongExpectedVersion { .. }) => {}
+        other => panic!("NoStream on a stream with two events: {other:?}"),
+    }
+    let retried = harness
+        .store()
+        .await
+        .append(&s, ExpectedVersion::Any, first)
+        .await
+        .unwrap();
+    assert!(
+        retried.duplicate,
+        "a retry of A's append from a fresh instance"
+    );
+    assert_eq!((retried.first_version, retried.last_version), (0, 1));
+    let appended = harness
+        .store()
+        .await
+        .append(&s, ExpectedVersion::Any, vec![event("c-1", "Happened")])
+        .await
+        .unwrap();
+    assert_eq!(appended.first_version, 2, "Any continues the stream");
+    let gone = stream("deleted-by-a");
+    a.delete_stream(&gone, ExpectedVersion::Any).await.unwrap();
+    match b
+        .append(&gone, ExpectedVersion::Any, vec![event("b-1", "Happened")])
+        .await
+    {
+        Err(EventStoreError::StreamDeleted { .. }) => {}
+        other => panic!("an append to a deleted stream: {other:?}"),
+    }
+    // And a stream nobody wrote takes the first append at version 0.
+    let fresh = b
+        .append(
+            &stream("new"),
+            ExpectedVersion::NoStream,
+            vec![event("n-1", "Happened")],
+        )
+        .await
+        .unwrap();
+    assert_eq!((fresh.first_version, fresh.duplicate), (0, false));
+}
+
 /// Two store instances (two connections, as two Proteus processes would have) race appends
 /// with the same expected version, round after round: exactly one wins each round, the
 /// losers are told the winner's version, and the stream has every winner's events at
