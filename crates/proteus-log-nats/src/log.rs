@@ -39,6 +39,13 @@ const QUICK_RECHECKS: u32 = 4;
 /// Ephemeral read consumers are removed by the server after this idle time if the adapter
 /// could not delete them itself.
 const READ_CONSUMER_IDLE_MS: u64 = 30_000;
+/// Read consumers kept between reads, over all partitions, so that a reader continuing where
+/// its last read stopped (a group's coordinator, a tail) fetches at once instead of creating
+/// and deleting a consumer for every read. Past it the least recently used is deleted.
+const READ_CURSORS_MAX: usize = 256;
+/// A kept read consumer is reused only if it was last used this recently: well before the
+/// server removes it as idle.
+const READ_CURSOR_REUSE_MS: u64 = READ_CONSUMER_IDLE_MS / 2;
 /// Publishes whose acknowledgement may be awaited at once by one instance (all appends
 /// together); past it an append fails with `Unavailable` rather than queueing without bound.
 const ACKS_IN_FLIGHT_MAX: usize = 1 << 20;
@@ -66,7 +73,36 @@ struct Inner {
     closed: AtomicBool,
     /// Per topic: the next round-robin partition for keyless batches.
     round_robin: StdMutex<HashMap<TopicName, u32>>,
+    /// Read consumers parked after a read, by partition stream and the sequence they deliver
+    /// next; a reader takes one out while it fetches, so none is ever shared.
+    read_cursors: StdMutex<HashMap<CursorKey, ReadCursor>>,
     stop: watch::Sender<bool>,
+}
+
+/// A partition stream, told apart from a stream of the same name created later (a topic
+/// deleted and created again) by its creation time, and the sequence a consumer delivers next.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CursorKey {
+    stream: String,
+    created_ns: i128,
+    next_seq: u64,
+}
+
+impl CursorKey {
+    fn new(stream: &stream::Stream, next_seq: u64) -> CursorKey {
+        let info = stream.cached_info();
+        CursorKey {
+            stream: info.config.name.clone(),
+            created_ns: info.created.unix_timestamp_nanos(),
+            next_seq,
+        }
+    }
+}
+
+struct ReadCursor {
+    consumer: consumer::PullConsumer,
+    stream: stream::Stream,
+    used: Instant,
 }
 
 /// A topic as loaded from its partition 0 stream.
@@ -180,6 +216,21 @@ fn nats_error<E: std::fmt::Display + std::fmt::Debug>(context: &str, error: E) -
     }
 }
 
+/// Deletes a read consumer in the background (the server removes it anyway once idle).
+fn delete_consumer(stream: &stream::Stream, consumer: &consumer::PullConsumer) {
+    let (stream, name) = (stream.clone(), consumer.cached_info().name.clone());
+    tokio::spawn(async move {
+        let _ = stream.delete_consumer(&name).await;
+    });
+}
+
+fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere mid-call; the map stays valid.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn jetstream_code<K: std::fmt::Debug>(kind: &K) -> Option<u64> {
     // The kinds of async-nats errors that wrap a JetStream API error print it as
     // `JetStream(Error { code: .., err_code: ErrorCode(n), .. })`.
@@ -220,6 +271,7 @@ impl NatsLog {
                 js,
                 closed: AtomicBool::new(false),
                 round_robin: StdMutex::new(HashMap::new()),
+                read_cursors: StdMutex::new(HashMap::new()),
                 stop,
             }),
         };
@@ -839,7 +891,9 @@ impl NatsLog {
             .collect())
     }
 
-    /// Reads from an ephemeral consumer of the partition's stream.
+    /// Reads from an ephemeral consumer of the partition's stream: the one parked by the read
+    /// that stopped exactly where this one starts, if any, else a new one. The consumer is
+    /// parked again afterwards when it stopped exactly after the events returned.
     async fn fetch(
         &self,
         topic: &Topic,
@@ -850,6 +904,35 @@ impl NatsLog {
         bytes_max: u32,
     ) -> Result<Vec<StoredEvent>, LogError> {
         let context = || format!("reading partition {partition} of topic '{}'", topic.name);
+        let start_seq = match deliver_policy {
+            DeliverPolicy::ByStartSequence { start_sequence } => Some(start_sequence),
+            _ => None,
+        };
+        let subject_len = self.subject(&topic.name, partition).len();
+        let parked = start_seq.and_then(|seq| self.take_cursor(&CursorKey::new(stream, seq)));
+        if let Some(consumer) = parked {
+            // A consumer the server dropped meanwhile (it restarted: read consumers are kept in
+            // memory) never answers a fetch: bound the wait, then read with a new one.
+            let fetched = tokio::time::timeout(
+                ms(self.inner.config.request_timeout_ms),
+                self.fetch_from(
+                    &consumer,
+                    topic,
+                    partition,
+                    subject_len,
+                    events_max,
+                    bytes_max,
+                ),
+            )
+            .await;
+            match fetched {
+                Ok(Ok((events, whole))) => {
+                    self.park_cursor(stream, consumer, start_seq, &events, whole);
+                    return Ok(events);
+                }
+                Ok(Err(_)) | Err(_) => delete_consumer(stream, &consumer),
+            }
+        }
         let consumer: consumer::PullConsumer = stream
             .create_consumer(consumer::pull::Config {
                 deliver_policy,
@@ -860,9 +943,7 @@ impl NatsLog {
             })
             .await
             .map_err(|e| nats_error(&context(), e))?;
-        let consumer_name = consumer.cached_info().name.clone();
-        let subject_len = self.subject(&topic.name, partition).len();
-        let result = self
+        let fetched = self
             .fetch_from(
                 &consumer,
                 topic,
@@ -872,11 +953,66 @@ impl NatsLog {
                 bytes_max,
             )
             .await;
-        let stream = stream.clone();
-        tokio::spawn(async move {
-            let _ = stream.delete_consumer(&consumer_name).await;
-        });
-        result
+        match fetched {
+            Ok((events, whole)) => {
+                self.park_cursor(stream, consumer, start_seq, &events, whole);
+                Ok(events)
+            }
+            Err(error) => {
+                delete_consumer(stream, &consumer);
+                Err(error)
+            }
+        }
+    }
+
+    /// The consumer parked at `key`, if it was used recently enough.
+    fn take_cursor(&self, key: &CursorKey) -> Option<consumer::PullConsumer> {
+        let mut cursors = lock(&self.inner.read_cursors);
+        let cursor = cursors.remove(key)?;
+        if cursor.used.elapsed() < ms(READ_CURSOR_REUSE_MS) {
+            Some(cursor.consumer)
+        } else {
+            delete_consumer(&cursor.stream, &cursor.consumer);
+            None
+        }
+    }
+
+    /// Parks `consumer` under the sequence it delivers next, or deletes it when that is not
+    /// known exactly: some delivered events were not returned (`whole` false), or a read by
+    /// time returned nothing.
+    fn park_cursor(
+        &self,
+        stream: &stream::Stream,
+        consumer: consumer::PullConsumer,
+        start_seq: Option<u64>,
+        events: &[StoredEvent],
+        whole: bool,
+    ) {
+        // Offsets are sequences − 1.
+        let next_seq = events.last().map(|last| last.offset + 2).or(start_seq);
+        let Some(next_seq) = next_seq.filter(|_| whole) else {
+            delete_consumer(stream, &consumer);
+            return;
+        };
+        let key = CursorKey::new(stream, next_seq);
+        let mut cursors = lock(&self.inner.read_cursors);
+        if cursors.len() >= READ_CURSORS_MAX
+            && let Some(oldest) = cursors
+                .iter()
+                .min_by_key(|(_, cursor)| cursor.used)
+                .map(|(key, _)| key.clone())
+            && let Some(evicted) = cursors.remove(&oldest)
+        {
+            delete_consumer(&evicted.stream, &evicted.consumer);
+        }
+        let parked = ReadCursor {
+            consumer,
+            stream: stream.clone(),
+            used: Instant::now(),
+        };
+        if let Some(displaced) = cursors.insert(key, parked) {
+            delete_consumer(&displaced.stream, &displaced.consumer);
+        }
     }
 
     async fn fetch_from(
@@ -887,8 +1023,11 @@ impl NatsLog {
         subject_len: usize,
         events_max: u32,
         bytes_max: u32,
-    ) -> Result<Vec<StoredEvent>, LogError> {
+    ) -> Result<(Vec<StoredEvent>, bool), LogError> {
         let context = || format!("reading partition {partition} of topic '{}'", topic.name);
+        // Whether every event the server delivered is returned, so the consumer stands just
+        // after the last one.
+        let mut whole = true;
         // The server counts headers and subject too; ask for enough and trim here.
         let overhead = HEADER_BYTES_RESERVED / 2 + subject_len;
         let server_bytes = (bytes_max as usize).saturating_add(events_max as usize * overhead);
@@ -924,6 +1063,7 @@ impl NatsLog {
                 let (seq, published) = (info.stream_sequence, info.published);
                 let json = message.message.payload.clone();
                 if !events.is_empty() && bytes + json.len() > bytes_max as usize {
+                    whole = false;
                     break;
                 }
                 bytes += json.len();
@@ -940,8 +1080,11 @@ impl NatsLog {
             if !(events.is_empty() && refused_for_size) {
                 break;
             }
+            // The second attempt fetches one event after a refusal: keep it simple, do not
+            // reuse the consumer.
+            whole = false;
         }
-        Ok(events)
+        Ok((events, whole))
     }
 
     async fn read_impl(

@@ -1,0 +1,129 @@
+//! Reads that continue where the previous one stopped reuse its consumer; every way a reused
+//! consumer could stand at the wrong place must still return exactly the events asked for.
+
+use futures_util::StreamExt;
+use proteus_log::port::{EventAppender, EventReader, ReadBatch, TopicAdmin};
+use proteus_log::{ReadFrom, ReadLimits, TopicConfig, TopicName};
+use proteus_log_conformance::event;
+
+use crate::support::{NatsHarness, connect};
+
+fn ids(batch: &ReadBatch) -> Vec<String> {
+    batch
+        .events
+        .iter()
+        .map(|e| {
+            let json: serde_json::Value = serde_json::from_slice(&e.json).unwrap();
+            json["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+fn limits(events_max: u32, bytes_max: u32) -> ReadLimits {
+    ReadLimits {
+        events_max,
+        bytes_max,
+    }
+}
+
+#[tokio::test]
+async fn reads_continuing_or_jumping_return_exactly_what_was_asked() {
+    let mut harness = NatsHarness::new();
+    // A parked consumer the server dropped is given up after this long.
+    harness.config.request_timeout_ms = 1_000;
+    let log = connect(harness.config.clone()).await;
+    let name = TopicName::parse("paged").unwrap();
+    log.put_topic(&name, TopicConfig::with_partitions(1))
+        .await
+        .unwrap();
+    let all: Vec<String> = (0..50).map(|i| format!("e{i:02}")).collect();
+    log.append(&name, all.iter().map(|id| event(id, None)).collect())
+        .await
+        .unwrap();
+    let read = |offset: u64, limits: ReadLimits| {
+        let (log, name) = (log.clone(), name.clone());
+        async move {
+            log.read(&name, 0, ReadFrom::Offset(offset), limits)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Pages of 7, each starting where the last stopped (the reused consumer's path).
+    let mut offset = 0;
+    let mut seen = Vec::new();
+    while offset < 50 {
+        let batch = read(offset, limits(7, 1 << 20)).await;
+        assert_eq!(batch.events[0].offset, offset);
+        seen.extend(ids(&batch));
+        offset = batch.next_offset;
+    }
+    assert_eq!(seen, all);
+
+    // The same page twice, and a jump back: each starts at its own offset.
+    assert_eq!(
+        ids(&read(10, limits(3, 1 << 20)).await),
+        ["e10", "e11", "e12"]
+    );
+    assert_eq!(
+        ids(&read(10, limits(3, 1 << 20)).await),
+        ["e10", "e11", "e12"]
+    );
+    assert_eq!(ids(&read(2, limits(2, 1 << 20)).await), ["e02", "e03"]);
+
+    // A byte budget that cuts the batch short: the server delivered more than was returned,
+    // so the next read from the returned end must not skip what was cut.
+    let one_event_bytes = read(20, limits(1, 1 << 20)).await.events[0].json.len() as u32;
+    let cut = read(20, limits(10, one_event_bytes * 3 + one_event_bytes / 2)).await;
+    assert_eq!(ids(&cut), ["e20", "e21", "e22"]);
+    assert_eq!(
+        ids(&read(cut.next_offset, limits(2, 1 << 20)).await),
+        ["e23", "e24"]
+    );
+
+    // At the end, then new events: the parked consumer delivers them.
+    assert!(read(50, limits(5, 1 << 20)).await.events.is_empty());
+    assert_eq!(ids(&read(48, limits(5, 1 << 20)).await), ["e48", "e49"]);
+    log.append(&name, vec![event("e50", None)]).await.unwrap();
+    assert_eq!(ids(&read(50, limits(5, 1 << 20)).await), ["e50"]);
+
+    // The server drops the parked consumers (as a restart does: they are kept in memory):
+    // the next read gives up on its consumer within the request timeout and reads anew.
+    assert_eq!(ids(&read(30, limits(2, 1 << 20)).await), ["e30", "e31"]);
+    let stream_name = format!("{}_paged_0", harness.config.stream_prefix);
+    let js = async_nats::jetstream::new(async_nats::connect(&harness.config.url).await.unwrap());
+    let stream = js.get_stream(&stream_name).await.unwrap();
+    let names: Vec<String> = stream
+        .consumer_names()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!names.is_empty(), "reads left parked consumers");
+    for name in names {
+        stream.delete_consumer(&name).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(ids(&read(32, limits(2, 1 << 20)).await), ["e32", "e33"]);
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(900)
+            && waited < std::time::Duration::from_secs(5),
+        "the dropped consumer was given up after {waited:?}"
+    );
+
+    // The topic deleted and created again: a consumer parked on the old stream is not used.
+    assert_eq!(ids(&read(0, limits(2, 1 << 20)).await), ["e00", "e01"]);
+    log.delete_topic(&name).await.unwrap();
+    log.put_topic(&name, TopicConfig::with_partitions(1))
+        .await
+        .unwrap();
+    log.append(
+        &name,
+        (0..4).map(|i| event(&format!("n{i}"), None)).collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&read(2, limits(5, 1 << 20)).await), ["n2", "n3"]);
+}
