@@ -99,6 +99,17 @@ impl CursorKey {
     }
 }
 
+/// What one read asks of a partition.
+struct Read<'a> {
+    topic: &'a Topic,
+    stream: &'a stream::Stream,
+    partition: PartitionId,
+    /// Where the read starts, when it starts at a sequence (not at a time).
+    start_seq: Option<u64>,
+    events_max: u32,
+    bytes_max: u32,
+}
+
 struct ReadCursor {
     consumer: consumer::PullConsumer,
     stream: stream::Stream,
@@ -218,7 +229,11 @@ fn nats_error<E: std::fmt::Display + std::fmt::Debug>(context: &str, error: E) -
 
 /// Deletes a read consumer in the background (the server removes it anyway once idle).
 fn delete_consumer(stream: &stream::Stream, consumer: &consumer::PullConsumer) {
-    let (stream, name) = (stream.clone(), consumer.cached_info().name.clone());
+    delete_consumer_named(stream, consumer.cached_info().name.clone());
+}
+
+fn delete_consumer_named(stream: &stream::Stream, name: String) {
+    let stream = stream.clone();
     tokio::spawn(async move {
         let _ = stream.delete_consumer(&name).await;
     });
@@ -908,29 +923,25 @@ impl NatsLog {
             DeliverPolicy::ByStartSequence { start_sequence } => Some(start_sequence),
             _ => None,
         };
-        let subject_len = self.subject(&topic.name, partition).len();
+        let read = Read {
+            topic,
+            stream,
+            partition,
+            start_seq,
+            events_max,
+            bytes_max,
+        };
         let parked = start_seq.and_then(|seq| self.take_cursor(&CursorKey::new(stream, seq)));
         if let Some(consumer) = parked {
+            let name = consumer.cached_info().name.clone();
             // A consumer the server dropped meanwhile (it restarted: read consumers are kept in
             // memory) never answers a fetch: bound the wait, then read with a new one.
-            let fetched = tokio::time::timeout(
-                ms(self.inner.config.request_timeout_ms),
-                self.fetch_from(
-                    &consumer,
-                    topic,
-                    partition,
-                    subject_len,
-                    events_max,
-                    bytes_max,
-                ),
-            )
-            .await;
-            match fetched {
-                Ok(Ok((events, whole))) => {
-                    self.park_cursor(stream, consumer, start_seq, &events, whole);
-                    return Ok(events);
-                }
-                Ok(Err(_)) | Err(_) => delete_consumer(stream, &consumer),
+            let timeout = ms(self.inner.config.request_timeout_ms);
+            match tokio::time::timeout(timeout, self.fetch_and_park(&read, consumer)).await {
+                Ok(Ok(events)) => return Ok(events),
+                // The consumer is deleted already.
+                Ok(Err(_)) => {}
+                Err(_) => delete_consumer_named(stream, name),
             }
         }
         let consumer: consumer::PullConsumer = stream
@@ -943,23 +954,33 @@ impl NatsLog {
             })
             .await
             .map_err(|e| nats_error(&context(), e))?;
+        self.fetch_and_park(&read, consumer).await
+    }
+
+    /// Fetches one read's events with `consumer`, then parks the consumer or deletes it.
+    async fn fetch_and_park(
+        &self,
+        read: &Read<'_>,
+        consumer: consumer::PullConsumer,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let subject_len = self.subject(&read.topic.name, read.partition).len();
         let fetched = self
             .fetch_from(
                 &consumer,
-                topic,
-                partition,
+                read.topic,
+                read.partition,
                 subject_len,
-                events_max,
-                bytes_max,
+                read.events_max,
+                read.bytes_max,
             )
             .await;
         match fetched {
             Ok((events, whole)) => {
-                self.park_cursor(stream, consumer, start_seq, &events, whole);
+                self.park_cursor(read.stream, consumer, read.start_seq, &events, whole);
                 Ok(events)
             }
             Err(error) => {
-                delete_consumer(stream, &consumer);
+                delete_consumer(read.stream, &consumer);
                 Err(error)
             }
         }
