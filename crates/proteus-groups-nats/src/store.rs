@@ -104,6 +104,7 @@ impl NatsGroupStore {
             connect_timeout_ms: config.connect_timeout_ms,
             request_timeout_ms: config.request_timeout_ms,
             reconnect_delay_max_ms: config.reconnect_delay_max_ms,
+            connections: None,
         })
         .await
         .map_err(StoreError::Backend)?;

@@ -1,7 +1,7 @@
 //! [`NatsLog`]: the log port on JetStream.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,9 @@ struct Inner {
     /// Read consumers parked after a read, by partition stream and the sequence they deliver
     /// next; a reader takes one out while it fetches, so none is ever shared.
     read_cursors: StdMutex<HashMap<CursorKey, ReadCursor>>,
+    /// How many times the client has (re)connected: a consumer parked before the last
+    /// reconnection may have been lost with the server's memory, and is not reused.
+    connections: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
 }
 
@@ -114,6 +117,8 @@ struct ReadCursor {
     consumer: consumer::PullConsumer,
     stream: stream::Stream,
     used: Instant,
+    /// The client's connection count when it was parked.
+    connection: u64,
 }
 
 /// A topic as loaded from its partition 0 stream.
@@ -262,12 +267,14 @@ impl NatsLog {
         config.validate().map_err(|reason| LogError::Unavailable {
             reason: format!("invalid NATS log settings: {reason}"),
         })?;
+        let connections = Arc::new(AtomicU64::new(0));
         let client = proteus_nats::client::connect(&proteus_nats::client::ClientSettings {
             url: &config.url,
             name: "proteus-log",
             connect_timeout_ms: config.connect_timeout_ms,
             request_timeout_ms: config.request_timeout_ms,
             reconnect_delay_max_ms: config.reconnect_delay_max_ms,
+            connections: Some(connections.clone()),
         })
         .await
         .map_err(|reason| LogError::Unavailable { reason })?;
@@ -287,6 +294,7 @@ impl NatsLog {
                 closed: AtomicBool::new(false),
                 round_robin: StdMutex::new(HashMap::new()),
                 read_cursors: StdMutex::new(HashMap::new()),
+                connections,
                 stop,
             }),
         };
@@ -990,7 +998,8 @@ impl NatsLog {
     fn take_cursor(&self, key: &CursorKey) -> Option<consumer::PullConsumer> {
         let mut cursors = lock(&self.inner.read_cursors);
         let cursor = cursors.remove(key)?;
-        if cursor.used.elapsed() < ms(READ_CURSOR_REUSE_MS) {
+        let connection = self.inner.connections.load(Ordering::SeqCst);
+        if cursor.used.elapsed() < ms(READ_CURSOR_REUSE_MS) && cursor.connection == connection {
             Some(cursor.consumer)
         } else {
             delete_consumer(&cursor.stream, &cursor.consumer);
@@ -1030,6 +1039,7 @@ impl NatsLog {
             consumer,
             stream: stream.clone(),
             used: Instant::now(),
+            connection: self.inner.connections.load(Ordering::SeqCst),
         };
         if let Some(displaced) = cursors.insert(key, parked) {
             delete_consumer(&displaced.stream, &displaced.consumer);

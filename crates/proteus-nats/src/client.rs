@@ -2,6 +2,8 @@
 //! request timeouts, reconnection with exponential back-off up to a ceiling, and a check that
 //! the server answers JetStream requests, each failure worded with how to start NATS.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::{START_HINT, redact};
@@ -16,6 +18,9 @@ pub struct ClientSettings<'a> {
     pub request_timeout_ms: u64,
     /// Longest pause between two reconnection attempts.
     pub reconnect_delay_max_ms: u64,
+    /// When given, counted up each time the client (re)connects: what the server kept for
+    /// this client in memory (ephemeral consumers) may be gone after a reconnection.
+    pub connections: Option<Arc<AtomicU64>>,
 }
 
 fn ms(value: u64) -> Duration {
@@ -27,19 +32,28 @@ fn ms(value: u64) -> Duration {
 pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client, String> {
     let url = redact(settings.url);
     let delay_max = ms(settings.reconnect_delay_max_ms);
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(settings.name)
         .connection_timeout(ms(settings.connect_timeout_ms))
         .request_timeout(Some(ms(settings.request_timeout_ms)))
         .reconnect_delay_callback(move |attempts| {
             let exponent = attempts.min(16) as u32;
             ms(10u64.saturating_mul(1u64 << exponent)).min(delay_max)
-        })
-        .connect(settings.url)
-        .await
-        .map_err(|error| {
-            format!("cannot connect to NATS at {url}: {error}; is it running? If not, {START_HINT}")
-        })?;
+        });
+    if let Some(connections) = &settings.connections {
+        let connections = connections.clone();
+        options = options.event_callback(move |event| {
+            let connections = connections.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    connections.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    let client = options.connect(settings.url).await.map_err(|error| {
+        format!("cannot connect to NATS at {url}: {error}; is it running? If not, {START_HINT}")
+    })?;
     let no_jetstream = |why: String| {
         format!("NATS at {url} does not answer JetStream requests ({why}); {START_HINT}")
     };

@@ -1,12 +1,15 @@
 //! Reads that continue where the previous one stopped reuse its consumer; every way a reused
 //! consumer could stand at the wrong place must still return exactly the events asked for.
 
+use std::time::{Duration, Instant};
+
 use futures_util::StreamExt;
 use proteus_log::port::{EventAppender, EventReader, ReadBatch, TopicAdmin};
 use proteus_log::{ReadFrom, ReadLimits, TopicConfig, TopicName};
 use proteus_log_conformance::event;
+use proteus_nats::test_support::{Proxy, host_port};
 
-use crate::support::{NatsHarness, connect};
+use crate::support::{NatsHarness, connect, nats_url};
 
 fn ids(batch: &ReadBatch) -> Vec<String> {
     batch
@@ -104,7 +107,7 @@ async fn reads_continuing_or_jumping_return_exactly_what_was_asked() {
     for name in names {
         stream.delete_consumer(&name).await.unwrap();
     }
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     assert_eq!(ids(&read(32, limits(2, 1 << 20)).await), ["e32", "e33"]);
     let waited = started.elapsed();
     assert!(
@@ -126,4 +129,67 @@ async fn reads_continuing_or_jumping_return_exactly_what_was_asked() {
     .await
     .unwrap();
     assert_eq!(ids(&read(2, limits(5, 1 << 20)).await), ["n2", "n3"]);
+}
+
+/// After a reconnection (the server may have restarted and lost its in-memory consumers), a
+/// parked consumer is not tried: the read does not wait out the request timeout on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_parked_before_a_reconnection_are_not_reused() {
+    let proxy = Proxy::start(host_port(&nats_url())).await;
+    let mut harness = NatsHarness::new();
+    harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
+    harness.config.request_timeout_ms = 2_000;
+    harness.config.reconnect_delay_max_ms = 200;
+    let log = connect(harness.config.clone()).await;
+    let name = TopicName::parse("reconnected").unwrap();
+    log.put_topic(&name, TopicConfig::with_partitions(1))
+        .await
+        .unwrap();
+    log.append(
+        &name,
+        (0..10).map(|i| event(&format!("e{i}"), None)).collect(),
+    )
+    .await
+    .unwrap();
+    let read = |offset: u64| {
+        let (log, name) = (log.clone(), name.clone());
+        async move {
+            log.read(&name, 0, ReadFrom::Offset(offset), limits(2, 1 << 20))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(ids(&read(0).await), ["e0", "e1"]);
+    // What a server restart does to the parked consumer, then the reconnection.
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let stream = js
+        .get_stream(format!("{}_reconnected_0", harness.config.stream_prefix))
+        .await
+        .unwrap();
+    let names: Vec<String> = stream
+        .consumer_names()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for name in names {
+        stream.delete_consumer(&name).await.unwrap();
+    }
+    proxy.stop();
+    proxy.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while log.append(&name, vec![event("after", None)]).await.is_err() {
+        assert!(Instant::now() < deadline, "no reconnection within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    assert_eq!(ids(&read(2).await), ["e2", "e3"]);
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "the read waited {:?} on a consumer parked before the reconnection",
+        started.elapsed()
+    );
+    proxy.stop();
 }
