@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use proteus_log::port::{EventAppender, EventReader, ReadBatch, TopicAdmin};
 use proteus_log::{ReadFrom, ReadLimits, TopicConfig, TopicName};
 use proteus_log_conformance::event;
+use proteus_log_nats::NatsLog;
 use proteus_nats::test_support::{Proxy, host_port};
 
 use crate::support::{NatsHarness, connect, nats_url};
@@ -20,6 +21,37 @@ fn ids(batch: &ReadBatch) -> Vec<String> {
             json["id"].as_str().unwrap().to_owned()
         })
         .collect()
+}
+
+/// Creates the one-partition topic `name` (again) holding events with these ids.
+async fn topic_with(log: &NatsLog, name: &TopicName, ids: impl Iterator<Item = String>) {
+    log.put_topic(name, TopicConfig::with_partitions(1))
+        .await
+        .unwrap();
+    log.append(name, ids.map(|id| event(&id, None)).collect())
+        .await
+        .unwrap();
+}
+
+/// Deletes every consumer of partition 0's stream behind the adapter's back, as a server
+/// restart does to the in-memory read consumers; returns how many there were.
+async fn drop_read_consumers(harness: &NatsHarness, topic: &str) -> usize {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let stream = js
+        .get_stream(format!("{}_{topic}_0", harness.config.stream_prefix))
+        .await
+        .unwrap();
+    let names: Vec<String> = stream
+        .consumer_names()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for name in &names {
+        stream.delete_consumer(name).await.unwrap();
+    }
+    names.len()
 }
 
 fn limits(events_max: u32, bytes_max: u32) -> ReadLimits {
@@ -36,13 +68,8 @@ async fn reads_continuing_or_jumping_return_exactly_what_was_asked() {
     harness.config.request_timeout_ms = 1_000;
     let log = connect(harness.config.clone()).await;
     let name = TopicName::parse("paged").unwrap();
-    log.put_topic(&name, TopicConfig::with_partitions(1))
-        .await
-        .unwrap();
     let all: Vec<String> = (0..50).map(|i| format!("e{i:02}")).collect();
-    log.append(&name, all.iter().map(|id| event(id, None)).collect())
-        .await
-        .unwrap();
+    topic_with(&log, &name, all.iter().cloned()).await;
     let read = |offset: u64, limits: ReadLimits| {
         let (log, name) = (log.clone(), name.clone());
         async move {
@@ -93,41 +120,22 @@ async fn reads_continuing_or_jumping_return_exactly_what_was_asked() {
     // The server drops the parked consumers (as a restart does: they are kept in memory):
     // the next read gives up on its consumer within the request timeout and reads anew.
     assert_eq!(ids(&read(30, limits(2, 1 << 20)).await), ["e30", "e31"]);
-    let stream_name = format!("{}_paged_0", harness.config.stream_prefix);
-    let js = async_nats::jetstream::new(async_nats::connect(&harness.config.url).await.unwrap());
-    let stream = js.get_stream(&stream_name).await.unwrap();
-    let names: Vec<String> = stream
-        .consumer_names()
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert!(!names.is_empty(), "reads left parked consumers");
-    for name in names {
-        stream.delete_consumer(&name).await.unwrap();
-    }
+    assert!(
+        drop_read_consumers(&harness, "paged").await > 0,
+        "reads left parked consumers"
+    );
     let started = Instant::now();
     assert_eq!(ids(&read(32, limits(2, 1 << 20)).await), ["e32", "e33"]);
     let waited = started.elapsed();
     assert!(
-        waited >= std::time::Duration::from_millis(900)
-            && waited < std::time::Duration::from_secs(5),
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
         "the dropped consumer was given up after {waited:?}"
     );
 
     // The topic deleted and created again: a consumer parked on the old stream is not used.
     assert_eq!(ids(&read(0, limits(2, 1 << 20)).await), ["e00", "e01"]);
     log.delete_topic(&name).await.unwrap();
-    log.put_topic(&name, TopicConfig::with_partitions(1))
-        .await
-        .unwrap();
-    log.append(
-        &name,
-        (0..4).map(|i| event(&format!("n{i}"), None)).collect(),
-    )
-    .await
-    .unwrap();
+    topic_with(&log, &name, (0..4).map(|i| format!("n{i}"))).await;
     assert_eq!(ids(&read(2, limits(5, 1 << 20)).await), ["n2", "n3"]);
 }
 
@@ -142,15 +150,7 @@ async fn consumers_parked_before_a_reconnection_are_not_reused() {
     harness.config.reconnect_delay_max_ms = 200;
     let log = connect(harness.config.clone()).await;
     let name = TopicName::parse("reconnected").unwrap();
-    log.put_topic(&name, TopicConfig::with_partitions(1))
-        .await
-        .unwrap();
-    log.append(
-        &name,
-        (0..10).map(|i| event(&format!("e{i}"), None)).collect(),
-    )
-    .await
-    .unwrap();
+    topic_with(&log, &name, (0..10).map(|i| format!("e{i}"))).await;
     let read = |offset: u64| {
         let (log, name) = (log.clone(), name.clone());
         async move {
@@ -161,21 +161,7 @@ async fn consumers_parked_before_a_reconnection_are_not_reused() {
     };
     assert_eq!(ids(&read(0).await), ["e0", "e1"]);
     // What a server restart does to the parked consumer, then the reconnection.
-    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-    let stream = js
-        .get_stream(format!("{}_reconnected_0", harness.config.stream_prefix))
-        .await
-        .unwrap();
-    let names: Vec<String> = stream
-        .consumer_names()
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    for name in names {
-        stream.delete_consumer(&name).await.unwrap();
-    }
+    drop_read_consumers(&harness, "reconnected").await;
     proxy.stop();
     proxy.restart().await;
     let deadline = Instant::now() + Duration::from_secs(15);
