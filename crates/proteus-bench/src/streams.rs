@@ -73,6 +73,11 @@ pub struct StreamsArgs {
     /// always reported.
     #[arg(long, value_name = "NAME=PID")]
     pub cpu_of: Vec<String>,
+    /// Measure the peers (`--postgres`, `--nats`) before Proteus rather than after. When the
+    /// disk is what limits, the phase that runs second also pays the first one's write-back;
+    /// alternate the order between runs to see that bias.
+    #[arg(long)]
+    pub peers_first: bool,
     #[arg(long, value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -214,7 +219,10 @@ pub async fn run(args: StreamsArgs) -> Result<(), String> {
     };
     // Stream names unique to this run, so runs against one server do not collide.
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
-    let mut systems = vec![proteus::measure(url, &run, &args).await?];
+    let mut systems = Vec::new();
+    if !args.peers_first {
+        systems.push(proteus::measure(url, &run, &args).await?);
+    }
     if let Some(postgres) = &args.postgres {
         for shape in [postgres::Table::Minimal, postgres::Table::SameIndexes] {
             systems.push(postgres::measure(postgres, &run, &args, shape).await?);
@@ -222,6 +230,9 @@ pub async fn run(args: StreamsArgs) -> Result<(), String> {
     }
     if let Some(nats) = &args.nats {
         systems.push(nats::measure(nats, &run, &args).await?);
+    }
+    if args.peers_first {
+        systems.insert(0, proteus::measure(url, &run, &args).await?);
     }
     let report = StreamsReport {
         streams: args.streams,
@@ -414,16 +425,28 @@ mod proteus {
             .map_err(|e| format!("building a request failed: {e}"))
     }
 
+    /// `[{"id", "type", "data"}, …]` written straight into one buffer: the load generator
+    /// shares the machine with the server, so what it spends is taken from Proteus.
     fn events_body(events: usize, data: &str) -> Bytes {
-        let events: Vec<String> = (0..events)
-            .map(|_| {
-                format!(
-                    r#"{{"id":"{}","type":"BenchEvent","data":{data}}}"#,
-                    uuid::Uuid::now_v7()
-                )
-            })
-            .collect();
-        Bytes::from(format!("[{}]", events.join(",")))
+        const BEFORE_ID: &[u8] = br#"{"id":""#;
+        const BEFORE_DATA: &[u8] = br#"","type":"BenchEvent","data":"#;
+        let event_bytes = BEFORE_ID.len() + 36 + BEFORE_DATA.len() + data.len() + 2;
+        let mut body = Vec::with_capacity(2 + events * event_bytes);
+        body.push(b'[');
+        for index in 0..events {
+            if index > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(BEFORE_ID);
+            let mut id = uuid::Uuid::encode_buffer();
+            let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut id);
+            body.extend_from_slice(id.as_bytes());
+            body.extend_from_slice(BEFORE_DATA);
+            body.extend_from_slice(data.as_bytes());
+            body.push(b'}');
+        }
+        body.push(b']');
+        Bytes::from(body)
     }
 
     /// A writer over one HTTP/1.1 keep-alive connection to Proteus.
@@ -527,6 +550,23 @@ mod proteus {
             }
         }
         Ok(SystemReport::new("proteus", events, appended, &reads))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn an_events_body_is_a_json_array_of_events_with_distinct_ids() {
+            let data = event_data(100);
+            let body = events_body(3, &data);
+            let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+            assert_eq!(events.len(), 3);
+            assert_eq!(events[2]["type"], "BenchEvent");
+            assert_eq!(events[2]["data"].to_string(), data);
+            assert_ne!(events[0]["id"], events[1]["id"]);
+            assert_eq!(events[0]["id"].as_str().unwrap().len(), 36);
+        }
     }
 }
 
@@ -969,6 +1009,7 @@ mod tests {
             seconds: 1,
             aggregate_events: 1,
             cpu_of: vec![cpu_of.into()],
+            peers_first: false,
             output: Output::Table,
         };
         assert!(watched(&args("nats")).unwrap_err().contains("NAME=PID"));

@@ -160,6 +160,17 @@ pub struct AppendQuery {
 /// `Value` tree of every payload only to write it out again was the most expensive part of an
 /// append over HTTP.
 fn parse_append(body: &Bytes) -> Result<(Option<String>, Vec<ProposedEvent>), Problem> {
+    match parse_append_in_one_pass(body) {
+        Some(parsed) => Ok(parsed),
+        None => parse_append_step_by_step(body),
+    }
+}
+
+/// [`parse_append`] for any body: the events cut out first, then each parsed, so that an
+/// error names the event, and an event without id can be given one.
+fn parse_append_step_by_step(
+    body: &Bytes,
+) -> Result<(Option<String>, Vec<ProposedEvent>), Problem> {
     let invalid = |detail: String| Problem::bad_request("invalid-events", "Invalid events", detail);
     let not_json = |e: serde_json::Error| invalid(format!("the body is not JSON: {e}"));
     let text =
@@ -230,6 +241,44 @@ fn parse_append(body: &Bytes) -> Result<(Option<String>, Vec<ProposedEvent>), Pr
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((expected, events))
+}
+
+/// The `{"events", "expected_version"?}` shape of an append body, for the one-pass parse.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppendEnvelope {
+    events: Vec<ProposedEvent>,
+    #[serde(default)]
+    expected_version: Option<ExpectedVersionJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ExpectedVersionJson {
+    Text(String),
+    Number(u64),
+}
+
+/// A well-formed array or envelope body parsed in one pass over its bytes, or `None` for
+/// anything else (a single event, an event without id, an error), left to
+/// [`parse_append_step_by_step`] for its precise answer. Cutting the events out first and parsing
+/// each again read every payload three times, the largest cost of a batched append in a
+/// profile of the server (2026-11-26).
+fn parse_append_in_one_pass(body: &[u8]) -> Option<(Option<String>, Vec<ProposedEvent>)> {
+    match body.trim_ascii_start().first()? {
+        b'[' => serde_json::from_slice(body)
+            .ok()
+            .map(|events| (None, events)),
+        b'{' => {
+            let envelope: AppendEnvelope = serde_json::from_slice(body).ok()?;
+            let expected = envelope.expected_version.map(|expected| match expected {
+                ExpectedVersionJson::Text(text) => text,
+                ExpectedVersionJson::Number(number) => number.to_string(),
+            });
+            Some((expected, envelope.events))
+        }
+        _ => None,
+    }
 }
 
 /// Checks each event against its type's schema (the version it declares, else the latest) and
@@ -782,4 +831,48 @@ pub async fn subscribe(
             .map(|event| (Ok(event), subscription))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass parse reads well-formed bodies exactly as the step-by-step one does, and
+    /// leaves every other body to it.
+    #[test]
+    fn the_one_pass_parse_agrees_with_the_step_by_step_one() {
+        let agreeing = [
+            r#"[]"#,
+            r#" [{"id":"a","type":"T","data":{"x":[1,2.5,"\u00e9"]}}] "#,
+            r#"[{"id":"a","event_type":"T","data":null,"metadata":{"m":1},"schema_version":2},
+                {"id":"b","type":"U","data":"text"}]"#,
+            r#"{"events":[{"id":"a","type":"T","data":{}}],"expected_version":7}"#,
+            r#"{"expected_version":"no_stream","events":[{"id":"a","type":"T","data":{}}]}"#,
+            r#"{"events":[]}"#,
+        ];
+        for text in agreeing {
+            let body = Bytes::from(text);
+            let fast = parse_append_in_one_pass(&body)
+                .unwrap_or_else(|| panic!("{text} is left to the step-by-step parse"));
+            let (expected, events) = parse_append_step_by_step(&body).unwrap();
+            assert_eq!(fast.0, expected);
+            assert_eq!(fast.1, events);
+        }
+        let left_to_the_other: [&[u8]; 7] = [
+            br#"{"id":"a","type":"T","data":{}}"#,
+            br#"[{"type":"T","data":{}}]"#,
+            br#"{"events":[],"expected_version":-1}"#,
+            br#"{"events":[],"expected_version":"any","other":1}"#,
+            br#"[{"id":"a","type":"T","data":{}},]"#,
+            b"[{\"id\":\"\xff\",\"type\":\"T\",\"data\":{}}]",
+            b"42",
+        ];
+        for body in left_to_the_other {
+            assert!(
+                parse_append_in_one_pass(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
 }
