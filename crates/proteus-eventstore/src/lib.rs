@@ -13,7 +13,9 @@
 //! - [`store`]: the [`EventStore`] port;
 //! - [`memory`]: [`MemoryEventStore`], the store in process memory, which keeps every promise
 //!   of the port except surviving the process;
-//! - `conformance` (feature `conformance`): the suite every adapter runs.
+//! - `conformance` (feature `conformance`): the suite every adapter runs;
+//! - `crash` (feature `conformance`): appends through crashes of the backend server, for the
+//!   adapters whose tests can kill theirs.
 //!
 //! Like `proteus-log`, it does no I/O and has no async runtime in its API. Durable stores live
 //! in adapter crates (`proteus-eventstore-embedded`, `proteus-eventstore-postgres`).
@@ -27,6 +29,8 @@ pub mod store;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod crash;
 
 pub use error::{ErrorKind, EventStoreError};
 pub use event::{

@@ -1,7 +1,10 @@
 //! What the NATS adapters' integration tests share: the server they use, a TCP proxy in front
 //! of it that can cut every connection (restarting the shared server would disturb every other
-//! test), and deleting a test's streams.
+//! test), a server of a test's own that it can kill and start again, and deleting a test's
+//! streams.
 
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,6 +105,119 @@ impl Proxy {
             }
         }
         self.serve(socket.listen(64).expect("listening again"));
+    }
+}
+
+/// A `nats-server` of one test's own: JetStream on, its store in a fresh directory, listening
+/// on a port of its own, so the test can kill it (`SIGKILL`, as a crash) and start it again on
+/// the same port and store while the other tests keep the shared server. Killed, and its
+/// directory removed, when dropped.
+pub struct PrivateNatsServer {
+    pub port: u16,
+    store_dir: PathBuf,
+    process: Mutex<Option<Child>>,
+}
+
+impl PrivateNatsServer {
+    /// The binary: `PROTEUS_TEST_NATS_SERVER`, else `nats-server` on the `PATH`, else
+    /// `/usr/sbin/nats-server` (Debian's package).
+    fn binary() -> String {
+        if let Ok(path) = std::env::var("PROTEUS_TEST_NATS_SERVER") {
+            return path;
+        }
+        let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join("nats-server").is_file())
+        });
+        if on_path {
+            "nats-server".into()
+        } else {
+            "/usr/sbin/nats-server".into()
+        }
+    }
+
+    /// Starts a server and waits until JetStream answers (at most 10 s).
+    pub async fn start() -> PrivateNatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("cannot find a free port on 127.0.0.1")
+            .port();
+        let store_dir = std::env::temp_dir().join(format!("proteus-nats-{}", unique_tag()));
+        let server = PrivateNatsServer {
+            port,
+            store_dir,
+            process: Mutex::new(None),
+        };
+        server.restart().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server with `SIGKILL` and waits for it to be gone.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.process.lock().expect("server process").take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server (again) on its port and store, and waits until JetStream answers.
+    pub async fn restart(&self) {
+        self.kill();
+        let binary = Self::binary();
+        let child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.store_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot run {binary}: {error}; install NATS (Debian: apt install nats-server) or set PROTEUS_TEST_NATS_SERVER to its path"
+                )
+            });
+        *self.process.lock().expect("server process") = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.jetstream_answers().await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{binary} on port {} did not answer within 10 s",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn jetstream_answers(&self) -> bool {
+        let Ok(client) = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_millis(500))
+            .connect(self.url())
+            .await
+        else {
+            return false;
+        };
+        // The raw account request: `query_account` expects fields NATS 2.9 does not send.
+        let request = client.request("$JS.API.INFO", bytes::Bytes::new());
+        match tokio::time::timeout(Duration::from_secs(1), request).await {
+            Ok(Ok(answer)) => {
+                !answer.payload.is_empty()
+                    && !answer.payload.windows(7).any(|word| word == b"\"error\"")
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for PrivateNatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store_dir);
     }
 }
 

@@ -1,8 +1,14 @@
 //! What the PostgreSQL adapters' tests share (feature `test-support`, for tests only): the
-//! server to test against, a message saying how to start it, an admin connection, and schemas
-//! that drop themselves.
+//! server to test against, a message saying how to start it, an admin connection, schemas
+//! that drop themselves, and a server of a test's own that it can kill and start again.
 
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
@@ -87,4 +93,177 @@ impl Drop for TestSchema {
     fn drop(&mut self) {
         drop_schema(&self.name);
     }
+}
+
+/// A PostgreSQL server of one test's own, in a fresh data directory (`initdb`, trust
+/// authentication, `fsync` on), listening on a port of its own, so the test can kill it
+/// (`SIGKILL` to the postmaster and every backend, as a crash) and start it again, which runs
+/// crash recovery, while the other tests keep the shared server. Killed, and its directory
+/// removed, when dropped. Run as root (as CI does), it runs the server as the `postgres` user,
+/// since PostgreSQL refuses to run as root.
+pub struct PrivatePostgres {
+    pub port: u16,
+    bin_dir: PathBuf,
+    data_dir: PathBuf,
+    /// The user and group to run as, when this process is root.
+    run_as: Option<(u32, u32)>,
+    postmaster: Mutex<Option<Child>>,
+}
+
+impl PrivatePostgres {
+    /// Creates the cluster and starts it (waiting until it answers, at most 30 s).
+    pub async fn start() -> PrivatePostgres {
+        let bin_dir = postgres_bin_dir();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("cannot find a free port on 127.0.0.1")
+            .port();
+        let data_dir = std::env::temp_dir().join(unique_name("proteus-pg"));
+        std::fs::create_dir(&data_dir).expect("cannot create a data directory");
+        let root = std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == 0);
+        let run_as = root.then(|| {
+            let ids = postgres_user_ids();
+            std::os::unix::fs::chown(&data_dir, Some(ids.0), Some(ids.1))
+                .expect("cannot give the data directory to the postgres user");
+            ids
+        });
+        let server = PrivatePostgres {
+            port,
+            bin_dir,
+            data_dir,
+            run_as,
+            postmaster: Mutex::new(None),
+        };
+        let mut initdb = server.command("initdb");
+        initdb
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&server.data_dir);
+        let output = initdb.output().expect("cannot run initdb");
+        assert!(
+            output.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        server.restart().await;
+        server
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin_dir.join(program));
+        if let Some((uid, gid)) = self.run_as {
+            command.uid(uid).gid(gid);
+        }
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// Kills the postmaster and its backends with `SIGKILL` and waits for the postmaster.
+    pub fn kill(&self) {
+        if let Some(mut postmaster) = self.postmaster.lock().expect("postmaster").take() {
+            // The postmaster leads its own process group, which its backends inherit.
+            let group = format!("-{}", postmaster.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            let _ = postmaster.kill();
+            let _ = postmaster.wait();
+        }
+    }
+
+    /// Starts the server (again) on its port and data directory, and waits until it answers.
+    pub async fn restart(&self) {
+        self.kill();
+        let mut postgres = self.command("postgres");
+        postgres
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .arg("-k")
+            .arg(&self.data_dir)
+            .args(["-c", "fsync=on", "-c", "max_connections=100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let child = postgres.spawn().expect("cannot run postgres");
+        *self.postmaster.lock().expect("postmaster") = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((client, connection)) = tokio_postgres::connect(&self.url(), NoTls).await {
+                tokio::spawn(connection);
+                if client.simple_query("SELECT 1").await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the private PostgreSQL on port {} did not answer within 30 s",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// `PROTEUS_TEST_POSTGRES_BIN`, else the newest `/usr/lib/postgresql/<version>/bin` (Debian's
+/// layout).
+fn postgres_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PROTEUS_TEST_POSTGRES_BIN") {
+        return PathBuf::from(dir);
+    }
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .filter(|(_, bin)| Path::new(bin).join("postgres").is_file())
+        .max();
+    match newest {
+        Some((_, bin)) => bin,
+        None => panic!(
+            "no PostgreSQL server binaries in /usr/lib/postgresql/<version>/bin; install them (Debian: apt install postgresql) or set PROTEUS_TEST_POSTGRES_BIN to the directory holding initdb and postgres"
+        ),
+    }
+}
+
+/// The uid and gid of the `postgres` user, from `/etc/passwd`.
+fn postgres_user_ids() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            if fields.first() != Some(&"postgres") || fields.len() < 4 {
+                return None;
+            }
+            Some((fields[2].parse().ok()?, fields[3].parse().ok()?))
+        })
+        .expect("running as root, the private PostgreSQL needs a postgres user to run as (PostgreSQL refuses root); create one (Debian's postgresql package does)")
 }

@@ -1,8 +1,8 @@
 //! Integration tests of the NATS JetStream event store against a real server
 //! (`PROTEUS_TEST_NATS_URL`, default `nats://127.0.0.1:4222`): the whole `EventStore`
 //! conformance suite (twice: as configured, and with an id cache so small that streams' id
-//! indexes are evicted all the time), two instances racing on one stream, and appends across a connection
-//! outage. Each harness uses its own stream and subject prefixes and deletes its streams when
+//! indexes are evicted all the time), two instances racing on one stream, appends across a
+//! connection outage and across a crash of a server of the test's own (`server_crash`). Each harness uses its own stream and subject prefixes and deletes its streams when
 //! it is dropped, even when the test fails. The tests fail (never skip) when NATS is not
 //! running, saying how to start it.
 
@@ -82,6 +82,8 @@ impl EventStoreHarness for Harness {
         Arc::new(self.store().await)
     }
 }
+
+mod server_crash;
 
 mod conformance {
     use super::Harness;

@@ -1,8 +1,9 @@
 //! The PostgreSQL event store runs the whole EventStore conformance suite against a real
 //! PostgreSQL (`PROTEUS_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`),
 //! each test in a schema of its own that is dropped afterwards, plus what only this adapter
-//! promises: migrations, schemas, connection loss, and a `$all` feed without gaps under
-//! concurrent writers in several processes.
+//! promises: migrations, schemas, connection loss, appends through crashes of a server of the
+//! test's own (`server_crash`), and a `$all` feed without gaps under concurrent writers in
+//! several processes.
 //!
 //! PostgreSQL must be running: these tests fail (they never skip) when it is not, saying how to
 //! start it.
@@ -16,6 +17,7 @@ use proteus_eventstore::conformance::EventStoreHarness;
 mod adapter;
 mod gaps;
 mod race_property;
+mod server_crash;
 mod support;
 
 use support::TestSchema;

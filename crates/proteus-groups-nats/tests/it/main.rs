@@ -1,7 +1,8 @@
 //! The NATS consumer-group store runs the whole GroupStore conformance suite, each test in
 //! buckets of its own, deleted afterwards; its lease store is tested through the lease module
-//! it serves. NATS with JetStream must be running (the tests fail, saying how to start it,
-//! when it is not).
+//! it serves; connection loss is tested through a TCP proxy and through a server of the
+//! test's own killed and started again. NATS with JetStream must be running (the tests fail,
+//! saying how to start it, when it is not).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,9 @@ use proteus_groups_nats::{NatsGroupStore, NatsGroupStoreConfig, NatsLeaseStore, 
 use proteus_kv::lease::{self, LeaseState};
 use proteus_kv::{KvCheck, KvCommit, KvError, KvStore, KvWrite, Namespace};
 use proteus_log::TopicName;
-use proteus_nats::test_support::{Proxy, delete_streams, host_port, nats_url, unique_tag};
+use proteus_nats::test_support::{
+    PrivateNatsServer, Proxy, delete_streams, host_port, nats_url, unique_tag,
+};
 
 /// A configuration whose buckets no other test (or run) uses.
 fn unique_config(url: &str) -> NatsGroupStoreConfig {
@@ -345,4 +348,64 @@ async fn a_lost_connection_fails_clearly_and_reconnects() {
     .unwrap();
     assert_eq!(loaded.partitions[1].committed, 7);
     proxy.stop();
+}
+
+/// The NATS server itself killed (`SIGKILL`) and started again on the same store (a server of
+/// the test's own): progress saved before the kill is still there, a save while it is down
+/// fails naming the server, and the same store reconnects by itself and saves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_survives_a_killed_server_and_the_store_reconnects() {
+    let server = PrivateNatsServer::start().await;
+    let mut config = unique_config(&server.url());
+    config.request_timeout_ms = 1_000;
+    config.reconnect_delay_max_ms = 200;
+    let store = open(config.clone()).await;
+    store
+        .create_group(&record("orders", "billing", 2))
+        .await
+        .unwrap();
+    let topic = TopicName::parse("orders").unwrap();
+    let group = GroupName::parse("billing").unwrap();
+    let progress = |committed| PartitionProgress {
+        partition: 1,
+        committed,
+        ..PartitionProgress::default()
+    };
+    store
+        .save_progress(&topic, &group, 0, &[progress(5)])
+        .await
+        .unwrap();
+
+    server.kill();
+    match store.save_progress(&topic, &group, 0, &[progress(6)]).await {
+        Err(StoreError::Backend(text)) => assert!(text.contains(&config.url), "{text}"),
+        other => panic!("a save while the server is down: {other:?}"),
+    }
+    server.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let loaded = loop {
+        match store.load_group(&topic, &group).await {
+            Ok(loaded) => break loaded.expect("the group survives the kill"),
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("no reconnection within 15 s: {error}"),
+        }
+    };
+    assert_eq!(
+        loaded.partitions[1].committed, 5,
+        "the progress acknowledged before the kill"
+    );
+    store
+        .save_progress(&topic, &group, 0, &[progress(7)])
+        .await
+        .unwrap();
+    let reloaded = open(config)
+        .await
+        .load_group(&topic, &group)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reloaded.partitions[1].committed, 7);
 }

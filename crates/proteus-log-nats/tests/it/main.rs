@@ -1,6 +1,7 @@
 //! Integration tests of the NATS JetStream log against a real server (`PROTEUS_TEST_NATS_URL`,
 //! default `nats://127.0.0.1:4222`): the whole log conformance suite, concurrent writers of one
-//! partition, appends across a connection outage, keyless retries through another instance,
+//! partition, appends across a connection outage and across a crash of a server of the
+//! test's own, keyless retries through another instance,
 //! reads that reuse the previous read's consumer, and the refusal of old-layout topics. Each
 //! test works under its own stream and subject prefixes and deletes its streams when it ends,
 //! even when it fails.
@@ -9,5 +10,6 @@ mod conformance;
 mod layout;
 mod reads;
 mod reconnect;
+mod server_crash;
 mod support;
 mod writers;

@@ -1,0 +1,48 @@
+//! The PostgreSQL server itself killed (`SIGKILL` to the postmaster and its backends) in the
+//! middle of appends and started again, which runs crash recovery, three times
+//! (`proteus_eventstore::crash`): a server of the test's own (`PrivatePostgres`), since killing
+//! the shared one would disturb every other test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proteus_eventstore::EventStore;
+use proteus_eventstore::crash::{append_through_crashes, assert_each_event_once};
+use proteus_eventstore_postgres::{PostgresEventStore, PostgresEventStoreConfig};
+use proteus_postgres::test_support::PrivatePostgres;
+
+/// How long the server stays down each time.
+const DOWN_MS: u64 = 1_000;
+
+/// Every append either succeeds or fails retriably; retried with the same ids until it
+/// succeeds, each event is stored once (a retry whose first try committed, its answer lost, is
+/// recognised by its ids), so every acknowledged append survived the kill. The same store goes
+/// on after each restart (its pool reconnects by itself), and a store opened afterwards reads
+/// the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_across_a_killed_and_restarted_server_are_stored_once() {
+    let server = PrivatePostgres::start().await;
+    let config = PostgresEventStoreConfig {
+        pool_size_max: 8,
+        write_batches_in_flight_max: 4,
+        connect_timeout_ms: 1_000,
+        pool_wait_timeout_ms: 2_000,
+        listen_fallback_poll_ms: 200,
+        ..PostgresEventStoreConfig::new(server.url(), "crash".to_owned())
+    };
+    let open = || async {
+        PostgresEventStore::open(config.clone())
+            .await
+            .unwrap_or_else(|error| panic!("the private PostgreSQL: {error}"))
+    };
+    let store: Arc<dyn EventStore> = Arc::new(open().await);
+    let run = append_through_crashes(store.clone(), || async {
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(DOWN_MS)).await;
+        server.restart().await;
+    })
+    .await;
+    eprintln!("{run:?}");
+    assert_each_event_once(store.as_ref(), &run, "the store that wrote").await;
+    assert_each_event_once(&open().await, &run, "a new store").await;
+}
