@@ -14,7 +14,9 @@
 //! - [`store`]: the port through which committed positions are made durable;
 //! - [`dead_letter`]: how a dead letter is written to and read back from its topic;
 //! - [`memory`]: [`MemoryGroupStore`], the store in process memory, which keeps every promise of
-//!   the port except surviving the process.
+//!   the port except surviving the process;
+//! - `conformance` and `crash` (feature `conformance`): the suite every adapter runs, and the
+//!   check the adapters whose tests can kill their server run.
 //!
 //! Like `proteus-log`, it does no I/O and has no async runtime in its API. The runtime lives in
 //! `proteus-groups-service`; durable stores in adapter crates (`proteus-groups-embedded`,
@@ -33,6 +35,8 @@ pub mod store;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod crash;
 
 pub use config::{GroupConfig, PushConfig, RetryPolicy, StartPosition};
 pub use error::GroupError;

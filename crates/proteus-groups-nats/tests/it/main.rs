@@ -351,61 +351,20 @@ async fn a_lost_connection_fails_clearly_and_reconnects() {
 }
 
 /// The NATS server itself killed (`SIGKILL`) and started again on the same store (a server of
-/// the test's own): progress saved before the kill is still there, a save while it is down
-/// fails naming the server, and the same store reconnects by itself and saves again.
+/// the test's own): `proteus_groups::crash`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_survives_a_killed_server_and_the_store_reconnects() {
     let server = PrivateNatsServer::start().await;
     let mut config = unique_config(&server.url());
     config.request_timeout_ms = 1_000;
     config.reconnect_delay_max_ms = 200;
-    let store = open(config.clone()).await;
-    store
-        .create_group(&record("orders", "billing", 2))
-        .await
-        .unwrap();
-    let topic = TopicName::parse("orders").unwrap();
-    let group = GroupName::parse("billing").unwrap();
-    let progress = |committed| PartitionProgress {
-        partition: 1,
-        committed,
-        ..PartitionProgress::default()
-    };
-    store
-        .save_progress(&topic, &group, 0, &[progress(5)])
-        .await
-        .unwrap();
-
-    server.kill();
-    match store.save_progress(&topic, &group, 0, &[progress(6)]).await {
-        Err(StoreError::Backend(text)) => assert!(text.contains(&config.url), "{text}"),
-        other => panic!("a save while the server is down: {other:?}"),
-    }
-    server.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let loaded = loop {
-        match store.load_group(&topic, &group).await {
-            Ok(loaded) => break loaded.expect("the group survives the kill"),
-            Err(error) if Instant::now() < deadline => {
-                let _ = error;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("no reconnection within 15 s: {error}"),
-        }
-    };
-    assert_eq!(
-        loaded.partitions[1].committed, 5,
-        "the progress acknowledged before the kill"
-    );
-    store
-        .save_progress(&topic, &group, 0, &[progress(7)])
-        .await
-        .unwrap();
-    let reloaded = open(config)
-        .await
-        .load_group(&topic, &group)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(reloaded.partitions[1].committed, 7);
+    let store = Arc::new(open(config.clone()).await);
+    proteus_groups::crash::progress_survives_a_crash(
+        store,
+        &config.url,
+        || server.kill(),
+        server.restart(),
+        async { Arc::new(open(config.clone()).await) as Arc<dyn GroupStore> },
+    )
+    .await;
 }

@@ -1,6 +1,7 @@
 //! The PostgreSQL group store runs the whole GroupStore conformance suite, each test in a
-//! schema of its own, dropped afterwards. PostgreSQL must be running (the tests fail, saying
-//! how to start it, when it is not).
+//! schema of its own, dropped afterwards, and the crash check against a server of the test's
+//! own killed and started again. PostgreSQL must be running (the tests fail, saying how to
+//! start it, when it is not).
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use async_trait::async_trait;
 use proteus_groups::GroupStore;
 use proteus_groups::conformance::StoreHarness;
 use proteus_groups_postgres::{PostgresGroupStore, PostgresGroupStoreConfig};
-use proteus_postgres::test_support::{TestSchema, unreachable, url};
+use proteus_postgres::test_support::{PrivatePostgres, TestSchema, unreachable, url};
 
 /// A schema of its own, dropped when the harness is.
 struct Harness {
@@ -54,4 +55,32 @@ async fn an_unreachable_server_says_how_to_start_it() {
         .err()
         .expect("an invalid schema name");
     assert!(error.to_string().contains("invalid schema name"), "{error}");
+}
+
+/// The PostgreSQL server itself killed (`SIGKILL` to the postmaster and its backends) and
+/// started again, which runs crash recovery (a server of the test's own):
+/// `proteus_groups::crash`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_survives_a_killed_server_and_the_store_reconnects() {
+    let server = PrivatePostgres::start().await;
+    let config = PostgresGroupStoreConfig {
+        pool_size_max: 2,
+        connect_timeout_ms: 1_000,
+        pool_wait_timeout_ms: 2_000,
+        ..PostgresGroupStoreConfig::new(server.url(), "crash")
+    };
+    let open = || async {
+        let store = PostgresGroupStore::open(config.clone())
+            .await
+            .unwrap_or_else(|error| panic!("the private PostgreSQL: {error}"));
+        Arc::new(store) as Arc<dyn GroupStore>
+    };
+    proteus_groups::crash::progress_survives_a_crash(
+        open().await,
+        "the connection to PostgreSQL failed",
+        || server.kill(),
+        server.restart(),
+        open(),
+    )
+    .await;
 }
