@@ -1,17 +1,20 @@
 //! `proteus migrate`: copies an event store to PostgreSQL with positions, versions, ids and
-//! times kept, verifies it (event count, last position and a checksum of every event on both
-//! sides), and with `--follow` keeps copying new events until interrupted, for a cut-over
-//! without downtime.
+//! times kept, or to the event store on NATS JetStream with versions, ids and `$all` order kept
+//! (JetStream assigns positions and recording times itself), verifies it (event count and a
+//! checksum of every event on both sides), and with `--follow` keeps copying new events until
+//! interrupted, for a cut-over without downtime.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use proteus_client::{Client, FeedQuery};
 use proteus_eventstore::{
-    Direction, EventStore, EventStoreError, FeedPage, ReadFilter, RecordedEvent, StreamName,
+    Direction, EventStore, EventStoreError, ExpectedVersion, FeedPage, ProposedEvent, ReadFilter,
+    RecordedEvent, StreamName,
 };
 use proteus_eventstore_embedded::{EmbeddedConfig, EmbeddedEventStore};
+use proteus_eventstore_nats::NatsEventStore;
 use proteus_eventstore_postgres::{
     IMPORT_EVENTS_MAX, PostgresEventStore, PostgresEventStoreConfig,
 };
@@ -24,12 +27,18 @@ pub struct MigrateArgs {
     /// needs.
     #[arg(long, value_name = "SOURCE")]
     pub from: String,
-    /// Where to copy it: a PostgreSQL URL (`postgres://USER@HOST:PORT/DB`).
+    /// Where to copy it: a PostgreSQL URL (`postgres://USER@HOST:PORT/DB`), positions kept, or
+    /// a NATS URL (`nats://HOST:PORT`), the event store on JetStream, which assigns positions
+    /// and recording times itself.
     #[arg(long, value_name = "URL")]
     pub to: String,
-    /// The PostgreSQL schema of the copy, created if missing.
+    /// The PostgreSQL schema of the copy, created if missing (PostgreSQL targets).
     #[arg(long, default_value = "proteus_eventstore", value_name = "SCHEMA")]
     pub to_schema: String,
+    /// The JetStream stream prefix of the copy, as `serve --event-store-prefix` (NATS
+    /// targets): streams `<PREFIX>_EVENTS` and `<PREFIX>_SNAPSHOTS`.
+    #[arg(long, default_value = "PROTEUS_ES", value_name = "PREFIX")]
+    pub to_prefix: String,
     /// Events copied per transaction.
     #[arg(long, default_value_t = 1_000)]
     pub batch_events: usize,
@@ -118,9 +127,23 @@ struct Fingerprint {
     checksum: u64,
 }
 
-fn absorb(hash: &mut Xxh3, event: &RecordedEvent) {
+/// What a copy keeps, hence what verification compares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// Everything, positions and recording times included (PostgreSQL).
+    Everything,
+    /// Streams, versions, ids, types, schema versions, data and metadata, in `$all` order;
+    /// not positions or recording times (NATS, where the server assigns them).
+    ContentInOrder,
+}
+
+fn absorb(hash: &mut Xxh3, event: &RecordedEvent, kept: Kept) {
+    let (position, recorded_ms) = match kept {
+        Kept::Everything => (event.position, event.recorded_ms),
+        Kept::ContentInOrder => (0, 0),
+    };
     for part in [
-        &event.position.to_le_bytes()[..],
+        &position.to_le_bytes()[..],
         event.stream.as_str().as_bytes(),
         &event.version.to_le_bytes(),
         event.id.as_bytes(),
@@ -128,7 +151,7 @@ fn absorb(hash: &mut Xxh3, event: &RecordedEvent) {
         &event.schema_version.unwrap_or(u32::MAX).to_le_bytes(),
         &event.data,
         event.metadata.as_deref().unwrap_or(b"\xff"),
-        &event.recorded_ms.to_le_bytes(),
+        &recorded_ms.to_le_bytes(),
     ] {
         hash.update(&(part.len() as u64).to_le_bytes());
         hash.update(part);
@@ -139,13 +162,14 @@ async fn fingerprint_source(
     source: &Source,
     up_to: u64,
     batch: usize,
+    kept: Kept,
 ) -> Result<Fingerprint, String> {
     let mut hash = Xxh3::new();
     let (mut events, mut last_position, mut from) = (0, 0, 0);
     loop {
         let page = source.page(from, batch, 0).await?;
         for event in page.events.iter().filter(|e| e.position <= up_to) {
-            absorb(&mut hash, event);
+            absorb(&mut hash, event, kept);
             events += 1;
             last_position = event.position;
         }
@@ -156,18 +180,196 @@ async fn fingerprint_source(
     }
     Ok(Fingerprint {
         events,
-        last_position,
+        // Positions are compared only where they are kept.
+        last_position: if kept == Kept::Everything {
+            last_position
+        } else {
+            0
+        },
         checksum: hash.digest(),
     })
 }
 
-async fn fingerprint_target(
-    target: &PostgresEventStore,
-    up_to: u64,
-    batch: usize,
-) -> Result<Fingerprint, String> {
-    let source = Source::Store(Arc::new(target.clone()));
-    fingerprint_source(&source, up_to, batch).await
+/// Most events of one append to a NATS target: well under the port's 1,000 so an append of
+/// small events fits NATS's default 1 MB message; larger ones are sent one by one.
+const NATS_APPEND_EVENTS_MAX: usize = 100;
+
+/// Where events are copied to.
+enum Target {
+    /// Imported with their positions and times (`PostgresEventStore::import`).
+    Postgres(PostgresEventStore),
+    /// Appended with their versions, in the source's `$all` order; `next_versions` caches each
+    /// stream's next version in the target (`None`: deleted there), so a run resumed after an
+    /// interruption, or following new events, appends only what the target lacks.
+    Nats {
+        store: NatsEventStore,
+        next_versions: HashMap<StreamName, Option<u64>>,
+    },
+}
+
+impl Target {
+    async fn open(args: &MigrateArgs) -> Result<Target, String> {
+        if args.to.starts_with("nats://") {
+            let store = crate::serve::open_nats_event_store(&args.to, &args.to_prefix).await?;
+            return Ok(Target::Nats {
+                store,
+                next_versions: HashMap::new(),
+            });
+        }
+        if !(args.to.starts_with("postgres://") || args.to.starts_with("postgresql://")) {
+            return Err(format!(
+                "--to must be a PostgreSQL URL (postgres://USER@HOST:PORT/DB) or a NATS URL (nats://HOST:PORT), got {:?}",
+                args.to
+            ));
+        }
+        let store =
+            PostgresEventStore::open(PostgresEventStoreConfig::new(&args.to, &args.to_schema))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot open the PostgreSQL event store (schema {}): {e}",
+                        args.to_schema
+                    )
+                })?;
+        Ok(Target::Postgres(store))
+    }
+
+    fn store(&self) -> Arc<dyn EventStore> {
+        match self {
+            Target::Postgres(store) => Arc::new(store.clone()),
+            Target::Nats { store, .. } => Arc::new(store.clone()),
+        }
+    }
+
+    fn kept(&self) -> Kept {
+        match self {
+            Target::Postgres(_) => Kept::Everything,
+            Target::Nats { .. } => Kept::ContentInOrder,
+        }
+    }
+
+    /// The source position to copy from: after the target's head where positions are kept;
+    /// from the start otherwise (what the target holds is then skipped by version).
+    async fn resume_from(&self) -> Result<u64, String> {
+        match self {
+            Target::Postgres(store) => Ok(store
+                .read_all(u64::MAX, Direction::Backward, 1, &ReadFilter::default())
+                .await
+                .map_err(|e| format!("reading the target's head: {e}"))?
+                .head_position
+                + 1),
+            Target::Nats { .. } => Ok(0),
+        }
+    }
+
+    /// Writes `events` (a page of the source's `$all`); returns the events written, which
+    /// excludes those the target already held.
+    async fn write(&mut self, events: &[RecordedEvent]) -> Result<Vec<RecordedEvent>, String> {
+        match self {
+            Target::Postgres(store) => {
+                store
+                    .import(events)
+                    .await
+                    .map_err(|e| format!("writing to PostgreSQL: {e}"))?;
+                Ok(events.to_vec())
+            }
+            Target::Nats {
+                store,
+                next_versions,
+            } => {
+                let mut written = Vec::new();
+                for run in events.chunk_by(|a, b| a.stream == b.stream) {
+                    written.extend(append_to_nats(store, next_versions, run).await?);
+                }
+                Ok(written)
+            }
+        }
+    }
+
+    async fn fingerprint(&self, up_to: u64, batch: usize) -> Result<Fingerprint, String> {
+        let up_to = match self {
+            Target::Postgres(_) => up_to,
+            // The copy's positions are its own: all of it is compared.
+            Target::Nats { .. } => u64::MAX,
+        };
+        fingerprint_source(&Source::Store(self.store()), up_to, batch, self.kept()).await
+    }
+}
+
+/// Appends `run` (events of one stream, in version order) to the NATS target, skipping the
+/// versions it already holds; refuses a gap, which means the target holds other events.
+async fn append_to_nats(
+    store: &NatsEventStore,
+    next_versions: &mut HashMap<StreamName, Option<u64>>,
+    run: &[RecordedEvent],
+) -> Result<Vec<RecordedEvent>, String> {
+    let Some(first) = run.first() else {
+        return Ok(Vec::new());
+    };
+    let stream = &first.stream;
+    let next = match next_versions.get(stream) {
+        Some(next) => *next,
+        None => {
+            let next = match store.stream_info(stream).await {
+                Ok(info) if info.deleted => None,
+                Ok(info) => Some(info.last_version.map_or(0, |v| v + 1)),
+                Err(EventStoreError::StreamNotFound { .. }) => Some(0),
+                Err(EventStoreError::StreamDeleted { .. }) => None,
+                Err(e) => return Err(format!("reading stream '{stream}' in the target: {e}")),
+            };
+            next_versions.insert(stream.clone(), next);
+            next
+        }
+    };
+    // Deleted in the target: copied and deleted by an earlier run.
+    let Some(mut next) = next else {
+        return Ok(Vec::new());
+    };
+    let missing: Vec<&RecordedEvent> = run.iter().filter(|e| e.version >= next).collect();
+    let mut written = Vec::new();
+    for chunk in missing.chunks(NATS_APPEND_EVENTS_MAX) {
+        if chunk[0].version != next {
+            return Err(format!(
+                "stream '{stream}' in the target ends before version {} but the source's next event is version {}: the target holds events that are not the source's; migrate into a fresh --to-prefix",
+                next, chunk[0].version
+            ));
+        }
+        let proposed = |event: &&RecordedEvent| ProposedEvent {
+            id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            data: event.data.clone(),
+            metadata: event.metadata.clone(),
+        };
+        let expected = |next: u64| match next {
+            0 => ExpectedVersion::NoStream,
+            next => ExpectedVersion::Exact(next - 1),
+        };
+        let appended = store
+            .append(stream, expected(next), chunk.iter().map(proposed).collect())
+            .await;
+        match appended {
+            Ok(_) => {}
+            // Too large for one NATS message together: one by one.
+            Err(EventStoreError::LimitExceeded { .. }) if chunk.len() > 1 => {
+                for (offset, event) in chunk.iter().enumerate() {
+                    store
+                        .append(
+                            stream,
+                            expected(next + offset as u64),
+                            vec![proposed(event)],
+                        )
+                        .await
+                        .map_err(|e| format!("writing to NATS, stream '{stream}': {e}"))?;
+                }
+            }
+            Err(e) => return Err(format!("writing to NATS, stream '{stream}': {e}")),
+        }
+        next += chunk.len() as u64;
+        written.extend(chunk.iter().map(|event| (*event).clone()));
+    }
+    next_versions.insert(stream.clone(), Some(next));
+    Ok(written)
 }
 
 pub async fn run(args: MigrateArgs) -> Result<(), String> {
@@ -178,33 +380,20 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
         ));
     }
     let source = Source::open(&args.from).await?;
-    let target = PostgresEventStore::open(PostgresEventStoreConfig::new(&args.to, &args.to_schema))
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot open the PostgreSQL event store (schema {}): {e}",
-                args.to_schema
-            )
-        })?;
-    // Resuming: everything up to the target's head is already there.
-    let head = target
-        .read_all(u64::MAX, Direction::Backward, 1, &ReadFilter::default())
-        .await
-        .map_err(|e| format!("reading the target's head: {e}"))?
-        .head_position;
-    let mut from = head + 1;
+    let mut target = Target::open(&args).await?;
+    let mut from = target.resume_from().await?;
     let mut copied = 0u64;
-    let mut streams = BTreeSet::new();
+    // Streams written to by this run, and every stream read (a run resumed after an
+    // interruption may have copied a stream's events but not yet deleted it).
+    let (mut streams, mut seen) = (BTreeSet::new(), BTreeSet::new());
     let started = std::time::Instant::now();
     let source_head = loop {
         let page = source.page(from, args.batch_events, 0).await?;
         if !page.events.is_empty() {
-            target
-                .import(&page.events)
-                .await
-                .map_err(|e| format!("writing to PostgreSQL: {e}"))?;
-            copied += page.events.len() as u64;
-            streams.extend(page.events.iter().map(|e| e.stream.clone()));
+            seen.extend(page.events.iter().map(|e| e.stream.clone()));
+            let written = target.write(&page.events).await?;
+            copied += written.len() as u64;
+            streams.extend(written.into_iter().map(|e| e.stream));
         }
         from = page.next_position;
         if page.is_end {
@@ -212,13 +401,20 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
         }
     };
     let mut deleted = 0;
-    for stream in &streams {
+    let target_store = target.store();
+    for stream in &seen {
         if source.deleted(stream).await? {
-            target
-                .delete_stream(stream, proteus_eventstore::ExpectedVersion::Any)
+            match target_store
+                .delete_stream(stream, ExpectedVersion::Any)
                 .await
-                .map_err(|e| format!("deleting stream '{stream}' in the target: {e}"))?;
-            deleted += 1;
+            {
+                Ok(_) => deleted += 1,
+                Err(EventStoreError::StreamDeleted { .. }) => {}
+                Err(e) => return Err(format!("deleting stream '{stream}' in the target: {e}")),
+            }
+            if let Target::Nats { next_versions, .. } = &mut target {
+                next_versions.insert(stream.clone(), None);
+            }
         }
     }
     println!(
@@ -226,23 +422,29 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
         streams.len(),
         started.elapsed().as_secs_f64()
     );
-    let expected = fingerprint_source(&source, source_head, args.batch_events).await?;
-    let actual = fingerprint_target(&target, source_head, args.batch_events).await?;
+    let kept = target.kept();
+    let expected = fingerprint_source(&source, source_head, args.batch_events, kept).await?;
+    let actual = target.fingerprint(source_head, args.batch_events).await?;
     if expected != actual {
+        let undo = match &target {
+            Target::Postgres(_) => "drop the target schema",
+            Target::Nats { .. } => "delete the target's JetStream streams",
+        };
         return Err(format!(
-            "verification failed: the source has {} events up to position {} (checksum {:016x}), the copy {} up to {} ({:016x}); drop the target schema and migrate again",
-            expected.events,
-            expected.last_position,
-            expected.checksum,
-            actual.events,
-            actual.last_position,
-            actual.checksum
+            "verification failed: the source has {} events up to position {} (checksum {:016x}), the copy {} (checksum {:016x}); {undo} and migrate again",
+            expected.events, source_head, expected.checksum, actual.events, actual.checksum
         ));
     }
-    println!(
-        "verified: {} events up to position {}, checksum {:016x} on both sides",
-        expected.events, expected.last_position, expected.checksum
-    );
+    match kept {
+        Kept::Everything => println!(
+            "verified: {} events up to position {}, checksum {:016x} on both sides",
+            expected.events, expected.last_position, expected.checksum
+        ),
+        Kept::ContentInOrder => println!(
+            "verified: {} events up to source position {source_head}, in the same order with the same streams, versions, ids and payloads, checksum {:016x} on both sides (positions and recording times are JetStream's: rebuild projections on the copy)",
+            expected.events, expected.checksum
+        ),
+    }
     if !args.follow {
         return Ok(());
     }
@@ -255,13 +457,10 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
             _ = &mut stop => break,
         };
         if !page.events.is_empty() {
-            target
-                .import(&page.events)
-                .await
-                .map_err(|e| format!("writing to PostgreSQL: {e}"))?;
+            let written = target.write(&page.events).await?;
             println!(
                 "copied {} more events, up to position {}",
-                page.events.len(),
+                written.len(),
                 page.events.last().map_or(0, |e| e.position)
             );
         }

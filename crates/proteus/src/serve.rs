@@ -37,6 +37,20 @@ use proteus_server::{AppState, HttpConfig};
 
 use crate::settings::{CacheBackend, EventStoreBackend, LogBackend, LogFormat, Settings};
 
+/// The NATS event store `--event-store nats://… --event-store-prefix PREFIX` names: streams
+/// `<PREFIX>_EVENTS` and `<PREFIX>_SNAPSHOTS`, subjects under the prefix in lower case.
+/// `proteus migrate --to nats://…` opens its target the same way.
+pub async fn open_nats_event_store(url: &str, prefix: &str) -> Result<NatsEventStore, String> {
+    let config = NatsEventStoreConfig {
+        stream_prefix: prefix.to_owned(),
+        subject_prefix: prefix.to_ascii_lowercase(),
+        ..NatsEventStoreConfig::new(url)
+    };
+    NatsEventStore::open(config)
+        .await
+        .map_err(|e| format!("cannot open the NATS event store (stream prefix {prefix}): {e}"))
+}
+
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| format!("invalid log level {filter:?}: {e}; use e.g. info, debug or proteus_log_embedded=debug,info"))?;
@@ -190,14 +204,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 })?,
         ),
         EventStoreBackend::Nats { url, prefix } => {
-            let config = NatsEventStoreConfig {
-                stream_prefix: prefix.clone(),
-                subject_prefix: prefix.to_ascii_lowercase(),
-                ..NatsEventStoreConfig::new(url)
-            };
-            Arc::new(NatsEventStore::open(config).await.map_err(|e| {
-                format!("cannot open the NATS event store (stream prefix {prefix}): {e}")
-            })?)
+            Arc::new(open_nats_event_store(url, prefix).await?)
         }
     };
     let schemas = SchemaService::open(

@@ -77,7 +77,8 @@ async fn progress_survives_a_killed_server_and_the_store_reconnects() {
     };
     proteus_groups::crash::progress_survives_a_crash(
         open().await,
-        "the connection to PostgreSQL failed",
+        // The connection refused, or a backend reporting the postmaster gone (57P01).
+        "(temporary, retry)",
         || server.kill(),
         server.restart(),
         open(),

@@ -1,13 +1,17 @@
 //! `proteus migrate`: an embedded event store copied to PostgreSQL with positions, versions and
 //! tombstones kept and verified; a server on the copy serves the same history and continues it;
-//! a second run resumes; `--follow` keeps the copy in sync with a running server.
+//! a second run resumes; `--follow` keeps the copy in sync with a running server. The same store
+//! copied to NATS JetStream with versions, ids, order and tombstones kept (positions and times
+//! are the server's), a second run resuming by version.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::support::{BINARY, ServerProcess, drop_schema, postgres_url, run_cli};
+use crate::support::{
+    BINARY, ServerProcess, delete_streams, drop_schema, nats_url, postgres_url, run_cli,
+};
 
 /// Schemas of their own, dropped when the test ends.
 struct Schemas(Vec<String>);
@@ -45,20 +49,10 @@ fn feed(http: &reqwest::blocking::Client, url: &str) -> Vec<Value> {
     page["events"].as_array().unwrap().clone()
 }
 
-#[test]
-fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let (copy, followed) = (
-        format!("it_migrate_{}_{nanos}", std::process::id()),
-        format!("it_follow_{}_{nanos}", std::process::id()),
-    );
-    let _schemas = Schemas(vec![copy.clone(), followed.clone()]);
-    let http = reqwest::blocking::Client::new();
-    let dir = tempfile::tempdir().unwrap();
-    let mut source = ServerProcess::start(dir.path());
+/// Writes four appends to three streams of an embedded store in `dir` and deletes one stream,
+/// then stops its server; returns the `$all` feed it served.
+fn fill_source(http: &reqwest::blocking::Client, dir: &std::path::Path) -> Vec<Value> {
+    let mut source = ServerProcess::start(dir);
     for (stream, events) in [
         (
             "order-1",
@@ -85,9 +79,26 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
         .unwrap()
         .status();
     assert!(status.is_success(), "{status}");
-    let original = feed(&http, &source.url);
+    let original = feed(http, &source.url);
     assert_eq!(original.len(), 5);
     assert_eq!(source.terminate(), Some(0));
+    original
+}
+
+#[test]
+fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let (copy, followed) = (
+        format!("it_migrate_{}_{nanos}", std::process::id()),
+        format!("it_follow_{}_{nanos}", std::process::id()),
+    );
+    let _schemas = Schemas(vec![copy.clone(), followed.clone()]);
+    let http = reqwest::blocking::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let original = fill_source(&http, dir.path());
 
     let from = format!("embedded:{}", dir.path().display());
     let migrate = |from: &str, schema: &str| {
@@ -192,4 +203,118 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     }
     let exit = follower.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// JetStream streams of their own, deleted when the test ends.
+struct NatsStreams(String);
+
+impl Drop for NatsStreams {
+    fn drop(&mut self) {
+        delete_streams(nats_url(), self.0.clone());
+    }
+}
+
+/// What a copy to NATS keeps of an event: everything but its position and recording time.
+fn content(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            let object = e.as_object_mut().unwrap();
+            object.remove("position");
+            object.remove("recorded_ms");
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn an_embedded_event_store_moves_to_nats_with_versions_and_order_kept() {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let streams = NatsStreams(format!("ITMIG{}x{nanos}", std::process::id()));
+    let http = reqwest::blocking::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let original = fill_source(&http, dir.path());
+
+    let from = format!("embedded:{}", dir.path().display());
+    let migrate = || {
+        run_cli(
+            &[
+                "migrate",
+                "--from",
+                &from,
+                "--to",
+                &nats_url(),
+                "--to-prefix",
+                &streams.0,
+                "--batch-events",
+                "2",
+            ],
+            None,
+        )
+    };
+    let (code, out, err) = migrate();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("copied 5 events of 3 streams (1 deleted)"),
+        "{out}"
+    );
+    assert!(out.contains("verified: 5 events"), "{out}");
+    assert!(out.contains("rebuild projections"), "{out}");
+    // A second run finds every version there: nothing twice.
+    let (code, out, err) = migrate();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("copied 0 events"), "{out}");
+    assert!(out.contains("verified: 5 events"), "{out}");
+
+    // A server on the copy serves the same streams, versions, ids and payloads in the same
+    // order, the deleted stream stays deleted, and appends continue the versions.
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = ServerProcess::start_with(
+        target_dir.path(),
+        &[
+            "--event-store",
+            &nats_url(),
+            "--event-store-prefix",
+            &streams.0,
+        ],
+        &[],
+    );
+    assert_eq!(content(&feed(&http, &target.url)), content(&original));
+    let gone = http
+        .get(format!("{}/v1/streams/cart-9", target.url))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(gone.as_u16(), 410);
+    let appended: Value = http
+        .post(format!(
+            "{}/v1/streams/order-1?expected_version=2",
+            target.url
+        ))
+        .json(&json!({"type": "Delivered", "data": {}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(appended["first_version"], 3, "{appended}");
+
+    // The copy now holds an event the source lacks: verification says so.
+    let (code, _, err) = migrate();
+    assert_ne!(code, 0);
+    assert!(err.contains("verification failed"), "{err}");
+    assert!(
+        err.contains("delete the target's JetStream streams"),
+        "{err}"
+    );
+    // A target that is neither PostgreSQL nor NATS is refused, naming both.
+    let (code, _, err) = run_cli(
+        &["migrate", "--from", &from, "--to", "redis://127.0.0.1:6379"],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("--to must be a PostgreSQL URL"), "{err}");
 }
