@@ -193,6 +193,9 @@ async fn fingerprint_source(
 /// Most events of one append to a NATS target: well under the port's 1,000 so an append of
 /// small events fits NATS's default 1 MB message; larger ones are sent one by one.
 const NATS_APPEND_EVENTS_MAX: usize = 100;
+/// Most streams whose next version in a NATS target is cached; past it the cache starts again
+/// empty (each stream's version is then read from the target once more).
+const NATS_STREAMS_CACHED_MAX: usize = 1_000_000;
 
 /// Where events are copied to.
 enum Target {
@@ -310,6 +313,9 @@ async fn append_to_nats(
     let next = match next_versions.get(stream) {
         Some(next) => *next,
         None => {
+            if next_versions.len() >= NATS_STREAMS_CACHED_MAX {
+                next_versions.clear();
+            }
             let next = match store.stream_info(stream).await {
                 Ok(info) if info.deleted => None,
                 Ok(info) => Some(info.last_version.map_or(0, |v| v + 1)),
