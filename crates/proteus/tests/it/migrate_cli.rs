@@ -85,6 +85,29 @@ fn fill_source(http: &reqwest::blocking::Client, dir: &std::path::Path) -> Vec<V
     original
 }
 
+/// On a server over a copy of [`fill_source`]'s store: the deleted stream answers 410 and an
+/// append to `order-1` at its version continues it; returns the append's answer.
+fn deleted_stays_deleted_and_versions_continue(
+    http: &reqwest::blocking::Client,
+    url: &str,
+) -> Value {
+    let gone = http
+        .get(format!("{url}/v1/streams/cart-9"))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(gone.as_u16(), 410);
+    let appended: Value = http
+        .post(format!("{url}/v1/streams/order-1?expected_version=2"))
+        .json(&json!({"type": "Delivered", "data": {}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(appended["first_version"], 3, "{appended}");
+    appended
+}
+
 #[test]
 fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     let nanos = SystemTime::now()
@@ -141,24 +164,8 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
         &[],
     );
     assert_eq!(feed(&http, &target.url), original);
-    let gone = http
-        .get(format!("{}/v1/streams/cart-9", target.url))
-        .send()
-        .unwrap()
-        .status();
-    assert_eq!(gone.as_u16(), 410);
-    let appended: Value = http
-        .post(format!(
-            "{}/v1/streams/order-1?expected_version=2",
-            target.url
-        ))
-        .json(&json!({"type": "Delivered", "data": {}}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let appended = deleted_stays_deleted_and_versions_continue(&http, &target.url);
     let last = original.last().unwrap()["position"].as_u64().unwrap();
-    assert_eq!(appended["first_version"], 3, "{appended}");
     assert!(
         appended["first_position"].as_u64().unwrap() > last,
         "{appended}"
@@ -284,23 +291,7 @@ fn an_embedded_event_store_moves_to_nats_with_versions_and_order_kept() {
         &[],
     );
     assert_eq!(content(&feed(&http, &target.url)), content(&original));
-    let gone = http
-        .get(format!("{}/v1/streams/cart-9", target.url))
-        .send()
-        .unwrap()
-        .status();
-    assert_eq!(gone.as_u16(), 410);
-    let appended: Value = http
-        .post(format!(
-            "{}/v1/streams/order-1?expected_version=2",
-            target.url
-        ))
-        .json(&json!({"type": "Delivered", "data": {}}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(appended["first_version"], 3, "{appended}");
+    deleted_stays_deleted_and_versions_continue(&http, &target.url);
 
     // The copy now holds an event the source lacks: verification says so.
     let (code, _, err) = migrate();
