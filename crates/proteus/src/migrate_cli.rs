@@ -158,17 +158,25 @@ fn absorb(hash: &mut Xxh3, event: &RecordedEvent, kept: Kept) {
     }
 }
 
+/// The fingerprint of `source` up to position `up_to`; adds the name of every stream read to
+/// `streams` when given.
 async fn fingerprint_source(
     source: &Source,
     up_to: u64,
     batch: usize,
     kept: Kept,
+    mut streams: Option<&mut BTreeSet<StreamName>>,
 ) -> Result<Fingerprint, String> {
     let mut hash = Xxh3::new();
     let (mut events, mut last_position, mut from) = (0, 0, 0);
     loop {
         let page = source.page(from, batch, 0).await?;
         for event in page.events.iter().filter(|e| e.position <= up_to) {
+            if let Some(streams) = streams.as_deref_mut()
+                && !streams.contains(&event.stream)
+            {
+                streams.insert(event.stream.clone());
+            }
             absorb(&mut hash, event, kept);
             events += 1;
             last_position = event.position;
@@ -295,7 +303,14 @@ impl Target {
             // The copy's positions are its own: all of it is compared.
             Target::Nats { .. } => u64::MAX,
         };
-        fingerprint_source(&Source::Store(self.store()), up_to, batch, self.kept()).await
+        fingerprint_source(
+            &Source::Store(self.store()),
+            up_to,
+            batch,
+            self.kept(),
+            None,
+        )
+        .await
     }
 }
 
@@ -389,14 +404,11 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
     let mut target = Target::open(&args).await?;
     let mut from = target.resume_from().await?;
     let mut copied = 0u64;
-    // Streams written to by this run, and every stream read (a run resumed after an
-    // interruption may have copied a stream's events but not yet deleted it).
-    let (mut streams, mut seen) = (BTreeSet::new(), BTreeSet::new());
+    let mut streams = BTreeSet::new();
     let started = std::time::Instant::now();
     let source_head = loop {
         let page = source.page(from, args.batch_events, 0).await?;
         if !page.events.is_empty() {
-            seen.extend(page.events.iter().map(|e| e.stream.clone()));
             let written = target.write(&page.events).await?;
             copied += written.len() as u64;
             streams.extend(written.into_iter().map(|e| e.stream));
@@ -406,9 +418,22 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
             break page.head_position;
         }
     };
+    // The verification's read of the whole source also names every stream, so the deletions
+    // are checked for all of them: a run resumed after one interrupted before its deletions
+    // makes them.
+    let kept = target.kept();
+    let mut source_streams = BTreeSet::new();
+    let expected = fingerprint_source(
+        &source,
+        source_head,
+        args.batch_events,
+        kept,
+        Some(&mut source_streams),
+    )
+    .await?;
     let mut deleted = 0;
     let target_store = target.store();
-    for stream in &seen {
+    for stream in &source_streams {
         if source.deleted(stream).await? {
             match target_store
                 .delete_stream(stream, ExpectedVersion::Any)
@@ -428,8 +453,6 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
         streams.len(),
         started.elapsed().as_secs_f64()
     );
-    let kept = target.kept();
-    let expected = fingerprint_source(&source, source_head, args.batch_events, kept).await?;
     let actual = target.fingerprint(source_head, args.batch_events).await?;
     if expected != actual {
         let undo = match &target {
