@@ -148,7 +148,10 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     // A second run resumes after what was copied: nothing twice.
     let (code, out, err) = migrate(&from, &copy);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("copied 0 events of 0 streams (0 deleted)"), "{out}");
+    assert!(
+        out.contains("copied 0 events of 0 streams (0 deleted)"),
+        "{out}"
+    );
     assert_eq!(psql_count(&copy), 5);
     // A stream deleted in the source after a copy is deleted in the copy by the next run,
     // though it copies no event.
@@ -290,7 +293,10 @@ fn an_embedded_event_store_moves_to_nats_with_versions_and_order_kept() {
     // A second run finds every version there: nothing twice.
     let (code, out, err) = migrate();
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("copied 0 events of 0 streams (0 deleted)"), "{out}");
+    assert!(
+        out.contains("copied 0 events of 0 streams (0 deleted)"),
+        "{out}"
+    );
     assert!(out.contains("verified: 5 events"), "{out}");
 
     // A server on the copy serves the same streams, versions, ids and payloads in the same
