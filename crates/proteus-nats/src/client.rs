@@ -54,19 +54,24 @@ pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client
     let client = options.connect(settings.url).await.map_err(|error| {
         format!("cannot connect to NATS at {url}: {error}; is it running? If not, {START_HINT}")
     })?;
-    let no_jetstream = |why: String| {
+    jetstream_answers(&client).await.map_err(|why| {
         format!("NATS at {url} does not answer JetStream requests ({why}); {START_HINT}")
-    };
+    })?;
+    Ok(client)
+}
+
+/// Whether JetStream answers on `client`: `Err` says why not.
+pub async fn jetstream_answers(client: &async_nats::Client) -> Result<(), String> {
     // The account info request answers on every JetStream version (the typed
     // `query_account` expects fields older servers do not send).
     let answer = client
         .request("$JS.API.INFO", bytes::Bytes::new())
         .await
-        .map_err(|error| no_jetstream(error.to_string()))?;
+        .map_err(|error| error.to_string())?;
     let answer: serde_json::Value =
-        serde_json::from_slice(&answer.payload).map_err(|error| no_jetstream(error.to_string()))?;
-    if let Some(error) = answer.get("error") {
-        return Err(no_jetstream(error.to_string()));
+        serde_json::from_slice(&answer.payload).map_err(|error| error.to_string())?;
+    match answer.get("error") {
+        Some(error) => Err(error.to_string()),
+        None => Ok(()),
     }
-    Ok(client)
 }

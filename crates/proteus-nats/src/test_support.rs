@@ -202,15 +202,11 @@ impl PrivateNatsServer {
         else {
             return false;
         };
-        // The raw account request: `query_account` expects fields NATS 2.9 does not send.
-        let request = client.request("$JS.API.INFO", bytes::Bytes::new());
-        match tokio::time::timeout(Duration::from_secs(1), request).await {
-            Ok(Ok(answer)) => {
-                !answer.payload.is_empty()
-                    && !answer.payload.windows(7).any(|word| word == b"\"error\"")
-            }
-            _ => false,
-        }
+        let check = crate::client::jetstream_answers(&client);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), check).await,
+            Ok(Ok(()))
+        )
     }
 }
 
