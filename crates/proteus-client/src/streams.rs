@@ -2,8 +2,8 @@
 //! feed reads, snapshots and aggregates.
 
 use proteus_eventstore::{
-    Aggregate, AppendOutcome, Direction, ExpectedVersion, FeedPage, ProposedEvent, StreamInfo,
-    StreamPage,
+    Aggregate, AppendOutcome, Direction, ExpectedVersion, FeedPage, ProposedEvent, Snapshot,
+    StreamInfo, StreamPage,
 };
 use serde_json::{Value, json};
 
@@ -132,6 +132,17 @@ impl Client {
         let body = json!({ "version": version, "type": snapshot_type, "data": data });
         self.send(self.http.put(url).json(&body)).await?;
         Ok(())
+    }
+
+    /// The latest snapshot of `stream`; `None` when it has none (or does not exist). A deleted
+    /// stream is a [`ClientError::Problem`] with status 410.
+    pub async fn get_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, ClientError> {
+        let url = self.url(&format!("{}/snapshot", Client::stream_path(stream)));
+        match self.send(self.http.get(url)).await {
+            Ok(response) => self.json(response).await.map(Some),
+            Err(ClientError::Problem { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The latest snapshot of `stream` and the events after it: what loading an aggregate

@@ -1,17 +1,18 @@
 //! `proteus migrate`: copies an event store to PostgreSQL with positions, versions, ids and
 //! times kept, or to the event store on NATS JetStream with versions, ids and `$all` order kept
-//! (JetStream assigns positions and recording times itself), verifies it (event count and a
-//! checksum of every event on both sides), and with `--follow` keeps copying new events until
-//! interrupted, for a cut-over without downtime.
+//! (JetStream assigns positions and recording times itself), with tombstones and latest
+//! snapshots, verifies it (event count and a checksum of every event on both sides), and with
+//! `--follow` keeps copying new events until interrupted, for a cut-over without downtime: the
+//! interruption copies what is left, tombstones and snapshots included, and verifies again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use proteus_client::{Client, FeedQuery};
+use proteus_client::{Client, ClientError, FeedQuery};
 use proteus_eventstore::{
     Direction, EventStore, EventStoreError, ExpectedVersion, FeedPage, ProposedEvent, ReadFilter,
-    RecordedEvent, StreamName,
+    RecordedEvent, Snapshot, StreamInfo, StreamName,
 };
 use proteus_eventstore_embedded::{EmbeddedConfig, EmbeddedEventStore};
 use proteus_eventstore_nats::NatsEventStore;
@@ -42,7 +43,8 @@ pub struct MigrateArgs {
     /// Events copied per transaction.
     #[arg(long, default_value_t = 1_000)]
     pub batch_events: usize,
-    /// After copying and verifying, keep copying new events until Ctrl-C.
+    /// After copying and verifying, keep copying new events until Ctrl-C, which copies what
+    /// is left (deletions and snapshots made meanwhile included) and verifies again.
     #[arg(long)]
     pub follow: bool,
 }
@@ -102,18 +104,39 @@ impl Source {
         }
     }
 
-    /// Whether `stream` is deleted in the source.
-    async fn deleted(&self, stream: &StreamName) -> Result<bool, String> {
+    /// What the source knows of `stream`; `None` if it never existed.
+    async fn info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, String> {
+        let what =
+            |e: &dyn std::fmt::Display| format!("reading stream '{stream}' in the source: {e}");
         match self {
             Source::Store(store) => match store.stream_info(stream).await {
-                Ok(info) => Ok(info.deleted),
-                Err(EventStoreError::StreamNotFound { .. }) => Ok(false),
-                Err(e) => Err(format!("reading stream '{stream}' in the source: {e}")),
+                Ok(info) => Ok(Some(info)),
+                Err(EventStoreError::StreamNotFound { .. }) => Ok(None),
+                Err(e) => Err(what(&e)),
             },
             Source::Server(client) => match client.stream_info(stream.as_str()).await {
-                Ok(info) => Ok(info.deleted),
-                Err(e) if e.to_string().contains("404") => Ok(false),
-                Err(e) => Err(format!("reading stream '{stream}' in the source: {e}")),
+                Ok(info) => Ok(Some(info)),
+                Err(ClientError::Problem { status: 404, .. }) => Ok(None),
+                Err(e) => Err(what(&e)),
+            },
+        }
+    }
+
+    /// The source's latest snapshot of `stream`; `None` if it has none or was deleted since.
+    async fn snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, String> {
+        let what = |e: &dyn std::fmt::Display| {
+            format!("reading the snapshot of stream '{stream}' in the source: {e}")
+        };
+        match self {
+            Source::Store(store) => match store.get_snapshot(stream).await {
+                Ok(snapshot) => Ok(snapshot),
+                Err(EventStoreError::StreamDeleted { .. }) => Ok(None),
+                Err(e) => Err(what(&e)),
+            },
+            Source::Server(client) => match client.get_snapshot(stream.as_str()).await {
+                Ok(snapshot) => Ok(snapshot),
+                Err(ClientError::Problem { status: 410, .. }) => Ok(None),
+                Err(e) => Err(what(&e)),
             },
         }
     }
@@ -393,75 +416,156 @@ async fn append_to_nats(
     Ok(written)
 }
 
-pub async fn run(args: MigrateArgs) -> Result<(), String> {
-    if !(1..=IMPORT_EVENTS_MAX).contains(&args.batch_events) {
-        return Err(format!(
-            "--batch-events must be 1 to {IMPORT_EVENTS_MAX}, got {}",
-            args.batch_events
-        ));
+/// What a pass made in the target besides copying events.
+#[derive(Default)]
+struct Synced {
+    deleted: u64,
+    snapshots: u64,
+    /// Snapshots of versions the copy does not hold yet (stored in the source after the copy
+    /// read its end): the next run, or the end of `--follow`, copies them.
+    snapshots_ahead: u64,
+}
+
+impl std::fmt::Display for Synced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} deleted, {} snapshots copied",
+            self.deleted, self.snapshots
+        )?;
+        if self.snapshots_ahead > 0 {
+            write!(
+                f,
+                ", {} snapshots ahead of the copy left for the next run",
+                self.snapshots_ahead
+            )?;
+        }
+        Ok(())
     }
-    let source = Source::open(&args.from).await?;
-    let mut target = Target::open(&args).await?;
-    let mut from = target.resume_from().await?;
-    let mut copied = 0u64;
-    let mut streams = BTreeSet::new();
-    let started = std::time::Instant::now();
-    let source_head = loop {
-        let page = source.page(from, args.batch_events, 0).await?;
+}
+
+/// Copies the source's `$all` from `from` to its end as read now, moving `from` past it;
+/// returns the events written, the streams they belong to and the source's head position.
+async fn copy_to_end(
+    source: &Source,
+    target: &mut Target,
+    from: &mut u64,
+    batch: usize,
+) -> Result<(u64, BTreeSet<StreamName>, u64), String> {
+    let (mut copied, mut streams) = (0, BTreeSet::new());
+    loop {
+        let page = source.page(*from, batch, 0).await?;
         if !page.events.is_empty() {
             let written = target.write(&page.events).await?;
             copied += written.len() as u64;
             streams.extend(written.into_iter().map(|e| e.stream));
         }
-        from = page.next_position;
+        *from = page.next_position;
         if page.is_end {
-            break page.head_position;
+            return Ok((copied, streams, page.head_position));
         }
-    };
-    // The verification's read of the whole source also names every stream, so the deletions
-    // are checked for all of them: a run resumed after one interrupted before its deletions
-    // makes them.
-    let kept = target.kept();
-    let mut source_streams = BTreeSet::new();
-    let expected = fingerprint_source(
-        &source,
-        source_head,
-        args.batch_events,
-        kept,
-        Some(&mut source_streams),
-    )
-    .await?;
-    let mut deleted = 0;
-    let target_store = target.store();
-    for stream in &source_streams {
-        if source.deleted(stream).await? {
-            match target_store
-                .delete_stream(stream, ExpectedVersion::Any)
-                .await
-            {
-                Ok(_) => deleted += 1,
+    }
+}
+
+/// Makes the target's tombstones and latest snapshots those of the source, for `streams`.
+/// Events come first (a snapshot needs its version in the copy), so this runs after a copy.
+async fn sync_tombstones_and_snapshots(
+    source: &Source,
+    target: &mut Target,
+    streams: &BTreeSet<StreamName>,
+) -> Result<Synced, String> {
+    let mut synced = Synced::default();
+    let store = target.store();
+    for stream in streams {
+        let Some(info) = source.info(stream).await? else {
+            continue;
+        };
+        if info.deleted {
+            match store.delete_stream(stream, ExpectedVersion::Any).await {
+                Ok(_) => synced.deleted += 1,
                 Err(EventStoreError::StreamDeleted { .. }) => {}
                 Err(e) => return Err(format!("deleting stream '{stream}' in the target: {e}")),
             }
-            if let Target::Nats { next_versions, .. } = &mut target {
+            if let Target::Nats { next_versions, .. } = target {
                 next_versions.insert(stream.clone(), None);
+            }
+            continue;
+        }
+        if info.snapshot_version.is_none() {
+            continue;
+        }
+        let Some(snapshot) = source.snapshot(stream).await? else {
+            continue;
+        };
+        let held = match store.get_snapshot(stream).await {
+            Ok(held) => held,
+            Err(e) => {
+                return Err(format!(
+                    "reading the snapshot of stream '{stream}' in the target: {e}"
+                ));
+            }
+        };
+        let same = |held: &Snapshot| {
+            (held.version, &held.snapshot_type, &held.data)
+                == (snapshot.version, &snapshot.snapshot_type, &snapshot.data)
+        };
+        if held.as_ref().is_some_and(same) {
+            continue;
+        }
+        let put = store
+            .put_snapshot(
+                stream,
+                snapshot.version,
+                &snapshot.snapshot_type,
+                snapshot.data.clone(),
+            )
+            .await;
+        match put {
+            Ok(()) => synced.snapshots += 1,
+            Err(EventStoreError::SnapshotAheadOfStream { .. }) => synced.snapshots_ahead += 1,
+            // The copy holds a newer one, written there by its own clients after a cut-over.
+            Err(EventStoreError::SnapshotOutdated { .. }) => {}
+            Err(e) => {
+                return Err(format!(
+                    "copying the snapshot of stream '{stream}' to the target: {e}"
+                ));
             }
         }
     }
+    Ok(synced)
+}
+
+/// After a copy up to the source's `head`: reads the whole source (its fingerprint, which
+/// also names every stream), makes its tombstones and snapshots in the target (so deletions
+/// an interrupted run did not reach are made), prints what the pass did, then checks the copy
+/// against the fingerprint.
+async fn finish_pass(
+    source: &Source,
+    target: &mut Target,
+    head: u64,
+    batch: usize,
+    copied: (u64, usize),
+    started: std::time::Instant,
+) -> Result<(), String> {
+    let kept = target.kept();
+    let mut streams = BTreeSet::new();
+    let expected = fingerprint_source(source, head, batch, kept, Some(&mut streams)).await?;
+    let synced = sync_tombstones_and_snapshots(source, target, &streams).await?;
     println!(
-        "copied {copied} events of {} streams ({deleted} deleted) in {:.1} s, up to position {source_head}",
-        streams.len(),
+        "copied {} events of {} streams ({synced}) in {:.1} s, up to position {head}",
+        copied.0,
+        copied.1,
         started.elapsed().as_secs_f64()
     );
-    let actual = target.fingerprint(source_head, args.batch_events).await?;
+    let actual = target.fingerprint(head, batch).await?;
     if expected != actual {
-        let undo = match &target {
+        let undo = match target {
             Target::Postgres(_) => "drop the target schema",
             Target::Nats { .. } => "delete the target's JetStream streams",
         };
         return Err(format!(
-            "verification failed: the source has {} events up to position {} (checksum {:016x}), the copy {} (checksum {:016x}); {undo} and migrate again",
-            expected.events, source_head, expected.checksum, actual.events, actual.checksum
+            "verification failed: the source has {} events up to position {head} (checksum {:016x}), the copy {} (checksum {:016x}); {undo} and migrate again",
+            expected.events, expected.checksum, actual.events, actual.checksum
         ));
     }
     match kept {
@@ -470,19 +574,46 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
             expected.events, expected.last_position, expected.checksum
         ),
         Kept::ContentInOrder => println!(
-            "verified: {} events up to source position {source_head}, in the same order with the same streams, versions, ids and payloads, checksum {:016x} on both sides (positions and recording times are JetStream's: rebuild projections on the copy)",
+            "verified: {} events up to source position {head}, in the same order with the same streams, versions, ids and payloads, checksum {:016x} on both sides (positions and recording times are JetStream's: rebuild projections on the copy)",
             expected.events, expected.checksum
         ),
     }
+    Ok(())
+}
+
+pub async fn run(args: MigrateArgs) -> Result<(), String> {
+    if !(1..=IMPORT_EVENTS_MAX).contains(&args.batch_events) {
+        return Err(format!(
+            "--batch-events must be 1 to {IMPORT_EVENTS_MAX}, got {}",
+            args.batch_events
+        ));
+    }
+    let batch = args.batch_events;
+    let source = Source::open(&args.from).await?;
+    let mut target = Target::open(&args).await?;
+    let mut from = target.resume_from().await?;
+    let started = std::time::Instant::now();
+    let (copied, streams, head) = copy_to_end(&source, &mut target, &mut from, batch).await?;
+    finish_pass(
+        &source,
+        &mut target,
+        head,
+        batch,
+        (copied, streams.len()),
+        started,
+    )
+    .await?;
     if !args.follow {
         return Ok(());
     }
-    println!("following new events; stop with Ctrl-C once clients use the copy");
+    println!(
+        "following new events; stop with Ctrl-C once clients use the copy (deletions and snapshots are copied then)"
+    );
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
     loop {
         let page = tokio::select! {
-            page = source.page(from, args.batch_events, 10_000) => page?,
+            page = source.page(from, batch, 10_000) => page?,
             _ = &mut stop => break,
         };
         if !page.events.is_empty() {
@@ -495,5 +626,28 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
         }
         from = page.next_position;
     }
-    Ok(())
+    // The cut-over: what arrived since the last page, then the deletions and snapshots made
+    // while following, then the same verification as at the start.
+    println!(
+        "stopping: copying what is left, deletions and snapshots, then verifying (Ctrl-C again to abort)"
+    );
+    let started = std::time::Instant::now();
+    let last_pass = async {
+        let (copied, streams, head) = copy_to_end(&source, &mut target, &mut from, batch).await?;
+        finish_pass(
+            &source,
+            &mut target,
+            head,
+            batch,
+            (copied, streams.len()),
+            started,
+        )
+        .await
+    };
+    tokio::select! {
+        done = last_pass => done,
+        _ = tokio::signal::ctrl_c() => Err(
+            "interrupted before the last pass ended: run migrate again without --follow to finish the copy".to_owned()
+        ),
+    }
 }

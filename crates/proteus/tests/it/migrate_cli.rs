@@ -4,7 +4,9 @@
 //! copied to NATS JetStream with versions, ids, order and tombstones kept (positions and times
 //! are the server's), a second run resuming by version.
 
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -49,8 +51,8 @@ fn feed(http: &reqwest::blocking::Client, url: &str) -> Vec<Value> {
     page["events"].as_array().unwrap().clone()
 }
 
-/// Writes four appends to three streams of an embedded store in `dir` and deletes one stream,
-/// then stops its server; returns the `$all` feed it served.
+/// Writes four appends to three streams of an embedded store in `dir`, snapshots one stream
+/// and deletes another, then stops its server; returns the `$all` feed it served.
 fn fill_source(http: &reqwest::blocking::Client, dir: &std::path::Path) -> Vec<Value> {
     let mut source = ServerProcess::start(dir);
     for (stream, events) in [
@@ -73,6 +75,7 @@ fn fill_source(http: &reqwest::blocking::Client, dir: &std::path::Path) -> Vec<V
             .status();
         assert_eq!(status.as_u16(), 201);
     }
+    put_snapshot(http, &source.url, "order-1", 1);
     let status = http
         .delete(format!("{}/v1/streams/cart-9", source.url))
         .send()
@@ -85,8 +88,31 @@ fn fill_source(http: &reqwest::blocking::Client, dir: &std::path::Path) -> Vec<V
     original
 }
 
+/// Stores a snapshot of `stream` at `version` whose data names the version.
+fn put_snapshot(http: &reqwest::blocking::Client, url: &str, stream: &str, version: u64) {
+    let status = http
+        .put(format!("{url}/v1/streams/{stream}/snapshot"))
+        .json(&json!({"version": version, "type": "OrderState.v1", "data": {"at": version}}))
+        .send()
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+}
+
+/// The snapshot of `stream` a server serves: its version, type and data.
+fn snapshot_of(http: &reqwest::blocking::Client, url: &str, stream: &str) -> Value {
+    let snapshot: Value = http
+        .get(format!("{url}/v1/streams/{stream}/snapshot"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    json!([snapshot["version"], snapshot["type"], snapshot["data"]])
+}
+
 /// On a server over a copy of [`fill_source`]'s store: the deleted stream answers 410 and an
-/// append to `order-1` at its version continues it; returns the append's answer.
+/// snapshot of `order-1` is there and an append at its version continues it; returns the
+/// append's answer.
 fn deleted_stays_deleted_and_versions_continue(
     http: &reqwest::blocking::Client,
     url: &str,
@@ -97,6 +123,10 @@ fn deleted_stays_deleted_and_versions_continue(
         .unwrap()
         .status();
     assert_eq!(gone.as_u16(), 410);
+    assert_eq!(
+        snapshot_of(http, url, "order-1"),
+        json!([1, "OrderState.v1", {"at": 1}])
+    );
     let appended: Value = http
         .post(format!("{url}/v1/streams/order-1?expected_version=2"))
         .json(&json!({"type": "Delivered", "data": {}}))
@@ -141,7 +171,7 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     let (code, out, err) = migrate(&from, &copy);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("copied 5 events of 3 streams (1 deleted)"),
+        out.contains("copied 5 events of 3 streams (1 deleted, 1 snapshots copied)"),
         "{out}"
     );
     assert!(out.contains("verified: 5 events up to position"), "{out}");
@@ -149,7 +179,7 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     let (code, out, err) = migrate(&from, &copy);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("copied 0 events of 0 streams (0 deleted)"),
+        out.contains("copied 0 events of 0 streams (0 deleted, 0 snapshots copied)"),
         "{out}"
     );
     assert_eq!(psql_count(&copy), 5);
@@ -166,7 +196,7 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     let (code, out, err) = migrate(&from, &copy);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("copied 0 events of 0 streams (1 deleted)"),
+        out.contains("copied 0 events of 0 streams (1 deleted, 0 snapshots copied)"),
         "{out}"
     );
 
@@ -191,7 +221,8 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     );
     drop(target);
 
-    // --follow from a running server: a new event reaches the copy while it runs.
+    // --follow from a running server: a new event reaches the copy while it runs; a stream
+    // deleted and a snapshot stored while following reach it when it is stopped.
     let source = ServerProcess::start(dir.path());
     let mut follower = Command::new(BINARY)
         .args([
@@ -204,15 +235,30 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
             &followed,
             "--follow",
         ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while psql_count(&followed) < 5 {
-        assert!(Instant::now() < deadline, "the initial copy never arrived");
-        std::thread::sleep(Duration::from_millis(100));
+    let lines = {
+        let stdout = BufReader::new(follower.stdout.take().unwrap());
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        lines
+    };
+    // Changes made once it follows, not during its first pass (which would copy them).
+    let mut out = String::new();
+    while !out.contains("following new events") {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the initial copy never ended: {out}"));
+        out.push_str(&line);
+        out.push('\n');
     }
+    let deadline = Instant::now() + Duration::from_secs(30);
     let status = http
         .post(format!("{}/v1/streams/order-3", source.url))
         .json(&json!({"type": "Placed", "data": {}}))
@@ -224,11 +270,55 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
         assert!(Instant::now() < deadline, "the new event was not followed");
         std::thread::sleep(Duration::from_millis(100));
     }
+    put_snapshot(&http, &source.url, "order-1", 2);
+    let status = http
+        .delete(format!("{}/v1/streams/order-3", source.url))
+        .send()
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
     unsafe {
         libc::kill(follower.id() as libc::pid_t, libc::SIGINT);
     }
-    let exit = follower.wait().unwrap();
-    assert!(exit.success(), "{exit:?}");
+    let status = follower.wait().unwrap();
+    let mut err = String::new();
+    follower
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    out.extend(lines.iter().map(|line| line + "\n"));
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        out.contains("copied 0 events of 0 streams (1 deleted, 1 snapshots copied)"),
+        "{out}"
+    );
+    // Verified at the start (5 events) and again at the end, order-3's event included.
+    assert!(out.contains("verified: 5 events"), "{out}");
+    assert!(out.contains("verified: 6 events"), "{out}");
+    drop(source);
+    let followed_dir = tempfile::tempdir().unwrap();
+    let copy = ServerProcess::start_with(
+        followed_dir.path(),
+        &[
+            "--event-store",
+            &postgres_url(),
+            "--event-store-schema",
+            &followed,
+        ],
+        &[],
+    );
+    let gone = http
+        .get(format!("{}/v1/streams/order-3", copy.url))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(gone.as_u16(), 410);
+    assert_eq!(
+        snapshot_of(&http, &copy.url, "order-1"),
+        json!([2, "OrderState.v1", {"at": 2}])
+    );
 }
 
 /// JetStream streams of their own, deleted when the test ends.
@@ -285,7 +375,7 @@ fn an_embedded_event_store_moves_to_nats_with_versions_and_order_kept() {
     let (code, out, err) = migrate();
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("copied 5 events of 3 streams (1 deleted)"),
+        out.contains("copied 5 events of 3 streams (1 deleted, 1 snapshots copied)"),
         "{out}"
     );
     assert!(out.contains("verified: 5 events"), "{out}");
@@ -294,7 +384,7 @@ fn an_embedded_event_store_moves_to_nats_with_versions_and_order_kept() {
     let (code, out, err) = migrate();
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("copied 0 events of 0 streams (0 deleted)"),
+        out.contains("copied 0 events of 0 streams (0 deleted, 0 snapshots copied)"),
         "{out}"
     );
     assert!(out.contains("verified: 5 events"), "{out}");
