@@ -43,7 +43,7 @@ impl PostgresEventStore {
             .pool
             .get()
             .await
-            .map_err(|e| pool(e, what))?;
+            .map_err(|e| pool(e, what, &self.inner.shared.url))?;
         // Each stream's first imported version must follow what the store holds.
         let mut firsts: BTreeMap<&str, u64> = BTreeMap::new();
         let mut lasts: BTreeMap<&str, (u64, u64)> = BTreeMap::new();

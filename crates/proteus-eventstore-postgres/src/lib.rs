@@ -234,6 +234,8 @@ pub struct PostgresEventStore {
 /// What the store's handles and its writer task share.
 pub(crate) struct Shared {
     pub(crate) pool: Pool,
+    /// The server's URL, for messages (redacted where used).
+    pub(crate) url: String,
     pub(crate) sql: Statements,
     /// The safe head (module `head`): every position up to it is committed or never will be.
     /// `wait_for_position` waits on it.
@@ -279,7 +281,11 @@ impl Shared {
         what: &str,
         write: bool,
     ) -> Result<Vec<Row>, EventStoreError> {
-        let client = self.pool.get().await.map_err(|e| error::pool(e, what))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| error::pool(e, what, &self.url))?;
         let statement = client
             .prepare_cached(sql)
             .await
@@ -383,16 +389,11 @@ impl PostgresEventStore {
         let pool = connection
             .open(&schema, &migrate::MIGRATIONS)
             .await
-            .map_err(|e| {
-                if e.retriable {
-                    EventStoreError::Unavailable { reason: e.message }
-                } else {
-                    storage(e.message)
-                }
-            })?;
+            .map_err(|e| error::port_error(e, false))?;
         let sql = Statements::new(&schema);
         let shared = Arc::new(Shared {
             pool,
+            url: config.url.clone(),
             sql,
             head: watch::channel(0).0,
             committed: watch::channel(0).0,

@@ -91,6 +91,8 @@ pub struct PostgresGroupStore {
 
 struct Inner {
     pool: Pool,
+    /// The server's URL, for messages (redacted where used).
+    url: String,
     /// The quoted schema, spliced into statements (validated: `[a-z0-9_]` only).
     schema: String,
 }
@@ -132,6 +134,7 @@ impl PostgresGroupStore {
         Ok(PostgresGroupStore {
             inner: Arc::new(Inner {
                 pool,
+                url: config.url.clone(),
                 schema: format!("\"{}\"", config.schema),
             }),
         })
@@ -142,7 +145,7 @@ impl PostgresGroupStore {
             .pool
             .get()
             .await
-            .map_err(|e| backend(proteus_postgres::pool_error(e, what)))
+            .map_err(|e| backend(proteus_postgres::pool_error(e, what, &self.inner.url)))
     }
 
     /// Inside `txn`: raises the group's fencing token to `fence`, locking its row, or rolls back

@@ -143,6 +143,8 @@ impl std::fmt::Debug for PostgresKvStore {
 
 struct Inner {
     pool: Pool,
+    /// The server's URL, for messages (redacted where used).
+    url: String,
     /// The schema's name (validated: `[a-z0-9_]` only), part of every lock id.
     schema: String,
     sql: Sql,
@@ -423,6 +425,7 @@ impl PostgresKvStore {
         Ok(PostgresKvStore {
             inner: Arc::new(Inner {
                 pool,
+                url: config.url.clone(),
                 sql: Sql::new(&config.schema),
                 schema: config.schema,
             }),
@@ -434,7 +437,7 @@ impl PostgresKvStore {
             .pool
             .get()
             .await
-            .map_err(|e| unavailable(proteus_postgres::pool_error(e, what)).into())
+            .map_err(|e| unavailable(proteus_postgres::pool_error(e, what, &self.inner.url)).into())
     }
 
     async fn try_get_many(

@@ -126,6 +126,12 @@ pub fn pg(error: tokio_postgres::Error, what: &str) -> PgError {
             retriable: retry,
         };
     }
+    let text = error.to_string();
+    // A row or parameter of the wrong type: a bug or a schema changed under us, never fixed
+    // by a retry.
+    if text.starts_with("error deserializing") || text.starts_with("error serializing") {
+        return PgError::permanent(format!("PostgreSQL failed {what}: {text}"));
+    }
     PgError {
         message: format!(
             "the connection to PostgreSQL failed while {what} (temporary, retry): {error}{}",
@@ -137,23 +143,25 @@ pub fn pg(error: tokio_postgres::Error, what: &str) -> PgError {
     }
 }
 
-/// Maps a failure to get a pooled connection.
-pub fn pool_error(error: deadpool_postgres::PoolError, what: &str) -> PgError {
+/// Maps a failure to get a pooled connection to the server at `url` (named without its
+/// password, since this is where an unreachable server shows).
+pub fn pool_error(error: deadpool_postgres::PoolError, what: &str, url: &str) -> PgError {
     use deadpool_postgres::PoolError;
+    let server = redact(url);
     match error {
         PoolError::Backend(error) => {
             let mut mapped = pg(error, what);
             if mapped.retriable {
-                mapped
-                    .message
-                    .push_str(&format!("; is PostgreSQL running? If not, {START_HINT}"));
+                mapped.message.push_str(&format!(
+                    "; is PostgreSQL at {server} running? If not, {START_HINT}"
+                ));
             }
             mapped
         }
         PoolError::Closed => PgError::permanent("the store was closed"),
         PoolError::Timeout(kind) => PgError {
             message: format!(
-                "no PostgreSQL connection became available in time ({kind:?} timeout) while {what} (temporary, retry); every pooled connection is busy (raise pool_size_max) or PostgreSQL does not answer"
+                "no connection to PostgreSQL at {server} became available in time ({kind:?} timeout) while {what} (temporary, retry); every pooled connection is busy (raise pool_size_max) or PostgreSQL does not answer"
             ),
             retriable: true,
         },

@@ -19,7 +19,7 @@ pub(crate) fn pg(error: tokio_postgres::Error, what: &str) -> StoreError {
     backend(proteus_postgres::pg(error, what).message)
 }
 
-/// Maps a failure to get a connection from the pool.
-pub(crate) fn pool(error: PoolError, what: &str) -> StoreError {
-    backend(proteus_postgres::pool_error(error, what).message)
+/// Maps a failure to get a connection to the server at `url` from the pool.
+pub(crate) fn pool(error: PoolError, what: &str, url: &str) -> StoreError {
+    backend(proteus_postgres::pool_error(error, what, url).message)
 }

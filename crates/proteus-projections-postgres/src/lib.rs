@@ -248,7 +248,10 @@ pub(crate) struct Inner {
 impl Inner {
     /// A pooled connection.
     pub(crate) async fn client(&self, what: &str) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(|e| error::pool(e, what))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| error::pool(e, what, &self.config.url))
     }
 }
 

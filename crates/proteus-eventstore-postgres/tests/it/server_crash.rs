@@ -46,3 +46,48 @@ async fn appends_across_a_killed_and_restarted_server_are_stored_once() {
     assert_each_event_once(store.as_ref(), &run, "the store that wrote").await;
     assert_each_event_once(&open().await, &run, "a new store").await;
 }
+
+/// While the server is down, a request that needs a new connection fails retriably, naming
+/// the server (without a password) and how to start it, so an operator running several
+/// PostgreSQL servers knows which one is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_gone_after_open_is_named_in_errors() {
+    let server = PrivatePostgres::start().await;
+    let config = PostgresEventStoreConfig {
+        pool_size_max: 2,
+        write_batches_in_flight_max: 1,
+        connect_timeout_ms: 1_000,
+        pool_wait_timeout_ms: 2_000,
+        ..PostgresEventStoreConfig::new(server.url(), "gone".to_owned())
+    };
+    let store = PostgresEventStore::open(config)
+        .await
+        .unwrap_or_else(|error| panic!("the private PostgreSQL: {error}"));
+    let stream = proteus_eventstore::StreamName::parse("order-1").unwrap();
+    let info = |store: &PostgresEventStore| {
+        let stream = stream.clone();
+        let store = store.clone();
+        async move { store.stream_info(&stream).await }
+    };
+    // A pooled connection exists, then the server goes.
+    let _ = info(&store).await;
+    server.kill();
+    // The pooled connection's socket is closed: it is dropped and a new one refused (a
+    // request already on it may instead see the connection end; the next one connects).
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match info(&store).await {
+            Err(proteus_eventstore::EventStoreError::Unavailable { reason }) => errors.push(reason),
+            other => panic!("a read while the server is down answered {other:?}"),
+        }
+    }
+    // The URL has no password, so it is named as it is.
+    let named = format!("is PostgreSQL at {} running?", server.url());
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains(&named) && e.contains("pg_ctlcluster")),
+        "{errors:#?}"
+    );
+}
