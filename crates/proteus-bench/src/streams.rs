@@ -5,8 +5,9 @@
 //! `--events-per-append` events to them in turn, each append carrying the exact version the
 //! writer last saw (the optimistic-concurrency write every event-sourced command makes). Against
 //! Proteus each writer is one HTTP/1.1 keep-alive connection posting to `/v1/streams/{s}`;
-//! against PostgreSQL (`--postgres`) each is one connection running one transaction per append,
-//! twice: into a minimal table (a `bigserial` position, unique `(stream, version)`) and into a
+//! against PostgreSQL (`--postgres`) each is one connection running one transaction per append
+//! that sends every event's id and data (arrays, inserted with `unnest`), as the code of a team
+//! writing its own event table would, twice: into a minimal table (a `bigserial` position, unique `(stream, version)`) and into a
 //! table with the indexes Proteus's PostgreSQL event store keeps for what it promises (the
 //! position as primary key for the `$all` feed, unique `(stream, event id)` for idempotent
 //! retries, `(category, position)` for category reads), `synchronous_commit` on. Against JetStream
@@ -571,6 +572,8 @@ mod proteus {
 }
 
 mod postgres {
+    use tokio_postgres::types::Json;
+
     use super::*;
     use crate::targets::postgres::connect_for;
 
@@ -585,12 +588,14 @@ mod postgres {
     }
 
     /// A writer over one PostgreSQL connection: one transaction per append, the unique
-    /// (stream, version) being the expected-version check.
+    /// (stream, version) being the expected-version check. Each append sends every one of its
+    /// events (an id and the data each), as a client of its own event table would, and as
+    /// Proteus's clients do.
     struct SqlWriter {
         client: tokio_postgres::Client,
         insert: tokio_postgres::Statement,
-        data: serde_json::Value,
-        per_append: i64,
+        data: Box<serde_json::value::RawValue>,
+        per_append: usize,
         /// Each owned stream's next version.
         next_versions: Vec<i64>,
     }
@@ -598,6 +603,11 @@ mod postgres {
     impl Writer for SqlWriter {
         async fn append(&mut self, stream: usize, slot: usize) -> Result<(), String> {
             let stream = format!("bench-{stream}");
+            let ids: Vec<String> = (0..self.per_append)
+                .map(|_| uuid::Uuid::now_v7().to_string())
+                .collect();
+            let data: Vec<Json<&serde_json::value::RawValue>> =
+                vec![Json(&*self.data); self.per_append];
             let transaction = self
                 .client
                 .transaction()
@@ -606,12 +616,7 @@ mod postgres {
             transaction
                 .execute(
                     &self.insert,
-                    &[
-                        &stream,
-                        &self.next_versions[slot],
-                        &self.data,
-                        &self.per_append,
-                    ],
+                    &[&stream, &self.next_versions[slot], &ids, &data],
                 )
                 .await
                 .map_err(|e| format!("an append to {stream} failed: {e}"))?;
@@ -619,7 +624,7 @@ mod postgres {
                 .commit()
                 .await
                 .map_err(|e| format!("COMMIT failed: {e}"))?;
-            self.next_versions[slot] += self.per_append;
+            self.next_versions[slot] += self.per_append as i64;
             Ok(())
         }
     }
@@ -659,16 +664,17 @@ mod postgres {
             .map_err(|e| format!("creating {table} failed: {e}"))?;
         let data: serde_json::Value =
             serde_json::from_str(&event_data(args.event_bytes)).map_err(|e| e.to_string())?;
-        let per_append = args.events_per_append as i64;
+        let raw_data = serde_json::value::to_raw_value(&data).map_err(|e| e.to_string())?;
+        let per_append = args.events_per_append;
         let appended = append_phase(args, |owned| {
-            let (url, data, table) = (url.to_owned(), data.clone(), table.clone());
+            let (url, data, table) = (url.to_owned(), raw_data.clone(), table.clone());
             async move {
                 let client = connect_for(&url, "--postgres").await?;
                 let insert = client
                     .prepare(&format!(
                         "INSERT INTO {table} (stream, version, category, id, type, data) \
-                         SELECT $1, v, 'bench', gen_random_uuid()::text, 'BenchEvent', $3 \
-                         FROM generate_series($2::bigint, $2::bigint + $4 - 1) AS v"
+                         SELECT $1, $2::bigint + e.n - 1, 'bench', e.id, 'BenchEvent', e.data \
+                         FROM unnest($3::text[], $4::jsonb[]) WITH ORDINALITY AS e(id, data, n)"
                     ))
                     .await
                     .map_err(|e| format!("preparing the insert failed: {e}"))?;
