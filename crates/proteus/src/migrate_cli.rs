@@ -581,6 +581,27 @@ async fn finish_pass(
     Ok(())
 }
 
+/// One pass: the events from `from` to the source's end, then its tombstones and snapshots,
+/// then the verification.
+async fn pass(
+    source: &Source,
+    target: &mut Target,
+    from: &mut u64,
+    batch: usize,
+) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let (copied, streams, head) = copy_to_end(source, target, from, batch).await?;
+    finish_pass(
+        source,
+        target,
+        head,
+        batch,
+        (copied, streams.len()),
+        started,
+    )
+    .await
+}
+
 pub async fn run(args: MigrateArgs) -> Result<(), String> {
     if !(1..=IMPORT_EVENTS_MAX).contains(&args.batch_events) {
         return Err(format!(
@@ -592,17 +613,7 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
     let source = Source::open(&args.from).await?;
     let mut target = Target::open(&args).await?;
     let mut from = target.resume_from().await?;
-    let started = std::time::Instant::now();
-    let (copied, streams, head) = copy_to_end(&source, &mut target, &mut from, batch).await?;
-    finish_pass(
-        &source,
-        &mut target,
-        head,
-        batch,
-        (copied, streams.len()),
-        started,
-    )
-    .await?;
+    pass(&source, &mut target, &mut from, batch).await?;
     if !args.follow {
         return Ok(());
     }
@@ -631,21 +642,8 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
     println!(
         "stopping: copying what is left, deletions and snapshots, then verifying (Ctrl-C again to abort)"
     );
-    let started = std::time::Instant::now();
-    let last_pass = async {
-        let (copied, streams, head) = copy_to_end(&source, &mut target, &mut from, batch).await?;
-        finish_pass(
-            &source,
-            &mut target,
-            head,
-            batch,
-            (copied, streams.len()),
-            started,
-        )
-        .await
-    };
     tokio::select! {
-        done = last_pass => done,
+        done = pass(&source, &mut target, &mut from, batch) => done,
         _ = tokio::signal::ctrl_c() => Err(
             "interrupted before the last pass ended: run migrate again without --follow to finish the copy".to_owned()
         ),
