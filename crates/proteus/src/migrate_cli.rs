@@ -298,14 +298,17 @@ impl Target {
 
     /// Writes `events` (a page of the source's `$all`); returns the events written, which
     /// excludes those the target already held.
-    async fn write(&mut self, events: &[RecordedEvent]) -> Result<Vec<RecordedEvent>, String> {
+    async fn write<'e>(
+        &mut self,
+        events: &'e [RecordedEvent],
+    ) -> Result<Vec<&'e RecordedEvent>, String> {
         match self {
             Target::Postgres(store) => {
                 store
                     .import(events)
                     .await
                     .map_err(|e| format!("writing to PostgreSQL: {e}"))?;
-                Ok(events.to_vec())
+                Ok(events.iter().collect())
             }
             Target::Nats {
                 store,
@@ -339,11 +342,11 @@ impl Target {
 
 /// Appends `run` (events of one stream, in version order) to the NATS target, skipping the
 /// versions it already holds; refuses a gap, which means the target holds other events.
-async fn append_to_nats(
+async fn append_to_nats<'e>(
     store: &NatsEventStore,
     next_versions: &mut HashMap<StreamName, Option<u64>>,
-    run: &[RecordedEvent],
-) -> Result<Vec<RecordedEvent>, String> {
+    run: &'e [RecordedEvent],
+) -> Result<Vec<&'e RecordedEvent>, String> {
     let Some(first) = run.first() else {
         return Ok(Vec::new());
     };
@@ -410,7 +413,7 @@ async fn append_to_nats(
             Err(e) => return Err(format!("writing to NATS, stream '{stream}': {e}")),
         }
         next += chunk.len() as u64;
-        written.extend(chunk.iter().map(|event| (*event).clone()));
+        written.extend_from_slice(chunk);
     }
     next_versions.insert(stream.clone(), Some(next));
     Ok(written)
@@ -458,7 +461,7 @@ async fn copy_to_end(
         if !page.events.is_empty() {
             let written = target.write(&page.events).await?;
             copied += written.len() as u64;
-            streams.extend(written.into_iter().map(|e| e.stream));
+            streams.extend(written.into_iter().map(|e| e.stream.clone()));
         }
         *from = page.next_position;
         if page.is_end {
