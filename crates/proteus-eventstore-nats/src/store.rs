@@ -26,6 +26,7 @@ use proteus_eventstore::{
     EventStoreError, ExpectedVersion, FeedPage, ProposedEvent, ReadFilter, RecordedEvent, Snapshot,
     StreamInfo, StreamName, StreamPage,
 };
+use proteus_nats::client::next_fetched;
 use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::codec::{self, Record};
@@ -189,6 +190,8 @@ struct Scan {
     cursor: u64,
     /// Whether the scan reads with message gets, the consumer having missed a message.
     by_gets: bool,
+    /// Longest wait for the next message of a fetch (the request timeout).
+    fetch_idle: Duration,
     url: String,
     what: String,
 }
@@ -239,7 +242,10 @@ impl Scan {
                 }
                 let mut messages = fetch.messages().await.map_err(|e| error(&e))?;
                 let mut received = 0;
-                while let Some(item) = messages.next().await {
+                while let Some(item) = next_fetched(&mut messages, self.fetch_idle)
+                    .await
+                    .map_err(|e| error(&e))?
+                {
                     let message = match item {
                         Ok(message) => message,
                         Err(e) => {
@@ -629,6 +635,7 @@ impl NatsEventStore {
             filter: filter.to_owned(),
             cursor: start_seq,
             by_gets: false,
+            fetch_idle: ms(self.inner.config.request_timeout_ms),
             url: self.inner.url.clone(),
             what: what.to_owned(),
         };

@@ -100,12 +100,13 @@ where
         .map(|s| tokio::spawn(write(store.clone(), s.clone(), acknowledged.clone())))
         .collect();
     for before in APPENDS_BEFORE_CRASHES {
-        // Bounded, so a writer that failed (its panic is printed) fails the test, not hangs it.
+        // Bounded, so a writer that failed (its panic is printed) or hangs fails the test, not
+        // hangs it.
         let deadline = Instant::now() + Duration::from_secs(RETRY_FOR_S);
         while acknowledged.load(Ordering::Relaxed) < before {
             assert!(
                 Instant::now() < deadline,
-                "fewer than {before} appends acknowledged after {RETRY_FOR_S} s: a writer stopped (see its panic above)"
+                "fewer than {before} appends acknowledged after {RETRY_FOR_S} s: a writer stopped (see its panic above) or hangs in an append that neither succeeds nor fails"
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

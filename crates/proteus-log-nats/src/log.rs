@@ -23,6 +23,7 @@ use proteus_log::{
     PutTopicOutcome, ReadBatch, ReadFrom, ReadLimits, StoredEvent, TopicConfig, TopicDescription,
     TopicName,
 };
+use proteus_nats::client::next_fetched;
 use tokio::sync::watch;
 
 use crate::config::NatsLogConfig;
@@ -941,15 +942,11 @@ impl NatsLog {
         };
         let parked = start_seq.and_then(|seq| self.take_cursor(&CursorKey::new(stream, seq)));
         if let Some(consumer) = parked {
-            let name = consumer.cached_info().name.clone();
             // A consumer the server dropped meanwhile (it restarted: read consumers are kept in
-            // memory) never answers a fetch: bound the wait, then read with a new one.
-            let timeout = ms(self.inner.config.request_timeout_ms);
-            match tokio::time::timeout(timeout, self.fetch_and_park(&read, consumer)).await {
-                Ok(Ok(events)) => return Ok(events),
-                // The consumer is deleted already.
-                Ok(Err(_)) => {}
-                Err(_) => delete_consumer_named(stream, name),
+            // memory) never answers a fetch: the fetch times out (`next_fetched`) and deletes
+            // it, then the read goes on with a new one.
+            if let Ok(events) = self.fetch_and_park(&read, consumer).await {
+                return Ok(events);
             }
         }
         let consumer: consumer::PullConsumer = stream
@@ -1078,7 +1075,11 @@ impl NatsLog {
                 .await
                 .map_err(|e| nats_error(&context(), e))?;
             let mut refused_for_size = false;
-            while let Some(item) = batch.next().await {
+            let idle = ms(self.inner.config.request_timeout_ms);
+            while let Some(item) = next_fetched(&mut batch, idle)
+                .await
+                .map_err(|e| nats_error(&context(), e))?
+            {
                 let message = match item {
                     Ok(message) => message,
                     Err(error) => {

@@ -1,6 +1,7 @@
 //! Connecting to NATS the one way every adapter does (feature `client`): bounded connect and
 //! request timeouts, reconnection with exponential back-off up to a ceiling, and a check that
-//! the server answers JetStream requests, each failure worded with how to start NATS.
+//! the server answers JetStream requests, each failure worded with how to start NATS; and the
+//! one way they read a fetch's messages, never waiting without bound.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,4 +75,22 @@ pub async fn jetstream_answers(client: &async_nats::Client) -> Result<(), String
         Some(error) => Err(error.to_string()),
         None => Ok(()),
     }
+}
+
+/// The next item of a no-wait fetch (`consumer.fetch()…messages()`), `Ok(None)` at its end, or
+/// `Err` if nothing arrived within `idle`. async-nats gives such a fetch no expiry, so one
+/// whose pull request or answer was lost with the connection (a server killed, restarted or cut
+/// off mid-fetch) would be waited for forever, holding whatever lock its caller holds. The
+/// error says "timed out", which the adapters' error mappings call retriable.
+pub async fn next_fetched(
+    batch: &mut async_nats::jetstream::consumer::pull::Batch,
+    idle: Duration,
+) -> Result<Option<Result<async_nats::jetstream::Message, async_nats::Error>>, String> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(idle, batch.next()).await.map_err(|_| {
+        format!(
+            "a fetch timed out: no message or end of batch within {} ms (was the connection lost?)",
+            idle.as_millis()
+        )
+    })
 }

@@ -1,14 +1,16 @@
 //! What the NATS adapters' integration tests share: the server they use, a TCP proxy in front
-//! of it that can cut every connection (restarting the shared server would disturb every other
-//! test), a server of a test's own that it can kill and start again, and deleting a test's
-//! streams.
+//! of it that can cut every connection or silently drop everything (restarting the shared
+//! server would disturb every other test), a server of a test's own that it can kill and start
+//! again, and deleting a test's streams.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -34,11 +36,65 @@ pub fn host_port(url: &str) -> String {
     rest.split(',').next().unwrap_or(rest).to_owned()
 }
 
-/// Forwards a local port to a server until stopped; can be started again on the same port.
+/// Forwards a local port to a server until stopped; can be started again on the same port,
+/// and can turn into a black hole (see [`Proxy::black_hole_when_client_sends`]).
 pub struct Proxy {
     pub port: u16,
     upstream: String,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    black_hole: Arc<BlackHole>,
+}
+
+/// When the proxy stops forwarding while keeping connections open.
+#[derive(Default)]
+struct BlackHole {
+    /// The bytes a client write must contain to turn the black hole on.
+    trigger: Mutex<Option<Vec<u8>>>,
+    on: AtomicBool,
+}
+
+impl BlackHole {
+    /// Turns the black hole on if `seen` (with the end of what came before it) holds the
+    /// trigger; `tail` keeps the end of `seen` for a trigger split across two reads.
+    fn watch(&self, tail: &mut Vec<u8>, seen: &[u8]) {
+        let trigger = self.trigger.lock().expect("black hole trigger");
+        let Some(trigger) = trigger.as_ref() else {
+            return;
+        };
+        tail.extend_from_slice(seen);
+        if tail.windows(trigger.len()).any(|window| window == trigger) {
+            self.on.store(true, Ordering::SeqCst);
+        }
+        let keep = trigger.len().saturating_sub(1).min(tail.len());
+        tail.drain(..tail.len() - keep);
+    }
+}
+
+/// Copies `from` to `to` until either closes; with `watch`, looks in what it copies for the
+/// black hole's trigger. While the black hole is on, reads and drops everything.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    black_hole: Arc<BlackHole>,
+    watch: bool,
+) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut tail = Vec::new();
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if watch {
+            black_hole.watch(&mut tail, &buffer[..read]);
+        }
+        if black_hole.on.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -55,6 +111,7 @@ impl Proxy {
             port,
             upstream,
             tasks: Arc::new(Mutex::new(Vec::new())),
+            black_hole: Arc::default(),
         };
         proxy.serve(listener);
         proxy
@@ -63,25 +120,53 @@ impl Proxy {
     fn serve(&self, listener: TcpListener) {
         let upstream = self.upstream.clone();
         let tasks = self.tasks.clone();
+        let black_hole = self.black_hole.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let upstream = upstream.clone();
-                let pipe = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                tasks.lock().expect("proxy tasks").push(pipe);
+                let Ok(server) = TcpStream::connect(upstream.as_str()).await else {
+                    continue;
+                };
+                let (client_reads, client_writes) = client.into_split();
+                let (server_reads, server_writes) = server.into_split();
+                let mut tasks = tasks.lock().expect("proxy tasks");
+                tasks.push(tokio::spawn(forward(
+                    client_reads,
+                    server_writes,
+                    black_hole.clone(),
+                    true,
+                )));
+                tasks.push(tokio::spawn(forward(
+                    server_reads,
+                    client_writes,
+                    black_hole.clone(),
+                    false,
+                )));
             }
         });
         self.tasks.lock().expect("proxy tasks").push(accept);
     }
 
-    /// Closes the listener and every forwarded connection.
+    /// From the first client write containing `trigger` on (that write included), forwards
+    /// nothing more in either direction, on every connection, while keeping them open: a
+    /// server that froze, or a network that drops everything, at the worst moment (for
+    /// example just as a fetch is requested: `b"CONSUMER.MSG.NEXT"`). [`Proxy::stop`] ends it.
+    pub fn black_hole_when_client_sends(&self, trigger: &[u8]) {
+        assert!(!trigger.is_empty(), "a black hole needs a trigger");
+        *self.black_hole.trigger.lock().expect("black hole trigger") = Some(trigger.to_vec());
+    }
+
+    /// Whether the black hole is on: the trigger was sent.
+    pub fn is_black_hole(&self) -> bool {
+        self.black_hole.on.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener and every forwarded connection, and turns the black hole off.
     pub fn stop(&self) {
+        *self.black_hole.trigger.lock().expect("black hole trigger") = None;
+        self.black_hole.on.store(false, Ordering::SeqCst);
         for task in self.tasks.lock().expect("proxy tasks").drain(..) {
             task.abort();
         }

@@ -358,6 +358,65 @@ async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnec
     proxy.stop();
 }
 
+/// The network drops everything (the proxy turns into a black hole) just as a read asks the
+/// server for a stream's events: the read fails retriably within the request timeout instead
+/// of waiting forever for an answer that will never come (an append that must read the
+/// stream's ids did the same, holding the stream's lock), and reads again once NATS is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_fetch_is_never_answered_fails_retriably_instead_of_hanging() {
+    let proxy = Proxy::start(host_port(&nats_url())).await;
+    let mut harness = Harness::new();
+    harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
+    harness.config.request_timeout_ms = 1_000;
+    harness.config.reconnect_delay_max_ms = 200;
+    let store = harness.store().await;
+    let s = stream("silent-1");
+    // Three appends, three messages: reading them all takes a fetch.
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let expected = match i {
+            0 => ExpectedVersion::NoStream,
+            i => ExpectedVersion::Exact(i as u64 - 1),
+        };
+        store
+            .append(&s, expected, vec![event(id, "Happened")])
+            .await
+            .unwrap();
+    }
+
+    proxy.black_hole_when_client_sends(b"CONSUMER.MSG.NEXT");
+    let started = Instant::now();
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        store.read_stream(&s, 0, Direction::Forward, 10),
+    )
+    .await
+    .expect("the read hung: a fetch whose answer never came was waited for without bound");
+    assert!(proxy.is_black_hole(), "the read never asked for its events");
+    let error = read.expect_err("nothing was answered, yet the read succeeded");
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "retriable: {error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the failure came after {:?}, past the bounded timeout",
+        started.elapsed()
+    );
+
+    proxy.stop();
+    proxy.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        match store.read_stream(&s, 0, Direction::Forward, 10).await {
+            Ok(page) => break page,
+            Err(error) if error.kind() == ErrorKind::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the store did not recover by itself: {error}"),
+        }
+    };
+    assert_eq!(ids(&page.events), ["a", "b", "c"]);
+    store.close().await.unwrap();
+    proxy.stop();
+}
+
 /// An unreachable server is a retriable error that names it (without its password) and says
 /// how to start NATS.
 #[tokio::test]

@@ -65,3 +65,61 @@ async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnec
     );
     proxy.stop();
 }
+
+/// The network drops everything (the proxy turns into a black hole) just as a read asks the
+/// server for its events: the read fails retriably within the request timeout instead of
+/// waiting forever for an answer that will never come, and reads again once NATS is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_fetch_is_never_answered_fails_retriably_instead_of_hanging() {
+    let proxy = Proxy::start(host_port(&nats_url())).await;
+    let mut harness = NatsHarness::new();
+    harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
+    harness.config.request_timeout_ms = 1_000;
+    harness.config.reconnect_delay_max_ms = 200;
+    let log = connect(harness.config.clone()).await;
+    let name = TopicName::parse("silent").unwrap();
+    log.put_topic(&name, TopicConfig::with_partitions(1))
+        .await
+        .unwrap();
+    log.append(&name, vec![event("a", None), event("b", None)])
+        .await
+        .unwrap();
+
+    proxy.black_hole_when_client_sends(b"CONSUMER.MSG.NEXT");
+    let started = Instant::now();
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        log.read(&name, 0, ReadFrom::Offset(0), ReadLimits::default()),
+    )
+    .await
+    .expect("the read hung: a fetch whose answer never came was waited for without bound");
+    assert!(proxy.is_black_hole(), "the read never asked for its events");
+    let error = read.expect_err("nothing was answered, yet the read succeeded");
+    assert!(
+        matches!(error, LogError::Unavailable { .. }),
+        "retriable: {error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the failure came after {:?}, past the bounded timeout",
+        started.elapsed()
+    );
+
+    proxy.stop();
+    proxy.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let batch = loop {
+        match log
+            .read(&name, 0, ReadFrom::Offset(0), ReadLimits::default())
+            .await
+        {
+            Ok(batch) => break batch,
+            Err(LogError::Unavailable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the log did not recover by itself: {error}"),
+        }
+    };
+    assert_eq!(batch.events.len(), 2);
+    proxy.stop();
+}
