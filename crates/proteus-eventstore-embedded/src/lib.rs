@@ -25,13 +25,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use proteus_eventstore::limits::{
-    READ_SCAN_EVENTS_MAX, validate_append, validate_filter, validate_read_count, validate_snapshot,
+    READ_SCAN_EVENTS_MAX, ValidatedAppend, validate_filter, validate_read_count, validate_snapshot,
     validate_wait,
 };
 use proteus_eventstore::{
     Aggregate, AppendOutcome, Category, DeleteOutcome, Direction, EventStore, EventStoreError,
-    ExpectedVersion, FeedPage, ProposedEvent, ReadFilter, RecordedEvent, Snapshot, StreamInfo,
-    StreamName, StreamPage,
+    ExpectedVersion, FeedPage, ReadFilter, RecordedEvent, Snapshot, StreamInfo, StreamName,
+    StreamPage,
 };
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -525,13 +525,14 @@ fn read_category_page(
 
 #[async_trait]
 impl EventStore for EmbeddedEventStore {
-    async fn append(
+    async fn append_validated(
         &self,
         stream: &StreamName,
         expected: ExpectedVersion,
-        events: Vec<ProposedEvent>,
+        append: ValidatedAppend,
     ) -> Result<AppendOutcome, EventStoreError> {
-        let bytes = validate_append(&events)?;
+        let bytes = append.bytes();
+        let events = append.into_events();
         let count = events.len();
         let stream = stream.clone();
         self.write(count, bytes, move |reply| Command::Append {

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use proteus_eventstore::limits::{
-    Idempotency, READ_SCAN_EVENTS_MAX, check_expected_version, check_idempotency, validate_append,
+    Idempotency, READ_SCAN_EVENTS_MAX, ValidatedAppend, check_expected_version, check_idempotency,
     validate_filter, validate_read_count, validate_snapshot, validate_wait,
 };
 use proteus_eventstore::{
@@ -892,7 +892,6 @@ impl NatsEventStore {
         expected: ExpectedVersion,
         events: Vec<ProposedEvent>,
     ) -> Result<AppendOutcome, EventStoreError> {
-        validate_append(&events)?;
         let _gate = self.write_gate().await?;
         let payload = codec::encode_events(&events);
         let max = self.payload_bytes_max();
@@ -1630,13 +1629,14 @@ async fn ensure_stream(
 
 #[async_trait]
 impl EventStore for NatsEventStore {
-    async fn append(
+    async fn append_validated(
         &self,
         stream: &StreamName,
         expected: ExpectedVersion,
-        events: Vec<ProposedEvent>,
+        append: ValidatedAppend,
     ) -> Result<AppendOutcome, EventStoreError> {
-        self.append_impl(stream, expected, events).await
+        self.append_impl(stream, expected, append.into_events())
+            .await
     }
 
     async fn delete_stream(

@@ -85,13 +85,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 use proteus_eventstore::limits::{
-    READ_SCAN_EVENTS_MAX, check_expected_version, validate_append, validate_filter,
+    READ_SCAN_EVENTS_MAX, ValidatedAppend, check_expected_version, validate_filter,
     validate_read_count, validate_snapshot, validate_wait,
 };
 use proteus_eventstore::{
     AppendOutcome, Category, DeleteOutcome, Direction, EventStore, EventStoreError,
-    ExpectedVersion, FeedPage, ProposedEvent, ReadFilter, RecordedEvent, Snapshot, StreamInfo,
-    StreamName, StreamPage,
+    ExpectedVersion, FeedPage, ReadFilter, RecordedEvent, Snapshot, StreamInfo, StreamName,
+    StreamPage,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -618,13 +618,14 @@ impl PostgresEventStore {
 
 #[async_trait]
 impl EventStore for PostgresEventStore {
-    async fn append(
+    async fn append_validated(
         &self,
         stream: &StreamName,
         expected: ExpectedVersion,
-        events: Vec<ProposedEvent>,
+        append: ValidatedAppend,
     ) -> Result<AppendOutcome, EventStoreError> {
-        let bytes = validate_append(&events)?;
+        let bytes = append.bytes();
+        let events = append.into_events();
         self.check_open()?;
         let sender = self
             .inner

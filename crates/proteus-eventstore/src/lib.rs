@@ -39,7 +39,8 @@ pub use event::{
 };
 pub use limits::{
     APPEND_BYTES_MAX, EVENT_DATA_BYTES_MAX, EVENT_METADATA_BYTES_MAX, EVENTS_PER_APPEND_MAX,
-    FILTER_EVENT_TYPES_MAX, READ_COUNT_MAX, READ_SCAN_EVENTS_MAX, SNAPSHOT_BYTES_MAX, WAIT_MS_MAX,
+    FILTER_EVENT_TYPES_MAX, READ_COUNT_MAX, READ_SCAN_EVENTS_MAX, SNAPSHOT_BYTES_MAX,
+    ValidatedAppend, WAIT_MS_MAX,
 };
 pub use memory::MemoryEventStore;
 pub use name::{Category, InvalidName, StreamName};

@@ -33,7 +33,7 @@ use crate::event::{
     ReadFilter, RecordedEvent, Snapshot, StreamInfo, StreamPage,
 };
 use crate::limits::{
-    Idempotency, READ_SCAN_EVENTS_MAX, check_expected_version, check_idempotency, validate_append,
+    Idempotency, READ_SCAN_EVENTS_MAX, ValidatedAppend, check_expected_version, check_idempotency,
     validate_filter, validate_read_count, validate_snapshot, validate_wait,
 };
 use crate::name::{Category, StreamName};
@@ -209,7 +209,7 @@ impl MemoryEventStore {
     }
 }
 
-fn append(
+fn append_events(
     state: &mut State,
     stream: &StreamName,
     expected: ExpectedVersion,
@@ -453,15 +453,14 @@ fn get_snapshot(state: &State, stream: &StreamName) -> Result<Option<Snapshot>, 
 
 #[async_trait]
 impl EventStore for MemoryEventStore {
-    async fn append(
+    async fn append_validated(
         &self,
         stream: &StreamName,
         expected: ExpectedVersion,
-        events: Vec<ProposedEvent>,
+        append: ValidatedAppend,
     ) -> Result<AppendOutcome, EventStoreError> {
-        validate_append(&events)?;
         let mut state = self.write()?;
-        let outcome = append(&mut state, stream, expected, events)?;
+        let outcome = append_events(&mut state, stream, expected, append.into_events())?;
         if !outcome.duplicate {
             self.shared.publish(state.head());
         }

@@ -10,6 +10,7 @@ use crate::event::{
     Aggregate, AppendOutcome, DeleteOutcome, Direction, ExpectedVersion, FeedPage, ProposedEvent,
     ReadFilter, Snapshot, StreamInfo, StreamPage,
 };
+use crate::limits::ValidatedAppend;
 use crate::name::{Category, StreamName};
 
 /// Durable storage of event streams, with EventStoreDB's semantics. Implementations:
@@ -36,12 +37,24 @@ use crate::name::{Category, StreamName};
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// Appends `events` (1 to [`crate::limits::EVENTS_PER_APPEND_MAX`]) to `stream`, creating
-    /// it, if `expected` matches the stream's last version.
+    /// it, if `expected` matches the stream's last version. Checks them first
+    /// ([`ValidatedAppend::new`]).
     async fn append(
         &self,
         stream: &StreamName,
         expected: ExpectedVersion,
         events: Vec<ProposedEvent>,
+    ) -> Result<AppendOutcome, EventStoreError> {
+        self.append_validated(stream, expected, ValidatedAppend::new(events)?)
+            .await
+    }
+
+    /// [`EventStore::append`] of events checked already: what adapters implement.
+    async fn append_validated(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        append: ValidatedAppend,
     ) -> Result<AppendOutcome, EventStoreError>;
 
     /// Deletes `stream` for good (a tombstone) if `expected` matches. Deleting a stream that

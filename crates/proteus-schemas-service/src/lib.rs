@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use proteus_eventstore::{
     Aggregate, AppendOutcome, Category, DeleteOutcome, Direction, EventStore, EventStoreError,
-    ExpectedVersion, FeedPage, ProposedEvent, ReadFilter, RecordedEvent, Snapshot, StreamInfo,
-    StreamName, StreamPage,
+    ExpectedVersion, FeedPage, ReadFilter, RecordedEvent, Snapshot, StreamInfo, StreamName,
+    StreamPage, ValidatedAppend,
 };
 use proteus_log::port::{FollowStep, Log, follow_step};
 use proteus_log::{Event, LogError, Offset, TopicConfig, TopicName};
@@ -404,13 +404,13 @@ impl UpcastingEventStore {
 
 #[async_trait::async_trait]
 impl EventStore for UpcastingEventStore {
-    async fn append(
+    async fn append_validated(
         &self,
         stream: &StreamName,
         expected: ExpectedVersion,
-        events: Vec<ProposedEvent>,
+        append: ValidatedAppend,
     ) -> Result<AppendOutcome, EventStoreError> {
-        self.inner.append(stream, expected, events).await
+        self.inner.append_validated(stream, expected, append).await
     }
 
     async fn delete_stream(

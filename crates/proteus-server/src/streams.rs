@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use proteus_eventstore::{
     Category, Direction, ErrorKind, EventStore, EventStoreError, ExpectedVersion, ProposedEvent,
-    ReadFilter, RecordedEvent, StreamName,
+    ReadFilter, RecordedEvent, StreamName, ValidatedAppend,
 };
 use proteus_schemas::AppendCheck;
 use serde::Deserialize;
@@ -391,7 +391,10 @@ pub async fn append(
     let expected = expected_version(query.expected_version.or(body_expected).as_deref())?;
     let mut events = events;
     validate_events(&state, &mut events)?;
-    let outcome = store.append(&stream, expected, events).await?;
+    // Both ways of `parse_append` take each event's data and metadata out of a body serde_json
+    // parsed and accepted: they are valid JSON, which the store need not parse again.
+    let append = ValidatedAppend::of_parsed_json(events)?;
+    let outcome = store.append_validated(&stream, expected, append).await?;
     let status = if outcome.duplicate {
         StatusCode::OK
     } else {
