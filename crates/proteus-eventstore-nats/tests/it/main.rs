@@ -65,6 +65,16 @@ impl Harness {
         harness
     }
 
+    /// A harness whose store connects through `proxy` (to cut or silence the connection),
+    /// with requests bounded by 1 s and reconnection attempts 200 ms apart at most.
+    fn behind(proxy: &Proxy) -> Self {
+        let mut harness = Harness::new();
+        harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
+        harness.config.request_timeout_ms = 1_000;
+        harness.config.reconnect_delay_max_ms = 200;
+        harness
+    }
+
     async fn store(&self) -> NatsEventStore {
         open(self.config.clone()).await
     }
@@ -277,10 +287,7 @@ async fn two_instances_racing_on_one_stream_get_one_winner_per_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnecting() {
     let proxy = Proxy::start(host_port(&nats_url())).await;
-    let mut harness = Harness::new();
-    harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
-    harness.config.request_timeout_ms = 1_000;
-    harness.config.reconnect_delay_max_ms = 200;
+    let harness = Harness::behind(&proxy);
     let store = harness.store().await;
     let s = stream("outage-1");
     store
@@ -365,10 +372,7 @@ async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_fetch_is_never_answered_fails_retriably_instead_of_hanging() {
     let proxy = Proxy::start(host_port(&nats_url())).await;
-    let mut harness = Harness::new();
-    harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
-    harness.config.request_timeout_ms = 1_000;
-    harness.config.reconnect_delay_max_ms = 200;
+    let harness = Harness::behind(&proxy);
     let store = harness.store().await;
     let s = stream("silent-1");
     // Three appends, three messages: reading them all takes a fetch.

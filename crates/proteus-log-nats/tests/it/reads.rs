@@ -144,10 +144,7 @@ async fn reads_continuing_or_jumping_return_exactly_what_was_asked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_parked_before_a_reconnection_are_not_reused() {
     let proxy = Proxy::start(host_port(&nats_url())).await;
-    let mut harness = NatsHarness::new();
-    harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
-    harness.config.request_timeout_ms = 2_000;
-    harness.config.reconnect_delay_max_ms = 200;
+    let harness = NatsHarness::behind(&proxy, 2_000);
     let log = connect(harness.config.clone()).await;
     let name = TopicName::parse("reconnected").unwrap();
     topic_with(&log, &name, (0..10).map(|i| format!("e{i}"))).await;

@@ -13,10 +13,7 @@ use crate::support::{NatsHarness, connect, nats_url};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnecting() {
     let proxy = Proxy::start(host_port(&nats_url())).await;
-    let mut harness = NatsHarness::new();
-    harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
-    harness.config.request_timeout_ms = 1_000;
-    harness.config.reconnect_delay_max_ms = 200;
+    let harness = NatsHarness::behind(&proxy, 1_000);
     let log = connect(harness.config.clone()).await;
     let name = TopicName::parse("outage").unwrap();
     log.put_topic(&name, TopicConfig::with_partitions(1))
@@ -72,10 +69,7 @@ async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_fetch_is_never_answered_fails_retriably_instead_of_hanging() {
     let proxy = Proxy::start(host_port(&nats_url())).await;
-    let mut harness = NatsHarness::new();
-    harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
-    harness.config.request_timeout_ms = 1_000;
-    harness.config.reconnect_delay_max_ms = 200;
+    let harness = NatsHarness::behind(&proxy, 1_000);
     let log = connect(harness.config.clone()).await;
     let name = TopicName::parse("silent").unwrap();
     log.put_topic(&name, TopicConfig::with_partitions(1))

@@ -6,7 +6,7 @@ use proteus_log_conformance::Harness;
 use proteus_log_nats::{NatsLog, NatsLogConfig};
 use proteus_nats::START_HINT;
 
-use proteus_nats::test_support::unique_tag;
+use proteus_nats::test_support::{Proxy, unique_tag};
 pub use proteus_nats::test_support::{delete_streams, nats_url};
 
 /// A configuration whose stream and subject prefixes no other test (or run) uses.
@@ -47,6 +47,16 @@ impl NatsHarness {
             config: unique_config(&url),
             cleanup_url: url,
         }
+    }
+
+    /// A harness whose log connects through `proxy` (to cut or silence the connection), with
+    /// requests bounded by `request_timeout_ms` and reconnection attempts 200 ms apart at most.
+    pub fn behind(proxy: &Proxy, request_timeout_ms: u64) -> Self {
+        let mut harness = NatsHarness::new();
+        harness.config.url = format!("nats://127.0.0.1:{}", proxy.port);
+        harness.config.request_timeout_ms = request_timeout_ms;
+        harness.config.reconnect_delay_max_ms = 200;
+        harness
     }
 }
 
