@@ -163,6 +163,30 @@ impl Proxy {
         self.black_hole.on.load(Ordering::SeqCst)
     }
 
+    /// Turns the proxy into a black hole at the next fetch request, runs `read`, and returns
+    /// its error: the test fails if the read hangs (30 s), never asked for a fetch, succeeded,
+    /// or failed later than 10 s (past a bounded timeout).
+    pub async fn error_of_a_read_whose_fetch_is_never_answered<T, E>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, E>>,
+    ) -> E {
+        self.black_hole_when_client_sends(b"CONSUMER.MSG.NEXT");
+        let started = Instant::now();
+        let read = tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("the read hung: a fetch whose answer never came was waited for without bound");
+        assert!(self.is_black_hole(), "the read never asked for its events");
+        let Err(error) = read else {
+            panic!("nothing was answered, yet the read succeeded");
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the failure came after {:?}, past the bounded timeout",
+            started.elapsed()
+        );
+        error
+    }
+
     /// Closes the listener and every forwarded connection, and turns the black hole off.
     pub fn stop(&self) {
         *self.black_hole.trigger.lock().expect("black hole trigger") = None;
