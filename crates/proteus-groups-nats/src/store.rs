@@ -2,9 +2,11 @@
 //! group written by compare-and-set.
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,6 +19,9 @@ use proteus_log::TopicName;
 use crate::config::NatsGroupStoreConfig;
 use crate::error::{corrupt, failure};
 use crate::leases::NatsLeaseStore;
+
+/// The header JetStream key-value buckets mark deletes and purges with (`DEL`, `PURGE`).
+const KV_OPERATION_HEADER: &str = "KV-Operation";
 
 /// Consumer groups in the bucket `<bucket_prefix>_GROUPS`; see the crate docs. Cloning shares
 /// the connection.
@@ -322,22 +327,71 @@ impl GroupStore for NatsGroupStore {
 
     async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
         let what = "listing the consumer groups";
-        let mut keys = self
+        // One ordered consumer delivering each key's last value, as the bucket's own key
+        // listing does, rather than listing keys and then reading each group in turn: a
+        // listing is one pass over the bucket however many groups it holds.
+        let consumer = self
             .groups
-            .keys()
+            .stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                description: Some("proteus: listing the consumer groups".into()),
+                filter_subject: format!("{}>", self.groups.prefix),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                replay_policy: consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            })
             .await
             .map_err(|error| self.backend(what, error))?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            names.push(key.map_err(|error| self.backend(what, error))?);
-        }
-        let mut records = Vec::with_capacity(names.len());
-        for key in names {
-            // A group deleted since the listing is simply left out.
-            if let Some((record, _)) = self.read(&key, what).await? {
-                records.push(record);
+        // By key, so that a group written again (or deleted) during the listing ends with its
+        // last value.
+        let mut records: BTreeMap<String, GroupRecord> = BTreeMap::new();
+        if consumer.cached_info().num_pending > 0 {
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|error| self.backend(what, error))?;
+            let idle = Duration::from_millis(self.config.request_timeout_ms);
+            loop {
+                let message = match tokio::time::timeout(idle, messages.next()).await {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(Some(Err(error))) => return Err(self.backend(what, error)),
+                    Ok(None) => return Err(self.backend(what, "the listing ended early")),
+                    Err(_) => {
+                        return Err(self.backend(
+                            what,
+                            format!("no group arrived within {} ms", idle.as_millis()),
+                        ));
+                    }
+                };
+                let info = message.info().map_err(|error| self.backend(what, error))?;
+                let pending = info.pending;
+                let key = message
+                    .subject
+                    .strip_prefix(self.groups.prefix.as_str())
+                    .unwrap_or(&message.subject)
+                    .to_owned();
+                // A put carries no operation header; a deleted group's last message is a
+                // delete or purge marker.
+                let deleted = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(KV_OPERATION_HEADER))
+                    .is_some_and(|operation| operation.as_str() != "PUT");
+                if deleted {
+                    records.remove(&key);
+                } else {
+                    let record = serde_json::from_slice(&message.payload).map_err(|error| {
+                        StoreError::Backend(corrupt(&self.config.groups_bucket(), &key, error))
+                    })?;
+                    records.insert(key, record);
+                }
+                if pending == 0 {
+                    break;
+                }
             }
         }
+        let mut records: Vec<GroupRecord> = records.into_values().collect();
         records.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
         Ok(records)
     }

@@ -283,6 +283,7 @@ pub async fn config_updates_keep_progress(harness: &dyn StoreHarness) {
 
 pub async fn list_is_sorted_and_delete_removes(harness: &dyn StoreHarness) {
     let store = harness.open().await;
+    assert!(store.list_groups().await.unwrap().is_empty());
     for (t, g) in [("b", "y"), ("a", "z"), ("b", "x"), ("a", "a")] {
         store.create_group(&record(t, g, 1)).await.unwrap();
     }
@@ -317,6 +318,24 @@ pub async fn list_is_sorted_and_delete_removes(harness: &dyn StoreHarness) {
         .unwrap();
     assert_eq!(again.partitions.len(), 2);
     assert_eq!(again.partitions[0].committed, 0);
+    // A listing shows each group as last written.
+    let progress = PartitionProgress {
+        partition: 0,
+        committed: 5,
+        ..PartitionProgress::default()
+    };
+    store
+        .save_progress(&topic("a"), &group("a"), 0, &[progress])
+        .await
+        .unwrap();
+    let listed = store.list_groups().await.unwrap();
+    assert_eq!(listed[0].partitions[0].committed, 5);
+    let recreated = listed
+        .iter()
+        .find(|r| r.topic.as_str() == "b" && r.group.as_str() == "x")
+        .unwrap();
+    assert_eq!(recreated.partitions.len(), 2);
+    assert_eq!(listed.len(), 4);
 }
 
 pub async fn everything_survives_a_reopen(harness: &dyn StoreHarness) {

@@ -256,6 +256,52 @@ async fn dotted_names_stay_distinct() {
     );
 }
 
+/// A listing is one pass over the bucket: with many groups, some deleted and some written
+/// again, it holds each live group once, as last written.
+#[tokio::test]
+async fn a_listing_of_many_groups_holds_each_live_one_once_as_last_written() {
+    let harness = Harness::new();
+    let store = harness.store().await;
+    let names: Vec<String> = (0..300).map(|i| format!("g{i:03}")).collect();
+    for name in &names {
+        store
+            .create_group(&record("orders", name, 1))
+            .await
+            .unwrap();
+    }
+    let topic = TopicName::parse("orders").unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let group = GroupName::parse(name.as_str()).unwrap();
+        match i % 3 {
+            0 => assert!(store.delete_group(&topic, &group).await.unwrap()),
+            1 => {
+                let progress = PartitionProgress {
+                    partition: 0,
+                    committed: i as u64,
+                    ..PartitionProgress::default()
+                };
+                store
+                    .save_progress(&topic, &group, 0, &[progress])
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+    let listed = store.list_groups().await.unwrap();
+    let expected: Vec<(String, u64)> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(i, name)| (name.clone(), if i % 3 == 1 { i as u64 } else { 0 }))
+        .collect();
+    let actual: Vec<(String, u64)> = listed
+        .iter()
+        .map(|g| (g.group.to_string(), g.partitions[0].committed))
+        .collect();
+    assert_eq!(actual, expected);
+}
+
 /// A group too large for one NATS message is refused with an error naming the limit and what
 /// to do, and nothing is stored.
 #[tokio::test]
