@@ -357,3 +357,31 @@ pub fn delete_streams(url: String, stream_prefix: String) {
     });
     let _ = cleanup.join();
 }
+
+/// Calls `attempt` every 100 ms until it succeeds, as a client would after an outage, and
+/// returns what it gave: the test fails if an attempt fails with an error `retriable` does not
+/// accept (a retry cannot fix it) or if none succeeds within `within` (the adapter did not
+/// reconnect by itself).
+pub async fn until_recovered<T, E, Fut>(
+    within: Duration,
+    retriable: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> Fut,
+) -> T
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(error) if retriable(&error) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) if retriable(&error) => {
+                panic!("not recovered by itself within {within:?}: {error}")
+            }
+            Err(error) => panic!("failed, and not retriably: {error}"),
+        }
+    }
+}

@@ -16,7 +16,9 @@ use proteus_eventstore::{
     READ_COUNT_MAX,
 };
 use proteus_eventstore_nats::{NatsEventStore, NatsEventStoreConfig, START_HINT};
-use proteus_nats::test_support::{Proxy, delete_streams, host_port, nats_url, unique_tag};
+use proteus_nats::test_support::{
+    Proxy, delete_streams, host_port, nats_url, unique_tag, until_recovered,
+};
 
 /// A configuration whose stream and subject prefixes no other test (or run) uses.
 fn unique_config(url: &str) -> NatsEventStoreConfig {
@@ -103,6 +105,10 @@ mod conformance {
 mod conformance_with_a_tiny_id_cache {
     use super::Harness;
     proteus_eventstore::event_store_conformance_tests!(Harness::with_tiny_id_cache());
+}
+
+fn unavailable(error: &EventStoreError) -> bool {
+    error.kind() == ErrorKind::Unavailable
 }
 
 fn ids(events: &[proteus_eventstore::RecordedEvent]) -> Vec<String> {
@@ -330,23 +336,14 @@ async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnec
     );
 
     proxy.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let outcome = loop {
-        match store
-            .append(
-                &s,
-                ExpectedVersion::Exact(0),
-                vec![event("during", "Happened")],
-            )
-            .await
-        {
-            Ok(outcome) => break outcome,
-            Err(error) if error.kind() == ErrorKind::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("the store did not recover by itself: {error}"),
-        }
-    };
+    let outcome = until_recovered(Duration::from_secs(20), unavailable, || {
+        store.append(
+            &s,
+            ExpectedVersion::Exact(0),
+            vec![event("during", "Happened")],
+        )
+    })
+    .await;
     assert_eq!(
         (outcome.first_version, outcome.last_version),
         (1, 1),
@@ -399,16 +396,10 @@ async fn a_read_whose_fetch_is_never_answered_fails_retriably_instead_of_hanging
 
     proxy.stop();
     proxy.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let page = loop {
-        match store.read_stream(&s, 0, Direction::Forward, 10).await {
-            Ok(page) => break page,
-            Err(error) if error.kind() == ErrorKind::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("the store did not recover by itself: {error}"),
-        }
-    };
+    let page = until_recovered(Duration::from_secs(20), unavailable, || {
+        store.read_stream(&s, 0, Direction::Forward, 10)
+    })
+    .await;
     assert_eq!(ids(&page.events), ["a", "b", "c"]);
     store.close().await.unwrap();
     proxy.stop();

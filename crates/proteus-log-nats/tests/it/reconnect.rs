@@ -6,9 +6,13 @@ use std::time::{Duration, Instant};
 use proteus_log::port::{EventAppender, EventReader, TopicAdmin};
 use proteus_log::{LogError, ReadFrom, ReadLimits, TopicConfig, TopicName};
 use proteus_log_conformance::event;
-use proteus_nats::test_support::{Proxy, host_port};
+use proteus_nats::test_support::{Proxy, host_port, until_recovered};
 
 use crate::support::{NatsHarness, connect, nats_url};
+
+fn unavailable(error: &LogError) -> bool {
+    matches!(error, LogError::Unavailable { .. })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnecting() {
@@ -40,16 +44,10 @@ async fn appends_during_an_outage_fail_retriably_and_succeed_once_after_reconnec
     );
 
     proxy.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let receipt = loop {
-        match log.append(&name, vec![event("during", None)]).await {
-            Ok(receipts) => break receipts[0],
-            Err(LogError::Unavailable { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("the log did not reconnect by itself: {error}"),
-        }
-    };
+    let receipt = until_recovered(Duration::from_secs(20), unavailable, || {
+        log.append(&name, vec![event("during", None)])
+    })
+    .await[0];
     assert_eq!(receipt.offset, 1, "the retried event follows the first one");
     let batch = log
         .read(&name, 0, ReadFrom::Offset(0), ReadLimits::default())
@@ -94,19 +92,10 @@ async fn a_read_whose_fetch_is_never_answered_fails_retriably_instead_of_hanging
 
     proxy.stop();
     proxy.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let batch = loop {
-        match log
-            .read(&name, 0, ReadFrom::Offset(0), ReadLimits::default())
-            .await
-        {
-            Ok(batch) => break batch,
-            Err(LogError::Unavailable { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("the log did not recover by itself: {error}"),
-        }
-    };
+    let batch = until_recovered(Duration::from_secs(20), unavailable, || {
+        log.read(&name, 0, ReadFrom::Offset(0), ReadLimits::default())
+    })
+    .await;
     assert_eq!(batch.events.len(), 2);
     proxy.stop();
 }
