@@ -346,13 +346,29 @@ impl GroupStore for NatsGroupStore {
         // By key, so that a group written again (or deleted) during the listing ends with its
         // last value.
         let mut records: BTreeMap<String, GroupRecord> = BTreeMap::new();
-        if consumer.cached_info().num_pending > 0 {
+        let pending_at_start = consumer.cached_info().num_pending;
+        if pending_at_start > 0 {
             let mut messages = consumer
                 .messages()
                 .await
                 .map_err(|error| self.backend(what, error))?;
             let idle = Duration::from_millis(self.config.request_timeout_ms);
+            // Writes made during the listing are delivered too, so a listing ends when it has
+            // caught up with them; groups saved faster than they can be read would keep it
+            // going, so past this many values it gives up and asks for a retry.
+            let values_max = pending_at_start.saturating_mul(4).saturating_add(1024);
+            let mut values = 0u64;
             loop {
+                values += 1;
+                if values > values_max {
+                    return Err(self.backend(
+                        what,
+                        format!(
+                            "the groups changed faster than they could be listed ({values_max} \
+                             values read for {pending_at_start} groups); retry"
+                        ),
+                    ));
+                }
                 let message = match tokio::time::timeout(idle, messages.next()).await {
                     Ok(Some(Ok(message))) => message,
                     Ok(Some(Err(error))) => return Err(self.backend(what, error)),
