@@ -2,6 +2,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
@@ -107,6 +108,28 @@ fn id_key(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
 
+/// The hasher of [`IdIndex::ids`], whose keys are already hashes ([`id_key`]): hashing them
+/// again with the default SipHash was 2.5% of the server's time on small batched appends.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed with it; any other input is folded in, never lost.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
 /// A stream as its subject's newest message says.
 enum State {
     None,
@@ -128,7 +151,7 @@ struct IdIndex {
     seq: u64,
     /// [`id_key`] of an event id → (version, position). A hit is confirmed against the stored
     /// event before it decides anything (`confirm_hits`).
-    ids: HashMap<u64, (u64, u64)>,
+    ids: HashMap<u64, (u64, u64), BuildHasherDefault<Prehashed>>,
     /// The stream's end as this instance's last append left it: (the subject's last stream
     /// sequence, the stream's last version). The next append publishes against it without
     /// reading the end first; the server's expected-sequence check refuses it if anyone wrote
@@ -837,7 +860,9 @@ impl NatsEventStore {
                 count,
             } = self.record(&msg)?
             {
-                for (i, event) in self.decode(&msg, count)?.into_iter().enumerate() {
+                let decoded = self.decode(&msg, count)?;
+                index.ids.reserve(decoded.len());
+                for (i, event) in decoded.into_iter().enumerate() {
                     let i = i as u64;
                     index.ids.insert(
                         id_key(&event.id),
@@ -906,6 +931,7 @@ impl NatsEventStore {
         let slot = self.index_lock(stream);
         let mut index = slot.index.lock().await;
         let count = events.len() as u64;
+        let keys: Vec<u64> = events.iter().map(|event| id_key(&event.id)).collect();
         let mut conflicts = 0;
         loop {
             let (last_seq, actual) = match index.tail.take() {
@@ -948,10 +974,8 @@ impl NatsEventStore {
                     (last_seq, actual)
                 }
             };
-            let mut found: Vec<Option<(u64, u64)>> = events
-                .iter()
-                .map(|e| index.ids.get(&id_key(&e.id)).copied())
-                .collect();
+            let mut found: Vec<Option<(u64, u64)>> =
+                keys.iter().map(|key| index.ids.get(key).copied()).collect();
             if found.iter().any(Option::is_some) {
                 self.confirm_hits(stream, &subject, &events, &mut found)
                     .await?;
@@ -978,11 +1002,13 @@ impl NatsEventStore {
                 .await
             {
                 Ok(Ok(seq)) => {
-                    for (i, event) in events.iter().enumerate() {
+                    // Grown once per append rather than doubling several times within it.
+                    index.ids.reserve(keys.len());
+                    for (i, key) in keys.iter().enumerate() {
                         let i = i as u64;
                         index
                             .ids
-                            .insert(id_key(&event.id), (first_version + i, position_of(seq, i)));
+                            .insert(*key, (first_version + i, position_of(seq, i)));
                     }
                     index.seq = seq;
                     index.tail = Some((seq, first_version + count - 1));
