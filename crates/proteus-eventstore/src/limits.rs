@@ -173,7 +173,7 @@ fn check_append(events: &[ProposedEvent], json: Json) -> Result<usize, EventStor
 /// built, so nothing can change an event after its check.
 ///
 /// [`EventStore::append_validated`]: crate::EventStore::append_validated
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ValidatedAppend {
     events: Vec<ProposedEvent>,
     bytes: usize,
@@ -194,10 +194,6 @@ impl ValidatedAppend {
     pub fn of_parsed_json(events: Vec<ProposedEvent>) -> Result<Self, EventStoreError> {
         let bytes = check_append(&events, Json::AlreadyParsed)?;
         Ok(ValidatedAppend { events, bytes })
-    }
-
-    pub fn events(&self) -> &[ProposedEvent] {
-        &self.events
     }
 
     /// The events' size, as [`append_bytes`] counts it.

@@ -10,11 +10,11 @@ use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use proteus_groups::StoreError;
 use proteus_groups::store::check_fence;
 use proteus_groups::{GroupConfig, GroupName, GroupRecord, GroupStore, PartitionProgress};
 use proteus_log::TopicName;
+use proteus_nats::client::next_fetched;
 
 use crate::config::NatsGroupStoreConfig;
 use crate::error::{corrupt, failure};
@@ -369,16 +369,13 @@ impl GroupStore for NatsGroupStore {
                         ),
                     ));
                 }
-                let message = match tokio::time::timeout(idle, messages.next()).await {
-                    Ok(Some(Ok(message))) => message,
-                    Ok(Some(Err(error))) => return Err(self.backend(what, error)),
-                    Ok(None) => return Err(self.backend(what, "the listing ended early")),
-                    Err(_) => {
-                        return Err(self.backend(
-                            what,
-                            format!("no group arrived within {} ms", idle.as_millis()),
-                        ));
-                    }
+                let message = match next_fetched(&mut messages, idle)
+                    .await
+                    .map_err(|error| self.backend(what, error))?
+                {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => return Err(self.backend(what, error)),
+                    None => return Err(self.backend(what, "the listing ended early")),
                 };
                 let info = message.info().map_err(|error| self.backend(what, error))?;
                 let pending = info.pending;

@@ -77,17 +77,18 @@ pub async fn jetstream_answers(client: &async_nats::Client) -> Result<(), String
     }
 }
 
-/// The next item of a no-wait fetch (`consumer.fetch()…messages()`), `Ok(None)` at its end, or
-/// `Err` if nothing arrived within `idle`. async-nats gives such a fetch no expiry, so one
-/// whose pull request or answer was lost with the connection (a server killed, restarted or cut
-/// off mid-fetch) would be waited for forever, holding whatever lock its caller holds. The
-/// error says "timed out", which the adapters' error mappings call retriable.
-pub async fn next_fetched(
-    batch: &mut async_nats::jetstream::consumer::pull::Batch,
+/// The next item of a no-wait fetch (`consumer.fetch()…messages()`) or of an ordered
+/// consumer's messages, `Ok(None)` at its end, or `Err` if nothing arrived within `idle`.
+/// async-nats gives such a fetch no expiry, so one whose pull request or answer was lost with
+/// the connection (a server killed, restarted or cut off mid-fetch) would be waited for
+/// forever, holding whatever lock its caller holds. The error says "timed out", which the
+/// adapters' error mappings call retriable.
+pub async fn next_fetched<S: futures_util::Stream + Unpin>(
+    messages: &mut S,
     idle: Duration,
-) -> Result<Option<Result<async_nats::jetstream::Message, async_nats::Error>>, String> {
+) -> Result<Option<S::Item>, String> {
     use futures_util::StreamExt;
-    tokio::time::timeout(idle, batch.next()).await.map_err(|_| {
+    tokio::time::timeout(idle, messages.next()).await.map_err(|_| {
         format!(
             "a fetch timed out: no message or end of batch within {} ms (was the connection lost?)",
             idle.as_millis()
