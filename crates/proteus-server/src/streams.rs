@@ -83,7 +83,7 @@ impl From<EventStoreError> for Problem {
                 actual,
             } => problem
                 .with("stream", stream.as_str())
-                .with("expected_version", expected.to_string())
+                .with("expected_version", json!(expected))
                 .with("actual_version", json!(actual)),
             _ => problem,
         }

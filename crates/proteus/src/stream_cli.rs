@@ -32,7 +32,7 @@ pub enum StreamCommand {
         /// A JSON array of events, or @FILE.
         #[arg(long)]
         events: Option<String>,
-        /// any, no_stream, exists, or the version the stream must be at.
+        /// any, no_stream (or no-stream), exists, or the version the stream must be at.
         #[arg(long, default_value = "any")]
         expected_version: String,
         #[command(flatten)]
@@ -71,9 +71,13 @@ pub async fn stream(command: StreamCommand) -> Result<(), String> {
             expected_version,
             client: args,
         } => {
-            let expected: ExpectedVersion = expected_version.parse().map_err(|_| {
-                format!("--expected-version '{expected_version}' is not any, no_stream, exists or a version number")
-            })?;
+            // `no-stream` too: command-line values are usually kebab-case.
+            let expected: ExpectedVersion = match expected_version.as_str() {
+                "no-stream" => "no_stream",
+                other => other,
+            }
+            .parse()
+            .map_err(|e| format!("--expected-version: {e}"))?;
             let events: Vec<ProposedEvent> = match (event_type, events) {
                 (Some(event_type), _) => {
                     let data = match data.as_deref() {

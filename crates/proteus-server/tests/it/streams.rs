@@ -114,6 +114,7 @@ async fn appends_check_expected_versions_and_retries_are_recognised() {
     let response = append(&server, "order-1", "no_stream", json!([placed("e2", 11)])).await;
     let conflict = problem(response, 409, "wrong-expected-version").await;
     assert_eq!(conflict["actual_version"], 0);
+    assert_eq!(conflict["expected_version"], "no_stream");
     assert_eq!(conflict["stream"], "order-1");
     assert!(
         conflict["detail"]
@@ -148,6 +149,14 @@ async fn appends_check_expected_versions_and_retries_are_recognised() {
         .get_json("/v1/streams/order-1?direction=backward&limit=1")
         .await;
     assert_eq!(newest["events"][0]["id"], "e3");
+
+    // A conflict echoes an exact expected version as the number it was sent as.
+    let response = append(&server, "order-1", "1", json!([placed("e9", 1)])).await;
+    let conflict = problem(response, 409, "wrong-expected-version").await;
+    assert_eq!(
+        (&conflict["expected_version"], &conflict["actual_version"]),
+        (&json!(1), &json!(2))
+    );
 
     // Bad input: precise problems.
     let response = append(&server, "order-1", "soon", json!([placed("e4", 1)])).await;

@@ -31,7 +31,7 @@ fn streams_and_schemas_from_the_command_line() {
         "--data",
         r#"{"sku": "a"}"#,
         "--expected-version",
-        "no_stream",
+        "no-stream",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("versions 0..=0"), "{out}");
@@ -59,6 +59,20 @@ fn streams_and_schemas_from_the_command_line() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("its last version is 0"), "{err}");
+    let (code, _, err) = cli(&[
+        "stream",
+        "append",
+        "cart-1",
+        "--type",
+        "ItemAdded",
+        "--expected-version",
+        "soon",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--expected-version") && err.contains(r#"use "any", "no_stream""#),
+        "{err}"
+    );
 
     // A breaking version: check says why and exits 1; with an upcaster it registers.
     let v2 = r#"{"type": "object", "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}}, "required": ["sku", "quantity"], "additionalProperties": false}"#;
