@@ -14,7 +14,9 @@ use proteus_eventstore::{
     Direction, EventStore, EventStoreError, ExpectedVersion, FeedPage, ProposedEvent, ReadFilter,
     RecordedEvent, Snapshot, StreamInfo, StreamName,
 };
-use proteus_eventstore_embedded::{EmbeddedConfig, EmbeddedEventStore};
+use proteus_eventstore_embedded::{
+    EmbeddedConfig, EmbeddedEventStore, FILE_NAME as EVENT_STORE_FILE,
+};
 use proteus_eventstore_nats::NatsEventStore;
 use proteus_eventstore_postgres::{
     IMPORT_EVENTS_MAX, PostgresEventStore, PostgresEventStoreConfig,
@@ -58,6 +60,15 @@ enum Source {
 impl Source {
     async fn open(from: &str) -> Result<Source, String> {
         if let Some(dir) = from.strip_prefix("embedded:") {
+            // Opening creates a store where there is none: a mistyped directory would then
+            // "migrate" zero events successfully.
+            let file = std::path::Path::new(dir).join(EVENT_STORE_FILE);
+            if !file.is_file() {
+                return Err(format!(
+                    "--from {from}: there is no embedded event store in {dir} (no {}); give the data directory of the server that holds it (its --data-dir, ./proteus-data by default)",
+                    EVENT_STORE_FILE
+                ));
+            }
             let store = EmbeddedEventStore::open(std::path::Path::new(dir), EmbeddedConfig::default())
                 .map_err(|e| {
                     format!(

@@ -47,6 +47,7 @@ pub enum ProjectionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Stop projecting at the current checkpoint until resumed (queries keep answering).
     Pause {
         name: String,
         #[command(flatten)]

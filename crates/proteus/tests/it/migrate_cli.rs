@@ -154,6 +154,7 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     let original = fill_source(&http, dir.path());
 
     let from = format!("embedded:{}", dir.path().display());
+    let mistyped = dir.path().join("typo");
     let migrate = |from: &str, schema: &str| {
         run_cli(
             &[
@@ -168,6 +169,14 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
             None,
         )
     };
+    // A directory without an event store is refused, not "migrated" as zero events.
+    let (code, _, err) = migrate(&format!("embedded:{}", mistyped.display()), &copy);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("there is no embedded event store in") && err.contains("--data-dir"),
+        "{err}"
+    );
+    assert!(!mistyped.exists());
     let (code, out, err) = migrate(&from, &copy);
     assert_eq!(code, 0, "{err}");
     assert!(
