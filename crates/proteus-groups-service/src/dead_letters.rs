@@ -49,10 +49,21 @@ async fn ensure_topic(
     inner.log.put_topic(topic, config).await.map(|_| ())
 }
 
+/// Longest a nack waits for the dead letters it caused to be written before answering; past
+/// it the write goes on in the background.
+pub const NACK_DEAD_LETTER_WAIT_MS_MAX: u64 = 10_000;
+
 /// Writes dead letters in the background; each event counts as done once its dead letter is
 /// durable. A failed write puts the events back for another try. Writes of one group run one
 /// after another in the order they were started, so dead letters keep the partition's order.
-pub(crate) fn spawn_writes(inner: &Arc<Inner>, handle: &Arc<GroupHandle>, due: Vec<DeadLetterDue>) {
+/// The receiver hears when this write has been tried (written or put back), for a caller that
+/// answers only then; dropping it is fine.
+pub(crate) fn spawn_writes(
+    inner: &Arc<Inner>,
+    handle: &Arc<GroupHandle>,
+    due: Vec<DeadLetterDue>,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (tried, tried_receiver) = tokio::sync::oneshot::channel();
     let inner = inner.clone();
     let task_handle = handle.clone();
     let mut tail = handle
@@ -88,7 +99,9 @@ pub(crate) fn spawn_writes(inner: &Arc<Inner>, handle: &Arc<GroupHandle>, due: V
             }
         }
         handle.changed.notify_waiters();
+        let _ = tried.send(());
     }));
+    tried_receiver
 }
 
 async fn write(

@@ -240,7 +240,11 @@ impl GroupHandle {
             self.changed.notify_waiters();
         }
         if !expired.dead_letters.is_empty() {
-            dead_letters::spawn_writes(inner, self, expired.dead_letters);
+            drop(dead_letters::spawn_writes(
+                inner,
+                self,
+                expired.dead_letters,
+            ));
         }
         let ready_now =
             self.with_state(|state| state.next_due_ms().is_some_and(|due| due <= now_ms));

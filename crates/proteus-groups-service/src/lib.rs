@@ -669,11 +669,17 @@ impl GroupService {
         })?;
         metrics::counter!(metrics_names::NACKED, "topic" => topic.to_string(), "group" => group.to_string())
             .increment(u64::from(outcome.nacked));
-        if !outcome.dead_letters.is_empty() {
-            dead_letters::spawn_writes(&self.inner, &handle, outcome.dead_letters.clone());
-        }
+        let dead_letters_tried = (!outcome.dead_letters.is_empty()).then(|| {
+            dead_letters::spawn_writes(&self.inner, &handle, outcome.dead_letters.clone())
+        });
         handle.wait_durable(version).await?;
         handle.changed.notify_waiters();
+        // Answer once the dead letters are in the dead-letter topic, so a client that lists
+        // them right after its nack finds them.
+        if let Some(tried) = dead_letters_tried {
+            let bound = Duration::from_millis(dead_letters::NACK_DEAD_LETTER_WAIT_MS_MAX);
+            let _ = tokio::time::timeout(bound, tried).await;
+        }
         Ok(outcome)
     }
 

@@ -154,7 +154,11 @@ async fn worker(
                         metrics::counter!(names::NACKED, &handle.labels())
                             .increment(u64::from(nacked.nacked));
                         if !nacked.dead_letters.is_empty() {
-                            dead_letters::spawn_writes(&inner, &handle, nacked.dead_letters);
+                            drop(dead_letters::spawn_writes(
+                                &inner,
+                                &handle,
+                                nacked.dead_letters,
+                            ));
                         }
                     }
                     Err(error) => log_fenced(&handle, &error),

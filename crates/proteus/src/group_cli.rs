@@ -572,6 +572,10 @@ pub async fn dlq(command: DlqCommand) -> Result<(), String> {
                 }
                 return Ok(());
             }
+            if letters.is_empty() {
+                println!("no dead letters at or after DLQ offset {from}");
+                return Ok(());
+            }
             let rows = letters
                 .iter()
                 .map(|l| {

@@ -6,6 +6,7 @@ mod crash;
 mod experiments_cli;
 mod flags_cli;
 mod group_chaos;
+mod group_cli;
 mod migrate_cli;
 mod openfeature;
 mod schema_policy;
