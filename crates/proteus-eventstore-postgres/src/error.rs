@@ -17,12 +17,17 @@ pub(crate) fn storage(reason: impl Into<String>) -> EventStoreError {
     EventStoreError::Storage(reason.into())
 }
 
-/// Maps a driver error met while doing `what` (a phrase such as "appending to stream 'x'"),
-/// as every PostgreSQL adapter does (`proteus_postgres::pg`). `write` adds that a write may or
-/// may not have been committed, so the caller retries it with the same event ids (which makes
-/// the retry idempotent).
-pub(crate) fn pg(error: tokio_postgres::Error, what: &str, write: bool) -> EventStoreError {
-    port_error(proteus_postgres::pg(error, what), write)
+/// Maps a driver error met while doing `what` (a phrase such as "appending to stream 'x'")
+/// on a connection to the server at `url`, as every PostgreSQL adapter does
+/// (`proteus_postgres::pg`). `write` adds that a write may or may not have been committed, so
+/// the caller retries it with the same event ids (which makes the retry idempotent).
+pub(crate) fn pg(
+    error: tokio_postgres::Error,
+    what: &str,
+    write: bool,
+    url: &str,
+) -> EventStoreError {
+    port_error(proteus_postgres::pg(error, what, url), write)
 }
 
 /// Maps a failure to get a connection to the server at `url` from the pool.

@@ -60,7 +60,10 @@ impl PostgresEventStore {
             firsts.entry(stream).or_insert(event.version);
             lasts.insert(stream, (event.version, event.position));
         }
-        let txn = client.transaction().await.map_err(|e| pg(e, what, true))?;
+        let txn = client
+            .transaction()
+            .await
+            .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
         // Stream rows first (placeholders for new ones, all locked in name order), then the
         // writers key: the order appends take them in, so an import and appends cannot deadlock.
         let names: Vec<&str> = firsts.keys().copied().collect();
@@ -72,7 +75,7 @@ impl PostgresEventStore {
             &[&names],
         )
         .await
-        .map_err(|e| pg(e, what, true))?;
+        .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
         let rows = txn
             .query(
                 &format!(
@@ -82,13 +85,13 @@ impl PostgresEventStore {
                 &[&names],
             )
             .await
-            .map_err(|e| pg(e, what, true))?;
+            .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
         txn.execute(
             &format!("SELECT pg_advisory_xact_lock(o_class, o_key) FROM {schema}.writers_key()"),
             &[],
         )
         .await
-        .map_err(|e| pg(e, what, true))?;
+        .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
         let head = txn
             .query_one(
                 &format!(
@@ -97,7 +100,7 @@ impl PostgresEventStore {
                 &[],
             )
             .await
-            .map_err(|e| pg(e, what, true))?;
+            .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
         let head = u64::try_from(head.get::<_, i64>(0)).unwrap_or(0);
         if events[0].position <= head {
             return Err(invalid(format!(
@@ -160,7 +163,7 @@ impl PostgresEventStore {
             ],
         )
         .await
-        .map_err(|e| pg(e, what, true))?;
+        .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
         let last_names: Vec<&str> = lasts.keys().copied().collect();
         let last_versions: Vec<i64> = lasts.values().map(|&(v, _)| big(v)).collect();
         let last_positions: Vec<i64> = lasts.values().map(|&(_, p)| big(p)).collect();
@@ -174,7 +177,7 @@ impl PostgresEventStore {
             &[&last_names, &last_versions, &last_positions],
         )
         .await
-        .map_err(|e| pg(e, what, true))?;
+        .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
         let new_head = events[events.len() - 1].position;
         // Marks the positions in flight, then moves the sequence past them (not transactional:
         // a rolled-back import leaves a gap, which readers skip).
@@ -183,8 +186,10 @@ impl PostgresEventStore {
             &[&big(events[0].position), &big(new_head)],
         )
         .await
-        .map_err(|e| pg(e, what, true))?;
-        txn.commit().await.map_err(|e| pg(e, what, true))?;
+        .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
+        txn.commit()
+            .await
+            .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
         // The follower announces it to every process.
         advance(&self.inner.shared.committed, new_head);
         Ok(())

@@ -289,11 +289,11 @@ impl Shared {
         let statement = client
             .prepare_cached(sql)
             .await
-            .map_err(|e| pg(e, what, false))?;
+            .map_err(|e| pg(e, what, false, &self.url))?;
         client
             .query(&statement, params)
             .await
-            .map_err(|e| pg(e, what, write))
+            .map_err(|e| pg(e, what, write, &self.url))
     }
 }
 

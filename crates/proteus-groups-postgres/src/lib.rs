@@ -158,7 +158,7 @@ impl PostgresGroupStore {
         fence: u64,
         what: &str,
     ) -> Result<deadpool_postgres::Transaction<'t>, StoreError> {
-        let fail = |e| backend(proteus_postgres::pg(e, what));
+        let fail = |e| backend(proteus_postgres::pg(e, what, &self.inner.url));
         let s = &self.inner.schema;
         let raised = txn
             .execute(
@@ -219,7 +219,7 @@ impl PostgresGroupStore {
                 &[&topic, &group],
             )
             .await
-            .map_err(|e| backend(proteus_postgres::pg(e, what)))?;
+            .map_err(|e| backend(proteus_postgres::pg(e, what, &self.inner.url)))?;
         let progress = client
             .query(
                 &format!(
@@ -229,7 +229,7 @@ impl PostgresGroupStore {
                 &[&topic, &group],
             )
             .await
-            .map_err(|e| backend(proteus_postgres::pg(e, what)))?;
+            .map_err(|e| backend(proteus_postgres::pg(e, what, &self.inner.url)))?;
         let mut records = Vec::with_capacity(groups.len());
         for row in &groups {
             records.push(record(row)?);
@@ -267,7 +267,7 @@ fn record(row: &Row) -> Result<GroupRecord, StoreError> {
 impl GroupStore for PostgresGroupStore {
     async fn create_group(&self, record: &GroupRecord) -> Result<(), StoreError> {
         let what = format!("creating group '{}'", record.group);
-        let fail = |e| backend(proteus_postgres::pg(e, &what));
+        let fail = |e| backend(proteus_postgres::pg(e, &what, &self.inner.url));
         let config = encode(&record.config)?;
         let partitions: Vec<i32> = record
             .partitions
@@ -332,7 +332,7 @@ impl GroupStore for PostgresGroupStore {
         config: &GroupConfig,
     ) -> Result<(), StoreError> {
         let what = format!("updating group '{group}'");
-        let fail = |e| backend(proteus_postgres::pg(e, &what));
+        let fail = |e| backend(proteus_postgres::pg(e, &what, &self.inner.url));
         let config = encode(config)?;
         let mut client = self.client(&what).await?;
         let s = &self.inner.schema;
@@ -355,7 +355,7 @@ impl GroupStore for PostgresGroupStore {
         progress: &[PartitionProgress],
     ) -> Result<(), StoreError> {
         let what = format!("saving the progress of group '{group}'");
-        let fail = |e| backend(proteus_postgres::pg(e, &what));
+        let fail = |e| backend(proteus_postgres::pg(e, &what, &self.inner.url));
         let partitions: Vec<i32> = progress
             .iter()
             .map(|p| i32::try_from(p.partition).unwrap_or(i32::MAX))
@@ -385,7 +385,7 @@ impl GroupStore for PostgresGroupStore {
         fence: u64,
     ) -> Result<Option<GroupRecord>, StoreError> {
         let what = format!("claiming group '{group}'");
-        let fail = |e| backend(proteus_postgres::pg(e, &what));
+        let fail = |e| backend(proteus_postgres::pg(e, &what, &self.inner.url));
         {
             let mut client = self.client(&what).await?;
             let txn = client.transaction().await.map_err(fail)?;
@@ -422,7 +422,7 @@ impl GroupStore for PostgresGroupStore {
                 &[&topic.as_str(), &group.as_str()],
             )
             .await
-            .map_err(|e| backend(proteus_postgres::pg(e, &what)))?;
+            .map_err(|e| backend(proteus_postgres::pg(e, &what, &self.inner.url)))?;
         Ok(deleted > 0)
     }
 }

@@ -232,8 +232,8 @@ fn unavailable(error: PgError) -> KvError {
     }
 }
 
-/// Maps a driver error met before any `COMMIT` was sent.
-fn failed(error: tokio_postgres::Error, what: &str) -> Failed {
+/// Maps a driver error met before any `COMMIT` was sent to the server at `url`.
+fn failed(error: tokio_postgres::Error, what: &str, url: &str) -> Failed {
     let again = match error.code() {
         // Serialization failure, deadlock, administrator shutdown: rolled back.
         Some(code) => matches!(code.code(), "40001" | "40P01" | "57P01"),
@@ -241,15 +241,15 @@ fn failed(error: tokio_postgres::Error, what: &str) -> Failed {
         None => true,
     };
     Failed {
-        error: unavailable(proteus_postgres::pg(error, what)),
+        error: unavailable(proteus_postgres::pg(error, what, url)),
         again,
     }
 }
 
 /// Maps a `COMMIT` that failed: when its answer was lost, the commit may have been applied.
-fn commit_failed(error: tokio_postgres::Error, what: &str) -> Failed {
+fn commit_failed(error: tokio_postgres::Error, what: &str, url: &str) -> Failed {
     let answer_lost = error.as_db_error().is_none();
-    let mut mapped = proteus_postgres::pg(error, what);
+    let mut mapped = proteus_postgres::pg(error, what, url);
     if answer_lost {
         mapped.retriable = true;
         mapped.message.push_str(
@@ -450,11 +450,11 @@ impl PostgresKvStore {
         let statement = client
             .prepare_cached(&self.inner.sql.get_many)
             .await
-            .map_err(|e| failed(e, &what))?;
+            .map_err(|e| failed(e, &what, &self.inner.url))?;
         let rows = client
             .query(&statement, &[&namespace.as_str(), &keys])
             .await
-            .map_err(|e| failed(e, &what))?;
+            .map_err(|e| failed(e, &what, &self.inner.url))?;
         if rows.len() != keys.len() {
             return Err(KvError::Corrupt(format!(
                 "{what} returned {} rows for {} keys",
@@ -487,7 +487,7 @@ impl PostgresKvStore {
                 &self.inner.sql.scan[usize::from(exclusive)][usize::from(upper.is_some())],
             )
             .await
-            .map_err(|e| failed(e, &what))?;
+            .map_err(|e| failed(e, &what, &self.inner.url))?;
         let ns = namespace.as_str();
         let rows = match &upper {
             Some(upper) => {
@@ -497,7 +497,7 @@ impl PostgresKvStore {
             }
             None => client.query(&statement, &[&ns, &lower, &limit]).await,
         }
-        .map_err(|e| failed(e, &what))?;
+        .map_err(|e| failed(e, &what, &self.inner.url))?;
         rows.iter()
             .map(|row| {
                 Ok((
@@ -514,11 +514,14 @@ impl PostgresKvStore {
         let statement = client
             .prepare_cached(&self.inner.sql.check_and_write)
             .await
-            .map_err(|e| failed(e, &what))?;
-        let txn = client.transaction().await.map_err(|e| failed(e, &what))?;
+            .map_err(|e| failed(e, &what, &self.inner.url))?;
+        let txn = client
+            .transaction()
+            .await
+            .map_err(|e| failed(e, &what, &self.inner.url))?;
         txn.batch_execute(&plan.locks.sql())
             .await
-            .map_err(|e| failed(e, &what))?;
+            .map_err(|e| failed(e, &what, &self.inner.url))?;
         let row = txn
             .query_one(
                 &statement,
@@ -532,7 +535,7 @@ impl PostgresKvStore {
                 ],
             )
             .await
-            .map_err(|e| failed(e, &what))?;
+            .map_err(|e| failed(e, &what, &self.inner.url))?;
         let failed_check: Option<i64> = row.try_get(0).map_err(|e| unreadable(e, &what))?;
         if let Some(index) = failed_check {
             // Ended now rather than when dropped, to release the locks at once. Should the
@@ -548,7 +551,9 @@ impl PostgresKvStore {
             }
             .into());
         }
-        txn.commit().await.map_err(|e| commit_failed(e, &what))
+        txn.commit()
+            .await
+            .map_err(|e| commit_failed(e, &what, &self.inner.url))
     }
 
     async fn try_clear(&self, namespace: &Namespace) -> Result<u64, Failed> {
@@ -557,8 +562,11 @@ impl PostgresKvStore {
         let statement = client
             .prepare_cached(&self.inner.sql.clear)
             .await
-            .map_err(|e| failed(e, &what))?;
-        let txn = client.transaction().await.map_err(|e| failed(e, &what))?;
+            .map_err(|e| failed(e, &what, &self.inner.url))?;
+        let txn = client
+            .transaction()
+            .await
+            .map_err(|e| failed(e, &what, &self.inner.url))?;
         let locks = Locks {
             namespace: lock_id(&[
                 b"proteus-kv namespace",
@@ -569,12 +577,14 @@ impl PostgresKvStore {
         };
         txn.batch_execute(&locks.sql())
             .await
-            .map_err(|e| failed(e, &what))?;
+            .map_err(|e| failed(e, &what, &self.inner.url))?;
         let cleared = txn
             .execute(&statement, &[&namespace.as_str()])
             .await
-            .map_err(|e| failed(e, &what))?;
-        txn.commit().await.map_err(|e| commit_failed(e, &what))?;
+            .map_err(|e| failed(e, &what, &self.inner.url))?;
+        txn.commit()
+            .await
+            .map_err(|e| commit_failed(e, &what, &self.inner.url))?;
         Ok(cleared)
     }
 }

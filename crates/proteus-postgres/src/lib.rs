@@ -111,13 +111,16 @@ pub fn retriable(code: &SqlState) -> bool {
         || matches!(code, "40001" | "40P01" | "55P03" | "57014")
 }
 
-/// Maps a driver error met while doing `what` (a phrase such as "saving group 'billing'").
-pub fn pg(error: tokio_postgres::Error, what: &str) -> PgError {
+/// Maps a driver error met while doing `what` (a phrase such as "saving group 'billing'") on
+/// a connection to the server at `url` (named without its password: a deployment may use
+/// several PostgreSQL servers, one per store).
+pub fn pg(error: tokio_postgres::Error, what: &str, url: &str) -> PgError {
+    let server = redact(url);
     if let Some(db) = error.as_db_error() {
         let retry = retriable(db.code());
         return PgError {
             message: format!(
-                "PostgreSQL failed {what}: {} ({}){}{}",
+                "PostgreSQL at {server} failed {what}: {} ({}){}{}",
                 db.message(),
                 db.code().code(),
                 db.detail().map(|d| format!("; {d}")).unwrap_or_default(),
@@ -130,11 +133,11 @@ pub fn pg(error: tokio_postgres::Error, what: &str) -> PgError {
     // A row or parameter of the wrong type: a bug or a schema changed under us, never fixed
     // by a retry.
     if text.starts_with("error deserializing") || text.starts_with("error serializing") {
-        return PgError::permanent(format!("PostgreSQL failed {what}: {text}"));
+        return PgError::permanent(format!("PostgreSQL at {server} failed {what}: {text}"));
     }
     PgError {
         message: format!(
-            "the connection to PostgreSQL failed while {what} (temporary, retry): {error}{}",
+            "the connection to PostgreSQL at {server} failed while {what} (temporary, retry): {error}{}",
             std::error::Error::source(&error)
                 .map(|s| format!(" ({s})"))
                 .unwrap_or_default()
@@ -150,11 +153,11 @@ pub fn pool_error(error: deadpool_postgres::PoolError, what: &str, url: &str) ->
     let server = redact(url);
     match error {
         PoolError::Backend(error) => {
-            let mut mapped = pg(error, what);
+            let mut mapped = pg(error, what, url);
             if mapped.retriable {
-                mapped.message.push_str(&format!(
-                    "; is PostgreSQL at {server} running? If not, {START_HINT}"
-                ));
+                mapped
+                    .message
+                    .push_str(&format!("; is it running? If not, {START_HINT}"));
             }
             mapped
         }
@@ -225,7 +228,7 @@ impl Connection {
             retriable: true,
         })?;
         let driver = tokio::spawn(connection);
-        let migrated = migrations.apply(&mut client, schema).await;
+        let migrated = migrations.apply(&mut client, &self.url, schema).await;
         drop(client);
         let _ = driver.await;
         migrated?;
@@ -270,15 +273,17 @@ const ADVISORY_LOCK_CLASS: i32 = 0x5052_5453;
 
 impl Migrations {
     /// Applies, in one transaction under the schema's advisory lock, every migration the schema
-    /// misses (creating it if needed); refuses a schema migrated by a newer build.
+    /// misses (creating it if needed); refuses a schema migrated by a newer build. `url` names
+    /// the server in errors.
     pub async fn apply(
         &self,
         client: &mut tokio_postgres::Client,
+        url: &str,
         schema: &str,
     ) -> Result<Vec<i32>, PgError> {
         validate_schema_name(schema).map_err(PgError::permanent)?;
         let what = format!("migrating the {} in schema {schema}", self.what);
-        let fail = |e| pg(e, &what);
+        let fail = |e| pg(e, &what, url);
         let table = self.table;
         let txn = client.transaction().await.map_err(fail)?;
         txn.execute(
@@ -331,7 +336,7 @@ impl Migrations {
                     migration.version,
                     migration.name,
                     self.what,
-                    pg(e, &what)
+                    pg(e, &what, url)
                 ))
             })?;
             txn.execute(

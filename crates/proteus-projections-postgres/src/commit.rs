@@ -190,7 +190,7 @@ pub(crate) async fn commit(
         .collect::<Result<_, _>>()?;
 
     let what = format!("committing to projection '{name}'");
-    let fail = |e| pg(e, &what);
+    let fail = |e| pg(e, &what, &inner.config.url);
     let sql = &inner.sql;
     let mut client = inner.client(&what).await?;
     let lock = client
@@ -306,7 +306,7 @@ async fn settle(
     error: tokio_postgres::Error,
     what: &str,
 ) -> Result<(), StoreError> {
-    let lost = pg(error, what);
+    let lost = pg(error, what, &inner.config.url);
     let unknown = |why: String| {
         backend(format!(
             "{lost}; whether the commit was applied is unknown ({why}): reload the checkpoint before retrying, since retrying an applied commit appends its list items again"
@@ -319,7 +319,7 @@ async fn settle(
             let row = client
                 .query_one(&inner.sql.xact_status, &[&xid])
                 .await
-                .map_err(|e| pg(e, what))?;
+                .map_err(|e| pg(e, what, &inner.config.url))?;
             column::<Option<String>>(&row, 0)
         }
         .await

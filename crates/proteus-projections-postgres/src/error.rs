@@ -14,9 +14,10 @@ pub(crate) fn backend(reason: impl Into<String>) -> StoreError {
     StoreError::Backend(reason.into())
 }
 
-/// Maps a driver error met while doing `what` (a phrase such as "committing to 'orders'").
-pub(crate) fn pg(error: tokio_postgres::Error, what: &str) -> StoreError {
-    backend(proteus_postgres::pg(error, what).message)
+/// Maps a driver error met while doing `what` (a phrase such as "committing to 'orders'")
+/// on a connection to the server at `url`.
+pub(crate) fn pg(error: tokio_postgres::Error, what: &str, url: &str) -> StoreError {
+    backend(proteus_postgres::pg(error, what, url).message)
 }
 
 /// Maps a failure to get a connection to the server at `url` from the pool.

@@ -334,11 +334,11 @@ impl ReadModelStore for PostgresReadModelStore {
         let statement = client
             .prepare_cached(&self.inner.sql.save)
             .await
-            .map_err(|e| pg(e, &what))?;
+            .map_err(|e| pg(e, &what, &self.inner.config.url))?;
         client
             .execute(&statement, &[&record.name.as_str(), &json])
             .await
-            .map_err(|e| pg(e, &what))?;
+            .map_err(|e| pg(e, &what, &self.inner.config.url))?;
         Ok(())
     }
 
@@ -351,11 +351,11 @@ impl ReadModelStore for PostgresReadModelStore {
         let statement = client
             .prepare_cached(&self.inner.sql.load)
             .await
-            .map_err(|e| pg(e, &what))?;
+            .map_err(|e| pg(e, &what, &self.inner.config.url))?;
         let row = client
             .query_opt(&statement, &[&name.as_str()])
             .await
-            .map_err(|e| pg(e, &what))?;
+            .map_err(|e| pg(e, &what, &self.inner.config.url))?;
         row.map(|row| decode_record(name.as_str(), column(&row, 0)?))
             .transpose()
     }
@@ -366,11 +366,11 @@ impl ReadModelStore for PostgresReadModelStore {
         let statement = client
             .prepare_cached(&self.inner.sql.list)
             .await
-            .map_err(|e| pg(e, what))?;
+            .map_err(|e| pg(e, what, &self.inner.config.url))?;
         let rows = client
             .query(&statement, &[])
             .await
-            .map_err(|e| pg(e, what))?;
+            .map_err(|e| pg(e, what, &self.inner.config.url))?;
         let mut records = rows
             .iter()
             .map(|row| decode_record(column(row, 0)?, column(row, 1)?))
@@ -387,7 +387,7 @@ impl ReadModelStore for PostgresReadModelStore {
         updated_ms: i64,
     ) -> Result<(), StoreError> {
         let what = format!("changing the state of projection '{name}'");
-        let fail = |e| pg(e, &what);
+        let fail = |e| pg(e, &what, &self.inner.config.url);
         let mut client = self.inner.client(&what).await?;
         let lock = client
             .prepare_cached(&self.inner.sql.lock_record)
@@ -433,7 +433,7 @@ impl ReadModelStore for PostgresReadModelStore {
             return Ok(Vec::new());
         }
         let what = format!("reading documents of projection '{name}'");
-        let fail = |e| pg(e, &what);
+        let fail = |e| pg(e, &what, &self.inner.config.url);
         let client = self.inner.client(&what).await?;
         let statement = client
             .prepare_cached(&self.inner.sql.get_many)
@@ -500,11 +500,11 @@ impl ReadModelStore for PostgresReadModelStore {
         let statement = client
             .prepare_cached(&self.inner.sql.checkpoint)
             .await
-            .map_err(|e| pg(e, &what))?;
+            .map_err(|e| pg(e, &what, &self.inner.config.url))?;
         let row = client
             .query_opt(&statement, &[&name.as_str()])
             .await
-            .map_err(|e| pg(e, &what))?;
+            .map_err(|e| pg(e, &what, &self.inner.config.url))?;
         match row {
             None => Ok(None),
             Some(row) => column::<Option<&str>>(&row, 0)?
@@ -545,7 +545,7 @@ impl PostgresReadModelStore {
         drop: bool,
     ) -> Result<bool, StoreError> {
         let sql = &self.inner.sql;
-        let fail = |e| pg(e, what);
+        let fail = |e| pg(e, what, &self.inner.config.url);
         let mut client = self.inner.client(what).await?;
         let (first, second) = if drop {
             (&sql.drop_record, &sql.drop_checkpoint)

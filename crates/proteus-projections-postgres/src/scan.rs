@@ -41,7 +41,7 @@ pub(crate) async fn run(
 ) -> Result<Page, StoreError> {
     let mut scan = query.scan()?;
     let what = format!("querying projection '{name}'");
-    let fail = |e| pg(e, &what);
+    let fail = |e| pg(e, &what, &inner.config.url);
     let mut client = inner.client(&what).await?;
     let txn = client
         .build_transaction()
@@ -93,7 +93,7 @@ async fn scan_docs(
     scan: &mut Scan<'_>,
     what: &str,
 ) -> Result<(), StoreError> {
-    let fail = |e| pg(e, what);
+    let fail = |e| pg(e, what, &inner.config.url);
     let (sql, config) = (&inner.sql, &inner.config);
     let order = scan.order();
     let mut bound: Option<Vec<u8>> = match &order {
@@ -153,7 +153,7 @@ async fn scan_lists(
     scan: &mut Scan<'_>,
     what: &str,
 ) -> Result<(), StoreError> {
-    let fail = |e| pg(e, what);
+    let fail = |e| pg(e, what, &inner.config.url);
     let (sql, config) = (&inner.sql, &inner.config);
     let order = scan.order();
     // `(key, seq) > (k, MAX)` is `key > k`; `(key, seq) < (k, -1)` is `key < k`.

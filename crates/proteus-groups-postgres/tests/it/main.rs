@@ -75,10 +75,12 @@ async fn progress_survives_a_killed_server_and_the_store_reconnects() {
             .unwrap_or_else(|error| panic!("the private PostgreSQL: {error}"));
         Arc::new(store) as Arc<dyn GroupStore>
     };
+    // The connection refused, or a backend reporting the postmaster gone (57P01): either
+    // names the server.
+    let named = format!("PostgreSQL at {}", server.url());
     proteus_groups::crash::progress_survives_a_crash(
         open().await,
-        // The connection refused, or a backend reporting the postmaster gone (57P01).
-        "(temporary, retry)",
+        &named,
         || server.kill(),
         server.restart(),
         open(),

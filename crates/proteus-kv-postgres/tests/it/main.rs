@@ -456,8 +456,8 @@ async fn kill_backends(admin: &tokio_postgres::Client, application_name: &str) -
 }
 
 /// The call after the store's connections were killed either works (the adapter noticed and
-/// reconnected) or fails with a retriable error; a retry then works.
-async fn works_now_or_after_a_retry<T, F, Fut>(what: &str, mut call: F) -> T
+/// reconnected) or fails with a retriable error naming `server`; a retry then works.
+async fn works_now_or_after_a_retry<T, F, Fut>(what: &str, server: &str, mut call: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, KvError>>,
@@ -466,6 +466,12 @@ where
         Ok(value) => value,
         Err(error) => {
             assert!(error.is_retriable(), "{what}: {error:?} is not retriable");
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("PostgreSQL at {server}")),
+                "{what}: {error}"
+            );
             call()
                 .await
                 .unwrap_or_else(|e| panic!("{what}: the retry failed too: {e}"))
@@ -479,9 +485,8 @@ where
 async fn killed_connections_are_replaced() {
     let harness = Harness::new();
     let application_name = unique("kvkill");
-    let store = harness
-        .open_with(harness.config(with_application_name(&url(), &application_name)))
-        .await;
+    let server = with_application_name(&url(), &application_name);
+    let store = harness.open_with(harness.config(server.clone())).await;
     let admin = admin().await;
     let n = ns("killed");
     store
@@ -494,7 +499,8 @@ async fn killed_connections_are_replaced() {
             "round {round}: the store had a connection to kill"
         );
         let asked = [b"k".to_vec()];
-        let got = works_now_or_after_a_retry("a read", || store.get_many(&n, &asked)).await;
+        let got =
+            works_now_or_after_a_retry("a read", &server, || store.get_many(&n, &asked)).await;
         assert_eq!(got, vec![Some(vec![b'1' + round])]);
 
         kill_backends(&admin, &application_name).await;
@@ -511,6 +517,12 @@ async fn killed_connections_are_replaced() {
             Ok(()) => {}
             Err(error) => {
                 assert!(error.is_retriable(), "{error:?}");
+                assert!(
+                    error
+                        .to_string()
+                        .contains(&format!("PostgreSQL at {server}")),
+                    "{error}"
+                );
                 // Applied or not, the check makes the retry safe.
                 match store.commit(&n, commit).await {
                     Ok(()) | Err(KvError::Conflict { .. }) => {}
