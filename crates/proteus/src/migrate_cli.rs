@@ -481,17 +481,43 @@ async fn copy_to_end(
     }
 }
 
+/// Most requests for stream information and snapshots the source serves at once: a pass asks
+/// about every stream, and one at a time over HTTP that is most of a pass with nothing new.
+const SOURCE_REQUESTS_IN_FLIGHT_MAX: usize = 32;
+
+/// What the source holds of one stream beyond its events: `None` if it never existed.
+async fn stream_state(
+    source: &Source,
+    stream: &StreamName,
+) -> Result<Option<(StreamInfo, Option<Snapshot>)>, String> {
+    let Some(info) = source.info(stream).await? else {
+        return Ok(None);
+    };
+    let snapshot = if !info.deleted && info.snapshot_version.is_some() {
+        source.snapshot(stream).await?
+    } else {
+        None
+    };
+    Ok(Some((info, snapshot)))
+}
+
 /// Makes the target's tombstones and latest snapshots those of the source, for `streams`.
 /// Events come first (a snapshot needs its version in the copy), so this runs after a copy.
+/// The source is asked about several streams at once; the target is changed one stream at a
+/// time, in name order.
 async fn sync_tombstones_and_snapshots(
     source: &Source,
     target: &mut Target,
     streams: &BTreeSet<StreamName>,
 ) -> Result<Synced, String> {
+    use futures_util::{StreamExt, TryStreamExt};
     let mut synced = Synced::default();
     let store = target.store();
-    for stream in streams {
-        let Some(info) = source.info(stream).await? else {
+    let mut states = futures_util::stream::iter(streams)
+        .map(|stream| async move { Ok::<_, String>((stream, stream_state(source, stream).await?)) })
+        .buffered(SOURCE_REQUESTS_IN_FLIGHT_MAX);
+    while let Some((stream, state)) = states.try_next().await? {
+        let Some((info, snapshot)) = state else {
             continue;
         };
         if info.deleted {
@@ -505,10 +531,7 @@ async fn sync_tombstones_and_snapshots(
             }
             continue;
         }
-        if info.snapshot_version.is_none() {
-            continue;
-        }
-        let Some(snapshot) = source.snapshot(stream).await? else {
+        let Some(snapshot) = snapshot else {
             continue;
         };
         let held = match store.get_snapshot(stream).await {
