@@ -14,18 +14,42 @@ pub struct RedisRemoteCache {
     namespace: String,
 }
 
+/// How to start the local Redis of a developer machine, for messages.
+pub const START_HINT: &str = "start it (redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no)";
+
 fn unavailable(error: redis::RedisError) -> CacheError {
     CacheError::Unavailable(format!("redis: {error}"))
+}
+
+/// `url` with its password replaced by `***`, for messages and logs; a URL that does not parse
+/// is not shown at all, since where its password is cannot be told.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(an unparsable URL)".into(),
+    }
 }
 
 impl RedisRemoteCache {
     /// Connects to `url` (`redis://host:port[/db]`); keys are stored as `{namespace}{key}`.
     pub async fn connect(url: &str, namespace: &str) -> Result<RedisRemoteCache, CacheError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| CacheError::Unavailable(format!("invalid redis url {url:?}: {e}")))?;
-        let connection = ConnectionManager::new(client)
-            .await
-            .map_err(|e| CacheError::Unavailable(format!("connecting to {url}: {e}")))?;
+        let client = redis::Client::open(url).map_err(|e| {
+            CacheError::Unavailable(format!(
+                "invalid Redis URL {}: {e}; use the form redis://HOST:PORT[/DB]",
+                redact(url)
+            ))
+        })?;
+        let connection = ConnectionManager::new(client).await.map_err(|e| {
+            CacheError::Unavailable(format!(
+                "cannot connect to Redis at {}: {e}; is it running? If not, {START_HINT}",
+                redact(url)
+            ))
+        })?;
         Ok(RedisRemoteCache {
             connection,
             namespace: namespace.to_owned(),

@@ -205,15 +205,29 @@ impl std::fmt::Debug for CacheBackend {
     }
 }
 
+/// Longest Redis key prefix of a Redis cache, in bytes.
+pub const CACHE_PREFIX_BYTES_MAX: usize = 64;
+
 impl CacheBackend {
     fn parse(text: &str, prefix: Option<String>) -> Result<Self, String> {
         if text == "memory" {
             return Ok(CacheBackend::Memory);
         }
         if text.starts_with("redis://") || text.starts_with("rediss://") {
+            let prefix = prefix.unwrap_or_else(|| "proteus:".into());
+            // Without a prefix Proteus's keys would mix with whatever else the Redis holds.
+            if prefix.is_empty()
+                || prefix.len() > CACHE_PREFIX_BYTES_MAX
+                || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                let shown: String = prefix.chars().take(CACHE_PREFIX_BYTES_MAX).collect();
+                return Err(format!(
+                    "cache_prefix must be 1 to {CACHE_PREFIX_BYTES_MAX} bytes without spaces or control characters (such as 'shop:'), got {shown:?}"
+                ));
+            }
             return Ok(CacheBackend::Redis {
                 url: text.to_owned(),
-                prefix: prefix.unwrap_or_else(|| "proteus:".into()),
+                prefix,
             });
         }
         let shown: String = text.chars().take(24).collect();
@@ -892,5 +906,17 @@ mod tests {
             error.contains("cache must be 'memory' or a Redis URL"),
             "{error}"
         );
+        for prefix in ["", "two words", &"p".repeat(CACHE_PREFIX_BYTES_MAX + 1)] {
+            let error = Settings::resolve(ServeArgs {
+                cache: Some("redis://127.0.0.1:6379".into()),
+                cache_prefix: Some(prefix.into()),
+                ..ServeArgs::default()
+            })
+            .unwrap_err();
+            assert!(
+                error.contains("cache_prefix must be 1 to 64 bytes"),
+                "{error}"
+            );
+        }
     }
 }

@@ -78,3 +78,23 @@ async fn glob_characters_in_a_namespace_are_escaped() {
     );
     harness.clean_up().await;
 }
+
+#[tokio::test]
+async fn an_unreachable_server_is_named_without_its_password_and_how_to_start_it() {
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let error = match RedisRemoteCache::connect("redis://:s3cret@127.0.0.1:1/0", "p:").await {
+        Ok(_) => panic!("connected to a port where nothing listens"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("cannot connect to Redis at redis://:***@127.0.0.1:1/0")
+            && error.contains("redis-server --daemonize"),
+        "{error}"
+    );
+    assert!(!error.contains("s3cret"), "{error}");
+    let error = match RedisRemoteCache::connect("http://127.0.0.1:6379", "p:").await {
+        Ok(_) => panic!("an http URL was taken for Redis"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("invalid Redis URL"), "{error}");
+}
