@@ -89,7 +89,9 @@ fn print_status(statuses: &[Value], output: Output) {
         return;
     }
     let rows = statuses.iter().map(status_row).collect();
-    print_table(&["NAME", "STATE", "POSITION", "HEAD", "LAG", "ERROR"], rows);
+    // The checkpoint is the next position to project, so it passes the head by one once the
+    // projection has caught up: named as such, it does not read as an error.
+    print_table(&["NAME", "STATE", "NEXT POSITION", "HEAD", "LAG", "ERROR"], rows);
 }
 
 pub async fn projection(command: ProjectionCommand) -> Result<(), String> {
