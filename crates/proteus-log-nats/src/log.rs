@@ -30,6 +30,9 @@ use crate::config::NatsLogConfig;
 use crate::meta::{StreamRole, TopicMeta};
 use crate::names;
 
+mod import;
+pub use import::IMPORT_EVENTS_MAX;
+
 /// Bytes of headers and subject a stored message may carry beyond its event, reserved when
 /// checking sizes against the server's `max_payload` and the stream's `max_msg_size`.
 pub const HEADER_BYTES_RESERVED: usize = 1024;

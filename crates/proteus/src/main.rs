@@ -6,6 +6,7 @@ mod experiment_cli;
 mod flags_cli;
 mod group_cli;
 mod migrate_cli;
+mod migrate_topics_cli;
 mod projection_cli;
 mod schema_cli;
 mod serve;
@@ -78,9 +79,12 @@ enum Command {
         #[command(subcommand)]
         command: experiment_cli::ExperimentCommand,
     },
-    /// Copy an event store to PostgreSQL with positions and versions kept, verify it, and
+    /// Copy an event store to PostgreSQL (positions kept) or NATS JetStream, verify it, and
     /// optionally keep it in sync until cut-over.
     Migrate(migrate_cli::MigrateArgs),
+    /// Copy the topics of a stopped server's embedded log to NATS JetStream, each event at its
+    /// partition and offset, and verify them.
+    MigrateTopics(migrate_topics_cli::MigrateTopicsArgs),
     /// Measure Proteus and its peers (NATS JetStream, Redis, PostgreSQL) on this machine.
     Bench {
         #[command(subcommand)]
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
             Command::Experiment { command } => experiment_cli::experiment(command).await,
             Command::Bench { command } => proteus_bench::run(command).await,
             Command::Migrate(args) => migrate_cli::run(args).await,
+            Command::MigrateTopics(args) => migrate_topics_cli::run(args).await,
         }
     });
     match result {

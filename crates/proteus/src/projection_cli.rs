@@ -91,7 +91,10 @@ fn print_status(statuses: &[Value], output: Output) {
     let rows = statuses.iter().map(status_row).collect();
     // The checkpoint is the next position to project, so it passes the head by one once the
     // projection has caught up: named as such, it does not read as an error.
-    print_table(&["NAME", "STATE", "NEXT POSITION", "HEAD", "LAG", "ERROR"], rows);
+    print_table(
+        &["NAME", "STATE", "NEXT POSITION", "HEAD", "LAG", "ERROR"],
+        rows,
+    );
 }
 
 pub async fn projection(command: ProjectionCommand) -> Result<(), String> {

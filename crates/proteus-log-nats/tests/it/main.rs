@@ -7,6 +7,7 @@
 //! even when it fails.
 
 mod conformance;
+mod import;
 mod layout;
 mod reads;
 mod reconnect;

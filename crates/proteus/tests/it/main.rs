@@ -8,6 +8,7 @@ mod flags_cli;
 mod group_chaos;
 mod group_cli;
 mod migrate_cli;
+mod migrate_topics;
 mod openfeature;
 mod schema_policy;
 mod shared_cache;

@@ -1,0 +1,275 @@
+//! `proteus migrate-topics`: copies the topics of an embedded log (the data directory of a
+//! stopped server) to the log on NATS JetStream, each event in the partition and at the offset
+//! it had, then verifies every partition: the same first and next offsets, and an xxh3 checksum
+//! of every event's offset and JSON on both sides. A second run continues where one stopped.
+//!
+//! Consumer groups keep reading at the offsets they committed, since offsets are kept. What
+//! the copy cannot keep: append times (JetStream stamps each message when it stores it, so
+//! reads by time and retention count from the copy) and the dedup window's memory (see
+//! `NatsLog::import_partition`).
+
+use std::path::Path;
+
+use proteus_log::port::{EventReader, READ_BYTES_MAX, TopicAdmin};
+use proteus_log::{LogError, Offset, PartitionId, ReadFrom, ReadLimits, TopicName};
+use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
+use proteus_log_nats::{IMPORT_EVENTS_MAX, NatsLog, NatsLogConfig};
+use xxhash_rust::xxh3::Xxh3;
+
+#[derive(clap::Args, Debug)]
+pub struct MigrateTopicsArgs {
+    /// The topics to copy: `embedded:DIR`, the data directory of a stopped server.
+    #[arg(long, value_name = "SOURCE")]
+    pub from: String,
+    /// Where to copy them: a NATS URL (`nats://HOST:PORT`), the log on JetStream.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// The JetStream stream prefix of the copy, as `serve --storage-log-prefix`.
+    #[arg(long, default_value = "PROTEUS", value_name = "PREFIX")]
+    pub to_prefix: String,
+    /// Only this topic (repeatable); every topic when absent, the server's own included
+    /// (flag-set audit, schemas, dead letters).
+    #[arg(long = "topic", value_name = "TOPIC")]
+    pub topics: Vec<String>,
+    /// Events copied per request.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch_events: usize,
+}
+
+/// What was copied and checked of one partition.
+struct PartitionCopy {
+    copied: u64,
+    first_offset: Offset,
+    next_offset: Offset,
+    checksum: u64,
+}
+
+fn say(what: &str) -> impl FnOnce(LogError) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Every event of a partition from `first` to `next`, hashed with its offset, read `batch` at
+/// a time.
+async fn checksum(
+    log: &dyn EventReader,
+    topic: &TopicName,
+    partition: PartitionId,
+    (first, next): (Offset, Offset),
+    batch: u32,
+    side: &str,
+) -> Result<u64, String> {
+    let what = format!("reading partition {partition} of topic '{topic}' in the {side}");
+    let mut hash = Xxh3::new();
+    let mut at = first;
+    while at < next {
+        let limits = ReadLimits {
+            events_max: batch,
+            bytes_max: READ_BYTES_MAX,
+        };
+        let read = log
+            .read(topic, partition, ReadFrom::Offset(at), limits)
+            .await
+            .map_err(say(&what))?;
+        let Some(first_read) = read.events.first() else {
+            return Err(format!(
+                "{what}: no event at offset {at}, before its end {next}"
+            ));
+        };
+        if first_read.offset != at {
+            return Err(format!(
+                "{what}: offset {at} is gone (its first event is now at {}); run the migration again",
+                first_read.offset
+            ));
+        }
+        for event in read.events.iter().take_while(|e| e.offset < next) {
+            hash.update(&event.offset.to_le_bytes());
+            hash.update(&(event.json.len() as u64).to_le_bytes());
+            hash.update(&event.json);
+        }
+        at = read.next_offset;
+    }
+    Ok(hash.digest())
+}
+
+/// Copies what the target's partition lacks, then compares both sides.
+async fn copy_partition(
+    source: &EmbeddedLog,
+    target: &NatsLog,
+    topic: &TopicName,
+    partition: PartitionId,
+    batch: u32,
+) -> Result<PartitionCopy, String> {
+    let what = format!("partition {partition} of topic '{topic}'");
+    let described = source
+        .describe_topic(topic)
+        .await
+        .map_err(say(&format!("describing topic '{topic}' in the source")))?;
+    let bounds = &described.partitions[partition as usize];
+    let (first, next) = (bounds.first_offset, bounds.next_offset);
+    let (target_first, target_next) = target
+        .partition_offsets(topic, partition)
+        .await
+        .map_err(say(&format!("reading {what} in the target")))?;
+    let empty = target_first == target_next;
+    let mut at = if empty && target_next <= first {
+        first
+    } else if (first..=next).contains(&target_next) {
+        target_next
+    } else {
+        return Err(format!(
+            "{what}: the target holds offsets {target_first} to {target_next}, which do not continue the source's {first} to {next}; delete the topic in the target (or use another --to-prefix) and migrate again"
+        ));
+    };
+    let mut copied = 0;
+    while at < next {
+        let limits = ReadLimits {
+            events_max: batch,
+            bytes_max: READ_BYTES_MAX,
+        };
+        let read = source
+            .read(topic, partition, ReadFrom::Offset(at), limits)
+            .await
+            .map_err(say(&format!("reading {what} in the source")))?;
+        if read.events.first().is_none_or(|e| e.offset != at) {
+            return Err(format!(
+                "{what}: the source has no event at offset {at} any more (retention); run the migration again"
+            ));
+        }
+        let events: Vec<_> = read
+            .events
+            .into_iter()
+            .take_while(|e| e.offset < next)
+            .map(|e| e.json)
+            .collect();
+        target
+            .import_partition(topic, partition, at, &events)
+            .await
+            .map_err(say(&format!("copying {what}")))?;
+        copied += events.len() as u64;
+        at += events.len() as u64;
+    }
+    let (target_first, target_next) = target
+        .partition_offsets(topic, partition)
+        .await
+        .map_err(say(&format!("reading {what} in the target")))?;
+    if (target_first, target_next) != (first, next) {
+        return Err(format!(
+            "verification failed for {what}: the source holds offsets {first} to {next}, the copy {target_first} to {target_next}"
+        ));
+    }
+    let expected = checksum(source, topic, partition, (first, next), batch, "source").await?;
+    let actual = checksum(target, topic, partition, (first, next), batch, "copy").await?;
+    if expected != actual {
+        return Err(format!(
+            "verification failed for {what}: checksum {expected:016x} in the source, {actual:016x} in the copy; delete the topic in the target and migrate again"
+        ));
+    }
+    Ok(PartitionCopy {
+        copied,
+        first_offset: first,
+        next_offset: next,
+        checksum: expected,
+    })
+}
+
+async fn open_source(from: &str) -> Result<EmbeddedLog, String> {
+    let Some(dir) = from.strip_prefix("embedded:") else {
+        return Err(format!(
+            "--from must be embedded:DIR (the data directory of a stopped server), got {from:?}"
+        ));
+    };
+    // Opening creates a log where there is none: a mistyped directory would then copy nothing.
+    if !Path::new(dir).join("log").join("topics").is_dir() {
+        return Err(format!(
+            "--from {from}: there is no embedded log in {dir} (no log/topics); give the data directory of the server that holds it (its --data-dir, ./proteus-data by default)"
+        ));
+    }
+    EmbeddedLog::open(EmbeddedConfig {
+        // Nothing may be removed while it is copied; the source is read only.
+        retention_check_interval_ms: 86_400_000,
+        ..EmbeddedConfig::new(dir)
+    })
+    .await
+    .map_err(|e| format!("cannot open the embedded log in {dir}: {e}"))
+}
+
+pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
+    if !(1..=IMPORT_EVENTS_MAX).contains(&args.batch_events) {
+        return Err(format!(
+            "--batch-events must be 1 to {IMPORT_EVENTS_MAX}, got {}",
+            args.batch_events
+        ));
+    }
+    let batch = args.batch_events as u32;
+    if !args.to.starts_with("nats://") {
+        return Err(format!(
+            "--to must be a NATS URL (nats://HOST:PORT), got {:?}",
+            proteus_nats::redact(&args.to)
+        ));
+    }
+    let wanted: Vec<TopicName> = args
+        .topics
+        .iter()
+        .map(|name| TopicName::parse(name).map_err(|e| format!("--topic {name:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    let source = open_source(&args.from).await?;
+    let target = NatsLog::connect(NatsLogConfig {
+        url: args.to.clone(),
+        stream_prefix: args.to_prefix.clone(),
+        subject_prefix: args.to_prefix.to_lowercase(),
+        ..NatsLogConfig::default()
+    })
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot open the NATS JetStream log (prefix {}): {e}",
+            args.to_prefix
+        )
+    })?;
+    let topics = source
+        .list_topics()
+        .await
+        .map_err(say("listing the source's topics"))?;
+    for name in &wanted {
+        if !topics.iter().any(|t| &t.name == name) {
+            return Err(format!("--topic {name}: the source has no such topic"));
+        }
+    }
+    let started = std::time::Instant::now();
+    let (mut total_copied, mut total_events) = (0u64, 0u64);
+    for topic in topics
+        .iter()
+        .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
+    {
+        target
+            .put_topic(&topic.name, topic.config.clone())
+            .await
+            .map_err(say(&format!(
+                "creating topic '{}' in the target",
+                topic.name
+            )))?;
+        let mut hash = Xxh3::new();
+        let (mut copied, mut events) = (0u64, 0u64);
+        for partition in 0..topic.config.partitions {
+            let done = copy_partition(&source, &target, &topic.name, partition, batch).await?;
+            copied += done.copied;
+            events += done.next_offset - done.first_offset;
+            hash.update(&done.checksum.to_le_bytes());
+        }
+        println!(
+            "{}: {} partitions, copied {copied} events; verified: {events} events with the same offsets, checksum {:016x} on both sides",
+            topic.name,
+            topic.config.partitions,
+            hash.digest()
+        );
+        total_copied += copied;
+        total_events += events;
+    }
+    println!(
+        "copied {total_copied} events in {:.1} s; {total_events} events verified; serve with --storage-log {} --storage-log-prefix {}",
+        started.elapsed().as_secs_f64(),
+        proteus_nats::redact(&args.to),
+        args.to_prefix
+    );
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! `proteus migrate-topics`: a stopped server's embedded topics copied to NATS JetStream with
+//! every event at its partition and offset, verified, resumed by a second run; a server on the
+//! same data directory with its log on NATS serves the same partitions, and its consumer group
+//! goes on from the offsets it committed before, neither losing nor repeating an event.
+
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::support::{ServerProcess, delete_streams, nats_url, run_cli};
+
+/// JetStream streams of their own, deleted when the test ends.
+struct NatsStreams(String);
+
+impl Drop for NatsStreams {
+    fn drop(&mut self) {
+        delete_streams(nats_url(), self.0.clone());
+    }
+}
+
+/// Each partition's (offset, event) pairs, without append times (JetStream stamps its own).
+fn partitions(http: &reqwest::blocking::Client, url: &str, count: u32) -> Vec<Vec<(u64, Value)>> {
+    (0..count)
+        .map(|partition| {
+            let page: Value = http
+                .get(format!(
+                    "{url}/v1/topics/orders/partitions/{partition}/events?from=0&limit=1000"
+                ))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e["offset"].as_u64().unwrap(), e["event"].clone()))
+                .collect()
+        })
+        .collect()
+}
+
+fn consume(url: &str, count: usize) -> Vec<String> {
+    let (code, out, err) = run_cli(
+        &[
+            "consume",
+            "orders",
+            "--group",
+            "billing",
+            "--count",
+            &count.to_string(),
+            "--output",
+            "json",
+            "--server",
+            url,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).unwrap();
+            line["event"]["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let streams = NatsStreams(format!("ITTOP{}x{nanos}", std::process::id()));
+    let http = reqwest::blocking::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut source = ServerProcess::start(dir.path());
+    let cli = |args: &[&str], stdin: Option<&str>, url: &str| {
+        let all: Vec<&str> = args.iter().copied().chain(["--server", url]).collect();
+        run_cli(&all, stdin)
+    };
+    let (code, _, err) = cli(
+        &["topic", "create", "orders", "--partitions", "3"],
+        None,
+        &source.url,
+    );
+    assert_eq!(code, 0, "{err}");
+    // Keyed events spread by subject, and a keyless batch that lands on one partition.
+    let keyed: String = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"type\":\"t\",\"subject\":\"order-{}\",\"id\":\"e{i}\"}}\n",
+                i % 7
+            )
+        })
+        .collect();
+    let keyless: String = (0..6)
+        .map(|i| format!("{{\"type\":\"t\",\"id\":\"k{i}\"}}\n"))
+        .collect();
+    for lines in [&keyed, &keyless] {
+        let (code, _, err) = cli(&["publish", "orders"], Some(lines), &source.url);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = cli(&["group", "create", "orders", "billing"], None, &source.url);
+    assert_eq!(code, 0, "{err}");
+    let consumed_before = consume(&source.url, 10);
+    let original = partitions(&http, &source.url, 3);
+    assert_eq!(original.iter().map(Vec::len).sum::<usize>(), 36);
+    assert_eq!(source.terminate(), Some(0));
+
+    let from = format!("embedded:{}", dir.path().display());
+    let migrate = |from: &str| {
+        run_cli(
+            &[
+                "migrate-topics",
+                "--from",
+                from,
+                "--to",
+                &nats_url(),
+                "--to-prefix",
+                &streams.0,
+                "--batch-events",
+                "4",
+            ],
+            None,
+        )
+    };
+    let (code, out, err) = migrate(&from);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "orders: 3 partitions, copied 36 events; verified: 36 events with the same offsets"
+        ),
+        "{out}"
+    );
+    // The server's own topics come along.
+    assert!(out.contains("proteus.schemas: 1 partitions"), "{out}");
+    // A second run finds everything there.
+    let (code, out, err) = migrate(&from);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("orders: 3 partitions, copied 0 events"),
+        "{out}"
+    );
+    // A directory without a log is refused, not copied as nothing.
+    let typo = dir.path().join("typo");
+    let (code, _, err) = migrate(&format!("embedded:{}", typo.display()));
+    assert_eq!(code, 1);
+    assert!(err.contains("there is no embedded log in"), "{err}");
+    assert!(!typo.exists());
+
+    // The same data directory (its consumer groups) with the log on NATS.
+    let target = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--storage-log",
+            &nats_url(),
+            "--storage-log-prefix",
+            &streams.0,
+        ],
+        &[],
+    );
+    assert_eq!(partitions(&http, &target.url, 3), original);
+    let consumed_after = consume(&target.url, 26);
+    let before: BTreeSet<&String> = consumed_before.iter().collect();
+    let after: BTreeSet<&String> = consumed_after.iter().collect();
+    assert!(before.is_disjoint(&after), "{before:?} {after:?}");
+    assert_eq!(before.len() + after.len(), 36);
+    let described: Value = http
+        .get(format!("{}/v1/topics/orders/groups/billing", target.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(described["lag_events"], 0, "{described}");
+}
