@@ -3,13 +3,19 @@
 //! it had, then verifies every partition: the same first and next offsets, and an xxh3 checksum
 //! of every event's offset and JSON on both sides. A second run continues where one stopped.
 //!
-//! Consumer groups keep reading at the offsets they committed, since offsets are kept. What
+//! Consumer groups keep reading at the offsets they committed, since offsets are kept; with
+//! `--groups-to` they are copied to a shared group store too (NATS or PostgreSQL). What
 //! the copy cannot keep: append times (JetStream stamps each message when it stores it, so
 //! reads by time and retention count from the copy) and the dedup window's memory (see
 //! `NatsLog::import_partition`).
 
 use std::path::Path;
+use std::sync::Arc;
 
+use proteus_groups_embedded::EmbeddedGroupStore;
+use proteus_groups_nats::{NatsGroupStore, NatsGroupStoreConfig};
+use proteus_groups_postgres::{PostgresGroupStore, PostgresGroupStoreConfig};
+use proteus_groups_service::proteus_groups::GroupStore;
 use proteus_log::port::{EventReader, READ_BYTES_MAX, TopicAdmin};
 use proteus_log::{LogError, Offset, PartitionId, ReadFrom, ReadLimits, TopicName};
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
@@ -34,6 +40,17 @@ pub struct MigrateTopicsArgs {
     /// Events copied per request.
     #[arg(long, default_value_t = 1_000)]
     pub batch_events: usize,
+    /// Also copy the consumer groups of the copied topics (settings and committed offsets)
+    /// from the data directory to a shared group store, as `serve --groups` names it:
+    /// `nats://HOST:PORT` (JetStream key-value buckets) or `postgres://USER@HOST:PORT/DB`.
+    #[arg(long, value_name = "URL")]
+    pub groups_to: Option<String>,
+    /// The bucket prefix of groups in NATS, as `serve --groups-prefix`.
+    #[arg(long, default_value = "PROTEUS", value_name = "PREFIX")]
+    pub groups_prefix: String,
+    /// The PostgreSQL schema of groups in PostgreSQL, as `serve --groups-schema`.
+    #[arg(long, default_value = "proteus_groups", value_name = "SCHEMA")]
+    pub groups_schema: String,
 }
 
 /// What was copied and checked of one partition.
@@ -172,12 +189,100 @@ async fn copy_partition(
     })
 }
 
-async fn open_source(from: &str) -> Result<EmbeddedLog, String> {
-    let Some(dir) = from.strip_prefix("embedded:") else {
-        return Err(format!(
+/// The directory of `--from embedded:DIR`.
+fn source_dir(from: &str) -> Result<&str, String> {
+    from.strip_prefix("embedded:").ok_or_else(|| {
+        format!(
             "--from must be embedded:DIR (the data directory of a stopped server), got {from:?}"
-        ));
-    };
+        )
+    })
+}
+
+async fn open_group_target(
+    args: &MigrateTopicsArgs,
+    url: &str,
+) -> Result<Arc<dyn GroupStore>, String> {
+    if url.starts_with("nats://") {
+        let store = NatsGroupStore::open(NatsGroupStoreConfig {
+            bucket_prefix: args.groups_prefix.clone(),
+            ..NatsGroupStoreConfig::new(url)
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot open the NATS consumer groups (prefix {}): {e}",
+                args.groups_prefix
+            )
+        })?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store =
+            PostgresGroupStore::open(PostgresGroupStoreConfig::new(url, &args.groups_schema))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot open the PostgreSQL consumer groups (schema {}): {e}",
+                        args.groups_schema
+                    )
+                })?;
+        return Ok(Arc::new(store));
+    }
+    Err(format!(
+        "--groups-to must be a NATS URL (nats://HOST:PORT) or a PostgreSQL URL (postgres://USER@HOST:PORT/DB), got {:?}",
+        proteus_nats::redact(url)
+    ))
+}
+
+/// Copies the groups of `topics` from the data directory's group store to `url`: a group
+/// already there as it is here is left alone, one there with other settings or progress is
+/// refused (it has moved on since, or is another group of the same name).
+async fn copy_groups(
+    args: &MigrateTopicsArgs,
+    url: &str,
+    dir: &str,
+    topics: &[TopicName],
+) -> Result<(), String> {
+    let source = EmbeddedGroupStore::open(Path::new(dir))
+        .map_err(|e| format!("cannot open the consumer groups in {dir}: {e}"))?;
+    let target = open_group_target(args, url).await?;
+    let groups = source
+        .list_groups()
+        .await
+        .map_err(|e| format!("listing the consumer groups in {dir}: {e}"))?;
+    let (mut copied, mut present) = (0, 0);
+    for record in groups.iter().filter(|g| topics.contains(&g.topic)) {
+        let name = format!("group '{}' of topic '{}'", record.group, record.topic);
+        match target.load_group(&record.topic, &record.group).await {
+            Ok(None) => {
+                target
+                    .create_group(record)
+                    .await
+                    .map_err(|e| format!("copying {name}: {e}"))?;
+                copied += 1;
+            }
+            Ok(Some(held))
+                if held.config == record.config && held.partitions == record.partitions =>
+            {
+                present += 1;
+            }
+            Ok(Some(_)) => {
+                return Err(format!(
+                    "{name} is already in the target with other settings or progress; delete it there (proteus group delete) or leave out --groups-to"
+                ));
+            }
+            Err(e) => return Err(format!("reading {name} in the target: {e}")),
+        }
+    }
+    println!(
+        "consumer groups: copied {copied}, {present} already there; serve with --groups {}",
+        proteus_nats::redact(url)
+    );
+    Ok(())
+}
+
+async fn open_source(from: &str) -> Result<EmbeddedLog, String> {
+    let dir = source_dir(from)?;
     // Opening creates a log where there is none: a mistyped directory would then copy nothing.
     if !Path::new(dir).join("log").join("topics").is_dir() {
         return Err(format!(
@@ -237,10 +342,11 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
     }
     let started = std::time::Instant::now();
     let (mut total_copied, mut total_events) = (0u64, 0u64);
-    for topic in topics
+    let copying: Vec<_> = topics
         .iter()
         .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
-    {
+        .collect();
+    for topic in &copying {
         target
             .put_topic(&topic.name, topic.config.clone())
             .await
@@ -271,5 +377,10 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         proteus_nats::redact(&args.to),
         args.to_prefix
     );
+    if let Some(url) = &args.groups_to {
+        // After the log: the groups' offsets point into the topics just copied.
+        let names: Vec<TopicName> = copying.iter().map(|t| t.name.clone()).collect();
+        copy_groups(&args, url, source_dir(&args.from)?, &names).await?;
+    }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! `proteus migrate-topics`: a stopped server's embedded topics copied to NATS JetStream with
 //! every event at its partition and offset, verified, resumed by a second run; a server on the
-//! same data directory with its log on NATS serves the same partitions, and its consumer group
-//! goes on from the offsets it committed before, neither losing nor repeating an event.
+//! same data directory with its log on NATS serves the same partitions with its group's
+//! committed offsets; the group copied to NATS key-value buckets goes on, through a server
+//! sharing nothing else with the first, from the offsets it committed, neither losing nor
+//! repeating an event.
 
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -73,6 +75,8 @@ fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
         .unwrap()
         .subsec_nanos();
     let streams = NatsStreams(format!("ITTOP{}x{nanos}", std::process::id()));
+    let groups_prefix = format!("ITTOPG{}x{nanos}", std::process::id());
+    let _buckets = NatsStreams(format!("KV_{groups_prefix}"));
     let http = reqwest::blocking::Client::new();
     let dir = tempfile::tempdir().unwrap();
 
@@ -123,6 +127,10 @@ fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
                 &streams.0,
                 "--batch-events",
                 "4",
+                "--groups-to",
+                &nats_url(),
+                "--groups-prefix",
+                &groups_prefix,
             ],
             None,
         )
@@ -151,8 +159,18 @@ fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
     assert!(err.contains("there is no embedded log in"), "{err}");
     assert!(!typo.exists());
 
-    // The same data directory (its consumer groups) with the log on NATS.
-    let target = ServerProcess::start_with(
+    // The same data directory (its embedded consumer group) with the log on NATS: the same
+    // partitions, and the group's committed offsets still mean the same events.
+    let group_lag = |url: &str| {
+        let described: Value = http
+            .get(format!("{url}/v1/topics/orders/groups/billing"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        described["lag_events"].clone()
+    };
+    let mut same_dir = ServerProcess::start_with(
         dir.path(),
         &[
             "--storage-log",
@@ -162,17 +180,30 @@ fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
         ],
         &[],
     );
-    assert_eq!(partitions(&http, &target.url, 3), original);
-    let consumed_after = consume(&target.url, 26);
+    assert_eq!(partitions(&http, &same_dir.url, 3), original);
+    assert_eq!(group_lag(&same_dir.url), 26);
+    assert_eq!(same_dir.terminate(), Some(0));
+
+    // A server sharing only NATS: topics and the copied group there.
+    let fresh = tempfile::tempdir().unwrap();
+    let shared = ServerProcess::start_with(
+        fresh.path(),
+        &[
+            "--storage-log",
+            &nats_url(),
+            "--storage-log-prefix",
+            &streams.0,
+            "--groups",
+            &nats_url(),
+            "--groups-prefix",
+            &groups_prefix,
+        ],
+        &[],
+    );
+    let consumed_after = consume(&shared.url, 26);
     let before: BTreeSet<&String> = consumed_before.iter().collect();
     let after: BTreeSet<&String> = consumed_after.iter().collect();
     assert!(before.is_disjoint(&after), "{before:?} {after:?}");
     assert_eq!(before.len() + after.len(), 36);
-    let described: Value = http
-        .get(format!("{}/v1/topics/orders/groups/billing", target.url))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(described["lag_events"], 0, "{described}");
+    assert_eq!(group_lag(&shared.url), 0);
 }
