@@ -295,7 +295,12 @@ async fn open_source(from: &str) -> Result<EmbeddedLog, String> {
         ..EmbeddedConfig::new(dir)
     })
     .await
-    .map_err(|e| format!("cannot open the embedded log in {dir}: {e}"))
+    .map_err(|e| match e {
+        LogError::Unavailable { .. } => format!(
+            "cannot open the embedded log in {dir}: a server is using it; stop it first (its events are copied while nothing writes to them)"
+        ),
+        e => format!("cannot open the embedded log in {dir}: {e}"),
+    })
 }
 
 pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
