@@ -16,7 +16,7 @@ use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_nats::{NatsGroupStore, NatsGroupStoreConfig};
 use proteus_groups_postgres::{PostgresGroupStore, PostgresGroupStoreConfig};
 use proteus_groups_service::proteus_groups::GroupStore;
-use proteus_log::port::{EventReader, READ_BYTES_MAX, TopicAdmin};
+use proteus_log::port::{EventReader, PartitionDescription, READ_BYTES_MAX, TopicAdmin};
 use proteus_log::{LogError, Offset, PartitionId, ReadFrom, ReadLimits, TopicName};
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_log_nats::{IMPORT_EVENTS_MAX, NatsLog, NatsLogConfig};
@@ -108,20 +108,17 @@ async fn checksum(
     Ok(hash.digest())
 }
 
-/// Copies what the target's partition lacks, then compares both sides.
+/// Copies what the target's partition lacks of the source's (`bounds`), then compares both
+/// sides.
 async fn copy_partition(
     source: &EmbeddedLog,
     target: &NatsLog,
     topic: &TopicName,
-    partition: PartitionId,
+    bounds: &PartitionDescription,
     batch: u32,
 ) -> Result<PartitionCopy, String> {
+    let partition = bounds.partition;
     let what = format!("partition {partition} of topic '{topic}'");
-    let described = source
-        .describe_topic(topic)
-        .await
-        .map_err(say(&format!("describing topic '{topic}' in the source")))?;
-    let bounds = &described.partitions[partition as usize];
     let (first, next) = (bounds.first_offset, bounds.next_offset);
     let (target_first, target_next) = target
         .partition_offsets(topic, partition)
@@ -361,8 +358,8 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
             )))?;
         let mut hash = Xxh3::new();
         let (mut copied, mut events) = (0u64, 0u64);
-        for partition in 0..topic.config.partitions {
-            let done = copy_partition(&source, &target, &topic.name, partition, batch).await?;
+        for bounds in &topic.partitions {
+            let done = copy_partition(&source, &target, &topic.name, bounds, batch).await?;
             copied += done.copied;
             events += done.next_offset - done.first_offset;
             hash.update(&done.checksum.to_le_bytes());
