@@ -17,7 +17,7 @@ use proteus_groups_nats::{NatsGroupStore, NatsGroupStoreConfig};
 use proteus_groups_postgres::{PostgresGroupStore, PostgresGroupStoreConfig};
 use proteus_groups_service::proteus_groups::GroupStore;
 use proteus_log::port::{EventReader, PartitionDescription, READ_BYTES_MAX, TopicAdmin};
-use proteus_log::{LogError, Offset, PartitionId, ReadFrom, ReadLimits, TopicName};
+use proteus_log::{LogError, Offset, PartitionId, ReadFrom, ReadLimits, StoredEvent, TopicName};
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_log_nats::{IMPORT_EVENTS_MAX, NatsLog, NatsLogConfig};
 use xxhash_rust::xxh3::Xxh3;
@@ -65,6 +65,41 @@ fn say(what: &str) -> impl FnOnce(LogError) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
+/// The events of a partition from offset `at` up to (not including) `next`, at most `batch`:
+/// never empty, and starting exactly at `at` (a read starting later means retention removed
+/// `at` meanwhile).
+async fn read_exactly(
+    log: &dyn EventReader,
+    topic: &TopicName,
+    partition: PartitionId,
+    (at, next): (Offset, Offset),
+    batch: u32,
+    what: &str,
+) -> Result<Vec<StoredEvent>, String> {
+    let limits = ReadLimits {
+        events_max: batch,
+        bytes_max: READ_BYTES_MAX,
+    };
+    let read = log
+        .read(topic, partition, ReadFrom::Offset(at), limits)
+        .await
+        .map_err(say(what))?;
+    match read.events.first() {
+        Some(first) if first.offset == at => Ok(read
+            .events
+            .into_iter()
+            .take_while(|e| e.offset < next)
+            .collect()),
+        Some(first) => Err(format!(
+            "{what}: offset {at} is gone (the partition now starts at {}, retention); run the migration again",
+            first.offset
+        )),
+        None => Err(format!(
+            "{what}: no event at offset {at}, before its end {next}"
+        )),
+    }
+}
+
 /// Every event of a partition from `first` to `next`, hashed with its offset, read `batch` at
 /// a time.
 async fn checksum(
@@ -79,31 +114,13 @@ async fn checksum(
     let mut hash = Xxh3::new();
     let mut at = first;
     while at < next {
-        let limits = ReadLimits {
-            events_max: batch,
-            bytes_max: READ_BYTES_MAX,
-        };
-        let read = log
-            .read(topic, partition, ReadFrom::Offset(at), limits)
-            .await
-            .map_err(say(&what))?;
-        let Some(first_read) = read.events.first() else {
-            return Err(format!(
-                "{what}: no event at offset {at}, before its end {next}"
-            ));
-        };
-        if first_read.offset != at {
-            return Err(format!(
-                "{what}: offset {at} is gone (its first event is now at {}); run the migration again",
-                first_read.offset
-            ));
-        }
-        for event in read.events.iter().take_while(|e| e.offset < next) {
+        let events = read_exactly(log, topic, partition, (at, next), batch, &what).await?;
+        for event in &events {
             hash.update(&event.offset.to_le_bytes());
             hash.update(&(event.json.len() as u64).to_le_bytes());
             hash.update(&event.json);
         }
-        at = read.next_offset;
+        at += events.len() as u64;
     }
     Ok(hash.digest())
 }
@@ -135,24 +152,11 @@ async fn copy_partition(
         ));
     };
     let mut copied = 0;
+    let reading = format!("reading {what} in the source");
     while at < next {
-        let limits = ReadLimits {
-            events_max: batch,
-            bytes_max: READ_BYTES_MAX,
-        };
-        let read = source
-            .read(topic, partition, ReadFrom::Offset(at), limits)
-            .await
-            .map_err(say(&format!("reading {what} in the source")))?;
-        if read.events.first().is_none_or(|e| e.offset != at) {
-            return Err(format!(
-                "{what}: the source has no event at offset {at} any more (retention); run the migration again"
-            ));
-        }
-        let events: Vec<_> = read
-            .events
+        let events: Vec<_> = read_exactly(source, topic, partition, (at, next), batch, &reading)
+            .await?
             .into_iter()
-            .take_while(|e| e.offset < next)
             .map(|e| e.json)
             .collect();
         target
