@@ -216,14 +216,12 @@ impl GroupService {
                 Ok(_) => {
                     service.install(record);
                 }
+                // Kept, not served: a server started on another log (a NATS log before
+                // `proteus migrate-topics`, a mistyped prefix) must not destroy the groups of
+                // topics it cannot see. Deleting a topic deletes its groups first.
                 Err(LogError::TopicNotFound { .. }) => {
                     tracing::warn!(topic = %record.topic, group = %record.group,
-                        "group's topic no longer exists; removing the group");
-                    service
-                        .inner
-                        .store
-                        .delete_group(&record.topic, &record.group)
-                        .await?;
+                        "the group's topic is not in this log; the group is kept but not served until a restart finds the topic");
                 }
                 Err(error) => return Err(error.into()),
             }

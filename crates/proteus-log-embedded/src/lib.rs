@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 pub use partition::RecoveryReport;
 pub use topic::STORAGE_FORMAT_VERSION;
 
-use topic::Topic;
+use topic::{TOPIC_FILE, Topic};
 
 /// When an append is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +123,22 @@ struct Inner {
     recovery: Vec<(TopicName, PartitionId, RecoveryReport)>,
     /// Held for the life of the log so two processes never share a data directory.
     _lock: File,
+}
+
+/// The topics an embedded log in `data_dir` holds, by their directories, without opening it
+/// (nor taking its lock): for a server whose log is elsewhere to notice topics it leaves
+/// behind. Empty when there is no embedded log there.
+pub fn topics_in(data_dir: &Path) -> Vec<TopicName> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("log").join("topics")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<TopicName> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().join(TOPIC_FILE).is_file())
+        .filter_map(|entry| TopicName::parse(&entry.file_name().to_string_lossy()).ok())
+        .collect();
+    names.sort();
+    names
 }
 
 impl EmbeddedLog {

@@ -19,7 +19,7 @@ use crate::partition::{Partition, RecoveryReport, sync_dir};
 
 /// Version of the on-disk layout described in `docs/storage-format.md`.
 pub const STORAGE_FORMAT_VERSION: u32 = 1;
-const TOPIC_FILE: &str = "topic.json";
+pub(crate) const TOPIC_FILE: &str = "topic.json";
 
 #[derive(Serialize, Deserialize)]
 struct TopicFile {

@@ -64,7 +64,9 @@ pub async fn delete(
     PathParams(topic): PathParams<String>,
 ) -> Result<impl IntoResponse, Problem> {
     let name = topic_name(&topic)?;
-    state.log.delete_topic(&name).await?;
+    // Groups first: a crash in between leaves a topic to delete again, never groups whose
+    // topic is gone (which a restart keeps, since their topic may only be on another log).
     state.groups.topic_deleted(&name).await?;
+    state.log.delete_topic(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -350,6 +350,9 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         .with_schemas(schemas)
         .with_projections(projections.clone())
         .with_experiments(experiments.clone());
+    if let LogBackend::Nats { url, prefix } = &settings.log {
+        warn_of_topics_left_behind(&settings.data_dir, log.as_ref(), url, prefix).await;
+    }
     tracing::info!(
         address = %format!("http://{address}"),
         data_dir = %settings.data_dir.display(),
@@ -507,4 +510,48 @@ fn instance_id(data_dir: &std::path::Path) -> Result<String, String> {
             Ok(id)
         }
     }
+}
+
+/// Most topic names a warning lists.
+const TOPICS_NAMED_MAX: usize = 5;
+
+/// A data directory used with the embedded log before may hold topics this server, its log on
+/// NATS, does not serve: says which, and how to move them (`proteus migrate-topics`). The
+/// server's own topics are created on NATS before this runs, so they are not named unless
+/// missing there.
+async fn warn_of_topics_left_behind(
+    data_dir: &std::path::Path,
+    log: &dyn Log,
+    url: &str,
+    prefix: &str,
+) {
+    let embedded = proteus_log_embedded::topics_in(data_dir);
+    if embedded.is_empty() {
+        return;
+    }
+    let served = match log.list_topics().await {
+        Ok(topics) => topics.into_iter().map(|t| t.name).collect::<Vec<_>>(),
+        Err(_) => return,
+    };
+    let left: Vec<String> = embedded
+        .iter()
+        .filter(|name| !served.contains(name))
+        .map(ToString::to_string)
+        .collect();
+    if left.is_empty() {
+        return;
+    }
+    let more = left.len().saturating_sub(TOPICS_NAMED_MAX);
+    let mut named = left[..left.len().min(TOPICS_NAMED_MAX)].join(", ");
+    if more > 0 {
+        named.push_str(&format!(" and {more} more"));
+    }
+    tracing::warn!(
+        "{} has {} topic(s) in its embedded log that this server does not serve, since its log is on NATS: {named}; \
+         to move them (with their offsets), stop this server and run: proteus migrate-topics --from embedded:{} --to {} --to-prefix {prefix}",
+        data_dir.display(),
+        left.len(),
+        data_dir.display(),
+        proteus_nats::redact(url)
+    );
 }

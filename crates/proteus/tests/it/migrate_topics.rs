@@ -114,6 +114,25 @@ fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
     assert_eq!(original.iter().map(Vec::len).sum::<usize>(), 36);
     assert_eq!(source.terminate(), Some(0));
 
+    // Started on NATS before the copy, a server says which topics it leaves behind and how to
+    // move them; once they are moved it says nothing.
+    let left_behind = "topic(s) in its embedded log that this server does not serve";
+    let nats_log = [
+        "--storage-log",
+        &nats_url(),
+        "--storage-log-prefix",
+        &streams.0,
+    ];
+    let mut early = ServerProcess::start_with(dir.path(), &nats_log, &[]);
+    assert_eq!(early.terminate(), Some(0));
+    let logs = early.log_text();
+    assert!(
+        logs.contains(left_behind)
+            && logs.contains("orders")
+            && logs.contains("proteus migrate-topics"),
+        "{logs}"
+    );
+
     let from = format!("embedded:{}", dir.path().display());
     let migrate = |from: &str| {
         run_cli(
@@ -170,19 +189,11 @@ fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
             .unwrap();
         described["lag_events"].clone()
     };
-    let mut same_dir = ServerProcess::start_with(
-        dir.path(),
-        &[
-            "--storage-log",
-            &nats_url(),
-            "--storage-log-prefix",
-            &streams.0,
-        ],
-        &[],
-    );
+    let mut same_dir = ServerProcess::start_with(dir.path(), &nats_log, &[]);
     assert_eq!(partitions(&http, &same_dir.url, 3), original);
     assert_eq!(group_lag(&same_dir.url), 26);
     assert_eq!(same_dir.terminate(), Some(0));
+    assert!(!same_dir.log_text().contains(left_behind));
 
     // A server sharing only NATS: topics and the copied group there.
     let fresh = tempfile::tempdir().unwrap();
