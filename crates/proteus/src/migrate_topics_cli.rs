@@ -291,7 +291,8 @@ async fn open_source(from: &str) -> Result<EmbeddedLog, String> {
         ));
     }
     EmbeddedLog::open(EmbeddedConfig {
-        // Nothing may be removed while it is copied; the source is read only.
+        // Nothing may be removed while it is copied (opening recovers the log as a server
+        // start would; nothing else is written to it).
         retention_check_interval_ms: 86_400_000,
         ..EmbeddedConfig::new(dir)
     })
