@@ -44,6 +44,7 @@ impl PostgresEventStore {
             .get()
             .await
             .map_err(|e| pool(e, what, &self.inner.shared.url))?;
+        let fail = |e| pg(e, what, true, &self.inner.shared.url);
         // Each stream's first imported version must follow what the store holds.
         let mut firsts: BTreeMap<&str, u64> = BTreeMap::new();
         let mut lasts: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -60,10 +61,7 @@ impl PostgresEventStore {
             firsts.entry(stream).or_insert(event.version);
             lasts.insert(stream, (event.version, event.position));
         }
-        let txn = client
-            .transaction()
-            .await
-            .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
+        let txn = client.transaction().await.map_err(fail)?;
         // Stream rows first (placeholders for new ones, all locked in name order), then the
         // writers key: the order appends take them in, so an import and appends cannot deadlock.
         let names: Vec<&str> = firsts.keys().copied().collect();
@@ -75,7 +73,7 @@ impl PostgresEventStore {
             &[&names],
         )
         .await
-        .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
+        .map_err(fail)?;
         let rows = txn
             .query(
                 &format!(
@@ -85,13 +83,13 @@ impl PostgresEventStore {
                 &[&names],
             )
             .await
-            .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
+            .map_err(fail)?;
         txn.execute(
             &format!("SELECT pg_advisory_xact_lock(o_class, o_key) FROM {schema}.writers_key()"),
             &[],
         )
         .await
-        .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
+        .map_err(fail)?;
         let head = txn
             .query_one(
                 &format!(
@@ -100,7 +98,7 @@ impl PostgresEventStore {
                 &[],
             )
             .await
-            .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
+            .map_err(fail)?;
         let head = u64::try_from(head.get::<_, i64>(0)).unwrap_or(0);
         if events[0].position <= head {
             return Err(invalid(format!(
@@ -163,7 +161,7 @@ impl PostgresEventStore {
             ],
         )
         .await
-        .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
+        .map_err(fail)?;
         let last_names: Vec<&str> = lasts.keys().copied().collect();
         let last_versions: Vec<i64> = lasts.values().map(|&(v, _)| big(v)).collect();
         let last_positions: Vec<i64> = lasts.values().map(|&(_, p)| big(p)).collect();
@@ -177,7 +175,7 @@ impl PostgresEventStore {
             &[&last_names, &last_versions, &last_positions],
         )
         .await
-        .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
+        .map_err(fail)?;
         let new_head = events[events.len() - 1].position;
         // Marks the positions in flight, then moves the sequence past them (not transactional:
         // a rolled-back import leaves a gap, which readers skip).
@@ -186,10 +184,8 @@ impl PostgresEventStore {
             &[&big(events[0].position), &big(new_head)],
         )
         .await
-        .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
-        txn.commit()
-            .await
-            .map_err(|e| pg(e, what, true, &self.inner.shared.url))?;
+        .map_err(fail)?;
+        txn.commit().await.map_err(fail)?;
         // The follower announces it to every process.
         advance(&self.inner.shared.committed, new_head);
         Ok(())

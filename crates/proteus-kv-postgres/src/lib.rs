@@ -446,15 +446,16 @@ impl PostgresKvStore {
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<Vec<u8>>>, Failed> {
         let what = format!("reading {} keys of namespace {namespace}", keys.len());
+        let fail = |e| failed(e, &what, &self.inner.url);
         let client = self.client(&what).await?;
         let statement = client
             .prepare_cached(&self.inner.sql.get_many)
             .await
-            .map_err(|e| failed(e, &what, &self.inner.url))?;
+            .map_err(fail)?;
         let rows = client
             .query(&statement, &[&namespace.as_str(), &keys])
             .await
-            .map_err(|e| failed(e, &what, &self.inner.url))?;
+            .map_err(fail)?;
         if rows.len() != keys.len() {
             return Err(KvError::Corrupt(format!(
                 "{what} returned {} rows for {} keys",
@@ -476,6 +477,7 @@ impl PostgresKvStore {
         limit: i64,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Failed> {
         let what = format!("scanning namespace {namespace}");
+        let fail = |e| failed(e, &what, &self.inner.url);
         let (lower, exclusive) = match after {
             Some(after) if after >= prefix => (after, true),
             _ => (prefix, false),
@@ -487,7 +489,7 @@ impl PostgresKvStore {
                 &self.inner.sql.scan[usize::from(exclusive)][usize::from(upper.is_some())],
             )
             .await
-            .map_err(|e| failed(e, &what, &self.inner.url))?;
+            .map_err(fail)?;
         let ns = namespace.as_str();
         let rows = match &upper {
             Some(upper) => {
@@ -497,7 +499,7 @@ impl PostgresKvStore {
             }
             None => client.query(&statement, &[&ns, &lower, &limit]).await,
         }
-        .map_err(|e| failed(e, &what, &self.inner.url))?;
+        .map_err(fail)?;
         rows.iter()
             .map(|row| {
                 Ok((
@@ -510,18 +512,14 @@ impl PostgresKvStore {
 
     async fn try_commit(&self, namespace: &Namespace, plan: &Plan) -> Result<(), Failed> {
         let what = format!("committing to namespace {namespace}");
+        let fail = |e| failed(e, &what, &self.inner.url);
         let mut client = self.client(&what).await?;
         let statement = client
             .prepare_cached(&self.inner.sql.check_and_write)
             .await
-            .map_err(|e| failed(e, &what, &self.inner.url))?;
-        let txn = client
-            .transaction()
-            .await
-            .map_err(|e| failed(e, &what, &self.inner.url))?;
-        txn.batch_execute(&plan.locks.sql())
-            .await
-            .map_err(|e| failed(e, &what, &self.inner.url))?;
+            .map_err(fail)?;
+        let txn = client.transaction().await.map_err(fail)?;
+        txn.batch_execute(&plan.locks.sql()).await.map_err(fail)?;
         let row = txn
             .query_one(
                 &statement,
@@ -535,7 +533,7 @@ impl PostgresKvStore {
                 ],
             )
             .await
-            .map_err(|e| failed(e, &what, &self.inner.url))?;
+            .map_err(fail)?;
         let failed_check: Option<i64> = row.try_get(0).map_err(|e| unreadable(e, &what))?;
         if let Some(index) = failed_check {
             // Ended now rather than when dropped, to release the locks at once. Should the
@@ -558,15 +556,13 @@ impl PostgresKvStore {
 
     async fn try_clear(&self, namespace: &Namespace) -> Result<u64, Failed> {
         let what = format!("clearing namespace {namespace}");
+        let fail = |e| failed(e, &what, &self.inner.url);
         let mut client = self.client(&what).await?;
         let statement = client
             .prepare_cached(&self.inner.sql.clear)
             .await
-            .map_err(|e| failed(e, &what, &self.inner.url))?;
-        let txn = client
-            .transaction()
-            .await
-            .map_err(|e| failed(e, &what, &self.inner.url))?;
+            .map_err(fail)?;
+        let txn = client.transaction().await.map_err(fail)?;
         let locks = Locks {
             namespace: lock_id(&[
                 b"proteus-kv namespace",
@@ -575,13 +571,11 @@ impl PostgresKvStore {
             ]),
             keys: None,
         };
-        txn.batch_execute(&locks.sql())
-            .await
-            .map_err(|e| failed(e, &what, &self.inner.url))?;
+        txn.batch_execute(&locks.sql()).await.map_err(fail)?;
         let cleared = txn
             .execute(&statement, &[&namespace.as_str()])
             .await
-            .map_err(|e| failed(e, &what, &self.inner.url))?;
+            .map_err(fail)?;
         txn.commit()
             .await
             .map_err(|e| commit_failed(e, &what, &self.inner.url))?;

@@ -23,6 +23,7 @@ use proteus_groups_service::{GroupService, ServiceConfig};
 use proteus_kv::KvStore;
 use proteus_kv_embedded::EmbeddedKvStore;
 use proteus_kv_postgres::{PostgresKvStore, PostgresKvStoreConfig};
+use proteus_log::LogError;
 use proteus_log::port::Log;
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_log_nats::{NatsLog, NatsLogConfig};
@@ -529,15 +530,14 @@ async fn warn_of_topics_left_behind(
     if embedded.is_empty() {
         return;
     }
-    let served = match log.list_topics().await {
-        Ok(topics) => topics.into_iter().map(|t| t.name).collect::<Vec<_>>(),
-        Err(_) => return,
-    };
-    let left: Vec<String> = embedded
-        .iter()
-        .filter(|name| !served.contains(name))
-        .map(ToString::to_string)
-        .collect();
+    // Only the embedded topics are looked up: listing every NATS topic would cost a request per
+    // partition of the whole deployment on each start.
+    let mut left = Vec::new();
+    for name in &embedded {
+        if let Err(LogError::TopicNotFound { .. }) = log.describe_topic(name).await {
+            left.push(name.to_string());
+        }
+    }
     if left.is_empty() {
         return;
     }
