@@ -354,6 +354,9 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     if let LogBackend::Nats { url, prefix } = &settings.log {
         warn_of_topics_left_behind(&settings.data_dir, log.as_ref(), url, prefix).await;
     }
+    // Installed before announcing readiness: a SIGTERM sent as soon as the line below appears
+    // must stop the server cleanly, not kill it with the signal's default action.
+    let termination = termination_signals()?;
     tracing::info!(
         address = %format!("http://{address}"),
         data_dir = %settings.data_dir.display(),
@@ -370,7 +373,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_termination().await;
+        termination.wait().await;
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         signal.trigger();
         let _ = stop_tx.send(());
@@ -433,13 +436,29 @@ async fn shutdown_started(signal: &proteus_server::ShutdownSignal) {
     signal.triggered().await;
 }
 
-async fn wait_for_termination() {
+/// SIGTERM and SIGINT, caught from the moment this returns.
+struct TerminationSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+fn termination_signals() -> Result<TerminationSignals, String> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    let install = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| format!("cannot install the {name} handler: {e}"))
+    };
+    Ok(TerminationSignals {
+        terminate: install(SignalKind::terminate(), "SIGTERM")?,
+        interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+    })
+}
+
+impl TerminationSignals {
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }
 

@@ -213,6 +213,29 @@ async fn acknowledged_events_survive_kill_9_under_load() {
     }
 }
 
+/// Supervisors send SIGTERM as soon as a server reports ready: it must already be caught then.
+/// (Once, the handler was installed just after the "serving" line, and such a SIGTERM killed
+/// the process with the signal's default action.)
+#[test]
+fn sigterm_right_after_serving_is_announced_stops_cleanly() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = ServerProcess::start(dir.path());
+        let code = server.terminate();
+        assert_eq!(
+            code,
+            Some(0),
+            "exit after SIGTERM; log:\n{}",
+            server.log_text()
+        );
+        assert!(
+            server.log_text().contains("stopped cleanly"),
+            "{}",
+            server.log_text()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_finishes_appends_in_flight_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
