@@ -5,6 +5,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use proteus_cache::{CacheError, RemoteCache, check_keys, check_put};
+/// `url` with its password hidden, for messages and logs.
+pub use proteus_redact::redact;
 use redis::aio::ConnectionManager;
 
 /// A Redis-backed remote cache. Cheap to clone; clones share one connection.
@@ -19,20 +21,6 @@ pub const START_HINT: &str = "start it (redis-server --daemonize yes --bind 127.
 
 fn unavailable(error: redis::RedisError) -> CacheError {
     CacheError::Unavailable(format!("redis: {error}"))
-}
-
-/// `url` with its password replaced by `***`, for messages and logs; a URL that does not parse
-/// is not shown at all, since where its password is cannot be told.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "(an unparsable URL)".into(),
-    }
 }
 
 impl RedisRemoteCache {

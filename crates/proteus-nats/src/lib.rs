@@ -69,34 +69,7 @@ pub fn validate(settings: &CommonSettings<'_>) -> Result<(), String> {
     Ok(())
 }
 
-/// `url` (one server or several, comma-separated) with passwords and tokens replaced by
-/// `***`, for messages and logs.
-pub fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|one| {
-            let one = one.trim();
-            let (scheme, rest) = match one.split_once("://") {
-                Some((scheme, rest)) => (format!("{scheme}://"), rest),
-                None => (String::new(), one),
-            };
-            let (authority, tail) = match rest.find('/') {
-                Some(at) => rest.split_at(at),
-                None => (rest, ""),
-            };
-            match authority.rsplit_once('@') {
-                Some((user, host)) => {
-                    let user = match user.split_once(':') {
-                        Some((name, _)) => format!("{name}:***"),
-                        None => "***".into(),
-                    };
-                    format!("{scheme}{user}@{host}{tail}")
-                }
-                None => one.to_owned(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use proteus_redact::redact;
 
 #[cfg(test)]
 mod tests {
@@ -144,16 +117,5 @@ mod tests {
             ..settings("P", "p")
         };
         assert!(validate(&empty).unwrap_err().starts_with("url"));
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
-        assert_eq!(redact("nats://me:secret@h:4222"), "nats://me:***@h:4222");
-        assert_eq!(redact("nats://token@h:4222"), "nats://***@h:4222");
-        assert_eq!(
-            redact("nats://a:b@h1:1, nats://h2:2"),
-            "nats://a:***@h1:1,nats://h2:2"
-        );
     }
 }

@@ -74,31 +74,7 @@ pub fn validate_schema_name(schema: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The URL without its password, for messages and `Debug`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return if url.contains("password") {
-            "(a key=value connection string with a password)".into()
-        } else {
-            url.to_owned()
-        };
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let redacted = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = if tail.contains("password=") {
-        "/…(options with a password)"
-    } else {
-        tail
-    };
-    format!("{scheme}://{redacted}{tail}")
-}
+pub use proteus_redact::redact;
 
 /// Whether a PostgreSQL error code means "try again later": connection exceptions (08),
 /// insufficient resources (53), shutdown or start-up (57P0x), serialization failure and
@@ -360,15 +336,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schema_names_and_redaction() {
+    fn schema_names() {
         assert!(validate_schema_name("groups_1").is_ok());
         for bad in ["", "Groups", "1x", "pg_x", "a-b", &"x".repeat(49)] {
             assert!(validate_schema_name(bad).is_err(), "{bad}");
         }
-        assert_eq!(
-            redact("postgres://me:secret@db:5432/x"),
-            "postgres://me:***@db:5432/x"
-        );
-        assert_eq!(redact("postgres://me@db/x"), "postgres://me@db/x");
     }
 }

@@ -264,7 +264,7 @@ impl Target {
         if !(args.to.starts_with("postgres://") || args.to.starts_with("postgresql://")) {
             return Err(format!(
                 "--to must be a PostgreSQL URL (postgres://USER@HOST:PORT/DB) or a NATS URL (nats://HOST:PORT), got {:?}",
-                args.to
+                proteus_postgres::redact(&args.to)
             ));
         }
         let store =

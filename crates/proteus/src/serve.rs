@@ -23,7 +23,6 @@ use proteus_groups_service::{GroupService, ServiceConfig};
 use proteus_kv::KvStore;
 use proteus_kv_embedded::EmbeddedKvStore;
 use proteus_kv_postgres::{PostgresKvStore, PostgresKvStoreConfig};
-use proteus_log::LogError;
 use proteus_log::port::Log;
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_log_nats::{NatsLog, NatsLogConfig};
@@ -36,6 +35,7 @@ use proteus_schemas_service::{SchemaService, UpcastingEventStore};
 use proteus_server::ofrep::ApiKey;
 use proteus_server::{AppState, HttpConfig};
 
+use crate::left_behind;
 use crate::settings::{CacheBackend, EventStoreBackend, LogBackend, LogFormat, Settings};
 
 /// The NATS event store `--event-store nats://… --event-store-prefix PREFIX` names: streams
@@ -352,7 +352,22 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         .with_projections(projections.clone())
         .with_experiments(experiments.clone());
     if let LogBackend::Nats { url, prefix } = &settings.log {
-        warn_of_topics_left_behind(&settings.data_dir, log.as_ref(), url, prefix).await;
+        left_behind::warn_of_topics(&settings.data_dir, log.as_ref(), url, prefix).await;
+    }
+    match &settings.event_store {
+        EventStoreBackend::Embedded => {}
+        EventStoreBackend::Postgres { url, schema } => {
+            let to = format!(
+                "--to {} --to-schema {schema}",
+                proteus_postgres::redact(url)
+            );
+            left_behind::warn_of_events(&settings.data_dir, events.as_ref(), "PostgreSQL", &to)
+                .await;
+        }
+        EventStoreBackend::Nats { url, prefix } => {
+            let to = format!("--to {} --to-prefix {prefix}", proteus_nats::redact(url));
+            left_behind::warn_of_events(&settings.data_dir, events.as_ref(), "NATS", &to).await;
+        }
     }
     // Installed before announcing readiness: a SIGTERM sent as soon as the line below appears
     // must stop the server cleanly, not kill it with the signal's default action.
@@ -530,47 +545,4 @@ fn instance_id(data_dir: &std::path::Path) -> Result<String, String> {
             Ok(id)
         }
     }
-}
-
-/// Most topic names a warning lists.
-const TOPICS_NAMED_MAX: usize = 5;
-
-/// A data directory used with the embedded log before may hold topics this server, its log on
-/// NATS, does not serve: says which, and how to move them (`proteus migrate-topics`). The
-/// server's own topics are created on NATS before this runs, so they are not named unless
-/// missing there.
-async fn warn_of_topics_left_behind(
-    data_dir: &std::path::Path,
-    log: &dyn Log,
-    url: &str,
-    prefix: &str,
-) {
-    let embedded = proteus_log_embedded::topics_in(data_dir);
-    if embedded.is_empty() {
-        return;
-    }
-    // Only the embedded topics are looked up: listing every NATS topic would cost a request per
-    // partition of the whole deployment on each start.
-    let mut left = Vec::new();
-    for name in &embedded {
-        if let Err(LogError::TopicNotFound { .. }) = log.describe_topic(name).await {
-            left.push(name.to_string());
-        }
-    }
-    if left.is_empty() {
-        return;
-    }
-    let more = left.len().saturating_sub(TOPICS_NAMED_MAX);
-    let mut named = left[..left.len().min(TOPICS_NAMED_MAX)].join(", ");
-    if more > 0 {
-        named.push_str(&format!(" and {more} more"));
-    }
-    tracing::warn!(
-        "{} has {} topic(s) in its embedded log that this server does not serve, since its log is on NATS: {named}; \
-         to move them (with their offsets), stop this server and run: proteus migrate-topics --from embedded:{} --to {} --to-prefix {prefix}",
-        data_dir.display(),
-        left.len(),
-        data_dir.display(),
-        proteus_nats::redact(url)
-    );
 }

@@ -100,20 +100,7 @@ impl fmt::Display for Target {
     }
 }
 
-/// `url` with the password of its user info, if any, replaced by `***`, for reports and logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_owned(),
-    }
-}
+pub use proteus_redact::redact;
 
 /// Sends batches for one producer, over its own connection.
 #[async_trait]
@@ -214,19 +201,6 @@ mod tests {
 
     #[test]
     fn reports_never_show_passwords() {
-        assert_eq!(
-            redact("postgres://bench:secret@db:5432/test"),
-            "postgres://bench:***@db:5432/test"
-        );
-        assert_eq!(
-            redact("redis://:pw@127.0.0.1:6379"),
-            "redis://:***@127.0.0.1:6379"
-        );
-        assert_eq!(
-            redact("postgres://postgres@h/db"),
-            "postgres://postgres@h/db"
-        );
-        assert_eq!(redact("nats://h:4222"), "nats://h:4222");
         let target: Target = "postgres://u:p@h:1/d".parse().unwrap();
         assert_eq!(target.to_string(), "postgresql postgres://u:***@h:1/d");
     }

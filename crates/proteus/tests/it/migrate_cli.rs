@@ -177,6 +177,25 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
         "{err}"
     );
     assert!(!mistyped.exists());
+    // Started on PostgreSQL before the copy, a server on the same data directory says that
+    // the embedded events are not served and how to move them; once moved it says nothing.
+    let on_postgres = [
+        "--event-store",
+        &postgres_url(),
+        "--event-store-schema",
+        &copy,
+    ];
+    let left_behind =
+        "has an embedded event store (events up to position 5) that this server does not serve";
+    let mut early = ServerProcess::start_with(dir.path(), &on_postgres, &[]);
+    assert_eq!(early.terminate(), Some(0));
+    let logs = early.log_text();
+    assert!(
+        logs.contains(left_behind)
+            && logs.contains(&format!("proteus migrate --from {from} --to "))
+            && logs.contains(&format!("--to-schema {copy}")),
+        "{logs}"
+    );
     let (code, out, err) = migrate(&from, &copy);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -207,6 +226,14 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     assert!(
         out.contains("copied 0 events of 0 streams (1 deleted, 0 snapshots copied)"),
         "{out}"
+    );
+
+    let mut moved = ServerProcess::start_with(dir.path(), &on_postgres, &[]);
+    assert_eq!(moved.terminate(), Some(0));
+    assert!(
+        !moved.log_text().contains(left_behind),
+        "{}",
+        moved.log_text()
     );
 
     // A server on the copy serves the same history and continues it.
@@ -381,6 +408,22 @@ fn an_embedded_event_store_moves_to_nats_with_versions_and_order_kept() {
             None,
         )
     };
+    // A server on NATS with the same data directory warns of the embedded events until they
+    // are moved.
+    let on_nats = [
+        "--event-store",
+        &nats_url(),
+        "--event-store-prefix",
+        &streams.0,
+    ];
+    let left_behind = "that this server does not serve, since its event store is on NATS";
+    let mut early = ServerProcess::start_with(dir.path(), &on_nats, &[]);
+    assert_eq!(early.terminate(), Some(0));
+    let logs = early.log_text();
+    assert!(
+        logs.contains(left_behind) && logs.contains(&format!("--to-prefix {}", streams.0)),
+        "{logs}"
+    );
     let (code, out, err) = migrate();
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -389,6 +432,13 @@ fn an_embedded_event_store_moves_to_nats_with_versions_and_order_kept() {
     );
     assert!(out.contains("verified: 5 events"), "{out}");
     assert!(out.contains("rebuild projections"), "{out}");
+    let mut moved = ServerProcess::start_with(dir.path(), &on_nats, &[]);
+    assert_eq!(moved.terminate(), Some(0));
+    assert!(
+        !moved.log_text().contains(left_behind),
+        "{}",
+        moved.log_text()
+    );
     // A second run finds every version there: nothing twice.
     let (code, out, err) = migrate();
     assert_eq!(code, 0, "{err}");

@@ -1,0 +1,113 @@
+//! Start-up warnings for data a server does not serve because a backend moved: a data
+//! directory used with the embedded log or event store before may still hold topics or events
+//! that a server configured for NATS or PostgreSQL would otherwise silently hide. Each warning
+//! says what is left and the command that moves it; once it is moved, nothing is said.
+
+use std::path::Path;
+
+use proteus_eventstore::{Direction, EventStore, EventStoreError, ReadFilter, RecordedEvent};
+use proteus_eventstore_embedded::{EmbeddedConfig, EmbeddedEventStore};
+use proteus_log::LogError;
+use proteus_log::port::Log;
+
+/// Most topic names a warning lists.
+const TOPICS_NAMED_MAX: usize = 5;
+
+/// Topics in the embedded log of `data_dir` that this server, its log on NATS, does not serve:
+/// says which, and how to move them (`proteus migrate-topics`). The server's own topics are
+/// created on NATS before this runs, so they are not named unless missing there.
+pub async fn warn_of_topics(data_dir: &Path, log: &dyn Log, url: &str, prefix: &str) {
+    let embedded = proteus_log_embedded::topics_in(data_dir);
+    if embedded.is_empty() {
+        return;
+    }
+    // Only the embedded topics are looked up: listing every NATS topic would cost a request per
+    // partition of the whole deployment on each start.
+    let mut left = Vec::new();
+    for name in &embedded {
+        if let Err(LogError::TopicNotFound { .. }) = log.describe_topic(name).await {
+            left.push(name.to_string());
+        }
+    }
+    if left.is_empty() {
+        return;
+    }
+    let more = left.len().saturating_sub(TOPICS_NAMED_MAX);
+    let mut named = left[..left.len().min(TOPICS_NAMED_MAX)].join(", ");
+    if more > 0 {
+        named.push_str(&format!(" and {more} more"));
+    }
+    tracing::warn!(
+        "{} has {} topic(s) in its embedded log that this server does not serve, since its log is on NATS: {named}; \
+         to move them (with their offsets), stop this server and run: proteus migrate-topics --from embedded:{} --to {} --to-prefix {prefix}",
+        data_dir.display(),
+        left.len(),
+        data_dir.display(),
+        proteus_nats::redact(url)
+    );
+}
+
+/// Events in the embedded event store of `data_dir` that `served`, the event store this server
+/// uses instead (`backend`: "PostgreSQL" or "NATS"), does not hold: says how many and how to
+/// move them (`migrate_to`: the `--to …` arguments of `proteus migrate`).
+///
+/// The check is the embedded store's newest event: a copy made by `proteus migrate` holds its
+/// stream at that version or later (or deleted, if it was deleted). Positions are not compared,
+/// since a NATS copy numbers them itself. Two reads; an embedded store that cannot be opened
+/// (another process holds it) is not checked.
+pub async fn warn_of_events(
+    data_dir: &Path,
+    served: &dyn EventStore,
+    backend: &str,
+    migrate_to: &str,
+) {
+    let file = data_dir.join(proteus_eventstore_embedded::FILE_NAME);
+    if !file.is_file() {
+        return;
+    }
+    let embedded = match EmbeddedEventStore::open(data_dir, EmbeddedConfig::default()) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::debug!(error = %e, "not checking the embedded event store for events left behind");
+            return;
+        }
+    };
+    let newest = newest_event(&embedded).await;
+    if let Err(e) = embedded.close().await {
+        tracing::debug!(error = %e, "closing the embedded event store after the check failed");
+    }
+    let Some((newest, head_position)) = newest else {
+        return;
+    };
+    let copied = match served.stream_info(&newest.stream).await {
+        Ok(info) => info.deleted || info.last_version.is_some_and(|v| v >= newest.version),
+        Err(EventStoreError::StreamNotFound { .. }) => false,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot tell whether the embedded events were moved");
+            return;
+        }
+    };
+    if copied {
+        return;
+    }
+    tracing::warn!(
+        "{} has an embedded event store (events up to position {head_position}) that this server does not serve, since its event store is on {backend}; \
+         to move its events (with their versions, ids and order) before this server takes writes, stop it and run: proteus migrate --from embedded:{} {migrate_to}",
+        data_dir.display(),
+        data_dir.display(),
+    );
+}
+
+/// The newest event of `store` and its head position; `None` when it holds none.
+async fn newest_event(store: &EmbeddedEventStore) -> Option<(RecordedEvent, u64)> {
+    let page = store
+        .read_all(u64::MAX, Direction::Backward, 1, &ReadFilter::default())
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "cannot read the embedded event store"))
+        .ok()?;
+    let head_position = page.head_position;
+    page.events
+        .into_iter()
+        .next()
+        .map(|event| (event, head_position))
+}
