@@ -8,8 +8,9 @@
 //! position N can read it, and the head never goes back.
 //!
 //! [`EventStore::wait_for_position`] needs no runtime: waiters park their `Waker` beside the
-//! head and are woken by the commit that moves it past them; timeouts come from one small timer
-//! thread shared by every memory store of the process, started by the first wait that needs it.
+//! head and are woken by the commit that moves it past them; timeouts come from
+//! `proteus-timer` (one small thread shared by the process, started by the first wait that
+//! needs it).
 //!
 //! [`EventStore::close`] closes a handle (and its clones): later calls through it fail with
 //! [`EventStoreError::Unavailable`] and its waits end. The events stay in memory as long as
@@ -636,7 +637,7 @@ impl EventStore for MemoryEventStore {
             shared: &self.shared,
             closed: &self.closed,
             after,
-            sleep: timer::Sleep::until(Instant::now() + timeout),
+            sleep: proteus_timer::Sleep::until(Instant::now() + timeout),
             id: None,
         }
         .await
@@ -658,7 +659,7 @@ struct WaitForPosition<'a> {
     shared: &'a Shared,
     closed: &'a AtomicBool,
     after: u64,
-    sleep: timer::Sleep,
+    sleep: proteus_timer::Sleep,
     /// Its entry among the waiters, once parked.
     id: Option<u64>,
 }
@@ -705,9 +706,9 @@ impl Future for WaitForPosition<'_> {
                 this.unpark();
                 Poll::Ready(Ok(false))
             }
-            Err(error) => {
+            Err(reason) => {
                 this.unpark();
-                Poll::Ready(Err(error))
+                Poll::Ready(Err(EventStoreError::Unavailable { reason }))
             }
         }
     }
@@ -716,152 +717,5 @@ impl Future for WaitForPosition<'_> {
 impl Drop for WaitForPosition<'_> {
     fn drop(&mut self) {
         self.unpark();
-    }
-}
-
-/// Deadlines without an async runtime: one thread per process, started by the first sleep
-/// that has to wait, wakes each sleep's task when its deadline passes.
-mod timer {
-    use std::collections::BTreeMap;
-    use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
-    use std::task::{Context, Waker};
-    use std::time::Instant;
-
-    use crate::error::EventStoreError;
-
-    struct Timer {
-        entries: Mutex<Entries>,
-        /// Signalled when a new earliest deadline is parked.
-        changed: Condvar,
-    }
-
-    struct Entries {
-        next_key: u64,
-        /// Parked sleeps by deadline (and a key telling equal deadlines apart).
-        wakers: BTreeMap<(Instant, u64), Waker>,
-    }
-
-    static TIMER: Timer = Timer {
-        entries: Mutex::new(Entries {
-            next_key: 0,
-            wakers: BTreeMap::new(),
-        }),
-        changed: Condvar::new(),
-    };
-
-    static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
-
-    fn entries() -> MutexGuard<'static, Entries> {
-        // Entries are whole between statements; a panic elsewhere does not break them.
-        TIMER.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn start() -> Result<(), EventStoreError> {
-        STARTED
-            .get_or_init(|| {
-                std::thread::Builder::new()
-                    .name("proteus-eventstore-memory-timer".into())
-                    .spawn(run)
-                    .map(drop)
-                    .map_err(|e| format!("cannot start the timer thread of waits: {e}"))
-            })
-            .clone()
-            .map_err(|reason| EventStoreError::Unavailable { reason })
-    }
-
-    /// Wakes each parked sleep once its deadline has passed; sleeps until the next deadline.
-    fn run() {
-        let mut entries = entries();
-        loop {
-            let now = Instant::now();
-            let mut due = Vec::new();
-            while let Some(entry) = entries.wakers.first_entry() {
-                if entry.key().0 > now {
-                    break;
-                }
-                due.push(entry.remove());
-            }
-            if !due.is_empty() {
-                drop(entries);
-                due.into_iter().for_each(Waker::wake);
-                entries = self::entries();
-                continue;
-            }
-            entries = match entries.wakers.keys().next() {
-                Some(&(deadline, _)) => {
-                    TIMER
-                        .changed
-                        .wait_timeout(entries, deadline.saturating_duration_since(now))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-                None => TIMER
-                    .changed
-                    .wait(entries)
-                    .unwrap_or_else(|p| p.into_inner()),
-            };
-        }
-    }
-
-    /// A deadline a future polls.
-    pub(super) struct Sleep {
-        deadline: Instant,
-        /// Its key among the parked sleeps, once parked.
-        key: Option<u64>,
-    }
-
-    impl Sleep {
-        pub(super) fn until(deadline: Instant) -> Sleep {
-            Sleep {
-                deadline,
-                key: None,
-            }
-        }
-
-        /// Whether the deadline has passed; if not, `cx`'s task is woken when it does.
-        pub(super) fn poll_elapsed(
-            &mut self,
-            cx: &mut Context<'_>,
-        ) -> Result<bool, EventStoreError> {
-            if Instant::now() >= self.deadline {
-                self.unpark();
-                return Ok(true);
-            }
-            start()?;
-            let mut entries = entries();
-            let key = match self.key {
-                Some(key) => key,
-                None => {
-                    entries.next_key += 1;
-                    entries.next_key
-                }
-            };
-            self.key = Some(key);
-            let earliest = entries
-                .wakers
-                .keys()
-                .next()
-                .is_none_or(|&first| (self.deadline, key) <= first);
-            entries
-                .wakers
-                .insert((self.deadline, key), cx.waker().clone());
-            drop(entries);
-            if earliest {
-                TIMER.changed.notify_one();
-            }
-            Ok(false)
-        }
-
-        fn unpark(&mut self) {
-            if let Some(key) = self.key.take() {
-                entries().wakers.remove(&(self.deadline, key));
-            }
-        }
-    }
-
-    impl Drop for Sleep {
-        fn drop(&mut self) {
-            self.unpark();
-        }
     }
 }

@@ -106,6 +106,11 @@ impl Event {
         &self.json
     }
 
+    /// The event's CloudEvents JSON, without copying it.
+    pub fn into_json(self) -> Bytes {
+        self.json
+    }
+
     pub fn dedup_key(&self) -> DedupKey {
         self.dedup_key
     }

@@ -8,13 +8,16 @@
 //! - [`partitioner`]: the stable key hash that places an event in a partition;
 //! - [`position`]: offsets, partitions and the multi-partition cursor used to resume a stream;
 //! - [`port`]: the traits every storage adapter implements (admin, append, read, subscribe);
-//! - [`error`]: the errors those traits return.
+//! - [`error`]: the errors those traits return;
+//! - [`memory`]: [`MemoryLog`](memory::MemoryLog), the ports in process memory (every promise
+//!   but durability), for tests and runtimes without storage.
 //!
 //! It is deliberately free of I/O: no files, no sockets, no async runtime. Adapters
-//! (`proteus-log-embedded`, later NATS and PostgreSQL) depend on it, never the reverse.
+//! (`proteus-log-embedded`, `proteus-log-nats`) depend on it, never the reverse.
 
 pub mod error;
 pub mod event;
+pub mod memory;
 pub mod name;
 pub mod partitioner;
 pub mod port;
