@@ -11,8 +11,9 @@ use proteus_eventstore::{Category, Direction, EventStore, FeedPage, ReadFilter, 
 use proteus_projections::Write;
 use proteus_projections::definition::Source;
 use proteus_projections::{
-    Checkpoint, EventView, ProcessingError, Projection, ProjectionDefinition, ProjectionName,
-    ProjectionRecord, ReadModelStore, RunState, StoreError, keys_for_batch, plan_batch,
+    Checkpoint, EventMark, EventView, ProcessingError, Projection, ProjectionDefinition,
+    ProjectionName, ProjectionRecord, ReadModelStore, RunState, StoreError, keys_for_batch,
+    plan_batch,
 };
 use serde_json::Value;
 use tokio::sync::watch;
@@ -229,6 +230,16 @@ impl Runner {
         let mut read_position = checkpoint.position;
         self.slot
             .set_positions(checkpoint.clone(), checkpoint.position);
+        if let Some(mark) = checkpoint.last_event.clone() {
+            match self.check_mark(&mark).await {
+                None => return,
+                Some(Ok(())) => {}
+                Some(Err(error)) => {
+                    self.fail(error).await;
+                    return;
+                }
+            }
+        }
         let mut last_commit_ms = now_ms();
         let mut prefetched: Option<FeedPage> = None;
         loop {
@@ -252,6 +263,7 @@ impl Runner {
                         position: read_position,
                         events_processed: checkpoint.events_processed,
                         updated_ms: now_ms(),
+                        last_event: checkpoint.last_event.clone(),
                     };
                     match self.commit(Vec::new(), next.clone(), None).await {
                         (CommitOutcome::Done, _) => {
@@ -361,10 +373,23 @@ impl Runner {
             Some(error) => error.position,
             None => page.next_position,
         };
+        // The last event read before the new position: the store must still hold it there
+        // when a runner resumes from this checkpoint.
+        let last_event = page
+            .events
+            .iter()
+            .rev()
+            .find(|event| event.position < position)
+            .map(|event| EventMark {
+                position: event.position,
+                id: event.id.clone(),
+            })
+            .or_else(|| checkpoint.last_event.clone());
         let next = Checkpoint {
             position,
             events_processed: checkpoint.events_processed + plan.applied,
             updated_ms: now_ms(),
+            last_event,
         };
         // Reading the next page does not depend on this commit, so it overlaps with it.
         let prefetch_from = (plan.error.is_none() && !page.is_end).then_some(position);
@@ -394,6 +419,48 @@ impl Runner {
         let Some(error) = plan.error else {
             return Some(Flow::Continue);
         };
+        self.fail(error).await?;
+        Some(Flow::Exit)
+    }
+
+    /// Whether the store holds the checkpoint's last event at its position (the store this
+    /// checkpoint was counted in); `None` when stopped meanwhile.
+    async fn check_mark(&mut self, mark: &EventMark) -> Option<Result<(), ProcessingError>> {
+        let events = self.events.clone();
+        let position = mark.position;
+        let page = self
+            .retry("check the checkpoint", move || {
+                let events = events.clone();
+                async move {
+                    events
+                        .read_all(position, Direction::Forward, 1, &ReadFilter::default())
+                        .await
+                }
+            })
+            .await?;
+        let found = page.events.first().filter(|e| e.position == position);
+        if found.is_some_and(|event| event.id == mark.id) {
+            return Some(Ok(()));
+        }
+        let held = match found {
+            Some(event) => format!("event {} of stream '{}'", event.id, event.stream),
+            None => "no event".to_owned(),
+        };
+        Some(Err(ProcessingError {
+            position,
+            stream: found.map(|e| e.stream.to_string()).unwrap_or_default(),
+            version: found.map_or(0, |e| e.version),
+            event_type: found.map(|e| e.event_type.clone()).unwrap_or_default(),
+            reason: format!(
+                "its checkpoint follows event {} at position {position}, but this event store holds {held} there: the event store was replaced (a copy to NATS numbers positions anew) or is not the one the projection was built from (check --event-store-schema or --event-store-prefix); rebuild it on this store (proteus projection rebuild {})",
+                mark.id,
+                self.name()
+            ),
+        }))
+    }
+
+    /// Saves the projection as failed at `error` and stops; `None` when stopped meanwhile.
+    async fn fail(&mut self, error: ProcessingError) -> Option<()> {
         tracing::warn!(projection = %self.name(), %error, "projection failed");
         let state = RunState::Failed { error };
         let (store, name) = (self.store.clone(), self.name().clone());
@@ -414,7 +481,7 @@ impl Runner {
             record.state = state;
             record.updated_ms = updated_ms;
         }
-        Some(Flow::Exit)
+        Some(())
     }
 
     /// Commits, retrying until done (a commit is never abandoned half-way: only between

@@ -41,6 +41,6 @@ pub use projector::{
 };
 pub use query::{Condition, Op, Order, Page, Query, QueryError, Sort, SortBy};
 pub use store::{
-    Checkpoint, ListItem, ProjectionRecord, ProjectionStatus, ReadModelStore, RunState, StoreError,
-    Write, append_to_list_document, list_document, list_item_bytes_max,
+    Checkpoint, EventMark, ListItem, ProjectionRecord, ProjectionStatus, ReadModelStore, RunState,
+    StoreError, Write, append_to_list_document, list_document, list_item_bytes_max,
 };

@@ -148,6 +148,7 @@ impl BatchPlan {
             position,
             events_processed: previous.map_or(0, |c| c.events_processed) + self.applied,
             updated_ms,
+            last_event: previous.and_then(|c| c.last_event.clone()),
         })
     }
 }

@@ -142,6 +142,19 @@ pub struct Checkpoint {
     pub events_processed: u64,
     /// The caller's clock when this checkpoint was committed.
     pub updated_ms: i64,
+    /// The last event read before `position`, so a runner can check, before resuming, that
+    /// the event store still counts positions the way this checkpoint does (a store copied to
+    /// NATS numbers them anew; a mistyped schema or prefix is empty). `None` before the first
+    /// event, after a reset, and in checkpoints saved before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<EventMark>,
+}
+
+/// An event named by its position and id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMark {
+    pub position: u64,
+    pub id: String,
 }
 
 /// Whether a projection runs. Saved so the runtime restarts projections as they were.
@@ -396,6 +409,7 @@ mod tests {
             position: 7,
             events_processed: 5,
             updated_ms: 3,
+            last_event: None,
         };
         let status = ProjectionStatus::new(&record, Some(checkpoint), 10);
         assert_eq!(status.lag, 3);

@@ -45,6 +45,7 @@ async fn list_documents_of_older_files_move_to_rows_at_open() {
         position,
         events_processed: position,
         updated_ms: 1,
+        last_event: None,
     };
     {
         let store = EmbeddedReadModelStore::open(dir.path()).unwrap();

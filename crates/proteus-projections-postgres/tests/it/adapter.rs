@@ -21,6 +21,7 @@ fn checkpoint(position: u64) -> Checkpoint {
         position,
         events_processed: position,
         updated_ms: 1_700_000_000_000 + position as i64,
+        last_event: None,
     }
 }
 

@@ -21,8 +21,18 @@ pub struct Env {
 
 impl Env {
     pub async fn open(dir: &Path, config: ProjectionServiceConfig) -> Env {
-        let events = Arc::new(EmbeddedEventStore::open(dir, EmbeddedConfig::default()).unwrap());
-        let store = Arc::new(EmbeddedReadModelStore::open(dir).unwrap());
+        Env::open_with(dir, dir, config).await
+    }
+
+    /// Events in `events_dir`, read models in `models_dir`.
+    pub async fn open_with(
+        events_dir: &Path,
+        models_dir: &Path,
+        config: ProjectionServiceConfig,
+    ) -> Env {
+        let events =
+            Arc::new(EmbeddedEventStore::open(events_dir, EmbeddedConfig::default()).unwrap());
+        let store = Arc::new(EmbeddedReadModelStore::open(models_dir).unwrap());
         let service = ProjectionService::open(events.clone(), store, config)
             .await
             .unwrap();

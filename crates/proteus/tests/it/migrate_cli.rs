@@ -88,6 +88,19 @@ fn fill_source(http: &reqwest::blocking::Client, dir: &std::path::Path) -> Vec<V
     original
 }
 
+/// The `total` of `stream` in the `totals` projection once it has read up to `position`.
+fn total_of(http: &reqwest::blocking::Client, url: &str, stream: &str, position: u64) -> Value {
+    let doc: Value = http
+        .get(format!(
+            "{url}/v1/projections/totals/docs/{stream}?wait_for_position={position}&wait_ms=10000"
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    doc["doc"]["total"].clone()
+}
+
 /// Stores a snapshot of `stream` at `version` whose data names the version.
 fn put_snapshot(http: &reqwest::blocking::Client, url: &str, stream: &str, version: u64) {
     let status = http
@@ -391,6 +404,25 @@ fn an_embedded_event_store_moves_to_nats_with_versions_and_order_kept() {
     let dir = tempfile::tempdir().unwrap();
     let original = fill_source(&http, dir.path());
 
+    // A projection built on the embedded store, whose positions the NATS copy does not keep.
+    let mut source = ServerProcess::start(dir.path());
+    let status = http
+        .put(format!("{}/v1/projections/totals", source.url))
+        .json(&json!({
+            "source": {"category": "order"},
+            "state": {"key": "stream", "handlers": {
+                "Placed": {"increment": {"total": {"path": "/data/n"}}},
+                "Paid": {"increment": {"total": {"path": "/data/n"}}},
+                "Shipped": {"increment": {"total": {"path": "/data/n"}}}}}
+        }))
+        .send()
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    let last = original.last().unwrap()["position"].as_u64().unwrap();
+    assert_eq!(total_of(&http, &source.url, "order-1", last), json!(7));
+    assert_eq!(source.terminate(), Some(0));
+
     let from = format!("embedded:{}", dir.path().display());
     let migrate = || {
         run_cli(
@@ -432,7 +464,40 @@ fn an_embedded_event_store_moves_to_nats_with_versions_and_order_kept() {
     );
     assert!(out.contains("verified: 5 events"), "{out}");
     assert!(out.contains("rebuild projections"), "{out}");
+    // Over the copy, the projection sees that its checkpoint counts positions of another store
+    // and stops, saying to rebuild it; rebuilt, it serves the same totals.
     let mut moved = ServerProcess::start_with(dir.path(), &on_nats, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let status: Value = http
+            .get(format!("{}/v1/projections/totals", moved.url))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if status
+            .to_string()
+            .contains("proteus projection rebuild totals")
+        {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the projection did not stop: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let status = http
+        .post(format!("{}/v1/projections/totals/rebuild", moved.url))
+        .send()
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    let copied = feed(&http, &moved.url);
+    let last = copied.last().unwrap()["position"].as_u64().unwrap();
+    assert_eq!(total_of(&http, &moved.url, "order-1", last), json!(7));
+    assert_eq!(total_of(&http, &moved.url, "order-2", last), json!(3));
     assert_eq!(moved.terminate(), Some(0));
     assert!(
         !moved.log_text().contains(left_behind),
