@@ -13,3 +13,5 @@ pub const MEMBERS: &str = "proteus_group_members";
 pub const LAG_EVENTS: &str = "proteus_group_lag_events";
 pub const LAG_SECONDS: &str = "proteus_group_lag_seconds";
 pub const PUSH_REQUESTS: &str = "proteus_group_push_requests_total";
+/// Partitions read again from their first event because the group's position was past their end.
+pub const RESTARTED_PARTITIONS: &str = "proteus_group_partitions_restarted_total";

@@ -191,22 +191,24 @@ async fn fetch_once(
         if remaining == 0 || bytes >= bytes_max {
             break;
         }
-        let (partition, from) = reads[(start + index) % reads.len()];
+        let (partition, mut from) = reads[(start + index) % reads.len()];
+        let limits = ReadLimits {
+            events_max: remaining as u32,
+            bytes_max: (bytes_max - bytes) as u32,
+        };
         let batch = match inner
             .log
-            .read(
-                topic,
-                partition,
-                ReadFrom::Offset(from),
-                ReadLimits {
-                    events_max: remaining as u32,
-                    bytes_max: (bytes_max - bytes) as u32,
-                },
-            )
+            .read(topic, partition, ReadFrom::Offset(from), limits)
             .await
         {
             Ok(batch) => batch,
-            Err(LogError::OffsetOutOfRange { .. }) => continue,
+            Err(LogError::OffsetOutOfRange { end_offset, .. }) => {
+                from = restart_partition(inner, handle, partition, from, end_offset).await?;
+                inner
+                    .log
+                    .read(topic, partition, ReadFrom::Offset(from), limits)
+                    .await?
+            }
             Err(error) => return Err(error.into()),
         };
         if batch.events.is_empty() {
@@ -251,6 +253,42 @@ async fn fetch_once(
         at_capacity: plan.new_events_max == 0,
         cursor,
     })
+}
+
+/// The group reads `partition` at `from`, past its end: the topic was replaced by another of
+/// the same name (a backend switched without `proteus migrate-topics`), or lost events the
+/// group had acknowledged (a crash of a log that acknowledges before syncing). Waiting there
+/// would skip every event written up to `from`; the group starts the partition again at its
+/// first event instead (events it may have seen come again rather than new ones being lost),
+/// and says so. Returns the new position.
+async fn restart_partition(
+    inner: &Inner,
+    handle: &GroupHandle,
+    partition: PartitionId,
+    from: u64,
+    end_offset: u64,
+) -> Result<u64, GroupError> {
+    let probe = ReadLimits {
+        events_max: 1,
+        bytes_max: 1,
+    };
+    let first_offset = inner
+        .log
+        .read(&handle.topic, partition, ReadFrom::Offset(0), probe)
+        .await?
+        .first_offset;
+    tracing::warn!(
+        topic = %handle.topic,
+        group = %handle.group,
+        partition,
+        position = from,
+        end_offset,
+        first_offset,
+        "the group's position is past the end of the partition (the topic was replaced, or lost acknowledged events): reading it again from its first event; to skip what it holds instead, reset the group to the end"
+    );
+    metrics::counter!(names::RESTARTED_PARTITIONS, &handle.labels()).increment(1);
+    handle.mutate(|state| state.reset(&[(partition, first_offset)].into()));
+    Ok(first_offset)
 }
 
 /// Reads one event to deliver again: from the log, or for a replay from the dead-letter topic.

@@ -2,6 +2,7 @@
 //! acks across a restart.
 
 mod coordination;
+mod replaced;
 mod webhook;
 
 use std::sync::Arc;
