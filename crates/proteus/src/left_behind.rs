@@ -3,15 +3,28 @@
 //! that a server configured for NATS or PostgreSQL would otherwise silently hide. Each warning
 //! says what is left and the command that moves it; once it is moved, nothing is said.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use proteus_eventstore::{Direction, EventStore, EventStoreError, ReadFilter, RecordedEvent};
 use proteus_eventstore_embedded::{EmbeddedConfig, EmbeddedEventStore};
+use proteus_groups_embedded::EmbeddedGroupStore;
+use proteus_groups_service::proteus_groups::GroupStore;
 use proteus_log::LogError;
 use proteus_log::port::Log;
 
-/// Most topic names a warning lists.
-const TOPICS_NAMED_MAX: usize = 5;
+/// Most names (of topics, of groups) a warning lists.
+const NAMED_MAX: usize = 5;
+
+/// The first [`NAMED_MAX`] of `names`, and how many more there are.
+fn named(names: &[String]) -> String {
+    let more = names.len().saturating_sub(NAMED_MAX);
+    let mut listed = names[..names.len().min(NAMED_MAX)].join(", ");
+    if more > 0 {
+        listed.push_str(&format!(" and {more} more"));
+    }
+    listed
+}
 
 /// Topics in the embedded log of `data_dir` that this server, its log on NATS, does not serve:
 /// says which, and how to move them (`proteus migrate-topics`). The server's own topics are
@@ -32,18 +45,74 @@ pub async fn warn_of_topics(data_dir: &Path, log: &dyn Log, url: &str, prefix: &
     if left.is_empty() {
         return;
     }
-    let more = left.len().saturating_sub(TOPICS_NAMED_MAX);
-    let mut named = left[..left.len().min(TOPICS_NAMED_MAX)].join(", ");
-    if more > 0 {
-        named.push_str(&format!(" and {more} more"));
-    }
     tracing::warn!(
-        "{} has {} topic(s) in its embedded log that this server does not serve, since its log is on NATS: {named}; \
+        "{} has {} topic(s) in its embedded log that this server does not serve, since its log is on NATS: {}; \
          to move them (with their offsets), stop this server and run: proteus migrate-topics --from embedded:{} --to {} --to-prefix {prefix}",
         data_dir.display(),
         left.len(),
+        named(&left),
         data_dir.display(),
         proteus_nats::redact(url)
+    );
+}
+
+/// Consumer groups in the embedded group store of `data_dir` that `shared`, the group store
+/// this server uses instead (on `backend`: "NATS" or "PostgreSQL"), lacks: says which, and
+/// the command that copies them (`copy_with`, when there is one). Two listings: the embedded
+/// store's and the shared store's.
+pub async fn warn_of_groups(
+    data_dir: &Path,
+    shared: &dyn GroupStore,
+    backend: &str,
+    copy_with: Option<String>,
+) {
+    if !data_dir.join(proteus_groups_embedded::FILE_NAME).is_file() {
+        return;
+    }
+    let embedded = match EmbeddedGroupStore::open(data_dir) {
+        Ok(store) => store.list_groups().await,
+        Err(e) => Err(e),
+    };
+    let embedded = match embedded {
+        Ok(records) if records.is_empty() => return,
+        Ok(records) => records,
+        Err(e) => {
+            tracing::debug!(error = %e, "not checking the embedded consumer groups");
+            return;
+        }
+    };
+    let present: HashSet<(String, String)> = match shared.list_groups().await {
+        Ok(records) => records
+            .into_iter()
+            .map(|r| (r.topic.to_string(), r.group.to_string()))
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot tell whether the embedded groups were copied");
+            return;
+        }
+    };
+    let left: Vec<String> = embedded
+        .iter()
+        .map(|r| (r.topic.to_string(), r.group.to_string()))
+        .filter(|key| !present.contains(key))
+        .map(|(topic, group)| format!("{group} (topic {topic})"))
+        .collect();
+    if left.is_empty() {
+        return;
+    }
+    let how = match copy_with {
+        Some(command) => format!(
+            "to copy them with their committed offsets, stop this server and run: {command}"
+        ),
+        None => {
+            "create them again in the shared store (their positions are in the embedded one)".into()
+        }
+    };
+    tracing::warn!(
+        "{} has {} consumer group(s) in its embedded group store that this server does not serve, since its groups are in {backend}: {}; {how}",
+        data_dir.display(),
+        left.len(),
+        named(&left),
     );
 }
 

@@ -146,7 +146,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     };
     let groups = GroupService::open(
         log.clone(),
-        group_store,
+        group_store.clone(),
         ServiceConfig {
             shared: shared_groups,
             ..ServiceConfig::default()
@@ -353,6 +353,34 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         .with_experiments(experiments.clone());
     if let LogBackend::Nats { url, prefix } = &settings.log {
         left_behind::warn_of_topics(&settings.data_dir, log.as_ref(), url, prefix).await;
+    }
+    let copy_groups = |groups_to: String| match &settings.log {
+        LogBackend::Nats { url, prefix } => Some(format!(
+            "proteus migrate-topics --from embedded:{} --to {} --to-prefix {prefix} --groups-to {groups_to}",
+            settings.data_dir.display(),
+            proteus_nats::redact(url)
+        )),
+        LogBackend::Embedded => None,
+    };
+    match &settings.groups {
+        EventStoreBackend::Embedded => {}
+        EventStoreBackend::Postgres { url, schema } => {
+            let to = format!("{} --groups-schema {schema}", proteus_postgres::redact(url));
+            let command = copy_groups(to);
+            left_behind::warn_of_groups(
+                &settings.data_dir,
+                group_store.as_ref(),
+                "PostgreSQL",
+                command,
+            )
+            .await;
+        }
+        EventStoreBackend::Nats { url, prefix } => {
+            let to = format!("{} --groups-prefix {prefix}", proteus_nats::redact(url));
+            let command = copy_groups(to);
+            left_behind::warn_of_groups(&settings.data_dir, group_store.as_ref(), "NATS", command)
+                .await;
+        }
     }
     match &settings.event_store {
         EventStoreBackend::Embedded => {}

@@ -217,4 +217,38 @@ fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
     assert!(before.is_disjoint(&after), "{before:?} {after:?}");
     assert_eq!(before.len() + after.len(), 36);
     assert_eq!(group_lag(&shared.url), 0);
+
+    // The same data directory with its groups in NATS: the copied group is there, so nothing
+    // is said; in buckets the copy did not fill, the group is named with the command.
+    let groups_left =
+        "consumer group(s) in its embedded group store that this server does not serve";
+    let uncopied_prefix = format!("{groups_prefix}U");
+    let _uncopied_buckets = NatsStreams(format!("KV_{uncopied_prefix}"));
+    let on_groups = |prefix: &str| {
+        let mut server = ServerProcess::start_with(
+            dir.path(),
+            &[
+                "--storage-log",
+                &nats_url(),
+                "--storage-log-prefix",
+                &streams.0,
+                "--groups",
+                &nats_url(),
+                "--groups-prefix",
+                prefix,
+            ],
+            &[],
+        );
+        assert_eq!(server.terminate(), Some(0));
+        server.log_text()
+    };
+    let logs = on_groups(&groups_prefix);
+    assert!(!logs.contains(groups_left), "{logs}");
+    let logs = on_groups(&uncopied_prefix);
+    assert!(
+        logs.contains(groups_left)
+            && logs.contains("billing (topic orders)")
+            && logs.contains(&format!("--groups-prefix {uncopied_prefix}")),
+        "{logs}"
+    );
 }
