@@ -12,6 +12,8 @@ use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_service::proteus_groups::GroupStore;
 use proteus_log::LogError;
 use proteus_log::port::Log;
+use proteus_projections::ReadModelStore;
+use proteus_projections_embedded::EmbeddedReadModelStore;
 
 /// Most names (of topics, of groups) a warning lists.
 const NAMED_MAX: usize = 5;
@@ -179,4 +181,62 @@ async fn newest_event(store: &EmbeddedEventStore) -> Option<(RecordedEvent, u64)
         .into_iter()
         .next()
         .map(|event| (event, head_position))
+}
+
+/// Projections defined in the embedded read-model store of `data_dir` that `shared`, the
+/// read-model store this server uses instead (PostgreSQL), lacks: says which, with the command
+/// that creates each again here (its read model then rebuilds from the event store).
+pub async fn warn_of_projections(data_dir: &Path, shared: &dyn ReadModelStore) {
+    if !data_dir
+        .join(proteus_projections_embedded::FILE_NAME)
+        .is_file()
+    {
+        return;
+    }
+    let embedded = match EmbeddedReadModelStore::open(data_dir) {
+        Ok(store) => store.list_projections().await,
+        Err(e) => Err(e),
+    };
+    let embedded = match embedded {
+        Ok(records) if records.is_empty() => return,
+        Ok(records) => records,
+        Err(e) => {
+            tracing::debug!(error = %e, "not checking the embedded projections");
+            return;
+        }
+    };
+    let present: HashSet<String> = match shared.list_projections().await {
+        Ok(records) => records.into_iter().map(|r| r.name.to_string()).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot tell whether the embedded projections exist here");
+            return;
+        }
+    };
+    let left: Vec<_> = embedded
+        .iter()
+        .filter(|record| !present.contains(record.name.as_str()))
+        .collect();
+    if left.is_empty() {
+        return;
+    }
+    let names: Vec<String> = left.iter().map(|r| r.name.to_string()).collect();
+    let commands: Vec<String> = left
+        .iter()
+        .take(NAMED_MAX)
+        .map(|record| {
+            let definition = serde_json::to_string(&record.definition).unwrap_or_default();
+            format!(
+                "proteus projection create {} --definition '{definition}'",
+                record.name
+            )
+        })
+        .collect();
+    tracing::warn!(
+        "{} has {} projection(s) in its embedded read-model store that this server does not serve, since its read models are in PostgreSQL: {}; \
+         create them here and their read models rebuild from the event store: {}",
+        data_dir.display(),
+        left.len(),
+        named(&names),
+        commands.join(" ; "),
+    );
 }

@@ -272,7 +272,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             "read models are shared: each projection runs on one instance, by lease");
         ProjectionService::open_shared(
             upcasting,
-            read_models,
+            read_models.clone(),
             ProjectionServiceConfig::default(),
             cache,
             SharedMode::new(metadata.clone(), instance_id.clone()),
@@ -286,7 +286,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         }
         ProjectionService::open_with_cache(
             upcasting,
-            read_models,
+            read_models.clone(),
             ProjectionServiceConfig::default(),
             cache,
         )
@@ -381,6 +381,9 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             left_behind::warn_of_groups(&settings.data_dir, group_store.as_ref(), "NATS", command)
                 .await;
         }
+    }
+    if let EventStoreBackend::Postgres { .. } = &settings.read_models {
+        left_behind::warn_of_projections(&settings.data_dir, read_models.as_ref()).await;
     }
     match &settings.event_store {
         EventStoreBackend::Embedded => {}

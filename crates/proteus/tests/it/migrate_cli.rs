@@ -504,6 +504,34 @@ fn an_embedded_event_store_moves_to_nats_with_versions_and_order_kept() {
         "{}",
         moved.log_text()
     );
+
+    // With read models in PostgreSQL, the projection defined in the embedded read-model store
+    // is named with the command that creates it there.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let models = format!("it_migrate_models_{}_{nanos}", std::process::id());
+    let _schemas = Schemas(vec![models.clone()]);
+    let with_models = [
+        "--event-store",
+        &nats_url(),
+        "--event-store-prefix",
+        &streams.0,
+        "--read-models",
+        &postgres_url(),
+        "--read-models-schema",
+        &models,
+    ];
+    let mut shared_models = ServerProcess::start_with(dir.path(), &with_models, &[]);
+    assert_eq!(shared_models.terminate(), Some(0));
+    let logs = shared_models.log_text();
+    assert!(
+        logs.contains(
+            "has 1 projection(s) in its embedded read-model store that this server does not serve"
+        ) && logs.contains("proteus projection create totals --definition '{"),
+        "{logs}"
+    );
     // A second run finds every version there: nothing twice.
     let (code, out, err) = migrate();
     assert_eq!(code, 0, "{err}");
