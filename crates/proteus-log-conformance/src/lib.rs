@@ -51,6 +51,7 @@ macro_rules! log_conformance_tests {
             oversized_events_are_refused_with_their_index,
             unknown_topics_and_partitions_are_refused,
             waiting_for_events_wakes_on_append_and_times_out,
+            waits_take_any_timeout,
             events_and_dedup_survive_a_restart,
             retention_removes_old_events_from_the_front,
         );
@@ -623,6 +624,23 @@ where
         .await
         .unwrap();
     assert_eq!(batch.events.len(), 1, "the awaited event is readable");
+}
+
+/// A timeout too long to add to a clock (`Duration::MAX`) is capped, never a panic.
+pub async fn waits_take_any_timeout<H: Harness>(mut harness: H) {
+    let log = harness.open().await;
+    let name = topic("patient");
+    log.put_topic(&name, TopicConfig::with_partitions(1))
+        .await
+        .unwrap();
+    log.append(&name, vec![event("1", None)]).await.unwrap();
+    let mut cursor = Cursor::new();
+    cursor.set(0, 0);
+    assert!(
+        log.wait_for_events(&name, &cursor, Duration::MAX)
+            .await
+            .unwrap()
+    );
 }
 
 pub async fn events_and_dedup_survive_a_restart<H: Harness>(mut harness: H) {

@@ -489,7 +489,7 @@ impl EventSubscriber for EmbeddedLog {
             watched.push((topic.partition(partition)?.clone(), offset));
         }
         let mut changes = topic.change.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + proteus_log::port::bounded_wait(timeout);
         loop {
             if watched
                 .iter()

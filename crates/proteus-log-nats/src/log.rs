@@ -1211,7 +1211,7 @@ impl NatsLog {
         timeout: Duration,
     ) -> Result<bool, LogError> {
         self.check_open()?;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + proteus_log::port::bounded_wait(timeout);
         let topic = self.topic(name).await?;
         let watched: Vec<(PartitionId, Offset)> = positions.iter().collect();
         for &(partition, _) in &watched {

@@ -34,7 +34,8 @@ use crate::event::Event;
 use crate::partitioner::partition_for_key;
 use crate::port::{
     AppendReceipt, EventAppender, EventReader, EventSubscriber, Log, PartitionDescription,
-    PutTopicOutcome, ReadBatch, ReadFrom, ReadLimits, StoredEvent, TopicAdmin, TopicDescription,
+    PutTopicOutcome, READ_BYTES_MAX, READ_EVENTS_MAX, ReadBatch, ReadFrom, ReadLimits, StoredEvent,
+    TopicAdmin, TopicDescription, bounded_wait,
 };
 use crate::position::{Cursor, Offset, PartitionId};
 use crate::topic::{TopicConfig, TopicName};
@@ -540,6 +541,9 @@ impl EventReader for MemoryLog {
                 stored.first_offset + index as u64
             }
         };
+        // Bounded as every adapter bounds reads, whatever the caller asks.
+        let events_max = u64::from(limits.events_max.clamp(1, READ_EVENTS_MAX));
+        let bytes_max = u64::from(limits.bytes_max.min(READ_BYTES_MAX));
         let mut events = Vec::new();
         let mut bytes = 0u64;
         for event in stored
@@ -547,8 +551,8 @@ impl EventReader for MemoryLog {
             .range((start - stored.first_offset) as usize..)
         {
             let size = event.json.len() as u64;
-            let full = events.len() as u64 >= u64::from(limits.events_max)
-                || (!events.is_empty() && bytes + size > u64::from(limits.bytes_max));
+            let full = events.len() as u64 >= events_max
+                || (!events.is_empty() && bytes + size > bytes_max);
             if full {
                 break;
             }
@@ -584,7 +588,7 @@ impl EventSubscriber for MemoryLog {
             log: self,
             name,
             positions,
-            sleep: proteus_timer::Sleep::until(Instant::now() + timeout),
+            sleep: proteus_timer::Sleep::until(Instant::now() + bounded_wait(timeout)),
             id: None,
         }
         .await

@@ -153,11 +153,19 @@ pub trait EventReader: Send + Sync {
     ) -> Result<ReadBatch, LogError>;
 }
 
+/// The longest a wait lasts: a longer timeout (up to `Duration::MAX`) waits this long.
+pub const WAIT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `timeout`, at most [`WAIT_MAX`]: what adapters add to their clock.
+pub fn bounded_wait(timeout: Duration) -> Duration {
+    timeout.min(WAIT_MAX)
+}
+
 #[async_trait]
 pub trait EventSubscriber: Send + Sync {
     /// Waits until one of the partitions in `positions` has an event at or after the offset
-    /// given for it, or `timeout` passes. Returns whether such an event is there. Partitions
-    /// absent from `positions` are not watched.
+    /// given for it, or `timeout` (at most [`WAIT_MAX`]) passes. Returns whether such an event
+    /// is there. Partitions absent from `positions` are not watched.
     async fn wait_for_events(
         &self,
         topic: &TopicName,

@@ -1,7 +1,8 @@
 //! Start-up warnings for data a server does not serve because a backend moved: a data
-//! directory used with the embedded log or event store before may still hold topics or events
-//! that a server configured for NATS or PostgreSQL would otherwise silently hide. Each warning
-//! says what is left and the command that moves it; once it is moved, nothing is said.
+//! directory used with the embedded backends before may still hold topics, events, consumer
+//! groups or projection definitions that a server configured for NATS or PostgreSQL would
+//! otherwise silently hide. Each warning says what is left and the command that moves it; once
+//! it is moved, nothing is said. Each check is a read or two of each side, made once at start.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -14,6 +15,62 @@ use proteus_log::LogError;
 use proteus_log::port::Log;
 use proteus_projections::ReadModelStore;
 use proteus_projections_embedded::EmbeddedReadModelStore;
+
+use crate::settings::{EventStoreBackend, LogBackend, Settings};
+
+/// The stores a server uses, whose backends may differ from its data directory's.
+pub struct Served<'a> {
+    pub log: &'a dyn Log,
+    pub groups: &'a dyn GroupStore,
+    pub read_models: &'a dyn ReadModelStore,
+    pub events: &'a dyn EventStore,
+}
+
+/// Every check below that applies to `settings`: each backend that is not embedded is
+/// compared with what the data directory still holds in its embedded counterpart.
+pub async fn warn_of_data_not_served(settings: &Settings, served: Served<'_>) {
+    if let LogBackend::Nats { url, prefix } = &settings.log {
+        warn_of_topics(&settings.data_dir, served.log, url, prefix).await;
+    }
+    let copy_groups = |groups_to: String| match &settings.log {
+        LogBackend::Nats { url, prefix } => Some(format!(
+            "proteus migrate-topics --from embedded:{} --to {} --to-prefix {prefix} --groups-to {groups_to}",
+            settings.data_dir.display(),
+            proteus_nats::redact(url)
+        )),
+        LogBackend::Embedded => None,
+    };
+    match &settings.groups {
+        EventStoreBackend::Embedded => {}
+        EventStoreBackend::Postgres { url, schema } => {
+            let to = format!("{} --groups-schema {schema}", proteus_postgres::redact(url));
+            let command = copy_groups(to);
+            warn_of_groups(&settings.data_dir, served.groups, "PostgreSQL", command).await;
+        }
+        EventStoreBackend::Nats { url, prefix } => {
+            let to = format!("{} --groups-prefix {prefix}", proteus_nats::redact(url));
+            let command = copy_groups(to);
+            warn_of_groups(&settings.data_dir, served.groups, "NATS", command).await;
+        }
+    }
+    if let EventStoreBackend::Postgres { .. } = &settings.read_models {
+        warn_of_projections(&settings.data_dir, served.read_models).await;
+    }
+    match &settings.event_store {
+        EventStoreBackend::Embedded => {}
+        EventStoreBackend::Postgres { url, schema } => {
+            let to = format!(
+                "--to {} --to-schema {schema}",
+                proteus_postgres::redact(url)
+            );
+            warn_of_events(&settings.data_dir, served.events, "PostgreSQL", &to).await;
+        }
+        EventStoreBackend::Nats { url, prefix } => {
+            let to = format!("--to {} --to-prefix {prefix}", proteus_nats::redact(url));
+            warn_of_events(&settings.data_dir, served.events, "NATS", &to).await;
+        }
+    }
+}
 
 /// Most names (of topics, of groups) a warning lists.
 const NAMED_MAX: usize = 5;
@@ -31,7 +88,7 @@ fn named(names: &[String]) -> String {
 /// Topics in the embedded log of `data_dir` that this server, its log on NATS, does not serve:
 /// says which, and how to move them (`proteus migrate-topics`). The server's own topics are
 /// created on NATS before this runs, so they are not named unless missing there.
-pub async fn warn_of_topics(data_dir: &Path, log: &dyn Log, url: &str, prefix: &str) {
+async fn warn_of_topics(data_dir: &Path, log: &dyn Log, url: &str, prefix: &str) {
     let embedded = proteus_log_embedded::topics_in(data_dir);
     if embedded.is_empty() {
         return;
@@ -62,7 +119,7 @@ pub async fn warn_of_topics(data_dir: &Path, log: &dyn Log, url: &str, prefix: &
 /// this server uses instead (on `backend`: "NATS" or "PostgreSQL"), lacks: says which, and
 /// the command that copies them (`copy_with`, when there is one). Two listings: the embedded
 /// store's and the shared store's.
-pub async fn warn_of_groups(
+async fn warn_of_groups(
     data_dir: &Path,
     shared: &dyn GroupStore,
     backend: &str,
@@ -126,12 +183,7 @@ pub async fn warn_of_groups(
 /// stream at that version or later (or deleted, if it was deleted). Positions are not compared,
 /// since a NATS copy numbers them itself. Two reads; an embedded store that cannot be opened
 /// (another process holds it) is not checked.
-pub async fn warn_of_events(
-    data_dir: &Path,
-    served: &dyn EventStore,
-    backend: &str,
-    migrate_to: &str,
-) {
+async fn warn_of_events(data_dir: &Path, served: &dyn EventStore, backend: &str, migrate_to: &str) {
     let file = data_dir.join(proteus_eventstore_embedded::FILE_NAME);
     if !file.is_file() {
         return;
@@ -186,7 +238,7 @@ async fn newest_event(store: &EmbeddedEventStore) -> Option<(RecordedEvent, u64)
 /// Projections defined in the embedded read-model store of `data_dir` that `shared`, the
 /// read-model store this server uses instead (PostgreSQL), lacks: says which, with the command
 /// that creates each again here (its read model then rebuilds from the event store).
-pub async fn warn_of_projections(data_dir: &Path, shared: &dyn ReadModelStore) {
+async fn warn_of_projections(data_dir: &Path, shared: &dyn ReadModelStore) {
     if !data_dir
         .join(proteus_projections_embedded::FILE_NAME)
         .is_file()

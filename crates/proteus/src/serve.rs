@@ -351,55 +351,16 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         .with_schemas(schemas)
         .with_projections(projections.clone())
         .with_experiments(experiments.clone());
-    if let LogBackend::Nats { url, prefix } = &settings.log {
-        left_behind::warn_of_topics(&settings.data_dir, log.as_ref(), url, prefix).await;
-    }
-    let copy_groups = |groups_to: String| match &settings.log {
-        LogBackend::Nats { url, prefix } => Some(format!(
-            "proteus migrate-topics --from embedded:{} --to {} --to-prefix {prefix} --groups-to {groups_to}",
-            settings.data_dir.display(),
-            proteus_nats::redact(url)
-        )),
-        LogBackend::Embedded => None,
-    };
-    match &settings.groups {
-        EventStoreBackend::Embedded => {}
-        EventStoreBackend::Postgres { url, schema } => {
-            let to = format!("{} --groups-schema {schema}", proteus_postgres::redact(url));
-            let command = copy_groups(to);
-            left_behind::warn_of_groups(
-                &settings.data_dir,
-                group_store.as_ref(),
-                "PostgreSQL",
-                command,
-            )
-            .await;
-        }
-        EventStoreBackend::Nats { url, prefix } => {
-            let to = format!("{} --groups-prefix {prefix}", proteus_nats::redact(url));
-            let command = copy_groups(to);
-            left_behind::warn_of_groups(&settings.data_dir, group_store.as_ref(), "NATS", command)
-                .await;
-        }
-    }
-    if let EventStoreBackend::Postgres { .. } = &settings.read_models {
-        left_behind::warn_of_projections(&settings.data_dir, read_models.as_ref()).await;
-    }
-    match &settings.event_store {
-        EventStoreBackend::Embedded => {}
-        EventStoreBackend::Postgres { url, schema } => {
-            let to = format!(
-                "--to {} --to-schema {schema}",
-                proteus_postgres::redact(url)
-            );
-            left_behind::warn_of_events(&settings.data_dir, events.as_ref(), "PostgreSQL", &to)
-                .await;
-        }
-        EventStoreBackend::Nats { url, prefix } => {
-            let to = format!("--to {} --to-prefix {prefix}", proteus_nats::redact(url));
-            left_behind::warn_of_events(&settings.data_dir, events.as_ref(), "NATS", &to).await;
-        }
-    }
+    left_behind::warn_of_data_not_served(
+        &settings,
+        left_behind::Served {
+            log: log.as_ref(),
+            groups: group_store.as_ref(),
+            read_models: read_models.as_ref(),
+            events: events.as_ref(),
+        },
+    )
+    .await;
     // Installed before announcing readiness: a SIGTERM sent as soon as the line below appears
     // must stop the server cleanly, not kill it with the signal's default action.
     let termination = termination_signals()?;

@@ -175,6 +175,26 @@ async fn waits_end_when_their_topic_is_deleted_or_their_handle_shut_down() {
 }
 
 #[tokio::test]
+async fn a_read_asking_for_nothing_still_gets_one_event() {
+    let log = MemoryLog::default();
+    let name = topic("bounds");
+    log.put_topic(&name, TopicConfig::default()).await.unwrap();
+    log.append(&name, vec![event("1", None), event("2", None)])
+        .await
+        .unwrap();
+    let zero = ReadLimits {
+        events_max: 0,
+        bytes_max: 0,
+    };
+    let batch = log.read(&name, 0, ReadFrom::Offset(0), zero).await.unwrap();
+    assert_eq!(
+        batch.events.len(),
+        1,
+        "at least one event when one is there"
+    );
+}
+
+#[tokio::test]
 async fn a_wait_on_an_unknown_partition_is_refused() {
     let log = MemoryLog::default();
     let name = topic("two");
