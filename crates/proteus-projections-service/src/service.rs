@@ -1228,7 +1228,8 @@ impl ProjectionService {
         }
         let slot = self.lookup(&name).await?.slot.clone();
         let mut progress = slot.progress.subscribe();
-        let deadline = Instant::now() + timeout;
+        // Capped at a day: a timeout too long to add to the clock (Duration::MAX) would panic.
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(24 * 60 * 60));
         let mut poll = Duration::from_millis(20);
         loop {
             let local = slot.lock().local;
