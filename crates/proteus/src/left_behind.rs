@@ -26,9 +26,40 @@ pub struct Served<'a> {
     pub events: &'a dyn EventStore,
 }
 
+/// Longest the start-up checks may take together: an embedded file that needs a long repair
+/// (left by a crash) or a slow backend must not hold the server's start.
+const CHECKS_MS_MAX: u64 = 10_000;
+
 /// Every check below that applies to `settings`: each backend that is not embedded is
-/// compared with what the data directory still holds in its embedded counterpart.
+/// compared with what the data directory still holds in its embedded counterpart. Bounded by
+/// [`CHECKS_MS_MAX`]; past it the checks are abandoned with a warning.
 pub async fn warn_of_data_not_served(settings: &Settings, served: Served<'_>) {
+    let bound = std::time::Duration::from_millis(CHECKS_MS_MAX);
+    if tokio::time::timeout(bound, check_all(settings, served))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the start-up check for data left in the embedded stores of {} took more than {CHECKS_MS_MAX} ms and was abandoned",
+            settings.data_dir.display()
+        );
+    }
+}
+
+/// Opens an embedded store off the async threads (opening may repair a file), so the bound
+/// of the checks holds even while it runs.
+async fn open_blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    data_dir: &Path,
+    open: impl FnOnce(&Path) -> Result<T, E> + Send + 'static,
+) -> Result<T, String> {
+    let dir = data_dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || open(&dir)).await {
+        Ok(opened) => opened.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn check_all(settings: &Settings, served: Served<'_>) {
     if let LogBackend::Nats { url, prefix } = &settings.log {
         warn_of_topics(&settings.data_dir, served.log, url, prefix).await;
     }
@@ -128,8 +159,8 @@ async fn warn_of_groups(
     if !data_dir.join(proteus_groups_embedded::FILE_NAME).is_file() {
         return;
     }
-    let embedded = match EmbeddedGroupStore::open(data_dir) {
-        Ok(store) => store.list_groups().await,
+    let embedded = match open_blocking(data_dir, EmbeddedGroupStore::open).await {
+        Ok(store) => store.list_groups().await.map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
     let embedded = match embedded {
@@ -188,7 +219,10 @@ async fn warn_of_events(data_dir: &Path, served: &dyn EventStore, backend: &str,
     if !file.is_file() {
         return;
     }
-    let embedded = match EmbeddedEventStore::open(data_dir, EmbeddedConfig::default()) {
+    let opened = open_blocking(data_dir, |dir| {
+        EmbeddedEventStore::open(dir, EmbeddedConfig::default())
+    });
+    let embedded = match opened.await {
         Ok(store) => store,
         Err(e) => {
             tracing::debug!(error = %e, "not checking the embedded event store for events left behind");
@@ -245,8 +279,8 @@ async fn warn_of_projections(data_dir: &Path, shared: &dyn ReadModelStore) {
     {
         return;
     }
-    let embedded = match EmbeddedReadModelStore::open(data_dir) {
-        Ok(store) => store.list_projections().await,
+    let embedded = match open_blocking(data_dir, EmbeddedReadModelStore::open).await {
+        Ok(store) => store.list_projections().await.map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
     let embedded = match embedded {
