@@ -13,6 +13,9 @@ pub struct ServerProcess {
     pub child: Child,
     pub url: String,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// The thread copying stderr into `logs`; joined once the process has exited, so its last
+    /// lines ("stopped cleanly") are in `logs` before a test reads them.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ServerProcess {
@@ -44,7 +47,7 @@ impl ServerProcess {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (address_tx, address_rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let serving = line.contains("Proteus is serving").then(|| line.clone());
                 sink.lock().unwrap().push(line);
@@ -66,13 +69,26 @@ impl ServerProcess {
                 );
             }
         };
-        ServerProcess { child, url, logs }
+        ServerProcess {
+            child,
+            url,
+            logs,
+            reader: Some(reader),
+        }
     }
 
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill_9(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        self.finish_reading();
+    }
+
+    /// Waits for the rest of the exited process's log (its stderr ends with it).
+    fn finish_reading(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 
     /// SIGTERM, then waits for the exit; returns the exit code.
@@ -83,6 +99,7 @@ impl ServerProcess {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.finish_reading();
                 return status.code();
             }
             assert!(
