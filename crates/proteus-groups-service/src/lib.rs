@@ -99,6 +99,21 @@ impl Inner {
         (self.config.clock)()
     }
 
+    /// A read of at most one event at `from`: where `partition` starts and ends, and the first
+    /// event there.
+    pub(crate) async fn probe(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        from: ReadFrom,
+    ) -> Result<proteus_log::ReadBatch, LogError> {
+        let one = ReadLimits {
+            events_max: 1,
+            bytes_max: 1,
+        };
+        self.log.read(topic, partition, from, one).await
+    }
+
     /// The store refused a write of `handle` because a newer coordinator claimed the group:
     /// stop running it here at once (it must not act on state another instance owns) and let
     /// the coordinator drop its lease.
@@ -423,24 +438,11 @@ impl GroupService {
         partition: PartitionId,
         start: StartPosition,
     ) -> Result<Offset, GroupError> {
-        let probe = ReadLimits {
-            events_max: 1,
-            bytes_max: 1,
+        let from = match start {
+            StartPosition::TimeMs(time_ms) => ReadFrom::TimeMs(time_ms),
+            _ => ReadFrom::Offset(0),
         };
-        let batch = match start {
-            StartPosition::TimeMs(time_ms) => {
-                self.inner
-                    .log
-                    .read(topic, partition, ReadFrom::TimeMs(time_ms), probe)
-                    .await?
-            }
-            _ => {
-                self.inner
-                    .log
-                    .read(topic, partition, ReadFrom::Offset(0), probe)
-                    .await?
-            }
-        };
+        let batch = self.inner.probe(topic, partition, from).await?;
         Ok(match start {
             StartPosition::Beginning => batch.first_offset,
             StartPosition::End => batch.end_offset,

@@ -268,13 +268,8 @@ async fn restart_partition(
     from: u64,
     end_offset: u64,
 ) -> Result<u64, GroupError> {
-    let probe = ReadLimits {
-        events_max: 1,
-        bytes_max: 1,
-    };
     let first_offset = inner
-        .log
-        .read(&handle.topic, partition, ReadFrom::Offset(0), probe)
+        .probe(&handle.topic, partition, ReadFrom::Offset(0))
         .await?
         .first_offset;
     tracing::warn!(

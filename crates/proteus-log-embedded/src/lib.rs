@@ -345,13 +345,11 @@ impl TopicAdmin for EmbeddedLog {
         if let Ok(topic) = self.topic(name) {
             let current = topic.config();
             if current.partitions != config.partitions {
-                return Err(LogError::TopicConflict {
-                    topic: name.clone(),
-                    reason: format!(
-                        "it has {} partitions and the partition count is fixed at creation (asked for {}); create a new topic to change it",
-                        current.partitions, config.partitions
-                    ),
-                });
+                return Err(LogError::partition_count_fixed(
+                    name,
+                    current.partitions,
+                    config.partitions,
+                ));
             }
             if current == config {
                 return Ok(PutTopicOutcome::Unchanged);

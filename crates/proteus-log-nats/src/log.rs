@@ -581,13 +581,11 @@ impl NatsLog {
             match self.topic(name).await {
                 Ok(existing) => {
                     if existing.config.partitions != config.partitions {
-                        return Err(LogError::TopicConflict {
-                            topic: name.clone(),
-                            reason: format!(
-                                "it has {} partitions and the partition count is fixed at creation (asked for {})",
-                                existing.config.partitions, config.partitions
-                            ),
-                        });
+                        return Err(LogError::partition_count_fixed(
+                            name,
+                            existing.config.partitions,
+                            config.partitions,
+                        ));
                     }
                     if existing.config == config {
                         return Ok(PutTopicOutcome::Unchanged);

@@ -71,6 +71,17 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// A `put_topic` asking another partition count than the topic has: every adapter refuses
+    /// it with this error and message.
+    pub fn partition_count_fixed(topic: &TopicName, partitions: u32, asked: u32) -> LogError {
+        LogError::TopicConflict {
+            topic: topic.clone(),
+            reason: format!(
+                "it has {partitions} partitions and the partition count is fixed at creation (asked for {asked}); create a new topic to change it"
+            ),
+        }
+    }
+
     pub fn storage(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LogError {
         let context = context.into();
         move |source| LogError::Storage { context, source }

@@ -315,13 +315,11 @@ impl TopicAdmin for MemoryLog {
         let mut state = self.open_state()?;
         if let Some(topic) = state.topics.get_mut(name) {
             if topic.config.partitions != config.partitions {
-                return Err(LogError::TopicConflict {
-                    topic: name.clone(),
-                    reason: format!(
-                        "it has {} partitions and the partition count is fixed at creation (asked for {}); create a new topic to change it",
-                        topic.config.partitions, config.partitions
-                    ),
-                });
+                return Err(LogError::partition_count_fixed(
+                    name,
+                    topic.config.partitions,
+                    config.partitions,
+                ));
             }
             if topic.config == config {
                 return Ok(PutTopicOutcome::Unchanged);
