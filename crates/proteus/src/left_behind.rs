@@ -60,28 +60,33 @@ async fn open_blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>
 }
 
 async fn check_all(settings: &Settings, served: Served<'_>) {
+    // Shared groups are refused at start-up without a NATS log, so both checks need one.
     if let LogBackend::Nats { url, prefix } = &settings.log {
         warn_of_topics(&settings.data_dir, served.log, url, prefix).await;
-    }
-    let copy_groups = |groups_to: String| match &settings.log {
-        LogBackend::Nats { url, prefix } => Some(format!(
-            "proteus migrate-topics --from embedded:{} --to {} --to-prefix {prefix} --groups-to {groups_to}",
-            settings.data_dir.display(),
-            proteus_nats::redact(url)
-        )),
-        LogBackend::Embedded => None,
-    };
-    match &settings.groups {
-        EventStoreBackend::Embedded => {}
-        EventStoreBackend::Postgres { url, schema } => {
-            let to = format!("{} --groups-schema {schema}", proteus_postgres::redact(url));
-            let command = copy_groups(to);
-            warn_of_groups(&settings.data_dir, served.groups, "PostgreSQL", command).await;
-        }
-        EventStoreBackend::Nats { url, prefix } => {
-            let to = format!("{} --groups-prefix {prefix}", proteus_nats::redact(url));
-            let command = copy_groups(to);
-            warn_of_groups(&settings.data_dir, served.groups, "NATS", command).await;
+        let (backend, groups_to) = match &settings.groups {
+            EventStoreBackend::Embedded => ("", None),
+            EventStoreBackend::Postgres { url, schema } => (
+                "PostgreSQL",
+                Some(format!(
+                    "{} --groups-schema {schema}",
+                    proteus_postgres::redact(url)
+                )),
+            ),
+            EventStoreBackend::Nats { url, prefix } => (
+                "NATS",
+                Some(format!(
+                    "{} --groups-prefix {prefix}",
+                    proteus_nats::redact(url)
+                )),
+            ),
+        };
+        if let Some(groups_to) = groups_to {
+            let command = format!(
+                "proteus migrate-topics --from embedded:{} --to {} --to-prefix {prefix} --groups-to {groups_to}",
+                settings.data_dir.display(),
+                proteus_nats::redact(url)
+            );
+            warn_of_groups(&settings.data_dir, served.groups, backend, &command).await;
         }
     }
     if let EventStoreBackend::Postgres { .. } = &settings.read_models {
@@ -148,14 +153,8 @@ async fn warn_of_topics(data_dir: &Path, log: &dyn Log, url: &str, prefix: &str)
 
 /// Consumer groups in the embedded group store of `data_dir` that `shared`, the group store
 /// this server uses instead (on `backend`: "NATS" or "PostgreSQL"), lacks: says which, and
-/// the command that copies them (`copy_with`, when there is one). Two listings: the embedded
-/// store's and the shared store's.
-async fn warn_of_groups(
-    data_dir: &Path,
-    shared: &dyn GroupStore,
-    backend: &str,
-    copy_with: Option<String>,
-) {
+/// `command`, which copies them. Two listings: the embedded store's and the shared store's.
+async fn warn_of_groups(data_dir: &Path, shared: &dyn GroupStore, backend: &str, command: &str) {
     if !data_dir.join(proteus_groups_embedded::FILE_NAME).is_file() {
         return;
     }
@@ -190,16 +189,8 @@ async fn warn_of_groups(
     if left.is_empty() {
         return;
     }
-    let how = match copy_with {
-        Some(command) => format!(
-            "to copy them with their committed offsets, stop this server and run: {command}"
-        ),
-        None => {
-            "create them again in the shared store (their positions are in the embedded one)".into()
-        }
-    };
     tracing::warn!(
-        "{} has {} consumer group(s) in its embedded group store that this server does not serve, since its groups are in {backend}: {}; {how}",
+        "{} has {} consumer group(s) in its embedded group store that this server does not serve, since its groups are in {backend}: {}; to copy them with their committed offsets, stop this server and run: {command}",
         data_dir.display(),
         left.len(),
         named(&left),
