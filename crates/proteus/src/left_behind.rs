@@ -59,6 +59,31 @@ async fn open_blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>
     }
 }
 
+/// What an embedded store in `data_dir` (its file `file_name`) lists, if it exists, opens
+/// and lists at least one thing; a store that cannot be read is not checked (said at debug).
+async fn list_embedded<S: Send + 'static, T, E: std::fmt::Display + Send + 'static>(
+    data_dir: &Path,
+    file_name: &str,
+    open: impl FnOnce(&Path) -> Result<S, E> + Send + 'static,
+    list: impl AsyncFnOnce(S) -> Result<Vec<T>, E>,
+) -> Option<Vec<T>> {
+    if !data_dir.join(file_name).is_file() {
+        return None;
+    }
+    let listed = match open_blocking(data_dir, open).await {
+        Ok(store) => list(store).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(items) if items.is_empty() => None,
+        Ok(items) => Some(items),
+        Err(e) => {
+            tracing::debug!(error = %e, file = file_name, "not checking an embedded store");
+            None
+        }
+    }
+}
+
 async fn check_all(settings: &Settings, served: Served<'_>) {
     // Shared groups are refused at start-up without a NATS log, so both checks need one.
     if let LogBackend::Nats { url, prefix } = &settings.log {
@@ -155,20 +180,14 @@ async fn warn_of_topics(data_dir: &Path, log: &dyn Log, url: &str, prefix: &str)
 /// this server uses instead (on `backend`: "NATS" or "PostgreSQL"), lacks: says which, and
 /// `command`, which copies them. Two listings: the embedded store's and the shared store's.
 async fn warn_of_groups(data_dir: &Path, shared: &dyn GroupStore, backend: &str, command: &str) {
-    if !data_dir.join(proteus_groups_embedded::FILE_NAME).is_file() {
+    let listed = list_embedded(
+        data_dir,
+        proteus_groups_embedded::FILE_NAME,
+        EmbeddedGroupStore::open,
+        async |store: EmbeddedGroupStore| store.list_groups().await,
+    );
+    let Some(embedded) = listed.await else {
         return;
-    }
-    let embedded = match open_blocking(data_dir, EmbeddedGroupStore::open).await {
-        Ok(store) => store.list_groups().await.map_err(|e| e.to_string()),
-        Err(e) => Err(e),
-    };
-    let embedded = match embedded {
-        Ok(records) if records.is_empty() => return,
-        Ok(records) => records,
-        Err(e) => {
-            tracing::debug!(error = %e, "not checking the embedded consumer groups");
-            return;
-        }
     };
     let present: HashSet<(String, String)> = match shared.list_groups().await {
         Ok(records) => records
@@ -264,23 +283,14 @@ async fn newest_event(store: &EmbeddedEventStore) -> Option<(RecordedEvent, u64)
 /// read-model store this server uses instead (PostgreSQL), lacks: says which, with the command
 /// that creates each again here (its read model then rebuilds from the event store).
 async fn warn_of_projections(data_dir: &Path, shared: &dyn ReadModelStore) {
-    if !data_dir
-        .join(proteus_projections_embedded::FILE_NAME)
-        .is_file()
-    {
+    let listed = list_embedded(
+        data_dir,
+        proteus_projections_embedded::FILE_NAME,
+        EmbeddedReadModelStore::open,
+        async |store: EmbeddedReadModelStore| store.list_projections().await,
+    );
+    let Some(embedded) = listed.await else {
         return;
-    }
-    let embedded = match open_blocking(data_dir, EmbeddedReadModelStore::open).await {
-        Ok(store) => store.list_projections().await.map_err(|e| e.to_string()),
-        Err(e) => Err(e),
-    };
-    let embedded = match embedded {
-        Ok(records) if records.is_empty() => return,
-        Ok(records) => records,
-        Err(e) => {
-            tracing::debug!(error = %e, "not checking the embedded projections");
-            return;
-        }
     };
     let present: HashSet<String> = match shared.list_projections().await {
         Ok(records) => records.into_iter().map(|r| r.name.to_string()).collect(),
