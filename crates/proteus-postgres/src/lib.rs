@@ -129,8 +129,10 @@ pub fn pool_error(error: deadpool_postgres::PoolError, what: &str, url: &str) ->
     let server = redact(url);
     match error {
         PoolError::Backend(error) => {
+            // The server answered (too many connections, starting up): it is running.
+            let answered = error.as_db_error().is_some();
             let mut mapped = pg(error, what, url);
-            if mapped.retriable {
+            if mapped.retriable && !answered {
                 mapped
                     .message
                     .push_str(&format!("; is it running? If not, {START_HINT}"));
@@ -145,6 +147,48 @@ pub fn pool_error(error: deadpool_postgres::PoolError, what: &str, url: &str) ->
             retriable: true,
         },
         other => PgError::permanent(format!("the connection pool failed while {what}: {other}")),
+    }
+}
+
+/// Why connecting to the server at `url` failed, and what to do. A server that answered and
+/// refused (unknown role or database, wrong password) is running: telling the user to start it
+/// would send them the wrong way, and retrying will not help.
+pub fn connect_error(error: &tokio_postgres::Error, url: &str) -> PgError {
+    let server = redact(url);
+    if let Some(db) = error.as_db_error() {
+        let code = db.code().code();
+        let fix = match code {
+            "28000" => {
+                "; create the role (CREATE ROLE name LOGIN) or put an existing user in the URL"
+            }
+            "28P01" => "; check the password in the URL (postgres://user:password@host/db)",
+            "3D000" => {
+                "; create the database (CREATE DATABASE name) or name an existing one in the URL"
+            }
+            _ => "",
+        };
+        if retriable(db.code()) {
+            return PgError {
+                message: format!(
+                    "PostgreSQL at {server} refused the connection for now: {} ({code}); retry later",
+                    db.message()
+                ),
+                retriable: true,
+            };
+        }
+        return PgError::permanent(format!(
+            "PostgreSQL at {server} refused the connection: {} ({code}){fix}",
+            db.message()
+        ));
+    }
+    PgError {
+        message: format!(
+            "cannot connect to PostgreSQL at {server}: {error}{}; is it running? If not, {START_HINT}",
+            std::error::Error::source(error)
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default(),
+        ),
+        retriable: true,
     }
 }
 
@@ -193,16 +237,10 @@ impl Connection {
             ));
         }
         let config = self.config().map_err(PgError::permanent)?;
-        let (mut client, connection) = config.connect(NoTls).await.map_err(|e| PgError {
-            message: format!(
-                "cannot connect to PostgreSQL at {}: {e}{}; is it running? If not, {START_HINT}",
-                redact(&self.url),
-                std::error::Error::source(&e)
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default(),
-            ),
-            retriable: true,
-        })?;
+        let (mut client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| connect_error(&e, &self.url))?;
         let driver = tokio::spawn(connection);
         let migrated = migrations.apply(&mut client, &self.url, schema).await;
         drop(client);

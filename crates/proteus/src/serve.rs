@@ -368,12 +368,12 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         address = %format!("http://{address}"),
         data_dir = %settings.data_dir.display(),
         durability = %settings.durability,
-        log = ?settings.log,
-        event_store = ?settings.event_store,
-        read_models = ?settings.read_models,
-        metadata = ?settings.metadata,
-        groups = ?settings.groups,
-        cache = ?settings.cache,
+        log = %settings.log,
+        event_store = %settings.event_store,
+        read_models = %settings.read_models,
+        metadata = %settings.metadata,
+        groups = %settings.groups,
+        cache = %settings.cache,
         startup_ms = started.elapsed().as_millis() as u64,
         "Proteus is serving"
     );

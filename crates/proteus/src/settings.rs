@@ -195,13 +195,22 @@ pub enum CacheBackend {
     Redis { url: String, prefix: String },
 }
 
-impl std::fmt::Debug for CacheBackend {
-    // The URL may carry a password.
+/// As an operator reads it at start-up: the server without its password.
+impl std::fmt::Display for CacheBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CacheBackend::Memory => f.write_str("Memory"),
-            CacheBackend::Redis { prefix, .. } => write!(f, "Redis {{ prefix: {prefix:?}, .. }}"),
+            CacheBackend::Memory => f.write_str("memory"),
+            CacheBackend::Redis { url, prefix } => {
+                write!(f, "{} (key prefix {prefix:?})", proteus_redact::redact(url))
+            }
         }
+    }
+}
+
+impl std::fmt::Debug for CacheBackend {
+    // The URL may carry a password: never print it whole.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 
@@ -246,13 +255,26 @@ pub enum LogBackend {
     Nats { url: String, prefix: String },
 }
 
-impl std::fmt::Debug for LogBackend {
-    // The URL may carry credentials.
+/// As an operator reads it at start-up: the server without its credentials.
+impl std::fmt::Display for LogBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LogBackend::Embedded => f.write_str("Embedded"),
-            LogBackend::Nats { prefix, .. } => write!(f, "Nats {{ prefix: {prefix:?}, .. }}"),
+            LogBackend::Embedded => f.write_str("embedded"),
+            LogBackend::Nats { url, prefix } => {
+                write!(
+                    f,
+                    "{} (stream prefix {prefix})",
+                    proteus_redact::redact(url)
+                )
+            }
         }
+    }
+}
+
+impl std::fmt::Debug for LogBackend {
+    // The URL may carry credentials: never print it whole.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 
@@ -287,18 +309,25 @@ pub enum EventStoreBackend {
     Nats { url: String, prefix: String },
 }
 
-impl std::fmt::Debug for EventStoreBackend {
-    // The URL may carry a password.
+/// As an operator reads it at start-up: the server without its password.
+impl std::fmt::Display for EventStoreBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EventStoreBackend::Embedded => f.write_str("Embedded"),
-            EventStoreBackend::Postgres { schema, .. } => {
-                write!(f, "Postgres {{ schema: {schema:?}, .. }}")
+            EventStoreBackend::Embedded => f.write_str("embedded"),
+            EventStoreBackend::Postgres { url, schema } => {
+                write!(f, "{} (schema {schema})", proteus_redact::redact(url))
             }
-            EventStoreBackend::Nats { prefix, .. } => {
-                write!(f, "Nats {{ prefix: {prefix:?}, .. }}")
+            EventStoreBackend::Nats { url, prefix } => {
+                write!(f, "{} (prefix {prefix})", proteus_redact::redact(url))
             }
         }
+    }
+}
+
+impl std::fmt::Debug for EventStoreBackend {
+    // The URL may carry a password: never print it whole.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 
@@ -790,6 +819,40 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.contains("http_body_bytes_max"), "{error}");
+    }
+
+    /// The start-up line names each backend's server, so an operator sees where data goes,
+    /// but never a password.
+    #[test]
+    fn backends_show_their_server_without_its_password() {
+        let settings = Settings::resolve(ServeArgs {
+            storage_log: Some("nats://app:SECRET@nats.internal:4222".into()),
+            event_store: Some("postgres://app:SECRET@db.internal:5432/shop".into()),
+            cache: Some("redis://:SECRET@cache.internal:6379".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let shown = [
+            settings.log.to_string(),
+            settings.event_store.to_string(),
+            settings.cache.to_string(),
+            format!("{:?}", settings.event_store),
+        ];
+        for (text, server) in shown.iter().zip([
+            "nats.internal:4222",
+            "db.internal:5432/shop",
+            "cache.internal:6379",
+            "db.internal:5432/shop",
+        ]) {
+            assert!(text.contains(server), "{text}");
+            assert!(!text.contains("SECRET"), "{text}");
+        }
+        assert!(
+            shown[1].contains("schema proteus_eventstore"),
+            "{}",
+            shown[1]
+        );
+        assert_eq!(settings.read_models.to_string(), "embedded");
     }
 
     #[test]

@@ -146,6 +146,41 @@ async fn an_unreachable_server_is_unavailable_with_a_hint() {
     assert!(error.to_string().contains("pg_ctlcluster"), "{error}");
 }
 
+/// A server that answers but refuses (unknown role, unknown database) is running: the error
+/// says what it refused and how to fix the URL, not how to start PostgreSQL, and is not
+/// retriable.
+#[tokio::test]
+async fn a_server_that_refuses_the_connection_says_why_not_to_start_it() {
+    let config: tokio_postgres::Config = url().parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        other => panic!("the tests' PostgreSQL URL must name a TCP host, not {other:?}"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    for (bad_url, refused, fix) in [
+        (
+            format!("postgres://proteus_no_such_role@{host}:{port}/test"),
+            "28000",
+            "CREATE ROLE",
+        ),
+        (
+            format!("postgres://{user}@{host}:{port}/proteus_no_such_database"),
+            "3D000",
+            "CREATE DATABASE",
+        ),
+    ] {
+        let config = PostgresEventStoreConfig::new(bad_url.as_str(), "refused");
+        let error = PostgresEventStore::open(config).await.err().unwrap();
+        let message = error.to_string();
+        assert_ne!(error.kind(), ErrorKind::Unavailable, "{message}");
+        assert!(message.contains("refused the connection"), "{message}");
+        assert!(message.contains(refused), "{message}");
+        assert!(message.contains(fix), "{message}");
+        assert!(!message.contains("pg_ctlcluster"), "{message}");
+    }
+}
+
 /// Backends of the store are killed (as by a restart of PostgreSQL or a network cut): calls
 /// fail with `Unavailable` (an append in flight says it may have been committed), never
 /// panic, and the store recovers by itself, waits included.
