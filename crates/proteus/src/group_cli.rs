@@ -107,6 +107,9 @@ pub enum GroupCommand {
 #[derive(Args, Debug)]
 pub struct ConsumeArgs {
     pub topic: String,
+    /// The consumer group to join: its members share the topic's partitions, and what this
+    /// command acks is committed for the whole group (create it with `proteus group create`,
+    /// or pass --create).
     #[arg(long)]
     pub group: String,
     /// Rejoin under this member id (keeps the same partitions after a quick restart).

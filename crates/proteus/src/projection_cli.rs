@@ -11,7 +11,13 @@ pub enum ProjectionCommand {
     /// event, then follows new ones.
     Create {
         name: String,
-        #[arg(long)]
+        /// The definition as JSON, or @FILE: a `source` (`{"category": "order"}` or
+        /// `{"all": true}`) and one of `state` (a document per key, with handlers per event
+        /// type), `aggregate` (counts and sums by group) or `list` (the last events per key),
+        /// such as {"source": {"category": "order"}, "state": {"key": "stream", "handlers":
+        /// {"OrderPlaced": {"set": {"total": {"path": "/data/total"}}}}}}. Reference:
+        /// docs/event-sourcing.md, "Projections".
+        #[arg(long, value_name = "JSON|@FILE")]
         definition: String,
         #[command(flatten)]
         client: ClientArgs,
