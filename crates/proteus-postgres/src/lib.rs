@@ -375,8 +375,26 @@ mod tests {
 
     #[test]
     fn schema_names() {
-        assert!(validate_schema_name("groups_1").is_ok());
-        for bad in ["", "Groups", "1x", "pg_x", "a-b", &"x".repeat(49)] {
+        for good in [
+            "groups_1",
+            "proteus",
+            "_x",
+            "a1_b2",
+            &"s".repeat(SCHEMA_NAME_BYTES_MAX),
+        ] {
+            assert!(validate_schema_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Groups",
+            "1x",
+            "pg_x",
+            "a-b",
+            "a b",
+            "a\"b",
+            "é",
+            &"s".repeat(SCHEMA_NAME_BYTES_MAX + 1),
+        ] {
             assert!(validate_schema_name(bad).is_err(), "{bad}");
         }
     }
