@@ -14,6 +14,8 @@ use redis::aio::ConnectionManager;
 pub struct RedisRemoteCache {
     connection: ConnectionManager,
     namespace: String,
+    /// The server's URL with its password hidden, for messages.
+    url: String,
 }
 
 /// How to start the local Redis of a developer machine, for messages.
@@ -41,6 +43,7 @@ impl RedisRemoteCache {
         Ok(RedisRemoteCache {
             connection,
             namespace: namespace.to_owned(),
+            url: redact(url),
         })
     }
 
@@ -49,6 +52,27 @@ impl RedisRemoteCache {
         RedisRemoteCache {
             connection: self.connection.clone(),
             namespace: namespace.to_owned(),
+            url: self.url.clone(),
+        }
+    }
+
+    /// Whether Redis answers `PING` on this cache's connection within `timeout` (for
+    /// `/readyz` and `proteus_backend_up`); `Err` says why not.
+    pub async fn check_health(&self, timeout: std::time::Duration) -> Result<(), String> {
+        let mut connection = self.connection.clone();
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut connection);
+        match tokio::time::timeout(timeout, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!(
+                "Redis at {} does not answer PING: {error}; is it running? If not, {START_HINT}",
+                self.url
+            )),
+            Err(_) => Err(format!(
+                "Redis at {} did not answer PING within {} ms",
+                self.url,
+                timeout.as_millis()
+            )),
         }
     }
 

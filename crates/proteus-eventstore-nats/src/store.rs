@@ -390,6 +390,13 @@ fn recorded(
 }
 
 impl NatsEventStore {
+    /// Whether its NATS server is reachable on this handle's connection and answers JetStream
+    /// requests within `timeout` (for `/readyz` and `proteus_backend_up`); `Err` says why not.
+    pub async fn check_health(&self, timeout: std::time::Duration) -> Result<(), String> {
+        proteus_nats::client::check_health(&self.inner.client, &self.inner.config.url, timeout)
+            .await
+    }
+
     /// Connects to NATS, checks that JetStream answers, and creates the store's two streams if
     /// they do not exist. Fails with [`EventStoreError::Unavailable`] when the server cannot be
     /// reached, saying how to start it.

@@ -380,6 +380,13 @@ fn filter_params(filter: &ReadFilter) -> (Option<Vec<&str>>, Option<&str>) {
 }
 
 impl PostgresEventStore {
+    /// Whether its PostgreSQL server answers a query on one of the pool's connections within
+    /// `timeout` (for `/readyz` and `proteus_backend_up`); `Err` says why not.
+    pub async fn check_health(&self, timeout: std::time::Duration) -> Result<(), String> {
+        let shared = &self.inner.shared;
+        proteus_postgres::check_health(&shared.pool, &shared.url, timeout).await
+    }
+
     /// Connects, applies the migrations this schema misses (creating it if needed), fills the
     /// pool lazily and starts the LISTEN connection. Fails with `Unavailable` when PostgreSQL
     /// cannot be reached.

@@ -96,6 +96,12 @@ pub(crate) async fn ensure_bucket(
 }
 
 impl NatsGroupStore {
+    /// Whether its NATS server is reachable on this handle's connection and answers JetStream
+    /// requests within `timeout` (for `/readyz` and `proteus_backend_up`); `Err` says why not.
+    pub async fn check_health(&self, timeout: std::time::Duration) -> Result<(), String> {
+        proteus_nats::client::check_health(&self.client, &self.config.url, timeout).await
+    }
+
     /// Connects to NATS, checks that JetStream answers and opens (creating them if missing)
     /// the groups and leases buckets. The error says what failed and how to start NATS.
     pub async fn open(config: NatsGroupStoreConfig) -> Result<NatsGroupStore, StoreError> {

@@ -116,6 +116,12 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
 }
 
 impl PostgresGroupStore {
+    /// Whether its PostgreSQL server answers a query on one of the pool's connections within
+    /// `timeout` (for `/readyz` and `proteus_backend_up`); `Err` says why not.
+    pub async fn check_health(&self, timeout: std::time::Duration) -> Result<(), String> {
+        proteus_postgres::check_health(&self.inner.pool, &self.inner.url, timeout).await
+    }
+
     /// Connects, applies the migrations the schema misses and builds the pool. Fails with a
     /// message saying how to start PostgreSQL when it cannot be reached.
     pub async fn open(config: PostgresGroupStoreConfig) -> Result<Self, StoreError> {

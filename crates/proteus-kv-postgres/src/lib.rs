@@ -399,6 +399,12 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl PostgresKvStore {
+    /// Whether its PostgreSQL server answers a query on one of the pool's connections within
+    /// `timeout` (for `/readyz` and `proteus_backend_up`); `Err` says why not.
+    pub async fn check_health(&self, timeout: std::time::Duration) -> Result<(), String> {
+        proteus_postgres::check_health(&self.inner.pool, &self.inner.url, timeout).await
+    }
+
     /// Connects, applies the migrations the schema misses and builds the pool. Fails with a
     /// message naming the (redacted) URL and saying how to start PostgreSQL when it cannot be
     /// reached.

@@ -265,6 +265,13 @@ fn jetstream_code<K: std::fmt::Debug>(kind: &K) -> Option<u64> {
 }
 
 impl NatsLog {
+    /// Whether its NATS server is reachable on this handle's connection and answers JetStream
+    /// requests within `timeout` (for `/readyz` and `proteus_backend_up`); `Err` says why not.
+    pub async fn check_health(&self, timeout: std::time::Duration) -> Result<(), String> {
+        proteus_nats::client::check_health(&self.inner.client, &self.inner.config.url, timeout)
+            .await
+    }
+
     /// Connects to NATS and checks that JetStream answers. Fails with
     /// [`LogError::Unavailable`] if the server cannot be reached.
     pub async fn connect(config: NatsLogConfig) -> Result<NatsLog, LogError> {

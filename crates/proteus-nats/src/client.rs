@@ -61,6 +61,32 @@ pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client
     Ok(client)
 }
 
+/// Whether the server at `url` (redacted for the message) is reachable on `client` and
+/// answers JetStream requests now, within `timeout`: a health check, cheap enough to run every
+/// few seconds. A client that is reconnecting fails at once without a request.
+pub async fn check_health(
+    client: &async_nats::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let url = redact(url);
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return Err(format!(
+            "not connected to NATS at {url} (reconnecting by itself); is it running? If not, {START_HINT}"
+        ));
+    }
+    match tokio::time::timeout(timeout, jetstream_answers(client)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => Err(format!(
+            "NATS at {url} does not answer JetStream requests: {why}"
+        )),
+        Err(_) => Err(format!(
+            "NATS at {url} did not answer a JetStream request within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
 /// Whether JetStream answers on `client`: `Err` says why not.
 pub async fn jetstream_answers(client: &async_nats::Client) -> Result<(), String> {
     // The account info request answers on every JetStream version (the typed

@@ -192,6 +192,31 @@ pub fn connect_error(error: &tokio_postgres::Error, url: &str) -> PgError {
     }
 }
 
+/// Whether the server at `url` answers a query on a connection of `pool` (a pooled one, so
+/// this checks what the store's own calls would meet) within `timeout`: a health check, cheap
+/// enough to run every few seconds. `Err` says why not, with the server's redacted URL.
+pub async fn check_health(pool: &Pool, url: &str, timeout: Duration) -> Result<(), String> {
+    let checked = async {
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| pool_error(e, "checking its health", url))?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| pg(e, "checking its health", url))?;
+        Ok::<(), PgError>(())
+    };
+    match tokio::time::timeout(timeout, checked).await {
+        Ok(result) => result.map_err(|e| e.message),
+        Err(_) => Err(format!(
+            "PostgreSQL at {} did not answer SELECT 1 within {} ms",
+            redact(url),
+            timeout.as_millis()
+        )),
+    }
+}
+
 /// How to connect: the URL and the pool's bounds.
 #[derive(Clone)]
 pub struct Connection {

@@ -295,6 +295,12 @@ pub(crate) fn decode_checkpoint(name: &str, text: &str) -> Result<Checkpoint, St
 }
 
 impl PostgresReadModelStore {
+    /// Whether its PostgreSQL server answers a query on one of the pool's connections within
+    /// `timeout` (for `/readyz` and `proteus_backend_up`); `Err` says why not.
+    pub async fn check_health(&self, timeout: std::time::Duration) -> Result<(), String> {
+        proteus_postgres::check_health(&self.inner.pool, &self.inner.config.url, timeout).await
+    }
+
     /// Connects, applies the migrations this schema misses (creating it if needed) and fills
     /// the pool lazily. Fails with a message saying how to start PostgreSQL when it cannot be
     /// reached.

@@ -20,6 +20,7 @@ mod experiments;
 mod extract;
 mod flagsets;
 mod groups;
+pub mod health;
 mod metrics_layer;
 pub mod ofrep;
 mod problem;
@@ -92,6 +93,8 @@ pub struct AppState {
     pub group_router: Option<Arc<dyn proteus_groups_service::coordination::GroupRouter>>,
     /// Forwards group requests to their coordinator.
     pub(crate) forwarder: reqwest::Client,
+    /// The shared backends' latest checks, shown by `/readyz`.
+    pub health: health::BackendHealth,
     ready: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
 }
@@ -141,6 +144,7 @@ impl AppState {
                 .pool_max_idle_per_host(64)
                 .build()
                 .unwrap_or_default(),
+            health: health::BackendHealth::default(),
             ready: ready.clone(),
             shutdown: receiver,
         };
@@ -178,6 +182,12 @@ impl AppState {
         experiments: proteus_experiments_service::ExperimentService,
     ) -> Self {
         self.experiments = Some(experiments);
+        self
+    }
+
+    /// Reports `health`'s checks in `/readyz` (run them with [`health::BackendHealth::run`]).
+    pub fn with_backend_health(mut self, health: health::BackendHealth) -> Self {
+        self.health = health;
         self
     }
 
@@ -411,17 +421,59 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, Problem> {
-    if state.ready.load(Ordering::Acquire) {
-        Ok(axum::Json(serde_json::json!({"status": "ready"})))
-    } else {
-        Err(Problem::new(
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadyzQuery {
+    /// Answer 503 when a shared backend is down, not only during shutdown.
+    #[serde(default)]
+    require_backends: bool,
+}
+
+/// 200 while the server takes requests, with the latest check of each shared backend
+/// (`"status": "degraded"` when one is down); 503 once shutdown starts, or with
+/// `?require_backends=true` while a backend is down. See [`health`] for why an outage does not
+/// fail readiness by default.
+async fn readyz(
+    State(state): State<AppState>,
+    crate::extract::QueryParams(query): crate::extract::QueryParams<ReadyzQuery>,
+) -> Result<impl IntoResponse, Problem> {
+    if !state.ready.load(Ordering::Acquire) {
+        return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "Service unavailable",
             "the server is shutting down",
-        ))
+        ));
     }
+    let backends = state.health.statuses();
+    let down: Vec<String> = backends
+        .iter()
+        .filter(|b| !b.up)
+        .map(|b| {
+            format!(
+                "{} ({}): {}",
+                b.store,
+                b.backend,
+                b.error.as_deref().unwrap_or("down")
+            )
+        })
+        .collect();
+    if query.require_backends && !down.is_empty() {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            format!("a shared backend is down: {}", down.join("; ")),
+        )
+        .with(
+            "backends",
+            serde_json::to_value(&backends).unwrap_or_default(),
+        ));
+    }
+    let status = if down.is_empty() { "ready" } else { "degraded" };
+    Ok(axum::Json(
+        serde_json::json!({"status": status, "backends": backends}),
+    ))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -32,6 +32,9 @@ use proteus_projections_postgres::{PostgresReadModelConfig, PostgresReadModelSto
 use proteus_projections_service::{ProjectionService, ProjectionServiceConfig, SharedMode};
 use proteus_schemas_service::proteus_schemas::RegistryConfig;
 use proteus_schemas_service::{SchemaService, UpcastingEventStore};
+use proteus_server::health::{
+    BACKEND_CHECK_INTERVAL_MS, BACKEND_CHECK_TIMEOUT_MS, BackendCheck, BackendHealth,
+};
 use proteus_server::ofrep::ApiKey;
 use proteus_server::{AppState, HttpConfig};
 
@@ -69,6 +72,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     // The recorder must exist before the log opens so partition gauges are registered in it.
     proteus_server::install_metrics_recorder();
     let started = std::time::Instant::now();
+    // One check per store on a shared backend, for /readyz and proteus_backend_up.
+    let mut backend_checks: Vec<BackendCheck> = Vec::new();
     let log: Arc<dyn Log> = match &settings.log {
         LogBackend::Embedded => Arc::new(
             EmbeddedLog::open(EmbeddedConfig {
@@ -84,8 +89,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 )
             })?,
         ),
-        LogBackend::Nats { url, prefix } => Arc::new(
-            NatsLog::connect(NatsLogConfig {
+        LogBackend::Nats { url, prefix } => {
+            let log = NatsLog::connect(NatsLogConfig {
                 url: url.clone(),
                 stream_prefix: prefix.clone(),
                 subject_prefix: prefix.to_lowercase(),
@@ -93,8 +98,15 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 ..NatsLogConfig::default()
             })
             .await
-            .map_err(|e| format!("cannot open the NATS JetStream log (prefix {prefix}): {e}"))?,
-        ),
+            .map_err(|e| format!("cannot open the NATS JetStream log (prefix {prefix}): {e}"))?;
+            backend_checks.push(BackendCheck::new(
+                "log",
+                "nats",
+                log.clone(),
+                |log, timeout| async move { log.check_health(timeout).await },
+            ));
+            Arc::new(log)
+        }
     };
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
@@ -122,17 +134,22 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             false,
             None,
         ),
-        EventStoreBackend::Postgres { url, schema } => (
-            Arc::new(
+        EventStoreBackend::Postgres { url, schema } => {
+            let store = Arc::new(
                 PostgresGroupStore::open(PostgresGroupStoreConfig::new(url, schema))
                     .await
                     .map_err(|e| {
                         format!("cannot open the PostgreSQL consumer groups (schema {schema}): {e}")
                     })?,
-            ),
-            true,
-            None,
-        ),
+            );
+            backend_checks.push(BackendCheck::new(
+                "groups",
+                "postgres",
+                store.clone(),
+                |store, timeout| async move { store.check_health(timeout).await },
+            ));
+            (store, true, None)
+        }
         EventStoreBackend::Nats { url, prefix } => {
             let store = NatsGroupStore::open(NatsGroupStoreConfig {
                 bucket_prefix: prefix.clone(),
@@ -141,7 +158,14 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot open the NATS consumer groups (prefix {prefix}): {e}"))?;
             let leases: Arc<dyn KvStore> = Arc::new(store.lease_store());
-            (Arc::new(store), true, Some(leases))
+            let store = Arc::new(store);
+            backend_checks.push(BackendCheck::new(
+                "groups",
+                "nats",
+                store.clone(),
+                |store, timeout| async move { store.check_health(timeout).await },
+            ));
+            (store, true, Some(leases))
         }
     };
     let groups = GroupService::open(
@@ -154,7 +178,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot load the consumer groups: {e}"))?;
-    let remote_cache = open_remote_cache(&settings).await?;
+    let remote_cache = open_remote_cache(&settings, &mut backend_checks).await?;
     let flag_config = FlagServiceConfig {
         exposures: ExposureConfig {
             sample_rate: settings.flag_exposure_sample_rate,
@@ -197,15 +221,31 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 },
             )?,
         ),
-        EventStoreBackend::Postgres { url, schema } => Arc::new(
-            PostgresEventStore::open(PostgresEventStoreConfig::new(url, schema))
-                .await
-                .map_err(|e| {
-                    format!("cannot open the PostgreSQL event store (schema {schema}): {e}")
-                })?,
-        ),
+        EventStoreBackend::Postgres { url, schema } => {
+            let store = Arc::new(
+                PostgresEventStore::open(PostgresEventStoreConfig::new(url, schema))
+                    .await
+                    .map_err(|e| {
+                        format!("cannot open the PostgreSQL event store (schema {schema}): {e}")
+                    })?,
+            );
+            backend_checks.push(BackendCheck::new(
+                "event_store",
+                "postgres",
+                store.clone(),
+                |store, timeout| async move { store.check_health(timeout).await },
+            ));
+            store
+        }
         EventStoreBackend::Nats { url, prefix } => {
-            Arc::new(open_nats_event_store(url, prefix).await?)
+            let store = Arc::new(open_nats_event_store(url, prefix).await?);
+            backend_checks.push(BackendCheck::new(
+                "event_store",
+                "nats",
+                store.clone(),
+                |store, timeout| async move { store.check_health(timeout).await },
+            ));
+            store
         }
     };
     let schemas = SchemaService::open(
@@ -224,13 +264,22 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 )
             })?,
         ),
-        EventStoreBackend::Postgres { url, schema } => Arc::new(
-            PostgresReadModelStore::open(PostgresReadModelConfig::new(url, schema))
-                .await
-                .map_err(|e| {
-                    format!("cannot open the PostgreSQL read models (schema {schema}): {e}")
-                })?,
-        ),
+        EventStoreBackend::Postgres { url, schema } => {
+            let store = Arc::new(
+                PostgresReadModelStore::open(PostgresReadModelConfig::new(url, schema))
+                    .await
+                    .map_err(|e| {
+                        format!("cannot open the PostgreSQL read models (schema {schema}): {e}")
+                    })?,
+            );
+            backend_checks.push(BackendCheck::new(
+                "read_models",
+                "postgres",
+                store.clone(),
+                |store, timeout| async move { store.check_health(timeout).await },
+            ));
+            store
+        }
         EventStoreBackend::Nats { .. } => {
             return Err("read models are kept embedded or in PostgreSQL, not in NATS".into());
         }
@@ -248,13 +297,22 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 })?,
             )
         }
-        EventStoreBackend::Postgres { url, schema } => Arc::new(
-            PostgresKvStore::open(PostgresKvStoreConfig::new(url, schema))
-                .await
-                .map_err(|e| {
-                    format!("cannot open the PostgreSQL metadata store (schema {schema}): {e}")
-                })?,
-        ),
+        EventStoreBackend::Postgres { url, schema } => {
+            let store = Arc::new(
+                PostgresKvStore::open(PostgresKvStoreConfig::new(url, schema))
+                    .await
+                    .map_err(|e| {
+                        format!("cannot open the PostgreSQL metadata store (schema {schema}): {e}")
+                    })?,
+            );
+            backend_checks.push(BackendCheck::new(
+                "metadata",
+                "postgres",
+                store.clone(),
+                |store, timeout| async move { store.check_health(timeout).await },
+            ));
+            store
+        }
         EventStoreBackend::Nats { .. } => {
             return Err("metadata is kept embedded or in PostgreSQL, not in NATS (JetStream cannot commit several keys atomically); consumer groups can keep their leases in NATS with --groups nats://…".into());
         }
@@ -346,11 +404,24 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         Some(coordinator) => state.with_group_router(Arc::new(coordinator.clone())),
         None => state,
     };
+    // The first round before serving, so /readyz reports every backend from the start.
+    let backend_health = BackendHealth::new(backend_checks);
+    let check_timeout = Duration::from_millis(BACKEND_CHECK_TIMEOUT_MS);
+    backend_health.check_now(check_timeout).await;
+    tokio::spawn(backend_health.clone().run(
+        Duration::from_millis(BACKEND_CHECK_INTERVAL_MS),
+        check_timeout,
+        {
+            let shutdown = shutdown.clone();
+            async move { shutdown.triggered().await }
+        },
+    ));
     let state = state
         .with_event_store(events.clone())
         .with_schemas(schemas)
         .with_projections(projections.clone())
-        .with_experiments(experiments.clone());
+        .with_experiments(experiments.clone())
+        .with_backend_health(backend_health);
     left_behind::warn_of_data_not_served(
         &settings,
         left_behind::Served {
@@ -470,14 +541,25 @@ impl TerminationSignals {
 }
 
 /// The shared L2 (`--cache redis://…`), if any: one connection for every tiered cache.
-async fn open_remote_cache(settings: &Settings) -> Result<Option<Arc<dyn RemoteCache>>, String> {
+/// The shared L2 cache, if one is configured, with its health check.
+async fn open_remote_cache(
+    settings: &Settings,
+    backend_checks: &mut Vec<BackendCheck>,
+) -> Result<Option<Arc<dyn RemoteCache>>, String> {
     match &settings.cache {
         CacheBackend::Memory => Ok(None),
-        CacheBackend::Redis { url, prefix } => Ok(Some(Arc::new(
-            RedisRemoteCache::connect(url, prefix)
+        CacheBackend::Redis { url, prefix } => {
+            let cache = RedisRemoteCache::connect(url, prefix)
                 .await
-                .map_err(|e| format!("cannot open the Redis cache (prefix {prefix}): {e}"))?,
-        ))),
+                .map_err(|e| format!("cannot open the Redis cache (prefix {prefix}): {e}"))?;
+            backend_checks.push(BackendCheck::new(
+                "cache",
+                "redis",
+                cache.clone(),
+                |cache, timeout| async move { cache.check_health(timeout).await },
+            ));
+            Ok(Some(Arc::new(cache)))
+        }
     }
 }
 

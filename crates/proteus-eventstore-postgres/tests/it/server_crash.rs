@@ -71,6 +71,8 @@ async fn a_server_gone_after_open_is_named_in_errors() {
     };
     // A pooled connection exists, then the server goes.
     let _ = info(&store).await;
+    let check = Duration::from_millis(1_500);
+    store.check_health(check).await.expect("healthy while up");
     server.kill();
     // The pooled connection's socket is closed: it is dropped and a new one refused (a
     // request already on it may instead see the connection end; the next one connects).
@@ -92,4 +94,9 @@ async fn a_server_gone_after_open_is_named_in_errors() {
             .any(|e| e.contains("is it running?") && e.contains("pg_ctlcluster")),
         "{errors:#?}"
     );
+    // The health check (`/readyz`, `proteus_backend_up`) says the same, within its bound.
+    let started = std::time::Instant::now();
+    let unhealthy = store.check_health(check).await.unwrap_err();
+    assert!(unhealthy.contains(&named), "{unhealthy}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{unhealthy}");
 }

@@ -370,6 +370,12 @@ async fn a_lost_connection_fails_clearly_and_reconnects() {
         other => panic!("a save through a cut connection: {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(10));
+    // The health check (`/readyz`, `proteus_backend_up`) says so too, within its bound.
+    let check = Duration::from_millis(1_000);
+    let started = Instant::now();
+    let unhealthy = store.check_health(check).await.unwrap_err();
+    assert!(unhealthy.contains(&harness.config.url), "{unhealthy}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{unhealthy}");
 
     proxy.restart().await;
     // Every store error is a backend error, which a retry may fix.
@@ -390,6 +396,7 @@ async fn a_lost_connection_fails_clearly_and_reconnects() {
     .unwrap()
     .unwrap();
     assert_eq!(loaded.partitions[1].committed, 7);
+    store.check_health(check).await.expect("healthy once back");
     proxy.stop();
 }
 

@@ -26,7 +26,13 @@ async fn unknown_routes_and_methods_are_problems() {
 async fn health_readiness_and_metrics_answer() {
     let server = TestServer::start().await;
     assert_eq!(server.get_json("/healthz").await["status"], "ok");
-    assert_eq!(server.get_json("/readyz").await["status"], "ready");
+    let ready = server.get_json("/readyz").await;
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(
+        ready["backends"],
+        serde_json::json!([]),
+        "all embedded: {ready}"
+    );
     server.create_topic("metered", serde_json::json!({})).await;
     server
         .post_batch("metered", &[crate::support::event("1")])

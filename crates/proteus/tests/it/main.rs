@@ -1,5 +1,6 @@
 //! Tests of the `proteus` binary as users run it: real processes, real signals, real sockets.
 
+mod backend_health;
 mod bench_consume;
 mod cli;
 mod crash;
