@@ -9,6 +9,7 @@
 mod conformance;
 mod import;
 mod layout;
+mod native_consumers;
 mod reads;
 mod reconnect;
 mod server_crash;
