@@ -1,0 +1,351 @@
+//! Reads: a stream by versions (forward and backward), and the `$all` feed or a category by
+//! positions.
+
+use super::*;
+
+impl NatsEventStore {
+    /// The message of the stream's subject from which reading finds `version`: the last one
+    /// whose first version is at most `version`, or a sequence before it. A binary search
+    /// over stream sequences with `next_by_subj` gets.
+    pub(super) async fn locate(
+        &self,
+        stream: &StreamName,
+        subject: &str,
+        version: u64,
+        last_seq: u64,
+        last_first_version: u64,
+    ) -> Result<u64, EventStoreError> {
+        if version == 0 {
+            return Ok(1);
+        }
+        if version >= last_first_version {
+            return Ok(last_seq);
+        }
+        let what = format!("finding version {version} of stream '{stream}'");
+        let (mut lo, mut hi) = (1u64, last_seq);
+        for _ in 0..SEARCH_PROBES_MAX {
+            if hi - lo <= 1 {
+                break;
+            }
+            let mid = lo + (hi - lo) / 2;
+            match self.next_on(subject, mid, &what).await? {
+                Some(msg) if msg.seq < hi => match self.record(&msg)? {
+                    Record::Events { first_version, .. } if first_version <= version => {
+                        lo = msg.seq
+                    }
+                    _ => hi = msg.seq,
+                },
+                _ => hi = mid,
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The events of a live stream at versions `low..=high`, oldest first.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn stream_events(
+        &self,
+        stream: &StreamName,
+        subject: &str,
+        last: &Msg,
+        last_first_version: u64,
+        last_count: u64,
+        low: u64,
+        high: u64,
+    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        let mut events = Vec::new();
+        if low >= last_first_version {
+            for (i, event) in self.decode(last, last_count)?.into_iter().enumerate() {
+                let version = last_first_version + i as u64;
+                if (low..=high).contains(&version) {
+                    events.push(recorded(stream, last, last_first_version, i as u64, event));
+                }
+            }
+            return Ok(events);
+        }
+        let start = self
+            .locate(stream, subject, low, last.seq, last_first_version)
+            .await?;
+        let what = format!("reading stream '{stream}'");
+        let wanted = (high - low + 1) as usize;
+        let mut scan = self
+            .scan(&self.inner.events, subject, start, last.seq, wanted, &what)
+            .await?;
+        'messages: while let Some(msg) = scan.next().await? {
+            let Record::Events {
+                first_version,
+                count,
+            } = self.record(&msg)?
+            else {
+                continue;
+            };
+            if first_version + count <= low {
+                continue;
+            }
+            for (i, event) in self.decode(&msg, count)?.into_iter().enumerate() {
+                let version = first_version + i as u64;
+                if version < low {
+                    continue;
+                }
+                if version > high {
+                    break 'messages;
+                }
+                events.push(recorded(stream, &msg, first_version, i as u64, event));
+                if version == high {
+                    break 'messages;
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    pub(super) async fn read_stream_impl(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        direction: Direction,
+        max_count: usize,
+    ) -> Result<StreamPage, EventStoreError> {
+        validate_read_count(max_count)?;
+        self.check_open()?;
+        let subject = self.subject(stream);
+        // The stream's end and the feed's head are asked for together: one round trip less
+        // for every read (an aggregate load is usually one read).
+        let (state, (_, head_position)) =
+            futures_util::future::try_join(self.state(stream, &subject), self.head()).await?;
+        let (last, first_version, count) = match state {
+            State::None => {
+                return Err(EventStoreError::StreamNotFound {
+                    stream: stream.clone(),
+                });
+            }
+            State::Deleted { .. } => {
+                return Err(EventStoreError::StreamDeleted {
+                    stream: stream.clone(),
+                });
+            }
+            State::Live {
+                last,
+                first_version,
+                count,
+            } => (last, first_version, count),
+        };
+        let last_version = first_version + count - 1;
+        // The head was read beside the stream's end, perhaps just before an append to this
+        // stream: it is at least where the stream ends.
+        let head_position = head_position.max(position_of(last.seq, count - 1));
+        let span = max_count as u64 - 1;
+        match direction {
+            Direction::Forward => {
+                let events = if from_version > last_version {
+                    Vec::new()
+                } else {
+                    let high = last_version.min(from_version.saturating_add(span));
+                    self.stream_events(
+                        stream,
+                        &subject,
+                        &last,
+                        first_version,
+                        count,
+                        from_version,
+                        high,
+                    )
+                    .await?
+                };
+                let next_version = events.last().map_or(from_version, |e| e.version + 1);
+                Ok(StreamPage {
+                    stream: stream.clone(),
+                    events,
+                    next_version,
+                    is_end: next_version > last_version,
+                    last_version,
+                    head_position,
+                })
+            }
+            Direction::Backward => {
+                let top = from_version.min(last_version);
+                let low = top.saturating_sub(span);
+                let mut events = self
+                    .stream_events(stream, &subject, &last, first_version, count, low, top)
+                    .await?;
+                events.reverse();
+                let lowest = events.last().map_or(0, |e| e.version);
+                Ok(StreamPage {
+                    stream: stream.clone(),
+                    events,
+                    next_version: lowest.saturating_sub(1),
+                    is_end: lowest == 0,
+                    last_version,
+                    head_position,
+                })
+            }
+        }
+    }
+
+    /// A forward read of the `$all` feed or a category (`subjects`), from `from_position`.
+    pub(super) async fn read_forward(
+        &self,
+        subjects: &str,
+        from_position: u64,
+        max_count: usize,
+        filter: &ReadFilter,
+    ) -> Result<FeedPage, EventStoreError> {
+        let (last_seq, head) = self.head().await?;
+        if head == 0 || from_position > head {
+            return Ok(FeedPage {
+                events: Vec::new(),
+                next_position: from_position.max(head + 1),
+                is_end: true,
+                head_position: head,
+            });
+        }
+        let from = from_position.max(1);
+        let mut scan = self
+            .scan(
+                &self.inner.events,
+                subjects,
+                seq_of(from),
+                last_seq,
+                max_count + 1,
+                "reading the $all feed",
+            )
+            .await?;
+        let mut events = Vec::new();
+        let mut scanned = 0usize;
+        let mut last_scanned = None;
+        let mut more = None;
+        'messages: while let Some(msg) = scan.next().await? {
+            let Record::Events {
+                first_version,
+                count,
+            } = self.record(&msg)?
+            else {
+                continue;
+            };
+            if position_of(msg.seq, count - 1) < from {
+                continue;
+            }
+            let stream = self.stream_of(&msg)?;
+            let decoded = self.decode(&msg, count)?;
+            let n = decoded.len();
+            for (i, event) in decoded.into_iter().enumerate() {
+                let position = position_of(msg.seq, i as u64);
+                if position < from {
+                    continue;
+                }
+                scanned += 1;
+                last_scanned = Some(position);
+                if filter.matches(stream.as_str(), &event.event_type) {
+                    events.push(recorded(&stream, &msg, first_version, i as u64, event));
+                }
+                if events.len() == max_count || scanned == READ_SCAN_EVENTS_MAX {
+                    more = Some(i + 1 < n);
+                    break 'messages;
+                }
+            }
+        }
+        let more = match more {
+            Some(true) => true,
+            Some(false) => scan.has_more().await?,
+            None => false,
+        };
+        let (next_position, is_end) = match (more, last_scanned) {
+            (true, Some(position)) => (position + 1, false),
+            // Everything up to the head was examined.
+            _ => (from_position.max(head + 1), true),
+        };
+        Ok(FeedPage {
+            events,
+            next_position,
+            is_end,
+            head_position: head,
+        })
+    }
+
+    /// A backward read of the `$all` feed: windows of stream sequences read forward, newest
+    /// window first, each twice as large as the one before.
+    pub(super) async fn read_backward(
+        &self,
+        from_position: u64,
+        max_count: usize,
+        filter: &ReadFilter,
+    ) -> Result<FeedPage, EventStoreError> {
+        let (_, head) = self.head().await?;
+        let top = from_position.min(head);
+        if top == 0 {
+            return Ok(FeedPage {
+                events: Vec::new(),
+                next_position: 0,
+                is_end: true,
+                head_position: head,
+            });
+        }
+        let subjects = self.all_subjects(filter);
+        let mut hi = seq_of(top);
+        let mut window = (max_count as u64).clamp(BACKWARD_WINDOW_MIN, BACKWARD_WINDOW_MAX);
+        let mut events = Vec::new();
+        let mut scanned = 0usize;
+        let mut last_scanned = None;
+        let mut more = false;
+        'windows: loop {
+            let lo = hi.saturating_sub(window - 1).max(1);
+            let mut scan = self
+                .scan(
+                    &self.inner.events,
+                    &subjects,
+                    lo,
+                    hi,
+                    window as usize,
+                    "reading the $all feed backward",
+                )
+                .await?;
+            let mut messages = Vec::new();
+            while let Some(msg) = scan.next().await? {
+                messages.push(msg);
+            }
+            drop(scan);
+            for (m, msg) in messages.iter().enumerate().rev() {
+                let Record::Events {
+                    first_version,
+                    count,
+                } = self.record(msg)?
+                else {
+                    continue;
+                };
+                let stream = self.stream_of(msg)?;
+                let decoded = self.decode(msg, count)?;
+                for (i, event) in decoded.into_iter().enumerate().rev() {
+                    let position = position_of(msg.seq, i as u64);
+                    if position > top {
+                        continue;
+                    }
+                    scanned += 1;
+                    last_scanned = Some(position);
+                    if filter.matches(stream.as_str(), &event.event_type) {
+                        events.push(recorded(&stream, msg, first_version, i as u64, event));
+                    }
+                    if events.len() == max_count || scanned == READ_SCAN_EVENTS_MAX {
+                        more = i > 0 || m > 0 || lo > 1;
+                        break 'windows;
+                    }
+                }
+            }
+            if lo == 1 {
+                break;
+            }
+            hi = lo - 1;
+            window = (window * 2).min(BACKWARD_WINDOW_MAX);
+        }
+        let is_end = !more;
+        Ok(FeedPage {
+            events,
+            next_position: if is_end {
+                0
+            } else {
+                last_scanned.map_or(0, |p| p.saturating_sub(1))
+            },
+            is_end,
+            head_position: head,
+        })
+    }
+}

@@ -1,0 +1,155 @@
+//! [`Scan`]: reading a range of stream sequences through an ephemeral pull consumer.
+
+use super::*;
+
+/// Reads a range of stream sequences of one subject filter through an ephemeral pull
+/// consumer (no acks, memory storage), deleted when dropped.
+pub(super) struct Scan {
+    pub(super) consumer: Option<consumer::PullConsumer>,
+    pub(super) stream: stream::Stream,
+    pub(super) end_seq: u64,
+    pub(super) batch: usize,
+    pub(super) buffer: VecDeque<Msg>,
+    pub(super) drained: bool,
+    /// The subject filter.
+    pub(super) filter: String,
+    /// The sequence from which the next message is looked for.
+    pub(super) cursor: u64,
+    /// Whether the scan reads with message gets, the consumer having missed a message.
+    pub(super) by_gets: bool,
+    /// Longest wait for the next message of a fetch (the request timeout).
+    pub(super) fetch_idle: Duration,
+    pub(super) url: String,
+    pub(super) what: String,
+}
+
+impl Scan {
+    pub(super) async fn next(&mut self) -> Result<Option<Msg>, EventStoreError> {
+        if self.buffer.is_empty() && !self.drained {
+            self.fill().await?;
+        }
+        match self.buffer.pop_front() {
+            Some(message) if message.seq <= self.end_seq => Ok(Some(message)),
+            _ => {
+                self.drained = true;
+                self.buffer.clear();
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether another message at or below the end follows.
+    pub(super) async fn has_more(&mut self) -> Result<bool, EventStoreError> {
+        if self.buffer.is_empty() && !self.drained {
+            self.fill().await?;
+        }
+        Ok(self.buffer.front().is_some_and(|m| m.seq <= self.end_seq))
+    }
+
+    /// Fetches the next batch. When the consumer finds nothing more before the end, that is
+    /// checked with a message get (`next_by_subj` from the next sequence): NATS 2.9 answers a
+    /// no-wait fetch from its count of pending messages, which can be short for filtered
+    /// consumers that start mid-stream. If the get finds a message the consumer did not
+    /// deliver, the rest of the scan reads message by message with gets.
+    pub(super) async fn fill(&mut self) -> Result<(), EventStoreError> {
+        let Some(consumer) = self.consumer.as_ref() else {
+            self.drained = true;
+            return Ok(());
+        };
+        let error = |e: &dyn std::fmt::Display| nats(&self.url, &self.what, e.to_string(), false);
+        if !self.by_gets {
+            let mut refused_for_size = false;
+            for _ in 0..2 {
+                let mut fetch = consumer.fetch().max_messages(self.batch);
+                if refused_for_size {
+                    // The next message alone is larger than the byte budget: fetch it alone.
+                    fetch = fetch.max_messages(1);
+                } else {
+                    fetch = fetch.max_bytes(FETCH_BYTES_MAX);
+                }
+                let mut messages = fetch.messages().await.map_err(|e| error(&e))?;
+                let mut received = 0;
+                while let Some(item) = next_fetched(&mut messages, self.fetch_idle)
+                    .await
+                    .map_err(|e| error(&e))?
+                {
+                    let message = match item {
+                        Ok(message) => message,
+                        Err(e) => {
+                            let text = e.to_string();
+                            if text.contains("409")
+                                || text.to_ascii_lowercase().contains("maxbytes")
+                            {
+                                refused_for_size = true;
+                                break;
+                            }
+                            return Err(error(&e));
+                        }
+                    };
+                    let (seq, time_ms) = {
+                        let info = message.info().map_err(|e| error(&e))?;
+                        (
+                            info.stream_sequence,
+                            (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
+                        )
+                    };
+                    received += 1;
+                    self.cursor = seq + 1;
+                    self.buffer.push_back(Msg {
+                        seq,
+                        subject: message.message.subject.to_string(),
+                        headers: message.message.headers.clone(),
+                        payload: message.message.payload.clone(),
+                        time_ms,
+                    });
+                    if seq >= self.end_seq {
+                        self.drained = true;
+                        return Ok(());
+                    }
+                }
+                if received > 0 {
+                    return Ok(());
+                }
+                if !refused_for_size {
+                    break;
+                }
+            }
+        }
+        if self.cursor > self.end_seq {
+            self.drained = true;
+            return Ok(());
+        }
+        match self
+            .stream
+            .raw_message_builder()
+            .next_by_subject(self.filter.clone())
+            .sequence(self.cursor)
+            .send()
+            .await
+        {
+            Ok(message) if message.sequence <= self.end_seq => {
+                self.buffer.push_back(message.into());
+            }
+            Ok(_) => self.drained = true,
+            Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => {
+                self.drained = true
+            }
+            Err(e) => return Err(error(&e)),
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Scan {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            let name = consumer.cached_info().name.clone();
+            let stream = self.stream.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = stream.delete_consumer(&name).await;
+                });
+            }
+        }
+    }
+}
