@@ -197,6 +197,13 @@ pub struct ProjectionStatus {
     /// Positions between `read_position` and the head: an upper bound of the events still to
     /// read (positions may have gaps, and events the projection does not read count too).
     pub lag: u64,
+    /// How far behind in time, in milliseconds: the age of the oldest event at or after
+    /// `read_position` (an upper bound of the age of the oldest event still to read, as for
+    /// consumer groups' `lag_s`); 0 when caught up. Unlike `lag`, it means the same on every
+    /// store (positions are sparse on NATS JetStream). Absent when the event store could not
+    /// be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
     /// True when the runner's last read reached the head (it is waiting for new events).
     pub live: bool,
     /// A storage operation failing and being retried, if any.

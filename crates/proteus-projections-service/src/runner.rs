@@ -254,6 +254,12 @@ impl Runner {
                 },
             };
             self.slot.lock().head_position = page.head_position;
+            if let Some(oldest) = page.events.first() {
+                // The oldest event not processed yet, until this page is committed.
+                let behind_ms = now_ms().saturating_sub(oldest.recorded_ms).max(0);
+                metrics::gauge!("proteus_projection_lag_seconds", "projection" => self.name().to_string())
+                    .set(behind_ms as f64 / 1000.0);
+            }
             let flow = if page.events.is_empty() {
                 read_position = read_position.max(page.next_position);
                 let due = now_ms().saturating_sub(last_commit_ms)
@@ -298,6 +304,10 @@ impl Runner {
             metrics::gauge!("proteus_projection_lag_events", "projection" => self.name().to_string())
                 .set(lag(head, read_position) as f64);
             let live = read_position > head;
+            if live {
+                metrics::gauge!("proteus_projection_lag_seconds", "projection" => self.name().to_string())
+                    .set(0.0);
+            }
             self.slot.lock().live = live;
             if live && prefetched.is_none() {
                 let wait = Duration::from_millis(self.config.live_wait_ms);

@@ -511,6 +511,7 @@ impl ProjectionService {
             read_position,
             head_position,
             lag: lag(head_position, read_position),
+            lag_ms: None,
             live: record.state == RunState::Running && shared.live,
             retrying: shared.retrying.clone(),
             definition: record.definition.clone(),
@@ -537,6 +538,7 @@ impl ProjectionService {
             read_position,
             head_position,
             lag: lag(head_position, read_position),
+            lag_ms: None,
             retrying: None,
             definition: record.definition,
             created_ms: record.created_ms,
@@ -546,14 +548,48 @@ impl ProjectionService {
         }
     }
 
+    /// Fills `status.lag_ms`: 0 when nothing is left to read, else the age of the event at
+    /// its read position, read from the event store (one event).
+    async fn with_lag_ms(&self, mut status: ProjectionStatus) -> ProjectionStatus {
+        if status.lag == 0 {
+            status.lag_ms = Some(0);
+            return status;
+        }
+        let page = self
+            .inner
+            .events
+            .read_all(
+                status.read_position,
+                Direction::Forward,
+                1,
+                &ReadFilter::default(),
+            )
+            .await;
+        status.lag_ms = match page {
+            Ok(page) => Some(page.events.first().map_or(0, |event| {
+                now_ms().saturating_sub(event.recorded_ms).max(0) as u64
+            })),
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the oldest unread event for a status");
+                None
+            }
+        };
+        status
+    }
+
     /// Every projection, sorted by name.
     pub async fn list(&self) -> Vec<ProjectionStatus> {
         let head = self.head().await;
         let slots: Vec<Arc<Slot>> = self.entries().values().map(|e| e.slot.clone()).collect();
-        slots
+        let statuses: Vec<ProjectionStatus> = slots
             .iter()
             .filter_map(|slot| Self::status_of(slot, head, self.me()))
-            .collect()
+            .collect();
+        let mut with_lag = Vec::with_capacity(statuses.len());
+        for status in statuses {
+            with_lag.push(self.with_lag_ms(status).await);
+        }
+        with_lag
     }
 
     /// In shared mode, a projection this instance does not run is shown as stored (see
@@ -578,10 +614,12 @@ impl ProjectionService {
                     slot.lock().holder.clone()
                 }
             };
-            return Ok(Self::stored_status(record, checkpoint, head, runner));
+            let status = Self::stored_status(record, checkpoint, head, runner);
+            return Ok(self.with_lag_ms(status).await);
         }
         let head = self.head().await;
-        Self::status_of(&slot, head, self.me()).ok_or_else(|| not_found(&name))
+        let status = Self::status_of(&slot, head, self.me()).ok_or_else(|| not_found(&name))?;
+        Ok(self.with_lag_ms(status).await)
     }
 
     /// Whether this instance runs the projection now (in shared mode, exactly one instance

@@ -80,6 +80,9 @@ fn status_row(status: &Value) -> Vec<String> {
         status["checkpoint"]["position"].to_string(),
         status["head_position"].to_string(),
         status["lag"].to_string(),
+        status["lag_ms"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |ms| format!("{:.1}", ms as f64 / 1000.0)),
         status["error"]["reason"]
             .as_str()
             .map(|reason| format!("at position {}: {reason}", status["error"]["position"]))
@@ -98,7 +101,15 @@ fn print_status(statuses: &[Value], output: Output) {
     // The checkpoint is the next position to project, so it passes the head by one once the
     // projection has caught up: named as such, it does not read as an error.
     print_table(
-        &["NAME", "STATE", "NEXT POSITION", "HEAD", "LAG", "ERROR"],
+        &[
+            "NAME",
+            "STATE",
+            "NEXT POSITION",
+            "HEAD",
+            "LAG",
+            "LAG S",
+            "ERROR",
+        ],
         rows,
     );
 }

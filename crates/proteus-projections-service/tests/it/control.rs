@@ -25,10 +25,12 @@ async fn pause_resume_and_reset() {
         .create("balances", &balances(), None)
         .await
         .unwrap();
-    env.settle("balances").await;
+    let settled = env.settle("balances").await;
+    assert_eq!(settled.lag_ms, Some(0), "caught up: {settled:?}");
     let paused = env.service.pause("balances").await.unwrap();
     assert_eq!(paused.state, RunState::Paused);
     let before = env.docs("balances").await;
+    let first_unread_at = std::time::Instant::now();
     for account in 30..40 {
         let batch = account_events(account, &mut rng, 5);
         append(env.events.as_ref(), &format!("acct-{account}"), batch).await;
@@ -40,11 +42,21 @@ async fn pause_resume_and_reset() {
         "no progress while paused"
     );
     assert!(status.lag > 0 && !status.live, "{status:?}");
+    // Behind by the age of the first event appended while paused, in time as well.
+    let lag_ms = status.lag_ms.expect("lag_ms is known");
+    let elapsed_ms = first_unread_at.elapsed().as_millis() as u64;
+    assert!(
+        (300..=elapsed_ms + 50).contains(&lag_ms),
+        "lag_ms {lag_ms} should be the first unread event's age (at most {elapsed_ms} ms)"
+    );
+    let listed = env.service.list().await;
+    assert!(listed[0].lag_ms.unwrap() >= lag_ms, "{listed:?}");
     assert_eq!(env.docs("balances").await, before);
 
     let resumed = env.service.resume("balances").await.unwrap();
     assert_eq!(resumed.state, RunState::Running);
     let caught_up = env.settle("balances").await;
+    assert_eq!(caught_up.lag_ms, Some(0), "{caught_up:?}");
     let after = env.docs("balances").await;
     assert!(after.len() > before.len());
 

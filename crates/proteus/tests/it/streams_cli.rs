@@ -143,6 +143,11 @@ fn streams_and_schemas_from_the_command_line() {
     let (code, out, _) = cli(&["projection", "status"]);
     assert_eq!(code, 0);
     assert!(out.contains("carts") && out.contains("running"), "{out}");
+    assert!(out.lines().next().unwrap().contains("LAG S"), "{out}");
+    let (code, out, _) = cli(&["projection", "status", "carts", "--output", "json"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(status["lag_ms"].is_u64(), "{status}");
     let (code, out, _) = cli(&["projection", "query", "carts", "--filter", "items:gte:1"]);
     assert_eq!(code, 0);
     assert!(out.contains("cart-1"), "{out}");
