@@ -5,6 +5,7 @@ mod cli;
 mod experiment_cli;
 mod flags_cli;
 mod group_cli;
+mod health_checks;
 mod left_behind;
 mod migrate_cli;
 mod migrate_topics_cli;

@@ -38,6 +38,7 @@ use proteus_server::health::{
 use proteus_server::ofrep::ApiKey;
 use proteus_server::{AppState, HttpConfig};
 
+use crate::health_checks;
 use crate::left_behind;
 use crate::settings::{CacheBackend, EventStoreBackend, LogBackend, LogFormat, Settings};
 
@@ -90,22 +91,21 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             })?,
         ),
         LogBackend::Nats { url, prefix } => {
-            let log = NatsLog::connect(NatsLogConfig {
-                url: url.clone(),
-                stream_prefix: prefix.clone(),
-                subject_prefix: prefix.to_lowercase(),
-                retention_interval_ms: settings.retention_check_interval_ms,
-                ..NatsLogConfig::default()
-            })
-            .await
-            .map_err(|e| format!("cannot open the NATS JetStream log (prefix {prefix}): {e}"))?;
-            backend_checks.push(BackendCheck::new(
-                "log",
-                "nats",
-                log.clone(),
-                |log, timeout| async move { log.check_health(timeout).await },
-            ));
-            Arc::new(log)
+            let log = Arc::new(
+                NatsLog::connect(NatsLogConfig {
+                    url: url.clone(),
+                    stream_prefix: prefix.clone(),
+                    subject_prefix: prefix.to_lowercase(),
+                    retention_interval_ms: settings.retention_check_interval_ms,
+                    ..NatsLogConfig::default()
+                })
+                .await
+                .map_err(|e| {
+                    format!("cannot open the NATS JetStream log (prefix {prefix}): {e}")
+                })?,
+            );
+            backend_checks.push(health_checks::check("log", "nats", log.clone()));
+            log
         }
     };
     let listener = tokio::net::TcpListener::bind(&settings.listen)
@@ -142,12 +142,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                         format!("cannot open the PostgreSQL consumer groups (schema {schema}): {e}")
                     })?,
             );
-            backend_checks.push(BackendCheck::new(
-                "groups",
-                "postgres",
-                store.clone(),
-                |store, timeout| async move { store.check_health(timeout).await },
-            ));
+            backend_checks.push(health_checks::check("groups", "postgres", store.clone()));
             (store, true, None)
         }
         EventStoreBackend::Nats { url, prefix } => {
@@ -159,12 +154,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             .map_err(|e| format!("cannot open the NATS consumer groups (prefix {prefix}): {e}"))?;
             let leases: Arc<dyn KvStore> = Arc::new(store.lease_store());
             let store = Arc::new(store);
-            backend_checks.push(BackendCheck::new(
-                "groups",
-                "nats",
-                store.clone(),
-                |store, timeout| async move { store.check_health(timeout).await },
-            ));
+            backend_checks.push(health_checks::check("groups", "nats", store.clone()));
             (store, true, Some(leases))
         }
     };
@@ -229,22 +219,16 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                         format!("cannot open the PostgreSQL event store (schema {schema}): {e}")
                     })?,
             );
-            backend_checks.push(BackendCheck::new(
+            backend_checks.push(health_checks::check(
                 "event_store",
                 "postgres",
                 store.clone(),
-                |store, timeout| async move { store.check_health(timeout).await },
             ));
             store
         }
         EventStoreBackend::Nats { url, prefix } => {
             let store = Arc::new(open_nats_event_store(url, prefix).await?);
-            backend_checks.push(BackendCheck::new(
-                "event_store",
-                "nats",
-                store.clone(),
-                |store, timeout| async move { store.check_health(timeout).await },
-            ));
+            backend_checks.push(health_checks::check("event_store", "nats", store.clone()));
             store
         }
     };
@@ -272,11 +256,10 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                         format!("cannot open the PostgreSQL read models (schema {schema}): {e}")
                     })?,
             );
-            backend_checks.push(BackendCheck::new(
+            backend_checks.push(health_checks::check(
                 "read_models",
                 "postgres",
                 store.clone(),
-                |store, timeout| async move { store.check_health(timeout).await },
             ));
             store
         }
@@ -305,12 +288,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                         format!("cannot open the PostgreSQL metadata store (schema {schema}): {e}")
                     })?,
             );
-            backend_checks.push(BackendCheck::new(
-                "metadata",
-                "postgres",
-                store.clone(),
-                |store, timeout| async move { store.check_health(timeout).await },
-            ));
+            backend_checks.push(health_checks::check("metadata", "postgres", store.clone()));
             store
         }
         EventStoreBackend::Nats { .. } => {
@@ -549,16 +527,13 @@ async fn open_remote_cache(
     match &settings.cache {
         CacheBackend::Memory => Ok(None),
         CacheBackend::Redis { url, prefix } => {
-            let cache = RedisRemoteCache::connect(url, prefix)
-                .await
-                .map_err(|e| format!("cannot open the Redis cache (prefix {prefix}): {e}"))?;
-            backend_checks.push(BackendCheck::new(
-                "cache",
-                "redis",
-                cache.clone(),
-                |cache, timeout| async move { cache.check_health(timeout).await },
-            ));
-            Ok(Some(Arc::new(cache)))
+            let cache = Arc::new(
+                RedisRemoteCache::connect(url, prefix)
+                    .await
+                    .map_err(|e| format!("cannot open the Redis cache (prefix {prefix}): {e}"))?,
+            );
+            backend_checks.push(health_checks::check("cache", "redis", cache.clone()));
+            Ok(Some(cache))
         }
     }
 }
