@@ -15,6 +15,17 @@ use proteus_log_nats::names::partition_stream;
 
 use crate::support::{NatsHarness, connect, nats_url};
 
+/// One pull request for up to three messages, ending after `expires`.
+async fn pull(consumer: &consumer::PullConsumer, expires: Duration) -> consumer::pull::Batch {
+    consumer
+        .fetch()
+        .max_messages(3)
+        .expires(expires)
+        .messages()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_pull_consumer_reads_acks_redelivers_and_gives_up_like_jetstream() {
     let harness = NatsHarness::new();
@@ -50,13 +61,7 @@ async fn a_durable_pull_consumer_reads_acks_redelivers_and_gives_up_like_jetstre
 
     // First delivery: every event as the CloudEvent Proteus stored; "c" is left unacked.
     let mut delivered = Vec::new();
-    let mut messages = billing
-        .fetch()
-        .max_messages(3)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
+    let mut messages = pull(&billing, Duration::from_secs(2)).await;
     while let Some(message) = messages.next().await {
         let message = message.unwrap();
         let cloud_event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
@@ -71,13 +76,7 @@ async fn a_durable_pull_consumer_reads_acks_redelivers_and_gives_up_like_jetstre
     assert_eq!(delivered, ["a", "b", "c"]);
 
     // After ack_wait, JetStream redelivers "c", and only "c".
-    let mut again = billing
-        .fetch()
-        .max_messages(3)
-        .expires(Duration::from_secs(3))
-        .messages()
-        .await
-        .unwrap();
+    let mut again = pull(&billing, Duration::from_secs(3)).await;
     let redelivered = again.next().await.expect("a redelivery").unwrap();
     let cloud_event: serde_json::Value = serde_json::from_slice(&redelivered.payload).unwrap();
     assert_eq!(cloud_event["id"], "c");
@@ -87,13 +86,7 @@ async fn a_durable_pull_consumer_reads_acks_redelivers_and_gives_up_like_jetstre
     // Not acked on its last delivery: at the next pull after ack_wait JetStream gives up
     // (nothing is delivered) and says so in its advisory, naming the stream sequence, which is
     // the event's offset + 1.
-    let mut last = billing
-        .fetch()
-        .max_messages(3)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
+    let mut last = pull(&billing, Duration::from_secs(2)).await;
     assert!(last.next().await.is_none(), "nothing after max_deliver");
     let advisory = tokio::time::timeout(Duration::from_secs(10), advisories.next())
         .await
