@@ -90,17 +90,13 @@ impl BackendHealth {
     /// Runs every check at once, each bounded by `timeout`, then publishes the results: the
     /// statuses, the gauge, and a log line for each backend that went down or came back.
     pub async fn check_now(&self, timeout: Duration) {
+        // Each check promises to end within `timeout`; this bound holds if one does not.
+        let bound = timeout + timeout / 2;
         let rounds = self.checks.iter().map(|check| async move {
             let started = Instant::now();
-            // The check promises to end within `timeout`; this bound holds if it does not.
-            let outcome = tokio::time::timeout(timeout + timeout / 2, (check.check)(timeout))
+            let outcome = tokio::time::timeout(bound, (check.check)(timeout))
                 .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "no answer within {} ms",
-                        (timeout + timeout / 2).as_millis()
-                    ))
-                });
+                .unwrap_or_else(|_| Err(format!("no answer within {} ms", bound.as_millis())));
             BackendStatus {
                 store: check.store,
                 backend: check.backend,
