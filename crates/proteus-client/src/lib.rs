@@ -203,6 +203,13 @@ impl Client {
         })
     }
 
+    /// `GET /readyz`: `{"status": "ready"|"degraded", "backends": [...]}` (a 503 problem once
+    /// the server is shutting down).
+    pub async fn readiness(&self) -> Result<serde_json::Value, ClientError> {
+        let response = self.send(self.http.get(self.url("/readyz"))).await?;
+        self.json(response).await
+    }
+
     /// Creates a topic or updates its settings; `config` is the JSON body of
     /// `PUT /v1/topics/{topic}` (`{"partitions": 3, "retention_ms": …}`).
     pub async fn put_topic(

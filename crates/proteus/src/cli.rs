@@ -141,6 +141,47 @@ pub(crate) fn say(error: ClientError) -> String {
     error.to_string()
 }
 
+/// `proteus status`: the server's readiness and its shared backends; an error (exit 1) when
+/// one is down, so scripts can wait on it.
+pub async fn status(args: ClientArgs) -> Result<(), String> {
+    let readiness = client(&args)?.readiness().await.map_err(say)?;
+    let status = readiness["status"].as_str().unwrap_or("unknown").to_owned();
+    if args.output == Output::Json {
+        println!("{readiness}");
+    } else {
+        println!("{status} ({})", args.server);
+        let backends = readiness["backends"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if backends.is_empty() {
+            println!("every store is embedded: no shared backend to check");
+        } else {
+            let rows = backends
+                .iter()
+                .map(|b| {
+                    vec![
+                        b["store"].as_str().unwrap_or("").to_owned(),
+                        b["backend"].as_str().unwrap_or("").to_owned(),
+                        if b["up"] == true { "up" } else { "DOWN" }.to_owned(),
+                        b["latency_ms"].to_string(),
+                        b["error"].as_str().unwrap_or("").to_owned(),
+                    ]
+                })
+                .collect();
+            print_table(&["STORE", "BACKEND", "STATE", "CHECK MS", "ERROR"], rows);
+        }
+    }
+    if status == "ready" {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is {status}: a shared backend is down (see above); calls that need it fail with 503 until it is back",
+            args.server
+        ))
+    }
+}
+
 pub async fn topic(command: TopicCommand) -> Result<(), String> {
     match command {
         TopicCommand::Create {

@@ -87,6 +87,9 @@ enum Command {
     /// Copy the topics of a stopped server's embedded log to NATS JetStream, each event at its
     /// partition and offset, and verify them.
     MigrateTopics(migrate_topics_cli::MigrateTopicsArgs),
+    /// Whether the server is ready, and each shared backend (NATS, PostgreSQL, Redis) as its
+    /// latest health check found it; exits 1 unless all is well.
+    Status(cli::ClientArgs),
     /// Measure Proteus and its peers (NATS JetStream, Redis, PostgreSQL) on this machine.
     Bench {
         #[command(subcommand)]
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
             Command::Projection { command } => projection_cli::projection(command).await,
             Command::Schema { command } => schema_cli::schema(command).await,
             Command::Experiment { command } => experiment_cli::experiment(command).await,
+            Command::Status(args) => cli::status(args).await,
             Command::Bench { command } => proteus_bench::run(command).await,
             Command::Migrate(args) => migrate_cli::run(args).await,
             Command::MigrateTopics(args) => migrate_topics_cli::run(args).await,

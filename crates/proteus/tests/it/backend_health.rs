@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use proteus_nats::test_support::PrivateNatsServer;
 use serde_json::Value;
 
-use crate::support::{ServerProcess, drop_schema, postgres_url};
+use crate::support::{ServerProcess, drop_schema, postgres_url, run_cli};
 
 /// A schema of its own, dropped when the test ends (even when it fails).
 struct Schema(String);
@@ -123,6 +123,13 @@ fn readiness_reports_a_backend_that_goes_down_and_comes_back() {
     );
     let gauge = backend_up_gauge(&http, &server.url).expect("proteus_backend_up for the log");
     assert!(gauge.ends_with(" 1"), "{gauge}");
+    let (code, out, err) = run_cli(&["status", "--server", &server.url], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("ready"), "{out}");
+    assert!(
+        out.contains("event_store") && out.contains("postgres"),
+        "{out}"
+    );
 
     nats.kill();
     let body = until(&http, &server.url, "the log shown down", |body| {
@@ -145,6 +152,12 @@ fn readiness_reports_a_backend_that_goes_down_and_comes_back() {
     assert!(gauge.ends_with(" 0"), "{gauge}");
     let (status, _, problem) = readyz(&http, &server.url, "?require_backend=true");
     assert_eq!(status, 400, "a misspelt parameter is refused: {problem}");
+    // `proteus status` shows it too, and fails so a script can wait on it.
+    let (code, out, err) = run_cli(&["status", "--server", &server.url], None);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.starts_with("degraded"), "{out}");
+    assert!(out.contains("DOWN"), "{out}");
+    assert!(err.contains("a shared backend is down"), "{err}");
 
     runtime.block_on(nats.restart());
     let body = until(&http, &server.url, "the log shown up again", |body| {

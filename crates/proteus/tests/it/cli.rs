@@ -107,6 +107,15 @@ fn topics_publish_and_tail_from_the_command_line() {
     let (code, out, _) = cli(&["topic", "delete", "orders"], None);
     assert_eq!(code, 0);
     assert!(out.contains("deleted topic orders"));
+
+    let (code, out, err) = cli(&["status"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ready"), "{out}");
+    assert!(out.contains("every store is embedded"), "{out}");
+    let (code, out, _) = cli(&["status", "--output", "json"], None);
+    assert_eq!(code, 0);
+    let readiness: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(readiness["backends"], serde_json::json!([]), "{readiness}");
 }
 
 #[test]
@@ -118,6 +127,12 @@ fn an_unreachable_server_is_explained() {
         "{err}"
     );
     assert!(err.contains("proteus serve"), "{err}");
+    let (code, _, err) = run_cli(&["status", "--server", "http://127.0.0.1:1"], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot reach Proteus at http://127.0.0.1:1"),
+        "{err}"
+    );
     let (code, _, err) = run_cli(&["topic", "list", "--server", "not a url"], None);
     assert_eq!(code, 1);
     assert!(err.contains("invalid server URL"), "{err}");
