@@ -18,15 +18,14 @@
 //! which is what opening the same storage again is for a durable store.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use proteus_timer::{Wait, WaitUntil};
 
 use crate::error::EventStoreError;
 use crate::event::{
@@ -81,33 +80,19 @@ impl Shared {
     /// Publishes a new head and wakes the waits it ends. Called with the state's write lock
     /// held, after the events below `head` are in the state.
     fn publish(&self, head: u64) {
-        let mut woken = Vec::new();
+        let woken;
         {
             let mut waiters = self.waiters();
             waiters.head = waiters.head.max(head);
             let head = waiters.head;
-            waiters.waiting.retain(|_, (after, waker)| {
-                if *after < head {
-                    woken.push(waker.clone());
-                    false
-                } else {
-                    true
-                }
-            });
+            woken = waiters.waiting.take_where(|after| *after < head);
         }
         woken.into_iter().for_each(Waker::wake);
     }
 
     /// Wakes every wait, so waits of a closed handle end.
     fn wake_all(&self) {
-        let woken: Vec<Waker> = {
-            let mut waiters = self.waiters();
-            waiters
-                .waiting
-                .drain()
-                .map(|(_, (_, waker))| waker)
-                .collect()
-        };
+        let woken = self.waiters().waiting.take_all();
         woken.into_iter().for_each(Waker::wake);
     }
 }
@@ -116,9 +101,8 @@ impl Shared {
 #[derive(Default)]
 struct Waiters {
     head: u64,
-    next_id: u64,
-    /// Per wait: the position it waits to be passed, and its waker.
-    waiting: HashMap<u64, (u64, Waker)>,
+    /// Per wait: the position it waits to be passed.
+    waiting: proteus_timer::Parked<u64>,
 }
 
 #[derive(Default)]
@@ -633,13 +617,15 @@ impl EventStore for MemoryEventStore {
     ) -> Result<bool, EventStoreError> {
         validate_wait(timeout)?;
         self.check_open()?;
-        WaitForPosition {
-            shared: &self.shared,
-            closed: &self.closed,
-            after,
-            sleep: proteus_timer::Sleep::until(Instant::now() + timeout),
-            id: None,
-        }
+        let deadline = Instant::now() + timeout;
+        WaitUntil::new(
+            PositionPassed {
+                shared: &self.shared,
+                closed: &self.closed,
+                after,
+            },
+            deadline,
+        )
         .await
     }
 
@@ -654,68 +640,49 @@ impl EventStore for MemoryEventStore {
     }
 }
 
-/// A wait for the head to pass `after`, or for `sleep` to end, or for the handle to close.
-struct WaitForPosition<'a> {
+/// A wait for the head to pass `after`, or for the handle to close (its deadline is the
+/// [`WaitUntil`]'s).
+struct PositionPassed<'a> {
     shared: &'a Shared,
     closed: &'a AtomicBool,
     after: u64,
-    sleep: proteus_timer::Sleep,
-    /// Its entry among the waiters, once parked.
-    id: Option<u64>,
 }
 
-impl WaitForPosition<'_> {
-    fn unpark(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.shared.waiters().waiting.remove(&id);
-        }
-    }
-}
-
-impl Future for WaitForPosition<'_> {
+impl Wait for PositionPassed<'_> {
     type Output = Result<bool, EventStoreError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        {
-            // The head is checked and the waker parked under one lock, which every commit
-            // takes to publish a new head: no commit slips between them unnoticed.
-            let mut waiters = this.shared.waiters();
-            let done = if this.closed.load(Ordering::Acquire) {
-                Some(Err(unavailable()))
-            } else if waiters.head > this.after {
-                Some(Ok(true))
-            } else {
+    fn check_or_park(&self, slot: &mut Option<u64>, waker: &Waker) -> Option<Self::Output> {
+        // The head is checked and the waker parked under one lock, which every commit takes
+        // to publish a new head: no commit slips between them unnoticed.
+        let mut waiters = self.shared.waiters();
+        let done = if self.closed.load(Ordering::Acquire) {
+            Some(Err(unavailable()))
+        } else if waiters.head > self.after {
+            Some(Ok(true))
+        } else {
+            None
+        };
+        match done {
+            Some(done) => {
+                waiters.waiting.unpark(slot);
+                Some(done)
+            }
+            None => {
+                waiters.waiting.park(slot, self.after, waker);
                 None
-            };
-            if let Some(done) = done {
-                if let Some(id) = this.id.take() {
-                    waiters.waiting.remove(&id);
-                }
-                return Poll::Ready(done);
-            }
-            let id = *this.id.get_or_insert_with(|| {
-                waiters.next_id += 1;
-                waiters.next_id
-            });
-            waiters.waiting.insert(id, (this.after, cx.waker().clone()));
-        }
-        match this.sleep.poll_elapsed(cx) {
-            Ok(false) => Poll::Pending,
-            Ok(true) => {
-                this.unpark();
-                Poll::Ready(Ok(false))
-            }
-            Err(reason) => {
-                this.unpark();
-                Poll::Ready(Err(EventStoreError::Unavailable { reason }))
             }
         }
     }
-}
 
-impl Drop for WaitForPosition<'_> {
-    fn drop(&mut self) {
-        self.unpark();
+    fn unpark(&self, slot: &mut Option<u64>) {
+        self.shared.waiters().waiting.unpark(slot);
+    }
+
+    fn timed_out(&self) -> Self::Output {
+        Ok(false)
+    }
+
+    fn timer_failed(&self, reason: String) -> Self::Output {
+        Err(EventStoreError::Unavailable { reason })
     }
 }

@@ -20,14 +20,13 @@
 //! entries by each topic's `dedup_entries_max`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use proteus_timer::{Wait, WaitUntil};
 
 use crate::error::LogError;
 use crate::event::Event;
@@ -87,9 +86,8 @@ struct State {
     topics: BTreeMap<TopicName, Topic>,
     /// Bytes of every event held.
     bytes: u64,
-    next_waiter: u64,
     /// Parked waits, woken by every append, topic deletion and shutdown.
-    waiters: HashMap<u64, Waker>,
+    waiters: proteus_timer::Parked<()>,
 }
 
 struct Topic {
@@ -241,7 +239,7 @@ impl Shared {
 
     /// Wakes every parked wait; each checks again what it waits for.
     fn wake_all(&self) {
-        let wakers: Vec<Waker> = self.lock().waiters.drain().map(|(_, w)| w).collect();
+        let wakers = self.lock().waiters.take_all();
         wakers.into_iter().for_each(Waker::wake);
     }
 }
@@ -582,13 +580,15 @@ impl EventSubscriber for MemoryLog {
                 partition_of(name, topic, partition)?;
             }
         }
-        WaitForEvents {
-            log: self,
-            name,
-            positions,
-            sleep: proteus_timer::Sleep::until(Instant::now() + bounded_wait(timeout)),
-            id: None,
-        }
+        let deadline = Instant::now() + bounded_wait(timeout);
+        WaitUntil::new(
+            EventsArrive {
+                log: self,
+                name,
+                positions,
+            },
+            deadline,
+        )
         .await
     }
 }
@@ -606,24 +606,15 @@ impl Log for MemoryLog {
     }
 }
 
-/// A wait for an event at or after a watched position, the topic's deletion, the handle's
-/// shutdown, or the end of `sleep`.
-struct WaitForEvents<'a> {
+/// A wait for an event at or after a watched position, the topic's deletion, or the handle's
+/// shutdown (its deadline is the [`WaitUntil`]'s).
+struct EventsArrive<'a> {
     log: &'a MemoryLog,
     name: &'a TopicName,
     positions: &'a Cursor,
-    sleep: proteus_timer::Sleep,
-    /// Its entry among the parked waits, once parked.
-    id: Option<u64>,
 }
 
-impl WaitForEvents<'_> {
-    fn unpark(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.log.shared.lock().waiters.remove(&id);
-        }
-    }
-
+impl EventsArrive<'_> {
     /// What the wait ends with now, if it ends.
     fn outcome(&self, state: &State) -> Option<Result<bool, LogError>> {
         if self.log.closed.load(Ordering::Acquire) {
@@ -642,47 +633,30 @@ impl WaitForEvents<'_> {
     }
 }
 
-impl Future for WaitForEvents<'_> {
+impl Wait for EventsArrive<'_> {
     type Output = Result<bool, LogError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        {
-            // Checked and parked under the lock every append takes before waking waits: no
-            // append slips between them unnoticed.
-            let mut state = this.log.shared.lock();
-            if let Some(done) = this.outcome(&state) {
-                if let Some(id) = this.id.take() {
-                    state.waiters.remove(&id);
-                }
-                return Poll::Ready(done);
-            }
-            let id = match this.id {
-                Some(id) => id,
-                None => {
-                    state.next_waiter += 1;
-                    state.next_waiter
-                }
-            };
-            this.id = Some(id);
-            state.waiters.insert(id, cx.waker().clone());
+    fn check_or_park(&self, slot: &mut Option<u64>, waker: &Waker) -> Option<Self::Output> {
+        // Checked and parked under the lock every append takes before waking waits: no
+        // append slips between them unnoticed.
+        let mut state = self.log.shared.lock();
+        if let Some(done) = self.outcome(&state) {
+            state.waiters.unpark(slot);
+            return Some(done);
         }
-        match this.sleep.poll_elapsed(cx) {
-            Ok(false) => Poll::Pending,
-            Ok(true) => {
-                this.unpark();
-                Poll::Ready(Ok(false))
-            }
-            Err(reason) => {
-                this.unpark();
-                Poll::Ready(Err(LogError::Unavailable { reason }))
-            }
-        }
+        state.waiters.park(slot, (), waker);
+        None
     }
-}
 
-impl Drop for WaitForEvents<'_> {
-    fn drop(&mut self) {
-        self.unpark();
+    fn unpark(&self, slot: &mut Option<u64>) {
+        self.log.shared.lock().waiters.unpark(slot);
+    }
+
+    fn timed_out(&self) -> Self::Output {
+        Ok(false)
+    }
+
+    fn timer_failed(&self, reason: String) -> Self::Output {
+        Err(LogError::Unavailable { reason })
     }
 }

@@ -3,7 +3,12 @@
 //! The in-memory adapters live in the domain crates, which must not depend on tokio, yet their
 //! waits (`wait_for_events`, `wait_for_position`) time out. One thread per process, started by
 //! the first [`Sleep`] that has to wait, wakes each sleep's task when its deadline passes; a
-//! sleep dropped before its deadline removes itself.
+//! sleep dropped before its deadline removes itself. [`WaitUntil`] is such a wait on a
+//! condition guarded by its owner's lock, with the wakers kept in [`Parked`].
+
+mod wait;
+
+pub use wait::{Parked, Wait, WaitUntil};
 
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
