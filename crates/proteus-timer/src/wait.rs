@@ -139,6 +139,7 @@ impl<W: Wait> Drop for WaitUntil<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block_on;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -188,25 +189,6 @@ mod tests {
 
         fn timer_failed(&self, reason: String) -> bool {
             panic!("{reason}")
-        }
-    }
-
-    fn block_on<F: Future>(future: F) -> F::Output {
-        use std::task::Wake;
-        struct Unpark(std::thread::Thread);
-        impl Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Arc::new(Unpark(std::thread::current())).into();
-        let mut cx = Context::from_waker(&waker);
-        let mut future = std::pin::pin!(future);
-        loop {
-            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                return output;
-            }
-            std::thread::park();
         }
     }
 
