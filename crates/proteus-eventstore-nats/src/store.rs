@@ -124,6 +124,26 @@ enum State {
     },
 }
 
+impl State {
+    /// A live stream's newest message, first version and event count; for a stream that
+    /// never existed or was deleted, the error a read or a snapshot of it gets.
+    fn live(self, stream: &StreamName) -> Result<(Msg, u64, u64), EventStoreError> {
+        match self {
+            State::None => Err(EventStoreError::StreamNotFound {
+                stream: stream.clone(),
+            }),
+            State::Deleted { .. } => Err(EventStoreError::StreamDeleted {
+                stream: stream.clone(),
+            }),
+            State::Live {
+                last,
+                first_version,
+                count,
+            } => Ok((last, first_version, count)),
+        }
+    }
+}
+
 /// The NATS JetStream event store. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct NatsEventStore {

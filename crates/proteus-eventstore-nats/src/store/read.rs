@@ -113,23 +113,7 @@ impl NatsEventStore {
         // for every read (an aggregate load is usually one read).
         let (state, (_, head_position)) =
             futures_util::future::try_join(self.state(stream, &subject), self.head()).await?;
-        let (last, first_version, count) = match state {
-            State::None => {
-                return Err(EventStoreError::StreamNotFound {
-                    stream: stream.clone(),
-                });
-            }
-            State::Deleted { .. } => {
-                return Err(EventStoreError::StreamDeleted {
-                    stream: stream.clone(),
-                });
-            }
-            State::Live {
-                last,
-                first_version,
-                count,
-            } => (last, first_version, count),
-        };
+        let (last, first_version, count) = state.live(stream)?;
         let last_version = first_version + count - 1;
         // The head was read beside the stream's end, perhaps just before an append to this
         // stream: it is at least where the stream ends.

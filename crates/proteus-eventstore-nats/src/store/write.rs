@@ -249,31 +249,14 @@ impl NatsEventStore {
         let what = format!("storing the snapshot of stream '{stream}'");
         let mut conflicts = 0;
         loop {
-            match self.state(stream, &subject).await? {
-                State::None => {
-                    return Err(EventStoreError::StreamNotFound {
-                        stream: stream.clone(),
-                    });
-                }
-                State::Deleted { .. } => {
-                    return Err(EventStoreError::StreamDeleted {
-                        stream: stream.clone(),
-                    });
-                }
-                State::Live {
-                    first_version,
-                    count,
-                    ..
-                } => {
-                    let last_version = first_version + count - 1;
-                    if version > last_version {
-                        return Err(EventStoreError::SnapshotAheadOfStream {
-                            stream: stream.clone(),
-                            version,
-                            last_version: Some(last_version),
-                        });
-                    }
-                }
+            let (_, first_version, count) = self.state(stream, &subject).await?.live(stream)?;
+            let last_version = first_version + count - 1;
+            if version > last_version {
+                return Err(EventStoreError::SnapshotAheadOfStream {
+                    stream: stream.clone(),
+                    version,
+                    last_version: Some(last_version),
+                });
             }
             let stored = self
                 .last_on(&self.inner.snapshots, &snapshot_subject, &what)
