@@ -153,7 +153,7 @@ pub fn pool_error(error: deadpool_postgres::PoolError, what: &str, url: &str) ->
 /// Why connecting to the server at `url` failed, and what to do. A server that answered and
 /// refused (unknown role or database, wrong password) is running: telling the user to start it
 /// would send them the wrong way, and retrying will not help.
-pub fn connect_error(error: &tokio_postgres::Error, url: &str) -> PgError {
+fn connect_error(error: &tokio_postgres::Error, url: &str) -> PgError {
     let server = redact(url);
     if let Some(db) = error.as_db_error() {
         let code = db.code().code();

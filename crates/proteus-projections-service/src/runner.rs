@@ -242,6 +242,12 @@ impl Runner {
         }
         let mut last_commit_ms = now_ms();
         let mut prefetched: Option<FeedPage> = None;
+        // Registered once: the loop sets them for every page.
+        let projection = self.name().to_string();
+        let lag_events =
+            metrics::gauge!("proteus_projection_lag_events", "projection" => projection.clone());
+        let lag_seconds =
+            metrics::gauge!("proteus_projection_lag_seconds", "projection" => projection);
         loop {
             if self.stop.is_requested() {
                 break;
@@ -257,8 +263,7 @@ impl Runner {
             if let Some(oldest) = page.events.first() {
                 // The oldest event not processed yet, until this page is committed.
                 let behind_ms = now_ms().saturating_sub(oldest.recorded_ms).max(0);
-                metrics::gauge!("proteus_projection_lag_seconds", "projection" => self.name().to_string())
-                    .set(behind_ms as f64 / 1000.0);
+                lag_seconds.set(behind_ms as f64 / 1000.0);
             }
             let flow = if page.events.is_empty() {
                 read_position = read_position.max(page.next_position);
@@ -301,12 +306,10 @@ impl Runner {
                 break;
             }
             let head = self.slot.lock().head_position;
-            metrics::gauge!("proteus_projection_lag_events", "projection" => self.name().to_string())
-                .set(lag(head, read_position) as f64);
+            lag_events.set(lag(head, read_position) as f64);
             let live = read_position > head;
             if live {
-                metrics::gauge!("proteus_projection_lag_seconds", "projection" => self.name().to_string())
-                    .set(0.0);
+                lag_seconds.set(0.0);
             }
             self.slot.lock().live = live;
             if live && prefetched.is_none() {

@@ -581,15 +581,12 @@ impl ProjectionService {
     pub async fn list(&self) -> Vec<ProjectionStatus> {
         let head = self.head().await;
         let slots: Vec<Arc<Slot>> = self.entries().values().map(|e| e.slot.clone()).collect();
-        let statuses: Vec<ProjectionStatus> = slots
+        // One read per lagging projection, all at once rather than one after another.
+        let statuses = slots
             .iter()
             .filter_map(|slot| Self::status_of(slot, head, self.me()))
-            .collect();
-        let mut with_lag = Vec::with_capacity(statuses.len());
-        for status in statuses {
-            with_lag.push(self.with_lag_ms(status).await);
-        }
-        with_lag
+            .map(|status| self.with_lag_ms(status));
+        futures_util::future::join_all(statuses).await
     }
 
     /// In shared mode, a projection this instance does not run is shown as stored (see
