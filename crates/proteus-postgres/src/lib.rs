@@ -209,11 +209,25 @@ pub async fn check_health(pool: &Pool, url: &str, timeout: Duration) -> Result<(
     };
     match tokio::time::timeout(timeout, checked).await {
         Ok(result) => result.map_err(|e| e.message),
-        Err(_) => Err(format!(
-            "PostgreSQL at {} did not answer SELECT 1 within {} ms",
-            redact(url),
-            timeout.as_millis()
-        )),
+        Err(_) => {
+            // Every pooled connection busy the whole time: the server may be fine but slow to
+            // free them, or the pool too small for the load; either way the store's own calls
+            // wait as this check did, so it is reported, with what tells the two apart.
+            let status = pool.status();
+            let busy = if status.size >= status.max_size && status.available == 0 {
+                format!(
+                    "; all {} pooled connections stayed busy (a slow server or a pool too small for the load: raise pool_size_max)",
+                    status.max_size
+                )
+            } else {
+                String::new()
+            };
+            Err(format!(
+                "PostgreSQL at {} did not answer SELECT 1 within {} ms{busy}",
+                redact(url),
+                timeout.as_millis()
+            ))
+        }
     }
 }
 
@@ -245,8 +259,10 @@ impl Connection {
         if !options.is_empty() {
             options.push(' ');
         }
+        // Notices (`CREATE SCHEMA IF NOT EXISTS` of a schema that exists, at every start) would
+        // reach the log as INFO lines from the driver; warnings and errors still come.
         options.push_str(&format!(
-            "-c statement_timeout={} -c client_encoding=UTF8",
+            "-c statement_timeout={} -c client_encoding=UTF8 -c client_min_messages=warning",
             self.statement_timeout_ms
         ));
         config.options(&options);

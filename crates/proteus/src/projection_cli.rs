@@ -37,8 +37,8 @@ pub enum ProjectionCommand {
         /// prefix exists).
         #[arg(long)]
         filter: Vec<String>,
-        /// A field to sort by, `-` first for descending (-total).
-        #[arg(long)]
+        /// A field to sort by, `-` first for descending (--sort -total).
+        #[arg(long, allow_hyphen_values = true)]
         sort: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,

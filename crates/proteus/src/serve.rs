@@ -73,6 +73,14 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     // The recorder must exist before the log opens so partition gauges are registered in it.
     proteus_server::install_metrics_recorder();
     let started = std::time::Instant::now();
+    // Every store kept on a shared backend still leaves files here (the instance id, the
+    // embedded stores not moved), so the directory is made whatever the backends.
+    std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+        format!(
+            "cannot create the data directory {}: {e}; pick a writable one with --data-dir (or PROTEUS_DATA_DIR)",
+            settings.data_dir.display()
+        )
+    })?;
     // One check per store on a shared backend, for /readyz and proteus_backend_up.
     let mut backend_checks: Vec<BackendCheck> = Vec::new();
     let log: Arc<dyn Log> = match &settings.log {

@@ -181,6 +181,46 @@ async fn a_server_that_refuses_the_connection_says_why_not_to_start_it() {
     }
 }
 
+/// The health check takes one of the store's pooled connections, so a pool whose every
+/// connection stays busy fails it like a server that does not answer; the message then says
+/// which of the two it was, so an operator raises `pool_size_max` instead of restarting
+/// PostgreSQL. Once a connection is free again the check passes.
+#[tokio::test]
+async fn a_health_check_on_a_busy_pool_says_the_pool_is_busy() {
+    let schema = TestSchema::new("busy");
+    let connection = proteus_postgres::Connection {
+        url: url(),
+        application_name: "proteus-it-busy",
+        pool_size_max: 1,
+        connect_timeout_ms: 5_000,
+        pool_wait_timeout_ms: 5_000,
+        statement_timeout_ms: 5_000,
+    };
+    let migrations = proteus_postgres::Migrations {
+        table: "busy_migrations",
+        what: "health-check test",
+        list: &[],
+    };
+    let pool = connection.open(&schema.name, &migrations).await.unwrap();
+    let timeout = Duration::from_millis(300);
+    proteus_postgres::check_health(&pool, &url(), timeout)
+        .await
+        .expect("healthy with a free connection");
+    let held = pool.get().await.unwrap();
+    let busy = proteus_postgres::check_health(&pool, &url(), timeout)
+        .await
+        .unwrap_err();
+    assert!(busy.contains("within 300 ms"), "{busy}");
+    assert!(
+        busy.contains("all 1 pooled connections stayed busy") && busy.contains("pool_size_max"),
+        "{busy}"
+    );
+    drop(held);
+    proteus_postgres::check_health(&pool, &url(), timeout)
+        .await
+        .expect("healthy once the connection is back in the pool");
+}
+
 /// Backends of the store are killed (as by a restart of PostgreSQL or a network cut): calls
 /// fail with `Unavailable` (an append in flight says it may have been committed), never
 /// panic, and the store recovers by itself, waits included.

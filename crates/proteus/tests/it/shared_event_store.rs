@@ -134,6 +134,53 @@ fn three_instances_share_one_postgres_event_store() {
     assert_eq!(streams, ["acct-1", "acct-1", "acct-2"], "{feed}");
 }
 
+/// With every store on a shared backend no embedded store makes the data directory, yet the
+/// instance id lives there: the server makes it (it used to stop at start-up, unable to write
+/// `instance.id` into a directory that did not exist).
+#[test]
+fn a_server_with_every_store_shared_makes_its_data_directory() {
+    let schema = Schema::new();
+    let prefix = format!("ITDIR{}", std::process::id());
+    struct Streams(String);
+    impl Drop for Streams {
+        fn drop(&mut self) {
+            delete_streams(nats_url(), self.0.clone());
+        }
+    }
+    let _streams = Streams(prefix.clone());
+    let parent = tempfile::tempdir().unwrap();
+    let data_dir = parent.path().join("not").join("yet");
+    let postgres = postgres_url();
+    let nats = nats_url();
+    let mut args = vec!["--storage-log", &nats, "--storage-log-prefix", &prefix];
+    let flags: Vec<(String, String)> = ["event-store", "read-models", "metadata", "groups"]
+        .iter()
+        .map(|store| (format!("--{store}"), format!("--{store}-schema")))
+        .collect();
+    for (store, schema_flag) in &flags {
+        args.extend([store.as_str(), &postgres, schema_flag.as_str(), &schema.0]);
+    }
+    let server = ServerProcess::start_with(&data_dir, &args, &[]);
+    let id = std::fs::read_to_string(data_dir.join("instance.id")).unwrap();
+    assert_eq!(id.trim().len(), 32, "{id:?}");
+    drop(server);
+
+    // A data directory that cannot be made is named, with the flag that picks another.
+    let blocker = parent.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let output = Command::new(crate::support::BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(blocker.join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot create the data directory") && stderr.contains("--data-dir"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn an_unreachable_postgres_is_a_clear_start_up_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -148,8 +148,17 @@ fn streams_and_schemas_from_the_command_line() {
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(status["lag_ms"].is_u64(), "{status}");
-    let (code, out, _) = cli(&["projection", "query", "carts", "--filter", "items:gte:1"]);
-    assert_eq!(code, 0);
+    // A descending sort starts with '-', as the docs write it, and is not taken for a flag.
+    let (code, out, err) = cli(&[
+        "projection",
+        "query",
+        "carts",
+        "--filter",
+        "items:gte:1",
+        "--sort",
+        "-items",
+    ]);
+    assert_eq!(code, 0, "{err}");
     assert!(out.contains("cart-1"), "{out}");
 }
 
