@@ -98,7 +98,7 @@ pub struct PublishArgs {
     #[arg(long)]
     pub partition_key: Option<String>,
     /// JSON data.
-    #[arg(long, conflicts_with = "data_text")]
+    #[arg(long, conflicts_with = "data_text", allow_hyphen_values = true)]
     pub data: Option<String>,
     /// Text data.
     #[arg(long)]

@@ -68,12 +68,16 @@ pub enum FlagsCommand {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// How strictly to check the files: strict refuses every problem, flagd loads what
+        /// flagd loads and warns about the rest.
         #[arg(long, value_enum, default_value = "strict")]
         validation: ValidationArg,
     },
     /// Replace a flag set with a flagd file (creating the set).
     Push {
         file: PathBuf,
+        /// How strictly to check the files: strict refuses every problem, flagd loads what
+        /// flagd loads and warns about the rest.
         #[arg(long, value_enum, default_value = "strict")]
         validation: ValidationArg,
         #[command(flatten)]
@@ -105,6 +109,7 @@ pub enum FlagsCommand {
     History {
         /// Only the changes to this flag.
         key: Option<String>,
+        /// Most changes to show.
         #[arg(long, default_value_t = 20)]
         limit: usize,
         #[command(flatten)]
@@ -113,8 +118,10 @@ pub enum FlagsCommand {
     /// Restore the set (or one flag, given its key) to an earlier version, as a new version.
     Rollback {
         key: Option<String>,
+        /// The version to restore (see `proteus flags history`).
         #[arg(long, value_name = "VERSION")]
         to_version: u64,
+        /// Why, recorded in the audit history.
         #[arg(long)]
         comment: Option<String>,
         #[command(flatten)]
@@ -127,11 +134,13 @@ pub enum FlagsCommand {
         /// When: RFC 3339 (2026-12-01T09:00:00Z) or milliseconds since the epoch.
         #[arg(long)]
         at: String,
+        /// The state to switch the flag to at that time.
         #[arg(long, conflicts_with = "definition")]
         state: Option<StateArg>,
         /// The flag's new definition as JSON, or @FILE.
         #[arg(long)]
         definition: Option<String>,
+        /// Why, recorded in the audit history.
         #[arg(long)]
         comment: Option<String>,
         #[command(flatten)]
@@ -139,6 +148,7 @@ pub enum FlagsCommand {
     },
     /// List pending scheduled changes, or cancel one.
     Schedules {
+        /// Cancel the pending change with this id (from the list) instead of listing.
         #[arg(long, value_name = "ID")]
         cancel: Option<String>,
         #[command(flatten)]
@@ -157,8 +167,10 @@ pub enum FlagsCommand {
         /// Time between steps, like 30m, 12h or 1d.
         #[arg(long, default_value = "1d")]
         every: String,
+        /// Pause the flag's rollout: the current step stays, the later ones are cancelled.
         #[arg(long, conflicts_with_all = ["variant", "steps"])]
         pause: bool,
+        /// Why, recorded in the audit history.
         #[arg(long)]
         comment: Option<String>,
         #[command(flatten)]

@@ -46,6 +46,7 @@ pub struct GroupSettings {
     /// Push events to this webhook instead of waiting for pulls.
     #[arg(long, value_name = "URL")]
     push_url: Option<String>,
+    /// How the webhook receives events: one per request or a batch [default: binary].
     #[arg(long, value_enum, requires = "push_url")]
     push_mode: Option<PushModeArg>,
     /// Requests in flight at once for a push group [default: 4].
@@ -94,6 +95,8 @@ pub enum GroupCommand {
     Reset {
         topic: String,
         group: String,
+        /// `beginning`, `end`, an offset (`42`), or a time: `time:2026-11-24T10:00:00Z` or
+        /// `time:` and milliseconds since the epoch (the first event appended at or after it).
         #[arg(long)]
         to: String,
         /// Only this partition (repeatable); all when absent.
@@ -137,6 +140,7 @@ pub enum DlqCommand {
         /// First dead-letter offset to list.
         #[arg(long, default_value_t = 0)]
         from: u64,
+        /// Most dead letters to list.
         #[arg(long, default_value_t = 100)]
         limit: u32,
         #[command(flatten)]
@@ -146,8 +150,11 @@ pub enum DlqCommand {
     Replay {
         topic: String,
         group: String,
+        /// Replay every dead letter.
         #[arg(long, conflicts_with = "offsets", required_unless_present = "offsets")]
         all: bool,
+        /// Replay the dead letter at this offset of the dead-letter topic (repeatable; see
+        /// `proteus dlq list`).
         #[arg(long = "offset", value_name = "OFFSET")]
         offsets: Vec<u64>,
         #[command(flatten)]

@@ -31,6 +31,7 @@ pub enum ProjectionCommand {
     /// Documents of a read model: one by --key, or a filtered, sorted page.
     Query {
         name: String,
+        /// The one document with this key (a stream name, or the value the definition keys by).
         #[arg(long, conflicts_with_all = ["filter", "sort"])]
         key: Option<String>,
         /// PATH:OP:VALUE, such as status:eq:placed (repeatable; ops: eq ne lt lte gt gte in
@@ -40,8 +41,10 @@ pub enum ProjectionCommand {
         /// A field to sort by, `-` first for descending (--sort -total).
         #[arg(long, allow_hyphen_values = true)]
         sort: Option<String>,
+        /// Most documents in the page.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Where the next page starts: the cursor printed after the previous page.
         #[arg(long)]
         cursor: Option<String>,
         #[command(flatten)]

@@ -24,8 +24,10 @@ pub enum SchemaCommand {
     /// Would this schema be accepted? Prints every incompatibility; exits 1 if it would not.
     Check {
         event_type: String,
+        /// The JSON Schema that would be registered, or @FILE.
         #[arg(long)]
         schema: String,
+        /// The upcaster that would come with it, or @FILE.
         #[arg(long)]
         upcaster: Option<String>,
         #[command(flatten)]

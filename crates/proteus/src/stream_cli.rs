@@ -21,10 +21,11 @@ pub enum StreamCommand {
     Append {
         /// The stream, such as order-123 (its category is the part before the first '-').
         stream: String,
+        /// The event's type, such as OrderPlaced (one event; --events for several).
         #[arg(long = "type", value_name = "EVENT_TYPE", conflicts_with = "events")]
         event_type: Option<String>,
         /// The event's data as JSON, or @FILE.
-        #[arg(long, requires = "event_type")]
+        #[arg(long, requires = "event_type", allow_hyphen_values = true)]
         data: Option<String>,
         /// The event's id (a retry with the same id is not written twice); default: a new UUID.
         #[arg(long, requires = "event_type")]
@@ -47,6 +48,7 @@ pub enum StreamCommand {
         /// Newest first (streams only).
         #[arg(long, conflicts_with = "follow")]
         backward: bool,
+        /// Most events to print (without --follow).
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// Feeds only: comma-separated event types.

@@ -74,6 +74,22 @@ fn streams_and_schemas_from_the_command_line() {
         "{err}"
     );
 
+    // Data that starts with '-' (a negative number is JSON too) is a value, not a flag.
+    let (code, _, err) = cli(&[
+        "stream",
+        "append",
+        "temperature-1",
+        "--type",
+        "Measured",
+        "--data",
+        "-5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&["stream", "read", "temperature-1", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let event: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(event["data"], -5, "{out}");
+
     // A breaking version: check says why and exits 1; with an upcaster it registers.
     let v2 = r#"{"type": "object", "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}}, "required": ["sku", "quantity"], "additionalProperties": false}"#;
     let (code, out, _) = cli(&["schema", "check", "ItemAdded", "--schema", v2]);
