@@ -78,10 +78,16 @@ impl PostgresEventStoreConfig {
     }
 
     /// Checks every field and gives how to connect (URL, pool bounds, timeouts) and the
-    /// driver's configuration built from it.
+    /// driver's configuration and TLS connector built from it.
     pub(crate) fn validate(
         &self,
-    ) -> Result<(proteus_postgres::Connection, tokio_postgres::Config), EventStoreError> {
+    ) -> Result<
+        (
+            proteus_postgres::Connection,
+            (tokio_postgres::Config, proteus_postgres::Tls),
+        ),
+        EventStoreError,
+    > {
         let invalid = |reason: String| EventStoreError::InvalidRequest { reason };
         validate_schema_name(&self.schema).map_err(invalid)?;
         for (name, value) in [
@@ -162,7 +168,7 @@ mod tests {
     #[test]
     fn configs_are_checked() {
         let good = PostgresEventStoreConfig::new("postgres://u@h:5432/db", "s");
-        let (_, pg) = good.validate().unwrap();
+        let (_, (pg, _)) = good.validate().unwrap();
         assert_eq!(pg.get_application_name(), Some("proteus-eventstore"));
         for bad in [
             PostgresEventStoreConfig {

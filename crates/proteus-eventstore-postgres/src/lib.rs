@@ -391,7 +391,7 @@ impl PostgresEventStore {
     /// pool lazily and starts the LISTEN connection. Fails with `Unavailable` when PostgreSQL
     /// cannot be reached.
     pub async fn open(config: PostgresEventStoreConfig) -> Result<Self, EventStoreError> {
-        let (connection, pg_config) = config.validate()?;
+        let (connection, (pg_config, tls)) = config.validate()?;
         let schema = config.schema.clone();
         let pool = connection
             .open(&schema, &migrate::MIGRATIONS)
@@ -410,7 +410,12 @@ impl PostgresEventStore {
         shared.settled_head().await?;
         let channel = format!("{schema}.head");
         let background = vec![
-            tokio::spawn(listener::listen(pg_config, channel.clone(), shared.clone())),
+            tokio::spawn(listener::listen(
+                pg_config,
+                tls,
+                channel.clone(),
+                shared.clone(),
+            )),
             tokio::spawn(listener::follow(shared.clone(), channel)),
         ];
         let (writes, requests) = mpsc::channel(config.write_queue_appends_max);

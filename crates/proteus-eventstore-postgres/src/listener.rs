@@ -16,7 +16,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::Shared;
 use crate::head::advance;
@@ -26,10 +26,15 @@ const FOLLOW_PAUSE_MS_MIN: u64 = 1;
 const FOLLOW_PAUSE_MS_MAX: u64 = 50;
 
 /// Runs until aborted (the store's `close` or drop aborts it).
-pub(crate) async fn listen(config: tokio_postgres::Config, channel: String, shared: Arc<Shared>) {
+pub(crate) async fn listen(
+    config: tokio_postgres::Config,
+    tls: proteus_postgres::Tls,
+    channel: String,
+    shared: Arc<Shared>,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        if let Ok((client, mut connection)) = config.connect(NoTls).await {
+        if let Ok((client, mut connection)) = config.connect(tls.clone()).await {
             let heard = shared.heard.clone();
             // Drives the connection and forwards notifications; ends when it is lost.
             let driver = tokio::spawn(async move {

@@ -52,13 +52,67 @@ pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client
             }
         });
     }
+    options = match credentials_in(settings.url)? {
+        Some(Credentials::UserPassword(user, password)) => {
+            options.user_and_password(user, password)
+        }
+        Some(Credentials::Token(token)) => options.token(token),
+        None => options,
+    };
     let client = options.connect(settings.url).await.map_err(|error| {
+        use async_nats::ConnectErrorKind;
+        if matches!(
+            error.kind(),
+            ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication
+        ) {
+            return format!(
+                "NATS at {url} refused the connection: {error}; put the user and password (nats://user:password@host:4222) or the token (nats://token@host:4222) the server expects in the URL"
+            );
+        }
         format!("cannot connect to NATS at {url}: {error}; is it running? If not, {START_HINT}")
     })?;
     jetstream_answers(&client).await.map_err(|why| {
         format!("NATS at {url} does not answer JetStream requests ({why}); {START_HINT}")
     })?;
     Ok(client)
+}
+
+/// What a NATS URL says to log in with.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    /// `nats://user:password@host`.
+    UserPassword(String, String),
+    /// `nats://token@host`: a user name without a password is a token, as for every NATS client.
+    Token(String),
+}
+
+/// The credentials of the first of the comma-separated URLs that has some. NATS clients take
+/// them from the URL; async-nats does not, so they are handed to it here.
+fn credentials_in(urls: &str) -> Result<Option<Credentials>, String> {
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .map(|text| text.into_owned())
+            .map_err(|_| {
+                format!(
+                    "the credentials in the NATS URL {} are not UTF-8 once %-decoded",
+                    redact(urls)
+                )
+            })
+    };
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let Ok(address) = url.parse::<async_nats::ServerAddr>() else {
+            continue; // async-nats says what is wrong with it when connecting
+        };
+        let Some(user) = address.username() else {
+            continue;
+        };
+        return Ok(Some(match address.password() {
+            Some(password) => Credentials::UserPassword(decode(user)?, decode(password)?),
+            None => Credentials::Token(decode(user)?),
+        }));
+    }
+    Ok(None)
 }
 
 /// Whether the server at `url` (redacted for the message) is reachable on `client` and
@@ -120,4 +174,27 @@ pub async fn next_fetched<S: futures_util::Stream + Unpin>(
             idle.as_millis()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_from_the_url_as_for_every_nats_client() {
+        assert_eq!(credentials_in("nats://127.0.0.1:4222").unwrap(), None);
+        assert_eq!(
+            credentials_in("nats://app:s%40cret@127.0.0.1:4222").unwrap(),
+            Some(Credentials::UserPassword("app".into(), "s@cret".into()))
+        );
+        assert_eq!(
+            credentials_in("tls://t0ken@nats.example:4222").unwrap(),
+            Some(Credentials::Token("t0ken".into()))
+        );
+        assert_eq!(
+            credentials_in("nats://a:4222, nats://u:p@b:4222").unwrap(),
+            Some(Credentials::UserPassword("u".into(), "p".into())),
+            "the first URL that has some"
+        );
+    }
 }

@@ -224,7 +224,16 @@ impl Proxy {
 pub struct PrivateNatsServer {
     pub port: u16,
     store_dir: PathBuf,
+    /// What clients must log in with (`--user`/`--pass`, or `--auth` for a token).
+    login: Option<Login>,
     process: Mutex<Option<Child>>,
+}
+
+/// How a private server's clients authenticate.
+#[derive(Clone, Debug)]
+pub enum Login {
+    UserPassword(String, String),
+    Token(String),
 }
 
 impl PrivateNatsServer {
@@ -246,6 +255,11 @@ impl PrivateNatsServer {
 
     /// Starts a server and waits until JetStream answers (at most 10 s).
     pub async fn start() -> PrivateNatsServer {
+        Self::start_with_login(None).await
+    }
+
+    /// Starts a server whose clients must log in, and waits until JetStream answers.
+    pub async fn start_with_login(login: Option<Login>) -> PrivateNatsServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("cannot find a free port on 127.0.0.1")
@@ -254,6 +268,7 @@ impl PrivateNatsServer {
         let server = PrivateNatsServer {
             port,
             store_dir,
+            login,
             process: Mutex::new(None),
         };
         server.restart().await;
@@ -276,9 +291,27 @@ impl PrivateNatsServer {
     pub async fn restart(&self) {
         self.kill();
         let binary = Self::binary();
-        let child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.store_dir)
+        let mut command = Command::new(&binary);
+        command
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store_dir);
+        match &self.login {
+            Some(Login::UserPassword(user, password)) => {
+                command.args(["--user", user, "--pass", password]);
+            }
+            Some(Login::Token(token)) => {
+                command.args(["--auth", token]);
+            }
+            None => {}
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -304,7 +337,14 @@ impl PrivateNatsServer {
     }
 
     async fn jetstream_answers(&self) -> bool {
-        let Ok(client) = async_nats::ConnectOptions::new()
+        let options = match &self.login {
+            Some(Login::UserPassword(user, password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            Some(Login::Token(token)) => async_nats::ConnectOptions::with_token(token.clone()),
+            None => async_nats::ConnectOptions::new(),
+        };
+        let Ok(client) = options
             .connection_timeout(Duration::from_millis(500))
             .connect(self.url())
             .await

@@ -10,8 +10,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
+
+pub mod tls;
+pub use tls::Tls;
 
 /// How to start the local PostgreSQL of a developer machine, for messages.
 pub const START_HINT: &str = "start it (on Debian: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)";
@@ -129,6 +131,9 @@ pub fn pool_error(error: deadpool_postgres::PoolError, what: &str, url: &str) ->
     let server = redact(url);
     match error {
         PoolError::Backend(error) => {
+            if let Some(failed) = tls_error(&error, url) {
+                return failed;
+            }
             // The server answered (too many connections, starting up): it is running.
             let answered = error.as_db_error().is_some();
             let mut mapped = pg(error, what, url);
@@ -150,10 +155,41 @@ pub fn pool_error(error: deadpool_postgres::PoolError, what: &str, url: &str) ->
     }
 }
 
+/// A failed TLS handshake, with what to change. A certificate refused or TLS refused by the
+/// server is configuration, never fixed by a retry; a handshake cut by the network is.
+fn tls_error(error: &tokio_postgres::Error, url: &str) -> Option<PgError> {
+    if !error
+        .to_string()
+        .starts_with("error performing TLS handshake")
+    {
+        return None;
+    }
+    // The driver's message names only the step; the cause (rustls's, or the server refusing
+    // TLS) is in the source chain.
+    let mut text = String::from("TLS handshake");
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    let configuration = text.contains("certificate") || text.contains("does not support TLS");
+    Some(PgError {
+        message: format!(
+            "TLS with PostgreSQL at {} failed: {text}; {}",
+            redact(url),
+            tls::hint(&text)
+        ),
+        retriable: !configuration,
+    })
+}
+
 /// Why connecting to the server at `url` failed, and what to do. A server that answered and
 /// refused (unknown role or database, wrong password) is running: telling the user to start it
 /// would send them the wrong way, and retrying will not help.
 fn connect_error(error: &tokio_postgres::Error, url: &str) -> PgError {
+    if let Some(failed) = tls_error(error, url) {
+        return failed;
+    }
     let server = redact(url);
     if let Some(db) = error.as_db_error() {
         let code = db.code().code();
@@ -231,6 +267,23 @@ pub async fn check_health(pool: &Pool, url: &str, timeout: Duration) -> Result<(
     }
 }
 
+/// The driver's configuration for `url` (libpq's TLS settings taken out, see [`tls`]) and
+/// the TLS connector they ask for, or why the URL is refused.
+pub fn driver(url: &str) -> Result<(tokio_postgres::Config, Tls), String> {
+    let invalid = |e: String| {
+        format!(
+            "the PostgreSQL URL {} is invalid: {e}; use the form postgres://user@host:5432/database",
+            redact(url)
+        )
+    };
+    let (driver_url, settings) = tls::split(url).map_err(invalid)?;
+    let config =
+        tokio_postgres::Config::from_str(&driver_url).map_err(|e| invalid(e.to_string()))?;
+    let tls =
+        tls::connector(&settings).map_err(|e| format!("PostgreSQL at {}: {e}", redact(url)))?;
+    Ok((config, tls))
+}
+
 /// How to connect: the URL and the pool's bounds.
 #[derive(Clone)]
 pub struct Connection {
@@ -243,14 +296,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// The driver's configuration, or why the URL is refused.
-    pub fn config(&self) -> Result<tokio_postgres::Config, String> {
-        let mut config = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
-            format!(
-                "the PostgreSQL URL {} is invalid: {e}; use the form postgres://user@host:5432/database",
-                redact(&self.url)
-            )
-        })?;
+    /// The driver's configuration and TLS connector, or why the URL is refused.
+    pub fn config(&self) -> Result<(tokio_postgres::Config, Tls), String> {
+        let (mut config, tls) = driver(&self.url)?;
         if config.get_application_name().is_none() {
             config.application_name(self.application_name);
         }
@@ -266,7 +314,7 @@ impl Connection {
             self.statement_timeout_ms
         ));
         config.options(&options);
-        Ok(config)
+        Ok((config, tls))
     }
 
     /// Applies `migrations` to `schema`, then builds the pool (connections open lazily).
@@ -277,9 +325,9 @@ impl Connection {
                 "pool_size_max is 0; it must be at least 1",
             ));
         }
-        let config = self.config().map_err(PgError::permanent)?;
+        let (config, tls) = self.config().map_err(PgError::permanent)?;
         let (mut client, connection) = config
-            .connect(NoTls)
+            .connect(tls.clone())
             .await
             .map_err(|e| connect_error(&e, &self.url))?;
         let driver = tokio::spawn(connection);
@@ -289,7 +337,7 @@ impl Connection {
         migrated?;
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -172,6 +172,28 @@ impl PrivatePostgres {
         command
     }
 
+    /// Turns TLS on with this certificate chain and key (PEM), and restarts the server. The
+    /// files go in the data directory, owned by the server's user and readable by it alone,
+    /// as PostgreSQL requires of a key.
+    pub async fn enable_tls(&self, certificate_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, contents) in [("server.crt", certificate_pem), ("server.key", key_pem)] {
+            let path = self.data_dir.join(name);
+            std::fs::write(&path, contents).expect("cannot write the TLS files");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("cannot restrict the TLS files");
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .expect("cannot give the TLS files to the postgres user");
+            }
+        }
+        let conf = self.data_dir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("cannot read postgresql.conf");
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).expect("cannot write postgresql.conf");
+        self.restart().await;
+    }
+
     /// Kills the postmaster and its backends with `SIGKILL` and waits for the postmaster.
     pub fn kill(&self) {
         if let Some(mut postmaster) = self.postmaster.lock().expect("postmaster").take() {

@@ -146,7 +146,7 @@ mod tests {
     #[test]
     fn configs_are_checked() {
         let good = PostgresReadModelConfig::new("postgres://u@h:5432/db", "s");
-        let pg = good.validate().unwrap().config().unwrap();
+        let (pg, _) = good.validate().unwrap().config().unwrap();
         assert_eq!(pg.get_application_name(), Some("proteus-readmodels"));
         for bad in [
             PostgresReadModelConfig {

@@ -3,7 +3,7 @@
 //! is flushed before the commit returns).
 
 use async_trait::async_trait;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::{Bench, Setup, Sink, connecting};
 use crate::events::Batch;
@@ -36,7 +36,10 @@ async fn connect(url: &str) -> Result<Client, String> {
 pub(crate) async fn connect_for(url: &str, flag: &str) -> Result<Client, String> {
     let shown = super::redact(url);
     let (client, connection) = connecting(&format!("PostgreSQL at {shown}"), async {
-        tokio_postgres::connect(url, NoTls).await.map_err(|e| {
+        // The same TLS as Proteus's stores (libpq's sslmode, prefer by default), so a peer
+        // measured beside Proteus pays what Proteus pays.
+        let (config, tls) = proteus_postgres::driver(url).map_err(|e| format!("{flag}: {e}"))?;
+        config.connect(tls).await.map_err(|e| {
             format!(
                 "cannot reach PostgreSQL at {shown}: {e}; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` or fix {flag}"
             )

@@ -709,8 +709,10 @@ async fn a_lost_commit_answer_is_retriable_and_the_retry_is_safe() {
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let cutter = CommitCutter::start(format!("{host}:{port}")).await;
+    // Plain text on purpose: the cutter finds COMMIT in the bytes it forwards, which TLS (the
+    // default `prefer`, when the server has it) would hide.
     let proxied = format!(
-        "postgres://{}@127.0.0.1:{}/{}",
+        "postgres://{}@127.0.0.1:{}/{}?sslmode=disable",
         config.get_user().unwrap_or("postgres"),
         cutter.port,
         config.get_dbname().unwrap_or("test")

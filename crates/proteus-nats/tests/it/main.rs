@@ -1,0 +1,3 @@
+//! `proteus-nats` against real NATS servers: what every adapter's connection shares.
+
+mod login;

@@ -1,0 +1,410 @@
+//! TLS to PostgreSQL as libpq does it, so a team's existing connection string just works:
+//! `sslmode` (`disable`, `allow`, `prefer`, `require`, `verify-ca`, `verify-full`) and
+//! `sslrootcert` (a PEM file of trusted CAs, or `system`) in the URL or key=value string.
+//!
+//! tokio-postgres itself knows only `disable`, `prefer` and `require`, and never `sslrootcert`,
+//! so [`split`] takes those out of the string it is given and [`connector`] builds the rustls
+//! configuration that gives each mode libpq's meaning:
+//!
+//! | sslmode | TLS | certificate chain checked | host name checked |
+//! |---|---|---|---|
+//! | `disable` | never | | |
+//! | `allow`, `prefer` (the default) | when the server offers it | no | no |
+//! | `require` | always | only with `sslrootcert` (as libpq) | no |
+//! | `verify-ca` | always | yes | no |
+//! | `verify-full` | always | yes | yes |
+//!
+//! `verify-ca` and `verify-full` trust the CAs of `sslrootcert`, or the system's when it is
+//! absent or `system`. (`allow` tries TLS first where libpq tries plain first: either way the
+//! connection is made when the server takes one of the two.) Client certificates (`sslcert`,
+//! `sslkey`) are refused with a message saying so.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
+};
+
+/// What makes the TLS connections of a pool or a single client.
+pub type Tls = tokio_postgres_rustls::MakeRustlsConnect;
+
+/// libpq's `sslmode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Result<SslMode, String> {
+        Ok(match value {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode={other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                ));
+            }
+        })
+    }
+
+    /// The nearest mode tokio-postgres parses; [`connector`] adds the checks it lacks.
+    fn for_driver(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow | SslMode::Prefer => "prefer",
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => "require",
+        }
+    }
+}
+
+/// Where trusted CA certificates come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootCerts {
+    /// A PEM file (`sslrootcert=/path/ca.pem`).
+    File(PathBuf),
+    /// The operating system's store (`sslrootcert=system`).
+    System,
+}
+
+/// The TLS part of a connection string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub mode: SslMode,
+    pub root_certs: Option<RootCerts>,
+}
+
+/// Splits `url` (a `postgres://` URL or a key=value string) into the string tokio-postgres
+/// parses (`sslmode` mapped to the nearest mode it knows, `sslrootcert` removed) and the TLS
+/// settings. `Err` says which setting is wrong.
+pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
+    let mut settings = TlsSettings {
+        mode: SslMode::Prefer,
+        root_certs: None,
+    };
+    // What becomes of one setting in the driver's string: kept as written, replaced, or
+    // dropped (the driver would refuse a key it does not know).
+    let mut take = |key: &str, value: &str| -> Result<Option<Option<String>>, String> {
+        match key {
+            "sslmode" => {
+                settings.mode = SslMode::parse(value)?;
+                Ok(Some(Some(format!(
+                    "sslmode={}",
+                    settings.mode.for_driver()
+                ))))
+            }
+            "sslrootcert" => {
+                settings.root_certs = Some(if value == "system" {
+                    RootCerts::System
+                } else {
+                    RootCerts::File(PathBuf::from(value))
+                });
+                Ok(None)
+            }
+            "sslcert" | "sslkey" | "sslpassword" => Err(format!(
+                "{key}: client certificates are not supported; authenticate with a password in the URL (postgres://user:password@host/db)"
+            )),
+            _ => Ok(Some(None)),
+        }
+    };
+    let is_url = url.contains("://");
+    let driver = match url.split_once('?') {
+        Some((base, query)) if is_url => {
+            let mut kept = Vec::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                match take(key, &percent_decode(value))? {
+                    Some(Some(replaced)) => kept.push(replaced),
+                    Some(None) => kept.push(pair.to_owned()),
+                    None => {}
+                }
+            }
+            if kept.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            }
+        }
+        _ if is_url => url.to_owned(),
+        _ => {
+            let mut kept = Vec::new();
+            for token in url.split_whitespace() {
+                let Some((key, value)) = token.split_once('=') else {
+                    kept.push(token.to_owned());
+                    continue;
+                };
+                match take(key, value.trim_matches('\''))? {
+                    Some(Some(replaced)) => kept.push(replaced),
+                    Some(None) => kept.push(token.to_owned()),
+                    None => {}
+                }
+            }
+            kept.join(" ")
+        }
+    };
+    Ok((driver, settings))
+}
+
+/// `%XX` escapes of a URL query value (a path with spaces, say).
+fn percent_decode(value: &str) -> String {
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The rustls configuration for `settings`, or why it cannot be built (a root certificate
+/// file that cannot be read or holds no certificate).
+pub fn connector(settings: &TlsSettings) -> Result<Tls, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?;
+    let roots = || match &settings.root_certs {
+        Some(RootCerts::File(path)) => roots_from_file(path),
+        Some(RootCerts::System) | None => system_roots(),
+    };
+    let verified_chain = |roots: RootCertStore| {
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| format!("cannot set up TLS certificate checks: {e}"))
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match settings.mode {
+        SslMode::VerifyFull => verified_chain(roots()?)?,
+        SslMode::VerifyCa => Arc::new(ChainOnly(verified_chain(roots()?)?)),
+        SslMode::Require if settings.root_certs.is_some() => {
+            Arc::new(ChainOnly(verified_chain(roots()?)?))
+        }
+        SslMode::Disable | SslMode::Allow | SslMode::Prefer | SslMode::Require => {
+            Arc::new(EncryptionOnly(provider.signature_verification_algorithms))
+        }
+    };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Tls::new(config))
+}
+
+fn roots_from_file(path: &std::path::Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+        format!(
+            "cannot read sslrootcert {}: {e}; name a readable PEM file of CA certificates",
+            path.display()
+        )
+    })?;
+    for cert in certs {
+        let cert = cert.map_err(|e| {
+            format!(
+                "sslrootcert {} is not a PEM file of certificates: {e}",
+                path.display()
+            )
+        })?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "sslrootcert {} holds a certificate that cannot be trusted as a CA: {e}",
+                path.display()
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "sslrootcert {} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        return Err(format!(
+            "no CA certificate found in the system's store{}; name a PEM file of CAs with sslrootcert=/path/ca.pem",
+            found
+                .errors
+                .first()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(roots)
+}
+
+/// libpq's `prefer` and `require` without a root certificate: the connection is encrypted
+/// and the handshake's signatures are checked, but not who signed the certificate.
+#[derive(Debug)]
+struct EncryptionOnly(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for EncryptionOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// libpq's `verify-ca`: the chain must lead to a trusted CA; the name in the certificate is
+/// not compared with the host.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// What to do about a TLS failure, from its cause's text (rustls's and tokio-postgres's).
+pub(crate) fn hint(cause: &str) -> &'static str {
+    if cause.contains("UnknownIssuer") || cause.contains("unknown issuer") {
+        "the server's certificate is not signed by a trusted CA: name the CA with sslrootcert=/path/ca.pem in the URL (sslrootcert=system for the system's CAs), or use sslmode=require to encrypt without checking the certificate"
+    } else if cause.contains("NotValidForName") || cause.contains("not valid for name") {
+        "the server's certificate does not name the host of the URL: connect by a name the certificate lists, or use sslmode=verify-ca to check only the CA"
+    } else if cause.contains("does not support TLS") {
+        "the server does not accept TLS (ssl = off in postgresql.conf): turn it on there, or use sslmode=prefer or sslmode=disable"
+    } else {
+        "check the server's TLS settings and sslmode / sslrootcert in the URL"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libpq_settings_are_taken_out_of_urls_and_key_value_strings() {
+        let (driver, settings) = split(
+            "postgres://u:p@db.example:5432/app?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca%201.pem",
+        )
+        .unwrap();
+        assert_eq!(
+            driver,
+            "postgres://u:p@db.example:5432/app?application_name=x&sslmode=require"
+        );
+        assert_eq!(settings.mode, SslMode::VerifyFull);
+        assert_eq!(
+            settings.root_certs,
+            Some(RootCerts::File(PathBuf::from("/etc/ca 1.pem")))
+        );
+
+        let (driver, settings) = split("postgres://u@h/db?sslrootcert=system").unwrap();
+        assert_eq!(driver, "postgres://u@h/db");
+        assert_eq!(settings.mode, SslMode::Prefer, "libpq's default");
+        assert_eq!(settings.root_certs, Some(RootCerts::System));
+
+        let (driver, settings) =
+            split("host=db user=u sslmode=verify-ca sslrootcert=/ca.pem dbname=app").unwrap();
+        assert_eq!(driver, "host=db user=u sslmode=require dbname=app");
+        assert_eq!(settings.mode, SslMode::VerifyCa);
+
+        let (driver, settings) = split("postgres://u@h/db").unwrap();
+        assert_eq!(driver, "postgres://u@h/db");
+        assert_eq!(settings.mode, SslMode::Prefer);
+        assert_eq!(
+            split("postgres://h/db?sslmode=allow").unwrap().0,
+            "postgres://h/db?sslmode=prefer"
+        );
+    }
+
+    #[test]
+    fn wrong_settings_say_what_is_accepted() {
+        let error = split("postgres://h/db?sslmode=verify").unwrap_err();
+        assert!(error.contains("verify-full"), "{error}");
+        let error = split("postgres://h/db?sslcert=/c.pem").unwrap_err();
+        assert!(
+            error.contains("client certificates are not supported"),
+            "{error}"
+        );
+        let error = connector(&TlsSettings {
+            mode: SslMode::VerifyFull,
+            root_certs: Some(RootCerts::File("/nonexistent/ca.pem".into())),
+        })
+        .err()
+        .unwrap();
+        assert!(
+            error.contains("cannot read sslrootcert /nonexistent/ca.pem"),
+            "{error}"
+        );
+    }
+}

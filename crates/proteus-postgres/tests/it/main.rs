@@ -1,0 +1,3 @@
+//! `proteus-postgres` against real PostgreSQL servers: what every adapter's connections share.
+
+mod tls;

@@ -1,0 +1,162 @@
+//! TLS as libpq's `sslmode` and `sslrootcert` ask for it, against a private server with a
+//! certificate for `localhost` signed by a CA made for the test. Every connection goes through
+//! `Connection::open` (the migrating connection, then the pool), as every adapter's do, and
+//! the server itself says whether the connection is encrypted (`pg_stat_ssl`).
+
+use proteus_postgres::test_support::{PrivatePostgres, unique_name};
+use proteus_postgres::{Connection, Migrations, PgError};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+const NO_MIGRATIONS: Migrations = Migrations {
+    table: "tls_test_migrations",
+    what: "TLS test",
+    list: &[],
+};
+
+/// A CA, and a server certificate for `localhost` it signed (PEM).
+struct Certificates {
+    ca_pem: String,
+    server_pem: String,
+    server_key_pem: String,
+}
+
+fn certificates() -> Certificates {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    Certificates {
+        ca_pem: ca.pem(),
+        server_pem: server.pem(),
+        server_key_pem: server_key.serialize_pem(),
+    }
+}
+
+/// Opens a pool on `url` (the migrating connection first) and asks the server whether the
+/// pooled connection is encrypted.
+async fn encrypted(url: &str) -> Result<bool, PgError> {
+    let connection = Connection {
+        url: url.to_owned(),
+        application_name: "proteus-it-tls",
+        pool_size_max: 1,
+        connect_timeout_ms: 5_000,
+        pool_wait_timeout_ms: 5_000,
+        statement_timeout_ms: 5_000,
+    };
+    let pool = connection.open(&unique_name("tls"), &NO_MIGRATIONS).await?;
+    let client = pool.get().await.expect("a pooled connection");
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl");
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn sslmode_and_sslrootcert_mean_what_they_mean_to_libpq() {
+    let made = certificates();
+    let server = PrivatePostgres::start().await;
+    server
+        .enable_tls(&made.server_pem, &made.server_key_pem)
+        .await;
+    let files = tempfile::tempdir().unwrap();
+    let ca = files.path().join("ca.pem");
+    std::fs::write(&ca, &made.ca_pem).unwrap();
+    let other_ca = files.path().join("other-ca.pem");
+    std::fs::write(&other_ca, certificates().ca_pem).unwrap();
+    let ca = ca.display();
+    let port = server.port;
+    let at =
+        |host: &str, query: &str| format!("postgres://postgres@{host}:{port}/postgres?{query}");
+
+    // libpq's default (prefer) encrypts when the server offers TLS; disable does not.
+    assert!(encrypted(&server.url()).await.unwrap());
+    assert!(
+        !encrypted(&at("127.0.0.1", "sslmode=disable"))
+            .await
+            .unwrap()
+    );
+    // require encrypts without checking the certificate, as libpq does.
+    assert!(
+        encrypted(&at("127.0.0.1", "sslmode=require"))
+            .await
+            .unwrap()
+    );
+    // verify-full checks the CA and the host name.
+    assert!(
+        encrypted(&at(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={ca}")
+        ))
+        .await
+        .unwrap()
+    );
+    // The certificate names localhost, not 127.0.0.1: verify-full refuses, verify-ca accepts.
+    let wrong_name = encrypted(&at(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .await
+    .unwrap_err();
+    assert!(!wrong_name.retriable, "{wrong_name}");
+    assert!(
+        wrong_name.message.contains("does not name the host")
+            && wrong_name.message.contains("verify-ca"),
+        "{wrong_name}"
+    );
+    assert!(
+        encrypted(&at(
+            "127.0.0.1",
+            &format!("sslmode=verify-ca&sslrootcert={ca}")
+        ))
+        .await
+        .unwrap()
+    );
+    // A certificate signed by a CA that is not trusted is refused, saying what to name.
+    let untrusted = encrypted(&at(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
+    ))
+    .await
+    .unwrap_err();
+    assert!(!untrusted.retriable, "{untrusted}");
+    assert!(
+        untrusted.message.contains("TLS with PostgreSQL")
+            && untrusted.message.contains("sslrootcert="),
+        "{untrusted}"
+    );
+    assert!(!untrusted.message.contains("pg_ctlcluster"), "{untrusted}");
+    // require with a root certificate checks the CA too (libpq's rule).
+    let untrusted = encrypted(&at(
+        "127.0.0.1",
+        &format!("sslmode=require&sslrootcert={}", other_ca.display()),
+    ))
+    .await
+    .unwrap_err();
+    assert!(!untrusted.retriable, "{untrusted}");
+}
+
+#[tokio::test]
+async fn required_tls_on_a_server_without_it_is_refused_with_what_to_change() {
+    let server = PrivatePostgres::start().await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=require",
+        server.port
+    );
+    let refused = encrypted(&url).await.unwrap_err();
+    assert!(!refused.retriable, "{refused}");
+    assert!(
+        refused.message.contains("does not accept TLS")
+            && refused.message.contains("sslmode=prefer"),
+        "{refused}"
+    );
+    // prefer falls back to a plain connection.
+    assert!(!encrypted(&server.url()).await.unwrap());
+}
