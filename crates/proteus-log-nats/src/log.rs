@@ -286,6 +286,7 @@ impl NatsLog {
             request_timeout_ms: config.request_timeout_ms,
             reconnect_delay_max_ms: config.reconnect_delay_max_ms,
             connections: Some(connections.clone()),
+            tls: &config.tls,
         })
         .await
         .map_err(|reason| LogError::Unavailable { reason })?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::{START_HINT, redact};
+use crate::{NatsTls, START_HINT, redact};
 
 /// How an adapter connects, borrowed from its configuration.
 pub struct ClientSettings<'a> {
@@ -22,6 +22,8 @@ pub struct ClientSettings<'a> {
     /// When given, counted up each time the client (re)connects: what the server kept for
     /// this client in memory (ephemeral consumers) may be gone after a reconnection.
     pub connections: Option<Arc<AtomicU64>>,
+    /// CA and client certificate files of the deployment's own.
+    pub tls: &'a NatsTls,
 }
 
 fn ms(value: u64) -> Duration {
@@ -59,8 +61,44 @@ pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client
         Some(Credentials::Token(token)) => options.token(token),
         None => options,
     };
+    let tls = settings.tls;
+    tls.validate()?;
+    if tls.is_set() {
+        options = options.require_tls(true);
+    }
+    if let Some(ca_file) = &tls.ca_file {
+        options = options.add_root_certificates(ca_file.clone());
+    }
+    if let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) {
+        options = options.add_client_certificate(cert_file.clone(), key_file.clone());
+    }
     let client = options.connect(settings.url).await.map_err(|error| {
         use async_nats::ConnectErrorKind;
+        let mut cause = String::new();
+        let mut source = std::error::Error::source(&error);
+        while let Some(next) = source {
+            cause.push_str(&format!(": {next}"));
+            source = next.source();
+        }
+        // A handshake refused by either side comes back as an I/O error whose cause is
+        // rustls's, so the cause decides, not only the kind.
+        if error.kind() == ConnectErrorKind::Tls
+            || cause.contains("certificate")
+            || cause.contains("TLS")
+            || cause.contains("tls")
+        {
+            // async-nats shows its error's first cause itself; the chain adds the rest.
+            let shown = error.to_string();
+            let detail = if cause.len() > 2 && shown.contains(&cause[2..]) {
+                shown
+            } else {
+                format!("{shown}{cause}")
+            };
+            return format!(
+                "TLS with NATS at {url} failed ({detail}); {}",
+                tls_hint(&detail)
+            );
+        }
         if matches!(
             error.kind(),
             ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication
@@ -75,6 +113,19 @@ pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client
         format!("NATS at {url} does not answer JetStream requests ({why}); {START_HINT}")
     })?;
     Ok(client)
+}
+
+/// What to do about a failed TLS connection, from its cause.
+fn tls_hint(cause: &str) -> &'static str {
+    if cause.contains("UnknownIssuer") || cause.contains("unknown issuer") {
+        "the server's certificate is not signed by a CA this machine trusts: name the CA's PEM file with --nats-tls-ca (tls.ca_file)"
+    } else if cause.contains("NotValidForName") || cause.contains("not valid for name") {
+        "the server's certificate does not name the host of the URL: connect by a name it lists"
+    } else if cause.contains("CertificateRequired") || cause.contains("certificate required") {
+        "the server asks for a client certificate: give one with --nats-tls-cert and --nats-tls-key"
+    } else {
+        "check the server's TLS settings, the URL (tls://… requires TLS) and the --nats-tls-* files"
+    }
 }
 
 /// What a NATS URL says to log in with.

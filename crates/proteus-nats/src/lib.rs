@@ -19,6 +19,50 @@ pub const SUBJECT_PREFIX_BYTES_MAX: usize = 128;
 /// Smallest timeout or poll interval an adapter accepts, in milliseconds.
 pub const TIMEOUT_MS_MIN: u64 = 10;
 
+/// TLS files of a deployment's own, for servers whose certificate a private CA signed or that
+/// ask clients for a certificate (`tls { verify: true }`). With any of them set, the
+/// connection must be TLS. Every adapter's configuration has one (`tls`), and `proteus serve`
+/// gives all of them the same (`--nats-tls-ca`, `--nats-tls-cert`, `--nats-tls-key`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsTls {
+    /// PEM file of the CAs that may sign the server's certificate (besides the system's).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate this client presents, with `key_file`.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl NatsTls {
+    /// Whether any file is set (then TLS is required).
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// A client certificate needs its key and the other way round; every file must be
+    /// readable. The error names the file.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(
+                "tls: a client certificate needs both cert_file and key_file (--nats-tls-cert and --nats-tls-key)"
+                    .into(),
+            );
+        }
+        for (field, path) in [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ] {
+            if let Some(path) = path {
+                std::fs::File::open(path)
+                    .map_err(|e| format!("tls.{field}: cannot read {}: {e}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The settings every adapter's configuration has, borrowed for [`validate`].
 pub struct CommonSettings<'a> {
     pub url: &'a str,

@@ -3,7 +3,7 @@
 //! server would disturb every other test), a server of a test's own that it can kill and start
 //! again, and deleting a test's streams.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -226,7 +226,18 @@ pub struct PrivateNatsServer {
     store_dir: PathBuf,
     /// What clients must log in with (`--user`/`--pass`, or `--auth` for a token).
     login: Option<Login>,
+    /// TLS the server requires, when set.
+    tls: Option<ServerTls>,
     process: Mutex<Option<Child>>,
+}
+
+/// The TLS a private server requires: its certificate and key (PEM files), and when clients
+/// must present a certificate, the CA that signs theirs (`--tlsverify`).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub verify_clients_ca_file: Option<PathBuf>,
 }
 
 /// How a private server's clients authenticate.
@@ -260,6 +271,12 @@ impl PrivateNatsServer {
 
     /// Starts a server whose clients must log in, and waits until JetStream answers.
     pub async fn start_with_login(login: Option<Login>) -> PrivateNatsServer {
+        Self::start_with(login, None).await
+    }
+
+    /// Starts a server with a login and TLS of its own, and waits until it answers (with TLS,
+    /// until it greets a TCP client: the readiness check has no certificate to present).
+    pub async fn start_with(login: Option<Login>, tls: Option<ServerTls>) -> PrivateNatsServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("cannot find a free port on 127.0.0.1")
@@ -269,6 +286,7 @@ impl PrivateNatsServer {
             port,
             store_dir,
             login,
+            tls,
             process: Mutex::new(None),
         };
         server.restart().await;
@@ -311,6 +329,16 @@ impl PrivateNatsServer {
             }
             None => {}
         }
+        if let Some(tls) = &self.tls {
+            command
+                .args(["--tls", "--tlscert"])
+                .arg(&tls.cert_file)
+                .arg("--tlskey")
+                .arg(&tls.key_file);
+            if let Some(ca_file) = &tls.verify_clients_ca_file {
+                command.args(["--tlsverify", "--tlscacert"]).arg(ca_file);
+            }
+        }
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -337,6 +365,9 @@ impl PrivateNatsServer {
     }
 
     async fn jetstream_answers(&self) -> bool {
+        if self.tls.is_some() {
+            return self.greets().await;
+        }
         let options = match &self.login {
             Some(Login::UserPassword(user, password)) => {
                 async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
@@ -355,6 +386,26 @@ impl PrivateNatsServer {
         matches!(
             tokio::time::timeout(Duration::from_secs(1), check).await,
             Ok(Ok(()))
+        )
+    }
+}
+
+impl PrivateNatsServer {
+    /// Whether the server sends its `INFO` greeting to a new TCP connection.
+    async fn greets(&self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let Ok(Ok(mut stream)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port)),
+        )
+        .await
+        else {
+            return false;
+        };
+        let mut greeting = [0u8; 4];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut greeting)).await,
+            Ok(Ok(_)) if &greeting == b"INFO"
         )
     }
 }
@@ -423,5 +474,47 @@ where
             }
             Err(error) => panic!("failed, and not retriably: {error}"),
         }
+    }
+}
+
+/// Certificates made for one test by a CA of its own, as PEM files in a directory.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    /// For `127.0.0.1` and `localhost`.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// A client certificate the same CA signed.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// Makes a CA and the certificates of [`TlsFiles`] in `dir`.
+pub fn make_tls_files(dir: &Path) -> TlsFiles {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("a key"))
+        .expect("a CA certificate");
+    let write = |name: &str, contents: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).expect("cannot write a certificate file");
+        path
+    };
+    let signed = |names: Vec<String>| {
+        let key = KeyPair::generate().expect("a key");
+        let cert = CertificateParams::new(names)
+            .expect("certificate parameters")
+            .signed_by(&key, &ca)
+            .expect("a certificate");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = signed(vec!["127.0.0.1".into(), "localhost".into()]);
+    let (client_cert, client_key) = signed(vec!["proteus-client".into()]);
+    TlsFiles {
+        ca: write("ca.pem", ca.pem()),
+        server_cert: write("server.pem", server_cert),
+        server_key: write("server-key.pem", server_key),
+        client_cert: write("client.pem", client_cert),
+        client_key: write("client-key.pem", client_key),
     }
 }

@@ -49,6 +49,8 @@ pub struct MigrateArgs {
     /// is left (deletions and snapshots made meanwhile included) and verifies again.
     #[arg(long)]
     pub follow: bool,
+    #[command(flatten)]
+    pub nats_tls: crate::settings::NatsTlsArgs,
 }
 
 /// Where events are read from.
@@ -254,8 +256,10 @@ enum Target {
 
 impl Target {
     async fn open(args: &MigrateArgs) -> Result<Target, String> {
-        if args.to.starts_with("nats://") {
-            let store = crate::serve::open_nats_event_store(&args.to, &args.to_prefix).await?;
+        if crate::settings::is_nats_url(&args.to) {
+            let tls = args.nats_tls.clone().resolve(Default::default());
+            let store =
+                crate::serve::open_nats_event_store(&args.to, &args.to_prefix, &tls).await?;
             return Ok(Target::Nats {
                 store,
                 next_versions: HashMap::new(),

@@ -51,6 +51,8 @@ pub struct MigrateTopicsArgs {
     /// The PostgreSQL schema of groups in PostgreSQL, as `serve --groups-schema`.
     #[arg(long, default_value = "proteus_groups", value_name = "SCHEMA")]
     pub groups_schema: String,
+    #[command(flatten)]
+    pub nats_tls: crate::settings::NatsTlsArgs,
 }
 
 /// What was copied and checked of one partition.
@@ -203,8 +205,9 @@ async fn open_group_target(
     args: &MigrateTopicsArgs,
     url: &str,
 ) -> Result<Arc<dyn GroupStore>, String> {
-    if url.starts_with("nats://") {
+    if crate::settings::is_nats_url(url) {
         let store = NatsGroupStore::open(NatsGroupStoreConfig {
+            tls: args.nats_tls.clone().resolve(Default::default()),
             bucket_prefix: args.groups_prefix.clone(),
             ..NatsGroupStoreConfig::new(url)
         })
@@ -313,7 +316,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         ));
     }
     let batch = args.batch_events as u32;
-    if !args.to.starts_with("nats://") {
+    if !crate::settings::is_nats_url(&args.to) {
         return Err(format!(
             "--to must be a NATS URL (nats://HOST:PORT), got {:?}",
             proteus_nats::redact(&args.to)
@@ -327,6 +330,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
     let source = open_source(&args.from).await?;
     let target = NatsLog::connect(NatsLogConfig {
         url: args.to.clone(),
+        tls: args.nats_tls.clone().resolve(Default::default()),
         stream_prefix: args.to_prefix.clone(),
         subject_prefix: args.to_prefix.to_lowercase(),
         ..NatsLogConfig::default()

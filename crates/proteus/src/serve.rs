@@ -45,10 +45,15 @@ use crate::settings::{CacheBackend, EventStoreBackend, LogBackend, LogFormat, Se
 /// The NATS event store `--event-store nats://… --event-store-prefix PREFIX` names: streams
 /// `<PREFIX>_EVENTS` and `<PREFIX>_SNAPSHOTS`, subjects under the prefix in lower case.
 /// `proteus migrate --to nats://…` opens its target the same way.
-pub async fn open_nats_event_store(url: &str, prefix: &str) -> Result<NatsEventStore, String> {
+pub async fn open_nats_event_store(
+    url: &str,
+    prefix: &str,
+    tls: &proteus_nats::NatsTls,
+) -> Result<NatsEventStore, String> {
     let config = NatsEventStoreConfig {
         stream_prefix: prefix.to_owned(),
         subject_prefix: prefix.to_ascii_lowercase(),
+        tls: tls.clone(),
         ..NatsEventStoreConfig::new(url)
     };
     NatsEventStore::open(config)
@@ -105,6 +110,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                     stream_prefix: prefix.clone(),
                     subject_prefix: prefix.to_lowercase(),
                     retention_interval_ms: settings.retention_check_interval_ms,
+                    tls: settings.nats_tls.clone(),
                     ..NatsLogConfig::default()
                 })
                 .await
@@ -155,6 +161,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         }
         EventStoreBackend::Nats { url, prefix } => {
             let store = NatsGroupStore::open(NatsGroupStoreConfig {
+                tls: settings.nats_tls.clone(),
                 bucket_prefix: prefix.clone(),
                 ..NatsGroupStoreConfig::new(url)
             })
@@ -235,7 +242,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             store
         }
         EventStoreBackend::Nats { url, prefix } => {
-            let store = Arc::new(open_nats_event_store(url, prefix).await?);
+            let store = Arc::new(open_nats_event_store(url, prefix, &settings.nats_tls).await?);
             backend_checks.push(health_checks::check("event_store", "nats", store.clone()));
             store
         }

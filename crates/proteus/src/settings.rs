@@ -15,6 +15,51 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether `text` names a NATS server: `nats://…`, or `tls://…` (TLS required).
+pub fn is_nats_url(text: &str) -> bool {
+    text.starts_with("nats://") || text.starts_with("tls://")
+}
+
+/// TLS files for every NATS connection, for a server whose certificate a private CA signed or
+/// that asks clients for a certificate. Shared by `serve`, `migrate` and `migrate-topics`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct NatsTlsArgs {
+    /// PEM file of the CAs that may sign the NATS server's certificate (besides the system's);
+    /// TLS is then required (in the config file: `nats_tls_ca` under `[storage]`).
+    #[arg(long, env = "PROTEUS_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM certificate Proteus presents to NATS servers that verify clients, with
+    /// --nats-tls-key (in the config file: `nats_tls_cert` under `[storage]`).
+    #[arg(
+        long,
+        env = "PROTEUS_NATS_TLS_CERT",
+        value_name = "FILE",
+        requires = "nats_tls_key"
+    )]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM private key of --nats-tls-cert (in the config file: `nats_tls_key` under
+    /// `[storage]`).
+    #[arg(
+        long,
+        env = "PROTEUS_NATS_TLS_KEY",
+        value_name = "FILE",
+        requires = "nats_tls_cert"
+    )]
+    pub nats_tls_key: Option<PathBuf>,
+}
+
+impl NatsTlsArgs {
+    /// The files, each flag (or its variable) taking precedence over the config file's key
+    /// (`file`: what `[storage]` gives, `NatsTls::default()` without a config file).
+    pub fn resolve(self, file: proteus_nats::NatsTls) -> proteus_nats::NatsTls {
+        proteus_nats::NatsTls {
+            ca_file: self.nats_tls_ca.or(file.ca_file),
+            cert_file: self.nats_tls_cert.or(file.cert_file),
+            key_file: self.nats_tls_key.or(file.key_file),
+        }
+    }
+}
+
 /// Flags of `proteus serve`; each can also come from the environment variable shown, or from
 /// the key of the same name in the config file.
 #[derive(Args, Debug, Default)]
@@ -184,6 +229,8 @@ pub struct ServeArgs {
     /// [default: proteus:] (in the config file: `cache_prefix` under `[storage]`).
     #[arg(long, env = "PROTEUS_CACHE_PREFIX", value_name = "PREFIX")]
     pub cache_prefix: Option<String>,
+    #[command(flatten)]
+    pub nats_tls: NatsTlsArgs,
 }
 
 /// Where cached reads are kept besides the in-process L1.
@@ -283,7 +330,7 @@ impl LogBackend {
         if text == "embedded" {
             return Ok(LogBackend::Embedded);
         }
-        if text.starts_with("nats://") {
+        if is_nats_url(text) {
             return Ok(LogBackend::Nats {
                 url: text.to_owned(),
                 prefix: prefix.unwrap_or_else(|| "PROTEUS".into()),
@@ -347,7 +394,7 @@ impl EventStoreBackend {
                 schema,
             });
         }
-        if text.starts_with("nats://") || text.starts_with("tls://") {
+        if is_nats_url(text) {
             return Err(format!(
                 "{setting} must be 'embedded' or a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE); NATS JetStream keeps the log, the event store and consumer groups, not this"
             ));
@@ -364,7 +411,7 @@ impl EventStoreBackend {
         schema: Option<String>,
         prefix: Option<String>,
     ) -> Result<Self, String> {
-        if text.starts_with("nats://") || text.starts_with("tls://") {
+        if is_nats_url(text) {
             return Ok(EventStoreBackend::Nats {
                 url: text.to_owned(),
                 prefix: prefix.unwrap_or_else(|| "PROTEUS_ES".into()),
@@ -386,7 +433,7 @@ impl EventStoreBackend {
         prefix: Option<String>,
     ) -> Result<Self, String> {
         let text = text.as_deref().unwrap_or("embedded");
-        if text.starts_with("nats://") || text.starts_with("tls://") {
+        if is_nats_url(text) {
             return Ok(EventStoreBackend::Nats {
                 url: text.to_owned(),
                 prefix: prefix.unwrap_or_else(|| "PROTEUS".into()),
@@ -435,6 +482,9 @@ struct StorageFile {
     groups_prefix: Option<String>,
     cache: Option<String>,
     cache_prefix: Option<String>,
+    nats_tls_ca: Option<PathBuf>,
+    nats_tls_cert: Option<PathBuf>,
+    nats_tls_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -523,6 +573,8 @@ pub struct Settings {
     pub log: LogBackend,
     /// The cache of projections' document reads.
     pub cache: CacheBackend,
+    /// TLS files for every NATS connection (log, event store, groups).
+    pub nats_tls: proteus_nats::NatsTls,
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
@@ -639,6 +691,11 @@ impl Settings {
                     .unwrap_or("memory"),
                 args.cache_prefix.or(file.storage.cache_prefix),
             )?,
+            nats_tls: args.nats_tls.resolve(proteus_nats::NatsTls {
+                ca_file: file.storage.nats_tls_ca,
+                cert_file: file.storage.nats_tls_cert,
+                key_file: file.storage.nats_tls_key,
+            }),
         };
         settings.validate()?;
         Ok(settings)
@@ -935,6 +992,41 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.contains("advertise_url"), "{error}");
+    }
+
+    #[test]
+    fn nats_tls_files_come_from_flags_before_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proteus.toml");
+        std::fs::write(
+            &path,
+            "[storage]\nlog = \"tls://n:4222\"\nnats_tls_ca = \"/file/ca.pem\"\nnats_tls_cert = \"/file/c.pem\"\nnats_tls_key = \"/file/k.pem\"\n",
+        )
+        .unwrap();
+        let settings = Settings::resolve(ServeArgs {
+            config: Some(path),
+            nats_tls: NatsTlsArgs {
+                nats_tls_ca: Some("/flag/ca.pem".into()),
+                ..NatsTlsArgs::default()
+            },
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert!(matches!(settings.log, LogBackend::Nats { ref url, .. } if url == "tls://n:4222"));
+        assert_eq!(
+            settings.nats_tls,
+            proteus_nats::NatsTls {
+                ca_file: Some("/flag/ca.pem".into()),
+                cert_file: Some("/file/c.pem".into()),
+                key_file: Some("/file/k.pem".into()),
+            }
+        );
+        assert!(
+            !Settings::resolve(ServeArgs::default())
+                .unwrap()
+                .nats_tls
+                .is_set()
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! NATS adapter opens logs in, and a wrong or missing login is explained as a refusal, not as a
 //! server to start.
 
+use proteus_nats::NatsTls;
 use proteus_nats::client::{ClientSettings, connect};
 use proteus_nats::test_support::{Login, PrivateNatsServer};
 
@@ -14,6 +15,7 @@ async fn connect_to(url: &str) -> Result<async_nats::Client, String> {
         request_timeout_ms: 2_000,
         reconnect_delay_max_ms: 1_000,
         connections: None,
+        tls: &NatsTls::default(),
     })
     .await
 }
