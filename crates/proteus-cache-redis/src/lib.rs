@@ -26,24 +26,72 @@ fn unavailable(error: redis::RedisError) -> CacheError {
 }
 
 impl RedisRemoteCache {
-    /// Connects to `url` (`redis://host:port[/db]`); keys are stored as `{namespace}{key}`.
+    /// Connects to `url` (`redis://host:port[/db]`, or `rediss://` for TLS checked against
+    /// the system's CAs); keys are stored as `{namespace}{key}`.
     pub async fn connect(url: &str, namespace: &str) -> Result<RedisRemoteCache, CacheError> {
-        let client = redis::Client::open(url).map_err(|e| {
+        Self::connect_with(url, namespace, None).await
+    }
+
+    /// As [`connect`](Self::connect), trusting the CAs of the PEM file `tls_ca_file` besides
+    /// the system's (a `rediss://` URL is then required).
+    pub async fn connect_with(
+        url: &str,
+        namespace: &str,
+        tls_ca_file: Option<&std::path::Path>,
+    ) -> Result<RedisRemoteCache, CacheError> {
+        let shown = redact(url);
+        let invalid = |e: redis::RedisError| {
             CacheError::Unavailable(format!(
-                "invalid Redis URL {}: {e}; use the form redis://HOST:PORT[/DB]",
-                redact(url)
+                "invalid Redis URL {shown}: {e}; use the form redis://HOST:PORT[/DB] (rediss:// for TLS)"
             ))
-        })?;
+        };
+        if url.starts_with("rediss://") {
+            // The redis crate builds its TLS configuration with rustls's process-wide provider,
+            // which rustls picks by itself only when exactly one is compiled in; say which.
+            // (Err: another caller installed one first, which is as good.)
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = match tls_ca_file {
+            None => redis::Client::open(url).map_err(invalid)?,
+            Some(_) if !url.starts_with("rediss://") => {
+                return Err(CacheError::Unavailable(format!(
+                    "a TLS CA file is given for Redis at {shown}, whose URL does not ask for TLS: write it rediss://…"
+                )));
+            }
+            Some(path) => {
+                let root_cert = std::fs::read(path).map_err(|e| {
+                    CacheError::Unavailable(format!(
+                        "cannot read the Redis TLS CA file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )
+                .map_err(invalid)?
+            }
+        };
         let connection = ConnectionManager::new(client).await.map_err(|e| {
+            let text = e.to_string();
+            if url.starts_with("rediss://")
+                && (text.contains("certificate") || text.contains("TLS") || text.contains("tls"))
+            {
+                return CacheError::Unavailable(format!(
+                    "TLS with Redis at {shown} failed: {e}; if a private CA signed the server's certificate, name its PEM file with --cache-tls-ca"
+                ));
+            }
             CacheError::Unavailable(format!(
-                "cannot connect to Redis at {}: {e}; is it running? If not, {START_HINT}",
-                redact(url)
+                "cannot connect to Redis at {shown}: {e}; is it running? If not, {START_HINT}"
             ))
         })?;
         Ok(RedisRemoteCache {
             connection,
             namespace: namespace.to_owned(),
-            url: redact(url),
+            url: shown,
         })
     }
 

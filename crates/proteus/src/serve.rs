@@ -533,8 +533,8 @@ impl TerminationSignals {
     }
 }
 
-/// The shared L2 (`--cache redis://…`), if any: one connection for every tiered cache.
-/// The shared L2 cache, if one is configured, with its health check.
+/// The shared L2 (`--cache redis://…`), if any, with its health check: one connection for
+/// every tiered cache.
 async fn open_remote_cache(
     settings: &Settings,
     backend_checks: &mut Vec<BackendCheck>,
@@ -543,7 +543,7 @@ async fn open_remote_cache(
         CacheBackend::Memory => Ok(None),
         CacheBackend::Redis { url, prefix } => {
             let cache = Arc::new(
-                RedisRemoteCache::connect(url, prefix)
+                RedisRemoteCache::connect_with(url, prefix, settings.cache_tls_ca.as_deref())
                     .await
                     .map_err(|e| format!("cannot open the Redis cache (prefix {prefix}): {e}"))?,
             );

@@ -229,6 +229,10 @@ pub struct ServeArgs {
     /// [default: proteus:] (in the config file: `cache_prefix` under `[storage]`).
     #[arg(long, env = "PROTEUS_CACHE_PREFIX", value_name = "PREFIX")]
     pub cache_prefix: Option<String>,
+    /// With a `rediss://` cache: a PEM file of the CAs that may sign Redis's certificate,
+    /// besides the system's (in the config file: `cache_tls_ca` under `[storage]`).
+    #[arg(long, env = "PROTEUS_CACHE_TLS_CA", value_name = "FILE")]
+    pub cache_tls_ca: Option<PathBuf>,
     #[command(flatten)]
     pub nats_tls: NatsTlsArgs,
 }
@@ -482,6 +486,7 @@ struct StorageFile {
     groups_prefix: Option<String>,
     cache: Option<String>,
     cache_prefix: Option<String>,
+    cache_tls_ca: Option<PathBuf>,
     nats_tls_ca: Option<PathBuf>,
     nats_tls_cert: Option<PathBuf>,
     nats_tls_key: Option<PathBuf>,
@@ -573,6 +578,8 @@ pub struct Settings {
     pub log: LogBackend,
     /// The cache of projections' document reads.
     pub cache: CacheBackend,
+    /// With a `rediss://` cache: the CAs that may sign Redis's certificate.
+    pub cache_tls_ca: Option<PathBuf>,
     /// TLS files for every NATS connection (log, event store, groups).
     pub nats_tls: proteus_nats::NatsTls,
 }
@@ -691,6 +698,7 @@ impl Settings {
                     .unwrap_or("memory"),
                 args.cache_prefix.or(file.storage.cache_prefix),
             )?,
+            cache_tls_ca: args.cache_tls_ca.or(file.storage.cache_tls_ca),
             nats_tls: args.nats_tls.resolve(proteus_nats::NatsTls {
                 ca_file: file.storage.nats_tls_ca,
                 cert_file: file.storage.nats_tls_cert,
