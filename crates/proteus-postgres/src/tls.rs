@@ -96,16 +96,14 @@ pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
         mode: SslMode::Prefer,
         root_certs: None,
     };
-    // What becomes of one setting in the driver's string: kept as written, replaced, or
-    // dropped (the driver would refuse a key it does not know).
-    let mut take = |key: &str, value: &str| -> Result<Option<Option<String>>, String> {
+    let mut take = |key: &str, value: &str| -> Result<Kept, String> {
         match key {
             "sslmode" => {
                 settings.mode = SslMode::parse(value)?;
-                Ok(Some(Some(format!(
+                Ok(Kept::Replaced(format!(
                     "sslmode={}",
                     settings.mode.for_driver()
-                ))))
+                )))
             }
             "sslrootcert" => {
                 settings.root_certs = Some(if value == "system" {
@@ -113,12 +111,12 @@ pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
                 } else {
                     RootCerts::File(PathBuf::from(value))
                 });
-                Ok(None)
+                Ok(Kept::Dropped)
             }
             "sslcert" | "sslkey" | "sslpassword" => Err(format!(
                 "{key}: client certificates are not supported; authenticate with a password in the URL (postgres://user:password@host/db)"
             )),
-            _ => Ok(Some(None)),
+            _ => Ok(Kept::AsWritten),
         }
     };
     let is_url = url.contains("://");
@@ -128,9 +126,9 @@ pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
                 match take(key, &percent_decode(value))? {
-                    Some(Some(replaced)) => kept.push(replaced),
-                    Some(None) => kept.push(pair.to_owned()),
-                    None => {}
+                    Kept::Replaced(replaced) => kept.push(replaced),
+                    Kept::AsWritten => kept.push(pair.to_owned()),
+                    Kept::Dropped => {}
                 }
             }
             if kept.is_empty() {
@@ -148,15 +146,24 @@ pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
                     continue;
                 };
                 match take(key, value.trim_matches('\''))? {
-                    Some(Some(replaced)) => kept.push(replaced),
-                    Some(None) => kept.push(token.to_owned()),
-                    None => {}
+                    Kept::Replaced(replaced) => kept.push(replaced),
+                    Kept::AsWritten => kept.push(token.to_owned()),
+                    Kept::Dropped => {}
                 }
             }
             kept.join(" ")
         }
     };
     Ok((driver, settings))
+}
+
+/// What becomes of one setting in the driver's string.
+enum Kept {
+    AsWritten,
+    /// Written again, as the driver understands it.
+    Replaced(String),
+    /// Taken out: the driver refuses a key it does not know.
+    Dropped,
 }
 
 /// `%XX` escapes of a URL query value (a path with spaces, say).
