@@ -40,12 +40,13 @@ impl RedisRemoteCache {
         tls_ca_file: Option<&std::path::Path>,
     ) -> Result<RedisRemoteCache, CacheError> {
         let shown = redact(url);
+        let over_tls = url.starts_with("rediss://");
         let invalid = |e: redis::RedisError| {
             CacheError::Unavailable(format!(
                 "invalid Redis URL {shown}: {e}; use the form redis://HOST:PORT[/DB] (rediss:// for TLS)"
             ))
         };
-        if url.starts_with("rediss://") {
+        if over_tls {
             // The redis crate builds its TLS configuration with rustls's process-wide provider,
             // which rustls picks by itself only when exactly one is compiled in; say which.
             // (Err: another caller installed one first, which is as good.)
@@ -53,7 +54,7 @@ impl RedisRemoteCache {
         }
         let client = match tls_ca_file {
             None => redis::Client::open(url).map_err(invalid)?,
-            Some(_) if !url.starts_with("rediss://") => {
+            Some(_) if !over_tls => {
                 return Err(CacheError::Unavailable(format!(
                     "a TLS CA file is given for Redis at {shown}, whose URL does not ask for TLS: write it rediss://…"
                 )));
@@ -77,7 +78,7 @@ impl RedisRemoteCache {
         };
         let connection = ConnectionManager::new(client).await.map_err(|e| {
             let text = e.to_string();
-            if url.starts_with("rediss://")
+            if over_tls
                 && (text.contains("certificate") || text.contains("TLS") || text.contains("tls"))
             {
                 return CacheError::Unavailable(format!(

@@ -257,7 +257,7 @@ enum Target {
 impl Target {
     async fn open(args: &MigrateArgs) -> Result<Target, String> {
         if crate::settings::is_nats_url(&args.to) {
-            let tls = args.nats_tls.clone().resolve(Default::default());
+            let tls = args.nats_tls.files();
             let store =
                 crate::serve::open_nats_event_store(&args.to, &args.to_prefix, &tls).await?;
             return Ok(Target::Nats {

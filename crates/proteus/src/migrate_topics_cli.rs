@@ -207,7 +207,7 @@ async fn open_group_target(
 ) -> Result<Arc<dyn GroupStore>, String> {
     if crate::settings::is_nats_url(url) {
         let store = NatsGroupStore::open(NatsGroupStoreConfig {
-            tls: args.nats_tls.clone().resolve(Default::default()),
+            tls: args.nats_tls.files(),
             bucket_prefix: args.groups_prefix.clone(),
             ..NatsGroupStoreConfig::new(url)
         })
@@ -330,7 +330,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
     let source = open_source(&args.from).await?;
     let target = NatsLog::connect(NatsLogConfig {
         url: args.to.clone(),
-        tls: args.nats_tls.clone().resolve(Default::default()),
+        tls: args.nats_tls.files(),
         stream_prefix: args.to_prefix.clone(),
         subject_prefix: args.to_prefix.to_lowercase(),
         ..NatsLogConfig::default()

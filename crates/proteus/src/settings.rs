@@ -49,6 +49,12 @@ pub struct NatsTlsArgs {
 }
 
 impl NatsTlsArgs {
+    /// The files of the flags alone, for commands without a config file (`migrate`,
+    /// `migrate-topics`).
+    pub fn files(&self) -> proteus_nats::NatsTls {
+        self.clone().resolve(proteus_nats::NatsTls::default())
+    }
+
     /// The files, each flag (or its variable) taking precedence over the config file's key
     /// (`file`: what `[storage]` gives, `NatsTls::default()` without a config file).
     pub fn resolve(self, file: proteus_nats::NatsTls) -> proteus_nats::NatsTls {
