@@ -158,9 +158,14 @@ pub fn pool_error(error: deadpool_postgres::PoolError, what: &str, url: &str) ->
 /// A failed TLS handshake, with what to change. A certificate refused or TLS refused by the
 /// server is configuration, never fixed by a retry; a handshake cut by the network is.
 fn tls_error(error: &tokio_postgres::Error, url: &str) -> Option<PgError> {
-    if !error
-        .to_string()
-        .starts_with("error performing TLS handshake")
+    // In TLS 1.3 the server checks a client certificate after the client has finished its
+    // side of the handshake, so a refused one arrives as an alert on the first read.
+    let alerted = std::error::Error::source(error)
+        .is_some_and(|cause| cause.to_string().contains("received fatal alert"));
+    if !alerted
+        && !error
+            .to_string()
+            .starts_with("error performing TLS handshake")
     {
         return None;
     }
@@ -172,7 +177,8 @@ fn tls_error(error: &tokio_postgres::Error, url: &str) -> Option<PgError> {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    let configuration = text.contains("certificate") || text.contains("does not support TLS");
+    let configuration =
+        alerted || text.contains("certificate") || text.contains("does not support TLS");
     Some(PgError {
         message: format!(
             "TLS with PostgreSQL at {} failed: {text}; {}",
@@ -194,6 +200,9 @@ fn connect_error(error: &tokio_postgres::Error, url: &str) -> PgError {
     if let Some(db) = error.as_db_error() {
         let code = db.code().code();
         let fix = match code {
+            "28000" if db.message().contains("certificate") => {
+                "; the server authenticates this user by client certificate: name one signed by a CA in the server's ssl_ca_file, whose common name is the user, with sslcert=/path/cert.pem&sslkey=/path/key.pem in the URL"
+            }
             "28000" => {
                 "; create the role (CREATE ROLE name LOGIN) or put an existing user in the URL"
             }

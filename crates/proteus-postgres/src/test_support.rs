@@ -176,22 +176,55 @@ impl PrivatePostgres {
     /// files go in the data directory, owned by the server's user and readable by it alone,
     /// as PostgreSQL requires of a key.
     pub async fn enable_tls(&self, certificate_pem: &str, key_pem: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        for (name, contents) in [("server.crt", certificate_pem), ("server.key", key_pem)] {
-            let path = self.data_dir.join(name);
-            std::fs::write(&path, contents).expect("cannot write the TLS files");
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .expect("cannot restrict the TLS files");
-            if let Some((uid, gid)) = self.run_as {
-                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                    .expect("cannot give the TLS files to the postgres user");
-            }
-        }
+        self.write_server_file("server.crt", certificate_pem);
+        self.write_server_file("server.key", key_pem);
         let conf = self.data_dir.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).expect("cannot read postgresql.conf");
         text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         std::fs::write(&conf, text).expect("cannot write postgresql.conf");
         self.restart().await;
+    }
+
+    /// Makes `user` (created here) able to log in only over TLS with a client certificate
+    /// signed by the CA `ca_pem` whose common name is `user` (`cert` authentication), and
+    /// restarts the server. Other users keep trust authentication. Call after
+    /// [`enable_tls`](Self::enable_tls).
+    pub async fn require_client_certificate(&self, user: &str, ca_pem: &str) {
+        let (admin, connection) = tokio_postgres::connect(&self.url(), NoTls)
+            .await
+            .expect("cannot connect to the private PostgreSQL");
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("CREATE ROLE \"{user}\" LOGIN SUPERUSER"))
+            .await
+            .expect("cannot create the certificate's role");
+        self.write_server_file("root.crt", ca_pem);
+        let conf = self.data_dir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("cannot read postgresql.conf");
+        text.push_str("\nssl_ca_file = 'root.crt'\n");
+        std::fs::write(&conf, text).expect("cannot write postgresql.conf");
+        // The first line that matches decides: the user by certificate over TLS, never plain.
+        let hba = self.data_dir.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("cannot read pg_hba.conf");
+        let rules = format!(
+            "hostssl all {user} 127.0.0.1/32 cert\nhost all {user} 127.0.0.1/32 reject\n{rules}"
+        );
+        std::fs::write(&hba, rules).expect("cannot write pg_hba.conf");
+        self.restart().await;
+    }
+
+    /// Writes a file into the data directory, owned by the server's user and readable by it
+    /// alone, as PostgreSQL requires of a key.
+    fn write_server_file(&self, name: &str, contents: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir.join(name);
+        std::fs::write(&path, contents).expect("cannot write a TLS file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("cannot restrict a TLS file");
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .expect("cannot give a TLS file to the postgres user");
+        }
     }
 
     /// Kills the postmaster and its backends with `SIGKILL` and waits for the postmaster.

@@ -16,8 +16,11 @@
 //!
 //! `verify-ca` and `verify-full` trust the CAs of `sslrootcert`, or the system's when it is
 //! absent or `system`. (`allow` tries TLS first where libpq tries plain first: either way the
-//! connection is made when the server takes one of the two.) Client certificates (`sslcert`,
-//! `sslkey`) are refused with a message saying so.
+//! connection is made when the server takes one of the two.) `sslcert` and `sslkey` name a
+//! client certificate (PEM, its chain allowed) and its unencrypted key, shown to a server that
+//! asks for one (`cert` authentication, or `clientcert=verify-*` in `pg_hba.conf`); both must
+//! be given, since libpq's defaults under `~/.postgresql/` are not read. `sslpassword` (an
+//! encrypted key) is refused with how to decrypt the key.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
 };
@@ -86,6 +89,10 @@ pub enum RootCerts {
 pub struct TlsSettings {
     pub mode: SslMode,
     pub root_certs: Option<RootCerts>,
+    /// `sslcert`: the client's certificate (PEM; its chain may follow it).
+    pub client_cert: Option<PathBuf>,
+    /// `sslkey`: the client certificate's private key (PEM, unencrypted).
+    pub client_key: Option<PathBuf>,
 }
 
 /// Splits `url` (a `postgres://` URL or a key=value string) into the string tokio-postgres
@@ -95,6 +102,8 @@ pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
     let mut settings = TlsSettings {
         mode: SslMode::Prefer,
         root_certs: None,
+        client_cert: None,
+        client_key: None,
     };
     let mut take = |key: &str, value: &str| -> Result<Kept, String> {
         match key {
@@ -113,9 +122,17 @@ pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
                 });
                 Ok(Kept::Dropped)
             }
-            "sslcert" | "sslkey" | "sslpassword" => Err(format!(
-                "{key}: client certificates are not supported; authenticate with a password in the URL (postgres://user:password@host/db)"
-            )),
+            "sslcert" => {
+                settings.client_cert = Some(PathBuf::from(value));
+                Ok(Kept::Dropped)
+            }
+            "sslkey" => {
+                settings.client_key = Some(PathBuf::from(value));
+                Ok(Kept::Dropped)
+            }
+            "sslpassword" => Err(
+                "sslpassword: encrypted private keys are not supported; decrypt the key (openssl pkey -in key.pem -out plain-key.pem), keep it readable by Proteus alone, and name it with sslkey=".to_owned(),
+            ),
             _ => Ok(Kept::AsWritten),
         }
     };
@@ -154,6 +171,21 @@ pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
             kept.join(" ")
         }
     };
+    match (&settings.client_cert, &settings.client_key) {
+        (Some(_), None) => {
+            return Err(
+                "sslcert without sslkey: name the certificate's private key with sslkey=/path/key.pem (libpq's default ~/.postgresql/postgresql.key is not read)"
+                    .to_owned(),
+            );
+        }
+        (None, Some(_)) => {
+            return Err(
+                "sslkey without sslcert: name the client certificate with sslcert=/path/cert.pem (libpq's default ~/.postgresql/postgresql.crt is not read)"
+                    .to_owned(),
+            );
+        }
+        _ => {}
+    }
     Ok((driver, settings))
 }
 
@@ -199,11 +231,57 @@ pub fn connector(settings: &TlsSettings) -> Result<Tls, String> {
             Arc::new(EncryptionOnly(provider.signature_verification_algorithms))
         }
     };
-    let config = builder
+    let builder = builder
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let config = match (&settings.client_cert, &settings.client_key) {
+        (Some(cert_file), Some(key_file)) => {
+            let (chain, key) = client_identity(cert_file, key_file)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                format!(
+                    "sslkey {} is not the private key of sslcert {}: {e}",
+                    key_file.display(),
+                    cert_file.display()
+                )
+            })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     Ok(Tls::new(config))
+}
+
+/// The client certificate's chain and its private key, read from PEM files.
+fn client_identity(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| {
+            format!(
+                "cannot read sslcert {}: {e}; name a readable PEM file holding the client certificate",
+                cert.display()
+            )
+        })?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            format!(
+                "sslcert {} is not a PEM file of certificates: {e}",
+                cert.display()
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(format!(
+            "sslcert {} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)",
+            cert.display()
+        ));
+    }
+    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "cannot read sslkey {}: {e}; name a readable, unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            key.display()
+        )
+    })?;
+    Ok((chain, private_key))
 }
 
 fn roots_from_file(path: &std::path::Path) -> Result<RootCertStore, String> {
@@ -348,6 +426,8 @@ pub(crate) fn hint(cause: &str) -> &'static str {
         "the server's certificate is not signed by a trusted CA: name the CA with sslrootcert=/path/ca.pem in the URL (sslrootcert=system for the system's CAs), or use sslmode=require to encrypt without checking the certificate"
     } else if cause.contains("NotValidForName") || cause.contains("not valid for name") {
         "the server's certificate does not name the host of the URL: connect by a name the certificate lists, or use sslmode=verify-ca to check only the CA"
+    } else if cause.contains("received fatal alert") {
+        "the server ended the TLS connection: if it checks client certificates, name one signed by a CA in its ssl_ca_file with sslcert=/path/cert.pem&sslkey=/path/key.pem (its log says why it refused)"
     } else if cause.contains("does not support TLS") {
         "the server does not accept TLS (ssl = off in postgresql.conf): turn it on there, or use sslmode=prefer or sslmode=disable"
     } else {
@@ -388,6 +468,14 @@ mod tests {
         let (driver, settings) = split("postgres://u@h/db").unwrap();
         assert_eq!(driver, "postgres://u@h/db");
         assert_eq!(settings.mode, SslMode::Prefer);
+        assert_eq!((settings.client_cert, settings.client_key), (None, None));
+
+        let (driver, settings) =
+            split("postgres://app@h/db?sslcert=%2Fkeys%2Fapp.crt&sslkey=/keys/app.key&sslmode=verify-full")
+                .unwrap();
+        assert_eq!(driver, "postgres://app@h/db?sslmode=require");
+        assert_eq!(settings.client_cert, Some(PathBuf::from("/keys/app.crt")));
+        assert_eq!(settings.client_key, Some(PathBuf::from("/keys/app.key")));
         assert_eq!(
             split("postgres://h/db?sslmode=allow").unwrap().0,
             "postgres://h/db?sslmode=prefer"
@@ -399,18 +487,38 @@ mod tests {
         let error = split("postgres://h/db?sslmode=verify").unwrap_err();
         assert!(error.contains("verify-full"), "{error}");
         let error = split("postgres://h/db?sslcert=/c.pem").unwrap_err();
+        assert!(error.contains("sslcert without sslkey"), "{error}");
+        let error = split("host=h sslkey=/k.pem").unwrap_err();
+        assert!(error.contains("sslkey without sslcert"), "{error}");
+        let error =
+            split("postgres://h/db?sslcert=/c.pem&sslkey=/k.pem&sslpassword=x").unwrap_err();
         assert!(
-            error.contains("client certificates are not supported"),
+            error.contains("encrypted private keys are not supported")
+                && error.contains("openssl pkey"),
             "{error}"
         );
         let error = connector(&TlsSettings {
             mode: SslMode::VerifyFull,
             root_certs: Some(RootCerts::File("/nonexistent/ca.pem".into())),
+            client_cert: None,
+            client_key: None,
         })
         .err()
         .unwrap();
         assert!(
             error.contains("cannot read sslrootcert /nonexistent/ca.pem"),
+            "{error}"
+        );
+        let error = connector(&TlsSettings {
+            mode: SslMode::Require,
+            root_certs: None,
+            client_cert: Some("/nonexistent/app.crt".into()),
+            client_key: Some("/nonexistent/app.key".into()),
+        })
+        .err()
+        .unwrap();
+        assert!(
+            error.contains("cannot read sslcert /nonexistent/app.crt"),
             "{error}"
         );
     }

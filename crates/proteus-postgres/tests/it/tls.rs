@@ -160,3 +160,108 @@ async fn required_tls_on_a_server_without_it_is_refused_with_what_to_change() {
     // prefer falls back to a plain connection.
     assert!(!encrypted(&server.url()).await.unwrap());
 }
+
+/// A client certificate for the user `name` signed by `ca` (PEM certificate and key).
+fn client_certificate(ca: &CertifiedIssuer<'static, KeyPair>, name: &str) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.signed_by(&key, ca).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn client_ca() -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn sslcert_and_sslkey_log_in_a_user_the_server_authenticates_by_certificate() {
+    let made = certificates();
+    let server = PrivatePostgres::start().await;
+    server
+        .enable_tls(&made.server_pem, &made.server_key_pem)
+        .await;
+    let clients_ca = client_ca();
+    server
+        .require_client_certificate("app", &clients_ca.pem())
+        .await;
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, contents: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.display().to_string()
+    };
+    let server_ca = write("server-ca.pem", &made.ca_pem);
+    let (cert, key) = client_certificate(&clients_ca, "app");
+    let (app_cert, app_key) = (write("app.crt", &cert), write("app.key", &key));
+    let (cert, key) = client_certificate(&clients_ca, "someone-else");
+    let (other_cert, other_key) = (write("other.crt", &cert), write("other.key", &key));
+    let (cert, key) = client_certificate(&client_ca(), "app");
+    let (untrusted_cert, untrusted_key) =
+        (write("untrusted.crt", &cert), write("untrusted.key", &key));
+    let port = server.port;
+    let as_app = |query: &str| {
+        format!(
+            "postgres://app@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={server_ca}{query}"
+        )
+    };
+
+    // The certificate logs the user in, over a connection checked both ways.
+    assert!(
+        encrypted(&as_app(&format!("&sslcert={app_cert}&sslkey={app_key}")))
+            .await
+            .unwrap()
+    );
+    // The same in libpq's key=value form, with the default sslmode (prefer).
+    assert!(
+        encrypted(&format!(
+            "host=localhost port={port} user=app dbname=postgres sslcert={app_cert} sslkey={app_key}"
+        ))
+        .await
+        .unwrap()
+    );
+
+    // Without one, the server's refusal comes with what to give it.
+    let refused = encrypted(&as_app("")).await.unwrap_err();
+    assert!(!refused.retriable, "{refused}");
+    assert!(
+        refused.message.contains("client certificate") && refused.message.contains("sslcert="),
+        "{refused}"
+    );
+    // A certificate for another user is refused by the server.
+    let refused = encrypted(&as_app(&format!(
+        "&sslcert={other_cert}&sslkey={other_key}"
+    )))
+    .await
+    .unwrap_err();
+    assert!(!refused.retriable, "{refused}");
+    assert!(refused.message.contains("certificate"), "{refused}");
+    // A certificate from a CA the server does not trust is refused too.
+    let refused = encrypted(&as_app(&format!(
+        "&sslcert={untrusted_cert}&sslkey={untrusted_key}"
+    )))
+    .await
+    .unwrap_err();
+    assert!(!refused.retriable, "{refused}");
+    assert!(
+        refused.message.contains("ended the TLS connection")
+            && refused.message.contains("ssl_ca_file"),
+        "{refused}"
+    );
+    assert!(!refused.message.contains("pg_ctlcluster"), "{refused}");
+    // A key that is not the certificate's is caught before connecting.
+    let mismatched = encrypted(&as_app(&format!("&sslcert={app_cert}&sslkey={other_key}")))
+        .await
+        .unwrap_err();
+    assert!(!mismatched.retriable, "{mismatched}");
+    assert!(
+        mismatched
+            .message
+            .contains("is not the private key of sslcert"),
+        "{mismatched}"
+    );
+}
