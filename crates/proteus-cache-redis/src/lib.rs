@@ -2,6 +2,8 @@
 //! `MGET`, writes one pipeline of `SET key value PX ttl_ms`, deletes one `DEL`. The connection
 //! is a `ConnectionManager`, which reconnects by itself after a loss.
 
+use std::path::{Path, PathBuf};
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use proteus_cache::{CacheError, RemoteCache, check_keys, check_put};
@@ -18,6 +20,32 @@ pub struct RedisRemoteCache {
     url: String,
 }
 
+/// The TLS files of a `rediss://` connection, all optional (PEM).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// The CAs that may sign the server's certificate, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate, for a server with `tls-auth-clients yes` (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (unencrypted).
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisTls {
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none()
+    }
+}
+
+fn read_tls_file(path: &Path, what: &str) -> Result<Vec<u8>, CacheError> {
+    std::fs::read(path).map_err(|e| {
+        CacheError::Unavailable(format!(
+            "cannot read the Redis TLS {what} file {}: {e}",
+            path.display()
+        ))
+    })
+}
+
 /// How to start the local Redis of a developer machine, for messages.
 pub const START_HINT: &str = "start it (redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no)";
 
@@ -29,18 +57,19 @@ impl RedisRemoteCache {
     /// Connects to `url` (`redis://host:port[/db]`, or `rediss://` for TLS checked against
     /// the system's CAs); keys are stored as `{namespace}{key}`.
     pub async fn connect(url: &str, namespace: &str) -> Result<RedisRemoteCache, CacheError> {
-        Self::connect_with(url, namespace, None).await
+        Self::connect_with(url, namespace, &RedisTls::default()).await
     }
 
-    /// As [`connect`](Self::connect), trusting the CAs of the PEM file `tls_ca_file` besides
-    /// the system's (a `rediss://` URL is then required).
+    /// As [`connect`](Self::connect), with a private CA and a client certificate (a
+    /// `rediss://` URL is then required).
     pub async fn connect_with(
         url: &str,
         namespace: &str,
-        tls_ca_file: Option<&std::path::Path>,
+        tls: &RedisTls,
     ) -> Result<RedisRemoteCache, CacheError> {
         let shown = redact(url);
         let over_tls = url.starts_with("rediss://");
+        let refuse = |message: String| Err(CacheError::Unavailable(message));
         let invalid = |e: redis::RedisError| {
             CacheError::Unavailable(format!(
                 "invalid Redis URL {shown}: {e}; use the form redis://HOST:PORT[/DB] (rediss:// for TLS)"
@@ -52,43 +81,86 @@ impl RedisRemoteCache {
             // (Err: another caller installed one first, which is as good.)
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = match tls_ca_file {
-            None => redis::Client::open(url).map_err(invalid)?,
-            Some(_) if !over_tls => {
-                return Err(CacheError::Unavailable(format!(
-                    "a TLS CA file is given for Redis at {shown}, whose URL does not ask for TLS: write it rediss://…"
-                )));
+        let client_tls = match (&tls.cert_file, &tls.key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_tls_file(cert, "client certificate")?,
+                client_key: read_tls_file(key, "client key")?,
+            }),
+            (Some(_), None) => {
+                return refuse(
+                    "a client certificate is given for Redis without its key: name the key's PEM file with --cache-tls-key".to_owned(),
+                );
             }
-            Some(path) => {
-                let root_cert = std::fs::read(path).map_err(|e| {
-                    CacheError::Unavailable(format!(
-                        "cannot read the Redis TLS CA file {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                redis::Client::build_with_tls(
-                    url,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(root_cert),
-                    },
-                )
-                .map_err(invalid)?
+            (None, Some(_)) => {
+                return refuse(
+                    "a client key is given for Redis without its certificate: name the certificate's PEM file with --cache-tls-cert".to_owned(),
+                );
             }
         };
-        let connection = ConnectionManager::new(client).await.map_err(|e| {
+        let client = if tls.is_empty() {
+            redis::Client::open(url).map_err(invalid)?
+        } else if !over_tls {
+            return refuse(format!(
+                "TLS files are given for Redis at {shown}, whose URL does not ask for TLS: write it rediss://…"
+            ));
+        } else {
+            let root_cert = match &tls.ca_file {
+                Some(path) => Some(read_tls_file(path, "CA")?),
+                None => None,
+            };
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls,
+                    root_cert,
+                },
+            )
+            .map_err(|e| {
+                CacheError::Unavailable(format!(
+                    "the Redis TLS files cannot be used: {e}; give PEM files (--cache-tls-ca, --cache-tls-cert, --cache-tls-key), the key unencrypted and matching the certificate"
+                ))
+            })?
+        };
+        let connect_error = |e: redis::RedisError| {
             let text = e.to_string();
-            if over_tls
-                && (text.contains("certificate") || text.contains("TLS") || text.contains("tls"))
+            if e.kind() == redis::ErrorKind::AuthenticationFailed
+                || text.contains("WRONGPASS")
+                || text.contains("NOAUTH")
             {
                 return CacheError::Unavailable(format!(
-                    "TLS with Redis at {shown} failed: {e}; if a private CA signed the server's certificate, name its PEM file with --cache-tls-ca"
+                    "Redis at {shown} refused the login: {e}; check the password in the URL (redis://:password@host:6379, or redis://user:password@host:6379 for an ACL user)"
+                ));
+            }
+            if over_tls
+                && (text.contains("certificate")
+                    || text.contains("TLS")
+                    || text.contains("tls")
+                    || text.contains("alert"))
+            {
+                return CacheError::Unavailable(format!(
+                    "TLS with Redis at {shown} failed: {e}; if a private CA signed the server's certificate, name its PEM file with --cache-tls-ca; if the server checks clients (tls-auth-clients), name a certificate its CA signed with --cache-tls-cert and --cache-tls-key"
                 ));
             }
             CacheError::Unavailable(format!(
                 "cannot connect to Redis at {shown}: {e}; is it running? If not, {START_HINT}"
             ))
-        })?;
+        };
+        // One attempt first: the connection manager retries its first connection with
+        // back-off (about 9 s), which only delays what a refused certificate or a stopped
+        // server will say anyway.
+        let mut probe = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(connect_error)?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut probe)
+            .await
+            .map_err(connect_error)?;
+        drop(probe);
+        let connection = ConnectionManager::new(client)
+            .await
+            .map_err(connect_error)?;
         Ok(RedisRemoteCache {
             connection,
             namespace: namespace.to_owned(),

@@ -543,7 +543,7 @@ async fn open_remote_cache(
         CacheBackend::Memory => Ok(None),
         CacheBackend::Redis { url, prefix } => {
             let cache = Arc::new(
-                RedisRemoteCache::connect_with(url, prefix, settings.cache_tls_ca.as_deref())
+                RedisRemoteCache::connect_with(url, prefix, &settings.cache_tls)
                     .await
                     .map_err(|e| format!("cannot open the Redis cache (prefix {prefix}): {e}"))?,
             );

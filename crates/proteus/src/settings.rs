@@ -236,9 +236,18 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTEUS_CACHE_PREFIX", value_name = "PREFIX")]
     pub cache_prefix: Option<String>,
     /// With a `rediss://` cache: a PEM file of the CAs that may sign Redis's certificate,
-    /// besides the system's (in the config file: `cache_tls_ca` under `[storage]`).
+    /// trusted instead of the system's (in the config file: `cache_tls_ca` under `[storage]`).
     #[arg(long, env = "PROTEUS_CACHE_TLS_CA", value_name = "FILE")]
     pub cache_tls_ca: Option<PathBuf>,
+    /// With a `rediss://` cache: a PEM certificate Proteus presents to a Redis that checks
+    /// clients (`tls-auth-clients yes`), with --cache-tls-key (in the config file:
+    /// `cache_tls_cert` under `[storage]`).
+    #[arg(long, env = "PROTEUS_CACHE_TLS_CERT", value_name = "FILE")]
+    pub cache_tls_cert: Option<PathBuf>,
+    /// PEM private key (unencrypted) of --cache-tls-cert (in the config file: `cache_tls_key`
+    /// under `[storage]`).
+    #[arg(long, env = "PROTEUS_CACHE_TLS_KEY", value_name = "FILE")]
+    pub cache_tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub nats_tls: NatsTlsArgs,
 }
@@ -493,6 +502,8 @@ struct StorageFile {
     cache: Option<String>,
     cache_prefix: Option<String>,
     cache_tls_ca: Option<PathBuf>,
+    cache_tls_cert: Option<PathBuf>,
+    cache_tls_key: Option<PathBuf>,
     nats_tls_ca: Option<PathBuf>,
     nats_tls_cert: Option<PathBuf>,
     nats_tls_key: Option<PathBuf>,
@@ -584,8 +595,8 @@ pub struct Settings {
     pub log: LogBackend,
     /// The cache of projections' document reads.
     pub cache: CacheBackend,
-    /// With a `rediss://` cache: the CAs that may sign Redis's certificate.
-    pub cache_tls_ca: Option<PathBuf>,
+    /// With a `rediss://` cache: a private CA and a client certificate.
+    pub cache_tls: proteus_cache_redis::RedisTls,
     /// TLS files for every NATS connection (log, event store, groups).
     pub nats_tls: proteus_nats::NatsTls,
 }
@@ -704,7 +715,11 @@ impl Settings {
                     .unwrap_or("memory"),
                 args.cache_prefix.or(file.storage.cache_prefix),
             )?,
-            cache_tls_ca: args.cache_tls_ca.or(file.storage.cache_tls_ca),
+            cache_tls: proteus_cache_redis::RedisTls {
+                ca_file: args.cache_tls_ca.or(file.storage.cache_tls_ca),
+                cert_file: args.cache_tls_cert.or(file.storage.cache_tls_cert),
+                key_file: args.cache_tls_key.or(file.storage.cache_tls_key),
+            },
             nats_tls: args.nats_tls.resolve(proteus_nats::NatsTls {
                 ca_file: file.storage.nats_tls_ca,
                 cert_file: file.storage.nats_tls_cert,
@@ -776,6 +791,29 @@ impl Settings {
                     key.name
                 ));
             }
+        }
+        // TLS files for a backend nothing uses are a mistake (a cache meant to be Redis,
+        // say): said at start-up rather than ignored.
+        if !self.cache_tls.is_empty() && !matches!(self.cache, CacheBackend::Redis { .. }) {
+            return Err(
+                "--cache-tls-ca, --cache-tls-cert and --cache-tls-key are for a Redis cache, and the cache is in memory: add --cache rediss://HOST:PORT, or remove them"
+                    .into(),
+            );
+        }
+        let on_nats = matches!(self.log, LogBackend::Nats { .. })
+            || [
+                &self.event_store,
+                &self.read_models,
+                &self.metadata,
+                &self.groups,
+            ]
+            .iter()
+            .any(|store| matches!(store, EventStoreBackend::Nats { .. }));
+        if self.nats_tls.is_set() && !on_nats {
+            return Err(
+                "--nats-tls-ca, --nats-tls-cert and --nats-tls-key are for NATS, and no store is on NATS: add --storage-log, --event-store or --groups nats://…, or remove them"
+                    .into(),
+            );
         }
         if matches!(self.groups, EventStoreBackend::Nats { .. })
             && !matches!(self.log, LogBackend::Nats { .. })
@@ -1040,6 +1078,46 @@ mod tests {
                 .unwrap()
                 .nats_tls
                 .is_set()
+        );
+    }
+
+    #[test]
+    fn tls_files_for_a_backend_nothing_uses_are_refused() {
+        let error = Settings::resolve(ServeArgs {
+            cache_tls_ca: Some("/ca.pem".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            error.contains("the cache is in memory") && error.contains("--cache rediss://"),
+            "{error}"
+        );
+        let settings = Settings::resolve(ServeArgs {
+            cache: Some("rediss://r:6380".into()),
+            cache_tls_cert: Some("/c.pem".into()),
+            cache_tls_key: Some("/k.pem".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            settings.cache_tls,
+            proteus_cache_redis::RedisTls {
+                ca_file: None,
+                cert_file: Some("/c.pem".into()),
+                key_file: Some("/k.pem".into()),
+            }
+        );
+        let error = Settings::resolve(ServeArgs {
+            nats_tls: NatsTlsArgs {
+                nats_tls_ca: Some("/ca.pem".into()),
+                ..NatsTlsArgs::default()
+            },
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            error.contains("no store is on NATS") && error.contains("--storage-log"),
+            "{error}"
         );
     }
 

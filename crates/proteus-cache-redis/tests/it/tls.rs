@@ -1,91 +1,161 @@
-//! `rediss://` against a private `redis-server` that speaks only TLS, with a certificate for
-//! 127.0.0.1 signed by a CA made for the test: trusted when the CA file is given, refused
-//! otherwise with the flag that names it.
+//! Logins and `rediss://` against `redis-server`s of the tests' own: one that speaks only TLS
+//! with a certificate for 127.0.0.1 signed by a CA made for the test (trusted when the CA file
+//! is given, refused otherwise with the flag that names it), one that also checks client
+//! certificates, and one that asks for a password.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proteus_cache::RemoteCache;
-use proteus_cache_redis::RedisRemoteCache;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use proteus_cache_redis::{RedisRemoteCache, RedisTls};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
-/// A `redis-server` of the test's own on a TLS port only; killed when dropped.
-struct TlsRedis {
+/// A `redis-server` of the test's own; killed when dropped.
+struct PrivateRedis {
     port: u16,
     child: Child,
 }
 
-impl Drop for TlsRedis {
+impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn start_tls_redis(dir: &std::path::Path) -> (TlsRedis, std::path::PathBuf) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let write = |name: &str, contents: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    };
-    let ca_file = write("ca.pem", ca.pem());
-    let cert_file = write("redis.pem", cert.pem());
-    let key_file = write("redis-key.pem", key.serialize_pem());
+enum Listen<'a> {
+    /// A plain port asking for this password (`requirepass`).
+    PlainWithPassword(&'static str),
+    /// A TLS port only, with the server's certificate and CA, checking clients' certificates
+    /// or not (`tls-auth-clients`).
+    Tls {
+        files: &'a TlsFilesIn,
+        check_clients: bool,
+    },
+}
+
+/// Where a test's CA, server certificate and key are.
+struct TlsFilesIn {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn start_redis(listen: Listen<'_>) -> PrivateRedis {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .unwrap()
         .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
-        .arg("--tls-cert-file")
-        .arg(&cert_file)
-        .arg("--tls-key-file")
-        .arg(&key_file)
-        .arg("--tls-ca-cert-file")
-        .arg(&ca_file)
+    let mut command = Command::new("redis-server");
+    command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    match listen {
+        Listen::PlainWithPassword(password) => {
+            command.args(["--port", &port.to_string(), "--requirepass", password]);
+        }
+        Listen::Tls {
+            files,
+            check_clients,
+        } => {
+            command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args([
+                    "--tls-auth-clients",
+                    if check_clients { "yes" } else { "no" },
+                ])
+                .arg("--tls-cert-file")
+                .arg(&files.cert)
+                .arg("--tls-key-file")
+                .arg(&files.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.ca);
+        }
+    }
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("cannot run redis-server; install Redis (Debian: apt install redis-server)");
-    let server = TlsRedis { port, child };
+    let server = PrivateRedis { port, child };
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
-            "redis-server with TLS did not start"
+            "the private redis-server did not start"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    (server, ca_file)
+    server
+}
+
+/// A CA, the server's certificate for 127.0.0.1, and a client certificate, in `dir`.
+struct Made {
+    server: TlsFilesIn,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn make_certificates(dir: &Path) -> Made {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Names of their own: OpenSSL takes a certificate whose subject is its issuer's for a
+    // self-signed one, and rcgen gives every certificate the same default name.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Proteus test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let write = |name: &str, contents: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    };
+    let signed = |names: Vec<String>, common_name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = signed(vec!["127.0.0.1".to_owned()], "redis");
+    let (client_cert, client_key) = signed(Vec::new(), "proteus");
+    Made {
+        server: TlsFilesIn {
+            ca: write("ca.pem", ca.pem()),
+            cert: write("redis.pem", server_cert),
+            key: write("redis-key.pem", server_key),
+        },
+        client_cert: write("client.pem", client_cert),
+        client_key: write("client-key.pem", client_key),
+    }
+}
+
+async fn refusal(url: &str, tls: &RedisTls) -> String {
+    match RedisRemoteCache::connect_with(url, "tls-test:", tls).await {
+        Ok(_) => panic!("{url} was reached with {tls:?}"),
+        Err(error) => error.to_string(),
+    }
 }
 
 #[tokio::test]
 async fn rediss_with_a_private_ca_is_trusted_when_named_and_refused_otherwise() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, ca_file) = start_tls_redis(dir.path());
+    let made = make_certificates(dir.path());
+    let server = start_redis(Listen::Tls {
+        files: &made.server,
+        check_clients: false,
+    });
     let url = format!("rediss://127.0.0.1:{}", server.port);
+    let with_ca = RedisTls {
+        ca_file: Some(made.server.ca.clone()),
+        ..RedisTls::default()
+    };
 
-    let cache = RedisRemoteCache::connect_with(&url, "tls-test:", Some(&ca_file))
+    let cache = RedisRemoteCache::connect_with(&url, "tls-test:", &with_ca)
         .await
         .expect("TLS with the named CA");
     cache
@@ -99,23 +169,99 @@ async fn rediss_with_a_private_ca_is_trusted_when_named_and_refused_otherwise() 
         .await
         .expect("PING over TLS");
 
-    let refused = RedisRemoteCache::connect(&url, "tls-test:")
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    // Refused at once (not after the connection manager's retries), naming the flag.
+    let started = Instant::now();
+    let refused = refusal(&url, &RedisTls::default()).await;
     assert!(
         refused.contains("TLS with Redis") && refused.contains("--cache-tls-ca"),
         "{refused}"
     );
-    let plain = RedisRemoteCache::connect_with(
-        &format!("redis://127.0.0.1:{}", server.port),
-        "tls-test:",
-        Some(&ca_file),
-    )
-    .await
-    .err()
-    .unwrap()
-    .to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a refused certificate took {:?} to report",
+        started.elapsed()
+    );
+    let plain = refusal(&format!("redis://127.0.0.1:{}", server.port), &with_ca).await;
     assert!(plain.contains("rediss://"), "{plain}");
+}
+
+#[tokio::test]
+async fn a_server_that_checks_clients_takes_the_client_certificate_and_refuses_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = make_certificates(dir.path());
+    let server = start_redis(Listen::Tls {
+        files: &made.server,
+        check_clients: true,
+    });
+    let url = format!("rediss://127.0.0.1:{}", server.port);
+    let with_certificate = RedisTls {
+        ca_file: Some(made.server.ca.clone()),
+        cert_file: Some(made.client_cert.clone()),
+        key_file: Some(made.client_key.clone()),
+    };
+
+    let cache = RedisRemoteCache::connect_with(&url, "tls-test:", &with_certificate)
+        .await
+        .expect("TLS with a client certificate");
+    cache
+        .put_many(vec![("k".to_owned(), Bytes::from_static(b"v"))], 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get_many(&["k".to_owned()]).await.unwrap(),
+        vec![Some(Bytes::from_static(b"v"))]
+    );
+
+    let without = RedisTls {
+        cert_file: None,
+        key_file: None,
+        ..with_certificate.clone()
+    };
+    let refused = refusal(&url, &without).await;
+    assert!(
+        refused.contains("TLS with Redis") && refused.contains("--cache-tls-cert"),
+        "{refused}"
+    );
+    let half = RedisTls {
+        key_file: None,
+        ..with_certificate.clone()
+    };
+    let refused = refusal(&url, &half).await;
+    assert!(refused.contains("--cache-tls-key"), "{refused}");
+    let missing = RedisTls {
+        cert_file: Some(dir.path().join("nowhere.pem")),
+        ..with_certificate.clone()
+    };
+    let refused = refusal(&url, &missing).await;
+    assert!(
+        refused.contains("cannot read the Redis TLS client certificate file"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_password_in_the_url_logs_in_and_a_wrong_one_says_so() {
+    let server = start_redis(Listen::PlainWithPassword("open-sesame"));
+    let port = server.port;
+
+    let cache = RedisRemoteCache::connect(&format!("redis://:open-sesame@127.0.0.1:{port}"), "p:")
+        .await
+        .expect("the right password");
+    cache
+        .check_health(Duration::from_secs(2))
+        .await
+        .expect("PING after logging in");
+
+    for url in [
+        format!("redis://:wrong@127.0.0.1:{port}"),
+        format!("redis://127.0.0.1:{port}"),
+    ] {
+        let refused = refusal(&url, &RedisTls::default()).await;
+        assert!(
+            refused.contains("refused the login") && refused.contains("password in the URL"),
+            "{url}: {refused}"
+        );
+        assert!(!refused.contains("is it running"), "{refused}");
+        assert!(!refused.contains("wrong@"), "{refused}");
+    }
 }
