@@ -17,8 +17,8 @@ pub struct NatsGroupStoreConfig {
     pub connect_timeout_ms: u64,
     /// Longest pause between two reconnection attempts (the client backs off up to this).
     pub reconnect_delay_max_ms: u64,
-    /// CA and client certificate files of the deployment\'s own (`proteus_nats::NatsTls`).
-    pub tls: proteus_nats::NatsTls,
+    /// CA and client certificate files of the deployment\'s own (`proteus_nats::NatsSecurity`).
+    pub security: proteus_nats::NatsSecurity,
     /// JetStream replicas of the buckets created (1, 3 or 5).
     pub replicas: usize,
     /// How many times one write reads its value again after another writer changed it
@@ -35,7 +35,7 @@ impl Default for NatsGroupStoreConfig {
             request_timeout_ms: 5_000,
             connect_timeout_ms: 5_000,
             reconnect_delay_max_ms: 2_000,
-            tls: proteus_nats::NatsTls::default(),
+            security: proteus_nats::NatsSecurity::default(),
             replicas: 1,
             write_attempts_max: 16,
         }

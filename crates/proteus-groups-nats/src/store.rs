@@ -116,7 +116,7 @@ impl NatsGroupStore {
             request_timeout_ms: config.request_timeout_ms,
             reconnect_delay_max_ms: config.reconnect_delay_max_ms,
             connections: None,
-            tls: &config.tls,
+            security: &config.security,
         })
         .await
         .map_err(StoreError::Backend)?;

@@ -21,8 +21,8 @@ pub struct NatsLogConfig {
     pub connect_timeout_ms: u64,
     /// Longest pause between two reconnection attempts (the client backs off up to this).
     pub reconnect_delay_max_ms: u64,
-    /// CA and client certificate files of the deployment\'s own (`proteus_nats::NatsTls`).
-    pub tls: proteus_nats::NatsTls,
+    /// CA and client certificate files of the deployment\'s own (`proteus_nats::NatsSecurity`).
+    pub security: proteus_nats::NatsSecurity,
     /// JetStream replicas of each stream created (1, 3 or 5).
     pub replicas: usize,
     /// `wait_for_events` wakes on the partition subjects' core NATS messages; this is its
@@ -46,7 +46,7 @@ impl Default for NatsLogConfig {
             request_timeout_ms: 5_000,
             connect_timeout_ms: 5_000,
             reconnect_delay_max_ms: 2_000,
-            tls: proteus_nats::NatsTls::default(),
+            security: proteus_nats::NatsSecurity::default(),
             replicas: 1,
             wait_poll_interval_ms: 250,
             retention_interval_ms: 60_000,

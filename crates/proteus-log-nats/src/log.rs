@@ -286,7 +286,7 @@ impl NatsLog {
             request_timeout_ms: config.request_timeout_ms,
             reconnect_delay_max_ms: config.reconnect_delay_max_ms,
             connections: Some(connections.clone()),
-            tls: &config.tls,
+            security: &config.security,
         })
         .await
         .map_err(|reason| LogError::Unavailable { reason })?;

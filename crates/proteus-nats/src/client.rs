@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::{NatsTls, START_HINT, redact};
+use crate::{NatsSecurity, START_HINT, redact};
 
 /// How an adapter connects, borrowed from its configuration.
 pub struct ClientSettings<'a> {
@@ -23,7 +23,7 @@ pub struct ClientSettings<'a> {
     /// this client in memory (ephemeral consumers) may be gone after a reconnection.
     pub connections: Option<Arc<AtomicU64>>,
     /// CA and client certificate files of the deployment's own.
-    pub tls: &'a NatsTls,
+    pub security: &'a NatsSecurity,
 }
 
 fn ms(value: u64) -> Duration {
@@ -54,22 +54,39 @@ pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client
             }
         });
     }
-    options = match credentials_in(settings.url)? {
+    let security = settings.security;
+    security.validate()?;
+    let in_url = credentials_in(settings.url)?;
+    if in_url.is_some() && (security.creds_file.is_some() || security.nkey_file.is_some()) {
+        return Err(format!(
+            "NATS at {url}: the URL holds a user or token and a credentials or NKEY file is given too; log in one way (remove the one from the URL, or --nats-creds / --nats-nkey)"
+        ));
+    }
+    options = match in_url {
         Some(Credentials::UserPassword(user, password)) => {
             options.user_and_password(user, password)
         }
         Some(Credentials::Token(token)) => options.token(token),
         None => options,
     };
-    let tls = settings.tls;
-    tls.validate()?;
-    if tls.is_set() {
+    if let Some(creds_file) = &security.creds_file {
+        options = options.credentials_file(creds_file).await.map_err(|e| {
+            format!(
+                "creds_file {} is not a NATS credentials file ({e}); give the .creds file nsc or the NATS service made (a user JWT and its seed)",
+                creds_file.display()
+            )
+        })?;
+    }
+    if let Some(nkey_file) = &security.nkey_file {
+        options = options.nkey(user_seed_in(nkey_file)?);
+    }
+    if security.is_set_for_tls() {
         options = options.require_tls(true);
     }
-    if let Some(ca_file) = &tls.ca_file {
+    if let Some(ca_file) = &security.ca_file {
         options = options.add_root_certificates(ca_file.clone());
     }
-    if let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) {
+    if let (Some(cert_file), Some(key_file)) = (&security.cert_file, &security.key_file) {
         options = options.add_client_certificate(cert_file.clone(), key_file.clone());
     }
     let client = options.connect(settings.url).await.map_err(|error| {
@@ -103,9 +120,20 @@ pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client
             error.kind(),
             ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication
         ) {
-            return format!(
-                "NATS at {url} refused the connection: {error}; put the user and password (nats://user:password@host:4222) or the token (nats://token@host:4222) the server expects in the URL"
-            );
+            let fix = if let Some(creds_file) = &security.creds_file {
+                format!(
+                    "the server does not accept the user of {}: check that it is signed by an account the server's resolver knows, and not expired or revoked",
+                    creds_file.display()
+                )
+            } else if let Some(nkey_file) = &security.nkey_file {
+                format!(
+                    "the server does not list the public key of the seed in {} among its users (authorization {{ users = [ {{ nkey: U… }} ] }})",
+                    nkey_file.display()
+                )
+            } else {
+                "put the user and password (nats://user:password@host:4222) or the token (nats://token@host:4222) the server expects in the URL, or give --nats-creds FILE or --nats-nkey FILE".to_owned()
+            };
+            return format!("NATS at {url} refused the connection: {error}; {fix}");
         }
         format!("cannot connect to NATS at {url}: {error}; is it running? If not, {START_HINT}")
     })?;
@@ -115,10 +143,33 @@ pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client
     Ok(client)
 }
 
+/// The user seed (`SU…`) an NKEY file holds: the file `nk -gen user` writes, or any text in
+/// which the seed is the first word starting with `SU`.
+fn user_seed_in(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("nkey_file: cannot read {}: {e}", path.display()))?;
+    let seed = text
+        .split_whitespace()
+        .find(|word| word.starts_with("SU"))
+        .ok_or_else(|| {
+            format!(
+                "nkey_file {} holds no user seed (a word starting with SU, as `nk -gen user` writes)",
+                path.display()
+            )
+        })?;
+    nkeys::KeyPair::from_seed(seed).map_err(|e| {
+        format!(
+            "nkey_file {}: the seed is not a valid NKEY seed ({e})",
+            path.display()
+        )
+    })?;
+    Ok(seed.to_owned())
+}
+
 /// What to do about a failed TLS connection, from its cause.
 fn tls_hint(cause: &str) -> &'static str {
     if cause.contains("UnknownIssuer") || cause.contains("unknown issuer") {
-        "the server's certificate is not signed by a CA this machine trusts: name the CA's PEM file with --nats-tls-ca (tls.ca_file)"
+        "the server's certificate is not signed by a CA this machine trusts: name the CA's PEM file with --nats-tls-ca"
     } else if cause.contains("NotValidForName") || cause.contains("not valid for name") {
         "the server's certificate does not name the host of the URL: connect by a name it lists"
     } else if cause.contains("CertificateRequired") || cause.contains("certificate required") {

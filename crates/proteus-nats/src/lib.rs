@@ -19,29 +19,43 @@ pub const SUBJECT_PREFIX_BYTES_MAX: usize = 128;
 /// Smallest timeout or poll interval an adapter accepts, in milliseconds.
 pub const TIMEOUT_MS_MIN: u64 = 10;
 
-/// TLS files of a deployment's own, for servers whose certificate a private CA signed or that
-/// ask clients for a certificate (`tls { verify: true }`). With any of them set, the
-/// connection must be TLS. Every adapter's configuration has one (`tls`), and `proteus serve`
-/// gives all of them the same (`--nats-tls-ca`, `--nats-tls-cert`, `--nats-tls-key`).
+/// How a deployment's NATS connections prove who they are, beyond what the URL holds (a user
+/// and password, or a token): TLS files for servers whose certificate a private CA signed or
+/// that ask clients for a certificate (`tls { verify: true }`), and the files of NATS's own
+/// logins, a credentials file (a user JWT and its seed, as `nsc` and NATS services such as
+/// Synadia Cloud give them) or an NKEY seed. With any TLS file set, the connection must be TLS.
+/// Every adapter's configuration has one (`security`), and `proteus serve` gives all of them
+/// the same (`--nats-tls-ca`, `--nats-tls-cert`, `--nats-tls-key`, `--nats-creds`,
+/// `--nats-nkey`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct NatsTls {
+pub struct NatsSecurity {
     /// PEM file of the CAs that may sign the server's certificate (besides the system's).
     pub ca_file: Option<std::path::PathBuf>,
     /// PEM certificate this client presents, with `key_file`.
     pub cert_file: Option<std::path::PathBuf>,
     /// PEM private key of `cert_file`.
     pub key_file: Option<std::path::PathBuf>,
+    /// A credentials file (`.creds`: a user JWT and the user's NKEY seed), for servers in
+    /// operator (decentralized JWT) mode.
+    pub creds_file: Option<std::path::PathBuf>,
+    /// A file holding a user's NKEY seed (`SU…`), for servers that list users by NKEY.
+    pub nkey_file: Option<std::path::PathBuf>,
 }
 
-impl NatsTls {
-    /// Whether any file is set (then TLS is required).
-    pub fn is_set(&self) -> bool {
+impl NatsSecurity {
+    /// Whether any TLS file is set (then TLS is required).
+    pub fn is_set_for_tls(&self) -> bool {
         self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
     }
 
-    /// A client certificate needs its key and the other way round; every file must be
-    /// readable. The error names the file.
+    /// Whether any file is set.
+    pub fn is_set(&self) -> bool {
+        self.is_set_for_tls() || self.creds_file.is_some() || self.nkey_file.is_some()
+    }
+
+    /// A client certificate needs its key and the other way round; one login at most; every
+    /// file must be readable. The error names the file.
     pub fn validate(&self) -> Result<(), String> {
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(
@@ -49,14 +63,22 @@ impl NatsTls {
                     .into(),
             );
         }
+        if self.creds_file.is_some() && self.nkey_file.is_some() {
+            return Err(
+                "a credentials file and an NKEY seed are two logins; give one (--nats-creds or --nats-nkey)"
+                    .into(),
+            );
+        }
         for (field, path) in [
             ("ca_file", &self.ca_file),
             ("cert_file", &self.cert_file),
             ("key_file", &self.key_file),
+            ("creds_file", &self.creds_file),
+            ("nkey_file", &self.nkey_file),
         ] {
             if let Some(path) = path {
                 std::fs::File::open(path)
-                    .map_err(|e| format!("tls.{field}: cannot read {}: {e}", path.display()))?;
+                    .map_err(|e| format!("{field}: cannot read {}: {e}", path.display()))?;
             }
         }
         Ok(())

@@ -245,6 +245,117 @@ pub struct ServerTls {
 pub enum Login {
     UserPassword(String, String),
     Token(String),
+    /// One user, known by the public key of this seed (`authorization { users = [{ nkey }] }`).
+    Nkey {
+        seed: String,
+    },
+    /// Operator (decentralized JWT) mode: the server trusts one operator and knows one
+    /// account with JetStream; `user_creds` logs in a user of that account.
+    Operator(OperatorLogin),
+}
+
+impl Login {
+    /// A fresh user NKEY.
+    pub fn new_nkey_user() -> Login {
+        let user = nkeys::KeyPair::new_user();
+        Login::Nkey {
+            seed: user.seed().expect("a generated key has a seed"),
+        }
+    }
+}
+
+/// An operator, its system account (JetStream needs one), an account it signed (JetStream
+/// allowed) and a user the account signed, as `nsc` would make them; `user_creds` is the user's
+/// `.creds` file.
+#[derive(Clone, Debug)]
+pub struct OperatorLogin {
+    pub operator_jwt: String,
+    /// Public key and JWT of each account the server must know.
+    pub accounts: Vec<(String, String)>,
+    pub user_creds: String,
+}
+
+impl OperatorLogin {
+    pub fn generate() -> OperatorLogin {
+        let operator = nkeys::KeyPair::new_operator();
+        let system = nkeys::KeyPair::new_account();
+        let account = nkeys::KeyPair::new_account();
+        let user = nkeys::KeyPair::new_user();
+        let unlimited = -1;
+        let operator_jwt = signed_jwt(
+            &operator,
+            &operator.public_key(),
+            serde_json::json!({
+                "type": "operator",
+                "version": 2,
+                "system_account": system.public_key(),
+            }),
+        );
+        let system_jwt = signed_jwt(
+            &operator,
+            &system.public_key(),
+            serde_json::json!({ "type": "account", "version": 2 }),
+        );
+        let account_jwt = signed_jwt(
+            &operator,
+            &account.public_key(),
+            serde_json::json!({
+                "type": "account",
+                "version": 2,
+                "limits": {
+                    "subs": unlimited, "data": unlimited, "payload": unlimited,
+                    "imports": unlimited, "exports": unlimited, "wildcards": true,
+                    "conn": unlimited, "leaf": unlimited,
+                    "mem_storage": unlimited, "disk_storage": unlimited,
+                    "streams": unlimited, "consumer": unlimited,
+                },
+            }),
+        );
+        let user_jwt = signed_jwt(
+            &account,
+            &user.public_key(),
+            serde_json::json!({
+                "type": "user", "version": 2, "pub": {}, "sub": {},
+                "subs": unlimited, "data": unlimited, "payload": unlimited,
+            }),
+        );
+        let seed = user.seed().expect("a generated key has a seed");
+        OperatorLogin {
+            operator_jwt,
+            accounts: vec![
+                (system.public_key(), system_jwt),
+                (account.public_key(), account_jwt),
+            ],
+            user_creds: format!(
+                "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            ),
+        }
+    }
+}
+
+/// A NATS JWT (`ed25519-nkey`) with `nats` as its NATS claims, signed by `issuer`.
+fn signed_jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let issued_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs();
+    let header = encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": unique_tag(),
+        "iat": issued_at,
+        "iss": issuer.public_key(),
+        "name": "proteus-test",
+        "sub": subject,
+        "nats": nats,
+    });
+    let claims = encode(claims.to_string().as_bytes());
+    let signing_input = format!("{header}.{claims}");
+    let signature = issuer
+        .sign(signing_input.as_bytes())
+        .expect("a generated key signs");
+    format!("{signing_input}.{}", encode(&signature))
 }
 
 impl PrivateNatsServer {
@@ -327,6 +438,26 @@ impl PrivateNatsServer {
             Some(Login::Token(token)) => {
                 command.args(["--auth", token]);
             }
+            Some(Login::Nkey { seed }) => {
+                let public_key = nkeys::KeyPair::from_seed(seed)
+                    .expect("a valid seed")
+                    .public_key();
+                command.arg("-c").arg(self.config_file(&format!(
+                    "authorization {{ users = [ {{ nkey: \"{public_key}\" }} ] }}\n"
+                )));
+            }
+            Some(Login::Operator(login)) => {
+                let preload: Vec<String> = login
+                    .accounts
+                    .iter()
+                    .map(|(public_key, jwt)| format!("{public_key}: \"{jwt}\""))
+                    .collect();
+                command.arg("-c").arg(self.config_file(&format!(
+                    "operator: \"{}\"\nresolver: MEMORY\nresolver_preload: {{ {} }}\n",
+                    login.operator_jwt,
+                    preload.join(", ")
+                )));
+            }
             None => {}
         }
         if let Some(tls) = &self.tls {
@@ -373,6 +504,11 @@ impl PrivateNatsServer {
                 async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
             }
             Some(Login::Token(token)) => async_nats::ConnectOptions::with_token(token.clone()),
+            Some(Login::Nkey { seed }) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+            Some(Login::Operator(login)) => {
+                async_nats::ConnectOptions::with_credentials(&login.user_creds)
+                    .expect("the generated credentials parse")
+            }
             None => async_nats::ConnectOptions::new(),
         };
         let Ok(client) = options
@@ -391,6 +527,13 @@ impl PrivateNatsServer {
 }
 
 impl PrivateNatsServer {
+    /// Writes the server's configuration file (beside its store) and returns its path.
+    fn config_file(&self, text: &str) -> PathBuf {
+        let path = self.store_dir.with_extension("conf");
+        std::fs::write(&path, text).expect("cannot write the nats-server configuration");
+        path
+    }
+
     /// Whether the server sends its `INFO` greeting to a new TCP connection.
     async fn greets(&self) -> bool {
         use tokio::io::AsyncReadExt;
@@ -414,6 +557,7 @@ impl Drop for PrivateNatsServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.store_dir);
+        let _ = std::fs::remove_file(self.store_dir.with_extension("conf"));
     }
 }
 

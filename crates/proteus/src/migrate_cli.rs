@@ -50,7 +50,7 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub follow: bool,
     #[command(flatten)]
-    pub nats_tls: crate::settings::NatsTlsArgs,
+    pub nats_security: crate::settings::NatsSecurityArgs,
 }
 
 /// Where events are read from.
@@ -257,9 +257,9 @@ enum Target {
 impl Target {
     async fn open(args: &MigrateArgs) -> Result<Target, String> {
         if crate::settings::is_nats_url(&args.to) {
-            let tls = args.nats_tls.files();
+            let security = args.nats_security.files();
             let store =
-                crate::serve::open_nats_event_store(&args.to, &args.to_prefix, &tls).await?;
+                crate::serve::open_nats_event_store(&args.to, &args.to_prefix, &security).await?;
             return Ok(Target::Nats {
                 store,
                 next_versions: HashMap::new(),

@@ -52,7 +52,7 @@ pub struct MigrateTopicsArgs {
     #[arg(long, default_value = "proteus_groups", value_name = "SCHEMA")]
     pub groups_schema: String,
     #[command(flatten)]
-    pub nats_tls: crate::settings::NatsTlsArgs,
+    pub nats_security: crate::settings::NatsSecurityArgs,
 }
 
 /// What was copied and checked of one partition.
@@ -207,7 +207,7 @@ async fn open_group_target(
 ) -> Result<Arc<dyn GroupStore>, String> {
     if crate::settings::is_nats_url(url) {
         let store = NatsGroupStore::open(NatsGroupStoreConfig {
-            tls: args.nats_tls.files(),
+            security: args.nats_security.files(),
             bucket_prefix: args.groups_prefix.clone(),
             ..NatsGroupStoreConfig::new(url)
         })
@@ -330,7 +330,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
     let source = open_source(&args.from).await?;
     let target = NatsLog::connect(NatsLogConfig {
         url: args.to.clone(),
-        tls: args.nats_tls.files(),
+        security: args.nats_security.files(),
         stream_prefix: args.to_prefix.clone(),
         subject_prefix: args.to_prefix.to_lowercase(),
         ..NatsLogConfig::default()

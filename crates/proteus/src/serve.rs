@@ -48,12 +48,12 @@ use crate::settings::{CacheBackend, EventStoreBackend, LogBackend, LogFormat, Se
 pub async fn open_nats_event_store(
     url: &str,
     prefix: &str,
-    tls: &proteus_nats::NatsTls,
+    security: &proteus_nats::NatsSecurity,
 ) -> Result<NatsEventStore, String> {
     let config = NatsEventStoreConfig {
         stream_prefix: prefix.to_owned(),
         subject_prefix: prefix.to_ascii_lowercase(),
-        tls: tls.clone(),
+        security: security.clone(),
         ..NatsEventStoreConfig::new(url)
     };
     NatsEventStore::open(config)
@@ -110,7 +110,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                     stream_prefix: prefix.clone(),
                     subject_prefix: prefix.to_lowercase(),
                     retention_interval_ms: settings.retention_check_interval_ms,
-                    tls: settings.nats_tls.clone(),
+                    security: settings.nats_security.clone(),
                     ..NatsLogConfig::default()
                 })
                 .await
@@ -161,7 +161,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         }
         EventStoreBackend::Nats { url, prefix } => {
             let store = NatsGroupStore::open(NatsGroupStoreConfig {
-                tls: settings.nats_tls.clone(),
+                security: settings.nats_security.clone(),
                 bucket_prefix: prefix.clone(),
                 ..NatsGroupStoreConfig::new(url)
             })
@@ -242,7 +242,8 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             store
         }
         EventStoreBackend::Nats { url, prefix } => {
-            let store = Arc::new(open_nats_event_store(url, prefix, &settings.nats_tls).await?);
+            let store =
+                Arc::new(open_nats_event_store(url, prefix, &settings.nats_security).await?);
             backend_checks.push(health_checks::check("event_store", "nats", store.clone()));
             store
         }

@@ -20,10 +20,11 @@ pub fn is_nats_url(text: &str) -> bool {
     text.starts_with("nats://") || text.starts_with("tls://")
 }
 
-/// TLS files for every NATS connection, for a server whose certificate a private CA signed or
-/// that asks clients for a certificate. Shared by `serve`, `migrate` and `migrate-topics`.
+/// TLS and login files for every NATS connection, for a server whose certificate a private CA
+/// signed, that asks clients for a certificate, or that logs users in by credentials file or
+/// NKEY. Shared by `serve`, `migrate` and `migrate-topics`.
 #[derive(Args, Debug, Default, Clone)]
-pub struct NatsTlsArgs {
+pub struct NatsSecurityArgs {
     /// PEM file of the CAs that may sign the NATS server's certificate (besides the system's);
     /// TLS is then required (in the config file: `nats_tls_ca` under `[storage]`).
     #[arg(long, env = "PROTEUS_NATS_TLS_CA", value_name = "FILE")]
@@ -46,22 +47,38 @@ pub struct NatsTlsArgs {
         requires = "nats_tls_cert"
     )]
     pub nats_tls_key: Option<PathBuf>,
+    /// NATS credentials file (`.creds`: a user JWT and its seed, as `nsc` or a NATS service
+    /// makes it), for a server in operator mode (in the config file: `nats_creds` under
+    /// `[storage]`).
+    #[arg(
+        long,
+        env = "PROTEUS_NATS_CREDS",
+        value_name = "FILE",
+        conflicts_with = "nats_nkey"
+    )]
+    pub nats_creds: Option<PathBuf>,
+    /// File holding a NATS user's NKEY seed (`SU…`), for a server that lists users by public
+    /// key (in the config file: `nats_nkey` under `[storage]`).
+    #[arg(long, env = "PROTEUS_NATS_NKEY", value_name = "FILE")]
+    pub nats_nkey: Option<PathBuf>,
 }
 
-impl NatsTlsArgs {
+impl NatsSecurityArgs {
     /// The files of the flags alone, for commands without a config file (`migrate`,
     /// `migrate-topics`).
-    pub fn files(&self) -> proteus_nats::NatsTls {
-        self.clone().resolve(proteus_nats::NatsTls::default())
+    pub fn files(&self) -> proteus_nats::NatsSecurity {
+        self.clone().resolve(proteus_nats::NatsSecurity::default())
     }
 
     /// The files, each flag (or its variable) taking precedence over the config file's key
-    /// (`file`: what `[storage]` gives, `NatsTls::default()` without a config file).
-    pub fn resolve(self, file: proteus_nats::NatsTls) -> proteus_nats::NatsTls {
-        proteus_nats::NatsTls {
+    /// (`file`: what `[storage]` gives, `NatsSecurity::default()` without a config file).
+    pub fn resolve(self, file: proteus_nats::NatsSecurity) -> proteus_nats::NatsSecurity {
+        proteus_nats::NatsSecurity {
             ca_file: self.nats_tls_ca.or(file.ca_file),
             cert_file: self.nats_tls_cert.or(file.cert_file),
             key_file: self.nats_tls_key.or(file.key_file),
+            creds_file: self.nats_creds.or(file.creds_file),
+            nkey_file: self.nats_nkey.or(file.nkey_file),
         }
     }
 }
@@ -249,7 +266,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTEUS_CACHE_TLS_KEY", value_name = "FILE")]
     pub cache_tls_key: Option<PathBuf>,
     #[command(flatten)]
-    pub nats_tls: NatsTlsArgs,
+    pub nats_security: NatsSecurityArgs,
 }
 
 /// Where cached reads are kept besides the in-process L1.
@@ -507,6 +524,8 @@ struct StorageFile {
     nats_tls_ca: Option<PathBuf>,
     nats_tls_cert: Option<PathBuf>,
     nats_tls_key: Option<PathBuf>,
+    nats_creds: Option<PathBuf>,
+    nats_nkey: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -597,8 +616,8 @@ pub struct Settings {
     pub cache: CacheBackend,
     /// With a `rediss://` cache: a private CA and a client certificate.
     pub cache_tls: proteus_cache_redis::RedisTls,
-    /// TLS files for every NATS connection (log, event store, groups).
-    pub nats_tls: proteus_nats::NatsTls,
+    /// TLS and login files for every NATS connection (log, event store, groups).
+    pub nats_security: proteus_nats::NatsSecurity,
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
@@ -720,10 +739,12 @@ impl Settings {
                 cert_file: args.cache_tls_cert.or(file.storage.cache_tls_cert),
                 key_file: args.cache_tls_key.or(file.storage.cache_tls_key),
             },
-            nats_tls: args.nats_tls.resolve(proteus_nats::NatsTls {
+            nats_security: args.nats_security.resolve(proteus_nats::NatsSecurity {
                 ca_file: file.storage.nats_tls_ca,
                 cert_file: file.storage.nats_tls_cert,
                 key_file: file.storage.nats_tls_key,
+                creds_file: file.storage.nats_creds,
+                nkey_file: file.storage.nats_nkey,
             }),
         };
         settings.validate()?;
@@ -809,9 +830,9 @@ impl Settings {
             ]
             .iter()
             .any(|store| matches!(store, EventStoreBackend::Nats { .. }));
-        if self.nats_tls.is_set() && !on_nats {
+        if self.nats_security.is_set() && !on_nats {
             return Err(
-                "--nats-tls-ca, --nats-tls-cert and --nats-tls-key are for NATS, and no store is on NATS: add --storage-log, --event-store or --groups nats://…, or remove them"
+                "--nats-tls-ca, --nats-tls-cert, --nats-tls-key, --nats-creds and --nats-nkey are for NATS, and no store is on NATS: add --storage-log, --event-store or --groups nats://…, or remove them"
                     .into(),
             );
         }
@@ -1052,31 +1073,33 @@ mod tests {
         let path = dir.path().join("proteus.toml");
         std::fs::write(
             &path,
-            "[storage]\nlog = \"tls://n:4222\"\nnats_tls_ca = \"/file/ca.pem\"\nnats_tls_cert = \"/file/c.pem\"\nnats_tls_key = \"/file/k.pem\"\n",
+            "[storage]\nlog = \"tls://n:4222\"\nnats_tls_ca = \"/file/ca.pem\"\nnats_tls_cert = \"/file/c.pem\"\nnats_tls_key = \"/file/k.pem\"\nnats_creds = \"/file/app.creds\"\n",
         )
         .unwrap();
         let settings = Settings::resolve(ServeArgs {
             config: Some(path),
-            nats_tls: NatsTlsArgs {
+            nats_security: NatsSecurityArgs {
                 nats_tls_ca: Some("/flag/ca.pem".into()),
-                ..NatsTlsArgs::default()
+                ..NatsSecurityArgs::default()
             },
             ..ServeArgs::default()
         })
         .unwrap();
         assert!(matches!(settings.log, LogBackend::Nats { ref url, .. } if url == "tls://n:4222"));
         assert_eq!(
-            settings.nats_tls,
-            proteus_nats::NatsTls {
+            settings.nats_security,
+            proteus_nats::NatsSecurity {
                 ca_file: Some("/flag/ca.pem".into()),
                 cert_file: Some("/file/c.pem".into()),
                 key_file: Some("/file/k.pem".into()),
+                creds_file: Some("/file/app.creds".into()),
+                nkey_file: None,
             }
         );
         assert!(
             !Settings::resolve(ServeArgs::default())
                 .unwrap()
-                .nats_tls
+                .nats_security
                 .is_set()
         );
     }
@@ -1108,9 +1131,9 @@ mod tests {
             }
         );
         let error = Settings::resolve(ServeArgs {
-            nats_tls: NatsTlsArgs {
+            nats_security: NatsSecurityArgs {
                 nats_tls_ca: Some("/ca.pem".into()),
-                ..NatsTlsArgs::default()
+                ..NatsSecurityArgs::default()
             },
             ..ServeArgs::default()
         })

@@ -1,12 +1,12 @@
-//! TLS with a deployment's own CA and client certificates (`NatsTls`), against private
+//! TLS with a deployment's own CA and client certificates (`NatsSecurity`), against private
 //! servers started with `--tls` (and `--tlsverify`) and certificates made for the test by a CA
 //! of its own: what every NATS adapter's connection does with `--nats-tls-*`.
 
-use proteus_nats::NatsTls;
+use proteus_nats::NatsSecurity;
 use proteus_nats::client::{ClientSettings, connect};
 use proteus_nats::test_support::{PrivateNatsServer, ServerTls, make_tls_files};
 
-async fn connect_with(url: &str, tls: &NatsTls) -> Result<async_nats::Client, String> {
+async fn connect_with(url: &str, tls: &NatsSecurity) -> Result<async_nats::Client, String> {
     connect(&ClientSettings {
         url,
         name: "proteus-it-tls",
@@ -14,7 +14,7 @@ async fn connect_with(url: &str, tls: &NatsTls) -> Result<async_nats::Client, St
         request_timeout_ms: 2_000,
         reconnect_delay_max_ms: 1_000,
         connections: None,
-        tls,
+        security: tls,
     })
     .await
 }
@@ -33,9 +33,9 @@ async fn a_private_ca_is_trusted_when_named_and_refused_otherwise() {
     )
     .await;
     let url = format!("tls://127.0.0.1:{}", server.port);
-    let with_ca = NatsTls {
+    let with_ca = NatsSecurity {
         ca_file: Some(files.ca.clone()),
-        ..NatsTls::default()
+        ..NatsSecurity::default()
     };
     connect_with(&url, &with_ca)
         .await
@@ -45,17 +45,19 @@ async fn a_private_ca_is_trusted_when_named_and_refused_otherwise() {
         .await
         .expect("TLS required by the CA file");
 
-    let refused = connect_with(&url, &NatsTls::default()).await.unwrap_err();
+    let refused = connect_with(&url, &NatsSecurity::default())
+        .await
+        .unwrap_err();
     assert!(refused.contains("TLS with NATS"), "{refused}");
     assert!(refused.contains("--nats-tls-ca"), "{refused}");
     assert!(!refused.contains("is it running"), "{refused}");
 
-    let missing = NatsTls {
+    let missing = NatsSecurity {
         ca_file: Some(dir.path().join("nowhere.pem")),
-        ..NatsTls::default()
+        ..NatsSecurity::default()
     };
     let refused = connect_with(&url, &missing).await.unwrap_err();
-    assert!(refused.contains("tls.ca_file: cannot read"), "{refused}");
+    assert!(refused.contains("ca_file: cannot read"), "{refused}");
 }
 
 #[tokio::test]
@@ -72,22 +74,23 @@ async fn a_server_that_verifies_clients_takes_the_client_certificate() {
     )
     .await;
     let url = format!("tls://127.0.0.1:{}", server.port);
-    let without_certificate = NatsTls {
+    let without_certificate = NatsSecurity {
         ca_file: Some(files.ca.clone()),
-        ..NatsTls::default()
+        ..NatsSecurity::default()
     };
     let refused = connect_with(&url, &without_certificate).await.unwrap_err();
     assert!(refused.contains("NATS at"), "{refused}");
-    let with_certificate = NatsTls {
+    let with_certificate = NatsSecurity {
         ca_file: Some(files.ca.clone()),
         cert_file: Some(files.client_cert.clone()),
         key_file: Some(files.client_key.clone()),
+        ..NatsSecurity::default()
     };
     connect_with(&url, &with_certificate)
         .await
         .expect("TLS with a client certificate the server's CA signed");
 
-    let half = NatsTls {
+    let half = NatsSecurity {
         cert_file: Some(files.client_cert.clone()),
         ..without_certificate
     };

@@ -1,11 +1,14 @@
-//! `proteus serve` on a NATS server that requires TLS with a private CA and a login: the log,
-//! the event store and the groups all connect with the URL's user and password and
-//! `--nats-tls-ca`, and the server works as usual; without the CA it does not start, and says
-//! which flag is missing.
+//! `proteus serve` on NATS servers that require a login: one with TLS from a private CA and a
+//! password, one in operator mode (a credentials file). The log, the event store and the
+//! groups all connect with what they are given (the URL's user and password and
+//! `--nats-tls-ca`; `--nats-creds`), and the server works as usual; without it, it does not
+//! start, and says which flag is missing.
 
 use std::process::Command;
 
-use proteus_nats::test_support::{Login, PrivateNatsServer, ServerTls, make_tls_files};
+use proteus_nats::test_support::{
+    Login, OperatorLogin, PrivateNatsServer, ServerTls, make_tls_files,
+};
 use serde_json::{Value, json};
 
 use crate::support::{BINARY, ServerProcess};
@@ -60,6 +63,65 @@ fn serve_reaches_nats_over_tls_with_a_private_ca_and_a_login() {
         ],
         &[],
     );
+    topics_and_streams_work(&server);
+    let logs = server.logs.lock().unwrap().join("\n");
+    assert!(!logs.contains(PASSWORD), "the password is not logged");
+}
+
+#[test]
+fn serve_logs_in_to_nats_in_operator_mode_with_a_credentials_file() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let login = OperatorLogin::generate();
+    let nats = runtime.block_on(PrivateNatsServer::start_with_login(Some(Login::Operator(
+        login.clone(),
+    ))));
+    let creds = dir.path().join("app.creds");
+    std::fs::write(&creds, &login.user_creds).unwrap();
+    let url = nats.url();
+    let data_dir = dir.path().join("data");
+
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .args(["--storage-log", &url])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refused the connection") && stderr.contains("--nats-creds"),
+        "{stderr}"
+    );
+
+    let creds = creds.display().to_string();
+    let server = ServerProcess::start_with(
+        &data_dir,
+        &[
+            "--storage-log",
+            &url,
+            "--event-store",
+            &url,
+            "--groups",
+            &url,
+            "--nats-creds",
+            &creds,
+        ],
+        &[],
+    );
+    topics_and_streams_work(&server);
+    let logs = server.logs.lock().unwrap().join("\n");
+    let seed = login
+        .user_creds
+        .lines()
+        .find(|l| l.starts_with("SU"))
+        .unwrap();
+    assert!(!logs.contains(seed), "the seed is not logged");
+}
+
+/// `/readyz` lists the three NATS backends as up, a topic takes and serves an event, and a
+/// stream an append.
+fn topics_and_streams_work(server: &ServerProcess) {
     let http = reqwest::blocking::Client::new();
     let ready: Value = http
         .get(format!("{}/readyz", server.url))
@@ -110,7 +172,4 @@ fn serve_reaches_nats_over_tls_with_a_private_ca_and_a_login() {
         .json()
         .unwrap();
     assert_eq!(stream["events"][0]["data"]["total"], 3, "{stream}");
-
-    let logs = server.logs.lock().unwrap().join("\n");
-    assert!(!logs.contains(PASSWORD), "the password is not logged");
 }
