@@ -238,9 +238,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTEUS_STORAGE_LOG_PREFIX", value_name = "PREFIX")]
     pub storage_log_prefix: Option<String>,
     /// The cache of projections' document reads: `memory` (an in-process L1 only) or a Redis
-    /// URL such as `redis://127.0.0.1:6379`, an L2 shared by every instance behind the L1;
-    /// invalidations travel through the log [default: memory] (in the config file: `cache`
-    /// under `[storage]`).
+    /// URL such as `redis://127.0.0.1:6379` (`rediss://` for TLS,
+    /// `redis+cluster://HOST:PORT,HOST:PORT` for a Redis Cluster), an L2 shared by every
+    /// instance behind the L1; invalidations travel through the log [default: memory] (in the
+    /// config file: `cache` under `[storage]`).
     #[arg(
         long,
         env = "PROTEUS_CACHE",
@@ -305,7 +306,7 @@ impl CacheBackend {
         if text == "memory" {
             return Ok(CacheBackend::Memory);
         }
-        if text.starts_with("redis://") || text.starts_with("rediss://") {
+        if proteus_cache_redis::is_redis_url(text) {
             let prefix = prefix.unwrap_or_else(|| "proteus:".into());
             // Without a prefix Proteus's keys would mix with whatever else the Redis holds.
             if prefix.is_empty()
@@ -324,7 +325,7 @@ impl CacheBackend {
         }
         let shown: String = text.chars().take(24).collect();
         Err(format!(
-            "cache must be 'memory' or a Redis URL (redis://HOST:PORT), got {shown:?}"
+            "cache must be 'memory' or a Redis URL (redis://HOST:PORT, rediss:// for TLS, redis+cluster://HOST:PORT,HOST:PORT for a Redis Cluster), got {shown:?}"
         ))
     }
 }
@@ -1176,6 +1177,20 @@ mod tests {
             error.contains("cache must be 'memory' or a Redis URL"),
             "{error}"
         );
+        for url in [
+            "rediss://r:6380",
+            "redis+cluster://a:7000,b:7001",
+            "rediss+cluster://cfg.example.com:6379",
+        ] {
+            let settings = Settings::resolve(ServeArgs {
+                cache: Some(url.into()),
+                ..ServeArgs::default()
+            })
+            .unwrap();
+            assert!(
+                matches!(settings.cache, CacheBackend::Redis { url: ref got, .. } if got == url)
+            );
+        }
         for prefix in ["", "two words", &"p".repeat(CACHE_PREFIX_BYTES_MAX + 1)] {
             let error = Settings::resolve(ServeArgs {
                 cache: Some("redis://127.0.0.1:6379".into()),

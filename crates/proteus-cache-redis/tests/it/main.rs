@@ -1,6 +1,7 @@
 //! The RemoteCache conformance suite against a real Redis (`PROTEUS_TEST_REDIS_URL`, by default
 //! `redis://127.0.0.1:6379`). Each test uses its own key prefix and deletes its keys afterwards.
 
+mod cluster;
 mod tls;
 
 use std::sync::Arc;

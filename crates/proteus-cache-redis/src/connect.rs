@@ -1,0 +1,264 @@
+//! Opening the connection: to one server (`redis://`, `rediss://`) or to a Redis Cluster
+//! (`redis+cluster://`, `rediss+cluster://`, seed nodes separated by commas), with the
+//! deployment's TLS files, and errors that say what to fix rather than "is it running?".
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proteus_cache::CacheError;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+
+use crate::{START_HINT, redact};
+
+/// The TLS files of a `rediss://` connection, all optional (PEM).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// The CAs that may sign the server's certificate, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate, for a server with `tls-auth-clients yes` (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (unencrypted).
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisTls {
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none()
+    }
+}
+
+/// Bound of one connection attempt to a cluster node, and of each command's answer.
+const CLUSTER_CONNECT_TIMEOUT_MS: u64 = 5_000;
+const CLUSTER_RESPONSE_TIMEOUT_MS: u64 = 5_000;
+
+/// A connection that reconnects by itself: to one server, or to a cluster (which also follows
+/// slots moving between nodes).
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Connection::Single(connection) => command.query_async(&mut connection.clone()).await,
+            Connection::Cluster(connection) => command.query_async(&mut connection.clone()).await,
+        }
+    }
+}
+
+/// Opens `url` (`shown`: the same without its password).
+pub(crate) async fn open(url: &str, shown: &str, tls: &RedisTls) -> Result<Connection, CacheError> {
+    let nodes = cluster_nodes(url).map_err(CacheError::Unavailable)?;
+    let over_tls = url.starts_with("rediss://") || url.starts_with("rediss+cluster://");
+    if over_tls {
+        // The redis crate builds its TLS configuration with rustls's process-wide provider,
+        // which rustls picks by itself only when exactly one is compiled in; say which.
+        // (Err: another caller installed one first, which is as good.)
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let certificates = certificates(tls, over_tls, shown)?;
+    let invalid = |e: redis::RedisError| {
+        CacheError::Unavailable(format!(
+            "invalid Redis URL {shown}: {e}; use the form redis://HOST:PORT[/DB] (rediss:// for TLS), or redis+cluster://HOST:PORT,HOST:PORT for a Redis Cluster"
+        ))
+    };
+    let unusable_files = |e: redis::RedisError| {
+        CacheError::Unavailable(format!(
+            "the Redis TLS files cannot be used: {e}; give PEM files (--cache-tls-ca, --cache-tls-cert, --cache-tls-key), the key unencrypted and matching the certificate"
+        ))
+    };
+    let connect_error = |e: redis::RedisError| connect_error(e, shown, over_tls);
+    if let Some(nodes) = nodes {
+        let mut builder = redis::cluster::ClusterClient::builder(nodes)
+            .connection_timeout(Duration::from_millis(CLUSTER_CONNECT_TIMEOUT_MS))
+            .response_timeout(Duration::from_millis(CLUSTER_RESPONSE_TIMEOUT_MS));
+        if let Some(certificates) = certificates {
+            builder = builder.certs(certificates);
+        }
+        let client = builder.build().map_err(|e| {
+            if over_tls {
+                unusable_files(e)
+            } else {
+                invalid(e)
+            }
+        })?;
+        let connection = client.get_async_connection().await.map_err(connect_error)?;
+        redis::cmd("PING")
+            .query_async::<redis::Value>(&mut connection.clone())
+            .await
+            .map_err(connect_error)?;
+        return Ok(Connection::Cluster(connection));
+    }
+    let client = match certificates {
+        None => redis::Client::open(url).map_err(invalid)?,
+        Some(certificates) => {
+            redis::Client::build_with_tls(url, certificates).map_err(unusable_files)?
+        }
+    };
+    // One attempt first: the connection manager retries its first connection with back-off
+    // (about 9 s), which only delays what a refused certificate or a stopped server will say
+    // anyway.
+    let mut probe = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(connect_error)?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut probe)
+        .await
+        .map_err(connect_error)?;
+    drop(probe);
+    let connection = ConnectionManager::new(client)
+        .await
+        .map_err(connect_error)?;
+    Ok(Connection::Single(connection))
+}
+
+/// The redis crate's certificates for `tls`, or `None` when no file is given.
+fn certificates(
+    tls: &RedisTls,
+    over_tls: bool,
+    shown: &str,
+) -> Result<Option<redis::TlsCertificates>, CacheError> {
+    let refuse = |message: String| Err(CacheError::Unavailable(message));
+    if tls.is_empty() {
+        return Ok(None);
+    }
+    if !over_tls {
+        return refuse(format!(
+            "TLS files are given for Redis at {shown}, whose URL does not ask for TLS: write it rediss://… (rediss+cluster://… for a cluster)"
+        ));
+    }
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read_tls_file(cert, "client certificate")?,
+            client_key: read_tls_file(key, "client key")?,
+        }),
+        (Some(_), None) => {
+            return refuse(
+                "a client certificate is given for Redis without its key: name the key's PEM file with --cache-tls-key".to_owned(),
+            );
+        }
+        (None, Some(_)) => {
+            return refuse(
+                "a client key is given for Redis without its certificate: name the certificate's PEM file with --cache-tls-cert".to_owned(),
+            );
+        }
+    };
+    let root_cert = match &tls.ca_file {
+        Some(path) => Some(read_tls_file(path, "CA")?),
+        None => None,
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+fn read_tls_file(path: &Path, what: &str) -> Result<Vec<u8>, CacheError> {
+    std::fs::read(path).map_err(|e| {
+        CacheError::Unavailable(format!(
+            "cannot read the Redis TLS {what} file {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Why connecting failed, and what to do: a refused login or certificate is not a stopped
+/// server.
+fn connect_error(error: redis::RedisError, shown: &str, over_tls: bool) -> CacheError {
+    let text = error.to_string();
+    if error.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+    {
+        return CacheError::Unavailable(format!(
+            "Redis at {shown} refused the login: {error}; check the password in the URL (redis://:password@host:6379, or redis://user:password@host:6379 for an ACL user)"
+        ));
+    }
+    if over_tls
+        && (text.contains("certificate")
+            || text.contains("TLS")
+            || text.contains("tls")
+            || text.contains("alert"))
+    {
+        return CacheError::Unavailable(format!(
+            "TLS with Redis at {shown} failed: {error}; if a private CA signed the server's certificate, name its PEM file with --cache-tls-ca; if the server checks clients (tls-auth-clients), name a certificate its CA signed with --cache-tls-cert and --cache-tls-key"
+        ));
+    }
+    if text.contains("cluster support disabled") || text.contains("ERR This instance has cluster") {
+        return CacheError::Unavailable(format!(
+            "Redis at {shown} is not a Redis Cluster ({error}): use redis://HOST:PORT for a single server"
+        ));
+    }
+    CacheError::Unavailable(format!(
+        "cannot connect to Redis at {shown}: {error}; is it running? If not, {START_HINT}"
+    ))
+}
+
+/// The seed nodes of a cluster URL, as the redis crate takes them: `redis+cluster://[user:
+/// password@]h1:p1,h2:p2` gives `redis://[user:password@]h1:p1` and the same for `h2:p2`
+/// (`rediss` for `rediss+cluster`). `Ok(None)`: not a cluster URL.
+fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+        ("rediss", rest)
+    } else {
+        return Ok(None);
+    };
+    let shown = redact(url);
+    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+    if !matches!(database, "" | "0") {
+        return Err(format!(
+            "{shown}: a Redis Cluster has only database 0; remove /{database}"
+        ));
+    }
+    let (login, hosts) = match authority.rsplit_once('@') {
+        Some((login, hosts)) => (format!("{login}@"), hosts),
+        None => (String::new(), authority),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .map(|host| format!("{scheme}://{login}{host}"))
+        .collect();
+    if hosts.split(',').any(|host| host.trim().is_empty()) {
+        return Err(format!(
+            "{shown}: an empty node; write redis+cluster://HOST:PORT,HOST:PORT (one node is enough to find the others)"
+        ));
+    }
+    Ok(Some(nodes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_nodes;
+
+    #[test]
+    fn cluster_urls_give_one_node_url_each_with_the_login() {
+        assert_eq!(cluster_nodes("redis://h:6379").unwrap(), None);
+        assert_eq!(
+            cluster_nodes("redis+cluster://u:p%40ss@a:7000,b:7001/").unwrap(),
+            Some(vec![
+                "redis://u:p%40ss@a:7000".to_owned(),
+                "redis://u:p%40ss@b:7001".to_owned()
+            ])
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://cfg.example.com:6379").unwrap(),
+            Some(vec!["rediss://cfg.example.com:6379".to_owned()])
+        );
+        let error = cluster_nodes("redis+cluster://:secret@a:7000/3").unwrap_err();
+        assert!(error.contains("only database 0"), "{error}");
+        assert!(!error.contains("secret"), "{error}");
+        let error = cluster_nodes("redis+cluster://a:7000,,b:7001").unwrap_err();
+        assert!(error.contains("an empty node"), "{error}");
+    }
+}
