@@ -206,7 +206,9 @@ fn connect_error(error: &tokio_postgres::Error, url: &str) -> PgError {
             "28000" => {
                 "; create the role (CREATE ROLE name LOGIN) or put an existing user in the URL"
             }
-            "28P01" => "; check the password in the URL (postgres://user:password@host/db)",
+            "28P01" => {
+                "; check the password in the URL (postgres://user:password@host/db) or in PGPASSWORD"
+            }
             "3D000" => {
                 "; create the database (CREATE DATABASE name) or name an existing one in the URL"
             }
@@ -224,6 +226,13 @@ fn connect_error(error: &tokio_postgres::Error, url: &str) -> PgError {
         return PgError::permanent(format!(
             "PostgreSQL at {server} refused the connection: {} ({code}){fix}",
             db.message()
+        ));
+    }
+    let missing_password = std::error::Error::source(error)
+        .is_some_and(|cause| cause.to_string().contains("password missing"));
+    if missing_password {
+        return PgError::permanent(format!(
+            "PostgreSQL at {server} asks for a password and none is given: put it in the URL (postgres://user:password@host/db) or in PGPASSWORD"
         ));
     }
     PgError {
@@ -277,17 +286,37 @@ pub async fn check_health(pool: &Pool, url: &str, timeout: Duration) -> Result<(
 }
 
 /// The driver's configuration for `url` (libpq's TLS settings taken out, see [`tls`]) and
-/// the TLS connector they ask for, or why the URL is refused.
+/// the TLS connector they ask for, or why the URL is refused. As libpq does, what the URL
+/// leaves out comes from `PGUSER`, `PGPASSWORD` and the `PGSSL*` variables, so a password can
+/// live in a secret's variable instead of the URL.
 pub fn driver(url: &str) -> Result<(tokio_postgres::Config, Tls), String> {
+    driver_with(url, &|name| std::env::var(name).ok())
+}
+
+fn driver_with(
+    url: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(tokio_postgres::Config, Tls), String> {
     let invalid = |e: String| {
         format!(
             "the PostgreSQL URL {} is invalid: {e}; use the form postgres://user@host:5432/database",
             redact(url)
         )
     };
-    let (driver_url, settings) = tls::split(url).map_err(invalid)?;
-    let config =
+    let (driver_url, settings) = tls::split(url, env).map_err(invalid)?;
+    let mut config =
         tokio_postgres::Config::from_str(&driver_url).map_err(|e| invalid(e.to_string()))?;
+    let set = |name: &str| env(name).filter(|value| !value.is_empty());
+    if config.get_user().is_none()
+        && let Some(user) = set("PGUSER")
+    {
+        config.user(user);
+    }
+    if config.get_password().is_none()
+        && let Some(password) = set("PGPASSWORD")
+    {
+        config.password(password);
+    }
     let tls =
         tls::connector(&settings).map_err(|e| format!("PostgreSQL at {}: {e}", redact(url)))?;
     Ok((config, tls))
@@ -470,6 +499,23 @@ pub mod test_support;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pguser_and_pgpassword_fill_a_url_without_them() {
+        let env = |name: &str| match name {
+            "PGUSER" => Some("app".to_owned()),
+            "PGPASSWORD" => Some("from-secret".to_owned()),
+            _ => None,
+        };
+        let (config, _) = driver_with("postgres://db.example/shop", &env).unwrap();
+        assert_eq!(config.get_user(), Some("app"));
+        assert_eq!(config.get_password(), Some(&b"from-secret"[..]));
+        let (config, _) = driver_with("postgres://owner:inline@db.example/shop", &env).unwrap();
+        assert_eq!(config.get_user(), Some("owner"));
+        assert_eq!(config.get_password(), Some(&b"inline"[..]));
+        let (config, _) = driver_with("postgres://db.example/shop", &|_| None).unwrap();
+        assert_eq!(config.get_password(), None);
+    }
 
     #[test]
     fn schema_names() {

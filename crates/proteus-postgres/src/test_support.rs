@@ -213,6 +213,31 @@ impl PrivatePostgres {
         self.restart().await;
     }
 
+    /// Makes `user` (created here) log in with `password` only (`scram-sha-256` in
+    /// `pg_hba.conf`, reloaded); other users keep trust authentication.
+    pub async fn require_password(&self, user: &str, password: &str) {
+        let (admin, connection) = tokio_postgres::connect(&self.url(), NoTls)
+            .await
+            .expect("cannot connect to the private PostgreSQL");
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!(
+                "SET password_encryption = 'scram-sha-256'; CREATE ROLE \"{user}\" LOGIN SUPERUSER PASSWORD '{password}'"
+            ))
+            .await
+            .expect("cannot create the role");
+        let hba = self.data_dir.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("cannot read pg_hba.conf");
+        let rules = format!("host all {user} 127.0.0.1/32 scram-sha-256\n{rules}");
+        std::fs::write(&hba, rules).expect("cannot write pg_hba.conf");
+        admin
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .expect("cannot reload pg_hba.conf");
+        // The postmaster reloads on SIGHUP, a moment after the call returns.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
     /// Writes a file into the data directory, owned by the server's user and readable by it
     /// alone, as PostgreSQL requires of a key.
     fn write_server_file(&self, name: &str, contents: &str) {

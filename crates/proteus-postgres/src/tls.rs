@@ -96,18 +96,25 @@ pub struct TlsSettings {
 }
 
 /// Splits `url` (a `postgres://` URL or a key=value string) into the string tokio-postgres
-/// parses (`sslmode` mapped to the nearest mode it knows, `sslrootcert` removed) and the TLS
-/// settings. `Err` says which setting is wrong.
-pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
+/// parses (`sslmode` mapped to the nearest mode it knows, `sslrootcert` and the client
+/// certificate's files removed) and the TLS settings. A setting the string lacks is taken from
+/// libpq's environment variable (`PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`), read
+/// through `env`. `Err` says which setting is wrong.
+pub fn split(
+    url: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, TlsSettings), String> {
     let mut settings = TlsSettings {
         mode: SslMode::Prefer,
         root_certs: None,
         client_cert: None,
         client_key: None,
     };
+    let mut mode_written = false;
     let mut take = |key: &str, value: &str| -> Result<Kept, String> {
         match key {
             "sslmode" => {
+                mode_written = true;
                 settings.mode = SslMode::parse(value)?;
                 Ok(Kept::Replaced(format!(
                     "sslmode={}",
@@ -171,6 +178,7 @@ pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
             kept.join(" ")
         }
     };
+    let driver = with_libpq_environment(driver, is_url, mode_written, &mut settings, env)?;
     match (&settings.client_cert, &settings.client_key) {
         (Some(_), None) => {
             return Err(
@@ -187,6 +195,46 @@ pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
         _ => {}
     }
     Ok((driver, settings))
+}
+
+/// Fills what the string left out from libpq's environment variables, as `psql` would, and
+/// writes the mode into the driver's string when one came from `PGSSLMODE`.
+fn with_libpq_environment(
+    driver: String,
+    is_url: bool,
+    mode_written: bool,
+    settings: &mut TlsSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let set = |name: &str| env(name).filter(|value| !value.is_empty());
+    if settings.root_certs.is_none() {
+        settings.root_certs = set("PGSSLROOTCERT").map(|value| {
+            if value == "system" {
+                RootCerts::System
+            } else {
+                RootCerts::File(PathBuf::from(value))
+            }
+        });
+    }
+    if settings.client_cert.is_none() {
+        settings.client_cert = set("PGSSLCERT").map(PathBuf::from);
+    }
+    if settings.client_key.is_none() {
+        settings.client_key = set("PGSSLKEY").map(PathBuf::from);
+    }
+    if mode_written {
+        return Ok(driver);
+    }
+    let Some(mode) = set("PGSSLMODE") else {
+        return Ok(driver);
+    };
+    settings.mode = SslMode::parse(&mode).map_err(|e| format!("PGSSLMODE: {e}"))?;
+    let written = format!("sslmode={}", settings.mode.for_driver());
+    Ok(match (is_url, driver.contains('?')) {
+        (true, true) => format!("{driver}&{written}"),
+        (true, false) => format!("{driver}?{written}"),
+        (false, _) => format!("{driver} {written}"),
+    })
 }
 
 /// What becomes of one setting in the driver's string.
@@ -439,10 +487,15 @@ pub(crate) fn hint(cause: &str) -> &'static str {
 mod tests {
     use super::*;
 
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
     #[test]
     fn libpq_settings_are_taken_out_of_urls_and_key_value_strings() {
         let (driver, settings) = split(
             "postgres://u:p@db.example:5432/app?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca%201.pem",
+            &no_env,
         )
         .unwrap();
         assert_eq!(
@@ -455,43 +508,85 @@ mod tests {
             Some(RootCerts::File(PathBuf::from("/etc/ca 1.pem")))
         );
 
-        let (driver, settings) = split("postgres://u@h/db?sslrootcert=system").unwrap();
+        let (driver, settings) = split("postgres://u@h/db?sslrootcert=system", &no_env).unwrap();
         assert_eq!(driver, "postgres://u@h/db");
         assert_eq!(settings.mode, SslMode::Prefer, "libpq's default");
         assert_eq!(settings.root_certs, Some(RootCerts::System));
 
-        let (driver, settings) =
-            split("host=db user=u sslmode=verify-ca sslrootcert=/ca.pem dbname=app").unwrap();
+        let (driver, settings) = split(
+            "host=db user=u sslmode=verify-ca sslrootcert=/ca.pem dbname=app",
+            &no_env,
+        )
+        .unwrap();
         assert_eq!(driver, "host=db user=u sslmode=require dbname=app");
         assert_eq!(settings.mode, SslMode::VerifyCa);
 
-        let (driver, settings) = split("postgres://u@h/db").unwrap();
+        let (driver, settings) = split("postgres://u@h/db", &no_env).unwrap();
         assert_eq!(driver, "postgres://u@h/db");
         assert_eq!(settings.mode, SslMode::Prefer);
         assert_eq!((settings.client_cert, settings.client_key), (None, None));
 
         let (driver, settings) =
-            split("postgres://app@h/db?sslcert=%2Fkeys%2Fapp.crt&sslkey=/keys/app.key&sslmode=verify-full")
+            split("postgres://app@h/db?sslcert=%2Fkeys%2Fapp.crt&sslkey=/keys/app.key&sslmode=verify-full", &no_env)
                 .unwrap();
         assert_eq!(driver, "postgres://app@h/db?sslmode=require");
         assert_eq!(settings.client_cert, Some(PathBuf::from("/keys/app.crt")));
         assert_eq!(settings.client_key, Some(PathBuf::from("/keys/app.key")));
         assert_eq!(
-            split("postgres://h/db?sslmode=allow").unwrap().0,
+            split("postgres://h/db?sslmode=allow", &no_env).unwrap().0,
             "postgres://h/db?sslmode=prefer"
         );
     }
 
     #[test]
+    fn libpq_environment_variables_fill_what_the_url_leaves_out() {
+        let env = |name: &str| match name {
+            "PGSSLMODE" => Some("verify-full".to_owned()),
+            "PGSSLROOTCERT" => Some("/env/ca.pem".to_owned()),
+            "PGSSLCERT" => Some("/env/app.crt".to_owned()),
+            "PGSSLKEY" => Some("/env/app.key".to_owned()),
+            _ => None,
+        };
+        let (driver, settings) = split("postgres://u@h/db", &env).unwrap();
+        assert_eq!(driver, "postgres://u@h/db?sslmode=require");
+        assert_eq!(settings.mode, SslMode::VerifyFull);
+        assert_eq!(
+            settings.root_certs,
+            Some(RootCerts::File(PathBuf::from("/env/ca.pem")))
+        );
+        assert_eq!(settings.client_cert, Some(PathBuf::from("/env/app.crt")));
+        let (driver, _) = split("host=h user=u", &env).unwrap();
+        assert_eq!(driver, "host=h user=u sslmode=require");
+        // What the URL says wins.
+        let (driver, settings) = split(
+            "postgres://u@h/db?application_name=a&sslmode=disable&sslrootcert=system",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            driver,
+            "postgres://u@h/db?application_name=a&sslmode=disable"
+        );
+        assert_eq!(settings.mode, SslMode::Disable);
+        assert_eq!(settings.root_certs, Some(RootCerts::System));
+        let wrong = |name: &str| (name == "PGSSLMODE").then(|| "on".to_owned());
+        let error = split("postgres://u@h/db", &wrong).unwrap_err();
+        assert!(error.starts_with("PGSSLMODE: "), "{error}");
+    }
+
+    #[test]
     fn wrong_settings_say_what_is_accepted() {
-        let error = split("postgres://h/db?sslmode=verify").unwrap_err();
+        let error = split("postgres://h/db?sslmode=verify", &no_env).unwrap_err();
         assert!(error.contains("verify-full"), "{error}");
-        let error = split("postgres://h/db?sslcert=/c.pem").unwrap_err();
+        let error = split("postgres://h/db?sslcert=/c.pem", &no_env).unwrap_err();
         assert!(error.contains("sslcert without sslkey"), "{error}");
-        let error = split("host=h sslkey=/k.pem").unwrap_err();
+        let error = split("host=h sslkey=/k.pem", &no_env).unwrap_err();
         assert!(error.contains("sslkey without sslcert"), "{error}");
-        let error =
-            split("postgres://h/db?sslcert=/c.pem&sslkey=/k.pem&sslpassword=x").unwrap_err();
+        let error = split(
+            "postgres://h/db?sslcert=/c.pem&sslkey=/k.pem&sslpassword=x",
+            &no_env,
+        )
+        .unwrap_err();
         assert!(
             error.contains("encrypted private keys are not supported")
                 && error.contains("openssl pkey"),

@@ -1,7 +1,7 @@
 //! Tests of the `proteus` binary as users run it: real processes, real signals, real sockets.
 
 mod backend_health;
-mod backend_tls;
+mod backend_logins;
 mod bench_consume;
 mod cli;
 mod crash;

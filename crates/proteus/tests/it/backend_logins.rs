@@ -1,14 +1,16 @@
-//! `proteus serve` on NATS servers that require a login: one with TLS from a private CA and a
-//! password, one in operator mode (a credentials file). The log, the event store and the
-//! groups all connect with what they are given (the URL's user and password and
-//! `--nats-tls-ca`; `--nats-creds`), and the server works as usual; without it, it does not
-//! start, and says which flag is missing.
+//! `proteus serve` logging in to backends the ways their own clients do. NATS: a server that
+//! requires TLS with a private CA and a password, and one in operator mode (a credentials
+//! file): the log, the event store and the groups all connect with what they are given (the
+//! URL's user and password and `--nats-tls-ca`; `--nats-creds`), and the server works as
+//! usual; without it, it does not start, and says which flag is missing. PostgreSQL: a
+//! password from `PGPASSWORD`, as libpq takes it, for a URL without one.
 
 use std::process::Command;
 
 use proteus_nats::test_support::{
     Login, OperatorLogin, PrivateNatsServer, ServerTls, make_tls_files,
 };
+use proteus_postgres::test_support::PrivatePostgres;
 use serde_json::{Value, json};
 
 use crate::support::{BINARY, ServerProcess};
@@ -172,4 +174,56 @@ fn topics_and_streams_work(server: &ServerProcess) {
         .json()
         .unwrap();
     assert_eq!(stream["events"][0]["data"]["total"], 3, "{stream}");
+}
+
+#[test]
+fn serve_takes_the_postgres_password_from_pgpassword_as_libpq_does() {
+    const PG_PASSWORD: &str = "pg-secret-from-env";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let postgres = runtime.block_on(async {
+        let server = PrivatePostgres::start().await;
+        server.require_password("app", PG_PASSWORD).await;
+        server
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let url = format!("postgres://app@127.0.0.1:{}/postgres", postgres.port);
+
+    for (env, says) in [
+        (None, "asks for a password and none is given"),
+        (Some("wrong"), "password authentication failed"),
+    ] {
+        let mut command = Command::new(BINARY);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--event-store", &url])
+            .env_remove("PGPASSWORD");
+        if let Some(password) = env {
+            command.env("PGPASSWORD", password);
+        }
+        let output = command.output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(says) && stderr.contains("PGPASSWORD"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("is it running"), "{stderr}");
+    }
+
+    let server = ServerProcess::start_with(
+        &data_dir,
+        &["--event-store", &url],
+        &[("PGPASSWORD", PG_PASSWORD)],
+    );
+    let http = reqwest::blocking::Client::new();
+    let appended = http
+        .post(format!("{}/v1/streams/order-1", server.url))
+        .json(&json!({"type": "OrderPlaced", "data": {"total": 3}}))
+        .send()
+        .unwrap();
+    assert_eq!(appended.status().as_u16(), 201);
+    let logs = server.logs.lock().unwrap().join("\n");
+    assert!(!logs.contains(PG_PASSWORD), "the password is not logged");
 }
