@@ -22,7 +22,7 @@ pub struct ClientSettings<'a> {
     /// When given, counted up each time the client (re)connects: what the server kept for
     /// this client in memory (ephemeral consumers) may be gone after a reconnection.
     pub connections: Option<Arc<AtomicU64>>,
-    /// CA and client certificate files of the deployment's own.
+    /// TLS and login files of the deployment's own (CA, client certificate, credentials, NKEY).
     pub security: &'a NatsSecurity,
 }
 
