@@ -681,7 +681,7 @@ impl Partition {
             first_offset: segments[0].base_offset.min(next_offset),
             next_offset,
             bytes: segments.iter().map(|s| s.disk_bytes()).sum(),
-            segments: segments.len() as u32,
+            segments: Some(segments.len() as u32),
         }
     }
 

@@ -666,7 +666,7 @@ impl NatsLog {
                     first_offset: bounds.first_offset,
                     next_offset: bounds.end_offset,
                     bytes: bounds.bytes,
-                    segments: 0,
+                    segments: None,
                 })
             })
             .buffered(STREAM_REQUESTS_IN_FLIGHT)

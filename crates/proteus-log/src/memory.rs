@@ -281,7 +281,7 @@ fn describe(name: &TopicName, topic: &Topic) -> TopicDescription {
                 first_offset: partition.first_offset,
                 next_offset: partition.end_offset(),
                 bytes: partition.bytes,
-                segments: 1,
+                segments: Some(1),
             })
             .collect(),
     }

@@ -89,7 +89,9 @@ pub struct PartitionDescription {
     pub next_offset: Offset,
     /// Bytes on disk (or in the backend) for this partition's events and indexes.
     pub bytes: u64,
-    pub segments: u32,
+    /// Segment files, on a log made of them (embedded, in-memory); `None` on a backend that
+    /// keeps its own storage (NATS JetStream), where `segment_bytes` has no effect either.
+    pub segments: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -178,10 +178,7 @@ impl PrivatePostgres {
     pub async fn enable_tls(&self, certificate_pem: &str, key_pem: &str) {
         self.write_server_file("server.crt", certificate_pem);
         self.write_server_file("server.key", key_pem);
-        let conf = self.data_dir.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).expect("cannot read postgresql.conf");
-        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
-        std::fs::write(&conf, text).expect("cannot write postgresql.conf");
+        self.configure("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'");
         self.restart().await;
     }
 
@@ -190,52 +187,61 @@ impl PrivatePostgres {
     /// restarts the server. Other users keep trust authentication. Call after
     /// [`enable_tls`](Self::enable_tls).
     pub async fn require_client_certificate(&self, user: &str, ca_pem: &str) {
-        let (admin, connection) = tokio_postgres::connect(&self.url(), NoTls)
+        self.admin()
             .await
-            .expect("cannot connect to the private PostgreSQL");
-        tokio::spawn(connection);
-        admin
             .batch_execute(&format!("CREATE ROLE \"{user}\" LOGIN SUPERUSER"))
             .await
             .expect("cannot create the certificate's role");
         self.write_server_file("root.crt", ca_pem);
-        let conf = self.data_dir.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).expect("cannot read postgresql.conf");
-        text.push_str("\nssl_ca_file = 'root.crt'\n");
-        std::fs::write(&conf, text).expect("cannot write postgresql.conf");
+        self.configure("ssl_ca_file = 'root.crt'");
         // The first line that matches decides: the user by certificate over TLS, never plain.
-        let hba = self.data_dir.join("pg_hba.conf");
-        let rules = std::fs::read_to_string(&hba).expect("cannot read pg_hba.conf");
-        let rules = format!(
-            "hostssl all {user} 127.0.0.1/32 cert\nhost all {user} 127.0.0.1/32 reject\n{rules}"
-        );
-        std::fs::write(&hba, rules).expect("cannot write pg_hba.conf");
+        self.authenticate_first(&format!(
+            "hostssl all {user} 127.0.0.1/32 cert\nhost all {user} 127.0.0.1/32 reject"
+        ));
         self.restart().await;
     }
 
     /// Makes `user` (created here) log in with `password` only (`scram-sha-256` in
     /// `pg_hba.conf`, reloaded); other users keep trust authentication.
     pub async fn require_password(&self, user: &str, password: &str) {
-        let (admin, connection) = tokio_postgres::connect(&self.url(), NoTls)
-            .await
-            .expect("cannot connect to the private PostgreSQL");
-        tokio::spawn(connection);
+        let admin = self.admin().await;
         admin
             .batch_execute(&format!(
                 "SET password_encryption = 'scram-sha-256'; CREATE ROLE \"{user}\" LOGIN SUPERUSER PASSWORD '{password}'"
             ))
             .await
             .expect("cannot create the role");
-        let hba = self.data_dir.join("pg_hba.conf");
-        let rules = std::fs::read_to_string(&hba).expect("cannot read pg_hba.conf");
-        let rules = format!("host all {user} 127.0.0.1/32 scram-sha-256\n{rules}");
-        std::fs::write(&hba, rules).expect("cannot write pg_hba.conf");
+        self.authenticate_first(&format!("host all {user} 127.0.0.1/32 scram-sha-256"));
         admin
             .batch_execute("SELECT pg_reload_conf()")
             .await
             .expect("cannot reload pg_hba.conf");
         // The postmaster reloads on SIGHUP, a moment after the call returns.
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    /// A connection as the `postgres` superuser (trust authentication).
+    async fn admin(&self) -> tokio_postgres::Client {
+        let (admin, connection) = tokio_postgres::connect(&self.url(), NoTls)
+            .await
+            .expect("cannot connect to the private PostgreSQL");
+        tokio::spawn(connection);
+        admin
+    }
+
+    /// Appends settings to `postgresql.conf` (read at the next start).
+    fn configure(&self, settings: &str) {
+        let conf = self.data_dir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("cannot read postgresql.conf");
+        text.push_str(&format!("\n{settings}\n"));
+        std::fs::write(&conf, text).expect("cannot write postgresql.conf");
+    }
+
+    /// Puts `rules` first in `pg_hba.conf`, where they win over the trust rules after them.
+    fn authenticate_first(&self, rules: &str) {
+        let hba = self.data_dir.join("pg_hba.conf");
+        let existing = std::fs::read_to_string(&hba).expect("cannot read pg_hba.conf");
+        std::fs::write(&hba, format!("{rules}\n{existing}")).expect("cannot write pg_hba.conf");
     }
 
     /// Writes a file into the data directory, owned by the server's user and readable by it

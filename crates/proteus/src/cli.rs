@@ -269,14 +269,21 @@ fn print_topic(topic: &TopicDescription, output: Output) {
         return;
     }
     let c = &topic.config;
+    // A backend that keeps its own storage (NATS) has no segments: neither their size nor
+    // their count means anything there.
+    let segmented = topic.partitions.iter().any(|p| p.segments.is_some());
     println!("topic {}", topic.name);
     println!(
-        "  retention: {} / {}   event max: {}   segment: {}   dedup window: {}",
+        "  retention: {} / {}   event max: {}{}   dedup window: {}",
         c.retention_ms.map_or("forever".into(), human_ms),
         c.retention_bytes
             .map_or("no size limit".into(), human_bytes),
         human_bytes(u64::from(c.event_bytes_max)),
-        human_bytes(c.segment_bytes),
+        if segmented {
+            format!("   segment: {}", human_bytes(c.segment_bytes))
+        } else {
+            String::new()
+        },
         if c.dedup_window_ms == 0 {
             "off".into()
         } else {
@@ -287,25 +294,23 @@ fn print_topic(topic: &TopicDescription, output: Output) {
         .partitions
         .iter()
         .map(|p| {
-            vec![
+            let mut row = vec![
                 p.partition.to_string(),
                 p.first_offset.to_string(),
                 p.next_offset.to_string(),
                 human_bytes(p.bytes),
-                p.segments.to_string(),
-            ]
+            ];
+            if segmented {
+                row.push(p.segments.map_or("-".into(), |n| n.to_string()));
+            }
+            row
         })
         .collect();
-    print_table(
-        &[
-            "PARTITION",
-            "FIRST OFFSET",
-            "NEXT OFFSET",
-            "SIZE",
-            "SEGMENTS",
-        ],
-        rows,
-    );
+    let mut headers = vec!["PARTITION", "FIRST OFFSET", "NEXT OFFSET", "SIZE"];
+    if segmented {
+        headers.push("SEGMENTS");
+    }
+    print_table(&headers, rows);
 }
 
 pub async fn publish(args: PublishArgs) -> Result<(), String> {

@@ -5,6 +5,7 @@
 //! usual; without it, it does not start, and says which flag is missing. PostgreSQL: a
 //! password from `PGPASSWORD`, as libpq takes it, for a URL without one.
 
+use std::path::Path;
 use std::process::Command;
 
 use proteus_nats::test_support::{
@@ -33,14 +34,7 @@ fn serve_reaches_nats_over_tls_with_a_private_ca_and_a_login() {
     let url = format!("tls://app:{PASSWORD}@127.0.0.1:{}", nats.port);
     let data_dir = dir.path().join("data");
 
-    let output = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data_dir)
-        .args(["--storage-log", &url])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&data_dir, &["--storage-log", &url], &[]);
     assert!(
         stderr.contains("TLS with NATS") && stderr.contains("--nats-tls-ca"),
         "{stderr}"
@@ -83,14 +77,7 @@ fn serve_logs_in_to_nats_in_operator_mode_with_a_credentials_file() {
     let url = nats.url();
     let data_dir = dir.path().join("data");
 
-    let output = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data_dir)
-        .args(["--storage-log", &url])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&data_dir, &["--storage-log", &url], &[]);
     assert!(
         stderr.contains("refused the connection") && stderr.contains("--nats-creds"),
         "{stderr}"
@@ -119,6 +106,21 @@ fn serve_logs_in_to_nats_in_operator_mode_with_a_credentials_file() {
         .find(|l| l.starts_with("SU"))
         .unwrap();
     assert!(!logs.contains(seed), "the seed is not logged");
+}
+
+/// Runs `proteus serve` on `data_dir` with `args` and `env` (and no `PGPASSWORD` of this
+/// process's), which must fail to start; its standard error.
+fn refused_start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "proteus serve started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// `/readyz` lists the three NATS backends as up, a topic takes and serves an event, and a
@@ -193,18 +195,11 @@ fn serve_takes_the_postgres_password_from_pgpassword_as_libpq_does() {
         (None, "asks for a password and none is given"),
         (Some("wrong"), "password authentication failed"),
     ] {
-        let mut command = Command::new(BINARY);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .args(["--event-store", &url])
-            .env_remove("PGPASSWORD");
-        if let Some(password) = env {
-            command.env("PGPASSWORD", password);
-        }
-        let output = command.output().unwrap();
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let env: Vec<(&str, &str)> = env
+            .map(|password| ("PGPASSWORD", password))
+            .into_iter()
+            .collect();
+        let stderr = refused_start(&data_dir, &["--event-store", &url], &env);
         assert!(
             stderr.contains(says) && stderr.contains("PGPASSWORD"),
             "{stderr}"

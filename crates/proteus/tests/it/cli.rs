@@ -93,6 +93,13 @@ fn topics_publish_and_tail_from_the_command_line() {
     assert_eq!(code, 0);
     let described: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(described["config"]["retention_ms"], 3_600_000);
+    assert_eq!(described["partitions"][0]["segments"], 1, "{described}");
+    let (code, out, _) = cli(&["topic", "describe", "orders"], None);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("segment: 64.0 MiB") && out.contains("SEGMENTS"),
+        "{out}"
+    );
 
     let (code, _, err) = cli(&["publish", "orders"], Some("{\"id\":\"x\"}\n"));
     assert_eq!(code, 1);

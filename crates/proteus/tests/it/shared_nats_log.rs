@@ -79,6 +79,20 @@ fn two_instances_share_one_nats_log() {
         .json()
         .unwrap();
     assert_eq!(described["name"], "orders", "{described}");
+    // JetStream keeps its own storage: no segments to count, and the CLI shows none.
+    assert!(
+        described["partitions"][0]["segments"].is_null(),
+        "{described}"
+    );
+    let table = std::process::Command::new(crate::support::BINARY)
+        .args(["topic", "describe", "orders", "--server", &b.url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("topic orders") && !table.contains("segment") && !table.contains("SEGMENTS"),
+        "{table}"
+    );
 
     // B long-polls the partition; A's publish wakes it.
     let waiter = {
