@@ -5,6 +5,8 @@
 //! itself after a loss.
 
 mod connect;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 use async_trait::async_trait;
 use bytes::Bytes;

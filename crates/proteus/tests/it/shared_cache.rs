@@ -1,6 +1,7 @@
-//! Two `proteus serve` processes sharing PostgreSQL read models, a NATS log and a Redis cache:
-//! a document read through one is fresh after the other's projection commits a change (the
-//! invalidation travels through the log), never served stale from either cache level.
+//! Two `proteus serve` processes sharing PostgreSQL read models, a NATS log and a Redis cache
+//! (the shared Redis, and a Redis Cluster of the test's own): a document read through one is
+//! fresh after the other's projection commits a change (the invalidation travels through the
+//! log), never served stale from either cache level.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,7 +66,7 @@ impl Drop for Namespace {
     }
 }
 
-fn start(data_dir: &std::path::Path, namespace: &Namespace) -> ServerProcess {
+fn start(data_dir: &std::path::Path, namespace: &Namespace, cache_url: &str) -> ServerProcess {
     ServerProcess::start_with(
         data_dir,
         &[
@@ -82,7 +83,7 @@ fn start(data_dir: &std::path::Path, namespace: &Namespace) -> ServerProcess {
             "--storage-log-prefix",
             &namespace.nats_prefix(),
             "--cache",
-            &redis_url(),
+            cache_url,
             "--cache-prefix",
             &namespace.redis_prefix(),
         ],
@@ -92,13 +93,23 @@ fn start(data_dir: &std::path::Path, namespace: &Namespace) -> ServerProcess {
 
 #[test]
 fn a_document_read_through_one_instance_is_fresh_after_the_other_commits() {
+    a_document_stays_fresh_across_instances(&redis_url());
+}
+
+#[test]
+fn the_same_on_a_redis_cluster() {
+    let cluster = proteus_cache_redis::test_support::PrivateRedisCluster::start();
+    a_document_stays_fresh_across_instances(&cluster.url());
+}
+
+fn a_document_stays_fresh_across_instances(cache_url: &str) {
     let namespace = Namespace::new();
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let a = start(dirs[0].path(), &namespace);
+    let a = start(dirs[0].path(), &namespace, cache_url);
     let status = http
         .put(format!("{}/v1/projections/balances", a.url))
         .json(&json!({
@@ -113,7 +124,7 @@ fn a_document_read_through_one_instance_is_fresh_after_the_other_commits() {
     // B starts after the projection exists, so it serves it too. Pausing it through B stops
     // B's runner only (A's keeps running): every change is then committed by A, and B's cache
     // can only learn of it through the invalidations A publishes to the log.
-    let b = start(dirs[1].path(), &namespace);
+    let b = start(dirs[1].path(), &namespace, cache_url);
     let status = http
         .post(format!("{}/v1/projections/balances/pause", b.url))
         .send()

@@ -1,0 +1,140 @@
+//! What tests share (feature `test-support`, for tests only): a Redis Cluster of a test's
+//! own.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NODES: usize = 3;
+const SLOTS: u32 = 16_384;
+
+/// Three `redis-server`s in cluster mode on free ports, each owning a third of the slots,
+/// formed as `redis-cli --cluster create` would (without its waits); killed (with their
+/// directory) when dropped.
+pub struct PrivateRedisCluster {
+    pub ports: Vec<u16>,
+    /// Each node's cluster bus port, which `CLUSTER MEET` must be told (it assumes port +
+    /// 10,000 otherwise).
+    bus_ports: Vec<u16>,
+    nodes: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// `redis-cli -p PORT ARGS…`, its output.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("cannot run redis-cli; install Redis (Debian: apt install redis-server)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+impl PrivateRedisCluster {
+    pub fn start() -> PrivateRedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = PrivateRedisCluster {
+            ports: Vec::new(),
+            bus_ports: Vec::new(),
+            nodes: Vec::new(),
+            dir,
+        };
+        for index in 0..NODES {
+            let (port, bus_port) = (free_port(), free_port());
+            let node = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-port", &bus_port.to_string()])
+                .arg("--cluster-config-file")
+                .arg(cluster.dir.path().join(format!("nodes-{index}.conf")))
+                .arg("--dir")
+                .arg(cluster.dir.path())
+                .args(["--save", "", "--appendonly", "no"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(
+                    "cannot run redis-server; install Redis (Debian: apt install redis-server)",
+                );
+            cluster.ports.push(port);
+            cluster.bus_ports.push(bus_port);
+            cluster.nodes.push(node);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for &port in &cluster.ports {
+            while cli(port, &["PING"]).trim() != "PONG" {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server on {port} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // What `redis-cli --cluster create` does, without its waits: slots split in three,
+        // then the first node meets the others.
+        let per_node = SLOTS / NODES as u32;
+        for (index, &port) in cluster.ports.iter().enumerate() {
+            let first = per_node * index as u32;
+            let last = if index == NODES - 1 {
+                SLOTS - 1
+            } else {
+                first + per_node - 1
+            };
+            let answer = cli(
+                port,
+                &[
+                    "CLUSTER",
+                    "ADDSLOTSRANGE",
+                    &first.to_string(),
+                    &last.to_string(),
+                ],
+            );
+            assert_eq!(answer.trim(), "OK", "ADDSLOTSRANGE on {port}: {answer}");
+        }
+        for (&port, &bus_port) in cluster.ports.iter().zip(&cluster.bus_ports).skip(1) {
+            let answer = cli(
+                cluster.ports[0],
+                &[
+                    "CLUSTER",
+                    "MEET",
+                    "127.0.0.1",
+                    &port.to_string(),
+                    &bus_port.to_string(),
+                ],
+            );
+            assert_eq!(answer.trim(), "OK", "CLUSTER MEET {port}: {answer}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for &port in &cluster.ports {
+            while !cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(
+                    Instant::now() < deadline,
+                    "the private Redis Cluster did not form within 20 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    /// A cluster URL naming one node only: the client learns the others from it.
+    pub fn url(&self) -> String {
+        format!("redis+cluster://127.0.0.1:{}", self.ports[1])
+    }
+}
