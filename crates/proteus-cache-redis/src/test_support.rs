@@ -133,6 +133,12 @@ impl PrivateRedisCluster {
         cluster
     }
 
+    /// Kills node `index` (`SIGKILL`), as a crash.
+    pub fn kill_node(&mut self, index: usize) {
+        let _ = self.nodes[index].kill();
+        let _ = self.nodes[index].wait();
+    }
+
     /// A cluster URL naming one node only: the client learns the others from it.
     pub fn url(&self) -> String {
         format!("redis+cluster://127.0.0.1:{}", self.ports[1])

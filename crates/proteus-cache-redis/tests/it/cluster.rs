@@ -90,3 +90,34 @@ async fn a_cluster_url_to_a_single_server_says_it_is_not_a_cluster() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_crashed_node_fails_calls_within_the_bound_instead_of_hanging_them() {
+    let mut cluster = PrivateRedisCluster::start();
+    let cache = RedisRemoteCache::connect(&cluster.url(), "crash:")
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..30).map(|n| format!("key-{n}")).collect();
+    let entries: Vec<(String, Bytes)> = keys
+        .iter()
+        .map(|key| (key.clone(), Bytes::from_static(b"v")))
+        .collect();
+    cache.put_many(entries, 60_000).await.unwrap();
+
+    // The seed node stays up; the last node, owning a third of the slots, crashes.
+    cluster.kill_node(2);
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), cache.get_many(&keys)).await;
+    let took = started.elapsed();
+    let error = outcome
+        .expect("a read hung for 60 s after a node crashed")
+        .expect_err("a third of the keys live on the crashed node");
+    assert!(
+        matches!(error, proteus_cache::CacheError::Unavailable(_)),
+        "{error}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the read failed only after {took:?}"
+    );
+}
