@@ -96,9 +96,15 @@ pub fn pg(error: tokio_postgres::Error, what: &str, url: &str) -> PgError {
     let server = redact(url);
     if let Some(db) = error.as_db_error() {
         let retry = retriable(db.code());
+        // 25006: a write on a server that takes none, most often a standby named first.
+        let fix = if db.code().code() == "25006" {
+            "; the server is read-only (a standby?): point the URL at the primary, or list every host and add target_session_attrs=read-write"
+        } else {
+            ""
+        };
         return PgError {
             message: format!(
-                "PostgreSQL at {server} failed {what}: {} ({}){}{}",
+                "PostgreSQL at {server} failed {what}: {} ({}){}{}{fix}",
                 db.message(),
                 db.code().code(),
                 db.detail().map(|d| format!("; {d}")).unwrap_or_default(),

@@ -221,7 +221,7 @@ impl PrivatePostgres {
     }
 
     /// A connection as the `postgres` superuser (trust authentication).
-    async fn admin(&self) -> tokio_postgres::Client {
+    pub async fn admin(&self) -> tokio_postgres::Client {
         let (admin, connection) = tokio_postgres::connect(&self.url(), NoTls)
             .await
             .expect("cannot connect to the private PostgreSQL");
