@@ -1,14 +1,17 @@
-//! Opening the connection: to one server (`redis://`, `rediss://`) or to a Redis Cluster
-//! (`redis+cluster://`, `rediss+cluster://`, seed nodes separated by commas), with the
-//! deployment's TLS files, and errors that say what to fix rather than "is it running?".
+//! Opening the connection: to one server (`redis://`, `rediss://`), to a Redis Cluster
+//! (`redis+cluster://`, `rediss+cluster://`, seed nodes separated by commas) or to the primary
+//! Sentinels name (`redis+sentinel://`), with the deployment's TLS files, and errors that say
+//! what to fix rather than "is it running?".
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proteus_cache::CacheError;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
+use crate::sentinel::{self, SentinelConnection};
 use crate::{START_HINT, redact};
 
 /// The TLS files of a `rediss://` connection, all optional (PEM).
@@ -32,12 +35,14 @@ impl RedisTls {
 const CLUSTER_CONNECT_TIMEOUT_MS: u64 = 5_000;
 const CLUSTER_RESPONSE_TIMEOUT_MS: u64 = 5_000;
 
-/// A connection that reconnects by itself: to one server, or to a cluster (which also follows
-/// slots moving between nodes).
+/// A connection that reconnects by itself: to one server, to a cluster (which also follows
+/// slots moving between nodes), or to the primary Sentinels name (found again after a
+/// failover).
 #[derive(Clone)]
 pub(crate) enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelConnection>),
 }
 
 impl Connection {
@@ -48,12 +53,56 @@ impl Connection {
         match self {
             Connection::Single(connection) => command.query_async(&mut connection.clone()).await,
             Connection::Cluster(connection) => command.query_async(&mut connection.clone()).await,
+            Connection::Sentinel(sentinel) => {
+                let answer = command.query_async(&mut sentinel.primary().await?).await;
+                if answer.is_err() {
+                    sentinel.forget_primary().await;
+                }
+                answer
+            }
+        }
+    }
+
+    /// Runs `pipeline` on one server (not a cluster, whose slots one pipeline cannot span).
+    pub(crate) async fn query_pipeline(
+        &self,
+        pipeline: &redis::Pipeline,
+    ) -> redis::RedisResult<()> {
+        match self {
+            Connection::Single(connection) => pipeline.query_async(&mut connection.clone()).await,
+            Connection::Sentinel(sentinel) => {
+                let answer = pipeline.query_async(&mut sentinel.primary().await?).await;
+                if answer.is_err() {
+                    sentinel.forget_primary().await;
+                }
+                answer
+            }
+            Connection::Cluster(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a pipeline cannot span a cluster's slots",
+            ))),
         }
     }
 }
 
 /// Opens `url` (`shown`: the same without its password).
 pub(crate) async fn open(url: &str, shown: &str, tls: &RedisTls) -> Result<Connection, CacheError> {
+    if let Some(sentinel_url) = sentinel::parse(url, shown).map_err(CacheError::Unavailable)? {
+        if !tls.is_empty() {
+            return Err(CacheError::Unavailable(format!(
+                "TLS files are given for Redis at {shown}, and TLS through Sentinel is not supported: remove them, or use rediss:// to a name that follows the primary"
+            )));
+        }
+        let connection = SentinelConnection::new(&sentinel_url).map_err(|e| {
+            CacheError::Unavailable(format!("invalid Redis Sentinel URL {shown}: {e}"))
+        })?;
+        let connection = Connection::Sentinel(Arc::new(connection));
+        connection
+            .query::<String>(&redis::cmd("PING"))
+            .await
+            .map_err(|e| connect_error(e, shown, false))?;
+        return Ok(connection);
+    }
     let nodes = cluster_nodes(url).map_err(CacheError::Unavailable)?;
     let over_tls = url.starts_with("rediss://") || url.starts_with("rediss+cluster://");
     if over_tls {
@@ -190,6 +239,14 @@ fn connect_error(error: redis::RedisError, shown: &str, over_tls: bool) -> Cache
     {
         return CacheError::Unavailable(format!(
             "TLS with Redis at {shown} failed: {error}; if a private CA signed the server's certificate, name its PEM file with --cache-tls-ca; if the server checks clients (tls-auth-clients), name a certificate its CA signed with --cache-tls-cert and --cache-tls-key"
+        ));
+    }
+    if text.contains("MasterNameNotFoundBySentinel")
+        || text.contains("No master found")
+        || text.contains("Couldn't open connection to a sentinel")
+    {
+        return CacheError::Unavailable(format!(
+            "the Sentinels of {shown} name no primary: {error}; check the Sentinel addresses and the primary's name (sentinel monitor NAME … in sentinel.conf)"
         ));
     }
     if text.contains("cluster support disabled") || text.contains("ERR This instance has cluster") {

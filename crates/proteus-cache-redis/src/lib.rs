@@ -1,10 +1,12 @@
-//! The [`RemoteCache`] port on Redis, one server or a Redis Cluster: every key is prefixed by
+//! The [`RemoteCache`] port on Redis, one server (found through Sentinel or not) or a Redis
+//! Cluster: every key is prefixed by
 //! a namespace, reads are one `MGET`, writes one transaction of `SET key value PX ttl_ms` (on
 //! a cluster, the `SET`s sent together, since a transaction cannot span slots), deletes one
 //! `DEL` (a cluster connection splits `MGET` and `DEL` by node). The connection reconnects by
 //! itself after a loss.
 
 mod connect;
+mod sentinel;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 
@@ -26,13 +28,16 @@ pub struct RedisRemoteCache {
 }
 
 /// Whether `text` names a Redis this adapter connects to: `redis://`, `rediss://`,
-/// `redis+cluster://` or `rediss+cluster://`.
+/// `redis+cluster://`, `rediss+cluster://` or `redis+sentinel://` (`rediss+sentinel://` too,
+/// to be refused with a reason).
 pub fn is_redis_url(text: &str) -> bool {
     [
         "redis://",
         "rediss://",
         "redis+cluster://",
         "rediss+cluster://",
+        "redis+sentinel://",
+        "rediss+sentinel://",
     ]
     .iter()
     .any(|scheme| text.starts_with(scheme))
@@ -200,14 +205,14 @@ impl RemoteCache for RedisRemoteCache {
             command
         };
         match &self.connection {
-            Connection::Single(connection) => {
+            Connection::Single(_) | Connection::Sentinel(_) => {
                 let mut pipeline = redis::pipe();
                 pipeline.atomic();
                 for (key, value) in &entries {
                     pipeline.add_command(set(key, value)).ignore();
                 }
-                pipeline
-                    .query_async::<()>(&mut connection.clone())
+                self.connection
+                    .query_pipeline(&pipeline)
                     .await
                     .map_err(unavailable)
             }

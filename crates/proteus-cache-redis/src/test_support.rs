@@ -1,5 +1,5 @@
 //! What tests share (feature `test-support`, for tests only): a Redis Cluster of a test's
-//! own.
+//! own, and a primary with a replica watched by a Sentinel.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -142,5 +142,138 @@ impl PrivateRedisCluster {
     /// A cluster URL naming one node only: the client learns the others from it.
     pub fn url(&self) -> String {
         format!("redis+cluster://127.0.0.1:{}", self.ports[1])
+    }
+}
+
+/// Waits (at most `seconds`) until `ready` holds, panicking with `what` after.
+fn wait_until(seconds: u64, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} within {seconds} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `redis-server` on `port` (more flags in `args`), its output discarded.
+fn redis_server(port: u16, dir: &std::path::Path, args: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--save", "", "--appendonly", "no"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot run redis-server; install Redis (Debian: apt install redis-server)")
+}
+
+/// A primary, its replica and one Sentinel watching them under the name `cache` (quorum 1,
+/// down after 1 s), all on free ports; killed (with their directory) when dropped.
+pub struct PrivateRedisSentinel {
+    pub primary_port: u16,
+    pub replica_port: u16,
+    pub sentinel_port: u16,
+    processes: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PrivateRedisSentinel {
+    fn drop(&mut self) {
+        for process in &mut self.processes {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+impl PrivateRedisSentinel {
+    pub const PRIMARY_NAME: &str = "cache";
+
+    pub fn start() -> PrivateRedisSentinel {
+        let dir = tempfile::tempdir().unwrap();
+        let (primary_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
+        let primary = redis_server(primary_port, dir.path(), &[]);
+        let replica_dir = dir.path().join("replica");
+        std::fs::create_dir(&replica_dir).unwrap();
+        let replica = redis_server(
+            replica_port,
+            &replica_dir,
+            &["--replicaof", "127.0.0.1", &primary_port.to_string()],
+        );
+        // Sentinel rewrites its configuration file: it needs one of its own.
+        let config = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {primary_port} 1\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n",
+                name = Self::PRIMARY_NAME
+            ),
+        )
+        .unwrap();
+        let sentinel = Command::new("redis-server")
+            .arg(&config)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run redis-server --sentinel");
+        let setup = PrivateRedisSentinel {
+            primary_port,
+            replica_port,
+            sentinel_port,
+            processes: vec![primary, replica, sentinel],
+            _dir: dir,
+        };
+        wait_until(10, "the replica did not catch up with the primary", || {
+            cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up")
+        });
+        wait_until(10, "the Sentinel did not name the primary", || {
+            setup.current_primary_port() == primary_port
+        });
+        setup
+    }
+
+    /// `redis+sentinel://127.0.0.1:SENTINEL/cache`.
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://127.0.0.1:{}/{}",
+            self.sentinel_port,
+            Self::PRIMARY_NAME
+        )
+    }
+
+    /// The port of the primary the Sentinel names now.
+    pub fn current_primary_port(&self) -> u16 {
+        let answer = cli(
+            self.sentinel_port,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::PRIMARY_NAME],
+        );
+        answer
+            .lines()
+            .nth(1)
+            .and_then(|port| port.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Makes the Sentinel promote the replica (`SENTINEL FAILOVER`), and waits until it names
+    /// the replica as the primary.
+    pub fn fail_over(&self) {
+        // Refused (NOGOODSLAVE) until the Sentinel has seen the replica in the primary's
+        // INFO, which it reads every 10 s.
+        wait_until(30, "SENTINEL FAILOVER was not accepted", || {
+            cli(
+                self.sentinel_port,
+                &["SENTINEL", "FAILOVER", Self::PRIMARY_NAME],
+            )
+            .trim()
+                == "OK"
+        });
+        wait_until(20, "the Sentinel did not promote the replica", || {
+            self.current_primary_port() == self.replica_port
+                && cli(self.replica_port, &["ROLE"]).starts_with("master")
+        });
     }
 }

@@ -239,7 +239,8 @@ pub struct ServeArgs {
     pub storage_log_prefix: Option<String>,
     /// The cache of projections' document reads: `memory` (an in-process L1 only) or a Redis
     /// URL such as `redis://127.0.0.1:6379` (`rediss://` for TLS,
-    /// `redis+cluster://HOST:PORT,HOST:PORT` for a Redis Cluster), an L2 shared by every
+    /// `redis+cluster://HOST:PORT,HOST:PORT` for a Redis Cluster,
+    /// `redis+sentinel://SENTINEL:26379/PRIMARY` through Sentinel), an L2 shared by every
     /// instance behind the L1; invalidations travel through the log [default: memory] (in the
     /// config file: `cache` under `[storage]`).
     #[arg(
@@ -325,7 +326,7 @@ impl CacheBackend {
         }
         let shown: String = text.chars().take(24).collect();
         Err(format!(
-            "cache must be 'memory' or a Redis URL (redis://HOST:PORT, rediss:// for TLS, redis+cluster://HOST:PORT,HOST:PORT for a Redis Cluster), got {shown:?}"
+            "cache must be 'memory' or a Redis URL (redis://HOST:PORT, rediss:// for TLS, redis+cluster://HOST:PORT,HOST:PORT for a Redis Cluster, redis+sentinel://SENTINEL:26379/PRIMARY through Sentinel), got {shown:?}"
         ))
     }
 }
@@ -1181,6 +1182,7 @@ mod tests {
             "rediss://r:6380",
             "redis+cluster://a:7000,b:7001",
             "rediss+cluster://cfg.example.com:6379",
+            "redis+sentinel://s1:26379,s2:26379/cache",
         ] {
             let settings = Settings::resolve(ServeArgs {
                 cache: Some(url.into()),

@@ -2,6 +2,7 @@
 //! `redis://127.0.0.1:6379`). Each test uses its own key prefix and deletes its keys afterwards.
 
 mod cluster;
+mod sentinel;
 mod tls;
 
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! Two `proteus serve` processes sharing PostgreSQL read models, a NATS log and a Redis cache
-//! (the shared Redis, and a Redis Cluster of the test's own): a document read through one is
+//! (the shared Redis, a Redis Cluster of the test's own, and a primary found through a Sentinel
+//! of the test's own): a document read through one is
 //! fresh after the other's projection commits a change (the invalidation travels through the
 //! log), never served stale from either cache level.
 
@@ -100,6 +101,12 @@ fn a_document_read_through_one_instance_is_fresh_after_the_other_commits() {
 fn the_same_on_a_redis_cluster() {
     let cluster = proteus_cache_redis::test_support::PrivateRedisCluster::start();
     a_document_stays_fresh_across_instances(&cluster.url());
+}
+
+#[test]
+fn the_same_through_redis_sentinel() {
+    let setup = proteus_cache_redis::test_support::PrivateRedisSentinel::start();
+    a_document_stays_fresh_across_instances(&setup.url());
 }
 
 fn a_document_stays_fresh_across_instances(cache_url: &str) {

@@ -1,0 +1,155 @@
+//! Redis behind Sentinel (`redis+sentinel://[user:password@]s1:26379[,s2:26379]/PRIMARY[/DB]`):
+//! the Sentinels name the current primary, and after any failed call the connection is dropped
+//! and the primary asked for again, so a failover costs the calls in flight at that moment
+//! (a cache miss each) and nothing after. The redis crate's own Sentinel client finds the
+//! primary but keeps no connection that follows a failover; this is that connection.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use tokio::sync::Mutex;
+
+/// Bound of one connection attempt to the primary, and of each command's answer.
+const CONNECT_TIMEOUT_MS: u64 = 5_000;
+const RESPONSE_TIMEOUT_MS: u64 = 5_000;
+
+/// What a `redis+sentinel://` URL says.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SentinelUrl {
+    /// `redis://host:port` of each Sentinel.
+    pub(crate) sentinels: Vec<String>,
+    /// The name the Sentinels monitor the primary under (`sentinel monitor NAME …`).
+    pub(crate) primary_name: String,
+    /// `redis://[user:password@]primary/DB`: the login and database for the primary, whose
+    /// host is a placeholder (the Sentinels give the address).
+    pub(crate) primary_login: String,
+}
+
+/// `Ok(None)`: not a Sentinel URL.
+pub(crate) fn parse(url: &str, shown: &str) -> Result<Option<SentinelUrl>, String> {
+    let Some(rest) = url.strip_prefix("redis+sentinel://") else {
+        if url.starts_with("rediss+sentinel://") {
+            return Err(format!(
+                "{shown}: TLS through Sentinel is not supported; use redis+sentinel:// on a trusted network, or rediss:// to a name that follows the primary"
+            ));
+        }
+        return Ok(None);
+    };
+    let usage =
+        "write redis+sentinel://[user:password@]SENTINEL:26379[,SENTINEL:26379]/PRIMARY_NAME[/DB]";
+    let (authority, path) = rest
+        .split_once('/')
+        .ok_or_else(|| format!("{shown}: no primary name; {usage}"))?;
+    let (primary_name, database) = path.split_once('/').unwrap_or((path, ""));
+    if primary_name.is_empty() {
+        return Err(format!("{shown}: no primary name; {usage}"));
+    }
+    if !database.is_empty() && database.parse::<u16>().is_err() {
+        return Err(format!(
+            "{shown}: database {database:?} is not a number; {usage}"
+        ));
+    }
+    let (login, hosts) = match authority.rsplit_once('@') {
+        Some((login, hosts)) => (format!("{login}@"), hosts),
+        None => (String::new(), authority),
+    };
+    if hosts.split(',').any(|host| host.trim().is_empty()) {
+        return Err(format!("{shown}: an empty Sentinel address; {usage}"));
+    }
+    Ok(Some(SentinelUrl {
+        sentinels: hosts
+            .split(',')
+            .map(|host| format!("redis://{}", host.trim()))
+            .collect(),
+        primary_name: primary_name.to_owned(),
+        primary_login: format!("redis://{login}primary/{database}"),
+    }))
+}
+
+/// A connection to the primary the Sentinels name, found again after a failed call.
+pub(crate) struct SentinelConnection {
+    sentinels: Mutex<SentinelClient>,
+    primary: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl SentinelConnection {
+    pub(crate) fn new(url: &SentinelUrl) -> redis::RedisResult<SentinelConnection> {
+        let login = url
+            .primary_login
+            .as_str()
+            .into_connection_info()?
+            .redis_settings()
+            .clone();
+        let sentinels = SentinelClient::build(
+            url.sentinels.clone(),
+            url.primary_name.clone(),
+            Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(login)),
+            SentinelServerType::Master,
+        )?;
+        Ok(SentinelConnection {
+            sentinels: Mutex::new(sentinels),
+            primary: Mutex::new(None),
+        })
+    }
+
+    /// The connection to the primary, asking the Sentinels for it when there is none.
+    pub(crate) async fn primary(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let mut primary = self.primary.lock().await;
+        if let Some(connection) = primary.as_ref() {
+            return Ok(connection.clone());
+        }
+        let client = self.sentinels.lock().await.async_get_client().await?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)))
+            .set_response_timeout(Some(Duration::from_millis(RESPONSE_TIMEOUT_MS)));
+        let connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *primary = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// After a failed call: the primary may have changed (a failover turns it into a replica
+    /// that refuses writes) or gone; the next call asks the Sentinels again.
+    pub(crate) async fn forget_primary(&self) {
+        *self.primary.lock().await = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SentinelUrl, parse};
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_the_primary_and_its_login() {
+        assert_eq!(parse("redis://h:6379", "x").unwrap(), None);
+        assert_eq!(
+            parse("redis+sentinel://:pw@s1:26379, s2:26380/cache/2", "x").unwrap(),
+            Some(SentinelUrl {
+                sentinels: vec!["redis://s1:26379".into(), "redis://s2:26380".into()],
+                primary_name: "cache".into(),
+                primary_login: "redis://:pw@primary/2".into(),
+            })
+        );
+        let shown = crate::redact("redis+sentinel://app:pw@s1:26379/cache");
+        assert!(
+            !shown.contains("pw") && shown.contains("s1:26379"),
+            "{shown}"
+        );
+        for (url, says) in [
+            ("redis+sentinel://s1:26379", "no primary name"),
+            ("redis+sentinel://s1:26379/", "no primary name"),
+            ("redis+sentinel://s1:26379/cache/x", "is not a number"),
+            ("redis+sentinel://s1,,s2/cache", "an empty Sentinel address"),
+            (
+                "rediss+sentinel://s1/cache",
+                "TLS through Sentinel is not supported",
+            ),
+        ] {
+            let error = parse(url, url).unwrap_err();
+            assert!(error.contains(says), "{url}: {error}");
+        }
+    }
+}

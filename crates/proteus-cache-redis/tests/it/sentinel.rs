@@ -1,0 +1,103 @@
+//! The RemoteCache conformance suite on Redis found through Sentinel (`redis+sentinel://`),
+//! a primary, its replica and a Sentinel of each test's own, and what only Sentinel can show:
+//! after a failover the cache writes to the promoted replica, losing at most the calls in
+//! flight.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use proteus_cache::RemoteCache;
+use proteus_cache::conformance::CacheHarness;
+use proteus_cache_redis::RedisRemoteCache;
+use proteus_cache_redis::test_support::{PrivateRedisSentinel, cli};
+
+struct SentinelHarness {
+    setup: PrivateRedisSentinel,
+}
+
+impl SentinelHarness {
+    fn start() -> SentinelHarness {
+        SentinelHarness {
+            setup: PrivateRedisSentinel::start(),
+        }
+    }
+}
+
+#[async_trait]
+impl CacheHarness for SentinelHarness {
+    async fn open(&self, namespace: &str) -> Arc<dyn RemoteCache> {
+        let cache = RedisRemoteCache::connect(&self.setup.url(), &format!("{namespace}:"))
+            .await
+            .expect("the primary the private Sentinel names");
+        Arc::new(cache)
+    }
+}
+
+mod conformance {
+    use super::SentinelHarness;
+
+    proteus_cache::remote_cache_conformance_tests!(SentinelHarness::start());
+}
+
+#[tokio::test]
+async fn after_a_failover_the_cache_writes_to_the_promoted_replica() {
+    let setup = PrivateRedisSentinel::start();
+    let cache = RedisRemoteCache::connect(&setup.url(), "failover:")
+        .await
+        .unwrap();
+    let one = |value: &'static [u8]| vec![("k".to_owned(), Bytes::from_static(value))];
+    cache.put_many(one(b"before"), 60_000).await.unwrap();
+    assert_eq!(
+        cli(setup.primary_port, &["GET", "failover:k"]).trim(),
+        "before"
+    );
+
+    setup.fail_over();
+
+    // The connection still points at the old primary. Until the Sentinel turns it into a
+    // replica it takes writes (which its demotion discards, as Redis's asynchronous replication
+    // does), then refuses them: that failed call makes the cache ask the Sentinel again, and
+    // the next writes land on the promoted replica.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut failed_calls = 0;
+    loop {
+        match cache.put_many(one(b"after"), 60_000).await {
+            Ok(()) if cli(setup.replica_port, &["GET", "failover:k"]).trim() == "after" => break,
+            Ok(()) => {}
+            Err(_) => failed_calls += 1,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache did not write to the promoted replica within 15 s of the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        failed_calls <= 2,
+        "{failed_calls} calls failed after the failover"
+    );
+    assert_eq!(
+        cache.get_many(&["k".to_owned()]).await.unwrap(),
+        vec![Some(Bytes::from_static(b"after"))]
+    );
+    cache
+        .check_health(Duration::from_secs(2))
+        .await
+        .expect("PING on the new primary");
+}
+
+#[tokio::test]
+async fn a_primary_name_the_sentinels_do_not_know_is_refused_with_what_to_check() {
+    let setup = PrivateRedisSentinel::start();
+    let url = format!("redis+sentinel://127.0.0.1:{}/nobody", setup.sentinel_port);
+    let error = match RedisRemoteCache::connect(&url, "p:").await {
+        Ok(_) => panic!("a primary no Sentinel monitors was reached"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("name no primary") && error.contains("sentinel monitor"),
+        "{error}"
+    );
+}
