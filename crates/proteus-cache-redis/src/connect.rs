@@ -55,10 +55,7 @@ impl Connection {
             Connection::Cluster(connection) => command.query_async(&mut connection.clone()).await,
             Connection::Sentinel(sentinel) => {
                 let answer = command.query_async(&mut sentinel.primary().await?).await;
-                if answer.is_err() {
-                    sentinel.forget_primary().await;
-                }
-                answer
+                sentinel.settle(answer).await
             }
         }
     }
@@ -72,10 +69,7 @@ impl Connection {
             Connection::Single(connection) => pipeline.query_async(&mut connection.clone()).await,
             Connection::Sentinel(sentinel) => {
                 let answer = pipeline.query_async(&mut sentinel.primary().await?).await;
-                if answer.is_err() {
-                    sentinel.forget_primary().await;
-                }
-                answer
+                sentinel.settle(answer).await
             }
             Connection::Cluster(_) => Err(redis::RedisError::from((
                 redis::ErrorKind::Client,

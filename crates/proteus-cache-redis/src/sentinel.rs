@@ -111,10 +111,14 @@ impl SentinelConnection {
         Ok(connection)
     }
 
-    /// After a failed call: the primary may have changed (a failover turns it into a replica
-    /// that refuses writes) or gone; the next call asks the Sentinels again.
-    pub(crate) async fn forget_primary(&self) {
-        *self.primary.lock().await = None;
+    /// A call's answer, passed on; after a failed call the primary may have changed (a
+    /// failover turns it into a replica that refuses writes) or gone, so the connection is
+    /// dropped and the next call asks the Sentinels again.
+    pub(crate) async fn settle<T>(&self, answer: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if answer.is_err() {
+            *self.primary.lock().await = None;
+        }
+        answer
     }
 }
 
