@@ -221,8 +221,13 @@ fn connect_error(error: redis::RedisError, shown: &str, over_tls: bool) -> Cache
         || text.contains("WRONGPASS")
         || text.contains("NOAUTH")
     {
+        let sentinels = if shown.starts_with("redis+sentinel://") {
+            "; for Sentinels that ask for a password, add ?sentinel_password=PASSWORD"
+        } else {
+            ""
+        };
         return CacheError::Unavailable(format!(
-            "Redis at {shown} refused the login: {error}; check the password in the URL (redis://:password@host:6379, or redis://user:password@host:6379 for an ACL user)"
+            "Redis at {shown} refused the login: {error}; check the password in the URL (redis://:password@host:6379, or redis://user:password@host:6379 for an ACL user){sentinels}"
         ));
     }
     if over_tls

@@ -1,4 +1,5 @@
-//! Redis behind Sentinel (`redis+sentinel://[user:password@]s1:26379[,s2:26379]/PRIMARY[/DB]`):
+//! Redis behind Sentinel (`redis+sentinel://[user:password@]s1:26379[,s2:26379]/PRIMARY[/DB]
+//! [?sentinel_password=…]`):
 //! the Sentinels name the current primary, and after any failed call the connection is dropped
 //! and the primary asked for again, so a failover costs the calls in flight at that moment
 //! (a cache miss each) and nothing after. The redis crate's own Sentinel client finds the
@@ -18,7 +19,7 @@ const RESPONSE_TIMEOUT_MS: u64 = 5_000;
 /// What a `redis+sentinel://` URL says.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct SentinelUrl {
-    /// `redis://host:port` of each Sentinel.
+    /// `redis://[:sentinel_password@]host:port` of each Sentinel.
     pub(crate) sentinels: Vec<String>,
     /// The name the Sentinels monitor the primary under (`sentinel monitor NAME …`).
     pub(crate) primary_name: String,
@@ -37,8 +38,21 @@ pub(crate) fn parse(url: &str, shown: &str) -> Result<Option<SentinelUrl>, Strin
         }
         return Ok(None);
     };
-    let usage =
-        "write redis+sentinel://[user:password@]SENTINEL:26379[,SENTINEL:26379]/PRIMARY_NAME[/DB]";
+    let usage = "write redis+sentinel://[user:password@]SENTINEL:26379[,SENTINEL:26379]/PRIMARY_NAME[/DB][?sentinel_password=PASSWORD]";
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut sentinel_login = String::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            // Kept percent-encoded: it goes into each Sentinel's URL as it came.
+            Some(("sentinel_password", password)) => sentinel_login = format!(":{password}@"),
+            _ => {
+                let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+                return Err(format!(
+                    "{shown}: unknown option {key:?}; the one option is sentinel_password (for Sentinels with requirepass)"
+                ));
+            }
+        }
+    }
     let (authority, path) = rest
         .split_once('/')
         .ok_or_else(|| format!("{shown}: no primary name; {usage}"))?;
@@ -61,7 +75,7 @@ pub(crate) fn parse(url: &str, shown: &str) -> Result<Option<SentinelUrl>, Strin
     Ok(Some(SentinelUrl {
         sentinels: hosts
             .split(',')
-            .map(|host| format!("redis://{}", host.trim()))
+            .map(|host| format!("redis://{sentinel_login}{}", host.trim()))
             .collect(),
         primary_name: primary_name.to_owned(),
         primary_login: format!("redis://{login}primary/{database}"),
@@ -137,16 +151,35 @@ mod tests {
                 primary_login: "redis://:pw@primary/2".into(),
             })
         );
-        let shown = crate::redact("redis+sentinel://app:pw@s1:26379/cache");
-        assert!(
-            !shown.contains("pw") && shown.contains("s1:26379"),
-            "{shown}"
+        assert_eq!(
+            parse(
+                "redis+sentinel://s1:26379/cache?sentinel_password=p%40ss",
+                "x"
+            )
+            .unwrap()
+            .unwrap()
+            .sentinels,
+            vec!["redis://:p%40ss@s1:26379".to_owned()]
         );
+        for secret in [
+            "redis+sentinel://app:pw@s1:26379/cache",
+            "redis+sentinel://s1:26379/cache?sentinel_password=pw",
+        ] {
+            let shown = crate::redact(secret);
+            assert!(
+                !shown.contains("pw") && shown.contains("s1:26379"),
+                "{shown}"
+            );
+        }
         for (url, says) in [
             ("redis+sentinel://s1:26379", "no primary name"),
             ("redis+sentinel://s1:26379/", "no primary name"),
             ("redis+sentinel://s1:26379/cache/x", "is not a number"),
             ("redis+sentinel://s1,,s2/cache", "an empty Sentinel address"),
+            (
+                "redis+sentinel://s1/cache?password=x",
+                "unknown option \"password\"",
+            ),
             (
                 "rediss+sentinel://s1/cache",
                 "TLS through Sentinel is not supported",

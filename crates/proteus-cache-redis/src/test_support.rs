@@ -37,8 +37,17 @@ fn free_port() -> u16 {
 
 /// `redis-cli -p PORT ARGS…`, its output.
 pub fn cli(port: u16, args: &[&str]) -> String {
-    let output = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+    cli_as(port, None, args)
+}
+
+/// `redis-cli -p PORT [-a PASSWORD] ARGS…`, its output.
+pub fn cli_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut command = Command::new("redis-cli");
+    command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(password) = password {
+        command.args(["--no-auth-warning", "-a", password]);
+    }
+    let output = command
         .args(args)
         .output()
         .expect("cannot run redis-cli; install Redis (Debian: apt install redis-server)");
@@ -170,11 +179,13 @@ fn redis_server(port: u16, dir: &std::path::Path, args: &[&str]) -> Child {
 }
 
 /// A primary, its replica and one Sentinel watching them under the name `cache` (quorum 1,
-/// down after 1 s), all on free ports; killed (with their directory) when dropped.
+/// down after 1 s), all on free ports, all asking for the same password if one is given (as
+/// the Bitnami Helm chart sets them up); killed (with their directory) when dropped.
 pub struct PrivateRedisSentinel {
     pub primary_port: u16,
     pub replica_port: u16,
     pub sentinel_port: u16,
+    password: Option<String>,
     processes: Vec<Child>,
     _dir: tempfile::TempDir,
 }
@@ -192,23 +203,33 @@ impl PrivateRedisSentinel {
     pub const PRIMARY_NAME: &str = "cache";
 
     pub fn start() -> PrivateRedisSentinel {
+        Self::start_with_password(None)
+    }
+
+    pub fn start_with_password(password: Option<&str>) -> PrivateRedisSentinel {
         let dir = tempfile::tempdir().unwrap();
         let (primary_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
-        let primary = redis_server(primary_port, dir.path(), &[]);
+        let auth: Vec<&str> = match password {
+            Some(password) => vec!["--requirepass", password, "--masterauth", password],
+            None => Vec::new(),
+        };
+        let primary = redis_server(primary_port, dir.path(), &auth);
         let replica_dir = dir.path().join("replica");
         std::fs::create_dir(&replica_dir).unwrap();
-        let replica = redis_server(
-            replica_port,
-            &replica_dir,
-            &["--replicaof", "127.0.0.1", &primary_port.to_string()],
-        );
+        let primary_port_text = primary_port.to_string();
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &primary_port_text];
+        replica_args.extend(&auth);
+        let replica = redis_server(replica_port, &replica_dir, &replica_args);
         // Sentinel rewrites its configuration file: it needs one of its own.
         let config = dir.path().join("sentinel.conf");
+        let name = Self::PRIMARY_NAME;
+        let sentinel_auth = password.map_or(String::new(), |password| {
+            format!("sentinel auth-pass {name} {password}\nrequirepass {password}\n")
+        });
         std::fs::write(
             &config,
             format!(
-                "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {primary_port} 1\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n",
-                name = Self::PRIMARY_NAME
+                "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {primary_port} 1\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n{sentinel_auth}"
             ),
         )
         .unwrap();
@@ -224,11 +245,14 @@ impl PrivateRedisSentinel {
             primary_port,
             replica_port,
             sentinel_port,
+            password: password.map(str::to_owned),
             processes: vec![primary, replica, sentinel],
             _dir: dir,
         };
         wait_until(10, "the replica did not catch up with the primary", || {
-            cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up")
+            setup
+                .cli(replica_port, &["INFO", "replication"])
+                .contains("master_link_status:up")
         });
         wait_until(10, "the Sentinel did not name the primary", || {
             setup.current_primary_port() == primary_port
@@ -236,7 +260,12 @@ impl PrivateRedisSentinel {
         setup
     }
 
-    /// `redis+sentinel://127.0.0.1:SENTINEL/cache`.
+    /// `redis-cli` on one of this setup's ports, with its password.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli_as(port, self.password.as_deref(), args)
+    }
+
+    /// `redis+sentinel://127.0.0.1:SENTINEL/cache` (without the password).
     pub fn url(&self) -> String {
         format!(
             "redis+sentinel://127.0.0.1:{}/{}",
@@ -247,7 +276,7 @@ impl PrivateRedisSentinel {
 
     /// The port of the primary the Sentinel names now.
     pub fn current_primary_port(&self) -> u16 {
-        let answer = cli(
+        let answer = self.cli(
             self.sentinel_port,
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::PRIMARY_NAME],
         );
@@ -264,7 +293,7 @@ impl PrivateRedisSentinel {
         // Refused (NOGOODSLAVE) until the Sentinel has seen the replica in the primary's
         // INFO, which it reads every 10 s.
         wait_until(30, "SENTINEL FAILOVER was not accepted", || {
-            cli(
+            self.cli(
                 self.sentinel_port,
                 &["SENTINEL", "FAILOVER", Self::PRIMARY_NAME],
             )
@@ -273,7 +302,7 @@ impl PrivateRedisSentinel {
         });
         wait_until(20, "the Sentinel did not promote the replica", || {
             self.current_primary_port() == self.replica_port
-                && cli(self.replica_port, &["ROLE"]).starts_with("master")
+                && self.cli(self.replica_port, &["ROLE"]).starts_with("master")
         });
     }
 }

@@ -101,3 +101,43 @@ async fn a_primary_name_the_sentinels_do_not_know_is_refused_with_what_to_check(
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn sentinels_and_primary_with_a_password_as_helm_charts_set_them_up() {
+    let setup = PrivateRedisSentinel::start_with_password(Some("s3cret"));
+    let port = setup.sentinel_port;
+    let with_both =
+        format!("redis+sentinel://:s3cret@127.0.0.1:{port}/cache?sentinel_password=s3cret");
+    let cache = RedisRemoteCache::connect(&with_both, "auth:")
+        .await
+        .unwrap();
+    cache
+        .put_many(vec![("k".to_owned(), Bytes::from_static(b"v"))], 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        setup.cli(setup.primary_port, &["GET", "auth:k"]).trim(),
+        "v"
+    );
+
+    for (url, says) in [
+        (
+            format!("redis+sentinel://:s3cret@127.0.0.1:{port}/cache"),
+            "sentinel_password",
+        ),
+        (
+            format!("redis+sentinel://127.0.0.1:{port}/cache?sentinel_password=s3cret"),
+            "check the password in the URL",
+        ),
+    ] {
+        let error = match RedisRemoteCache::connect(&url, "p:").await {
+            Ok(_) => panic!("{url} logged in with a password missing"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains("refused the login") && error.contains(says),
+            "{url}: {error}"
+        );
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+}
