@@ -65,35 +65,28 @@ impl PrivateRedisCluster {
         };
         for index in 0..NODES {
             let (port, bus_port) = (free_port(), free_port());
-            let node = Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-port", &bus_port.to_string()])
-                .arg("--cluster-config-file")
-                .arg(cluster.dir.path().join(format!("nodes-{index}.conf")))
-                .arg("--dir")
-                .arg(cluster.dir.path())
-                .args(["--save", "", "--appendonly", "no"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect(
-                    "cannot run redis-server; install Redis (Debian: apt install redis-server)",
-                );
+            let config_file = cluster.dir.path().join(format!("nodes-{index}.conf"));
+            let config_file = config_file.to_string_lossy();
+            let node = redis_server(
+                port,
+                cluster.dir.path(),
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus_port.to_string(),
+                    "--cluster-config-file",
+                    &config_file,
+                ],
+            );
             cluster.ports.push(port);
             cluster.bus_ports.push(bus_port);
             cluster.nodes.push(node);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
         for &port in &cluster.ports {
-            while cli(port, &["PING"]).trim() != "PONG" {
-                assert!(
-                    Instant::now() < deadline,
-                    "redis-server on {port} did not start"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_until(10, &format!("redis-server on {port} did not start"), || {
+                cli(port, &["PING"]).trim() == "PONG"
+            });
         }
         // What `redis-cli --cluster create` does, without its waits: slots split in three,
         // then the first node meets the others.
@@ -129,15 +122,10 @@ impl PrivateRedisCluster {
             );
             assert_eq!(answer.trim(), "OK", "CLUSTER MEET {port}: {answer}");
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
         for &port in &cluster.ports {
-            while !cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
-                assert!(
-                    Instant::now() < deadline,
-                    "the private Redis Cluster did not form within 20 s"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait_until(20, "the private Redis Cluster did not form", || {
+                cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            });
         }
         cluster
     }
