@@ -45,20 +45,7 @@ fn serve_reaches_nats_over_tls_with_a_private_ca_and_a_login() {
     );
 
     let ca = files.ca.display().to_string();
-    let server = ServerProcess::start_with(
-        &data_dir,
-        &[
-            "--storage-log",
-            &url,
-            "--event-store",
-            &url,
-            "--groups",
-            &url,
-            "--nats-tls-ca",
-            &ca,
-        ],
-        &[],
-    );
+    let server = serve_with_every_nats_store_on(&data_dir, &url, &["--nats-tls-ca", &ca]);
     topics_and_streams_work(&server);
     let logs = server.logs.lock().unwrap().join("\n");
     assert!(!logs.contains(PASSWORD), "the password is not logged");
@@ -84,20 +71,7 @@ fn serve_logs_in_to_nats_in_operator_mode_with_a_credentials_file() {
     );
 
     let creds = creds.display().to_string();
-    let server = ServerProcess::start_with(
-        &data_dir,
-        &[
-            "--storage-log",
-            &url,
-            "--event-store",
-            &url,
-            "--groups",
-            &url,
-            "--nats-creds",
-            &creds,
-        ],
-        &[],
-    );
+    let server = serve_with_every_nats_store_on(&data_dir, &url, &["--nats-creds", &creds]);
     topics_and_streams_work(&server);
     let logs = server.logs.lock().unwrap().join("\n");
     let seed = login
@@ -106,6 +80,14 @@ fn serve_logs_in_to_nats_in_operator_mode_with_a_credentials_file() {
         .find(|l| l.starts_with("SU"))
         .unwrap();
     assert!(!logs.contains(seed), "the seed is not logged");
+}
+
+/// `proteus serve` with its log, event store and groups on the NATS at `url`, and `login`
+/// (the flags that reach it).
+fn serve_with_every_nats_store_on(data_dir: &Path, url: &str, login: &[&str]) -> ServerProcess {
+    let mut args = vec!["--storage-log", url, "--event-store", url, "--groups", url];
+    args.extend_from_slice(login);
+    ServerProcess::start_with(data_dir, &args, &[])
 }
 
 /// Runs `proteus serve` on `data_dir` with `args` and `env` (and no `PGPASSWORD` of this
