@@ -202,22 +202,18 @@ impl PrivatePostgres {
     }
 
     /// Makes `user` (created here) log in with `password` only (`scram-sha-256` in
-    /// `pg_hba.conf`, reloaded); other users keep trust authentication.
+    /// `pg_hba.conf`), and restarts the server; other users keep trust authentication.
     pub async fn require_password(&self, user: &str, password: &str) {
-        let admin = self.admin().await;
-        admin
+        self.admin()
+            .await
             .batch_execute(&format!(
                 "SET password_encryption = 'scram-sha-256'; CREATE ROLE \"{user}\" LOGIN SUPERUSER PASSWORD '{password}'"
             ))
             .await
             .expect("cannot create the role");
         self.authenticate_first(&format!("host all {user} 127.0.0.1/32 scram-sha-256"));
-        admin
-            .batch_execute("SELECT pg_reload_conf()")
-            .await
-            .expect("cannot reload pg_hba.conf");
-        // The postmaster reloads on SIGHUP, a moment after the call returns.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A restart rather than a reload: it returns once the server answers with the rule.
+        self.restart().await;
     }
 
     /// A connection as the `postgres` superuser (trust authentication).

@@ -2,35 +2,14 @@
 //! that answers is used, and `target_session_attrs=read-write` passes over a read-only one
 //! (on which opening a store fails, its migrations being writes).
 
-use proteus_postgres::test_support::{PrivatePostgres, unique_name};
-use proteus_postgres::{Connection, Migrations};
-
-const NO_MIGRATIONS: Migrations = Migrations {
-    table: "hosts_test_migrations",
-    what: "hosts test",
-    list: &[],
-};
+use proteus_postgres::test_support::PrivatePostgres;
 
 /// The port of the server the pool's connection reached.
 async fn port_reached(url: &str) -> Result<i32, String> {
-    let connection = Connection {
-        url: url.to_owned(),
-        application_name: "proteus-it-hosts",
-        pool_size_max: 1,
-        connect_timeout_ms: 5_000,
-        pool_wait_timeout_ms: 5_000,
-        statement_timeout_ms: 5_000,
-    };
-    let pool = connection
-        .open(&unique_name("hosts"), &NO_MIGRATIONS)
+    let port = crate::ask_pooled(url, "SELECT current_setting('port')")
         .await
         .map_err(|e| e.to_string())?;
-    let client = pool.get().await.map_err(|e| e.to_string())?;
-    let row = client
-        .query_one("SELECT current_setting('port')::int", &[])
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(row.get(0))
+    Ok(port.parse().expect("a port number"))
 }
 
 #[tokio::test]
@@ -44,16 +23,13 @@ async fn the_first_host_that_answers_is_used_and_read_write_skips_a_read_only_on
 
     // The first server turns read-only, as a standby is: opening on it fails (migrations
     // write), and read-write passes over it to the second.
-    let admin = first.admin().await;
-    admin
+    first
+        .admin()
+        .await
         .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
         .await
         .unwrap();
-    admin
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    first.restart().await;
     let both = format!("postgres://postgres@127.0.0.1:{p1},127.0.0.1:{p2}/postgres");
     let refused = port_reached(&both).await.unwrap_err();
     assert!(

@@ -3,15 +3,9 @@
 //! `Connection::open` (the migrating connection, then the pool), as every adapter's do, and
 //! the server itself says whether the connection is encrypted (`pg_stat_ssl`).
 
-use proteus_postgres::test_support::{PrivatePostgres, unique_name};
-use proteus_postgres::{Connection, Migrations, PgError};
+use proteus_postgres::PgError;
+use proteus_postgres::test_support::PrivatePostgres;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-
-const NO_MIGRATIONS: Migrations = Migrations {
-    table: "tls_test_migrations",
-    what: "TLS test",
-    list: &[],
-};
 
 /// A CA, and a server certificate for `localhost` it signed (PEM).
 struct Certificates {
@@ -36,27 +30,15 @@ fn certificates() -> Certificates {
     }
 }
 
-/// Opens a pool on `url` (the migrating connection first) and asks the server whether the
-/// pooled connection is encrypted.
+/// Opens a pool on `url` as every adapter does and asks the server whether the pooled
+/// connection is encrypted.
 async fn encrypted(url: &str) -> Result<bool, PgError> {
-    let connection = Connection {
-        url: url.to_owned(),
-        application_name: "proteus-it-tls",
-        pool_size_max: 1,
-        connect_timeout_ms: 5_000,
-        pool_wait_timeout_ms: 5_000,
-        statement_timeout_ms: 5_000,
-    };
-    let pool = connection.open(&unique_name("tls"), &NO_MIGRATIONS).await?;
-    let client = pool.get().await.expect("a pooled connection");
-    let row = client
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .expect("pg_stat_ssl");
-    Ok(row.get(0))
+    let ssl = crate::ask_pooled(
+        url,
+        "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .await?;
+    Ok(ssl == "true")
 }
 
 #[tokio::test]
