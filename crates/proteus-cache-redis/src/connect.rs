@@ -11,8 +11,8 @@ use proteus_cache::CacheError;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
+use crate::START_HINT;
 use crate::sentinel::{self, SentinelConnection};
-use crate::{START_HINT, redact};
 
 /// The TLS files of a `rediss://` connection, all optional (PEM).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -97,7 +97,7 @@ pub(crate) async fn open(url: &str, shown: &str, tls: &RedisTls) -> Result<Conne
             .map_err(|e| connect_error(e, shown, false))?;
         return Ok(connection);
     }
-    let nodes = cluster_nodes(url).map_err(CacheError::Unavailable)?;
+    let nodes = cluster_nodes(url, shown).map_err(CacheError::Unavailable)?;
     let over_tls = url.starts_with("rediss://") || url.starts_with("rediss+cluster://");
     if over_tls {
         // The redis crate builds its TLS configuration with rustls's process-wide provider,
@@ -258,10 +258,21 @@ fn connect_error(error: redis::RedisError, shown: &str, over_tls: bool) -> Cache
     ))
 }
 
+/// The login (`user:password@`, or empty) and the hosts of an authority that lists several,
+/// `[user:password@]h1:p1,h2:p2`; `None` if a host is empty.
+pub(crate) fn login_and_hosts(authority: &str) -> Option<(&str, Vec<&str>)> {
+    let (login, hosts) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
+    };
+    let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+    (!hosts.iter().any(|host| host.is_empty())).then_some((login, hosts))
+}
+
 /// The seed nodes of a cluster URL, as the redis crate takes them: `redis+cluster://[user:
 /// password@]h1:p1,h2:p2` gives `redis://[user:password@]h1:p1` and the same for `h2:p2`
 /// (`rediss` for `rediss+cluster`). `Ok(None)`: not a cluster URL.
-fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
+fn cluster_nodes(url: &str, shown: &str) -> Result<Option<Vec<String>>, String> {
     let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
         ("redis", rest)
     } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
@@ -269,52 +280,51 @@ fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
     } else {
         return Ok(None);
     };
-    let shown = redact(url);
     let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
     if !matches!(database, "" | "0") {
         return Err(format!(
             "{shown}: a Redis Cluster has only database 0; remove /{database}"
         ));
     }
-    let (login, hosts) = match authority.rsplit_once('@') {
-        Some((login, hosts)) => (format!("{login}@"), hosts),
-        None => (String::new(), authority),
-    };
-    let nodes: Vec<String> = hosts
-        .split(',')
-        .map(str::trim)
-        .map(|host| format!("{scheme}://{login}{host}"))
-        .collect();
-    if hosts.split(',').any(|host| host.trim().is_empty()) {
-        return Err(format!(
+    let (login, hosts) = login_and_hosts(authority).ok_or_else(|| {
+        format!(
             "{shown}: an empty node; write redis+cluster://HOST:PORT,HOST:PORT (one node is enough to find the others)"
-        ));
-    }
-    Ok(Some(nodes))
+        )
+    })?;
+    Ok(Some(
+        hosts
+            .into_iter()
+            .map(|host| format!("{scheme}://{login}{host}"))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::cluster_nodes;
 
+    fn nodes(url: &str) -> Result<Option<Vec<String>>, String> {
+        cluster_nodes(url, &crate::redact(url))
+    }
+
     #[test]
     fn cluster_urls_give_one_node_url_each_with_the_login() {
-        assert_eq!(cluster_nodes("redis://h:6379").unwrap(), None);
+        assert_eq!(nodes("redis://h:6379").unwrap(), None);
         assert_eq!(
-            cluster_nodes("redis+cluster://u:p%40ss@a:7000,b:7001/").unwrap(),
+            nodes("redis+cluster://u:p%40ss@a:7000,b:7001/").unwrap(),
             Some(vec![
                 "redis://u:p%40ss@a:7000".to_owned(),
                 "redis://u:p%40ss@b:7001".to_owned()
             ])
         );
         assert_eq!(
-            cluster_nodes("rediss+cluster://cfg.example.com:6379").unwrap(),
+            nodes("rediss+cluster://cfg.example.com:6379").unwrap(),
             Some(vec!["rediss://cfg.example.com:6379".to_owned()])
         );
-        let error = cluster_nodes("redis+cluster://:secret@a:7000/3").unwrap_err();
+        let error = nodes("redis+cluster://:secret@a:7000/3").unwrap_err();
         assert!(error.contains("only database 0"), "{error}");
         assert!(!error.contains("secret"), "{error}");
-        let error = cluster_nodes("redis+cluster://a:7000,,b:7001").unwrap_err();
+        let error = nodes("redis+cluster://a:7000,,b:7001").unwrap_err();
         assert!(error.contains("an empty node"), "{error}");
     }
 }

@@ -65,17 +65,12 @@ pub(crate) fn parse(url: &str, shown: &str) -> Result<Option<SentinelUrl>, Strin
             "{shown}: database {database:?} is not a number; {usage}"
         ));
     }
-    let (login, hosts) = match authority.rsplit_once('@') {
-        Some((login, hosts)) => (format!("{login}@"), hosts),
-        None => (String::new(), authority),
-    };
-    if hosts.split(',').any(|host| host.trim().is_empty()) {
-        return Err(format!("{shown}: an empty Sentinel address; {usage}"));
-    }
+    let (login, hosts) = crate::connect::login_and_hosts(authority)
+        .ok_or_else(|| format!("{shown}: an empty Sentinel address; {usage}"))?;
     Ok(Some(SentinelUrl {
         sentinels: hosts
-            .split(',')
-            .map(|host| format!("redis://{sentinel_login}{}", host.trim()))
+            .into_iter()
+            .map(|host| format!("redis://{sentinel_login}{host}"))
             .collect(),
         primary_name: primary_name.to_owned(),
         primary_login: format!("redis://{login}primary/{database}"),

@@ -12,16 +12,15 @@ use proteus_cache::conformance::CacheHarness;
 use proteus_cache_redis::RedisRemoteCache;
 use proteus_cache_redis::test_support::{PrivateRedisCluster, cli};
 
+/// Keys need no cleaning up: the cluster goes with the harness.
 struct ClusterHarness {
     cluster: PrivateRedisCluster,
-    opened: tokio::sync::Mutex<Vec<RedisRemoteCache>>,
 }
 
 impl ClusterHarness {
     fn start() -> ClusterHarness {
         ClusterHarness {
             cluster: PrivateRedisCluster::start(),
-            opened: tokio::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -32,7 +31,6 @@ impl CacheHarness for ClusterHarness {
         let cache = RedisRemoteCache::connect(&self.cluster.url(), &format!("{namespace}:"))
             .await
             .expect("the private Redis Cluster");
-        self.opened.lock().await.push(cache.clone());
         Arc::new(cache)
     }
 }
