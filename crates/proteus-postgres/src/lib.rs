@@ -12,6 +12,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
+pub mod environment;
 pub mod tls;
 pub use tls::Tls;
 
@@ -93,7 +94,7 @@ pub fn retriable(code: &SqlState) -> bool {
 /// a connection to the server at `url` (named without its password: a deployment may use
 /// several PostgreSQL servers, one per store).
 pub fn pg(error: tokio_postgres::Error, what: &str, url: &str) -> PgError {
-    let server = redact(url);
+    let server = described(url);
     if let Some(db) = error.as_db_error() {
         let retry = retriable(db.code());
         // 25006: a write on a server that takes none, most often a standby named first.
@@ -134,7 +135,7 @@ pub fn pg(error: tokio_postgres::Error, what: &str, url: &str) -> PgError {
 /// password, since this is where an unreachable server shows).
 pub fn pool_error(error: deadpool_postgres::PoolError, what: &str, url: &str) -> PgError {
     use deadpool_postgres::PoolError;
-    let server = redact(url);
+    let server = described(url);
     match error {
         PoolError::Backend(error) => {
             if let Some(failed) = tls_error(&error, url) {
@@ -188,7 +189,7 @@ fn tls_error(error: &tokio_postgres::Error, url: &str) -> Option<PgError> {
     Some(PgError {
         message: format!(
             "TLS with PostgreSQL at {} failed: {text}; {}",
-            redact(url),
+            described(url),
             tls::hint(&text)
         ),
         retriable: !configuration,
@@ -202,7 +203,7 @@ fn connect_error(error: &tokio_postgres::Error, url: &str) -> PgError {
     if let Some(failed) = tls_error(error, url) {
         return failed;
     }
-    let server = redact(url);
+    let server = described(url);
     if let Some(db) = error.as_db_error() {
         let code = db.code().code();
         let fix = match code {
@@ -213,7 +214,7 @@ fn connect_error(error: &tokio_postgres::Error, url: &str) -> PgError {
                 "; create the role (CREATE ROLE name LOGIN) or put an existing user in the URL"
             }
             "28P01" => {
-                "; check the password in the URL (postgres://user:password@host/db) or in PGPASSWORD"
+                "; check the password in the URL (postgres://user:password@host/db), in PGPASSWORD or in the password file (~/.pgpass, or the file PGPASSFILE names)"
             }
             "3D000" => {
                 "; create the database (CREATE DATABASE name) or name an existing one in the URL"
@@ -238,7 +239,7 @@ fn connect_error(error: &tokio_postgres::Error, url: &str) -> PgError {
         .is_some_and(|cause| cause.to_string().contains("password missing"));
     if missing_password {
         return PgError::permanent(format!(
-            "PostgreSQL at {server} asks for a password and none is given: put it in the URL (postgres://user:password@host/db) or in PGPASSWORD"
+            "PostgreSQL at {server} asks for a password and none is given: put it in the URL (postgres://user:password@host/db), in PGPASSWORD or in the password file (~/.pgpass, or the file PGPASSFILE names)"
         ));
     }
     PgError {
@@ -284,25 +285,33 @@ pub async fn check_health(pool: &Pool, url: &str, timeout: Duration) -> Result<(
             };
             Err(format!(
                 "PostgreSQL at {} did not answer SELECT 1 within {} ms{busy}",
-                redact(url),
+                described(url),
                 timeout.as_millis()
             ))
         }
     }
 }
 
+/// `url` without its password, for messages, with where its host came from when libpq's
+/// environment gave it (a bare `postgres://` names no server).
+pub fn described(url: &str) -> String {
+    let shown = redact(url);
+    match environment::host_from_environment(url, &|name| std::env::var(name).ok()) {
+        Some(host) => format!("{shown} ({host})"),
+        None => shown,
+    }
+}
+
 /// The driver's configuration for `url` (libpq's TLS settings taken out, see [`tls`]) and
 /// the TLS connector they ask for, or why the URL is refused. As libpq does, what the URL
-/// leaves out comes from `PGUSER`, `PGPASSWORD` and the `PGSSL*` variables, so a password can
-/// live in a secret's variable instead of the URL.
+/// leaves out comes from libpq's environment variables and password file (see
+/// [`environment`]), so a password, or every part of the connection, can live in a secret's
+/// variables instead of the URL.
 pub fn driver(url: &str) -> Result<(tokio_postgres::Config, Tls), String> {
     driver_with(url, &|name| std::env::var(name).ok())
 }
 
-fn driver_with(
-    url: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(tokio_postgres::Config, Tls), String> {
+fn driver_with(url: &str, env: environment::Env) -> Result<(tokio_postgres::Config, Tls), String> {
     let invalid = |e: String| {
         format!(
             "the PostgreSQL URL {} is invalid: {e}; use the form postgres://user@host:5432/database",
@@ -310,21 +319,12 @@ fn driver_with(
         )
     };
     let (driver_url, settings) = tls::split(url, env).map_err(invalid)?;
+    let at = |e: String| format!("PostgreSQL at {}: {e}", redact(url));
+    let driver_url = environment::url_with_pgport(&driver_url, env).map_err(at)?;
     let mut config =
         tokio_postgres::Config::from_str(&driver_url).map_err(|e| invalid(e.to_string()))?;
-    let set = |name: &str| env(name).filter(|value| !value.is_empty());
-    if config.get_user().is_none()
-        && let Some(user) = set("PGUSER")
-    {
-        config.user(user);
-    }
-    if config.get_password().is_none()
-        && let Some(password) = set("PGPASSWORD")
-    {
-        config.password(password);
-    }
-    let tls =
-        tls::connector(&settings).map_err(|e| format!("PostgreSQL at {}: {e}", redact(url)))?;
+    environment::fill(&mut config, &driver_url, env).map_err(at)?;
+    let tls = tls::connector(&settings).map_err(at)?;
     Ok((config, tls))
 }
 

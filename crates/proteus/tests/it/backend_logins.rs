@@ -3,7 +3,8 @@
 //! file): the log, the event store and the groups all connect with what they are given (the
 //! URL's user and password and `--nats-tls-ca`; `--nats-creds`), and the server works as
 //! usual; without it, it does not start, and says which flag is missing. PostgreSQL: a
-//! password from `PGPASSWORD`, as libpq takes it, for a URL without one.
+//! password from `PGPASSWORD`, as libpq takes it, for a URL without one; and a bare
+//! `postgres://` completed from `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER` and a password file.
 
 use std::path::Path;
 use std::process::Command;
@@ -194,6 +195,74 @@ fn serve_takes_the_postgres_password_from_pgpassword_as_libpq_does() {
         &["--event-store", &url],
         &[("PGPASSWORD", PG_PASSWORD)],
     );
+    let http = reqwest::blocking::Client::new();
+    let appended = http
+        .post(format!("{}/v1/streams/order-1", server.url))
+        .json(&json!({"type": "OrderPlaced", "data": {"total": 3}}))
+        .send()
+        .unwrap();
+    assert_eq!(appended.status().as_u16(), 201);
+    let logs = server.logs.lock().unwrap().join("\n");
+    assert!(!logs.contains(PG_PASSWORD), "the password is not logged");
+}
+
+/// A URL that is only `postgres://`, everything else from libpq's variables and the password
+/// from a password file, as a Kubernetes operator's secret hands them to `psql`.
+#[test]
+fn serve_takes_a_whole_postgres_connection_from_libpq_variables_and_a_password_file() {
+    const PG_PASSWORD: &str = "pg-secret-from-pgpass";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let postgres = runtime.block_on(async {
+        let server = PrivatePostgres::start().await;
+        server.require_password("app", PG_PASSWORD).await;
+        server
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let password_file = dir.path().join("pgpass");
+    let port = postgres.port.to_string();
+    let write_password_file = |password: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            &password_file,
+            format!(
+                "# host:port:database:user:password\n127.0.0.1:{port}:postgres:app:{password}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let password_file_name = password_file.display().to_string();
+    let env = [
+        ("PGHOST", "127.0.0.1"),
+        ("PGPORT", port.as_str()),
+        ("PGDATABASE", "postgres"),
+        ("PGUSER", "app"),
+        ("PGPASSFILE", password_file_name.as_str()),
+    ];
+    let args = ["--event-store", "postgres://"];
+
+    let stderr = refused_start(&data_dir, &args, &[]);
+    assert!(stderr.contains("names no host"), "{stderr}");
+    assert!(stderr.contains("PGHOST"), "{stderr}");
+    write_password_file("wrong", 0o600);
+    let stderr = refused_start(&data_dir, &args, &env);
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("PGPASSFILE"), "{stderr}");
+    // The server is named by where its address came from: the URL alone names nothing.
+    assert!(
+        stderr.contains(&format!("(PGHOST=127.0.0.1, PGPORT={port})")),
+        "{stderr}"
+    );
+    write_password_file(PG_PASSWORD, 0o644);
+    let stderr = refused_start(&data_dir, &args, &env);
+    assert!(stderr.contains("chmod 0600"), "{stderr}");
+
+    write_password_file(PG_PASSWORD, 0o600);
+    let server = ServerProcess::start_with(&data_dir, &args, &env);
     let http = reqwest::blocking::Client::new();
     let appended = http
         .post(format!("{}/v1/streams/order-1", server.url))
