@@ -81,24 +81,11 @@ impl Connection {
 
 /// Opens `url` (`shown`: the same without its password).
 pub(crate) async fn open(url: &str, shown: &str, tls: &RedisTls) -> Result<Connection, CacheError> {
-    if let Some(sentinel_url) = sentinel::parse(url, shown).map_err(CacheError::Unavailable)? {
-        if !tls.is_empty() {
-            return Err(CacheError::Unavailable(format!(
-                "TLS files are given for Redis at {shown}, and TLS through Sentinel is not supported: remove them, or use rediss:// to a name that follows the primary"
-            )));
-        }
-        let connection = SentinelConnection::new(&sentinel_url).map_err(|e| {
-            CacheError::Unavailable(format!("invalid Redis Sentinel URL {shown}: {e}"))
-        })?;
-        let connection = Connection::Sentinel(Arc::new(connection));
-        connection
-            .query::<String>(&redis::cmd("PING"))
-            .await
-            .map_err(|e| connect_error(e, shown, false))?;
-        return Ok(connection);
-    }
+    let sentinel_url = sentinel::parse(url, shown).map_err(CacheError::Unavailable)?;
     let nodes = cluster_nodes(url, shown).map_err(CacheError::Unavailable)?;
-    let over_tls = url.starts_with("rediss://") || url.starts_with("rediss+cluster://");
+    let over_tls = ["rediss://", "rediss+cluster://", "rediss+sentinel://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme));
     if over_tls {
         // The redis crate builds its TLS configuration with rustls's process-wide provider,
         // which rustls picks by itself only when exactly one is compiled in; say which.
@@ -106,6 +93,17 @@ pub(crate) async fn open(url: &str, shown: &str, tls: &RedisTls) -> Result<Conne
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     let certificates = certificates(tls, over_tls, shown)?;
+    if let Some(sentinel_url) = sentinel_url {
+        let connection = SentinelConnection::new(&sentinel_url, certificates).map_err(|e| {
+            CacheError::Unavailable(format!("invalid Redis Sentinel URL {shown}: {e}"))
+        })?;
+        let connection = Connection::Sentinel(Arc::new(connection));
+        connection
+            .query::<String>(&redis::cmd("PING"))
+            .await
+            .map_err(|e| connect_error(e, shown, over_tls))?;
+        return Ok(connection);
+    }
     let invalid = |e: redis::RedisError| {
         CacheError::Unavailable(format!(
             "invalid Redis URL {shown}: {e}; use the form redis://HOST:PORT[/DB] (rediss:// for TLS), or redis+cluster://HOST:PORT,HOST:PORT for a Redis Cluster"
@@ -174,7 +172,7 @@ fn certificates(
     }
     if !over_tls {
         return refuse(format!(
-            "TLS files are given for Redis at {shown}, whose URL does not ask for TLS: write it rediss://… (rediss+cluster://… for a cluster)"
+            "TLS files are given for Redis at {shown}, whose URL does not ask for TLS: write it rediss://… (rediss+cluster://… for a cluster, rediss+sentinel://… through Sentinel)"
         ));
     }
     let client_tls = match (&tls.cert_file, &tls.key_file) {

@@ -1,5 +1,5 @@
 //! Redis behind Sentinel (`redis+sentinel://[user:password@]s1:26379[,s2:26379]/PRIMARY[/DB]
-//! [?sentinel_password=…]`):
+//! [?sentinel_password=…]`, `rediss+sentinel://` with TLS to the Sentinels and the primary):
 //! the Sentinels name the current primary, and after any failed call the connection is dropped
 //! and the primary asked for again, so a failover costs the calls in flight at that moment
 //! (a cache miss each) and nothing after. The redis crate's own Sentinel client finds the
@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, TlsCertificates, TlsMode};
 use tokio::sync::Mutex;
 
 /// Bound of one connection attempt to the primary, and of each command's answer.
@@ -19,26 +19,28 @@ const RESPONSE_TIMEOUT_MS: u64 = 5_000;
 /// What a `redis+sentinel://` URL says.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct SentinelUrl {
-    /// `redis://[:sentinel_password@]host:port` of each Sentinel.
+    /// `redis://[:sentinel_password@]host:port` of each Sentinel (`rediss://` over TLS).
     pub(crate) sentinels: Vec<String>,
     /// The name the Sentinels monitor the primary under (`sentinel monitor NAME …`).
     pub(crate) primary_name: String,
     /// `redis://[user:password@]primary/DB`: the login and database for the primary, whose
     /// host is a placeholder (the Sentinels give the address).
     pub(crate) primary_login: String,
+    /// `rediss+sentinel://`: TLS to the Sentinels and to the primary they name.
+    pub(crate) tls: bool,
 }
 
 /// `Ok(None)`: not a Sentinel URL.
 pub(crate) fn parse(url: &str, shown: &str) -> Result<Option<SentinelUrl>, String> {
-    let Some(rest) = url.strip_prefix("redis+sentinel://") else {
-        if url.starts_with("rediss+sentinel://") {
-            return Err(format!(
-                "{shown}: TLS through Sentinel is not supported; use redis+sentinel:// on a trusted network, or rediss:// to a name that follows the primary"
-            ));
-        }
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("rediss+sentinel://") {
+        (rest, true)
+    } else {
         return Ok(None);
     };
-    let usage = "write redis+sentinel://[user:password@]SENTINEL:26379[,SENTINEL:26379]/PRIMARY_NAME[/DB][?sentinel_password=PASSWORD]";
+    let scheme = if tls { "rediss" } else { "redis" };
+    let usage = "write redis+sentinel://[user:password@]SENTINEL:26379[,SENTINEL:26379]/PRIMARY_NAME[/DB][?sentinel_password=PASSWORD] (rediss+sentinel:// for TLS)";
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let mut sentinel_login = String::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -70,10 +72,11 @@ pub(crate) fn parse(url: &str, shown: &str) -> Result<Option<SentinelUrl>, Strin
     Ok(Some(SentinelUrl {
         sentinels: hosts
             .into_iter()
-            .map(|host| format!("redis://{sentinel_login}{host}"))
+            .map(|host| format!("{scheme}://{sentinel_login}{host}"))
             .collect(),
         primary_name: primary_name.to_owned(),
         primary_login: format!("redis://{login}primary/{database}"),
+        tls,
     }))
 }
 
@@ -84,21 +87,47 @@ pub(crate) struct SentinelConnection {
 }
 
 impl SentinelConnection {
-    pub(crate) fn new(url: &SentinelUrl) -> redis::RedisResult<SentinelConnection> {
-        let login = url
-            .primary_login
-            .as_str()
-            .into_connection_info()?
-            .redis_settings()
-            .clone();
-        let sentinels = SentinelClient::build(
-            url.sentinels.clone(),
-            url.primary_name.clone(),
-            Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(login)),
+    /// `certificates`: the CA and client certificate of a `rediss+sentinel://` URL, used with
+    /// the Sentinels and with the primary alike.
+    pub(crate) fn new(
+        url: &SentinelUrl,
+        certificates: Option<TlsCertificates>,
+    ) -> redis::RedisResult<SentinelConnection> {
+        let primary_login = url.primary_login.as_str().into_connection_info()?;
+        let primary_login = primary_login.redis_settings();
+        let sentinels = url
+            .sentinels
+            .iter()
+            .map(|sentinel| sentinel.as_str().into_connection_info())
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        let mut builder = SentinelClientBuilder::new(
+            sentinels.iter().map(|sentinel| sentinel.addr().clone()),
+            &url.primary_name,
             SentinelServerType::Master,
-        )?;
+        )?
+        .set_client_to_redis_db(primary_login.db());
+        if let Some(password) = sentinels
+            .first()
+            .and_then(|sentinel| sentinel.redis_settings().password())
+        {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+        if let Some(username) = primary_login.username() {
+            builder = builder.set_client_to_redis_username(username);
+        }
+        if let Some(password) = primary_login.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if url.tls {
+            builder = builder.set_client_to_redis_tls_mode(TlsMode::Secure);
+            if let Some(certificates) = certificates {
+                builder = builder
+                    .set_client_to_sentinel_certificates(certificates.clone())
+                    .set_client_to_redis_certificates(certificates);
+            }
+        }
         Ok(SentinelConnection {
-            sentinels: Mutex::new(sentinels),
+            sentinels: Mutex::new(builder.build()?),
             primary: Mutex::new(None),
         })
     }
@@ -144,6 +173,7 @@ mod tests {
                 sentinels: vec!["redis://s1:26379".into(), "redis://s2:26380".into()],
                 primary_name: "cache".into(),
                 primary_login: "redis://:pw@primary/2".into(),
+                tls: false,
             })
         );
         assert_eq!(
@@ -156,6 +186,11 @@ mod tests {
             .sentinels,
             vec!["redis://:p%40ss@s1:26379".to_owned()]
         );
+        let over_tls = parse("rediss+sentinel://s1:26379/cache", "x")
+            .unwrap()
+            .unwrap();
+        assert_eq!(over_tls.sentinels, vec!["rediss://s1:26379".to_owned()]);
+        assert!(over_tls.tls);
         for secret in [
             "redis+sentinel://app:pw@s1:26379/cache",
             "redis+sentinel://s1:26379/cache?sentinel_password=pw",
@@ -174,10 +209,6 @@ mod tests {
             (
                 "redis+sentinel://s1/cache?password=x",
                 "unknown option \"password\"",
-            ),
-            (
-                "rediss+sentinel://s1/cache",
-                "TLS through Sentinel is not supported",
             ),
         ] {
             let error = parse(url, url).unwrap_err();

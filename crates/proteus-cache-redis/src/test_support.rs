@@ -1,6 +1,8 @@
-//! What tests share (feature `test-support`, for tests only): a Redis Cluster of a test's
-//! own, and a primary with a replica watched by a Sentinel.
+//! What tests share (feature `test-support`, for tests only): a `redis-server` of a test's
+//! own (plain or TLS-only), a Redis Cluster, and a primary with a replica watched by a
+//! Sentinel (plain or over TLS).
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,10 +44,18 @@ pub fn cli(port: u16, args: &[&str]) -> String {
 
 /// `redis-cli -p PORT [-a PASSWORD] ARGS…`, its output.
 pub fn cli_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    cli_with(port, password, None, args)
+}
+
+/// `redis-cli`, over TLS trusting `tls_ca` when one is given.
+fn cli_with(port: u16, password: Option<&str>, tls_ca: Option<&Path>, args: &[&str]) -> String {
     let mut command = Command::new("redis-cli");
     command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
     if let Some(password) = password {
         command.args(["--no-auth-warning", "-a", password]);
+    }
+    if let Some(ca) = tls_ca {
+        command.args(["--tls", "--cacert"]).arg(ca);
     }
     let output = command
         .args(args)
@@ -70,6 +80,7 @@ impl PrivateRedisCluster {
             let node = redis_server(
                 port,
                 cluster.dir.path(),
+                None,
                 &[
                     "--cluster-enabled",
                     "yes",
@@ -151,10 +162,44 @@ fn wait_until(seconds: u64, what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// A `redis-server` on `port` (more flags in `args`), its output discarded.
-fn redis_server(port: u16, dir: &std::path::Path, args: &[&str]) -> Child {
+/// The files of a TLS-only `redis-server` (PEM): its certificate (valid for 127.0.0.1) and
+/// key, and the CA that signed them, which also signs the certificates of clients it checks.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `tls-auth-clients yes`: a client must show a certificate the CA signed.
+    pub check_clients: bool,
+}
+
+impl ServerTls {
+    /// Its settings as configuration lines (`tls-port`, the files, and TLS for replication,
+    /// so a replica and a Sentinel reach a primary that speaks only TLS).
+    fn config_lines(&self, port: u16) -> String {
+        format!(
+            "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients {}\ntls-replication yes\n",
+            self.cert.display(),
+            self.key.display(),
+            self.ca.display(),
+            if self.check_clients { "yes" } else { "no" },
+        )
+    }
+}
+
+/// A `redis-server` on `port` (TLS only with `tls`; more flags in `args`), its output
+/// discarded. It may not be listening yet: see [`wait_for_port`].
+pub fn redis_server(port: u16, dir: &Path, tls: Option<&ServerTls>, args: &[&str]) -> Child {
+    // The configuration file holds the listening settings: redis-server reads it before the
+    // command line's flags.
+    let config = dir.join(format!("redis-{port}.conf"));
+    let listen = match tls {
+        Some(tls) => tls.config_lines(port),
+        None => format!("port {port}\n"),
+    };
+    std::fs::write(&config, format!("bind 127.0.0.1\n{listen}")).unwrap();
     Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .arg(&config)
         .arg("--dir")
         .arg(dir)
         .args(["--save", "", "--appendonly", "no"])
@@ -166,14 +211,23 @@ fn redis_server(port: u16, dir: &std::path::Path, args: &[&str]) -> Child {
         .expect("cannot run redis-server; install Redis (Debian: apt install redis-server)")
 }
 
+/// Waits (at most 10 s) until something listens on `port`.
+pub fn wait_for_port(port: u16) {
+    wait_until(10, &format!("nothing listens on port {port}"), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
 /// A primary, its replica and one Sentinel watching them under the name `cache` (quorum 1,
-/// down after 1 s), all on free ports, all asking for the same password if one is given (as
-/// the Bitnami Helm chart sets them up); killed (with their directory) when dropped.
+/// down after 1 s), all on free ports, all asking for the same password if one is given and
+/// all speaking only TLS if asked (as the Bitnami Helm chart sets them up); killed (with their
+/// directory) when dropped.
 pub struct PrivateRedisSentinel {
     pub primary_port: u16,
     pub replica_port: u16,
     pub sentinel_port: u16,
     password: Option<String>,
+    tls: Option<ServerTls>,
     processes: Vec<Child>,
     _dir: tempfile::TempDir,
 }
@@ -195,29 +249,39 @@ impl PrivateRedisSentinel {
     }
 
     pub fn start_with_password(password: Option<&str>) -> PrivateRedisSentinel {
+        Self::start_with(password, None)
+    }
+
+    /// With `tls`, every process listens on TLS only, replicates over it, and the Sentinel
+    /// watches the primary over it.
+    pub fn start_with(password: Option<&str>, tls: Option<ServerTls>) -> PrivateRedisSentinel {
         let dir = tempfile::tempdir().unwrap();
         let (primary_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
         let auth: Vec<&str> = match password {
             Some(password) => vec!["--requirepass", password, "--masterauth", password],
             None => Vec::new(),
         };
-        let primary = redis_server(primary_port, dir.path(), &auth);
+        let primary = redis_server(primary_port, dir.path(), tls.as_ref(), &auth);
         let replica_dir = dir.path().join("replica");
         std::fs::create_dir(&replica_dir).unwrap();
         let primary_port_text = primary_port.to_string();
         let mut replica_args = vec!["--replicaof", "127.0.0.1", &primary_port_text];
         replica_args.extend(&auth);
-        let replica = redis_server(replica_port, &replica_dir, &replica_args);
+        let replica = redis_server(replica_port, &replica_dir, tls.as_ref(), &replica_args);
         // Sentinel rewrites its configuration file: it needs one of its own.
         let config = dir.path().join("sentinel.conf");
         let name = Self::PRIMARY_NAME;
         let sentinel_auth = password.map_or(String::new(), |password| {
             format!("sentinel auth-pass {name} {password}\nrequirepass {password}\n")
         });
+        let listen = match &tls {
+            Some(tls) => tls.config_lines(sentinel_port),
+            None => format!("port {sentinel_port}\n"),
+        };
         std::fs::write(
             &config,
             format!(
-                "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {primary_port} 1\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n{sentinel_auth}"
+                "{listen}bind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {primary_port} 1\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n{sentinel_auth}"
             ),
         )
         .unwrap();
@@ -234,6 +298,7 @@ impl PrivateRedisSentinel {
             replica_port,
             sentinel_port,
             password: password.map(str::to_owned),
+            tls,
             processes: vec![primary, replica, sentinel],
             _dir: dir,
         };
@@ -250,13 +315,20 @@ impl PrivateRedisSentinel {
 
     /// `redis-cli` on one of this setup's ports, with its password.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        cli_as(port, self.password.as_deref(), args)
+        let tls_ca = self.tls.as_ref().map(|tls| tls.ca.as_path());
+        cli_with(port, self.password.as_deref(), tls_ca, args)
     }
 
-    /// `redis+sentinel://127.0.0.1:SENTINEL/cache` (without the password).
+    /// `redis+sentinel://127.0.0.1:SENTINEL/cache` (`rediss+sentinel://` over TLS; without
+    /// the password).
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
         format!(
-            "redis+sentinel://127.0.0.1:{}/{}",
+            "{scheme}://127.0.0.1:{}/{}",
             self.sentinel_port,
             Self::PRIMARY_NAME
         )

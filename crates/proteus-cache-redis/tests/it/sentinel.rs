@@ -1,7 +1,7 @@
 //! The RemoteCache conformance suite on Redis found through Sentinel (`redis+sentinel://`),
 //! a primary, its replica and a Sentinel of each test's own, and what only Sentinel can show:
 //! after a failover the cache writes to the promoted replica, losing at most the calls in
-//! flight.
+//! flight; the same over TLS (`rediss+sentinel://`) with a CA made for the test.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use proteus_cache::RemoteCache;
 use proteus_cache::conformance::CacheHarness;
-use proteus_cache_redis::RedisRemoteCache;
-use proteus_cache_redis::test_support::{PrivateRedisSentinel, cli};
+use proteus_cache_redis::test_support::PrivateRedisSentinel;
+use proteus_cache_redis::{RedisRemoteCache, RedisTls};
 
 struct SentinelHarness {
     setup: PrivateRedisSentinel,
@@ -47,10 +47,42 @@ async fn after_a_failover_the_cache_writes_to_the_promoted_replica() {
     let cache = RedisRemoteCache::connect(&setup.url(), "failover:")
         .await
         .unwrap();
+    follows_a_failover(&setup, &cache).await;
+}
+
+#[tokio::test]
+async fn over_tls_the_cache_reaches_sentinels_and_primary_and_follows_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = crate::tls::make_certificates(dir.path());
+    let setup = PrivateRedisSentinel::start_with(None, Some(made.server.clone()));
+    assert!(setup.url().starts_with("rediss+sentinel://"));
+    let with_ca = RedisTls {
+        ca_file: Some(made.server.ca.clone()),
+        ..RedisTls::default()
+    };
+
+    let refused = crate::tls::refusal(&setup.url(), &RedisTls::default()).await;
+    assert!(
+        refused.contains("TLS with Redis") && refused.contains("--cache-tls-ca"),
+        "{refused}"
+    );
+    let plain = setup.url().replacen("rediss+", "redis+", 1);
+    let refused = crate::tls::refusal(&plain, &with_ca).await;
+    assert!(refused.contains("rediss+sentinel://"), "{refused}");
+
+    let cache = RedisRemoteCache::connect_with(&setup.url(), "failover:", &with_ca)
+        .await
+        .expect("the primary the Sentinel names, over TLS");
+    follows_a_failover(&setup, &cache).await;
+}
+
+/// Writes through `cache`, fails `setup` over, and checks that within 15 s and at most two
+/// failed calls the cache writes to and reads from the promoted replica.
+async fn follows_a_failover(setup: &PrivateRedisSentinel, cache: &RedisRemoteCache) {
     let one = |value: &'static [u8]| vec![("k".to_owned(), Bytes::from_static(value))];
     cache.put_many(one(b"before"), 60_000).await.unwrap();
     assert_eq!(
-        cli(setup.primary_port, &["GET", "failover:k"]).trim(),
+        setup.cli(setup.primary_port, &["GET", "failover:k"]).trim(),
         "before"
     );
 
@@ -64,7 +96,9 @@ async fn after_a_failover_the_cache_writes_to_the_promoted_replica() {
     let mut failed_calls = 0;
     loop {
         match cache.put_many(one(b"after"), 60_000).await {
-            Ok(()) if cli(setup.replica_port, &["GET", "failover:k"]).trim() == "after" => break,
+            Ok(()) if setup.cli(setup.replica_port, &["GET", "failover:k"]).trim() == "after" => {
+                break;
+            }
             Ok(()) => {}
             Err(_) => failed_calls += 1,
         }

@@ -4,18 +4,19 @@
 //! certificates, and one that asks for a password.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proteus_cache::RemoteCache;
+use proteus_cache_redis::test_support::{ServerTls, redis_server, wait_for_port};
 use proteus_cache_redis::{RedisRemoteCache, RedisTls};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// A `redis-server` of the test's own; killed when dropped.
 struct PrivateRedis {
     port: u16,
-    child: Child,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for PrivateRedis {
@@ -25,79 +26,31 @@ impl Drop for PrivateRedis {
     }
 }
 
-enum Listen<'a> {
-    /// A plain port asking for this password (`requirepass`).
-    PlainWithPassword(&'static str),
-    /// A TLS port only, with the server's certificate and CA, checking clients' certificates
-    /// or not (`tls-auth-clients`).
-    Tls {
-        files: &'a TlsFilesIn,
-        check_clients: bool,
-    },
-}
-
-/// Where a test's CA, server certificate and key are.
-struct TlsFilesIn {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn start_redis(listen: Listen<'_>) -> PrivateRedis {
+/// A `redis-server` on a free port, TLS only with `tls`, more flags in `args`.
+fn start_redis(tls: Option<&ServerTls>, args: &[&str]) -> PrivateRedis {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .unwrap()
         .port();
-    let mut command = Command::new("redis-server");
-    command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-    match listen {
-        Listen::PlainWithPassword(password) => {
-            command.args(["--port", &port.to_string(), "--requirepass", password]);
-        }
-        Listen::Tls {
-            files,
-            check_clients,
-        } => {
-            command
-                .args(["--port", "0", "--tls-port", &port.to_string()])
-                .args([
-                    "--tls-auth-clients",
-                    if check_clients { "yes" } else { "no" },
-                ])
-                .arg("--tls-cert-file")
-                .arg(&files.cert)
-                .arg("--tls-key-file")
-                .arg(&files.key)
-                .arg("--tls-ca-cert-file")
-                .arg(&files.ca);
-        }
+    let dir = tempfile::tempdir().unwrap();
+    let child = redis_server(port, dir.path(), tls, args);
+    wait_for_port(port);
+    PrivateRedis {
+        port,
+        child,
+        _dir: dir,
     }
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot run redis-server; install Redis (Debian: apt install redis-server)");
-    let server = PrivateRedis { port, child };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the private redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server
 }
 
-/// A CA, the server's certificate for 127.0.0.1, and a client certificate, in `dir`.
-struct Made {
-    server: TlsFilesIn,
-    client_cert: PathBuf,
-    client_key: PathBuf,
+/// A CA, the server's certificate for 127.0.0.1 (not checking clients), and a client
+/// certificate, in `dir`.
+pub(crate) struct Made {
+    pub(crate) server: ServerTls,
+    pub(crate) client_cert: PathBuf,
+    pub(crate) client_key: PathBuf,
 }
 
-fn make_certificates(dir: &Path) -> Made {
+pub(crate) fn make_certificates(dir: &Path) -> Made {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -124,17 +77,19 @@ fn make_certificates(dir: &Path) -> Made {
     let (server_cert, server_key) = signed(vec!["127.0.0.1".to_owned()], "redis");
     let (client_cert, client_key) = signed(Vec::new(), "proteus");
     Made {
-        server: TlsFilesIn {
+        server: ServerTls {
             ca: write("ca.pem", ca.pem()),
             cert: write("redis.pem", server_cert),
             key: write("redis-key.pem", server_key),
+            check_clients: false,
         },
         client_cert: write("client.pem", client_cert),
         client_key: write("client-key.pem", client_key),
     }
 }
 
-async fn refusal(url: &str, tls: &RedisTls) -> String {
+/// What connecting to `url` with `tls` is refused with.
+pub(crate) async fn refusal(url: &str, tls: &RedisTls) -> String {
     match RedisRemoteCache::connect_with(url, "tls-test:", tls).await {
         Ok(_) => panic!("{url} was reached with {tls:?}"),
         Err(error) => error.to_string(),
@@ -145,10 +100,7 @@ async fn refusal(url: &str, tls: &RedisTls) -> String {
 async fn rediss_with_a_private_ca_is_trusted_when_named_and_refused_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let made = make_certificates(dir.path());
-    let server = start_redis(Listen::Tls {
-        files: &made.server,
-        check_clients: false,
-    });
+    let server = start_redis(Some(&made.server), &[]);
     let url = format!("rediss://127.0.0.1:{}", server.port);
     let with_ca = RedisTls {
         ca_file: Some(made.server.ca.clone()),
@@ -189,10 +141,11 @@ async fn rediss_with_a_private_ca_is_trusted_when_named_and_refused_otherwise() 
 async fn a_server_that_checks_clients_takes_the_client_certificate_and_refuses_without_it() {
     let dir = tempfile::tempdir().unwrap();
     let made = make_certificates(dir.path());
-    let server = start_redis(Listen::Tls {
-        files: &made.server,
+    let checking = ServerTls {
         check_clients: true,
-    });
+        ..made.server.clone()
+    };
+    let server = start_redis(Some(&checking), &[]);
     let url = format!("rediss://127.0.0.1:{}", server.port);
     let with_certificate = RedisTls {
         ca_file: Some(made.server.ca.clone()),
@@ -241,7 +194,7 @@ async fn a_server_that_checks_clients_takes_the_client_certificate_and_refuses_w
 
 #[tokio::test]
 async fn a_password_in_the_url_logs_in_and_a_wrong_one_says_so() {
-    let server = start_redis(Listen::PlainWithPassword("open-sesame"));
+    let server = start_redis(None, &["--requirepass", "open-sesame"]);
     let port = server.port;
 
     let cache = RedisRemoteCache::connect(&format!("redis://:open-sesame@127.0.0.1:{port}"), "p:")
