@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use proteus_cache::CacheError;
 use redis::aio::ConnectionManager;
-use redis::cluster_async::ClusterConnection;
 
 use crate::START_HINT;
+use crate::cluster::HealingCluster;
 use crate::sentinel::{self, SentinelConnection};
 
 /// The TLS files of a `rediss://` connection, all optional (PEM).
@@ -31,17 +31,27 @@ impl RedisTls {
     }
 }
 
-/// Bound of one connection attempt to a cluster node, and of each command's answer.
+/// Bound of one connection attempt to a cluster node, and of each command's answer (retries
+/// and redirections within the redis crate included).
 const CLUSTER_CONNECT_TIMEOUT_MS: u64 = 5_000;
 const CLUSTER_RESPONSE_TIMEOUT_MS: u64 = 5_000;
+/// Pauses before a cluster command is tried again after `TRYAGAIN` (a multi-key command on a
+/// slot being migrated), `CLUSTERDOWN` or a lost node: doubling from the first to the last.
+/// The redis crate's defaults start at 1.28 s: a call retried twice would take most of the
+/// response bound, where a cache call must be quick or fail.
+const CLUSTER_RETRY_WAIT_MIN_MS: u64 = 10;
+const CLUSTER_RETRY_WAIT_MAX_MS: u64 = 500;
+/// Most calls of one cache operation in flight at once on a cluster
+/// ([`Connection::query_each`]: the `SET`s of one write).
+const CLUSTER_CALLS_IN_FLIGHT_MAX: usize = 64;
 
 /// A connection that reconnects by itself: to one server, to a cluster (which also follows
-/// slots moving between nodes), or to the primary Sentinels name (found again after a
-/// failover).
+/// slots moving between nodes, and is replaced after a call times out: `cluster.rs`), or to
+/// the primary Sentinels name (found again after a failover).
 #[derive(Clone)]
 pub(crate) enum Connection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<HealingCluster>),
     Sentinel(Arc<SentinelConnection>),
 }
 
@@ -52,12 +62,26 @@ impl Connection {
     ) -> redis::RedisResult<T> {
         match self {
             Connection::Single(connection) => command.query_async(&mut connection.clone()).await,
-            Connection::Cluster(connection) => command.query_async(&mut connection.clone()).await,
+            Connection::Cluster(cluster) => cluster.query(command).await,
             Connection::Sentinel(sentinel) => {
                 let answer = command.query_async(&mut sentinel.primary().await?).await;
                 sentinel.settle(answer).await
             }
         }
+    }
+
+    /// Runs `commands` with at most [`CLUSTER_CALLS_IN_FLIGHT_MAX`] in flight, and returns
+    /// their answers in order.
+    pub(crate) async fn query_each<T: redis::FromRedisValue>(
+        &self,
+        commands: Vec<redis::Cmd>,
+    ) -> redis::RedisResult<Vec<T>> {
+        use futures_util::{StreamExt, TryStreamExt};
+        futures_util::stream::iter(commands)
+            .map(|command| async move { self.query::<T>(&command).await })
+            .buffered(CLUSTER_CALLS_IN_FLIGHT_MAX)
+            .try_collect()
+            .await
     }
 
     /// Runs `pipeline` on one server (not a cluster, whose slots one pipeline cannot span).
@@ -118,7 +142,10 @@ pub(crate) async fn open(url: &str, shown: &str, tls: &RedisTls) -> Result<Conne
     if let Some(nodes) = nodes {
         let mut builder = redis::cluster::ClusterClient::builder(nodes)
             .connection_timeout(Duration::from_millis(CLUSTER_CONNECT_TIMEOUT_MS))
-            .response_timeout(Duration::from_millis(CLUSTER_RESPONSE_TIMEOUT_MS));
+            .response_timeout(Duration::from_millis(CLUSTER_RESPONSE_TIMEOUT_MS))
+            .min_retry_wait(CLUSTER_RETRY_WAIT_MIN_MS)
+            .max_retry_wait(CLUSTER_RETRY_WAIT_MAX_MS)
+            .retry_wait_formula(CLUSTER_RETRY_WAIT_MIN_MS, 2);
         if let Some(certificates) = certificates {
             builder = builder.certs(certificates);
         }
@@ -129,12 +156,15 @@ pub(crate) async fn open(url: &str, shown: &str, tls: &RedisTls) -> Result<Conne
                 invalid(e)
             }
         })?;
-        let connection = client.get_async_connection().await.map_err(connect_error)?;
-        redis::cmd("PING")
-            .query_async::<redis::Value>(&mut connection.clone())
+        let cluster = HealingCluster::open(client, shown)
             .await
             .map_err(connect_error)?;
-        return Ok(Connection::Cluster(connection));
+        let connection = Connection::Cluster(Arc::new(cluster));
+        connection
+            .query::<redis::Value>(&redis::cmd("PING"))
+            .await
+            .map_err(connect_error)?;
+        return Ok(connection);
     }
     let client = match certificates {
         None => redis::Client::open(url).map_err(invalid)?,

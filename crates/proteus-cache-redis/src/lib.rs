@@ -1,10 +1,11 @@
 //! The [`RemoteCache`] port on Redis, one server (found through Sentinel or not) or a Redis
-//! Cluster: every key is prefixed by
-//! a namespace, reads are one `MGET`, writes one transaction of `SET key value PX ttl_ms` (on
-//! a cluster, the `SET`s sent together, since a transaction cannot span slots), deletes one
-//! `DEL` (a cluster connection splits `MGET` and `DEL` by node). The connection reconnects by
-//! itself after a loss.
+//! Cluster: every key is prefixed by a namespace, reads are one `MGET`, writes one transaction
+//! of `SET key value PX ttl_ms`, deletes one `DEL`. On a cluster, where a transaction cannot
+//! span slots and a multi-key command split by node stalled while slots moved, each key is its
+//! own `GET`, `SET` or `DEL`, at most 64 in flight. The connection reconnects by itself after a
+//! loss.
 
+mod cluster;
 mod connect;
 mod sentinel;
 #[cfg(feature = "test-support")]
@@ -175,11 +176,16 @@ impl RemoteCache for RedisRemoteCache {
             return Ok(Vec::new());
         }
         let full: Vec<String> = keys.iter().map(|k| self.full_key(k)).collect();
-        let values: Vec<Option<Vec<u8>>> = self
-            .connection
-            .query(redis::cmd("MGET").arg(&full))
-            .await
-            .map_err(unavailable)?;
+        let values: Vec<Option<Vec<u8>>> = match &self.connection {
+            // One GET per key: an MGET split by node by the redis crate's cluster connection
+            // stalled until the response bound whenever slots were moving.
+            Connection::Cluster(_) => {
+                let gets = full.iter().map(|key| redis::cmd("GET").arg(key).clone());
+                self.connection.query_each(gets.collect()).await
+            }
+            _ => self.connection.query(redis::cmd("MGET").arg(&full)).await,
+        }
+        .map_err(unavailable)?;
         if values.len() != keys.len() {
             return Err(CacheError::Unavailable(format!(
                 "redis answered {} values to an MGET of {} keys",
@@ -219,15 +225,11 @@ impl RemoteCache for RedisRemoteCache {
             Connection::Cluster(_) => {
                 // Keys fall in different slots, which one transaction cannot span: the SETs
                 // go out together, each to its slot's node.
-                let commands: Vec<redis::Cmd> =
-                    entries.iter().map(|(key, value)| set(key, value)).collect();
-                futures_util::future::try_join_all(
-                    commands
-                        .iter()
-                        .map(|command| self.connection.query::<()>(command)),
-                )
-                .await
-                .map_err(unavailable)?;
+                let commands = entries.iter().map(|(key, value)| set(key, value)).collect();
+                self.connection
+                    .query_each::<()>(commands)
+                    .await
+                    .map_err(unavailable)?;
                 Ok(())
             }
         }
@@ -239,10 +241,21 @@ impl RemoteCache for RedisRemoteCache {
             return Ok(());
         }
         let full: Vec<String> = keys.iter().map(|k| self.full_key(k)).collect();
-        self.connection
-            .query::<u64>(redis::cmd("DEL").arg(&full))
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        match &self.connection {
+            // One DEL per key, as for reads.
+            Connection::Cluster(_) => {
+                let deletes = full.iter().map(|key| redis::cmd("DEL").arg(key).clone());
+                self.connection
+                    .query_each::<u64>(deletes.collect())
+                    .await
+                    .map(drop)
+            }
+            _ => self
+                .connection
+                .query::<u64>(redis::cmd("DEL").arg(&full))
+                .await
+                .map(drop),
+        }
+        .map_err(unavailable)
     }
 }

@@ -147,9 +147,67 @@ impl PrivateRedisCluster {
         let _ = self.nodes[index].wait();
     }
 
+    /// Starts moving `slots` slots, with their keys, from node `from` to node `to`, as an
+    /// operator rebalancing the cluster does (`redis-cli --cluster reshard`: each slot marked
+    /// migrating and importing, its keys sent with `MIGRATE`, then given to `to`). The
+    /// `redis-cli` is returned running; [`SlotMove::finished`] says when it is done. Its output (a line
+    /// per slot, more than a pipe holds) goes to `reshard.log` in the cluster's directory.
+    pub fn start_moving_slots(&self, from: usize, to: usize, slots: u32) -> SlotMove {
+        let id = |index: usize| {
+            cli(self.ports[index], &["CLUSTER", "MYID"])
+                .trim()
+                .to_owned()
+        };
+        let log = self.dir.path().join("reshard.log");
+        let output = std::fs::File::create(&log).unwrap();
+        let errors = output.try_clone().unwrap();
+        let child = Command::new("redis-cli")
+            .args(["--cluster", "reshard"])
+            .arg(format!("127.0.0.1:{}", self.ports[0]))
+            .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            // A few keys per MIGRATE, so moving a slot takes several steps during which its
+            // keys are split between the two nodes (ASK redirections).
+            .args(["--cluster-pipeline", "2"])
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(errors)
+            .spawn()
+            .expect("cannot run redis-cli; install Redis (Debian: apt install redis-server)");
+        SlotMove { child, log }
+    }
+
     /// A cluster URL naming one node only: the client learns the others from it.
     pub fn url(&self) -> String {
         format!("redis+cluster://127.0.0.1:{}", self.ports[1])
+    }
+}
+
+/// A `redis-cli --cluster reshard` under way; killed if dropped before it finished.
+pub struct SlotMove {
+    child: Child,
+    log: PathBuf,
+}
+
+impl SlotMove {
+    /// Whether it is done; panics with its output if it failed.
+    pub fn finished(&mut self) -> bool {
+        let Some(status) = self.child.try_wait().unwrap() else {
+            return false;
+        };
+        assert!(
+            status.success(),
+            "redis-cli --cluster reshard failed ({status}): {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        true
+    }
+}
+
+impl Drop for SlotMove {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
