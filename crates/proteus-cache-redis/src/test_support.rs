@@ -9,14 +9,19 @@ use std::time::{Duration, Instant};
 const NODES: usize = 3;
 const SLOTS: u32 = 16_384;
 
-/// Three `redis-server`s in cluster mode on free ports, each owning a third of the slots,
-/// formed as `redis-cli --cluster create` would (without its waits); killed (with their
-/// directory) when dropped.
+/// Three `redis-server`s in cluster mode on free ports, each owning a third of the slots
+/// (and, with [`start_with_replicas`](Self::start_with_replicas), a replica each), formed as
+/// `redis-cli --cluster create` would (without its waits); killed (with their directory) when
+/// dropped.
 pub struct PrivateRedisCluster {
+    /// The primaries' ports, in the order they were started.
     pub ports: Vec<u16>,
-    /// Each node's cluster bus port, which `CLUSTER MEET` must be told (it assumes port +
+    /// The replicas' ports (none, or the replica of each primary, in the same order).
+    pub replica_ports: Vec<u16>,
+    /// Every node's cluster bus port, which `CLUSTER MEET` must be told (it assumes port +
     /// 10,000 otherwise).
     bus_ports: Vec<u16>,
+    /// Every node: the primaries, then the replicas.
     nodes: Vec<Child>,
     dir: tempfile::TempDir,
 }
@@ -66,14 +71,27 @@ fn cli_with(port: u16, password: Option<&str>, tls_ca: Option<&Path>, args: &[&s
 
 impl PrivateRedisCluster {
     pub fn start() -> PrivateRedisCluster {
+        Self::start_inner(false)
+    }
+
+    /// Each primary with a replica, and nodes that declare a silent peer failed after 1 s (15 s
+    /// by default), so a killed primary's replica takes over within seconds.
+    pub fn start_with_replicas() -> PrivateRedisCluster {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(with_replicas: bool) -> PrivateRedisCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = PrivateRedisCluster {
             ports: Vec::new(),
+            replica_ports: Vec::new(),
             bus_ports: Vec::new(),
             nodes: Vec::new(),
             dir,
         };
-        for index in 0..NODES {
+        let node_count = if with_replicas { 2 * NODES } else { NODES };
+        let node_timeout_ms = if with_replicas { "1000" } else { "15000" };
+        for index in 0..node_count {
             let (port, bus_port) = (free_port(), free_port());
             let config_file = cluster.dir.path().join(format!("nodes-{index}.conf"));
             let config_file = config_file.to_string_lossy();
@@ -88,13 +106,25 @@ impl PrivateRedisCluster {
                     &bus_port.to_string(),
                     "--cluster-config-file",
                     &config_file,
+                    "--cluster-node-timeout",
+                    node_timeout_ms,
                 ],
             );
-            cluster.ports.push(port);
+            if index < NODES {
+                cluster.ports.push(port);
+            } else {
+                cluster.replica_ports.push(port);
+            }
             cluster.bus_ports.push(bus_port);
             cluster.nodes.push(node);
         }
-        for &port in &cluster.ports {
+        let every_port: Vec<u16> = cluster
+            .ports
+            .iter()
+            .chain(&cluster.replica_ports)
+            .copied()
+            .collect();
+        for &port in &every_port {
             wait_until(10, &format!("redis-server on {port} did not start"), || {
                 cli(port, &["PING"]).trim() == "PONG"
             });
@@ -120,7 +150,7 @@ impl PrivateRedisCluster {
             );
             assert_eq!(answer.trim(), "OK", "ADDSLOTSRANGE on {port}: {answer}");
         }
-        for (&port, &bus_port) in cluster.ports.iter().zip(&cluster.bus_ports).skip(1) {
+        for (&port, &bus_port) in every_port.iter().zip(&cluster.bus_ports).skip(1) {
             let answer = cli(
                 cluster.ports[0],
                 &[
@@ -133,12 +163,32 @@ impl PrivateRedisCluster {
             );
             assert_eq!(answer.trim(), "OK", "CLUSTER MEET {port}: {answer}");
         }
-        for &port in &cluster.ports {
+        for &port in &every_port {
             wait_until(20, "the private Redis Cluster did not form", || {
                 cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
             });
         }
+        for (&primary, &replica) in cluster.ports.iter().zip(&cluster.replica_ports) {
+            let primary_id = cli(primary, &["CLUSTER", "MYID"]).trim().to_owned();
+            // Refused until the replica has heard of the primary through the cluster bus.
+            wait_until(10, "CLUSTER REPLICATE was not accepted", || {
+                cli(replica, &["CLUSTER", "REPLICATE", &primary_id]).trim() == "OK"
+            });
+        }
+        for &replica in &cluster.replica_ports {
+            wait_until(20, "a replica did not catch up with its primary", || {
+                cli(replica, &["INFO", "replication"]).contains("master_link_status:up")
+            });
+        }
         cluster
+    }
+
+    /// Whether the replica of primary `index` is now a primary (after that primary was killed,
+    /// say), and the cluster answers again.
+    pub fn replica_took_over(&self, index: usize) -> bool {
+        let replica = self.replica_ports[index];
+        cli(replica, &["ROLE"]).starts_with("master")
+            && cli(replica, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
     }
 
     /// Kills node `index` (`SIGKILL`), as a crash.

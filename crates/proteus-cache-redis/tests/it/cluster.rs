@@ -202,3 +202,68 @@ async fn calls_stay_bounded_while_slots_move_and_work_once_they_have_moved() {
         );
     }
 }
+
+#[tokio::test]
+async fn when_a_primary_dies_its_replica_takes_over_and_calls_work_again() {
+    let mut cluster = PrivateRedisCluster::start_with_replicas();
+    let cache = RedisRemoteCache::connect(&cluster.url(), "failover:")
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..300).map(|n| format!("key-{n}")).collect();
+    let round_of = |round: u32| -> Vec<(String, Bytes)> {
+        keys.iter()
+            .map(|key| (key.clone(), Bytes::from(format!("{key} in round {round}"))))
+            .collect()
+    };
+    let values_of = |round: u32| -> Vec<Option<Bytes>> {
+        round_of(round).into_iter().map(|(_, v)| Some(v)).collect()
+    };
+    cache.put_many(round_of(0), 60_000).await.unwrap();
+
+    // A crash of the primary of a third of the slots: until its replica is promoted (the
+    // nodes call it failed after 1 s of silence, then elect the replica), calls touching those
+    // slots fail, each within the 5 s bound; then they work again, on the same cache.
+    cluster.kill_node(0);
+    let killed = Instant::now();
+    let mut round = 0;
+    loop {
+        round += 1;
+        let started = Instant::now();
+        let worked = match cache.put_many(round_of(round), 60_000).await {
+            Ok(()) => cache.get_many(&keys).await.map(|values| {
+                assert!(
+                    values == values_of(round),
+                    "round {round} read back other values"
+                );
+            }),
+            Err(error) => Err(error),
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "round {round} took {:?}: a call outlived the 5 s bound",
+            started.elapsed()
+        );
+        if worked.is_ok() && cluster.replica_took_over(0) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "calls still fail 30 s after the primary was killed: {worked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "calls worked again {:?} after the primary was killed (round {round})",
+        killed.elapsed()
+    );
+    for after in round + 1..round + 4 {
+        let started = Instant::now();
+        cache.put_many(round_of(after), 60_000).await.unwrap();
+        assert_eq!(cache.get_many(&keys).await.unwrap(), values_of(after));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a round after the failover took {:?}",
+            started.elapsed()
+        );
+    }
+}
