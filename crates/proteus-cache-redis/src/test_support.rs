@@ -23,6 +23,8 @@ pub struct PrivateRedisCluster {
     bus_ports: Vec<u16>,
     /// Every node: the primaries, then the replicas.
     nodes: Vec<Child>,
+    /// Set when every node speaks only TLS (client and cluster bus).
+    tls: Option<ServerTls>,
     dir: tempfile::TempDir,
 }
 
@@ -71,23 +73,35 @@ fn cli_with(port: u16, password: Option<&str>, tls_ca: Option<&Path>, args: &[&s
 
 impl PrivateRedisCluster {
     pub fn start() -> PrivateRedisCluster {
-        Self::start_inner(false)
+        Self::start_inner(false, None)
+    }
+
+    /// Every node listening on TLS only, the cluster bus included (`tls-cluster yes`), with
+    /// `tls`'s certificate: clients connect with `rediss+cluster://`.
+    pub fn start_over_tls(tls: ServerTls) -> PrivateRedisCluster {
+        Self::start_inner(false, Some(tls))
     }
 
     /// Each primary with a replica, and nodes that declare a silent peer failed after 1 s (15 s
     /// by default), so a killed primary's replica takes over within seconds.
     pub fn start_with_replicas() -> PrivateRedisCluster {
-        Self::start_inner(true)
+        Self::start_inner(true, None)
     }
 
-    fn start_inner(with_replicas: bool) -> PrivateRedisCluster {
+    fn start_inner(with_replicas: bool, tls: Option<ServerTls>) -> PrivateRedisCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = PrivateRedisCluster {
             ports: Vec::new(),
             replica_ports: Vec::new(),
             bus_ports: Vec::new(),
             nodes: Vec::new(),
+            tls,
             dir,
+        };
+        let tls_cluster: &[&str] = if cluster.tls.is_some() {
+            &["--tls-cluster", "yes"]
+        } else {
+            &[]
         };
         let node_count = if with_replicas { 2 * NODES } else { NODES };
         let node_timeout_ms = if with_replicas { "1000" } else { "15000" };
@@ -95,21 +109,19 @@ impl PrivateRedisCluster {
             let (port, bus_port) = (free_port(), free_port());
             let config_file = cluster.dir.path().join(format!("nodes-{index}.conf"));
             let config_file = config_file.to_string_lossy();
-            let node = redis_server(
-                port,
-                cluster.dir.path(),
-                None,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus_port.to_string(),
-                    "--cluster-config-file",
-                    &config_file,
-                    "--cluster-node-timeout",
-                    node_timeout_ms,
-                ],
-            );
+            let bus_port_text = bus_port.to_string();
+            let mut args = vec![
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus_port_text,
+                "--cluster-config-file",
+                &config_file,
+                "--cluster-node-timeout",
+                node_timeout_ms,
+            ];
+            args.extend(tls_cluster);
+            let node = redis_server(port, cluster.dir.path(), cluster.tls.as_ref(), &args);
             if index < NODES {
                 cluster.ports.push(port);
             } else {
@@ -126,7 +138,7 @@ impl PrivateRedisCluster {
             .collect();
         for &port in &every_port {
             wait_until(10, &format!("redis-server on {port} did not start"), || {
-                cli(port, &["PING"]).trim() == "PONG"
+                cluster.cli(port, &["PING"]).trim() == "PONG"
             });
         }
         // What `redis-cli --cluster create` does, without its waits: slots split in three,
@@ -139,7 +151,7 @@ impl PrivateRedisCluster {
             } else {
                 first + per_node - 1
             };
-            let answer = cli(
+            let answer = cluster.cli(
                 port,
                 &[
                     "CLUSTER",
@@ -151,7 +163,7 @@ impl PrivateRedisCluster {
             assert_eq!(answer.trim(), "OK", "ADDSLOTSRANGE on {port}: {answer}");
         }
         for (&port, &bus_port) in every_port.iter().zip(&cluster.bus_ports).skip(1) {
-            let answer = cli(
+            let answer = cluster.cli(
                 cluster.ports[0],
                 &[
                     "CLUSTER",
@@ -165,19 +177,26 @@ impl PrivateRedisCluster {
         }
         for &port in &every_port {
             wait_until(20, "the private Redis Cluster did not form", || {
-                cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                cluster
+                    .cli(port, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
             });
         }
         for (&primary, &replica) in cluster.ports.iter().zip(&cluster.replica_ports) {
-            let primary_id = cli(primary, &["CLUSTER", "MYID"]).trim().to_owned();
+            let primary_id = cluster.cli(primary, &["CLUSTER", "MYID"]).trim().to_owned();
             // Refused until the replica has heard of the primary through the cluster bus.
             wait_until(10, "CLUSTER REPLICATE was not accepted", || {
-                cli(replica, &["CLUSTER", "REPLICATE", &primary_id]).trim() == "OK"
+                cluster
+                    .cli(replica, &["CLUSTER", "REPLICATE", &primary_id])
+                    .trim()
+                    == "OK"
             });
         }
         for &replica in &cluster.replica_ports {
             wait_until(20, "a replica did not catch up with its primary", || {
-                cli(replica, &["INFO", "replication"]).contains("master_link_status:up")
+                cluster
+                    .cli(replica, &["INFO", "replication"])
+                    .contains("master_link_status:up")
             });
         }
         cluster
@@ -187,8 +206,10 @@ impl PrivateRedisCluster {
     /// say), and the cluster answers again.
     pub fn replica_took_over(&self, index: usize) -> bool {
         let replica = self.replica_ports[index];
-        cli(replica, &["ROLE"]).starts_with("master")
-            && cli(replica, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+        self.cli(replica, &["ROLE"]).starts_with("master")
+            && self
+                .cli(replica, &["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
     }
 
     /// Kills node `index` (`SIGKILL`), as a crash.
@@ -204,14 +225,18 @@ impl PrivateRedisCluster {
     /// per slot, more than a pipe holds) goes to `reshard.log` in the cluster's directory.
     pub fn start_moving_slots(&self, from: usize, to: usize, slots: u32) -> SlotMove {
         let id = |index: usize| {
-            cli(self.ports[index], &["CLUSTER", "MYID"])
+            self.cli(self.ports[index], &["CLUSTER", "MYID"])
                 .trim()
                 .to_owned()
         };
         let log = self.dir.path().join("reshard.log");
         let output = std::fs::File::create(&log).unwrap();
         let errors = output.try_clone().unwrap();
-        let child = Command::new("redis-cli")
+        let mut command = Command::new("redis-cli");
+        if let Some(tls) = &self.tls {
+            command.args(["--tls", "--cacert"]).arg(&tls.ca);
+        }
+        let child = command
             .args(["--cluster", "reshard"])
             .arg(format!("127.0.0.1:{}", self.ports[0]))
             .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
@@ -227,9 +252,21 @@ impl PrivateRedisCluster {
         SlotMove { child, log }
     }
 
-    /// A cluster URL naming one node only: the client learns the others from it.
+    /// `redis-cli` on one of this cluster's nodes (over TLS if the cluster speaks it).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let tls_ca = self.tls.as_ref().map(|tls| tls.ca.as_path());
+        cli_with(port, None, tls_ca, args)
+    }
+
+    /// A cluster URL naming one node only: the client learns the others from it
+    /// (`rediss+cluster://` over TLS).
     pub fn url(&self) -> String {
-        format!("redis+cluster://127.0.0.1:{}", self.ports[1])
+        let scheme = if self.tls.is_some() {
+            "rediss+cluster"
+        } else {
+            "redis+cluster"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.ports[1])
     }
 }
 

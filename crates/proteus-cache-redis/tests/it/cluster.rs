@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use proteus_cache::RemoteCache;
 use proteus_cache::conformance::CacheHarness;
-use proteus_cache_redis::RedisRemoteCache;
 use proteus_cache_redis::test_support::{PrivateRedisCluster, cli};
+use proteus_cache_redis::{RedisRemoteCache, RedisTls};
 
 /// Keys need no cleaning up: the cluster goes with the harness.
 struct ClusterHarness {
@@ -266,4 +266,50 @@ async fn when_a_primary_dies_its_replica_takes_over_and_calls_work_again() {
             started.elapsed()
         );
     }
+}
+
+#[tokio::test]
+async fn rediss_cluster_speaks_tls_to_every_node_with_the_named_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = crate::tls::make_certificates(dir.path());
+    let cluster = PrivateRedisCluster::start_over_tls(made.server.clone());
+    assert!(cluster.url().starts_with("rediss+cluster://"));
+    let with_ca = RedisTls {
+        ca_file: Some(made.server.ca.clone()),
+        ..RedisTls::default()
+    };
+
+    let refused = crate::tls::refusal(&cluster.url(), &RedisTls::default()).await;
+    assert!(
+        refused.contains("TLS with Redis") && refused.contains("--cache-tls-ca"),
+        "{refused}"
+    );
+    let plain = cluster.url().replacen("rediss+", "redis+", 1);
+    let refused = crate::tls::refusal(&plain, &with_ca).await;
+    assert!(refused.contains("rediss+cluster://"), "{refused}");
+
+    let cache = RedisRemoteCache::connect_with(&cluster.url(), "tls:", &with_ca)
+        .await
+        .expect("the TLS cluster with its CA");
+    let keys: Vec<String> = (0..200).map(|n| format!("key-{n}")).collect();
+    let entries: Vec<(String, Bytes)> = keys
+        .iter()
+        .map(|key| (key.clone(), Bytes::from(format!("value of {key}"))))
+        .collect();
+    cache.put_many(entries.clone(), 60_000).await.unwrap();
+    for &port in &cluster.ports {
+        let held: u64 = cluster.cli(port, &["DBSIZE"]).trim().parse().unwrap();
+        assert!(held > 20, "node {port} holds {held} of 200 keys");
+    }
+    let expected: Vec<Option<Bytes>> = entries.into_iter().map(|(_, v)| Some(v)).collect();
+    assert_eq!(cache.get_many(&keys).await.unwrap(), expected);
+    cache.delete_many(&keys).await.unwrap();
+    assert!(
+        cache
+            .get_many(&keys)
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_none)
+    );
 }
