@@ -161,15 +161,32 @@ fn topics_and_streams_work(server: &ServerProcess) {
     assert_eq!(stream["events"][0]["data"]["total"], 3, "{stream}");
 }
 
+/// A private PostgreSQL on which the user `app` logs in with `password` only.
+fn postgres_where_app_needs(runtime: &tokio::runtime::Runtime, password: &str) -> PrivatePostgres {
+    runtime.block_on(async {
+        let server = PrivatePostgres::start().await;
+        server.require_password("app", password).await;
+        server
+    })
+}
+
+/// `server` appends to a stream, and `secret` is in none of its log lines.
+fn appends_and_never_logs(server: &ServerProcess, secret: &str) {
+    let appended = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/streams/order-1", server.url))
+        .json(&json!({"type": "OrderPlaced", "data": {"total": 3}}))
+        .send()
+        .unwrap();
+    assert_eq!(appended.status().as_u16(), 201);
+    let logs = server.logs.lock().unwrap().join("\n");
+    assert!(!logs.contains(secret), "the secret is not logged");
+}
+
 #[test]
 fn serve_takes_the_postgres_password_from_pgpassword_as_libpq_does() {
     const PG_PASSWORD: &str = "pg-secret-from-env";
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let postgres = runtime.block_on(async {
-        let server = PrivatePostgres::start().await;
-        server.require_password("app", PG_PASSWORD).await;
-        server
-    });
+    let postgres = postgres_where_app_needs(&runtime, PG_PASSWORD);
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let url = format!("postgres://app@127.0.0.1:{}/postgres", postgres.port);
@@ -195,15 +212,7 @@ fn serve_takes_the_postgres_password_from_pgpassword_as_libpq_does() {
         &["--event-store", &url],
         &[("PGPASSWORD", PG_PASSWORD)],
     );
-    let http = reqwest::blocking::Client::new();
-    let appended = http
-        .post(format!("{}/v1/streams/order-1", server.url))
-        .json(&json!({"type": "OrderPlaced", "data": {"total": 3}}))
-        .send()
-        .unwrap();
-    assert_eq!(appended.status().as_u16(), 201);
-    let logs = server.logs.lock().unwrap().join("\n");
-    assert!(!logs.contains(PG_PASSWORD), "the password is not logged");
+    appends_and_never_logs(&server, PG_PASSWORD);
 }
 
 /// A URL that is only `postgres://`, everything else from libpq's variables and the password
@@ -212,11 +221,7 @@ fn serve_takes_the_postgres_password_from_pgpassword_as_libpq_does() {
 fn serve_takes_a_whole_postgres_connection_from_libpq_variables_and_a_password_file() {
     const PG_PASSWORD: &str = "pg-secret-from-pgpass";
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let postgres = runtime.block_on(async {
-        let server = PrivatePostgres::start().await;
-        server.require_password("app", PG_PASSWORD).await;
-        server
-    });
+    let postgres = postgres_where_app_needs(&runtime, PG_PASSWORD);
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let password_file = dir.path().join("pgpass");
@@ -263,13 +268,5 @@ fn serve_takes_a_whole_postgres_connection_from_libpq_variables_and_a_password_f
 
     write_password_file(PG_PASSWORD, 0o600);
     let server = ServerProcess::start_with(&data_dir, &args, &env);
-    let http = reqwest::blocking::Client::new();
-    let appended = http
-        .post(format!("{}/v1/streams/order-1", server.url))
-        .json(&json!({"type": "OrderPlaced", "data": {"total": 3}}))
-        .send()
-        .unwrap();
-    assert_eq!(appended.status().as_u16(), 201);
-    let logs = server.logs.lock().unwrap().join("\n");
-    assert!(!logs.contains(PG_PASSWORD), "the password is not logged");
+    appends_and_never_logs(&server, PG_PASSWORD);
 }
