@@ -48,6 +48,16 @@ async fn the_keys_of_one_call_spread_over_every_node_and_come_back_in_order() {
     let cache = RedisRemoteCache::connect(&harness.cluster.url(), "spread:")
         .await
         .unwrap();
+    spreads_over_every_node_and_comes_back(&harness.cluster, &cache).await;
+}
+
+/// The 200 keys of one call land on every node of `cluster`, come back in order, and half of
+/// them are deleted in one call; `PING` reaches every primary; `clear_namespace` removes the
+/// rest.
+async fn spreads_over_every_node_and_comes_back(
+    cluster: &PrivateRedisCluster,
+    cache: &RedisRemoteCache,
+) {
     let keys: Vec<String> = (0..200).map(|n| format!("key-{n}")).collect();
     let entries: Vec<(String, Bytes)> = keys
         .iter()
@@ -55,8 +65,8 @@ async fn the_keys_of_one_call_spread_over_every_node_and_come_back_in_order() {
         .collect();
     cache.put_many(entries.clone(), 60_000).await.unwrap();
 
-    for &port in &harness.cluster.ports {
-        let held: u64 = cli(port, &["DBSIZE"]).trim().parse().unwrap();
+    for &port in &cluster.ports {
+        let held: u64 = cluster.cli(port, &["DBSIZE"]).trim().parse().unwrap();
         assert!(
             held > 20,
             "node {port} holds {held} of 200 keys: they did not spread"
@@ -288,25 +298,5 @@ async fn rediss_cluster_speaks_tls_to_every_node_with_the_named_ca() {
     let cache = RedisRemoteCache::connect_with(&cluster.url(), "tls:", &with_ca)
         .await
         .expect("the TLS cluster with its CA");
-    let keys: Vec<String> = (0..200).map(|n| format!("key-{n}")).collect();
-    let entries: Vec<(String, Bytes)> = keys
-        .iter()
-        .map(|key| (key.clone(), Bytes::from(format!("value of {key}"))))
-        .collect();
-    cache.put_many(entries.clone(), 60_000).await.unwrap();
-    for &port in &cluster.ports {
-        let held: u64 = cluster.cli(port, &["DBSIZE"]).trim().parse().unwrap();
-        assert!(held > 20, "node {port} holds {held} of 200 keys");
-    }
-    let expected: Vec<Option<Bytes>> = entries.into_iter().map(|(_, v)| Some(v)).collect();
-    assert_eq!(cache.get_many(&keys).await.unwrap(), expected);
-    cache.delete_many(&keys).await.unwrap();
-    assert!(
-        cache
-            .get_many(&keys)
-            .await
-            .unwrap()
-            .iter()
-            .all(Option::is_none)
-    );
+    spreads_over_every_node_and_comes_back(&cluster, &cache).await;
 }
