@@ -9,9 +9,15 @@
 //! and the next call opens another. Cache commands are idempotent; the call that timed out is
 //! reported as it is (a miss, or a write that failed).
 
+use std::time::Duration;
+
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::Mutex;
+
+/// Longest a call waits for a connection to use: another caller may be opening one (to a
+/// cluster that does not answer, say), and a call must stay bounded however many wait.
+const CONNECTION_WAIT_MS: u64 = 5_000;
 
 /// The connection in use and how many were dropped before it.
 struct Current {
@@ -62,7 +68,12 @@ impl HealingCluster {
         &self,
         command: &redis::Cmd,
     ) -> redis::RedisResult<T> {
-        let (generation, mut connection) = self.connection().await?;
+        let wait = Duration::from_millis(CONNECTION_WAIT_MS);
+        let (generation, mut connection) = match tokio::time::timeout(wait, self.connection()).await
+        {
+            Ok(connection) => connection?,
+            Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        };
         let answer = command.query_async(&mut connection).await;
         if answer.as_ref().is_err_and(redis::RedisError::is_timeout) {
             let mut current = self.current.lock().await;

@@ -212,6 +212,25 @@ impl PrivateRedisCluster {
                 .contains("cluster_state:ok")
     }
 
+    /// Stops node `index` (`SIGSTOP`): it keeps its connections open and answers nothing, as
+    /// a hung machine does, until [`resume_node`](Self::resume_node).
+    pub fn pause_node(&self, index: usize) {
+        self.signal(index, "-STOP");
+    }
+
+    pub fn resume_node(&self, index: usize) {
+        self.signal(index, "-CONT");
+    }
+
+    fn signal(&self, index: usize, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.nodes[index].id().to_string())
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill {signal} of node {index} failed");
+    }
+
     /// Kills node `index` (`SIGKILL`), as a crash.
     pub fn kill_node(&mut self, index: usize) {
         let _ = self.nodes[index].kill();

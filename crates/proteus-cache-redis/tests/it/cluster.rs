@@ -300,3 +300,53 @@ async fn rediss_cluster_speaks_tls_to_every_node_with_the_named_ca() {
         .expect("the TLS cluster with its CA");
     spreads_over_every_node_and_comes_back(&cluster, &cache).await;
 }
+
+#[tokio::test]
+async fn calls_to_a_cluster_that_hangs_stay_bounded_and_work_once_it_answers() {
+    let cluster = PrivateRedisCluster::start();
+    let cache = RedisRemoteCache::connect(&cluster.url(), "hung:")
+        .await
+        .unwrap();
+    let rounds = Rounds::of(30);
+    rounds.write_and_read(&cache, 0).await.unwrap();
+
+    // Every node stops answering: a call times out and the cluster connection is replaced;
+    // the calls after it wait for a fresh connection, which cannot be made. However many
+    // wait at once, each ends within the bound, as an error.
+    for node in 0..3 {
+        cluster.pause_node(node);
+    }
+    let started = Instant::now();
+    assert!(cache.get_many(&["key-1".to_owned()]).await.is_err());
+    let calls = (0..8).map(|_| {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = cache.get_many(&["key-1".to_owned()]).await;
+            (started.elapsed(), answer)
+        })
+    });
+    for call in futures_util::future::join_all(calls).await {
+        let (took, answer) = call.unwrap();
+        assert!(answer.is_err(), "a hung cluster answered: {answer:?}");
+        assert!(took < Duration::from_secs(12), "a call took {took:?}");
+    }
+    eprintln!("9 calls to a hung cluster ended in {:?}", started.elapsed());
+
+    for node in 0..3 {
+        cluster.resume_node(node);
+    }
+    let resumed = Instant::now();
+    let mut round = 0;
+    loop {
+        round += 1;
+        if rounds.write_and_read(&cache, round).await.is_ok() {
+            break;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(15),
+            "calls still fail 15 s after the cluster answers again"
+        );
+    }
+    rounds.work_promptly_after(&cache, round).await;
+}
