@@ -15,6 +15,8 @@ use tokio::sync::Mutex;
 /// Bound of one connection attempt to the primary, and of each command's answer.
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
 const RESPONSE_TIMEOUT_MS: u64 = 5_000;
+/// Longest a call waits for the connection to the primary, found or being found.
+const PRIMARY_WAIT_MS: u64 = 5_000;
 
 /// What a `redis+sentinel://` URL says.
 #[derive(Debug, PartialEq, Eq)]
@@ -132,8 +134,18 @@ impl SentinelConnection {
         })
     }
 
-    /// The connection to the primary, asking the Sentinels for it when there is none.
+    /// The connection to the primary, asking the Sentinels for it when there is none; waits
+    /// at most [`PRIMARY_WAIT_MS`] (another call may be asking already, of Sentinels or a
+    /// primary that do not answer).
     pub(crate) async fn primary(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let wait = Duration::from_millis(PRIMARY_WAIT_MS);
+        match tokio::time::timeout(wait, self.find_primary()).await {
+            Ok(primary) => primary,
+            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        }
+    }
+
+    async fn find_primary(&self) -> redis::RedisResult<MultiplexedConnection> {
         let mut primary = self.primary.lock().await;
         if let Some(connection) = primary.as_ref() {
             return Ok(connection.clone());

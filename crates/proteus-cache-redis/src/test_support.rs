@@ -215,20 +215,11 @@ impl PrivateRedisCluster {
     /// Stops node `index` (`SIGSTOP`): it keeps its connections open and answers nothing, as
     /// a hung machine does, until [`resume_node`](Self::resume_node).
     pub fn pause_node(&self, index: usize) {
-        self.signal(index, "-STOP");
+        signal(&self.nodes[index], "-STOP");
     }
 
     pub fn resume_node(&self, index: usize) {
-        self.signal(index, "-CONT");
-    }
-
-    fn signal(&self, index: usize, signal: &str) {
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(self.nodes[index].id().to_string())
-            .status()
-            .expect("cannot run kill");
-        assert!(status.success(), "kill {signal} of node {index} failed");
+        signal(&self.nodes[index], "-CONT");
     }
 
     /// Kills node `index` (`SIGKILL`), as a crash.
@@ -315,6 +306,16 @@ impl Drop for SlotMove {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `process`.
+fn signal(process: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .arg(signal)
+        .arg(process.id().to_string())
+        .status()
+        .expect("cannot run kill");
+    assert!(status.success(), "kill {signal} {} failed", process.id());
 }
 
 /// Waits (at most `seconds`) until `ready` holds, panicking with `what` after.
@@ -509,6 +510,30 @@ impl PrivateRedisSentinel {
             .nth(1)
             .and_then(|port| port.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Waits until the Sentinel knows the replica (it learns it from the primary's `INFO`,
+    /// read every 10 s), without which it cannot promote it.
+    pub fn wait_until_the_sentinel_knows_the_replica(&self) {
+        let replica_port = self.replica_port.to_string();
+        wait_until(30, "the Sentinel did not learn of the replica", || {
+            self.cli(
+                self.sentinel_port,
+                &["SENTINEL", "REPLICAS", Self::PRIMARY_NAME],
+            )
+            .lines()
+            .any(|line| line.trim() == replica_port)
+        });
+    }
+
+    /// Stops the primary (`SIGSTOP`): it keeps its connections open and answers nothing, as a
+    /// hung machine does; the Sentinel calls it down after 1 s and promotes the replica.
+    pub fn pause_primary(&self) {
+        signal(&self.processes[0], "-STOP");
+    }
+
+    pub fn resume_primary(&self) {
+        signal(&self.processes[0], "-CONT");
     }
 
     /// Makes the Sentinel promote the replica (`SENTINEL FAILOVER`), and waits until it names

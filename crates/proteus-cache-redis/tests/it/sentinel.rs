@@ -175,3 +175,57 @@ async fn sentinels_and_primary_with_a_password_as_helm_charts_set_them_up() {
         assert!(!error.contains("s3cret"), "{error}");
     }
 }
+
+#[tokio::test]
+async fn calls_stay_bounded_while_the_primary_hangs_and_follow_the_promoted_replica() {
+    let setup = PrivateRedisSentinel::start();
+    let cache = RedisRemoteCache::connect(&setup.url(), "hung:")
+        .await
+        .unwrap();
+    let one = |value: &'static [u8]| vec![("k".to_owned(), Bytes::from_static(value))];
+    cache.put_many(one(b"before"), 60_000).await.unwrap();
+
+    // The primary stops answering; the Sentinel calls it down after 1 s and promotes the
+    // replica. Meanwhile calls fail (the first at the 5 s bound, which drops the connection)
+    // and then wait for a connection to whichever primary the Sentinel names: however many
+    // wait at once, each ends within the bound.
+    setup.wait_until_the_sentinel_knows_the_replica();
+    setup.pause_primary();
+    let paused = Instant::now();
+    assert!(cache.get_many(&["k".to_owned()]).await.is_err());
+    let calls = (0..8).map(|_| {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = cache.put_many(one(b"during"), 60_000).await;
+            (started.elapsed(), answer)
+        })
+    });
+    for call in futures_util::future::join_all(calls).await {
+        let (took, _) = call.unwrap();
+        assert!(took < Duration::from_secs(12), "a call took {took:?}");
+    }
+    loop {
+        let started = Instant::now();
+        let written = cache.put_many(one(b"after"), 60_000).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "a call took {:?}",
+            started.elapsed()
+        );
+        if written.is_ok() && setup.cli(setup.replica_port, &["GET", "hung:k"]).trim() == "after" {
+            break;
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(45),
+            "the cache does not write to the promoted replica 45 s after the primary hung ({written:?}; the Sentinel names port {})",
+            setup.current_primary_port()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "the cache wrote to the promoted replica {:?} after the primary hung",
+        paused.elapsed()
+    );
+    setup.resume_primary();
+}
