@@ -9,25 +9,14 @@
 //! and the next call opens another. Cache commands are idempotent; the call that timed out is
 //! reported as it is (a miss, or a write that failed).
 
-use std::time::Duration;
-
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use tokio::sync::Mutex;
 
-/// Longest a call waits for a connection to use: another caller may be opening one (to a
-/// cluster that does not answer, say), and a call must stay bounded however many wait.
-const CONNECTION_WAIT_MS: u64 = 5_000;
-
-/// The connection in use and how many were dropped before it.
-struct Current {
-    generation: u64,
-    connection: Option<ClusterConnection>,
-}
+use crate::reopening::Reopening;
 
 pub(crate) struct HealingCluster {
     client: ClusterClient,
-    current: Mutex<Current>,
+    connection: Reopening<ClusterConnection>,
     /// The cluster's URL without its password, for the log.
     shown: String,
 }
@@ -41,51 +30,27 @@ impl HealingCluster {
         let connection = client.get_async_connection().await?;
         Ok(HealingCluster {
             client,
-            current: Mutex::new(Current {
-                generation: 0,
-                connection: Some(connection),
-            }),
+            connection: Reopening::new(Some(connection)),
             shown: shown.to_owned(),
         })
-    }
-
-    /// The connection to use and its generation, opening one if the last was dropped (one
-    /// caller opens it; the others wait for it).
-    async fn connection(&self) -> redis::RedisResult<(u64, ClusterConnection)> {
-        let mut current = self.current.lock().await;
-        let connection = match &current.connection {
-            Some(connection) => connection.clone(),
-            None => {
-                let connection = self.client.get_async_connection().await?;
-                current.connection = Some(connection.clone());
-                connection
-            }
-        };
-        Ok((current.generation, connection))
     }
 
     pub(crate) async fn query<T: redis::FromRedisValue>(
         &self,
         command: &redis::Cmd,
     ) -> redis::RedisResult<T> {
-        let wait = Duration::from_millis(CONNECTION_WAIT_MS);
-        let (generation, mut connection) = match tokio::time::timeout(wait, self.connection()).await
-        {
-            Ok(connection) => connection?,
-            Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
-        };
+        let (generation, mut connection) = self
+            .connection
+            .get(|| self.client.get_async_connection())
+            .await?;
         let answer = command.query_async(&mut connection).await;
-        if answer.as_ref().is_err_and(redis::RedisError::is_timeout) {
-            let mut current = self.current.lock().await;
-            // Calls that timed out on the same connection drop it once.
-            if current.generation == generation {
-                current.generation += 1;
-                current.connection = None;
-                tracing::warn!(
-                    url = %self.shown,
-                    "a Redis Cluster call timed out; the next call opens a fresh cluster connection"
-                );
-            }
+        if answer.as_ref().is_err_and(redis::RedisError::is_timeout)
+            && self.connection.drop_generation(generation).await
+        {
+            tracing::warn!(
+                url = %self.shown,
+                "a Redis Cluster call timed out; the next call opens a fresh cluster connection"
+            );
         }
         answer
     }

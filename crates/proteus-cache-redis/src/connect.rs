@@ -64,8 +64,9 @@ impl Connection {
             Connection::Single(connection) => command.query_async(&mut connection.clone()).await,
             Connection::Cluster(cluster) => cluster.query(command).await,
             Connection::Sentinel(sentinel) => {
-                let answer = command.query_async(&mut sentinel.primary().await?).await;
-                sentinel.settle(answer).await
+                let (generation, mut primary) = sentinel.primary().await?;
+                let answer = command.query_async(&mut primary).await;
+                sentinel.settle(generation, answer).await
             }
         }
     }
@@ -92,8 +93,9 @@ impl Connection {
         match self {
             Connection::Single(connection) => pipeline.query_async(&mut connection.clone()).await,
             Connection::Sentinel(sentinel) => {
-                let answer = pipeline.query_async(&mut sentinel.primary().await?).await;
-                sentinel.settle(answer).await
+                let (generation, mut primary) = sentinel.primary().await?;
+                let answer = pipeline.query_async(&mut primary).await;
+                sentinel.settle(generation, answer).await
             }
             Connection::Cluster(_) => Err(redis::RedisError::from((
                 redis::ErrorKind::Client,

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod connect;
+mod reopening;
 mod sentinel;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -29,8 +30,7 @@ pub struct RedisRemoteCache {
 }
 
 /// Whether `text` names a Redis this adapter connects to: `redis://`, `rediss://`,
-/// `redis+cluster://`, `rediss+cluster://` or `redis+sentinel://` (`rediss+sentinel://` too,
-/// to be refused with a reason).
+/// `redis+cluster://`, `rediss+cluster://`, `redis+sentinel://` or `rediss+sentinel://`.
 pub fn is_redis_url(text: &str) -> bool {
     [
         "redis://",
@@ -54,7 +54,8 @@ fn unavailable(error: redis::RedisError) -> CacheError {
 impl RedisRemoteCache {
     /// Connects to `url` (`redis://host:port[/db]`, `rediss://` for TLS checked against the
     /// system's CAs, `redis+cluster://host:port,host:port` or `rediss+cluster://…` for a Redis
-    /// Cluster); keys are stored as `{namespace}{key}`.
+    /// Cluster, `redis+sentinel://…` or `rediss+sentinel://…` through Sentinel); keys are
+    /// stored as `{namespace}{key}`.
     pub async fn connect(url: &str, namespace: &str) -> Result<RedisRemoteCache, CacheError> {
         Self::connect_with(url, namespace, &RedisTls::default()).await
     }

@@ -12,11 +12,11 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, TlsCertificates, TlsMode};
 use tokio::sync::Mutex;
 
+use crate::reopening::Reopening;
+
 /// Bound of one connection attempt to the primary, and of each command's answer.
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
 const RESPONSE_TIMEOUT_MS: u64 = 5_000;
-/// Longest a call waits for the connection to the primary, found or being found.
-const PRIMARY_WAIT_MS: u64 = 5_000;
 
 /// What a `redis+sentinel://` URL says.
 #[derive(Debug, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub(crate) fn parse(url: &str, shown: &str) -> Result<Option<SentinelUrl>, Strin
 /// A connection to the primary the Sentinels name, found again after a failed call.
 pub(crate) struct SentinelConnection {
     sentinels: Mutex<SentinelClient>,
-    primary: Mutex<Option<MultiplexedConnection>>,
+    primary: Reopening<MultiplexedConnection>,
 }
 
 impl SentinelConnection {
@@ -130,43 +130,36 @@ impl SentinelConnection {
         }
         Ok(SentinelConnection {
             sentinels: Mutex::new(builder.build()?),
-            primary: Mutex::new(None),
+            primary: Reopening::new(None),
         })
     }
 
-    /// The connection to the primary, asking the Sentinels for it when there is none; waits
-    /// at most [`PRIMARY_WAIT_MS`] (another call may be asking already, of Sentinels or a
-    /// primary that do not answer).
-    pub(crate) async fn primary(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let wait = Duration::from_millis(PRIMARY_WAIT_MS);
-        match tokio::time::timeout(wait, self.find_primary()).await {
-            Ok(primary) => primary,
-            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
-        }
+    /// The connection to the primary and its generation, asking the Sentinels for it when
+    /// there is none.
+    pub(crate) async fn primary(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
+        self.primary.get(|| self.find_primary()).await
     }
 
     async fn find_primary(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let mut primary = self.primary.lock().await;
-        if let Some(connection) = primary.as_ref() {
-            return Ok(connection.clone());
-        }
         let client = self.sentinels.lock().await.async_get_client().await?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)))
             .set_response_timeout(Some(Duration::from_millis(RESPONSE_TIMEOUT_MS)));
-        let connection = client
+        client
             .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        *primary = Some(connection.clone());
-        Ok(connection)
+            .await
     }
 
-    /// A call's answer, passed on; after a failed call the primary may have changed (a
-    /// failover turns it into a replica that refuses writes) or gone, so the connection is
-    /// dropped and the next call asks the Sentinels again.
-    pub(crate) async fn settle<T>(&self, answer: redis::RedisResult<T>) -> redis::RedisResult<T> {
+    /// A call's answer on the connection of `generation`, passed on; after a failed call the
+    /// primary may have changed (a failover turns it into a replica that refuses writes) or
+    /// gone, so the connection is dropped and the next call asks the Sentinels again.
+    pub(crate) async fn settle<T>(
+        &self,
+        generation: u64,
+        answer: redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
         if answer.is_err() {
-            *self.primary.lock().await = None;
+            self.primary.drop_generation(generation).await;
         }
         answer
     }
