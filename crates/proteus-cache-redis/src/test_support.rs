@@ -54,21 +54,27 @@ pub fn cli_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
     cli_with(port, password, None, args)
 }
 
-/// `redis-cli`, over TLS trusting `tls_ca` when one is given.
-fn cli_with(port: u16, password: Option<&str>, tls_ca: Option<&Path>, args: &[&str]) -> String {
-    let mut command = Command::new("redis-cli");
+/// `redis-cli`, over TLS trusting `tls`'s CA when it is given.
+fn cli_with(port: u16, password: Option<&str>, tls: Option<&ServerTls>, args: &[&str]) -> String {
+    let mut command = redis_cli(tls);
     command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
     if let Some(password) = password {
         command.args(["--no-auth-warning", "-a", password]);
-    }
-    if let Some(ca) = tls_ca {
-        command.args(["--tls", "--cacert"]).arg(ca);
     }
     let output = command
         .args(args)
         .output()
         .expect("cannot run redis-cli; install Redis (Debian: apt install redis-server)");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A `redis-cli` command, speaking TLS and trusting `tls`'s CA when it is given.
+fn redis_cli(tls: Option<&ServerTls>) -> Command {
+    let mut command = Command::new("redis-cli");
+    if let Some(tls) = tls {
+        command.args(["--tls", "--cacert"]).arg(&tls.ca);
+    }
+    command
 }
 
 impl PrivateRedisCluster {
@@ -242,11 +248,7 @@ impl PrivateRedisCluster {
         let log = self.dir.path().join("reshard.log");
         let output = std::fs::File::create(&log).unwrap();
         let errors = output.try_clone().unwrap();
-        let mut command = Command::new("redis-cli");
-        if let Some(tls) = &self.tls {
-            command.args(["--tls", "--cacert"]).arg(&tls.ca);
-        }
-        let child = command
+        let child = redis_cli(self.tls.as_ref())
             .args(["--cluster", "reshard"])
             .arg(format!("127.0.0.1:{}", self.ports[0]))
             .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
@@ -264,8 +266,7 @@ impl PrivateRedisCluster {
 
     /// `redis-cli` on one of this cluster's nodes (over TLS if the cluster speaks it).
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        let tls_ca = self.tls.as_ref().map(|tls| tls.ca.as_path());
-        cli_with(port, None, tls_ca, args)
+        cli_with(port, None, self.tls.as_ref(), args)
     }
 
     /// A cluster URL naming one node only: the client learns the others from it
@@ -480,8 +481,7 @@ impl PrivateRedisSentinel {
 
     /// `redis-cli` on one of this setup's ports, with its password.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        let tls_ca = self.tls.as_ref().map(|tls| tls.ca.as_path());
-        cli_with(port, self.password.as_deref(), tls_ca, args)
+        cli_with(port, self.password.as_deref(), self.tls.as_ref(), args)
     }
 
     /// `redis+sentinel://127.0.0.1:SENTINEL/cache` (`rediss+sentinel://` over TLS; without

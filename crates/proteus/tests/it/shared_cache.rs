@@ -1,8 +1,8 @@
 //! Two `proteus serve` processes sharing PostgreSQL read models, a NATS log and a Redis cache
 //! (the shared Redis, a Redis Cluster of the test's own, and a primary found through a Sentinel
-//! of the test's own): a document read through one is
-//! fresh after the other's projection commits a change (the invalidation travels through the
-//! log), never served stale from either cache level.
+//! of the test's own): a document read through one is fresh after the other's projection
+//! commits a change (the invalidation travels through the log), never served stale from either
+//! cache level.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
