@@ -56,6 +56,40 @@ impl StreamRecord {
     }
 }
 
+/// The parts of an event its encoding stores besides its stream, version and time: borrowed
+/// from a proposed event (an append) or a recorded one (an import).
+pub struct EventParts<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
+    pub schema_version: Option<u32>,
+    pub data: &'a [u8],
+    pub metadata: Option<&'a [u8]>,
+}
+
+impl<'a> From<&'a ProposedEvent> for EventParts<'a> {
+    fn from(event: &'a ProposedEvent) -> Self {
+        EventParts {
+            id: &event.id,
+            event_type: &event.event_type,
+            schema_version: event.schema_version,
+            data: &event.data,
+            metadata: event.metadata.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a RecordedEvent> for EventParts<'a> {
+    fn from(event: &'a RecordedEvent) -> Self {
+        EventParts {
+            id: &event.id,
+            event_type: &event.event_type,
+            schema_version: event.schema_version,
+            data: &event.data,
+            metadata: event.metadata.as_deref(),
+        }
+    }
+}
+
 /// Appends the encoding of `event` to `out`. The lengths fit: names are validated to at most
 /// 200 bytes, data and metadata to at most a few MiB.
 pub fn encode_event(
@@ -63,7 +97,7 @@ pub fn encode_event(
     stream: &StreamName,
     version: u64,
     recorded_ms: i64,
-    event: &ProposedEvent,
+    event: EventParts<'_>,
 ) {
     let mut flags = 0;
     if event.schema_version.is_some() {
@@ -77,13 +111,13 @@ pub fn encode_event(
     out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&recorded_ms.to_be_bytes());
     out.extend_from_slice(&event.schema_version.unwrap_or(0).to_be_bytes());
-    for text in [stream.as_str(), &event.event_type, &event.id] {
+    for text in [stream.as_str(), event.event_type, event.id] {
         out.extend_from_slice(&(text.len() as u16).to_be_bytes());
         out.extend_from_slice(text.as_bytes());
     }
     out.extend_from_slice(&(event.data.len() as u32).to_be_bytes());
-    out.extend_from_slice(&event.data);
-    if let Some(metadata) = &event.metadata {
+    out.extend_from_slice(event.data);
+    if let Some(metadata) = event.metadata {
         out.extend_from_slice(&(metadata.len() as u32).to_be_bytes());
         out.extend_from_slice(metadata);
     }
@@ -266,7 +300,7 @@ mod tests {
             .with_metadata(&br#"{"m":2}"#[..])
             .with_schema_version(4);
         let mut bytes = Vec::new();
-        encode_event(&mut bytes, &stream, 9, 1_700_000_000_123, &event);
+        encode_event(&mut bytes, &stream, 9, 1_700_000_000_123, (&event).into());
         let decoded = decode_event(77, &bytes, None).unwrap().unwrap();
         assert_eq!(decoded.stream, stream);
         assert_eq!((decoded.version, decoded.position), (9, 77));

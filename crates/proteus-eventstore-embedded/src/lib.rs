@@ -226,6 +226,35 @@ impl EmbeddedEventStore {
         })?
     }
 
+    /// Writes `events`, in position order, exactly as another store recorded them (positions,
+    /// versions, ids and times kept): what `proteus migrate --to embedded:DIR` uses. They must
+    /// all come after every position this store has handed out, and each stream's versions
+    /// must continue its own without gap; appends then continue after the last imported
+    /// position. Refused, writing nothing, when any of that does not hold, when a stream is
+    /// deleted here, when an event id is already in its stream, or over
+    /// [`proteus_eventstore::IMPORT_EVENTS_MAX`]. Committed with fsync like an append.
+    pub async fn import(&self, events: Vec<RecordedEvent>) -> Result<(), EventStoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // The bound is checked before queueing too, so a huge import never takes the queue.
+        if events.len() > proteus_eventstore::IMPORT_EVENTS_MAX {
+            proteus_eventstore::limits::validate_import(&events)?;
+        }
+        let bytes = events
+            .iter()
+            .map(|e| {
+                e.id.len()
+                    + e.event_type.len()
+                    + e.data.len()
+                    + e.metadata.as_ref().map_or(0, |m| m.len())
+            })
+            .sum();
+        let count = events.len();
+        self.write(count, bytes, move |reply| Command::Import { events, reply })
+            .await
+    }
+
     /// Runs a read on the blocking pool with its own read transaction.
     async fn read<T: Send + 'static>(
         &self,

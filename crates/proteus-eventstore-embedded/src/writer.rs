@@ -7,6 +7,10 @@
 //! publishes the new head position. One fsync thus acknowledges many appends, and a crash
 //! before the commit leaves nothing of the batch (redb's commit is atomic).
 //!
+//! An import (`proteus migrate` into this store) is one more kind of request: events another
+//! store recorded, written with their positions, versions and times, after which positions
+//! continue from the last imported one.
+//!
 //! A request whose check fails (expected version, idempotency, tombstone...) is refused
 //! before it writes anything, so it does not affect the others of its batch. A storage error
 //! aborts the whole transaction and every request of the batch is answered with it.
@@ -14,9 +18,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use proteus_eventstore::limits::{Idempotency, check_expected_version, check_idempotency};
+use proteus_eventstore::limits::{
+    Idempotency, check_expected_version, check_idempotency, check_import_position,
+    check_imported_stream, validate_import,
+};
 use proteus_eventstore::{
-    AppendOutcome, DeleteOutcome, EventStoreError, ExpectedVersion, ProposedEvent, StreamName,
+    AppendOutcome, DeleteOutcome, EventStoreError, ExpectedVersion, ProposedEvent, RecordedEvent,
+    StreamName,
 };
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
@@ -45,6 +53,10 @@ pub enum Command {
         data: Bytes,
         reply: oneshot::Sender<Result<(), EventStoreError>>,
     },
+    Import {
+        events: Vec<RecordedEvent>,
+        reply: oneshot::Sender<Result<(), EventStoreError>>,
+    },
 }
 
 pub struct Request {
@@ -67,6 +79,7 @@ enum Done {
     Append(Result<AppendOutcome, EventStoreError>),
     Delete(Result<DeleteOutcome, EventStoreError>),
     Snapshot(Result<(), EventStoreError>),
+    Import(Result<(), EventStoreError>),
 }
 
 /// Runs until every sender is gone, then returns (after answering everything queued).
@@ -150,6 +163,7 @@ fn commit_batch(
                     Command::Append { .. } => Done::Append(Err(error)),
                     Command::Delete { .. } => Done::Delete(Err(error)),
                     Command::Snapshot { .. } => Done::Snapshot(Err(error)),
+                    Command::Import { .. } => Done::Import(Err(error)),
                 };
                 answer(request.command, done);
             }
@@ -163,6 +177,7 @@ fn answer(command: Command, done: Done) {
         (Command::Append { reply, .. }, Done::Append(result)) => drop(reply.send(result)),
         (Command::Delete { reply, .. }, Done::Delete(result)) => drop(reply.send(result)),
         (Command::Snapshot { reply, .. }, Done::Snapshot(result)) => drop(reply.send(result)),
+        (Command::Import { reply, .. }, Done::Import(result)) => drop(reply.send(result)),
         // `apply_all` answers each command with its own kind.
         (command, _) => drop(command),
     }
@@ -228,6 +243,9 @@ fn apply_all(
                 data,
                 recorded_ms,
             )?),
+            Command::Import { events, .. } => {
+                Done::Import(import(&mut tables, events, next_position, &mut buffer)?)
+            }
         });
     }
     Ok(done)
@@ -314,7 +332,7 @@ fn append(
         let position = *next_position;
         *next_position += 1;
         buffer.clear();
-        codec::encode_event(buffer, stream, version, recorded_ms, event);
+        codec::encode_event(buffer, stream, version, recorded_ms, event.into());
         tables
             .events
             .insert(position, buffer.as_slice())
@@ -349,6 +367,99 @@ fn append(
         last_position,
         duplicate: false,
     }))
+}
+
+/// Writes `events` (another store's, in position order) with their positions, versions and
+/// times, or nothing when any check fails: everything is checked before the first write, so a
+/// refused import leaves the rest of its batch unaffected.
+fn import(
+    tables: &mut Tables<'_>,
+    events: &[RecordedEvent],
+    next_position: &mut u64,
+    buffer: &mut Vec<u8>,
+) -> Answer<()> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(Ok(()));
+    };
+    let streams = match validate_import(events) {
+        Ok(streams) => streams,
+        Err(error) => return Ok(Err(error)),
+    };
+    if let Err(error) = check_import_position(first.position, *next_position - 1) {
+        return Ok(Err(error));
+    }
+    for (name, imported) in &streams {
+        let stream = StreamName::parse(name).map_err(|e| storage(e.to_string()))?;
+        let record = read_record(tables, &stream)?.unwrap_or_default();
+        if let Err(error) =
+            check_imported_stream(name, imported, record.last_version(), record.deleted)
+        {
+            return Ok(Err(error));
+        }
+    }
+    // An id already in its stream here, or twice in one stream of the import, would break the
+    // id index: refused, as the stores with a unique (stream, id) index refuse it.
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    for event in events {
+        let known = tables
+            .event_ids
+            .get((event.stream.as_str(), event.id.as_str()))
+            .map_err(storage)?
+            .map(|v| v.value());
+        let reason = match known {
+            Some(version) => format!(
+                "event id {:?} of the import's stream '{}' version {} is already in that stream in this store (version {version})",
+                event.id, event.stream, event.version
+            ),
+            None if !seen.insert((event.stream.as_str(), event.id.as_str())) => format!(
+                "event id {:?} is twice in stream '{}' within the import",
+                event.id, event.stream
+            ),
+            None => continue,
+        };
+        return Ok(Err(EventStoreError::InvalidRequest { reason }));
+    }
+    for event in events {
+        buffer.clear();
+        codec::encode_event(
+            buffer,
+            &event.stream,
+            event.version,
+            event.recorded_ms,
+            event.into(),
+        );
+        tables
+            .events
+            .insert(event.position, buffer.as_slice())
+            .map_err(storage)?;
+        tables
+            .stream_events
+            .insert((event.stream.as_str(), event.version), event.position)
+            .map_err(storage)?;
+        tables
+            .category_events
+            .insert(
+                (event.stream.category().as_str(), event.position),
+                event.version,
+            )
+            .map_err(storage)?;
+        tables
+            .event_ids
+            .insert((event.stream.as_str(), event.id.as_str()), event.version)
+            .map_err(storage)?;
+    }
+    for (name, imported) in &streams {
+        let updated = StreamRecord {
+            deleted: false,
+            last: Some((imported.last_version, imported.last_position)),
+        };
+        tables
+            .streams
+            .insert(*name, updated.encode().as_slice())
+            .map_err(storage)?;
+    }
+    *next_position = last.position + 1;
+    Ok(Ok(()))
 }
 
 fn delete(

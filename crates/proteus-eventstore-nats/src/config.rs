@@ -41,6 +41,11 @@ pub struct NatsEventStoreConfig {
     /// used streams are dropped until three quarters remain, and rebuilt from their streams on
     /// their next append (correctness never depends on the cache).
     pub id_cache_events_max: usize,
+    /// Whether opening creates the store's streams when they are missing (`true`, the
+    /// default, for a store being served), or refuses a prefix whose streams do not exist
+    /// (`false`, for a store only read, as `proteus migrate --from nats://…` does, so a
+    /// mistyped prefix is an error rather than an empty store).
+    pub create_streams: bool,
 }
 
 impl Default for NatsEventStoreConfig {
@@ -57,6 +62,7 @@ impl Default for NatsEventStoreConfig {
             wait_poll_interval_ms: 250,
             append_conflict_retries_max: 64,
             id_cache_events_max: 4_000_000,
+            create_streams: true,
         }
     }
 }

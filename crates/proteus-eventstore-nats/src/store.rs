@@ -221,7 +221,7 @@ impl NatsEventStore {
     }
 
     /// Connects to NATS, checks that JetStream answers, and creates the store's two streams if
-    /// they do not exist. Fails with [`EventStoreError::Unavailable`] when the server cannot be
+    /// they do not exist (or, with `create_streams` off, refuses). Fails with [`EventStoreError::Unavailable`] when the server cannot be
     /// reached, saying how to start it.
     pub async fn open(config: NatsEventStoreConfig) -> Result<NatsEventStore, EventStoreError> {
         config
@@ -277,8 +277,9 @@ impl NatsEventStore {
             allow_direct: true,
             ..Default::default()
         };
-        let events = ensure_stream(&js, &url, events_config).await?;
-        let snapshots = ensure_stream(&js, &url, snapshots_config).await?;
+        let create = config.create_streams;
+        let events = ensure_stream(&js, &url, events_config, create).await?;
+        let snapshots = ensure_stream(&js, &url, snapshots_config, create).await?;
         Ok(NatsEventStore {
             inner: Arc::new(Inner {
                 config,
@@ -639,11 +640,12 @@ impl NatsEventStore {
     }
 }
 
-/// Opens the stream `config` names, creating it if it does not exist.
+/// Opens the stream `config` names, creating it if it does not exist and `create` allows.
 async fn ensure_stream(
     js: &jetstream::Context,
     url: &str,
     config: stream::Config,
+    create: bool,
 ) -> Result<stream::Stream, EventStoreError> {
     let name = config.name.clone();
     let what = format!("opening JetStream stream {name}");
@@ -663,6 +665,13 @@ async fn ensure_stream(
                 let missing = matches!(error.kind(), GetStreamErrorKind::JetStream(api) if api.error_code() == ErrorCode::STREAM_NOT_FOUND);
                 if !missing {
                     return Err(nats(url, &what, error, false));
+                }
+                if !create {
+                    return Err(EventStoreError::InvalidRequest {
+                        reason: format!(
+                            "JetStream stream {name} does not exist on {url}: there is no event store with this stream prefix there"
+                        ),
+                    });
                 }
             }
         }

@@ -47,6 +47,11 @@ pub struct PostgresEventStoreConfig {
     /// Most appends waiting for the writer; further appends wait for room (back-pressure).
     /// Default 1,024.
     pub write_queue_appends_max: usize,
+    /// Whether opening creates the schema and its tables when they are missing (`true`, the
+    /// default, for a store being served), or refuses a schema that holds no event store
+    /// (`false`, for a store only read, as `proteus migrate --from postgres://…` does, so a
+    /// mistyped schema is an error rather than an empty store).
+    pub create_schema: bool,
 }
 
 impl Default for PostgresEventStoreConfig {
@@ -63,6 +68,7 @@ impl Default for PostgresEventStoreConfig {
             write_batch_bytes_max: 16 * 1024 * 1024,
             write_batches_in_flight_max: 8,
             write_queue_appends_max: 1_024,
+            create_schema: true,
         }
     }
 }
@@ -149,6 +155,7 @@ impl fmt::Debug for PostgresEventStoreConfig {
             )
             .field("write_batch_bytes_max", &self.write_batch_bytes_max)
             .field("write_queue_appends_max", &self.write_queue_appends_max)
+            .field("create_schema", &self.create_schema)
             .finish()
     }
 }

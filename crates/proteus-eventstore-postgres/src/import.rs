@@ -3,14 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use proteus_eventstore::limits::{check_import_position, check_imported_stream, validate_import};
 use proteus_eventstore::{EventStoreError, RecordedEvent};
 
 use crate::error::{pg, pool};
 use crate::head::advance;
 use crate::{PostgresEventStore, big};
-
-/// Most events imported in one call (one transaction).
-pub const IMPORT_EVENTS_MAX: usize = 10_000;
 
 impl PostgresEventStore {
     /// Writes `events`, in position order, exactly as another store recorded them, in one
@@ -18,23 +16,12 @@ impl PostgresEventStore {
     /// wait meanwhile; readers wait for the import to end before trusting its positions). They
     /// must all come after every position this store has handed out, and each stream's versions
     /// must continue its own without gap. Refused, writing nothing, when any of that does not
-    /// hold, when a stream is deleted here, or over [`IMPORT_EVENTS_MAX`].
+    /// hold, when a stream is deleted here, or over [`proteus_eventstore::IMPORT_EVENTS_MAX`].
     pub async fn import(&self, events: &[RecordedEvent]) -> Result<(), EventStoreError> {
-        let invalid = |reason: String| EventStoreError::InvalidRequest { reason };
         if events.is_empty() {
             return Ok(());
         }
-        if events.len() > IMPORT_EVENTS_MAX {
-            return Err(invalid(format!(
-                "{} events in one import; the most is {IMPORT_EVENTS_MAX}",
-                events.len()
-            )));
-        }
-        if events.windows(2).any(|w| w[0].position >= w[1].position) {
-            return Err(invalid(
-                "imported events must be in strictly increasing position order".into(),
-            ));
-        }
+        let imported = validate_import(events)?;
         let what = "importing events";
         let schema = format!("\"{}\"", self.schema());
         let mut client = self
@@ -45,26 +32,10 @@ impl PostgresEventStore {
             .await
             .map_err(|e| pool(e, what, &self.inner.shared.url))?;
         let fail = |e| pg(e, what, true, &self.inner.shared.url);
-        // Each stream's first imported version must follow what the store holds.
-        let mut firsts: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut lasts: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-        for event in events {
-            let stream = event.stream.as_str();
-            if let Some(&(version, _)) = lasts.get(stream)
-                && event.version != version + 1
-            {
-                return Err(invalid(format!(
-                    "stream '{stream}' jumps from version {version} to {} within the import",
-                    event.version
-                )));
-            }
-            firsts.entry(stream).or_insert(event.version);
-            lasts.insert(stream, (event.version, event.position));
-        }
         let txn = client.transaction().await.map_err(fail)?;
         // Stream rows first (placeholders for new ones, all locked in name order), then the
         // writers key: the order appends take them in, so an import and appends cannot deadlock.
-        let names: Vec<&str> = firsts.keys().copied().collect();
+        let names: Vec<&str> = imported.keys().copied().collect();
         txn.execute(
             &format!(
                 "INSERT INTO {schema}.streams (name) SELECT n FROM unnest($1::text[]) AS n \
@@ -100,29 +71,14 @@ impl PostgresEventStore {
             .await
             .map_err(fail)?;
         let head = u64::try_from(head.get::<_, i64>(0)).unwrap_or(0);
-        if events[0].position <= head {
-            return Err(invalid(format!(
-                "the first imported event is at position {}, not after this store's head {head}; import only what follows it",
-                events[0].position
-            )));
-        }
+        check_import_position(events[0].position, head)?;
         let mut stored: BTreeMap<String, (Option<i64>, bool)> = BTreeMap::new();
         for row in rows {
             stored.insert(row.get(0), (row.get(1), row.get(2)));
         }
-        for (stream, first) in &firsts {
+        for (stream, imported) in &imported {
             let (last, deleted) = stored.get(*stream).copied().unwrap_or((None, false));
-            if deleted {
-                return Err(invalid(format!(
-                    "stream '{stream}' is deleted in this store"
-                )));
-            }
-            let expected = last.map_or(0, |v| v as u64 + 1);
-            if *first != expected {
-                return Err(invalid(format!(
-                    "stream '{stream}' continues at version {expected} in this store, but the import starts it at {first}"
-                )));
-            }
+            check_imported_stream(stream, imported, last.map(|v| v as u64), deleted)?;
         }
         let positions: Vec<i64> = events.iter().map(|e| big(e.position)).collect();
         let streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
@@ -161,10 +117,23 @@ impl PostgresEventStore {
             ],
         )
         .await
-        .map_err(fail)?;
-        let last_names: Vec<&str> = lasts.keys().copied().collect();
-        let last_versions: Vec<i64> = lasts.values().map(|&(v, _)| big(v)).collect();
-        let last_positions: Vec<i64> = lasts.values().map(|&(_, p)| big(p)).collect();
+        .map_err(|e| match e.code() {
+            // The unique (stream, event id) index: refused like any import that does not
+            // continue this store, and rolled back whole.
+            Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                EventStoreError::InvalidRequest {
+                    reason: format!(
+                        "an imported event id is already in its stream in this store ({})",
+                        e.as_db_error()
+                            .and_then(|d| d.detail())
+                            .unwrap_or("duplicate key")
+                    ),
+                }
+            }
+            _ => fail(e),
+        })?;
+        let last_versions: Vec<i64> = imported.values().map(|s| big(s.last_version)).collect();
+        let last_positions: Vec<i64> = imported.values().map(|s| big(s.last_position)).collect();
         txn.execute(
             &format!(
                 "INSERT INTO {schema}.streams (name, last_version, last_position) \
@@ -172,7 +141,7 @@ impl PostgresEventStore {
                  ON CONFLICT (name) DO UPDATE SET last_version = EXCLUDED.last_version, \
                  last_position = EXCLUDED.last_position"
             ),
-            &[&last_names, &last_versions, &last_positions],
+            &[&names, &last_versions, &last_positions],
         )
         .await
         .map_err(fail)?;

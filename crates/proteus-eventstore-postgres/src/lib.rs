@@ -100,7 +100,6 @@ use tokio_postgres::types::ToSql;
 
 pub use crate::config::{PostgresEventStoreConfig, SCHEMA_NAME_BYTES_MAX, validate_schema_name};
 pub use crate::error::START_HINT;
-pub use crate::import::IMPORT_EVENTS_MAX;
 pub use crate::migrate::{MIGRATIONS, Migration};
 
 use crate::error::{closed, pg, storage};
@@ -387,16 +386,21 @@ impl PostgresEventStore {
         proteus_postgres::check_health(&shared.pool, &shared.url, timeout).await
     }
 
-    /// Connects, applies the migrations this schema misses (creating it if needed), fills the
+    /// Connects, applies the migrations this schema misses (creating it if needed, unless
+    /// `create_schema` is off), fills the
     /// pool lazily and starts the LISTEN connection. Fails with `Unavailable` when PostgreSQL
     /// cannot be reached.
     pub async fn open(config: PostgresEventStoreConfig) -> Result<Self, EventStoreError> {
         let (connection, (pg_config, tls)) = config.validate()?;
         let schema = config.schema.clone();
-        let pool = connection
-            .open(&schema, &migrate::MIGRATIONS)
-            .await
-            .map_err(|e| error::port_error(e, false))?;
+        let pool = if config.create_schema {
+            connection.open(&schema, &migrate::MIGRATIONS).await
+        } else {
+            connection
+                .open_existing(&schema, &migrate::MIGRATIONS)
+                .await
+        }
+        .map_err(|e| error::port_error(e, false))?;
         let sql = Statements::new(&schema);
         let shared = Arc::new(Shared {
             pool,

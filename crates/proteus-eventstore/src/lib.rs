@@ -15,7 +15,9 @@
 //!   of the port except surviving the process;
 //! - `conformance` (feature `conformance`): the suite every adapter runs;
 //! - `crash` (feature `conformance`): appends through crashes of the backend server, for the
-//!   adapters whose tests can kill theirs.
+//!   adapters whose tests can kill theirs;
+//! - `import_conformance` (feature `conformance`): the suite of the stores that import events
+//!   with their positions (`proteus migrate` targets).
 //!
 //! Like `proteus-log`, it does no I/O and has no async runtime in its API. Durable stores live
 //! in adapter crates (`proteus-eventstore-embedded`, `proteus-eventstore-postgres`).
@@ -31,6 +33,8 @@ pub mod store;
 pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod crash;
+#[cfg(feature = "conformance")]
+pub mod import_conformance;
 
 pub use error::{ErrorKind, EventStoreError};
 pub use event::{
@@ -39,8 +43,8 @@ pub use event::{
 };
 pub use limits::{
     APPEND_BYTES_MAX, EVENT_DATA_BYTES_MAX, EVENT_METADATA_BYTES_MAX, EVENTS_PER_APPEND_MAX,
-    FILTER_EVENT_TYPES_MAX, READ_COUNT_MAX, READ_SCAN_EVENTS_MAX, SNAPSHOT_BYTES_MAX,
-    ValidatedAppend, WAIT_MS_MAX,
+    FILTER_EVENT_TYPES_MAX, IMPORT_EVENTS_MAX, READ_COUNT_MAX, READ_SCAN_EVENTS_MAX,
+    SNAPSHOT_BYTES_MAX, ValidatedAppend, WAIT_MS_MAX,
 };
 pub use memory::MemoryEventStore;
 pub use name::{Category, InvalidName, StreamName};

@@ -1,13 +1,13 @@
 //! The limits of every request and the checks every adapter applies before it touches
 //! storage, so all adapters refuse the same inputs with the same messages.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
 
 use crate::error::EventStoreError;
-use crate::event::{ExpectedVersion, ProposedEvent, ReadFilter};
+use crate::event::{ExpectedVersion, ProposedEvent, ReadFilter, RecordedEvent};
 use crate::name::{
     InvalidName, STREAM_NAME_BYTES_MAX, StreamName, validate_event_id, validate_event_type,
 };
@@ -30,6 +30,9 @@ pub const READ_SCAN_EVENTS_MAX: usize = 100_000;
 pub const FILTER_EVENT_TYPES_MAX: usize = 100;
 /// Largest snapshot `data`, in bytes.
 pub const SNAPSHOT_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Most events one import (`proteus migrate` into a store that keeps positions) writes in one
+/// transaction.
+pub const IMPORT_EVENTS_MAX: usize = 10_000;
 /// Longest `wait_for_position`, in milliseconds: long polls beyond a minute only hold
 /// connections open through proxies that cut them anyway.
 pub const WAIT_MS_MAX: u64 = 60_000;
@@ -363,6 +366,126 @@ pub fn check_idempotency(
     Ok(Idempotency::Duplicate {
         first_version: first,
     })
+}
+
+/// What an import writes to one stream: its first and last version and the position of its
+/// last event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportedStream {
+    pub first_version: u64,
+    pub last_version: u64,
+    pub last_position: u64,
+}
+
+/// The checks of an import (events recorded by another store, copied with their positions,
+/// versions, ids and times) that need no storage: at most [`IMPORT_EVENTS_MAX`] events, in
+/// strictly increasing position order (gaps allowed, as in any `$all` feed), each stream's
+/// versions consecutive within the import. Returns what it writes to each stream, by name;
+/// the store then checks each stream continues its own versions, is not deleted, and that the
+/// first position comes after its head.
+pub fn validate_import(
+    events: &[RecordedEvent],
+) -> Result<BTreeMap<&str, ImportedStream>, EventStoreError> {
+    let invalid = |reason: String| EventStoreError::InvalidRequest { reason };
+    if events.len() > IMPORT_EVENTS_MAX {
+        return Err(invalid(format!(
+            "{} events in one import; the most is {IMPORT_EVENTS_MAX}",
+            events.len()
+        )));
+    }
+    if let Some(pair) = events.windows(2).find(|w| w[0].position >= w[1].position) {
+        return Err(invalid(format!(
+            "imported events must be in strictly increasing position order, but position {} follows {}",
+            pair[1].position, pair[0].position
+        )));
+    }
+    let mut streams: BTreeMap<&str, ImportedStream> = BTreeMap::new();
+    for event in events {
+        let stream = event.stream.as_str();
+        // What the source store checked on the way in, checked again: the encodings of
+        // stores rely on these bounds.
+        let of_event = |reason: String| {
+            invalid(format!(
+                "the event at position {} (stream '{stream}', version {}): {reason}",
+                event.position, event.version
+            ))
+        };
+        validate_event_id(&event.id).map_err(|e| of_event(e.to_string()))?;
+        validate_event_type(&event.event_type).map_err(|e| of_event(e.to_string()))?;
+        if event.data.len() > EVENT_DATA_BYTES_MAX {
+            return Err(of_event(format!(
+                "data is {} bytes, the most is {EVENT_DATA_BYTES_MAX}",
+                event.data.len()
+            )));
+        }
+        if let Some(metadata) = &event.metadata
+            && metadata.len() > EVENT_METADATA_BYTES_MAX
+        {
+            return Err(of_event(format!(
+                "metadata is {} bytes, the most is {EVENT_METADATA_BYTES_MAX}",
+                metadata.len()
+            )));
+        }
+        match streams.get_mut(stream) {
+            Some(imported) => {
+                if event.version != imported.last_version + 1 {
+                    return Err(invalid(format!(
+                        "stream '{stream}' jumps from version {} to {} within the import",
+                        imported.last_version, event.version
+                    )));
+                }
+                imported.last_version = event.version;
+                imported.last_position = event.position;
+            }
+            None => {
+                streams.insert(
+                    stream,
+                    ImportedStream {
+                        first_version: event.version,
+                        last_version: event.version,
+                        last_position: event.position,
+                    },
+                );
+            }
+        }
+    }
+    Ok(streams)
+}
+
+/// The check of one imported stream against what the store holds of it (`last_version`:
+/// `None` without events, `deleted`: a tombstone).
+pub fn check_imported_stream(
+    stream: &str,
+    imported: &ImportedStream,
+    last_version: Option<u64>,
+    deleted: bool,
+) -> Result<(), EventStoreError> {
+    let invalid = |reason: String| EventStoreError::InvalidRequest { reason };
+    if deleted {
+        return Err(invalid(format!(
+            "stream '{stream}' is deleted in this store"
+        )));
+    }
+    let expected = last_version.map_or(0, |v| v + 1);
+    if imported.first_version != expected {
+        return Err(invalid(format!(
+            "stream '{stream}' continues at version {expected} in this store, but the import starts it at {}",
+            imported.first_version
+        )));
+    }
+    Ok(())
+}
+
+/// The check of an import's first position against the store's head (0: empty).
+pub fn check_import_position(first_position: u64, head: u64) -> Result<(), EventStoreError> {
+    if first_position <= head {
+        return Err(EventStoreError::InvalidRequest {
+            reason: format!(
+                "the first imported event is at position {first_position}, not after this store's head {head}; import only what follows it"
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -396,6 +396,40 @@ impl Connection {
             .build()
             .map_err(|e| PgError::permanent(format!("cannot build the connection pool: {e}")))
     }
+
+    /// [`Connection::open`] for a schema that must already hold `migrations`' tables, as when
+    /// a store is read rather than served (`proteus migrate --from postgres://…`): a mistyped
+    /// schema is refused, creating nothing, instead of opening as an empty store.
+    pub async fn open_existing(
+        &self,
+        schema: &str,
+        migrations: &Migrations,
+    ) -> Result<Pool, PgError> {
+        validate_schema_name(schema).map_err(PgError::permanent)?;
+        let (config, tls) = self.config().map_err(PgError::permanent)?;
+        let (client, connection) = config
+            .connect(tls)
+            .await
+            .map_err(|e| connect_error(&e, &self.url))?;
+        let driver = tokio::spawn(connection);
+        // `schema` passed `validate_schema_name`: only [a-z0-9_], safe to splice.
+        let table = format!("\"{schema}\".{}", migrations.table);
+        let found = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .map_err(|e| pg(e, &format!("looking for schema {schema}"), &self.url));
+        drop(client);
+        let _ = driver.await;
+        if !found?.get::<_, bool>(0) {
+            return Err(PgError::permanent(format!(
+                "schema {schema} at {} holds no {} (it has no table {}); name the schema that does",
+                described(&self.url),
+                migrations.what,
+                migrations.table
+            )));
+        }
+        self.open(schema, migrations).await
+    }
 }
 
 /// One migration: its version (from 1, consecutive), a short name and its SQL.

@@ -1,6 +1,7 @@
-//! `proteus migrate`: copies an event store to PostgreSQL with positions, versions, ids and
-//! times kept, or to the event store on NATS JetStream with versions, ids and `$all` order kept
-//! (JetStream assigns positions and recording times itself), with tombstones and latest
+//! `proteus migrate`: copies an event store (embedded, PostgreSQL, NATS, or whatever a running
+//! server serves) to PostgreSQL or to an embedded data directory with positions, versions, ids
+//! and times kept, or to the event store on NATS JetStream with versions, ids and `$all` order
+//! kept (JetStream assigns positions and recording times itself), with tombstones and latest
 //! snapshots, verifies it (event count and a checksum of every event on both sides), and with
 //! `--follow` keeps copying new events until interrupted, for a cut-over without downtime: the
 //! interruption copies what is left, tombstones and snapshots included, and verifies again.
@@ -11,35 +12,42 @@ use std::time::Duration;
 
 use proteus_client::{Client, ClientError, FeedQuery};
 use proteus_eventstore::{
-    Direction, EventStore, EventStoreError, ExpectedVersion, FeedPage, ProposedEvent, ReadFilter,
-    RecordedEvent, Snapshot, StreamInfo, StreamName,
+    Direction, EventStore, EventStoreError, ExpectedVersion, FeedPage, IMPORT_EVENTS_MAX,
+    ProposedEvent, ReadFilter, RecordedEvent, Snapshot, StreamInfo, StreamName,
 };
 use proteus_eventstore_embedded::{
     EmbeddedConfig, EmbeddedEventStore, FILE_NAME as EVENT_STORE_FILE,
 };
 use proteus_eventstore_nats::NatsEventStore;
-use proteus_eventstore_postgres::{
-    IMPORT_EVENTS_MAX, PostgresEventStore, PostgresEventStoreConfig,
-};
+use proteus_eventstore_postgres::{PostgresEventStore, PostgresEventStoreConfig};
 use xxhash_rust::xxh3::Xxh3;
 
 #[derive(clap::Args, Debug)]
 pub struct MigrateArgs {
     /// The event store to copy: `embedded:DIR` (a data directory, whose server must be
-    /// stopped) or the URL of a running Proteus server (`http://HOST:PORT`), which `--follow`
-    /// needs.
+    /// stopped), a PostgreSQL URL (`postgres://USER@HOST:PORT/DB`, schema `--from-schema`), a
+    /// NATS URL (`nats://HOST:PORT`, stream prefix `--from-prefix`), or the URL of a running
+    /// Proteus server (`http://HOST:PORT`) on any backend.
     #[arg(long, value_name = "SOURCE")]
     pub from: String,
-    /// Where to copy it: a PostgreSQL URL (`postgres://USER@HOST:PORT/DB`), positions kept, or
-    /// a NATS URL (`nats://HOST:PORT`), the event store on JetStream, which assigns positions
-    /// and recording times itself.
-    #[arg(long, value_name = "URL")]
+    /// The PostgreSQL schema of the source, which must exist (PostgreSQL sources).
+    #[arg(long, default_value = "proteus_eventstore", value_name = "SCHEMA")]
+    pub from_schema: String,
+    /// The JetStream stream prefix of the source, whose streams must exist (NATS sources).
+    #[arg(long, default_value = "PROTEUS_ES", value_name = "PREFIX")]
+    pub from_prefix: String,
+    /// Where to copy it: a PostgreSQL URL (`postgres://USER@HOST:PORT/DB`) or `embedded:DIR`
+    /// (a data directory, created if missing, whose server must be stopped), positions and
+    /// times kept; or a NATS URL (`nats://HOST:PORT`), the event store on JetStream, which
+    /// assigns positions and recording times itself.
+    #[arg(long, value_name = "TARGET")]
     pub to: String,
     /// The PostgreSQL schema of the copy, created if missing (PostgreSQL targets).
     #[arg(long, default_value = "proteus_eventstore", value_name = "SCHEMA")]
     pub to_schema: String,
     /// The JetStream stream prefix of the copy, as `serve --event-store-prefix` (NATS
-    /// targets): streams `<PREFIX>_EVENTS` and `<PREFIX>_SNAPSHOTS`.
+    /// targets): streams `<PREFIX>_EVENTS` and `<PREFIX>_SNAPSHOTS`. The same NATS login
+    /// options serve a NATS source and a NATS target.
     #[arg(long, default_value = "PROTEUS_ES", value_name = "PREFIX")]
     pub to_prefix: String,
     /// Events copied per transaction.
@@ -60,7 +68,8 @@ enum Source {
 }
 
 impl Source {
-    async fn open(from: &str) -> Result<Source, String> {
+    async fn open(args: &MigrateArgs) -> Result<Source, String> {
+        let from = args.from.as_str();
         if let Some(dir) = from.strip_prefix("embedded:") {
             // Opening creates a store where there is none: a mistyped directory would then
             // "migrate" zero events successfully.
@@ -71,21 +80,37 @@ impl Source {
                     EVENT_STORE_FILE
                 ));
             }
-            let store = EmbeddedEventStore::open(std::path::Path::new(dir), EmbeddedConfig::default())
-                .map_err(|e| {
-                    format!(
-                        "cannot open the embedded event store in {dir}: {e}; stop the server using it, or give its URL with --from http://HOST:PORT"
-                    )
-                })?;
-            return Ok(Source::Store(Arc::new(store)));
+            return Ok(Source::Store(Arc::new(open_embedded(dir)?)));
         }
         if from.starts_with("http://") || from.starts_with("https://") {
             return Client::new(from)
                 .map(Source::Server)
                 .map_err(|e| format!("--from {from}: {e}"));
         }
+        if is_postgres_url(from) {
+            let config = PostgresEventStoreConfig {
+                create_schema: false,
+                ..PostgresEventStoreConfig::new(from, &args.from_schema)
+            };
+            let store = PostgresEventStore::open(config).await.map_err(|e| {
+                format!(
+                    "cannot open the PostgreSQL event store to copy (--from-schema {}): {e}",
+                    args.from_schema
+                )
+            })?;
+            return Ok(Source::Store(Arc::new(store)));
+        }
+        if crate::settings::is_nats_url(from) {
+            let security = args.nats_security.files();
+            let store =
+                crate::serve::open_nats_event_store(from, &args.from_prefix, &security, false)
+                    .await
+                    .map_err(|e| format!("{e}; check --from-prefix"))?;
+            return Ok(Source::Store(Arc::new(store)));
+        }
         Err(format!(
-            "--from must be embedded:DIR or http://HOST:PORT, got {from:?}"
+            "--from must be embedded:DIR, postgres://USER@HOST:PORT/DB, nats://HOST:PORT or http://HOST:PORT, got {:?}",
+            proteus_postgres::redact(from)
         ))
     }
 
@@ -166,7 +191,7 @@ struct Fingerprint {
 /// What a copy keeps, hence what verification compares.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kept {
-    /// Everything, positions and recording times included (PostgreSQL).
+    /// Everything, positions and recording times included (PostgreSQL, embedded).
     Everything,
     /// Streams, versions, ids, types, schema versions, data and metadata, in `$all` order;
     /// not positions or recording times (NATS, where the server assigns them).
@@ -241,10 +266,28 @@ const NATS_APPEND_EVENTS_MAX: usize = 100;
 /// empty (each stream's version is then read from the target once more).
 const NATS_STREAMS_CACHED_MAX: usize = 1_000_000;
 
+fn is_postgres_url(text: &str) -> bool {
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
+}
+
+/// Opens the embedded store in `dir`, saying what to do when its server holds it.
+fn open_embedded(dir: &str) -> Result<EmbeddedEventStore, String> {
+    EmbeddedEventStore::open(std::path::Path::new(dir), EmbeddedConfig::default()).map_err(|e| {
+        format!(
+            "cannot open the embedded event store in {dir}: {e}; stop the server using it (a server's store can be copied from its URL, --from http://HOST:PORT)"
+        )
+    })
+}
+
 /// Where events are copied to.
 enum Target {
     /// Imported with their positions and times (`PostgresEventStore::import`).
     Postgres(PostgresEventStore),
+    /// Imported with their positions and times (`EmbeddedEventStore::import`).
+    Embedded {
+        store: EmbeddedEventStore,
+        dir: String,
+    },
     /// Appended with their versions, in the source's `$all` order; `next_versions` caches each
     /// stream's next version in the target (`None`: deleted there), so a run resumed after an
     /// interruption, or following new events, appends only what the target lacks.
@@ -259,15 +302,27 @@ impl Target {
         if crate::settings::is_nats_url(&args.to) {
             let security = args.nats_security.files();
             let store =
-                crate::serve::open_nats_event_store(&args.to, &args.to_prefix, &security).await?;
+                crate::serve::open_nats_event_store(&args.to, &args.to_prefix, &security, true)
+                    .await?;
             return Ok(Target::Nats {
                 store,
                 next_versions: HashMap::new(),
             });
         }
-        if !(args.to.starts_with("postgres://") || args.to.starts_with("postgresql://")) {
+        if let Some(dir) = args.to.strip_prefix("embedded:") {
+            if args.from == args.to {
+                return Err(format!(
+                    "--from and --to are the same store ({dir}); copy it to another directory"
+                ));
+            }
+            return Ok(Target::Embedded {
+                store: open_embedded(dir)?,
+                dir: dir.to_owned(),
+            });
+        }
+        if !is_postgres_url(&args.to) {
             return Err(format!(
-                "--to must be a PostgreSQL URL (postgres://USER@HOST:PORT/DB) or a NATS URL (nats://HOST:PORT), got {:?}",
+                "--to must be a PostgreSQL URL (postgres://USER@HOST:PORT/DB), a NATS URL (nats://HOST:PORT) or embedded:DIR, got {:?}",
                 proteus_postgres::redact(&args.to)
             ));
         }
@@ -286,13 +341,14 @@ impl Target {
     fn store(&self) -> Arc<dyn EventStore> {
         match self {
             Target::Postgres(store) => Arc::new(store.clone()),
+            Target::Embedded { store, .. } => Arc::new(store.clone()),
             Target::Nats { store, .. } => Arc::new(store.clone()),
         }
     }
 
     fn kept(&self) -> Kept {
         match self {
-            Target::Postgres(_) => Kept::Everything,
+            Target::Postgres(_) | Target::Embedded { .. } => Kept::Everything,
             Target::Nats { .. } => Kept::ContentInOrder,
         }
     }
@@ -301,7 +357,8 @@ impl Target {
     /// from the start otherwise (what the target holds is then skipped by version).
     async fn resume_from(&self) -> Result<u64, String> {
         match self {
-            Target::Postgres(store) => Ok(store
+            Target::Postgres(_) | Target::Embedded { .. } => Ok(self
+                .store()
                 .read_all(u64::MAX, Direction::Backward, 1, &ReadFilter::default())
                 .await
                 .map_err(|e| format!("reading the target's head: {e}"))?
@@ -325,6 +382,13 @@ impl Target {
                     .map_err(|e| format!("writing to PostgreSQL: {e}"))?;
                 Ok(events.iter().collect())
             }
+            Target::Embedded { store, dir } => {
+                store
+                    .import(events.to_vec())
+                    .await
+                    .map_err(|e| format!("writing to the embedded store in {dir}: {e}"))?;
+                Ok(events.iter().collect())
+            }
             Target::Nats {
                 store,
                 next_versions,
@@ -340,7 +404,7 @@ impl Target {
 
     async fn fingerprint(&self, up_to: u64, batch: usize) -> Result<Fingerprint, String> {
         let up_to = match self {
-            Target::Postgres(_) => up_to,
+            Target::Postgres(_) | Target::Embedded { .. } => up_to,
             // The copy's positions are its own: all of it is compared.
             Target::Nats { .. } => u64::MAX,
         };
@@ -601,8 +665,9 @@ async fn finish_pass(
     let actual = target.fingerprint(head, batch).await?;
     if expected != actual {
         let undo = match target {
-            Target::Postgres(_) => "drop the target schema",
-            Target::Nats { .. } => "delete the target's JetStream streams",
+            Target::Postgres(_) => "drop the target schema".to_owned(),
+            Target::Embedded { dir, .. } => format!("delete {dir}/{EVENT_STORE_FILE}"),
+            Target::Nats { .. } => "delete the target's JetStream streams".to_owned(),
         };
         return Err(format!(
             "verification failed: the source has {} events up to position {head} (checksum {:016x}), the copy {} (checksum {:016x}); {undo} and migrate again",
@@ -651,7 +716,7 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
         ));
     }
     let batch = args.batch_events;
-    let source = Source::open(&args.from).await?;
+    let source = Source::open(&args).await?;
     let mut target = Target::open(&args).await?;
     let mut from = target.resume_from().await?;
     pass(&source, &mut target, &mut from, batch).await?;

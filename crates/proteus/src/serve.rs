@@ -49,11 +49,13 @@ pub async fn open_nats_event_store(
     url: &str,
     prefix: &str,
     security: &proteus_nats::NatsSecurity,
+    create_streams: bool,
 ) -> Result<NatsEventStore, String> {
     let config = NatsEventStoreConfig {
         stream_prefix: prefix.to_owned(),
         subject_prefix: prefix.to_ascii_lowercase(),
         security: security.clone(),
+        create_streams,
         ..NatsEventStoreConfig::new(url)
     };
     NatsEventStore::open(config)
@@ -243,7 +245,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         }
         EventStoreBackend::Nats { url, prefix } => {
             let store =
-                Arc::new(open_nats_event_store(url, prefix, &settings.nats_security).await?);
+                Arc::new(open_nats_event_store(url, prefix, &settings.nats_security, true).await?);
             backend_checks.push(health_checks::check("event_store", "nats", store.clone()));
             store
         }

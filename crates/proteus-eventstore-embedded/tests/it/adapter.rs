@@ -195,3 +195,56 @@ async fn kill_9_keeps_whole_appends_only() {
         store.close().await.unwrap();
     }
 }
+
+struct EmbeddedImporter(EmbeddedEventStore);
+
+#[async_trait::async_trait]
+impl proteus_eventstore::import_conformance::Importer for EmbeddedImporter {
+    async fn import(
+        &self,
+        events: Vec<proteus_eventstore::RecordedEvent>,
+    ) -> Result<(), proteus_eventstore::EventStoreError> {
+        self.0.import(events).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_keep_positions_versions_and_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedEventStore::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    let importer = EmbeddedImporter(store.clone());
+    proteus_eventstore::import_conformance::imports_keep_everything(&store, &importer).await;
+    // What was imported is in the file: a reopened store starts after it.
+    let before = store
+        .read_all(
+            0,
+            proteus_eventstore::Direction::Forward,
+            100,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    drop(importer);
+    store.close().await.unwrap();
+    drop(store);
+    let reopened = EmbeddedEventStore::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    let after = reopened
+        .read_all(
+            0,
+            proteus_eventstore::Direction::Forward,
+            100,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.events, before.events);
+    let next = reopened
+        .append(
+            &StreamName::parse("after-1").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![ProposedEvent::new("n", "T", &b"{}"[..])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.first_position, before.head_position + 1);
+}

@@ -426,3 +426,35 @@ async fn an_unreachable_server_is_unavailable_and_says_how_to_start_it() {
     assert!(!text.contains("secret"), "{text}");
     assert!(text.contains("nats-server"), "{text}");
 }
+
+/// A store opened only to be read (`proteus migrate --from nats://…`) refuses a prefix whose
+/// streams do not exist instead of creating them; once they exist it opens.
+#[tokio::test]
+async fn a_store_opened_without_creating_needs_its_streams() {
+    let harness = Harness::new();
+    let reader = NatsEventStoreConfig {
+        create_streams: false,
+        ..harness.config.clone()
+    };
+    let error = match NatsEventStore::open(reader.clone()).await {
+        Ok(_) => panic!("the streams do not exist yet"),
+        Err(error) => error,
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!(
+            "JetStream stream {}_EVENTS does not exist",
+            harness.config.stream_prefix
+        )) && text.contains("no event store with this stream prefix"),
+        "{text}"
+    );
+    // Still nothing: the refusal created no stream, so a second reader is refused too.
+    assert!(NatsEventStore::open(reader.clone()).await.is_err());
+    open(harness.config.clone()).await.close().await.unwrap();
+    NatsEventStore::open(reader)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+}

@@ -402,3 +402,64 @@ async fn imports_racing_appends_to_the_same_streams_never_deadlock() {
     appender.await.unwrap();
     assert!(landed > 0, "{landed} imports landed, {refused} refused");
 }
+
+struct PostgresImporter(PostgresEventStore);
+
+#[async_trait::async_trait]
+impl proteus_eventstore::import_conformance::Importer for PostgresImporter {
+    async fn import(
+        &self,
+        events: Vec<proteus_eventstore::RecordedEvent>,
+    ) -> Result<(), EventStoreError> {
+        self.0.import(&events).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_keep_positions_versions_and_times() {
+    let schema = TestSchema::new("import_suite");
+    let store = schema.open().await;
+    let importer = PostgresImporter(store.clone());
+    proteus_eventstore::import_conformance::imports_keep_everything(&store, &importer).await;
+    store.close().await.unwrap();
+}
+
+/// A store opened only to be read (`proteus migrate --from postgres://…`) refuses a schema
+/// that holds no event store, and creates nothing.
+#[tokio::test]
+async fn a_schema_opened_without_creating_must_hold_a_store() {
+    let schema = TestSchema::new("must_exist");
+    let config = PostgresEventStoreConfig {
+        create_schema: false,
+        ..schema.config()
+    };
+    let error = PostgresEventStore::open(config.clone())
+        .await
+        .err()
+        .expect("a missing schema is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("schema {} at", schema.name))
+            && message.contains("holds no event streams")
+            && message.contains("name the schema that does"),
+        "{message}"
+    );
+    // Nothing was created; opening it to serve makes it, after which it opens both ways.
+    let created = admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+            &[&schema.name],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(created, 0);
+    schema.open().await.close().await.unwrap();
+    PostgresEventStore::open(config)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+}

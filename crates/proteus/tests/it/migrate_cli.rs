@@ -2,7 +2,9 @@
 //! tombstones kept and verified; a server on the copy serves the same history and continues it;
 //! a second run resumes; `--follow` keeps the copy in sync with a running server. The same store
 //! copied to NATS JetStream with versions, ids, order and tombstones kept (positions and times
-//! are the server's), a second run resuming by version.
+//! are the server's), a second run resuming by version, and back from JetStream to an embedded
+//! directory. A store on PostgreSQL, read from its schema directly, copied down to an embedded
+//! directory with positions and times kept.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
@@ -54,7 +56,16 @@ fn feed(http: &reqwest::blocking::Client, url: &str) -> Vec<Value> {
 /// Writes four appends to three streams of an embedded store in `dir`, snapshots one stream
 /// and deletes another, then stops its server; returns the `$all` feed it served.
 fn fill_source(http: &reqwest::blocking::Client, dir: &std::path::Path) -> Vec<Value> {
-    let mut source = ServerProcess::start(dir);
+    fill_source_with(http, dir, &[])
+}
+
+/// [`fill_source`] through a server started with `args` (an event store on another backend).
+fn fill_source_with(
+    http: &reqwest::blocking::Client,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> Vec<Value> {
+    let mut source = ServerProcess::start_with(dir, args, &[]);
     for (stream, events) in [
         (
             "order-1",
@@ -565,11 +576,132 @@ fn an_embedded_event_store_moves_to_nats_with_versions_and_order_kept() {
         err.contains("delete the target's JetStream streams"),
         "{err}"
     );
-    // A target that is neither PostgreSQL nor NATS is refused, naming both.
+    // A target that is none of PostgreSQL, NATS or embedded is refused, naming each.
     let (code, _, err) = run_cli(
         &["migrate", "--from", &from, "--to", "redis://127.0.0.1:6379"],
         None,
     );
     assert_ne!(code, 0);
-    assert!(err.contains("--to must be a PostgreSQL URL"), "{err}");
+    assert!(
+        err.contains("--to must be a PostgreSQL URL") && err.contains("embedded:DIR"),
+        "{err}"
+    );
+
+    // And back: the store on NATS, read from JetStream directly while a server serves it,
+    // copied to an embedded directory with the NATS store's positions and times kept.
+    let back = tempfile::tempdir().unwrap();
+    let to_back = format!("embedded:{}", back.path().display());
+    let from_nats = |prefix: &str| {
+        run_cli(
+            &[
+                "migrate",
+                "--from",
+                &nats_url(),
+                "--from-prefix",
+                prefix,
+                "--to",
+                &to_back,
+            ],
+            None,
+        )
+    };
+    // A mistyped prefix is refused, and no stream is made for it.
+    let mistyped = format!("{}TYPO", streams.0);
+    let _mistyped_streams = NatsStreams(mistyped.clone());
+    let (code, _, err) = from_nats(&mistyped);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!(
+            "JetStream stream {mistyped}_EVENTS does not exist"
+        )) && err.contains("check --from-prefix"),
+        "{err}"
+    );
+    let (code, out, err) = from_nats(&streams.0);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("copied 6 events of 3 streams (1 deleted, 1 snapshots copied)"),
+        "{out}"
+    );
+    assert!(out.contains("verified: 6 events up to position"), "{out}");
+    let on_nats = feed(&http, &target.url);
+    drop(target);
+    let returned = ServerProcess::start(back.path());
+    assert_eq!(feed(&http, &returned.url), on_nats);
+    let gone = http
+        .get(format!("{}/v1/streams/cart-9", returned.url))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(gone.as_u16(), 410);
+}
+
+#[test]
+fn a_postgres_event_store_moves_to_an_embedded_directory_with_positions_kept() {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let schema = format!("it_migrate_down_{}_{nanos}", std::process::id());
+    let _schemas = Schemas(vec![schema.clone()]);
+    let http = reqwest::blocking::Client::new();
+    let on_postgres = [
+        "--event-store",
+        &postgres_url(),
+        "--event-store-schema",
+        &schema,
+    ];
+    let source_dir = tempfile::tempdir().unwrap();
+    let original = fill_source_with(&http, source_dir.path(), &on_postgres);
+
+    let target_dir = tempfile::tempdir().unwrap();
+    let to = format!("embedded:{}", target_dir.path().join("data").display());
+    let migrate = |from_schema: &str| {
+        run_cli(
+            &[
+                "migrate",
+                "--from",
+                &postgres_url(),
+                "--from-schema",
+                from_schema,
+                "--to",
+                &to,
+            ],
+            None,
+        )
+    };
+    // A mistyped schema is refused (and not created), not copied as an empty store.
+    let (code, _, err) = migrate(&format!("{schema}_typo"));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("schema {schema}_typo at"))
+            && err.contains("holds no event streams")
+            && err.contains("--from-schema"),
+        "{err}"
+    );
+    let (code, out, err) = migrate(&schema);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("copied 5 events of 3 streams (1 deleted, 1 snapshots copied)"),
+        "{out}"
+    );
+    assert!(out.contains("verified: 5 events up to position"), "{out}");
+    // A second run resumes after the copy's head: nothing twice.
+    let (code, out, err) = migrate(&schema);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("copied 0 events of 0 streams (0 deleted, 0 snapshots copied)"),
+        "{out}"
+    );
+
+    // A server on the directory serves the same history, positions and times included, and
+    // continues it after the copied positions.
+    let target = ServerProcess::start(&target_dir.path().join("data"));
+    assert_eq!(feed(&http, &target.url), original);
+    let appended = deleted_stays_deleted_and_versions_continue(&http, &target.url);
+    let last = original.last().unwrap()["position"].as_u64().unwrap();
+    assert_eq!(appended["first_position"], last + 1, "{appended}");
+    // While that server holds the directory, a copy into it is refused, saying why.
+    let (code, _, err) = migrate(&schema);
+    assert_ne!(code, 0);
+    assert!(err.contains("stop the server using it"), "{err}");
 }
