@@ -526,8 +526,10 @@ impl std::fmt::Display for Synced {
     }
 }
 
-/// Copies the source's `$all` from `from` to its end as read now, moving `from` past it;
-/// returns the events written, the streams they belong to and the source's head position.
+/// Copies the source's `$all` from `from` to its end as read now, moving `from` past what
+/// was written; returns the events written, the streams they belong to and the source's head
+/// position. The next page is read while the current one is written, so a copy takes about as
+/// long as the slower side rather than both added together.
 async fn copy_to_end(
     source: &Source,
     target: &mut Target,
@@ -535,19 +537,49 @@ async fn copy_to_end(
     batch: usize,
 ) -> Result<(u64, BTreeSet<StreamName>, u64), String> {
     let (mut copied, mut streams) = (0, BTreeSet::new());
+    let started = std::time::Instant::now();
+    let mut reported = started;
+    let mut page = source.page(*from, batch, 0).await?;
     loop {
-        let page = source.page(*from, batch, 0).await?;
-        if !page.events.is_empty() {
-            let written = target.write(&page.events).await?;
-            copied += written.len() as u64;
-            streams.extend(written.into_iter().map(|e| e.stream.clone()));
-        }
+        let next_at = (!page.is_end).then_some(page.next_position);
+        let (written, next_page) = tokio::join!(
+            async {
+                if page.events.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    target.write(&page.events).await
+                }
+            },
+            async {
+                match next_at {
+                    Some(at) => source.page(at, batch, 0).await.map(Some),
+                    None => Ok(None),
+                }
+            },
+        );
+        let written = written?;
+        copied += written.len() as u64;
+        streams.extend(written.into_iter().map(|e| e.stream.clone()));
         *from = page.next_position;
-        if page.is_end {
+        let Some(next_page) = next_page? else {
             return Ok((copied, streams, page.head_position));
+        };
+        // A copy of millions of events takes minutes: say how far it is.
+        if reported.elapsed() >= PROGRESS_INTERVAL {
+            reported = std::time::Instant::now();
+            println!(
+                "copying: {copied} events so far, at position {} of {} ({:.0} events/s)",
+                *from,
+                page.head_position,
+                copied as f64 / started.elapsed().as_secs_f64()
+            );
         }
+        page = next_page;
     }
 }
+
+/// How often a long copy prints how far it is.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Most requests for stream information and snapshots the source serves at once: a pass asks
 /// about every stream, and one at a time over HTTP that is most of a pass with nothing new.
@@ -654,7 +686,12 @@ async fn finish_pass(
 ) -> Result<(), String> {
     let kept = target.kept();
     let mut streams = BTreeSet::new();
-    let expected = fingerprint_source(source, head, batch, kept, Some(&mut streams)).await?;
+    // Both sides are read at once; tombstones and snapshots, made after, change no event.
+    let (expected, actual) = tokio::join!(
+        fingerprint_source(source, head, batch, kept, Some(&mut streams)),
+        target.fingerprint(head, batch),
+    );
+    let (expected, actual) = (expected?, actual?);
     let synced = sync_tombstones_and_snapshots(source, target, &streams).await?;
     println!(
         "copied {} events of {} streams ({synced}) in {:.1} s, up to position {head}",
@@ -662,7 +699,6 @@ async fn finish_pass(
         copied.1,
         started.elapsed().as_secs_f64()
     );
-    let actual = target.fingerprint(head, batch).await?;
     if expected != actual {
         let undo = match target {
             Target::Postgres(_) => "drop the target schema".to_owned(),
