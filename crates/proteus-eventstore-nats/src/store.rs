@@ -57,6 +57,10 @@ pub const HEADER_BYTES_RESERVED: usize = 2048;
 const SEARCH_PROBES_MAX: u32 = 64;
 /// Most messages one fetch from a read consumer asks for.
 const FETCH_MESSAGES_MAX: usize = 512;
+/// Messages the first fetch of a read asks for at most, before it knows how many events a
+/// message holds here: one message holds a whole append (up to 1,000 events), so asking for
+/// as many messages as the read wants events could fetch a hundred times what it returns.
+const FIRST_FETCH_MESSAGES_MAX: usize = 16;
 /// Most bytes one fetch asks for (a larger single message is still fetched alone).
 const FETCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Sequences the first window of a backward `$all` read covers at least, and at most as it
@@ -70,6 +74,16 @@ const QUICK_RECHECKS: u32 = 4;
 /// Ephemeral read consumers are removed by the server after this idle time if the adapter
 /// could not delete them itself.
 const READ_CONSUMER_IDLE_MS: u64 = 30_000;
+
+/// How many messages the next fetch of a read asks for, to find `events_wanted` more events
+/// (or matching events) when `messages_seen` messages gave `events_seen` of them: the
+/// average so far, plus one for the remainder; as many as allowed while none has been seen.
+fn messages_to_fetch(events_wanted: usize, messages_seen: usize, events_seen: usize) -> usize {
+    if events_seen == 0 {
+        return FETCH_MESSAGES_MAX;
+    }
+    (events_wanted.saturating_mul(messages_seen) / events_seen + 1).clamp(1, FETCH_MESSAGES_MAX)
+}
 
 /// The position of the event at `index` in the message at stream sequence `seq`.
 pub fn position_of(seq: u64, index: u64) -> u64 {
@@ -852,5 +866,23 @@ impl EventStore for NatsEventStore {
         let _ = self.inner.client.flush().await;
         let _ = self.inner.client.drain().await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetches_are_sized_from_the_events_a_message_held_so_far() {
+        // Appends of 100 events: a page of 1,000 needs about ten messages, not a thousand.
+        assert_eq!(messages_to_fetch(900, 1, 100), 10);
+        // One event per message: one message per event wanted, within one fetch's bound.
+        assert_eq!(messages_to_fetch(300, 16, 16), 301);
+        assert_eq!(messages_to_fetch(10_000, 16, 16), FETCH_MESSAGES_MAX);
+        // Nothing matched yet (a filter): as many as one fetch may ask.
+        assert_eq!(messages_to_fetch(1_000, 40, 0), FETCH_MESSAGES_MAX);
+        // Nothing more wanted: the one message that says whether more follow.
+        assert_eq!(messages_to_fetch(0, 5, 500), 1);
     }
 }

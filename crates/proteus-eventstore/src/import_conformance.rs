@@ -33,7 +33,9 @@ fn recorded(name: &str, version: u64, position: u64, id: &str) -> RecordedEvent 
         event_type: "Imported".into(),
         schema_version: Some(version as u32 + 2),
         data: Bytes::from(format!("{{\"id\":\"{id}\",\"at\":{position}}}")),
-        metadata: version.is_multiple_of(2).then(|| Bytes::from_static(b"{\"by\":\"migrate\"}")),
+        metadata: version
+            .is_multiple_of(2)
+            .then(|| Bytes::from_static(b"{\"by\":\"migrate\"}")),
         // Recorded long ago, and not in position order's clock: the import keeps it as is.
         recorded_ms: 1_600_000_000_000 + (position as i64 % 3) * 1_000,
     }

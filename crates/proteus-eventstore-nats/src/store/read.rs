@@ -68,9 +68,18 @@ impl NatsEventStore {
             .await?;
         let what = format!("reading stream '{stream}'");
         let wanted = (high - low + 1) as usize;
+        let first_fetch = wanted.min(FIRST_FETCH_MESSAGES_MAX);
         let mut scan = self
-            .scan(&self.inner.events, subject, start, last.seq, wanted, &what)
+            .scan(
+                &self.inner.events,
+                subject,
+                start,
+                last.seq,
+                first_fetch,
+                &what,
+            )
             .await?;
+        let (mut messages_seen, mut events_seen) = (0usize, 0usize);
         'messages: while let Some(msg) = scan.next().await? {
             let Record::Events {
                 first_version,
@@ -79,6 +88,14 @@ impl NatsEventStore {
             else {
                 continue;
             };
+            messages_seen += 1;
+            events_seen += count as usize;
+            let still_wanted = (high + 1).saturating_sub(low.max(first_version + count));
+            scan.expect(messages_to_fetch(
+                still_wanted as usize,
+                messages_seen,
+                events_seen,
+            ));
             if first_version + count <= low {
                 continue;
             }
@@ -190,7 +207,7 @@ impl NatsEventStore {
                 subjects,
                 seq_of(from),
                 last_seq,
-                max_count + 1,
+                (max_count + 1).min(FIRST_FETCH_MESSAGES_MAX),
                 "reading the $all feed",
             )
             .await?;
@@ -198,6 +215,7 @@ impl NatsEventStore {
         let mut scanned = 0usize;
         let mut last_scanned = None;
         let mut more = None;
+        let mut messages_seen = 0usize;
         'messages: while let Some(msg) = scan.next().await? {
             let Record::Events {
                 first_version,
@@ -206,6 +224,9 @@ impl NatsEventStore {
             else {
                 continue;
             };
+            // The next fetch is sized from the events matched per message so far, plus the
+            // one past the page that says whether more follow.
+            messages_seen += 1;
             if position_of(msg.seq, count - 1) < from {
                 continue;
             }
@@ -227,6 +248,11 @@ impl NatsEventStore {
                     break 'messages;
                 }
             }
+            scan.expect(messages_to_fetch(
+                max_count - events.len() + 1,
+                messages_seen,
+                events.len(),
+            ));
         }
         let more = match more {
             Some(true) => true,

@@ -24,6 +24,12 @@ pub(super) struct Scan {
 }
 
 impl Scan {
+    /// Sets how many messages the next fetch asks for (the reader's estimate of what it still
+    /// needs), within the bound of one fetch.
+    pub(super) fn expect(&mut self, messages: usize) {
+        self.batch = messages.clamp(1, FETCH_MESSAGES_MAX);
+    }
+
     pub(super) async fn next(&mut self) -> Result<Option<Msg>, EventStoreError> {
         if self.buffer.is_empty() && !self.drained {
             self.fill().await?;
