@@ -162,6 +162,72 @@ fn deleted_stays_deleted_and_versions_continue(
     appended
 }
 
+/// A `proteus migrate … --follow` process whose output is read as it comes.
+struct Follower {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    out: String,
+}
+
+impl Follower {
+    /// Starts it with `args` (after `migrate`) and waits until its first pass is over and it
+    /// follows, so changes made after this are copied by following, not by that pass.
+    fn start(args: &[&str]) -> Follower {
+        let mut child = Command::new(BINARY)
+            .arg("migrate")
+            .args(args)
+            .arg("--follow")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let mut follower = Follower {
+            child,
+            lines,
+            out: String::new(),
+        };
+        follower.wait_for("following new events");
+        follower
+    }
+
+    /// Waits (at most 30 s) until its output says `text`.
+    fn wait_for(&mut self, text: &str) {
+        while !self.out.contains(text) {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("it never said {text:?}: {}", self.out));
+            self.out.push_str(&line);
+            self.out.push('\n');
+        }
+    }
+
+    /// Ctrl-C (the cut-over); expects a successful exit and returns everything it printed.
+    fn interrupt(mut self) -> String {
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        self.out.extend(self.lines.iter().map(|line| line + "\n"));
+        assert!(status.success(), "{}{err}", self.out);
+        self.out
+    }
+}
+
 #[test]
 fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     let nanos = SystemTime::now()
@@ -284,40 +350,14 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     // --follow from a running server: a new event reaches the copy while it runs; a stream
     // deleted and a snapshot stored while following reach it when it is stopped.
     let source = ServerProcess::start(dir.path());
-    let mut follower = Command::new(BINARY)
-        .args([
-            "migrate",
-            "--from",
-            &source.url,
-            "--to",
-            &postgres_url(),
-            "--to-schema",
-            &followed,
-            "--follow",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = {
-        let stdout = BufReader::new(follower.stdout.take().unwrap());
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
-        lines
-    };
-    // Changes made once it follows, not during its first pass (which would copy them).
-    let mut out = String::new();
-    while !out.contains("following new events") {
-        let line = lines
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("the initial copy never ended: {out}"));
-        out.push_str(&line);
-        out.push('\n');
-    }
+    let follower = Follower::start(&[
+        "--from",
+        &source.url,
+        "--to",
+        &postgres_url(),
+        "--to-schema",
+        &followed,
+    ]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = http
         .post(format!("{}/v1/streams/order-3", source.url))
@@ -337,19 +377,7 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
         .unwrap()
         .status();
     assert!(status.is_success(), "{status}");
-    unsafe {
-        libc::kill(follower.id() as libc::pid_t, libc::SIGINT);
-    }
-    let status = follower.wait().unwrap();
-    let mut err = String::new();
-    follower
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    out.extend(lines.iter().map(|line| line + "\n"));
-    assert!(status.success(), "{out}{err}");
+    let out = follower.interrupt();
     assert!(
         out.contains("copied 0 events of 0 streams (1 deleted, 1 snapshots copied)"),
         "{out}"
@@ -704,4 +732,30 @@ fn a_postgres_event_store_moves_to_an_embedded_directory_with_positions_kept() {
     let (code, _, err) = migrate(&schema);
     assert_ne!(code, 0);
     assert!(err.contains("stop the server using it"), "{err}");
+    drop(target);
+
+    // Following PostgreSQL directly while a server on it takes appends: the new event is
+    // copied as it comes, and the cut-over verifies it.
+    let source = ServerProcess::start_with(source_dir.path(), &on_postgres, &[]);
+    let followed_dir = tempfile::tempdir().unwrap();
+    let followed = format!("embedded:{}", followed_dir.path().display());
+    let mut follower = Follower::start(&[
+        "--from",
+        &postgres_url(),
+        "--from-schema",
+        &schema,
+        "--to",
+        &followed,
+    ]);
+    let status = http
+        .post(format!("{}/v1/streams/order-3", source.url))
+        .json(&json!({"type": "Placed", "data": {}}))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 201);
+    follower.wait_for("copied 1 more events");
+    let out = follower.interrupt();
+    assert!(out.contains("verified: 5 events"), "{out}");
+    assert!(out.contains("verified: 6 events"), "{out}");
 }
