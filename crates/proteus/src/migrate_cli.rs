@@ -18,7 +18,7 @@ use proteus_eventstore::{
 use proteus_eventstore_embedded::{
     EmbeddedConfig, EmbeddedEventStore, FILE_NAME as EVENT_STORE_FILE,
 };
-use proteus_eventstore_nats::NatsEventStore;
+use proteus_eventstore_nats::{NatsEventStore, NatsEventStoreConfig};
 use proteus_eventstore_postgres::{PostgresEventStore, PostgresEventStoreConfig};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -70,7 +70,7 @@ enum Source {
 impl Source {
     async fn open(args: &MigrateArgs) -> Result<Source, String> {
         let from = args.from.as_str();
-        if let Some(dir) = from.strip_prefix("embedded:") {
+        if let Some(dir) = embedded_dir("--from", from)? {
             // Opening creates a store where there is none: a mistyped directory would then
             // "migrate" zero events successfully.
             let file = std::path::Path::new(dir).join(EVENT_STORE_FILE);
@@ -101,11 +101,20 @@ impl Source {
             return Ok(Source::Store(Arc::new(store)));
         }
         if crate::settings::is_nats_url(from) {
-            let security = args.nats_security.files();
-            let store =
-                crate::serve::open_nats_event_store(from, &args.from_prefix, &security, false)
-                    .await
-                    .map_err(|e| format!("{e}; check --from-prefix"))?;
+            let prefix = &args.from_prefix;
+            let config = NatsEventStoreConfig {
+                create_streams: false,
+                ..crate::serve::nats_event_store_config(from, prefix, &args.nats_security.files())
+            };
+            let store = NatsEventStore::open(config).await.map_err(|e| {
+                let hint = match e {
+                    EventStoreError::InvalidRequest { .. } => "; check --from-prefix",
+                    _ => "",
+                };
+                format!(
+                    "cannot open the NATS event store to copy (--from-prefix {prefix}): {e}{hint}"
+                )
+            })?;
             return Ok(Source::Store(Arc::new(store)));
         }
         Err(format!(
@@ -266,6 +275,17 @@ const NATS_APPEND_EVENTS_MAX: usize = 100;
 /// empty (each stream's version is then read from the target once more).
 const NATS_STREAMS_CACHED_MAX: usize = 1_000_000;
 
+/// The directory of an `embedded:DIR` argument (`None` for anything else); an empty one is
+/// refused rather than taken as the working directory.
+fn embedded_dir<'a>(flag: &str, value: &'a str) -> Result<Option<&'a str>, String> {
+    match value.strip_prefix("embedded:") {
+        Some("") => Err(format!(
+            "{flag} embedded: names no directory; give the data directory, as in embedded:./proteus-data"
+        )),
+        other => Ok(other),
+    }
+}
+
 fn is_postgres_url(text: &str) -> bool {
     text.starts_with("postgres://") || text.starts_with("postgresql://")
 }
@@ -302,14 +322,13 @@ impl Target {
         if crate::settings::is_nats_url(&args.to) {
             let security = args.nats_security.files();
             let store =
-                crate::serve::open_nats_event_store(&args.to, &args.to_prefix, &security, true)
-                    .await?;
+                crate::serve::open_nats_event_store(&args.to, &args.to_prefix, &security).await?;
             return Ok(Target::Nats {
                 store,
                 next_versions: HashMap::new(),
             });
         }
-        if let Some(dir) = args.to.strip_prefix("embedded:") {
+        if let Some(dir) = embedded_dir("--to", &args.to)? {
             if args.from == args.to {
                 return Err(format!(
                     "--from and --to are the same store ({dir}); copy it to another directory"

@@ -45,20 +45,27 @@ use crate::settings::{CacheBackend, EventStoreBackend, LogBackend, LogFormat, Se
 /// The NATS event store `--event-store nats://… --event-store-prefix PREFIX` names: streams
 /// `<PREFIX>_EVENTS` and `<PREFIX>_SNAPSHOTS`, subjects under the prefix in lower case.
 /// `proteus migrate --to nats://…` opens its target the same way.
+/// The settings of the NATS event store `serve --event-store nats://… --event-store-prefix`
+/// opens (its subject prefix is the stream prefix in lowercase).
+pub fn nats_event_store_config(
+    url: &str,
+    prefix: &str,
+    security: &proteus_nats::NatsSecurity,
+) -> NatsEventStoreConfig {
+    NatsEventStoreConfig {
+        stream_prefix: prefix.to_owned(),
+        subject_prefix: prefix.to_ascii_lowercase(),
+        security: security.clone(),
+        ..NatsEventStoreConfig::new(url)
+    }
+}
+
 pub async fn open_nats_event_store(
     url: &str,
     prefix: &str,
     security: &proteus_nats::NatsSecurity,
-    create_streams: bool,
 ) -> Result<NatsEventStore, String> {
-    let config = NatsEventStoreConfig {
-        stream_prefix: prefix.to_owned(),
-        subject_prefix: prefix.to_ascii_lowercase(),
-        security: security.clone(),
-        create_streams,
-        ..NatsEventStoreConfig::new(url)
-    };
-    NatsEventStore::open(config)
+    NatsEventStore::open(nats_event_store_config(url, prefix, security))
         .await
         .map_err(|e| format!("cannot open the NATS event store (stream prefix {prefix}): {e}"))
 }
@@ -245,7 +252,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         }
         EventStoreBackend::Nats { url, prefix } => {
             let store =
-                Arc::new(open_nats_event_store(url, prefix, &settings.nats_security, true).await?);
+                Arc::new(open_nats_event_store(url, prefix, &settings.nats_security).await?);
             backend_checks.push(health_checks::check("event_store", "nats", store.clone()));
             store
         }
