@@ -237,10 +237,9 @@ impl EmbeddedEventStore {
         if events.is_empty() {
             return Ok(());
         }
-        // The bound is checked before queueing too, so a huge import never takes the queue.
-        if events.len() > proteus_eventstore::IMPORT_EVENTS_MAX {
-            proteus_eventstore::limits::validate_import(&events)?;
-        }
+        // Checked before queueing too (the writer checks the rest), so a huge import never
+        // takes the queue.
+        proteus_eventstore::limits::check_import_count(events.len())?;
         let bytes = events
             .iter()
             .map(|e| {

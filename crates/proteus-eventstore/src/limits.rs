@@ -387,12 +387,7 @@ pub fn validate_import(
     events: &[RecordedEvent],
 ) -> Result<BTreeMap<&str, ImportedStream>, EventStoreError> {
     let invalid = |reason: String| EventStoreError::InvalidRequest { reason };
-    if events.len() > IMPORT_EVENTS_MAX {
-        return Err(invalid(format!(
-            "{} events in one import; the most is {IMPORT_EVENTS_MAX}",
-            events.len()
-        )));
-    }
+    check_import_count(events.len())?;
     if let Some(pair) = events.windows(2).find(|w| w[0].position >= w[1].position) {
         return Err(invalid(format!(
             "imported events must be in strictly increasing position order, but position {} follows {}",
@@ -450,6 +445,16 @@ pub fn validate_import(
         }
     }
     Ok(streams)
+}
+
+/// The bound of one import: at most [`IMPORT_EVENTS_MAX`] events.
+pub fn check_import_count(events: usize) -> Result<(), EventStoreError> {
+    if events > IMPORT_EVENTS_MAX {
+        return Err(EventStoreError::InvalidRequest {
+            reason: format!("{events} events in one import; the most is {IMPORT_EVENTS_MAX}"),
+        });
+    }
+    Ok(())
 }
 
 /// The check of one imported stream against what the store holds of it (`last_version`:
