@@ -63,9 +63,7 @@ const FETCH_MESSAGES_MAX: usize = 512;
 const FIRST_FETCH_MESSAGES_MAX: usize = 16;
 /// Most bytes one fetch asks for (a larger single message is still fetched alone).
 const FETCH_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Sequences the first window of a backward `$all` read covers at least, and at most as it
-/// doubles.
-const BACKWARD_WINDOW_MIN: u64 = 64;
+/// Most sequences one window of a backward `$all` read covers.
 const BACKWARD_WINDOW_MAX: u64 = 1024;
 /// After a wake-up message, `wait_for_position` re-checks this soon, a few times, since the
 /// stream may store the message a moment after core NATS delivered it.

@@ -273,7 +273,7 @@ impl NatsEventStore {
     }
 
     /// A backward read of the `$all` feed: windows of stream sequences read forward, newest
-    /// window first, each twice as large as the one before.
+    /// window first, each sized from what the ones before held.
     pub(super) async fn read_backward(
         &self,
         from_position: u64,
@@ -292,7 +292,11 @@ impl NatsEventStore {
         }
         let subjects = self.all_subjects(filter);
         let mut hi = seq_of(top);
-        let mut window = (max_count as u64).clamp(BACKWARD_WINDOW_MIN, BACKWARD_WINDOW_MAX);
+        // Windows are sized like forward fetches: a message may hold a thousand events, so the
+        // first window is small (the newest event alone is one sequence), the next ones from
+        // the events matched per sequence so far.
+        let mut window = (max_count as u64).clamp(1, FIRST_FETCH_MESSAGES_MAX as u64);
+        let mut sequences_seen = 0u64;
         let mut events = Vec::new();
         let mut scanned = 0usize;
         let mut last_scanned = None;
@@ -343,8 +347,16 @@ impl NatsEventStore {
             if lo == 1 {
                 break;
             }
+            sequences_seen += hi - lo + 1;
             hi = lo - 1;
-            window = (window * 2).min(BACKWARD_WINDOW_MAX);
+            // The sequences that held as many events as are still wanted, plus one; with
+            // nothing matched yet (a filter), twice the last window.
+            let matched = events.len() as u64;
+            window = match matched {
+                0 => window * 2,
+                _ => (max_count as u64 - matched) * sequences_seen / matched + 1,
+            }
+            .clamp(1, BACKWARD_WINDOW_MAX);
         }
         let is_end = !more;
         Ok(FeedPage {
