@@ -123,54 +123,41 @@ pub async fn imports_keep_everything(store: &dyn EventStore, importer: &dyn Impo
     assert_eq!(head(store).await, 13);
 
     // Refused whole, each for its own reason.
-    expect_refused(
-        store,
-        importer,
-        vec![recorded("invoice-2", 1, 13, "g")],
-        "not after this store's head 13",
-    )
-    .await;
-    expect_refused(
-        store,
-        importer,
-        vec![
-            recorded("fresh-1", 0, 20, "g"),
-            recorded("invoice-2", 2, 21, "h"),
-        ],
-        "stream 'invoice-2' continues at version 1 in this store, but the import starts it at 2",
-    )
-    .await;
-    expect_refused(
-        store,
-        importer,
-        vec![
-            recorded("fresh-1", 0, 20, "g"),
-            recorded("fresh-1", 2, 21, "h"),
-        ],
-        "jumps from version 0 to 2",
-    )
-    .await;
-    expect_refused(
-        store,
-        importer,
-        vec![
-            recorded("fresh-1", 0, 21, "g"),
-            recorded("fresh-2", 0, 20, "h"),
-        ],
-        "strictly increasing position order",
-    )
-    .await;
-    expect_refused(
-        store,
-        importer,
-        vec![recorded("invoice-2", 1, 40, "f")],
-        "already in",
-    )
-    .await;
     let too_many: Vec<RecordedEvent> = (0..=IMPORT_EVENTS_MAX as u64)
         .map(|i| recorded("bulk-1", i, 100 + i, &format!("bulk-{i}")))
         .collect();
-    expect_refused(store, importer, too_many, "the most is").await;
+    let refusals: Vec<(Vec<RecordedEvent>, &str)> = vec![
+        (
+            vec![recorded("invoice-2", 1, 13, "g")],
+            "not after this store's head 13",
+        ),
+        (
+            vec![
+                recorded("fresh-1", 0, 20, "g"),
+                recorded("invoice-2", 2, 21, "h"),
+            ],
+            "stream 'invoice-2' continues at version 1 in this store, but the import starts it at 2",
+        ),
+        (
+            vec![
+                recorded("fresh-1", 0, 20, "g"),
+                recorded("fresh-1", 2, 21, "h"),
+            ],
+            "jumps from version 0 to 2",
+        ),
+        (
+            vec![
+                recorded("fresh-1", 0, 21, "g"),
+                recorded("fresh-2", 0, 20, "h"),
+            ],
+            "strictly increasing position order",
+        ),
+        (vec![recorded("invoice-2", 1, 40, "f")], "already in"),
+        (too_many, "the most is"),
+    ];
+    for (events, reason) in refusals {
+        expect_refused(store, importer, events, reason).await;
+    }
     store
         .delete_stream(&stream("cart-7"), ExpectedVersion::Any)
         .await

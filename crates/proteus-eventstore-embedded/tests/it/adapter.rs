@@ -215,28 +215,23 @@ async fn imports_keep_positions_versions_and_times() {
     let importer = EmbeddedImporter(store.clone());
     proteus_eventstore::import_conformance::imports_keep_everything(&store, &importer).await;
     // What was imported is in the file: a reopened store starts after it.
-    let before = store
-        .read_all(
-            0,
-            proteus_eventstore::Direction::Forward,
-            100,
-            &Default::default(),
-        )
-        .await
-        .unwrap();
+    let everything = |store: EmbeddedEventStore| async move {
+        store
+            .read_all(
+                0,
+                proteus_eventstore::Direction::Forward,
+                100,
+                &Default::default(),
+            )
+            .await
+            .unwrap()
+    };
+    let before = everything(store.clone()).await;
     drop(importer);
     store.close().await.unwrap();
     drop(store);
     let reopened = EmbeddedEventStore::open(dir.path(), EmbeddedConfig::default()).unwrap();
-    let after = reopened
-        .read_all(
-            0,
-            proteus_eventstore::Direction::Forward,
-            100,
-            &Default::default(),
-        )
-        .await
-        .unwrap();
+    let after = everything(reopened.clone()).await;
     assert_eq!(after.events, before.events);
     let next = reopened
         .append(

@@ -162,6 +162,17 @@ fn deleted_stays_deleted_and_versions_continue(
     appended
 }
 
+/// Appends the event `order-3` of the follow tests through the server at `url`.
+fn place_order_3(http: &reqwest::blocking::Client, url: &str) {
+    let status = http
+        .post(format!("{url}/v1/streams/order-3"))
+        .json(&json!({"type": "Placed", "data": {}}))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 201);
+}
+
 /// A `proteus migrate … --follow` process whose output is read as it comes.
 struct Follower {
     child: std::process::Child,
@@ -359,13 +370,7 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
         &followed,
     ]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let status = http
-        .post(format!("{}/v1/streams/order-3", source.url))
-        .json(&json!({"type": "Placed", "data": {}}))
-        .send()
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 201);
+    place_order_3(&http, &source.url);
     while psql_count(&followed) < 6 {
         assert!(Instant::now() < deadline, "the new event was not followed");
         std::thread::sleep(Duration::from_millis(100));
@@ -747,13 +752,7 @@ fn a_postgres_event_store_moves_to_an_embedded_directory_with_positions_kept() {
         "--to",
         &followed,
     ]);
-    let status = http
-        .post(format!("{}/v1/streams/order-3", source.url))
-        .json(&json!({"type": "Placed", "data": {}}))
-        .send()
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 201);
+    place_order_3(&http, &source.url);
     follower.wait_for("copied 1 more events");
     let out = follower.interrupt();
     assert!(out.contains("verified: 5 events"), "{out}");
