@@ -233,8 +233,9 @@ impl NatsEventStore {
     }
 
     /// Connects to NATS, checks that JetStream answers, and creates the store's two streams if
-    /// they do not exist (or, with `create_streams` off, refuses). Fails with [`EventStoreError::Unavailable`] when the server cannot be
-    /// reached, saying how to start it.
+    /// they do not exist (or, with `create_streams` off, refuses with `InvalidRequest`). Fails
+    /// with [`EventStoreError::Unavailable`] when the server cannot be reached, saying how to
+    /// start it.
     pub async fn open(config: NatsEventStoreConfig) -> Result<NatsEventStore, EventStoreError> {
         config
             .validate()

@@ -224,8 +224,6 @@ impl NatsEventStore {
             else {
                 continue;
             };
-            // The next fetch is sized from the events matched per message so far, plus the
-            // one past the page that says whether more follow.
             messages_seen += 1;
             if position_of(msg.seq, count - 1) < from {
                 continue;
@@ -248,6 +246,8 @@ impl NatsEventStore {
                     break 'messages;
                 }
             }
+            // The next fetch is sized from the events matched per message so far, for the rest
+            // of the page plus the one event past it that says whether more follow.
             scan.expect(messages_to_fetch(
                 max_count - events.len() + 1,
                 messages_seen,
