@@ -10,7 +10,8 @@
 //! `Durability::Immediate` (fsync), and all events of one append are in the same transaction,
 //! so a crash keeps all or none of them. Positions are handed out by that one writer in commit
 //! order, and a read transaction sees whole commits only, so a reader never sees position
-//! N+1 without N. Reads run on tokio's blocking pool with their own read transaction.
+//! N+1 without N. (An import, `proteus migrate --to embedded:DIR`, writes another store's
+//! positions as they were, gaps included; appends then continue after the last one.) Reads run on tokio's blocking pool with their own read transaction.
 
 mod codec;
 mod tables;
