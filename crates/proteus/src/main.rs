@@ -81,8 +81,8 @@ enum Command {
         #[command(subcommand)]
         command: experiment_cli::ExperimentCommand,
     },
-    /// Copy an event store to PostgreSQL (positions kept) or NATS JetStream, verify it, and
-    /// optionally keep it in sync until cut-over.
+    /// Copy an event store between backends (embedded, PostgreSQL, NATS JetStream, or a
+    /// running server as the source), verify it, and optionally keep it in sync until cut-over.
     Migrate(migrate_cli::MigrateArgs),
     /// Copy the topics of a stopped server's embedded log to NATS JetStream, each event at its
     /// partition and offset, and verify them.
