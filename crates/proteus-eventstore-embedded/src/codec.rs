@@ -66,6 +66,17 @@ pub struct EventParts<'a> {
     pub metadata: Option<&'a [u8]>,
 }
 
+impl EventParts<'_> {
+    /// The bytes it counts for against the write queue's bounds, as an append's events do
+    /// (`proteus_eventstore::limits::append_bytes`): id, type, data and metadata.
+    pub fn bytes(&self) -> usize {
+        self.id.len()
+            + self.event_type.len()
+            + self.data.len()
+            + self.metadata.map_or(0, <[u8]>::len)
+    }
+}
+
 impl<'a> From<&'a ProposedEvent> for EventParts<'a> {
     fn from(event: &'a ProposedEvent) -> Self {
         EventParts {

@@ -243,12 +243,7 @@ impl EmbeddedEventStore {
         proteus_eventstore::limits::check_import_count(events.len())?;
         let bytes = events
             .iter()
-            .map(|e| {
-                e.id.len()
-                    + e.event_type.len()
-                    + e.data.len()
-                    + e.metadata.as_ref().map_or(0, |m| m.len())
-            })
+            .map(|event| codec::EventParts::from(event).bytes())
             .sum();
         let count = events.len();
         self.write(count, bytes, move |reply| Command::Import { events, reply })

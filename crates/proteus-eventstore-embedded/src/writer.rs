@@ -388,12 +388,14 @@ fn import(
     if let Err(error) = check_import_position(first.position, *next_position - 1) {
         return Ok(Err(error));
     }
-    for (name, imported) in &streams {
-        let stream = StreamName::parse(name).map_err(|e| storage(e.to_string()))?;
-        let record = read_record(tables, &stream)?.unwrap_or_default();
-        if let Err(error) =
-            check_imported_stream(name, imported, record.last_version(), record.deleted)
-        {
+    for (stream, imported) in &streams {
+        let record = read_record(tables, stream)?.unwrap_or_default();
+        if let Err(error) = check_imported_stream(
+            stream.as_str(),
+            imported,
+            record.last_version(),
+            record.deleted,
+        ) {
             return Ok(Err(error));
         }
     }
@@ -448,14 +450,14 @@ fn import(
             .insert((event.stream.as_str(), event.id.as_str()), event.version)
             .map_err(storage)?;
     }
-    for (name, imported) in &streams {
+    for (stream, imported) in &streams {
         let updated = StreamRecord {
             deleted: false,
             last: Some((imported.last_version, imported.last_position)),
         };
         tables
             .streams
-            .insert(*name, updated.encode().as_slice())
+            .insert(stream.as_str(), updated.encode().as_slice())
             .map_err(storage)?;
     }
     *next_position = last.position + 1;

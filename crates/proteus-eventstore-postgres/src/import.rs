@@ -35,7 +35,7 @@ impl PostgresEventStore {
         let txn = client.transaction().await.map_err(fail)?;
         // Stream rows first (placeholders for new ones, all locked in name order), then the
         // writers key: the order appends take them in, so an import and appends cannot deadlock.
-        let names: Vec<&str> = imported.keys().copied().collect();
+        let names: Vec<&str> = imported.keys().map(|stream| stream.as_str()).collect();
         txn.execute(
             &format!(
                 "INSERT INTO {schema}.streams (name) SELECT n FROM unnest($1::text[]) AS n \
@@ -77,8 +77,11 @@ impl PostgresEventStore {
             stored.insert(row.get(0), (row.get(1), row.get(2)));
         }
         for (stream, imported) in &imported {
-            let (last, deleted) = stored.get(*stream).copied().unwrap_or((None, false));
-            check_imported_stream(stream, imported, last.map(|v| v as u64), deleted)?;
+            let (last, deleted) = stored
+                .get(stream.as_str())
+                .copied()
+                .unwrap_or((None, false));
+            check_imported_stream(stream.as_str(), imported, last.map(|v| v as u64), deleted)?;
         }
         let positions: Vec<i64> = events.iter().map(|e| big(e.position)).collect();
         let streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();

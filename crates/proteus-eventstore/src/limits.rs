@@ -385,7 +385,7 @@ pub struct ImportedStream {
 /// first position comes after its head.
 pub fn validate_import(
     events: &[RecordedEvent],
-) -> Result<BTreeMap<&str, ImportedStream>, EventStoreError> {
+) -> Result<BTreeMap<&StreamName, ImportedStream>, EventStoreError> {
     let invalid = |reason: String| EventStoreError::InvalidRequest { reason };
     check_import_count(events.len())?;
     if let Some(pair) = events.windows(2).find(|w| w[0].position >= w[1].position) {
@@ -394,9 +394,9 @@ pub fn validate_import(
             pair[1].position, pair[0].position
         )));
     }
-    let mut streams: BTreeMap<&str, ImportedStream> = BTreeMap::new();
+    let mut streams: BTreeMap<&StreamName, ImportedStream> = BTreeMap::new();
     for event in events {
-        let stream = event.stream.as_str();
+        let stream = &event.stream;
         // What the source store checked on the way in, checked again: the encodings of
         // stores rely on these bounds.
         let of_event = |reason: String| {
