@@ -10,6 +10,8 @@
 //!
 //! Each test gets a fresh harness, so tests are independent and can run in parallel.
 
+pub mod import;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -66,7 +68,7 @@ macro_rules! log_conformance_tests {
     };
 }
 
-fn topic(name: &str) -> TopicName {
+pub(crate) fn topic(name: &str) -> TopicName {
     TopicName::parse(name).unwrap()
 }
 

@@ -23,10 +23,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use proteus_log::import::{PartitionImport, check_import};
 use proteus_log::port::{EventAppender, EventReader, EventSubscriber, Log, TopicAdmin};
 use proteus_log::{
-    AppendReceipt, Cursor, Event, LogError, PartitionId, PutTopicOutcome, ReadBatch, ReadFrom,
-    ReadLimits, TopicConfig, TopicDescription, TopicName,
+    AppendReceipt, Cursor, Event, LogError, Offset, PartitionId, PutTopicOutcome, ReadBatch,
+    ReadFrom, ReadLimits, StoredEvent, TopicConfig, TopicDescription, TopicName,
 };
 use tokio::task::JoinHandle;
 
@@ -453,6 +454,44 @@ impl EventAppender for EmbeddedLog {
             .await?;
         }
         Ok(receipts)
+    }
+}
+
+/// Imports keep each event's offset, bytes and append time; see
+/// [`PartitionImport::import_partition`]. Committed with fsync whatever the log's durability.
+#[async_trait]
+impl PartitionImport for EmbeddedLog {
+    async fn partition_offsets(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+    ) -> Result<(Offset, Offset), LogError> {
+        self.check_open()?;
+        let partition = self.topic(topic)?.partition(partition)?.clone();
+        Ok((partition.first_offset(), partition.visible_end()))
+    }
+
+    async fn import_partition(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        events: &[StoredEvent],
+    ) -> Result<(), LogError> {
+        check_import(topic, partition, events)?;
+        self.check_open()?;
+        let topic = self.topic(topic)?;
+        topic.wait_dedup_ready().await;
+        let now_ms = (self.inner.config.clock)();
+        let events = events.to_vec();
+        let (target, end) =
+            tokio::task::spawn_blocking(move || topic.import(partition, &events, now_ms))
+                .await
+                .map_err(join_error)??;
+        target.make_durable(end).await
+    }
+
+    fn keeps_append_times(&self) -> bool {
+        true
     }
 }
 

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
+use proteus_log::import::does_not_continue;
 use proteus_log::port::{ReadBatch, ReadFrom, ReadLimits, StoredEvent};
 use proteus_log::{
-    Event, LogError, Offset, PartitionDescription, PartitionId, TopicConfig, TopicName,
+    DedupKey, Event, LogError, Offset, PartitionDescription, PartitionId, TopicConfig, TopicName,
 };
 use tokio::sync::watch;
 
@@ -248,7 +249,76 @@ impl Partition {
     ) -> Result<Offset, LogError> {
         assert!(!events.is_empty());
         let mut guard = self.writer.lock().unwrap();
+        let time_ms = now_ms.max(guard.last_time_ms);
+        let records = events
+            .iter()
+            .map(|event| (time_ms, event.dedup_key(), event.json()));
+        self.write_records(&mut guard, records, now_ms, config)
+    }
+
+    /// Writes events copied from another log at their own offsets and append times (see
+    /// `PartitionImport::import_partition`; [`proteus_log::import::check_import`] has checked
+    /// them). An empty partition first moves to start at the first event's offset. Blocking.
+    pub fn import(
+        &self,
+        events: &[StoredEvent],
+        dedup_keys: &[DedupKey],
+        config: &TopicConfig,
+    ) -> Result<Offset, LogError> {
+        assert!(!events.is_empty() && events.len() == dedup_keys.len());
+        let first = &events[0];
+        let mut guard = self.writer.lock().unwrap();
         let w = &mut *guard;
+        if let Some(reason) = &w.failed {
+            return Err(LogError::Unavailable {
+                reason: reason.clone(),
+            });
+        }
+        let empty = w.position == 0
+            && w.next_offset == w.active.base_offset
+            && self.segments.read().unwrap().len() == 1;
+        if empty && w.next_offset < first.offset {
+            self.move_empty_start(w, first.offset).map_err(|e| {
+                LogError::storage(format!(
+                    "moving empty partition {} of topic '{}' to start at offset {}",
+                    self.id, self.topic, first.offset
+                ))(e)
+            })?;
+        } else if w.next_offset != first.offset {
+            return Err(does_not_continue(
+                &self.topic,
+                self.id,
+                first.offset,
+                w.next_offset,
+            ));
+        } else if !empty && first.append_time_ms < w.last_time_ms {
+            return Err(LogError::InvalidImport {
+                topic: self.topic.clone(),
+                partition: self.id,
+                reason: format!(
+                    "the event at offset {} was appended at {} ms, before the partition's last event ({} ms): append times never decrease within a partition",
+                    first.offset, first.append_time_ms, w.last_time_ms
+                ),
+            });
+        }
+        let records = events
+            .iter()
+            .zip(dedup_keys)
+            .map(|(event, key)| (event.append_time_ms, *key, &event.json[..]));
+        // Segments roll by the imported times, so they span what they spanned in the source.
+        self.write_records(w, records, first.append_time_ms, config)
+    }
+
+    /// Appends `records` (append time, dedup key, CloudEvent JSON) at the writer's next offset,
+    /// first rolling to a new segment if the active one is full or older than `segment_ms` at
+    /// `clock_ms`. Returns the first record's offset.
+    fn write_records<'a>(
+        &self,
+        w: &mut Writer,
+        records: impl Iterator<Item = (i64, DedupKey, &'a [u8])>,
+        clock_ms: i64,
+        config: &TopicConfig,
+    ) -> Result<Offset, LogError> {
         if let Some(reason) = &w.failed {
             return Err(LogError::Unavailable {
                 reason: reason.clone(),
@@ -256,7 +326,7 @@ impl Partition {
         }
         let segment_age_ms = w
             .segment_first_time_ms
-            .map_or(0, |first| now_ms.saturating_sub(first));
+            .map_or(0, |first| clock_ms.saturating_sub(first));
         if w.position > 0
             && (w.position >= config.segment_bytes || segment_age_ms >= config.segment_ms as i64)
             && let Err(e) = self.roll(w)
@@ -270,24 +340,28 @@ impl Partition {
                 self.dir.display()
             ))(e));
         }
-        let time_ms = now_ms.max(w.last_time_ms);
         let first_offset = w.next_offset;
         let mut builder_before = w.index_builder.clone();
         w.buf.clear();
-        for (i, event) in events.iter().enumerate() {
+        let (mut written, mut first_time_ms, mut last_time_ms) = (0u64, None, w.last_time_ms);
+        for (time_ms, dedup_key, json) in records {
             let position = w.position + w.buf.len() as u64;
-            let offset = first_offset + i as u64;
-            record::encode(&mut w.buf, offset, time_ms, event.dedup_key(), event.json());
+            let offset = first_offset + written;
+            record::encode(&mut w.buf, offset, time_ms, dedup_key, json);
             w.index_builder.add(
                 &RecordView {
                     offset,
                     append_time_ms: time_ms,
-                    dedup_key: event.dedup_key(),
-                    payload: event.json(),
+                    dedup_key,
+                    payload: json,
                 },
                 position,
             );
+            written += 1;
+            first_time_ms.get_or_insert(time_ms);
+            last_time_ms = time_ms;
         }
+        assert!(written > 0, "a write has at least one record");
         if let Err(e) = w.file.write_all_at(&w.buf, w.position) {
             // Cut whatever part of the batch reached the file, so the next write starts on a
             // record boundary. If even that fails the file's state is unknown: stop.
@@ -311,14 +385,68 @@ impl Partition {
             return Err(LogError::storage("writing a segment index")(e));
         }
         w.position += w.buf.len() as u64;
-        w.next_offset += events.len() as u64;
-        w.last_time_ms = time_ms;
-        w.segment_first_time_ms.get_or_insert(time_ms);
-        w.active.grew(w.position, w.next_offset, time_ms);
+        w.next_offset += written;
+        w.last_time_ms = last_time_ms;
+        if w.segment_first_time_ms.is_none() {
+            w.segment_first_time_ms = first_time_ms;
+        }
+        w.active.grew(w.position, w.next_offset, last_time_ms);
         if let Durability::Interval { .. } = self.durability {
             self.publish_visible(w.next_offset);
         }
         Ok(first_offset)
+    }
+
+    /// Moves a partition that holds no event to start at `base`: its empty segment's files are
+    /// removed, then a segment is started at `base`. A crash in between leaves no segment,
+    /// which opening recreates (empty, at offset 0), so the import can simply run again.
+    fn move_empty_start(&self, w: &mut Writer, base: Offset) -> io::Result<()> {
+        let old = w.active.base_offset;
+        for path in [
+            segment::log_path(&self.dir, old),
+            segment::index_path(&self.dir, old),
+            segment::time_index_path(&self.dir, old),
+        ] {
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                return Err(e);
+            }
+        }
+        sync_dir(&self.dir)?;
+        let file = Arc::new(segment::open_for_write(&segment::log_path(
+            &self.dir, base,
+        ))?);
+        let index_file = segment::open_for_write(&segment::index_path(&self.dir, base))?;
+        let time_index_file = segment::open_for_write(&segment::time_index_path(&self.dir, base))?;
+        sync_dir(&self.dir)?;
+        let active = Arc::new(Segment::active(
+            &self.dir,
+            base,
+            file.clone(),
+            SegmentIndex::default(),
+            0,
+            base,
+            i64::MIN,
+        ));
+        *self.segments.write().unwrap() = vec![active.clone()];
+        w.active = active;
+        w.file = file;
+        w.index_file = index_file;
+        w.time_index_file = time_index_file;
+        w.index_file_bytes = 0;
+        w.time_index_file_bytes = 0;
+        w.position = 0;
+        w.next_offset = base;
+        w.segment_first_time_ms = None;
+        w.index_builder = IndexBuilder::new(base);
+        // Nothing lies before `base`: everything up to it is as durable as it will ever be.
+        self.durable_end.fetch_max(base, Ordering::AcqRel);
+        self.durable_tx
+            .send_replace(self.durable_end.load(Ordering::Acquire));
+        self.publish_visible(base);
+        self.metrics.first_offset.set(base as f64);
+        Ok(())
     }
 
     /// Closes the active segment (syncing it and its indexes, and recording its newest time)

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use proteus_log::import::dedup_keys;
 use proteus_log::partitioner::partition_for_key;
+use proteus_log::port::StoredEvent;
 use proteus_log::{
     AppendReceipt, Event, LogError, Offset, PartitionId, TopicConfig, TopicDescription, TopicName,
 };
@@ -382,6 +384,56 @@ impl Topic {
             .map(|(partition, end)| (self.partitions[partition].clone(), end))
             .collect();
         Ok((receipts, waits))
+    }
+}
+
+impl Topic {
+    /// The write phase of an import (blocking): events copied from another log, at their own
+    /// offsets and append times, into one partition (checked by
+    /// [`proteus_log::import::check_import`] first). Each event's dedup key is stored with it as
+    /// an append would store it; those within the dedup window are
+    /// remembered, so a client retrying one after a cut-over is recognised. Returns what must
+    /// be durable before answering.
+    pub fn import(
+        &self,
+        partition: PartitionId,
+        events: &[StoredEvent],
+        now_ms: i64,
+    ) -> Result<DurableWait, LogError> {
+        let config = self.config();
+        let target = self.partition(partition)?.clone();
+        for (index, stored) in events.iter().enumerate() {
+            if stored.json.len() > config.event_bytes_max as usize {
+                return Err(LogError::EventTooLarge {
+                    topic: self.name.clone(),
+                    index,
+                    bytes: stored.json.len(),
+                    max: config.event_bytes_max,
+                });
+            }
+        }
+        let dedup_keys = dedup_keys(&self.name, partition, events)?;
+        let mut state = self.append.lock().unwrap();
+        if self.is_deleted() {
+            return Err(LogError::TopicNotFound {
+                topic: self.name.clone(),
+            });
+        }
+        let first = target.import(events, &dedup_keys, &config)?;
+        let window_start_ms = now_ms.saturating_sub(config.dedup_window_ms as i64);
+        for (stored, key) in events.iter().zip(&dedup_keys) {
+            if stored.append_time_ms >= window_start_ms {
+                state
+                    .dedup
+                    .insert(*key, partition, stored.offset, stored.append_time_ms);
+            }
+        }
+        drop(state);
+        self.metrics.events.increment(events.len() as u64);
+        self.metrics
+            .bytes
+            .increment(events.iter().map(|e| e.json.len() as u64).sum());
+        Ok((target, first + events.len() as u64))
     }
 }
 

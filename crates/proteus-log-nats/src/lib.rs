@@ -23,5 +23,5 @@ pub mod names;
 pub use config::{
     NatsLogConfig, STREAM_PREFIX_BYTES_MAX, SUBJECT_PREFIX_BYTES_MAX, TIMEOUT_MS_MIN,
 };
-pub use log::{HEADER_BYTES_RESERVED, IMPORT_EVENTS_MAX, NatsLog};
+pub use log::{HEADER_BYTES_RESERVED, NatsLog};
 pub use meta::{StreamRole, TopicMeta};

@@ -31,7 +31,6 @@ use crate::meta::{StreamRole, TopicMeta};
 use crate::names;
 
 mod import;
-pub use import::IMPORT_EVENTS_MAX;
 
 /// Bytes of headers and subject a stored message may carry beyond its event, reserved when
 /// checking sizes against the server's `max_payload` and the stream's `max_msg_size`.

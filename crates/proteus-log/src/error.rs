@@ -57,6 +57,14 @@ pub enum LogError {
         reason: String,
     },
 
+    /// An import (`proteus migrate-topics`) that cannot be written as given; nothing of it was.
+    #[error("cannot import into partition {partition} of topic '{topic}': {reason}")]
+    InvalidImport {
+        topic: TopicName,
+        partition: PartitionId,
+        reason: String,
+    },
+
     /// The log cannot take this request now: shutting down, or a partition stopped after a
     /// storage failure it could not recover from.
     #[error("{reason}")]

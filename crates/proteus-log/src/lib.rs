@@ -8,6 +8,8 @@
 //! - [`partitioner`]: the stable key hash that places an event in a partition;
 //! - [`position`]: offsets, partitions and the multi-partition cursor used to resume a stream;
 //! - [`port`]: the traits every storage adapter implements (admin, append, read, subscribe);
+//! - [`import`]: copying events into a partition at the offsets they had in another log
+//!   (`proteus migrate-topics`), for the adapters a migration writes to;
 //! - [`error`]: the errors those traits return;
 //! - [`memory`]: [`MemoryLog`](memory::MemoryLog), the ports in process memory (every promise
 //!   but durability), for tests and runtimes without storage.
@@ -17,6 +19,7 @@
 
 pub mod error;
 pub mod event;
+pub mod import;
 pub mod memory;
 pub mod name;
 pub mod partitioner;

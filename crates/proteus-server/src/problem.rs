@@ -125,6 +125,9 @@ impl From<LogError> for Problem {
             .with("offset", offset)
             .with("file", file)
             .with("position", position),
+            LogError::InvalidImport { .. } => {
+                Problem::bad_request("invalid-import", "Invalid import", detail)
+            }
             LogError::Unavailable { .. } => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
             }

@@ -277,7 +277,7 @@ const NATS_STREAMS_CACHED_MAX: usize = 1_000_000;
 
 /// The directory of an `embedded:DIR` argument (`None` for anything else); an empty one is
 /// refused rather than taken as the working directory.
-fn embedded_dir<'a>(flag: &str, value: &'a str) -> Result<Option<&'a str>, String> {
+pub(crate) fn embedded_dir<'a>(flag: &str, value: &'a str) -> Result<Option<&'a str>, String> {
     match value.strip_prefix("embedded:") {
         Some("") => Err(format!(
             "{flag} embedded: names no directory; give the data directory, as in embedded:./proteus-data"
@@ -286,7 +286,7 @@ fn embedded_dir<'a>(flag: &str, value: &'a str) -> Result<Option<&'a str>, Strin
     }
 }
 
-fn is_postgres_url(text: &str) -> bool {
+pub(crate) fn is_postgres_url(text: &str) -> bool {
     text.starts_with("postgres://") || text.starts_with("postgresql://")
 }
 

@@ -1,13 +1,15 @@
-//! `proteus migrate-topics`: copies the topics of an embedded log (the data directory of a
-//! stopped server) to the log on NATS JetStream, each event in the partition and at the offset
-//! it had, then verifies every partition: the same first and next offsets, and an xxh3 checksum
-//! of every event's offset and JSON on both sides. A second run continues where one stopped.
+//! `proteus migrate-topics`: copies the topics of one log to another, each event in the
+//! partition and at the offset it had, then verifies every partition: the same first and next
+//! offsets, and an xxh3 checksum of every event's offset and JSON on both sides. A second run
+//! continues where one stopped. Either side is an embedded log (the data directory of a
+//! stopped server) or the log on NATS JetStream (a stream prefix), so topics move up to NATS
+//! and back down.
 //!
-//! Consumer groups keep reading at the offsets they committed, since offsets are kept; with
-//! `--groups-to` they are copied to a shared group store too (NATS or PostgreSQL). What
-//! the copy cannot keep: append times (JetStream stamps each message when it stores it, so
-//! reads by time and retention count from the copy) and the dedup window's memory (see
-//! `NatsLog::import_partition`).
+//! Consumer groups keep reading at the offsets they committed, since offsets are kept;
+//! `--groups-to` / `--groups-from` copy them between group stores too. What a copy to NATS
+//! cannot keep: append times (JetStream stamps each message when it stores it, so reads by
+//! time and retention count from the copy) and the dedup window's memory (see the
+//! `PartitionImport` of `proteus-log-nats`). A copy into an embedded log keeps both.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,21 +18,29 @@ use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_nats::{NatsGroupStore, NatsGroupStoreConfig};
 use proteus_groups_postgres::{PostgresGroupStore, PostgresGroupStoreConfig};
 use proteus_groups_service::proteus_groups::GroupStore;
-use proteus_log::port::{EventReader, PartitionDescription, READ_BYTES_MAX, TopicAdmin};
+use proteus_log::import::{IMPORT_EVENTS_MAX, PartitionImport};
+use proteus_log::port::{EventReader, Log, PartitionDescription, READ_BYTES_MAX};
 use proteus_log::{LogError, Offset, PartitionId, ReadFrom, ReadLimits, StoredEvent, TopicName};
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
-use proteus_log_nats::{IMPORT_EVENTS_MAX, NatsLog, NatsLogConfig};
+use proteus_log_nats::{NatsLog, NatsLogConfig};
 use xxhash_rust::xxh3::Xxh3;
+
+use crate::migrate_cli::{embedded_dir, is_postgres_url};
 
 #[derive(clap::Args, Debug)]
 pub struct MigrateTopicsArgs {
-    /// The topics to copy: `embedded:DIR`, the data directory of a stopped server.
+    /// The topics to copy: `embedded:DIR` (the data directory of a stopped server) or a NATS
+    /// URL (`nats://HOST:PORT`, the log on JetStream under `--from-prefix`).
     #[arg(long, value_name = "SOURCE")]
     pub from: String,
-    /// Where to copy them: a NATS URL (`nats://HOST:PORT`), the log on JetStream.
-    #[arg(long, value_name = "URL")]
+    /// The JetStream stream prefix of a NATS source, as `serve --storage-log-prefix`.
+    #[arg(long, default_value = "PROTEUS", value_name = "PREFIX")]
+    pub from_prefix: String,
+    /// Where to copy them: a NATS URL (`nats://HOST:PORT`, the log on JetStream under
+    /// `--to-prefix`) or `embedded:DIR` (a data directory no server is using).
+    #[arg(long, value_name = "TARGET")]
     pub to: String,
-    /// The JetStream stream prefix of the copy, as `serve --storage-log-prefix`.
+    /// The JetStream stream prefix of a NATS target, as `serve --storage-log-prefix`.
     #[arg(long, default_value = "PROTEUS", value_name = "PREFIX")]
     pub to_prefix: String,
     /// Only this topic (repeatable); every topic when absent, the server's own included
@@ -40,11 +50,17 @@ pub struct MigrateTopicsArgs {
     /// Events copied per request.
     #[arg(long, default_value_t = 1_000)]
     pub batch_events: usize,
-    /// Also copy the consumer groups of the copied topics (settings and committed offsets)
-    /// from the data directory to a shared group store, as `serve --groups` names it:
-    /// `nats://HOST:PORT` (JetStream key-value buckets) or `postgres://USER@HOST:PORT/DB`.
+    /// Also copy the consumer groups of the copied topics (settings and committed offsets) to
+    /// a shared group store, as `serve --groups` names it: `nats://HOST:PORT` (JetStream
+    /// key-value buckets) or `postgres://USER@HOST:PORT/DB`. Without it, groups copied from
+    /// `--groups-from` go to the target's data directory (`--to embedded:DIR`).
     #[arg(long, value_name = "URL")]
     pub groups_to: Option<String>,
+    /// Copy the consumer groups from this shared group store (`nats://…` or `postgres://…`,
+    /// as `serve --groups`) rather than from the source's data directory (`--from
+    /// embedded:DIR`).
+    #[arg(long, value_name = "URL")]
+    pub groups_from: Option<String>,
     /// The bucket prefix of groups in NATS, as `serve --groups-prefix`.
     #[arg(long, default_value = "PROTEUS", value_name = "PREFIX")]
     pub groups_prefix: String,
@@ -53,6 +69,31 @@ pub struct MigrateTopicsArgs {
     pub groups_schema: String,
     #[command(flatten)]
     pub nats_security: crate::settings::NatsSecurityArgs,
+}
+
+/// A log a copy writes to.
+trait ImportTarget: Log + PartitionImport {}
+impl<T: Log + PartitionImport> ImportTarget for T {}
+
+/// One side of a copy, as `--from` / `--to` name it.
+enum Side<'a> {
+    Embedded(&'a str),
+    Nats(&'a str),
+}
+
+impl<'a> Side<'a> {
+    fn parse(flag: &str, value: &'a str) -> Result<Side<'a>, String> {
+        if let Some(dir) = embedded_dir(flag, value)? {
+            return Ok(Side::Embedded(dir));
+        }
+        if crate::settings::is_nats_url(value) {
+            return Ok(Side::Nats(value));
+        }
+        Err(format!(
+            "{flag} must be embedded:DIR (a data directory no server is using) or a NATS URL (nats://HOST:PORT), got {:?}",
+            proteus_nats::redact(value)
+        ))
+    }
 }
 
 /// What was copied and checked of one partition.
@@ -130,8 +171,8 @@ async fn checksum(
 /// Copies what the target's partition lacks of the source's (`bounds`), then compares both
 /// sides.
 async fn copy_partition(
-    source: &EmbeddedLog,
-    target: &NatsLog,
+    source: &dyn Log,
+    target: &dyn ImportTarget,
     topic: &TopicName,
     bounds: &PartitionDescription,
     batch: u32,
@@ -150,19 +191,16 @@ async fn copy_partition(
         target_next
     } else {
         return Err(format!(
-            "{what}: the target holds offsets {target_first} to {target_next}, which do not continue the source's {first} to {next}; delete the topic in the target (or use another --to-prefix) and migrate again"
+            "{what}: the target holds offsets {target_first} to {target_next}, which do not continue the source's {first} to {next}; delete the topic in the target (or copy to another --to-prefix or directory) and migrate again"
         ));
     };
     let mut copied = 0;
     let reading = format!("reading {what} in the source");
     while at < next {
-        let events: Vec<_> = read_exactly(source, topic, partition, (at, next), batch, &reading)
-            .await?
-            .into_iter()
-            .map(|e| e.json)
-            .collect();
+        let events: Vec<StoredEvent> =
+            read_exactly(source, topic, partition, (at, next), batch, &reading).await?;
         target
-            .import_partition(topic, partition, at, &events)
+            .import_partition(topic, partition, &events)
             .await
             .map_err(say(&format!("copying {what}")))?;
         copied += events.len() as u64;
@@ -192,17 +230,10 @@ async fn copy_partition(
     })
 }
 
-/// The directory of `--from embedded:DIR`.
-fn source_dir(from: &str) -> Result<&str, String> {
-    from.strip_prefix("embedded:").ok_or_else(|| {
-        format!(
-            "--from must be embedded:DIR (the data directory of a stopped server), got {from:?}"
-        )
-    })
-}
-
-async fn open_group_target(
+/// The shared group store at `url`, as `serve --groups` opens it (`flag` names the option).
+async fn open_group_store(
     args: &MigrateTopicsArgs,
+    flag: &str,
     url: &str,
 ) -> Result<Arc<dyn GroupStore>, String> {
     if crate::settings::is_nats_url(url) {
@@ -220,7 +251,7 @@ async fn open_group_target(
         })?;
         return Ok(Arc::new(store));
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres_url(url) {
         let store =
             PostgresGroupStore::open(PostgresGroupStoreConfig::new(url, &args.groups_schema))
                 .await
@@ -233,27 +264,46 @@ async fn open_group_target(
         return Ok(Arc::new(store));
     }
     Err(format!(
-        "--groups-to must be a NATS URL (nats://HOST:PORT) or a PostgreSQL URL (postgres://USER@HOST:PORT/DB), got {:?}",
+        "{flag} must be a NATS URL (nats://HOST:PORT) or a PostgreSQL URL (postgres://USER@HOST:PORT/DB), got {:?}",
         proteus_nats::redact(url)
     ))
 }
 
-/// Copies the groups of `topics` from the data directory's group store to `url`: a group
-/// already there as it is here is left alone, one there with other settings or progress is
-/// refused (it has moved on since, or is another group of the same name).
-async fn copy_groups(
+/// One end of a copy of groups: a shared store (`--groups-to` / `--groups-from`) or the group
+/// store of an embedded side's data directory.
+async fn group_store(
     args: &MigrateTopicsArgs,
-    url: &str,
-    dir: &str,
+    (flag, url): (&str, Option<&str>),
+    side: &Side<'_>,
+) -> Result<(Arc<dyn GroupStore>, String), String> {
+    match (url, side) {
+        (Some(url), _) => Ok((
+            open_group_store(args, flag, url).await?,
+            proteus_nats::redact(url),
+        )),
+        (None, Side::Embedded(dir)) => {
+            let store = EmbeddedGroupStore::open(Path::new(dir))
+                .map_err(|e| format!("cannot open the consumer groups in {dir}: {e}"))?;
+            Ok((Arc::new(store), format!("the data directory {dir}")))
+        }
+        (None, Side::Nats(_)) => Err(format!(
+            "{flag} is needed to copy consumer groups when that side of the copy is NATS: give the group store its servers use (serve --groups), nats://HOST:PORT or postgres://USER@HOST:PORT/DB"
+        )),
+    }
+}
+
+/// Copies the groups of `topics` from `source` to `target`: a group already there as it is
+/// here is left alone, one there with other settings or progress is refused (it has moved on
+/// since, or is another group of the same name).
+async fn copy_groups(
+    (source, source_name): (Arc<dyn GroupStore>, String),
+    (target, target_name): (Arc<dyn GroupStore>, String),
     topics: &[TopicName],
 ) -> Result<(), String> {
-    let source = EmbeddedGroupStore::open(Path::new(dir))
-        .map_err(|e| format!("cannot open the consumer groups in {dir}: {e}"))?;
-    let target = open_group_target(args, url).await?;
     let groups = source
         .list_groups()
         .await
-        .map_err(|e| format!("listing the consumer groups in {dir}: {e}"))?;
+        .map_err(|e| format!("listing the consumer groups in {source_name}: {e}"))?;
     let (mut copied, mut present) = (0, 0);
     for record in groups.iter().filter(|g| topics.contains(&g.topic)) {
         let name = format!("group '{}' of topic '{}'", record.group, record.topic);
@@ -272,40 +322,73 @@ async fn copy_groups(
             }
             Ok(Some(_)) => {
                 return Err(format!(
-                    "{name} is already in the target with other settings or progress; delete it there (proteus group delete) or leave out --groups-to"
+                    "{name} is already in {target_name} with other settings or progress; delete it there (proteus group delete) or leave out the groups"
                 ));
             }
-            Err(e) => return Err(format!("reading {name} in the target: {e}")),
+            Err(e) => return Err(format!("reading {name} in {target_name}: {e}")),
         }
     }
     println!(
-        "consumer groups: copied {copied}, {present} already there; serve with --groups {}",
-        proteus_nats::redact(url)
+        "consumer groups: copied {copied} from {source_name} to {target_name}, {present} already there"
     );
     Ok(())
 }
 
-async fn open_source(from: &str) -> Result<EmbeddedLog, String> {
-    let dir = source_dir(from)?;
-    // Opening creates a log where there is none: a mistyped directory would then copy nothing.
-    if !Path::new(dir).join("log").join("topics").is_dir() {
+/// An embedded log: a source must already hold one (opening creates a log where there is
+/// none, and a mistyped directory would then copy nothing); a target may be new.
+async fn open_embedded(flag: &str, dir: &str, must_exist: bool) -> Result<EmbeddedLog, String> {
+    if must_exist && !Path::new(dir).join("log").join("topics").is_dir() {
         return Err(format!(
-            "--from {from}: there is no embedded log in {dir} (no log/topics); give the data directory of the server that holds it (its --data-dir, ./proteus-data by default)"
+            "{flag} embedded:{dir}: there is no embedded log in {dir} (no log/topics); give the data directory of the server that holds it (its --data-dir, ./proteus-data by default)"
         ));
     }
     EmbeddedLog::open(EmbeddedConfig {
         // Nothing may be removed while it is copied (opening recovers the log as a server
-        // start would; nothing else is written to it).
+        // start would).
         retention_check_interval_ms: 86_400_000,
         ..EmbeddedConfig::new(dir)
     })
     .await
     .map_err(|e| match e {
         LogError::Unavailable { .. } => format!(
-            "cannot open the embedded log in {dir}: a server is using it; stop it first (its events are copied while nothing writes to them)"
+            "cannot open the embedded log in {dir}: a server is using it; stop it first (a copy reads and writes logs nothing else writes to)"
         ),
         e => format!("cannot open the embedded log in {dir}: {e}"),
     })
+}
+
+async fn open_nats(args: &MigrateTopicsArgs, url: &str, prefix: &str) -> Result<NatsLog, String> {
+    NatsLog::connect(NatsLogConfig {
+        url: url.to_owned(),
+        security: args.nats_security.files(),
+        stream_prefix: prefix.to_owned(),
+        subject_prefix: prefix.to_lowercase(),
+        ..NatsLogConfig::default()
+    })
+    .await
+    .map_err(|e| format!("cannot open the NATS JetStream log (prefix {prefix}): {e}"))
+}
+
+async fn open_side(
+    args: &MigrateTopicsArgs,
+    (flag, side, prefix): (&str, &Side<'_>, &str),
+) -> Result<Arc<dyn ImportTarget>, String> {
+    Ok(match side {
+        Side::Embedded(dir) => Arc::new(open_embedded(flag, dir, flag == "--from").await?),
+        Side::Nats(url) => Arc::new(open_nats(args, url, prefix).await?),
+    })
+}
+
+/// How to serve the copy, for the last line.
+fn serve_hint(args: &MigrateTopicsArgs, target: &Side<'_>) -> String {
+    match target {
+        Side::Embedded(dir) => format!("proteus serve --data-dir {dir}"),
+        Side::Nats(url) => format!(
+            "--storage-log {} --storage-log-prefix {}",
+            proteus_nats::redact(url),
+            args.to_prefix
+        ),
+    }
 }
 
 pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
@@ -316,41 +399,45 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         ));
     }
     let batch = args.batch_events as u32;
-    if !crate::settings::is_nats_url(&args.to) {
-        return Err(format!(
-            "--to must be a NATS URL (nats://HOST:PORT), got {:?}",
-            proteus_nats::redact(&args.to)
-        ));
+    let from = Side::parse("--from", &args.from)?;
+    let to = Side::parse("--to", &args.to)?;
+    match (&from, &to) {
+        (Side::Embedded(a), Side::Embedded(b)) if Path::new(a) == Path::new(b) => {
+            return Err("--from and --to name the same directory; give another --to".into());
+        }
+        (Side::Nats(a), Side::Nats(b)) if a == b && args.from_prefix == args.to_prefix => {
+            return Err(format!(
+                "--from and --to name the same NATS log (prefix {}); give the copy another --to-prefix",
+                args.to_prefix
+            ));
+        }
+        _ => {}
     }
     let wanted: Vec<TopicName> = args
         .topics
         .iter()
         .map(|name| TopicName::parse(name).map_err(|e| format!("--topic {name:?}: {e}")))
         .collect::<Result<_, _>>()?;
-    let source = open_source(&args.from).await?;
-    let target = NatsLog::connect(NatsLogConfig {
-        url: args.to.clone(),
-        security: args.nats_security.files(),
-        stream_prefix: args.to_prefix.clone(),
-        subject_prefix: args.to_prefix.to_lowercase(),
-        ..NatsLogConfig::default()
-    })
-    .await
-    .map_err(|e| {
-        format!(
-            "cannot open the NATS JetStream log (prefix {}): {e}",
-            args.to_prefix
-        )
-    })?;
+    let source = open_side(&args, ("--from", &from, &args.from_prefix)).await?;
     let topics = source
         .list_topics()
         .await
         .map_err(say("listing the source's topics"))?;
+    if topics.is_empty()
+        && let Side::Nats(_) = from
+    {
+        return Err(format!(
+            "--from {}: no topic under the prefix {}; check --from-prefix (the --storage-log-prefix of the servers using it)",
+            proteus_nats::redact(&args.from),
+            args.from_prefix
+        ));
+    }
     for name in &wanted {
         if !topics.iter().any(|t| &t.name == name) {
             return Err(format!("--topic {name}: the source has no such topic"));
         }
     }
+    let target = open_side(&args, ("--to", &to, &args.to_prefix)).await?;
     let started = std::time::Instant::now();
     let (mut total_copied, mut total_events) = (0u64, 0u64);
     let copying: Vec<_> = topics
@@ -368,7 +455,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         let mut hash = Xxh3::new();
         let (mut copied, mut events) = (0u64, 0u64);
         for bounds in &topic.partitions {
-            let done = copy_partition(&source, &target, &topic.name, bounds, batch).await?;
+            let done = copy_partition(&*source, &*target, &topic.name, bounds, batch).await?;
             copied += done.copied;
             events += done.next_offset - done.first_offset;
             hash.update(&done.checksum.to_le_bytes());
@@ -382,16 +469,26 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         total_copied += copied;
         total_events += events;
     }
+    let times = if target.keeps_append_times() {
+        "append times kept"
+    } else {
+        "append times are the target's own"
+    };
     println!(
-        "copied {total_copied} events in {:.1} s; {total_events} events verified; serve with --storage-log {} --storage-log-prefix {}",
+        "copied {total_copied} events in {:.1} s; {total_events} events verified ({times}); serve with {}",
         started.elapsed().as_secs_f64(),
-        proteus_nats::redact(&args.to),
-        args.to_prefix
+        serve_hint(&args, &to),
     );
-    if let Some(url) = &args.groups_to {
-        // After the log: the groups' offsets point into the topics just copied.
+    if args.groups_to.is_some() || args.groups_from.is_some() {
+        // After the log: the groups' offsets point into the topics just copied. The logs are
+        // closed first, since an embedded side's group store shares its data directory.
+        source.shutdown().await.map_err(say("closing the source"))?;
+        target.shutdown().await.map_err(say("closing the target"))?;
         let names: Vec<TopicName> = copying.iter().map(|t| t.name.clone()).collect();
-        copy_groups(&args, url, source_dir(&args.from)?, &names).await?;
+        let from_store =
+            group_store(&args, ("--groups-from", args.groups_from.as_deref()), &from).await?;
+        let to_store = group_store(&args, ("--groups-to", args.groups_to.as_deref()), &to).await?;
+        copy_groups(from_store, to_store, &names).await?;
     }
     Ok(())
 }

@@ -1,23 +1,21 @@
-//! Copying events into a partition at the offsets they had in another log (`proteus
-//! migrate-topics`), which the port's `append` cannot do: it picks partitions and offsets.
+//! [`PartitionImport`] for JetStream: events copied into a partition's stream at the offsets
+//! they had in another log (`proteus migrate-topics`).
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
-use bytes::Bytes;
-use proteus_log::{LogError, Offset, PartitionId, TopicName};
+use async_trait::async_trait;
+use proteus_log::import::{PartitionImport, check_import, dedup_keys, does_not_continue};
+use proteus_log::{LogError, Offset, PartitionId, StoredEvent, TopicName};
 
 use super::{Bounds, NatsLog, nats_error};
-
-/// Most events one import call takes.
-pub const IMPORT_EVENTS_MAX: usize = 10_000;
 
 /// JetStream's header that makes the server store a message only if the last message on its
 /// subject has the given sequence (0: there is none).
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 
-impl NatsLog {
-    /// Where a partition's offsets stand: its first kept offset and its next offset.
-    pub async fn partition_offsets(
+#[async_trait]
+impl PartitionImport for NatsLog {
+    async fn partition_offsets(
         &self,
         topic: &TopicName,
         partition: PartitionId,
@@ -29,34 +27,22 @@ impl NatsLog {
         Ok((bounds.first_offset, bounds.end_offset))
     }
 
-    /// Appends `events` (CloudEvents JSON, as another log stored them) to `partition` at
-    /// offsets `first_offset`, `first_offset + 1`, … and nowhere else: each message carries the
-    /// sequence its subject must end at, so a write by anyone else in between fails the import
-    /// instead of shifting its offsets. An empty partition is first moved to start at
-    /// `first_offset` (a purge up to its sequence, which JetStream allows on an empty stream),
-    /// so a source whose oldest events were removed by retention keeps its offsets. No
-    /// `Nats-Msg-Id` is sent: two events with the same dedup key written longer than the dedup
-    /// window apart are both kept in the source, and JetStream would drop the second one when
-    /// they are copied seconds apart.
-    pub async fn import_partition(
+    /// Each message carries the sequence its subject must end at, so a write by anyone else in
+    /// between fails the import instead of shifting its offsets. An empty partition is first
+    /// moved with a purge up to its first sequence (which JetStream allows on an empty stream).
+    /// No `Nats-Msg-Id` is sent: two events with the same dedup key written longer than the
+    /// dedup window apart are both kept in the source, and JetStream would drop the second one
+    /// when they are copied seconds apart. Append times are JetStream's own.
+    async fn import_partition(
         &self,
         topic: &TopicName,
         partition: PartitionId,
-        first_offset: Offset,
-        events: &[Bytes],
+        events: &[StoredEvent],
     ) -> Result<(), LogError> {
+        let first_offset = check_import(topic, partition, events)?;
+        dedup_keys(topic, partition, events)?;
         self.check_open()?;
         let topic = self.topic(topic).await?;
-        let conflict = |reason: String| LogError::TopicConflict {
-            topic: topic.name.clone(),
-            reason,
-        };
-        if events.len() > IMPORT_EVENTS_MAX {
-            return Err(conflict(format!(
-                "an import takes at most {IMPORT_EVENTS_MAX} events, got {}",
-                events.len()
-            )));
-        }
         topic.check_partition(partition)?;
         let what = format!(
             "importing into partition {partition} of topic '{}'",
@@ -72,10 +58,12 @@ impl NatsLog {
                 .await
                 .map_err(|e| nats_error(&what, e))?;
         } else if bounds.end_offset != first_offset {
-            return Err(conflict(format!(
-                "{what}: the partition's next offset is {}, not {first_offset}; an import continues a partition exactly where it ends",
-                bounds.end_offset
-            )));
+            return Err(does_not_continue(
+                &topic.name,
+                partition,
+                first_offset,
+                bounds.end_offset,
+            ));
         }
         let subject = self.subject(&topic.name, partition);
         let empty = bounds.messages == 0;
@@ -96,7 +84,7 @@ impl NatsLog {
             let future = self
                 .inner
                 .js
-                .publish_with_headers(subject.clone(), headers, event.clone())
+                .publish_with_headers(subject.clone(), headers, event.json.clone())
                 .await
                 .map_err(|e| nats_error(&format!("{what}: event {index}"), e))?;
             pending.push(future);
@@ -107,12 +95,20 @@ impl NatsLog {
                 .map_err(|e| nats_error(&format!("{what}: event {index}"), e))?;
             let offset = first_offset + index as u64;
             if ack.sequence != offset + 1 {
-                return Err(conflict(format!(
-                    "{what}: event {index} was stored at offset {}, not {offset}",
-                    ack.sequence.saturating_sub(1)
-                )));
+                return Err(LogError::InvalidImport {
+                    topic: topic.name.clone(),
+                    partition,
+                    reason: format!(
+                        "event {index} was stored at offset {}, not {offset} (something else wrote to the partition meanwhile)",
+                        ack.sequence.saturating_sub(1)
+                    ),
+                });
             }
         }
         Ok(())
+    }
+
+    fn keeps_append_times(&self) -> bool {
+        false
     }
 }

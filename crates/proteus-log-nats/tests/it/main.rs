@@ -7,7 +7,6 @@
 //! even when it fails.
 
 mod conformance;
-mod import;
 mod layout;
 mod native_consumers;
 mod reads;

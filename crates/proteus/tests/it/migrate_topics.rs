@@ -3,7 +3,9 @@
 //! same data directory with its log on NATS serves the same partitions with its group's
 //! committed offsets; the group copied to NATS key-value buckets goes on, through a server
 //! sharing nothing else with the first, from the offsets it committed, neither losing nor
-//! repeating an event.
+//! repeating an event. Then back down: the topics on NATS and the group in its buckets copied
+//! to a new data directory, where an embedded server serves the same partitions with the same
+//! append times and the group goes on.
 
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,8 +23,8 @@ impl Drop for NatsStreams {
     }
 }
 
-/// Each partition's (offset, event) pairs, without append times (JetStream stamps its own).
-fn partitions(http: &reqwest::blocking::Client, url: &str, count: u32) -> Vec<Vec<(u64, Value)>> {
+/// Each partition's events as the server reads them (offset, append time, event).
+fn entries(http: &reqwest::blocking::Client, url: &str, count: u32) -> Vec<Vec<Value>> {
     (0..count)
         .map(|partition| {
             let page: Value = http
@@ -33,9 +35,17 @@ fn partitions(http: &reqwest::blocking::Client, url: &str, count: u32) -> Vec<Ve
                 .unwrap()
                 .json()
                 .unwrap();
-            page["events"]
-                .as_array()
-                .unwrap()
+            page["events"].as_array().unwrap().clone()
+        })
+        .collect()
+}
+
+/// Each partition's (offset, event) pairs, without append times (JetStream stamps its own).
+fn partitions(http: &reqwest::blocking::Client, url: &str, count: u32) -> Vec<Vec<(u64, Value)>> {
+    entries(http, url, count)
+        .into_iter()
+        .map(|events| {
+            events
                 .iter()
                 .map(|e| (e["offset"].as_u64().unwrap(), e["event"].clone()))
                 .collect()
@@ -69,7 +79,7 @@ fn consume(url: &str, count: usize) -> Vec<String> {
 }
 
 #[test]
-fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
+fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept() {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -197,7 +207,7 @@ fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
 
     // A server sharing only NATS: topics and the copied group there.
     let fresh = tempfile::tempdir().unwrap();
-    let shared = ServerProcess::start_with(
+    let mut shared = ServerProcess::start_with(
         fresh.path(),
         &[
             "--storage-log",
@@ -217,6 +227,15 @@ fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
     assert!(before.is_disjoint(&after), "{before:?} {after:?}");
     assert_eq!(before.len() + after.len(), 36);
     assert_eq!(group_lag(&shared.url), 0);
+    // Events appended on NATS (stamped by JetStream), not yet consumed by the group.
+    let more: String = (0..4)
+        .map(|i| format!("{{\"type\":\"t\",\"subject\":\"order-{i}\",\"id\":\"m{i}\"}}\n"))
+        .collect();
+    let (code, _, err) = cli(&["publish", "orders"], Some(&more), &shared.url);
+    assert_eq!(code, 0, "{err}");
+    let on_nats = entries(&http, &shared.url, 3);
+    assert_eq!(on_nats.iter().map(Vec::len).sum::<usize>(), 40);
+    assert_eq!(shared.terminate(), Some(0));
 
     // The same data directory with its groups in NATS: the copied group is there, so nothing
     // is said; in buckets the copy did not fill, the group is named with the command.
@@ -250,5 +269,78 @@ fn embedded_topics_move_to_nats_with_offsets_and_group_positions_kept() {
             && logs.contains("billing (topic orders)")
             && logs.contains(&format!("--groups-prefix {uncopied_prefix}")),
         "{logs}"
+    );
+
+    // Back down: the topics on NATS and the group in its buckets to a new data directory.
+    let down = tempfile::tempdir().unwrap();
+    let down_dir = down.path().join("data");
+    let migrate_down = |prefix: &str, dir: &std::path::Path| {
+        run_cli(
+            &[
+                "migrate-topics",
+                "--from",
+                &nats_url(),
+                "--from-prefix",
+                prefix,
+                "--to",
+                &format!("embedded:{}", dir.display()),
+                "--batch-events",
+                "3",
+                "--groups-from",
+                &nats_url(),
+                "--groups-prefix",
+                &groups_prefix,
+            ],
+            None,
+        )
+    };
+    // A mistyped prefix is refused, and no directory is made.
+    let unused = down.path().join("unused");
+    let (code, _, err) = migrate_down(&format!("{}TYPO", streams.0), &unused);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no topic under the prefix") && err.contains("--from-prefix"),
+        "{err}"
+    );
+    assert!(!unused.exists());
+    let (code, out, err) = migrate_down(&streams.0, &down_dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "orders: 3 partitions, copied 40 events; verified: 40 events with the same offsets"
+        ) && out.contains("append times kept")
+            && out.contains("consumer groups: copied 1"),
+        "{out}"
+    );
+    let (code, out, err) = migrate_down(&streams.0, &down_dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("orders: 3 partitions, copied 0 events") && out.contains("1 already there"),
+        "{out}"
+    );
+    // An embedded server on the copy: the same partitions, offsets and append times; the group
+    // goes on with the four events it had not consumed on NATS; appends continue the offsets.
+    let below = ServerProcess::start(&down_dir);
+    assert_eq!(entries(&http, &below.url, 3), on_nats);
+    assert_eq!(group_lag(&below.url), 4);
+    let rest: BTreeSet<String> = consume(&below.url, 4).into_iter().collect();
+    assert_eq!(rest, (0..4).map(|i| format!("m{i}")).collect());
+    assert_eq!(group_lag(&below.url), 0);
+    let (code, _, err) = cli(
+        &["publish", "orders"],
+        Some("{\"type\":\"t\",\"id\":\"after\"}\n"),
+        &below.url,
+    );
+    assert_eq!(code, 0, "{err}");
+    let now = entries(&http, &below.url, 3);
+    let grown: Vec<usize> = (0..3)
+        .filter(|&p| now[p].len() == on_nats[p].len() + 1)
+        .collect();
+    assert_eq!(grown.len(), 1, "the new event lands in one partition");
+    let p = grown[0];
+    let last_offset = |events: &[Value]| events.last().map(|e| e["offset"].as_u64().unwrap());
+    assert_eq!(
+        last_offset(&now[p]),
+        last_offset(&on_nats[p]).map(|o| o + 1)
     );
 }
