@@ -1,7 +1,7 @@
 //! `proteus migrate-topics`: copies the topics of one log to another, each event in the
 //! partition and at the offset it had, then verifies every partition: the same first and next
-//! offsets, and an xxh3 checksum of every event's offset and JSON on both sides. A second run
-//! continues where one stopped. Either side is an embedded log (the data directory of a
+//! offsets, and an xxh3 checksum of every event's offset and JSON (and append time, when the
+//! target keeps times) on both sides. A second run continues where one stopped. Either side is an embedded log (the data directory of a
 //! stopped server) or the log on NATS JetStream (a stream prefix), so topics move up to NATS
 //! and back down.
 //!
@@ -143,15 +143,15 @@ async fn read_exactly(
     }
 }
 
-/// Every event of a partition from `first` to `next`, hashed with its offset, read `batch` at
-/// a time.
+/// Every event of a partition from `first` to `next`, hashed with its offset (and its append
+/// time when `with_times`), read `batch` at a time.
 async fn checksum(
     log: &dyn EventReader,
     topic: &TopicName,
     partition: PartitionId,
     (first, next): (Offset, Offset),
     batch: u32,
-    side: &str,
+    (side, with_times): (&str, bool),
 ) -> Result<u64, String> {
     let what = format!("reading partition {partition} of topic '{topic}' in the {side}");
     let mut hash = Xxh3::new();
@@ -160,6 +160,9 @@ async fn checksum(
         let events = read_exactly(log, topic, partition, (at, next), batch, &what).await?;
         for event in &events {
             hash.update(&event.offset.to_le_bytes());
+            if with_times {
+                hash.update(&event.append_time_ms.to_le_bytes());
+            }
             hash.update(&(event.json.len() as u64).to_le_bytes());
             hash.update(&event.json);
         }
@@ -215,8 +218,26 @@ async fn copy_partition(
             "verification failed for {what}: the source holds offsets {first} to {next}, the copy {target_first} to {target_next}"
         ));
     }
-    let expected = checksum(source, topic, partition, (first, next), batch, "source").await?;
-    let actual = checksum(target, topic, partition, (first, next), batch, "copy").await?;
+    // Times are compared where the target keeps them (a NATS target stamps its own).
+    let with_times = target.keeps_append_times();
+    let expected = checksum(
+        source,
+        topic,
+        partition,
+        (first, next),
+        batch,
+        ("source", with_times),
+    )
+    .await?;
+    let actual = checksum(
+        target,
+        topic,
+        partition,
+        (first, next),
+        batch,
+        ("copy", with_times),
+    )
+    .await?;
     if expected != actual {
         return Err(format!(
             "verification failed for {what}: checksum {expected:016x} in the source, {actual:016x} in the copy; delete the topic in the target and migrate again"
@@ -438,6 +459,11 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         }
     }
     let target = open_side(&args, ("--to", &to, &args.to_prefix)).await?;
+    let kept = if target.keeps_append_times() {
+        " and append times"
+    } else {
+        ""
+    };
     let started = std::time::Instant::now();
     let (mut total_copied, mut total_events) = (0u64, 0u64);
     let copying: Vec<_> = topics
@@ -461,7 +487,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
             hash.update(&done.checksum.to_le_bytes());
         }
         println!(
-            "{}: {} partitions, copied {copied} events; verified: {events} events with the same offsets, checksum {:016x} on both sides",
+            "{}: {} partitions, copied {copied} events; verified: {events} events with the same offsets{kept}, checksum {:016x} on both sides",
             topic.name,
             topic.config.partitions,
             hash.digest()
