@@ -25,6 +25,10 @@ pub struct NatsGroupStoreConfig {
     /// between the read and the write, before it fails. A group has one writer (its
     /// coordinator), so conflicts only come from a hand-over or a settings change.
     pub write_attempts_max: u32,
+    /// Whether opening creates the buckets when they are missing (what a server does). Off
+    /// when groups are only read from them (`proteus migrate-topics --groups-from`): a
+    /// mistyped prefix is then refused, and nothing is created.
+    pub create_buckets: bool,
 }
 
 impl Default for NatsGroupStoreConfig {
@@ -38,6 +42,7 @@ impl Default for NatsGroupStoreConfig {
             security: proteus_nats::NatsSecurity::default(),
             replicas: 1,
             write_attempts_max: 16,
+            create_buckets: true,
         }
     }
 }

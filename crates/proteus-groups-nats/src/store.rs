@@ -62,11 +62,18 @@ pub(crate) async fn ensure_bucket(
     url: &str,
     name: &str,
     description: &str,
-    replicas: usize,
+    (replicas, create): (usize, bool),
 ) -> Result<kv::Store, String> {
     let what = format!("opening key-value bucket {name}");
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
+    let found = js.get_key_value(name).await;
+    match found {
+        Ok(store) => return Ok(store),
+        Err(error) if !create => {
+            return Err(format!(
+                "{what} at {url}: {error}; no consumer groups are kept under that bucket prefix there (a server creates the bucket when it starts with --groups nats://…): name the --groups-prefix of the servers that use it"
+            ));
+        }
+        Err(_) => {}
     }
     let config = stream::Config {
         name: format!("KV_{name}"),
@@ -102,8 +109,8 @@ impl NatsGroupStore {
         proteus_nats::client::check_health(&self.client, &self.config.url, timeout).await
     }
 
-    /// Connects to NATS, checks that JetStream answers and opens (creating them if missing)
-    /// the groups and leases buckets. The error says what failed and how to start NATS.
+    /// Connects to NATS, checks that JetStream answers and opens (creating them if missing,
+    /// unless `create_buckets` is off) the groups and leases buckets. The error says what failed and how to start NATS.
     pub async fn open(config: NatsGroupStoreConfig) -> Result<NatsGroupStore, StoreError> {
         config.validate().map_err(|reason| {
             StoreError::Backend(format!("invalid NATS consumer-group settings: {reason}"))
@@ -127,7 +134,7 @@ impl NatsGroupStore {
             &url,
             &config.groups_bucket(),
             "Proteus consumer groups: settings, fencing token and progress of each group",
-            config.replicas,
+            (config.replicas, config.create_buckets),
         )
         .await
         .map_err(StoreError::Backend)?;
@@ -136,7 +143,7 @@ impl NatsGroupStore {
             &url,
             &config.leases_bucket(),
             "Proteus consumer groups: which instance coordinates each group (leases)",
-            config.replicas,
+            (config.replicas, config.create_buckets),
         )
         .await
         .map_err(StoreError::Backend)?;

@@ -59,6 +59,10 @@ pub struct PostgresGroupStoreConfig {
     pub pool_wait_timeout_ms: u64,
     /// PostgreSQL's `statement_timeout` for the store's sessions, in milliseconds.
     pub statement_timeout_ms: u64,
+    /// Whether opening creates the schema when it is missing (what a server does). Off when
+    /// groups are only read from it (`proteus migrate-topics --groups-from`): a mistyped
+    /// schema is then refused, and nothing is created.
+    pub create_schema: bool,
 }
 
 impl PostgresGroupStoreConfig {
@@ -70,6 +74,7 @@ impl PostgresGroupStoreConfig {
             connect_timeout_ms: 5_000,
             pool_wait_timeout_ms: 10_000,
             statement_timeout_ms: 30_000,
+            create_schema: true,
         }
     }
 }
@@ -80,6 +85,7 @@ impl std::fmt::Debug for PostgresGroupStoreConfig {
             .field("url", &proteus_postgres::redact(&self.url))
             .field("schema", &self.schema)
             .field("pool_size_max", &self.pool_size_max)
+            .field("create_schema", &self.create_schema)
             .finish_non_exhaustive()
     }
 }
@@ -122,7 +128,8 @@ impl PostgresGroupStore {
         proteus_postgres::check_health(&self.inner.pool, &self.inner.url, timeout).await
     }
 
-    /// Connects, applies the migrations the schema misses and builds the pool. Fails with a
+    /// Connects, applies the migrations the schema misses (refusing a missing schema when
+    /// `create_schema` is off) and builds the pool. Fails with a
     /// message saying how to start PostgreSQL when it cannot be reached.
     pub async fn open(config: PostgresGroupStoreConfig) -> Result<Self, StoreError> {
         let connection = Connection {
@@ -133,10 +140,12 @@ impl PostgresGroupStore {
             pool_wait_timeout_ms: config.pool_wait_timeout_ms,
             statement_timeout_ms: config.statement_timeout_ms,
         };
-        let pool = connection
-            .open(&config.schema, &MIGRATIONS)
-            .await
-            .map_err(backend)?;
+        let pool = if config.create_schema {
+            connection.open(&config.schema, &MIGRATIONS).await
+        } else {
+            connection.open_existing(&config.schema, &MIGRATIONS).await
+        }
+        .map_err(backend)?;
         Ok(PostgresGroupStore {
             inner: Arc::new(Inner {
                 pool,

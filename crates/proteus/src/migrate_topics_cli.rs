@@ -252,15 +252,18 @@ async fn copy_partition(
 }
 
 /// The shared group store at `url`, as `serve --groups` opens it (`flag` names the option).
+/// A source (`--groups-from`) must exist: a mistyped prefix or schema is refused, not created.
 async fn open_group_store(
     args: &MigrateTopicsArgs,
     flag: &str,
     url: &str,
 ) -> Result<Arc<dyn GroupStore>, String> {
+    let create = flag == "--groups-to";
     if crate::settings::is_nats_url(url) {
         let store = NatsGroupStore::open(NatsGroupStoreConfig {
             security: args.nats_security.files(),
             bucket_prefix: args.groups_prefix.clone(),
+            create_buckets: create,
             ..NatsGroupStoreConfig::new(url)
         })
         .await
@@ -273,15 +276,17 @@ async fn open_group_store(
         return Ok(Arc::new(store));
     }
     if is_postgres_url(url) {
-        let store =
-            PostgresGroupStore::open(PostgresGroupStoreConfig::new(url, &args.groups_schema))
-                .await
-                .map_err(|e| {
-                    format!(
-                        "cannot open the PostgreSQL consumer groups (schema {}): {e}",
-                        args.groups_schema
-                    )
-                })?;
+        let store = PostgresGroupStore::open(PostgresGroupStoreConfig {
+            create_schema: create,
+            ..PostgresGroupStoreConfig::new(url, &args.groups_schema)
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot open the PostgreSQL consumer groups (schema {}): {e}",
+                args.groups_schema
+            )
+        })?;
         return Ok(Arc::new(store));
     }
     Err(format!(
@@ -458,7 +463,21 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
             return Err(format!("--topic {name}: the source has no such topic"));
         }
     }
+    // The group stores are opened before anything is copied (the source's before the target
+    // is made), so a mistyped one is refused first.
+    let groups_source = if args.groups_to.is_some() || args.groups_from.is_some() {
+        Some(group_store(&args, ("--groups-from", args.groups_from.as_deref()), &from).await?)
+    } else {
+        None
+    };
     let target = open_side(&args, ("--to", &to, &args.to_prefix)).await?;
+    let group_stores = match groups_source {
+        Some(source) => Some((
+            source,
+            group_store(&args, ("--groups-to", args.groups_to.as_deref()), &to).await?,
+        )),
+        None => None,
+    };
     let kept = if target.keeps_append_times() {
         " and append times"
     } else {
@@ -505,15 +524,9 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         started.elapsed().as_secs_f64(),
         serve_hint(&args, &to),
     );
-    if args.groups_to.is_some() || args.groups_from.is_some() {
-        // After the log: the groups' offsets point into the topics just copied. The logs are
-        // closed first, since an embedded side's group store shares its data directory.
-        source.shutdown().await.map_err(say("closing the source"))?;
-        target.shutdown().await.map_err(say("closing the target"))?;
+    if let Some((from_store, to_store)) = group_stores {
+        // After the log: the groups' offsets point into the topics just copied.
         let names: Vec<TopicName> = copying.iter().map(|t| t.name.clone()).collect();
-        let from_store =
-            group_store(&args, ("--groups-from", args.groups_from.as_deref()), &from).await?;
-        let to_store = group_store(&args, ("--groups-to", args.groups_to.as_deref()), &to).await?;
         copy_groups(from_store, to_store, &names).await?;
     }
     Ok(())

@@ -338,6 +338,29 @@ async fn an_unreachable_server_says_how_to_start_it() {
     assert!(error.to_string().contains("bucket_prefix"), "{error}");
 }
 
+/// Opened only to be read (`create_buckets: false`, as `proteus migrate-topics --groups-from`
+/// does), a prefix with no buckets is refused, naming the option to check, and nothing is
+/// created: the same open is refused again, until a server's open makes the buckets.
+#[tokio::test]
+async fn a_store_opened_to_read_refuses_missing_buckets_and_creates_none() {
+    let harness = Harness::new();
+    let reading = NatsGroupStoreConfig {
+        create_buckets: false,
+        ..harness.config.clone()
+    };
+    for _ in 0..2 {
+        let error = NatsGroupStore::open(reading.clone()).await.err().unwrap();
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("{}_GROUPS", harness.config.bucket_prefix))
+                && message.contains("--groups-prefix"),
+            "{message}"
+        );
+    }
+    harness.store().await;
+    NatsGroupStore::open(reading).await.unwrap();
+}
+
 /// With every connection cut, a save fails with an error naming the server instead of
 /// hanging; once NATS is reachable again the store reconnects by itself and the next save
 /// lands.

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use proteus_groups::GroupStore;
 use proteus_groups::conformance::StoreHarness;
 use proteus_groups_postgres::{PostgresGroupStore, PostgresGroupStoreConfig};
-use proteus_postgres::test_support::{PrivatePostgres, TestSchema, unreachable, url};
+use proteus_postgres::test_support::{PrivatePostgres, TestSchema, admin, unreachable, url};
 
 /// A schema of its own, dropped when the harness is.
 struct Harness {
@@ -55,6 +55,39 @@ async fn an_unreachable_server_says_how_to_start_it() {
         .err()
         .expect("an invalid schema name");
     assert!(error.to_string().contains("invalid schema name"), "{error}");
+}
+
+/// Opened only to be read (`create_schema: false`, as `proteus migrate-topics --groups-from`
+/// does), a schema that holds no groups is refused, naming it, and nothing is created.
+#[tokio::test]
+async fn a_store_opened_to_read_refuses_a_missing_schema_and_creates_none() {
+    let harness = Harness::new();
+    let reading = PostgresGroupStoreConfig {
+        create_schema: false,
+        ..PostgresGroupStoreConfig::new(url(), harness.schema.name.clone())
+    };
+    let error = PostgresGroupStore::open(reading.clone())
+        .await
+        .err()
+        .expect("a missing schema is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("schema {} at", harness.schema.name))
+            && message.contains("holds no consumer groups"),
+        "{message}"
+    );
+    let created = admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+            &[&harness.schema.name],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(created, 0);
+    harness.open().await;
+    PostgresGroupStore::open(reading).await.unwrap();
 }
 
 /// The PostgreSQL server itself killed (`SIGKILL` to the postmaster and its backends) and

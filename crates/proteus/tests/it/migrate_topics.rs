@@ -274,7 +274,7 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
     // Back down: the topics on NATS and the group in its buckets to a new data directory.
     let down = tempfile::tempdir().unwrap();
     let down_dir = down.path().join("data");
-    let migrate_down = |prefix: &str, dir: &std::path::Path| {
+    let migrate_down = |prefix: &str, dir: &std::path::Path, groups_prefix: &str| {
         run_cli(
             &[
                 "migrate-topics",
@@ -289,21 +289,34 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
                 "--groups-from",
                 &nats_url(),
                 "--groups-prefix",
-                &groups_prefix,
+                groups_prefix,
             ],
             None,
         )
     };
-    // A mistyped prefix is refused, and no directory is made.
+    // A mistyped prefix is refused, and no directory is made; a mistyped group prefix is
+    // refused before anything is copied, and no bucket is made.
     let unused = down.path().join("unused");
-    let (code, _, err) = migrate_down(&format!("{}TYPO", streams.0), &unused);
+    let (code, _, err) = migrate_down(&format!("{}TYPO", streams.0), &unused, &groups_prefix);
     assert_eq!(code, 1);
     assert!(
         err.contains("no topic under the prefix") && err.contains("--from-prefix"),
         "{err}"
     );
     assert!(!unused.exists());
-    let (code, out, err) = migrate_down(&streams.0, &down_dir);
+    let typo_groups = format!("{groups_prefix}TYPO");
+    let _typo_buckets = NatsStreams(format!("KV_{typo_groups}"));
+    for _ in 0..2 {
+        let (code, out, err) = migrate_down(&streams.0, &unused, &typo_groups);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(&format!("{typo_groups}_GROUPS")) && err.contains("--groups-prefix"),
+            "{err}"
+        );
+        assert!(!out.contains("copied"), "{out}");
+        assert!(!unused.exists());
+    }
+    let (code, out, err) = migrate_down(&streams.0, &down_dir, &groups_prefix);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(
@@ -312,7 +325,7 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
             && out.contains("consumer groups: copied 1"),
         "{out}"
     );
-    let (code, out, err) = migrate_down(&streams.0, &down_dir);
+    let (code, out, err) = migrate_down(&streams.0, &down_dir, &groups_prefix);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("orders: 3 partitions, copied 0 events") && out.contains("1 already there"),
