@@ -1,14 +1,18 @@
 //! libpq's environment variables and password file, read as `psql` reads them: what the
-//! connection string leaves out comes from `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER`,
-//! `PGPASSWORD`, `PGAPPNAME` and `PGTARGETSESSIONATTRS`, and a password none of them gives from
-//! the password file (`PGPASSFILE`, default `~/.pgpass`). What the string writes always wins.
+//! connection string leaves out comes from `PGHOST`, `PGHOSTADDR`, `PGPORT`, `PGDATABASE`,
+//! `PGUSER`, `PGPASSWORD`, `PGAPPNAME`, `PGOPTIONS`, `PGCONNECT_TIMEOUT` and
+//! `PGTARGETSESSIONATTRS`, and a password none of them gives from the password file
+//! (`PGPASSFILE`, default `~/.pgpass`). What the string writes always wins. (A service file's
+//! settings are written into the string first, by [`crate::service::expand`].)
 //! (`PGSSLMODE` and the other TLS variables are read by [`crate::tls::split`].)
 //!
 //! So a deployment can pass `postgres://` alone and keep every part of the connection in the
 //! variables a Kubernetes operator's secret provides, as it would for `psql`.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use tokio_postgres::config::{Host, TargetSessionAttrs};
 
@@ -17,6 +21,9 @@ pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// PostgreSQL's port when nothing names one.
 const DEFAULT_PORT: u16 = 5432;
+
+/// libpq's shortest connect timeout: `PGCONNECT_TIMEOUT=1` waits this long, as in libpq.
+const CONNECT_TIMEOUT_MIN_S: u64 = 2;
 
 /// Largest password file read, in bytes: a `.pgpass` holds a few lines.
 const PASSWORD_FILE_BYTES_MAX: u64 = 1024 * 1024;
@@ -115,7 +122,8 @@ fn string_names(driver: &str, key: &str) -> bool {
 
 /// `PGHOST=…[, PGPORT=…]` when `url` names no host and the environment does, for messages.
 pub fn host_from_environment(url: &str, env: Env) -> Option<String> {
-    let (driver, _) = crate::tls::split(url, env).ok()?;
+    let expanded = crate::service::expand(url, env).ok()?;
+    let (driver, _) = crate::tls::split(&expanded, env).ok()?;
     let config = tokio_postgres::Config::from_str(&driver).ok()?;
     if !config.get_hosts().is_empty() || !config.get_hostaddrs().is_empty() {
         return None;
@@ -130,6 +138,18 @@ pub fn host_from_environment(url: &str, env: Env) -> Option<String> {
 /// Fills what `config` (parsed from `driver`) lacks from libpq's environment and password
 /// file. `Err` says which variable or file is wrong, or that no host is named anywhere.
 pub fn fill(config: &mut tokio_postgres::Config, driver: &str, env: Env) -> Result<(), String> {
+    if config.get_hostaddrs().is_empty()
+        && let Some(pghostaddr) = set(env, "PGHOSTADDR")
+    {
+        for address in pghostaddr.split(',').map(str::trim) {
+            let address = IpAddr::from_str(address).map_err(|_| {
+                format!(
+                    "PGHOSTADDR: {address:?} is not an IP address (one per host, comma-separated)"
+                )
+            })?;
+            config.hostaddr(address);
+        }
+    }
     if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
         let Some(pghost) = set(env, "PGHOST") else {
             return Err(
@@ -145,7 +165,13 @@ pub fn fill(config: &mut tokio_postgres::Config, driver: &str, env: Env) -> Resu
             }
         }
     }
-    let hosts = config.get_hosts().len().max(config.get_hostaddrs().len());
+    let (named_hosts, addresses) = (config.get_hosts().len(), config.get_hostaddrs().len());
+    if named_hosts > 0 && addresses > 0 && named_hosts != addresses {
+        return Err(format!(
+            "it names {named_hosts} host(s) and {addresses} host address(es) (hostaddr or PGHOSTADDR): give one address per host, or none"
+        ));
+    }
+    let hosts = named_hosts.max(addresses);
     if config.get_ports().is_empty()
         && let Some(pgport) = set(env, "PGPORT")
     {
@@ -167,6 +193,24 @@ pub fn fill(config: &mut tokio_postgres::Config, driver: &str, env: Env) -> Resu
         && let Some(name) = set(env, "PGAPPNAME")
     {
         config.application_name(name);
+    }
+    if !string_names(driver, "options")
+        && let Some(options) = set(env, "PGOPTIONS")
+    {
+        config.options(options);
+    }
+    if !string_names(driver, "connect_timeout")
+        && let Some(timeout) = set(env, "PGCONNECT_TIMEOUT")
+    {
+        let seconds = timeout.trim().parse::<i64>().map_err(|_| {
+            format!("PGCONNECT_TIMEOUT={timeout:?} is not a whole number of seconds")
+        })?;
+        // libpq waits without end for 0 or less; Proteus never does, so those keep the
+        // store's own `connect_timeout_ms`.
+        if seconds > 0 {
+            let seconds = (seconds as u64).max(CONNECT_TIMEOUT_MIN_S);
+            config.connect_timeout(Duration::from_secs(seconds));
+        }
     }
     if !string_names(driver, "target_session_attrs")
         && let Some(attrs) = set(env, "PGTARGETSESSIONATTRS")
@@ -396,6 +440,65 @@ mod tests {
             error.starts_with("PGPORT: \"x\" is not a port number"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn pghostaddr_pgoptions_and_pgconnect_timeout_fill_what_the_string_leaves_out() {
+        let env = env_of(&[
+            ("PGHOSTADDR", "10.0.0.7"),
+            ("PGOPTIONS", "-c search_path=shop"),
+            ("PGCONNECT_TIMEOUT", "9"),
+        ]);
+        // An address alone is enough to connect (no PGHOST needed), as with libpq.
+        let config = filled("postgres://app@/shop", &env).unwrap();
+        assert_eq!(
+            config.get_hostaddrs(),
+            &[IpAddr::from_str("10.0.0.7").unwrap()]
+        );
+        assert_eq!(config.get_options(), Some("-c search_path=shop"));
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(9)));
+        // With a host named, the address is where it connects (the name stays for TLS and the
+        // password file).
+        let config = filled("postgres://app@db.internal/shop", &env).unwrap();
+        assert_eq!(config.get_hosts(), &[Host::Tcp("db.internal".into())]);
+        assert_eq!(config.get_hostaddrs().len(), 1);
+        // What the string writes wins.
+        let config = filled(
+            "postgres://app@db/shop?hostaddr=10.0.0.8&options=-c%20work_mem%3D64MB&connect_timeout=3",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            config.get_hostaddrs(),
+            &[IpAddr::from_str("10.0.0.8").unwrap()]
+        );
+        assert_eq!(config.get_options(), Some("-c work_mem=64MB"));
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        // libpq's minimum of 2 s; 0 (libpq: no limit) keeps the store's own bound.
+        let one = env_of(&[("PGCONNECT_TIMEOUT", "1")]);
+        let config = filled("postgres://app@db/shop", &one).unwrap();
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        let zero = env_of(&[("PGCONNECT_TIMEOUT", "0")]);
+        let config = filled("postgres://app@db/shop", &zero).unwrap();
+        assert_eq!(config.get_connect_timeout(), None);
+        // Bad values name the variable.
+        for (pairs, says) in [
+            (
+                &[("PGHOSTADDR", "db.internal")][..],
+                "PGHOSTADDR: \"db.internal\" is not an IP address",
+            ),
+            (
+                &[("PGCONNECT_TIMEOUT", "ten")][..],
+                "PGCONNECT_TIMEOUT=\"ten\" is not a whole number",
+            ),
+            (
+                &[("PGHOSTADDR", "10.0.0.7,10.0.0.8")][..],
+                "names 1 host(s) and 2 host address(es)",
+            ),
+        ] {
+            let error = filled("postgres://app@db/shop", &env_of(pairs)).unwrap_err();
+            assert!(error.contains(says), "{error}");
+        }
     }
 
     #[test]

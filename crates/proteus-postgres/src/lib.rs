@@ -13,6 +13,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
 pub mod environment;
+pub mod service;
 pub mod tls;
 pub use tls::Tls;
 
@@ -318,8 +319,9 @@ fn driver_with(url: &str, env: environment::Env) -> Result<(tokio_postgres::Conf
             redact(url)
         )
     };
-    let (driver_url, settings) = tls::split(url, env).map_err(invalid)?;
     let at = |e: String| format!("PostgreSQL at {}: {e}", redact(url));
+    let expanded = service::expand(url, env).map_err(at)?;
+    let (driver_url, settings) = tls::split(&expanded, env).map_err(invalid)?;
     let driver_url = environment::url_with_pgport(&driver_url, env).map_err(at)?;
     let mut config =
         tokio_postgres::Config::from_str(&driver_url).map_err(|e| invalid(e.to_string()))?;
@@ -346,7 +348,10 @@ impl Connection {
         if config.get_application_name().is_none() {
             config.application_name(self.application_name);
         }
-        config.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
+        // A timeout the string or PGCONNECT_TIMEOUT gives wins over the store's setting.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
+        }
         let mut options = config.get_options().unwrap_or_default().to_owned();
         if !options.is_empty() {
             options.push(' ');
@@ -370,6 +375,10 @@ impl Connection {
             ));
         }
         let (config, tls) = self.config().map_err(PgError::permanent)?;
+        let connect_timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_millis(self.connect_timeout_ms));
         let (mut client, connection) = config
             .connect(tls.clone())
             .await
@@ -386,7 +395,6 @@ impl Connection {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let connect_timeout = Duration::from_millis(self.connect_timeout_ms);
         Pool::builder(manager)
             .max_size(self.pool_size_max)
             .runtime(Runtime::Tokio1)
@@ -555,6 +563,40 @@ mod tests {
         assert_eq!(config.get_password(), Some(&b"inline"[..]));
         let (config, _) = driver_with("postgres://db.example/shop", &|_| None).unwrap();
         assert_eq!(config.get_password(), None);
+    }
+
+    #[test]
+    fn a_service_file_gives_the_connection_and_wins_over_the_environment() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            "[shop]\nhost=db.internal\nport=6432\ndbname=shop\nuser=app\npassword=p:w&d\n",
+        )
+        .unwrap();
+        let path = file.path().display().to_string();
+        let env = move |name: &str| match name {
+            "PGSERVICEFILE" => Some(path.clone()),
+            "PGSERVICE" => Some("shop".to_owned()),
+            "PGPORT" => Some("7777".to_owned()),
+            "PGUSER" => Some("someone-else".to_owned()),
+            _ => None,
+        };
+        for url in ["postgres://", "postgres://?service=shop", ""] {
+            let (config, _) = driver_with(url, &env).unwrap();
+            assert_eq!(
+                config.get_hosts(),
+                &[tokio_postgres::config::Host::Tcp("db.internal".into())],
+                "{url:?}"
+            );
+            assert_eq!(config.get_ports(), &[6432], "{url:?}");
+            assert_eq!(config.get_dbname(), Some("shop"));
+            assert_eq!(config.get_user(), Some("app"));
+            assert_eq!(config.get_password(), Some(&b"p:w&d"[..]));
+        }
+        let (config, _) = driver_with("postgres://owner@primary:5433/mine", &env).unwrap();
+        assert_eq!(config.get_ports(), &[5433]);
+        assert_eq!(config.get_user(), Some("owner"));
+        assert_eq!(config.get_dbname(), Some("mine"));
     }
 
     #[test]

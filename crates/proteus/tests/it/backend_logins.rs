@@ -4,7 +4,8 @@
 //! URL's user and password and `--nats-tls-ca`; `--nats-creds`), and the server works as
 //! usual; without it, it does not start, and says which flag is missing. PostgreSQL: a
 //! password from `PGPASSWORD`, as libpq takes it, for a URL without one; and a bare
-//! `postgres://` completed from `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER` and a password file.
+//! `postgres://` completed from `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER` and a password file,
+//! or from a libpq service file (`service=` or `PGSERVICE`).
 
 use std::path::Path;
 use std::process::Command;
@@ -268,5 +269,55 @@ fn serve_takes_a_whole_postgres_connection_from_libpq_variables_and_a_password_f
 
     write_password_file(PG_PASSWORD, 0o600);
     let server = ServerProcess::start_with(&data_dir, &args, &env);
+    appends_and_never_logs(&server, PG_PASSWORD);
+}
+
+/// The whole connection from a libpq service file (`service=` in the URL, or `PGSERVICE`),
+/// its address given as `hostaddr` beside the host's name, as `psql` takes it; an undefined
+/// service is refused naming the file looked in.
+#[test]
+fn serve_takes_a_postgres_connection_from_a_service_file() {
+    const PG_PASSWORD: &str = "pg-secret-from-service";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let postgres = postgres_where_app_needs(&runtime, PG_PASSWORD);
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let service_file = dir.path().join("pg_service.conf");
+    std::fs::write(
+        &service_file,
+        format!(
+            "# the shop's database\n[shop]\nhost=localhost\nhostaddr=127.0.0.1\nport={}\ndbname=postgres\nuser=app\npassword={PG_PASSWORD}\n",
+            postgres.port
+        ),
+    )
+    .unwrap();
+    let service_file_name = service_file.display().to_string();
+    let env = [
+        ("PGSERVICEFILE", service_file_name.as_str()),
+        ("PGSYSCONFDIR", "/nonexistent"),
+    ];
+
+    let stderr = refused_start(
+        &data_dir,
+        &["--event-store", "postgres://?service=shopp"],
+        &env,
+    );
+    assert!(
+        stderr.contains("\"shopp\"") && stderr.contains(&service_file_name),
+        "{stderr}"
+    );
+    let server = ServerProcess::start_with(
+        &data_dir,
+        &["--event-store", "postgres://?service=shop"],
+        &env,
+    );
+    appends_and_never_logs(&server, PG_PASSWORD);
+    drop(server);
+    let with_pgservice = [env[0], env[1], ("PGSERVICE", "shop")];
+    let server = ServerProcess::start_with(
+        &data_dir,
+        &["--event-store", "postgres://"],
+        &with_pgservice,
+    );
     appends_and_never_logs(&server, PG_PASSWORD);
 }
