@@ -142,6 +142,22 @@ pub fn topics_in(data_dir: &Path) -> Vec<TopicName> {
     names
 }
 
+/// The next offset of each partition of `topic` in the embedded log of `data_dir`, read from
+/// its files without opening it (nor taking its lock): for a server whose log is elsewhere to
+/// notice events a copy left behind. `None` when the topic is not there or cannot be read.
+pub fn partition_ends_in(data_dir: &Path, topic: &TopicName) -> Option<Vec<Offset>> {
+    let dir = data_dir.join("log").join("topics").join(topic.as_str());
+    let mut ends = Vec::new();
+    for partition in 0.. {
+        let partition_dir = dir.join(partition.to_string());
+        if !partition_dir.is_dir() {
+            break;
+        }
+        ends.push(partition::end_offset_on_disk(&partition_dir).ok()?);
+    }
+    (!ends.is_empty()).then_some(ends)
+}
+
 impl EmbeddedLog {
     /// Opens the log in `config.data_dir`, creating it if needed, and recovers every partition.
     /// Must be called inside a Tokio runtime: it starts the retention and sync tasks.

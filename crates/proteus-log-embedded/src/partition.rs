@@ -1057,8 +1057,51 @@ fn recover_active(
     })
 }
 
+/// The next offset of the partition in `dir`, from its files alone (no lock, no recovery,
+/// nothing written): one past the last whole record of its last segment, found from the
+/// segment's last index entry. For a server whose log is elsewhere, to tell whether that log
+/// holds everything this one does. A torn or corrupt tail ends the count where it starts.
+pub fn end_offset_on_disk(dir: &Path) -> io::Result<Offset> {
+    let mut last_base = None;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(base) = segment::parse_log_file_name(&name.to_string_lossy()) {
+            last_base = last_base.max(Some(base));
+        }
+    }
+    let Some(base) = last_base else {
+        return Ok(0);
+    };
+    let file = File::open(segment::log_path(dir, base))?;
+    let file_bytes = file.metadata()?.len();
+    let index = segment::read_index_files(dir, base, file_bytes)?;
+    let (mut position, mut next) = index.offsets.last().map_or((0, base), |entry| {
+        (
+            u64::from(entry.position),
+            base + u64::from(entry.relative_offset),
+        )
+    });
+    while let Some((offset, bytes)) = record_and_bytes_at(&file, position, file_bytes)? {
+        if offset != next {
+            break;
+        }
+        next += 1;
+        position += bytes;
+    }
+    Ok(next)
+}
+
 /// The offset of the valid record at `position`, if there is one.
 fn record_at(file: &File, position: u64, file_bytes: u64) -> io::Result<Option<Offset>> {
+    Ok(record_and_bytes_at(file, position, file_bytes)?.map(|(offset, _)| offset))
+}
+
+/// The offset and the size in bytes of the valid record at `position`, if there is one.
+fn record_and_bytes_at(
+    file: &File,
+    position: u64,
+    file_bytes: u64,
+) -> io::Result<Option<(Offset, u64)>> {
     let mut header = [0u8; HEADER_BYTES];
     if position + HEADER_BYTES as u64 > file_bytes
         || segment::read_full_at(file, &mut header, position)? < HEADER_BYTES
@@ -1075,7 +1118,7 @@ fn record_at(file: &File, position: u64, file_bytes: u64) -> io::Result<Option<O
     let mut buf = vec![0u8; total as usize];
     segment::read_full_at(file, &mut buf, position)?;
     Ok(match record::decode(&buf) {
-        Decoded::Record(record) => Some(record.offset),
+        Decoded::Record(record) => Some((record.offset, total)),
         _ => None,
     })
 }

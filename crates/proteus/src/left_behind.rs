@@ -11,8 +11,8 @@ use proteus_eventstore::{Direction, EventStore, EventStoreError, ReadFilter, Rec
 use proteus_eventstore_embedded::{EmbeddedConfig, EmbeddedEventStore};
 use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_service::proteus_groups::GroupStore;
-use proteus_log::LogError;
 use proteus_log::port::Log;
+use proteus_log::{LogError, TopicName};
 use proteus_projections::ReadModelStore;
 use proteus_projections_embedded::EmbeddedReadModelStore;
 
@@ -146,9 +146,10 @@ fn named(names: &[String]) -> String {
     listed
 }
 
-/// Topics in the embedded log of `data_dir` that this server, its log on NATS, does not serve:
-/// says which, and how to move them (`proteus migrate-topics`). The server's own topics are
-/// created on NATS before this runs, so they are not named unless missing there.
+/// Topics in the embedded log of `data_dir` that this server, its log on NATS, does not serve,
+/// or serves without all their events (a copy made while the embedded server still took
+/// appends, say): says which, and how to move them (`proteus migrate-topics`). The server's own
+/// topics are created on NATS before this runs, so they are not named unless missing there.
 async fn warn_of_topics(data_dir: &Path, log: &dyn Log, url: &str, prefix: &str) {
     let embedded = proteus_log_embedded::topics_in(data_dir);
     if embedded.is_empty() {
@@ -156,24 +157,58 @@ async fn warn_of_topics(data_dir: &Path, log: &dyn Log, url: &str, prefix: &str)
     }
     // Only the embedded topics are looked up: listing every NATS topic would cost a request per
     // partition of the whole deployment on each start.
-    let mut left = Vec::new();
+    let (mut left, mut behind) = (Vec::new(), Vec::new());
     for name in &embedded {
-        if let Err(LogError::TopicNotFound { .. }) = log.describe_topic(name).await {
-            left.push(name.to_string());
+        match log.describe_topic(name).await {
+            Err(LogError::TopicNotFound { .. }) => left.push(name.to_string()),
+            Ok(served) => {
+                let missing = events_not_copied(data_dir, name, &served.partitions);
+                if missing > 0 {
+                    behind.push(format!("{name} ({missing} events)"));
+                }
+            }
+            Err(_) => {}
         }
     }
-    if left.is_empty() {
-        return;
-    }
-    tracing::warn!(
-        "{} has {} topic(s) in its embedded log that this server does not serve, since its log is on NATS: {}; \
-         to move them (with their offsets), stop this server and run: proteus migrate-topics --from embedded:{} --to {} --to-prefix {prefix}",
-        data_dir.display(),
-        left.len(),
-        named(&left),
+    let command = format!(
+        "stop this server and run: proteus migrate-topics --from embedded:{} --to {} --to-prefix {prefix}",
         data_dir.display(),
         proteus_nats::redact(url)
     );
+    if !left.is_empty() {
+        tracing::warn!(
+            "{} has {} topic(s) in its embedded log that this server does not serve, since its log is on NATS: {}; \
+             to move them (with their offsets), {command}",
+            data_dir.display(),
+            left.len(),
+            named(&left),
+        );
+    }
+    if !behind.is_empty() {
+        tracing::warn!(
+            "{} has events in its embedded log after the end of the same topic on NATS, which this server does not serve, in {} topic(s): {}; \
+             to copy them (the copy continues each partition where it ends), {command}",
+            data_dir.display(),
+            behind.len(),
+            named(&behind),
+        );
+    }
+}
+
+/// How many events the embedded log of `data_dir` holds in `topic` past the end of each
+/// partition `served` describes (0 when its files cannot be read).
+fn events_not_copied(
+    data_dir: &Path,
+    topic: &TopicName,
+    served: &[proteus_log::PartitionDescription],
+) -> u64 {
+    let Some(ends) = proteus_log_embedded::partition_ends_in(data_dir, topic) else {
+        return 0;
+    };
+    ends.iter()
+        .zip(served)
+        .map(|(end, partition)| end.saturating_sub(partition.next_offset))
+        .sum()
 }
 
 /// Consumer groups in the embedded group store of `data_dir` that `shared`, the group store

@@ -85,7 +85,8 @@ enum Command {
     /// running server as the source), verify it, and optionally keep it in sync until cut-over.
     Migrate(migrate_cli::MigrateArgs),
     /// Copy topics between an embedded log (a stopped server's data directory) and NATS
-    /// JetStream, either way, each event at its partition and offset, and verify them.
+    /// JetStream, either way, or from a running server, each event at its partition and
+    /// offset, and verify them.
     MigrateTopics(migrate_topics_cli::MigrateTopicsArgs),
     /// Whether the server is ready, and each shared backend (NATS, PostgreSQL, Redis) as its
     /// latest health check found it; exits 1 unless all is well.

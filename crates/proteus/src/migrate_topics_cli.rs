@@ -14,12 +14,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use proteus_client::Client;
 use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_nats::{NatsGroupStore, NatsGroupStoreConfig};
 use proteus_groups_postgres::{PostgresGroupStore, PostgresGroupStoreConfig};
 use proteus_groups_service::proteus_groups::GroupStore;
 use proteus_log::import::{IMPORT_EVENTS_MAX, PartitionImport};
-use proteus_log::port::{EventReader, Log, PartitionDescription, READ_BYTES_MAX};
+use proteus_log::port::{Log, PartitionDescription, READ_BYTES_MAX, TopicDescription};
 use proteus_log::{LogError, Offset, PartitionId, ReadFrom, ReadLimits, StoredEvent, TopicName};
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_log_nats::{NatsLog, NatsLogConfig};
@@ -29,8 +30,10 @@ use crate::migrate_cli::{embedded_dir, is_postgres_url};
 
 #[derive(clap::Args, Debug)]
 pub struct MigrateTopicsArgs {
-    /// The topics to copy: `embedded:DIR` (the data directory of a stopped server) or a NATS
-    /// URL (`nats://HOST:PORT`, the log on JetStream under `--from-prefix`).
+    /// The topics to copy: `embedded:DIR` (the data directory of a stopped server), a NATS URL
+    /// (`nats://HOST:PORT`, the log on JetStream under `--from-prefix`), or a running server
+    /// (`http://HOST:PORT`, read through its API while it serves; run again from its data
+    /// directory once it is stopped to copy the rest).
     #[arg(long, value_name = "SOURCE")]
     pub from: String,
     /// The JetStream stream prefix of a NATS source, as `serve --storage-log-prefix`.
@@ -79,6 +82,8 @@ impl<T: Log + PartitionImport> ImportTarget for T {}
 enum Side<'a> {
     Embedded(&'a str),
     Nats(&'a str),
+    /// A running server (`http://HOST:PORT`), read through its HTTP API: a source only.
+    Server(&'a str),
 }
 
 impl<'a> Side<'a> {
@@ -89,8 +94,17 @@ impl<'a> Side<'a> {
         if crate::settings::is_nats_url(value) {
             return Ok(Side::Nats(value));
         }
+        let server = value.starts_with("http://") || value.starts_with("https://");
+        if server && flag == "--from" {
+            return Ok(Side::Server(value));
+        }
+        let and_server = if flag == "--from" {
+            ", or a running server (http://HOST:PORT)"
+        } else {
+            ""
+        };
         Err(format!(
-            "{flag} must be embedded:DIR (a data directory no server is using) or a NATS URL (nats://HOST:PORT), got {:?}",
+            "{flag} must be embedded:DIR (a data directory no server is using) or a NATS URL (nats://HOST:PORT){and_server}, got {:?}",
             proteus_nats::redact(value)
         ))
     }
@@ -108,31 +122,83 @@ fn say(what: &str) -> impl FnOnce(LogError) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
+/// The log a copy reads: one opened here, or a running server's topics through its HTTP API
+/// (so the bulk of a copy runs while the server serves; a second run from its data directory,
+/// once it is stopped, adds what came meanwhile).
+#[derive(Clone)]
+enum Source {
+    Log(Arc<dyn ImportTarget>),
+    Server(Client),
+}
+
+impl Source {
+    async fn list_topics(&self) -> Result<Vec<TopicDescription>, String> {
+        match self {
+            Source::Log(log) => log.list_topics().await.map_err(|e| e.to_string()),
+            Source::Server(client) => client.list_topics().await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Up to `batch` events of a partition from offset `at` (or the first kept after it).
+    async fn read(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        at: Offset,
+        batch: u32,
+    ) -> Result<Vec<StoredEvent>, String> {
+        match self {
+            Source::Log(log) => {
+                let limits = ReadLimits {
+                    events_max: batch,
+                    bytes_max: READ_BYTES_MAX,
+                };
+                let read = log
+                    .read(topic, partition, ReadFrom::Offset(at), limits)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(read.events)
+            }
+            Source::Server(client) => {
+                let read = client
+                    .read(topic.as_str(), partition, &at.to_string(), batch, 0)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // The server writes each event's stored JSON as it is: the bytes are the log's.
+                Ok(read
+                    .events
+                    .into_iter()
+                    .map(|record| StoredEvent {
+                        partition: record.partition,
+                        offset: record.offset,
+                        append_time_ms: record.append_time_ms,
+                        json: record.event.get().as_bytes().to_vec().into(),
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
 /// The events of a partition from offset `at` up to (not including) `next`, at most `batch`:
 /// never empty, and starting exactly at `at` (a read starting later means retention removed
 /// `at` meanwhile).
 async fn read_exactly(
-    log: &dyn EventReader,
+    log: &Source,
     topic: &TopicName,
     partition: PartitionId,
     (at, next): (Offset, Offset),
     batch: u32,
     what: &str,
 ) -> Result<Vec<StoredEvent>, String> {
-    let limits = ReadLimits {
-        events_max: batch,
-        bytes_max: READ_BYTES_MAX,
-    };
-    let read = log
-        .read(topic, partition, ReadFrom::Offset(at), limits)
+    let events = log
+        .read(topic, partition, at, batch)
         .await
-        .map_err(say(what))?;
-    match read.events.first() {
-        Some(first) if first.offset == at => Ok(read
-            .events
-            .into_iter()
-            .take_while(|e| e.offset < next)
-            .collect()),
+        .map_err(|e| format!("{what}: {e}"))?;
+    match events.first() {
+        Some(first) if first.offset == at => {
+            Ok(events.into_iter().take_while(|e| e.offset < next).collect())
+        }
         Some(first) => Err(format!(
             "{what}: offset {at} is gone (the partition now starts at {}, retention); run the migration again",
             first.offset
@@ -146,7 +212,7 @@ async fn read_exactly(
 /// Every event of a partition from `first` to `next`, hashed with its offset (and its append
 /// time when `with_times`), read `batch` at a time.
 async fn checksum(
-    log: &dyn EventReader,
+    log: &Source,
     topic: &TopicName,
     partition: PartitionId,
     (first, next): (Offset, Offset),
@@ -174,8 +240,8 @@ async fn checksum(
 /// Copies what the target's partition lacks of the source's (`bounds`), then compares both
 /// sides.
 async fn copy_partition(
-    source: &dyn Log,
-    target: &dyn ImportTarget,
+    source: &Source,
+    target: &Arc<dyn ImportTarget>,
     topic: &TopicName,
     bounds: &PartitionDescription,
     batch: u32,
@@ -230,7 +296,7 @@ async fn copy_partition(
     )
     .await?;
     let actual = checksum(
-        target,
+        &Source::Log(target.clone()),
         topic,
         partition,
         (first, next),
@@ -315,6 +381,9 @@ async fn group_store(
         (None, Side::Nats(_)) => Err(format!(
             "{flag} is needed to copy consumer groups when that side of the copy is NATS: give the group store its servers use (serve --groups), nats://HOST:PORT or postgres://USER@HOST:PORT/DB"
         )),
+        (None, Side::Server(_)) => Err(
+            "consumer groups cannot be copied from a running server (their progress keeps moving): copy the topics now, then stop the server and run again with --from embedded:DIR (its data directory) and the groups options; that run also copies what was appended meanwhile".to_owned(),
+        ),
     }
 }
 
@@ -398,10 +467,15 @@ async fn open_nats(args: &MigrateTopicsArgs, url: &str, prefix: &str) -> Result<
 async fn open_side(
     args: &MigrateTopicsArgs,
     (flag, side, prefix): (&str, &Side<'_>, &str),
-) -> Result<Arc<dyn ImportTarget>, String> {
+) -> Result<Source, String> {
     Ok(match side {
-        Side::Embedded(dir) => Arc::new(open_embedded(flag, dir, flag == "--from").await?),
-        Side::Nats(url) => Arc::new(open_nats(args, url, prefix).await?),
+        Side::Embedded(dir) => {
+            Source::Log(Arc::new(open_embedded(flag, dir, flag == "--from").await?))
+        }
+        Side::Nats(url) => Source::Log(Arc::new(open_nats(args, url, prefix).await?)),
+        Side::Server(url) => {
+            Source::Server(Client::new(url).map_err(|e| format!("{flag} {url}: {e}"))?)
+        }
     })
 }
 
@@ -409,6 +483,7 @@ async fn open_side(
 fn serve_hint(args: &MigrateTopicsArgs, target: &Side<'_>) -> String {
     match target {
         Side::Embedded(dir) => format!("proteus serve --data-dir {dir}"),
+        Side::Server(url) => proteus_nats::redact(url),
         Side::Nats(url) => format!(
             "--storage-log {} --storage-log-prefix {}",
             proteus_nats::redact(url),
@@ -448,7 +523,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
     let topics = source
         .list_topics()
         .await
-        .map_err(say("listing the source's topics"))?;
+        .map_err(|e| format!("listing the source's topics: {e}"))?;
     if topics.is_empty()
         && let Side::Nats(_) = from
     {
@@ -470,7 +545,9 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
     } else {
         None
     };
-    let target = open_side(&args, ("--to", &to, &args.to_prefix)).await?;
+    let Source::Log(target) = open_side(&args, ("--to", &to, &args.to_prefix)).await? else {
+        return Err("--to must be embedded:DIR or a NATS URL, not a server".into());
+    };
     let group_stores = match groups_source {
         Some(source) => Some((
             source,
@@ -500,7 +577,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         let mut hash = Xxh3::new();
         let (mut copied, mut events) = (0u64, 0u64);
         for bounds in &topic.partitions {
-            let done = copy_partition(&*source, &*target, &topic.name, bounds, batch).await?;
+            let done = copy_partition(&source, &target, &topic.name, bounds, batch).await?;
             copied += done.copied;
             events += done.next_offset - done.first_offset;
             hash.update(&done.checksum.to_le_bytes());
@@ -524,6 +601,12 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         started.elapsed().as_secs_f64(),
         serve_hint(&args, &to),
     );
+    if let Side::Server(url) = from {
+        println!(
+            "{} keeps serving: stop it, then run this again with --from embedded:DIR (its data directory, and the groups options if groups move) to copy what it appended meanwhile",
+            proteus_nats::redact(url)
+        );
+    }
     if let Some((from_store, to_store)) = group_stores {
         // After the log: the groups' offsets point into the topics just copied.
         let names: Vec<TopicName> = copying.iter().map(|t| t.name.clone()).collect();

@@ -1,5 +1,6 @@
-//! `proteus migrate-topics`: a stopped server's embedded topics copied to NATS JetStream with
-//! every event at its partition and offset, verified, resumed by a second run; a server on the
+//! `proteus migrate-topics`: a running server's topics copied to NATS JetStream through its
+//! API, then, once it is stopped, the rest from its data directory, every event at its
+//! partition and offset, verified, resumed by a further run; a server on the
 //! same data directory with its log on NATS serves the same partitions with its group's
 //! committed offsets; the group copied to NATS key-value buckets goes on, through a server
 //! sharing nothing else with the first, from the offsets it committed, neither losing nor
@@ -113,10 +114,57 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
     let keyless: String = (0..6)
         .map(|i| format!("{{\"type\":\"t\",\"id\":\"k{i}\"}}\n"))
         .collect();
-    for lines in [&keyed, &keyless] {
-        let (code, _, err) = cli(&["publish", "orders"], Some(lines), &source.url);
-        assert_eq!(code, 0, "{err}");
-    }
+    let (code, _, err) = cli(&["publish", "orders"], Some(&keyed), &source.url);
+    assert_eq!(code, 0, "{err}");
+    // A topic the first copy leaves out.
+    let (code, _, err) = cli(&["topic", "create", "audit"], None, &source.url);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(
+        &["publish", "audit"],
+        Some("{\"type\":\"t\",\"id\":\"a1\"}\n"),
+        &source.url,
+    );
+    assert_eq!(code, 0, "{err}");
+    // The bulk of the copy runs while the server serves, read through its API.
+    let (code, out, err) = run_cli(
+        &[
+            "migrate-topics",
+            "--from",
+            &source.url,
+            "--to",
+            &nats_url(),
+            "--to-prefix",
+            &streams.0,
+            "--topic",
+            "orders",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("orders: 3 partitions, copied 30 events; verified: 30 events")
+            && out.contains("keeps serving: stop it"),
+        "{out}"
+    );
+    let (code, _, err) = run_cli(
+        &[
+            "migrate-topics",
+            "--from",
+            &source.url,
+            "--to",
+            &nats_url(),
+            "--groups-to",
+            &nats_url(),
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot be copied from a running server"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&["publish", "orders"], Some(&keyless), &source.url);
+    assert_eq!(code, 0, "{err}");
     let (code, _, err) = cli(&["group", "create", "orders", "billing"], None, &source.url);
     assert_eq!(code, 0, "{err}");
     let consumed_before = consume(&source.url, 10);
@@ -133,12 +181,16 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
         "--storage-log-prefix",
         &streams.0,
     ];
+    // Topics NATS lacks are named, and so are events the first copy missed.
+    let events_behind = "events in its embedded log after the end of the same topic on NATS";
     let mut early = ServerProcess::start_with(dir.path(), &nats_log, &[]);
     assert_eq!(early.terminate(), Some(0));
     let logs = early.log_text();
     assert!(
         logs.contains(left_behind)
-            && logs.contains("orders")
+            && logs.contains(": audit;")
+            && logs.contains(events_behind)
+            && logs.contains("orders (6 events)")
             && logs.contains("proteus migrate-topics"),
         "{logs}"
     );
@@ -166,9 +218,10 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
     };
     let (code, out, err) = migrate(&from);
     assert_eq!(code, 0, "{err}");
+    // Once the server is stopped, its data directory gives what came after the first copy.
     assert!(
         out.contains(
-            "orders: 3 partitions, copied 36 events; verified: 36 events with the same offsets"
+            "orders: 3 partitions, copied 6 events; verified: 36 events with the same offsets"
         ),
         "{out}"
     );
@@ -203,7 +256,11 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
     assert_eq!(partitions(&http, &same_dir.url, 3), original);
     assert_eq!(group_lag(&same_dir.url), 26);
     assert_eq!(same_dir.terminate(), Some(0));
-    assert!(!same_dir.log_text().contains(left_behind));
+    let logs = same_dir.log_text();
+    assert!(
+        !logs.contains(left_behind) && !logs.contains(events_behind),
+        "{logs}"
+    );
 
     // A server sharing only NATS: topics and the copied group there.
     let fresh = tempfile::tempdir().unwrap();
