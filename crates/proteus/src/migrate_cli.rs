@@ -147,7 +147,7 @@ impl Source {
                     },
                 )
                 .await
-                .map_err(|e| format!("reading the source: {e}")),
+                .map_err(|e| format!("reading the source: {}", source_error(e))),
         }
     }
 
@@ -164,7 +164,7 @@ impl Source {
             Source::Server(client) => match client.stream_info(stream.as_str()).await {
                 Ok(info) => Ok(Some(info)),
                 Err(ClientError::Problem { status: 404, .. }) => Ok(None),
-                Err(e) => Err(what(&e)),
+                Err(e) => Err(what(&source_error(e))),
             },
         }
     }
@@ -183,7 +183,7 @@ impl Source {
             Source::Server(client) => match client.get_snapshot(stream.as_str()).await {
                 Ok(snapshot) => Ok(snapshot),
                 Err(ClientError::Problem { status: 410, .. }) => Ok(None),
-                Err(e) => Err(what(&e)),
+                Err(e) => Err(what(&source_error(e))),
             },
         }
     }
@@ -277,6 +277,17 @@ const NATS_STREAMS_CACHED_MAX: usize = 1_000_000;
 
 /// The directory of an `embedded:DIR` argument (`None` for anything else); an empty one is
 /// refused rather than taken as the working directory.
+/// A client error of a `--from http://…` source, worded for a migration: the shared client's
+/// "unreachable" message points at `--server`, which a migration does not take.
+pub(crate) fn source_error(error: ClientError) -> String {
+    match error {
+        ClientError::Unreachable { url, reason } => format!(
+            "cannot reach the Proteus server at {url} named by --from: {reason}; is it running?"
+        ),
+        other => other.to_string(),
+    }
+}
+
 pub(crate) fn embedded_dir<'a>(flag: &str, value: &'a str) -> Result<Option<&'a str>, String> {
     match value.strip_prefix("embedded:") {
         Some("") => Err(format!(
@@ -772,6 +783,9 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
     }
     let batch = args.batch_events;
     let source = Source::open(&args).await?;
+    // A source that cannot be read (a server not running, say) is refused before the target
+    // is opened, which may create it.
+    source.page(0, 1, 0).await?;
     let mut target = Target::open(&args).await?;
     let mut from = target.resume_from().await?;
     pass(&source, &mut target, &mut from, batch).await?;

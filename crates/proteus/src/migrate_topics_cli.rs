@@ -26,7 +26,7 @@ use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_log_nats::{NatsLog, NatsLogConfig};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::migrate_cli::{embedded_dir, is_postgres_url};
+use crate::migrate_cli::{embedded_dir, is_postgres_url, source_error};
 
 #[derive(clap::Args, Debug)]
 pub struct MigrateTopicsArgs {
@@ -135,7 +135,7 @@ impl Source {
     async fn list_topics(&self) -> Result<Vec<TopicDescription>, String> {
         match self {
             Source::Log(log) => log.list_topics().await.map_err(|e| e.to_string()),
-            Source::Server(client) => client.list_topics().await.map_err(|e| e.to_string()),
+            Source::Server(client) => client.list_topics().await.map_err(source_error),
         }
     }
 
@@ -163,7 +163,7 @@ impl Source {
                 let read = client
                     .read(topic.as_str(), partition, &at.to_string(), batch, 0)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(source_error)?;
                 // The server writes each event's stored JSON as it is: the bytes are the log's.
                 Ok(read
                     .events

@@ -711,6 +711,17 @@ fn a_postgres_event_store_moves_to_an_embedded_directory_with_positions_kept() {
             && err.contains("--from-schema"),
         "{err}"
     );
+    // A server that is not running is refused, and the target directory is not made.
+    let (code, _, err) = run_cli(
+        &["migrate", "--from", "http://127.0.0.1:1", "--to", &to],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cannot reach the Proteus server at http://127.0.0.1:1 named by --from"),
+        "{err}"
+    );
+    assert!(!target_dir.path().join("data").exists());
     let (code, out, err) = migrate(&schema);
     assert_eq!(code, 0, "{err}");
     assert!(
