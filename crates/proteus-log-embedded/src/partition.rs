@@ -414,32 +414,8 @@ impl Partition {
             }
         }
         sync_dir(&self.dir)?;
-        let file = Arc::new(segment::open_for_write(&segment::log_path(
-            &self.dir, base,
-        ))?);
-        let index_file = segment::open_for_write(&segment::index_path(&self.dir, base))?;
-        let time_index_file = segment::open_for_write(&segment::time_index_path(&self.dir, base))?;
-        sync_dir(&self.dir)?;
-        let active = Arc::new(Segment::active(
-            &self.dir,
-            base,
-            file.clone(),
-            SegmentIndex::default(),
-            0,
-            base,
-            i64::MIN,
-        ));
-        *self.segments.write().unwrap() = vec![active.clone()];
-        w.active = active;
-        w.file = file;
-        w.index_file = index_file;
-        w.time_index_file = time_index_file;
-        w.index_file_bytes = 0;
-        w.time_index_file_bytes = 0;
-        w.position = 0;
-        w.next_offset = base;
-        w.segment_first_time_ms = None;
-        w.index_builder = IndexBuilder::new(base);
+        let active = self.start_segment(w, base, i64::MIN)?;
+        *self.segments.write().unwrap() = vec![active];
         // Nothing lies before `base`: everything up to it is as durable as it will ever be.
         self.durable_end.fetch_max(base, Ordering::AcqRel);
         self.durable_tx
@@ -458,7 +434,19 @@ impl Partition {
         w.file.sync_data()?;
         w.index_file.sync_data()?;
         w.time_index_file.sync_data()?;
-        let base = w.next_offset;
+        let active = self.start_segment(w, w.next_offset, w.last_time_ms)?;
+        self.segments.write().unwrap().push(active);
+        Ok(())
+    }
+
+    /// Creates the files of an empty segment starting at `base` and makes it the writer's
+    /// active segment; returns it for the caller to place in `segments`.
+    fn start_segment(
+        &self,
+        w: &mut Writer,
+        base: Offset,
+        max_time_ms: i64,
+    ) -> io::Result<Arc<Segment>> {
         let file = Arc::new(segment::open_for_write(&segment::log_path(
             &self.dir, base,
         ))?);
@@ -472,19 +460,19 @@ impl Partition {
             SegmentIndex::default(),
             0,
             base,
-            w.last_time_ms,
+            max_time_ms,
         ));
-        self.segments.write().unwrap().push(active.clone());
-        w.active = active;
+        w.active = active.clone();
         w.file = file;
         w.index_file = index_file;
         w.time_index_file = time_index_file;
         w.index_file_bytes = 0;
         w.time_index_file_bytes = 0;
         w.position = 0;
+        w.next_offset = base;
         w.segment_first_time_ms = None;
         w.index_builder = IndexBuilder::new(base);
-        Ok(())
+        Ok(active)
     }
 
     fn publish_visible(&self, end: Offset) {
