@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::support::{ServerProcess, delete_streams, nats_url, run_cli};
+use crate::support::{BINARY, ServerProcess, delete_streams, nats_url, run_cli};
 
 /// JetStream streams of their own, deleted when the test ends.
 struct NatsStreams(String);
@@ -413,4 +413,112 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
         last_offset(&now[p]),
         last_offset(&on_nats[p]).map(|o| o + 1)
     );
+}
+
+/// A copy down from NATS killed with SIGKILL in the middle (small batches, so the kill lands
+/// between imports, or inside one) is finished by the next run: the embedded copy then holds
+/// every event once, at its offset, verified.
+#[test]
+fn a_copy_down_killed_midway_is_finished_by_the_next_run() {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let streams = NatsStreams(format!("ITKILL{}x{nanos}", std::process::id()));
+    let dir = tempfile::tempdir().unwrap();
+    let nats_log = [
+        "--storage-log",
+        &nats_url(),
+        "--storage-log-prefix",
+        &streams.0,
+    ];
+    let mut server = ServerProcess::start_with(&dir.path().join("up"), &nats_log, &[]);
+    let http = reqwest::blocking::Client::new();
+    let created = http
+        .put(format!("{}/v1/topics/big", server.url))
+        .json(&serde_json::json!({"partitions": 2}))
+        .send()
+        .unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+    for batch in 0..20 {
+        let events: Vec<Value> = (0..500)
+            .map(|i| {
+                serde_json::json!({
+                    "specversion": "1.0", "id": format!("{batch}-{i}"), "source": "/kill",
+                    "type": "t", "subject": format!("k{}", i % 11), "data": {"n": i}
+                })
+            })
+            .collect();
+        let appended = http
+            .post(format!("{}/v1/topics/big/events", server.url))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::to_vec(&events).unwrap())
+            .send()
+            .unwrap();
+        assert!(appended.status().is_success(), "{}", appended.status());
+    }
+    assert_eq!(server.terminate(), Some(0));
+
+    let down = dir.path().join("down");
+    let target = format!("embedded:{}", down.display());
+    let args = [
+        "migrate-topics",
+        "--from",
+        &nats_url(),
+        "--from-prefix",
+        &streams.0,
+        "--to",
+        &target,
+        "--topic",
+        "big",
+        "--batch-events",
+        "7",
+    ];
+    let mut copy = std::process::Command::new(BINARY)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once part of the first partition is on disk.
+    let first_segment = down.join("log/topics/big/0/00000000000000000000.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&first_segment).map_or(0, |m| m.len()) < 20_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    copy.kill().unwrap();
+    copy.wait().unwrap();
+
+    let (code, out, err) = run_cli(&args, None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("verified: 10000 events with the same offsets and append times"),
+        "{out}"
+    );
+    // The kill landed midway: this run copied what the first had not.
+    let copied: u64 = out
+        .split("copied ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!((1..10_000).contains(&copied), "{out}");
+    let below = ServerProcess::start(&down);
+    let described: Value = http
+        .get(format!("{}/v1/topics/big", below.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ends: Vec<u64> = described["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["next_offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ends.iter().sum::<u64>(), 10_000, "{described}");
 }
