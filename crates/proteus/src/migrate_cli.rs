@@ -608,8 +608,8 @@ async fn copy_to_end(
     }
 }
 
-/// How often a long copy prints how far it is.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a long copy prints how far it is (`migrate` and `migrate-topics`).
+pub(crate) const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Most requests for stream information and snapshots the source serves at once: a pass asks
 /// about every stream, and one at a time over HTTP that is most of a pass with nothing new.

@@ -26,7 +26,7 @@ use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_log_nats::{NatsLog, NatsLogConfig};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::migrate_cli::{embedded_dir, is_postgres_url, source_error};
+use crate::migrate_cli::{PROGRESS_INTERVAL, embedded_dir, is_postgres_url, source_error};
 
 #[derive(clap::Args, Debug)]
 pub struct MigrateTopicsArgs {
@@ -265,6 +265,8 @@ async fn copy_partition(
     };
     let mut copied = 0;
     let reading = format!("reading {what} in the source");
+    let started = std::time::Instant::now();
+    let mut reported = started;
     while at < next {
         let events: Vec<StoredEvent> =
             read_exactly(source, topic, partition, (at, next), batch, &reading).await?;
@@ -273,6 +275,15 @@ async fn copy_partition(
             .await
             .map_err(say(&format!("copying {what}")))?;
         copied += events.len() as u64;
+        // A partition of millions of events takes minutes: say how far it is.
+        if reported.elapsed() >= PROGRESS_INTERVAL {
+            reported = std::time::Instant::now();
+            println!(
+                "copying {what}: {copied} events so far, at offset {} of {next} ({:.0} events/s)",
+                at + events.len() as u64,
+                copied as f64 / started.elapsed().as_secs_f64()
+            );
+        }
         at += events.len() as u64;
     }
     let (target_first, target_next) = target
