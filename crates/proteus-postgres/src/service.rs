@@ -61,46 +61,46 @@ pub fn expand(url: &str, env: Env) -> Result<String, String> {
     Ok(expanded)
 }
 
-/// The string without its `service=` setting, and the service it names.
+/// The string without its `service=` setting, and the service it names; the string exactly as
+/// given when it names none.
 fn take_service(url: &str) -> (String, Option<String>) {
     if url.contains("://") {
         let Some((base, query)) = url.split_once('?') else {
             return (url.to_owned(), None);
         };
-        let mut name = None;
-        let kept: Vec<&str> = query
+        let (named, kept): (Vec<&str>, Vec<&str>) = query
             .split('&')
-            .filter(|pair| match pair.strip_prefix("service=") {
-                Some(value) => {
-                    name = Some(
-                        percent_encoding::percent_decode_str(value)
-                            .decode_utf8_lossy()
-                            .into_owned(),
-                    );
-                    false
-                }
-                None => !pair.is_empty(),
-            })
-            .collect();
+            .filter(|pair| !pair.is_empty())
+            .partition(|pair| pair.starts_with("service="));
+        let Some(pair) = named.last() else {
+            return (url.to_owned(), None);
+        };
+        let name = percent_encoding::percent_decode_str(&pair["service=".len()..])
+            .decode_utf8_lossy()
+            .into_owned();
         let url = if kept.is_empty() {
             base.to_owned()
         } else {
             format!("{base}?{}", kept.join("&"))
         };
-        return (url, name);
+        return (url, Some(name));
     }
-    let mut name = None;
-    let kept: Vec<&str> = url
-        .split_whitespace()
-        .filter(|token| match token.strip_prefix("service=") {
-            Some(value) => {
-                name = Some(value.trim_matches('\'').to_owned());
-                false
-            }
-            None => true,
-        })
-        .collect();
-    (kept.join(" "), name)
+    // A key=value string: the `service=NAME` token is cut out, the rest left as written.
+    let Some(start) = url
+        .match_indices("service=")
+        .map(|(at, _)| at)
+        .find(|&at| at == 0 || url[..at].ends_with(char::is_whitespace))
+    else {
+        return (url.to_owned(), None);
+    };
+    let end = url[start..]
+        .find(char::is_whitespace)
+        .map_or(url.len(), |length| start + length);
+    let name = url[start + "service=".len()..end]
+        .trim_matches('\'')
+        .to_owned();
+    let rest = format!("{}{}", &url[..start], &url[end..]);
+    (rest.trim().to_owned(), Some(name))
 }
 
 /// The `[name]` section's settings from the first service file that defines it.
@@ -310,6 +310,9 @@ host=elsewhere
             expand("postgres://app@db/shop", &env).unwrap(),
             "postgres://app@db/shop"
         );
+        // A string naming no service is left exactly as written.
+        let spaced = "host=db  options='-c  x=1'";
+        assert_eq!(expand(spaced, &env).unwrap(), spaced);
     }
 
     #[test]
