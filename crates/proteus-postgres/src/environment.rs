@@ -150,13 +150,11 @@ pub fn fill(config: &mut tokio_postgres::Config, driver: &str, env: Env) -> Resu
             config.hostaddr(address);
         }
     }
-    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
-        let Some(pghost) = set(env, "PGHOST") else {
-            return Err(
-                "it names no host: write one (postgres://user@host:5432/database) or set PGHOST"
-                    .to_owned(),
-            );
-        };
+    // As in libpq, PGHOST names the hosts even beside addresses (which are then where it
+    // connects, the names serving TLS and the password file).
+    if config.get_hosts().is_empty()
+        && let Some(pghost) = set(env, "PGHOST")
+    {
         for host in pghost.split(',').map(str::trim) {
             if host.starts_with('/') {
                 config.host_path(host);
@@ -164,6 +162,12 @@ pub fn fill(config: &mut tokio_postgres::Config, driver: &str, env: Env) -> Resu
                 config.host(host);
             }
         }
+    }
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        return Err(
+            "it names no host: write one (postgres://user@host:5432/database) or set PGHOST"
+                .to_owned(),
+        );
     }
     let (named_hosts, addresses) = (config.get_hosts().len(), config.get_hostaddrs().len());
     if named_hosts > 0 && addresses > 0 && named_hosts != addresses {
@@ -449,6 +453,11 @@ mod tests {
             ("PGOPTIONS", "-c search_path=shop"),
             ("PGCONNECT_TIMEOUT", "9"),
         ]);
+        // With PGHOST, the names stay beside the addresses.
+        let named = env_of(&[("PGHOST", "db.internal"), ("PGHOSTADDR", "10.0.0.7")]);
+        let config = filled("postgres://app@/shop", &named).unwrap();
+        assert_eq!(config.get_hosts(), &[Host::Tcp("db.internal".into())]);
+        assert_eq!(config.get_hostaddrs().len(), 1);
         // An address alone is enough to connect (no PGHOST needed), as with libpq.
         let config = filled("postgres://app@/shop", &env).unwrap();
         assert_eq!(
