@@ -65,8 +65,7 @@ pub(crate) async fn ensure_bucket(
     (replicas, create): (usize, bool),
 ) -> Result<kv::Store, String> {
     let what = format!("opening key-value bucket {name}");
-    let found = js.get_key_value(name).await;
-    match found {
+    match js.get_key_value(name).await {
         Ok(store) => return Ok(store),
         Err(error) if !create => {
             return Err(format!(
@@ -110,7 +109,8 @@ impl NatsGroupStore {
     }
 
     /// Connects to NATS, checks that JetStream answers and opens (creating them if missing,
-    /// unless `create_buckets` is off) the groups and leases buckets. The error says what failed and how to start NATS.
+    /// unless `create_buckets` is off) the groups and leases buckets. The error says what
+    /// failed and how to start NATS.
     pub async fn open(config: NatsGroupStoreConfig) -> Result<NatsGroupStore, StoreError> {
         config.validate().map_err(|reason| {
             StoreError::Backend(format!("invalid NATS consumer-group settings: {reason}"))

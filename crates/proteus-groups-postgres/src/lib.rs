@@ -129,8 +129,8 @@ impl PostgresGroupStore {
     }
 
     /// Connects, applies the migrations the schema misses (refusing a missing schema when
-    /// `create_schema` is off) and builds the pool. Fails with a
-    /// message saying how to start PostgreSQL when it cannot be reached.
+    /// `create_schema` is off) and builds the pool. Fails with a message saying how to start
+    /// PostgreSQL when it cannot be reached.
     pub async fn open(config: PostgresGroupStoreConfig) -> Result<Self, StoreError> {
         let connection = Connection {
             url: config.url.clone(),

@@ -493,16 +493,17 @@ impl PartitionImport for EmbeddedLog {
         partition: PartitionId,
         events: &[StoredEvent],
     ) -> Result<(), LogError> {
-        check_import(topic, partition, events)?;
+        let checked = check_import(topic, partition, events)?;
         self.check_open()?;
         let topic = self.topic(topic)?;
         topic.wait_dedup_ready().await;
         let now_ms = (self.inner.config.clock)();
         let events = events.to_vec();
-        let (target, end) =
-            tokio::task::spawn_blocking(move || topic.import(partition, &events, now_ms))
-                .await
-                .map_err(join_error)??;
+        let (target, end) = tokio::task::spawn_blocking(move || {
+            topic.import(partition, &events, &checked.dedup_keys, now_ms)
+        })
+        .await
+        .map_err(join_error)??;
         target.make_durable(end).await
     }
 

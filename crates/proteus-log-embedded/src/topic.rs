@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use proteus_log::import::dedup_keys;
 use proteus_log::partitioner::partition_for_key;
 use proteus_log::port::StoredEvent;
 use proteus_log::{
-    AppendReceipt, Event, LogError, Offset, PartitionId, TopicConfig, TopicDescription, TopicName,
+    AppendReceipt, DedupKey, Event, LogError, Offset, PartitionId, TopicConfig, TopicDescription,
+    TopicName,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -385,19 +385,18 @@ impl Topic {
             .collect();
         Ok((receipts, waits))
     }
-}
 
-impl Topic {
     /// The write phase of an import (blocking): events copied from another log, at their own
     /// offsets and append times, into one partition (checked by
-    /// [`proteus_log::import::check_import`] first). Each event's dedup key is stored with it as
-    /// an append would store it; those within the dedup window are
-    /// remembered, so a client retrying one after a cut-over is recognised. Returns what must
-    /// be durable before answering.
+    /// [`proteus_log::import::check_import`] first, which gave `dedup_keys`). Each event's
+    /// dedup key is stored with it as an append would store it; those within the dedup window
+    /// are remembered, so a client retrying one after a cut-over is recognised. Returns what
+    /// must be durable before answering.
     pub fn import(
         &self,
         partition: PartitionId,
         events: &[StoredEvent],
+        dedup_keys: &[DedupKey],
         now_ms: i64,
     ) -> Result<DurableWait, LogError> {
         let config = self.config();
@@ -412,16 +411,15 @@ impl Topic {
                 });
             }
         }
-        let dedup_keys = dedup_keys(&self.name, partition, events)?;
         let mut state = self.append.lock().unwrap();
         if self.is_deleted() {
             return Err(LogError::TopicNotFound {
                 topic: self.name.clone(),
             });
         }
-        let first = target.import(events, &dedup_keys, &config)?;
+        let first = target.import(events, dedup_keys, &config)?;
         let window_start_ms = now_ms.saturating_sub(config.dedup_window_ms as i64);
-        for (stored, key) in events.iter().zip(&dedup_keys) {
+        for (stored, key) in events.iter().zip(dedup_keys) {
             if stored.append_time_ms >= window_start_ms {
                 state
                     .dedup

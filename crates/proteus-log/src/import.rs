@@ -44,14 +44,25 @@ pub trait PartitionImport: Send + Sync {
     fn keeps_append_times(&self) -> bool;
 }
 
-/// What every import must be, checked before anything is written: 1 to [`IMPORT_EVENTS_MAX`]
-/// events, all of `partition`, at consecutive offsets, with append times that never decrease.
-/// Returns the first event's offset.
+/// An import that passed [`check_import`].
+#[derive(Debug)]
+pub struct CheckedImport {
+    /// Where the first event goes.
+    pub first_offset: Offset,
+    /// Each event's dedup key, as an append computes it.
+    pub dedup_keys: Vec<DedupKey>,
+}
+
+/// What every import must be, checked by every adapter before anything is written: 1 to
+/// [`IMPORT_EVENTS_MAX`] events, all of `partition`, at consecutive offsets, with append times
+/// that never decrease, each a CloudEvent. A message that is not one (published on a
+/// partition's subject by something other than Proteus, for example) is refused naming its
+/// offset, so the copy holds exactly what the port promises.
 pub fn check_import(
     topic: &TopicName,
     partition: PartitionId,
     events: &[StoredEvent],
-) -> Result<Offset, LogError> {
+) -> Result<CheckedImport, LogError> {
     let invalid = |reason: String| LogError::InvalidImport {
         topic: topic.clone(),
         partition,
@@ -90,32 +101,23 @@ pub fn check_import(
             )));
         }
     }
-    Ok(first.offset)
-}
-
-/// Each imported event's dedup key, as an append computes it. Every log refuses to import what
-/// is not a CloudEvent (a message published on a partition's subject by something other than
-/// Proteus, for example), naming its offset, so the copy holds exactly what the port promises.
-pub fn dedup_keys(
-    topic: &TopicName,
-    partition: PartitionId,
-    events: &[StoredEvent],
-) -> Result<Vec<DedupKey>, LogError> {
-    events
+    let dedup_keys = events
         .iter()
         .map(|stored| {
             Event::from_bytes(stored.json.clone())
                 .map(|event| event.dedup_key())
-                .map_err(|e| LogError::InvalidImport {
-                    topic: topic.clone(),
-                    partition,
-                    reason: format!(
+                .map_err(|e| {
+                    invalid(format!(
                         "the event at offset {} is not a CloudEvent: {e}",
                         stored.offset
-                    ),
+                    ))
                 })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(CheckedImport {
+        first_offset: first.offset,
+        dedup_keys,
+    })
 }
 
 /// The refusal of an import that does not start at the partition's next offset `end`.

@@ -275,8 +275,6 @@ const NATS_APPEND_EVENTS_MAX: usize = 100;
 /// empty (each stream's version is then read from the target once more).
 const NATS_STREAMS_CACHED_MAX: usize = 1_000_000;
 
-/// The directory of an `embedded:DIR` argument (`None` for anything else); an empty one is
-/// refused rather than taken as the working directory.
 /// A client error of a `--from http://…` source, worded for a migration: the shared client's
 /// "unreachable" message points at `--server`, which a migration does not take.
 pub(crate) fn source_error(error: ClientError) -> String {
@@ -288,6 +286,8 @@ pub(crate) fn source_error(error: ClientError) -> String {
     }
 }
 
+/// The directory of an `embedded:DIR` argument (`None` for anything else); an empty one is
+/// refused rather than taken as the working directory.
 pub(crate) fn embedded_dir<'a>(flag: &str, value: &'a str) -> Result<Option<&'a str>, String> {
     match value.strip_prefix("embedded:") {
         Some("") => Err(format!(

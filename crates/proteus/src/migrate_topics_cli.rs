@@ -1,9 +1,10 @@
 //! `proteus migrate-topics`: copies the topics of one log to another, each event in the
 //! partition and at the offset it had, then verifies every partition: the same first and next
 //! offsets, and an xxh3 checksum of every event's offset and JSON (and append time, when the
-//! target keeps times) on both sides. A second run continues where one stopped. Either side is an embedded log (the data directory of a
-//! stopped server) or the log on NATS JetStream (a stream prefix), so topics move up to NATS
-//! and back down.
+//! target keeps times) on both sides. A second run continues where one stopped. Either side
+//! is an embedded log (the data directory of a stopped server) or the log on NATS JetStream (a
+//! stream prefix), so topics move up to NATS and back down; the source may also be a running
+//! server, read through its HTTP API (`Source::Server`).
 //!
 //! Consumer groups keep reading at the offsets they committed, since offsets are kept;
 //! `--groups-to` / `--groups-from` copy them between group stores too. What a copy to NATS
@@ -125,7 +126,6 @@ fn say(what: &str) -> impl FnOnce(LogError) -> String + '_ {
 /// The log a copy reads: one opened here, or a running server's topics through its HTTP API
 /// (so the bulk of a copy runs while the server serves; a second run from its data directory,
 /// once it is stopped, adds what came meanwhile).
-#[derive(Clone)]
 enum Source {
     Log(Arc<dyn ImportTarget>),
     Server(Client),

@@ -4,7 +4,7 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_trait::async_trait;
-use proteus_log::import::{PartitionImport, check_import, dedup_keys, does_not_continue};
+use proteus_log::import::{PartitionImport, check_import, does_not_continue};
 use proteus_log::{LogError, Offset, PartitionId, StoredEvent, TopicName};
 
 use super::{Bounds, NatsLog, nats_error};
@@ -39,8 +39,7 @@ impl PartitionImport for NatsLog {
         partition: PartitionId,
         events: &[StoredEvent],
     ) -> Result<(), LogError> {
-        let first_offset = check_import(topic, partition, events)?;
-        dedup_keys(topic, partition, events)?;
+        let first_offset = check_import(topic, partition, events)?.first_offset;
         self.check_open()?;
         let topic = self.topic(topic).await?;
         topic.check_partition(partition)?;
