@@ -42,11 +42,9 @@ use crate::health_checks;
 use crate::left_behind;
 use crate::settings::{CacheBackend, EventStoreBackend, LogBackend, LogFormat, Settings};
 
-/// The NATS event store `--event-store nats://… --event-store-prefix PREFIX` names: streams
-/// `<PREFIX>_EVENTS` and `<PREFIX>_SNAPSHOTS`, subjects under the prefix in lower case.
-/// `proteus migrate --to nats://…` opens its target the same way.
-/// The settings of the NATS event store `serve --event-store nats://… --event-store-prefix`
-/// opens (its subject prefix is the stream prefix in lowercase).
+/// The settings of the NATS event store `serve --event-store nats://… --event-store-prefix
+/// PREFIX` opens: streams `<PREFIX>_EVENTS` and `<PREFIX>_SNAPSHOTS`, subjects under the prefix
+/// in lower case. `proteus migrate` opens a NATS source or target with the same settings.
 pub fn nats_event_store_config(
     url: &str,
     prefix: &str,
@@ -60,6 +58,8 @@ pub fn nats_event_store_config(
     }
 }
 
+/// Opens (creating its streams if missing) the NATS event store of
+/// [`nats_event_store_config`].
 pub async fn open_nats_event_store(
     url: &str,
     prefix: &str,
