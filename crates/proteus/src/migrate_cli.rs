@@ -53,8 +53,8 @@ pub struct MigrateArgs {
     /// Events copied per transaction.
     #[arg(long, default_value_t = 1_000)]
     pub batch_events: usize,
-    /// After copying and verifying, keep copying new events until Ctrl-C, which copies what
-    /// is left (deletions and snapshots made meanwhile included) and verifies again.
+    /// After copying and verifying, keep copying new events until Ctrl-C or SIGTERM, which
+    /// copies what is left (deletions and snapshots made meanwhile included) and verifies again.
     #[arg(long)]
     pub follow: bool,
     #[command(flatten)]
@@ -611,6 +611,33 @@ async fn copy_to_end(
 /// How often a long copy prints how far it is (`migrate` and `migrate-topics`).
 pub(crate) const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
+/// What ends a `--follow`: Ctrl-C (SIGINT) or SIGTERM (a supervisor stopping it), after
+/// which the last pass runs. Both are watched from creation, so neither kills the process
+/// once following has been announced.
+pub(crate) struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub(crate) fn watch() -> Result<StopSignals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind| signal(kind).map_err(|e| format!("cannot watch for Ctrl-C: {e}"));
+        Ok(StopSignals {
+            interrupt: watch(SignalKind::interrupt())?,
+            terminate: watch(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM (cancel-safe).
+    pub(crate) async fn received(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
 /// Most requests for stream information and snapshots the source serves at once: a pass asks
 /// about every stream, and one at a time over HTTP that is most of a pass with nothing new.
 const SOURCE_REQUESTS_IN_FLIGHT_MAX: usize = 32;
@@ -792,15 +819,14 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
     if !args.follow {
         return Ok(());
     }
+    let mut stop = StopSignals::watch()?;
     println!(
         "following new events; stop with Ctrl-C once clients use the copy (deletions and snapshots are copied then)"
     );
-    let stop = tokio::signal::ctrl_c();
-    tokio::pin!(stop);
     loop {
         let page = tokio::select! {
             page = source.page(from, batch, 10_000) => page?,
-            _ = &mut stop => break,
+            _ = stop.received() => break,
         };
         if !page.events.is_empty() {
             let written = target.write(&page.events).await?;
@@ -819,7 +845,7 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
     );
     tokio::select! {
         done = pass(&source, &mut target, &mut from, batch) => done,
-        _ = tokio::signal::ctrl_c() => Err(
+        _ = stop.received() => Err(
             "interrupted before the last pass ended: run migrate again without --follow to finish the copy".to_owned()
         ),
     }

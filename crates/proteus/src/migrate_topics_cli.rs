@@ -4,7 +4,8 @@
 //! target keeps times) on both sides. A second run continues where one stopped. Either side
 //! is an embedded log (the data directory of a stopped server) or the log on NATS JetStream (a
 //! stream prefix), so topics move up to NATS and back down; the source may also be a running
-//! server, read through its HTTP API (`Source::Server`).
+//! server, read through its HTTP API (`Source::Server`). `--follow` then keeps copying what
+//! the source appends until Ctrl-C, when a last pass copies the rest and verifies everything.
 //!
 //! Consumer groups keep reading at the offsets they committed, since offsets are kept;
 //! `--groups-to` / `--groups-from` copy them between group stores too. What a copy to NATS
@@ -12,8 +13,10 @@
 //! time and retention count from the copy) and the dedup window's memory (see the
 //! `PartitionImport` of `proteus-log-nats`). A copy into an embedded log keeps both.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use proteus_client::Client;
 use proteus_groups_embedded::EmbeddedGroupStore;
@@ -22,12 +25,16 @@ use proteus_groups_postgres::{PostgresGroupStore, PostgresGroupStoreConfig};
 use proteus_groups_service::proteus_groups::GroupStore;
 use proteus_log::import::{IMPORT_EVENTS_MAX, PartitionImport};
 use proteus_log::port::{Log, PartitionDescription, READ_BYTES_MAX, TopicDescription};
-use proteus_log::{LogError, Offset, PartitionId, ReadFrom, ReadLimits, StoredEvent, TopicName};
+use proteus_log::{
+    LogError, Offset, PartitionId, ReadFrom, ReadLimits, StoredEvent, TopicConfig, TopicName,
+};
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_log_nats::{NatsLog, NatsLogConfig};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::migrate_cli::{PROGRESS_INTERVAL, embedded_dir, is_postgres_url, source_error};
+use crate::migrate_cli::{
+    PROGRESS_INTERVAL, StopSignals, embedded_dir, is_postgres_url, source_error,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct MigrateTopicsArgs {
@@ -54,6 +61,12 @@ pub struct MigrateTopicsArgs {
     /// Events copied per request.
     #[arg(long, default_value_t = 1_000)]
     pub batch_events: usize,
+    /// After the copy, keep copying what is appended to the source (new topics of the copy
+    /// included) until Ctrl-C or SIGTERM, then copy what is left and verify every partition:
+    /// a cut-over without a long stop. Needs a source something appends to meanwhile: a
+    /// running server (`http://…`) or NATS.
+    #[arg(long)]
+    pub follow: bool,
     /// Also copy the consumer groups of the copied topics (settings and committed offsets) to
     /// a shared group store, as `serve --groups` names it: `nats://HOST:PORT` (JetStream
     /// key-value buckets) or `postgres://USER@HOST:PORT/DB`. Without it, groups copied from
@@ -79,6 +92,32 @@ pub struct MigrateTopicsArgs {
 trait ImportTarget: Log + PartitionImport {}
 impl<T: Log + PartitionImport> ImportTarget for T {}
 
+/// Which end of a copy a store is: a source must already exist (a mistyped directory,
+/// prefix or schema is refused, never created), a target may be made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Source,
+    Target,
+}
+
+impl End {
+    /// The option naming this end's log.
+    fn flag(self) -> &'static str {
+        match self {
+            End::Source => "--from",
+            End::Target => "--to",
+        }
+    }
+
+    /// The option naming this end's shared group store.
+    fn groups_flag(self) -> &'static str {
+        match self {
+            End::Source => "--groups-from",
+            End::Target => "--groups-to",
+        }
+    }
+}
+
 /// One side of a copy, as `--from` / `--to` name it.
 enum Side<'a> {
     Embedded(&'a str),
@@ -88,7 +127,8 @@ enum Side<'a> {
 }
 
 impl<'a> Side<'a> {
-    fn parse(flag: &str, value: &'a str) -> Result<Side<'a>, String> {
+    fn parse(end: End, value: &'a str) -> Result<Side<'a>, String> {
+        let flag = end.flag();
         if let Some(dir) = embedded_dir(flag, value)? {
             return Ok(Side::Embedded(dir));
         }
@@ -96,10 +136,10 @@ impl<'a> Side<'a> {
             return Ok(Side::Nats(value));
         }
         let server = value.starts_with("http://") || value.starts_with("https://");
-        if server && flag == "--from" {
+        if server && end == End::Source {
             return Ok(Side::Server(value));
         }
-        let and_server = if flag == "--from" {
+        let and_server = if end == End::Source {
             ", or a running server (http://HOST:PORT)"
         } else {
             ""
@@ -237,15 +277,15 @@ async fn checksum(
     Ok(hash.digest())
 }
 
-/// Copies what the target's partition lacks of the source's (`bounds`), then compares both
-/// sides.
-async fn copy_partition(
+/// Copies what the target's partition lacks of the source's (`bounds`); returns how many
+/// events that was.
+async fn copy_missing(
     source: &Source,
     target: &Arc<dyn ImportTarget>,
     topic: &TopicName,
     bounds: &PartitionDescription,
     batch: u32,
-) -> Result<PartitionCopy, String> {
+) -> Result<u64, String> {
     let partition = bounds.partition;
     let what = format!("partition {partition} of topic '{topic}'");
     let (first, next) = (bounds.first_offset, bounds.next_offset);
@@ -265,7 +305,7 @@ async fn copy_partition(
     };
     let mut copied = 0;
     let reading = format!("reading {what} in the source");
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let mut reported = started;
     while at < next {
         let events: Vec<StoredEvent> =
@@ -277,7 +317,7 @@ async fn copy_partition(
         copied += events.len() as u64;
         // A partition of millions of events takes minutes: say how far it is.
         if reported.elapsed() >= PROGRESS_INTERVAL {
-            reported = std::time::Instant::now();
+            reported = Instant::now();
             println!(
                 "copying {what}: {copied} events so far, at offset {} of {next} ({:.0} events/s)",
                 at + events.len() as u64,
@@ -286,6 +326,22 @@ async fn copy_partition(
         }
         at += events.len() as u64;
     }
+    Ok(copied)
+}
+
+/// Copies what the target's partition lacks of the source's (`bounds`), then compares both
+/// sides.
+async fn copy_partition(
+    source: &Source,
+    target: &Arc<dyn ImportTarget>,
+    topic: &TopicName,
+    bounds: &PartitionDescription,
+    batch: u32,
+) -> Result<PartitionCopy, String> {
+    let copied = copy_missing(source, target, topic, bounds, batch).await?;
+    let partition = bounds.partition;
+    let what = format!("partition {partition} of topic '{topic}'");
+    let (first, next) = (bounds.first_offset, bounds.next_offset);
     let (target_first, target_next) = target
         .partition_offsets(topic, partition)
         .await
@@ -328,14 +384,14 @@ async fn copy_partition(
     })
 }
 
-/// The shared group store at `url`, as `serve --groups` opens it (`flag` names the option).
-/// A source (`--groups-from`) must exist: a mistyped prefix or schema is refused, not created.
+/// The shared group store at `url`, as `serve --groups` opens it. A source (`--groups-from`)
+/// must exist: a mistyped prefix or schema is refused, not created.
 async fn open_group_store(
     args: &MigrateTopicsArgs,
-    flag: &str,
+    end: End,
     url: &str,
 ) -> Result<Arc<dyn GroupStore>, String> {
-    let create = flag == "--groups-to";
+    let create = end == End::Target;
     if crate::settings::is_nats_url(url) {
         let store = NatsGroupStore::open(NatsGroupStoreConfig {
             security: args.nats_security.files(),
@@ -367,7 +423,8 @@ async fn open_group_store(
         return Ok(Arc::new(store));
     }
     Err(format!(
-        "{flag} must be a NATS URL (nats://HOST:PORT) or a PostgreSQL URL (postgres://USER@HOST:PORT/DB), got {:?}",
+        "{} must be a NATS URL (nats://HOST:PORT) or a PostgreSQL URL (postgres://USER@HOST:PORT/DB), got {:?}",
+        end.groups_flag(),
         proteus_nats::redact(url)
     ))
 }
@@ -376,12 +433,12 @@ async fn open_group_store(
 /// store of an embedded side's data directory.
 async fn group_store(
     args: &MigrateTopicsArgs,
-    (flag, url): (&str, Option<&str>),
+    (end, url): (End, Option<&str>),
     side: &Side<'_>,
 ) -> Result<(Arc<dyn GroupStore>, String), String> {
     match (url, side) {
         (Some(url), _) => Ok((
-            open_group_store(args, flag, url).await?,
+            open_group_store(args, end, url).await?,
             proteus_nats::redact(url),
         )),
         (None, Side::Embedded(dir)) => {
@@ -390,7 +447,8 @@ async fn group_store(
             Ok((Arc::new(store), format!("the data directory {dir}")))
         }
         (None, Side::Nats(_)) => Err(format!(
-            "{flag} is needed to copy consumer groups when that side of the copy is NATS: give the group store its servers use (serve --groups), nats://HOST:PORT or postgres://USER@HOST:PORT/DB"
+            "{} is needed to copy consumer groups when that side of the copy is NATS: give the group store its servers use (serve --groups), nats://HOST:PORT or postgres://USER@HOST:PORT/DB",
+            end.groups_flag()
         )),
         (None, Side::Server(_)) => Err(
             "consumer groups cannot be copied from a running server (their progress keeps moving): copy the topics now, then stop the server and run again with --from embedded:DIR (its data directory) and the groups options; that run also copies what was appended meanwhile".to_owned(),
@@ -477,15 +535,15 @@ async fn open_nats(args: &MigrateTopicsArgs, url: &str, prefix: &str) -> Result<
 
 async fn open_side(
     args: &MigrateTopicsArgs,
-    (flag, side, prefix): (&str, &Side<'_>, &str),
+    (end, side, prefix): (End, &Side<'_>, &str),
 ) -> Result<Source, String> {
     Ok(match side {
-        Side::Embedded(dir) => {
-            Source::Log(Arc::new(open_embedded(flag, dir, flag == "--from").await?))
-        }
+        Side::Embedded(dir) => Source::Log(Arc::new(
+            open_embedded(end.flag(), dir, end == End::Source).await?,
+        )),
         Side::Nats(url) => Source::Log(Arc::new(open_nats(args, url, prefix).await?)),
         Side::Server(url) => {
-            Source::Server(Client::new(url).map_err(|e| format!("{flag} {url}: {e}"))?)
+            Source::Server(Client::new(url).map_err(|e| format!("{} {url}: {e}", end.flag()))?)
         }
     })
 }
@@ -503,6 +561,206 @@ fn serve_hint(args: &MigrateTopicsArgs, target: &Side<'_>) -> String {
     }
 }
 
+/// Copies every partition of the `topics` chosen (`wanted`, or all when empty) and verifies
+/// each, saying so topic by topic; returns the names of the topics copied.
+async fn copy_and_verify(
+    source: &Source,
+    target: &Arc<dyn ImportTarget>,
+    topics: &[TopicDescription],
+    wanted: &[TopicName],
+    batch: u32,
+) -> Result<Vec<TopicName>, String> {
+    let kept = if target.keeps_append_times() {
+        " and append times"
+    } else {
+        ""
+    };
+    let started = Instant::now();
+    let (mut total_copied, mut total_events) = (0u64, 0u64);
+    let copying: Vec<_> = topics
+        .iter()
+        .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
+        .collect();
+    for topic in &copying {
+        target
+            .put_topic(&topic.name, topic.config.clone())
+            .await
+            .map_err(say(&format!(
+                "creating topic '{}' in the target",
+                topic.name
+            )))?;
+        let mut hash = Xxh3::new();
+        let (mut copied, mut events) = (0u64, 0u64);
+        for bounds in &topic.partitions {
+            let done = copy_partition(source, target, &topic.name, bounds, batch).await?;
+            copied += done.copied;
+            events += done.next_offset - done.first_offset;
+            hash.update(&done.checksum.to_le_bytes());
+        }
+        println!(
+            "{}: {} partitions, copied {copied} events; verified: {events} events with the same offsets{kept}, checksum {:016x} on both sides",
+            topic.name,
+            topic.config.partitions,
+            hash.digest()
+        );
+        total_copied += copied;
+        total_events += events;
+    }
+    let times = if target.keeps_append_times() {
+        "append times kept"
+    } else {
+        "append times are the target's own"
+    };
+    println!(
+        "copied {total_copied} events in {:.1} s; {total_events} events verified ({times})",
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(copying.iter().map(|t| t.name.clone()).collect())
+}
+
+/// How long a follower waits after a round that found nothing new.
+const FOLLOW_IDLE_WAIT: Duration = Duration::from_millis(500);
+/// How often a follower says what it copied, at most.
+const FOLLOW_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Rounds in a row that may fail (the source restarting, NATS reconnecting) before a follower
+/// gives up; at `FOLLOW_IDLE_WAIT` apart, about 30 s.
+const FOLLOW_ROUND_FAILURES_MAX: u32 = 60;
+
+/// What a follower has copied: each topic's settings as put in the target, and each
+/// partition's end up to which the target holds the source's events.
+#[derive(Default)]
+struct Followed {
+    configs: HashMap<TopicName, TopicConfig>,
+    copied_to: HashMap<(TopicName, PartitionId), Offset>,
+    /// Events copied since the last report, by topic.
+    unreported: BTreeMap<TopicName, u64>,
+}
+
+impl Followed {
+    fn after(topics: &[TopicDescription]) -> Followed {
+        let mut followed = Followed::default();
+        for topic in topics {
+            followed
+                .configs
+                .insert(topic.name.clone(), topic.config.clone());
+            for bounds in &topic.partitions {
+                followed
+                    .copied_to
+                    .insert((topic.name.clone(), bounds.partition), bounds.next_offset);
+            }
+        }
+        followed
+    }
+
+    /// One look at the source: topics new or changed are put in the target, and what each
+    /// partition gained since the last look is copied. Returns the number of events copied.
+    async fn round(
+        &mut self,
+        source: &Source,
+        target: &Arc<dyn ImportTarget>,
+        wanted: &[TopicName],
+        batch: u32,
+    ) -> Result<u64, String> {
+        let topics = source
+            .list_topics()
+            .await
+            .map_err(|e| format!("listing the source's topics: {e}"))?;
+        let mut copied = 0;
+        for topic in topics
+            .iter()
+            .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
+        {
+            if self.configs.get(&topic.name) != Some(&topic.config) {
+                target
+                    .put_topic(&topic.name, topic.config.clone())
+                    .await
+                    .map_err(say(&format!(
+                        "creating topic '{}' in the target",
+                        topic.name
+                    )))?;
+                self.configs
+                    .insert(topic.name.clone(), topic.config.clone());
+            }
+            for bounds in &topic.partitions {
+                let key = (topic.name.clone(), bounds.partition);
+                if self.copied_to.get(&key) == Some(&bounds.next_offset) {
+                    continue;
+                }
+                let events = copy_missing(source, target, &topic.name, bounds, batch).await?;
+                self.copied_to.insert(key, bounds.next_offset);
+                if events > 0 {
+                    *self.unreported.entry(topic.name.clone()).or_default() += events;
+                    copied += events;
+                }
+            }
+        }
+        Ok(copied)
+    }
+
+    fn report(&mut self) {
+        if self.unreported.is_empty() {
+            return;
+        }
+        let total: u64 = self.unreported.values().sum();
+        let by_topic: Vec<String> = std::mem::take(&mut self.unreported)
+            .into_iter()
+            .map(|(topic, events)| format!("{topic} {events}"))
+            .collect();
+        println!("copied {total} more events ({})", by_topic.join(", "));
+    }
+}
+
+/// Copies what is appended to the source, a round at a time, until SIGINT (Ctrl-C) or SIGTERM.
+async fn follow(
+    source: &Source,
+    target: &Arc<dyn ImportTarget>,
+    copied: &[TopicDescription],
+    wanted: &[TopicName],
+    batch: u32,
+    stop: &mut StopSignals,
+) -> Result<(), String> {
+    println!(
+        "following new events; stop with Ctrl-C once clients use the copy (what is left is copied then, and every partition verified)"
+    );
+    let mut followed = Followed::after(copied);
+    let (mut failures, mut reported) = (0, Instant::now());
+    loop {
+        let wait = match followed.round(source, target, wanted, batch).await {
+            Ok(copied) => {
+                failures = 0;
+                if copied == 0 {
+                    FOLLOW_IDLE_WAIT
+                } else {
+                    Duration::ZERO
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if failures >= FOLLOW_ROUND_FAILURES_MAX {
+                    followed.report();
+                    return Err(format!(
+                        "{e} ({failures} rounds in a row failed while following; run migrate-topics again to resume)"
+                    ));
+                }
+                eprintln!("following: {e}; trying again");
+                FOLLOW_IDLE_WAIT
+            }
+        };
+        // Said when the copy has caught up, and at least every second while it has not.
+        if wait == FOLLOW_IDLE_WAIT || reported.elapsed() >= FOLLOW_REPORT_INTERVAL {
+            followed.report();
+            reported = Instant::now();
+        }
+        tokio::select! {
+            biased;
+            _ = stop.received() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    followed.report();
+    Ok(())
+}
+
 pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
     if !(1..=IMPORT_EVENTS_MAX).contains(&args.batch_events) {
         return Err(format!(
@@ -511,8 +769,8 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         ));
     }
     let batch = args.batch_events as u32;
-    let from = Side::parse("--from", &args.from)?;
-    let to = Side::parse("--to", &args.to)?;
+    let from = Side::parse(End::Source, &args.from)?;
+    let to = Side::parse(End::Target, &args.to)?;
     match (&from, &to) {
         (Side::Embedded(a), Side::Embedded(b)) if Path::new(a) == Path::new(b) => {
             return Err("--from and --to name the same directory; give another --to".into());
@@ -525,12 +783,19 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         }
         _ => {}
     }
+    if args.follow
+        && let Side::Embedded(_) = from
+    {
+        return Err(
+            "--follow copies what is appended during the copy, and nothing appends to --from embedded:DIR (its server is stopped): follow a running server (--from http://HOST:PORT) or the log on NATS (--from nats://…), or leave out --follow".into(),
+        );
+    }
     let wanted: Vec<TopicName> = args
         .topics
         .iter()
         .map(|name| TopicName::parse(name).map_err(|e| format!("--topic {name:?}: {e}")))
         .collect::<Result<_, _>>()?;
-    let source = open_side(&args, ("--from", &from, &args.from_prefix)).await?;
+    let source = open_side(&args, (End::Source, &from, &args.from_prefix)).await?;
     let topics = source
         .list_topics()
         .await
@@ -552,66 +817,45 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
     // The group stores are opened before anything is copied (the source's before the target
     // is made), so a mistyped one is refused first.
     let groups_source = if args.groups_to.is_some() || args.groups_from.is_some() {
-        Some(group_store(&args, ("--groups-from", args.groups_from.as_deref()), &from).await?)
+        Some(group_store(&args, (End::Source, args.groups_from.as_deref()), &from).await?)
     } else {
         None
     };
-    let Source::Log(target) = open_side(&args, ("--to", &to, &args.to_prefix)).await? else {
+    let Source::Log(target) = open_side(&args, (End::Target, &to, &args.to_prefix)).await? else {
         return Err("--to must be embedded:DIR or a NATS URL, not a server".into());
     };
     let group_stores = match groups_source {
         Some(source) => Some((
             source,
-            group_store(&args, ("--groups-to", args.groups_to.as_deref()), &to).await?,
+            group_store(&args, (End::Target, args.groups_to.as_deref()), &to).await?,
         )),
         None => None,
     };
-    let kept = if target.keeps_append_times() {
-        " and append times"
-    } else {
-        ""
-    };
-    let started = std::time::Instant::now();
-    let (mut total_copied, mut total_events) = (0u64, 0u64);
-    let copying: Vec<_> = topics
-        .iter()
-        .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
-        .collect();
-    for topic in &copying {
-        target
-            .put_topic(&topic.name, topic.config.clone())
-            .await
-            .map_err(say(&format!(
-                "creating topic '{}' in the target",
-                topic.name
-            )))?;
-        let mut hash = Xxh3::new();
-        let (mut copied, mut events) = (0u64, 0u64);
-        for bounds in &topic.partitions {
-            let done = copy_partition(&source, &target, &topic.name, bounds, batch).await?;
-            copied += done.copied;
-            events += done.next_offset - done.first_offset;
-            hash.update(&done.checksum.to_le_bytes());
-        }
+    let mut copied = copy_and_verify(&source, &target, &topics, &wanted, batch).await?;
+    if args.follow {
+        // Watched from here on, so a Ctrl-C ends the follow rather than the process.
+        let mut stop = StopSignals::watch()?;
+        follow(&source, &target, &topics, &wanted, batch, &mut stop).await?;
+        // The cut-over: the source as it is now (topics made while following included),
+        // copied to its end and verified as the first pass was.
         println!(
-            "{}: {} partitions, copied {copied} events; verified: {events} events with the same offsets{kept}, checksum {:016x} on both sides",
-            topic.name,
-            topic.config.partitions,
-            hash.digest()
+            "stopping: copying what is left, then verifying every partition (Ctrl-C again to abort)"
         );
-        total_copied += copied;
-        total_events += events;
+        let last_pass = async {
+            let topics = source
+                .list_topics()
+                .await
+                .map_err(|e| format!("listing the source's topics: {e}"))?;
+            copy_and_verify(&source, &target, &topics, &wanted, batch).await
+        };
+        copied = tokio::select! {
+            done = last_pass => done?,
+            _ = stop.received() => return Err(
+                "interrupted before the last pass ended: run migrate-topics again without --follow to finish the copy (it continues where this one stopped)".to_owned()
+            ),
+        };
     }
-    let times = if target.keeps_append_times() {
-        "append times kept"
-    } else {
-        "append times are the target's own"
-    };
-    println!(
-        "copied {total_copied} events in {:.1} s; {total_events} events verified ({times}); serve with {}",
-        started.elapsed().as_secs_f64(),
-        serve_hint(&args, &to),
-    );
+    println!("serve the copy with {}", serve_hint(&args, &to));
     if let Side::Server(url) = from {
         println!(
             "{} keeps serving: stop it, then run this again with --from embedded:DIR (its data directory, and the groups options if groups move) to copy what it appended meanwhile",
@@ -620,8 +864,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
     }
     if let Some((from_store, to_store)) = group_stores {
         // After the log: the groups' offsets point into the topics just copied.
-        let names: Vec<TopicName> = copying.iter().map(|t| t.name.clone()).collect();
-        copy_groups(from_store, to_store, &names).await?;
+        copy_groups(from_store, to_store, &copied).await?;
     }
     Ok(())
 }

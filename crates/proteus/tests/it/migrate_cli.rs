@@ -6,15 +6,13 @@
 //! directory. A store on PostgreSQL, read from its schema directly, copied down to an embedded
 //! directory with positions and times kept.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
 use crate::support::{
-    BINARY, ServerProcess, delete_streams, drop_schema, nats_url, postgres_url, run_cli,
+    Follower, ServerProcess, delete_streams, drop_schema, nats_url, postgres_url, run_cli,
 };
 
 /// Schemas of their own, dropped when the test ends.
@@ -173,72 +171,6 @@ fn place_order_3(http: &reqwest::blocking::Client, url: &str) {
     assert_eq!(status.as_u16(), 201);
 }
 
-/// A `proteus migrate … --follow` process whose output is read as it comes.
-struct Follower {
-    child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-    out: String,
-}
-
-impl Follower {
-    /// Starts it with `args` (after `migrate`) and waits until its first pass is over and it
-    /// follows, so changes made after this are copied by following, not by that pass.
-    fn start(args: &[&str]) -> Follower {
-        let mut child = Command::new(BINARY)
-            .arg("migrate")
-            .args(args)
-            .arg("--follow")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
-        let mut follower = Follower {
-            child,
-            lines,
-            out: String::new(),
-        };
-        follower.wait_for("following new events");
-        follower
-    }
-
-    /// Waits (at most 30 s) until its output says `text`.
-    fn wait_for(&mut self, text: &str) {
-        while !self.out.contains(text) {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("it never said {text:?}: {}", self.out));
-            self.out.push_str(&line);
-            self.out.push('\n');
-        }
-    }
-
-    /// Ctrl-C (the cut-over); expects a successful exit and returns everything it printed.
-    fn interrupt(mut self) -> String {
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
-        }
-        let status = self.child.wait().unwrap();
-        let mut err = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        self.out.extend(self.lines.iter().map(|line| line + "\n"));
-        assert!(status.success(), "{}{err}", self.out);
-        self.out
-    }
-}
-
 #[test]
 fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     let nanos = SystemTime::now()
@@ -361,14 +293,17 @@ fn an_embedded_event_store_moves_to_postgres_and_stays_in_sync() {
     // --follow from a running server: a new event reaches the copy while it runs; a stream
     // deleted and a snapshot stored while following reach it when it is stopped.
     let source = ServerProcess::start(dir.path());
-    let follower = Follower::start(&[
-        "--from",
-        &source.url,
-        "--to",
-        &postgres_url(),
-        "--to-schema",
-        &followed,
-    ]);
+    let follower = Follower::start(
+        "migrate",
+        &[
+            "--from",
+            &source.url,
+            "--to",
+            &postgres_url(),
+            "--to-schema",
+            &followed,
+        ],
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     place_order_3(&http, &source.url);
     while psql_count(&followed) < 6 {
@@ -755,14 +690,17 @@ fn a_postgres_event_store_moves_to_an_embedded_directory_with_positions_kept() {
     let source = ServerProcess::start_with(source_dir.path(), &on_postgres, &[]);
     let followed_dir = tempfile::tempdir().unwrap();
     let followed = format!("embedded:{}", followed_dir.path().display());
-    let mut follower = Follower::start(&[
-        "--from",
-        &postgres_url(),
-        "--from-schema",
-        &schema,
-        "--to",
-        &followed,
-    ]);
+    let mut follower = Follower::start(
+        "migrate",
+        &[
+            "--from",
+            &postgres_url(),
+            "--from-schema",
+            &schema,
+            "--to",
+            &followed,
+        ],
+    );
     place_order_3(&http, &source.url);
     follower.wait_for("copied 1 more events");
     let out = follower.interrupt();

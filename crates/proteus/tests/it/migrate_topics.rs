@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::support::{BINARY, ServerProcess, delete_streams, nats_url, run_cli};
+use crate::support::{BINARY, Follower, ServerProcess, delete_streams, nats_url, run_cli};
 
 /// JetStream streams of their own, deleted when the test ends.
 struct NatsStreams(String);
@@ -521,4 +521,148 @@ fn a_copy_down_killed_midway_is_finished_by_the_next_run() {
         .map(|p| p["next_offset"].as_u64().unwrap())
         .collect();
     assert_eq!(ends.iter().sum::<u64>(), 10_000, "{described}");
+}
+
+/// Sums the "copied N more events" lines of a follower's output.
+fn copied_while_following(out: &str) -> u64 {
+    out.lines()
+        .filter_map(|line| line.strip_prefix("copied "))
+        .filter_map(|rest| rest.split_once(" more events"))
+        .filter_map(|(count, _)| count.parse::<u64>().ok())
+        .sum()
+}
+
+/// `--follow` from a running server: what is appended after the first pass (to a topic there
+/// and to a topic created meanwhile) is copied while the server serves; Ctrl-C copies what is
+/// left and verifies every partition, and a server on NATS then serves the same partitions.
+#[test]
+fn a_running_server_is_followed_until_the_cut_over() {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let streams = NatsStreams(format!("ITFOL{}x{nanos}", std::process::id()));
+    let http = reqwest::blocking::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Nothing appends to a stopped server's directory: following it is refused.
+    let (code, _, err) = run_cli(
+        &[
+            "migrate-topics",
+            "--from",
+            &format!("embedded:{}", dir.path().display()),
+            "--to",
+            &nats_url(),
+            "--follow",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("nothing appends to --from embedded:DIR"),
+        "{err}"
+    );
+
+    let mut source = ServerProcess::start(dir.path());
+    let publish = |topic: &str, ids: std::ops::Range<u32>| {
+        let lines: String = ids
+            .map(|i| {
+                format!(
+                    "{{\"type\":\"t\",\"subject\":\"k{}\",\"id\":\"{topic}{i}\"}}\n",
+                    i % 5
+                )
+            })
+            .collect();
+        let (code, _, err) = run_cli(&["publish", topic, "--server", &source.url], Some(&lines));
+        assert_eq!(code, 0, "{err}");
+    };
+    let (code, _, err) = run_cli(
+        &[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "2",
+            "--server",
+            &source.url,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    publish("orders", 0..10);
+
+    let mut follower = Follower::start(
+        "migrate-topics",
+        &[
+            "--from",
+            &source.url,
+            "--to",
+            &nats_url(),
+            "--to-prefix",
+            &streams.0,
+        ],
+    );
+    assert!(
+        follower
+            .out_so_far()
+            .contains("orders: 2 partitions, copied 10 events; verified: 10 events"),
+        "{}",
+        follower.out_so_far()
+    );
+    // Appended while it follows, to the topic and to one created since.
+    publish("orders", 10..16);
+    let (code, _, err) = run_cli(&["topic", "create", "late", "--server", &source.url], None);
+    assert_eq!(code, 0, "{err}");
+    publish("late", 0..3);
+    follower.wait_until("9 events copied while following", |out| {
+        copied_while_following(out) >= 9
+    });
+    // One more just before the cut-over: copied by the follower or by its last pass.
+    publish("orders", 16..17);
+    let out = follower.interrupt();
+    assert_eq!(
+        copied_while_following(&out) + last_pass_copied(&out),
+        10,
+        "{out}"
+    );
+    assert!(
+        out.contains("stopping: copying what is left")
+            && out.contains("orders: 2 partitions, copied")
+            && out.contains("verified: 17 events with the same offsets")
+            && out.contains("late: 1 partitions, copied")
+            && out.contains("verified: 3 events with the same offsets")
+            && out.contains("keeps serving: stop it"),
+        "{out}"
+    );
+    let original = partitions(&http, &source.url, 2);
+    assert_eq!(source.terminate(), Some(0));
+
+    let on_nats = ServerProcess::start_with(
+        &dir.path().join("on-nats"),
+        &[
+            "--storage-log",
+            &nats_url(),
+            "--storage-log-prefix",
+            &streams.0,
+        ],
+        &[],
+    );
+    assert_eq!(partitions(&http, &on_nats.url, 2), original);
+    let late: Value = http
+        .get(format!("{}/v1/topics/late", on_nats.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(late["partitions"][0]["next_offset"], 3, "{late}");
+}
+
+/// The events the last pass of a follower copied: its per-topic lines after "stopping".
+fn last_pass_copied(out: &str) -> u64 {
+    let last_pass = out.split("stopping:").nth(1).unwrap_or("");
+    last_pass
+        .lines()
+        .filter_map(|line| line.split_once(" partitions, copied "))
+        .filter_map(|(_, rest)| rest.split(' ').next()?.parse::<u64>().ok())
+        .sum()
 }

@@ -1,9 +1,9 @@
 //! Starting and stopping real `proteus serve` processes.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_proteus");
@@ -144,6 +144,92 @@ pub fn run_cli(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A `proteus migrate … --follow` (or `migrate-topics … --follow`) process whose output is read as it comes.
+pub struct Follower {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    out: String,
+}
+
+impl Follower {
+    /// Starts `subcommand` with `args` and waits until its first pass is over and it
+    /// follows, so changes made after this are copied by following, not by that pass.
+    pub fn start(subcommand: &str, args: &[&str]) -> Follower {
+        let mut child = Command::new(BINARY)
+            .arg(subcommand)
+            .args(args)
+            .arg("--follow")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let mut follower = Follower {
+            child,
+            lines,
+            out: String::new(),
+        };
+        follower.wait_for("following new events");
+        follower
+    }
+
+    /// Waits (at most 30 s) until its output says `text`.
+    pub fn wait_for(&mut self, text: &str) {
+        self.wait_until(&format!("{text:?}"), |out| out.contains(text));
+    }
+
+    /// Waits (at most 30 s per line) until `done` holds of its output so far; `what` names
+    /// what is awaited in the failure message.
+    pub fn wait_until(&mut self, what: &str, done: impl Fn(&str) -> bool) {
+        while !done(&self.out) {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("it never said {what}: {}", self.out));
+            self.out.push_str(&line);
+            self.out.push('\n');
+        }
+    }
+
+    /// What it printed so far.
+    pub fn out_so_far(&self) -> &str {
+        &self.out
+    }
+
+    /// Ctrl-C (the cut-over); expects a successful exit and returns everything it printed.
+    pub fn interrupt(mut self) -> String {
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let mut out = std::mem::take(&mut self.out);
+        out.extend(self.lines.iter().map(|line| line + "\n"));
+        assert!(status.success(), "{out}{err}");
+        out
+    }
+}
+
+impl Drop for Follower {
+    /// A test that fails midway leaves no follower running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub use proteus_nats::test_support::{delete_streams, nats_url};
