@@ -61,6 +61,11 @@ pub struct MigrateTopicsArgs {
     /// Events copied per request.
     #[arg(long, default_value_t = 1_000)]
     pub batch_events: usize,
+    /// How much each run reads back to verify: `all` (every event of every partition, on both
+    /// sides) or `copied` (the events this run copied, and every partition's first and next
+    /// offsets): for the last run of a cut-over, after a run that verified all before it.
+    #[arg(long, value_enum, default_value_t = Verify::All)]
+    pub verify: Verify,
     /// After the copy, keep copying what is appended to the source (new topics of the copy
     /// included) until Ctrl-C or SIGTERM, then copy what is left and verify every partition:
     /// a cut-over without a long stop. Needs a source something appends to meanwhile: a
@@ -86,6 +91,17 @@ pub struct MigrateTopicsArgs {
     pub groups_schema: String,
     #[command(flatten)]
     pub nats_security: crate::settings::NatsSecurityArgs,
+}
+
+/// How much of each partition a run reads back from both sides and compares.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// Every event.
+    All,
+    /// The events this run copied (first and next offsets are compared either way). Sound
+    /// after a run that verified the rest: a log's events never change at their offsets, and
+    /// an import refuses a partition anything else wrote to.
+    Copied,
 }
 
 /// A log a copy writes to.
@@ -154,6 +170,8 @@ impl<'a> Side<'a> {
 /// What was copied and checked of one partition.
 struct PartitionCopy {
     copied: u64,
+    /// Events read back from both sides and compared.
+    verified: u64,
     first_offset: Offset,
     next_offset: Offset,
     checksum: u64,
@@ -277,15 +295,15 @@ async fn checksum(
     Ok(hash.digest())
 }
 
-/// Copies what the target's partition lacks of the source's (`bounds`); returns how many
-/// events that was.
+/// Copies what the target's partition lacks of the source's (`bounds`); returns the offset
+/// the copy started at (`bounds.next_offset` when there was nothing to copy).
 async fn copy_missing(
     source: &Source,
     target: &Arc<dyn ImportTarget>,
     topic: &TopicName,
     bounds: &PartitionDescription,
     batch: u32,
-) -> Result<u64, String> {
+) -> Result<Offset, String> {
     let partition = bounds.partition;
     let what = format!("partition {partition} of topic '{topic}'");
     let (first, next) = (bounds.first_offset, bounds.next_offset);
@@ -303,6 +321,7 @@ async fn copy_missing(
             "{what}: the target holds offsets {target_first} to {target_next}, which do not continue the source's {first} to {next}; delete the topic in the target (or copy to another --to-prefix or directory) and migrate again"
         ));
     };
+    let copied_from = at;
     let mut copied = 0;
     let reading = format!("reading {what} in the source");
     let started = Instant::now();
@@ -326,7 +345,7 @@ async fn copy_missing(
         }
         at += events.len() as u64;
     }
-    Ok(copied)
+    Ok(copied_from)
 }
 
 /// Copies what the target's partition lacks of the source's (`bounds`), then compares both
@@ -336,12 +355,16 @@ async fn copy_partition(
     target: &Arc<dyn ImportTarget>,
     topic: &TopicName,
     bounds: &PartitionDescription,
-    batch: u32,
+    (batch, verify): (u32, Verify),
 ) -> Result<PartitionCopy, String> {
-    let copied = copy_missing(source, target, topic, bounds, batch).await?;
+    let copied_from = copy_missing(source, target, topic, bounds, batch).await?;
     let partition = bounds.partition;
     let what = format!("partition {partition} of topic '{topic}'");
     let (first, next) = (bounds.first_offset, bounds.next_offset);
+    let checked_from = match verify {
+        Verify::All => first,
+        Verify::Copied => copied_from,
+    };
     let (target_first, target_next) = target
         .partition_offsets(topic, partition)
         .await
@@ -357,7 +380,7 @@ async fn copy_partition(
         source,
         topic,
         partition,
-        (first, next),
+        (checked_from, next),
         batch,
         ("source", with_times),
     )
@@ -366,7 +389,7 @@ async fn copy_partition(
         &Source::Log(target.clone()),
         topic,
         partition,
-        (first, next),
+        (checked_from, next),
         batch,
         ("copy", with_times),
     )
@@ -377,7 +400,8 @@ async fn copy_partition(
         ));
     }
     Ok(PartitionCopy {
-        copied,
+        copied: next - copied_from,
+        verified: next - checked_from,
         first_offset: first,
         next_offset: next,
         checksum: expected,
@@ -568,7 +592,7 @@ async fn copy_and_verify(
     target: &Arc<dyn ImportTarget>,
     topics: &[TopicDescription],
     wanted: &[TopicName],
-    batch: u32,
+    (batch, verify): (u32, Verify),
 ) -> Result<Vec<TopicName>, String> {
     let kept = if target.keeps_append_times() {
         " and append times"
@@ -576,7 +600,7 @@ async fn copy_and_verify(
         ""
     };
     let started = Instant::now();
-    let (mut total_copied, mut total_events) = (0u64, 0u64);
+    let (mut total_copied, mut total_verified, mut total_events) = (0u64, 0u64, 0u64);
     let copying: Vec<_> = topics
         .iter()
         .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
@@ -590,20 +614,23 @@ async fn copy_and_verify(
                 topic.name
             )))?;
         let mut hash = Xxh3::new();
-        let (mut copied, mut events) = (0u64, 0u64);
+        let (mut copied, mut verified, mut events) = (0u64, 0u64, 0u64);
         for bounds in &topic.partitions {
-            let done = copy_partition(source, target, &topic.name, bounds, batch).await?;
+            let done = copy_partition(source, target, &topic.name, bounds, (batch, verify)).await?;
             copied += done.copied;
+            verified += done.verified;
             events += done.next_offset - done.first_offset;
             hash.update(&done.checksum.to_le_bytes());
         }
         println!(
-            "{}: {} partitions, copied {copied} events; verified: {events} events with the same offsets{kept}, checksum {:016x} on both sides",
+            "{}: {} partitions, copied {copied} events; verified: {} with the same offsets{kept}, checksum {:016x} on both sides",
             topic.name,
             topic.config.partitions,
+            verified_count(verified, events),
             hash.digest()
         );
         total_copied += copied;
+        total_verified += verified;
         total_events += events;
     }
     let times = if target.keeps_append_times() {
@@ -612,10 +639,20 @@ async fn copy_and_verify(
         "append times are the target's own"
     };
     println!(
-        "copied {total_copied} events in {:.1} s; {total_events} events verified ({times})",
+        "copied {total_copied} events in {:.1} s; verified: {} ({times})",
         started.elapsed().as_secs_f64(),
+        verified_count(total_verified, total_events),
     );
     Ok(copying.iter().map(|t| t.name.clone()).collect())
+}
+
+/// "36 events", or "6 of 36 events" when `--verify copied` read back only some.
+fn verified_count(verified: u64, events: u64) -> String {
+    if verified == events {
+        format!("{events} events")
+    } else {
+        format!("{verified} of {events} events (--verify copied)")
+    }
 }
 
 /// How long a follower waits after a round that found nothing new.
@@ -686,7 +723,8 @@ impl Followed {
                 if self.copied_to.get(&key) == Some(&bounds.next_offset) {
                     continue;
                 }
-                let events = copy_missing(source, target, &topic.name, bounds, batch).await?;
+                let from = copy_missing(source, target, &topic.name, bounds, batch).await?;
+                let events = bounds.next_offset - from;
                 self.copied_to.insert(key, bounds.next_offset);
                 if events > 0 {
                     *self.unreported.entry(topic.name.clone()).or_default() += events;
@@ -831,7 +869,8 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         )),
         None => None,
     };
-    let mut copied = copy_and_verify(&source, &target, &topics, &wanted, batch).await?;
+    let settings = (batch, args.verify);
+    let mut copied = copy_and_verify(&source, &target, &topics, &wanted, settings).await?;
     if args.follow {
         // Watched from here on, so a Ctrl-C ends the follow rather than the process.
         let mut stop = StopSignals::watch()?;
@@ -846,7 +885,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
                 .list_topics()
                 .await
                 .map_err(|e| format!("listing the source's topics: {e}"))?;
-            copy_and_verify(&source, &target, &topics, &wanted, batch).await
+            copy_and_verify(&source, &target, &topics, &wanted, settings).await
         };
         copied = tokio::select! {
             done = last_pass => done?,

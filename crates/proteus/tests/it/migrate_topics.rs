@@ -534,7 +534,8 @@ fn copied_while_following(out: &str) -> u64 {
 
 /// `--follow` from a running server: what is appended after the first pass (to a topic there
 /// and to a topic created meanwhile) is copied while the server serves; Ctrl-C copies what is
-/// left and verifies every partition, and a server on NATS then serves the same partitions.
+/// left and verifies every partition; the cut-over run from the stopped server's directory
+/// copies and reads back only what came after; a server on NATS serves the same partitions.
 #[test]
 fn a_running_server_is_followed_until_the_cut_over() {
     let nanos = SystemTime::now()
@@ -634,8 +635,32 @@ fn a_running_server_is_followed_until_the_cut_over() {
             && out.contains("keeps serving: stop it"),
         "{out}"
     );
+    // Appended between the Ctrl-C and the stop: the cut-over run from the data directory
+    // copies them and, with --verify copied, reads back only them.
+    publish("orders", 17..19);
     let original = partitions(&http, &source.url, 2);
     assert_eq!(source.terminate(), Some(0));
+    let (code, out, err) = run_cli(
+        &[
+            "migrate-topics",
+            "--from",
+            &format!("embedded:{}", dir.path().display()),
+            "--to",
+            &nats_url(),
+            "--to-prefix",
+            &streams.0,
+            "--verify",
+            "copied",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "orders: 2 partitions, copied 2 events; verified: 2 of 19 events (--verify copied)"
+        ) && out.contains("late: 1 partitions, copied 0 events; verified: 0 of 3 events"),
+        "{out}"
+    );
 
     let on_nats = ServerProcess::start_with(
         &dir.path().join("on-nats"),
