@@ -368,6 +368,28 @@ impl Connection {
 
     /// Applies `migrations` to `schema`, then builds the pool (connections open lazily).
     pub async fn open(&self, schema: &str, migrations: &Migrations) -> Result<Pool, PgError> {
+        self.open_schema(schema, migrations, false).await
+    }
+
+    /// [`Connection::open`] for a schema that must already hold `migrations`' tables, as when
+    /// a store is read rather than served (`proteus migrate --from postgres://…`): a mistyped
+    /// schema is refused, creating nothing, instead of opening as an empty store.
+    pub async fn open_existing(
+        &self,
+        schema: &str,
+        migrations: &Migrations,
+    ) -> Result<Pool, PgError> {
+        self.open_schema(schema, migrations, true).await
+    }
+
+    /// Checks (when `must_exist`) and migrates `schema` over one connection, closed after,
+    /// then builds the pool.
+    async fn open_schema(
+        &self,
+        schema: &str,
+        migrations: &Migrations,
+        must_exist: bool,
+    ) -> Result<Pool, PgError> {
         validate_schema_name(schema).map_err(PgError::permanent)?;
         if self.pool_size_max == 0 {
             return Err(PgError::permanent(
@@ -384,10 +406,16 @@ impl Connection {
             .await
             .map_err(|e| connect_error(&e, &self.url))?;
         let driver = tokio::spawn(connection);
-        let migrated = migrations.apply(&mut client, &self.url, schema).await;
+        let prepared = async {
+            if must_exist {
+                self.check_exists(&client, schema, migrations).await?;
+            }
+            migrations.apply(&mut client, &self.url, schema).await
+        }
+        .await;
         drop(client);
         let _ = driver.await;
-        migrated?;
+        prepared?;
         let manager = Manager::from_config(
             config,
             tls,
@@ -405,30 +433,20 @@ impl Connection {
             .map_err(|e| PgError::permanent(format!("cannot build the connection pool: {e}")))
     }
 
-    /// [`Connection::open`] for a schema that must already hold `migrations`' tables, as when
-    /// a store is read rather than served (`proteus migrate --from postgres://…`): a mistyped
-    /// schema is refused, creating nothing, instead of opening as an empty store.
-    pub async fn open_existing(
+    /// Refuses a `schema` without `migrations`' table, naming it.
+    async fn check_exists(
         &self,
+        client: &tokio_postgres::Client,
         schema: &str,
         migrations: &Migrations,
-    ) -> Result<Pool, PgError> {
-        validate_schema_name(schema).map_err(PgError::permanent)?;
-        let (config, tls) = self.config().map_err(PgError::permanent)?;
-        let (client, connection) = config
-            .connect(tls)
-            .await
-            .map_err(|e| connect_error(&e, &self.url))?;
-        let driver = tokio::spawn(connection);
+    ) -> Result<(), PgError> {
         // `schema` passed `validate_schema_name`: only [a-z0-9_], safe to splice.
         let table = format!("\"{schema}\".{}", migrations.table);
         let found = client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
             .await
-            .map_err(|e| pg(e, &format!("looking for schema {schema}"), &self.url));
-        drop(client);
-        let _ = driver.await;
-        if !found?.get::<_, bool>(0) {
+            .map_err(|e| pg(e, &format!("looking for schema {schema}"), &self.url))?;
+        if !found.get::<_, bool>(0) {
             return Err(PgError::permanent(format!(
                 "schema {schema} at {} holds no {} (it has no table {}); name the schema that does",
                 described(&self.url),
@@ -436,7 +454,7 @@ impl Connection {
                 migrations.table
             )));
         }
-        self.open(schema, migrations).await
+        Ok(())
     }
 }
 
