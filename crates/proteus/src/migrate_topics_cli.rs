@@ -13,10 +13,9 @@
 //! time and retention count from the copy) and the dedup window's memory (see the
 //! `PartitionImport` of `proteus-log-nats`). A copy into an embedded log keeps both.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use proteus_client::Client;
 use proteus_groups_embedded::EmbeddedGroupStore;
@@ -25,9 +24,7 @@ use proteus_groups_postgres::{PostgresGroupStore, PostgresGroupStoreConfig};
 use proteus_groups_service::proteus_groups::GroupStore;
 use proteus_log::import::{IMPORT_EVENTS_MAX, PartitionImport};
 use proteus_log::port::{Log, PartitionDescription, READ_BYTES_MAX, TopicDescription};
-use proteus_log::{
-    LogError, Offset, PartitionId, ReadFrom, ReadLimits, StoredEvent, TopicConfig, TopicName,
-};
+use proteus_log::{LogError, Offset, PartitionId, ReadFrom, ReadLimits, StoredEvent, TopicName};
 use proteus_log_embedded::{EmbeddedConfig, EmbeddedLog};
 use proteus_log_nats::{NatsLog, NatsLogConfig};
 use xxhash_rust::xxh3::Xxh3;
@@ -35,6 +32,8 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::migrate_cli::{
     PROGRESS_INTERVAL, StopSignals, embedded_dir, is_postgres_url, source_error,
 };
+
+mod follow;
 
 #[derive(clap::Args, Debug)]
 pub struct MigrateTopicsArgs {
@@ -655,150 +654,6 @@ fn verified_count(verified: u64, events: u64) -> String {
     }
 }
 
-/// How long a follower waits after a round that found nothing new.
-const FOLLOW_IDLE_WAIT: Duration = Duration::from_millis(500);
-/// How often a follower says what it copied, at most.
-const FOLLOW_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// Rounds in a row that may fail (the source restarting, NATS reconnecting) before a follower
-/// gives up; at `FOLLOW_IDLE_WAIT` apart, about 30 s.
-const FOLLOW_ROUND_FAILURES_MAX: u32 = 60;
-
-/// What a follower has copied: each topic's settings as put in the target, and each
-/// partition's end up to which the target holds the source's events.
-#[derive(Default)]
-struct Followed {
-    configs: HashMap<TopicName, TopicConfig>,
-    copied_to: HashMap<(TopicName, PartitionId), Offset>,
-    /// Events copied since the last report, by topic.
-    unreported: BTreeMap<TopicName, u64>,
-}
-
-impl Followed {
-    fn after(topics: &[TopicDescription]) -> Followed {
-        let mut followed = Followed::default();
-        for topic in topics {
-            followed
-                .configs
-                .insert(topic.name.clone(), topic.config.clone());
-            for bounds in &topic.partitions {
-                followed
-                    .copied_to
-                    .insert((topic.name.clone(), bounds.partition), bounds.next_offset);
-            }
-        }
-        followed
-    }
-
-    /// One look at the source: topics new or changed are put in the target, and what each
-    /// partition gained since the last look is copied. Returns the number of events copied.
-    async fn round(
-        &mut self,
-        source: &Source,
-        target: &Arc<dyn ImportTarget>,
-        wanted: &[TopicName],
-        batch: u32,
-    ) -> Result<u64, String> {
-        let topics = source
-            .list_topics()
-            .await
-            .map_err(|e| format!("listing the source's topics: {e}"))?;
-        let mut copied = 0;
-        for topic in topics
-            .iter()
-            .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
-        {
-            if self.configs.get(&topic.name) != Some(&topic.config) {
-                target
-                    .put_topic(&topic.name, topic.config.clone())
-                    .await
-                    .map_err(say(&format!(
-                        "creating topic '{}' in the target",
-                        topic.name
-                    )))?;
-                self.configs
-                    .insert(topic.name.clone(), topic.config.clone());
-            }
-            for bounds in &topic.partitions {
-                let key = (topic.name.clone(), bounds.partition);
-                if self.copied_to.get(&key) == Some(&bounds.next_offset) {
-                    continue;
-                }
-                let from = copy_missing(source, target, &topic.name, bounds, batch).await?;
-                let events = bounds.next_offset - from;
-                self.copied_to.insert(key, bounds.next_offset);
-                if events > 0 {
-                    *self.unreported.entry(topic.name.clone()).or_default() += events;
-                    copied += events;
-                }
-            }
-        }
-        Ok(copied)
-    }
-
-    fn report(&mut self) {
-        if self.unreported.is_empty() {
-            return;
-        }
-        let total: u64 = self.unreported.values().sum();
-        let by_topic: Vec<String> = std::mem::take(&mut self.unreported)
-            .into_iter()
-            .map(|(topic, events)| format!("{topic} {events}"))
-            .collect();
-        println!("copied {total} more events ({})", by_topic.join(", "));
-    }
-}
-
-/// Copies what is appended to the source, a round at a time, until SIGINT (Ctrl-C) or SIGTERM.
-async fn follow(
-    source: &Source,
-    target: &Arc<dyn ImportTarget>,
-    copied: &[TopicDescription],
-    wanted: &[TopicName],
-    batch: u32,
-    stop: &mut StopSignals,
-) -> Result<(), String> {
-    println!(
-        "following new events; stop with Ctrl-C once clients use the copy (what is left is copied then, and every partition verified)"
-    );
-    let mut followed = Followed::after(copied);
-    let (mut failures, mut reported) = (0, Instant::now());
-    loop {
-        let wait = match followed.round(source, target, wanted, batch).await {
-            Ok(copied) => {
-                failures = 0;
-                if copied == 0 {
-                    FOLLOW_IDLE_WAIT
-                } else {
-                    Duration::ZERO
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                if failures >= FOLLOW_ROUND_FAILURES_MAX {
-                    followed.report();
-                    return Err(format!(
-                        "{e} ({failures} rounds in a row failed while following; run migrate-topics again to resume)"
-                    ));
-                }
-                eprintln!("following: {e}; trying again");
-                FOLLOW_IDLE_WAIT
-            }
-        };
-        // Said when the copy has caught up, and at least every second while it has not.
-        if wait == FOLLOW_IDLE_WAIT || reported.elapsed() >= FOLLOW_REPORT_INTERVAL {
-            followed.report();
-            reported = Instant::now();
-        }
-        tokio::select! {
-            biased;
-            _ = stop.received() => break,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-    followed.report();
-    Ok(())
-}
-
 pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
     if !(1..=IMPORT_EVENTS_MAX).contains(&args.batch_events) {
         return Err(format!(
@@ -874,7 +729,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
     if args.follow {
         // Watched from here on, so a Ctrl-C ends the follow rather than the process.
         let mut stop = StopSignals::watch()?;
-        follow(&source, &target, &topics, &wanted, batch, &mut stop).await?;
+        follow::follow(&source, &target, &topics, &wanted, batch, &mut stop).await?;
         // The cut-over: the source as it is now (topics made while following included),
         // copied to its end and verified as the first pass was.
         println!(

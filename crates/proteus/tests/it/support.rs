@@ -1,4 +1,5 @@
-//! Starting and stopping real `proteus serve` processes.
+//! Starting and stopping real `proteus serve` processes, and running the CLI: once, or as a
+//! follower whose output is read as it comes.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -146,7 +147,8 @@ pub fn run_cli(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     )
 }
 
-/// A `proteus migrate … --follow` (or `migrate-topics … --follow`) process whose output is read as it comes.
+/// A `proteus migrate … --follow` (or `migrate-topics … --follow`) process whose output is
+/// read as it comes.
 pub struct Follower {
     child: std::process::Child,
     lines: mpsc::Receiver<String>,
