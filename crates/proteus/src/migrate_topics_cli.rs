@@ -190,10 +190,11 @@ enum Source {
 
 impl Source {
     async fn list_topics(&self) -> Result<Vec<TopicDescription>, String> {
-        match self {
+        let listed = match self {
             Source::Log(log) => log.list_topics().await.map_err(|e| e.to_string()),
             Source::Server(client) => client.list_topics().await.map_err(source_error),
-        }
+        };
+        listed.map_err(|e| format!("listing the source's topics: {e}"))
     }
 
     /// Up to `batch` events of a partition from offset `at` (or the first kept after it).
@@ -600,18 +601,9 @@ async fn copy_and_verify(
     };
     let started = Instant::now();
     let (mut total_copied, mut total_verified, mut total_events) = (0u64, 0u64, 0u64);
-    let copying: Vec<_> = topics
-        .iter()
-        .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
-        .collect();
+    let copying: Vec<_> = chosen(topics, wanted).collect();
     for topic in &copying {
-        target
-            .put_topic(&topic.name, topic.config.clone())
-            .await
-            .map_err(say(&format!(
-                "creating topic '{}' in the target",
-                topic.name
-            )))?;
+        put_topic(target, topic).await?;
         let mut hash = Xxh3::new();
         let (mut copied, mut verified, mut events) = (0u64, 0u64, 0u64);
         for bounds in &topic.partitions {
@@ -643,6 +635,28 @@ async fn copy_and_verify(
         verified_count(total_verified, total_events),
     );
     Ok(copying.iter().map(|t| t.name.clone()).collect())
+}
+
+/// The topics of `topics` a run copies: those `wanted`, or all when none is named.
+fn chosen<'t>(
+    topics: &'t [TopicDescription],
+    wanted: &[TopicName],
+) -> impl Iterator<Item = &'t TopicDescription> {
+    topics
+        .iter()
+        .filter(move |t| wanted.is_empty() || wanted.contains(&t.name))
+}
+
+/// Creates `topic` in the target with the source's settings, or updates them.
+async fn put_topic(target: &Arc<dyn ImportTarget>, topic: &TopicDescription) -> Result<(), String> {
+    target
+        .put_topic(&topic.name, topic.config.clone())
+        .await
+        .map_err(say(&format!(
+            "creating topic '{}' in the target",
+            topic.name
+        )))?;
+    Ok(())
 }
 
 /// "36 events", or "6 of 36 events" when `--verify copied` read back only some.
@@ -689,10 +703,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         .map(|name| TopicName::parse(name).map_err(|e| format!("--topic {name:?}: {e}")))
         .collect::<Result<_, _>>()?;
     let source = open_side(&args, (End::Source, &from, &args.from_prefix)).await?;
-    let topics = source
-        .list_topics()
-        .await
-        .map_err(|e| format!("listing the source's topics: {e}"))?;
+    let topics = source.list_topics().await?;
     if topics.is_empty()
         && let Side::Nats(_) = from
     {
@@ -736,10 +747,7 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
             "stopping: copying what is left, then verifying every partition (Ctrl-C again to abort)"
         );
         let last_pass = async {
-            let topics = source
-                .list_topics()
-                .await
-                .map_err(|e| format!("listing the source's topics: {e}"))?;
+            let topics = source.list_topics().await?;
             copy_and_verify(&source, &target, &topics, &wanted, settings).await
         };
         copied = tokio::select! {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use proteus_log::port::TopicDescription;
 use proteus_log::{Offset, PartitionId, TopicConfig, TopicName};
 
-use super::{ImportTarget, Source, copy_missing, say};
+use super::{ImportTarget, Source, chosen, copy_missing, put_topic};
 use crate::migrate_cli::StopSignals;
 
 /// How long a follower waits after a round that found nothing new.
@@ -54,23 +54,11 @@ impl Followed {
         wanted: &[TopicName],
         batch: u32,
     ) -> Result<u64, String> {
-        let topics = source
-            .list_topics()
-            .await
-            .map_err(|e| format!("listing the source's topics: {e}"))?;
+        let topics = source.list_topics().await?;
         let mut copied = 0;
-        for topic in topics
-            .iter()
-            .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
-        {
+        for topic in chosen(&topics, wanted) {
             if self.configs.get(&topic.name) != Some(&topic.config) {
-                target
-                    .put_topic(&topic.name, topic.config.clone())
-                    .await
-                    .map_err(say(&format!(
-                        "creating topic '{}' in the target",
-                        topic.name
-                    )))?;
+                put_topic(target, topic).await?;
                 self.configs
                     .insert(topic.name.clone(), topic.config.clone());
             }
