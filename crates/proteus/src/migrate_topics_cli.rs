@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::{StreamExt, TryStreamExt, stream};
 use proteus_client::Client;
 use proteus_groups_embedded::EmbeddedGroupStore;
 use proteus_groups_nats::{NatsGroupStore, NatsGroupStoreConfig};
@@ -60,6 +61,9 @@ pub struct MigrateTopicsArgs {
     /// Events copied per request.
     #[arg(long, default_value_t = 1_000)]
     pub batch_events: usize,
+    /// Partitions of a topic copied and verified at the same time.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub partitions_in_flight: usize,
     /// How much each run reads back to verify: `all` (every event of every partition, on both
     /// sides) or `copied` (the events this run copied, and every partition's first and next
     /// offsets): for the last run of a cut-over, after a run that verified all before it.
@@ -101,6 +105,18 @@ pub enum Verify {
     /// after a run that verified the rest: a log's events never change at their offsets, and
     /// an import refuses a partition anything else wrote to.
     Copied,
+}
+
+/// Most partitions copied at once (`--partitions-in-flight`): each holds a batch of events in
+/// memory, read and being written.
+const PARTITIONS_IN_FLIGHT_MAX: usize = 64;
+
+/// How a run copies and verifies each partition.
+#[derive(Clone, Copy)]
+struct CopySettings {
+    batch_events: u32,
+    verify: Verify,
+    partitions_in_flight: usize,
 }
 
 /// A log a copy writes to.
@@ -355,8 +371,9 @@ async fn copy_partition(
     target: &Arc<dyn ImportTarget>,
     topic: &TopicName,
     bounds: &PartitionDescription,
-    (batch, verify): (u32, Verify),
+    settings: CopySettings,
 ) -> Result<PartitionCopy, String> {
+    let (batch, verify) = (settings.batch_events, settings.verify);
     let copied_from = copy_missing(source, target, topic, bounds, batch).await?;
     let partition = bounds.partition;
     let what = format!("partition {partition} of topic '{topic}'");
@@ -592,7 +609,7 @@ async fn copy_and_verify(
     target: &Arc<dyn ImportTarget>,
     topics: &[TopicDescription],
     wanted: &[TopicName],
-    (batch, verify): (u32, Verify),
+    settings: CopySettings,
 ) -> Result<Vec<TopicName>, String> {
     let kept = if target.keeps_append_times() {
         " and append times"
@@ -606,8 +623,13 @@ async fn copy_and_verify(
         put_topic(target, topic).await?;
         let mut hash = Xxh3::new();
         let (mut copied, mut verified, mut events) = (0u64, 0u64, 0u64);
-        for bounds in &topic.partitions {
-            let done = copy_partition(source, target, &topic.name, bounds, (batch, verify)).await?;
+        // In partition order (`buffered`), so the topic's checksum does not depend on timing.
+        let partitions: Vec<PartitionCopy> = stream::iter(&topic.partitions)
+            .map(|bounds| copy_partition(source, target, &topic.name, bounds, settings))
+            .buffered(settings.partitions_in_flight)
+            .try_collect()
+            .await?;
+        for done in partitions {
             copied += done.copied;
             verified += done.verified;
             events += done.next_offset - done.first_offset;
@@ -675,6 +697,12 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
             args.batch_events
         ));
     }
+    if !(1..=PARTITIONS_IN_FLIGHT_MAX).contains(&args.partitions_in_flight) {
+        return Err(format!(
+            "--partitions-in-flight must be 1 to {PARTITIONS_IN_FLIGHT_MAX}, got {}",
+            args.partitions_in_flight
+        ));
+    }
     let batch = args.batch_events as u32;
     let from = Side::parse(End::Source, &args.from)?;
     let to = Side::parse(End::Target, &args.to)?;
@@ -735,7 +763,11 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         )),
         None => None,
     };
-    let settings = (batch, args.verify);
+    let settings = CopySettings {
+        batch_events: batch,
+        verify: args.verify,
+        partitions_in_flight: args.partitions_in_flight,
+    };
     let mut copied = copy_and_verify(&source, &target, &topics, &wanted, settings).await?;
     if args.follow {
         // Watched from here on, so a Ctrl-C ends the follow rather than the process.

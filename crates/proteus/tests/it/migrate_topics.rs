@@ -563,6 +563,23 @@ fn a_running_server_is_followed_until_the_cut_over() {
         err.contains("nothing appends to --from embedded:DIR"),
         "{err}"
     );
+    let (code, _, err) = run_cli(
+        &[
+            "migrate-topics",
+            "--from",
+            &format!("embedded:{}", dir.path().display()),
+            "--to",
+            &nats_url(),
+            "--partitions-in-flight",
+            "0",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--partitions-in-flight must be 1 to 64, got 0"),
+        "{err}"
+    );
 
     let mut source = ServerProcess::start(dir.path());
     let publish = |topic: &str, ids: std::ops::Range<u32>| {
