@@ -102,7 +102,7 @@ pub(super) async fn follow(
     stop: &mut StopSignals,
 ) -> Result<(), String> {
     println!(
-        "following new events; stop with Ctrl-C once clients use the copy (what is left is copied then, and every partition verified)"
+        "following new events; Ctrl-C (or SIGTERM) when ready to switch: what is left is copied then, and every partition verified"
     );
     let mut followed = Followed::after(copied);
     let (mut failures, mut reported) = (0, Instant::now());

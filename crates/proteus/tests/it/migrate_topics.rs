@@ -24,6 +24,16 @@ impl Drop for NatsStreams {
     }
 }
 
+/// `proteus migrate-topics --from FROM --to <the test NATS> ARGS…`.
+fn to_nats(from: &str, args: &[&str]) -> (i32, String, String) {
+    let nats = nats_url();
+    let all: Vec<&str> = ["migrate-topics", "--from", from, "--to", &nats]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    run_cli(&all, None)
+}
+
 /// Each partition's events as the server reads them (offset, append time, event).
 fn entries(http: &reqwest::blocking::Client, url: &str, count: u32) -> Vec<Vec<Value>> {
     (0..count)
@@ -126,19 +136,9 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
     );
     assert_eq!(code, 0, "{err}");
     // The bulk of the copy runs while the server serves, read through its API.
-    let (code, out, err) = run_cli(
-        &[
-            "migrate-topics",
-            "--from",
-            &source.url,
-            "--to",
-            &nats_url(),
-            "--to-prefix",
-            &streams.0,
-            "--topic",
-            "orders",
-        ],
-        None,
+    let (code, out, err) = to_nats(
+        &source.url,
+        &["--to-prefix", &streams.0, "--topic", "orders"],
     );
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -146,18 +146,7 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
             && out.contains("keeps serving: stop it"),
         "{out}"
     );
-    let (code, _, err) = run_cli(
-        &[
-            "migrate-topics",
-            "--from",
-            &source.url,
-            "--to",
-            &nats_url(),
-            "--groups-to",
-            &nats_url(),
-        ],
-        None,
-    );
+    let (code, _, err) = to_nats(&source.url, &["--groups-to", &nats_url()]);
     assert_eq!(code, 1);
     assert!(
         err.contains("cannot be copied from a running server"),
@@ -197,13 +186,9 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
 
     let from = format!("embedded:{}", dir.path().display());
     let migrate = |from: &str| {
-        run_cli(
+        to_nats(
+            from,
             &[
-                "migrate-topics",
-                "--from",
-                from,
-                "--to",
-                &nats_url(),
                 "--to-prefix",
                 &streams.0,
                 "--batch-events",
@@ -213,7 +198,6 @@ fn embedded_topics_move_to_nats_and_back_with_offsets_and_group_positions_kept()
                 "--groups-prefix",
                 &groups_prefix,
             ],
-            None,
         )
     };
     let (code, out, err) = migrate(&from);
@@ -547,34 +531,14 @@ fn a_running_server_is_followed_until_the_cut_over() {
     let dir = tempfile::tempdir().unwrap();
 
     // Nothing appends to a stopped server's directory: following it is refused.
-    let (code, _, err) = run_cli(
-        &[
-            "migrate-topics",
-            "--from",
-            &format!("embedded:{}", dir.path().display()),
-            "--to",
-            &nats_url(),
-            "--follow",
-        ],
-        None,
-    );
+    let from_dir = format!("embedded:{}", dir.path().display());
+    let (code, _, err) = to_nats(&from_dir, &["--follow"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("nothing appends to --from embedded:DIR"),
         "{err}"
     );
-    let (code, _, err) = run_cli(
-        &[
-            "migrate-topics",
-            "--from",
-            &format!("embedded:{}", dir.path().display()),
-            "--to",
-            &nats_url(),
-            "--partitions-in-flight",
-            "0",
-        ],
-        None,
-    );
+    let (code, _, err) = to_nats(&from_dir, &["--partitions-in-flight", "0"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("--partitions-in-flight must be 1 to 64, got 0"),
@@ -657,19 +621,9 @@ fn a_running_server_is_followed_until_the_cut_over() {
     publish("orders", 17..19);
     let original = partitions(&http, &source.url, 2);
     assert_eq!(source.terminate(), Some(0));
-    let (code, out, err) = run_cli(
-        &[
-            "migrate-topics",
-            "--from",
-            &format!("embedded:{}", dir.path().display()),
-            "--to",
-            &nats_url(),
-            "--to-prefix",
-            &streams.0,
-            "--verify",
-            "copied",
-        ],
-        None,
+    let (code, out, err) = to_nats(
+        &from_dir,
+        &["--to-prefix", &streams.0, "--verify", "copied"],
     );
     assert_eq!(code, 0, "{err}");
     assert!(
