@@ -89,7 +89,7 @@ pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client
     if let (Some(cert_file), Some(key_file)) = (&security.cert_file, &security.key_file) {
         options = options.add_client_certificate(cert_file.clone(), key_file.clone());
     }
-    let client = options.connect(settings.url).await.map_err(|error| {
+    let client = options.connect(server_addrs(settings.url)?).await.map_err(|error| {
         use async_nats::ConnectErrorKind;
         let mut cause = String::new();
         let mut source = std::error::Error::source(&error);
@@ -141,6 +141,66 @@ pub async fn connect(settings: &ClientSettings<'_>) -> Result<async_nats::Client
         format!("NATS at {url} does not answer JetStream requests ({why}); {START_HINT}")
     })?;
     Ok(client)
+}
+
+/// The oldest `nats-server` whose replicated streams keep what Proteus promises across a
+/// change of stream leader: before 2.11 a new leader could take writes before applying what
+/// the old one had replicated, so a retried write could be stored twice or, deduplicated
+/// against a write never stored, answered as a duplicate and lost (nats-server pull requests
+/// 6415, 6485 and 6486). Proteus's own cluster test stored an append twice on 2.9.10.
+pub const REPLICATED_SERVER_VERSION_MIN: (u64, u64) = (2, 11);
+
+/// Refuses `replicas` above 1 when the server `client` is connected to is older than
+/// [`REPLICATED_SERVER_VERSION_MIN`]; the error says why and what to do instead.
+pub fn check_replicas_supported(
+    client: &async_nats::Client,
+    url: &str,
+    replicas: usize,
+) -> Result<(), String> {
+    if replicas <= 1 {
+        return Ok(());
+    }
+    let version = client.server_info().version;
+    if version_at_least(&version, REPLICATED_SERVER_VERSION_MIN) {
+        return Ok(());
+    }
+    let (major, minor) = REPLICATED_SERVER_VERSION_MIN;
+    Err(format!(
+        "replicas = {replicas} needs nats-server {major}.{minor} or later, and NATS at {} runs {version}: before {major}.{minor} a stream whose leader changes (a server lost) can store a retried write twice, or drop it while answering it as a duplicate, which breaks exactly-once appends and expected versions; upgrade the cluster, or use replicas = 1 (with sync_interval: always in the server's jetstream block to survive a machine crash)",
+        redact(url)
+    ))
+}
+
+/// Whether a `nats-server` version (`2.9.10`, `v2.12.8`, `2.11.0-RC.1`) is at least
+/// `(major, minor)`; an unreadable version is taken as too old.
+pub(crate) fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
+    let mut parts = version
+        .trim()
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|part| part.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(have_major), Some(have_minor)) => (have_major, have_minor) >= (major, minor),
+        _ => false,
+    }
+}
+
+/// The servers of a URL list: one URL, or several comma-separated (a cluster's nodes; the
+/// client connects to any and moves to another when it fails). async-nats parses a `&str` as
+/// one URL, so the list is cut here.
+fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>().map_err(|error| {
+                format!(
+                    "{} is not a NATS server URL ({error}); write nats://HOST:PORT (tls://… to require TLS), several comma-separated for a cluster's servers",
+                    redact(url)
+                )
+            })
+        })
+        .collect()
 }
 
 /// The user seed (`SU…`) an NKEY file holds: the file `nk -gen user` writes, or any text in
@@ -298,5 +358,43 @@ mod tests {
             Some(Credentials::UserPassword("u".into(), "p".into())),
             "the first URL that has some"
         );
+    }
+
+    #[test]
+    fn a_comma_separated_list_is_every_server_of_a_cluster() {
+        let servers = server_addrs("nats://a:4222, nats://b:4223,tls://c:4224").unwrap();
+        let hosts: Vec<(String, u16)> = servers
+            .iter()
+            .map(|server| (server.host().to_owned(), server.port()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [("a".into(), 4222), ("b".into(), 4223), ("c".into(), 4224)]
+        );
+        let error = server_addrs("nats://a:4222,nats://u:secret@b:port").unwrap_err();
+        assert!(
+            error.contains("b:port") && error.contains("comma-separated"),
+            "{error}"
+        );
+        assert!(!error.contains("secret"), "redacted: {error}");
+    }
+
+    #[test]
+    fn replicated_streams_need_a_server_of_2_11_or_later() {
+        for (version, enough) in [
+            ("2.9.10", false),
+            ("2.10.29", false),
+            ("2.11.0", true),
+            ("v2.12.8", true),
+            ("2.11.0-RC.1", true),
+            ("3.0.0", true),
+            ("garbage", false),
+        ] {
+            assert_eq!(
+                version_at_least(version, REPLICATED_SERVER_VERSION_MIN),
+                enough,
+                "{version}"
+            );
+        }
     }
 }

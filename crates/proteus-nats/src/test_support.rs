@@ -14,6 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
+mod cluster;
+use cluster::ClusterMember;
+pub use cluster::PrivateNatsCluster;
+
 /// The NATS server the tests use: `PROTEUS_TEST_NATS_URL`, or the local one.
 pub fn nats_url() -> String {
     std::env::var("PROTEUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -217,6 +221,17 @@ impl Proxy {
     }
 }
 
+/// How long a private server may take to answer JetStream requests once started.
+const ANSWER_WAIT_S: u64 = 20;
+
+/// A free TCP port on 127.0.0.1 (free when asked; the server binds it a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("cannot find a free port on 127.0.0.1")
+        .port()
+}
+
 /// A `nats-server` of one test's own: JetStream on, its store in a fresh directory, listening
 /// on a port of its own, so the test can kill it (`SIGKILL`, as a crash) and start it again on
 /// the same port and store while the other tests keep the shared server. Killed, and its
@@ -228,6 +243,8 @@ pub struct PrivateNatsServer {
     login: Option<Login>,
     /// TLS the server requires, when set.
     tls: Option<ServerTls>,
+    /// Its place in a [`PrivateNatsCluster`], when it is one of its nodes.
+    cluster: Option<ClusterMember>,
     process: Mutex<Option<Child>>,
 }
 
@@ -375,7 +392,7 @@ impl PrivateNatsServer {
         }
     }
 
-    /// Starts a server and waits until JetStream answers (at most 10 s).
+    /// Starts a server and waits until JetStream answers (at most `ANSWER_WAIT_S`).
     pub async fn start() -> PrivateNatsServer {
         Self::start_with_login(None).await
     }
@@ -388,20 +405,25 @@ impl PrivateNatsServer {
     /// Starts a server with a login and TLS of its own, and waits until it answers (with TLS,
     /// until it greets a TCP client: the readiness check has no certificate to present).
     pub async fn start_with(login: Option<Login>, tls: Option<ServerTls>) -> PrivateNatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("cannot find a free port on 127.0.0.1")
-            .port();
-        let store_dir = std::env::temp_dir().join(format!("proteus-nats-{}", unique_tag()));
-        let server = PrivateNatsServer {
-            port,
-            store_dir,
-            login,
-            tls,
-            process: Mutex::new(None),
-        };
+        let server = PrivateNatsServer::unstarted(login, tls, None);
         server.restart().await;
         server
+    }
+
+    /// A server on a free port with a fresh store directory, not running yet.
+    fn unstarted(
+        login: Option<Login>,
+        tls: Option<ServerTls>,
+        cluster: Option<ClusterMember>,
+    ) -> PrivateNatsServer {
+        PrivateNatsServer {
+            port: free_port(),
+            store_dir: std::env::temp_dir().join(format!("proteus-nats-{}", unique_tag())),
+            login,
+            tls,
+            cluster,
+            process: Mutex::new(None),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -419,7 +441,22 @@ impl PrivateNatsServer {
     /// Starts the server (again) on its port and store, and waits until JetStream answers.
     pub async fn restart(&self) {
         self.kill();
-        let binary = Self::binary();
+        self.spawn();
+        self.wait_until_answering().await;
+    }
+
+    /// A cluster's node runs the cluster's binary, which may be newer.
+    fn binary_to_run(&self) -> String {
+        match self.cluster {
+            Some(_) => cluster::binary(),
+            None => Self::binary(),
+        }
+    }
+
+    /// Starts the process, without waiting for it: a cluster's nodes answer JetStream requests
+    /// only once a majority of them run.
+    fn spawn(&self) {
+        let binary = self.binary_to_run();
         let mut command = Command::new(&binary);
         command
             .args([
@@ -470,6 +507,9 @@ impl PrivateNatsServer {
                 command.args(["--tlsverify", "--tlscacert"]).arg(ca_file);
             }
         }
+        if let Some(member) = &self.cluster {
+            command.args(member.args());
+        }
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -481,14 +521,19 @@ impl PrivateNatsServer {
                 )
             });
         *self.process.lock().expect("server process") = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+    }
+
+    /// Waits until the server answers JetStream requests (at most `ANSWER_WAIT_S`).
+    async fn wait_until_answering(&self) {
+        let deadline = Instant::now() + Duration::from_secs(ANSWER_WAIT_S);
         loop {
             if self.jetstream_answers().await {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{binary} on port {} did not answer within 10 s",
+                "{} on port {} did not answer within {ANSWER_WAIT_S} s",
+                self.binary_to_run(),
                 self.port
             );
             tokio::time::sleep(Duration::from_millis(50)).await;

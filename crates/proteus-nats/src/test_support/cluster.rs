@@ -1,0 +1,211 @@
+//! A JetStream cluster of a test's own: three `nats-server`s on 127.0.0.1, routed to each
+//! other, so a test can create replicated streams (`replicas = 3`), kill a stream's leader
+//! with `SIGKILL` while clients append, and start it again, as a node of a production cluster
+//! fails.
+
+use std::time::{Duration, Instant};
+
+use super::{PrivateNatsServer, free_port, unique_tag};
+use crate::client::{REPLICATED_SERVER_VERSION_MIN, version_at_least};
+
+/// The nodes of a private cluster: the fewest that keep a majority with one of them down.
+pub const NODES: usize = 3;
+
+/// How long a stream may take to elect a leader, or bring a restarted replica up to date.
+/// NATS 2.9 holds an election 4 to 9 s after the leader stops answering.
+const CLUSTER_WAIT_S: u64 = 30;
+
+/// The `nats-server` a private cluster runs: `PROTEUS_TEST_NATS_CLUSTER_SERVER` (which
+/// `scripts/test` sets to one it fetches, see `scripts/nats-cluster-server`), else the one
+/// single servers run. Replicated streams need 2.11 or later (`REPLICATED_SERVER_VERSION_MIN`).
+pub(super) fn binary() -> String {
+    std::env::var("PROTEUS_TEST_NATS_CLUSTER_SERVER")
+        .unwrap_or_else(|_| PrivateNatsServer::binary())
+}
+
+/// Fails the test, saying how to get one, unless [`binary`] is recent enough for replicated
+/// streams.
+fn check_binary_version() {
+    let binary = binary();
+    let output = std::process::Command::new(&binary)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {binary} --version: {error}"));
+    // `nats-server: v2.12.8`
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let version = printed
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let (major, minor) = REPLICATED_SERVER_VERSION_MIN;
+    assert!(
+        version_at_least(&version, REPLICATED_SERVER_VERSION_MIN),
+        "the cluster tests need nats-server {major}.{minor} or later (replicated streams), and {binary} is {version:?}: run the tests with scripts/test, which fetches one (scripts/nats-cluster-server), or set PROTEUS_TEST_NATS_CLUSTER_SERVER to one"
+    );
+}
+
+/// What makes a private server one node of a cluster: its name, its route port and the route
+/// ports of every node (its own included, as a cluster's configuration usually lists them).
+pub(super) struct ClusterMember {
+    cluster_name: String,
+    server_name: String,
+    route_port: u16,
+    route_ports: Vec<u16>,
+}
+
+impl ClusterMember {
+    /// `nats-server` flags of this node.
+    pub(super) fn args(&self) -> Vec<String> {
+        let routes: Vec<String> = self
+            .route_ports
+            .iter()
+            .map(|port| format!("nats-route://127.0.0.1:{port}"))
+            .collect();
+        vec![
+            "--server_name".into(),
+            self.server_name.clone(),
+            "--cluster_name".into(),
+            self.cluster_name.clone(),
+            "--cluster".into(),
+            format!("nats://127.0.0.1:{}", self.route_port),
+            "--routes".into(),
+            routes.join(","),
+        ]
+    }
+}
+
+/// Three `nats-server`s forming a JetStream cluster of one test's own (each with its own store
+/// directory and ports), so the test can kill nodes without disturbing other tests. Every node
+/// is killed, and its directory removed, when dropped.
+pub struct PrivateNatsCluster {
+    nodes: Vec<PrivateNatsServer>,
+}
+
+impl PrivateNatsCluster {
+    /// Starts the three nodes and waits until each answers JetStream requests (which needs a
+    /// metadata leader, elected once a majority runs).
+    pub async fn start() -> PrivateNatsCluster {
+        check_binary_version();
+        let cluster_name = format!("ptest_{}", unique_tag());
+        let route_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+        let nodes: Vec<PrivateNatsServer> = route_ports
+            .iter()
+            .enumerate()
+            .map(|(node, &route_port)| {
+                let member = ClusterMember {
+                    cluster_name: cluster_name.clone(),
+                    server_name: Self::server_name(node),
+                    route_port,
+                    route_ports: route_ports.clone(),
+                };
+                PrivateNatsServer::unstarted(None, None, Some(member))
+            })
+            .collect();
+        for node in &nodes {
+            node.spawn();
+        }
+        for node in &nodes {
+            node.wait_until_answering().await;
+        }
+        PrivateNatsCluster { nodes }
+    }
+
+    fn server_name(node: usize) -> String {
+        format!("n{node}")
+    }
+
+    /// Every node's URL, comma-separated, as a client of a cluster is configured.
+    pub fn url(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(PrivateNatsServer::url).collect();
+        urls.join(",")
+    }
+
+    /// Kills node `node` with `SIGKILL`.
+    pub fn kill(&self, node: usize) {
+        self.nodes[node].kill();
+    }
+
+    /// Starts node `node` again on its ports and store, and waits until it answers.
+    pub async fn restart(&self, node: usize) {
+        self.nodes[node].restart().await;
+    }
+
+    /// A JetStream client of the cluster (any running node).
+    async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(
+                self.nodes
+                    .iter()
+                    .map(PrivateNatsServer::url)
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .expect("no node of the private cluster answers");
+        async_nats::jetstream::new(client)
+    }
+
+    /// The stream's description as the cluster gives it now, or why not.
+    async fn info(&self, stream: &str) -> Result<async_nats::jetstream::stream::Info, String> {
+        let js = self.jetstream().await;
+        let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+        Ok(stream.cached_info().clone())
+    }
+
+    /// The node leading `stream` once it has a leader (waits at most `CLUSTER_WAIT_S`).
+    pub async fn leader_of(&self, stream: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(CLUSTER_WAIT_S);
+        loop {
+            let leader = self.info(stream).await.ok().and_then(|info| {
+                let leader = info.cluster?.leader?;
+                (0..NODES).find(|&node| Self::server_name(node) == leader)
+            });
+            if let Some(node) = leader {
+                return node;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stream {stream} has no leader after {CLUSTER_WAIT_S} s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// How many nodes hold `stream` (its leader and its replicas).
+    pub async fn replicas_of(&self, stream: &str) -> usize {
+        let info = self
+            .info(stream)
+            .await
+            .unwrap_or_else(|error| panic!("cannot describe stream {stream}: {error}"));
+        info.config.num_replicas
+    }
+
+    /// Waits (at most `CLUSTER_WAIT_S`) until `stream` has a leader and every other replica is
+    /// online and up to date: after a node restarts, before the next one may be killed without
+    /// losing the stream's majority.
+    pub async fn wait_until_current(&self, stream: &str) {
+        let deadline = Instant::now() + Duration::from_secs(CLUSTER_WAIT_S);
+        loop {
+            let current = self.info(stream).await.ok().is_some_and(|info| {
+                info.cluster.is_some_and(|cluster| {
+                    cluster.leader.is_some()
+                        && cluster.replicas.len() + 1 == info.config.num_replicas
+                        && cluster
+                            .replicas
+                            .iter()
+                            .all(|peer| peer.current && !peer.offline)
+                })
+            });
+            if current {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stream {stream}'s replicas are not all up to date after {CLUSTER_WAIT_S} s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
