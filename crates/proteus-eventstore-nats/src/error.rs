@@ -50,6 +50,16 @@ pub(crate) fn nats<E: std::fmt::Display + std::fmt::Debug>(
     write: bool,
 ) -> EventStoreError {
     let text = format!("{error} {error:?}");
+    // async-nats reports a publish nobody answered ("no responders") as `StreamNotFound`. The
+    // store's streams exist from its opening on, so nobody answering means the stream has no
+    // leader at the moment, as while a JetStream cluster elects one after losing a server.
+    if text.contains("StreamNotFound") {
+        return EventStoreError::Unavailable {
+            reason: format!(
+                "no NATS server at {url} took the request while {what}: the store's stream has no leader right now (a JetStream cluster elects a new one within seconds of losing a server; or the stream was deleted); nothing was stored, retry"
+            ),
+        };
+    }
     if is_transient(&text) {
         let unknown = if write {
             "; the write may or may not have been stored, so retry it with the same event ids (a retry is recognised and not written twice)"

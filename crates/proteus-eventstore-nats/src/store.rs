@@ -254,6 +254,10 @@ impl NatsEventStore {
         })
         .await
         .map_err(|reason| EventStoreError::Unavailable { reason })?;
+        proteus_nats::client::check_replicas_supported(&client, &config.url, config.replicas)
+            .map_err(|reason| EventStoreError::InvalidRequest {
+                reason: format!("invalid NATS event store settings: {reason}"),
+            })?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(ms(config.request_timeout_ms));
         let subject_prefix = &config.subject_prefix;

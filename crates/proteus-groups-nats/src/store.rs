@@ -127,6 +127,10 @@ impl NatsGroupStore {
         })
         .await
         .map_err(StoreError::Backend)?;
+        proteus_nats::client::check_replicas_supported(&client, &config.url, config.replicas)
+            .map_err(|reason| {
+                StoreError::Backend(format!("invalid NATS consumer-group settings: {reason}"))
+            })?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_millis(config.request_timeout_ms));
         let groups = ensure_bucket(

@@ -289,6 +289,10 @@ impl NatsLog {
         })
         .await
         .map_err(|reason| LogError::Unavailable { reason })?;
+        proteus_nats::client::check_replicas_supported(&client, &config.url, config.replicas)
+            .map_err(|reason| LogError::Unavailable {
+                reason: format!("invalid NATS log settings: {reason}"),
+            })?;
         // Appends pipeline their publishes: allow many acknowledgements in flight, and fail
         // (rather than wait, which could deadlock appends holding part of the budget) past it.
         let js = ContextBuilder::new()
@@ -540,6 +544,13 @@ impl NatsLog {
                         ),
                     });
                 }
+                // Replicas are chosen when a stream is created; an update keeps the stream's
+                // own, so a topic's settings change never moves its data between servers
+                // (`nats stream edit --replicas` does that, on purpose).
+                let mut stream_config = stream_config;
+                if let Some(stream) = &existing {
+                    stream_config.num_replicas = stream.cached_info().config.num_replicas;
+                }
                 self.inner
                     .js
                     .update_stream(stream_config)
@@ -678,7 +689,7 @@ impl NatsLog {
         })
     }
 
-    fn publish_error(
+    async fn publish_error(
         &self,
         topic: &Topic,
         partition: PartitionId,
@@ -687,9 +698,10 @@ impl NatsLog {
         error: async_nats::jetstream::context::PublishError,
     ) -> LogError {
         match error.kind() {
-            PublishErrorKind::StreamNotFound => LogError::TopicNotFound {
-                topic: topic.name.clone(),
-            },
+            PublishErrorKind::StreamNotFound => {
+                let stream_name = self.partition_stream(&topic.name, partition);
+                self.no_stream_answered(topic, &stream_name).await
+            }
             PublishErrorKind::MaxPayloadExceeded => LogError::EventTooLarge {
                 topic: topic.name.clone(),
                 index,
@@ -703,6 +715,27 @@ impl NatsLog {
                 ),
                 error,
             ),
+        }
+    }
+
+    /// What a publish answered "no stream found for given subject" (no responders) means:
+    /// the topic is gone if its stream is, else the stream has no leader at the moment, as
+    /// while a JetStream cluster elects one after losing a server, and a retry will be taken.
+    async fn no_stream_answered(&self, topic: &Topic, stream_name: &str) -> LogError {
+        match self
+            .get_stream(stream_name, &format!("appending to topic '{}'", topic.name))
+            .await
+        {
+            Ok(None) => LogError::TopicNotFound {
+                topic: topic.name.clone(),
+            },
+            Ok(Some(_)) => LogError::Unavailable {
+                reason: format!(
+                    "no NATS server took the append to topic '{}': its stream {stream_name} has no leader right now (a JetStream cluster elects a new one within seconds of losing a server); nothing was stored, retry",
+                    topic.name
+                ),
+            },
+            Err(error) => error,
         }
     }
 
@@ -727,7 +760,7 @@ impl NatsLog {
                     format!("{:032x}", event.dedup_key().0).as_str(),
                 );
             }
-            let future = self
+            let sent = self
                 .inner
                 .js
                 .publish_with_headers(
@@ -735,15 +768,26 @@ impl NatsLog {
                     headers,
                     Bytes::copy_from_slice(event.json()),
                 )
-                .await
-                .map_err(|error| self.publish_error(topic, partition, index, event, error))?;
-            pending.push(future);
+                .await;
+            match sent {
+                Ok(future) => pending.push(future),
+                Err(error) => {
+                    return Err(self
+                        .publish_error(topic, partition, index, event, error)
+                        .await);
+                }
+            }
         }
         let mut receipts = Vec::with_capacity(events.len());
         for ((index, event), future) in events.into_iter().zip(pending) {
-            let ack = future
-                .await
-                .map_err(|error| self.publish_error(topic, partition, index, event, error))?;
+            let ack = match future.await {
+                Ok(ack) => ack,
+                Err(error) => {
+                    return Err(self
+                        .publish_error(topic, partition, index, event, error)
+                        .await);
+                }
+            };
             if ack.stream != stream_name || ack.sequence == 0 {
                 return Err(LogError::Storage {
                     context: format!(
@@ -816,10 +860,9 @@ impl NatsLog {
             Ok(ack) => ack,
             Err(error) if matches!(error.kind(), PublishErrorKind::StreamNotFound) => {
                 // The claims stream is created with the topic; without it the topic is gone
-                // (or was being created or deleted meanwhile).
-                return Err(LogError::TopicNotFound {
-                    topic: topic.name.clone(),
-                });
+                // (or was being created or deleted meanwhile). With it, it has no leader.
+                let claims = self.claims_stream(&topic.name);
+                return Err(self.no_stream_answered(topic, &claims).await);
             }
             Err(error) => return Err(nats_error(&context(), error)),
         };

@@ -1,8 +1,9 @@
 //! The NATS consumer-group store runs the whole GroupStore conformance suite, each test in
 //! buckets of its own, deleted afterwards; its lease store is tested through the lease module
 //! it serves; connection loss is tested through a TCP proxy and through a server of the
-//! test's own killed and started again. NATS with JetStream must be running (the tests fail,
-//! saying how to start it, when it is not).
+//! test's own killed and started again, and on a cluster of three whose leader is killed.
+//! NATS with JetStream must be running (the tests fail, saying how to start it, when it is
+//! not).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -440,4 +441,55 @@ async fn progress_survives_a_killed_server_and_the_store_reconnects() {
         async { Arc::new(open(config.clone()).await) as Arc<dyn GroupStore> },
     )
     .await;
+}
+
+/// Buckets with 3 replicas on a cluster of three servers of the test's own: with the server
+/// leading the groups bucket killed, the two left elect another leader and a save lands through
+/// the same store (within the election's seconds), the saved progress reads back, and once the
+/// node is back and caught up a new store reads it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_buckets_keep_progress_when_their_leader_is_killed() {
+    let cluster = proteus_nats::test_support::PrivateNatsCluster::start().await;
+    let mut config = unique_config(&cluster.url());
+    config.replicas = 3;
+    config.request_timeout_ms = 2_000;
+    config.reconnect_delay_max_ms = 200;
+    let store = open(config.clone()).await;
+    let buckets = [config.groups_bucket(), config.leases_bucket()].map(|b| format!("KV_{b}"));
+    for bucket in &buckets {
+        assert_eq!(cluster.replicas_of(bucket).await, 3, "{bucket}");
+    }
+    store
+        .create_group(&record("orders", "billing", 2))
+        .await
+        .unwrap();
+    let topic = TopicName::parse("orders").unwrap();
+    let group = GroupName::parse("billing").unwrap();
+    let progress = |committed| PartitionProgress {
+        partition: 1,
+        committed,
+        ..PartitionProgress::default()
+    };
+    store
+        .save_progress(&topic, &group, 0, &[progress(5)])
+        .await
+        .unwrap();
+
+    let leader = cluster.leader_of(&buckets[0]).await;
+    cluster.kill(leader);
+    let saved = [progress(6)];
+    until_recovered(
+        Duration::from_secs(30),
+        |error: &StoreError| matches!(error, StoreError::Backend(_)),
+        || store.save_progress(&topic, &group, 0, &saved),
+    )
+    .await;
+    let loaded = store.load_group(&topic, &group).await.unwrap().unwrap();
+    assert_eq!(loaded.partitions[1].committed, 6, "saved with a node down");
+
+    cluster.restart(leader).await;
+    cluster.wait_until_current(&buckets[0]).await;
+    let reopened = open(config).await;
+    let loaded = reopened.load_group(&topic, &group).await.unwrap().unwrap();
+    assert_eq!(loaded.partitions[1].committed, 6, "read by a new store");
 }

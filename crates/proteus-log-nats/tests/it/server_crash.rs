@@ -20,12 +20,12 @@ const WRITERS: usize = 4;
 /// Calls of each writer; half keyed (one key per writer), half keyless.
 const CALLS_PER_WRITER: usize = 30;
 const EVENTS_PER_CALL: usize = 5;
-const PARTITIONS: u32 = 3;
+pub const PARTITIONS: u32 = 3;
 /// Calls acknowledged (all writers together) before each kill: three crashes, so that some
 /// fall while a call's messages are stored and its acknowledgements not yet sent.
 const CALLS_BEFORE_KILLS: [usize; 3] = [30, 60, 90];
 /// How long the server stays down.
-const DOWN_MS: u64 = 1_000;
+pub const DOWN_MS: u64 = 1_000;
 /// How long one call may keep being retried.
 const RETRY_FOR_S: u64 = 30;
 
@@ -79,6 +79,35 @@ async fn write(
     tries
 }
 
+/// Runs the writers on `topic` and calls `crash` after each of [`CALLS_BEFORE_KILLS`]
+/// acknowledged calls. Fails if no call failed: then the crashes were not seen.
+pub async fn append_through_crashes<F, C>(log: &NatsLog, topic: &TopicName, mut crash: C)
+where
+    C: FnMut() -> F,
+    F: std::future::Future<Output = ()>,
+{
+    let acknowledged = AtomicUsize::new(0);
+    let writers = join_all((0..WRITERS).map(|w| write(log, topic, w, &acknowledged)));
+    let crashes = async {
+        for before_kill in CALLS_BEFORE_KILLS {
+            while acknowledged.load(Ordering::Relaxed) < before_kill {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            crash().await;
+        }
+    };
+    let (tries, ()) = tokio::join!(writers, crashes);
+    let failures: usize = tries.iter().map(|t| t.failures).sum();
+    assert!(
+        failures > 0,
+        "no call failed while the server was down: the test did not see the crashes"
+    );
+    eprintln!(
+        "{failures} failed tries, {} events of retries recognised as duplicates",
+        tries.iter().map(|t| t.recognised_duplicates).sum::<usize>()
+    );
+}
+
 /// Every call either succeeds or fails with a retriable error; retried whole until it
 /// succeeds, every event is stored exactly once (deduplicated by its id within the window when
 /// the first try was stored and its answer lost, keyless batches on their claimed partition),
@@ -95,74 +124,55 @@ async fn appends_across_a_killed_and_restarted_server_are_stored_once() {
     log.put_topic(&topic, TopicConfig::with_partitions(PARTITIONS))
         .await
         .unwrap();
-    let acknowledged = AtomicUsize::new(0);
+    append_through_crashes(&log, &topic, || async {
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(DOWN_MS)).await;
+        server.restart().await;
+    })
+    .await;
+    assert_each_event_once(&log, &topic, "the log that wrote").await;
+    assert_each_event_once(&connect(config).await, &topic, "a new log").await;
+}
 
-    let writers = join_all((0..WRITERS).map(|w| write(&log, &topic, w, &acknowledged)));
-    let crash = async {
-        for before_kill in CALLS_BEFORE_KILLS {
-            while acknowledged.load(Ordering::Relaxed) < before_kill {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            server.kill();
-            tokio::time::sleep(Duration::from_millis(DOWN_MS)).await;
-            server.restart().await;
-        }
-    };
-    let (tries, ()) = tokio::join!(writers, crash);
-    let failures: usize = tries.iter().map(|t| t.failures).sum();
-    assert!(
-        failures > 0,
-        "no call failed while the server was down: the test did not see the crashes"
-    );
-    eprintln!(
-        "{failures} failed tries, {} events of retries recognised as duplicates",
-        tries.iter().map(|t| t.recognised_duplicates).sum::<usize>()
-    );
-
-    let reconnected = connect(config).await;
-    for (reader, name) in [(&log, "the log that wrote"), (&reconnected, "a new log")] {
-        // Each id → how many times it is stored; each key → its events in offset order.
-        let mut stored: BTreeMap<String, usize> = BTreeMap::new();
-        let mut keyed: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for partition in 0..PARTITIONS {
-            let batch = reader
-                .read(
-                    &topic,
-                    partition,
-                    ReadFrom::Offset(0),
-                    ReadLimits::default(),
-                )
-                .await
-                .unwrap();
-            let offsets: Vec<u64> = batch.events.iter().map(|e| e.offset).collect();
-            assert_eq!(
-                offsets,
-                (0..batch.events.len() as u64).collect::<Vec<_>>(),
-                "{name}: partition {partition} is gapless"
-            );
-            for stored_event in &batch.events {
-                let json: serde_json::Value = serde_json::from_slice(&stored_event.json).unwrap();
-                let id = json["id"].as_str().unwrap().to_owned();
-                if let Some(key) = json["partitionkey"].as_str() {
-                    keyed.entry(key.to_owned()).or_default().push(id.clone());
-                }
-                *stored.entry(id).or_default() += 1;
-            }
-        }
-        let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(twice.is_empty(), "{name}: stored more than once: {twice:?}");
+/// Through `reader`: each writer's events stored exactly once in `topic`, every partition's
+/// offsets gapless, and the events of each key in the order they were written.
+pub async fn assert_each_event_once(reader: &NatsLog, topic: &TopicName, name: &str) {
+    // Each id → how many times it is stored; each key → its events in offset order.
+    let mut stored: BTreeMap<String, usize> = BTreeMap::new();
+    let mut keyed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for partition in 0..PARTITIONS {
+        let batch = reader
+            .read(topic, partition, ReadFrom::Offset(0), ReadLimits::default())
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = batch.events.iter().map(|e| e.offset).collect();
         assert_eq!(
-            stored.len(),
-            WRITERS * CALLS_PER_WRITER * EVENTS_PER_CALL,
-            "{name}: every event is stored"
+            offsets,
+            (0..batch.events.len() as u64).collect::<Vec<_>>(),
+            "{name}: partition {partition} is gapless"
         );
-        for (key, ids) in keyed {
-            let writer = key.trim_start_matches("key-");
-            let expected: Vec<String> = (0..CALLS_PER_WRITER)
-                .step_by(2)
-                .flat_map(|call| (0..EVENTS_PER_CALL).map(move |i| format!("w{writer}-{call}-{i}")))
-                .collect();
-            assert_eq!(ids, expected, "{name}: the events of {key} in order");
+        for stored_event in &batch.events {
+            let json: serde_json::Value = serde_json::from_slice(&stored_event.json).unwrap();
+            let id = json["id"].as_str().unwrap().to_owned();
+            if let Some(key) = json["partitionkey"].as_str() {
+                keyed.entry(key.to_owned()).or_default().push(id.clone());
+            }
+            *stored.entry(id).or_default() += 1;
         }
+    }
+    let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "{name}: stored more than once: {twice:?}");
+    assert_eq!(
+        stored.len(),
+        WRITERS * CALLS_PER_WRITER * EVENTS_PER_CALL,
+        "{name}: every event is stored"
+    );
+    for (key, ids) in keyed {
+        let writer = key.trim_start_matches("key-");
+        let expected: Vec<String> = (0..CALLS_PER_WRITER)
+            .step_by(2)
+            .flat_map(|call| (0..EVENTS_PER_CALL).map(move |i| format!("w{writer}-{call}-{i}")))
+            .collect();
+        assert_eq!(ids, expected, "{name}: the events of {key} in order");
     }
 }

@@ -1,0 +1,172 @@
+//! A topic replicated on a JetStream cluster of three servers of the test's own
+//! (`PrivateNatsCluster`, `replicas = 3`): the servers leading its streams killed (`SIGKILL`)
+//! one at a time while writers append, as a node of a production cluster fails.
+
+use std::time::Duration;
+
+use proteus_log::port::{EventAppender, EventReader, TopicAdmin};
+use proteus_log::{LogError, ReadFrom, ReadLimits, TopicConfig, TopicName};
+use proteus_log_conformance::event;
+use proteus_log_nats::NatsLog;
+use proteus_nats::test_support::{PrivateNatsCluster, until_recovered};
+
+use crate::server_crash::{DOWN_MS, PARTITIONS, append_through_crashes, assert_each_event_once};
+use crate::support::{connect, unique_config};
+
+/// How long the log may take to serve again once a node is down: the partition's stream
+/// elects a new leader 4 to 9 s after the old one stops answering (NATS 2.9).
+const FAILOVER_WAIT_S: u64 = 30;
+
+/// Every stream of the topic is created with 3 replicas. Each time the leader of partition 0's
+/// stream is killed, the two servers left elect another and the log carries on through them
+/// (an append to another topic, and a read of it, succeed while the node is down); the node
+/// then starts again and catches up. Every call either succeeds or fails retriably, and
+/// retried whole, every acknowledged event is stored exactly once with gapless offsets and
+/// each key's events in order, read through the log that wrote and a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_topic_keeps_every_event_when_its_leaders_are_killed() {
+    let cluster = PrivateNatsCluster::start().await;
+    let mut config = unique_config(&cluster.url());
+    config.replicas = 3;
+    config.request_timeout_ms = 2_000;
+    config.reconnect_delay_max_ms = 200;
+    let log = connect(config.clone()).await;
+    let topic = TopicName::parse("crash").unwrap();
+    let probe = TopicName::parse("probe").unwrap();
+    for (name, partitions) in [(&topic, PARTITIONS), (&probe, 1)] {
+        log.put_topic(name, TopicConfig::with_partitions(partitions))
+            .await
+            .unwrap();
+    }
+    let stream_of = |partition: u32| format!("{}_crash_{partition}", config.stream_prefix);
+    for partition in 0..PARTITIONS {
+        assert_eq!(cluster.replicas_of(&stream_of(partition)).await, 3);
+    }
+
+    let mut probes = 0;
+    append_through_crashes(&log, &topic, || {
+        probes += 1;
+        let (cluster, log, probe, stream_of) = (&cluster, &log, &probe, &stream_of);
+        let id = format!("probe-{probes}");
+        async move {
+            let leader = cluster.leader_of(&stream_of(0)).await;
+            cluster.kill(leader);
+            let killed_at = std::time::Instant::now();
+            let appended = until_recovered(
+                Duration::from_secs(FAILOVER_WAIT_S),
+                |error: &LogError| matches!(error, LogError::Unavailable { .. }),
+                || log.append(probe, vec![event(&id, None)]),
+            )
+            .await;
+            let offset = appended[0].offset;
+            let read = until_recovered(
+                Duration::from_secs(FAILOVER_WAIT_S),
+                |error: &LogError| matches!(error, LogError::Unavailable { .. }),
+                || log.read(probe, 0, ReadFrom::Offset(offset), ReadLimits::default()),
+            )
+            .await;
+            eprintln!(
+                "node {leader} killed: served again after {:?}",
+                killed_at.elapsed()
+            );
+            assert_eq!(read.events[0].offset, offset, "the probe reads back");
+            tokio::time::sleep(Duration::from_millis(DOWN_MS)).await;
+            cluster.restart(leader).await;
+            for partition in 0..PARTITIONS {
+                cluster.wait_until_current(&stream_of(partition)).await;
+            }
+        }
+    })
+    .await;
+    assert_each_event_once(&log, &topic, "the log that wrote").await;
+    assert_each_event_once(&connect(config).await, &topic, "a new log").await;
+}
+
+/// `replicas = 3` is refused on a server older than 2.11, saying why and what to do (the
+/// shared test server is Debian's 2.9); a newer single server refuses it itself (replicated
+/// streams need a cluster).
+#[tokio::test]
+async fn replicas_are_refused_on_a_server_that_cannot_keep_them_exact() {
+    let url = crate::support::nats_url();
+    let mut config = unique_config(&url);
+    config.replicas = 3;
+    let client = async_nats::connect(url.as_str()).await.unwrap();
+    let version = client.server_info().version;
+    let old = !version.starts_with('2')
+        || version
+            .split('.')
+            .nth(1)
+            .and_then(|minor| minor.parse::<u32>().ok())
+            .is_some_and(|minor| minor < 11);
+    let error = match NatsLog::connect(config.clone()).await {
+        Ok(log) => {
+            // Only a newer server gets this far: creating a replicated stream fails there.
+            assert!(!old, "a {version} server was accepted with replicas = 3");
+            let created = log
+                .put_topic(
+                    &TopicName::parse("replicated").unwrap(),
+                    TopicConfig::with_partitions(1),
+                )
+                .await;
+            crate::support::delete_streams(url.clone(), config.stream_prefix.clone());
+            created
+                .expect_err("a single server cannot hold 3 replicas")
+                .to_string()
+        }
+        Err(error) => error.to_string(),
+    };
+    if old {
+        assert!(
+            error.contains("replicas = 3 needs nats-server 2.11 or later")
+                && error.contains(&version)
+                && error.contains("replicas = 1"),
+            "{error}"
+        );
+    } else {
+        assert!(error.contains("replicas"), "{error}");
+    }
+}
+
+/// A log whose streams have 3 replicas on a cluster of the test's own, started with the first
+/// `open`: the import suite runs on it, since `proteus migrate-topics` copies into replicated
+/// partitions differently (see `PartitionImport for NatsLog`).
+pub struct ClusterHarness {
+    cluster: Option<PrivateNatsCluster>,
+    config: Option<proteus_log_nats::NatsLogConfig>,
+}
+
+impl ClusterHarness {
+    pub fn new() -> ClusterHarness {
+        ClusterHarness {
+            cluster: None,
+            config: None,
+        }
+    }
+}
+
+impl proteus_log_conformance::Harness for ClusterHarness {
+    type Log = NatsLog;
+
+    async fn open(&mut self) -> NatsLog {
+        if self.cluster.is_none() {
+            let cluster = PrivateNatsCluster::start().await;
+            let mut config = unique_config(&cluster.url());
+            config.replicas = 3;
+            self.config = Some(config);
+            self.cluster = Some(cluster);
+        }
+        connect(self.config.clone().expect("set with the cluster")).await
+    }
+
+    async fn advance_clock(&self, by: Duration) {
+        tokio::time::sleep(by).await;
+    }
+
+    async fn apply_retention(&self, log: &NatsLog) {
+        log.apply_retention().await.unwrap();
+    }
+}
+
+mod imports_into_replicated_partitions {
+    proteus_log_conformance::log_import_conformance_tests!(super::ClusterHarness::new());
+}
