@@ -59,6 +59,9 @@ pub struct MigrateArgs {
     pub follow: bool,
     #[command(flatten)]
     pub nats_security: crate::settings::NatsSecurityArgs,
+    // Replicas of the streams created on a NATS target.
+    #[command(flatten)]
+    pub nats_replicas: crate::settings::NatsReplicasArg,
 }
 
 /// Where events are read from.
@@ -104,7 +107,15 @@ impl Source {
             let prefix = &args.from_prefix;
             let config = NatsEventStoreConfig {
                 create_streams: false,
-                ..crate::serve::nats_event_store_config(from, prefix, &args.nats_security.files())
+                // A source creates nothing: `--nats-replicas` is the target's.
+                ..crate::serve::nats_event_store_config(
+                    from,
+                    prefix,
+                    (
+                        &args.nats_security.files(),
+                        crate::settings::NATS_REPLICAS_DEFAULT,
+                    ),
+                )
             };
             let store = NatsEventStore::open(config).await.map_err(|e| {
                 let hint = match e {
@@ -332,8 +343,12 @@ impl Target {
     async fn open(args: &MigrateArgs) -> Result<Target, String> {
         if crate::settings::is_nats_url(&args.to) {
             let security = args.nats_security.files();
-            let store =
-                crate::serve::open_nats_event_store(&args.to, &args.to_prefix, &security).await?;
+            let store = crate::serve::open_nats_event_store(
+                &args.to,
+                &args.to_prefix,
+                (&security, args.nats_replicas.replicas()),
+            )
+            .await?;
             return Ok(Target::Nats {
                 store,
                 next_versions: HashMap::new(),
@@ -807,6 +822,14 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
             "--batch-events must be 1 to {IMPORT_EVENTS_MAX}, got {}",
             args.batch_events
         ));
+    }
+    if args.nats_replicas.replicas() != crate::settings::NATS_REPLICAS_DEFAULT
+        && !crate::settings::is_nats_url(&args.to)
+    {
+        return Err(
+            "--nats-replicas is for a NATS target (--to nats://…), and the target is not one: remove it"
+                .into(),
+        );
     }
     let batch = args.batch_events;
     let source = Source::open(&args).await?;

@@ -94,6 +94,9 @@ pub struct MigrateTopicsArgs {
     pub groups_schema: String,
     #[command(flatten)]
     pub nats_security: crate::settings::NatsSecurityArgs,
+    // Replicas of the streams and buckets created on a NATS target.
+    #[command(flatten)]
+    pub nats_replicas: crate::settings::NatsReplicasArg,
 }
 
 /// How much of each partition a run reads back from both sides and compares.
@@ -436,6 +439,11 @@ async fn open_group_store(
     if crate::settings::is_nats_url(url) {
         let store = NatsGroupStore::open(NatsGroupStoreConfig {
             security: args.nats_security.files(),
+            replicas: if create {
+                args.nats_replicas.replicas()
+            } else {
+                crate::settings::NATS_REPLICAS_DEFAULT
+            },
             bucket_prefix: args.groups_prefix.clone(),
             create_buckets: create,
             ..NatsGroupStoreConfig::new(url)
@@ -562,10 +570,20 @@ async fn open_embedded(flag: &str, dir: &str, must_exist: bool) -> Result<Embedd
     })
 }
 
-async fn open_nats(args: &MigrateTopicsArgs, url: &str, prefix: &str) -> Result<NatsLog, String> {
+/// The NATS log at `url`; `--nats-replicas` applies to the target's streams only (a source
+/// creates none, and a source server too old for replicas must still be readable).
+async fn open_nats(
+    args: &MigrateTopicsArgs,
+    (end, url, prefix): (End, &str, &str),
+) -> Result<NatsLog, String> {
+    let replicas = match end {
+        End::Source => crate::settings::NATS_REPLICAS_DEFAULT,
+        End::Target => args.nats_replicas.replicas(),
+    };
     NatsLog::connect(NatsLogConfig {
         url: url.to_owned(),
         security: args.nats_security.files(),
+        replicas,
         stream_prefix: prefix.to_owned(),
         subject_prefix: prefix.to_lowercase(),
         ..NatsLogConfig::default()
@@ -582,7 +600,7 @@ async fn open_side(
         Side::Embedded(dir) => Source::Log(Arc::new(
             open_embedded(end.flag(), dir, end == End::Source).await?,
         )),
-        Side::Nats(url) => Source::Log(Arc::new(open_nats(args, url, prefix).await?)),
+        Side::Nats(url) => Source::Log(Arc::new(open_nats(args, (end, url, prefix)).await?)),
         Side::Server(url) => {
             Source::Server(Client::new(url).map_err(|e| format!("{} {url}: {e}", end.flag()))?)
         }
@@ -696,6 +714,17 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
             "--batch-events must be 1 to {IMPORT_EVENTS_MAX}, got {}",
             args.batch_events
         ));
+    }
+    let nats_target = crate::settings::is_nats_url(&args.to)
+        || args
+            .groups_to
+            .as_deref()
+            .is_some_and(crate::settings::is_nats_url);
+    if args.nats_replicas.replicas() != crate::settings::NATS_REPLICAS_DEFAULT && !nats_target {
+        return Err(
+            "--nats-replicas is for a NATS target (--to or --groups-to nats://…), and there is none: remove it"
+                .into(),
+        );
     }
     if !(1..=PARTITIONS_IN_FLIGHT_MAX).contains(&args.partitions_in_flight) {
         return Err(format!(

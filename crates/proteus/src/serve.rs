@@ -44,16 +44,18 @@ use crate::settings::{CacheBackend, EventStoreBackend, LogBackend, LogFormat, Se
 
 /// The settings of the NATS event store `serve --event-store nats://… --event-store-prefix
 /// PREFIX` opens: streams `<PREFIX>_EVENTS` and `<PREFIX>_SNAPSHOTS`, subjects under the prefix
-/// in lower case. `proteus migrate` opens a NATS source or target with the same settings.
+/// in lower case, created with `replicas`. `proteus migrate` opens a NATS source or target with
+/// the same settings.
 pub fn nats_event_store_config(
     url: &str,
     prefix: &str,
-    security: &proteus_nats::NatsSecurity,
+    (security, replicas): (&proteus_nats::NatsSecurity, usize),
 ) -> NatsEventStoreConfig {
     NatsEventStoreConfig {
         stream_prefix: prefix.to_owned(),
         subject_prefix: prefix.to_ascii_lowercase(),
         security: security.clone(),
+        replicas,
         ..NatsEventStoreConfig::new(url)
     }
 }
@@ -63,9 +65,9 @@ pub fn nats_event_store_config(
 pub async fn open_nats_event_store(
     url: &str,
     prefix: &str,
-    security: &proteus_nats::NatsSecurity,
+    nats: (&proteus_nats::NatsSecurity, usize),
 ) -> Result<NatsEventStore, String> {
-    NatsEventStore::open(nats_event_store_config(url, prefix, security))
+    NatsEventStore::open(nats_event_store_config(url, prefix, nats))
         .await
         .map_err(|e| format!("cannot open the NATS event store (stream prefix {prefix}): {e}"))
 }
@@ -120,6 +122,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                     subject_prefix: prefix.to_lowercase(),
                     retention_interval_ms: settings.retention_check_interval_ms,
                     security: settings.nats_security.clone(),
+                    replicas: settings.nats_replicas,
                     ..NatsLogConfig::default()
                 })
                 .await
@@ -171,6 +174,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         EventStoreBackend::Nats { url, prefix } => {
             let store = NatsGroupStore::open(NatsGroupStoreConfig {
                 security: settings.nats_security.clone(),
+                replicas: settings.nats_replicas,
                 bucket_prefix: prefix.clone(),
                 ..NatsGroupStoreConfig::new(url)
             })
@@ -251,8 +255,14 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             store
         }
         EventStoreBackend::Nats { url, prefix } => {
-            let store =
-                Arc::new(open_nats_event_store(url, prefix, &settings.nats_security).await?);
+            let store = Arc::new(
+                open_nats_event_store(
+                    url,
+                    prefix,
+                    (&settings.nats_security, settings.nats_replicas),
+                )
+                .await?,
+            );
             backend_checks.push(health_checks::check("event_store", "nats", store.clone()));
             store
         }

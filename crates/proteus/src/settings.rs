@@ -83,6 +83,36 @@ impl NatsSecurityArgs {
     }
 }
 
+/// Replicas of what Proteus creates on NATS JetStream (partition streams, the event store's
+/// streams, the groups' buckets). Shared by `serve`, `migrate` and `migrate-topics`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct NatsReplicasArg {
+    /// JetStream replicas of each stream and key-value bucket Proteus creates on NATS: 1, 3 or
+    /// 5 (a cluster of 3 keeps serving with one server down, of 5 with two); streams that
+    /// exist keep theirs [default: 1] (in the config file: `nats_replicas` under `[storage]`).
+    #[arg(long, env = "PROTEUS_NATS_REPLICAS", value_name = "N", value_parser = parse_nats_replicas)]
+    pub nats_replicas: Option<usize>,
+}
+
+impl NatsReplicasArg {
+    /// The flag's value, or 1 (commands without a config file).
+    pub fn replicas(&self) -> usize {
+        self.nats_replicas.unwrap_or(NATS_REPLICAS_DEFAULT)
+    }
+}
+
+pub const NATS_REPLICAS_DEFAULT: usize = 1;
+
+/// `--nats-replicas` (or `nats_replicas`): 1, 3 or 5, as JetStream allows.
+pub fn parse_nats_replicas(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(replicas) if [1, 3, 5].contains(&replicas) => Ok(replicas),
+        _ => Err(format!(
+            "nats_replicas must be 1, 3 or 5, got {text:?}: JetStream keeps an odd number of copies so that a majority survives (3 with one server down, 5 with two); use 1 on a single NATS server"
+        )),
+    }
+}
+
 /// Flags of `proteus serve`; each can also come from the environment variable shown, or from
 /// the key of the same name in the config file.
 #[derive(Args, Debug, Default)]
@@ -269,6 +299,8 @@ pub struct ServeArgs {
     pub cache_tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub nats_security: NatsSecurityArgs,
+    #[command(flatten)]
+    pub nats_replicas: NatsReplicasArg,
 }
 
 /// Where cached reads are kept besides the in-process L1.
@@ -528,6 +560,7 @@ struct StorageFile {
     nats_tls_key: Option<PathBuf>,
     nats_creds: Option<PathBuf>,
     nats_nkey: Option<PathBuf>,
+    nats_replicas: Option<usize>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -620,6 +653,8 @@ pub struct Settings {
     pub cache_tls: proteus_cache_redis::RedisTls,
     /// TLS and login files for every NATS connection (log, event store, groups).
     pub nats_security: proteus_nats::NatsSecurity,
+    /// JetStream replicas of the streams and buckets created (1, 3 or 5).
+    pub nats_replicas: usize,
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
@@ -748,6 +783,11 @@ impl Settings {
                 creds_file: file.storage.nats_creds,
                 nkey_file: file.storage.nats_nkey,
             }),
+            nats_replicas: match (args.nats_replicas.nats_replicas, file.storage.nats_replicas) {
+                (Some(flag), _) => flag,
+                (None, Some(in_file)) => parse_nats_replicas(&in_file.to_string())?,
+                (None, None) => NATS_REPLICAS_DEFAULT,
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -837,6 +877,12 @@ impl Settings {
                 "--nats-tls-ca, --nats-tls-cert, --nats-tls-key, --nats-creds and --nats-nkey are for NATS, and no store is on NATS: add --storage-log, --event-store or --groups nats://…, or remove them"
                     .into(),
             );
+        }
+        if self.nats_replicas != NATS_REPLICAS_DEFAULT && !on_nats {
+            return Err(format!(
+                "--nats-replicas {} is for NATS, and no store is on NATS: add --storage-log, --event-store or --groups nats://…, or remove it",
+                self.nats_replicas
+            ));
         }
         if matches!(self.groups, EventStoreBackend::Nats { .. })
             && !matches!(self.log, LogBackend::Nats { .. })

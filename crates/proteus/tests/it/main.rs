@@ -11,6 +11,7 @@ mod group_chaos;
 mod group_cli;
 mod migrate_cli;
 mod migrate_topics;
+mod nats_cluster;
 mod openfeature;
 mod schema_policy;
 mod shared_cache;

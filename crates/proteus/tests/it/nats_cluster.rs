@@ -1,0 +1,243 @@
+//! `proteus serve` on a JetStream cluster of three servers of the test's own, as a team runs
+//! it once one NATS server is not enough: `--nats-replicas 3` creates every stream and bucket
+//! with three replicas, and with the server leading a topic's partition killed (`SIGKILL`),
+//! the instance goes on taking and serving that partition's events through the two left;
+//! `migrate-topics` and `migrate` create their copies with the same flag.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use proteus_nats::test_support::PrivateNatsCluster;
+use serde_json::{Value, json};
+
+use crate::support::{BINARY, ServerProcess, nats_url, run_cli};
+
+/// How long the instance may take to serve a partition again once its leader is killed: the
+/// stream elects a new leader 4 to 9 s after the old one stops answering (NATS 2.9).
+const FAILOVER_WAIT_S: u64 = 30;
+
+/// `proteus serve` with `args`, which must refuse to start; its standard error.
+fn refused_start(data_dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "proteus serve started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Replicas JetStream cannot keep, or given without a store on NATS, stop the start with a
+/// message saying so: 2, 4 (from the config file), 3 without NATS, and 3 on the shared single
+/// server (older than 2.11 on the test machine: refused by Proteus; a newer one refuses
+/// replicated streams without a cluster itself). `migrate` and `migrate-topics` refuse the
+/// flag without a NATS target.
+#[test]
+fn replicas_that_cannot_be_kept_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = refused_start(
+        dir.path(),
+        &[
+            "--storage-log",
+            "nats://127.0.0.1:4222",
+            "--nats-replicas",
+            "2",
+        ],
+    );
+    assert!(stderr.contains("must be 1, 3 or 5"), "{stderr}");
+    let stderr = refused_start(dir.path(), &["--nats-replicas", "3"]);
+    assert!(
+        stderr.contains("--nats-replicas 3 is for NATS") && stderr.contains("--storage-log"),
+        "{stderr}"
+    );
+    let stderr = refused_start(
+        dir.path(),
+        &["--storage-log", &nats_url(), "--nats-replicas", "3"],
+    );
+    assert!(stderr.contains("replicas"), "{stderr}");
+    for command in ["migrate", "migrate-topics"] {
+        let target = dir.path().join(format!("{command}-copy"));
+        let (code, _, err) = run_cli(
+            &[
+                command,
+                "--from",
+                &format!("embedded:{}", dir.path().display()),
+                "--to",
+                &format!("embedded:{}", target.display()),
+                "--nats-replicas",
+                "3",
+            ],
+            None,
+        );
+        assert!(
+            code != 0 && err.contains("--nats-replicas is for a NATS target"),
+            "{command}: {err}"
+        );
+    }
+    let config = dir.path().join("proteus.toml");
+    std::fs::write(&config, "[storage]\nnats_replicas = 4\n").unwrap();
+    let stderr = refused_start(dir.path(), &["--config", config.to_str().unwrap()]);
+    assert!(stderr.contains("must be 1, 3 or 5"), "{stderr}");
+}
+
+/// Sends `request` until it succeeds, at most `FAILOVER_WAIT_S` (the instance answers 503
+/// while the partition's stream has no leader); its JSON body.
+fn until_served(what: &str, request: impl Fn() -> reqwest::blocking::RequestBuilder) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(FAILOVER_WAIT_S);
+    loop {
+        let answer = request().send();
+        match answer {
+            Ok(response) if response.status().is_success() => return response.json().unwrap(),
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().unwrap_or_default();
+                assert!(
+                    status.as_u16() == 503 && Instant::now() < deadline,
+                    "{what}: {status} {body}"
+                );
+            }
+            Err(error) => assert!(Instant::now() < deadline, "{what}: {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_server_on_a_nats_cluster_replicates_and_survives_a_killed_leader() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cluster = runtime.block_on(PrivateNatsCluster::start());
+    let url = cluster.url();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--storage-log",
+            &url,
+            "--event-store",
+            &url,
+            "--groups",
+            &url,
+            "--nats-replicas",
+            "3",
+        ],
+        &[],
+    );
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let created = http
+        .put(format!("{}/v1/topics/orders", server.url))
+        .json(&json!({"partitions": 2}))
+        .send()
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let appended = http
+        .post(format!(
+            "{}/v1/streams/cart-1?expected_version=no_stream",
+            server.url
+        ))
+        .json(&json!([{"type": "Added", "data": {"sku": "a"}}]))
+        .send()
+        .unwrap();
+    assert!(appended.status().is_success(), "{}", appended.status());
+    let group = http
+        .put(format!("{}/v1/topics/orders/groups/billing", server.url))
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(group.status().as_u16(), 201);
+    for stream in [
+        "PROTEUS_orders_0",
+        "PROTEUS_orders_1",
+        "PROTEUS_ES_EVENTS",
+        "PROTEUS_ES_SNAPSHOTS",
+        "KV_PROTEUS_GROUPS",
+        "KV_PROTEUS_LEASES",
+    ] {
+        assert_eq!(
+            runtime.block_on(cluster.replicas_of(stream)),
+            3,
+            "stream {stream}"
+        );
+    }
+
+    let publish = |id: &str| {
+        let id = id.to_owned();
+        let (http, server) = (&http, &server);
+        move || {
+            http.post(format!("{}/v1/topics/orders/events", server.url))
+                .header("content-type", "application/cloudevents+json")
+                .json(&json!({
+                    "specversion": "1.0", "id": id, "source": "/it", "type": "OrderPlaced",
+                    "partitionkey": "k", "data": {"n": 1}
+                }))
+        }
+    };
+    let before = until_served("the first event", publish("before"));
+    let partition = before["results"][0]["partition"].as_u64().unwrap();
+    let leader = runtime.block_on(cluster.leader_of(&format!("PROTEUS_orders_{partition}")));
+    cluster.kill(leader);
+    let after = until_served("an event with the leader down", publish("after"));
+    assert_eq!(
+        after["results"][0]["partition"], before["results"][0]["partition"],
+        "the same key"
+    );
+    let read = until_served("reading the partition with the leader down", || {
+        http.get(format!(
+            "{}/v1/topics/orders/partitions/{partition}/events?from=0&limit=10",
+            server.url
+        ))
+    });
+    let ids: Vec<&str> = read["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("events in {read}"))
+        .iter()
+        .map(|record| record["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["before", "after"], "{read}");
+
+    // The copy commands create what they copy with the same replicas.
+    runtime.block_on(cluster.restart(leader));
+    let (code, out, err) = run_cli(
+        &[
+            "migrate-topics",
+            "--from",
+            &url,
+            "--to",
+            &url,
+            "--to-prefix",
+            "COPY",
+            "--topic",
+            "orders",
+            "--nats-replicas",
+            "3",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "migrate-topics: {out}{err}");
+    let (code, out, err) = run_cli(
+        &[
+            "migrate",
+            "--from",
+            &url,
+            "--to",
+            &url,
+            "--to-prefix",
+            "COPY_ES",
+            "--nats-replicas",
+            "3",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "migrate: {out}{err}");
+    for stream in ["COPY_orders_0", "COPY_orders_1", "COPY_ES_EVENTS"] {
+        assert_eq!(
+            runtime.block_on(cluster.replicas_of(stream)),
+            3,
+            "stream {stream}"
+        );
+    }
+}
