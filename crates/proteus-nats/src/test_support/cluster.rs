@@ -109,7 +109,38 @@ impl PrivateNatsCluster {
         for node in &nodes {
             node.wait_until_answering().await;
         }
-        PrivateNatsCluster { nodes }
+        let cluster = PrivateNatsCluster { nodes };
+        cluster.wait_until_every_node_takes_replicas().await;
+        cluster
+    }
+
+    /// Waits (at most `CLUSTER_WAIT_S`) until a stream with a replica on every node can be
+    /// created: a node answers before the metadata leader counts it online again, and until
+    /// then creating a replicated stream fails ("no suitable peers for placement").
+    async fn wait_until_every_node_takes_replicas(&self) {
+        let js = self.jetstream().await;
+        let name = format!("PTEST_PLACEMENT_{}", unique_tag());
+        let config = async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("ptest.placement.{}", unique_tag())],
+            num_replicas: NODES,
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(CLUSTER_WAIT_S);
+        loop {
+            match js.create_stream(config.clone()).await {
+                Ok(_) => {
+                    let _ = js.delete_stream(&name).await;
+                    return;
+                }
+                Err(error) => assert!(
+                    Instant::now() < deadline,
+                    "no stream with {NODES} replicas can be created on the private cluster after {CLUSTER_WAIT_S} s: {error}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     fn server_name(node: usize) -> String {
@@ -127,9 +158,11 @@ impl PrivateNatsCluster {
         self.nodes[node].kill();
     }
 
-    /// Starts node `node` again on its ports and store, and waits until it answers.
+    /// Starts node `node` again on its ports and store, and waits until it answers and the
+    /// cluster places replicas on it again.
     pub async fn restart(&self, node: usize) {
         self.nodes[node].restart().await;
+        self.wait_until_every_node_takes_replicas().await;
     }
 
     /// A JetStream client of the cluster (any running node).
