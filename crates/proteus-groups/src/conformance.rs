@@ -34,6 +34,25 @@ fn group(name: &str) -> GroupName {
     GroupName::parse(name).unwrap()
 }
 
+/// Creates the group `billing` of topic `orders` (2 partitions) in `store`: its topic and
+/// name, for tests that save its progress ([`partition_1_at`]) around an outage.
+pub async fn create_billing_group(store: &dyn GroupStore) -> (TopicName, GroupName) {
+    store
+        .create_group(&record("orders", "billing", 2))
+        .await
+        .unwrap();
+    (topic("orders"), group("billing"))
+}
+
+/// Progress of partition 1 committed up to `committed`.
+pub fn partition_1_at(committed: u64) -> PartitionProgress {
+    PartitionProgress {
+        partition: 1,
+        committed,
+        ..PartitionProgress::default()
+    }
+}
+
 pub fn record(topic_name: &str, group_name: &str, partitions: u32) -> GroupRecord {
     GroupRecord {
         topic: topic(topic_name),

@@ -7,10 +7,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proteus_log::TopicName;
-
-use crate::conformance::record;
-use crate::{GroupName, GroupStore, PartitionProgress, StoreError};
+use crate::conformance::{create_billing_group, partition_1_at};
+use crate::{GroupStore, StoreError};
 
 /// How long the store may take to reconnect after the restart.
 pub const RECONNECT_WITHIN_S: u64 = 30;
@@ -26,17 +24,8 @@ pub async fn progress_survives_a_crash(
     restart: impl Future<Output = ()>,
     reopen: impl Future<Output = Arc<dyn GroupStore>>,
 ) {
-    store
-        .create_group(&record("orders", "billing", 2))
-        .await
-        .unwrap();
-    let topic = TopicName::parse("orders").unwrap();
-    let group = GroupName::parse("billing").unwrap();
-    let progress = |committed| PartitionProgress {
-        partition: 1,
-        committed,
-        ..PartitionProgress::default()
-    };
+    let (topic, group) = create_billing_group(store.as_ref()).await;
+    let progress = partition_1_at;
     store
         .save_progress(&topic, &group, 0, &[progress(5)])
         .await

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use proteus_groups::conformance::{StoreHarness, record};
+use proteus_groups::conformance::{StoreHarness, create_billing_group, partition_1_at, record};
 use proteus_groups::{GroupName, GroupStore, PartitionProgress, StoreError};
 use proteus_groups_nats::{NatsGroupStore, NatsGroupStoreConfig, NatsLeaseStore, START_HINT};
 use proteus_kv::lease::{self, LeaseState};
@@ -373,17 +373,8 @@ async fn a_lost_connection_fails_clearly_and_reconnects() {
     harness.config.request_timeout_ms = 1_000;
     harness.config.reconnect_delay_max_ms = 200;
     let store = harness.store().await;
-    store
-        .create_group(&record("orders", "billing", 2))
-        .await
-        .unwrap();
-    let topic = TopicName::parse("orders").unwrap();
-    let group = GroupName::parse("billing").unwrap();
-    let progress = |committed| PartitionProgress {
-        partition: 1,
-        committed,
-        ..PartitionProgress::default()
-    };
+    let (topic, group) = create_billing_group(&store).await;
+    let progress = partition_1_at;
 
     proxy.stop();
     let started = Instant::now();
@@ -459,17 +450,8 @@ async fn replicated_buckets_keep_progress_when_their_leader_is_killed() {
     for bucket in &buckets {
         assert_eq!(cluster.replicas_of(bucket).await, 3, "{bucket}");
     }
-    store
-        .create_group(&record("orders", "billing", 2))
-        .await
-        .unwrap();
-    let topic = TopicName::parse("orders").unwrap();
-    let group = GroupName::parse("billing").unwrap();
-    let progress = |committed| PartitionProgress {
-        partition: 1,
-        committed,
-        ..PartitionProgress::default()
-    };
+    let (topic, group) = create_billing_group(&store).await;
+    let progress = partition_1_at;
     store
         .save_progress(&topic, &group, 0, &[progress(5)])
         .await
