@@ -12,7 +12,8 @@ use crate::client::{REPLICATED_SERVER_VERSION_MIN, version_at_least};
 pub const NODES: usize = 3;
 
 /// How long a stream may take to elect a leader, or bring a restarted replica up to date.
-/// NATS 2.9 holds an election 4 to 9 s after the leader stops answering.
+/// A stream elects a new leader seconds after the old one stops answering (4.2 to 8.4 s
+/// measured on nats-server 2.12).
 const CLUSTER_WAIT_S: u64 = 30;
 
 /// The `nats-server` a private cluster runs: `PROTEUS_TEST_NATS_CLUSTER_SERVER` (which
