@@ -51,6 +51,10 @@ pub struct StreamsArgs {
     /// Also measure NATS JetStream directly, e.g. nats://127.0.0.1:4222.
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
+    /// Replicas of the stream JetStream is measured on directly (`--nats`): 3 on a cluster, to
+    /// compare with a Proteus server started with `--nats-replicas 3`.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub nats_replicas: usize,
     /// Distinct streams appended to.
     #[arg(long, default_value_t = 10_000)]
     pub streams: usize,
@@ -200,6 +204,12 @@ pub async fn run(args: StreamsArgs) -> Result<(), String> {
     in_range("--event-bytes", args.event_bytes, 1, EVENT_BYTES_MAX)?;
     in_range("--connections", args.connections, 1, CONNECTIONS_MAX)?;
     in_range("--seconds", args.seconds, 1, SECONDS_MAX)?;
+    if ![1, 3, 5].contains(&args.nats_replicas) {
+        return Err(format!(
+            "--nats-replicas must be 1, 3 or 5 (JetStream's choices), got {}",
+            args.nats_replicas
+        ));
+    }
     in_range(
         "--aggregate-events",
         args.aggregate_events,
@@ -741,6 +751,10 @@ mod nats {
     const HEADER_BYTES_RESERVED: usize = 1_024;
     /// Events of the aggregate per message at most, as Proteus appends it.
     const AGGREGATE_EVENTS_PER_MESSAGE_MAX: usize = 1_000;
+    /// Fetches of a new consumer answered 503 (its leader not ready yet, on a cluster) before a
+    /// load fails.
+    const FRESH_CONSUMER_FETCHES_MAX: u32 = 100;
+
     /// How long one aggregate load may wait for messages.
     const LOAD_WAIT: Duration = Duration::from_secs(10);
 
@@ -851,12 +865,13 @@ mod nats {
                 name: name.clone(),
                 subjects: vec![format!("{prefix}.>")],
                 storage: stream::StorageType::File,
+                num_replicas: args.nats_replicas,
                 allow_direct: true,
                 ..Default::default()
             })
             .await
             .map_err(|e| {
-                format!("creating JetStream stream {name} failed: {e}; is JetStream enabled (nats-server -js)?")
+                format!("creating JetStream stream {name} with {} replicas failed: {e}; is JetStream enabled (nats-server -js), in a cluster of as many servers?", args.nats_replicas)
             })?;
         let measured = measure_on(url, &client, &stream, &prefix, args).await;
         let deleted = delete_stream(&jetstream, &name).await;
@@ -961,29 +976,55 @@ mod nats {
             .await
             .map_err(|e| format!("creating a consumer of {subject} failed: {e}"))?;
         let name = consumer.cached_info().name.clone();
-        let mut batch = consumer
-            .batch()
-            .max_messages(messages)
-            .expires(LOAD_WAIT)
-            .messages()
-            .await
-            .map_err(|e| format!("reading {subject} failed: {e}"))?;
         let mut loaded = 0;
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| format!("reading {subject} failed: {e}"))?;
-            loaded += events_in(&message.payload)?;
-            let info = message
-                .info()
-                .map_err(|e| format!("a message of {subject} has no JetStream metadata: {e}"))?;
-            if info.pending == 0 {
+        // On a cluster a new consumer's leader may not take pull requests yet: its first fetch
+        // is answered 503 (no responders), and asked again.
+        for attempt in 1..=FRESH_CONSUMER_FETCHES_MAX {
+            let mut batch = consumer
+                .batch()
+                .max_messages(messages)
+                .expires(LOAD_WAIT)
+                .messages()
+                .await
+                .map_err(|e| format!("reading {subject} failed: {e}"))?;
+            let mut unanswered = false;
+            while let Some(message) = batch.next().await {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(e)
+                        if loaded == 0
+                            && attempt < FRESH_CONSUMER_FETCHES_MAX
+                            && e.to_string().contains("503") =>
+                    {
+                        unanswered = true;
+                        break;
+                    }
+                    Err(e) => return Err(format!("reading {subject} failed: {e}")),
+                };
+                loaded += events_in(&message.payload)?;
+                let info = message.info().map_err(|e| {
+                    format!("a message of {subject} has no JetStream metadata: {e}")
+                })?;
+                if info.pending == 0 {
+                    break;
+                }
+            }
+            if !unanswered {
                 break;
             }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        drop(batch);
-        stream
-            .delete_consumer(&name)
-            .await
-            .map_err(|e| format!("deleting the consumer {name} of {subject} failed: {e}"))?;
+        match stream.delete_consumer(&name).await {
+            Ok(_) => {}
+            // Already gone (on a cluster, an ephemeral consumer whose first fetches were
+            // refused can be removed by the server): nothing left to delete.
+            Err(e) if e.to_string().contains("10014") => {}
+            Err(e) => {
+                return Err(format!(
+                    "deleting the consumer {name} of {subject} failed: {e}"
+                ));
+            }
+        }
         Ok(loaded)
     }
 }
@@ -1008,6 +1049,7 @@ mod tests {
             target: "http://127.0.0.1:1".into(),
             postgres: None,
             nats: None,
+            nats_replicas: 1,
             streams: 1,
             events_per_append: 1,
             event_bytes: 1,
