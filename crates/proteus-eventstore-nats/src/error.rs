@@ -26,6 +26,9 @@ fn is_transient(text: &str) -> bool {
         "timedout",
         "no responders",
         "noresponders",
+        // A pull answered 503 (no responders): on a cluster, a new consumer whose leader
+        // does not take requests yet.
+        "from the stream: 503",
         "broken pipe",
         "brokenpipe",
         "disconnect",
@@ -100,6 +103,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("same event ids"), "{text}");
+        let error = nats(
+            "nats://h:1",
+            "reading the $all feed",
+            "error while processing messages from the stream: 503, None",
+            false,
+        );
+        assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
         let error = nats("nats://h:1", "reading", "invalid stream config", false);
         assert_eq!(error.kind(), ErrorKind::Internal);
     }

@@ -201,6 +201,9 @@ fn is_transient(text: &str) -> bool {
         "timedout",
         "no responders",
         "noresponders",
+        // A pull answered 503 (no responders): on a cluster, a new consumer whose leader
+        // does not take requests yet.
+        "from the stream: 503",
         "broken pipe",
         "brokenpipe",
         "disconnect",
