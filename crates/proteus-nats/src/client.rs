@@ -172,8 +172,9 @@ pub fn check_replicas_supported(
 }
 
 /// Whether a `nats-server` version (`2.9.10`, `v2.12.8`, `2.11.0-RC.1`) is at least
-/// `(major, minor)`; an unreadable version is taken as too old.
-pub(crate) fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
+/// `(major, minor)`; an unreadable version is taken as too old. Public for tests that expect
+/// what [`check_replicas_supported`] decides.
+pub fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
     let mut parts = version
         .trim()
         .trim_start_matches('v')

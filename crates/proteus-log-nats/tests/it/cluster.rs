@@ -93,12 +93,10 @@ async fn replicas_are_refused_on_a_server_that_cannot_keep_them_exact() {
     config.replicas = 3;
     let client = async_nats::connect(url.as_str()).await.unwrap();
     let version = client.server_info().version;
-    let old = !version.starts_with('2')
-        || version
-            .split('.')
-            .nth(1)
-            .and_then(|minor| minor.parse::<u32>().ok())
-            .is_some_and(|minor| minor < 11);
+    let old = !proteus_nats::client::version_at_least(
+        &version,
+        proteus_nats::client::REPLICATED_SERVER_VERSION_MIN,
+    );
     let error = match NatsLog::connect(config.clone()).await {
         Ok(log) => {
             // Only a newer server gets this far: creating a replicated stream fails there.

@@ -82,6 +82,9 @@ impl ClusterMember {
 /// is killed, and its directory removed, when dropped.
 pub struct PrivateNatsCluster {
     nodes: Vec<PrivateNatsServer>,
+    /// One client of every node, for the test's own questions (leaders, replicas): it moves
+    /// to another node when the one it uses is killed.
+    js: async_nats::jetstream::Context,
 }
 
 impl PrivateNatsCluster {
@@ -110,7 +113,17 @@ impl PrivateNatsCluster {
         for node in &nodes {
             node.wait_until_answering().await;
         }
-        let cluster = PrivateNatsCluster { nodes };
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(Duration::from_secs(2)))
+            .reconnect_delay_callback(|_| Duration::from_millis(100))
+            .connect(nodes.iter().map(PrivateNatsServer::url).collect::<Vec<_>>())
+            .await
+            .expect("no node of the private cluster answers");
+        let cluster = PrivateNatsCluster {
+            nodes,
+            js: async_nats::jetstream::new(client),
+        };
         cluster.wait_until_every_node_takes_replicas().await;
         cluster
     }
@@ -119,7 +132,7 @@ impl PrivateNatsCluster {
     /// created: a node answers before the metadata leader counts it online again, and until
     /// then creating a replicated stream fails ("no suitable peers for placement").
     async fn wait_until_every_node_takes_replicas(&self) {
-        let js = self.jetstream().await;
+        let js = &self.js;
         let name = format!("PTEST_PLACEMENT_{}", unique_tag());
         let config = async_nats::jetstream::stream::Config {
             name: name.clone(),
@@ -166,25 +179,13 @@ impl PrivateNatsCluster {
         self.wait_until_every_node_takes_replicas().await;
     }
 
-    /// A JetStream client of the cluster (any running node).
-    async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(2))
-            .connect(
-                self.nodes
-                    .iter()
-                    .map(PrivateNatsServer::url)
-                    .collect::<Vec<_>>(),
-            )
-            .await
-            .expect("no node of the private cluster answers");
-        async_nats::jetstream::new(client)
-    }
-
     /// The stream's description as the cluster gives it now, or why not.
     async fn info(&self, stream: &str) -> Result<async_nats::jetstream::stream::Info, String> {
-        let js = self.jetstream().await;
-        let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+        let stream = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(stream.cached_info().clone())
     }
 
