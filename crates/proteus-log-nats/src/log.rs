@@ -193,6 +193,10 @@ fn start_time(at_ms: i64) -> time::OffsetDateTime {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
+/// Fetches of a read consumer answered 503 (on a cluster, a new consumer whose leader does
+/// not take requests yet) before the read fails with `Unavailable`: about a second.
+const FRESH_CONSUMER_FETCHES_MAX: u32 = 100;
+
 /// Whether an error means the server could not be reached or did not answer in time.
 fn is_transient(text: &str) -> bool {
     let text = text.to_ascii_lowercase();
@@ -1115,7 +1119,9 @@ impl NatsLog {
         let server_bytes = (bytes_max as usize).saturating_add(events_max as usize * overhead);
         let mut events: Vec<StoredEvent> = Vec::new();
         let mut bytes = 0usize;
-        for attempt in 0..2 {
+        let mut unanswered_fetches = 0;
+        let mut attempt = 0;
+        while attempt < 2 {
             let mut fetch = consumer.fetch().max_messages(events_max as usize);
             if attempt == 0 {
                 fetch = fetch.max_bytes(server_bytes);
@@ -1129,6 +1135,7 @@ impl NatsLog {
                 .await
                 .map_err(|e| nats_error(&context(), e))?;
             let mut refused_for_size = false;
+            let mut unanswered = false;
             let idle = ms(self.inner.config.request_timeout_ms);
             while let Some(item) = next_fetched(&mut batch, idle)
                 .await
@@ -1140,6 +1147,15 @@ impl NatsLog {
                         let text = error.to_string();
                         if text.contains("409") || text.to_ascii_lowercase().contains("maxbytes") {
                             refused_for_size = true;
+                            break;
+                        }
+                        // On a cluster a new consumer's leader may not take pull requests
+                        // yet: its first fetch is answered 503 (no responders). Ask again.
+                        if text.contains("503")
+                            && events.is_empty()
+                            && unanswered_fetches < FRESH_CONSUMER_FETCHES_MAX
+                        {
+                            unanswered = true;
                             break;
                         }
                         return Err(nats_error(&context(), error));
@@ -1163,12 +1179,18 @@ impl NatsLog {
                     break;
                 }
             }
+            if unanswered {
+                unanswered_fetches += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
             if !(events.is_empty() && refused_for_size) {
                 break;
             }
             // The second attempt fetches one event after a refusal: keep it simple, do not
             // reuse the consumer.
             whole = false;
+            attempt += 1;
         }
         Ok((events, whole))
     }
