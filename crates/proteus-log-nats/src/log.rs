@@ -193,9 +193,12 @@ fn start_time(at_ms: i64) -> time::OffsetDateTime {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-/// Fetches of a read consumer answered 503 (on a cluster, a new consumer whose leader does
-/// not take requests yet) before the read fails with `Unavailable`: about a second.
-const FRESH_CONSUMER_FETCHES_MAX: u32 = 100;
+/// Reads retried while the server serving a read consumer is behind the stream's leader (a
+/// replica catching up after a restart): the consumer delivers nothing where the leader has
+/// events. With [`BEHIND_LEADER_RETRY_MS`], about five seconds before `Unavailable`.
+const BEHIND_LEADER_READS_MAX: u32 = 250;
+/// Pause before a read behind the leader asks again, in milliseconds.
+const BEHIND_LEADER_RETRY_MS: u64 = 20;
 
 /// Whether an error means the server could not be reached or did not answer in time.
 fn is_transient(text: &str) -> bool {
@@ -1151,9 +1154,9 @@ impl NatsLog {
                         }
                         // On a cluster a new consumer's leader may not take pull requests
                         // yet: its first fetch is answered 503 (no responders). Ask again.
-                        if text.contains("503")
+                        if proteus_nats::client::is_unanswered_fetch(&text)
                             && events.is_empty()
-                            && unanswered_fetches < FRESH_CONSUMER_FETCHES_MAX
+                            && unanswered_fetches < proteus_nats::client::FRESH_CONSUMER_FETCHES_MAX
                         {
                             unanswered = true;
                             break;
@@ -1181,7 +1184,7 @@ impl NatsLog {
             }
             if unanswered {
                 unanswered_fetches += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(ms(proteus_nats::client::FRESH_CONSUMER_RETRY_MS)).await;
                 continue;
             }
             if !(events.is_empty() && refused_for_size) {
@@ -1246,19 +1249,53 @@ impl NatsLog {
                 }
             }
         };
-        let events = self
-            .fetch(&topic, &stream, partition, policy, events_max, bytes_max)
-            .await?;
-        let Some(last) = events.last() else {
-            return Ok(empty(end_offset));
-        };
-        let next_offset = last.offset + 1;
-        Ok(ReadBatch {
-            next_offset,
-            first_offset: first_offset.min(events[0].offset),
-            end_offset: end_offset.max(next_offset),
-            events,
-        })
+        let mut behind_leader_reads = 0;
+        loop {
+            let events = self
+                .fetch(&topic, &stream, partition, policy, events_max, bytes_max)
+                .await?;
+            if let Some(last) = events.last() {
+                let next_offset = last.offset + 1;
+                return Ok(ReadBatch {
+                    next_offset,
+                    first_offset: first_offset.min(events[0].offset),
+                    end_offset: end_offset.max(next_offset),
+                    events,
+                });
+            }
+            // The stream's leader counted events from here on, yet the consumer delivered
+            // none. Either they were removed meanwhile (retention), or the consumer was placed
+            // on a replica still catching up after a restart: answering "nothing until the
+            // end" would make the reader skip them. Ask the leader again, and wait for the
+            // replica while it still counts them.
+            let now = self.bounds(&topic, partition).await?;
+            let still_there = now.messages > 0
+                && match from {
+                    ReadFrom::Offset(offset) => now.end_offset > offset,
+                    ReadFrom::TimeMs(at) => now.last_ms >= at,
+                };
+            if !still_there {
+                return Ok(ReadBatch {
+                    events: Vec::new(),
+                    next_offset: now.end_offset,
+                    first_offset: now.first_offset,
+                    end_offset: now.end_offset,
+                });
+            }
+            behind_leader_reads += 1;
+            if behind_leader_reads >= BEHIND_LEADER_READS_MAX {
+                return Err(LogError::Unavailable {
+                    reason: format!(
+                        "reading partition {partition} of topic '{name}': the server holding \
+                         the read is behind the stream's leader (a replica catching up after a \
+                         restart) and delivered none of the events the leader has up to offset \
+                         {}; nothing was skipped, retry",
+                        now.end_offset
+                    ),
+                });
+            }
+            tokio::time::sleep(ms(BEHIND_LEADER_RETRY_MS)).await;
+        }
     }
 
     /// Whether a watched partition has an event at or after the cursor's offset.

@@ -339,6 +339,19 @@ pub async fn next_fetched<S: futures_util::Stream + Unpin>(
     })
 }
 
+/// How many times a read asks a new consumer again when its fetch is answered 503 (no
+/// responders) before giving up: on a cluster, a consumer just created may not take pull
+/// requests until its leader has started. With [`FRESH_CONSUMER_RETRY_MS`], about a second.
+pub const FRESH_CONSUMER_FETCHES_MAX: u32 = 100;
+/// Pause before asking a new consumer again after a 503, in milliseconds.
+pub const FRESH_CONSUMER_RETRY_MS: u64 = 10;
+
+/// Whether a fetch's error is the 503 (no responders) a cluster answers while a new
+/// consumer's leader starts: worth asking again, a few times, before anything was delivered.
+pub fn is_unanswered_fetch(error: &dyn std::fmt::Display) -> bool {
+    error.to_string().contains("503")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! [`Scan`]: reading a range of stream sequences through an ephemeral pull consumer.
 
 use super::*;
+use proteus_nats::client;
 
 /// Reads a range of stream sequences of one subject filter through an ephemeral pull
 /// consumer (no acks, memory storage), deleted when dropped.
@@ -65,7 +66,9 @@ impl Scan {
         let error = |e: &dyn std::fmt::Display| nats(&self.url, &self.what, e.to_string(), false);
         if !self.by_gets {
             let mut refused_for_size = false;
-            for _ in 0..2 {
+            let mut unanswered_fetches = 0;
+            let mut attempt = 0;
+            while attempt < 2 {
                 let mut fetch = consumer.fetch().max_messages(self.batch);
                 if refused_for_size {
                     // The next message alone is larger than the byte budget: fetch it alone.
@@ -75,6 +78,7 @@ impl Scan {
                 }
                 let mut messages = fetch.messages().await.map_err(|e| error(&e))?;
                 let mut received = 0;
+                let mut unanswered = false;
                 while let Some(item) = next_fetched(&mut messages, self.fetch_idle)
                     .await
                     .map_err(|e| error(&e))?
@@ -87,6 +91,16 @@ impl Scan {
                                 || text.to_ascii_lowercase().contains("maxbytes")
                             {
                                 refused_for_size = true;
+                                break;
+                            }
+                            // On a cluster a new consumer's leader may not take pull requests
+                            // yet: its first fetch is answered 503 (no responders). Ask again.
+                            if client::is_unanswered_fetch(&e)
+                                && received == 0
+                                && self.buffer.is_empty()
+                                && unanswered_fetches < client::FRESH_CONSUMER_FETCHES_MAX
+                            {
+                                unanswered = true;
                                 break;
                             }
                             return Err(error(&e));
@@ -116,9 +130,15 @@ impl Scan {
                 if received > 0 {
                     return Ok(());
                 }
+                if unanswered {
+                    unanswered_fetches += 1;
+                    tokio::time::sleep(ms(client::FRESH_CONSUMER_RETRY_MS)).await;
+                    continue;
+                }
                 if !refused_for_size {
                     break;
                 }
+                attempt += 1;
             }
         }
         if self.cursor > self.end_seq {

@@ -83,6 +83,75 @@ async fn a_replicated_topic_keeps_every_event_when_its_leaders_are_killed() {
     assert_each_event_once(&connect(config).await, &topic, "a new log").await;
 }
 
+/// A read's consumer may be placed on a replica that has just restarted and is still copying
+/// what it missed. Reads right after such a restart, each from its own offset and through a new
+/// consumer, must return the events from there (waiting for the replica, or `Unavailable`
+/// when it takes too long): never "nothing until the end", which makes a reader skip events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_skip_nothing_while_a_restarted_replica_catches_up() {
+    const EVENTS: u64 = 3_000;
+    const BATCH: u64 = 100;
+    const READS: u64 = 60;
+    let cluster = PrivateNatsCluster::start().await;
+    let mut config = unique_config(&cluster.url());
+    config.replicas = 3;
+    let log = connect(config.clone()).await;
+    let topic = TopicName::parse("lagging").unwrap();
+    log.put_topic(&topic, TopicConfig::with_partitions(1))
+        .await
+        .unwrap();
+    let stream = format!("{}_lagging_0", config.stream_prefix);
+    let follower = (cluster.leader_of(&stream).await + 1) % 3;
+    cluster.kill(follower);
+    // What the follower misses: enough bytes that copying them takes a while.
+    let pad = "x".repeat(4_096);
+    for batch in 0..EVENTS / BATCH {
+        let events: Vec<_> = (0..BATCH)
+            .map(|i| {
+                let id = format!("e{}", batch * BATCH + i);
+                let json = serde_json::json!({
+                    "specversion": "1.0", "id": id, "source": "/lagging",
+                    "type": "test.event", "data": {"pad": pad},
+                });
+                proteus_log::Event::from_json(json.to_string().as_bytes()).unwrap()
+            })
+            .collect();
+        until_recovered(
+            Duration::from_secs(FAILOVER_WAIT_S),
+            |error: &LogError| matches!(error, LogError::Unavailable { .. }),
+            || log.append(&topic, events.clone()),
+        )
+        .await;
+    }
+    cluster.restart(follower).await;
+    let limits = ReadLimits {
+        events_max: 5,
+        bytes_max: 1024 * 1024,
+    };
+    for read in 0..READS {
+        // Offsets 7 apart: no read resumes the consumer the previous one parked.
+        let offset = (read * 7) % EVENTS;
+        let batch = until_recovered(
+            Duration::from_secs(FAILOVER_WAIT_S),
+            |error: &LogError| matches!(error, LogError::Unavailable { .. }),
+            || log.read(&topic, 0, ReadFrom::Offset(offset), limits),
+        )
+        .await;
+        assert_eq!(batch.end_offset, EVENTS, "read {read}");
+        let offsets: Vec<u64> = batch.events.iter().map(|e| e.offset).collect();
+        assert!(
+            offsets.first() == Some(&offset),
+            "read {read} from offset {offset}: got offsets {offsets:?}, next offset {}",
+            batch.next_offset
+        );
+        assert_eq!(
+            batch.next_offset,
+            offsets.last().unwrap() + 1,
+            "read {read}"
+        );
+    }
+}
+
 /// `replicas = 3` is refused on a server older than 2.11, saying why and what to do (the
 /// shared test server is Debian's 2.9); a newer single server refuses it itself (replicated
 /// streams need a cluster).
