@@ -2,13 +2,14 @@
 //! over a group with heartbeats and acks taken care of.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, Outage};
 
 /// What joining a group gives a member.
 #[derive(Debug, Clone, Deserialize)]
@@ -313,6 +314,10 @@ pub struct ConsumerOptions {
     pub max_events: u32,
     /// Long-poll wait of each pull; kept under the heartbeat interval.
     pub wait_ms: u64,
+    /// How long [`Consumer::run`] keeps asking again while the server cannot be reached or
+    /// answers 502, 503 or 504 (it restarts, or its backend elects a new leader) before
+    /// returning the error; 0 returns the first.
+    pub unavailable_wait_max_ms: u64,
 }
 
 impl Default for ConsumerOptions {
@@ -321,13 +326,15 @@ impl Default for ConsumerOptions {
             member_id: None,
             max_events: 100,
             wait_ms: 5_000,
+            unavailable_wait_max_ms: 60_000,
         }
     }
 }
 
 /// A member of a group that runs a handler on every event: acks what the handler accepted
 /// (one request per batch), nacks what it refused with its error, heartbeats while the handler
-/// runs, and rejoins if its session was lost.
+/// runs, rejoins if its session was lost, and rides out a server that cannot serve for a while
+/// ([`ConsumerOptions::unavailable_wait_max_ms`]).
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), proteus_client::ClientError> {
@@ -346,6 +353,7 @@ pub struct Consumer {
     group: String,
     options: ConsumerOptions,
     membership: Membership,
+    outage: Outage,
 }
 
 impl Consumer {
@@ -362,6 +370,7 @@ impl Consumer {
             client,
             topic: topic.to_owned(),
             group: group.to_owned(),
+            outage: Outage::new(options.unavailable_wait_max_ms),
             options,
             membership,
         })
@@ -394,11 +403,20 @@ impl Consumer {
             let pulled = match pulled {
                 Ok(pulled) => pulled,
                 Err(error) if is_lost_session(&error) => {
-                    self.rejoin().await?;
+                    if !self.rejoin(&mut stop).await? {
+                        return Ok(());
+                    }
                     continue;
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    let pause = self.outage.pause_for(&error).ok_or(error)?;
+                    if stopped_during(&mut stop, pause).await {
+                        break;
+                    }
+                    continue;
+                }
             };
+            self.outage.end();
             self.membership.generation = pulled.generation;
             self.membership.partitions = pulled.partitions;
             if pulled.events.is_empty() {
@@ -422,7 +440,11 @@ impl Consumer {
                     }
                 }
             }
-            self.settle(acks, nacks).await?;
+            if !self.settle(acks, nacks, &mut stop).await? {
+                // Stopped while the server was unavailable: what was not settled is
+                // delivered again.
+                return Ok(());
+            }
         }
         self.client
             .leave_group(&self.topic, &self.group, &self.membership.member_id)
@@ -436,43 +458,64 @@ impl Consumer {
             })
     }
 
+    /// Acks `acks` and nacks `nacks`, asking again through an outage; `false` when `stop`
+    /// came first.
     async fn settle(
         &mut self,
         acks: Vec<String>,
         nacks: Vec<(String, String)>,
-    ) -> Result<(), ClientError> {
+        stop: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool, ClientError> {
         let generation = self.membership.generation;
         let member = self.membership.member_id.clone();
-        if !acks.is_empty()
-            && let Err(error) = self
-                .client
-                .ack(&self.topic, &self.group, &member, generation, &acks)
-                .await
-        {
-            // Fenced: the partition moved; its new owner gets the events again.
-            if !is_fenced(&error) {
-                return Err(error);
+        if !acks.is_empty() {
+            loop {
+                let acked = self
+                    .client
+                    .ack(&self.topic, &self.group, &member, generation, &acks)
+                    .await;
+                match acked {
+                    Ok(_) => break,
+                    // Fenced: the partition moved; its new owner gets the events again.
+                    Err(error) if is_fenced(&error) => break,
+                    Err(error) => {
+                        let pause = self.outage.pause_for(&error).ok_or(error)?;
+                        if stopped_during(stop, pause).await {
+                            return Ok(false);
+                        }
+                    }
+                }
             }
+            self.outage.end();
         }
         for (position, reason) in nacks {
-            if let Err(error) = self
-                .client
-                .nack(
-                    &self.topic,
-                    &self.group,
-                    &member,
-                    generation,
-                    &[position],
-                    None,
-                    Some(&reason),
-                )
-                .await
-                && !is_fenced(&error)
-            {
-                return Err(error);
+            loop {
+                let nacked = self
+                    .client
+                    .nack(
+                        &self.topic,
+                        &self.group,
+                        &member,
+                        generation,
+                        std::slice::from_ref(&position),
+                        None,
+                        Some(&reason),
+                    )
+                    .await;
+                match nacked {
+                    Ok(_) => break,
+                    Err(error) if is_fenced(&error) => break,
+                    Err(error) => {
+                        let pause = self.outage.pause_for(&error).ok_or(error)?;
+                        if stopped_during(stop, pause).await {
+                            return Ok(false);
+                        }
+                    }
+                }
             }
+            self.outage.end();
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn heartbeat_while_busy(&self) {
@@ -486,12 +529,39 @@ impl Consumer {
         }
     }
 
-    async fn rejoin(&mut self) -> Result<(), ClientError> {
-        self.membership = self
-            .client
-            .join_group(&self.topic, &self.group, Some(&self.membership.member_id))
-            .await?;
-        Ok(())
+    /// Joins again under the same member id, asking again through an outage; `false` when
+    /// `stop` came first.
+    async fn rejoin(
+        &mut self,
+        stop: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool, ClientError> {
+        loop {
+            let joined = self
+                .client
+                .join_group(&self.topic, &self.group, Some(&self.membership.member_id))
+                .await;
+            match joined {
+                Ok(membership) => {
+                    self.membership = membership;
+                    self.outage.end();
+                    return Ok(true);
+                }
+                Err(error) => {
+                    let pause = self.outage.pause_for(&error).ok_or(error)?;
+                    if stopped_during(stop, pause).await {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps for `pause` unless `stop` resolves first (then `true`).
+async fn stopped_during(stop: &mut Pin<&mut impl Future<Output = ()>>, pause: Duration) -> bool {
+    tokio::select! {
+        () = stop.as_mut() => true,
+        () = tokio::time::sleep(pause) => false,
     }
 }
 

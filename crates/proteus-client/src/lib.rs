@@ -17,6 +17,7 @@ mod experiments;
 mod flags;
 mod groups;
 mod local_flags;
+mod outage;
 mod projections;
 mod schemas;
 mod streams;
@@ -31,6 +32,7 @@ use serde_json::value::RawValue;
 pub use flags::ChangeOptions;
 pub use groups::{Assignment, Consumer, ConsumerOptions, Delivered, Membership, Pulled};
 pub use local_flags::{FlagsSnapshot, LocalFlags};
+pub use outage::Outage;
 pub use proteus_eventstore;
 pub use streams::FeedQuery;
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use clap::{Args, Subcommand, ValueEnum};
-use proteus_client::Client;
+use proteus_client::Outage;
 use serde_json::{Value, json};
 
 use crate::cli::{ClientArgs, Output, client, print_table, rfc3339_ms, say, truncate};
@@ -127,6 +127,11 @@ pub struct ConsumeArgs {
     /// Create the group (starting at the beginning) if it does not exist.
     #[arg(long)]
     pub create: bool,
+    /// Once consuming, how long to keep retrying while the server cannot be reached or
+    /// answers 502, 503 or 504 (it restarts, or its backend elects a new leader) before
+    /// exiting with the error; 0 exits at the first.
+    #[arg(long, default_value_t = 60_000)]
+    pub unavailable_wait_max_ms: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -439,6 +444,7 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
         .await
         .map_err(say)?;
     let mut printed: u64 = 0;
+    let mut outage = Outage::new(args.unavailable_wait_max_ms);
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
     let stdout = std::io::stdout();
@@ -456,11 +462,31 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
         let pulled = match pulled {
             Ok(pulled) => pulled,
             Err(error) if problem_type(&error) == Some("/problems/unknown-member") => {
-                membership = rejoin(&client, topic, group, &membership.member_id).await?;
+                membership = loop {
+                    match client
+                        .join_group(topic, group, Some(&membership.member_id))
+                        .await
+                    {
+                        Ok(joined) => break joined,
+                        Err(error) => {
+                            let pause = pause_or_exit(&mut outage, error, "rejoining the group")?;
+                            if stopped_during(&mut stop, pause).await {
+                                return Ok(());
+                            }
+                        }
+                    }
+                };
                 continue;
             }
-            Err(error) => return Err(say(error)),
+            Err(error) => {
+                let pause = pause_or_exit(&mut outage, error, "pulling events")?;
+                if stopped_during(&mut stop, pause).await {
+                    break;
+                }
+                continue;
+            }
         };
+        end_outage(&mut outage);
         if pulled.events.is_empty() {
             continue;
         }
@@ -474,16 +500,30 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
         }
         printed += pulled.events.len() as u64;
         let positions: Vec<String> = pulled.events.iter().map(|d| d.position.clone()).collect();
-        match client
-            .ack(
-                topic,
-                group,
-                &membership.member_id,
-                pulled.generation,
-                &positions,
-            )
-            .await
-        {
+        // Acks are idempotent: one whose answer was lost is sent again.
+        let acked = loop {
+            let acked = client
+                .ack(
+                    topic,
+                    group,
+                    &membership.member_id,
+                    pulled.generation,
+                    &positions,
+                )
+                .await;
+            match acked {
+                Err(error) if Outage::is_transient(&error) => {
+                    let pause = pause_or_exit(&mut outage, error, "acking events")?;
+                    if stopped_during(&mut stop, pause).await {
+                        // Printed, not acked: the group delivers them again.
+                        return Ok(());
+                    }
+                }
+                acked => break acked,
+            }
+        };
+        end_outage(&mut outage);
+        match acked {
             Ok(_) => {}
             // The partition moved to another member meanwhile: it will deliver them again.
             Err(error)
@@ -507,16 +547,51 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn rejoin(
-    client: &Client,
-    topic: &str,
-    group: &str,
-    member: &str,
-) -> Result<proteus_client::Membership, String> {
-    client
-        .join_group(topic, group, Some(member))
-        .await
-        .map_err(say)
+/// Sleeps for `pause` unless Ctrl-C comes first (then `true`).
+async fn stopped_during(
+    stop: &mut std::pin::Pin<&mut impl std::future::Future>,
+    pause: std::time::Duration,
+) -> bool {
+    tokio::select! {
+        _ = stop.as_mut() => true,
+        _ = tokio::time::sleep(pause) => false,
+    }
+}
+
+/// The pause before asking again after `error` while `doing`, or the error to exit with: it
+/// is not transient, or the server has been unavailable longer than allowed. Says once per
+/// outage that it waits.
+fn pause_or_exit(
+    outage: &mut Outage,
+    error: proteus_client::ClientError,
+    doing: &str,
+) -> Result<std::time::Duration, String> {
+    let ongoing = outage.is_ongoing();
+    match outage.pause_for(&error) {
+        Some(pause) => {
+            if !ongoing {
+                eprintln!(
+                    "warning: {doing}: {error}; retrying for up to {} ms (--unavailable-wait-max-ms)",
+                    outage.wait_max_ms()
+                );
+            }
+            Ok(pause)
+        }
+        None if Outage::is_transient(&error) => Err(format!(
+            "{doing}: {}; still unavailable after {} ms (raise --unavailable-wait-max-ms to wait \
+             longer)",
+            say(error),
+            outage.wait_max_ms()
+        )),
+        None => Err(say(error)),
+    }
+}
+
+/// A call succeeded: says how long the outage it ends lasted, if there was one.
+fn end_outage(outage: &mut Outage) {
+    if let Some(lasted) = outage.end() {
+        eprintln!("served again after {} ms", lasted.as_millis());
+    }
 }
 
 fn problem_type(error: &proteus_client::ClientError) -> Option<&str> {

@@ -16,12 +16,12 @@ use crate::support::{BINARY, ServerProcess};
 const EVENTS: usize = 3_000;
 const CONSUMERS: usize = 3;
 
-struct Consumer {
+pub(crate) struct Consumer {
     child: Child,
 }
 
 impl Consumer {
-    fn start(url: &str, seen: Arc<Mutex<BTreeSet<String>>>) -> Consumer {
+    pub(crate) fn start(url: &str, seen: Arc<Mutex<BTreeSet<String>>>) -> Consumer {
         let mut child = Command::new(BINARY)
             .args([
                 "consume",

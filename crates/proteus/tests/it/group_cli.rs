@@ -151,3 +151,50 @@ fn groups_and_dead_letters_from_the_command_line() {
     assert_eq!(code, 0);
     assert!(json_lines(&out).is_empty(), "{out}");
 }
+
+/// `proteus consume` rides out a server it cannot reach for at most `--unavailable-wait-max-ms`,
+/// then exits saying so and how to wait longer (with the server killed, nothing answers).
+#[test]
+fn consume_gives_up_once_the_server_is_gone_longer_than_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path());
+    let url = server.url.clone();
+    let (code, _, err) = run_cli(
+        &[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "1",
+            "--server",
+            &url,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let consumer = std::process::Command::new(crate::support::BINARY)
+        .args(["consume", "orders", "--group", "g", "--create"])
+        .args(["--unavailable-wait-max-ms", "1000", "--server", &url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it join and start pulling before the server goes.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    server.kill_9();
+    let killed_at = std::time::Instant::now();
+    let output = consumer.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("retrying for up to 1000 ms")
+            && stderr.contains("still unavailable after 1000 ms")
+            && stderr.contains("--unavailable-wait-max-ms"),
+        "{stderr}"
+    );
+    assert!(
+        killed_at.elapsed() < std::time::Duration::from_secs(15),
+        "it gave up {:?} after the kill",
+        killed_at.elapsed()
+    );
+}

@@ -2,15 +2,19 @@
 //! it once one NATS server is not enough: `--nats-replicas 3` creates every stream and bucket
 //! with three replicas, and with the server leading a topic's partition killed (`SIGKILL`),
 //! the instance goes on taking and serving that partition's events through the two left;
-//! `migrate-topics` and `migrate` create their copies with the same flag.
+//! `migrate-topics` and `migrate` create their copies with the same flag; a consumer group's
+//! members process every event while the servers leading its partition and bucket are killed.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proteus_nats::test_support::PrivateNatsCluster;
 use serde_json::{Value, json};
 
+use crate::group_chaos::Consumer;
 use crate::support::{BINARY, ServerProcess, nats_url, run_cli};
 
 /// How long the instance may take to serve a partition again once its leader is killed: the
@@ -246,6 +250,119 @@ fn a_server_on_a_nats_cluster_replicates_and_survives_a_killed_leader() {
             runtime.block_on(cluster.replicas_of(stream)),
             3,
             "stream {stream}"
+        );
+    }
+}
+
+/// A consumer group on a cluster, as a team runs one: two `proteus consume` members of a group
+/// of a 2-partition topic, with the servers leading partition 0's stream and the groups
+/// bucket killed in turn (and started again) while a producer writes. The members ride out the
+/// 503s (`--unavailable-wait-max-ms`), the producer retries its batches, and in the end every
+/// event was processed and the group's committed positions cover both partitions: nothing
+/// skipped while a restarted server catches up.
+#[test]
+fn a_group_on_a_nats_cluster_processes_every_event_while_leaders_are_killed() {
+    const EVENTS: usize = 1_000;
+    const BATCH: usize = 50;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cluster = runtime.block_on(PrivateNatsCluster::start());
+    let url = cluster.url();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--storage-log",
+            &url,
+            "--groups",
+            &url,
+            "--nats-replicas",
+            "3",
+        ],
+        &[],
+    );
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let put = |path: &str, body: Value| {
+        let response = http
+            .put(format!("{}{path}", server.url))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    };
+    put("/v1/topics/orders", json!({"partitions": 2}));
+    put(
+        "/v1/topics/orders/groups/workers",
+        json!({"session_timeout_ms": 3_000, "ack_wait_ms": 5_000}),
+    );
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let _consumers: Vec<Consumer> = (0..2)
+        .map(|_| Consumer::start(&server.url, seen.clone()))
+        .collect();
+    let producer = {
+        let url = server.url.clone();
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            for batch in 0..EVENTS / BATCH {
+                let events: Vec<Value> = (batch * BATCH..(batch + 1) * BATCH)
+                    .map(|i| json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/it", "type": "t", "partitionkey": format!("k{}", i % 7), "data": {"i": i}}))
+                    .collect();
+                let body = serde_json::to_vec(&events).unwrap();
+                until_served(&format!("batch {batch}"), || {
+                    http.post(format!("{url}/v1/topics/orders/events"))
+                        .header("content-type", "application/cloudevents-batch+json")
+                        .body(body.clone())
+                });
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    for stream in ["PROTEUS_orders_0", "KV_PROTEUS_GROUPS"] {
+        std::thread::sleep(Duration::from_millis(500));
+        let leader = runtime.block_on(cluster.leader_of(stream));
+        cluster.kill(leader);
+        std::thread::sleep(Duration::from_secs(3));
+        runtime.block_on(cluster.restart(leader));
+    }
+    producer.join().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let description = loop {
+        let description = http
+            .get(format!("{}/v1/topics/orders/groups/workers", server.url))
+            .send()
+            .ok()
+            .and_then(|response| response.json::<Value>().ok())
+            .unwrap_or_default();
+        let done = description["lag_events"] == 0 && seen.lock().unwrap().len() == EVENTS;
+        if done || Instant::now() > deadline {
+            break description;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let seen = seen.lock().unwrap();
+    let missing: Vec<usize> = (0..EVENTS)
+        .filter(|i| !seen.contains(&format!("e{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events never processed, e.g. {:?}; group: {description}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    for partition in description["partitions"].as_array().unwrap() {
+        assert_eq!(
+            partition["committed"], partition["end_offset"],
+            "committed positions cover the partition: {partition}"
         );
     }
 }
