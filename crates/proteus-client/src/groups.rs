@@ -410,7 +410,7 @@ impl Consumer {
                 }
                 Err(error) => {
                     let pause = self.outage.pause_for(&error).ok_or(error)?;
-                    if stopped_during(&mut stop, pause).await {
+                    if Outage::sleep_unless_stopped(&mut stop, pause).await {
                         break;
                     }
                     continue;
@@ -480,7 +480,7 @@ impl Consumer {
                     Err(error) if is_fenced(&error) => break,
                     Err(error) => {
                         let pause = self.outage.pause_for(&error).ok_or(error)?;
-                        if stopped_during(stop, pause).await {
+                        if Outage::sleep_unless_stopped(stop, pause).await {
                             return Ok(false);
                         }
                     }
@@ -507,7 +507,7 @@ impl Consumer {
                     Err(error) if is_fenced(&error) => break,
                     Err(error) => {
                         let pause = self.outage.pause_for(&error).ok_or(error)?;
-                        if stopped_during(stop, pause).await {
+                        if Outage::sleep_unless_stopped(stop, pause).await {
                             return Ok(false);
                         }
                     }
@@ -548,20 +548,12 @@ impl Consumer {
                 }
                 Err(error) => {
                     let pause = self.outage.pause_for(&error).ok_or(error)?;
-                    if stopped_during(stop, pause).await {
+                    if Outage::sleep_unless_stopped(stop, pause).await {
                         return Ok(false);
                     }
                 }
             }
         }
-    }
-}
-
-/// Sleeps for `pause` unless `stop` resolves first (then `true`).
-async fn stopped_during(stop: &mut Pin<&mut impl Future<Output = ()>>, pause: Duration) -> bool {
-    tokio::select! {
-        () = stop.as_mut() => true,
-        () = tokio::time::sleep(pause) => false,
     }
 }
 

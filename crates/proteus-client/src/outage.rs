@@ -1,6 +1,8 @@
 //! [`Outage`]: riding out a server that cannot serve for a while (restarting, or its backend
 //! electing a new leader) instead of failing at its first 503.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use crate::ClientError;
@@ -62,6 +64,15 @@ impl Outage {
         let pause = Duration::from_millis(self.pause_ms);
         self.pause_ms = (self.pause_ms * 2).min(Self::PAUSE_MS_MAX);
         Some(pause)
+    }
+
+    /// Sleeps through `pause` unless `stop` resolves first (then `true`), so a caller riding
+    /// out an outage still stops when asked.
+    pub async fn sleep_unless_stopped<F: Future>(stop: &mut Pin<&mut F>, pause: Duration) -> bool {
+        tokio::select! {
+            _ = stop.as_mut() => true,
+            () = tokio::time::sleep(pause) => false,
+        }
     }
 
     /// A call succeeded: how long the outage it ends lasted, if there was one.

@@ -470,7 +470,7 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
                         Ok(joined) => break joined,
                         Err(error) => {
                             let pause = pause_or_exit(&mut outage, error, "rejoining the group")?;
-                            if stopped_during(&mut stop, pause).await {
+                            if Outage::sleep_unless_stopped(&mut stop, pause).await {
                                 return Ok(());
                             }
                         }
@@ -480,7 +480,7 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
             }
             Err(error) => {
                 let pause = pause_or_exit(&mut outage, error, "pulling events")?;
-                if stopped_during(&mut stop, pause).await {
+                if Outage::sleep_unless_stopped(&mut stop, pause).await {
                     break;
                 }
                 continue;
@@ -514,7 +514,7 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
             match acked {
                 Err(error) if Outage::is_transient(&error) => {
                     let pause = pause_or_exit(&mut outage, error, "acking events")?;
-                    if stopped_during(&mut stop, pause).await {
+                    if Outage::sleep_unless_stopped(&mut stop, pause).await {
                         // Printed, not acked: the group delivers them again.
                         return Ok(());
                     }
@@ -545,17 +545,6 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
         .leave_group(topic, group, &membership.member_id)
         .await;
     Ok(())
-}
-
-/// Sleeps for `pause` unless Ctrl-C comes first (then `true`).
-async fn stopped_during(
-    stop: &mut std::pin::Pin<&mut impl std::future::Future>,
-    pause: std::time::Duration,
-) -> bool {
-    tokio::select! {
-        _ = stop.as_mut() => true,
-        _ = tokio::time::sleep(pause) => false,
-    }
 }
 
 /// The pause before asking again after `error` while `doing`, or the error to exit with: it
