@@ -467,53 +467,30 @@ impl Consumer {
         stop: &mut Pin<&mut impl Future<Output = ()>>,
     ) -> Result<bool, ClientError> {
         let generation = self.membership.generation;
-        let member = self.membership.member_id.clone();
+        let member = self.membership.member_id.as_str();
+        let (client, topic, group) = (&self.client, self.topic.as_str(), self.group.as_str());
         if !acks.is_empty() {
-            loop {
-                let acked = self
-                    .client
-                    .ack(&self.topic, &self.group, &member, generation, &acks)
-                    .await;
-                match acked {
-                    Ok(_) => break,
-                    // Fenced: the partition moved; its new owner gets the events again.
-                    Err(error) if is_fenced(&error) => break,
-                    Err(error) => {
-                        let pause = self.outage.pause_for(&error).ok_or(error)?;
-                        if Outage::sleep_unless_stopped(stop, pause).await {
-                            return Ok(false);
-                        }
-                    }
-                }
+            let ack = || client.ack(topic, group, member, generation, &acks);
+            if !until_taken(&mut self.outage, stop, ack).await? {
+                return Ok(false);
             }
-            self.outage.end();
         }
-        for (position, reason) in nacks {
-            loop {
-                let nacked = self
-                    .client
-                    .nack(
-                        &self.topic,
-                        &self.group,
-                        &member,
-                        generation,
-                        std::slice::from_ref(&position),
-                        None,
-                        Some(&reason),
-                    )
-                    .await;
-                match nacked {
-                    Ok(_) => break,
-                    Err(error) if is_fenced(&error) => break,
-                    Err(error) => {
-                        let pause = self.outage.pause_for(&error).ok_or(error)?;
-                        if Outage::sleep_unless_stopped(stop, pause).await {
-                            return Ok(false);
-                        }
-                    }
-                }
+        for (position, reason) in &nacks {
+            let positions = std::slice::from_ref(position);
+            let nack = || {
+                client.nack(
+                    topic,
+                    group,
+                    member,
+                    generation,
+                    positions,
+                    None,
+                    Some(reason),
+                )
+            };
+            if !until_taken(&mut self.outage, stop, nack).await? {
+                return Ok(false);
             }
-            self.outage.end();
         }
         Ok(true)
     }
@@ -555,6 +532,33 @@ impl Consumer {
             }
         }
     }
+}
+
+/// Sends an ack or nack (`send`) until the server takes it or fences it (the partition moved:
+/// its new owner gets the events again), asking again through an outage; `false` when `stop`
+/// came first.
+async fn until_taken<Fut>(
+    outage: &mut Outage,
+    stop: &mut Pin<&mut impl Future<Output = ()>>,
+    send: impl Fn() -> Fut,
+) -> Result<bool, ClientError>
+where
+    Fut: Future<Output = Result<Value, ClientError>>,
+{
+    loop {
+        match send().await {
+            Ok(_) => break,
+            Err(error) if is_fenced(&error) => break,
+            Err(error) => {
+                let pause = outage.pause_for(&error).ok_or(error)?;
+                if Outage::sleep_unless_stopped(stop, pause).await {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    outage.end();
+    Ok(true)
 }
 
 fn problem_type(error: &ClientError) -> Option<&str> {

@@ -145,36 +145,7 @@ fn killed_consumers_lose_nothing() {
     producer.join().unwrap();
     assert!(kills >= 5, "the chaos killed only {kills} consumers");
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let description = loop {
-        let description: Value = http
-            .get(format!("{url}/v1/topics/orders/groups/workers"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        let done = description["lag_events"] == 0 && seen.lock().unwrap().len() == EVENTS;
-        if done || Instant::now() > deadline {
-            break description;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let seen = seen.lock().unwrap();
-    let missing: Vec<usize> = (0..EVENTS)
-        .filter(|i| !seen.contains(&format!("e{i}")))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} events never processed, e.g. {:?}; group: {description}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    for partition in description["partitions"].as_array().unwrap() {
-        assert_eq!(
-            partition["committed"], partition["end_offset"],
-            "committed positions cover the partition: {partition}"
-        );
-    }
+    let description = assert_every_event_processed(&url, &seen, EVENTS, Duration::from_secs(90));
     assert_eq!(description["counters"]["dead_lettered"], 0);
     drop(consumers);
 
@@ -198,4 +169,47 @@ fn killed_consumers_lose_nothing() {
             .collect()
     };
     assert_eq!(committed(&after), committed(&description));
+}
+
+/// Waits at most `wait` for group `workers` of topic `orders` at `url` to have no lag and for
+/// `seen` to hold `e0`…`e{events - 1}`, then asserts every event was processed and the
+/// committed positions cover every partition. The group's description.
+pub(crate) fn assert_every_event_processed(
+    url: &str,
+    seen: &Mutex<BTreeSet<String>>,
+    events: usize,
+    wait: Duration,
+) -> Value {
+    let http = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + wait;
+    let description = loop {
+        let description = http
+            .get(format!("{url}/v1/topics/orders/groups/workers"))
+            .send()
+            .ok()
+            .and_then(|response| response.json::<Value>().ok())
+            .unwrap_or_default();
+        let done = description["lag_events"] == 0 && seen.lock().unwrap().len() == events;
+        if done || Instant::now() > deadline {
+            break description;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let seen = seen.lock().unwrap();
+    let missing: Vec<usize> = (0..events)
+        .filter(|i| !seen.contains(&format!("e{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events never processed, e.g. {:?}; group: {description}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    for partition in description["partitions"].as_array().unwrap() {
+        assert_eq!(
+            partition["committed"], partition["end_offset"],
+            "committed positions cover the partition: {partition}"
+        );
+    }
+    description
 }

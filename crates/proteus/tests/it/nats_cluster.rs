@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use proteus_nats::test_support::PrivateNatsCluster;
 use serde_json::{Value, json};
 
-use crate::group_chaos::Consumer;
+use crate::group_chaos::{Consumer, assert_every_event_processed};
 use crate::support::{BINARY, ServerProcess, nats_url, run_cli};
 
 /// How long the instance may take to serve a partition again once its leader is killed: the
@@ -109,6 +109,33 @@ fn until_served(what: &str, request: impl Fn() -> reqwest::blocking::RequestBuil
     }
 }
 
+/// `proteus serve` with its log, event store and groups on the cluster at `url`, with 3
+/// replicas of everything it creates.
+fn serve_on(url: &str, data_dir: &Path) -> ServerProcess {
+    ServerProcess::start_with(
+        data_dir,
+        &[
+            "--storage-log",
+            url,
+            "--event-store",
+            url,
+            "--groups",
+            url,
+            "--nats-replicas",
+            "3",
+        ],
+        &[],
+    )
+}
+
+/// An HTTP client whose calls give up after 10 s (a call during a failover may hang).
+fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 /// `proteus serve --nats-replicas 3` with its log, event store and groups on a private
 /// cluster: every stream and bucket it creates has 3 replicas; with the leader of a topic's
 /// partition killed, an event of the same key is taken (after 503s while the stream elects a
@@ -119,24 +146,8 @@ fn a_server_on_a_nats_cluster_replicates_and_survives_a_killed_leader() {
     let cluster = runtime.block_on(PrivateNatsCluster::start());
     let url = cluster.url();
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start_with(
-        dir.path(),
-        &[
-            "--storage-log",
-            &url,
-            "--event-store",
-            &url,
-            "--groups",
-            &url,
-            "--nats-replicas",
-            "3",
-        ],
-        &[],
-    );
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let server = serve_on(&url, dir.path());
+    let http = http_client();
     let created = http
         .put(format!("{}/v1/topics/orders", server.url))
         .json(&json!({"partitions": 2}))
@@ -268,22 +279,8 @@ fn a_group_on_a_nats_cluster_processes_every_event_while_leaders_are_killed() {
     let cluster = runtime.block_on(PrivateNatsCluster::start());
     let url = cluster.url();
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start_with(
-        dir.path(),
-        &[
-            "--storage-log",
-            &url,
-            "--groups",
-            &url,
-            "--nats-replicas",
-            "3",
-        ],
-        &[],
-    );
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let server = serve_on(&url, dir.path());
+    let http = http_client();
     let put = |path: &str, body: Value| {
         let response = http
             .put(format!("{}{path}", server.url))
@@ -308,10 +305,7 @@ fn a_group_on_a_nats_cluster_processes_every_event_while_leaders_are_killed() {
     let producer = {
         let url = server.url.clone();
         std::thread::spawn(move || {
-            let http = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap();
+            let http = http_client();
             for batch in 0..EVENTS / BATCH {
                 let events: Vec<Value> = (batch * BATCH..(batch + 1) * BATCH)
                     .map(|i| json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/it", "type": "t", "partitionkey": format!("k{}", i % 7), "data": {"i": i}}))
@@ -335,34 +329,5 @@ fn a_group_on_a_nats_cluster_processes_every_event_while_leaders_are_killed() {
     }
     producer.join().unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let description = loop {
-        let description = http
-            .get(format!("{}/v1/topics/orders/groups/workers", server.url))
-            .send()
-            .ok()
-            .and_then(|response| response.json::<Value>().ok())
-            .unwrap_or_default();
-        let done = description["lag_events"] == 0 && seen.lock().unwrap().len() == EVENTS;
-        if done || Instant::now() > deadline {
-            break description;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let seen = seen.lock().unwrap();
-    let missing: Vec<usize> = (0..EVENTS)
-        .filter(|i| !seen.contains(&format!("e{i}")))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} events never processed, e.g. {:?}; group: {description}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    for partition in description["partitions"].as_array().unwrap() {
-        assert_eq!(
-            partition["committed"], partition["end_offset"],
-            "committed positions cover the partition: {partition}"
-        );
-    }
+    assert_every_event_processed(&server.url, &seen, EVENTS, Duration::from_secs(120));
 }
