@@ -1,7 +1,8 @@
 //! The NATS server itself killed (`SIGKILL`) in the middle of appends and started again on the
 //! same store, three times (`proteus_eventstore::crash`): a server of the test's own
 //! (`PrivateNatsServer`), since killing the shared one would disturb every other test; then the
-//! same on a cluster of three whose leader is killed each time (`PrivateNatsCluster`).
+//! same on a cluster of three whose leader is killed each time (`PrivateNatsCluster`), and
+//! reads while a restarted replica of that cluster catches up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,4 +97,84 @@ async fn a_replicated_store_keeps_every_event_when_its_leader_is_killed() {
     eprintln!("{run:?}");
     assert_each_event_once(store.as_ref(), &run, "the store that wrote").await;
     assert_each_event_once(&open(config).await, &run, "a new store").await;
+}
+
+/// A read's consumer may be placed on a replica that has just restarted and is still copying
+/// what it missed. Reads right after such a restart (the `$all` feed from many positions,
+/// streams from their start, each through a new consumer) must return what the two servers
+/// that stayed up return: never fewer events, never a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_every_event_while_a_restarted_replica_catches_up() {
+    const STREAMS: usize = 30;
+    const APPENDS_PER_STREAM: usize = 10;
+    const EVENTS_PER_APPEND: usize = 10;
+    let cluster = PrivateNatsCluster::start().await;
+    let mut config = unique_config(&cluster.url());
+    config.replicas = 3;
+    let store = open(config.clone()).await;
+    let events_stream = config.events_stream();
+    let follower = (cluster.leader_of(&events_stream).await + 1) % 3;
+    cluster.kill(follower);
+    // What the follower misses: enough bytes that copying them takes a while.
+    let pad = "x".repeat(4_096);
+    for append in 0..APPENDS_PER_STREAM {
+        for s in 0..STREAMS {
+            let events = (0..EVENTS_PER_APPEND)
+                .map(|i| {
+                    let id = format!("s{s}-a{append}-e{i}");
+                    let data = format!("{{\"pad\":\"{pad}\"}}");
+                    proteus_eventstore::ProposedEvent::new(id, "Padded", data)
+                })
+                .collect();
+            store
+                .append(&stream(&format!("order-{s}")), ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+        }
+    }
+    // What the two servers that stayed up hold, read before the follower returns.
+    let all = |from: u64, count: usize| {
+        let store = &store;
+        async move {
+            let filter = proteus_eventstore::ReadFilter::default();
+            let page = until_recovered(
+                Duration::from_secs(FAILOVER_WAIT_S),
+                |error: &EventStoreError| error.kind() == ErrorKind::Unavailable,
+                || store.read_all(from, Direction::Forward, count, &filter),
+            )
+            .await;
+            page.events
+                .iter()
+                .map(|e| (e.position, e.id.clone()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let expected = all(0, 10_000).await;
+    assert_eq!(
+        expected.len(),
+        STREAMS * APPENDS_PER_STREAM * EVENTS_PER_APPEND
+    );
+    cluster.restart(follower).await;
+    for read in 0..40 {
+        let start = (read * 37) % expected.len();
+        let got = all(expected[start].0, 20).await;
+        let wanted = &expected[start..(start + 20).min(expected.len())];
+        assert_eq!(
+            got, wanted,
+            "read {read} of $all from position {}",
+            expected[start].0
+        );
+        let name = stream(&format!("order-{}", read % STREAMS));
+        let page = until_recovered(
+            Duration::from_secs(FAILOVER_WAIT_S),
+            |error: &EventStoreError| error.kind() == ErrorKind::Unavailable,
+            || store.read_stream(&name, 0, Direction::Forward, 1_000),
+        )
+        .await;
+        assert_eq!(
+            page.events.len(),
+            APPENDS_PER_STREAM * EVENTS_PER_APPEND,
+            "read {read} of stream {name}"
+        );
+    }
 }
