@@ -18,31 +18,6 @@ pub(crate) fn storage(reason: impl Into<String>) -> EventStoreError {
     EventStoreError::Storage(reason.into())
 }
 
-/// Whether an error means the server could not be reached or did not answer in time.
-fn is_transient(text: &str) -> bool {
-    let text = text.to_ascii_lowercase();
-    [
-        "timed out",
-        "timedout",
-        "no responders",
-        "noresponders",
-        // A pull answered 503 (no responders): on a cluster, a new consumer whose leader
-        // does not take requests yet.
-        "from the stream: 503",
-        "broken pipe",
-        "brokenpipe",
-        "disconnect",
-        "connection",
-        "jetstreamunavailable",
-        "flush",
-        "subscribe",
-        "request",
-        "pull",
-    ]
-    .iter()
-    .any(|word| text.contains(word))
-}
-
 /// Maps a client error met at `url` (redacted) while doing `what` (a phrase such as
 /// "appending to stream 'x'"). `write` adds that the write may or may not have been stored,
 /// so the caller retries it with the same event ids (which makes the retry idempotent).
@@ -63,7 +38,7 @@ pub(crate) fn nats<E: std::fmt::Display + std::fmt::Debug>(
             ),
         };
     }
-    if is_transient(&text) {
+    if proteus_nats::client::is_transient_error(&text) {
         let unknown = if write {
             "; the write may or may not have been stored, so retry it with the same event ids (a retry is recognised and not written twice)"
         } else {

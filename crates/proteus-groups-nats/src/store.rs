@@ -173,8 +173,29 @@ impl NatsGroupStore {
         )
     }
 
-    fn backend(&self, what: &str, error: impl std::fmt::Display) -> StoreError {
-        StoreError::Backend(failure(&self.url, what, error))
+    /// A failed request while doing `what`: [`StoreError::Unavailable`] when NATS could not be
+    /// reached, did not answer in time or had no leader for the bucket (a cluster electing
+    /// one), [`StoreError::Backend`] otherwise.
+    fn backend(&self, what: &str, error: impl std::fmt::Display + std::fmt::Debug) -> StoreError {
+        let text = format!("{error} {error:?}");
+        // A request nobody answered on the bucket's subjects comes back from async-nats as
+        // "no stream found for given subject": the bucket has no leader right now.
+        let leaderless =
+            text.contains("StreamNotFound") || text.contains("no stream found for given subject");
+        if leaderless {
+            StoreError::Unavailable(failure(
+                &self.url,
+                what,
+                format!(
+                    "{error} (the bucket has no leader right now: a JetStream cluster elects \
+                     one within seconds of losing a server; or the bucket was deleted)"
+                ),
+            ))
+        } else if proteus_nats::client::is_transient_error(&text) {
+            StoreError::Unavailable(failure(&self.url, what, error))
+        } else {
+            StoreError::Backend(failure(&self.url, what, error))
+        }
     }
 
     /// The group stored at `key` and the revision to write it back against; `None` when the

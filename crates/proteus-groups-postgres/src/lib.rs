@@ -103,7 +103,12 @@ struct Inner {
     schema: String,
 }
 
+/// A failed query: [`StoreError::Unavailable`] when the server could not be reached or the
+/// failure is one to retry (a lost connection, a restart), [`StoreError::Backend`] otherwise.
 fn backend(error: PgError) -> StoreError {
+    if error.retriable {
+        return StoreError::Unavailable(error.message);
+    }
     StoreError::Backend(error.message)
 }
 

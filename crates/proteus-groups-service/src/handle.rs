@@ -19,12 +19,14 @@ pub(crate) const ABANDONED: &str =
     "this instance stopped coordinating the group (its lease moved); retry the request";
 
 /// Where durability stands: every version up to `durable` is saved; `failed` is the newest
-/// version whose save failed, with the error.
+/// version whose save failed, with the error and whether retrying may succeed (the store was
+/// unavailable, or this instance stopped coordinating the group).
 #[derive(Clone, Debug, Default)]
 struct Durability {
     durable: u64,
     failed: u64,
     error: String,
+    retriable: bool,
 }
 
 pub struct GroupHandle {
@@ -101,6 +103,7 @@ impl GroupHandle {
         self.durability.send_modify(|d| {
             d.failed = u64::MAX;
             d.error = ABANDONED.to_owned();
+            d.retriable = true;
         });
     }
 
@@ -157,6 +160,8 @@ impl GroupHandle {
             .clone();
         if state.durable >= version {
             Ok(())
+        } else if state.retriable {
+            Err(GroupError::Store(StoreError::Unavailable(state.error)))
         } else {
             Err(GroupError::Store(StoreError::Backend(state.error)))
         }
@@ -420,9 +425,11 @@ async fn save(inner: &Inner, handle: &GroupHandle) {
             handle.with_state(|state| {
                 state.mark_dirty(progress.iter().map(|p| p.partition));
             });
+            let retriable = matches!(error, StoreError::Unavailable(_));
             handle.durability.send_modify(|d| {
                 d.failed = d.failed.max(version);
                 d.error = format!("saving the group's progress failed: {error}");
+                d.retriable = retriable;
             });
         }
     }

@@ -67,7 +67,7 @@ pub(crate) async fn pull(
     let mut shutdown = inner.shutdown.clone();
     loop {
         if handle.is_abandoned() {
-            return Err(GroupError::Store(proteus_groups::StoreError::Backend(
+            return Err(GroupError::Store(proteus_groups::StoreError::Unavailable(
                 crate::handle::ABANDONED.to_owned(),
             )));
         }

@@ -1,7 +1,7 @@
 //! The crash check every group store whose backend a test can kill runs (feature
 //! `conformance`): progress saved before the server is killed survives it, a save while it is
-//! down fails with [`StoreError::Backend`] saying what failed, and the same store reconnects by
-//! itself once the server is back.
+//! down fails with [`StoreError::Unavailable`] (retriable) saying what failed, and the same
+//! store reconnects by itself once the server is back.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ pub async fn progress_survives_a_crash(
 
     kill();
     match store.save_progress(&topic, &group, 0, &[progress(6)]).await {
-        Err(StoreError::Backend(text)) => {
+        Err(StoreError::Unavailable(text)) => {
             assert!(text.contains(error_names), "says {error_names:?}: {text}")
         }
         other => panic!("a save while the server is down: {other:?}"),

@@ -71,6 +71,12 @@ pub enum StoreError {
         fence: u64,
         claimed: u64,
     },
+    /// The store could not be reached or did not answer in time (its server restarting, or
+    /// electing a leader): retry. A write that failed this way may or may not have been saved;
+    /// every write of a store can be sent again safely.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Any other failure of the store.
     #[error("{0}")]
     Backend(String),
 }

@@ -200,38 +200,11 @@ const BEHIND_LEADER_READS_MAX: u32 = 250;
 /// Pause before a read behind the leader asks again, in milliseconds.
 const BEHIND_LEADER_RETRY_MS: u64 = 20;
 
-/// Whether an error means the server could not be reached or did not answer in time.
-fn is_transient(text: &str) -> bool {
-    let text = text.to_ascii_lowercase();
-    [
-        "timed out",
-        "timedout",
-        "no responders",
-        "noresponders",
-        // A pull answered 503 (no responders): on a cluster, a new consumer whose leader
-        // does not take requests yet.
-        "from the stream: 503",
-        "broken pipe",
-        "brokenpipe",
-        "disconnect",
-        "connection",
-        "jetstreamunavailable",
-        "request",
-        "flush",
-        "subscribe",
-        "pull",
-        "max ack pending",
-        "maxackpending",
-    ]
-    .iter()
-    .any(|word| text.contains(word))
-}
-
 /// Maps a client error: unreachable or slow servers are [`LogError::Unavailable`] (retry);
 /// anything else is [`LogError::Storage`].
 fn nats_error<E: std::fmt::Display + std::fmt::Debug>(context: &str, error: E) -> LogError {
     let text = format!("{error} {error:?}");
-    if is_transient(&text) {
+    if proteus_nats::client::is_transient_error(&text) {
         LogError::Unavailable {
             reason: format!(
                 "NATS JetStream did not answer while {context}: {error}; the request can be retried once the server is reachable"

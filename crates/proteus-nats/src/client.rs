@@ -339,6 +339,35 @@ pub async fn next_fetched<S: futures_util::Stream + Unpin>(
     })
 }
 
+/// Whether a client error (its `Display` and `Debug` text) means the server could not be
+/// reached, had no leader to answer, or did not answer in time: worth retrying, unlike a
+/// refusal. Every adapter's error mapping asks this.
+pub fn is_transient_error(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    [
+        "timed out",
+        "timedout",
+        "no responders",
+        "noresponders",
+        // A pull answered 503 (no responders): on a cluster, a new consumer whose leader
+        // does not take requests yet.
+        "from the stream: 503",
+        "broken pipe",
+        "brokenpipe",
+        "disconnect",
+        "connection",
+        "jetstreamunavailable",
+        "request",
+        "flush",
+        "subscribe",
+        "pull",
+        "max ack pending",
+        "maxackpending",
+    ]
+    .iter()
+    .any(|word| text.contains(word))
+}
+
 /// How many times a read asks a new consumer again when its fetch is answered 503 (no
 /// responders) before giving up: on a cluster, a consumer just created may not take pull
 /// requests until its leader has started. With [`FRESH_CONSUMER_RETRY_MS`], about a second.

@@ -335,6 +335,18 @@ impl From<GroupError> for Problem {
                     detail,
                 )
             }
+            GroupError::Store(proteus_groups_service::proteus_groups::StoreError::Unavailable(
+                _,
+            )) => {
+                // The store's server restarts or elects a leader, or the group's coordinator
+                // moved: the client asks again.
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "Group store unavailable",
+                    detail,
+                )
+            }
             GroupError::Store(_) => {
                 tracing::error!(error = %detail, "group store error");
                 Problem::new(

@@ -362,8 +362,8 @@ async fn a_store_opened_to_read_refuses_missing_buckets_and_creates_none() {
     NatsGroupStore::open(reading).await.unwrap();
 }
 
-/// With every connection cut, a save fails with an error naming the server instead of
-/// hanging; once NATS is reachable again the store reconnects by itself and the next save
+/// With every connection cut, a save fails retriably (`Unavailable`) with an error naming the
+/// server instead of hanging; once NATS is reachable again the store reconnects by itself and the next save
 /// lands.
 #[tokio::test]
 async fn a_lost_connection_fails_clearly_and_reconnects() {
@@ -379,7 +379,7 @@ async fn a_lost_connection_fails_clearly_and_reconnects() {
     proxy.stop();
     let started = Instant::now();
     match store.save_progress(&topic, &group, 0, &[progress(5)]).await {
-        Err(StoreError::Backend(text)) => {
+        Err(StoreError::Unavailable(text)) => {
             assert!(text.contains(&harness.config.url), "{text}");
         }
         other => panic!("a save through a cut connection: {other:?}"),
@@ -462,7 +462,7 @@ async fn replicated_buckets_keep_progress_when_their_leader_is_killed() {
     let saved = [progress(6)];
     until_recovered(
         Duration::from_secs(30),
-        |error: &StoreError| matches!(error, StoreError::Backend(_)),
+        |error: &StoreError| matches!(error, StoreError::Unavailable(_)),
         || store.save_progress(&topic, &group, 0, &saved),
     )
     .await;
