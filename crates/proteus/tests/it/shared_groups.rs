@@ -143,7 +143,8 @@ impl Member {
     }
 
     /// Pulls and acks what it got; returns the (id, acked) pairs delivered. Handles the
-    /// coordinator moving: 503 → retry later, 404 unknown-member → rejoin, 409 → heartbeat.
+    /// coordinator moving: 503 → retry later (a coordinator that lost its lease included),
+    /// 404 unknown-member → rejoin, 409 → heartbeat.
     fn consume_once(&mut self, http: &reqwest::blocking::Client) -> Vec<(String, bool)> {
         let response = http
             .post(format!("{}{GROUP}/members/{}/pull", self.server, self.id))
@@ -158,7 +159,7 @@ impl Member {
                 self.rejoin(http);
                 return Vec::new();
             }
-            409 | 500 | 503 => {
+            409 | 503 => {
                 std::thread::sleep(Duration::from_millis(200));
                 return Vec::new();
             }
