@@ -127,8 +127,8 @@ pub struct ConsumeArgs {
     /// Create the group (starting at the beginning) if it does not exist.
     #[arg(long)]
     pub create: bool,
-    /// Once consuming, how long to keep retrying while the server cannot be reached or
-    /// answers 502, 503 or 504 (it restarts, or its backend elects a new leader) before
+    /// How long to keep retrying (joining, pulling, acking) while the server cannot be reached
+    /// or answers 502, 503 or 504 (it restarts, or its backend elects a new leader) before
     /// exiting with the error; 0 exits at the first.
     #[arg(long, default_value_t = 60_000)]
     pub unavailable_wait_max_ms: u64,
@@ -439,14 +439,21 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
             .await
             .map_err(say)?;
     }
-    let mut membership = client
-        .join_group(topic, group, args.member_id.as_deref())
-        .await
-        .map_err(say)?;
-    let mut printed: u64 = 0;
     let mut outage = Outage::new(args.unavailable_wait_max_ms);
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
+    let joining = join(
+        &client,
+        topic,
+        group,
+        args.member_id.as_deref(),
+        &mut outage,
+        &mut stop,
+    );
+    let Some(mut membership) = joining.await? else {
+        return Ok(());
+    };
+    let mut printed: u64 = 0;
     let stdout = std::io::stdout();
     loop {
         let remaining = args.count.map_or(u64::MAX, |count| count - printed);
@@ -462,20 +469,12 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
         let pulled = match pulled {
             Ok(pulled) => pulled,
             Err(error) if problem_type(&error) == Some("/problems/unknown-member") => {
-                membership = loop {
-                    match client
-                        .join_group(topic, group, Some(&membership.member_id))
-                        .await
-                    {
-                        Ok(joined) => break joined,
-                        Err(error) => {
-                            let pause = pause_or_exit(&mut outage, error, "rejoining the group")?;
-                            if Outage::sleep_unless_stopped(&mut stop, pause).await {
-                                return Ok(());
-                            }
-                        }
-                    }
+                let member = Some(membership.member_id.as_str());
+                let rejoining = join(&client, topic, group, member, &mut outage, &mut stop);
+                let Some(rejoined) = rejoining.await? else {
+                    return Ok(());
                 };
+                membership = rejoined;
                 continue;
             }
             Err(error) => {
@@ -545,6 +544,32 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), String> {
         .leave_group(topic, group, &membership.member_id)
         .await;
     Ok(())
+}
+
+/// Joins `group` (as `member` when given), asking again through an outage; `None` when Ctrl-C
+/// came first.
+async fn join(
+    client: &proteus_client::Client,
+    topic: &str,
+    group: &str,
+    member: Option<&str>,
+    outage: &mut Outage,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future>,
+) -> Result<Option<proteus_client::Membership>, String> {
+    loop {
+        match client.join_group(topic, group, member).await {
+            Ok(membership) => {
+                end_outage(outage);
+                return Ok(Some(membership));
+            }
+            Err(error) => {
+                let pause = pause_or_exit(outage, error, "joining the group")?;
+                if Outage::sleep_unless_stopped(stop, pause).await {
+                    return Ok(None);
+                }
+            }
+        }
+    }
 }
 
 /// The pause before asking again after `error` while `doing`, or the error to exit with: it

@@ -198,3 +198,47 @@ fn consume_gives_up_once_the_server_is_gone_longer_than_allowed() {
         killed_at.elapsed()
     );
 }
+
+/// `proteus consume` started while its server cannot be reached (a proxy in front of it not
+/// listening yet) waits for it within `--unavailable-wait-max-ms`, saying so once, then
+/// consumes.
+#[test]
+fn consume_waits_for_a_server_it_cannot_reach_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    for args in [
+        vec!["topic", "create", "orders", "--partitions", "1"],
+        vec!["group", "create", "orders", "g"],
+        vec!["publish", "orders", "--type", "order.placed", "--id", "o1"],
+    ] {
+        let all: Vec<&str> = args.into_iter().chain(["--server", &server.url]).collect();
+        let (code, _, err) = run_cli(&all, None);
+        assert_eq!(code, 0, "{err}");
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let upstream = server.url.trim_start_matches("http://").to_owned();
+    let proxy = runtime.block_on(proteus_nats::test_support::Proxy::start(upstream));
+    proxy.stop();
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let consumer = std::process::Command::new(crate::support::BINARY)
+        .args(["consume", "orders", "--group", "g", "--count", "1"])
+        .args(["--output", "json", "--unavailable-wait-max-ms", "30000"])
+        .args(["--server", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    runtime.block_on(proxy.restart());
+    let output = consumer.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: joining the group") && stderr.contains("served again after"),
+        "{stderr}"
+    );
+    assert_eq!(json_lines(&stdout)[0]["event"]["id"], "o1", "{stdout}");
+}
