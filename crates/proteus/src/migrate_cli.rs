@@ -626,6 +626,13 @@ async fn copy_to_end(
 /// How often a long copy prints how far it is (`migrate` and `migrate-topics`).
 pub(crate) const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long a follower waits after a round that found nothing new, or failed.
+pub(crate) const FOLLOW_IDLE_WAIT: Duration = Duration::from_millis(500);
+/// Rounds in a row that may fail (the source or target restarting, NATS electing a leader,
+/// a connection coming back) before a follower gives up; at `FOLLOW_IDLE_WAIT` apart, about
+/// 30 s.
+pub(crate) const FOLLOW_ROUND_FAILURES_MAX: u32 = 60;
+
 /// What ends a `--follow`: Ctrl-C (SIGINT) or SIGTERM (a supervisor stopping it), after
 /// which the last pass runs. Both are watched from creation, so neither kills the process
 /// once following has been announced.
@@ -846,20 +853,45 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
     println!(
         "following new events; stop with Ctrl-C once clients use the copy (deletions and snapshots are copied then)"
     );
+    let mut failures = 0;
     loop {
         let page = tokio::select! {
-            page = source.page(from, batch, 10_000) => page?,
+            page = source.page(from, batch, 10_000) => page,
             _ = stop.received() => break,
         };
-        if !page.events.is_empty() {
-            let written = target.write(&page.events).await?;
-            println!(
-                "copied {} more events, up to position {}",
-                written.len(),
-                page.events.last().map_or(0, |e| e.position)
-            );
+        // A page whose write failed is read and written again: the target skips the events
+        // it already holds.
+        let copied = match page {
+            Ok(page) if page.events.is_empty() => Ok(page.next_position),
+            Ok(page) => target.write(&page.events).await.map(|written| {
+                println!(
+                    "copied {} more events, up to position {}",
+                    written.len(),
+                    page.events.last().map_or(0, |e| e.position)
+                );
+                page.next_position
+            }),
+            Err(e) => Err(e),
+        };
+        match copied {
+            Ok(next) => {
+                from = next;
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures >= FOLLOW_ROUND_FAILURES_MAX {
+                    return Err(format!(
+                        "{e} ({failures} rounds in a row failed while following; run migrate again to resume)"
+                    ));
+                }
+                eprintln!("following: {e}; trying again");
+                tokio::select! {
+                    _ = stop.received() => break,
+                    _ = tokio::time::sleep(FOLLOW_IDLE_WAIT) => {}
+                }
+            }
         }
-        from = page.next_position;
     }
     // The cut-over: what arrived since the last page, then the deletions and snapshots made
     // while following, then the same verification as at the start.

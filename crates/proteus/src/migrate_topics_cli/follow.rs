@@ -9,15 +9,10 @@ use proteus_log::port::TopicDescription;
 use proteus_log::{Offset, PartitionId, TopicConfig, TopicName};
 
 use super::{ImportTarget, Source, chosen, copy_missing, put_topic};
-use crate::migrate_cli::StopSignals;
+use crate::migrate_cli::{FOLLOW_IDLE_WAIT, FOLLOW_ROUND_FAILURES_MAX, StopSignals};
 
-/// How long a follower waits after a round that found nothing new.
-const FOLLOW_IDLE_WAIT: Duration = Duration::from_millis(500);
 /// How often a follower says what it copied, at most.
 const FOLLOW_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// Rounds in a row that may fail (the source restarting, NATS reconnecting) before a follower
-/// gives up; at `FOLLOW_IDLE_WAIT` apart, about 30 s.
-const FOLLOW_ROUND_FAILURES_MAX: u32 = 60;
 
 /// What a follower has copied: each topic's settings as put in the target, and each
 /// partition's end up to which the target holds the source's events.

@@ -707,3 +707,38 @@ fn a_postgres_event_store_moves_to_an_embedded_directory_with_positions_kept() {
     assert!(out.contains("verified: 5 events"), "{out}");
     assert!(out.contains("verified: 6 events"), "{out}");
 }
+
+/// `migrate --follow` rides out a source it cannot reach for a while (a proxy in front of the
+/// server stopped for 1.5 s, its long poll cut): it says so, tries again, and copies what was
+/// appended meanwhile.
+#[test]
+fn following_rides_out_a_source_out_of_reach_for_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = ServerProcess::start(dir.path());
+    let http = reqwest::blocking::Client::new();
+    let status = http
+        .post(format!("{}/v1/streams/order-1", source.url))
+        .json(&json!({"type": "Placed", "data": {}}))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 201);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let upstream = source.url.trim_start_matches("http://").to_owned();
+    let proxy = runtime.block_on(proteus_nats::test_support::Proxy::start(upstream));
+    let proxied = format!("http://127.0.0.1:{}", proxy.port);
+    let copy_dir = tempfile::tempdir().unwrap();
+    let copy = format!("embedded:{}", copy_dir.path().display());
+    let mut follower = Follower::start("migrate", &["--from", &proxied, "--to", &copy]);
+    proxy.stop();
+    std::thread::sleep(Duration::from_millis(1_500));
+    place_order_3(&http, &source.url);
+    runtime.block_on(proxy.restart());
+    follower.wait_for("copied 1 more events");
+    let out = follower.interrupt();
+    assert!(
+        out.contains("following: ") && out.contains("trying again"),
+        "{out}"
+    );
+    assert!(out.contains("verified: 2 events"), "{out}");
+}

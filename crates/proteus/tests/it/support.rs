@@ -206,7 +206,8 @@ impl Follower {
         &self.out
     }
 
-    /// Ctrl-C (the cut-over); expects a successful exit and returns everything it printed.
+    /// Ctrl-C (the cut-over); expects a successful exit and returns everything it printed
+    /// (its standard output, then its standard error).
     pub fn interrupt(mut self) -> String {
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
@@ -222,6 +223,7 @@ impl Follower {
         let mut out = std::mem::take(&mut self.out);
         out.extend(self.lines.iter().map(|line| line + "\n"));
         assert!(status.success(), "{out}{err}");
+        out.push_str(&err);
         out
     }
 }
