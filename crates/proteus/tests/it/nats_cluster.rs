@@ -2,8 +2,9 @@
 //! it once one NATS server is not enough: `--nats-replicas 3` creates every stream and bucket
 //! with three replicas, and with the server leading a topic's partition killed (`SIGKILL`),
 //! the instance goes on taking and serving that partition's events through the two left;
-//! `migrate-topics` and `migrate` create their copies with the same flag; a consumer group's
-//! members process every event while the servers leading its partition and bucket are killed.
+//! `migrate-topics` and `migrate` create their copies with the same flag; through a rolling
+//! restart of the cluster, a consumer group's members process every event, and appends with
+//! expected versions and a projection over them lose nothing.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -351,5 +352,106 @@ fn a_group_on_a_nats_cluster_processes_every_event_through_a_rolling_restart() {
             }
         }
         std::panic::resume_unwind(panic);
+    }
+}
+
+/// Event sourcing through a rolling restart of the cluster: a writer appends to 20 `order-*`
+/// streams with exact expected versions (a 503 retried with the same event id, which the store
+/// recognises), a projection sums them, and each server is killed, restarted and caught up in
+/// turn. In the end every stream holds each of its events once at consecutive versions, in the
+/// order written, and the projection's totals match.
+#[test]
+fn event_sourcing_on_a_nats_cluster_keeps_every_event_through_a_rolling_restart() {
+    const STREAMS: usize = 20;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cluster = runtime.block_on(PrivateNatsCluster::start());
+    let url = cluster.url();
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_on(&url, dir.path());
+    let http = http_client();
+    let status = http
+        .put(format!("{}/v1/projections/totals", server.url))
+        .json(&json!({
+            "source": {"category": "order"},
+            "state": {"key": "stream", "handlers": {
+                "Placed": {"increment": {"total": {"path": "/data/n"}}}}}
+        }))
+        .send()
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    let restarting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Appends until the rolling restart is over; the ids appended to each stream, in order,
+    // and the last position.
+    let writer = {
+        let (url, restarting) = (server.url.clone(), restarting.clone());
+        std::thread::spawn(move || {
+            let http = http_client();
+            let mut appended: Vec<Vec<String>> = vec![Vec::new(); STREAMS];
+            let mut last_position = 0;
+            let mut n = 0;
+            while restarting.load(std::sync::atomic::Ordering::SeqCst) {
+                let stream = n % STREAMS;
+                let (id, expected) = (format!("e{n}"), appended[stream].len() as i64 - 1);
+                let expected = if expected < 0 {
+                    "no_stream".to_owned()
+                } else {
+                    expected.to_string()
+                };
+                let answer = until_served(&format!("append {id}"), || {
+                    http.post(format!(
+                        "{url}/v1/streams/order-{stream}?expected_version={expected}"
+                    ))
+                    .json(&json!([{"id": id, "type": "Placed", "data": {"n": 1}}]))
+                });
+                last_position = answer["last_position"].as_u64().unwrap();
+                appended[stream].push(id);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (appended, last_position)
+        })
+    };
+    let streams = ["PROTEUS_ES_EVENTS", "KV_PROTEUS_GROUPS"];
+    for node in 0..3 {
+        std::thread::sleep(Duration::from_secs(1));
+        cluster.kill(node);
+        std::thread::sleep(Duration::from_secs(3));
+        runtime.block_on(async {
+            cluster.restart(node).await;
+            for stream in streams {
+                cluster.wait_until_current(stream).await;
+            }
+        });
+    }
+    restarting.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (appended, last_position) = writer.join().unwrap();
+    assert!(appended.iter().all(|ids| ids.len() >= 5), "{appended:?}");
+    for (stream, ids) in appended.iter().enumerate() {
+        let page = until_served(&format!("reading order-{stream}"), || {
+            http.get(format!(
+                "{}/v1/streams/order-{stream}?limit=10000",
+                server.url
+            ))
+        });
+        let stored: Vec<(u64, &str)> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["version"].as_u64().unwrap(), e["id"].as_str().unwrap()))
+            .collect();
+        let written: Vec<(u64, &str)> = ids
+            .iter()
+            .enumerate()
+            .map(|(version, id)| (version as u64, id.as_str()))
+            .collect();
+        assert_eq!(stored, written, "order-{stream}");
+        let doc = until_served(&format!("the total of order-{stream}"), || {
+            http.get(format!(
+                "{}/v1/projections/totals/docs/order-{stream}?wait_for_position={last_position}&wait_ms=10000",
+                server.url
+            ))
+        });
+        assert_eq!(doc["doc"]["total"], ids.len(), "order-{stream}: {doc}");
     }
 }
