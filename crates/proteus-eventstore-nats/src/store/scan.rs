@@ -154,6 +154,11 @@ impl Scan {
             .await
         {
             Ok(message) if message.sequence <= self.end_seq => {
+                // Read past what the consumer delivered, which it may deliver later (a replica
+                // catching up): from here the scan reads with gets only, so no message comes
+                // twice and none is skipped.
+                self.cursor = message.sequence + 1;
+                self.by_gets = true;
                 self.buffer.push_back(message.into());
             }
             Ok(_) => self.drained = true,

@@ -137,6 +137,27 @@ fn http_client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
+/// A rolling restart, as an upgrade of NATS does it: each server of `cluster` in turn is
+/// killed a second after the previous one is back, stays down 3 s, starts again, and is waited
+/// for until it holds `streams` again.
+fn rolling_restart(
+    runtime: &tokio::runtime::Runtime,
+    cluster: &PrivateNatsCluster,
+    streams: &[&str],
+) {
+    for node in 0..3 {
+        std::thread::sleep(Duration::from_secs(1));
+        cluster.kill(node);
+        std::thread::sleep(Duration::from_secs(3));
+        runtime.block_on(async {
+            cluster.restart(node).await;
+            for stream in streams {
+                cluster.wait_until_current(stream).await;
+            }
+        });
+    }
+}
+
 /// `proteus serve --nats-replicas 3` with its log, event store and groups on a private
 /// cluster: every stream and bucket it creates has 3 replicas; with the leader of a topic's
 /// partition killed, an event of the same key is taken (after 503s while the stream elects a
@@ -327,17 +348,7 @@ fn a_group_on_a_nats_cluster_processes_every_event_through_a_rolling_restart() {
         })
     };
     let streams = ["PROTEUS_orders_0", "PROTEUS_orders_1", "KV_PROTEUS_GROUPS"];
-    for node in 0..3 {
-        std::thread::sleep(Duration::from_secs(1));
-        cluster.kill(node);
-        std::thread::sleep(Duration::from_secs(3));
-        runtime.block_on(async {
-            cluster.restart(node).await;
-            for stream in streams {
-                cluster.wait_until_current(stream).await;
-            }
-        });
-    }
+    rolling_restart(&runtime, &cluster, &streams);
     restarting.store(false, std::sync::atomic::Ordering::SeqCst);
     let events = producer.join().unwrap();
     assert!(events >= 10 * BATCH, "only {events} events written");
@@ -412,18 +423,11 @@ fn event_sourcing_on_a_nats_cluster_keeps_every_event_through_a_rolling_restart(
             (appended, last_position)
         })
     };
-    let streams = ["PROTEUS_ES_EVENTS", "KV_PROTEUS_GROUPS"];
-    for node in 0..3 {
-        std::thread::sleep(Duration::from_secs(1));
-        cluster.kill(node);
-        std::thread::sleep(Duration::from_secs(3));
-        runtime.block_on(async {
-            cluster.restart(node).await;
-            for stream in streams {
-                cluster.wait_until_current(stream).await;
-            }
-        });
-    }
+    rolling_restart(
+        &runtime,
+        &cluster,
+        &["PROTEUS_ES_EVENTS", "KV_PROTEUS_GROUPS"],
+    );
     restarting.store(false, std::sync::atomic::Ordering::SeqCst);
     let (appended, last_position) = writer.join().unwrap();
     assert!(appended.iter().all(|ids| ids.len() >= 5), "{appended:?}");
