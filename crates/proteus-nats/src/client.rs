@@ -357,6 +357,10 @@ pub fn is_transient_error(text: &str) -> bool {
         "disconnect",
         "connection",
         "jetstreamunavailable",
+        // JetStream's own "system temporarily unavailable" (503, error code 10008): a cluster
+        // without a meta leader for a moment, as when a server was just killed.
+        "temporarily unavailable",
+        "error code 10008",
         "request",
         "flush",
         "subscribe",
@@ -420,6 +424,21 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("secret"), "redacted: {error}");
+    }
+
+    #[test]
+    fn failures_a_cluster_gives_while_electing_are_transient() {
+        for text in [
+            "JetStream error: JetStream system temporarily unavailable (code 503, error code 10008)",
+            "no responders",
+            "timed out: didn't receive ack in time",
+            "error while processing messages from the stream: 503, None",
+        ] {
+            assert!(is_transient_error(text), "{text}");
+        }
+        for text in ["wrong last sequence: 7", "stream name already in use"] {
+            assert!(!is_transient_error(text), "{text}");
+        }
     }
 
     #[test]
