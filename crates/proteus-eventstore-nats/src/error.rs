@@ -28,10 +28,9 @@ pub(crate) fn nats<E: std::fmt::Display + std::fmt::Debug>(
     write: bool,
 ) -> EventStoreError {
     let text = format!("{error} {error:?}");
-    // async-nats reports a publish nobody answered ("no responders") as `StreamNotFound`. The
-    // store's streams exist from its opening on, so nobody answering means the stream has no
-    // leader at the moment, as while a JetStream cluster elects one after losing a server.
-    if text.contains("StreamNotFound") {
+    // The store's streams exist from its opening on, so nobody answering means the stream has
+    // no leader at the moment.
+    if proteus_nats::client::is_unanswered_by_stream(&text) {
         return EventStoreError::Unavailable {
             reason: format!(
                 "no NATS server at {url} took the request while {what}: the store's stream has no leader right now (a JetStream cluster elects a new one within seconds of losing a server; or the stream was deleted); nothing was stored, retry"

@@ -178,11 +178,7 @@ impl NatsGroupStore {
     /// one), [`StoreError::Backend`] otherwise.
     fn backend(&self, what: &str, error: impl std::fmt::Display + std::fmt::Debug) -> StoreError {
         let text = format!("{error} {error:?}");
-        // A request nobody answered on the bucket's subjects comes back from async-nats as
-        // "no stream found for given subject": the bucket has no leader right now.
-        let leaderless =
-            text.contains("StreamNotFound") || text.contains("no stream found for given subject");
-        if leaderless {
+        if proteus_nats::client::is_unanswered_by_stream(&text) {
             StoreError::Unavailable(failure(
                 &self.url,
                 what,

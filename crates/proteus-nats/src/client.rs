@@ -372,6 +372,14 @@ pub fn is_transient_error(text: &str) -> bool {
     .any(|word| text.contains(word))
 }
 
+/// Whether a client error (its `Display` and `Debug` text) is a request nobody answered on a
+/// stream's subjects: async-nats reports that as `StreamNotFound` ("no stream found for given
+/// subject"). For a stream an adapter created and never deletes, it means the stream has no
+/// leader right now, as while a JetStream cluster elects one after losing a server.
+pub fn is_unanswered_by_stream(text: &str) -> bool {
+    text.contains("StreamNotFound") || text.contains("no stream found for given subject")
+}
+
 /// How many times a read asks a new consumer again when its fetch is answered 503 (no
 /// responders) before giving up: on a cluster, a consumer just created may not take pull
 /// requests until its leader has started. With [`FRESH_CONSUMER_RETRY_MS`], about a second.

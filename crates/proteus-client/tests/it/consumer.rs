@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proteus_client::{Client, Consumer, ConsumerOptions};
+use proteus_nats::test_support::Proxy;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -212,54 +212,6 @@ async fn a_consumer_whose_membership_was_removed_rejoins_and_finishes() {
     );
 }
 
-/// A TCP proxy to a server that can cut every connection through it and refuse new ones, as a
-/// network partition or a restarting server does to a client.
-struct CuttableProxy {
-    url: String,
-    cut: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl CuttableProxy {
-    async fn start(upstream: &str) -> CuttableProxy {
-        let upstream = upstream.trim_start_matches("http://").to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let cut = Arc::new(AtomicBool::new(false));
-        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (refusing, tracked) = (cut.clone(), connections.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if refusing.load(Ordering::SeqCst) {
-                    continue; // dropped: the client's connection is closed at once
-                }
-                let upstream = upstream.clone();
-                tracked.lock().unwrap().push(tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                }));
-            }
-        });
-        CuttableProxy {
-            url,
-            cut,
-            connections,
-        }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for connection in self.connections.lock().unwrap().drain(..) {
-            connection.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
 /// With the server out of reach for 1.5 s in the middle of its work (every connection cut, new
 /// ones refused: its acks and pulls fail), the consumer keeps asking
 /// (`unavailable_wait_max_ms`) instead of returning the error, and once the server answers
@@ -268,14 +220,14 @@ impl CuttableProxy {
 async fn a_consumer_rides_out_a_server_it_cannot_reach_for_a_while() {
     let server = TestServer::start().await;
     let client = setup(&server, 20, json!({})).await;
-    let proxy = Arc::new(CuttableProxy::start(&server.url).await);
+    let proxy = Arc::new(Proxy::start(server.url.trim_start_matches("http://").to_owned()).await);
     let options = ConsumerOptions {
         max_events: 5,
         wait_ms: 100,
         unavailable_wait_max_ms: 20_000,
         ..ConsumerOptions::default()
     };
-    let through_proxy = Client::new(&proxy.url).unwrap();
+    let through_proxy = Client::new(&format!("http://127.0.0.1:{}", proxy.port)).unwrap();
     let consumer = Consumer::join(through_proxy, TOPIC, GROUP, options)
         .await
         .unwrap();
@@ -287,7 +239,7 @@ async fn a_consumer_rides_out_a_server_it_cannot_reach_for_a_while() {
         let (admin, proxy) = (admin.clone(), cutter.clone());
         Box::pin(async move {
             if cut_now {
-                proxy.cut();
+                proxy.stop();
                 let batch: Vec<Value> = (20..40)
                     .map(|i| {
                         json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/test",
@@ -297,7 +249,7 @@ async fn a_consumer_rides_out_a_server_it_cannot_reach_for_a_while() {
                 admin.publish(TOPIC, &batch).await.unwrap();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(1_500)).await;
-                    proxy.restore();
+                    proxy.restart().await;
                 });
             }
             Ok(())
@@ -312,16 +264,17 @@ async fn a_consumer_rides_out_a_server_it_cannot_reach_for_a_while() {
 async fn a_consumer_gives_up_on_a_server_gone_longer_than_allowed() {
     let server = TestServer::start().await;
     setup(&server, 1, json!({})).await;
-    let proxy = CuttableProxy::start(&server.url).await;
+    let proxy = Proxy::start(server.url.trim_start_matches("http://").to_owned()).await;
     let options = ConsumerOptions {
         wait_ms: 100,
         unavailable_wait_max_ms: 1_000,
         ..ConsumerOptions::default()
     };
-    let mut consumer = Consumer::join(Client::new(&proxy.url).unwrap(), TOPIC, GROUP, options)
+    let through_proxy = Client::new(&format!("http://127.0.0.1:{}", proxy.port)).unwrap();
+    let mut consumer = Consumer::join(through_proxy, TOPIC, GROUP, options)
         .await
         .unwrap();
-    proxy.cut();
+    proxy.stop();
     let started = std::time::Instant::now();
     let ran = tokio::time::timeout(
         TEST_TIMEOUT,

@@ -97,7 +97,6 @@ impl Scan {
                             // yet: its first fetch is answered 503 (no responders). Ask again.
                             if client::is_unanswered_fetch(&e)
                                 && received == 0
-                                && self.buffer.is_empty()
                                 && unanswered_fetches < client::FRESH_CONSUMER_FETCHES_MAX
                             {
                                 unanswered = true;

@@ -110,23 +110,42 @@ fn until_served(what: &str, request: impl Fn() -> reqwest::blocking::RequestBuil
     }
 }
 
-/// `proteus serve` with its log, event store and groups on the cluster at `url`, with 3
-/// replicas of everything it creates.
-fn serve_on(url: &str, data_dir: &Path) -> ServerProcess {
-    ServerProcess::start_with(
-        data_dir,
-        &[
-            "--storage-log",
-            url,
-            "--event-store",
-            url,
-            "--groups",
-            url,
-            "--nats-replicas",
-            "3",
-        ],
-        &[],
-    )
+/// A private cluster of three nats-servers and `proteus serve` with its log, event store and
+/// groups on it, with 3 replicas of everything it creates. Dropped server first, cluster last.
+struct ServedCluster {
+    server: ServerProcess,
+    _data_dir: tempfile::TempDir,
+    cluster: PrivateNatsCluster,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl ServedCluster {
+    fn start() -> ServedCluster {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let cluster = runtime.block_on(PrivateNatsCluster::start());
+        let url = cluster.url();
+        let data_dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start_with(
+            data_dir.path(),
+            &[
+                "--storage-log",
+                &url,
+                "--event-store",
+                &url,
+                "--groups",
+                &url,
+                "--nats-replicas",
+                "3",
+            ],
+            &[],
+        );
+        ServedCluster {
+            server,
+            _data_dir: data_dir,
+            cluster,
+            runtime,
+        }
+    }
 }
 
 /// An HTTP client whose calls give up after 10 s (a call during a failover may hang).
@@ -164,11 +183,9 @@ fn rolling_restart(
 /// leader) and both read back; the copy commands replicate what they create too.
 #[test]
 fn a_server_on_a_nats_cluster_replicates_and_survives_a_killed_leader() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let cluster = runtime.block_on(PrivateNatsCluster::start());
+    let served = ServedCluster::start();
+    let (runtime, cluster, server) = (&served.runtime, &served.cluster, &served.server);
     let url = cluster.url();
-    let dir = tempfile::tempdir().unwrap();
-    let server = serve_on(&url, dir.path());
     let http = http_client();
     let created = http
         .put(format!("{}/v1/topics/orders", server.url))
@@ -297,11 +314,8 @@ fn a_server_on_a_nats_cluster_replicates_and_survives_a_killed_leader() {
 #[test]
 fn a_group_on_a_nats_cluster_processes_every_event_through_a_rolling_restart() {
     const BATCH: usize = 50;
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let cluster = runtime.block_on(PrivateNatsCluster::start());
-    let url = cluster.url();
-    let dir = tempfile::tempdir().unwrap();
-    let server = serve_on(&url, dir.path());
+    let served = ServedCluster::start();
+    let (runtime, cluster, server) = (&served.runtime, &served.cluster, &served.server);
     let http = http_client();
     let put = |path: &str, body: Value| {
         let response = http
@@ -348,7 +362,7 @@ fn a_group_on_a_nats_cluster_processes_every_event_through_a_rolling_restart() {
         })
     };
     let streams = ["PROTEUS_orders_0", "PROTEUS_orders_1", "KV_PROTEUS_GROUPS"];
-    rolling_restart(&runtime, &cluster, &streams);
+    rolling_restart(runtime, cluster, &streams);
     restarting.store(false, std::sync::atomic::Ordering::SeqCst);
     let events = producer.join().unwrap();
     assert!(events >= 10 * BATCH, "only {events} events written");
@@ -374,11 +388,8 @@ fn a_group_on_a_nats_cluster_processes_every_event_through_a_rolling_restart() {
 #[test]
 fn event_sourcing_on_a_nats_cluster_keeps_every_event_through_a_rolling_restart() {
     const STREAMS: usize = 20;
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let cluster = runtime.block_on(PrivateNatsCluster::start());
-    let url = cluster.url();
-    let dir = tempfile::tempdir().unwrap();
-    let server = serve_on(&url, dir.path());
+    let served = ServedCluster::start();
+    let (runtime, cluster, server) = (&served.runtime, &served.cluster, &served.server);
     let http = http_client();
     let status = http
         .put(format!("{}/v1/projections/totals", server.url))
@@ -424,8 +435,8 @@ fn event_sourcing_on_a_nats_cluster_keeps_every_event_through_a_rolling_restart(
         })
     };
     rolling_restart(
-        &runtime,
-        &cluster,
+        runtime,
+        cluster,
         &["PROTEUS_ES_EVENTS", "KV_PROTEUS_GROUPS"],
     );
     restarting.store(false, std::sync::atomic::Ordering::SeqCst);
