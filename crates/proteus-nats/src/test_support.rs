@@ -222,7 +222,9 @@ impl Proxy {
 }
 
 /// How long a private server may take to answer JetStream requests once started.
-const ANSWER_WAIT_S: u64 = 20;
+/// A server of a cluster answers once the cluster has a metadata leader, which on 2 cores shared
+/// with other suites starting clusters took over 20 s once in CI (2026-11-28).
+const ANSWER_WAIT_S: u64 = 60;
 
 /// A free TCP port on 127.0.0.1 (free when asked; the server binds it a moment later).
 fn free_port() -> u16 {
