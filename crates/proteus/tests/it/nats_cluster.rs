@@ -2,13 +2,16 @@
 //! it once one NATS server is not enough: `--nats-replicas 3` creates every stream and bucket
 //! with three replicas, and with the server leading a topic's partition killed (`SIGKILL`),
 //! the instance goes on taking and serving that partition's events through the two left;
-//! `migrate-topics` and `migrate` create their copies with the same flag; through a rolling
-//! restart of the cluster, a consumer group's members process every event, and appends with
-//! expected versions and a projection over them lose nothing.
+//! `migrate-topics` and `migrate` create their copies with the same flag, and
+//! `migrate-topics --follow` copies every event onto a cluster being restarted; through a rolling
+//! restart of the cluster, a consumer group's members process every event, a push group
+//! delivers every event to its webhook, and appends with expected versions and a projection
+//! over them lose nothing.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +19,7 @@ use proteus_nats::test_support::PrivateNatsCluster;
 use serde_json::{Value, json};
 
 use crate::group_chaos::{Consumer, assert_every_event_processed};
-use crate::support::{BINARY, ServerProcess, nats_url, run_cli};
+use crate::support::{BINARY, Follower, ServerProcess, nats_url, run_cli};
 
 /// How long the instance may take to serve a partition again once its leader is killed: the
 /// stream elects a new leader seconds after the old one stops answering (4.2 to 8.4 s measured
@@ -177,6 +180,45 @@ fn rolling_restart(
     }
 }
 
+/// Events per batch `produce_while` writes.
+const PRODUCER_BATCH: usize = 50;
+
+/// Writes batches of `PRODUCER_BATCH` events `e0`, `e1`, … (seven partition keys) to topic
+/// `orders` at `url`, a batch answered 503 sent again, until `running` is cleared; how many
+/// events it wrote.
+fn produce_while(url: &str, running: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let http = http_client();
+        let mut batch = 0;
+        while running.load(Ordering::SeqCst) {
+            let events: Vec<Value> = (batch * PRODUCER_BATCH..(batch + 1) * PRODUCER_BATCH)
+                .map(|i| json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/it", "type": "t", "partitionkey": format!("k{}", i % 7), "data": {"i": i}}))
+                .collect();
+            let body = serde_json::to_vec(&events).unwrap();
+            until_served(&format!("batch {batch}"), || {
+                http.post(format!("{url}/v1/topics/orders/events"))
+                    .header("content-type", "application/cloudevents-batch+json")
+                    .body(body.clone())
+            });
+            batch += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        batch * PRODUCER_BATCH
+    })
+}
+
+/// Prints what the server warned about (it says why a group stalled), then goes on
+/// panicking with `panic`.
+fn resume_with_server_warnings(server: &ServerProcess, panic: Box<dyn std::any::Any + Send>) -> ! {
+    for line in server.logs.lock().unwrap().iter() {
+        if line.contains("WARN") || line.contains("ERROR") {
+            eprintln!("server: {line}");
+        }
+    }
+    std::panic::resume_unwind(panic);
+}
+
 /// `proteus serve --nats-replicas 3` with its log, event store and groups on a private
 /// cluster: every stream and bucket it creates has 3 replicas; with the leader of a topic's
 /// partition killed, an event of the same key is taken (after 503s while the stream elects a
@@ -313,7 +355,6 @@ fn a_server_on_a_nats_cluster_replicates_and_survives_a_killed_leader() {
 /// while a restarted server catches up.
 #[test]
 fn a_group_on_a_nats_cluster_processes_every_event_through_a_rolling_restart() {
-    const BATCH: usize = 50;
     let served = ServedCluster::start();
     let (runtime, cluster, server) = (&served.runtime, &served.cluster, &served.server);
     let http = http_client();
@@ -338,46 +379,136 @@ fn a_group_on_a_nats_cluster_processes_every_event_through_a_rolling_restart() {
     let _consumers: Vec<Consumer> = (0..2)
         .map(|_| Consumer::start(&server.url, seen.clone()))
         .collect();
-    let restarting = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    // Writes batches until the rolling restart is over; how many events it wrote.
-    let producer = {
-        let (url, restarting) = (server.url.clone(), restarting.clone());
-        std::thread::spawn(move || {
-            let http = http_client();
-            let mut batch = 0;
-            while restarting.load(std::sync::atomic::Ordering::SeqCst) {
-                let events: Vec<Value> = (batch * BATCH..(batch + 1) * BATCH)
-                    .map(|i| json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/it", "type": "t", "partitionkey": format!("k{}", i % 7), "data": {"i": i}}))
-                    .collect();
-                let body = serde_json::to_vec(&events).unwrap();
-                until_served(&format!("batch {batch}"), || {
-                    http.post(format!("{url}/v1/topics/orders/events"))
-                        .header("content-type", "application/cloudevents-batch+json")
-                        .body(body.clone())
-                });
-                batch += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            batch * BATCH
-        })
-    };
+    let restarting = Arc::new(AtomicBool::new(true));
+    let producer = produce_while(&server.url, restarting.clone());
     let streams = ["PROTEUS_orders_0", "PROTEUS_orders_1", "KV_PROTEUS_GROUPS"];
     rolling_restart(runtime, cluster, &streams);
-    restarting.store(false, std::sync::atomic::Ordering::SeqCst);
+    restarting.store(false, Ordering::SeqCst);
     let events = producer.join().unwrap();
-    assert!(events >= 10 * BATCH, "only {events} events written");
+    assert!(
+        events >= 10 * PRODUCER_BATCH,
+        "only {events} events written"
+    );
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         assert_every_event_processed(&server.url, &seen, events, Duration::from_secs(120))
     }));
     if let Err(panic) = checked {
-        // What the server warned about says why the group stalled.
-        for line in server.logs.lock().unwrap().iter() {
-            if line.contains("WARN") || line.contains("ERROR") {
-                eprintln!("server: {line}");
-            }
-        }
-        std::panic::resume_unwind(panic);
+        resume_with_server_warnings(server, panic);
     }
+}
+
+/// A push group through a rolling restart: the server itself consumes group `workers` and POSTs
+/// each event to a webhook of the test's own while the producer writes and each server is
+/// killed, restarted and caught up in turn. Every event reaches the webhook (at least once)
+/// and the committed positions cover both partitions.
+#[test]
+fn a_push_group_on_a_nats_cluster_delivers_every_event_through_a_rolling_restart() {
+    let served = ServedCluster::start();
+    let (runtime, cluster, server) = (&served.runtime, &served.cluster, &served.server);
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let webhook = runtime.block_on(start_webhook(seen.clone()));
+    let http = http_client();
+    for (path, body) in [
+        ("/v1/topics/orders", json!({"partitions": 2})),
+        (
+            "/v1/topics/orders/groups/workers",
+            json!({"session_timeout_ms": 3_000, "ack_wait_ms": 5_000, "push": {"url": webhook}}),
+        ),
+    ] {
+        let response = http
+            .put(format!("{}{path}", server.url))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+    let restarting = Arc::new(AtomicBool::new(true));
+    let producer = produce_while(&server.url, restarting.clone());
+    rolling_restart(
+        runtime,
+        cluster,
+        &["PROTEUS_orders_0", "PROTEUS_orders_1", "KV_PROTEUS_GROUPS"],
+    );
+    restarting.store(false, Ordering::SeqCst);
+    let events = producer.join().unwrap();
+    assert!(
+        events >= 10 * PRODUCER_BATCH,
+        "only {events} events written"
+    );
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_every_event_processed(&server.url, &seen, events, Duration::from_secs(120))
+    }));
+    if let Err(panic) = checked {
+        resume_with_server_warnings(server, panic);
+    }
+}
+
+/// Moving topics onto a cluster while it is upgraded: `migrate-topics --follow` copies a
+/// running embedded server's topic to the cluster (`--nats-replicas 3`) while a producer
+/// writes to the server and each nats-server is killed, restarted and caught up in turn. The
+/// follower rides out the elections, and its last pass at the cut-over (Ctrl-C) verifies every
+/// event at its offset.
+#[test]
+fn following_a_server_into_a_nats_cluster_copies_every_event_through_a_rolling_restart() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cluster = runtime.block_on(PrivateNatsCluster::start());
+    let dir = tempfile::tempdir().unwrap();
+    let source = ServerProcess::start(dir.path());
+    let response = http_client()
+        .put(format!("{}/v1/topics/orders", source.url))
+        .json(&json!({"partitions": 2}))
+        .send()
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = produce_while(&source.url, producing.clone());
+    let follower = Follower::start(
+        "migrate-topics",
+        &[
+            "--from",
+            &source.url,
+            "--to",
+            &cluster.url(),
+            "--nats-replicas",
+            "3",
+        ],
+    );
+    rolling_restart(
+        &runtime,
+        &cluster,
+        &["PROTEUS_orders_0", "PROTEUS_orders_1"],
+    );
+    producing.store(false, Ordering::SeqCst);
+    let events = producer.join().unwrap();
+    assert!(
+        events >= 10 * PRODUCER_BATCH,
+        "only {events} events written"
+    );
+    let out = follower.interrupt();
+    assert!(
+        out.contains(&format!("verified: {events} events with the same offsets")),
+        "{events} events written; {out}"
+    );
+}
+
+/// A webhook on a port of its own that puts the `ce-id` of every event POSTed to it in `seen`
+/// and answers 204; its URL. It runs until the runtime is dropped.
+async fn start_webhook(seen: Arc<Mutex<BTreeSet<String>>>) -> String {
+    let receive = move |headers: axum::http::HeaderMap| async move {
+        if let Some(id) = headers.get("ce-id").and_then(|id| id.to_str().ok()) {
+            seen.lock().unwrap().insert(id.to_owned());
+        }
+        axum::http::StatusCode::NO_CONTENT
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let app = axum::Router::new().route("/hook", axum::routing::post(receive));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
 }
 
 /// Event sourcing through a rolling restart of the cluster: a writer appends to 20 `order-*`
@@ -402,7 +533,7 @@ fn event_sourcing_on_a_nats_cluster_keeps_every_event_through_a_rolling_restart(
         .unwrap()
         .status();
     assert!(status.is_success(), "{status}");
-    let restarting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let restarting = Arc::new(AtomicBool::new(true));
     // Appends until the rolling restart is over; the ids appended to each stream, in order,
     // and the last position.
     let writer = {
@@ -412,7 +543,7 @@ fn event_sourcing_on_a_nats_cluster_keeps_every_event_through_a_rolling_restart(
             let mut appended: Vec<Vec<String>> = vec![Vec::new(); STREAMS];
             let mut last_position = 0;
             let mut n = 0;
-            while restarting.load(std::sync::atomic::Ordering::SeqCst) {
+            while restarting.load(Ordering::SeqCst) {
                 let stream = n % STREAMS;
                 let (id, expected) = (format!("e{n}"), appended[stream].len() as i64 - 1);
                 let expected = if expected < 0 {
@@ -439,7 +570,7 @@ fn event_sourcing_on_a_nats_cluster_keeps_every_event_through_a_rolling_restart(
         cluster,
         &["PROTEUS_ES_EVENTS", "KV_PROTEUS_GROUPS"],
     );
-    restarting.store(false, std::sync::atomic::Ordering::SeqCst);
+    restarting.store(false, Ordering::SeqCst);
     let (appended, last_position) = writer.join().unwrap();
     assert!(appended.iter().all(|ids| ids.len() >= 5), "{appended:?}");
     for (stream, ids) in appended.iter().enumerate() {
