@@ -62,6 +62,8 @@ const STREAM_NOT_FOUND: u64 = 10059;
 const STREAM_NAME_IN_USE: u64 = 10058;
 /// JetStream's "subjects overlap with an existing stream" error code.
 const SUBJECTS_OVERLAP: u64 = 10065;
+/// How JetStream says a message is larger than its stream's `max_msg_size` (error code 10054).
+const MESSAGE_TOO_LARGE: &str = "error code 10054";
 
 /// The log on NATS JetStream. Cheap to clone; clones share one connection.
 #[derive(Clone)]
@@ -82,6 +84,11 @@ struct Inner {
     /// How many times the client has (re)connected: a consumer parked before the last
     /// reconnection may have been lost with the server's memory, and is not reused.
     connections: Arc<AtomicU64>,
+    /// Topics' settings, for appends and reads (`NatsLog::topic`).
+    topics: StdMutex<HashMap<TopicName, CachedTopic>>,
+    /// Counted up each time a topic's settings are forgotten: a load in the background that
+    /// began before does not bring back what it read then.
+    topics_forgotten: AtomicU64,
     stop: watch::Sender<bool>,
 }
 
@@ -124,13 +131,33 @@ struct ReadCursor {
     connection: u64,
 }
 
-/// A topic as loaded from its partition 0 stream.
+/// A topic's name and settings, as kept in its partition 0 stream's description.
+#[derive(Clone)]
 struct Topic {
     name: TopicName,
     config: TopicConfig,
-    /// Partition 0's stream, with the info it was loaded with.
-    first: stream::Stream,
 }
+
+/// A topic's settings as last loaded, kept so that appends and reads need no JetStream API
+/// request of their own for them: one request fewer per call, and a topic stays writable and
+/// readable on its other partitions while its partition 0 stream (which holds the settings)
+/// elects a leader.
+struct CachedTopic {
+    topic: Arc<Topic>,
+    loaded: Instant,
+    /// Whether a load in the background is under way.
+    refreshing: bool,
+}
+
+/// For this long after loading, a topic's cached settings are used as they are.
+const TOPIC_FRESH_MS: u64 = 1_000;
+/// Past `TOPIC_FRESH_MS` and up to this age, they are still used while a load in the background
+/// replaces them (so a call never waits on a slow or leaderless partition 0 stream); older, a
+/// call loads them itself. Another instance's change of a topic's settings is seen here one
+/// call after `TOPIC_FRESH_MS`, once that load returns.
+const TOPIC_STALE_MAX_MS: u64 = 60_000;
+/// Most topics whose settings are cached; past it, the oldest entries are dropped.
+const TOPICS_CACHED_MAX: usize = 4_096;
 
 impl Topic {
     fn check_partition(&self, partition: PartitionId) -> Result<(), LogError> {
@@ -293,6 +320,8 @@ impl NatsLog {
                 round_robin: StdMutex::new(HashMap::new()),
                 read_cursors: StdMutex::new(HashMap::new()),
                 connections,
+                topics: StdMutex::new(HashMap::new()),
+                topics_forgotten: AtomicU64::new(0),
                 stop,
             }),
         };
@@ -369,7 +398,101 @@ impl NatsLog {
         }
     }
 
-    async fn topic(&self, name: &TopicName) -> Result<Topic, LogError> {
+    /// The topic's settings for an append or a read: cached (see `CachedTopic`), loaded when
+    /// not cached or too old.
+    async fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, LogError> {
+        {
+            let mut topics = lock(&self.inner.topics);
+            if let Some(cached) = topics.get_mut(name) {
+                let age = cached.loaded.elapsed();
+                if age < ms(TOPIC_FRESH_MS) {
+                    return Ok(cached.topic.clone());
+                }
+                if age < ms(TOPIC_STALE_MAX_MS) {
+                    if !cached.refreshing {
+                        cached.refreshing = true;
+                        let (log, name) = (self.clone(), name.clone());
+                        let forgotten = self.inner.topics_forgotten.load(Ordering::SeqCst);
+                        tokio::spawn(async move {
+                            let loaded = log.load_topic(&name).await;
+                            let loaded = loaded.map(|(topic, _)| Arc::new(topic));
+                            log.remember_topic(&name, loaded, forgotten);
+                        });
+                    }
+                    return Ok(cached.topic.clone());
+                }
+            }
+        }
+        let forgotten = self.inner.topics_forgotten.load(Ordering::SeqCst);
+        let (topic, _) = self.load_topic(name).await?;
+        let topic = Arc::new(topic);
+        self.remember_topic(name, Ok(topic.clone()), forgotten);
+        Ok(topic)
+    }
+
+    /// Caches what loading `name` gave: its settings, or its absence (a topic deleted is
+    /// forgotten). Any other failure keeps what was cached. Nothing is cached when a topic
+    /// was forgotten since the load began (`forgotten`, the count then): it may have read
+    /// settings changed meanwhile.
+    fn remember_topic(
+        &self,
+        name: &TopicName,
+        loaded: Result<Arc<Topic>, LogError>,
+        forgotten: u64,
+    ) {
+        let mut topics = lock(&self.inner.topics);
+        if self.inner.topics_forgotten.load(Ordering::SeqCst) != forgotten {
+            if let Some(cached) = topics.get_mut(name) {
+                cached.refreshing = false;
+            }
+            return;
+        }
+        match loaded {
+            Ok(topic) => {
+                if topics.len() >= TOPICS_CACHED_MAX && !topics.contains_key(name) {
+                    topics.retain(|_, cached| cached.loaded.elapsed() < ms(TOPIC_FRESH_MS));
+                    if topics.len() >= TOPICS_CACHED_MAX {
+                        return;
+                    }
+                }
+                topics.insert(
+                    name.clone(),
+                    CachedTopic {
+                        topic,
+                        loaded: Instant::now(),
+                        refreshing: false,
+                    },
+                );
+            }
+            Err(LogError::TopicNotFound { .. }) => {
+                topics.remove(name);
+            }
+            Err(_) => {
+                if let Some(cached) = topics.get_mut(name) {
+                    cached.refreshing = false;
+                }
+            }
+        }
+    }
+
+    /// Drops the cached settings of `name` (created, changed or deleted through this log, or
+    /// found gone).
+    fn forget_topic(&self, name: &TopicName) {
+        let mut topics = lock(&self.inner.topics);
+        self.inner.topics_forgotten.fetch_add(1, Ordering::SeqCst);
+        topics.remove(name);
+    }
+
+    /// Drops the cached settings of `name` when `result` says the topic is gone, so that the
+    /// next call loads them (a topic deleted through another instance, or created again).
+    fn forget_if_gone<T>(&self, name: &TopicName, result: &Result<T, LogError>) {
+        if matches!(result, Err(LogError::TopicNotFound { .. })) {
+            self.forget_topic(name);
+        }
+    }
+
+    /// The topic's settings and its partition 0 stream, read from JetStream now.
+    async fn load_topic(&self, name: &TopicName) -> Result<(Topic, stream::Stream), LogError> {
         let stream_name = self.partition_stream(name, 0);
         let Some(first) = self
             .get_stream(&stream_name, &format!("loading topic '{name}'"))
@@ -382,11 +505,13 @@ impl NatsLog {
             .ok_or_else(|| LogError::TopicNotFound {
                 topic: name.clone(),
             })?;
-        Ok(Topic {
-            name: name.clone(),
-            config: meta.config,
+        Ok((
+            Topic {
+                name: name.clone(),
+                config: meta.config,
+            },
             first,
-        })
+        ))
     }
 
     /// A partition's stream with its current state.
@@ -579,8 +704,8 @@ impl NatsLog {
         self.check_open()?;
         self.check_supported(&config)?;
         for _ in 0..3 {
-            match self.topic(name).await {
-                Ok(existing) => {
+            match self.load_topic(name).await {
+                Ok((existing, _)) => {
                     if existing.config.partitions != config.partitions {
                         return Err(LogError::partition_count_fixed(
                             name,
@@ -618,7 +743,7 @@ impl NatsLog {
     }
 
     /// Every topic of this adapter's stream prefix.
-    async fn own_topics(&self) -> Result<Vec<Topic>, LogError> {
+    async fn own_topics(&self) -> Result<Vec<(Topic, stream::Stream)>, LogError> {
         let prefix = format!("{}_", self.inner.config.stream_prefix);
         let mut names = Vec::new();
         let mut streams = self.inner.js.streams();
@@ -637,8 +762,8 @@ impl NatsLog {
         names.sort();
         let mut topics = Vec::with_capacity(names.len());
         for name in names {
-            match self.topic(&name).await {
-                Ok(topic) => topics.push(topic),
+            match self.load_topic(&name).await {
+                Ok(loaded) => topics.push(loaded),
                 Err(LogError::TopicNotFound { .. }) => {} // deleted meanwhile
                 Err(other) => return Err(other),
             }
@@ -646,11 +771,17 @@ impl NatsLog {
         Ok(topics)
     }
 
-    async fn describe(&self, topic: &Topic) -> Result<TopicDescription, LogError> {
+    /// The topic with its partitions' offsets; `first` is its partition 0 stream as just
+    /// loaded.
+    async fn describe(
+        &self,
+        topic: &Topic,
+        first: &stream::Stream,
+    ) -> Result<TopicDescription, LogError> {
         let partitions = futures_util::stream::iter(0..topic.config.partitions)
             .map(|partition| async move {
                 let bounds = if partition == 0 {
-                    Bounds::of(&topic.first.cached_info().state)
+                    Bounds::of(&first.cached_info().state)
                 } else {
                     self.bounds(topic, partition).await?
                 };
@@ -691,6 +822,21 @@ impl NatsLog {
                 bytes: event.json().len(),
                 max: self.payload_bytes_max() as u32,
             },
+            // The stream's own size limit refused it: the topic's `event_bytes_max` was
+            // lowered (through another instance) since this log cached its settings.
+            _ if error.to_string().contains(MESSAGE_TOO_LARGE) => {
+                self.forget_topic(&topic.name);
+                let max = match self.load_topic(&topic.name).await {
+                    Ok((current, _)) => current.config.event_bytes_max,
+                    Err(_) => topic.config.event_bytes_max,
+                };
+                LogError::EventTooLarge {
+                    topic: topic.name.clone(),
+                    index,
+                    bytes: event.json().len(),
+                    max: max.min(self.payload_bytes_max() as u32),
+                }
+            }
             _ => nats_error(
                 &format!(
                     "appending event {index} to partition {partition} of topic '{}' (it may or may not have been stored; retry with the same ids)",
@@ -1183,11 +1329,7 @@ impl NatsLog {
         topic.check_partition(partition)?;
         let events_max = limits.events_max.clamp(1, READ_EVENTS_MAX);
         let bytes_max = limits.bytes_max.min(READ_BYTES_MAX);
-        let stream = if partition == 0 {
-            topic.first.clone()
-        } else {
-            self.partition(&topic, partition).await?
-        };
+        let stream = self.partition(&topic, partition).await?;
         let bounds = Bounds::of(&stream.cached_info().state);
         let (first_offset, end_offset) = (bounds.first_offset, bounds.end_offset);
         let empty = |next_offset| ReadBatch {
@@ -1364,7 +1506,7 @@ impl NatsLog {
     pub async fn apply_retention(&self) -> Result<u64, LogError> {
         self.check_open()?;
         let mut removed = 0;
-        for topic in self.own_topics().await? {
+        for (topic, _) in self.own_topics().await? {
             if let Some(retention_ms) = topic.config.retention_ms {
                 removed += self.retain(&topic, retention_ms).await?;
             }
@@ -1460,27 +1602,30 @@ impl TopicAdmin for NatsLog {
         name: &TopicName,
         config: TopicConfig,
     ) -> Result<PutTopicOutcome, LogError> {
-        self.put_topic_impl(name, config).await
+        let outcome = self.put_topic_impl(name, config).await;
+        self.forget_topic(name);
+        outcome
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicDescription>, LogError> {
         self.check_open()?;
         let mut described = Vec::new();
-        for topic in self.own_topics().await? {
-            described.push(self.describe(&topic).await?);
+        for (topic, first) in self.own_topics().await? {
+            described.push(self.describe(&topic, &first).await?);
         }
         Ok(described)
     }
 
     async fn describe_topic(&self, name: &TopicName) -> Result<TopicDescription, LogError> {
         self.check_open()?;
-        let topic = self.topic(name).await?;
-        self.describe(&topic).await
+        let (topic, first) = self.load_topic(name).await?;
+        self.describe(&topic, &first).await
     }
 
     async fn delete_topic(&self, name: &TopicName) -> Result<(), LogError> {
         self.check_open()?;
-        let topic = self.topic(name).await?;
+        self.forget_topic(name);
+        let (topic, _) = self.load_topic(name).await?;
         // Partition 0 last: until it is gone the topic is still visible, and a deletion cut
         // short can be repeated.
         let mut others: Vec<String> = (1..topic.config.partitions)
@@ -1516,7 +1661,9 @@ impl EventAppender for NatsLog {
         topic: &TopicName,
         events: Vec<Event>,
     ) -> Result<Vec<AppendReceipt>, LogError> {
-        self.append_impl(topic, events).await
+        let appended = self.append_impl(topic, events).await;
+        self.forget_if_gone(topic, &appended);
+        appended
     }
 }
 
@@ -1529,7 +1676,9 @@ impl EventReader for NatsLog {
         from: ReadFrom,
         limits: ReadLimits,
     ) -> Result<ReadBatch, LogError> {
-        self.read_impl(topic, partition, from, limits).await
+        let read = self.read_impl(topic, partition, from, limits).await;
+        self.forget_if_gone(topic, &read);
+        read
     }
 }
 
@@ -1541,7 +1690,9 @@ impl EventSubscriber for NatsLog {
         positions: &Cursor,
         timeout: Duration,
     ) -> Result<bool, LogError> {
-        self.wait_impl(topic, positions, timeout).await
+        let waited = self.wait_impl(topic, positions, timeout).await;
+        self.forget_if_gone(topic, &waited);
+        waited
     }
 }
 

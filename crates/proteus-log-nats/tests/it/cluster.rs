@@ -152,6 +152,54 @@ async fn reads_skip_nothing_while_a_restarted_replica_catches_up() {
     }
 }
 
+/// A topic's settings are kept in its partition 0 stream; while that stream elects a leader
+/// (its leader's node killed), the topic's other partitions still take appends at once, as a
+/// Kafka topic's partitions fail one by one. (Before the log cached the settings, each append
+/// asked partition 0's stream for them first and waited out the request timeout, so no
+/// partition of the topic took appends during the election.) Reads are not checked here: each
+/// creates a consumer, which the cluster's metadata leader places, so a read waits for that
+/// election when the killed node led the metadata too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_partitions_take_appends_while_partition_0_elects_a_leader() {
+    let cluster = PrivateNatsCluster::start().await;
+    let mut config = unique_config(&cluster.url());
+    config.replicas = 3;
+    let log = connect(config.clone()).await;
+    let topic = TopicName::parse("partly").unwrap();
+    log.put_topic(&topic, TopicConfig::with_partitions(2))
+        .await
+        .unwrap();
+    // A key of partition 1.
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|key| proteus_log::partitioner::partition_for_key(key, 2) == 1)
+        .unwrap();
+    let first = log
+        .append(&topic, vec![event("before", Some(&key))])
+        .await
+        .unwrap();
+    assert_eq!(first[0].partition, 1);
+    let stream = |partition: u32| format!("{}_partly_{partition}", config.stream_prefix);
+    let leader_of_0 = cluster.leader_of(&stream(0)).await;
+    cluster.lead_elsewhere(&stream(1), leader_of_0).await;
+    cluster.kill(leader_of_0);
+    let killed_at = std::time::Instant::now();
+    let appended = log
+        .append(&topic, vec![event("during", Some(&key))])
+        .await
+        .expect("partition 1 takes an append while partition 0 has no leader");
+    let took = killed_at.elapsed();
+    assert_eq!(
+        (appended[0].partition, appended[0].offset),
+        (1, first[0].offset + 1)
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "partition 1 took the append only after {took:?}"
+    );
+    cluster.restart(leader_of_0).await;
+}
+
 /// `replicas = 3` is refused on a server older than 2.11, saying why and what to do (the
 /// shared test server is Debian's 2.9); a newer single server refuses it itself (replicated
 /// streams need a cluster).

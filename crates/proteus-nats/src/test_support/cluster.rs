@@ -208,6 +208,22 @@ impl PrivateNatsCluster {
         }
     }
 
+    /// Moves the leadership of `stream` off node `node` (asking its leader to step down until
+    /// another node leads it; at most `CLUSTER_WAIT_S`), so a test can kill `node` without
+    /// touching `stream`'s leader.
+    pub async fn lead_elsewhere(&self, stream: &str, node: usize) {
+        let deadline = Instant::now() + Duration::from_secs(CLUSTER_WAIT_S);
+        while self.leader_of(stream).await == node {
+            assert!(
+                Instant::now() < deadline,
+                "stream {stream} is still led by node {node} after {CLUSTER_WAIT_S} s"
+            );
+            let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}");
+            let _ = self.js.client().request(subject, "".into()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// How many nodes hold `stream` (its leader and its replicas).
     pub async fn replicas_of(&self, stream: &str) -> usize {
         let info = self
