@@ -1338,7 +1338,7 @@ impl NatsLog {
             first_offset,
             end_offset,
         };
-        let policy = match from {
+        let mut policy = match from {
             ReadFrom::Offset(offset) => {
                 if offset > end_offset {
                     return Err(LogError::OffsetOutOfRange {
@@ -1365,10 +1365,39 @@ impl NatsLog {
             }
         };
         let mut behind_leader_reads = 0;
+        let too_far_behind = |end_offset| LogError::Unavailable {
+            reason: format!(
+                "reading partition {partition} of topic '{name}': the server holding the read \
+                 is behind the stream's leader (a replica catching up after a restart) and \
+                 delivered none of the events the leader has up to offset {end_offset}; \
+                 nothing was skipped, retry"
+            ),
+        };
         loop {
-            let events = self
+            let mut events = self
                 .fetch(&topic, &stream, partition, policy, events_max, bytes_max)
                 .await?;
+            if let ReadFrom::TimeMs(at) = from {
+                // A consumer placed on a replica still catching up finds the start time in
+                // that replica's copy: when the copy ends before `at`, the consumer starts at
+                // its end and then delivers, as they are copied, events older than `at`. Skip
+                // them and read on from after them.
+                let older = events.iter().take_while(|e| e.append_time_ms < at).count();
+                if older > 0 {
+                    let after_older = events[older - 1].offset + 2;
+                    events.drain(..older);
+                    if events.is_empty() {
+                        policy = DeliverPolicy::ByStartSequence {
+                            start_sequence: after_older,
+                        };
+                        behind_leader_reads += 1;
+                        if behind_leader_reads >= BEHIND_LEADER_READS_MAX {
+                            return Err(too_far_behind(end_offset));
+                        }
+                        continue;
+                    }
+                }
+            }
             if let Some(last) = events.last() {
                 let next_offset = last.offset + 1;
                 return Ok(ReadBatch {
@@ -1399,15 +1428,7 @@ impl NatsLog {
             }
             behind_leader_reads += 1;
             if behind_leader_reads >= BEHIND_LEADER_READS_MAX {
-                return Err(LogError::Unavailable {
-                    reason: format!(
-                        "reading partition {partition} of topic '{name}': the server holding \
-                         the read is behind the stream's leader (a replica catching up after a \
-                         restart) and delivered none of the events the leader has up to offset \
-                         {}; nothing was skipped, retry",
-                        now.end_offset
-                    ),
-                });
+                return Err(too_far_behind(now.end_offset));
             }
             tokio::time::sleep(ms(BEHIND_LEADER_RETRY_MS)).await;
         }

@@ -89,40 +89,11 @@ async fn a_replicated_topic_keeps_every_event_when_its_leaders_are_killed() {
 /// when it takes too long): never "nothing until the end", which makes a reader skip events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_skip_nothing_while_a_restarted_replica_catches_up() {
-    const EVENTS: u64 = 3_000;
-    const BATCH: u64 = 100;
     const READS: u64 = 60;
     let cluster = PrivateNatsCluster::start().await;
-    let mut config = unique_config(&cluster.url());
-    config.replicas = 3;
-    let log = connect(config.clone()).await;
-    let topic = TopicName::parse("lagging").unwrap();
-    log.put_topic(&topic, TopicConfig::with_partitions(1))
-        .await
-        .unwrap();
-    let stream = format!("{}_lagging_0", config.stream_prefix);
-    let follower = (cluster.leader_of(&stream).await + 1) % 3;
-    cluster.kill(follower);
-    // What the follower misses: enough bytes that copying them takes a while.
-    let pad = "x".repeat(4_096);
-    for batch in 0..EVENTS / BATCH {
-        let events: Vec<_> = (0..BATCH)
-            .map(|i| {
-                let id = format!("e{}", batch * BATCH + i);
-                let json = serde_json::json!({
-                    "specversion": "1.0", "id": id, "source": "/lagging",
-                    "type": "test.event", "data": {"pad": pad},
-                });
-                proteus_log::Event::from_json(json.to_string().as_bytes()).unwrap()
-            })
-            .collect();
-        until_recovered(
-            Duration::from_secs(FAILOVER_WAIT_S),
-            |error: &LogError| matches!(error, LogError::Unavailable { .. }),
-            || log.append(&topic, events.clone()),
-        )
-        .await;
-    }
+    let (log, topic) = lagging_topic(&cluster).await;
+    let follower = kill_a_follower(&cluster, &log, &topic).await;
+    append_padded(&log, &topic, 0..LAGGING_EVENTS).await;
     cluster.restart(follower).await;
     let limits = ReadLimits {
         events_max: 5,
@@ -130,14 +101,14 @@ async fn reads_skip_nothing_while_a_restarted_replica_catches_up() {
     };
     for read in 0..READS {
         // Offsets 7 apart: no read resumes the consumer the previous one parked.
-        let offset = (read * 7) % EVENTS;
+        let offset = (read * 7) % LAGGING_EVENTS;
         let batch = until_recovered(
             Duration::from_secs(FAILOVER_WAIT_S),
             |error: &LogError| matches!(error, LogError::Unavailable { .. }),
             || log.read(&topic, 0, ReadFrom::Offset(offset), limits),
         )
         .await;
-        assert_eq!(batch.end_offset, EVENTS, "read {read}");
+        assert_eq!(batch.end_offset, LAGGING_EVENTS, "read {read}");
         let offsets: Vec<u64> = batch.events.iter().map(|e| e.offset).collect();
         assert!(
             offsets.first() == Some(&offset),
@@ -198,6 +169,99 @@ async fn other_partitions_take_appends_while_partition_0_elects_a_leader() {
         "partition 1 took the append only after {took:?}"
     );
     cluster.restart(leader_of_0).await;
+}
+
+/// A read by time through a consumer placed on a replica that restarted after missing the
+/// events from that time on, and some before it: the consumer starts where the replica's copy
+/// ends, before the time asked. Every read must still start at the first event appended at or
+/// after the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_reads_start_at_their_time_while_a_restarted_replica_catches_up() {
+    const READS: u64 = 40;
+    const BEFORE: u64 = 10_000;
+    let cluster = PrivateNatsCluster::start().await;
+    let (log, topic) = lagging_topic(&cluster).await;
+    let follower = kill_a_follower(&cluster, &log, &topic).await;
+    append_padded(&log, &topic, 0..BEFORE).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since_ms = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()) as i64;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    append_padded(&log, &topic, BEFORE..BEFORE + 100).await;
+    cluster.restart(follower).await;
+    let limits = ReadLimits {
+        events_max: 5,
+        bytes_max: 1024 * 1024,
+    };
+    for read in 0..READS {
+        let batch = until_recovered(
+            Duration::from_secs(FAILOVER_WAIT_S),
+            |error: &LogError| matches!(error, LogError::Unavailable { .. }),
+            || log.read(&topic, 0, ReadFrom::TimeMs(since_ms), limits),
+        )
+        .await;
+        let offsets: Vec<u64> = batch.events.iter().map(|e| e.offset).collect();
+        assert_eq!(
+            offsets.first(),
+            Some(&BEFORE),
+            "read {read} from {since_ms} ms: got offsets {offsets:?} (times {:?})",
+            batch
+                .events
+                .iter()
+                .map(|e| e.append_time_ms)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Events `lagging_topic`'s tests append while a replica is down.
+const LAGGING_EVENTS: u64 = 3_000;
+
+/// A log with 3 replicas on `cluster`, and a topic of one partition.
+async fn lagging_topic(cluster: &PrivateNatsCluster) -> (NatsLog, TopicName) {
+    let mut config = unique_config(&cluster.url());
+    config.replicas = 3;
+    let log = connect(config).await;
+    let topic = TopicName::parse("lagging").unwrap();
+    log.put_topic(&topic, TopicConfig::with_partitions(1))
+        .await
+        .unwrap();
+    (log, topic)
+}
+
+/// Kills a node holding a replica of `topic`'s partition 0 but not leading it; which one.
+async fn kill_a_follower(cluster: &PrivateNatsCluster, log: &NatsLog, topic: &TopicName) -> usize {
+    let stream = format!("{}_{topic}_0", log.config().stream_prefix);
+    let follower = (cluster.leader_of(&stream).await + 1) % 3;
+    cluster.kill(follower);
+    follower
+}
+
+/// Appends events `e<n>` for `ids`, 100 per call, each padded to 4 KiB so that a replica takes
+/// a while to copy them (retried while the cluster elects).
+async fn append_padded(log: &NatsLog, topic: &TopicName, ids: std::ops::Range<u64>) {
+    let pad = "x".repeat(4_096);
+    let ids: Vec<u64> = ids.collect();
+    for chunk in ids.chunks(100) {
+        let events: Vec<_> = chunk
+            .iter()
+            .map(|n| {
+                let json = serde_json::json!({
+                    "specversion": "1.0", "id": format!("e{n}"), "source": "/lagging",
+                    "type": "test.event", "data": {"pad": pad},
+                });
+                proteus_log::Event::from_json(json.to_string().as_bytes()).unwrap()
+            })
+            .collect();
+        until_recovered(
+            Duration::from_secs(FAILOVER_WAIT_S),
+            |error: &LogError| matches!(error, LogError::Unavailable { .. }),
+            || log.append(topic, events.clone()),
+        )
+        .await;
+    }
 }
 
 /// `replicas = 3` is refused on a server older than 2.11, saying why and what to do (the
