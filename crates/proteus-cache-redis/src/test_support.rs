@@ -300,6 +300,11 @@ impl SlotMove {
         );
         true
     }
+
+    /// What `redis-cli --cluster reshard` printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for SlotMove {

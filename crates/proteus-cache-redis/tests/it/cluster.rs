@@ -237,7 +237,23 @@ async fn calls_stay_bounded_while_slots_move_and_work_once_they_have_moved() {
     );
     // (A wedge in the first round can last until the move is over: one round is enough.)
     assert!(round >= 1, "the slots moved before the cache could write");
-    assert_eq!(held_by(0), 0, "node 0 still holds keys");
+    // (CI once saw 671 keys left on node 0 after a reshard that exited 0, while the machine
+    // was loaded: what the reshard said and how the nodes see the slots tell why next time.)
+    let left = held_by(0);
+    assert!(
+        left == 0,
+        "node 0 still holds {left} keys after the reshard; the end of what it printed:\n{}\nnode 0's view of the cluster:\n{}",
+        mover
+            .output()
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        harness
+            .cluster
+            .cli(harness.cluster.ports[0], &["CLUSTER", "NODES"])
+    );
     rounds.work_promptly_after(&cache, round).await;
 }
 
