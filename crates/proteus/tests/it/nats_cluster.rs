@@ -208,6 +208,47 @@ fn produce_while(url: &str, running: Arc<AtomicBool>) -> std::thread::JoinHandle
     })
 }
 
+/// Creates topic `orders` of 2 partitions at `url` and its group `workers` with `group`.
+fn put_topic_and_group(url: &str, group: Value) {
+    let http = http_client();
+    for (path, body) in [
+        ("/v1/topics/orders", json!({"partitions": 2})),
+        ("/v1/topics/orders/groups/workers", group),
+    ] {
+        let response = http.put(format!("{url}{path}")).json(&body).send().unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+}
+
+/// Writes with `produce_while` to topic `orders` of `served` through a rolling restart of its
+/// cluster, then checks that group `workers` processed every event (`seen` holds the ids it
+/// processed), printing the server's warnings if not.
+fn produce_through_a_rolling_restart(served: &ServedCluster, seen: &Mutex<BTreeSet<String>>) {
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = produce_while(&served.server.url, producing.clone());
+    rolling_restart(
+        &served.runtime,
+        &served.cluster,
+        &["PROTEUS_orders_0", "PROTEUS_orders_1", "KV_PROTEUS_GROUPS"],
+    );
+    producing.store(false, Ordering::SeqCst);
+    let events = producer.join().unwrap();
+    assert!(
+        events >= 10 * PRODUCER_BATCH,
+        "only {events} events written"
+    );
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_every_event_processed(&served.server.url, seen, events, Duration::from_secs(120))
+    }));
+    if let Err(panic) = checked {
+        resume_with_server_warnings(&served.server, panic);
+    }
+}
+
 /// Prints what the server warned about (it says why a group stalled), then goes on
 /// panicking with `panic`.
 fn resume_with_server_warnings(server: &ServerProcess, panic: Box<dyn std::any::Any + Send>) -> ! {
@@ -356,45 +397,14 @@ fn a_server_on_a_nats_cluster_replicates_and_survives_a_killed_leader() {
 #[test]
 fn a_group_on_a_nats_cluster_processes_every_event_through_a_rolling_restart() {
     let served = ServedCluster::start();
-    let (runtime, cluster, server) = (&served.runtime, &served.cluster, &served.server);
-    let http = http_client();
-    let put = |path: &str, body: Value| {
-        let response = http
-            .put(format!("{}{path}", server.url))
-            .json(&body)
-            .send()
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-    };
-    put("/v1/topics/orders", json!({"partitions": 2}));
-    put(
-        "/v1/topics/orders/groups/workers",
+    let url = &served.server.url;
+    put_topic_and_group(
+        url,
         json!({"session_timeout_ms": 3_000, "ack_wait_ms": 5_000}),
     );
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let _consumers: Vec<Consumer> = (0..2)
-        .map(|_| Consumer::start(&server.url, seen.clone()))
-        .collect();
-    let restarting = Arc::new(AtomicBool::new(true));
-    let producer = produce_while(&server.url, restarting.clone());
-    let streams = ["PROTEUS_orders_0", "PROTEUS_orders_1", "KV_PROTEUS_GROUPS"];
-    rolling_restart(runtime, cluster, &streams);
-    restarting.store(false, Ordering::SeqCst);
-    let events = producer.join().unwrap();
-    assert!(
-        events >= 10 * PRODUCER_BATCH,
-        "only {events} events written"
-    );
-    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        assert_every_event_processed(&server.url, &seen, events, Duration::from_secs(120))
-    }));
-    if let Err(panic) = checked {
-        resume_with_server_warnings(server, panic);
-    }
+    let _consumers: Vec<Consumer> = (0..2).map(|_| Consumer::start(url, seen.clone())).collect();
+    produce_through_a_rolling_restart(&served, &seen);
 }
 
 /// A push group through a rolling restart: the server itself consumes group `workers` and POSTs
@@ -404,47 +414,13 @@ fn a_group_on_a_nats_cluster_processes_every_event_through_a_rolling_restart() {
 #[test]
 fn a_push_group_on_a_nats_cluster_delivers_every_event_through_a_rolling_restart() {
     let served = ServedCluster::start();
-    let (runtime, cluster, server) = (&served.runtime, &served.cluster, &served.server);
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let webhook = runtime.block_on(start_webhook(seen.clone()));
-    let http = http_client();
-    for (path, body) in [
-        ("/v1/topics/orders", json!({"partitions": 2})),
-        (
-            "/v1/topics/orders/groups/workers",
-            json!({"session_timeout_ms": 3_000, "ack_wait_ms": 5_000, "push": {"url": webhook}}),
-        ),
-    ] {
-        let response = http
-            .put(format!("{}{path}", server.url))
-            .json(&body)
-            .send()
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-    }
-    let restarting = Arc::new(AtomicBool::new(true));
-    let producer = produce_while(&server.url, restarting.clone());
-    rolling_restart(
-        runtime,
-        cluster,
-        &["PROTEUS_orders_0", "PROTEUS_orders_1", "KV_PROTEUS_GROUPS"],
+    let webhook = served.runtime.block_on(start_webhook(seen.clone()));
+    put_topic_and_group(
+        &served.server.url,
+        json!({"session_timeout_ms": 3_000, "ack_wait_ms": 5_000, "push": {"url": webhook}}),
     );
-    restarting.store(false, Ordering::SeqCst);
-    let events = producer.join().unwrap();
-    assert!(
-        events >= 10 * PRODUCER_BATCH,
-        "only {events} events written"
-    );
-    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        assert_every_event_processed(&server.url, &seen, events, Duration::from_secs(120))
-    }));
-    if let Err(panic) = checked {
-        resume_with_server_warnings(server, panic);
-    }
+    produce_through_a_rolling_restart(&served, &seen);
 }
 
 /// Moving topics onto a cluster while it is upgraded: `migrate-topics --follow` copies a
