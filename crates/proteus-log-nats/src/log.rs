@@ -1725,9 +1725,20 @@ impl Log for NatsLog {
         }
         let _ = self.inner.stop.send(true);
         // Every append already waited for its acknowledgements; flushing sends what is left
-        // (consumer deletions) before the connection closes.
-        let _ = self.inner.client.flush().await;
-        let _ = self.inner.client.drain().await;
+        // (consumer deletions) before the connection closes. Bounded: with the server out of
+        // reach both would wait for a reconnection that may never come.
+        let closed = tokio::time::timeout(ms(self.inner.config.request_timeout_ms), async {
+            let _ = self.inner.client.flush().await;
+            let _ = self.inner.client.drain().await;
+        })
+        .await;
+        if closed.is_err() {
+            tracing::warn!(
+                url = %proteus_nats::redact(&self.inner.config.url),
+                "NATS did not answer while the log closed its connection; read consumers it \
+                 leaves behind expire by themselves"
+            );
+        }
         Ok(())
     }
 }

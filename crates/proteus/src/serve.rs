@@ -490,22 +490,86 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             "requests still in flight after the shutdown timeout; closing anyway"
         ),
     }
-    flags.flush_usage().await;
-    experiments.close().await;
-    groups.shutdown().await;
+    // Closing is bounded too: with NATS or PostgreSQL out of reach (stopped first, or a
+    // network cut) a step would retry for as long as it is let, and the process must stop.
+    // What was acknowledged is stored already, so a step cut short loses nothing answered.
+    let closing = Closing::new();
+    closing
+        .step("flushing flag usage", flags.flush_usage())
+        .await;
+    closing
+        .step("closing experiments", experiments.close())
+        .await;
+    closing
+        .step("stopping consumer groups", groups.shutdown())
+        .await;
     if let Some(coordinator) = &coordinator {
         // Progress is saved: let other instances take the groups over at once.
-        coordinator.release_all().await;
+        closing
+            .step("releasing group coordination", coordinator.release_all())
+            .await;
     }
-    projections.close().await;
-    if let Err(e) = events.close().await {
+    closing
+        .step("closing projections", projections.close())
+        .await;
+    if let Some(Err(e)) = closing
+        .step("closing the event store", events.close())
+        .await
+    {
         tracing::warn!(error = %e, "closing the event store failed");
     }
-    log.shutdown()
-        .await
-        .map_err(|e| format!("shutting down the log failed: {e}"))?;
-    tracing::info!("stopped cleanly; all acknowledged events are on disk");
+    if let Some(result) = closing.step("shutting down the log", log.shutdown()).await {
+        result.map_err(|e| format!("shutting down the log failed: {e}"))?;
+    }
+    if closing.cut_short.get() == 0 {
+        tracing::info!("stopped cleanly; all acknowledged events are on disk");
+    } else {
+        tracing::warn!(
+            steps_cut_short = closing.cut_short.get(),
+            "stopped; what was acknowledged is stored, but not every store closed in time"
+        );
+    }
     Ok(())
+}
+
+/// Longest time closing the stores may take once requests have drained.
+const CLOSE_TIMEOUT_MS: u64 = 10_000;
+/// A step still gets this long once `CLOSE_TIMEOUT_MS` is spent, so that the stores closed
+/// last (the log) close cleanly after an earlier step on an unreachable backend used it all.
+const CLOSE_STEP_MIN_MS: u64 = 1_000;
+
+/// The closing steps of a shutdown, sharing one time budget.
+struct Closing {
+    deadline: tokio::time::Instant,
+    cut_short: std::cell::Cell<u32>,
+}
+
+impl Closing {
+    fn new() -> Closing {
+        Closing {
+            deadline: tokio::time::Instant::now() + Duration::from_millis(CLOSE_TIMEOUT_MS),
+            cut_short: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Runs `step` until it ends or the budget is spent (at least `CLOSE_STEP_MIN_MS`); its
+    /// output, or `None` when it was cut short.
+    async fn step<T>(&self, what: &str, step: impl std::future::Future<Output = T>) -> Option<T> {
+        let floor = tokio::time::Instant::now() + Duration::from_millis(CLOSE_STEP_MIN_MS);
+        let until = self.deadline.max(floor);
+        match tokio::time::timeout_at(until, step).await {
+            Ok(output) => Some(output),
+            Err(_) => {
+                self.cut_short.set(self.cut_short.get() + 1);
+                tracing::warn!(
+                    step = what,
+                    close_timeout_ms = CLOSE_TIMEOUT_MS,
+                    "did not finish in time (a backend out of reach?); stopping anyway"
+                );
+                None
+            }
+        }
+    }
 }
 
 /// `http://<bound address>`; 127.0.0.1 (or ::1) when bound to every interface, which other

@@ -1,7 +1,8 @@
 //! `GET /readyz` and `proteus_backend_up` report each shared backend as the server sees it:
 //! a NATS server killed under a running `proteus serve` shows as down within one check
 //! interval (readiness stays 200, "degraded", unless the probe asks for the backends), and as
-//! up again once it is back, while the PostgreSQL and Redis stores beside it stay up.
+//! up again once it is back, while the PostgreSQL and Redis stores beside it stay up; and a
+//! server whose NATS is gone still stops on SIGTERM.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -170,4 +171,31 @@ fn readiness_reports_a_backend_that_goes_down_and_comes_back() {
     assert!(log.contains("a backend is down"), "{log}");
     assert!(log.contains("a backend is back"), "{log}");
     assert_eq!(server.terminate(), Some(0), "{}", server.log_text());
+}
+
+/// A server whose NATS is gone (stopped first, as a careless `docker compose down` does) still
+/// stops on SIGTERM: the log gives up closing its connection after its request timeout (it
+/// waited for a reconnection for ever), and every closing step is bounded (10 s in all).
+#[test]
+fn a_server_stops_on_sigterm_after_its_nats_is_gone() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let nats = runtime.block_on(PrivateNatsServer::start());
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start_with(dir.path(), &["--storage-log", &nats.url()], &[]);
+    nats.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    let code = server.terminate();
+    let took = asked.elapsed();
+    let log = server.log_text();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        took < Duration::from_secs(20),
+        "stopping took {took:?}: {log}"
+    );
+    assert!(
+        log.contains("not every store closed in time")
+            || log.contains("NATS did not answer while the log closed its connection"),
+        "it says it did not close cleanly: {log}"
+    );
 }
