@@ -139,9 +139,8 @@ struct Topic {
 }
 
 /// A topic's settings as last loaded, kept so that appends and reads need no JetStream API
-/// request of their own for them: one request fewer per call, and a topic stays writable and
-/// readable on its other partitions while its partition 0 stream (which holds the settings)
-/// elects a leader.
+/// request of their own for them: one request fewer per call, and a topic's other partitions
+/// stay writable while its partition 0 stream (which holds the settings) elects a leader.
 struct CachedTopic {
     topic: Arc<Topic>,
     loaded: Instant,
@@ -156,7 +155,8 @@ const TOPIC_FRESH_MS: u64 = 1_000;
 /// call loads them itself. Another instance's change of a topic's settings is seen here one
 /// call after `TOPIC_FRESH_MS`, once that load returns.
 const TOPIC_STALE_MAX_MS: u64 = 60_000;
-/// Most topics whose settings are cached; past it, the oldest entries are dropped.
+/// Most topics whose settings are cached; when full, every entry older than `TOPIC_FRESH_MS`
+/// is dropped (and, should all be fresh, the new one is not cached).
 const TOPICS_CACHED_MAX: usize = 4_096;
 
 impl Topic {
