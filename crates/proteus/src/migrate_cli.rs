@@ -633,6 +633,30 @@ pub(crate) const FOLLOW_IDLE_WAIT: Duration = Duration::from_millis(500);
 /// 30 s.
 pub(crate) const FOLLOW_ROUND_FAILURES_MAX: u32 = 60;
 
+/// After a follower's last pass (the cut-over) failed with `error`: waits `FOLLOW_IDLE_WAIT`
+/// so that the caller runs it again, as following rides out a source or target restarting or
+/// NATS electing a leader (a pass continues where the failed one stopped), at most
+/// `FOLLOW_ROUND_FAILURES_MAX` failures in a row (`failures` counts them); then, or on a
+/// second Ctrl-C (`interrupted` is said then), the error to stop with.
+pub(crate) async fn again_after_a_failed_last_pass(
+    failures: &mut u32,
+    error: String,
+    stop: &mut StopSignals,
+    interrupted: &str,
+) -> Result<(), String> {
+    *failures += 1;
+    if *failures >= FOLLOW_ROUND_FAILURES_MAX {
+        return Err(format!(
+            "{error} (the last pass failed {failures} times in a row; {interrupted})"
+        ));
+    }
+    eprintln!("last pass: {error}; trying again");
+    tokio::select! {
+        _ = stop.received() => Err(format!("interrupted before the last pass ended: {interrupted}")),
+        _ = tokio::time::sleep(FOLLOW_IDLE_WAIT) => Ok(()),
+    }
+}
+
 /// What ends a `--follow`: Ctrl-C (SIGINT) or SIGTERM (a supervisor stopping it), after
 /// which the last pass runs. Both are watched from creation, so neither kills the process
 /// once following has been announced.
@@ -898,10 +922,18 @@ pub async fn run(args: MigrateArgs) -> Result<(), String> {
     println!(
         "stopping: copying what is left, deletions and snapshots, then verifying (Ctrl-C again to abort)"
     );
-    tokio::select! {
-        done = pass(&source, &mut target, &mut from, batch) => done,
-        _ = stop.received() => Err(
-            "interrupted before the last pass ended: run migrate again without --follow to finish the copy".to_owned()
-        ),
+    const FINISH: &str = "run migrate again without --follow to finish the copy";
+    let mut failures = 0;
+    loop {
+        let done = tokio::select! {
+            done = pass(&source, &mut target, &mut from, batch) => done,
+            _ = stop.received() => {
+                return Err(format!("interrupted before the last pass ended: {FINISH}"));
+            }
+        };
+        match done {
+            Ok(()) => return Ok(()),
+            Err(e) => again_after_a_failed_last_pass(&mut failures, e, &mut stop, FINISH).await?,
+        }
     }
 }

@@ -31,7 +31,8 @@ use proteus_log_nats::{NatsLog, NatsLogConfig};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::migrate_cli::{
-    PROGRESS_INTERVAL, StopSignals, embedded_dir, is_postgres_url, source_error,
+    PROGRESS_INTERVAL, StopSignals, again_after_a_failed_last_pass, embedded_dir, is_postgres_url,
+    source_error,
 };
 
 mod follow;
@@ -807,15 +808,25 @@ pub async fn run(args: MigrateTopicsArgs) -> Result<(), String> {
         println!(
             "stopping: copying what is left, then verifying every partition (Ctrl-C again to abort)"
         );
-        let last_pass = async {
-            let topics = source.list_topics().await?;
-            copy_and_verify(&source, &target, &topics, &wanted, settings).await
-        };
-        copied = tokio::select! {
-            done = last_pass => done?,
-            _ = stop.received() => return Err(
-                "interrupted before the last pass ended: run migrate-topics again without --follow to finish the copy (it continues where this one stopped)".to_owned()
-            ),
+        const FINISH: &str = "run migrate-topics again without --follow to finish the copy (it continues where this one stopped)";
+        let mut failures = 0;
+        copied = loop {
+            let last_pass = async {
+                let topics = source.list_topics().await?;
+                copy_and_verify(&source, &target, &topics, &wanted, settings).await
+            };
+            let done = tokio::select! {
+                done = last_pass => done,
+                _ = stop.received() => return Err(format!(
+                    "interrupted before the last pass ended: {FINISH}"
+                )),
+            };
+            match done {
+                Ok(copied) => break copied,
+                Err(e) => {
+                    again_after_a_failed_last_pass(&mut failures, e, &mut stop, FINISH).await?
+                }
+            }
         };
     }
     println!("serve the copy with {}", serve_hint(&args, &to));

@@ -710,7 +710,8 @@ fn a_postgres_event_store_moves_to_an_embedded_directory_with_positions_kept() {
 
 /// `migrate --follow` rides out a source it cannot reach for a while (a proxy in front of the
 /// server stopped for 1.5 s, its long poll cut): it says so, tries again, and copies what was
-/// appended meanwhile.
+/// appended meanwhile; and so does its last pass, at a cut-over made while the source is out
+/// of reach.
 #[test]
 fn following_rides_out_a_source_out_of_reach_for_a_while() {
     let dir = tempfile::tempdir().unwrap();
@@ -735,10 +736,18 @@ fn following_rides_out_a_source_out_of_reach_for_a_while() {
     place_order_3(&http, &source.url);
     runtime.block_on(proxy.restart());
     follower.wait_for("copied 1 more events");
-    let out = follower.interrupt();
+    // The cut-over while the source is out of reach: the last pass is tried again too.
+    proxy.stop();
+    let interrupted = std::thread::spawn(move || follower.interrupt());
+    std::thread::sleep(Duration::from_millis(1_500));
+    runtime.block_on(proxy.restart());
+    let out = interrupted.join().unwrap();
     assert!(
         out.contains("following: ") && out.contains("trying again"),
         "{out}"
     );
-    assert!(out.contains("verified: 2 events"), "{out}");
+    assert!(
+        out.contains("last pass: ") && out.contains("verified: 2 events"),
+        "{out}"
+    );
 }
