@@ -512,10 +512,17 @@ impl PrivateNatsServer {
         if let Some(member) = &self.cluster {
             command.args(member.args());
         }
+        // Its own messages (a port already taken, say) go to a file beside the store, so a
+        // server that exits at start-up can say why.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file())
+            .expect("cannot create the private nats-server's log file");
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|error| {
                 panic!(
@@ -527,19 +534,51 @@ impl PrivateNatsServer {
 
     /// Waits until the server answers JetStream requests (at most `ANSWER_WAIT_S`).
     async fn wait_until_answering(&self) {
+        if let Err(failure) = self.until_answering().await {
+            panic!("{failure}");
+        }
+    }
+
+    /// Waits until the server answers JetStream requests (at most `ANSWER_WAIT_S`); why not
+    /// otherwise, telling a process that exited (a port taken between `free_port` and the
+    /// server's bind, for one) from one that never answered.
+    async fn until_answering(&self) -> Result<(), StartFailure> {
         let deadline = Instant::now() + Duration::from_secs(ANSWER_WAIT_S);
         loop {
             if self.jetstream_answers().await {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} on port {} did not answer within {ANSWER_WAIT_S} s",
-                self.binary_to_run(),
-                self.port
-            );
+            let exited = match self.process.lock().expect("server process").as_mut() {
+                Some(child) => child.try_wait().ok().flatten(),
+                None => None,
+            };
+            let what = format!("{} on port {}", self.binary_to_run(), self.port);
+            if let Some(status) = exited {
+                return Err(StartFailure::Exited(format!(
+                    "{what} exited at start-up ({status}); its last lines:\n{}",
+                    self.log_tail()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(StartFailure::Silent(format!(
+                    "{what} did not answer within {ANSWER_WAIT_S} s; its last lines:\n{}",
+                    self.log_tail()
+                )));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Where its standard error goes.
+    fn log_file(&self) -> PathBuf {
+        self.store_dir.with_extension("log")
+    }
+
+    /// The last lines it wrote.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     async fn jetstream_answers(&self) -> bool {
@@ -605,6 +644,23 @@ impl Drop for PrivateNatsServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.store_dir);
         let _ = std::fs::remove_file(self.store_dir.with_extension("conf"));
+        let _ = std::fs::remove_file(self.log_file());
+    }
+}
+
+/// Why a private server did not come up.
+enum StartFailure {
+    /// Its process ended (the message has its status and last lines).
+    Exited(String),
+    /// It ran but did not answer within `ANSWER_WAIT_S`.
+    Silent(String),
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartFailure::Exited(message) | StartFailure::Silent(message) => f.write_str(message),
+        }
     }
 }
 

@@ -16,6 +16,9 @@ pub const NODES: usize = 3;
 /// measured on nats-server 2.12).
 const CLUSTER_WAIT_S: u64 = 30;
 
+/// Times a private cluster is started before a test gives up on it.
+const START_ATTEMPTS_MAX: u32 = 3;
+
 /// The `nats-server` a private cluster runs: `PROTEUS_TEST_NATS_CLUSTER_SERVER` (which
 /// `scripts/test` sets to one it fetches, see `scripts/nats-cluster-server`), else the one
 /// single servers run. Replicated streams need 2.11 or later (`REPLICATED_SERVER_VERSION_MIN`).
@@ -89,30 +92,33 @@ pub struct PrivateNatsCluster {
 
 impl PrivateNatsCluster {
     /// Starts the three nodes and waits until each answers JetStream requests (which needs a
-    /// metadata leader, elected once a majority runs).
+    /// metadata leader, elected once a majority runs). A cluster that does not come up (a node
+    /// exited, its port taken by another test between `free_port` and its bind, or no answer)
+    /// is started again on other ports, at most `START_ATTEMPTS_MAX` times in all.
     pub async fn start() -> PrivateNatsCluster {
         check_binary_version();
-        let cluster_name = format!("ptest_{}", unique_tag());
-        let route_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-        let nodes: Vec<PrivateNatsServer> = route_ports
-            .iter()
-            .enumerate()
-            .map(|(node, &route_port)| {
-                let member = ClusterMember {
-                    cluster_name: cluster_name.clone(),
-                    server_name: Self::server_name(node),
-                    route_port,
-                    route_ports: route_ports.clone(),
-                };
-                PrivateNatsServer::unstarted(None, None, Some(member))
-            })
-            .collect();
-        for node in &nodes {
-            node.spawn();
-        }
-        for node in &nodes {
-            node.wait_until_answering().await;
-        }
+        let mut attempt = 1;
+        let nodes = loop {
+            let nodes = Self::spawn_nodes();
+            let mut failure = None;
+            for node in &nodes {
+                if let Err(why) = node.until_answering().await {
+                    failure = Some(why);
+                    break;
+                }
+            }
+            let Some(failure) = failure else {
+                break nodes;
+            };
+            assert!(
+                attempt < START_ATTEMPTS_MAX,
+                "the private cluster did not start in {attempt} attempts: {failure}"
+            );
+            eprintln!(
+                "the private cluster did not start ({failure}); starting it again on other ports"
+            );
+            attempt += 1;
+        };
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
             .request_timeout(Some(Duration::from_secs(2)))
@@ -155,6 +161,29 @@ impl PrivateNatsCluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Three nodes on fresh ports and stores, started without waiting.
+    fn spawn_nodes() -> Vec<PrivateNatsServer> {
+        let cluster_name = format!("ptest_{}", unique_tag());
+        let route_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+        let nodes: Vec<PrivateNatsServer> = route_ports
+            .iter()
+            .enumerate()
+            .map(|(node, &route_port)| {
+                let member = ClusterMember {
+                    cluster_name: cluster_name.clone(),
+                    server_name: Self::server_name(node),
+                    route_port,
+                    route_ports: route_ports.clone(),
+                };
+                PrivateNatsServer::unstarted(None, None, Some(member))
+            })
+            .collect();
+        for node in &nodes {
+            node.spawn();
+        }
+        nodes
     }
 
     fn server_name(node: usize) -> String {
