@@ -542,7 +542,7 @@ impl PrivateNatsServer {
     /// Waits until the server answers JetStream requests (at most `ANSWER_WAIT_S`); why not
     /// otherwise, telling a process that exited (a port taken between `free_port` and the
     /// server's bind, for one) from one that never answered.
-    async fn until_answering(&self) -> Result<(), StartFailure> {
+    async fn until_answering(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(ANSWER_WAIT_S);
         loop {
             if self.jetstream_answers().await {
@@ -554,16 +554,16 @@ impl PrivateNatsServer {
             };
             let what = format!("{} on port {}", self.binary_to_run(), self.port);
             if let Some(status) = exited {
-                return Err(StartFailure::Exited(format!(
+                return Err(format!(
                     "{what} exited at start-up ({status}); its last lines:\n{}",
                     self.log_tail()
-                )));
+                ));
             }
             if Instant::now() >= deadline {
-                return Err(StartFailure::Silent(format!(
+                return Err(format!(
                     "{what} did not answer within {ANSWER_WAIT_S} s; its last lines:\n{}",
                     self.log_tail()
-                )));
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -645,22 +645,6 @@ impl Drop for PrivateNatsServer {
         let _ = std::fs::remove_dir_all(&self.store_dir);
         let _ = std::fs::remove_file(self.store_dir.with_extension("conf"));
         let _ = std::fs::remove_file(self.log_file());
-    }
-}
-
-/// Why a private server did not come up.
-enum StartFailure {
-    /// Its process ended (the message has its status and last lines).
-    Exited(String),
-    /// It ran but did not answer within `ANSWER_WAIT_S`.
-    Silent(String),
-}
-
-impl std::fmt::Display for StartFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartFailure::Exited(message) | StartFailure::Silent(message) => f.write_str(message),
-        }
     }
 }
 
