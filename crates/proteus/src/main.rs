@@ -104,7 +104,44 @@ enum Command {
 #[global_allocator]
 static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How long memory mimalloc freed stays with the process before it goes back to the OS.
+/// mimalloc 3 gives it back after 1 s; under a steady load the same memory is soon needed
+/// again, and each return then costs a page fault and the kernel zeroing a fresh (often 2 MiB)
+/// page: 8% of the server's time in a profile of appends to the event store on NATS, whose
+/// per-stream id indexes grow and move (2026-11-28, docs/benchmarks.md). 10 s, jemalloc's
+/// default decay, keeps memory in use under load and still returns it after a burst. A user
+/// who prefers otherwise sets `MIMALLOC_PURGE_DELAY` (milliseconds; -1 never returns memory),
+/// which this leaves alone.
+const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+
+unsafe extern "C" {
+    // mimalloc's option API (include/mimalloc.h), linked through `libmimalloc-sys`; the
+    // `mimalloc` crate only exposes it behind a feature whose extra dependency is not needed.
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Sets [`ALLOCATOR_PURGE_DELAY_MS`] unless `MIMALLOC_PURGE_DELAY` is set.
+fn tune_allocator() {
+    // `mi_option_purge_delay` in mimalloc 3's `mi_option_e`, whose default is 1000 ms: an
+    // option at this index with another value is not the one meant (another mimalloc), or
+    // was set by the user, and is left alone.
+    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+    const MIMALLOC_3_DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 1_000;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: both take an option index, which mimalloc range-checks, and a value; neither
+    // touches memory of ours.
+    unsafe {
+        if mi_option_get(MI_OPTION_PURGE_DELAY) == MIMALLOC_3_DEFAULT_PURGE_DELAY_MS {
+            mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
