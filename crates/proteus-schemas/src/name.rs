@@ -68,6 +68,15 @@ impl EventTypeName {
     }
 }
 
+/// Lets maps keyed by names be looked up by text without parsing it into a name first: a
+/// name's ordering, equality and hash are its text's, and text that is not a valid name is
+/// simply not found.
+impl std::borrow::Borrow<str> for EventTypeName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TryFrom<String> for EventTypeName {
     type Error = InvalidEventTypeName;
 

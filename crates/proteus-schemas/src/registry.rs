@@ -720,10 +720,16 @@ impl SchemaRegistry {
     /// none). Lets an append skip decoding data that [`SchemaRegistry::check_append`] will not
     /// look at.
     pub fn has_schema(&self, event_type: &str) -> bool {
-        EventTypeName::parse(event_type)
-            .ok()
-            .and_then(|name| self.types.get(&name))
-            .is_some_and(|entry| !entry.versions.is_empty())
+        self.registered(event_type).is_some()
+    }
+
+    /// The name of `event_type` if it has a schema. Looked up by text (no name is parsed and
+    /// allocated): appends ask this for every event.
+    fn registered(&self, event_type: &str) -> Option<&EventTypeName> {
+        self.types
+            .get_key_value(event_type)
+            .filter(|(_, entry)| !entry.versions.is_empty())
+            .map(|(name, _)| name)
     }
 
     /// The check of an append: events of types with a schema must match it (the version the
@@ -738,12 +744,9 @@ impl SchemaRegistry {
         schema_version: Option<u32>,
         data: &Value,
     ) -> Result<AppendCheck, SchemaError> {
-        let registered = EventTypeName::parse(event_type)
-            .ok()
-            .filter(|_| self.has_schema(event_type));
-        match (registered, policy) {
+        match (self.registered(event_type), policy) {
             (Some(name), _) => Ok(AppendCheck::Validated {
-                version: self.validate(&name, schema_version, data)?,
+                version: self.validate(name, schema_version, data)?,
             }),
             (None, SchemaPolicy::Lenient) => Ok(AppendCheck::Unchecked),
             (None, SchemaPolicy::Strict) => Err(SchemaError::UnregisteredEventType {
