@@ -36,8 +36,9 @@ pub struct NatsEventStoreConfig {
     /// fails with `Unavailable`.
     pub append_conflict_retries_max: u32,
     /// Most event ids kept in memory, over all streams, to decide idempotency without
-    /// reading a stream's history again; about 32 bytes each (a hash, a version, a position),
-    /// so the default 4,000,000 is about 128 MB. Past it the indexes of the least recently
+    /// reading a stream's history again; about 22 bytes each (a hash and a position; the
+    /// version is read with the stored event that confirms a hit), so the default 4,000,000 is
+    /// about 90 MB. Past it the indexes of the least recently
     /// used streams are dropped until three quarters remain, and rebuilt from their streams on
     /// their next append (correctness never depends on the cache).
     pub id_cache_events_max: usize,

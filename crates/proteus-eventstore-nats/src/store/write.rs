@@ -106,12 +106,14 @@ impl NatsEventStore {
                     (last_seq, actual)
                 }
             };
-            let mut found: Vec<Option<(u64, u64)>> =
+            let hits: Vec<Option<u64>> =
                 keys.iter().map(|key| index.ids.get(key).copied()).collect();
-            if found.iter().any(Option::is_some) {
-                self.confirm_hits(stream, &subject, &events, &mut found)
-                    .await?;
-            }
+            // (version, position) of each event the stream already holds.
+            let found: Vec<Option<(u64, u64)>> = if hits.iter().any(Option::is_some) {
+                self.confirm_hits(stream, &subject, &events, &hits).await?
+            } else {
+                vec![None; events.len()]
+            };
             let versions: Vec<Option<u64>> = found.iter().map(|f| f.map(|(v, _)| v)).collect();
             if let Idempotency::Duplicate { first_version } =
                 check_idempotency(stream, &events, &versions)?
@@ -137,10 +139,7 @@ impl NatsEventStore {
                     // Grown once per append rather than doubling several times within it.
                     index.ids.reserve(keys.len());
                     for (i, key) in keys.iter().enumerate() {
-                        let i = i as u64;
-                        index
-                            .ids
-                            .insert(*key, (first_version + i, position_of(seq, i)));
+                        index.ids.insert(*key, position_of(seq, i as u64));
                     }
                     index.seq = seq;
                     index.tail = Some((seq, first_version + count - 1));
