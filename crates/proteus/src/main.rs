@@ -121,12 +121,13 @@ unsafe extern "C" {
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
 }
 
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (include/mimalloc.h).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
 /// Sets [`ALLOCATOR_PURGE_DELAY_MS`] unless `MIMALLOC_PURGE_DELAY` is set.
 fn tune_allocator() {
-    // `mi_option_purge_delay` in mimalloc 3's `mi_option_e`, whose default is 1000 ms: an
-    // option at this index with another value is not the one meant (another mimalloc), or
-    // was set by the user, and is left alone.
-    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+    // An option at this index with another value than mimalloc 3's default is not the one
+    // meant (another mimalloc), or was set by the user, and is left alone.
     const MIMALLOC_3_DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 1_000;
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
@@ -183,5 +184,23 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails when a mimalloc upgrade moves or re-defaults the purge-delay option, which
+    /// `tune_allocator` would then silently leave alone.
+    #[test]
+    fn the_allocator_keeps_freed_memory_for_the_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return; // the user's setting wins, by design
+        }
+        tune_allocator();
+        // SAFETY: reads an option by index, range-checked by mimalloc.
+        let purge_delay_ms = unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(purge_delay_ms, ALLOCATOR_PURGE_DELAY_MS);
     }
 }
