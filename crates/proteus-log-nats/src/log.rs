@@ -52,6 +52,16 @@ const READ_CURSOR_REUSE_MS: u64 = READ_CONSUMER_IDLE_MS / 2;
 /// Publishes whose acknowledgement may be awaited at once by one instance (all appends
 /// together); past it an append fails with `Unavailable` rather than queueing without bound.
 const ACKS_IN_FLIGHT_MAX: usize = 1 << 20;
+/// How long a read from an offset waits for JetStream to create its consumer before reading
+/// by direct gets instead. Creation takes milliseconds, but the cluster's metadata leader
+/// places every consumer, and while it is being elected (seconds after its node fails)
+/// JetStream answers no creation at all: the read would wait out the whole request timeout.
+const CONSUMER_CREATE_WAIT_MS: u64 = 1_000;
+/// Most events a read by direct gets returns (one request per event): the reader goes on from
+/// where it stops, by then perhaps through a consumer again.
+const DIRECT_READ_EVENTS_MAX: u32 = 1_000;
+/// Direct gets of one read in flight at once.
+const DIRECT_GETS_IN_FLIGHT: usize = 16;
 /// Streams of one topic created, updated, described or deleted at once.
 const STREAM_REQUESTS_IN_FLIGHT: usize = 16;
 /// How long a claim is kept when the topic has no dedup window (claims are then not used).
@@ -1129,17 +1139,75 @@ impl NatsLog {
                 return Ok(events);
             }
         }
-        let consumer: consumer::PullConsumer = stream
-            .create_consumer(consumer::pull::Config {
-                deliver_policy,
-                ack_policy: AckPolicy::None,
-                inactive_threshold: ms(READ_CONSUMER_IDLE_MS),
-                memory_storage: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| nats_error(&context(), e))?;
-        self.fetch_and_park(&read, consumer).await
+        let create = stream.create_consumer(consumer::pull::Config {
+            deliver_policy,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: ms(READ_CONSUMER_IDLE_MS),
+            memory_storage: true,
+            ..Default::default()
+        });
+        let Some(start_seq) = start_seq else {
+            // A read by time needs a consumer (to find the time): it waits for one.
+            let consumer = create.await.map_err(|e| nats_error(&context(), e))?;
+            return self.fetch_and_park(&read, consumer).await;
+        };
+        match tokio::time::timeout(ms(CONSUMER_CREATE_WAIT_MS), create).await {
+            Ok(Ok(consumer)) => self.fetch_and_park(&read, consumer).await,
+            Ok(Err(error)) if !matches!(error.kind(), stream::ConsumerErrorKind::TimedOut) => {
+                Err(nats_error(&context(), error))
+            }
+            // No answer: the metadata leader may be being elected. The partition's stream
+            // (its leader or any replica) serves its messages by sequence without it. A
+            // consumer the server creates after all expires by itself when idle.
+            _ => self.fetch_direct(&read, start_seq).await,
+        }
+    }
+
+    /// Reads from `start_seq` with a direct get per message (served by the partition stream's
+    /// leader or any replica, without a consumer), up to the end the stream's description gave
+    /// and [`DIRECT_READ_EVENTS_MAX`] events. Stops at the first message not found: a replica
+    /// still catching up answers so for messages it lacks (the caller then asks the leader for
+    /// the end and reads again).
+    async fn fetch_direct(
+        &self,
+        read: &Read<'_>,
+        start_seq: u64,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let context = || {
+            format!(
+                "reading partition {} of topic '{}' by direct gets",
+                read.partition, read.topic.name
+            )
+        };
+        let last_seq = read.stream.cached_info().state.last_sequence;
+        let events_max = read.events_max.min(DIRECT_READ_EVENTS_MAX);
+        let end_seq = last_seq.min(start_seq.saturating_add(u64::from(events_max) - 1));
+        let mut gets = futures_util::stream::iter(start_seq..=end_seq)
+            .map(|seq| read.stream.direct_get(seq))
+            .buffered(DIRECT_GETS_IN_FLIGHT);
+        let mut events: Vec<StoredEvent> = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(got) = gets.next().await {
+            let message = match got {
+                Ok(message) => message,
+                Err(error) if matches!(error.kind(), stream::DirectGetErrorKind::NotFound) => {
+                    break;
+                }
+                Err(error) => return Err(nats_error(&context(), error)),
+            };
+            let json = message.payload;
+            if !events.is_empty() && bytes + json.len() > read.bytes_max as usize {
+                break;
+            }
+            bytes += json.len();
+            events.push(StoredEvent {
+                partition: read.partition,
+                offset: message.sequence.saturating_sub(1),
+                append_time_ms: time_ms(message.time),
+                json,
+            });
+        }
+        Ok(events)
     }
 
     /// Fetches one read's events with `consumer`, then parks the consumer or deletes it.

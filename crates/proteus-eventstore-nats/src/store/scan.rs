@@ -4,7 +4,7 @@ use super::*;
 use proteus_nats::client;
 
 /// Reads a range of stream sequences of one subject filter through an ephemeral pull
-/// consumer (no acks, memory storage), deleted when dropped.
+/// consumer (no acks, memory storage), deleted when dropped, or with message gets.
 pub(super) struct Scan {
     pub(super) consumer: Option<consumer::PullConsumer>,
     pub(super) stream: stream::Stream,
@@ -16,7 +16,8 @@ pub(super) struct Scan {
     pub(super) filter: String,
     /// The sequence from which the next message is looked for.
     pub(super) cursor: u64,
-    /// Whether the scan reads with message gets, the consumer having missed a message.
+    /// Whether the scan reads with message gets: the consumer missed a message, or was not
+    /// created in time (`CONSUMER_CREATE_WAIT_MS`).
     pub(super) by_gets: bool,
     /// Longest wait for the next message of a fetch (the request timeout).
     pub(super) fetch_idle: Duration,
@@ -57,14 +58,15 @@ impl Scan {
     /// checked with a message get (`next_by_subj` from the next sequence): NATS 2.9 answers a
     /// no-wait fetch from its count of pending messages, which can be short for filtered
     /// consumers that start mid-stream. If the get finds a message the consumer did not
-    /// deliver, the rest of the scan reads message by message with gets.
+    /// deliver, the rest of the scan reads message by message with gets; so does a scan whose
+    /// consumer was not created in time.
     pub(super) async fn fill(&mut self) -> Result<(), EventStoreError> {
-        let Some(consumer) = self.consumer.as_ref() else {
-            self.drained = true;
-            return Ok(());
-        };
         let error = |e: &dyn std::fmt::Display| nats(&self.url, &self.what, e.to_string(), false);
         if !self.by_gets {
+            let Some(consumer) = self.consumer.as_ref() else {
+                self.drained = true;
+                return Ok(());
+            };
             let mut refused_for_size = false;
             let mut unanswered_fetches = 0;
             let mut attempt = 0;

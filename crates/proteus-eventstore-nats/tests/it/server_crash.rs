@@ -178,3 +178,53 @@ async fn reads_see_every_event_while_a_restarted_replica_catches_up() {
         );
     }
 }
+
+/// Reads of a stream and of `$all` while the node leading the cluster's metadata is down and
+/// the others elect another. JetStream creates no consumer until then (the metadata leader
+/// places consumers), which a read used to wait out for the whole request timeout before
+/// failing; the events stream, led elsewhere, still serves its messages to gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_while_the_metadata_leader_is_elected() {
+    const APPENDS: usize = 5;
+    const EVENTS_PER_APPEND: usize = 10;
+    let cluster = PrivateNatsCluster::start().await;
+    let mut config = unique_config(&cluster.url());
+    config.replicas = 3;
+    let store = open(config.clone()).await;
+    let name = stream("order-1");
+    for append in 0..APPENDS {
+        let events = (0..EVENTS_PER_APPEND)
+            .map(|i| event(&format!("a{append}-e{i}"), "Placed"))
+            .collect();
+        store
+            .append(&name, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    let events_stream = config.events_stream();
+    let metadata_leader = cluster.metadata_leader().await;
+    cluster
+        .lead_elsewhere(&events_stream, metadata_leader)
+        .await;
+    cluster.wait_until_current(&events_stream).await;
+    cluster.kill(metadata_leader);
+    let killed_at = std::time::Instant::now();
+    let page = store
+        .read_stream(&name, 5, Direction::Forward, 30)
+        .await
+        .expect("a stream read while the metadata leader is being elected");
+    let versions: Vec<u64> = page.events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, (5..35).collect::<Vec<u64>>());
+    let filter = proteus_eventstore::ReadFilter::default();
+    let all = store
+        .read_all(0, Direction::Forward, 100, &filter)
+        .await
+        .expect("a read of $all while the metadata leader is being elected");
+    assert_eq!(all.events.len(), APPENDS * EVENTS_PER_APPEND);
+    let took = killed_at.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "the two reads took {took:?} with the metadata leader down"
+    );
+    cluster.restart(metadata_leader).await;
+}

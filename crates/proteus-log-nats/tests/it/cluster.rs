@@ -127,9 +127,8 @@ async fn reads_skip_nothing_while_a_restarted_replica_catches_up() {
 /// (its leader's node killed), the topic's other partitions still take appends at once, as a
 /// Kafka topic's partitions fail one by one. (Before the log cached the settings, each append
 /// asked partition 0's stream for them first and waited out the request timeout, so no
-/// partition of the topic took appends during the election.) Reads are not checked here: each
-/// creates a consumer, which the cluster's metadata leader places, so a read waits for that
-/// election when the killed node led the metadata too.
+/// partition of the topic took appends during the election.) Reads while the metadata leader
+/// is down: `reads_from_an_offset_go_on_while_the_metadata_leader_is_elected`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_partitions_take_appends_while_partition_0_elects_a_leader() {
     let cluster = PrivateNatsCluster::start().await;
@@ -169,6 +168,41 @@ async fn other_partitions_take_appends_while_partition_0_elects_a_leader() {
         "partition 1 took the append only after {took:?}"
     );
     cluster.restart(leader_of_0).await;
+}
+
+/// A read from an offset while the node leading the cluster's metadata is down and the others
+/// elect another. JetStream answers no request to create a consumer until then (the metadata
+/// leader places consumers), which a read used to wait out for the whole request timeout (5 s)
+/// before failing. The partition's own stream, led elsewhere, still serves its messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_an_offset_go_on_while_the_metadata_leader_is_elected() {
+    let cluster = PrivateNatsCluster::start().await;
+    let (log, topic) = lagging_topic(&cluster).await;
+    let events = (0..50).map(|n| event(&format!("e{n}"), None)).collect();
+    log.append(&topic, events).await.unwrap();
+    let stream = format!("{}_{topic}_0", log.config().stream_prefix);
+    let metadata_leader = cluster.metadata_leader().await;
+    cluster.lead_elsewhere(&stream, metadata_leader).await;
+    cluster.wait_until_current(&stream).await;
+    cluster.kill(metadata_leader);
+    let killed_at = std::time::Instant::now();
+    let limits = ReadLimits {
+        events_max: 20,
+        bytes_max: 1024 * 1024,
+    };
+    let batch = log
+        .read(&topic, 0, ReadFrom::Offset(10), limits)
+        .await
+        .expect("a read while the metadata leader is being elected");
+    let took = killed_at.elapsed();
+    let offsets: Vec<u64> = batch.events.iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, (10..30).collect::<Vec<u64>>());
+    assert_eq!(batch.next_offset, 30);
+    assert!(
+        took < Duration::from_secs(3),
+        "the read took {took:?} with the metadata leader down"
+    );
+    cluster.restart(metadata_leader).await;
 }
 
 /// A read by time through a consumer placed on a replica that restarted after missing the

@@ -57,6 +57,8 @@ pub(super) struct ClusterMember {
     server_name: String,
     route_port: u16,
     route_ports: Vec<u16>,
+    /// The HTTP monitoring port (`/jsz` says which node leads the metadata).
+    monitor_port: u16,
 }
 
 impl ClusterMember {
@@ -76,6 +78,8 @@ impl ClusterMember {
             format!("nats://127.0.0.1:{}", self.route_port),
             "--routes".into(),
             routes.join(","),
+            "--http_port".into(),
+            self.monitor_port.to_string(),
         ]
     }
 }
@@ -85,6 +89,8 @@ impl ClusterMember {
 /// is killed, and its directory removed, when dropped.
 pub struct PrivateNatsCluster {
     nodes: Vec<PrivateNatsServer>,
+    /// Each node's HTTP monitoring port.
+    monitor_ports: Vec<u16>,
     /// One client of every node, for the test's own questions (leaders, replicas): it moves
     /// to another node when the one it uses is killed.
     js: async_nats::jetstream::Context,
@@ -98,8 +104,8 @@ impl PrivateNatsCluster {
     pub async fn start() -> PrivateNatsCluster {
         check_binary_version();
         let mut attempt = 1;
-        let nodes = loop {
-            let nodes = Self::spawn_nodes();
+        let (nodes, monitor_ports) = loop {
+            let (nodes, monitor_ports) = Self::spawn_nodes();
             let mut failure = None;
             for node in &nodes {
                 if let Err(why) = node.until_answering().await {
@@ -108,7 +114,7 @@ impl PrivateNatsCluster {
                 }
             }
             let Some(failure) = failure else {
-                break nodes;
+                break (nodes, monitor_ports);
             };
             assert!(
                 attempt < START_ATTEMPTS_MAX,
@@ -128,6 +134,7 @@ impl PrivateNatsCluster {
             .expect("no node of the private cluster answers");
         let cluster = PrivateNatsCluster {
             nodes,
+            monitor_ports,
             js: async_nats::jetstream::new(client),
         };
         cluster.wait_until_every_node_takes_replicas().await;
@@ -163,10 +170,12 @@ impl PrivateNatsCluster {
         }
     }
 
-    /// Three nodes on fresh ports and stores, started without waiting.
-    fn spawn_nodes() -> Vec<PrivateNatsServer> {
+    /// Three nodes on fresh ports and stores, started without waiting, and their monitoring
+    /// ports.
+    fn spawn_nodes() -> (Vec<PrivateNatsServer>, Vec<u16>) {
         let cluster_name = format!("ptest_{}", unique_tag());
         let route_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+        let monitor_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
         let nodes: Vec<PrivateNatsServer> = route_ports
             .iter()
             .enumerate()
@@ -176,6 +185,7 @@ impl PrivateNatsCluster {
                     server_name: Self::server_name(node),
                     route_port,
                     route_ports: route_ports.clone(),
+                    monitor_port: monitor_ports[node],
                 };
                 PrivateNatsServer::unstarted(None, None, Some(member))
             })
@@ -183,7 +193,7 @@ impl PrivateNatsCluster {
         for node in &nodes {
             node.spawn();
         }
-        nodes
+        (nodes, monitor_ports)
     }
 
     fn server_name(node: usize) -> String {
@@ -232,6 +242,26 @@ impl PrivateNatsCluster {
             assert!(
                 Instant::now() < deadline,
                 "stream {stream} has no leader after {CLUSTER_WAIT_S} s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node leading the cluster's metadata (which places every stream and consumer), as
+    /// the running nodes' `/jsz` report it once one is elected (waits at most
+    /// `CLUSTER_WAIT_S`).
+    pub async fn metadata_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(CLUSTER_WAIT_S);
+        loop {
+            for &port in &self.monitor_ports {
+                let leader = reported_metadata_leader(port).await;
+                if let Some(node) = (0..NODES).find(|&n| leader == Some(Self::server_name(n))) {
+                    return node;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no node reports a metadata leader after {CLUSTER_WAIT_S} s"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -288,4 +318,27 @@ impl PrivateNatsCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The metadata leader's server name as the node monitored on `port` reports it
+/// (`GET /jsz`, `meta_cluster.leader`), or `None` if it does not answer or knows none.
+async fn reported_metadata_leader(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const ANSWER_WAIT: Duration = Duration::from_secs(2);
+    let exchange = async {
+        let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        connection
+            .write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        connection.read_to_end(&mut response).await.ok()?;
+        Some(response)
+    };
+    let response = tokio::time::timeout(ANSWER_WAIT, exchange).await.ok()??;
+    let body_at = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let jsz: serde_json::Value = serde_json::from_slice(&response[body_at..]).ok()?;
+    jsz["meta_cluster"]["leader"].as_str().map(str::to_owned)
 }
