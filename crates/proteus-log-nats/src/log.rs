@@ -1122,6 +1122,10 @@ impl NatsLog {
             DeliverPolicy::ByStartSequence { start_sequence } => Some(start_sequence),
             _ => None,
         };
+        let start_ms = match deliver_policy {
+            DeliverPolicy::ByStartTime { start_time } => Some(time_ms(start_time)),
+            _ => None,
+        };
         let read = Read {
             topic,
             stream,
@@ -1146,11 +1150,6 @@ impl NatsLog {
             memory_storage: true,
             ..Default::default()
         });
-        let Some(start_seq) = start_seq else {
-            // A read by time needs a consumer (to find the time): it waits for one.
-            let consumer = create.await.map_err(|e| nats_error(&context(), e))?;
-            return self.fetch_and_park(&read, consumer).await;
-        };
         match tokio::time::timeout(ms(CONSUMER_CREATE_WAIT_MS), create).await {
             Ok(Ok(consumer)) => self.fetch_and_park(&read, consumer).await,
             Ok(Err(error)) if !matches!(error.kind(), stream::ConsumerErrorKind::TimedOut) => {
@@ -1159,15 +1158,66 @@ impl NatsLog {
             // No answer: the metadata leader may be being elected. The partition's stream
             // (its leader or any replica) serves its messages by sequence without it. A
             // consumer the server creates after all expires by itself when idle.
-            _ => self.fetch_direct(&read, start_seq).await,
+            _ => {
+                let start_seq = match (start_seq, start_ms) {
+                    (Some(seq), _) => seq,
+                    (None, Some(at_ms)) => self.first_seq_at(&read, at_ms).await?,
+                    (None, None) => {
+                        return Err(LogError::Unavailable {
+                            reason: format!(
+                                "{}: NATS JetStream created no consumer in {CONSUMER_CREATE_WAIT_MS} ms; retry",
+                                context()
+                            ),
+                        });
+                    }
+                };
+                self.fetch_direct(&read, start_seq).await
+            }
         }
+    }
+
+    /// The first sequence of the partition's stream stored at or after `at_ms` (after its
+    /// last if none), found with direct gets by bisection: the stream's leader stamps messages
+    /// in order as it stores them. At most about 64 gets; a message not found (a replica
+    /// catching up answered) fails the read retriably.
+    async fn first_seq_at(&self, read: &Read<'_>, at_ms: i64) -> Result<u64, LogError> {
+        let state = &read.stream.cached_info().state;
+        let (mut low, mut high) = (state.first_sequence, state.last_sequence + 1);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let message = read.stream.direct_get(middle).await.map_err(|error| {
+                let what = format!(
+                    "looking for time {at_ms} ms in partition {} of topic '{}' by direct gets",
+                    read.partition, read.topic.name
+                );
+                if matches!(error.kind(), stream::DirectGetErrorKind::NotFound) {
+                    LogError::Unavailable {
+                        reason: format!(
+                            "{what}: the server answering lacks offset {} (a replica catching \
+                             up), and no consumer could be created (the cluster may be electing \
+                             its metadata leader); retry",
+                            middle - 1
+                        ),
+                    }
+                } else {
+                    nats_error(&what, error)
+                }
+            })?;
+            if time_ms(message.time) < at_ms {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        Ok(low)
     }
 
     /// Reads from `start_seq` with a direct get per message (served by the partition stream's
     /// leader or any replica, without a consumer), up to the end the stream's description gave
     /// and [`DIRECT_READ_EVENTS_MAX`] events. Stops at the first message not found: a replica
-    /// still catching up answers so for messages it lacks (the caller then asks the leader for
-    /// the end and reads again).
+    /// still catching up answers so for messages it lacks. When that is the first one, the
+    /// read fails retriably rather than returning nothing (which the caller would take for a
+    /// lagging consumer and read again, each time after another wait for a consumer).
     async fn fetch_direct(
         &self,
         read: &Read<'_>,
@@ -1191,6 +1241,18 @@ impl NatsLog {
             let message = match got {
                 Ok(message) => message,
                 Err(error) if matches!(error.kind(), stream::DirectGetErrorKind::NotFound) => {
+                    if events.is_empty() && start_seq <= last_seq {
+                        return Err(LogError::Unavailable {
+                            reason: format!(
+                                "{}: the server answering lacks offset {} (a replica catching \
+                                 up, or events removed by retention meanwhile), and no consumer \
+                                 could be created (the cluster may be electing its metadata \
+                                 leader); nothing was skipped, retry",
+                                context(),
+                                start_seq - 1
+                            ),
+                        });
+                    }
                     break;
                 }
                 Err(error) => return Err(nats_error(&context(), error)),

@@ -6,7 +6,8 @@ use super::*;
 
 /// The key of an event id in an [`IdIndex`]: its 64-bit xxh3 hash. About 22 bytes per cached
 /// id with its position and the table's overhead, instead of about 110 with the id itself, so
-/// the same memory keeps five times more ids (and a stream's history is read again that much less often).
+/// the same memory keeps five times more ids (and a stream's history is read again that much
+/// less often).
 pub(super) fn id_key(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }

@@ -128,7 +128,7 @@ async fn reads_skip_nothing_while_a_restarted_replica_catches_up() {
 /// Kafka topic's partitions fail one by one. (Before the log cached the settings, each append
 /// asked partition 0's stream for them first and waited out the request timeout, so no
 /// partition of the topic took appends during the election.) Reads while the metadata leader
-/// is down: `reads_from_an_offset_go_on_while_the_metadata_leader_is_elected`.
+/// is down: `reads_go_on_while_the_metadata_leader_is_elected`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_partitions_take_appends_while_partition_0_elects_a_leader() {
     let cluster = PrivateNatsCluster::start().await;
@@ -170,16 +170,24 @@ async fn other_partitions_take_appends_while_partition_0_elects_a_leader() {
     cluster.restart(leader_of_0).await;
 }
 
-/// A read from an offset while the node leading the cluster's metadata is down and the others
-/// elect another. JetStream answers no request to create a consumer until then (the metadata
-/// leader places consumers), which a read used to wait out for the whole request timeout (5 s)
-/// before failing. The partition's own stream, led elsewhere, still serves its messages.
+/// Reads by time and from an offset while the node leading the cluster's metadata is down and
+/// the others elect another. JetStream answers no request to create a consumer until then (the
+/// metadata leader places consumers), which a read used to wait out for the whole request
+/// timeout (5 s) before failing. The partition's own stream, led elsewhere, still serves its
+/// messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_from_an_offset_go_on_while_the_metadata_leader_is_elected() {
+async fn reads_go_on_while_the_metadata_leader_is_elected() {
     let cluster = PrivateNatsCluster::start().await;
     let (log, topic) = lagging_topic(&cluster).await;
-    let events = (0..50).map(|n| event(&format!("e{n}"), None)).collect();
-    log.append(&topic, events).await.unwrap();
+    let events = |ids: std::ops::Range<u32>| ids.map(|n| event(&format!("e{n}"), None)).collect();
+    log.append(&topic, events(0..10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    log.append(&topic, events(10..50)).await.unwrap();
     let stream = format!("{}_{topic}_0", log.config().stream_prefix);
     let metadata_leader = cluster.metadata_leader().await;
     cluster.lead_elsewhere(&stream, metadata_leader).await;
@@ -190,17 +198,24 @@ async fn reads_from_an_offset_go_on_while_the_metadata_leader_is_elected() {
         events_max: 20,
         bytes_max: 1024 * 1024,
     };
-    let batch = log
-        .read(&topic, 0, ReadFrom::Offset(10), limits)
+    let offsets = |batch: &proteus_log::ReadBatch| -> Vec<u64> {
+        batch.events.iter().map(|e| e.offset).collect()
+    };
+    let by_time = log
+        .read(&topic, 0, ReadFrom::TimeMs(since_ms), limits)
         .await
-        .expect("a read while the metadata leader is being elected");
+        .expect("a read by time while the metadata leader is being elected");
+    assert_eq!(offsets(&by_time), (10..30).collect::<Vec<u64>>());
+    let by_offset = log
+        .read(&topic, 0, ReadFrom::Offset(30), limits)
+        .await
+        .expect("a read from an offset while the metadata leader is being elected");
+    assert_eq!(offsets(&by_offset), (30..50).collect::<Vec<u64>>());
+    assert_eq!(by_offset.next_offset, 50);
     let took = killed_at.elapsed();
-    let offsets: Vec<u64> = batch.events.iter().map(|e| e.offset).collect();
-    assert_eq!(offsets, (10..30).collect::<Vec<u64>>());
-    assert_eq!(batch.next_offset, 30);
     assert!(
-        took < Duration::from_secs(3),
-        "the read took {took:?} with the metadata leader down"
+        took < Duration::from_secs(4),
+        "the two reads took {took:?} with the metadata leader down"
     );
     cluster.restart(metadata_leader).await;
 }
