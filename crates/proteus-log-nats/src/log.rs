@@ -52,8 +52,8 @@ const READ_CURSOR_REUSE_MS: u64 = READ_CONSUMER_IDLE_MS / 2;
 /// Publishes whose acknowledgement may be awaited at once by one instance (all appends
 /// together); past it an append fails with `Unavailable` rather than queueing without bound.
 const ACKS_IN_FLIGHT_MAX: usize = 1 << 20;
-/// How long a read from an offset waits for JetStream to create its consumer before reading
-/// by direct gets instead. Creation takes milliseconds, but the cluster's metadata leader
+/// How long a read waits for JetStream to create its consumer before reading by direct gets
+/// instead (a read by time first finding its time by bisection). Creation takes milliseconds, but the cluster's metadata leader
 /// places every consumer, and while it is being elected (seconds after its node fails)
 /// JetStream answers no creation at all: the read would wait out the whole request timeout.
 const CONSUMER_CREATE_WAIT_MS: u64 = 1_000;

@@ -325,6 +325,8 @@ impl PrivateNatsCluster {
 async fn reported_metadata_leader(port: u16) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const ANSWER_WAIT: Duration = Duration::from_secs(2);
+    /// `/jsz` without details is a few hundred bytes.
+    const ANSWER_BYTES_MAX: u64 = 1024 * 1024;
     let exchange = async {
         let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -334,7 +336,11 @@ async fn reported_metadata_leader(port: u16) -> Option<String> {
             .await
             .ok()?;
         let mut response = Vec::new();
-        connection.read_to_end(&mut response).await.ok()?;
+        (&mut connection)
+            .take(ANSWER_BYTES_MAX)
+            .read_to_end(&mut response)
+            .await
+            .ok()?;
         Some(response)
     };
     let response = tokio::time::timeout(ANSWER_WAIT, exchange).await.ok()??;
