@@ -72,11 +72,6 @@ const QUICK_RECHECKS: u32 = 4;
 /// Ephemeral read consumers are removed by the server after this idle time if the adapter
 /// could not delete them itself.
 const READ_CONSUMER_IDLE_MS: u64 = 30_000;
-/// How long a read waits for JetStream to create its consumer before reading with message
-/// gets instead. Creation takes milliseconds, but the cluster's metadata leader places every
-/// consumer, and while it is being elected (seconds after its node fails) JetStream answers
-/// no creation at all: the read would wait out the whole request timeout.
-const CONSUMER_CREATE_WAIT_MS: u64 = 1_000;
 
 /// How many messages the next fetch of a read asks for, to find `events_wanted` more events
 /// (or matching events) when `messages_seen` messages gave `events_seen` of them: the
@@ -519,7 +514,7 @@ impl NatsEventStore {
         if start_seq == 0 || start_seq > end_seq {
             return Ok(scan);
         }
-        let create = stream.create_consumer(consumer::pull::Config {
+        let config = consumer::pull::Config {
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: start_seq,
             },
@@ -528,18 +523,14 @@ impl NatsEventStore {
             inactive_threshold: ms(READ_CONSUMER_IDLE_MS),
             memory_storage: true,
             ..Default::default()
-        });
+        };
+        scan.consumer = proteus_nats::client::consumer_in_time(stream, config)
+            .await
+            .map_err(|e| self.error(what, e, false))?;
+        // No consumer in time: the metadata leader, which places consumers, may be being
+        // elected. The stream's leader answers message gets without it.
+        scan.by_gets = scan.consumer.is_none();
         scan.drained = false;
-        match tokio::time::timeout(ms(CONSUMER_CREATE_WAIT_MS), create).await {
-            Ok(Ok(consumer)) => scan.consumer = Some(consumer),
-            Ok(Err(error)) if !matches!(error.kind(), stream::ConsumerErrorKind::TimedOut) => {
-                return Err(self.error(what, error, false));
-            }
-            // No answer: the metadata leader, which places consumers, may be being elected.
-            // The stream's leader answers message gets without it. A consumer the server
-            // creates after all expires by itself when idle.
-            _ => scan.by_gets = true,
-        }
         Ok(scan)
     }
 

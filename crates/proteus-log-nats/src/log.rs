@@ -52,11 +52,6 @@ const READ_CURSOR_REUSE_MS: u64 = READ_CONSUMER_IDLE_MS / 2;
 /// Publishes whose acknowledgement may be awaited at once by one instance (all appends
 /// together); past it an append fails with `Unavailable` rather than queueing without bound.
 const ACKS_IN_FLIGHT_MAX: usize = 1 << 20;
-/// How long a read waits for JetStream to create its consumer before reading by direct gets
-/// instead (a read by time first finding its time by bisection). Creation takes milliseconds, but the cluster's metadata leader
-/// places every consumer, and while it is being elected (seconds after its node fails)
-/// JetStream answers no creation at all: the read would wait out the whole request timeout.
-const CONSUMER_CREATE_WAIT_MS: u64 = 1_000;
 /// Most events a read by direct gets returns (one request per event): the reader goes on from
 /// where it stops, by then perhaps through a consumer again.
 const DIRECT_READ_EVENTS_MAX: u32 = 1_000;
@@ -1143,30 +1138,31 @@ impl NatsLog {
                 return Ok(events);
             }
         }
-        let create = stream.create_consumer(consumer::pull::Config {
+        let config = consumer::pull::Config {
             deliver_policy,
             ack_policy: AckPolicy::None,
             inactive_threshold: ms(READ_CONSUMER_IDLE_MS),
             memory_storage: true,
             ..Default::default()
-        });
-        match tokio::time::timeout(ms(CONSUMER_CREATE_WAIT_MS), create).await {
-            Ok(Ok(consumer)) => self.fetch_and_park(&read, consumer).await,
-            Ok(Err(error)) if !matches!(error.kind(), stream::ConsumerErrorKind::TimedOut) => {
-                Err(nats_error(&context(), error))
-            }
-            // No answer: the metadata leader may be being elected. The partition's stream
-            // (its leader or any replica) serves its messages by sequence without it. A
-            // consumer the server creates after all expires by itself when idle.
-            _ => {
+        };
+        let created = proteus_nats::client::consumer_in_time(stream, config)
+            .await
+            .map_err(|e| nats_error(&context(), e))?;
+        match created {
+            Some(consumer) => self.fetch_and_park(&read, consumer).await,
+            // No answer in time: the metadata leader may be being elected. The partition's
+            // stream (its leader or any replica) serves its messages by sequence without it
+            // (a read by time first finds its time by bisection).
+            None => {
                 let start_seq = match (start_seq, start_ms) {
                     (Some(seq), _) => seq,
                     (None, Some(at_ms)) => self.first_seq_at(&read, at_ms).await?,
                     (None, None) => {
                         return Err(LogError::Unavailable {
                             reason: format!(
-                                "{}: NATS JetStream created no consumer in {CONSUMER_CREATE_WAIT_MS} ms; retry",
-                                context()
+                                "{}: NATS JetStream created no consumer in {} ms; retry",
+                                context(),
+                                proteus_nats::client::CONSUMER_CREATE_WAIT_MS
                             ),
                         });
                     }

@@ -387,6 +387,37 @@ pub const FRESH_CONSUMER_FETCHES_MAX: u32 = 100;
 /// Pause before asking a new consumer again after a 503, in milliseconds.
 pub const FRESH_CONSUMER_RETRY_MS: u64 = 10;
 
+/// How long a read waits for JetStream to create its consumer before reading another way
+/// (gets). Creation takes milliseconds, but a cluster's metadata leader places every
+/// consumer, and while it is being elected (seconds after its node fails) JetStream answers
+/// no creation at all: the read would wait out the whole request timeout.
+pub const CONSUMER_CREATE_WAIT_MS: u64 = 1_000;
+
+/// A consumer of `stream` created with `config`, or `Ok(None)` when JetStream did not answer
+/// within [`CONSUMER_CREATE_WAIT_MS`] (the caller then reads with gets, which need no
+/// metadata leader). A consumer the server creates after all expires by itself when idle, as
+/// every read consumer is configured to.
+pub async fn consumer_in_time<C>(
+    stream: &async_nats::jetstream::stream::Stream,
+    config: C,
+) -> Result<
+    Option<async_nats::jetstream::consumer::Consumer<C>>,
+    async_nats::jetstream::stream::ConsumerError,
+>
+where
+    C: async_nats::jetstream::consumer::IntoConsumerConfig
+        + async_nats::jetstream::consumer::FromConsumer,
+{
+    use async_nats::jetstream::stream::ConsumerErrorKind;
+    let create = stream.create_consumer(config);
+    match tokio::time::timeout(Duration::from_millis(CONSUMER_CREATE_WAIT_MS), create).await {
+        Ok(Ok(consumer)) => Ok(Some(consumer)),
+        Ok(Err(error)) if matches!(error.kind(), ConsumerErrorKind::TimedOut) => Ok(None),
+        Ok(Err(error)) => Err(error),
+        Err(_elapsed) => Ok(None),
+    }
+}
+
 /// Whether a fetch's error is the 503 (no responders) a cluster answers while a new
 /// consumer's leader starts: worth asking again, a few times, before anything was delivered.
 pub fn is_unanswered_fetch(error: &dyn std::fmt::Display) -> bool {

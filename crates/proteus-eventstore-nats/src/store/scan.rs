@@ -17,7 +17,7 @@ pub(super) struct Scan {
     /// The sequence from which the next message is looked for.
     pub(super) cursor: u64,
     /// Whether the scan reads with message gets: the consumer missed a message, or was not
-    /// created in time (`CONSUMER_CREATE_WAIT_MS`).
+    /// created in time (`proteus_nats::client::CONSUMER_CREATE_WAIT_MS`).
     pub(super) by_gets: bool,
     /// Longest wait for the next message of a fetch (the request timeout).
     pub(super) fetch_idle: Duration,
