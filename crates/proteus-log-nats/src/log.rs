@@ -1117,10 +1117,6 @@ impl NatsLog {
             DeliverPolicy::ByStartSequence { start_sequence } => Some(start_sequence),
             _ => None,
         };
-        let start_ms = match deliver_policy {
-            DeliverPolicy::ByStartTime { start_time } => Some(time_ms(start_time)),
-            _ => None,
-        };
         let read = Read {
             topic,
             stream,
@@ -1154,18 +1150,12 @@ impl NatsLog {
             // stream (its leader or any replica) serves its messages by sequence without it
             // (a read by time first finds its time by bisection).
             None => {
-                let start_seq = match (start_seq, start_ms) {
-                    (Some(seq), _) => seq,
-                    (None, Some(at_ms)) => self.first_seq_at(&read, at_ms).await?,
-                    (None, None) => {
-                        return Err(LogError::Unavailable {
-                            reason: format!(
-                                "{}: NATS JetStream created no consumer in {} ms; retry",
-                                context(),
-                                proteus_nats::client::CONSUMER_CREATE_WAIT_MS
-                            ),
-                        });
+                let start_seq = match deliver_policy {
+                    DeliverPolicy::ByStartTime { start_time } => {
+                        self.first_seq_at(&read, time_ms(start_time)).await?
                     }
+                    // Reads start at a time or at a sequence; any other at the first.
+                    _ => start_seq.unwrap_or(stream.cached_info().state.first_sequence),
                 };
                 self.fetch_direct(&read, start_seq).await
             }
