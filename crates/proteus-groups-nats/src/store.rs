@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{self, DeliverPolicy};
-use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use async_nats::jetstream::stream::{self, DiscardPolicy, LastRawMessageErrorKind, StorageType};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use proteus_groups::StoreError;
 use proteus_groups::store::check_fence;
 use proteus_groups::{GroupConfig, GroupName, GroupRecord, GroupStore, PartitionProgress};
 use proteus_log::TopicName;
-use proteus_nats::client::next_fetched;
+use proteus_nats::client::{consumer_in_time, next_fetched};
 
 use crate::config::NatsGroupStoreConfig;
 use crate::error::{corrupt, failure};
@@ -22,6 +23,18 @@ use crate::leases::NatsLeaseStore;
 
 /// The header JetStream key-value buckets mark deletes and purges with (`DEL`, `PURGE`).
 const KV_OPERATION_HEADER: &str = "KV-Operation";
+
+/// Keys a listing reads one by one (while a cluster elects its metadata leader) at most.
+const LISTING_KEYS_BY_GETS_MAX: usize = 100_000;
+/// Gets of a listing without a consumer in flight at once.
+const LISTING_GETS_IN_FLIGHT: usize = 16;
+
+/// A listing's groups by topic, then group.
+fn sorted(records: BTreeMap<String, GroupRecord>) -> Vec<GroupRecord> {
+    let mut records: Vec<GroupRecord> = records.into_values().collect();
+    records.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
+    records
+}
 
 /// Consumer groups in the bucket `<bucket_prefix>_GROUPS`; see the crate docs. Cloning shares
 /// the connection.
@@ -214,6 +227,82 @@ impl NatsGroupStore {
     }
 
     /// The record as bytes, refused when it would not fit in one NATS message.
+    /// Applies one key's value to a listing: its group, or its removal for a delete or purge
+    /// marker (a put carries no operation header).
+    fn keep_last_value(
+        &self,
+        records: &mut BTreeMap<String, GroupRecord>,
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+    ) -> Result<(), StoreError> {
+        let key = subject
+            .strip_prefix(self.groups.prefix.as_str())
+            .unwrap_or(subject)
+            .to_owned();
+        let deleted = headers
+            .and_then(|headers| headers.get(KV_OPERATION_HEADER))
+            .is_some_and(|operation| operation.as_str() != "PUT");
+        if deleted {
+            records.remove(&key);
+        } else {
+            let record = serde_json::from_slice(payload).map_err(|error| {
+                StoreError::Backend(corrupt(&self.config.groups_bucket(), &key, error))
+            })?;
+            records.insert(key, record);
+        }
+        Ok(())
+    }
+
+    /// The listing without a consumer: the bucket's keys from the stream's subject counts
+    /// (answered by the bucket stream's leader, like the gets), then each key's last value,
+    /// [`LISTING_GETS_IN_FLIGHT`] at a time. Slower per group than the consumer, and at most
+    /// [`LISTING_KEYS_BY_GETS_MAX`] keys; only used while no consumer can be created.
+    async fn list_groups_by_gets(&self, what: &str) -> Result<Vec<GroupRecord>, StoreError> {
+        let mut subjects = self
+            .groups
+            .stream
+            .info_with_subjects(format!("{}>", self.groups.prefix))
+            .await
+            .map_err(|error| self.backend(what, error))?;
+        let mut keys = Vec::new();
+        while let Some(subject) = subjects.next().await {
+            let (subject, _messages) = subject.map_err(|error| self.backend(what, error))?;
+            if keys.len() == LISTING_KEYS_BY_GETS_MAX {
+                return Err(self.backend(
+                    what,
+                    format!(
+                        "the bucket holds more than {LISTING_KEYS_BY_GETS_MAX} keys, too many to \
+                         list one by one while the cluster elects its metadata leader; retry"
+                    ),
+                ));
+            }
+            keys.push(subject);
+        }
+        let stream = &self.groups.stream;
+        let mut values = futures_util::stream::iter(keys)
+            .map(|subject| async move {
+                let value = stream.get_last_raw_message_by_subject(&subject).await;
+                (subject, value)
+            })
+            .buffer_unordered(LISTING_GETS_IN_FLIGHT);
+        let mut records: BTreeMap<String, GroupRecord> = BTreeMap::new();
+        while let Some((subject, value)) = values.next().await {
+            match value {
+                Ok(message) => self.keep_last_value(
+                    &mut records,
+                    &subject,
+                    Some(&message.headers),
+                    &message.payload,
+                )?,
+                // Purged since the subjects were listed: no group.
+                Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+                Err(error) => return Err(self.backend(what, error)),
+            }
+        }
+        Ok(sorted(records))
+    }
+
     fn encode(&self, record: &GroupRecord) -> Result<Bytes, StoreError> {
         let bytes = serde_json::to_vec(record)
             .map_err(|error| StoreError::Backend(format!("cannot encode a group: {error}")))?;
@@ -364,20 +453,25 @@ impl GroupStore for NatsGroupStore {
         let what = "listing the consumer groups";
         // One ordered consumer delivering each key's last value, as the bucket's own key
         // listing does, rather than listing keys and then reading each group in turn: a
-        // listing is one pass over the bucket however many groups it holds.
-        let consumer = self
-            .groups
-            .stream
-            .create_consumer(consumer::push::OrderedConfig {
+        // listing is one pass over the bucket however many groups it holds. While a cluster
+        // elects its metadata leader no consumer can be created: the listing then reads
+        // each key's last value by itself (`list_groups_by_gets`).
+        let consumer = consumer_in_time(
+            &self.groups.stream,
+            consumer::push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
                 description: Some("proteus: listing the consumer groups".into()),
                 filter_subject: format!("{}>", self.groups.prefix),
                 deliver_policy: DeliverPolicy::LastPerSubject,
                 replay_policy: consumer::ReplayPolicy::Instant,
                 ..Default::default()
-            })
-            .await
-            .map_err(|error| self.backend(what, error))?;
+            },
+        )
+        .await
+        .map_err(|error| self.backend(what, error))?;
+        let Some(consumer) = consumer else {
+            return self.list_groups_by_gets(what).await;
+        };
         // By key, so that a group written again (or deleted) during the listing ends with its
         // last value.
         let mut records: BTreeMap<String, GroupRecord> = BTreeMap::new();
@@ -414,34 +508,18 @@ impl GroupStore for NatsGroupStore {
                 };
                 let info = message.info().map_err(|error| self.backend(what, error))?;
                 let pending = info.pending;
-                let key = message
-                    .subject
-                    .strip_prefix(self.groups.prefix.as_str())
-                    .unwrap_or(&message.subject)
-                    .to_owned();
-                // A put carries no operation header; a deleted group's last message is a
-                // delete or purge marker.
-                let deleted = message
-                    .headers
-                    .as_ref()
-                    .and_then(|headers| headers.get(KV_OPERATION_HEADER))
-                    .is_some_and(|operation| operation.as_str() != "PUT");
-                if deleted {
-                    records.remove(&key);
-                } else {
-                    let record = serde_json::from_slice(&message.payload).map_err(|error| {
-                        StoreError::Backend(corrupt(&self.config.groups_bucket(), &key, error))
-                    })?;
-                    records.insert(key, record);
-                }
+                self.keep_last_value(
+                    &mut records,
+                    &message.subject,
+                    message.headers.as_ref(),
+                    &message.payload,
+                )?;
                 if pending == 0 {
                     break;
                 }
             }
         }
-        let mut records: Vec<GroupRecord> = records.into_values().collect();
-        records.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
-        Ok(records)
+        Ok(sorted(records))
     }
 
     async fn delete_group(&self, topic: &TopicName, group: &GroupName) -> Result<bool, StoreError> {

@@ -475,3 +475,43 @@ async fn replicated_buckets_keep_progress_when_their_leader_is_killed() {
     let loaded = reopened.load_group(&topic, &group).await.unwrap().unwrap();
     assert_eq!(loaded.partitions[1].committed, 6, "read by a new store");
 }
+
+/// While a cluster elects its metadata leader (the node that led it was killed) no consumer
+/// can be created, so a listing reads each group by itself: it still answers, within seconds,
+/// with every live group and without the deleted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_goes_on_while_the_metadata_leader_is_elected() {
+    let cluster = proteus_nats::test_support::PrivateNatsCluster::start().await;
+    let mut config = unique_config(&cluster.url());
+    config.replicas = 3;
+    let store = open(config.clone()).await;
+    for group in ["audit", "billing", "shipping"] {
+        store
+            .create_group(&record("orders", group, 2))
+            .await
+            .unwrap();
+    }
+    let orders = TopicName::parse("orders").unwrap();
+    let shipping = GroupName::parse("shipping").unwrap();
+    assert!(store.delete_group(&orders, &shipping).await.unwrap());
+    let bucket = format!("KV_{}", config.groups_bucket());
+    let metadata_leader = cluster.metadata_leader().await;
+    cluster.lead_elsewhere(&bucket, metadata_leader).await;
+    cluster.wait_until_current(&bucket).await;
+    cluster.kill(metadata_leader);
+    let killed_at = Instant::now();
+    let listed: Vec<String> = store
+        .list_groups()
+        .await
+        .expect("a listing while the metadata leader is being elected")
+        .into_iter()
+        .map(|g| format!("{}/{}", g.topic, g.group))
+        .collect();
+    let took = killed_at.elapsed();
+    assert_eq!(listed, ["orders/audit", "orders/billing"]);
+    assert!(
+        took < Duration::from_secs(4),
+        "the listing took {took:?} with the metadata leader down"
+    );
+    cluster.restart(metadata_leader).await;
+}
