@@ -255,7 +255,7 @@ async fn fill_open(
 }
 
 /// Drops the page cache, dentries and inodes so the next open reads from the disk.
-fn drop_caches() -> Result<(), String> {
+pub(crate) fn drop_caches() -> Result<(), String> {
     // Dirty pages are written first, or they would stay cached.
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };

@@ -83,6 +83,10 @@ pub struct StreamsArgs {
     /// order between runs anyway, to see any bias left (a machine warming up, say).
     #[arg(long)]
     pub peers_first: bool,
+    /// Empty the kernel's page cache before each phase too (needs root), so the phase run
+    /// second does not find memory the first one filled with its files.
+    #[arg(long)]
+    pub drop_caches: bool,
     #[arg(long, value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -232,21 +236,21 @@ pub async fn run(args: StreamsArgs) -> Result<(), String> {
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let mut systems = Vec::new();
     if !args.peers_first {
-        write_back_dirty_pages().await?;
+        settle_memory(&args).await?;
         systems.push(proteus::measure(url, &run, &args).await?);
     }
     if let Some(postgres) = &args.postgres {
         for shape in [postgres::Table::Minimal, postgres::Table::SameIndexes] {
-            write_back_dirty_pages().await?;
+            settle_memory(&args).await?;
             systems.push(postgres::measure(postgres, &run, &args, shape).await?);
         }
     }
     if let Some(nats) = &args.nats {
-        write_back_dirty_pages().await?;
+        settle_memory(&args).await?;
         systems.push(nats::measure(nats, &run, &args).await?);
     }
     if args.peers_first {
-        write_back_dirty_pages().await?;
+        settle_memory(&args).await?;
         systems.insert(0, proteus::measure(url, &run, &args).await?);
     }
     let report = StreamsReport {
@@ -261,16 +265,24 @@ pub async fn run(args: StreamsArgs) -> Result<(), String> {
 }
 
 /// Writes every dirty page of the machine to disk (sync(2)) before a phase, so no phase pays
-/// for the write-back of the one before it. Without it, a 1 KiB run left about 1.8 GB dirty
-/// after the first phase, and the kernel's flusher wrote it back during the second, whose
-/// server then spent up to 1.7 times as much CPU per event as in the same phase run first.
-async fn write_back_dirty_pages() -> Result<(), String> {
-    tokio::task::spawn_blocking(|| {
-        // SAFETY: sync(2) takes no arguments and cannot fail.
-        unsafe { libc::sync() }
+/// for the write-back of the one before it; with `--drop-caches`, also empties the page cache,
+/// so each phase starts with the memory the one before found. Without the sync, a 1 KiB run
+/// left about 1.8 GB dirty after the first phase, and the kernel's flusher wrote it back during
+/// the second, whose server then spent up to 1.7 times as much CPU per event as in the same
+/// phase run first.
+async fn settle_memory(args: &StreamsArgs) -> Result<(), String> {
+    let drop_caches = args.drop_caches;
+    tokio::task::spawn_blocking(move || {
+        if drop_caches {
+            crate::startup::drop_caches()
+        } else {
+            // SAFETY: sync(2) takes no arguments and cannot fail.
+            unsafe { libc::sync() };
+            Ok(())
+        }
     })
     .await
-    .map_err(|e| format!("writing dirty pages back before a phase failed: {e}"))
+    .map_err(|e| format!("settling memory before a phase failed: {e}"))?
 }
 
 /// The data of every event: a JSON object of about `bytes` bytes.
@@ -1075,6 +1087,7 @@ mod tests {
             aggregate_events: 1,
             cpu_of: vec![cpu_of.into()],
             peers_first: false,
+            drop_caches: false,
             output: Output::Table,
         };
         assert!(watched(&args("nats")).unwrap_err().contains("NAME=PID"));
