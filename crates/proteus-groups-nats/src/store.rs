@@ -226,7 +226,6 @@ impl NatsGroupStore {
         }
     }
 
-    /// The record as bytes, refused when it would not fit in one NATS message.
     /// Applies one key's value to a listing: its group, or its removal for a delete or purge
     /// marker (a put carries no operation header).
     fn keep_last_value(
@@ -303,6 +302,7 @@ impl NatsGroupStore {
         Ok(sorted(records))
     }
 
+    /// The record as bytes, refused when it would not fit in one NATS message.
     fn encode(&self, record: &GroupRecord) -> Result<Bytes, StoreError> {
         let bytes = serde_json::to_vec(record)
             .map_err(|error| StoreError::Backend(format!("cannot encode a group: {error}")))?;
