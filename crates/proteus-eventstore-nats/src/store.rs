@@ -33,9 +33,9 @@ use proteus_eventstore::limits::{
     validate_filter, validate_read_count, validate_snapshot, validate_wait,
 };
 use proteus_eventstore::{
-    AppendOutcome, Category, DeleteOutcome, Direction, EVENTS_PER_APPEND_MAX, EventStore,
-    EventStoreError, ExpectedVersion, FeedPage, ProposedEvent, ReadFilter, RecordedEvent, Snapshot,
-    StreamInfo, StreamName, StreamPage,
+    Aggregate, AppendOutcome, Category, DeleteOutcome, Direction, EVENTS_PER_APPEND_MAX,
+    EventStore, EventStoreError, ExpectedVersion, FeedPage, ProposedEvent, ReadFilter,
+    RecordedEvent, Snapshot, StreamInfo, StreamName, StreamPage,
 };
 use proteus_nats::client::next_fetched;
 use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -758,6 +758,14 @@ impl EventStore for NatsEventStore {
     ) -> Result<StreamPage, EventStoreError> {
         self.read_stream_impl(stream, from_version, direction, max_count)
             .await
+    }
+
+    async fn read_aggregate(
+        &self,
+        stream: &StreamName,
+        max_count: usize,
+    ) -> Result<Aggregate, EventStoreError> {
+        self.read_aggregate_impl(stream, max_count).await
     }
 
     async fn read_category(
