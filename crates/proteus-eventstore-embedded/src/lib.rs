@@ -683,14 +683,7 @@ impl EventStore for EmbeddedEventStore {
             };
             let from_version = snapshot.as_ref().map_or(0, |s| s.version + 1);
             let page = read_stream_page(txn, &stream, from_version, Direction::Forward, max_count)?;
-            Ok(Aggregate {
-                stream,
-                snapshot,
-                events: page.events,
-                next_version: page.next_version,
-                is_end: page.is_end,
-                last_version: page.last_version,
-            })
+            Ok(Aggregate::from_page(&stream, snapshot, page))
         })
         .await
     }

@@ -523,6 +523,20 @@ pub struct Aggregate {
     pub last_version: u64,
 }
 
+impl Aggregate {
+    /// The aggregate of `stream` made of its snapshot and the page read after it.
+    pub fn from_page(stream: &StreamName, snapshot: Option<Snapshot>, page: StreamPage) -> Self {
+        Aggregate {
+            stream: stream.clone(),
+            snapshot,
+            events: page.events,
+            next_version: page.next_version,
+            is_end: page.is_end,
+            last_version: page.last_version,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

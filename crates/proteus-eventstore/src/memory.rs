@@ -596,14 +596,7 @@ impl EventStore for MemoryEventStore {
         let snapshot = get_snapshot(&state, stream)?;
         let from_version = snapshot.as_ref().map_or(0, |s| s.version + 1);
         let page = read_stream_page(&state, stream, from_version, Direction::Forward, max_count)?;
-        Ok(Aggregate {
-            stream: stream.clone(),
-            snapshot,
-            events: page.events,
-            next_version: page.next_version,
-            is_end: page.is_end,
-            last_version: page.last_version,
-        })
+        Ok(Aggregate::from_page(stream, snapshot, page))
     }
 
     async fn get_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, EventStoreError> {

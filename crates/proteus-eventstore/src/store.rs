@@ -142,13 +142,6 @@ pub trait EventStore: Send + Sync {
         let page = self
             .read_stream(stream, from_version, Direction::Forward, max_count)
             .await?;
-        Ok(Aggregate {
-            stream: stream.clone(),
-            snapshot,
-            events: page.events,
-            next_version: page.next_version,
-            is_end: page.is_end,
-            last_version: page.last_version,
-        })
+        Ok(Aggregate::from_page(stream, snapshot, page))
     }
 }

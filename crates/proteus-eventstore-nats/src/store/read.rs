@@ -3,18 +3,6 @@
 
 use super::*;
 
-/// The aggregate of `stream` made of its snapshot and the page read after it.
-fn aggregate(stream: &StreamName, snapshot: Option<Snapshot>, page: StreamPage) -> Aggregate {
-    Aggregate {
-        stream: stream.clone(),
-        snapshot,
-        events: page.events,
-        next_version: page.next_version,
-        is_end: page.is_end,
-        last_version: page.last_version,
-    }
-}
-
 impl NatsEventStore {
     /// The message of the stream's subject from which reading finds `version`: the last one
     /// whose first version is at most `version`, or a sequence before it. A binary search
@@ -190,7 +178,7 @@ impl NatsEventStore {
             let page = self
                 .read_stream_impl(stream, from_version, Direction::Forward, max_count)
                 .await?;
-            return Ok(aggregate(stream, snapshot, page));
+            return Ok(Aggregate::from_page(stream, snapshot, page));
         }
         let from_version = snapshot_version.map_or(0, |version| version + 1);
         let page = self
@@ -204,7 +192,7 @@ impl NatsEventStore {
                 max_count,
             )
             .await?;
-        Ok(aggregate(stream, snapshot, page))
+        Ok(Aggregate::from_page(stream, snapshot, page))
     }
 
     /// The page of `stream` from `from_version` given its end (`state`) and the feed's head.
