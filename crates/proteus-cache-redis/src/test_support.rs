@@ -37,11 +37,9 @@ impl Drop for PrivateRedisCluster {
     }
 }
 
+/// A free port on 127.0.0.1 for a server the test may kill and start again on it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap()
-        .port()
+    proteus_testkit::restartable_port()
 }
 
 /// `redis-cli -p PORT ARGS…`, its output.

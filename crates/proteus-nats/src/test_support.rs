@@ -102,9 +102,9 @@ async fn forward(
 }
 
 impl Proxy {
-    /// Listens on a port of its own (port 0) and forwards every connection to `upstream`.
+    /// Listens on a port of its own and forwards every connection to `upstream`.
     pub async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listener = TcpListener::bind(("127.0.0.1", free_port()))
             .await
             .expect("cannot listen on 127.0.0.1");
         let port = listener
@@ -226,12 +226,9 @@ impl Proxy {
 /// with other suites starting clusters took over 20 s once in CI (2026-11-28).
 const ANSWER_WAIT_S: u64 = 60;
 
-/// A free TCP port on 127.0.0.1 (free when asked; the server binds it a moment later).
+/// A free port on 127.0.0.1 for a server the test may kill and start again on it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("cannot find a free port on 127.0.0.1")
-        .port()
+    proteus_testkit::restartable_port()
 }
 
 /// A `nats-server` of one test's own: JetStream on, its store in a fresh directory, listening

@@ -114,10 +114,7 @@ impl PrivatePostgres {
     /// Creates the cluster and starts it (waiting until it answers, at most 30 s).
     pub async fn start() -> PrivatePostgres {
         let bin_dir = postgres_bin_dir();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("cannot find a free port on 127.0.0.1")
-            .port();
+        let port = proteus_testkit::restartable_port();
         let data_dir = std::env::temp_dir().join(unique_name("proteus-pg"));
         std::fs::create_dir(&data_dir).expect("cannot create a data directory");
         let root = std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == 0);
