@@ -1072,6 +1072,72 @@ pub async fn aggregates_load_from_the_latest_snapshot(harness: &dyn EventStoreHa
     assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
 }
 
+/// An aggregate loaded while a writer appends and snapshots the stream is one state the
+/// stream had: its events follow its snapshot without a gap, and its end is not before the
+/// snapshot (an adapter that reads the snapshot and the stream's end at the same time must
+/// read the end again when the snapshot is newer).
+pub async fn aggregates_stay_whole_while_snapshots_move(harness: &dyn EventStoreHarness) {
+    const ROUNDS: u64 = 150;
+    let store = harness.open().await;
+    let s = stream("agg-moving");
+    store
+        .append(&s, ExpectedVersion::NoStream, events(&["m0"]))
+        .await
+        .unwrap();
+    let writer = {
+        let (store, s) = (store.clone(), s.clone());
+        tokio::spawn(async move {
+            for version in 1..=ROUNDS {
+                let id = format!("m{version}");
+                store
+                    .append(&s, ExpectedVersion::Exact(version - 1), events(&[&id]))
+                    .await
+                    .unwrap();
+                let state = Bytes::from(format!(r#"{{"upto":{version}}}"#));
+                store
+                    .put_snapshot(&s, version, "State", state)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut loads = 0u64;
+    while !writer.is_finished() || loads == 0 {
+        let aggregate = store.read_aggregate(&s, 1_000).await.unwrap();
+        loads += 1;
+        let from_version = match &aggregate.snapshot {
+            Some(snapshot) => {
+                let state = format!(r#"{{"upto":{}}}"#, snapshot.version);
+                assert_eq!(snapshot.data, state.as_bytes(), "load {loads}");
+                assert!(
+                    aggregate.last_version >= snapshot.version,
+                    "load {loads}: the stream ends at {} before its snapshot at {}",
+                    aggregate.last_version,
+                    snapshot.version
+                );
+                snapshot.version + 1
+            }
+            None => 0,
+        };
+        let versions: Vec<u64> = aggregate.events.iter().map(|e| e.version).collect();
+        let expected: Vec<u64> = (from_version..from_version + versions.len() as u64).collect();
+        assert_eq!(
+            versions, expected,
+            "load {loads}: events follow the snapshot"
+        );
+        assert!(aggregate.is_end, "load {loads}: 1,000 events reach the end");
+        assert_eq!(
+            aggregate.last_version,
+            from_version + versions.len() as u64 - 1,
+            "load {loads}: the events reach the stream's last version"
+        );
+    }
+    writer.await.unwrap();
+    let aggregate = store.read_aggregate(&s, 1_000).await.unwrap();
+    assert_eq!(aggregate.snapshot.map(|s| s.version), Some(ROUNDS));
+    assert!(aggregate.events.is_empty() && aggregate.last_version == ROUNDS);
+}
+
 pub async fn waits_end_when_a_position_is_committed(harness: &dyn EventStoreHarness) {
     let store = harness.open().await;
     let started = Instant::now();
@@ -1716,6 +1782,7 @@ macro_rules! event_store_conformance_tests {
             category_reads,
             snapshots,
             aggregates_load_from_the_latest_snapshot,
+            aggregates_stay_whole_while_snapshots_move,
             waits_end_when_a_position_is_committed,
             everything_survives_a_reopen,
             limits_are_enforced,
