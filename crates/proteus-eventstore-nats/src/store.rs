@@ -137,9 +137,9 @@ enum State {
 }
 
 impl State {
-    /// A live stream's newest message, first version and event count; for a stream that
-    /// never existed or was deleted, the error a read or a snapshot of it gets.
-    fn live(self, stream: &StreamName) -> Result<(Msg, u64, u64), EventStoreError> {
+    /// A live stream's end; for a stream that never existed or was deleted, the error a read
+    /// or a snapshot of it gets.
+    fn live(self, stream: &StreamName) -> Result<LiveEnd, EventStoreError> {
         match self {
             State::None => Err(EventStoreError::StreamNotFound {
                 stream: stream.clone(),
@@ -151,8 +151,27 @@ impl State {
                 last,
                 first_version,
                 count,
-            } => Ok((last, first_version, count)),
+            } => Ok(LiveEnd {
+                last,
+                first_version,
+                count,
+            }),
         }
+    }
+}
+
+/// The end of a live stream: its subject's newest message and the versions it holds.
+struct LiveEnd {
+    last: Msg,
+    /// The version of the newest message's first event.
+    first_version: u64,
+    /// How many events the newest message holds (at least one).
+    count: u64,
+}
+
+impl LiveEnd {
+    fn last_version(&self) -> u64 {
+        self.first_version + self.count - 1
     }
 }
 

@@ -2,6 +2,7 @@
 //! positions.
 
 use super::*;
+use std::ops::RangeInclusive;
 
 impl NatsEventStore {
     /// The message of the stream's subject from which reading finds `version`: the last one
@@ -42,29 +43,32 @@ impl NatsEventStore {
     }
 
     /// The events of a live stream at versions `low..=high`, oldest first.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn stream_events(
         &self,
         stream: &StreamName,
         subject: &str,
-        last: &Msg,
-        last_first_version: u64,
-        last_count: u64,
-        low: u64,
-        high: u64,
+        end: &LiveEnd,
+        versions: RangeInclusive<u64>,
     ) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        let (low, high) = (*versions.start(), *versions.end());
         let mut events = Vec::new();
-        if low >= last_first_version {
-            for (i, event) in self.decode(last, last_count)?.into_iter().enumerate() {
-                let version = last_first_version + i as u64;
-                if (low..=high).contains(&version) {
-                    events.push(recorded(stream, last, last_first_version, i as u64, event));
+        if low >= end.first_version {
+            for (i, event) in self.decode(&end.last, end.count)?.into_iter().enumerate() {
+                let version = end.first_version + i as u64;
+                if versions.contains(&version) {
+                    events.push(recorded(
+                        stream,
+                        &end.last,
+                        end.first_version,
+                        i as u64,
+                        event,
+                    ));
                 }
             }
             return Ok(events);
         }
         let start = self
-            .locate(stream, subject, low, last.seq, last_first_version)
+            .locate(stream, subject, low, end.last.seq, end.first_version)
             .await?;
         let what = format!("reading stream '{stream}'");
         let wanted = (high - low + 1) as usize;
@@ -74,7 +78,7 @@ impl NatsEventStore {
                 &self.inner.events,
                 subject,
                 start,
-                last.seq,
+                end.last.seq,
                 first_fetch,
                 &what,
             )
@@ -130,16 +134,13 @@ impl NatsEventStore {
         // for every read (an aggregate load is usually one read).
         let (state, (_, head_position)) =
             futures_util::future::try_join(self.state(stream, &subject), self.head()).await?;
-        self.page_of(
-            stream,
-            &subject,
-            state,
-            head_position,
+        let asked = PageAsked {
             from_version,
             direction,
             max_count,
-        )
-        .await
+        };
+        self.page_of(stream, &subject, state, head_position, asked)
+            .await
     }
 
     /// An aggregate: the stream's snapshot and its events after it. The stream's end, the
@@ -181,37 +182,36 @@ impl NatsEventStore {
             return Ok(Aggregate::from_page(stream, snapshot, page));
         }
         let from_version = snapshot_version.map_or(0, |version| version + 1);
+        let asked = PageAsked {
+            from_version,
+            direction: Direction::Forward,
+            max_count,
+        };
         let page = self
-            .page_of(
-                stream,
-                &subject,
-                state,
-                head_position,
-                from_version,
-                Direction::Forward,
-                max_count,
-            )
+            .page_of(stream, &subject, state, head_position, asked)
             .await?;
         Ok(Aggregate::from_page(stream, snapshot, page))
     }
 
-    /// The page of `stream` from `from_version` given its end (`state`) and the feed's head.
-    #[allow(clippy::too_many_arguments)]
+    /// The page of `stream` `asked` for, given its end (`state`) and the feed's head.
     async fn page_of(
         &self,
         stream: &StreamName,
         subject: &str,
         state: State,
         head_position: u64,
-        from_version: u64,
-        direction: Direction,
-        max_count: usize,
+        asked: PageAsked,
     ) -> Result<StreamPage, EventStoreError> {
-        let (last, first_version, count) = state.live(stream)?;
-        let last_version = first_version + count - 1;
+        let PageAsked {
+            from_version,
+            direction,
+            max_count,
+        } = asked;
+        let end = state.live(stream)?;
+        let last_version = end.last_version();
         // The head was read beside the stream's end, perhaps just before an append to this
         // stream: it is at least where the stream ends.
-        let head_position = head_position.max(position_of(last.seq, count - 1));
+        let head_position = head_position.max(position_of(end.last.seq, end.count - 1));
         let span = max_count as u64 - 1;
         match direction {
             Direction::Forward => {
@@ -219,16 +219,8 @@ impl NatsEventStore {
                     Vec::new()
                 } else {
                     let high = last_version.min(from_version.saturating_add(span));
-                    self.stream_events(
-                        stream,
-                        subject,
-                        &last,
-                        first_version,
-                        count,
-                        from_version,
-                        high,
-                    )
-                    .await?
+                    self.stream_events(stream, subject, &end, from_version..=high)
+                        .await?
                 };
                 let next_version = events.last().map_or(from_version, |e| e.version + 1);
                 Ok(StreamPage {
@@ -243,9 +235,7 @@ impl NatsEventStore {
             Direction::Backward => {
                 let top = from_version.min(last_version);
                 let low = top.saturating_sub(span);
-                let mut events = self
-                    .stream_events(stream, subject, &last, first_version, count, low, top)
-                    .await?;
+                let mut events = self.stream_events(stream, subject, &end, low..=top).await?;
                 events.reverse();
                 let lowest = events.last().map_or(0, |e| e.version);
                 Ok(StreamPage {
@@ -447,4 +437,11 @@ impl NatsEventStore {
             head_position: head,
         })
     }
+}
+
+/// What a stream read asks for: from which version, which way, at most how many events.
+struct PageAsked {
+    from_version: u64,
+    direction: Direction,
+    max_count: usize,
 }

@@ -248,8 +248,11 @@ impl NatsEventStore {
         let what = format!("storing the snapshot of stream '{stream}'");
         let mut conflicts = 0;
         loop {
-            let (_, first_version, count) = self.state(stream, &subject).await?.live(stream)?;
-            let last_version = first_version + count - 1;
+            let last_version = self
+                .state(stream, &subject)
+                .await?
+                .live(stream)?
+                .last_version();
             if version > last_version {
                 return Err(EventStoreError::SnapshotAheadOfStream {
                     stream: stream.clone(),
