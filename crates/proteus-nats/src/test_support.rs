@@ -3,7 +3,7 @@
 //! server would disturb every other test), a server of a test's own that it can kill and start
 //! again, and deleting a test's streams.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -705,44 +705,5 @@ where
     }
 }
 
-/// Certificates made for one test by a CA of its own, as PEM files in a directory.
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    /// For `127.0.0.1` and `localhost`.
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    /// A client certificate the same CA signed.
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-}
-
-/// Makes a CA and the certificates of [`TlsFiles`] in `dir`.
-pub fn make_tls_files(dir: &Path) -> TlsFiles {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("a key"))
-        .expect("a CA certificate");
-    let write = |name: &str, contents: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, contents).expect("cannot write a certificate file");
-        path
-    };
-    let signed = |names: Vec<String>| {
-        let key = KeyPair::generate().expect("a key");
-        let cert = CertificateParams::new(names)
-            .expect("certificate parameters")
-            .signed_by(&key, &ca)
-            .expect("a certificate");
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = signed(vec!["127.0.0.1".into(), "localhost".into()]);
-    let (client_cert, client_key) = signed(vec!["proteus-client".into()]);
-    TlsFiles {
-        ca: write("ca.pem", ca.pem()),
-        server_cert: write("server.pem", server_cert),
-        server_key: write("server-key.pem", server_key),
-        client_cert: write("client.pem", client_cert),
-        client_key: write("client-key.pem", client_key),
-    }
-}
+/// Certificates of a CA made for the test, as PEM files (shared with the other adapters' tests).
+pub use proteus_testkit::tls::{TlsFiles, make_tls_files};

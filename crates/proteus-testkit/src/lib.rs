@@ -1,5 +1,9 @@
-//! What the adapters' test support shares. No dependencies, so every adapter's tests can use it
-//! without rebuilding anything heavy.
+//! What the adapters' test support shares: ports for private test servers, and with the `tls`
+//! feature, certificates. Nothing else, so every adapter's tests can use it without
+//! rebuilding anything heavy.
+
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};

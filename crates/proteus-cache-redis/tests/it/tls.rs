@@ -10,7 +10,6 @@ use bytes::Bytes;
 use proteus_cache::RemoteCache;
 use proteus_cache_redis::test_support::{ServerTls, redis_server, wait_for_port};
 use proteus_cache_redis::{RedisRemoteCache, RedisTls};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// A `redis-server` of the test's own; killed when dropped.
 struct PrivateRedis {
@@ -51,40 +50,16 @@ pub(crate) struct Made {
 }
 
 pub(crate) fn make_certificates(dir: &Path) -> Made {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Names of their own: OpenSSL takes a certificate whose subject is its issuer's for a
-    // self-signed one, and rcgen gives every certificate the same default name.
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Proteus test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let write = |name: &str, contents: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    };
-    let signed = |names: Vec<String>, common_name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        let cert = params.signed_by(&key, &ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = signed(vec!["127.0.0.1".to_owned()], "redis");
-    let (client_cert, client_key) = signed(Vec::new(), "proteus");
+    let files = proteus_testkit::tls::make_tls_files(dir);
     Made {
         server: ServerTls {
-            ca: write("ca.pem", ca.pem()),
-            cert: write("redis.pem", server_cert),
-            key: write("redis-key.pem", server_key),
+            ca: files.ca,
+            cert: files.server_cert,
+            key: files.server_key,
             check_clients: false,
         },
-        client_cert: write("client.pem", client_cert),
-        client_key: write("client-key.pem", client_key),
+        client_cert: files.client_cert,
+        client_key: files.client_key,
     }
 }
 

@@ -5,7 +5,7 @@
 
 use proteus_postgres::PgError;
 use proteus_postgres::test_support::PrivatePostgres;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use proteus_testkit::tls::TestCa;
 
 /// A CA, and a server certificate for `localhost` it signed (PEM).
 struct Certificates {
@@ -15,18 +15,12 @@ struct Certificates {
 }
 
 fn certificates() -> Certificates {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
+    let ca = TestCa::new();
+    let server = ca.sign(&["localhost"], "localhost");
     Certificates {
         ca_pem: ca.pem(),
-        server_pem: server.pem(),
-        server_key_pem: server_key.serialize_pem(),
+        server_pem: server.cert,
+        server_key_pem: server.key,
     }
 }
 
@@ -143,23 +137,6 @@ async fn required_tls_on_a_server_without_it_is_refused_with_what_to_change() {
     assert!(!encrypted(&server.url()).await.unwrap());
 }
 
-/// A client certificate for the user `name` signed by `ca` (PEM certificate and key).
-fn client_certificate(ca: &CertifiedIssuer<'static, KeyPair>, name: &str) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let cert = params.signed_by(&key, ca).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn client_ca() -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
 #[tokio::test]
 async fn sslcert_and_sslkey_log_in_a_user_the_server_authenticates_by_certificate() {
     let made = certificates();
@@ -167,7 +144,7 @@ async fn sslcert_and_sslkey_log_in_a_user_the_server_authenticates_by_certificat
     server
         .enable_tls(&made.server_pem, &made.server_key_pem)
         .await;
-    let clients_ca = client_ca();
+    let clients_ca = TestCa::new();
     server
         .require_client_certificate("app", &clients_ca.pem())
         .await;
@@ -178,13 +155,19 @@ async fn sslcert_and_sslkey_log_in_a_user_the_server_authenticates_by_certificat
         path.display().to_string()
     };
     let server_ca = write("server-ca.pem", &made.ca_pem);
-    let (cert, key) = client_certificate(&clients_ca, "app");
-    let (app_cert, app_key) = (write("app.crt", &cert), write("app.key", &key));
-    let (cert, key) = client_certificate(&clients_ca, "someone-else");
-    let (other_cert, other_key) = (write("other.crt", &cert), write("other.key", &key));
-    let (cert, key) = client_certificate(&client_ca(), "app");
-    let (untrusted_cert, untrusted_key) =
-        (write("untrusted.crt", &cert), write("untrusted.key", &key));
+    // A client certificate's common name is the user it logs in.
+    let app = clients_ca.sign(&[], "app");
+    let (app_cert, app_key) = (write("app.crt", &app.cert), write("app.key", &app.key));
+    let other = clients_ca.sign(&[], "someone-else");
+    let (other_cert, other_key) = (
+        write("other.crt", &other.cert),
+        write("other.key", &other.key),
+    );
+    let untrusted = TestCa::new().sign(&[], "app");
+    let (untrusted_cert, untrusted_key) = (
+        write("untrusted.crt", &untrusted.cert),
+        write("untrusted.key", &untrusted.key),
+    );
     let port = server.port;
     let as_app = |query: &str| {
         format!(
