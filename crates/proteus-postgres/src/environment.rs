@@ -240,11 +240,14 @@ pub fn fill(config: &mut tokio_postgres::Config, driver: &str, env: Env) -> Resu
     Ok(())
 }
 
-/// The password file's password for the connection's first host, port, database and user, as
-/// libpq looks it up: the first line whose four fields match (`*` matches anything), from
+/// The password file's password for the connection's hosts, port, database and user, as libpq
+/// looks it up: the first line whose four fields match (`*` matches anything), from
 /// `PGPASSFILE` or `~/.pgpass`. A missing file is no password; a file others may read is
 /// refused (libpq ignores it with a warning, which would leave the start-up failing with "asks
-/// for a password" and no hint why).
+/// for a password" and no hint why). libpq looks the password up again for each host it tries;
+/// the driver sends one password to whichever host it reaches, so when the file gives the
+/// hosts of a multi-host URL different passwords that is refused with what to do, rather than
+/// one host's password failing at the others.
 fn password_from_file(config: &tokio_postgres::Config, env: Env) -> Result<Option<String>, String> {
     let path = match set(env, "PGPASSFILE") {
         Some(path) => PathBuf::from(path),
@@ -280,22 +283,49 @@ fn password_from_file(config: &tokio_postgres::Config, env: Env) -> Result<Optio
     let Some(user) = config.get_user() else {
         return Ok(None);
     };
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(name)) => name.clone(),
-        Some(Host::Unix(directory)) => directory.display().to_string(),
-        None => match config.get_hostaddrs().first() {
-            Some(address) => address.to_string(),
-            None => "localhost".to_owned(),
-        },
-    };
-    let port = config
-        .get_ports()
-        .first()
-        .copied()
-        .unwrap_or(DEFAULT_PORT)
-        .to_string();
     let database = config.get_dbname().unwrap_or(user);
-    Ok(password_file_lookup(&text, [&host, &port, database, user]))
+    // (host, port, password) of each host the file has a password for.
+    let mut found: Vec<(String, String, String)> = Vec::new();
+    for (host, port) in hosts_and_ports(config) {
+        if let Some(password) = password_file_lookup(&text, [&host, &port, database, user]) {
+            found.push((host, port, password));
+        }
+    }
+    match found.as_slice() {
+        [] => Ok(None),
+        [(_, _, first), rest @ ..] => match rest.iter().find(|(_, _, other)| other != first) {
+            None => Ok(Some(first.clone())),
+            Some((host, port, _)) => Err(format!(
+                "the password file {shown} gives {}:{} and {host}:{port} different passwords for user {user}, and one password is sent to whichever host answers: give the password in the URL or PGPASSWORD, or make the file's lines for these hosts agree",
+                found[0].0, found[0].1
+            )),
+        },
+    }
+}
+
+/// Each host a connection may try, with its port, as the password file names them: the host
+/// name, else its address, else `localhost`; one port for every host, or one each.
+fn hosts_and_ports(config: &tokio_postgres::Config) -> Vec<(String, String)> {
+    let (hosts, addresses, ports) = (
+        config.get_hosts(),
+        config.get_hostaddrs(),
+        config.get_ports(),
+    );
+    (0..hosts.len().max(addresses.len()).max(1))
+        .map(|i| {
+            let host = match (hosts.get(i), addresses.get(i)) {
+                (Some(Host::Tcp(name)), _) => name.clone(),
+                (Some(Host::Unix(directory)), _) => directory.display().to_string(),
+                (None, Some(address)) => address.to_string(),
+                (None, None) => "localhost".to_owned(),
+            };
+            let port = match ports {
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(DEFAULT_PORT),
+            };
+            (host, port.to_string())
+        })
+        .collect()
 }
 
 /// The password of the first line of a `.pgpass` text whose first four fields match `wanted`
@@ -609,6 +639,32 @@ mod tests {
         let error = filled("postgres://app@db:6432/shop", &by_pgpassfile).unwrap_err();
         assert!(
             error.contains("can be read by group or others: chmod 0600"),
+            "{error}"
+        );
+
+        // Every host of a multi-host URL is looked up, as libpq does for each host it tries.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(
+            &path,
+            "replica:5433:shop:app:r-pass\nprimary:5432:shop:app:p-pass\nsame-a:*:*:app:same\nsame-b:*:*:app:same\n",
+        )
+        .unwrap();
+        let config = filled(
+            "postgres://app@unknown:5432,primary:5432/shop",
+            &by_pgpassfile,
+        )
+        .unwrap();
+        assert_eq!(config.get_password(), Some(&b"p-pass"[..]));
+        let config = filled("postgres://app@same-a,same-b/shop", &by_pgpassfile).unwrap();
+        assert_eq!(config.get_password(), Some(&b"same"[..]));
+        let error = filled(
+            "postgres://app@primary:5432,replica:5433/shop",
+            &by_pgpassfile,
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("gives primary:5432 and replica:5433 different passwords for user app")
+                && error.contains("in the URL or PGPASSWORD"),
             "{error}"
         );
 
