@@ -29,6 +29,10 @@ pub struct NatsGroupStoreConfig {
     /// when groups are only read from them (`proteus migrate-topics --groups-from`): a
     /// mistyped prefix is then refused, and nothing is created.
     pub create_buckets: bool,
+    /// Most keys a listing reads one by one, which it does only while a cluster elects its
+    /// metadata leader (no consumer can be created then); past it the listing fails
+    /// retriably. Each key is a get, 16 in flight.
+    pub listing_by_gets_keys_max: usize,
 }
 
 impl Default for NatsGroupStoreConfig {
@@ -43,6 +47,7 @@ impl Default for NatsGroupStoreConfig {
             replicas: 1,
             write_attempts_max: 16,
             create_buckets: true,
+            listing_by_gets_keys_max: 100_000,
         }
     }
 }
@@ -71,6 +76,9 @@ impl NatsGroupStoreConfig {
         .map_err(|reason| reason.replacen("stream_prefix", "bucket_prefix", 1))?;
         if self.write_attempts_max == 0 {
             return Err("write_attempts_max: must be at least 1".into());
+        }
+        if self.listing_by_gets_keys_max == 0 {
+            return Err("listing_by_gets_keys_max: must be at least 1".into());
         }
         Ok(())
     }

@@ -24,8 +24,6 @@ use crate::leases::NatsLeaseStore;
 /// The header JetStream key-value buckets mark deletes and purges with (`DEL`, `PURGE`).
 const KV_OPERATION_HEADER: &str = "KV-Operation";
 
-/// Keys a listing reads one by one (while a cluster elects its metadata leader) at most.
-const LISTING_KEYS_BY_GETS_MAX: usize = 100_000;
 /// Gets of a listing without a consumer in flight at once.
 const LISTING_GETS_IN_FLIGHT: usize = 16;
 
@@ -256,7 +254,7 @@ impl NatsGroupStore {
     /// The listing without a consumer: the bucket's keys from the stream's subject counts
     /// (answered by the bucket stream's leader, like the gets), then each key's last value,
     /// [`LISTING_GETS_IN_FLIGHT`] at a time. Slower per group than the consumer, and at most
-    /// [`LISTING_KEYS_BY_GETS_MAX`] keys; only used while no consumer can be created.
+    /// `listing_by_gets_keys_max` keys; only used while no consumer can be created.
     async fn list_groups_by_gets(&self, what: &str) -> Result<Vec<GroupRecord>, StoreError> {
         let mut subjects = self
             .groups
@@ -264,17 +262,20 @@ impl NatsGroupStore {
             .info_with_subjects(format!("{}>", self.groups.prefix))
             .await
             .map_err(|error| self.backend(what, error))?;
+        let keys_max = self.config.listing_by_gets_keys_max;
         let mut keys = Vec::new();
         while let Some(subject) = subjects.next().await {
             let (subject, _messages) = subject.map_err(|error| self.backend(what, error))?;
-            if keys.len() == LISTING_KEYS_BY_GETS_MAX {
-                return Err(self.backend(
+            if keys.len() == keys_max {
+                return Err(StoreError::Unavailable(failure(
+                    &self.url,
                     what,
                     format!(
-                        "the bucket holds more than {LISTING_KEYS_BY_GETS_MAX} keys, too many to \
-                         list one by one while the cluster elects its metadata leader; retry"
+                        "the bucket holds more than {keys_max} keys (listing_by_gets_keys_max), \
+                         too many to list one by one while the cluster elects its metadata \
+                         leader; retry in a few seconds"
                     ),
-                ));
+                )));
             }
             keys.push(subject);
         }

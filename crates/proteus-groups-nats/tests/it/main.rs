@@ -485,6 +485,12 @@ async fn listing_goes_on_while_the_metadata_leader_is_elected() {
     let mut config = unique_config(&cluster.url());
     config.replicas = 3;
     let store = open(config.clone()).await;
+    // The same bucket, read by a store that lists at most 2 keys one by one.
+    let bounded = open(NatsGroupStoreConfig {
+        listing_by_gets_keys_max: 2,
+        ..config.clone()
+    })
+    .await;
     for group in ["audit", "billing", "shipping"] {
         store
             .create_group(&record("orders", group, 2))
@@ -500,18 +506,32 @@ async fn listing_goes_on_while_the_metadata_leader_is_elected() {
     cluster.wait_until_current(&bucket).await;
     cluster.kill(metadata_leader);
     let killed_at = Instant::now();
-    let listed: Vec<String> = store
-        .list_groups()
-        .await
+    let (listed, refused) = tokio::join!(
+        async {
+            let listed = store.list_groups().await;
+            (listed, killed_at.elapsed())
+        },
+        bounded.list_groups()
+    );
+    let (listed, took) = listed;
+    let listed: Vec<String> = listed
         .expect("a listing while the metadata leader is being elected")
         .into_iter()
         .map(|g| format!("{}/{}", g.topic, g.group))
         .collect();
-    let took = killed_at.elapsed();
     assert_eq!(listed, ["orders/audit", "orders/billing"]);
     assert!(
         took < Duration::from_secs(4),
         "the listing took {took:?} with the metadata leader down"
     );
+    // Three keys (the deleted group's marker is one) are more than the bounded store reads
+    // one by one: refused, retriably, saying which bound.
+    match refused {
+        Err(StoreError::Unavailable(message)) => assert!(
+            message.contains("more than 2 keys (listing_by_gets_keys_max)"),
+            "{message}"
+        ),
+        other => panic!("a listing of 3 keys by gets with a bound of 2 gave {other:?}"),
+    }
     cluster.restart(metadata_leader).await;
 }
