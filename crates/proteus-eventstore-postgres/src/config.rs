@@ -50,7 +50,8 @@ pub struct PostgresEventStoreConfig {
     /// Whether opening creates the schema and its tables when they are missing (`true`, the
     /// default, for a store being served), or refuses a schema that holds no event store
     /// (`false`, for a store only read, as `proteus migrate --from postgres://…` does, so a
-    /// mistyped schema is an error rather than an empty store).
+    /// mistyped schema is an error rather than an empty store; an older schema still gets the
+    /// migrations it lacks, as a server opening it would: `Connection::open_existing`).
     pub create_schema: bool,
 }
 

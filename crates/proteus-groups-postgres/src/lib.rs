@@ -61,7 +61,8 @@ pub struct PostgresGroupStoreConfig {
     pub statement_timeout_ms: u64,
     /// Whether opening creates the schema when it is missing (what a server does). Off when
     /// groups are only read from it (`proteus migrate-topics --groups-from`): a mistyped
-    /// schema is then refused, and nothing is created.
+    /// schema is then refused, and nothing is created (an older schema still gets the
+    /// migrations it lacks: `Connection::open_existing`).
     pub create_schema: bool,
 }
 

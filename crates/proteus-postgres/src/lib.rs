@@ -373,7 +373,9 @@ impl Connection {
 
     /// [`Connection::open`] for a schema that must already hold `migrations`' tables, as when
     /// a store is read rather than served (`proteus migrate --from postgres://…`): a mistyped
-    /// schema is refused, creating nothing, instead of opening as an empty store.
+    /// schema is refused, creating nothing, instead of opening as an empty store. A schema an
+    /// older Proteus wrote still gets the migrations it lacks, as a server opening it would:
+    /// the reads are written for the current tables, and the migrations only add to them.
     pub async fn open_existing(
         &self,
         schema: &str,
