@@ -301,7 +301,7 @@ fn append(
         for event in events {
             let version = tables
                 .event_ids
-                .get((stream.as_str(), event.id.as_str()))
+                .get((stream.as_str(), &*event.id))
                 .map_err(storage)?
                 .map(|v| v.value());
             versions.push(version);
@@ -347,7 +347,7 @@ fn append(
             .map_err(storage)?;
         tables
             .event_ids
-            .insert((stream.as_str(), event.id.as_str()), version)
+            .insert((stream.as_str(), &*event.id), version)
             .map_err(storage)?;
     }
     let last_version = first_version + events.len() as u64 - 1;

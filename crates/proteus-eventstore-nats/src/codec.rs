@@ -21,7 +21,7 @@
 
 use async_nats::HeaderMap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use proteus_eventstore::ProposedEvent;
+use proteus_eventstore::{ByteString, ProposedEvent};
 
 pub const KIND_HEADER: &str = "Proteus-Kind";
 pub const FIRST_VERSION_HEADER: &str = "Proteus-First-Version";
@@ -167,8 +167,9 @@ fn take(payload: &mut Bytes, len: usize, what: &str) -> Result<Bytes, String> {
     Ok(payload.split_to(len))
 }
 
-fn text(bytes: Bytes, what: &str) -> Result<String, String> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+/// `bytes` as text, sharing its buffer (an event's id and type are slices of the message).
+fn text(bytes: Bytes, what: &str) -> Result<ByteString, String> {
+    ByteString::try_from(bytes).map_err(|_| format!("{what} is not UTF-8"))
 }
 
 fn u16_of(payload: &mut Bytes, what: &str) -> Result<usize, String> {
@@ -234,7 +235,7 @@ pub fn decode_snapshot(payload: &Bytes) -> Result<(u64, String, Bytes), String> 
     let version = take(&mut rest, 8, "the version")?.get_u64();
     let len = u16_of(&mut rest, "the type length")?;
     let snapshot_type = text(take(&mut rest, len, "the type")?, "the type")?;
-    Ok((version, snapshot_type, rest))
+    Ok((version, snapshot_type.into(), rest))
 }
 
 /// A name as one subject token: `[A-Za-z0-9_-]` as is, every other byte (including `~`) as

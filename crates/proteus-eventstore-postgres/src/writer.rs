@@ -102,8 +102,8 @@ async fn append_one(
     let events = &request.events;
     let category = request.stream.category();
     let (kind, version) = expected_sql(request.expected);
-    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let ids: Vec<&str> = events.iter().map(|e| &*e.id).collect();
+    let types: Vec<&str> = events.iter().map(|e| &*e.event_type).collect();
     let schema_versions: Vec<Option<i64>> = events
         .iter()
         .map(|e| e.schema_version.map(i64::from))
@@ -143,8 +143,8 @@ async fn append_batch(shared: &Shared, batch: Vec<AppendRequest>) {
             batch.iter().map(|r| expected_sql(r.expected)).unzip();
         let counts: Vec<i32> = batch.iter().map(|r| r.events.len() as i32).collect();
         let events = || batch.iter().flat_map(|r| r.events.iter());
-        let ids: Vec<&str> = events().map(|e| e.id.as_str()).collect();
-        let types: Vec<&str> = events().map(|e| e.event_type.as_str()).collect();
+        let ids: Vec<&str> = events().map(|e| &*e.id).collect();
+        let types: Vec<&str> = events().map(|e| &*e.event_type).collect();
         let schema_versions: Vec<Option<i64>> =
             events().map(|e| e.schema_version.map(i64::from)).collect();
         let data: Vec<&[u8]> = events().map(|e| e.data.as_ref()).collect();

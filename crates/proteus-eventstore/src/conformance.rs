@@ -1475,7 +1475,7 @@ pub async fn racing_appenders_get_one_winner_per_version(harness: &dyn EventStor
                 }
             }
         }
-        winners_ids.extend(proposed.iter().map(|e| e.id.clone()));
+        winners_ids.extend(proposed.iter().map(|e| e.id.to_string()));
         last = Some(outcome.last_version);
     }
     let page = store
@@ -1518,7 +1518,7 @@ pub async fn optimistic_writers_converge_without_gaps(harness: &dyn EventStoreHa
                     match store.append(&s, expected, proposed.clone()).await {
                         Ok(outcome) => {
                             assert!(!outcome.duplicate);
-                            written.extend(proposed.iter().map(|e| e.id.clone()));
+                            written.extend(proposed.iter().map(|e| e.id.to_string()));
                             break;
                         }
                         Err(EventStoreError::WrongExpectedVersion { .. }) => {
@@ -1721,7 +1721,7 @@ pub async fn catch_up_then_live_misses_nothing(harness: &dyn EventStoreHarness) 
                     .append(&s, ExpectedVersion::Any, proposed.clone())
                     .await
                     .unwrap();
-                written.extend(proposed.into_iter().map(|e| e.id));
+                written.extend(proposed.into_iter().map(|e| e.id.to_string()));
                 if pause > 0 {
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }

@@ -38,8 +38,8 @@ pub mod import_conformance;
 
 pub use error::{ErrorKind, EventStoreError};
 pub use event::{
-    Aggregate, AppendOutcome, DeleteOutcome, Direction, ExpectedVersion, FeedPage, ProposedEvent,
-    ReadFilter, RecordedEvent, Snapshot, StreamInfo, StreamPage,
+    Aggregate, AppendOutcome, ByteString, DeleteOutcome, Direction, ExpectedVersion, FeedPage,
+    ProposedEvent, ReadFilter, RecordedEvent, Snapshot, StreamInfo, StreamPage,
 };
 pub use limits::{
     APPEND_BYTES_MAX, EVENT_DATA_BYTES_MAX, EVENT_METADATA_BYTES_MAX, EVENTS_PER_APPEND_MAX,

@@ -46,7 +46,7 @@ pub fn append_bytes(event: &ProposedEvent) -> usize {
 }
 
 fn invalid_event(index: usize, event: &ProposedEvent, reason: String) -> EventStoreError {
-    let mut id = event.id.clone();
+    let mut id = event.id.to_string();
     if id.len() > 140 {
         let mut end = 128;
         while !id.is_char_boundary(end) {
@@ -150,7 +150,7 @@ fn check_append(events: &[ProposedEvent], json: Json) -> Result<usize, EventStor
     let mut bytes = 0usize;
     for (index, event) in events.iter().enumerate() {
         check_event(index, event, json)?;
-        if !ids.insert(event.id.as_str()) {
+        if !ids.insert(&*event.id) {
             return Err(invalid_event(
                 index,
                 event,
@@ -348,7 +348,7 @@ pub fn check_idempotency(
         return Err(conflict(format!(
             "{known} of the {} event ids are already in the stream (event {index}, id {:?}, is version {version}) and {} are not",
             events.len(),
-            events.get(index).map_or("", |e| e.id.as_str()),
+            events.get(index).map_or("", |e| &*e.id),
             events.len() - known
         )));
     }

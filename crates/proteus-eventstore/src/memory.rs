@@ -212,7 +212,7 @@ fn append_events(
     if let Some(record) = record.filter(|r| r.last.is_some()) {
         let versions: Vec<Option<u64>> = events
             .iter()
-            .map(|e| record.ids.get(&e.id).copied())
+            .map(|e| record.ids.get(&*e.id).copied())
             .collect();
         if let Idempotency::Duplicate { first_version } =
             check_idempotency(stream, &events, &versions)?
@@ -237,14 +237,14 @@ fn append_events(
     for (offset, event) in (0..).zip(events) {
         let (version, position) = (first_version + offset, first_position + offset);
         record.positions.push(position);
-        record.ids.insert(event.id.clone(), version);
+        record.ids.insert(event.id.to_string(), version);
         category_positions.push(position);
         state.events.push(RecordedEvent {
             stream: stream.clone(),
             version,
             position,
-            id: event.id,
-            event_type: event.event_type,
+            id: event.id.into(),
+            event_type: event.event_type.into(),
             schema_version: event.schema_version,
             data: event.data,
             metadata: event.metadata,

@@ -22,8 +22,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use proteus_eventstore::{
-    Category, Direction, ErrorKind, EventStore, EventStoreError, ExpectedVersion, ProposedEvent,
-    ReadFilter, RecordedEvent, StreamName, ValidatedAppend,
+    ByteString, Category, Direction, ErrorKind, EventStore, EventStoreError, ExpectedVersion,
+    ProposedEvent, ReadFilter, RecordedEvent, StreamName, ValidatedAppend,
 };
 use proteus_schemas::AppendCheck;
 use serde::Deserialize;
@@ -272,13 +272,19 @@ struct BorrowedEvent<'a> {
 }
 
 impl BorrowedEvent<'_> {
-    /// The event, its data and metadata slices of `body` rather than copies (`body` is what
-    /// the event was parsed from).
+    /// The event, its id, type, data and metadata slices of `body` rather than copies (`body`
+    /// is what the event was parsed from); an id or type with escapes, which serde_json had to
+    /// unescape, is the string it made.
     fn into_proposed(self, body: &Bytes) -> ProposedEvent {
         let slice = |raw: &RawValue| body.slice_ref(raw.get().as_bytes());
+        let text = |text: Cow<'_, str>| match text {
+            Cow::Borrowed(text) => ByteString::try_from(body.slice_ref(text.as_bytes()))
+                .unwrap_or_else(|_| ByteString::from(text)),
+            Cow::Owned(text) => ByteString::from(text),
+        };
         ProposedEvent {
-            id: self.id.into_owned(),
-            event_type: self.event_type.into_owned(),
+            id: text(self.id),
+            event_type: text(self.event_type),
             schema_version: self.schema_version,
             data: slice(self.data),
             metadata: self.metadata.map(slice),

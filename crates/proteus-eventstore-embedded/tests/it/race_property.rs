@@ -65,7 +65,7 @@ async fn race(store: Arc<dyn EventStore>, rounds: &[Vec<usize>]) {
                 "a loser sees the winner's version: {error}"
             );
         }
-        history.extend(proposed.iter().map(|e| e.id.clone()));
+        history.extend(proposed.iter().map(|e| e.id.to_string()));
         last = Some(outcome.last_version);
     }
     let page = store

@@ -231,7 +231,7 @@ async fn two_instances_racing_on_one_stream_get_one_winner_per_version() {
                 }
             }
         }
-        winners.extend(proposed.iter().map(|e| e.id.clone()));
+        winners.extend(proposed.iter().map(|e| e.id.to_string()));
         last = Some(outcome.last_version);
     }
 
@@ -264,7 +264,7 @@ async fn two_instances_racing_on_one_stream_get_one_winner_per_version() {
     winners.extend(
         any_written
             .into_iter()
-            .flat_map(|(_, proposed)| proposed.into_iter().map(|e| e.id)),
+            .flat_map(|(_, proposed)| proposed.into_iter().map(|e| String::from(e.id))),
     );
 
     let reader = harness.store().await;

@@ -106,7 +106,7 @@ async fn concurrent_writers_leave_no_gap_a_reader_could_see() {
                         ExpectedVersion::StreamExists
                     };
                     store.append(&s, expected, events.clone()).await.unwrap();
-                    ids.extend(events.into_iter().map(|e| e.id));
+                    ids.extend(events.into_iter().map(|e| String::from(e.id)));
                 }
                 ids
             })

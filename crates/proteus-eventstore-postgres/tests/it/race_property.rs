@@ -67,7 +67,7 @@ async fn race(stores: [Arc<dyn EventStore>; 2], rounds: &[Vec<usize>]) {
                 "a loser sees the winner's version: {error}"
             );
         }
-        history.extend(proposed.iter().map(|e| e.id.clone()));
+        history.extend(proposed.iter().map(|e| e.id.to_string()));
         last = Some(outcome.last_version);
     }
     let page = stores[1]

@@ -58,6 +58,31 @@ async fn append_bodies_in_every_form_keep_payloads_as_sent() {
             .unwrap();
         assert_eq!(response.status(), 201, "{body}");
     }
+    // Ids and types are taken as written, escapes and all: in the one-pass parse an escaped
+    // one is the string serde_json unescaped, the others slices of the body.
+    let raw = r#"[{"id":"q\"uoted\u00e9","type":"Caf\u00e9Ordered","data":1},
+                  {"id":"plain-é","type":"Noted","data":2}]"#;
+    let response = server
+        .http
+        .post(server.url("/v1/streams/note-3"))
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let page = server.get_json("/v1/streams/note-3").await;
+    let written: Vec<(&str, &str)> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        written,
+        [("q\"uotedé", "CaféOrdered"), ("plain-é", "Noted")],
+        "{page}"
+    );
     for (body, says) in [
         ("42", "expected an event object or an array of them"),
         ("{\"events\": 1}", "\"events\" must be an array of events"),
