@@ -7,7 +7,7 @@ mod read;
 mod scan;
 mod write;
 
-use ids::{IdIndex, IndexSlot, id_key};
+use ids::{IdCacheMetrics, IdIndex, IndexSlot, id_key};
 use scan::Scan;
 
 use std::collections::hash_map::Entry;
@@ -199,6 +199,9 @@ struct Inner {
     cached_ids: AtomicUsize,
     /// Counts uses of indexes, so the least recently used can be evicted first.
     index_uses: AtomicU64,
+    /// What the id cache does, for `/metrics`: a cache that keeps reading histories again is
+    /// one too small for the streams being written (`id_cache_events_max`).
+    id_cache_metrics: IdCacheMetrics,
     /// `(s, h)`: the newest events message at or below stream sequence `s` ends at position
     /// `h`. Messages never change, so this only moves forward.
     head: StdMutex<(u64, u64)>,
@@ -316,6 +319,7 @@ impl NatsEventStore {
         let create = config.create_streams;
         let events = ensure_stream(&js, &url, events_config, create).await?;
         let snapshots = ensure_stream(&js, &url, snapshots_config, create).await?;
+        let id_cache_metrics = IdCacheMetrics::new(&config.stream_prefix);
         Ok(NatsEventStore {
             inner: Arc::new(Inner {
                 config,
@@ -329,6 +333,7 @@ impl NatsEventStore {
                 indexes: StdMutex::new(HashMap::new()),
                 cached_ids: AtomicUsize::new(0),
                 index_uses: AtomicU64::new(0),
+                id_cache_metrics,
                 head: StdMutex::new((0, 0)),
             }),
         })

@@ -343,11 +343,11 @@ impl Target {
     async fn open(args: &MigrateArgs) -> Result<Target, String> {
         if crate::settings::is_nats_url(&args.to) {
             let security = args.nats_security.files();
-            let store = crate::serve::open_nats_event_store(
+            let store = crate::serve::open_nats_event_store(crate::serve::nats_event_store_config(
                 &args.to,
                 &args.to_prefix,
                 (&security, args.nats_replicas.replicas()),
-            )
+            ))
             .await?;
             return Ok(Target::Nats {
                 store,

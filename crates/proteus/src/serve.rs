@@ -60,14 +60,11 @@ pub fn nats_event_store_config(
     }
 }
 
-/// Opens (creating its streams if missing) the NATS event store of
-/// [`nats_event_store_config`].
-pub async fn open_nats_event_store(
-    url: &str,
-    prefix: &str,
-    nats: (&proteus_nats::NatsSecurity, usize),
-) -> Result<NatsEventStore, String> {
-    NatsEventStore::open(nats_event_store_config(url, prefix, nats))
+/// Opens (creating its streams if missing) the NATS event store `config` describes (from
+/// [`nats_event_store_config`]).
+pub async fn open_nats_event_store(config: NatsEventStoreConfig) -> Result<NatsEventStore, String> {
+    let prefix = config.stream_prefix.clone();
+    NatsEventStore::open(config)
         .await
         .map_err(|e| format!("cannot open the NATS event store (stream prefix {prefix}): {e}"))
 }
@@ -255,14 +252,18 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             store
         }
         EventStoreBackend::Nats { url, prefix } => {
-            let store = Arc::new(
-                open_nats_event_store(
-                    url,
-                    prefix,
-                    (&settings.nats_security, settings.nats_replicas),
-                )
-                .await?,
+            let defaults = nats_event_store_config(
+                url,
+                prefix,
+                (&settings.nats_security, settings.nats_replicas),
             );
+            let config = NatsEventStoreConfig {
+                id_cache_events_max: settings
+                    .nats_id_cache_events_max
+                    .unwrap_or(defaults.id_cache_events_max),
+                ..defaults
+            };
+            let store = Arc::new(open_nats_event_store(config).await?);
             backend_checks.push(health_checks::check("event_store", "nats", store.clone()));
             store
         }

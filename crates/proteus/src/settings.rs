@@ -103,6 +103,9 @@ impl NatsReplicasArg {
 
 pub const NATS_REPLICAS_DEFAULT: usize = 1;
 
+/// The largest `--nats-id-cache-events-max`: about 22 GB of ids.
+pub const NATS_ID_CACHE_EVENTS_MAX: usize = 1_000_000_000;
+
 /// `--nats-replicas` (or `nats_replicas`): 1, 3 or 5, as JetStream allows.
 pub fn parse_nats_replicas(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
@@ -195,6 +198,13 @@ pub struct ServeArgs {
     /// `event_store_prefix` under `[storage]`).
     #[arg(long, env = "PROTEUS_EVENT_STORE_PREFIX", value_name = "PREFIX")]
     pub event_store_prefix: Option<String>,
+    /// Event ids a NATS event store keeps in memory for idempotent retries, over all streams
+    /// (about 22 bytes each); past it the least recently written streams' ids are dropped and
+    /// read again from their histories on their next append. Size it to the ids of the
+    /// streams being written [default: 4000000] (in the config file:
+    /// `nats_id_cache_events_max` under `[storage]`).
+    #[arg(long, env = "PROTEUS_NATS_ID_CACHE_EVENTS_MAX", value_name = "IDS")]
+    pub nats_id_cache_events_max: Option<usize>,
     /// Where projections keep their read models: `embedded` (`readmodels.redb` in the data
     /// directory) or a PostgreSQL URL [default: embedded] (in the config file: `read_models`
     /// under `[storage]`).
@@ -543,6 +553,7 @@ struct StorageFile {
     event_store: Option<String>,
     event_store_schema: Option<String>,
     event_store_prefix: Option<String>,
+    nats_id_cache_events_max: Option<usize>,
     read_models: Option<String>,
     read_models_schema: Option<String>,
     metadata: Option<String>,
@@ -638,6 +649,8 @@ pub struct Settings {
     /// What appends of event types without a schema get.
     pub schema_policy: SchemaPolicy,
     pub event_store: EventStoreBackend,
+    /// With the event store on NATS: the ids it caches for idempotency (`None`: its default).
+    pub nats_id_cache_events_max: Option<usize>,
     /// Where read models are kept: the same choices as the event store.
     pub read_models: EventStoreBackend,
     /// Where key-value metadata is kept: the same choices as the event store.
@@ -739,6 +752,9 @@ impl Settings {
                 args.event_store_schema.or(file.storage.event_store_schema),
                 args.event_store_prefix.or(file.storage.event_store_prefix),
             )?,
+            nats_id_cache_events_max: args
+                .nats_id_cache_events_max
+                .or(file.storage.nats_id_cache_events_max),
             read_models: EventStoreBackend::resolve(
                 "read_models",
                 args.read_models.or(file.storage.read_models),
@@ -872,6 +888,18 @@ impl Settings {
             ]
             .iter()
             .any(|store| matches!(store, EventStoreBackend::Nats { .. }));
+        if let Some(ids) = self.nats_id_cache_events_max {
+            if !matches!(self.event_store, EventStoreBackend::Nats { .. }) {
+                return Err(format!(
+                    "--nats-id-cache-events-max {ids} is for an event store on NATS, and the event store is not: add --event-store nats://…, or remove it"
+                ));
+            }
+            if !(1..=NATS_ID_CACHE_EVENTS_MAX).contains(&ids) {
+                return Err(format!(
+                    "--nats-id-cache-events-max must be between 1 and {NATS_ID_CACHE_EVENTS_MAX} ids (about 22 bytes each), got {ids}"
+                ));
+            }
+        }
         if self.nats_security.is_set() && !on_nats {
             return Err(
                 "--nats-tls-ca, --nats-tls-cert, --nats-tls-key, --nats-creds and --nats-nkey are for NATS, and no store is on NATS: add --storage-log, --event-store or --groups nats://…, or remove them"
@@ -1188,6 +1216,40 @@ mod tests {
         .unwrap_err();
         assert!(
             error.contains("no store is on NATS") && error.contains("--storage-log"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_nats_id_cache_is_sized_only_for_an_event_store_on_nats() {
+        let on_nats = |ids: usize| ServeArgs {
+            event_store: Some("nats://127.0.0.1:4222".into()),
+            nats_id_cache_events_max: Some(ids),
+            ..ServeArgs::default()
+        };
+        let settings = Settings::resolve(on_nats(10_000_000)).unwrap();
+        assert_eq!(settings.nats_id_cache_events_max, Some(10_000_000));
+        assert_eq!(
+            Settings::resolve(ServeArgs::default())
+                .unwrap()
+                .nats_id_cache_events_max,
+            None
+        );
+        for ids in [0, NATS_ID_CACHE_EVENTS_MAX + 1] {
+            let error = Settings::resolve(on_nats(ids)).unwrap_err();
+            assert!(
+                error.contains("--nats-id-cache-events-max must be between 1 and 1000000000"),
+                "{error}"
+            );
+        }
+        let error = Settings::resolve(ServeArgs {
+            nats_id_cache_events_max: Some(1_000),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            error.contains("is for an event store on NATS")
+                && error.contains("--event-store nats://"),
             "{error}"
         );
     }

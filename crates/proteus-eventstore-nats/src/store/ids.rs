@@ -61,6 +61,36 @@ pub(super) struct IndexSlot {
 /// What an eviction keeps: this share of `id_cache_events_max`, so evictions are rare.
 pub(super) const ID_CACHE_KEPT_PERCENT: usize = 75;
 
+/// The id cache's metrics, labelled with the store's stream prefix.
+pub(super) struct IdCacheMetrics {
+    /// `proteus_eventstore_nats_id_cache_events`: ids cached over all streams.
+    events: metrics::Gauge,
+    /// `proteus_eventstore_nats_id_cache_evicted_streams_total`: streams whose index was
+    /// dropped to keep the cache within `id_cache_events_max`.
+    evicted_streams: metrics::Counter,
+    /// `proteus_eventstore_nats_id_history_reads_total`: appends that read a stream's messages
+    /// to index ids this instance has not seen (a stream new to it, evicted, or written by
+    /// another instance since).
+    history_reads: metrics::Counter,
+}
+
+impl IdCacheMetrics {
+    pub(super) fn new(stream_prefix: &str) -> Self {
+        let labels = [("store", stream_prefix.to_owned())];
+        IdCacheMetrics {
+            events: metrics::gauge!("proteus_eventstore_nats_id_cache_events", &labels),
+            evicted_streams: metrics::counter!(
+                "proteus_eventstore_nats_id_cache_evicted_streams_total",
+                &labels
+            ),
+            history_reads: metrics::counter!(
+                "proteus_eventstore_nats_id_history_reads_total",
+                &labels
+            ),
+        }
+    }
+}
+
 impl NatsEventStore {
     pub(super) fn index_lock(&self, stream: &StreamName) -> Arc<IndexSlot> {
         let slot = {
@@ -79,6 +109,8 @@ impl NatsEventStore {
         let total = self.inner.cached_ids.fetch_add(added, Ordering::AcqRel) + added;
         if total > self.inner.config.id_cache_events_max {
             self.evict_ids();
+        } else {
+            self.inner.id_cache_metrics.events.set(total as f64);
         }
     }
 
@@ -101,14 +133,19 @@ impl NatsEventStore {
         }
         let mut total: usize = idle.iter().map(|(_, size, _)| size).sum();
         idle.sort_unstable();
+        let mut evicted = 0u64;
         for (_, size, stream) in idle {
             if total <= target {
                 break;
             }
             indexes.remove(&stream);
             total -= size;
+            evicted += 1;
         }
         self.inner.cached_ids.store(total, Ordering::Release);
+        let metrics = &self.inner.id_cache_metrics;
+        metrics.events.set(total as f64);
+        metrics.evicted_streams.increment(evicted);
     }
 
     /// The (version, position) of each event of an append whose id the stream already holds:
@@ -170,6 +207,7 @@ impl NatsEventStore {
             return Ok(());
         }
         let before = index.ids.len();
+        self.inner.id_cache_metrics.history_reads.increment(1);
         let what = format!("reading the event ids of stream '{stream}'");
         let mut scan = self
             .scan(

@@ -427,3 +427,77 @@ fn two_instances_share_one_nats_event_store() {
         .unwrap();
     assert_eq!(stream["events"].as_array().unwrap().len(), 2, "{stream}");
 }
+
+/// The value of the `/metrics` line of `name` for the store `prefix`.
+fn store_metric(metrics: &str, name: &str, prefix: &str) -> f64 {
+    let line_start = format!("{name}{{store=\"{prefix}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&line_start))
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_nats_id_cache_too_small_for_its_streams_reads_them_again_and_says_so() {
+    let streams = NatsStreams::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--event-store",
+            &nats_url(),
+            "--event-store-prefix",
+            &streams.0,
+            "--nats-id-cache-events-max",
+            "4",
+        ],
+        &[],
+    );
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let events = |stream: usize| {
+        json!(
+            [0, 1, 2].map(|i| json!({"id": format!("s{stream}-e{i}"), "type": "Noted", "data": i}))
+        )
+    };
+    let append = |stream: usize| {
+        let response = http
+            .post(format!(
+                "{}/v1/streams/noted-{stream}?expected_version=no_stream",
+                server.url
+            ))
+            .json(&events(stream))
+            .send()
+            .unwrap();
+        response.status().as_u16()
+    };
+    // Three ids a stream, four streams: more than the 4 ids the cache holds.
+    for stream in 0..4 {
+        assert_eq!(append(stream), 201, "stream {stream}");
+    }
+    // The first stream's ids were dropped; its retry reads them again and is recognised.
+    assert_eq!(append(0), 200, "a retry after its ids were evicted");
+    let metrics = http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let metric = |name: &str| store_metric(&metrics, name, &streams.0);
+    assert!(
+        metric("proteus_eventstore_nats_id_cache_evicted_streams_total") >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        metric("proteus_eventstore_nats_id_history_reads_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric("proteus_eventstore_nats_id_cache_events") <= 4.0,
+        "{metrics}"
+    );
+}
