@@ -303,8 +303,9 @@ enum ExpectedVersionJson {
 /// anything else (a single event, an event without id, an error), left to
 /// [`parse_append_step_by_step`] for its precise answer. Cutting the events out first and parsing
 /// each again read every payload three times, the largest cost of a batched append in a
-/// profile of the server (2026-11-26). The events' data and metadata are slices of `body`, not
-/// copies: a store that kept them would keep the whole body (none does; they are encoded).
+/// profile of the server (2026-11-26). The events' ids, types, data and metadata are slices of
+/// `body`, not copies: a store that kept them would keep the whole body (none does; they are
+/// encoded, or copied into what it keeps).
 fn parse_append_in_one_pass(body: &Bytes) -> Option<(Option<String>, Vec<ProposedEvent>)> {
     let (expected, events) = match body.trim_ascii_start().first()? {
         b'[' => (
