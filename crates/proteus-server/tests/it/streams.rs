@@ -22,6 +22,18 @@ async fn append(
         .unwrap()
 }
 
+/// POSTs `body` as sent (not re-encoded), as JSON.
+async fn post_json_text(server: &TestServer, path: &str, body: &'static str) -> reqwest::Response {
+    server
+        .http
+        .post(server.url(path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn placed(id: &str, total: u32) -> Value {
     json!({"id": id, "type": "OrderPlaced", "data": {"total": total}})
 }
@@ -32,14 +44,7 @@ async fn append_bodies_in_every_form_keep_payloads_as_sent() {
     let server = TestServer::start().await;
     // One event without an id: it gets one; its data comes back as sent.
     let raw = r#"{"type":"Noted","data":{"z":1, "a":[true,null],"s":"\u00e9"}}"#;
-    let response = server
-        .http
-        .post(server.url("/v1/streams/note-1"))
-        .header("content-type", "application/json")
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
+    let response = post_json_text(&server, "/v1/streams/note-1", raw).await;
     assert_eq!(response.status(), 201);
     let page = server.get_json("/v1/streams/note-1").await;
     let event = &page["events"][0];
@@ -62,14 +67,7 @@ async fn append_bodies_in_every_form_keep_payloads_as_sent() {
     // one is the string serde_json unescaped, the others slices of the body.
     let raw = r#"[{"id":"q\"uoted\u00e9","type":"Caf\u00e9Ordered","data":1},
                   {"id":"plain-é","type":"Noted","data":2}]"#;
-    let response = server
-        .http
-        .post(server.url("/v1/streams/note-3"))
-        .header("content-type", "application/json")
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
+    let response = post_json_text(&server, "/v1/streams/note-3", raw).await;
     assert_eq!(response.status(), 201);
     let page = server.get_json("/v1/streams/note-3").await;
     let written: Vec<(&str, &str)> = page["events"]
@@ -97,14 +95,7 @@ async fn append_bodies_in_every_form_keep_payloads_as_sent() {
         ("[1]", "event 0:"),
         ("[{\"id\": \"a\"", "the body is not JSON"),
     ] {
-        let response = server
-            .http
-            .post(server.url("/v1/streams/note-2"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = post_json_text(&server, "/v1/streams/note-2", body).await;
         let bad = problem(response, 400, "invalid-events").await;
         assert!(
             bad["detail"].as_str().unwrap().contains(says),
