@@ -70,6 +70,9 @@ impl Default for NatsEventStoreConfig {
 
 pub use proteus_nats::{STREAM_PREFIX_BYTES_MAX, SUBJECT_PREFIX_BYTES_MAX, TIMEOUT_MS_MIN};
 
+/// The largest `id_cache_events_max`: about 22 GB of ids.
+pub const ID_CACHE_EVENTS_MAX: usize = 1_000_000_000;
+
 impl NatsEventStoreConfig {
     /// A configuration for `url` with every other setting at its default.
     pub fn new(url: impl Into<String>) -> Self {
@@ -91,7 +94,14 @@ impl NatsEventStoreConfig {
                 ("wait_poll_interval_ms", self.wait_poll_interval_ms),
             ],
             replicas: self.replicas,
-        })
+        })?;
+        if !(1..=ID_CACHE_EVENTS_MAX).contains(&self.id_cache_events_max) {
+            return Err(format!(
+                "id_cache_events_max: must be between 1 and {ID_CACHE_EVENTS_MAX} ids (about 22 bytes each), got {}",
+                self.id_cache_events_max
+            ));
+        }
+        Ok(())
     }
 
     pub fn events_stream(&self) -> String {
@@ -127,5 +137,16 @@ mod tests {
             ..NatsEventStoreConfig::default()
         };
         assert!(bad.validate().unwrap_err().starts_with("replicas"));
+        for ids in [0, ID_CACHE_EVENTS_MAX + 1] {
+            let bad = NatsEventStoreConfig {
+                id_cache_events_max: ids,
+                ..NatsEventStoreConfig::default()
+            };
+            assert!(
+                bad.validate()
+                    .unwrap_err()
+                    .starts_with("id_cache_events_max")
+            );
+        }
     }
 }

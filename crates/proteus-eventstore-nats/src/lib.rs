@@ -86,7 +86,8 @@ mod error;
 mod store;
 
 pub use config::{
-    NatsEventStoreConfig, STREAM_PREFIX_BYTES_MAX, SUBJECT_PREFIX_BYTES_MAX, TIMEOUT_MS_MIN, redact,
+    ID_CACHE_EVENTS_MAX, NatsEventStoreConfig, STREAM_PREFIX_BYTES_MAX, SUBJECT_PREFIX_BYTES_MAX,
+    TIMEOUT_MS_MIN, redact,
 };
 pub use error::START_HINT;
 pub use store::{HEADER_BYTES_RESERVED, NatsEventStore, POSITIONS_PER_MESSAGE, position_of};

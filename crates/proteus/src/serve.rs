@@ -252,17 +252,14 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             store
         }
         EventStoreBackend::Nats { url, prefix } => {
-            let defaults = nats_event_store_config(
+            let mut config = nats_event_store_config(
                 url,
                 prefix,
                 (&settings.nats_security, settings.nats_replicas),
             );
-            let config = NatsEventStoreConfig {
-                id_cache_events_max: settings
-                    .nats_id_cache_events_max
-                    .unwrap_or(defaults.id_cache_events_max),
-                ..defaults
-            };
+            if let Some(ids) = settings.nats_id_cache_events_max {
+                config.id_cache_events_max = ids;
+            }
             let store = Arc::new(open_nats_event_store(config).await?);
             backend_checks.push(health_checks::check("event_store", "nats", store.clone()));
             store

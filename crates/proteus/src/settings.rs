@@ -103,8 +103,8 @@ impl NatsReplicasArg {
 
 pub const NATS_REPLICAS_DEFAULT: usize = 1;
 
-/// The largest `--nats-id-cache-events-max`: about 22 GB of ids.
-pub const NATS_ID_CACHE_EVENTS_MAX: usize = 1_000_000_000;
+/// The largest `--nats-id-cache-events-max`, the store's own bound.
+pub use proteus_eventstore_nats::ID_CACHE_EVENTS_MAX as NATS_ID_CACHE_EVENTS_MAX;
 
 /// `--nats-replicas` (or `nats_replicas`): 1, 3 or 5, as JetStream allows.
 pub fn parse_nats_replicas(text: &str) -> Result<usize, String> {

@@ -61,11 +61,7 @@ fn until(
 }
 
 fn backend_up_gauge(http: &reqwest::blocking::Client, server: &str) -> Option<String> {
-    let metrics = http
-        .get(format!("{server}/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .expect("GET /metrics");
+    let metrics = crate::support::metrics_text(http, server);
     metrics
         .lines()
         .find(|line| {

@@ -189,12 +189,7 @@ fn a_document_stays_fresh_across_instances(cache_url: &str) {
         }
     }
     // The cache reports itself per level.
-    let metrics = http
-        .get(format!("{}/metrics", b.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = crate::support::metrics_text(&http, &b.url);
     for line in [
         "proteus_cache_hits_total{cache=\"projections\",level=\"l1\"}",
         "proteus_cache_misses_total{cache=\"projections\",level=\"l2\"}",

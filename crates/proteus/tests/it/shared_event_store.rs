@@ -481,12 +481,7 @@ fn a_nats_id_cache_too_small_for_its_streams_reads_them_again_and_says_so() {
     }
     // The first stream's ids were dropped; its retry reads them again and is recognised.
     assert_eq!(append(0), 200, "a retry after its ids were evicted");
-    let metrics = http
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = crate::support::metrics_text(&http, &server.url);
     let metric = |name: &str| store_metric(&metrics, name, &streams.0);
     assert!(
         metric("proteus_eventstore_nats_id_cache_evicted_streams_total") >= 3.0,

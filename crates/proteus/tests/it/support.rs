@@ -124,6 +124,14 @@ impl Drop for ServerProcess {
 }
 
 /// Runs a CLI command against `server`; returns (exit code, stdout, stderr).
+/// The server's `/metrics` text.
+pub fn metrics_text(http: &reqwest::blocking::Client, server: &str) -> String {
+    http.get(format!("{server}/metrics"))
+        .send()
+        .and_then(|response| response.text())
+        .expect("GET /metrics")
+}
+
 pub fn run_cli(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     use std::io::Write;
     let mut child = Command::new(BINARY)
