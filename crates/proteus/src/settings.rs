@@ -199,7 +199,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTEUS_EVENT_STORE_PREFIX", value_name = "PREFIX")]
     pub event_store_prefix: Option<String>,
     /// Event ids a NATS event store keeps in memory for idempotent retries, over all streams
-    /// (about 22 bytes each); past it the least recently written streams' ids are dropped and
+    /// (10 to 30 bytes each); past it the least recently written streams' ids are dropped and
     /// read again from their histories on their next append. Size it to the ids of the
     /// streams being written [default: 4000000] (in the config file:
     /// `nats_id_cache_events_max` under `[storage]`).
@@ -896,7 +896,7 @@ impl Settings {
             }
             if !(1..=NATS_ID_CACHE_EVENTS_MAX).contains(&ids) {
                 return Err(format!(
-                    "--nats-id-cache-events-max must be between 1 and {NATS_ID_CACHE_EVENTS_MAX} ids (about 22 bytes each), got {ids}"
+                    "--nats-id-cache-events-max must be between 1 and {NATS_ID_CACHE_EVENTS_MAX} ids (10 to 30 bytes each), got {ids}"
                 ));
             }
         }

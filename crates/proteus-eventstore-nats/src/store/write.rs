@@ -106,11 +106,11 @@ impl NatsEventStore {
                     (last_seq, actual)
                 }
             };
-            let hits: Vec<Option<u64>> =
-                keys.iter().map(|key| index.ids.get(key).copied()).collect();
+            let hits: Vec<bool> = keys.iter().map(|key| index.ids.contains(key)).collect();
             // (version, position) of each event the stream already holds.
-            let found: Vec<Option<(u64, u64)>> = if hits.iter().any(Option::is_some) {
-                self.confirm_hits(stream, &subject, &events, &hits).await?
+            let found: Vec<Option<(u64, u64)>> = if hits.contains(&true) {
+                self.confirm_hits(stream, &subject, &events, &hits, last_seq)
+                    .await?
             } else {
                 vec![None; events.len()]
             };
@@ -138,9 +138,7 @@ impl NatsEventStore {
                 Ok(Ok(seq)) => {
                     // Grown once per append rather than doubling several times within it.
                     index.ids.reserve(keys.len());
-                    for (i, key) in keys.iter().enumerate() {
-                        index.ids.insert(*key, position_of(seq, i as u64));
-                    }
+                    index.ids.extend(keys.iter().copied());
                     index.seq = seq;
                     index.tail = Some((seq, first_version + count - 1));
                     self.account_ids(events.len());
