@@ -59,6 +59,10 @@ pub(super) struct IndexSlot {
     pub(super) last_used: AtomicU64,
 }
 
+/// The stream sequences of the first window before a stream's last message that
+/// [`NatsEventStore::confirm_hits`] reads for the hits it did not find there.
+pub(super) const CONFIRM_WINDOW_SEQS_MIN: u64 = 4_096;
+
 /// What an eviction keeps: this share of `id_cache_events_max`, so evictions are rare.
 pub(super) const ID_CACHE_KEPT_PERCENT: usize = 75;
 
@@ -149,7 +153,7 @@ impl NatsEventStore {
     /// `hits` are the index's, each confirmed against the stored events (the index keys ids
     /// by hash, and two ids can share one). The stream's last message, at `last_seq`, is read
     /// first: a retry is most often of the last append. Hits not found there are looked for
-    /// through the stream's earlier messages, as far as the last of them is found.
+    /// in the stream's earlier messages, newest first, until the last of them is found.
     pub(super) async fn confirm_hits(
         &self,
         stream: &StreamName,
@@ -172,13 +176,19 @@ impl NatsEventStore {
         {
             self.find_ids(&msg, &mut sought, &mut found)?;
         }
-        if !sought.is_empty() && last_seq > 1 {
+        // Then windows of stream sequences before it, newest first and each twice as wide as
+        // the one after it: a retry of a recent append is found without reading a long
+        // stream whole, and an old one reads it at most about twice.
+        let mut end = last_seq.saturating_sub(1);
+        let mut width = CONFIRM_WINDOW_SEQS_MIN;
+        while !sought.is_empty() && end >= 1 {
+            let start = end.saturating_sub(width - 1).max(1);
             let mut scan = self
                 .scan(
                     &self.inner.events,
                     subject,
-                    1,
-                    last_seq - 1,
+                    start,
+                    end,
                     FETCH_MESSAGES_MAX,
                     &what,
                 )
@@ -188,6 +198,8 @@ impl NatsEventStore {
             {
                 self.find_ids(&msg, &mut sought, &mut found)?;
             }
+            end = start - 1;
+            width = width.saturating_mul(2);
         }
         Ok(found)
     }

@@ -1,7 +1,8 @@
 //! Integration tests of the NATS JetStream event store against a real server
 //! (`PROTEUS_TEST_NATS_URL`, default `nats://127.0.0.1:4222`): the whole `EventStore`
 //! conformance suite (twice: as configured, and with an id cache so small that streams' id
-//! indexes are evicted all the time), two instances racing on one stream, appends across a
+//! indexes are evicted all the time), a retry of an append thousands of messages back, two
+//! instances racing on one stream, appends across a
 //! connection outage and across a crash of a server of the test's own (`server_crash`). Each harness uses its own stream and subject prefixes and deletes its streams when
 //! it is dropped, even when the test fails. The tests fail (never skip) when NATS is not
 //! running, saying how to start it.
@@ -177,6 +178,66 @@ async fn first_appends_without_a_read_still_see_what_other_instances_wrote() {
         .await
         .unwrap();
     assert_eq!((fresh.first_version, fresh.duplicate), (0, false));
+}
+
+/// A retry of an append made long ago in the store's sequence (thousands of other streams'
+/// messages since) is still recognised: the index keeps hashes only, so the store looks for the
+/// stored events through windows of the stream's past, newest first, as far back as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_an_append_far_back_in_the_store_is_still_a_duplicate() {
+    let harness = Harness::new();
+    let store = Arc::new(harness.store().await);
+    let s = stream("old-retry");
+    let first = vec![event("old-1", "Happened"), event("old-2", "Happened")];
+    let original = store
+        .append(&s, ExpectedVersion::NoStream, first.clone())
+        .await
+        .unwrap();
+    // 6,000 messages of other streams: more than the first two windows before `s`'s end.
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..750 {
+                    store
+                        .append(
+                            &stream(&format!("other-{writer}")),
+                            ExpectedVersion::Any,
+                            vec![event(&format!("w{writer}-{i}"), "Happened")],
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    store
+        .append(
+            &s,
+            ExpectedVersion::Exact(1),
+            vec![event("new-1", "Happened")],
+        )
+        .await
+        .unwrap();
+    // From this instance (ids cached) and from a fresh one (ids read from the history).
+    for retrier in [store.clone(), Arc::new(harness.store().await)] {
+        let retried = retrier
+            .append(&s, ExpectedVersion::Exact(1), first.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                retried.first_position,
+                retried.last_position,
+                retried.duplicate
+            ),
+            (original.first_position, original.last_position, true)
+        );
+        assert_eq!((retried.first_version, retried.last_version), (0, 1));
+    }
 }
 
 /// Two store instances (two connections, as two Proteus processes would have) race appends
