@@ -2,10 +2,10 @@
 //! (`PROTEUS_TEST_NATS_URL`, default `nats://127.0.0.1:4222`): the whole `EventStore`
 //! conformance suite (twice: as configured, and with an id cache so small that streams' id
 //! indexes are evicted all the time), a retry of an append thousands of messages back, two
-//! instances racing on one stream, appends across a
-//! connection outage and across a crash of a server of the test's own (`server_crash`). Each harness uses its own stream and subject prefixes and deletes its streams when
-//! it is dropped, even when the test fails. The tests fail (never skip) when NATS is not
-//! running, saying how to start it.
+//! instances racing on one stream, appends across a connection outage and across a crash of a
+//! server of the test's own (`server_crash`). Each harness uses its own stream and subject
+//! prefixes and deletes its streams when it is dropped, even when the test fails. The tests
+//! fail (never skip) when NATS is not running, saying how to start it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
