@@ -4,9 +4,9 @@
 
 use super::*;
 
-/// The key of an event id in an [`IdIndex`]: its 64-bit xxh3 hash. About 11 bytes per cached
-/// id with the table's overhead, instead of about 110 with the id itself, so the same memory
-/// keeps ten times more ids (and a stream's history is read again that much less often).
+/// The key of an event id in an [`IdIndex`]: its 64-bit xxh3 hash. 10 to 20 bytes per cached
+/// id with the table's slack, instead of about 110 with the id itself, so the same memory
+/// keeps several times more ids (and a stream's history is read again that much less often).
 pub(super) fn id_key(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
@@ -40,7 +40,7 @@ pub(super) struct IdIndex {
     pub(super) seq: u64,
     /// [`id_key`] of each event id. A hit is only a hint: [`NatsEventStore::confirm_hits`]
     /// finds the stored event (in the stream's last message, where a retry's usually is, else
-    /// by reading the stream), which also gives its version and position. Keeping no position
+    /// in its earlier messages, newest first), which also gives its version and position. Keeping no position
     /// makes an entry 8 bytes instead of 16 (24 before 2026-11-28): the tables' growth was
     /// 9.4% of the server's time on small batched appends, most of it the kernel zeroing the
     /// pages they took, and the cache holds twice the ids in the same memory.
@@ -284,13 +284,14 @@ pub(super) struct IdleIndex {
 /// then left. Its worst case is writers going round more streams than the cache holds, in turn:
 /// the stream dropped is the next one written, so each append reads its stream's history
 /// again. Other orders were tried on a simulation of the cache (`scripts/simulate-id-cache`,
-/// 2026-11-29) and none was worth the trade. 1,000 streams written in turn, 100 events an append, 10 rounds through a cache
-/// of 500,000 ids: LRU read 3.5 ids of history again per id written, a random order 2.4, a
-/// random order sparing the most recent quarter 2.7. 200 aggregates active at a time (10
-/// events an append, 20 appends each), all fitting in a cache of 50,000: LRU read none,
-/// random 0.6 per id written; 400, not all fitting: LRU 0.9, random 1.9. The cure for the
-/// round robin is a cache sized to the streams being written (`id_cache_events_max`), which
-/// `proteus_eventstore_nats_id_history_reads_total` shows is missing.
+/// 2026-11-29) and none was worth the trade. 1,000 streams written in turn, 100 events an
+/// append, 10 rounds through a cache of 500,000 ids: LRU read 3.5 ids of history again per id
+/// written, a random order 2.4, a random order sparing the most recent quarter 2.7. 200
+/// aggregates active at a time (10 events an append, 20 appends each), all fitting in a cache
+/// of 50,000: LRU read none, random 0.6 per id written; 400, not all fitting: LRU 0.9, random
+/// 1.9. The cure for the round robin is a cache sized to the streams being written
+/// (`id_cache_events_max`), which `proteus_eventstore_nats_id_history_reads_total` shows is
+/// missing.
 pub(super) fn evictions(mut idle: Vec<IdleIndex>, ids_to_free: usize) -> Vec<IdleIndex> {
     idle.sort_unstable_by_key(|index| index.last_used);
     let mut freed = 0;
@@ -370,8 +371,7 @@ mod tests {
     }
 
     /// `active` aggregates at a time, each written 20 times (10 events an append) at random
-    /// among the active ones and then left for a new one: 1,000,000 ids written through a
-    /// cache of 100,000.
+    /// among the active ones and then left for a new one: 1,000,000 ids written.
     fn aggregates(model: &mut Model, active: usize) {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut random = move |below: usize| {
