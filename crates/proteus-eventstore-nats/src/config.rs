@@ -38,8 +38,9 @@ pub struct NatsEventStoreConfig {
     /// Most event ids kept in memory, over all streams, to decide idempotency without
     /// reading a stream's history again; 10 to 20 bytes each (a 64-bit hash in a hash table
     /// that doubles as it grows; the stored event confirms a hit and gives its version and
-    /// position), so the default 4,000,000 is 40 to 80 MB (the server grew by about 29 bytes
-    /// per cached id in a benchmark, its allocator keeping the tables outgrown for a while).
+    /// position), so the default 6,000,000 is 60 to 120 MB (the server grew by about 28 bytes
+    /// per cached id in a benchmark, its allocator keeping the tables outgrown for a while:
+    /// about what 4,000,000 ids, the default until ids were kept without their positions, took).
     /// Past it the indexes of the least recently
     /// used streams are dropped until three quarters remain, and rebuilt from their streams on
     /// their next append (correctness never depends on the cache).
@@ -64,7 +65,7 @@ impl Default for NatsEventStoreConfig {
             replicas: 1,
             wait_poll_interval_ms: 250,
             append_conflict_retries_max: 64,
-            id_cache_events_max: 4_000_000,
+            id_cache_events_max: 6_000_000,
             create_streams: true,
         }
     }

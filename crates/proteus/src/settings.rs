@@ -201,7 +201,7 @@ pub struct ServeArgs {
     /// Event ids a NATS event store keeps in memory for idempotent retries, over all streams
     /// (10 to 30 bytes each); past it the least recently written streams' ids are dropped and
     /// read again from their histories on their next append. Size it to the ids of the
-    /// streams being written [default: 4000000] (in the config file:
+    /// streams being written [default: 6000000] (in the config file:
     /// `nats_id_cache_events_max` under `[storage]`).
     #[arg(long, env = "PROTEUS_NATS_ID_CACHE_EVENTS_MAX", value_name = "IDS")]
     pub nats_id_cache_events_max: Option<usize>,
