@@ -294,15 +294,14 @@ pub(super) struct IdleIndex {
 /// missing.
 pub(super) fn evictions(mut idle: Vec<IdleIndex>, ids_to_free: usize) -> Vec<IdleIndex> {
     idle.sort_unstable_by_key(|index| index.last_used);
-    let mut freed = 0;
-    let dropped = idle
-        .iter()
-        .take_while(|index| {
-            let more = freed < ids_to_free;
-            freed += index.ids;
-            more
-        })
-        .count();
+    let (mut freed, mut dropped) = (0, 0);
+    for index in &idle {
+        if freed >= ids_to_free {
+            break;
+        }
+        freed += index.ids;
+        dropped += 1;
+    }
     idle.truncate(dropped);
     idle
 }
