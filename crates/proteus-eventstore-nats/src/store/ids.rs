@@ -40,10 +40,10 @@ pub(super) struct IdIndex {
     pub(super) seq: u64,
     /// [`id_key`] of each event id. A hit is only a hint: [`NatsEventStore::confirm_hits`]
     /// finds the stored event (in the stream's last message, where a retry's usually is, else
-    /// in its earlier messages, newest first), which also gives its version and position. Keeping no position
-    /// makes an entry 8 bytes instead of 16 (24 before 2026-11-28): the tables' growth was
-    /// 9.4% of the server's time on small batched appends, most of it the kernel zeroing the
-    /// pages they took, and the cache holds twice the ids in the same memory.
+    /// in its earlier messages, newest first), which also gives its version and position.
+    /// Keeping no position makes an entry 8 bytes instead of 16 (24 before 2026-11-28): the
+    /// tables' growth was 9.4% of the server's time on small batched appends, most of it the
+    /// kernel zeroing the pages they took, and the cache holds twice the ids in the same memory.
     pub(super) ids: HashSet<u64, BuildHasherDefault<Prehashed>>,
     /// The stream's end as this instance's last append left it: (the subject's last stream
     /// sequence, the stream's last version). The next append publishes against it without
