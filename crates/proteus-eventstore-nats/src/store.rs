@@ -8,7 +8,7 @@ mod scan;
 mod write;
 
 use ids::{IdCacheMetrics, IdIndex, IndexSlot, id_key};
-use scan::Scan;
+use scan::{FeedCursor, ParkedScans, Scan};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -174,6 +174,15 @@ impl LiveEnd {
     }
 }
 
+/// The events stream's end and the `$all` feed's head at one moment.
+struct FeedEnd {
+    last_seq: u64,
+    /// The newest event's position (0 when there is none).
+    head: u64,
+    /// When the events stream was created: a stream deleted and created again is another.
+    stream_created_ns: i128,
+}
+
 /// The NATS JetStream event store. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct NatsEventStore {
@@ -204,6 +213,11 @@ struct Inner {
     /// `(s, h)`: the newest events message at or below stream sequence `s` ends at position
     /// `h`. Messages never change, so this only moves forward.
     head: StdMutex<(u64, u64)>,
+    /// Forward feed scans kept between pages (`read_forward`).
+    parked_scans: ParkedScans,
+    /// How many times the client has (re)connected: a scan parked before the last
+    /// reconnection may have lost its consumer with the server's memory, and is not resumed.
+    connections: Arc<AtomicU64>,
 }
 
 fn jetstream_code<K: std::fmt::Debug>(kind: &K) -> Option<u64> {
@@ -264,13 +278,14 @@ impl NatsEventStore {
                 reason: format!("invalid NATS event store settings: {reason}"),
             })?;
         let url = redact(&config.url);
+        let connections = Arc::new(AtomicU64::new(0));
         let client = proteus_nats::client::connect(&proteus_nats::client::ClientSettings {
             url: &config.url,
             name: "proteus-eventstore",
             connect_timeout_ms: config.connect_timeout_ms,
             request_timeout_ms: config.request_timeout_ms,
             reconnect_delay_max_ms: config.reconnect_delay_max_ms,
-            connections: None,
+            connections: Some(connections.clone()),
             security: &config.security,
         })
         .await
@@ -334,6 +349,8 @@ impl NatsEventStore {
                 index_uses: AtomicU64::new(0),
                 id_cache_metrics,
                 head: StdMutex::new((0, 0)),
+                parked_scans: ParkedScans::default(),
+                connections,
             }),
         })
     }
@@ -530,6 +547,8 @@ impl NatsEventStore {
             filter: filter.to_owned(),
             cursor: start_seq,
             by_gets: false,
+            resumed_unconfirmed: false,
+            keep_fetched_past_end: false,
             fetch_idle: ms(self.inner.config.request_timeout_ms),
             url: self.inner.url.clone(),
             what: what.to_owned(),
@@ -560,15 +579,26 @@ impl NatsEventStore {
     /// `(last stream sequence, head position)`: the newest event's position at the time of
     /// the call (0 when there is none).
     async fn head(&self) -> Result<(u64, u64), EventStoreError> {
+        let end = self.feed_end().await?;
+        Ok((end.last_seq, end.head))
+    }
+
+    /// The events stream's end and the `$all` feed's head, as one request saw them.
+    async fn feed_end(&self) -> Result<FeedEnd, EventStoreError> {
         let mut events = self.inner.events.clone();
         let info = events
             .info()
             .await
             .map_err(|e| self.error("reading the head of the $all feed", e, false))?;
+        let stream_created_ns = info.created.unix_timestamp_nanos();
         let (first_seq, last_seq) = (info.state.first_sequence, info.state.last_sequence);
         let (cached_seq, cached_head) = *self.inner.head.lock().expect("head lock poisoned");
         if last_seq == cached_seq {
-            return Ok((last_seq, cached_head));
+            return Ok(FeedEnd {
+                last_seq,
+                head: cached_head,
+                stream_created_ns,
+            });
         }
         // A stream with fewer messages than seen before was deleted and created again.
         let (floor_seq, mut head) = if last_seq > cached_seq {
@@ -604,7 +634,11 @@ impl NatsEventStore {
         if last_seq > cache.0 || (last_seq < cached_seq && cache.0 == cached_seq) {
             *cache = (last_seq, head);
         }
-        Ok((last_seq, head))
+        Ok(FeedEnd {
+            last_seq,
+            head,
+            stream_created_ns,
+        })
     }
 
     fn advance_head(&self, seq: u64, position: u64) {

@@ -250,7 +250,10 @@ impl NatsEventStore {
         }
     }
 
-    /// A forward read of the `$all` feed or a category (`subjects`), from `from_position`.
+    /// A forward read of the `$all` feed or a category (`subjects`), from `from_position`:
+    /// with the scan the previous page parked where this one starts, if any (no consumer to
+    /// create, and the messages it fetched past that page at hand), else a new one. The scan
+    /// is parked again where this page stops.
     pub(super) async fn read_forward(
         &self,
         subjects: &str,
@@ -258,30 +261,67 @@ impl NatsEventStore {
         max_count: usize,
         filter: &ReadFilter,
     ) -> Result<FeedPage, EventStoreError> {
-        let (last_seq, head) = self.head().await?;
-        if head == 0 || from_position > head {
+        let end = self.feed_end().await?;
+        if end.head == 0 || from_position > end.head {
             return Ok(FeedPage {
                 events: Vec::new(),
-                next_position: from_position.max(head + 1),
+                next_position: from_position.max(end.head + 1),
                 is_end: true,
-                head_position: head,
+                head_position: end.head,
             });
         }
-        let from = from_position.max(1);
+        let connection = self.inner.connections.load(Ordering::SeqCst);
+        let cursor = FeedCursor {
+            subjects: subjects.to_owned(),
+            stream_created_ns: end.stream_created_ns,
+            next_position: from_position,
+        };
+        let batch = (max_count + 1).min(FIRST_FETCH_MESSAGES_MAX);
+        if let Some(mut scan) = self.inner.parked_scans.take(&cursor, connection) {
+            scan.resume(end.last_seq, batch);
+            // A consumer removed meanwhile fails the read within `RESUMED_FETCH_WAIT_MS`:
+            // the page is read again with a new one.
+            let page = self
+                .page_forward(scan, &cursor, &end, max_count, filter, connection)
+                .await;
+            if let Ok(page) = page {
+                return Ok(page);
+            }
+        }
         let mut scan = self
             .scan(
                 &self.inner.events,
                 subjects,
-                seq_of(from),
-                last_seq,
-                (max_count + 1).min(FIRST_FETCH_MESSAGES_MAX),
+                seq_of(from_position.max(1)),
+                end.last_seq,
+                batch,
                 "reading the $all feed",
             )
             .await?;
+        scan.keep_fetched_past_end = true;
+        self.page_forward(scan, &cursor, &end, max_count, filter, connection)
+            .await
+    }
+
+    /// The page of a forward read from `cursor` with `scan`, which stands at or before it;
+    /// then parks the scan where the page stops.
+    async fn page_forward(
+        &self,
+        mut scan: Scan,
+        cursor: &FeedCursor,
+        end: &FeedEnd,
+        max_count: usize,
+        filter: &ReadFilter,
+        connection: u64,
+    ) -> Result<FeedPage, EventStoreError> {
+        let (from_position, head) = (cursor.next_position, end.head);
+        let from = from_position.max(1);
         let mut events = Vec::new();
         let mut scanned = 0usize;
         let mut last_scanned = None;
         let mut more = None;
+        // The message the page stopped inside, whose later events the next page starts with.
+        let mut unfinished = None;
         let mut messages_seen = 0usize;
         'messages: while let Some(msg) = scan.next().await? {
             let Record::Events {
@@ -310,6 +350,9 @@ impl NatsEventStore {
                 }
                 if events.len() == max_count || scanned == READ_SCAN_EVENTS_MAX {
                     more = Some(i + 1 < n);
+                    if i + 1 < n {
+                        unfinished = Some(msg);
+                    }
                     break 'messages;
                 }
             }
@@ -331,6 +374,14 @@ impl NatsEventStore {
             // Everything up to the head was examined.
             _ => (from_position.max(head + 1), true),
         };
+        if let Some(msg) = unfinished {
+            scan.put_back(msg);
+        }
+        let parked_at = FeedCursor {
+            next_position,
+            ..cursor.clone()
+        };
+        self.inner.parked_scans.park(parked_at, scan, connection);
         Ok(FeedPage {
             events,
             next_position,

@@ -1,4 +1,7 @@
-//! [`Scan`]: reading a range of stream sequences through an ephemeral pull consumer.
+//! [`Scan`]: reading a range of stream sequences through an ephemeral pull consumer; and
+//! [`ParkedScans`], feed scans kept between reads so that a reader going on where its last
+//! page stopped (a projection catching up, a subscription, a migration) reads on with the same
+//! consumer instead of creating and deleting one for every page.
 
 use super::*;
 use proteus_nats::client;
@@ -19,6 +22,15 @@ pub(super) struct Scan {
     /// Whether the scan reads with message gets: the consumer missed a message, or was not
     /// created in time (`proteus_nats::client::CONSUMER_CREATE_WAIT_MS`).
     pub(super) by_gets: bool,
+    /// Set when a parked scan is resumed, until its consumer answers a fetch. A consumer
+    /// deleted meanwhile answers nothing (NATS 2.9) or 503 (no responders): the fetch then
+    /// waits at most [`RESUMED_FETCH_WAIT_MS`] and takes a 503 for an answer, not for a new
+    /// consumer's leader starting, and the reader goes on with a new consumer.
+    pub(super) resumed_unconfirmed: bool,
+    /// Whether a fetch that reaches the end is still taken in whole (a feed scan, which may
+    /// be parked: its consumer has moved past every message it delivered, so none may be
+    /// dropped unread). Other scans stop waiting at the end and drop the rest.
+    pub(super) keep_fetched_past_end: bool,
     /// Longest wait for the next message of a fetch (the request timeout).
     pub(super) fetch_idle: Duration,
     pub(super) url: String,
@@ -32,18 +44,45 @@ impl Scan {
         self.batch = messages.clamp(1, FETCH_MESSAGES_MAX);
     }
 
+    /// The next message at or below the end. Messages fetched past the end stay buffered, so
+    /// a scan parked and resumed with a later end still returns them.
     pub(super) async fn next(&mut self) -> Result<Option<Msg>, EventStoreError> {
         if self.buffer.is_empty() && !self.drained {
             self.fill().await?;
         }
-        match self.buffer.pop_front() {
-            Some(message) if message.seq <= self.end_seq => Ok(Some(message)),
+        match self.buffer.front() {
+            Some(message) if message.seq <= self.end_seq => Ok(self.buffer.pop_front()),
             _ => {
                 self.drained = true;
-                self.buffer.clear();
                 Ok(None)
             }
         }
+    }
+
+    /// Whether the consumer stands exactly after the buffered messages (every message it
+    /// delivered was either returned or is buffered), so the scan can go on later. A scan
+    /// reading with gets has no such consumer.
+    pub(super) fn can_resume(&self) -> bool {
+        self.consumer.is_some() && !self.by_gets && self.keep_fetched_past_end
+    }
+
+    /// Payload bytes of the messages fetched and not yet returned.
+    pub(super) fn buffered_bytes(&self) -> usize {
+        self.buffer.iter().map(|m| m.payload.len()).sum()
+    }
+
+    /// Puts back a message returned by [`Scan::next`] whose later events the reader did not
+    /// take, so that the scan returns it first when it goes on.
+    pub(super) fn put_back(&mut self, message: Msg) {
+        self.buffer.push_front(message);
+    }
+
+    /// Goes on up to `end_seq` (the stream's end now) after being parked.
+    pub(super) fn resume(&mut self, end_seq: u64, batch: usize) {
+        self.end_seq = end_seq.max(self.end_seq);
+        self.batch = batch.clamp(1, FETCH_MESSAGES_MAX);
+        self.drained = self.buffer.is_empty() && self.cursor > self.end_seq;
+        self.resumed_unconfirmed = true;
     }
 
     /// Whether another message at or below the end follows.
@@ -81,7 +120,12 @@ impl Scan {
                 let mut messages = fetch.messages().await.map_err(|e| error(&e))?;
                 let mut received = 0;
                 let mut unanswered = false;
-                while let Some(item) = next_fetched(&mut messages, self.fetch_idle)
+                let idle = if self.resumed_unconfirmed {
+                    self.fetch_idle.min(ms(RESUMED_FETCH_WAIT_MS))
+                } else {
+                    self.fetch_idle
+                };
+                while let Some(item) = next_fetched(&mut messages, idle)
                     .await
                     .map_err(|e| error(&e))?
                 {
@@ -99,6 +143,7 @@ impl Scan {
                             // yet: its first fetch is answered 503 (no responders). Ask again.
                             if client::is_unanswered_fetch(&e)
                                 && received == 0
+                                && !self.resumed_unconfirmed
                                 && unanswered_fetches < client::FRESH_CONSUMER_FETCHES_MAX
                             {
                                 unanswered = true;
@@ -123,12 +168,16 @@ impl Scan {
                         payload: message.message.payload.clone(),
                         time_ms,
                     });
-                    if seq >= self.end_seq {
+                    if seq >= self.end_seq && !self.keep_fetched_past_end {
                         self.drained = true;
                         return Ok(());
                     }
                 }
+                // Answered (messages, or the server's status that there are none): the
+                // consumer is there.
+                self.resumed_unconfirmed = false;
                 if received > 0 {
+                    self.drained = self.cursor > self.end_seq;
                     return Ok(());
                 }
                 if unanswered {
@@ -183,5 +232,108 @@ impl Drop for Scan {
                 });
             }
         }
+    }
+}
+
+/// Feed scans parked between reads, over all the readers of one store, at most this many; past
+/// it the one parked longest ago is dropped (and its consumer deleted).
+const PARKED_SCANS_MAX: usize = 64;
+/// A scan holding more fetched and unreturned bytes than this is not parked: parked scans
+/// together hold at most [`PARKED_SCANS_MAX`] times this.
+const PARKED_SCAN_BYTES_MAX: usize = 1024 * 1024;
+/// A parked scan is resumed only if it was parked this recently: well before the server
+/// removes its consumer as idle.
+const PARKED_SCAN_REUSE_MS: u64 = READ_CONSUMER_IDLE_MS / 2;
+/// Longest wait for the first answer of a resumed scan's consumer, which answers a no-wait
+/// fetch at once unless it is gone; the page is then read with a new consumer.
+const RESUMED_FETCH_WAIT_MS: u64 = 1_000;
+
+/// Where a parked feed scan stands: which subjects it reads, of which events stream (told
+/// apart from one of the same name created later by its creation time), and the position a
+/// read starting where its last page stopped asks for.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(super) struct FeedCursor {
+    pub(super) subjects: String,
+    pub(super) stream_created_ns: i128,
+    pub(super) next_position: u64,
+}
+
+struct Parked {
+    scan: Scan,
+    parked: Instant,
+    /// The client's connection count when it was parked: a consumer parked before a
+    /// reconnection may have been lost with the server's memory.
+    connection: u64,
+}
+
+/// Feed scans kept after a page, by where the next page starts (several readers may stop at
+/// the same place: projections caught up to the head); a reader takes one out while it reads,
+/// so none is ever shared.
+#[derive(Default)]
+pub(super) struct ParkedScans {
+    scans: StdMutex<HashMap<FeedCursor, Vec<Parked>>>,
+}
+
+impl ParkedScans {
+    /// A scan parked at `cursor`, if one was parked recently on the current connection.
+    pub(super) fn take(&self, cursor: &FeedCursor, connection: u64) -> Option<Scan> {
+        let parked = {
+            let mut scans = self.lock();
+            let here = scans.get_mut(cursor)?;
+            let parked = here.pop();
+            if here.is_empty() {
+                scans.remove(cursor);
+            }
+            parked?
+        };
+        let fresh = parked.parked.elapsed() < ms(PARKED_SCAN_REUSE_MS);
+        // A stale one is dropped here, which deletes its consumer.
+        (fresh && parked.connection == connection).then_some(parked.scan)
+    }
+
+    /// Parks `scan` at `cursor` if it can go on from there and holds little enough; otherwise
+    /// drops it (which deletes its consumer). Scans parked too long ago to be resumed, and
+    /// the oldest past [`PARKED_SCANS_MAX`], are dropped too.
+    pub(super) fn park(&self, cursor: FeedCursor, scan: Scan, connection: u64) {
+        if !scan.can_resume() || scan.buffered_bytes() > PARKED_SCAN_BYTES_MAX {
+            return;
+        }
+        let mut dropped: Vec<Parked> = Vec::new();
+        {
+            let mut scans = self.lock();
+            for here in scans.values_mut() {
+                let (stale, fresh) = std::mem::take(here)
+                    .into_iter()
+                    .partition(|p| p.parked.elapsed() >= ms(PARKED_SCAN_REUSE_MS));
+                *here = fresh;
+                dropped.extend::<Vec<Parked>>(stale);
+            }
+            scans.retain(|_, here| !here.is_empty());
+            let count: usize = scans.values().map(Vec::len).sum();
+            if count >= PARKED_SCANS_MAX
+                && let Some(oldest) = scans
+                    .iter()
+                    .min_by_key(|(_, here)| here[0].parked)
+                    .map(|(cursor, _)| cursor.clone())
+                && let Some(here) = scans.get_mut(&oldest)
+            {
+                // Each list is in parking order: its first is its oldest.
+                dropped.push(here.remove(0));
+                if here.is_empty() {
+                    scans.remove(&oldest);
+                }
+            }
+            scans.entry(cursor).or_default().push(Parked {
+                scan,
+                parked: Instant::now(),
+                connection,
+            });
+        }
+        // Dropped outside the lock: each drop spawns its consumer's deletion.
+        drop(dropped);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FeedCursor, Vec<Parked>>> {
+        self.scans.lock().expect("parked scans lock poisoned")
     }
 }

@@ -96,6 +96,7 @@ impl EventStoreHarness for Harness {
     }
 }
 
+mod feed_scans;
 mod server_crash;
 
 mod conformance {

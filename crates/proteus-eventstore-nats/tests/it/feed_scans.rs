@@ -1,0 +1,203 @@
+//! Forward feed reads park their consumer where a page stops, and the next page from there goes
+//! on with it: one consumer for a whole catch-up instead of one created and deleted per page,
+//! every event returned once, in order, whether a page stops inside an append or at its end,
+//! and whether events arrive between pages.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use proteus_eventstore::conformance::{event, stream};
+use proteus_eventstore::{Direction, EventStore, ExpectedVersion, ReadFilter};
+
+use super::{Harness, ids};
+
+/// The names of the consumers of the store's events stream.
+async fn consumers(harness: &Harness) -> BTreeSet<String> {
+    use futures_util::TryStreamExt;
+    let client = async_nats::connect(&harness.cleanup_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(harness.config.events_stream()).await.unwrap();
+    stream.consumer_names().try_collect().await.unwrap()
+}
+
+/// Appends `appends` appends of 7 events, in turn to three streams (append `a`'s events of
+/// type `T{a % 3}`); returns their ids in the order they were written.
+async fn write(store: &dyn EventStore, tag: &str, appends: usize) -> Vec<String> {
+    let mut written = Vec::new();
+    for a in 0..appends {
+        let s = stream(&format!("feed-{}", a % 3));
+        let events: Vec<_> = (0..7)
+            .map(|i| event(&format!("{tag}-{a}-{i}"), &format!("T{}", a % 3)))
+            .collect();
+        written.extend(events.iter().map(|e| e.id.to_string()));
+        store
+            .append(&s, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    written
+}
+
+#[tokio::test]
+async fn pages_read_one_after_another_go_on_with_one_consumer() {
+    let harness = Harness::new();
+    let store = harness.store().await;
+    let mut written = write(&store, "a", 6).await;
+    let all = ReadFilter::default();
+    let (mut read, mut from, mut pages) = (Vec::new(), 0, 0);
+    let mut consumer = None;
+    loop {
+        // Pages of 5 stop inside appends of 7, and at their ends every seventh page.
+        let page = store
+            .read_all(from, Direction::Forward, 5, &all)
+            .await
+            .unwrap();
+        read.extend(ids(&page.events));
+        from = page.next_position;
+        pages += 1;
+        let now = consumers(&harness).await;
+        assert_eq!(now.len(), 1, "page {pages}: one consumer, parked: {now:?}");
+        match &consumer {
+            None => consumer = Some(now),
+            Some(first) => assert_eq!(&now, first, "page {pages} read with another consumer"),
+        }
+        if pages == 3 {
+            // Events arriving between pages are read by the parked consumer too.
+            written.extend(write(&store, "b", 2).await);
+        }
+        if page.is_end {
+            break;
+        }
+    }
+    assert_eq!(read, written);
+    assert!(pages >= 11, "{pages} pages");
+
+    // At the head: the next events are read on from there, by the same consumer.
+    let more = write(&store, "c", 1).await;
+    let page = store
+        .read_all(from, Direction::Forward, 100, &all)
+        .await
+        .unwrap();
+    assert_eq!(ids(&page.events), more);
+    assert!(page.is_end);
+    assert_eq!(Some(consumers(&harness).await), consumer);
+    store.close().await.unwrap();
+}
+
+/// The consumer of a parked scan is deleted behind the store's back (by an operator, or the
+/// server forgetting it): the next page is read with a new consumer, nothing missed or
+/// repeated, and at once (the deleted consumer's silence is not waited out).
+#[tokio::test]
+async fn a_parked_scan_whose_consumer_is_gone_reads_on_with_a_new_one() {
+    let mut harness = Harness::new();
+    harness.config.request_timeout_ms = 30_000;
+    let store = harness.store().await;
+    let written = write(&store, "a", 4).await;
+    let all = ReadFilter::default();
+    let first = store
+        .read_all(0, Direction::Forward, 10, &all)
+        .await
+        .unwrap();
+    let parked = consumers(&harness).await;
+    assert_eq!(parked.len(), 1);
+    {
+        let client = async_nats::connect(&harness.cleanup_url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let events = js.get_stream(harness.config.events_stream()).await.unwrap();
+        for name in &parked {
+            events.delete_consumer(name).await.unwrap();
+        }
+    }
+    let mut read = ids(&first.events);
+    let mut from = first.next_position;
+    let started = Instant::now();
+    loop {
+        let page = store
+            .read_all(from, Direction::Forward, 10, &all)
+            .await
+            .unwrap();
+        read.extend(ids(&page.events));
+        from = page.next_position;
+        if page.is_end {
+            break;
+        }
+    }
+    assert_eq!(read, written);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}: a fetch waited for the deleted consumer (request timeout 30 s)",
+        started.elapsed()
+    );
+    let now = consumers(&harness).await;
+    assert!(
+        now.is_disjoint(&parked),
+        "{now:?} after deleting {parked:?}"
+    );
+    store.close().await.unwrap();
+}
+
+/// A category read and a filtered `$all` read page through the same way, each with its own
+/// parked consumer.
+#[tokio::test]
+async fn category_and_filtered_reads_page_through_their_own_parked_consumers() {
+    let harness = Harness::new();
+    let store = harness.store().await;
+    let written = write(&store, "a", 6).await;
+    let category = proteus_eventstore::Category::parse("feed").unwrap();
+    let (mut read, mut from) = (Vec::new(), 0);
+    loop {
+        let page = store
+            .read_category(&category, from, 4, &ReadFilter::default())
+            .await
+            .unwrap();
+        read.extend(ids(&page.events));
+        from = page.next_position;
+        if page.is_end {
+            break;
+        }
+    }
+    assert_eq!(read, written);
+
+    // Only the second append of every three: its events, in pages of 3.
+    let filter = ReadFilter {
+        event_types: vec!["T1".into()],
+        stream_prefix: None,
+    };
+    let wanted: Vec<String> = written
+        .chunks(7)
+        .enumerate()
+        .filter(|(a, _)| a % 3 == 1)
+        .flat_map(|(_, ids)| ids.to_vec())
+        .collect();
+    let (mut read, mut from) = (Vec::new(), 0);
+    loop {
+        let page = store
+            .read_all(from, Direction::Forward, 3, &filter)
+            .await
+            .unwrap();
+        read.extend(ids(&page.events));
+        from = page.next_position;
+        if page.is_end {
+            break;
+        }
+    }
+    assert_eq!(read, wanted);
+    // Both stopped at the head, one reading the category's subjects, one every stream's.
+    assert_eq!(consumers(&harness).await.len(), 2, "one parked per reader");
+
+    // Two readers stopping at the same place both park there.
+    let at_head = from;
+    let every = ReadFilter::default();
+    let (a, b) = tokio::join!(
+        store.read_all(0, Direction::Forward, 1_000, &every),
+        store.read_all(0, Direction::Forward, 1_000, &every),
+    );
+    assert_eq!(a.unwrap().next_position, at_head);
+    assert_eq!(b.unwrap().next_position, at_head);
+    assert_eq!(
+        consumers(&harness).await.len(),
+        4,
+        "two more parked at the head"
+    );
+    store.close().await.unwrap();
+}
