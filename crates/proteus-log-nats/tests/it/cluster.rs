@@ -381,6 +381,9 @@ impl proteus_log_conformance::Harness for ClusterHarness {
             let cluster = PrivateNatsCluster::start().await;
             let mut config = unique_config(&cluster.url());
             config.replicas = 3;
+            // Creating a replicated stream waits for its three servers to agree: on two cores
+            // shared with other tests' clusters, CI once saw it take more than 5 s.
+            config.request_timeout_ms = 15_000;
             self.config = Some(config);
             self.cluster = Some(cluster);
         }
