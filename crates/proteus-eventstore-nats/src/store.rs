@@ -8,7 +8,7 @@ mod scan;
 mod write;
 
 use ids::{IdCacheMetrics, IdIndex, IndexSlot, id_key};
-use scan::{FeedCursor, ParkedScans, Scan};
+use scan::{FeedCursor, FeedReadMetrics, ParkedScans, Scan};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -215,6 +215,7 @@ struct Inner {
     head: StdMutex<(u64, u64)>,
     /// Forward feed scans kept between pages (`read_forward`).
     parked_scans: ParkedScans,
+    feed_read_metrics: FeedReadMetrics,
     /// How many times the client has (re)connected: a scan parked before the last
     /// reconnection may have lost its consumer with the server's memory, and is not resumed.
     connections: Arc<AtomicU64>,
@@ -334,6 +335,7 @@ impl NatsEventStore {
         let events = ensure_stream(&js, &url, events_config, create).await?;
         let snapshots = ensure_stream(&js, &url, snapshots_config, create).await?;
         let id_cache_metrics = IdCacheMetrics::new(&config.stream_prefix);
+        let feed_read_metrics = FeedReadMetrics::new(&config.stream_prefix);
         Ok(NatsEventStore {
             inner: Arc::new(Inner {
                 config,
@@ -350,6 +352,7 @@ impl NatsEventStore {
                 id_cache_metrics,
                 head: StdMutex::new((0, 0)),
                 parked_scans: ParkedScans::default(),
+                feed_read_metrics,
                 connections,
             }),
         })

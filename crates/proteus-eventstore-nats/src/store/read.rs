@@ -285,6 +285,7 @@ impl NatsEventStore {
                 .page_forward(scan, &cursor, &end, max_count, filter, connection)
                 .await;
             if let Ok(page) = page {
+                self.inner.feed_read_metrics.resumed.increment(1);
                 return Ok(page);
             }
         }
@@ -299,6 +300,9 @@ impl NatsEventStore {
             )
             .await?;
         scan.keep_fetched_past_end = true;
+        if scan.consumer.is_some() {
+            self.inner.feed_read_metrics.consumers_created.increment(1);
+        }
         self.page_forward(scan, &cursor, &end, max_count, filter, connection)
             .await
     }

@@ -337,3 +337,28 @@ impl ParkedScans {
         self.scans.lock().expect("parked scans lock poisoned")
     }
 }
+
+/// What forward feed reads do with consumers, for `/metrics`: consumers created rising with
+/// the pages read means readers do not go on where they stopped, or their parked reads are
+/// dropped before they come back.
+pub(super) struct FeedReadMetrics {
+    /// `proteus_eventstore_nats_feed_read_consumers_total`: consumers created for forward feed
+    /// pages (a reader starting, or one whose parked read was dropped, stale or lost).
+    pub(super) consumers_created: metrics::Counter,
+    /// `proteus_eventstore_nats_feed_reads_resumed_total`: forward feed pages read on with the
+    /// consumer the previous page parked.
+    pub(super) resumed: metrics::Counter,
+}
+
+impl FeedReadMetrics {
+    pub(super) fn new(stream_prefix: &str) -> Self {
+        let labels = [("store", stream_prefix.to_owned())];
+        FeedReadMetrics {
+            consumers_created: metrics::counter!(
+                "proteus_eventstore_nats_feed_read_consumers_total",
+                &labels
+            ),
+            resumed: metrics::counter!("proteus_eventstore_nats_feed_reads_resumed_total", &labels),
+        }
+    }
+}

@@ -496,3 +496,73 @@ fn a_nats_id_cache_too_small_for_its_streams_reads_them_again_and_says_so() {
         "{metrics}"
     );
 }
+
+/// Reading `$all` page by page over HTTP from a store on NATS creates one consumer, which every
+/// later page goes on with, and `/metrics` says so.
+#[test]
+fn nats_feed_pages_go_on_with_one_consumer_and_say_so() {
+    let streams = NatsStreams::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--event-store",
+            &nats_url(),
+            "--event-store-prefix",
+            &streams.0,
+        ],
+        &[],
+    );
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut written = Vec::new();
+    for stream in 0..3 {
+        let events: Vec<Value> = (0..5)
+            .map(|i| json!({"id": format!("s{stream}-e{i}"), "type": "Noted", "data": i}))
+            .collect();
+        written.extend(events.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        let response = http
+            .post(format!("{}/v1/streams/noted-{stream}", server.url))
+            .json(&events)
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    }
+    // Pages of 4 over appends of 5: most pages stop inside an append.
+    let (mut read, mut from, mut pages) = (Vec::new(), 0u64, 0);
+    loop {
+        let page: Value = http
+            .get(format!(
+                "{}/v1/streams/$all?from={from}&limit=4",
+                server.url
+            ))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        pages += 1;
+        for event in page["events"].as_array().unwrap() {
+            read.push(event["id"].as_str().unwrap().to_owned());
+        }
+        from = page["next_position"].as_u64().unwrap();
+        if page["is_end"].as_bool().unwrap() {
+            break;
+        }
+    }
+    assert_eq!(read, written);
+    assert_eq!(pages, 4);
+    let metrics = crate::support::metrics_text(&http, &server.url);
+    let metric = |name: &str| store_metric(&metrics, name, &streams.0);
+    assert_eq!(
+        metric("proteus_eventstore_nats_feed_read_consumers_total"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric("proteus_eventstore_nats_feed_reads_resumed_total"),
+        3.0,
+        "{metrics}"
+    );
+}
