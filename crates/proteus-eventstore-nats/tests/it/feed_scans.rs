@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use proteus_eventstore::conformance::{event, stream};
-use proteus_eventstore::{Direction, EventStore, ExpectedVersion, ReadFilter};
+use proteus_eventstore::{
+    Direction, EventStore, EventStoreError, ExpectedVersion, FeedPage, ReadFilter,
+};
 
 use super::{Harness, ids};
 
@@ -36,6 +38,24 @@ async fn write(store: &dyn EventStore, tag: &str, appends: usize) -> Vec<String>
             .unwrap();
     }
     written
+}
+
+/// Reads pages with `read` from position `from` until one is the end; returns the events'
+/// ids and the position after the last page.
+async fn ids_to_the_end<F, Fut>(mut from: u64, mut read: F) -> (Vec<String>, u64)
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<FeedPage, EventStoreError>>,
+{
+    let mut ids_read = Vec::new();
+    loop {
+        let page = read(from).await.unwrap();
+        ids_read.extend(ids(&page.events));
+        from = page.next_position;
+        if page.is_end {
+            return (ids_read, from);
+        }
+    }
 }
 
 #[tokio::test]
@@ -108,21 +128,12 @@ async fn a_parked_scan_whose_consumer_is_gone_reads_on_with_a_new_one() {
             events.delete_consumer(name).await.unwrap();
         }
     }
-    let mut read = ids(&first.events);
-    let mut from = first.next_position;
     let started = Instant::now();
-    loop {
-        let page = store
-            .read_all(from, Direction::Forward, 10, &all)
-            .await
-            .unwrap();
-        read.extend(ids(&page.events));
-        from = page.next_position;
-        if page.is_end {
-            break;
-        }
-    }
-    assert_eq!(read, written);
+    let (rest, _) = ids_to_the_end(first.next_position, |from| {
+        store.read_all(from, Direction::Forward, 10, &all)
+    })
+    .await;
+    assert_eq!([ids(&first.events), rest].concat(), written);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}: a fetch waited for the deleted consumer (request timeout 30 s)",
@@ -144,18 +155,8 @@ async fn category_and_filtered_reads_page_through_their_own_parked_consumers() {
     let store = harness.store().await;
     let written = write(&store, "a", 6).await;
     let category = proteus_eventstore::Category::parse("feed").unwrap();
-    let (mut read, mut from) = (Vec::new(), 0);
-    loop {
-        let page = store
-            .read_category(&category, from, 4, &ReadFilter::default())
-            .await
-            .unwrap();
-        read.extend(ids(&page.events));
-        from = page.next_position;
-        if page.is_end {
-            break;
-        }
-    }
+    let every = ReadFilter::default();
+    let (read, _) = ids_to_the_end(0, |from| store.read_category(&category, from, 4, &every)).await;
     assert_eq!(read, written);
 
     // Only the second append of every three: its events, in pages of 3.
@@ -169,25 +170,15 @@ async fn category_and_filtered_reads_page_through_their_own_parked_consumers() {
         .filter(|(a, _)| a % 3 == 1)
         .flat_map(|(_, ids)| ids.to_vec())
         .collect();
-    let (mut read, mut from) = (Vec::new(), 0);
-    loop {
-        let page = store
-            .read_all(from, Direction::Forward, 3, &filter)
-            .await
-            .unwrap();
-        read.extend(ids(&page.events));
-        from = page.next_position;
-        if page.is_end {
-            break;
-        }
-    }
+    let (read, at_head) = ids_to_the_end(0, |from| {
+        store.read_all(from, Direction::Forward, 3, &filter)
+    })
+    .await;
     assert_eq!(read, wanted);
     // Both stopped at the head, one reading the category's subjects, one every stream's.
     assert_eq!(consumers(&harness).await.len(), 2, "one parked per reader");
 
     // Two readers stopping at the same place both park there.
-    let at_head = from;
-    let every = ReadFilter::default();
     let (a, b) = tokio::join!(
         store.read_all(0, Direction::Forward, 1_000, &every),
         store.read_all(0, Direction::Forward, 1_000, &every),

@@ -428,6 +428,25 @@ fn two_instances_share_one_nats_event_store() {
     assert_eq!(stream["events"].as_array().unwrap().len(), 2, "{stream}");
 }
 
+/// A server whose event store is on NATS under `streams`' prefix, with `more_args`.
+fn serve_on_nats(
+    dir: &std::path::Path,
+    streams: &NatsStreams,
+    more_args: &[&str],
+) -> ServerProcess {
+    let url = nats_url();
+    let mut args = vec!["--event-store", &url, "--event-store-prefix", &streams.0];
+    args.extend_from_slice(more_args);
+    ServerProcess::start_with(dir, &args, &[])
+}
+
+fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 /// The value of the `/metrics` line of `name` for the store `prefix`.
 fn store_metric(metrics: &str, name: &str, prefix: &str) -> f64 {
     let line_start = format!("{name}{{store=\"{prefix}\"}} ");
@@ -443,22 +462,8 @@ fn store_metric(metrics: &str, name: &str, prefix: &str) -> f64 {
 fn a_nats_id_cache_too_small_for_its_streams_reads_them_again_and_says_so() {
     let streams = NatsStreams::new();
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start_with(
-        dir.path(),
-        &[
-            "--event-store",
-            &nats_url(),
-            "--event-store-prefix",
-            &streams.0,
-            "--nats-id-cache-events-max",
-            "4",
-        ],
-        &[],
-    );
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let server = serve_on_nats(dir.path(), &streams, &["--nats-id-cache-events-max", "4"]);
+    let http = http_client();
     let events = |stream: usize| {
         json!(
             [0, 1, 2].map(|i| json!({"id": format!("s{stream}-e{i}"), "type": "Noted", "data": i}))
@@ -503,20 +508,8 @@ fn a_nats_id_cache_too_small_for_its_streams_reads_them_again_and_says_so() {
 fn nats_feed_pages_go_on_with_one_consumer_and_say_so() {
     let streams = NatsStreams::new();
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start_with(
-        dir.path(),
-        &[
-            "--event-store",
-            &nats_url(),
-            "--event-store-prefix",
-            &streams.0,
-        ],
-        &[],
-    );
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let server = serve_on_nats(dir.path(), &streams, &[]);
+    let http = http_client();
     let mut written = Vec::new();
     for stream in 0..3 {
         let events: Vec<Value> = (0..5)
