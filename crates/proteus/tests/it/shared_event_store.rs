@@ -104,10 +104,7 @@ fn three_instances_share_one_postgres_event_store() {
     let schema = Schema::new();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut servers: Vec<ServerProcess> = dirs.iter().map(|d| start(d.path(), &schema)).collect();
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = http_client();
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
 
     shared_appends_behave_as_one(&http, &urls[0], &urls[1], &urls[2]);
@@ -233,10 +230,7 @@ fn read_models_in_postgres_outlive_the_instance_that_built_them() {
             &[],
         )
     };
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = http_client();
     let first_dir = tempfile::tempdir().unwrap();
     let mut first = start(first_dir.path());
     let status = http
@@ -309,10 +303,7 @@ fn projections_are_shared_live_and_run_on_one_instance() {
             &[],
         )
     };
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = http_client();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = start(a_dir.path());
     let b = start(b_dir.path());
@@ -399,23 +390,9 @@ fn two_instances_share_one_nats_event_store() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let servers: Vec<ServerProcess> = dirs
         .iter()
-        .map(|d| {
-            ServerProcess::start_with(
-                d.path(),
-                &[
-                    "--event-store",
-                    &nats_url(),
-                    "--event-store-prefix",
-                    &streams.0,
-                ],
-                &[],
-            )
-        })
+        .map(|d| serve_on_nats(d.path(), &streams, &[]))
         .collect();
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = http_client();
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
 
     shared_appends_behave_as_one(&http, &urls[0], &urls[1], &urls[1]);
