@@ -42,17 +42,35 @@ impl NatsEventStore {
         Ok(lo)
     }
 
-    /// The events of a live stream at versions `low..=high`, oldest first.
+    /// The events of a live stream at versions `low..=high`, oldest first. A forward page
+    /// (`forward_in`: the events stream's creation time) goes on with the scan the page
+    /// before parked where this one starts, if any (no search for its first message, no
+    /// consumer to create), and parks its scan where it stops unless the stream's last append
+    /// holds the rest.
     pub(super) async fn stream_events(
         &self,
         stream: &StreamName,
         subject: &str,
         end: &LiveEnd,
         versions: RangeInclusive<u64>,
+        forward_in: Option<i128>,
     ) -> Result<Vec<RecordedEvent>, EventStoreError> {
         let (low, high) = (*versions.start(), *versions.end());
-        let mut events = Vec::new();
+        let connection = self.inner.connections.load(Ordering::SeqCst);
+        let cursor = forward_in.map(|stream_created_ns| StreamCursor {
+            subject: subject.to_owned(),
+            stream_created_ns,
+            next_version: low,
+        });
+        // The scan the previous page parked here, taken out even when this page does without
+        // it (dropping it deletes its consumer rather than leaving it to the server's idle
+        // timeout).
+        let parked = cursor
+            .as_ref()
+            .and_then(|cursor| self.inner.parked_stream_scans.take(cursor, connection));
         if low >= end.first_version {
+            // Within the last append: its message, read with the stream's end, holds them.
+            let mut events = Vec::new();
             for (i, event) in self.decode(&end.last, end.count)?.into_iter().enumerate() {
                 let version = end.first_version + i as u64;
                 if versions.contains(&version) {
@@ -67,12 +85,31 @@ impl NatsEventStore {
             }
             return Ok(events);
         }
+        let wanted = (high - low + 1) as usize;
+        let first_fetch = wanted.min(FIRST_FETCH_MESSAGES_MAX);
+        if let Some(mut scan) = parked {
+            scan.resume(end.last.seq, first_fetch);
+            // A consumer removed meanwhile fails the read within `RESUMED_FETCH_WAIT_MS`:
+            // the page is read again with a new one.
+            let page = self
+                .stream_events_with(
+                    scan,
+                    stream,
+                    end,
+                    versions.clone(),
+                    cursor.as_ref(),
+                    connection,
+                )
+                .await;
+            if let Ok(events) = page {
+                self.inner.stream_read_metrics.resumed.increment(1);
+                return Ok(events);
+            }
+        }
         let start = self
             .locate(stream, subject, low, end.last.seq, end.first_version)
             .await?;
         let what = format!("reading stream '{stream}'");
-        let wanted = (high - low + 1) as usize;
-        let first_fetch = wanted.min(FIRST_FETCH_MESSAGES_MAX);
         let mut scan = self
             .scan(
                 &self.inner.events,
@@ -83,7 +120,36 @@ impl NatsEventStore {
                 &what,
             )
             .await?;
+        if cursor.is_some() {
+            scan.keep_fetched_past_end = true;
+            if scan.consumer.is_some() {
+                self.inner
+                    .stream_read_metrics
+                    .consumers_created
+                    .increment(1);
+            }
+        }
+        self.stream_events_with(scan, stream, end, versions, cursor.as_ref(), connection)
+            .await
+    }
+
+    /// The events at `versions` read with `scan`, which stands at or before the first; then,
+    /// for a forward page (`cursor`) that stops before the stream's last append, parks the
+    /// scan there, as one of `connection` (the client's connection count when the page began).
+    async fn stream_events_with(
+        &self,
+        mut scan: Scan,
+        stream: &StreamName,
+        end: &LiveEnd,
+        versions: RangeInclusive<u64>,
+        cursor: Option<&StreamCursor>,
+        connection: u64,
+    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        let (low, high) = (*versions.start(), *versions.end());
+        let mut events = Vec::new();
         let (mut messages_seen, mut events_seen) = (0usize, 0usize);
+        // The message the page stopped inside, whose later events the next page starts with.
+        let mut unfinished = None;
         'messages: while let Some(msg) = scan.next().await? {
             let Record::Events {
                 first_version,
@@ -109,13 +175,34 @@ impl NatsEventStore {
                     continue;
                 }
                 if version > high {
+                    unfinished = Some(msg);
                     break 'messages;
                 }
                 events.push(recorded(stream, &msg, first_version, i as u64, event));
                 if version == high {
+                    if (i as u64) + 1 < count {
+                        unfinished = Some(msg);
+                    }
                     break 'messages;
                 }
             }
+        }
+        // Not parked where the next page is within the last append: the stream's end, which
+        // every read gets first, holds it.
+        let next_version = events.last().map(|e: &RecordedEvent| e.version + 1);
+        if let (Some(cursor), Some(next_version)) = (cursor, next_version)
+            && next_version < end.first_version
+        {
+            if let Some(msg) = unfinished {
+                scan.put_back(msg);
+            }
+            let parked_at = StreamCursor {
+                next_version,
+                ..cursor.clone()
+            };
+            self.inner
+                .parked_stream_scans
+                .park(parked_at, scan, connection);
         }
         Ok(events)
     }
@@ -132,15 +219,14 @@ impl NatsEventStore {
         let subject = self.subject(stream);
         // The stream's end and the feed's head are asked for together: one round trip less
         // for every read (an aggregate load is usually one read).
-        let (state, (_, head_position)) =
-            futures_util::future::try_join(self.state(stream, &subject), self.head()).await?;
+        let (state, feed) =
+            futures_util::future::try_join(self.state(stream, &subject), self.feed_end()).await?;
         let asked = PageAsked {
             from_version,
             direction,
             max_count,
         };
-        self.page_of(stream, &subject, state, head_position, asked)
-            .await
+        self.page_of(stream, &subject, state, &feed, asked).await
     }
 
     /// An aggregate: the stream's snapshot and its events after it. The stream's end, the
@@ -155,9 +241,9 @@ impl NatsEventStore {
         validate_read_count(max_count)?;
         self.check_open()?;
         let subject = self.subject(stream);
-        let (state, (_, head_position), snapshot) = futures_util::future::try_join3(
+        let (state, feed, snapshot) = futures_util::future::try_join3(
             self.state(stream, &subject),
-            self.head(),
+            self.feed_end(),
             self.snapshot_of(stream),
         )
         .await?;
@@ -187,19 +273,17 @@ impl NatsEventStore {
             direction: Direction::Forward,
             max_count,
         };
-        let page = self
-            .page_of(stream, &subject, state, head_position, asked)
-            .await?;
+        let page = self.page_of(stream, &subject, state, &feed, asked).await?;
         Ok(Aggregate::from_page(stream, snapshot, page))
     }
 
-    /// The page of `stream` `asked` for, given its end (`state`) and the feed's head.
+    /// The page of `stream` `asked` for, given its end (`state`) and the feed's (`feed`).
     async fn page_of(
         &self,
         stream: &StreamName,
         subject: &str,
         state: State,
-        head_position: u64,
+        feed: &FeedEnd,
         asked: PageAsked,
     ) -> Result<StreamPage, EventStoreError> {
         let PageAsked {
@@ -211,7 +295,7 @@ impl NatsEventStore {
         let last_version = end.last_version();
         // The head was read beside the stream's end, perhaps just before an append to this
         // stream: it is at least where the stream ends.
-        let head_position = head_position.max(position_of(end.last.seq, end.count - 1));
+        let head_position = feed.head.max(position_of(end.last.seq, end.count - 1));
         let span = max_count as u64 - 1;
         match direction {
             Direction::Forward => {
@@ -219,7 +303,8 @@ impl NatsEventStore {
                     Vec::new()
                 } else {
                     let high = last_version.min(from_version.saturating_add(span));
-                    self.stream_events(stream, subject, &end, from_version..=high)
+                    let forward_in = Some(feed.stream_created_ns);
+                    self.stream_events(stream, subject, &end, from_version..=high, forward_in)
                         .await?
                 };
                 let next_version = events.last().map_or(from_version, |e| e.version + 1);
@@ -235,7 +320,9 @@ impl NatsEventStore {
             Direction::Backward => {
                 let top = from_version.min(last_version);
                 let low = top.saturating_sub(span);
-                let mut events = self.stream_events(stream, subject, &end, low..=top).await?;
+                let mut events = self
+                    .stream_events(stream, subject, &end, low..=top, None)
+                    .await?;
                 events.reverse();
                 let lowest = events.last().map_or(0, |e| e.version);
                 Ok(StreamPage {
@@ -277,7 +364,7 @@ impl NatsEventStore {
             next_position: from_position,
         };
         let batch = (max_count + 1).min(FIRST_FETCH_MESSAGES_MAX);
-        if let Some(mut scan) = self.inner.parked_scans.take(&cursor, connection) {
+        if let Some(mut scan) = self.inner.parked_feed_scans.take(&cursor, connection) {
             scan.resume(end.last_seq, batch);
             // A consumer removed meanwhile fails the read within `RESUMED_FETCH_WAIT_MS`:
             // the page is read again with a new one.
@@ -385,7 +472,9 @@ impl NatsEventStore {
             next_position,
             ..cursor.clone()
         };
-        self.inner.parked_scans.park(parked_at, scan, connection);
+        self.inner
+            .parked_feed_scans
+            .park(parked_at, scan, connection);
         Ok(FeedPage {
             events,
             next_position,

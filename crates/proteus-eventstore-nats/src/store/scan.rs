@@ -1,7 +1,8 @@
 //! [`Scan`]: reading a range of stream sequences through an ephemeral pull consumer; and
-//! [`ParkedScans`], feed scans kept between reads so that a reader going on where its last
-//! page stopped (a projection catching up, a subscription, a migration) reads on with the same
-//! consumer instead of creating and deleting one for every page.
+//! [`ParkedScans`], scans kept between forward reads so that a reader going on where its last
+//! page stopped (a projection catching up, a subscription, a migration, a client paging through
+//! a long stream) reads on with the same consumer instead of creating and deleting one (and, for
+//! a stream, searching for the page's first message) for every page.
 
 use super::*;
 use proteus_nats::client;
@@ -27,9 +28,9 @@ pub(super) struct Scan {
     /// waits at most [`RESUMED_FETCH_WAIT_MS`] and takes a 503 for an answer, not for a new
     /// consumer's leader starting, and the reader goes on with a new consumer.
     pub(super) resumed_unconfirmed: bool,
-    /// Whether a fetch that reaches the end is still taken in whole (a feed scan, which may
-    /// be parked: its consumer has moved past every message it delivered, so none may be
-    /// dropped unread). Other scans stop waiting at the end and drop the rest.
+    /// Whether a fetch that reaches the end is still taken in whole (a forward read's scan,
+    /// which may be parked: its consumer has moved past every message it delivered, so none
+    /// may be dropped unread). Other scans stop waiting at the end and drop the rest.
     pub(super) keep_fetched_past_end: bool,
     /// Longest wait for the next message of a fetch (the request timeout).
     pub(super) fetch_idle: Duration,
@@ -235,11 +236,12 @@ impl Drop for Scan {
     }
 }
 
-/// Feed scans parked between reads, over all the readers of one store, at most this many; past
-/// it the one parked longest ago is dropped (and its consumer deleted).
+/// Scans parked between reads of one kind (feeds, streams), over all the readers of one
+/// store, at most this many; past it the one parked longest ago is dropped (and its consumer
+/// deleted).
 const PARKED_SCANS_MAX: usize = 64;
 /// A scan holding more fetched and unreturned bytes than this is not parked: parked scans
-/// together hold at most [`PARKED_SCANS_MAX`] times this.
+/// of one kind together hold at most [`PARKED_SCANS_MAX`] times this.
 const PARKED_SCAN_BYTES_MAX: usize = 1024 * 1024;
 /// A parked scan is resumed only if it was parked this recently: well before the server
 /// removes its consumer as idle.
@@ -258,6 +260,15 @@ pub(super) struct FeedCursor {
     pub(super) next_position: u64,
 }
 
+/// Where a parked scan of one event stream stands: the stream's subject, the events stream's
+/// creation time (as [`FeedCursor`]'s), and the version the next page asks for.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(super) struct StreamCursor {
+    pub(super) subject: String,
+    pub(super) stream_created_ns: i128,
+    pub(super) next_version: u64,
+}
+
 struct Parked {
     scan: Scan,
     parked: Instant,
@@ -266,17 +277,24 @@ struct Parked {
     connection: u64,
 }
 
-/// Feed scans kept after a page, by where the next page starts (several readers may stop at
-/// the same place: projections caught up to the head); a reader takes one out while it reads,
-/// so none is ever shared.
-#[derive(Default)]
-pub(super) struct ParkedScans {
-    scans: StdMutex<HashMap<FeedCursor, Vec<Parked>>>,
+/// Scans kept after a page, by where the next page starts (a [`FeedCursor`] or a
+/// [`StreamCursor`]; several readers may stop at the same place: projections caught up to the
+/// head); a reader takes one out while it reads, so none is ever shared.
+pub(super) struct ParkedScans<Cursor> {
+    scans: StdMutex<HashMap<Cursor, Vec<Parked>>>,
 }
 
-impl ParkedScans {
+impl<Cursor> Default for ParkedScans<Cursor> {
+    fn default() -> Self {
+        ParkedScans {
+            scans: StdMutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<Cursor: Clone + Eq + std::hash::Hash> ParkedScans<Cursor> {
     /// A scan parked at `cursor`, if one was parked recently on the current connection.
-    pub(super) fn take(&self, cursor: &FeedCursor, connection: u64) -> Option<Scan> {
+    pub(super) fn take(&self, cursor: &Cursor, connection: u64) -> Option<Scan> {
         let parked = {
             let mut scans = self.lock();
             let here = scans.get_mut(cursor)?;
@@ -294,7 +312,7 @@ impl ParkedScans {
     /// Parks `scan` at `cursor` if it can go on from there and holds little enough; otherwise
     /// drops it (which deletes its consumer). Scans parked too long ago to be resumed, and
     /// the oldest past [`PARKED_SCANS_MAX`], are dropped too.
-    pub(super) fn park(&self, cursor: FeedCursor, scan: Scan, connection: u64) {
+    pub(super) fn park(&self, cursor: Cursor, scan: Scan, connection: u64) {
         if !scan.can_resume() || scan.buffered_bytes() > PARKED_SCAN_BYTES_MAX {
             return;
         }
@@ -333,32 +351,51 @@ impl ParkedScans {
         drop(dropped);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FeedCursor, Vec<Parked>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Cursor, Vec<Parked>>> {
         self.scans.lock().expect("parked scans lock poisoned")
     }
 }
 
-/// What forward feed reads do with consumers, for `/metrics`: consumers created rising with
-/// the pages read means readers do not go on where they stopped, or their parked reads are
-/// dropped before they come back.
-pub(super) struct FeedReadMetrics {
-    /// `proteus_eventstore_nats_feed_read_consumers_total`: consumers created for forward feed
-    /// pages (a reader starting, or one whose parked read was dropped, stale or lost).
+/// What forward reads of one kind do with consumers, for `/metrics`: consumers created rising
+/// with the pages read means readers do not go on where they stopped, or their parked reads
+/// are dropped before they come back.
+pub(super) struct ScanReadMetrics {
+    /// Consumers created for forward pages (a reader starting, or one whose parked read was
+    /// dropped, stale or lost).
     pub(super) consumers_created: metrics::Counter,
-    /// `proteus_eventstore_nats_feed_reads_resumed_total`: forward feed pages read on with the
-    /// consumer the previous page parked.
+    /// Forward pages read on with the consumer the previous page parked.
     pub(super) resumed: metrics::Counter,
 }
 
-impl FeedReadMetrics {
-    pub(super) fn new(stream_prefix: &str) -> Self {
+impl ScanReadMetrics {
+    /// `proteus_eventstore_nats_feed_read_consumers_total` and
+    /// `proteus_eventstore_nats_feed_reads_resumed_total`: `$all` and category pages.
+    pub(super) fn feeds(stream_prefix: &str) -> Self {
         let labels = [("store", stream_prefix.to_owned())];
-        FeedReadMetrics {
+        ScanReadMetrics {
             consumers_created: metrics::counter!(
                 "proteus_eventstore_nats_feed_read_consumers_total",
                 &labels
             ),
             resumed: metrics::counter!("proteus_eventstore_nats_feed_reads_resumed_total", &labels),
+        }
+    }
+
+    /// `proteus_eventstore_nats_stream_read_consumers_total` and
+    /// `proteus_eventstore_nats_stream_reads_resumed_total`: forward pages of one stream that
+    /// needed a consumer (those within its last append read that message alone, and count in
+    /// neither).
+    pub(super) fn streams(stream_prefix: &str) -> Self {
+        let labels = [("store", stream_prefix.to_owned())];
+        ScanReadMetrics {
+            consumers_created: metrics::counter!(
+                "proteus_eventstore_nats_stream_read_consumers_total",
+                &labels
+            ),
+            resumed: metrics::counter!(
+                "proteus_eventstore_nats_stream_reads_resumed_total",
+                &labels
+            ),
         }
     }
 }

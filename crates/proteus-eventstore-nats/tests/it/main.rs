@@ -2,7 +2,7 @@
 //! (`PROTEUS_TEST_NATS_URL`, default `nats://127.0.0.1:4222`): the whole `EventStore`
 //! conformance suite (twice: as configured, and with an id cache so small that streams' id
 //! indexes are evicted all the time), forward feed reads going on page after page with one
-//! parked consumer (`feed_scans`), a retry of an append thousands of messages back, two
+//! parked consumer, and so do pages of one long stream (`parked_scans`), a retry of an append thousands of messages back, two
 //! instances racing on one stream, appends across a connection outage and across a crash of a
 //! server of the test's own (`server_crash`). Each harness uses its own stream and subject
 //! prefixes and deletes its streams when it is dropped, even when the test fails. The tests
@@ -97,7 +97,7 @@ impl EventStoreHarness for Harness {
     }
 }
 
-mod feed_scans;
+mod parked_scans;
 mod server_crash;
 
 mod conformance {

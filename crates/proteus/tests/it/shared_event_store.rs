@@ -479,10 +479,10 @@ fn a_nats_id_cache_too_small_for_its_streams_reads_them_again_and_says_so() {
     );
 }
 
-/// Reading `$all` page by page over HTTP from a store on NATS creates one consumer, which every
-/// later page goes on with, and `/metrics` says so.
+/// Reading `$all`, then one long stream, page by page over HTTP from a store on NATS creates one
+/// consumer for each, which every later page goes on with, and `/metrics` says so.
 #[test]
-fn nats_feed_pages_go_on_with_one_consumer_and_say_so() {
+fn nats_feed_and_stream_pages_go_on_with_one_consumer_and_say_so() {
     let streams = NatsStreams::new();
     let dir = tempfile::tempdir().unwrap();
     let server = serve_on_nats(dir.path(), &streams, &[]);
@@ -532,6 +532,56 @@ fn nats_feed_pages_go_on_with_one_consumer_and_say_so() {
     );
     assert_eq!(
         metric("proteus_eventstore_nats_feed_reads_resumed_total"),
+        3.0,
+        "{metrics}"
+    );
+
+    // One stream of four appends of 5 read in pages of 4: the first page creates a consumer,
+    // the next three go on with it, the last is within the last append (read with the end).
+    let mut written = Vec::new();
+    for append in 0..4 {
+        let events: Vec<Value> = (0..5)
+            .map(|i| json!({"id": format!("long-{append}-{i}"), "type": "Noted", "data": i}))
+            .collect();
+        written.extend(events.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        let response = http
+            .post(format!("{}/v1/streams/long-1", server.url))
+            .json(&events)
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    }
+    let (mut read, mut from, mut pages) = (Vec::new(), 0u64, 0);
+    loop {
+        let page: Value = http
+            .get(format!(
+                "{}/v1/streams/long-1?from={from}&limit=4",
+                server.url
+            ))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        pages += 1;
+        for event in page["events"].as_array().unwrap() {
+            read.push(event["id"].as_str().unwrap().to_owned());
+        }
+        from = page["next_version"].as_u64().unwrap();
+        if page["is_end"].as_bool().unwrap() {
+            break;
+        }
+    }
+    assert_eq!(read, written);
+    assert_eq!(pages, 5);
+    let metrics = crate::support::metrics_text(&http, &server.url);
+    let metric = |name: &str| store_metric(&metrics, name, &streams.0);
+    assert_eq!(
+        metric("proteus_eventstore_nats_stream_read_consumers_total"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric("proteus_eventstore_nats_stream_reads_resumed_total"),
         3.0,
         "{metrics}"
     );

@@ -1,7 +1,7 @@
-//! Forward feed reads park their consumer where a page stops, and the next page from there goes
-//! on with it: one consumer for a whole catch-up instead of one created and deleted per page,
-//! every event returned once, in order, whether a page stops inside an append or at its end,
-//! and whether events arrive between pages.
+//! Forward feed reads, and forward pages of one stream, park their consumer where a page stops,
+//! and the next page from there goes on with it: one consumer for a whole catch-up instead of
+//! one created and deleted per page, every event returned once, in order, whether a page stops
+//! inside an append or at its end, and whether events arrive between pages.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -191,4 +191,109 @@ async fn category_and_filtered_reads_page_through_their_own_parked_consumers() {
         "two more parked at the head"
     );
     store.close().await.unwrap();
+}
+
+/// Appends `appends` appends of 7 events to `s`; returns their ids in order.
+async fn write_stream(store: &dyn EventStore, s: &str, tag: &str, appends: usize) -> Vec<String> {
+    let s = stream(s);
+    let mut written = Vec::new();
+    for a in 0..appends {
+        let events: Vec<_> = (0..7)
+            .map(|i| event(&format!("{tag}-{a}-{i}"), "T"))
+            .collect();
+        written.extend(events.iter().map(|e| e.id.to_string()));
+        store
+            .append(&s, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    written
+}
+
+/// A stream read forward page after page, as a client pages through a long stream: one
+/// consumer for the whole read (none searched for and created per page), every event once and
+/// at its version, events appended between pages included; at the stream's end nothing is
+/// parked, and neither backward pages nor a whole aggregate park anything.
+#[tokio::test]
+async fn pages_of_one_stream_go_on_with_one_consumer_and_none_is_left_at_its_end() {
+    let harness = Harness::new();
+    let store = harness.store().await;
+    // Another stream interleaved, so the stream's messages are not the events stream's.
+    let mut written = Vec::new();
+    for round in 0..3 {
+        written.extend(write_stream(&store, "long-1", &format!("a{round}"), 3).await);
+        write_stream(&store, "other-1", &format!("o{round}"), 2).await;
+    }
+    let long = stream("long-1");
+    let (mut read, mut from, mut pages, mut pages_parked) = (Vec::new(), 0, 0, 0);
+    let mut consumer = None;
+    loop {
+        // Pages of 5 stop inside appends of 7, and at their ends every seventh page.
+        let page = store
+            .read_stream(&long, from, Direction::Forward, 5)
+            .await
+            .unwrap();
+        for (offset, event) in page.events.iter().enumerate() {
+            assert_eq!(event.version, from + offset as u64, "page {pages}");
+        }
+        read.extend(ids(&page.events));
+        from = page.next_version;
+        pages += 1;
+        if pages == 3 {
+            // Events appended between pages are read by the parked consumer too.
+            written.extend(write_stream(&store, "long-1", "b", 2).await);
+        }
+        if page.is_end {
+            break;
+        }
+        // Parked by every page before the last append, which the stream's end holds: the
+        // pages within it need no consumer, and the parked one is dropped.
+        let now = consumers(&harness).await;
+        let within_last_append = from >= (written.len() as u64 / 7 - 1) * 7;
+        match (&consumer, now.len(), within_last_append) {
+            (_, 0, true) => {}
+            (None, 1, false) => consumer = Some(now),
+            (Some(first), 1, false) => {
+                assert_eq!(&now, first, "page {pages} read with another consumer");
+                pages_parked += 1;
+            }
+            _ => panic!("page {pages} (next version {from}): consumers {now:?}"),
+        }
+    }
+    assert_eq!(read, written);
+    assert!(
+        pages >= 15 && pages_parked >= 12,
+        "{pages} pages, {pages_parked} parked"
+    );
+    // The last page read to the stream's end: its consumer was deleted, not parked.
+    wait_for_no_consumers(&harness).await;
+
+    // Backward pages and an aggregate read everything at once: nothing parked after them.
+    let backward = store
+        .read_stream(&long, u64::MAX, Direction::Backward, 10)
+        .await
+        .unwrap();
+    assert_eq!(backward.events.len(), 10);
+    wait_for_no_consumers(&harness).await;
+    let aggregate = store.read_aggregate(&long, 1_000).await.unwrap();
+    assert_eq!(ids(&aggregate.events), written);
+    wait_for_no_consumers(&harness).await;
+    store.close().await.unwrap();
+}
+
+/// Waits (at most 10 s) until the store's read consumers are deleted: a scan not parked deletes
+/// its consumer in the background.
+async fn wait_for_no_consumers(harness: &Harness) {
+    let started = Instant::now();
+    loop {
+        let now = consumers(harness).await;
+        if now.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "consumers left: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
