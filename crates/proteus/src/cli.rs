@@ -32,6 +32,52 @@ pub struct ClientArgs {
     pub output: Output,
 }
 
+/// The flags of [`ClientArgs`], which belong to the command that talks to the server.
+const CLIENT_FLAGS: [&str; 2] = ["--server", "--output"];
+
+/// `args` with the client flags given before the command (`proteus --server URL topic list`,
+/// as `nats --server` or `kubectl --server` take them) moved to just after the command's
+/// name (`proteus topic list --server URL …`), where they are declared; other arguments are
+/// left as they are, so a command without them still says they are unexpected.
+pub fn client_flags_after_their_command(
+    args: Vec<std::ffi::OsString>,
+    root: &clap::Command,
+) -> Vec<std::ffi::OsString> {
+    let mut leading = 0;
+    while let Some(arg) = args.get(1 + leading).and_then(|a| a.to_str()) {
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((flag, _)) => (flag, true),
+            None => (arg, false),
+        };
+        if !CLIENT_FLAGS.contains(&flag) {
+            break;
+        }
+        leading += if inline_value { 1 } else { 2 };
+    }
+    if leading == 0 || 1 + leading > args.len() {
+        return args;
+    }
+    let mut command = root;
+    let mut after = 1 + leading;
+    while let Some(sub) = args
+        .get(after)
+        .and_then(|a| a.to_str())
+        .and_then(|name| command.find_subcommand(name))
+    {
+        command = sub;
+        after += 1;
+    }
+    if after == 1 + leading {
+        return args; // no command follows: clap says what is wrong
+    }
+    let mut moved = Vec::with_capacity(args.len());
+    moved.push(args[0].clone());
+    moved.extend_from_slice(&args[1 + leading..after]);
+    moved.extend_from_slice(&args[1..1 + leading]);
+    moved.extend_from_slice(&args[after..]);
+    moved
+}
+
 #[derive(Subcommand, Debug)]
 pub enum TopicCommand {
     /// Create a topic, or update the settings of an existing one.

@@ -17,14 +17,14 @@ mod stream_cli;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "proteus",
     version,
     about = "Proteus: a single-binary platform for evolvable, self-adapting services",
-    after_help = "Start a server with `proteus serve`; the other commands talk to it (--server, default http://127.0.0.1:7070)."
+    after_help = "Start a server with `proteus serve`; the other commands talk to it (--server, default http://127.0.0.1:7070, or PROTEUS_SERVER), given before or after the command."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -143,7 +143,9 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
+    let args =
+        cli::client_flags_after_their_command(std::env::args_os().collect(), &Cli::command());
+    let cli = Cli::parse_from(args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -190,6 +192,78 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parsed(line: &str) -> Result<Cli, clap::Error> {
+        let args = line.split(' ').map(std::ffi::OsString::from).collect();
+        Cli::try_parse_from(cli::client_flags_after_their_command(args, &Cli::command()))
+    }
+
+    fn server_and_output(line: &str) -> (String, cli::Output) {
+        match parsed(line).unwrap().command {
+            Command::Topic {
+                command: cli::TopicCommand::List { client },
+            }
+            | Command::Status(client) => (client.server, client.output),
+            _ => panic!("{line}: not the command meant"),
+        }
+    }
+
+    /// `--server` and `--output` are taken before the command as after it, in either form;
+    /// given twice, or to a command without them, they are refused as before.
+    #[test]
+    fn client_flags_are_taken_before_the_command_too() {
+        use cli::Output::{Json, Table};
+        let at = |url: &str| url.to_owned();
+        for (line, expected) in [
+            (
+                "proteus --server http://a:1 topic list",
+                (at("http://a:1"), Table),
+            ),
+            (
+                "proteus --server=http://a:1 --output json topic list",
+                (at("http://a:1"), Json),
+            ),
+            (
+                "proteus --output=json status",
+                (at("http://127.0.0.1:7070"), Json),
+            ),
+            (
+                "proteus topic list --server http://b:2",
+                (at("http://b:2"), Table),
+            ),
+            (
+                "proteus --output json topic list --server http://b:2",
+                (at("http://b:2"), Json),
+            ),
+        ] {
+            if std::env::var_os("PROTEUS_SERVER").is_some() && !line.contains("--server") {
+                continue; // the environment's server would be the default
+            }
+            assert_eq!(server_and_output(line), expected, "{line}");
+        }
+        for refused in [
+            "proteus --server http://a:1 topic list --server http://b:2",
+            "proteus --server http://a:1 serve",
+            "proteus --server http://a:1",
+            "proteus --server",
+        ] {
+            assert!(parsed(refused).is_err(), "{refused} was accepted");
+        }
+        // Arguments after the command are left in place: a positional that looks like a
+        // command name is not taken for one.
+        match parsed("proteus --server http://a:1 topic describe list")
+            .unwrap()
+            .command
+        {
+            Command::Topic {
+                command: cli::TopicCommand::Describe { name, client },
+            } => assert_eq!(
+                (name.as_str(), client.server.as_str()),
+                ("list", "http://a:1")
+            ),
+            _ => panic!("not topic describe"),
+        }
+    }
 
     /// Fails when a mimalloc upgrade moves or re-defaults the purge-delay option, which
     /// `tune_allocator` would then silently leave alone.
