@@ -25,6 +25,9 @@
 //! `SELECT … WHERE stream = $1 ORDER BY version`, and against an ephemeral JetStream pull
 //! consumer of the subject (no acks, memory storage; created, read to the end and deleted per
 //! load). The report gives latency percentiles.
+//!
+//! **In-process** (`--nats-adapter`): the same appends and loads through Proteus's NATS event
+//! store used as a library (`nats_adapter`), no HTTP in between.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,8 @@ use serde_json::json;
 
 use crate::Output;
 use crate::limits::in_range;
+
+mod nats_adapter;
 use crate::report::{latency_histogram, render_rows};
 
 #[derive(Args, Debug, Clone)]
@@ -51,8 +56,17 @@ pub struct StreamsArgs {
     /// Also measure NATS JetStream directly, e.g. nats://127.0.0.1:4222.
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
-    /// Replicas of the stream JetStream is measured on directly (`--nats`): 3 on a cluster, to
-    /// compare with a Proteus server started with `--nats-replicas 3`.
+    /// Also measure Proteus's NATS event store in-process (no HTTP), e.g.
+    /// nats://127.0.0.1:4222: beside `--nats`, what the adapter costs apart from the server.
+    #[arg(long, value_name = "URL")]
+    pub nats_adapter: Option<String>,
+    /// The id cache of `--nats-adapter`'s store, as `proteus serve --nats-id-cache-events-max`
+    /// [default: the store's].
+    #[arg(long, value_name = "IDS")]
+    pub nats_id_cache_events_max: Option<usize>,
+    /// Replicas of the stream JetStream is measured on directly (`--nats`), and of
+    /// `--nats-adapter`'s: 3 on a cluster, to compare with a Proteus server started with
+    /// `--nats-replicas 3`.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub nats_replicas: usize,
     /// Distinct streams appended to.
@@ -248,6 +262,10 @@ pub async fn run(args: StreamsArgs) -> Result<(), String> {
     if let Some(nats) = &args.nats {
         settle_memory(&args).await?;
         systems.push(nats::measure(nats, &run, &args).await?);
+    }
+    if let Some(nats) = &args.nats_adapter {
+        settle_memory(&args).await?;
+        systems.push(nats_adapter::measure(nats, &run, &args).await?);
     }
     if args.peers_first {
         settle_memory(&args).await?;
@@ -1078,6 +1096,8 @@ mod tests {
             target: "http://127.0.0.1:1".into(),
             postgres: None,
             nats: None,
+            nats_adapter: None,
+            nats_id_cache_events_max: None,
             nats_replicas: 1,
             streams: 1,
             events_per_append: 1,

@@ -178,10 +178,13 @@ fn streams_and_schemas_from_the_command_line() {
     assert!(out.contains("cart-1"), "{out}");
 }
 
+/// Proteus beside PostgreSQL and JetStream directly, and Proteus's NATS event store used
+/// in-process (`--nats-adapter`): every system appends whole appends and loads the aggregate.
 #[test]
-fn bench_streams_measures_proteus_beside_postgresql() {
+fn bench_streams_measures_proteus_beside_postgresql_and_nats() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path());
+    let nats = crate::support::nats_url();
     let (code, out, err) = run_cli(
         &[
             "bench",
@@ -190,6 +193,10 @@ fn bench_streams_measures_proteus_beside_postgresql() {
             &server.url,
             "--postgres",
             "postgres://postgres@127.0.0.1:5432/test",
+            "--nats",
+            &nats,
+            "--nats-adapter",
+            &nats,
             "--streams",
             "200",
             "--connections",
@@ -212,7 +219,13 @@ fn bench_streams_measures_proteus_beside_postgresql() {
         .collect();
     assert_eq!(
         names,
-        ["proteus", "postgresql", "postgresql-same-indexes"],
+        [
+            "proteus",
+            "postgresql",
+            "postgresql-same-indexes",
+            "nats-jetstream",
+            "proteus-nats-adapter"
+        ],
         "{report}"
     );
     for system in systems {
