@@ -22,22 +22,34 @@ async fn consumers(harness: &Harness) -> BTreeSet<String> {
     stream.consumer_names().try_collect().await.unwrap()
 }
 
-/// Appends `appends` appends of 7 events, in turn to three streams (append `a`'s events of
-/// type `T{a % 3}`); returns their ids in the order they were written.
-async fn write(store: &dyn EventStore, tag: &str, appends: usize) -> Vec<String> {
+/// Appends `appends` appends of 7 events, append `a` to the stream and with the event type
+/// `to(a)` names; returns their ids in the order they were written.
+async fn write_to<F>(store: &dyn EventStore, tag: &str, appends: usize, to: F) -> Vec<String>
+where
+    F: Fn(usize) -> (String, String),
+{
     let mut written = Vec::new();
     for a in 0..appends {
-        let s = stream(&format!("feed-{}", a % 3));
+        let (s, event_type) = to(a);
         let events: Vec<_> = (0..7)
-            .map(|i| event(&format!("{tag}-{a}-{i}"), &format!("T{}", a % 3)))
+            .map(|i| event(&format!("{tag}-{a}-{i}"), &event_type))
             .collect();
         written.extend(events.iter().map(|e| e.id.to_string()));
         store
-            .append(&s, ExpectedVersion::Any, events)
+            .append(&stream(&s), ExpectedVersion::Any, events)
             .await
             .unwrap();
     }
     written
+}
+
+/// Appends `appends` appends of 7 events, in turn to three streams (append `a`'s events of
+/// type `T{a % 3}`); returns their ids in the order they were written.
+async fn write(store: &dyn EventStore, tag: &str, appends: usize) -> Vec<String> {
+    write_to(store, tag, appends, |a| {
+        (format!("feed-{}", a % 3), format!("T{}", a % 3))
+    })
+    .await
 }
 
 /// Reads pages with `read` from position `from` until one is the end; returns the events'
@@ -195,19 +207,7 @@ async fn category_and_filtered_reads_page_through_their_own_parked_consumers() {
 
 /// Appends `appends` appends of 7 events to `s`; returns their ids in order.
 async fn write_stream(store: &dyn EventStore, s: &str, tag: &str, appends: usize) -> Vec<String> {
-    let s = stream(s);
-    let mut written = Vec::new();
-    for a in 0..appends {
-        let events: Vec<_> = (0..7)
-            .map(|i| event(&format!("{tag}-{a}-{i}"), "T"))
-            .collect();
-        written.extend(events.iter().map(|e| e.id.to_string()));
-        store
-            .append(&s, ExpectedVersion::Any, events)
-            .await
-            .unwrap();
-    }
-    written
+    write_to(store, tag, appends, |_| (s.to_owned(), "T".to_owned())).await
 }
 
 /// A stream read forward page after page, as a client pages through a long stream: one

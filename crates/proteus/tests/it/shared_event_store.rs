@@ -479,35 +479,40 @@ fn a_nats_id_cache_too_small_for_its_streams_reads_them_again_and_says_so() {
     );
 }
 
-/// Reading `$all`, then one long stream, page by page over HTTP from a store on NATS creates one
-/// consumer for each, which every later page goes on with, and `/metrics` says so.
-#[test]
-fn nats_feed_and_stream_pages_go_on_with_one_consumer_and_say_so() {
-    let streams = NatsStreams::new();
-    let dir = tempfile::tempdir().unwrap();
-    let server = serve_on_nats(dir.path(), &streams, &[]);
-    let http = http_client();
-    let mut written = Vec::new();
-    for stream in 0..3 {
-        let events: Vec<Value> = (0..5)
-            .map(|i| json!({"id": format!("s{stream}-e{i}"), "type": "Noted", "data": i}))
-            .collect();
-        written.extend(events.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
-        let response = http
-            .post(format!("{}/v1/streams/noted-{stream}", server.url))
-            .json(&events)
-            .send()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 201);
-    }
-    // Pages of 4 over appends of 5: most pages stop inside an append.
+/// Appends 5 events with ids `{tag}-{i}` to `stream` over HTTP; returns their ids.
+fn append_five(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    stream: &str,
+    tag: &str,
+) -> Vec<String> {
+    let events: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("{tag}-{i}"), "type": "Noted", "data": i}))
+        .collect();
+    let response = http
+        .post(format!("{url}/v1/streams/{stream}"))
+        .json(&events)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Reads `stream` (`$all` or one stream) over HTTP in pages of 4 from its start to its end,
+/// going on from each page's `next_key`; returns the events' ids and the pages read.
+fn read_in_pages_of_four(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    stream: &str,
+    next_key: &str,
+) -> (Vec<String>, usize) {
     let (mut read, mut from, mut pages) = (Vec::new(), 0u64, 0);
     loop {
         let page: Value = http
-            .get(format!(
-                "{}/v1/streams/$all?from={from}&limit=4",
-                server.url
-            ))
+            .get(format!("{url}/v1/streams/{stream}?from={from}&limit=4"))
             .send()
             .unwrap()
             .json()
@@ -516,11 +521,26 @@ fn nats_feed_and_stream_pages_go_on_with_one_consumer_and_say_so() {
         for event in page["events"].as_array().unwrap() {
             read.push(event["id"].as_str().unwrap().to_owned());
         }
-        from = page["next_position"].as_u64().unwrap();
+        from = page[next_key].as_u64().unwrap();
         if page["is_end"].as_bool().unwrap() {
-            break;
+            return (read, pages);
         }
     }
+}
+
+/// Reading `$all`, then one long stream, page by page over HTTP from a store on NATS creates one
+/// consumer for each, which every later page goes on with, and `/metrics` says so.
+#[test]
+fn nats_feed_and_stream_pages_go_on_with_one_consumer_and_say_so() {
+    let streams = NatsStreams::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_on_nats(dir.path(), &streams, &[]);
+    let http = http_client();
+    let written: Vec<String> = (0..3)
+        .flat_map(|s| append_five(&http, &server.url, &format!("noted-{s}"), &format!("s{s}")))
+        .collect();
+    // Pages of 4 over appends of 5: most pages stop inside an append.
+    let (read, pages) = read_in_pages_of_four(&http, &server.url, "$all", "next_position");
     assert_eq!(read, written);
     assert_eq!(pages, 4);
     let metrics = crate::support::metrics_text(&http, &server.url);
@@ -538,39 +558,10 @@ fn nats_feed_and_stream_pages_go_on_with_one_consumer_and_say_so() {
 
     // One stream of four appends of 5 read in pages of 4: the first page creates a consumer,
     // the next three go on with it, the last is within the last append (read with the end).
-    let mut written = Vec::new();
-    for append in 0..4 {
-        let events: Vec<Value> = (0..5)
-            .map(|i| json!({"id": format!("long-{append}-{i}"), "type": "Noted", "data": i}))
-            .collect();
-        written.extend(events.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
-        let response = http
-            .post(format!("{}/v1/streams/long-1", server.url))
-            .json(&events)
-            .send()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 201);
-    }
-    let (mut read, mut from, mut pages) = (Vec::new(), 0u64, 0);
-    loop {
-        let page: Value = http
-            .get(format!(
-                "{}/v1/streams/long-1?from={from}&limit=4",
-                server.url
-            ))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        pages += 1;
-        for event in page["events"].as_array().unwrap() {
-            read.push(event["id"].as_str().unwrap().to_owned());
-        }
-        from = page["next_version"].as_u64().unwrap();
-        if page["is_end"].as_bool().unwrap() {
-            break;
-        }
-    }
+    let written: Vec<String> = (0..4)
+        .flat_map(|a| append_five(&http, &server.url, "long-1", &format!("long-{a}")))
+        .collect();
+    let (read, pages) = read_in_pages_of_four(&http, &server.url, "long-1", "next_version");
     assert_eq!(read, written);
     assert_eq!(pages, 5);
     let metrics = crate::support::metrics_text(&http, &server.url);
