@@ -628,14 +628,22 @@ fn print_event(out: &mut impl Write, record: &EventRecord, output: Output) {
     let _ = out.flush();
 }
 
+/// A time in milliseconds since the epoch as RFC 3339 in UTC, always with three digits of
+/// milliseconds (`…:05.990Z`, not `…:05.99Z`), so the times of a table line up.
 pub(crate) fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => ms.to_string(),
+    }
 }
 
 pub(crate) fn truncate(text: &str, chars_max: usize) -> String {

@@ -208,6 +208,21 @@ mod tests {
         }
     }
 
+    /// Times in tables have three digits of milliseconds whatever they are, so they line up.
+    #[test]
+    fn times_are_printed_with_three_digits_of_milliseconds() {
+        assert_eq!(
+            cli::rfc3339_ms(1_795_930_925_990),
+            "2026-11-29T05:42:05.990Z"
+        );
+        assert_eq!(
+            cli::rfc3339_ms(1_795_930_925_000),
+            "2026-11-29T05:42:05.000Z"
+        );
+        assert_eq!(cli::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(cli::rfc3339_ms(i64::MAX), i64::MAX.to_string());
+    }
+
     /// `--server` and `--output` are taken before the command as after it, in either form;
     /// given twice, or to a command without them, they are refused as before.
     #[test]
