@@ -111,7 +111,7 @@ pub struct PrivatePostgres {
 }
 
 impl PrivatePostgres {
-    /// Creates the cluster and starts it (waiting until it answers, at most 30 s).
+    /// Creates the cluster and starts it (waiting until it answers, at most [`START_WAIT_S`]).
     pub async fn start() -> PrivatePostgres {
         let bin_dir = postgres_bin_dir();
         let port = proteus_testkit::restartable_port();
@@ -151,7 +151,7 @@ impl PrivatePostgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        server.restart().await;
+        server.start_and_wait().await;
         server
     }
 
@@ -176,7 +176,7 @@ impl PrivatePostgres {
         self.write_server_file("server.crt", certificate_pem);
         self.write_server_file("server.key", key_pem);
         self.configure("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'");
-        self.restart().await;
+        self.stop_and_start().await;
     }
 
     /// Makes `user` (created here) able to log in only over TLS with a client certificate
@@ -195,7 +195,7 @@ impl PrivatePostgres {
         self.authenticate_first(&format!(
             "hostssl all {user} 127.0.0.1/32 cert\nhost all {user} 127.0.0.1/32 reject"
         ));
-        self.restart().await;
+        self.stop_and_start().await;
     }
 
     /// Makes `user` (created here) log in with `password` only (`scram-sha-256` in
@@ -210,7 +210,7 @@ impl PrivatePostgres {
             .expect("cannot create the role");
         self.authenticate_first(&format!("host all {user} 127.0.0.1/32 scram-sha-256"));
         // A restart rather than a reload: it returns once the server answers with the rule.
-        self.restart().await;
+        self.stop_and_start().await;
     }
 
     /// A connection as the `postgres` superuser (trust authentication).
@@ -253,7 +253,8 @@ impl PrivatePostgres {
 
     /// Kills the postmaster and its backends with `SIGKILL` and waits for the postmaster.
     pub fn kill(&self) {
-        if let Some(mut postmaster) = self.postmaster.lock().expect("postmaster").take() {
+        let running = self.postmaster.lock().expect("postmaster").take();
+        if let Some(mut postmaster) = running {
             // The postmaster leads its own process group, which its backends inherit.
             let group = format!("-{}", postmaster.id());
             let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
@@ -262,9 +263,45 @@ impl PrivatePostgres {
         }
     }
 
-    /// Starts the server (again) on its port and data directory, and waits until it answers.
+    /// Kills the server (as [`kill`](Self::kill): a crash) and starts it again on its port and
+    /// data directory, which runs crash recovery; waits until it answers.
     pub async fn restart(&self) {
         self.kill();
+        self.start_and_wait().await;
+    }
+
+    /// Stops the server cleanly (a fast shutdown: no crash recovery at the next start) and
+    /// starts it again, for a change of settings.
+    async fn stop_and_start(&self) {
+        let running = self.postmaster.lock().expect("postmaster").take();
+        if let Some(mut postmaster) = running {
+            let _ = Command::new("kill")
+                .args(["-INT", &postmaster.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(SHUTDOWN_WAIT_S);
+            while matches!(postmaster.try_wait(), Ok(None)) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !matches!(postmaster.try_wait(), Ok(Some(_))) {
+                // Not stopped in time: killed, with its backends.
+                *self.postmaster.lock().expect("postmaster") = Some(postmaster);
+                self.kill();
+            }
+        }
+        self.start_and_wait().await;
+    }
+
+    /// Where the server's own messages go (its standard error), quoted when it does not start.
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.with_extension("log")
+    }
+
+    fn spawn_postmaster(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("cannot open the private PostgreSQL's log");
         let mut postgres = self.command("postgres");
         postgres
             .arg("-D")
@@ -279,11 +316,20 @@ impl PrivatePostgres {
             .arg(&self.data_dir)
             .args(["-c", "fsync=on", "-c", "max_connections=100"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .process_group(0);
         let child = postgres.spawn().expect("cannot run postgres");
         *self.postmaster.lock().expect("postmaster") = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+    }
+
+    /// Starts the server on its port and data directory and waits until it answers, at most
+    /// [`START_WAIT_S`]. A postmaster that exits at once (right after a kill, the old backends'
+    /// shared memory or lock file can still be in the way for a moment) is started again, up
+    /// to [`START_ATTEMPTS_MAX`] times; a failure quotes the server's last messages.
+    async fn start_and_wait(&self) {
+        self.spawn_postmaster();
+        let deadline = Instant::now() + Duration::from_secs(START_WAIT_S);
+        let mut attempts = 1;
         loop {
             if let Ok((client, connection)) = tokio_postgres::connect(&self.url(), NoTls).await {
                 tokio::spawn(connection);
@@ -291,20 +337,52 @@ impl PrivatePostgres {
                     return;
                 }
             }
+            let exited = self
+                .postmaster
+                .lock()
+                .expect("postmaster")
+                .as_mut()
+                .is_some_and(|postmaster| matches!(postmaster.try_wait(), Ok(Some(_))));
+            let log = || {
+                let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            };
+            if exited {
+                assert!(
+                    attempts < START_ATTEMPTS_MAX,
+                    "the private PostgreSQL on port {} exited at start {attempts} times; its last messages:\n{}",
+                    self.port,
+                    log()
+                );
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.spawn_postmaster();
+            }
             assert!(
                 Instant::now() < deadline,
-                "the private PostgreSQL on port {} did not answer within 30 s",
-                self.port
+                "the private PostgreSQL on port {} did not answer within {START_WAIT_S} s; its last messages:\n{}",
+                self.port,
+                log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
+/// Longest wait for a private PostgreSQL to answer after it is started: crash recovery with
+/// `fsync` on, on a machine a whole test suite loads (CI once saw 30 s pass).
+const START_WAIT_S: u64 = 60;
+/// Starts of a private PostgreSQL whose postmaster exits at once before the test fails.
+const START_ATTEMPTS_MAX: u32 = 3;
+/// Longest wait for a fast shutdown before a settings change restarts the server.
+const SHUTDOWN_WAIT_S: u64 = 30;
+
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.data_dir);
+        let _ = std::fs::remove_file(self.log_path());
     }
 }
 
