@@ -41,9 +41,9 @@ use serde_json::json;
 
 use crate::Output;
 use crate::limits::in_range;
+use crate::report::{latency_histogram, render_rows};
 
 mod nats_adapter;
-use crate::report::{latency_histogram, render_rows};
 
 #[derive(Args, Debug, Clone)]
 pub struct StreamsArgs {

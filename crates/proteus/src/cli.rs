@@ -32,9 +32,6 @@ pub struct ClientArgs {
     pub output: Output,
 }
 
-/// The flags of [`ClientArgs`], which belong to the command that talks to the server.
-const CLIENT_FLAGS: [&str; 2] = ["--server", "--output"];
-
 /// `args` with the client flags given before the command (`proteus --server URL topic list`,
 /// as `nats --server` or `kubectl --server` take them) moved to just after the command's
 /// name (`proteus topic list --server URL …`), where they are declared; other arguments are
@@ -43,13 +40,19 @@ pub fn client_flags_after_their_command(
     args: Vec<std::ffi::OsString>,
     root: &clap::Command,
 ) -> Vec<std::ffi::OsString> {
+    // The long names of `ClientArgs`' flags, as clap declares them.
+    let client = <ClientArgs as Args>::augment_args(clap::Command::new("client"));
+    let client_flags: Vec<String> = client
+        .get_arguments()
+        .filter_map(|arg| arg.get_long().map(|long| format!("--{long}")))
+        .collect();
     let mut leading = 0;
     while let Some(arg) = args.get(1 + leading).and_then(|a| a.to_str()) {
         let (flag, inline_value) = match arg.split_once('=') {
             Some((flag, _)) => (flag, true),
             None => (arg, false),
         };
-        if !CLIENT_FLAGS.contains(&flag) {
+        if !client_flags.iter().any(|known| known == flag) {
             break;
         }
         leading += if inline_value { 1 } else { 2 };

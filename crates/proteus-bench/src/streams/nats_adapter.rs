@@ -58,14 +58,15 @@ impl Writer for AdapterWriter {
 }
 
 pub async fn measure(url: &str, run: &str, args: &StreamsArgs) -> Result<SystemReport, String> {
+    let defaults = NatsEventStoreConfig::new(url);
     let config = NatsEventStoreConfig {
         stream_prefix: format!("PROTEUS_BENCH_ADAPTER_{run}"),
         subject_prefix: format!("proteus-bench-adapter-{run}"),
         replicas: args.nats_replicas,
         id_cache_events_max: args
             .nats_id_cache_events_max
-            .unwrap_or(NatsEventStoreConfig::new(url).id_cache_events_max),
-        ..NatsEventStoreConfig::new(url)
+            .unwrap_or(defaults.id_cache_events_max),
+        ..defaults
     };
     let streams = [config.events_stream(), config.snapshots_stream()];
     let store = NatsEventStore::open(config).await.map_err(|e| {

@@ -371,14 +371,7 @@ impl ScanReadMetrics {
     /// `proteus_eventstore_nats_feed_read_consumers_total` and
     /// `proteus_eventstore_nats_feed_reads_resumed_total`: `$all` and category pages.
     pub(super) fn feeds(stream_prefix: &str) -> Self {
-        let labels = [("store", stream_prefix.to_owned())];
-        ScanReadMetrics {
-            consumers_created: metrics::counter!(
-                "proteus_eventstore_nats_feed_read_consumers_total",
-                &labels
-            ),
-            resumed: metrics::counter!("proteus_eventstore_nats_feed_reads_resumed_total", &labels),
-        }
+        Self::of("feed", stream_prefix)
     }
 
     /// `proteus_eventstore_nats_stream_read_consumers_total` and
@@ -386,14 +379,18 @@ impl ScanReadMetrics {
     /// needed a consumer (those within its last append read that message alone, and count in
     /// neither).
     pub(super) fn streams(stream_prefix: &str) -> Self {
+        Self::of("stream", stream_prefix)
+    }
+
+    fn of(reads: &str, stream_prefix: &str) -> Self {
         let labels = [("store", stream_prefix.to_owned())];
         ScanReadMetrics {
             consumers_created: metrics::counter!(
-                "proteus_eventstore_nats_stream_read_consumers_total",
+                format!("proteus_eventstore_nats_{reads}_read_consumers_total"),
                 &labels
             ),
             resumed: metrics::counter!(
-                "proteus_eventstore_nats_stream_reads_resumed_total",
+                format!("proteus_eventstore_nats_{reads}_reads_resumed_total"),
                 &labels
             ),
         }
