@@ -146,46 +146,60 @@ fn main() -> ExitCode {
     let args =
         cli::client_flags_after_their_command(std::env::args_os().collect(), &Cli::command());
     let cli = Cli::parse_from(args);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args),
+        command => runtime(None).and_then(|runtime| runtime.block_on(run(command))),
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => {
-                let settings = settings::Settings::resolve(*args)?;
-                serve::init_logging(settings.log_format, &settings.log_level)?;
-                serve::run(settings).await
-            }
-            Command::Topic { command } => cli::topic(command).await,
-            Command::Publish(args) => cli::publish(args).await,
-            Command::Tail(args) => cli::tail(args).await,
-            Command::Group { command } => group_cli::group(command).await,
-            Command::Consume(args) => group_cli::consume(args).await,
-            Command::Dlq { command } => group_cli::dlq(command).await,
-            Command::Flags { command } => flags_cli::flags(command).await,
-            Command::Stream { command } => stream_cli::stream(command).await,
-            Command::Projection { command } => projection_cli::projection(command).await,
-            Command::Schema { command } => schema_cli::schema(command).await,
-            Command::Experiment { command } => experiment_cli::experiment(command).await,
-            Command::Status(args) => cli::status(args).await,
-            Command::Bench { command } => proteus_bench::run(command).await,
-            Command::Migrate(args) => migrate_cli::run(args).await,
-            Command::MigrateTopics(args) => migrate_topics_cli::run(args).await,
-        }
-    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `proteus serve`: its settings are read before its runtime is built, which they size.
+fn serve(args: settings::ServeArgs) -> Result<(), String> {
+    let settings = settings::Settings::resolve(args)?;
+    runtime(Some(settings.worker_threads))?.block_on(async {
+        serve::init_logging(settings.log_format, &settings.log_level)?;
+        serve::run(settings).await
+    })
+}
+
+/// A multi-threaded runtime: `worker_threads` of them, else tokio's default (one per core,
+/// or `TOKIO_WORKER_THREADS`).
+fn runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Every command but `serve`: clients of a server, benches and migrations.
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve(_) => unreachable!("serve builds its own runtime"),
+        Command::Topic { command } => cli::topic(command).await,
+        Command::Publish(args) => cli::publish(args).await,
+        Command::Tail(args) => cli::tail(args).await,
+        Command::Group { command } => group_cli::group(command).await,
+        Command::Consume(args) => group_cli::consume(args).await,
+        Command::Dlq { command } => group_cli::dlq(command).await,
+        Command::Flags { command } => flags_cli::flags(command).await,
+        Command::Stream { command } => stream_cli::stream(command).await,
+        Command::Projection { command } => projection_cli::projection(command).await,
+        Command::Schema { command } => schema_cli::schema(command).await,
+        Command::Experiment { command } => experiment_cli::experiment(command).await,
+        Command::Status(args) => cli::status(args).await,
+        Command::Bench { command } => proteus_bench::run(command).await,
+        Command::Migrate(args) => migrate_cli::run(args).await,
+        Command::MigrateTopics(args) => migrate_topics_cli::run(args).await,
     }
 }
 

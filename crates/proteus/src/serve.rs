@@ -456,6 +456,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         metadata = %settings.metadata,
         groups = %settings.groups,
         cache = %settings.cache,
+        worker_threads = settings.worker_threads,
         startup_ms = started.elapsed().as_millis() as u64,
         "Proteus is serving"
     );

@@ -148,6 +148,10 @@ pub struct ServeArgs {
     /// Longest wait for requests in flight at shutdown [default: 30000].
     #[arg(long, env = "PROTEUS_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    /// Threads running requests and background work [default: the machine's cores]; fewer
+    /// when the server shares its cores with its backend or its clients.
+    #[arg(long, env = "PROTEUS_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
     /// A flagd flag file, or a directory of them, loaded into the `default` flag set and
     /// reloaded when it changes.
     #[arg(long, env = "PROTEUS_FLAGS", value_name = "PATH")]
@@ -620,6 +624,7 @@ struct FileSettings {
     http_body_bytes_max: Option<usize>,
     retention_check_interval_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
+    worker_threads: Option<usize>,
     flags: Option<PathBuf>,
     flags_watch_ms: Option<u64>,
     flag_api_keys: Option<Vec<FlagApiKey>>,
@@ -641,6 +646,8 @@ pub struct Settings {
     pub http_body_bytes_max: usize,
     pub retention_check_interval_ms: u64,
     pub shutdown_timeout_ms: u64,
+    /// The async runtime's worker threads.
+    pub worker_threads: usize,
     pub flags: Option<PathBuf>,
     pub flags_watch_ms: u64,
     pub flag_api_keys: Vec<FlagApiKey>,
@@ -671,6 +678,13 @@ pub struct Settings {
 }
 
 pub const HTTP_BODY_BYTES_MIN: usize = 1024;
+/// The most worker threads `proteus serve` starts.
+pub const WORKER_THREADS_MAX: usize = 1024;
+
+/// One worker thread per core the process may run on, as tokio would choose.
+fn worker_threads_default() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get())
+}
 pub const HTTP_BODY_BYTES_LIMIT: usize = 256 * 1024 * 1024;
 
 impl Settings {
@@ -716,6 +730,10 @@ impl Settings {
                 .shutdown_timeout_ms
                 .or(file.shutdown_timeout_ms)
                 .unwrap_or(30_000),
+            worker_threads: args
+                .worker_threads
+                .or(file.worker_threads)
+                .unwrap_or_else(worker_threads_default),
             flags: args.flags.or(file.flags),
             flags_watch_ms: args.flags_watch_ms.or(file.flags_watch_ms).unwrap_or(1_000),
             flag_api_keys: match args.flag_api_keys {
@@ -820,6 +838,12 @@ impl Settings {
             return Err(format!(
                 "retention_check_interval_ms must be between 100 and 86400000, got {}",
                 self.retention_check_interval_ms
+            ));
+        }
+        if !(1..=WORKER_THREADS_MAX).contains(&self.worker_threads) {
+            return Err(format!(
+                "worker_threads must be between 1 and {WORKER_THREADS_MAX}, got {}",
+                self.worker_threads
             ));
         }
         if self.shutdown_timeout_ms > 600_000 {
@@ -1025,6 +1049,39 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.contains("http_body_bytes_max"), "{error}");
+        let error = Settings::resolve(ServeArgs {
+            worker_threads: Some(0),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            error.contains("worker_threads must be between 1 and 1024, got 0"),
+            "{error}"
+        );
+    }
+
+    /// Worker threads default to the cores the process may use, and a file or a flag sets them.
+    #[test]
+    fn worker_threads_default_to_the_cores_and_are_set_by_file_or_flag() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let settings = Settings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(settings.worker_threads, cores);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proteus.toml");
+        std::fs::write(&path, "worker_threads = 3\n").unwrap();
+        let from_file = Settings::resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.worker_threads, 3);
+        let from_flag = Settings::resolve(ServeArgs {
+            config: Some(path),
+            worker_threads: Some(1),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(from_flag.worker_threads, 1);
     }
 
     /// The start-up line names each backend's server, so an operator sees where data goes,

@@ -137,11 +137,14 @@ impl NatsEventStore {
             {
                 Ok(Ok(seq)) => {
                     // Grown once per append rather than doubling several times within it.
+                    let before = index.ids.len();
                     index.ids.reserve(keys.len());
                     index.ids.extend(keys.iter().copied());
                     index.seq = seq;
                     index.tail = Some((seq, first_version + count - 1));
-                    self.account_ids(events.len());
+                    // What the set grew by, not the events: an id whose hash the set already
+                    // held (a false hit, confirmed absent above) adds no entry.
+                    self.account_ids(index.ids.len() - before);
                     let outcome = AppendOutcome {
                         first_version,
                         last_version: first_version + count - 1,
