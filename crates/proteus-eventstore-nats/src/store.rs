@@ -215,10 +215,8 @@ struct Inner {
     head: StdMutex<(u64, u64)>,
     /// Forward feed scans kept between pages (`read_forward`).
     parked_feed_scans: ParkedScans<FeedCursor>,
-    feed_read_metrics: ScanReadMetrics,
     /// Forward scans of one stream kept between pages (`stream_events`).
     parked_stream_scans: ParkedScans<StreamCursor>,
-    stream_read_metrics: ScanReadMetrics,
     /// How many times the client has (re)connected: a scan parked before the last
     /// reconnection may have lost its consumer with the server's memory, and is not resumed.
     connections: Arc<AtomicU64>,
@@ -338,8 +336,8 @@ impl NatsEventStore {
         let events = ensure_stream(&js, &url, events_config, create).await?;
         let snapshots = ensure_stream(&js, &url, snapshots_config, create).await?;
         let id_cache_metrics = IdCacheMetrics::new(&config.stream_prefix);
-        let feed_read_metrics = ScanReadMetrics::feeds(&config.stream_prefix);
-        let stream_read_metrics = ScanReadMetrics::streams(&config.stream_prefix);
+        let parked_feed_scans = ParkedScans::new(ScanReadMetrics::feeds(&config.stream_prefix));
+        let parked_stream_scans = ParkedScans::new(ScanReadMetrics::streams(&config.stream_prefix));
         Ok(NatsEventStore {
             inner: Arc::new(Inner {
                 config,
@@ -355,10 +353,8 @@ impl NatsEventStore {
                 index_uses: AtomicU64::new(0),
                 id_cache_metrics,
                 head: StdMutex::new((0, 0)),
-                parked_feed_scans: ParkedScans::default(),
-                feed_read_metrics,
-                parked_stream_scans: ParkedScans::default(),
-                stream_read_metrics,
+                parked_feed_scans,
+                parked_stream_scans,
                 connections,
             }),
         })

@@ -87,24 +87,23 @@ impl NatsEventStore {
         }
         let wanted = (high - low + 1) as usize;
         let first_fetch = wanted.min(FIRST_FETCH_MESSAGES_MAX);
-        if let Some(mut scan) = parked {
-            scan.resume(end.last.seq, first_fetch);
-            // A consumer removed meanwhile fails the read within `RESUMED_FETCH_WAIT_MS`:
-            // the page is read again with a new one.
-            let page = self
-                .stream_events_with(
-                    scan,
-                    stream,
-                    end,
-                    versions.clone(),
-                    cursor.as_ref(),
-                    connection,
-                )
-                .await;
-            if let Ok(events) = page {
-                self.inner.stream_read_metrics.resumed.increment(1);
-                return Ok(events);
-            }
+        let parked_scans = &self.inner.parked_stream_scans;
+        let read = async |scan| {
+            self.stream_events_with(
+                scan,
+                stream,
+                end,
+                versions.clone(),
+                cursor.as_ref(),
+                connection,
+            )
+            .await
+        };
+        if let Some(events) = parked_scans
+            .resumed_page(parked, end.last.seq, first_fetch, read)
+            .await
+        {
+            return Ok(events);
         }
         let start = self
             .locate(stream, subject, low, end.last.seq, end.first_version)
@@ -121,13 +120,7 @@ impl NatsEventStore {
             )
             .await?;
         if cursor.is_some() {
-            scan.keep_fetched_past_end = true;
-            if scan.consumer.is_some() {
-                self.inner
-                    .stream_read_metrics
-                    .consumers_created
-                    .increment(1);
-            }
+            parked_scans.parkable(&mut scan);
         }
         self.stream_events_with(scan, stream, end, versions, cursor.as_ref(), connection)
             .await
@@ -364,17 +357,17 @@ impl NatsEventStore {
             next_position: from_position,
         };
         let batch = (max_count + 1).min(FIRST_FETCH_MESSAGES_MAX);
-        if let Some(mut scan) = self.inner.parked_feed_scans.take(&cursor, connection) {
-            scan.resume(end.last_seq, batch);
-            // A consumer removed meanwhile fails the read within `RESUMED_FETCH_WAIT_MS`:
-            // the page is read again with a new one.
-            let page = self
-                .page_forward(scan, &cursor, &end, max_count, filter, connection)
-                .await;
-            if let Ok(page) = page {
-                self.inner.feed_read_metrics.resumed.increment(1);
-                return Ok(page);
-            }
+        let parked_scans = &self.inner.parked_feed_scans;
+        let parked = parked_scans.take(&cursor, connection);
+        let read = async |scan| {
+            self.page_forward(scan, &cursor, &end, max_count, filter, connection)
+                .await
+        };
+        if let Some(page) = parked_scans
+            .resumed_page(parked, end.last_seq, batch, read)
+            .await
+        {
+            return Ok(page);
         }
         let mut scan = self
             .scan(
@@ -386,10 +379,7 @@ impl NatsEventStore {
                 "reading the $all feed",
             )
             .await?;
-        scan.keep_fetched_past_end = true;
-        if scan.consumer.is_some() {
-            self.inner.feed_read_metrics.consumers_created.increment(1);
-        }
+        parked_scans.parkable(&mut scan);
         self.page_forward(scan, &cursor, &end, max_count, filter, connection)
             .await
     }

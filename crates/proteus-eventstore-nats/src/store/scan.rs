@@ -282,17 +282,44 @@ struct Parked {
 /// head); a reader takes one out while it reads, so none is ever shared.
 pub(super) struct ParkedScans<Cursor> {
     scans: StdMutex<HashMap<Cursor, Vec<Parked>>>,
-}
-
-impl<Cursor> Default for ParkedScans<Cursor> {
-    fn default() -> Self {
-        ParkedScans {
-            scans: StdMutex::new(HashMap::new()),
-        }
-    }
+    metrics: ScanReadMetrics,
 }
 
 impl<Cursor: Clone + Eq + std::hash::Hash> ParkedScans<Cursor> {
+    pub(super) fn new(metrics: ScanReadMetrics) -> Self {
+        ParkedScans {
+            scans: StdMutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// The page `read` gives with `parked`, a scan [`take`](Self::take)n where the page
+    /// starts, brought up to `end_seq` with a first fetch of `batch`; `None` without one, or
+    /// when it failed (a consumer removed meanwhile fails within `RESUMED_FETCH_WAIT_MS`), for
+    /// the page to be read with a new scan.
+    pub(super) async fn resumed_page<T>(
+        &self,
+        parked: Option<Scan>,
+        end_seq: u64,
+        batch: usize,
+        read: impl AsyncFnOnce(Scan) -> Result<T, EventStoreError>,
+    ) -> Option<T> {
+        let mut scan = parked?;
+        scan.resume(end_seq, batch);
+        let page = read(scan).await.ok()?;
+        self.metrics.resumed.increment(1);
+        Some(page)
+    }
+
+    /// Readies a new scan to be [`park`](Self::park)ed after its page: it keeps the messages
+    /// it fetched past the page's end, which the next page starts with.
+    pub(super) fn parkable(&self, scan: &mut Scan) {
+        scan.keep_fetched_past_end = true;
+        if scan.consumer.is_some() {
+            self.metrics.consumers_created.increment(1);
+        }
+    }
+
     /// A scan parked at `cursor`, if one was parked recently on the current connection.
     pub(super) fn take(&self, cursor: &Cursor, connection: u64) -> Option<Scan> {
         let parked = {
