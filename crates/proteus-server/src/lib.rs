@@ -482,7 +482,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.metrics.render()
+            + &metrics_layer::runtime_metrics_text(&tokio::runtime::Handle::current().metrics()),
     )
 }
 

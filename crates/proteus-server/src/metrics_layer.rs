@@ -71,3 +71,61 @@ pub async fn record(request: Request, next: Next) -> Response {
     .record(started.elapsed().as_secs_f64());
     response
 }
+
+/// The async runtime's own metrics in Prometheus's text format, read when `/metrics` is
+/// scraped: how many worker threads run requests, how busy each was, how often each parked
+/// (slept for want of work) and what is queued. An operator sizing `--worker-threads` looks
+/// here: workers busy most of each second want more threads (or cores); workers that park
+/// thousands of times a second on a machine they share cost their neighbours the wake-ups.
+/// Written here rather than through the `metrics` crate, whose counters are integers: busy
+/// time is in seconds.
+pub fn runtime_metrics_text(runtime: &tokio::runtime::RuntimeMetrics) -> String {
+    let workers = runtime.num_workers();
+    let mut text = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+        text += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for (labels, value) in samples {
+            text += &format!("{name}{labels} {value}\n");
+        }
+    };
+    let one = |value: usize| vec![(String::new(), value.to_string())];
+    let per_worker = |value: &dyn Fn(usize) -> String| {
+        (0..workers)
+            .map(|w| (format!("{{worker=\"{w}\"}}"), value(w)))
+            .collect()
+    };
+    family(
+        "proteus_runtime_workers",
+        "gauge",
+        "Worker threads of the async runtime (--worker-threads).",
+        one(workers),
+    );
+    family(
+        "proteus_runtime_alive_tasks",
+        "gauge",
+        "Tasks spawned on the runtime and not finished.",
+        one(runtime.num_alive_tasks()),
+    );
+    family(
+        "proteus_runtime_global_queue_depth",
+        "gauge",
+        "Tasks waiting in the runtime's global queue for a worker.",
+        one(runtime.global_queue_depth()),
+    );
+    family(
+        "proteus_runtime_worker_busy_seconds_total",
+        "counter",
+        "Time each worker thread spent running tasks.",
+        per_worker(&|w| {
+            let busy = runtime.worker_total_busy_duration(w);
+            busy.as_secs_f64().to_string()
+        }),
+    );
+    family(
+        "proteus_runtime_worker_parks_total",
+        "counter",
+        "Times each worker thread parked for want of work.",
+        per_worker(&|w| runtime.worker_park_count(w).to_string()),
+    );
+    text
+}

@@ -69,6 +69,45 @@ async fn health_readiness_and_metrics_answer() {
     }
 }
 
+/// `/metrics` shows the async runtime the server runs on: its workers, and per worker the
+/// time it spent running tasks and how often it parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_runtime_and_what_each_worker_did() {
+    let server = TestServer::start().await;
+    server.create_topic("busy", serde_json::json!({})).await;
+    server
+        .post_batch("busy", &[crate::support::event("1")])
+        .await;
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |series: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|line| line.starts_with(&format!("{series} ")))
+            .unwrap_or_else(|| panic!("/metrics lacks {series}:\n{metrics}"));
+        line[series.len() + 1..].parse().unwrap()
+    };
+    assert_eq!(sample("proteus_runtime_workers"), 2.0);
+    assert!(
+        sample("proteus_runtime_alive_tasks") >= 1.0,
+        "the server's own task"
+    );
+    sample("proteus_runtime_global_queue_depth");
+    let busy_seconds = sample(r#"proteus_runtime_worker_busy_seconds_total{worker="0"}"#)
+        + sample(r#"proteus_runtime_worker_busy_seconds_total{worker="1"}"#);
+    assert!(busy_seconds > 0.0, "the workers ran the requests");
+    sample(r#"proteus_runtime_worker_parks_total{worker="1"}"#);
+    assert!(!metrics.contains(r#"worker="2""#), "two workers, not three");
+    assert!(metrics.contains("# TYPE proteus_runtime_worker_busy_seconds_total counter"));
+}
+
 #[tokio::test]
 async fn bodies_over_the_limit_are_refused_before_parsing() {
     let server = TestServer::with_config(HttpConfig {
