@@ -37,15 +37,7 @@ async fn health_readiness_and_metrics_answer() {
     server
         .post_batch("metered", &[crate::support::event("1")])
         .await;
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     for name in [
         "proteus_log_append_events_total",
         "proteus_log_append_bytes_total",
@@ -78,15 +70,7 @@ async fn metrics_show_the_runtime_and_what_each_worker_did() {
     server
         .post_batch("busy", &[crate::support::event("1")])
         .await;
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let sample = |series: &str| -> f64 {
         let line = metrics
             .lines()

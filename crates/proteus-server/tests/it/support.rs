@@ -138,6 +138,17 @@ impl TestServer {
         );
         response.json().await.unwrap()
     }
+
+    /// `/metrics`, in Prometheus's text format.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET /metrics: {}",
+            response.status()
+        );
+        response.text().await.unwrap()
+    }
 }
 
 pub fn event(id: &str) -> Value {
