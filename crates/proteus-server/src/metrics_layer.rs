@@ -75,8 +75,9 @@ pub async fn record(request: Request, next: Next) -> Response {
 /// The async runtime's own metrics in Prometheus's text format, read when `/metrics` is
 /// scraped: how many worker threads run requests, how busy each was, how often each parked
 /// (slept for want of work) and what is queued. An operator sizing `--worker-threads` looks
-/// here: workers busy most of each second want more threads (or cores); workers that park
-/// thousands of times a second on a machine they share cost their neighbours the wake-ups.
+/// here: workers busy most of each second want more threads (or cores); workers far from
+/// busy on a machine they share with the backend may do the same work on fewer threads for
+/// less CPU (docs/benchmarks.md, "One worker thread beside the backend").
 /// Written here rather than through the `metrics` crate, whose counters are integers: busy
 /// time is in seconds.
 pub fn runtime_metrics_text(runtime: &tokio::runtime::RuntimeMetrics) -> String {
