@@ -148,8 +148,8 @@ pub struct ServeArgs {
     /// Longest wait for requests in flight at shutdown [default: 30000].
     #[arg(long, env = "PROTEUS_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
-    /// Threads running requests and background work [default: the machine's cores]; fewer
-    /// when the server shares its cores with its backend or its clients.
+    /// Threads running requests and background work [default: the machine's cores]; fewer may
+    /// suit a server sharing its cores with its backend (`/metrics` shows how busy they are).
     #[arg(long, env = "PROTEUS_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
     /// A flagd flag file, or a directory of them, loaded into the `default` flag set and
