@@ -8,7 +8,8 @@ mod scan;
 mod write;
 
 use ids::{IdCacheMetrics, IdIndex, IndexSlot, id_key};
-use scan::{FeedCursor, ParkedScans, Scan, ScanReadMetrics, StreamCursor};
+use read::BackwardRest;
+use scan::{FeedCursor, Parkable, ParkedScans, Scan, ScanReadMetrics, StreamCursor};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -217,6 +218,8 @@ struct Inner {
     parked_feed_scans: ParkedScans<FeedCursor>,
     /// Forward scans of one stream kept between pages (`stream_events`).
     parked_stream_scans: ParkedScans<StreamCursor>,
+    /// What backward feed pages' windows held past the page (`read_backward`).
+    parked_backward_reads: ParkedScans<FeedCursor, BackwardRest>,
     /// How many times the client has (re)connected: a scan parked before the last
     /// reconnection may have lost its consumer with the server's memory, and is not resumed.
     connections: Arc<AtomicU64>,
@@ -338,6 +341,8 @@ impl NatsEventStore {
         let id_cache_metrics = IdCacheMetrics::new(&config.stream_prefix);
         let parked_feed_scans = ParkedScans::new(ScanReadMetrics::feeds(&config.stream_prefix));
         let parked_stream_scans = ParkedScans::new(ScanReadMetrics::streams(&config.stream_prefix));
+        let parked_backward_reads =
+            ParkedScans::new(ScanReadMetrics::backward_feeds(&config.stream_prefix));
         Ok(NatsEventStore {
             inner: Arc::new(Inner {
                 config,
@@ -355,6 +360,7 @@ impl NatsEventStore {
                 head: StdMutex::new((0, 0)),
                 parked_feed_scans,
                 parked_stream_scans,
+                parked_backward_reads,
                 connections,
             }),
         })

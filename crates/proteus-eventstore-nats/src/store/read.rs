@@ -2,6 +2,7 @@
 //! positions.
 
 use super::*;
+use super::scan::PARKED_SCAN_BYTES_MAX;
 use std::ops::RangeInclusive;
 
 impl NatsEventStore {
@@ -473,15 +474,20 @@ impl NatsEventStore {
         })
     }
 
-    /// A backward read of the `$all` feed: windows of stream sequences read forward, newest
-    /// window first, each sized from what the ones before held.
+    /// A backward read of the `$all` feed or a category: windows of stream sequences read
+    /// forward, newest window first, each sized from what the ones before held. A page that
+    /// starts where the previous one stopped goes on with what that one's window still held
+    /// (parked: no consumer to create), and reads ahead when it needs a new window: a reader
+    /// paging backward creates a consumer every [`BACKWARD_READ_AHEAD_PAGES`] pages or so
+    /// instead of on every page.
     pub(super) async fn read_backward(
         &self,
         from_position: u64,
         max_count: usize,
         filter: &ReadFilter,
     ) -> Result<FeedPage, EventStoreError> {
-        let (_, head) = self.head().await?;
+        let end = self.feed_end().await?;
+        let head = end.head;
         let top = from_position.min(head);
         if top == 0 {
             return Ok(FeedPage {
@@ -492,33 +498,37 @@ impl NatsEventStore {
             });
         }
         let subjects = self.all_subjects(filter);
-        let mut hi = seq_of(top);
-        // Windows are sized like forward fetches: a message may hold a thousand events, so the
-        // first window is small (the newest event alone is one sequence), the next ones from
-        // the events matched per sequence so far.
+        let connection = self.inner.connections.load(Ordering::SeqCst);
+        let cursor = FeedCursor {
+            subjects,
+            stream_created_ns: end.stream_created_ns,
+            next_position: from_position,
+        };
+        let parked_reads = &self.inner.parked_backward_reads;
+        let parked = parked_reads.take(&cursor, connection);
+        let resumed = parked.is_some();
+        if resumed {
+            parked_reads.metrics.resumed.increment(1);
+        }
+        let BackwardRest {
+            mut messages,
+            mut low_seq,
+            mut seen,
+        } = parked.unwrap_or(BackwardRest {
+            messages: Vec::new(),
+            low_seq: seq_of(top) + 1,
+            seen: WindowsSeen::default(),
+        });
+        // The first window of a new read is small (the newest event alone is one sequence):
+        // a message may hold a thousand events.
         let mut window = (max_count as u64).clamp(1, FIRST_FETCH_MESSAGES_MAX as u64);
-        let mut sequences_seen = 0u64;
         let mut events = Vec::new();
         let mut scanned = 0usize;
         let mut last_scanned = None;
-        let mut more = false;
+        // Where the page stopped: the message's index in `messages`, and whether its earlier
+        // events are still to be read.
+        let mut stopped_at = None;
         'windows: loop {
-            let lo = hi.saturating_sub(window - 1).max(1);
-            let mut scan = self
-                .scan(
-                    &self.inner.events,
-                    &subjects,
-                    lo,
-                    hi,
-                    window as usize,
-                    "reading the $all feed backward",
-                )
-                .await?;
-            let mut messages = Vec::new();
-            while let Some(msg) = scan.next().await? {
-                messages.push(msg);
-            }
-            drop(scan);
             for (m, msg) in messages.iter().enumerate().rev() {
                 let Record::Events {
                     first_version,
@@ -527,6 +537,9 @@ impl NatsEventStore {
                 else {
                     continue;
                 };
+                if position_of(msg.seq, 0) > top {
+                    continue;
+                }
                 let stream = self.stream_of(msg)?;
                 let decoded = self.decode(msg, count)?;
                 for (i, event) in decoded.into_iter().enumerate().rev() {
@@ -538,38 +551,167 @@ impl NatsEventStore {
                     last_scanned = Some(position);
                     if filter.matches(stream.as_str(), &event.event_type) {
                         events.push(recorded(&stream, msg, first_version, i as u64, event));
+                        seen.events_matched += 1;
                     }
                     if events.len() == max_count || scanned == READ_SCAN_EVENTS_MAX {
-                        more = i > 0 || m > 0 || lo > 1;
+                        stopped_at = Some((m, i > 0));
                         break 'windows;
                     }
                 }
             }
-            if lo == 1 {
+            if low_seq <= 1 {
+                messages.clear();
                 break;
             }
-            sequences_seen += hi - lo + 1;
-            hi = lo - 1;
-            // The sequences that held as many events as are still wanted, plus one; with
-            // nothing matched yet (a filter), twice the last window.
-            let matched = events.len() as u64;
-            window = match matched {
-                0 => window * 2,
-                _ => (max_count as u64 - matched) * sequences_seen / matched + 1,
+            let hi = low_seq - 1;
+            if seen.sequences > 0 {
+                let read_ahead_events = resumed.then_some(max_count as u64 * BACKWARD_READ_AHEAD_PAGES);
+                window = seen.next_window(max_count - events.len(), read_ahead_events, window);
             }
-            .clamp(1, BACKWARD_WINDOW_MAX);
+            low_seq = hi.saturating_sub(window - 1).max(1);
+            let mut scan = self
+                .scan(
+                    &self.inner.events,
+                    &cursor.subjects,
+                    low_seq,
+                    hi,
+                    window as usize,
+                    "reading the $all feed backward",
+                )
+                .await?;
+            if scan.consumer.is_some() {
+                parked_reads.metrics.consumers_created.increment(1);
+            }
+            messages.clear();
+            while let Some(msg) = scan.next().await? {
+                seen.payload_bytes += msg.payload.len() as u64;
+                messages.push(msg);
+            }
+            drop(scan);
+            seen.sequences += hi - low_seq + 1;
         }
-        let is_end = !more;
+        let Some((m, stopped_inside)) = stopped_at else {
+            return Ok(FeedPage {
+                events,
+                next_position: 0,
+                is_end: true,
+                head_position: head,
+            });
+        };
+        // Older events follow in this window, or in the sequences below it.
+        let more = stopped_inside || m > 0 || low_seq > 1;
+        if !more {
+            return Ok(FeedPage {
+                events,
+                next_position: 0,
+                is_end: true,
+                head_position: head,
+            });
+        }
+        let next_position = last_scanned.map_or(0, |p| p.saturating_sub(1));
+        // What the window holds below where the page stopped, the message it stopped inside
+        // included, is parked for the page that starts there.
+        messages.truncate(if stopped_inside { m + 1 } else { m });
+        let rest = BackwardRest::of_window(messages, low_seq, seen);
+        let parked_at = FeedCursor {
+            next_position,
+            ..cursor
+        };
+        parked_reads.park(parked_at, rest, connection);
         Ok(FeedPage {
             events,
-            next_position: if is_end {
-                0
-            } else {
-                last_scanned.map_or(0, |p| p.saturating_sub(1))
-            },
-            is_end,
+            next_position,
+            is_end: false,
             head_position: head,
         })
+    }
+}
+
+/// Pages of a backward read a window reads ahead for, once the reader has come back for a
+/// second page; within [`BACKWARD_WINDOW_MAX`] sequences and about
+/// [`PARKED_SCAN_BYTES_MAX`] of messages.
+const BACKWARD_READ_AHEAD_PAGES: u64 = 16;
+
+/// What the windows of a backward read held so far, which sizes the next ones.
+#[derive(Clone, Copy, Default)]
+pub(super) struct WindowsSeen {
+    /// Stream sequences the windows covered.
+    sequences: u64,
+    /// Events the read matched.
+    events_matched: u64,
+    /// Payload bytes of the messages the windows held.
+    payload_bytes: u64,
+}
+
+impl WindowsSeen {
+    /// Sequences the next window covers to find `events_wanted` more events, given the last
+    /// window's size: as many as held that many events so far, plus one (twice the last window
+    /// while a filter has matched nothing). A reader that came back for another page reads
+    /// ahead for `read_ahead_events`, in as many sequences as fit in about
+    /// [`PARKED_SCAN_BYTES_MAX`] of messages, which stay parked for its next pages.
+    fn next_window(
+        &self,
+        events_wanted: usize,
+        read_ahead_events: Option<u64>,
+        last_window: u64,
+    ) -> u64 {
+        let estimate = |events: u64| match self.events_matched {
+            0 => last_window.saturating_mul(2),
+            matched => events.saturating_mul(self.sequences) / matched + 1,
+        };
+        let for_this_page = estimate(events_wanted as u64);
+        let window = match read_ahead_events {
+            Some(ahead) => {
+                let bytes_per_sequence = (self.payload_bytes / self.sequences.max(1)).max(1);
+                let fits = (PARKED_SCAN_BYTES_MAX as u64 / bytes_per_sequence).max(1);
+                for_this_page.max(estimate(ahead).min(fits))
+            }
+            None => for_this_page,
+        };
+        window.clamp(1, BACKWARD_WINDOW_MAX)
+    }
+}
+
+/// What a backward `$all` page left of the window it read, parked for the page that starts
+/// where it stopped: the window's messages not yet read (oldest first; the newest may have
+/// been read in part, its later events skipped by position), from `low_seq` up.
+pub(super) struct BackwardRest {
+    messages: Vec<Msg>,
+    /// The lowest sequence the messages stand for: the next window ends just below it.
+    low_seq: u64,
+    seen: WindowsSeen,
+}
+
+impl BackwardRest {
+    /// The rest of a window from `low_seq`, keeping its newest messages, those the next page
+    /// reads first, within [`PARKED_SCAN_BYTES_MAX`]; the sequences of the older ones dropped
+    /// are read again by the next window.
+    fn of_window(mut messages: Vec<Msg>, mut low_seq: u64, seen: WindowsSeen) -> Self {
+        let mut bytes = 0usize;
+        let kept_from = messages
+            .iter()
+            .rposition(|msg| {
+                bytes += msg.payload.len();
+                bytes > PARKED_SCAN_BYTES_MAX
+            })
+            .map_or(0, |too_many| too_many + 1);
+        if kept_from > 0 {
+            // Sequences from the first message dropped's are read again; a window's messages
+            // are in sequence order.
+            low_seq = messages[kept_from - 1].seq + 1;
+            messages.drain(..kept_from);
+        }
+        BackwardRest {
+            messages,
+            low_seq,
+            seen,
+        }
+    }
+}
+
+impl Parkable for BackwardRest {
+    fn can_park(&self) -> bool {
+        true
     }
 }
 
@@ -578,4 +720,63 @@ struct PageAsked {
     from_version: u64,
     direction: Direction,
     max_count: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, payload_bytes: usize) -> Msg {
+        Msg {
+            seq,
+            subject: String::new(),
+            headers: None,
+            payload: Bytes::from(vec![b' '; payload_bytes]),
+            time_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_window_rest_keeps_its_newest_messages_within_a_mebibyte() {
+        let seen = WindowsSeen::default();
+        let small = BackwardRest::of_window(vec![message(4, 10), message(6, 10)], 3, seen);
+        assert_eq!((small.messages.len(), small.low_seq), (2, 3));
+
+        // 400 KB each: the newest two fit; the next window reads 6 and 5 again.
+        let messages = (5..=8).map(|seq| message(seq, 400_000)).collect();
+        let large = BackwardRest::of_window(messages, 2, seen);
+        let kept: Vec<u64> = large.messages.iter().map(|m| m.seq).collect();
+        assert_eq!((kept, large.low_seq), (vec![7, 8], 7));
+
+        // A message larger than the bound alone is not kept: it is read again.
+        let huge = BackwardRest::of_window(vec![message(9, 2_000_000)], 9, seen);
+        assert_eq!((huge.messages.len(), huge.low_seq), (0, 10));
+    }
+
+    #[test]
+    fn windows_read_ahead_for_a_reader_that_pages_within_the_bytes_parked() {
+        // 10 sequences held 70 events of 1 KB each so far.
+        let seen = WindowsSeen {
+            sequences: 10,
+            events_matched: 70,
+            payload_bytes: 70_000,
+        };
+        // The rest of this page: 20 events, about 3 sequences, plus one.
+        assert_eq!(seen.next_window(20, None, 5), 3);
+        // Paging: 320 events ahead, about 45 sequences plus one, within 1 MiB (149 sequences).
+        assert_eq!(seen.next_window(20, Some(320), 5), 46);
+        // Large messages: only what fits in 1 MiB is read ahead, never less than the page.
+        let large = WindowsSeen {
+            payload_bytes: 7_000_000,
+            ..seen
+        };
+        assert_eq!(large.next_window(20, Some(320), 5), 3);
+        // Nothing matched yet (a filter): twice the last window, within the bound.
+        let none = WindowsSeen {
+            events_matched: 0,
+            ..seen
+        };
+        assert_eq!(none.next_window(20, None, 5), 10);
+        assert_eq!(none.next_window(20, None, 800), BACKWARD_WINDOW_MAX);
+    }
 }

@@ -242,7 +242,7 @@ impl Drop for Scan {
 const PARKED_SCANS_MAX: usize = 64;
 /// A scan holding more fetched and unreturned bytes than this is not parked: parked scans
 /// of one kind together hold at most [`PARKED_SCANS_MAX`] times this.
-const PARKED_SCAN_BYTES_MAX: usize = 1024 * 1024;
+pub(super) const PARKED_SCAN_BYTES_MAX: usize = 1024 * 1024;
 /// A parked scan is resumed only if it was parked this recently: well before the server
 /// removes its consumer as idle.
 const PARKED_SCAN_REUSE_MS: u64 = READ_CONSUMER_IDLE_MS / 2;
@@ -269,29 +269,37 @@ pub(super) struct StreamCursor {
     pub(super) next_version: u64,
 }
 
-struct Parked {
-    scan: Scan,
+/// What a read leaves between pages for the next one: a [`Scan`] with its consumer, or the
+/// rest of a backward read's window ([`BackwardRest`](super::read::BackwardRest)).
+pub(super) trait Parkable {
+    /// Whether it can be parked: it can go on where its page stopped, within
+    /// [`PARKED_SCAN_BYTES_MAX`].
+    fn can_park(&self) -> bool;
+}
+
+impl Parkable for Scan {
+    fn can_park(&self) -> bool {
+        self.can_resume() && self.buffered_bytes() <= PARKED_SCAN_BYTES_MAX
+    }
+}
+
+struct Parked<T> {
+    item: T,
     parked: Instant,
     /// The client's connection count when it was parked: a consumer parked before a
     /// reconnection may have been lost with the server's memory.
     connection: u64,
 }
 
-/// Scans kept after a page, by where the next page starts (a [`FeedCursor`] or a
+/// Reads kept after a page, by where the next page starts (a [`FeedCursor`] or a
 /// [`StreamCursor`]; several readers may stop at the same place: projections caught up to the
 /// head); a reader takes one out while it reads, so none is ever shared.
-pub(super) struct ParkedScans<Cursor> {
-    scans: StdMutex<HashMap<Cursor, Vec<Parked>>>,
-    metrics: ScanReadMetrics,
+pub(super) struct ParkedScans<Cursor, T: Parkable = Scan> {
+    scans: StdMutex<HashMap<Cursor, Vec<Parked<T>>>>,
+    pub(super) metrics: ScanReadMetrics,
 }
 
-impl<Cursor: Clone + Eq + std::hash::Hash> ParkedScans<Cursor> {
-    pub(super) fn new(metrics: ScanReadMetrics) -> Self {
-        ParkedScans {
-            scans: StdMutex::new(HashMap::new()),
-            metrics,
-        }
-    }
+impl<Cursor: Clone + Eq + std::hash::Hash> ParkedScans<Cursor, Scan> {
 
     /// The page `read` gives with `parked`, a scan [`take`](Self::take)n where the page
     /// starts, brought up to `end_seq` with a first fetch of `batch`; `None` without one, or
@@ -320,8 +328,18 @@ impl<Cursor: Clone + Eq + std::hash::Hash> ParkedScans<Cursor> {
         }
     }
 
-    /// A scan parked at `cursor`, if one was parked recently on the current connection.
-    pub(super) fn take(&self, cursor: &Cursor, connection: u64) -> Option<Scan> {
+}
+
+impl<Cursor: Clone + Eq + std::hash::Hash, T: Parkable> ParkedScans<Cursor, T> {
+    pub(super) fn new(metrics: ScanReadMetrics) -> Self {
+        ParkedScans {
+            scans: StdMutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// A read parked at `cursor`, if one was parked recently on the current connection.
+    pub(super) fn take(&self, cursor: &Cursor, connection: u64) -> Option<T> {
         let parked = {
             let mut scans = self.lock();
             let here = scans.get_mut(cursor)?;
@@ -333,17 +351,17 @@ impl<Cursor: Clone + Eq + std::hash::Hash> ParkedScans<Cursor> {
         };
         let fresh = parked.parked.elapsed() < ms(PARKED_SCAN_REUSE_MS);
         // A stale one is dropped here, which deletes its consumer.
-        (fresh && parked.connection == connection).then_some(parked.scan)
+        (fresh && parked.connection == connection).then_some(parked.item)
     }
 
-    /// Parks `scan` at `cursor` if it can go on from there and holds little enough; otherwise
-    /// drops it (which deletes its consumer). Scans parked too long ago to be resumed, and
-    /// the oldest past [`PARKED_SCANS_MAX`], are dropped too.
-    pub(super) fn park(&self, cursor: Cursor, scan: Scan, connection: u64) {
-        if !scan.can_resume() || scan.buffered_bytes() > PARKED_SCAN_BYTES_MAX {
+    /// Parks `item` at `cursor` if it can go on from there and holds little enough; otherwise
+    /// drops it (a scan's drop deletes its consumer). Reads parked too long ago to be resumed,
+    /// and the oldest past [`PARKED_SCANS_MAX`], are dropped too.
+    pub(super) fn park(&self, cursor: Cursor, item: T, connection: u64) {
+        if !item.can_park() {
             return;
         }
-        let mut dropped: Vec<Parked> = Vec::new();
+        let mut dropped: Vec<Parked<T>> = Vec::new();
         {
             let mut scans = self.lock();
             for here in scans.values_mut() {
@@ -351,7 +369,7 @@ impl<Cursor: Clone + Eq + std::hash::Hash> ParkedScans<Cursor> {
                     .into_iter()
                     .partition(|p| p.parked.elapsed() >= ms(PARKED_SCAN_REUSE_MS));
                 *here = fresh;
-                dropped.extend::<Vec<Parked>>(stale);
+                dropped.extend::<Vec<Parked<T>>>(stale);
             }
             scans.retain(|_, here| !here.is_empty());
             let count: usize = scans.values().map(Vec::len).sum();
@@ -369,7 +387,7 @@ impl<Cursor: Clone + Eq + std::hash::Hash> ParkedScans<Cursor> {
                 }
             }
             scans.entry(cursor).or_default().push(Parked {
-                scan,
+                item,
                 parked: Instant::now(),
                 connection,
             });
@@ -378,19 +396,19 @@ impl<Cursor: Clone + Eq + std::hash::Hash> ParkedScans<Cursor> {
         drop(dropped);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Cursor, Vec<Parked>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Cursor, Vec<Parked<T>>>> {
         self.scans.lock().expect("parked scans lock poisoned")
     }
 }
 
-/// What forward reads of one kind do with consumers, for `/metrics`: consumers created rising
-/// with the pages read means readers do not go on where they stopped, or their parked reads
-/// are dropped before they come back.
+/// What reads of one kind do with consumers, for `/metrics`: consumers created rising with the
+/// pages read means readers do not go on where they stopped, or their parked reads are dropped
+/// before they come back.
 pub(super) struct ScanReadMetrics {
-    /// Consumers created for forward pages (a reader starting, or one whose parked read was
-    /// dropped, stale or lost).
+    /// Consumers created for pages (a reader starting, or one whose parked read was dropped,
+    /// stale or lost; for backward reads, each window read).
     pub(super) consumers_created: metrics::Counter,
-    /// Forward pages read on with the consumer the previous page parked.
+    /// Pages read on with what the previous page parked.
     pub(super) resumed: metrics::Counter,
 }
 
@@ -407,6 +425,14 @@ impl ScanReadMetrics {
     /// neither).
     pub(super) fn streams(stream_prefix: &str) -> Self {
         Self::of("stream", stream_prefix)
+    }
+
+    /// `proteus_eventstore_nats_backward_feed_read_consumers_total` and
+    /// `proteus_eventstore_nats_backward_feed_reads_resumed_total`: backward `$all` and
+    /// category pages, which create a consumer for each window of sequences they read, and go
+    /// on from the window the previous page read when they start where it stopped.
+    pub(super) fn backward_feeds(stream_prefix: &str) -> Self {
+        Self::of("backward_feed", stream_prefix)
     }
 
     fn of(reads: &str, stream_prefix: &str) -> Self {

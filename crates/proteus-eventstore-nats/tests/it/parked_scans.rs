@@ -1,14 +1,16 @@
 //! Forward feed reads, and forward pages of one stream, park their consumer where a page stops,
 //! and the next page from there goes on with it: one consumer for a whole catch-up instead of
 //! one created and deleted per page, every event returned once, in order, whether a page stops
-//! inside an append or at its end, and whether events arrive between pages.
+//! inside an append or at its end, and whether events arrive between pages. Backward feed
+//! pages go on from the window of sequences the previous page read, and read ahead, so a reader
+//! paging back creates a consumer every few pages, not on every one.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use proteus_eventstore::conformance::{event, stream};
 use proteus_eventstore::{
-    Direction, EventStore, EventStoreError, ExpectedVersion, FeedPage, ReadFilter,
+    Direction, EventStore, EventStoreError, ExpectedVersion, FeedPage, ProposedEvent, ReadFilter,
 };
 
 use super::{Harness, ids};
@@ -296,4 +298,164 @@ async fn wait_for_no_consumers(harness: &Harness) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Counts the consumers the server creates on the store's events stream from now on, from its
+/// JetStream advisories.
+struct ConsumersCreated {
+    advisories: async_nats::Subscriber,
+    _client: async_nats::Client,
+}
+
+impl ConsumersCreated {
+    async fn watch(harness: &Harness) -> Self {
+        let client = async_nats::connect(&harness.cleanup_url).await.unwrap();
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.CREATED.{}.>",
+            harness.config.events_stream()
+        );
+        let advisories = client.subscribe(subject).await.unwrap();
+        client.flush().await.unwrap();
+        ConsumersCreated {
+            advisories,
+            _client: client,
+        }
+    }
+
+    /// How many were created since the last count (advisories still on their way are waited
+    /// for until none comes for half a second).
+    async fn count(&mut self) -> usize {
+        use futures_util::StreamExt;
+        let mut created = 0;
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(500), self.advisories.next()).await
+        {
+            created += 1;
+        }
+        created
+    }
+}
+
+/// Reads backward from the end in pages of `page_size` until one is the end; returns the
+/// events' ids and the number of pages.
+async fn ids_backward(
+    store: &dyn EventStore,
+    page_size: usize,
+    filter: &ReadFilter,
+) -> (Vec<String>, usize) {
+    let (mut read, mut from, mut pages) = (Vec::new(), u64::MAX, 0);
+    loop {
+        let page = store
+            .read_all(from, Direction::Backward, page_size, filter)
+            .await
+            .unwrap();
+        read.extend(ids(&page.events));
+        pages += 1;
+        if page.is_end {
+            return (read, pages);
+        }
+        assert!(
+            page.next_position < from,
+            "page {pages} went no further back"
+        );
+        from = page.next_position;
+    }
+}
+
+/// A reader paging back through `$all` (pages of 5 in appends of 7) gets every event once,
+/// newest first, with a consumer created for a window every few pages, not for each page; a
+/// filtered reader the same; nothing is left on the server afterwards.
+#[tokio::test]
+async fn backward_pages_go_on_from_the_window_already_read() {
+    let harness = Harness::new();
+    let store = harness.store().await;
+    let written = write(&store, "a", 60).await;
+    let all = ReadFilter::default();
+    let mut created = ConsumersCreated::watch(&harness).await;
+
+    let (read, pages) = ids_backward(&store, 5, &all).await;
+    let newest_first: Vec<String> = written.iter().rev().cloned().collect();
+    assert_eq!(read, newest_first);
+    assert_eq!(pages, 84);
+    let windows = created.count().await;
+    assert!(
+        (1..=pages / 6).contains(&windows),
+        "{windows} consumers created for {pages} backward pages"
+    );
+
+    // One stream's category and one event type: only the first of every three appends.
+    let filter = ReadFilter {
+        event_types: vec!["T0".into()],
+        stream_prefix: Some("feed-".into()),
+    };
+    let wanted: Vec<String> = written
+        .chunks(7)
+        .enumerate()
+        .filter(|(a, _)| a % 3 == 0)
+        .flat_map(|(_, ids)| ids.to_vec())
+        .rev()
+        .collect();
+    created.count().await;
+    let (read, pages) = ids_backward(&store, 3, &filter).await;
+    assert_eq!(read, wanted);
+    let windows = created.count().await;
+    assert!(
+        (1..=pages / 4).contains(&windows),
+        "{windows} consumers created for {pages} filtered backward pages"
+    );
+
+    // Appends between pages are above where the reader stands: it reads on below them.
+    let first = store
+        .read_all(u64::MAX, Direction::Backward, 5, &all)
+        .await
+        .unwrap();
+    write(&store, "b", 2).await;
+    let (rest, _) = ids_to_the_end_backward(&store, first.next_position, 5, &all).await;
+    assert_eq!([ids(&first.events), rest].concat(), newest_first);
+    wait_for_no_consumers(&harness).await;
+    store.close().await.unwrap();
+}
+
+/// Backward pages from `from` to the end, as [`ids_backward`] does from the newest event.
+async fn ids_to_the_end_backward(
+    store: &dyn EventStore,
+    from: u64,
+    page_size: usize,
+    filter: &ReadFilter,
+) -> (Vec<String>, u64) {
+    ids_to_the_end(from, |from| {
+        store.read_all(from, Direction::Backward, page_size, filter)
+    })
+    .await
+}
+
+/// Appends of two events of 300 KB each: a backward page keeps at most a mebibyte of its window
+/// for the next one, so the older messages it read are read again, and every event still comes
+/// once, newest first, whatever the page size.
+#[tokio::test]
+async fn backward_pages_of_large_events_park_a_bounded_rest() {
+    let harness = Harness::new();
+    let store = harness.store().await;
+    let pad = "x".repeat(300_000);
+    let mut written = Vec::new();
+    for a in 0..6 {
+        let events: Vec<ProposedEvent> = (0..2)
+            .map(|i| {
+                let id = format!("large-{a}-{i}");
+                let data = format!("{{\"pad\":\"{pad}\"}}");
+                ProposedEvent::new(id, "Large", bytes::Bytes::from(data))
+            })
+            .collect();
+        written.extend(events.iter().map(|e| e.id.to_string()));
+        store
+            .append(&stream(&format!("large-{}", a % 2)), ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    let newest_first: Vec<String> = written.iter().rev().cloned().collect();
+    for page_size in [1, 3, 4] {
+        let (read, _) = ids_backward(&store, page_size, &ReadFilter::default()).await;
+        assert_eq!(read, newest_first, "pages of {page_size}");
+    }
+    store.close().await.unwrap();
 }
