@@ -1,8 +1,8 @@
 //! Reads: a stream by versions (forward and backward), and the `$all` feed or a category by
 //! positions.
 
-use super::*;
 use super::scan::PARKED_SCAN_BYTES_MAX;
+use super::*;
 use std::ops::RangeInclusive;
 
 impl NatsEventStore {
@@ -565,7 +565,8 @@ impl NatsEventStore {
             }
             let hi = low_seq - 1;
             if seen.sequences > 0 {
-                let read_ahead_events = resumed.then_some(max_count as u64 * BACKWARD_READ_AHEAD_PAGES);
+                let read_ahead_events =
+                    resumed.then_some(max_count as u64 * BACKWARD_READ_AHEAD_PAGES);
                 window = seen.next_window(max_count - events.len(), read_ahead_events, window);
             }
             low_seq = hi.saturating_sub(window - 1).max(1);

@@ -300,7 +300,6 @@ pub(super) struct ParkedScans<Cursor, T: Parkable = Scan> {
 }
 
 impl<Cursor: Clone + Eq + std::hash::Hash> ParkedScans<Cursor, Scan> {
-
     /// The page `read` gives with `parked`, a scan [`take`](Self::take)n where the page
     /// starts, brought up to `end_seq` with a first fetch of `batch`; `None` without one, or
     /// when it failed (a consumer removed meanwhile fails within `RESUMED_FETCH_WAIT_MS`), for
@@ -327,7 +326,6 @@ impl<Cursor: Clone + Eq + std::hash::Hash> ParkedScans<Cursor, Scan> {
             self.metrics.consumers_created.increment(1);
         }
     }
-
 }
 
 impl<Cursor: Clone + Eq + std::hash::Hash, T: Parkable> ParkedScans<Cursor, T> {

@@ -448,7 +448,11 @@ async fn backward_pages_of_large_events_park_a_bounded_rest() {
             .collect();
         written.extend(events.iter().map(|e| e.id.to_string()));
         store
-            .append(&stream(&format!("large-{}", a % 2)), ExpectedVersion::Any, events)
+            .append(
+                &stream(&format!("large-{}", a % 2)),
+                ExpectedVersion::Any,
+                events,
+            )
             .await
             .unwrap();
     }

@@ -509,10 +509,28 @@ fn read_in_pages_of_four(
     stream: &str,
     next_key: &str,
 ) -> (Vec<String>, usize) {
-    let (mut read, mut from, mut pages) = (Vec::new(), 0u64, 0);
+    read_in_pages(http, url, stream, next_key, "forward")
+}
+
+/// [`read_in_pages_of_four`] in `direction`: backward from the end to the start.
+fn read_in_pages(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    stream: &str,
+    next_key: &str,
+    direction: &str,
+) -> (Vec<String>, usize) {
+    let mut from = if direction == "forward" {
+        "0".to_owned()
+    } else {
+        "end".to_owned()
+    };
+    let (mut read, mut pages) = (Vec::new(), 0);
     loop {
         let page: Value = http
-            .get(format!("{url}/v1/streams/{stream}?from={from}&limit=4"))
+            .get(format!(
+                "{url}/v1/streams/{stream}?from={from}&limit=4&direction={direction}"
+            ))
             .send()
             .unwrap()
             .json()
@@ -521,7 +539,7 @@ fn read_in_pages_of_four(
         for event in page["events"].as_array().unwrap() {
             read.push(event["id"].as_str().unwrap().to_owned());
         }
-        from = page[next_key].as_u64().unwrap();
+        from = page[next_key].as_u64().unwrap().to_string();
         if page["is_end"].as_bool().unwrap() {
             return (read, pages);
         }
@@ -529,7 +547,8 @@ fn read_in_pages_of_four(
 }
 
 /// Reading `$all`, then one long stream, page by page over HTTP from a store on NATS creates one
-/// consumer for each, which every later page goes on with, and `/metrics` says so.
+/// consumer for each, which every later page goes on with, and `/metrics` says so; so do
+/// backward pages of `$all`, which go on from the window the previous page read.
 #[test]
 fn nats_feed_and_stream_pages_go_on_with_one_consumer_and_say_so() {
     let streams = NatsStreams::new();
@@ -575,5 +594,24 @@ fn nats_feed_and_stream_pages_go_on_with_one_consumer_and_say_so() {
         metric("proteus_eventstore_nats_stream_reads_resumed_total"),
         3.0,
         "{metrics}"
+    );
+
+    // `$all` backward, from the end, in pages of 4: every page after the first starts from
+    // the window the one before read; a new window (a consumer) only when one runs out.
+    let (read, pages) = read_in_pages(&http, &server.url, "$all", "next_position", "backward");
+    let (forward, _) = read_in_pages_of_four(&http, &server.url, "$all", "next_position");
+    assert_eq!(read, forward.into_iter().rev().collect::<Vec<_>>());
+    assert_eq!(pages, 9, "35 events");
+    let metrics = crate::support::metrics_text(&http, &server.url);
+    let metric = |name: &str| store_metric(&metrics, name, &streams.0);
+    assert_eq!(
+        metric("proteus_eventstore_nats_backward_feed_reads_resumed_total"),
+        8.0,
+        "{metrics}"
+    );
+    let windows = metric("proteus_eventstore_nats_backward_feed_read_consumers_total");
+    assert!(
+        (1.0..=2.0).contains(&windows),
+        "{windows} windows: {metrics}"
     );
 }
