@@ -405,7 +405,7 @@ fn import(
     for event in events {
         let known = tables
             .event_ids
-            .get((event.stream.as_str(), event.id.as_str()))
+            .get((event.stream.as_str(), &*event.id))
             .map_err(storage)?
             .map(|v| v.value());
         let reason = match known {
@@ -413,7 +413,7 @@ fn import(
                 "event id {:?} of the import's stream '{}' version {} is already in that stream in this store (version {version})",
                 event.id, event.stream, event.version
             ),
-            None if !seen.insert((event.stream.as_str(), event.id.as_str())) => format!(
+            None if !seen.insert((event.stream.as_str(), &*event.id)) => format!(
                 "event id {:?} is twice in stream '{}' within the import",
                 event.id, event.stream
             ),
@@ -447,7 +447,7 @@ fn import(
             .map_err(storage)?;
         tables
             .event_ids
-            .insert((event.stream.as_str(), event.id.as_str()), event.version)
+            .insert((event.stream.as_str(), &*event.id), event.version)
             .map_err(storage)?;
     }
     for (stream, imported) in &streams {

@@ -90,8 +90,8 @@ impl PostgresEventStore {
             .iter()
             .map(|e| e.stream.category().to_string())
             .collect();
-        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let ids: Vec<&str> = events.iter().map(|e| &*e.id).collect();
+        let types: Vec<&str> = events.iter().map(|e| &*e.event_type).collect();
         let schema_versions: Vec<Option<i64>> = events
             .iter()
             .map(|e| e.schema_version.map(i64::from))

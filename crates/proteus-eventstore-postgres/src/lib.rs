@@ -336,8 +336,8 @@ fn decode_event(
         stream,
         version: unsigned(get(row, at + 2)?, "version")?,
         position: unsigned(position, "position")?,
-        id: get(row, at + 3)?,
-        event_type: get(row, at + 4)?,
+        id: get::<String>(row, at + 3)?.into(),
+        event_type: get::<String>(row, at + 4)?.into(),
         schema_version: schema_version
             .map(|v| {
                 u32::try_from(v).map_err(|_| storage("a stored schema version is out of range"))

@@ -66,7 +66,7 @@ fn events(ids: &[&str]) -> Vec<ProposedEvent> {
 }
 
 fn ids(events: &[RecordedEvent]) -> Vec<String> {
-    events.iter().map(|e| e.id.clone()).collect()
+    events.iter().map(|e| e.id.to_string()).collect()
 }
 
 fn positions(events: &[RecordedEvent]) -> Vec<u64> {
@@ -1631,7 +1631,7 @@ pub async fn concurrent_appends_are_isolated(harness: &dyn EventStoreHarness) {
             )
             .await
             .unwrap();
-        let types: Vec<&str> = page.events.iter().map(|e| e.event_type.as_str()).collect();
+        let types: Vec<&str> = page.events.iter().map(|e| &*e.event_type).collect();
         assert!(!types.contains(&"Bad"), "{types:?}");
         assert_eq!(
             types.iter().filter(|t| **t == "Twin").count(),

@@ -137,7 +137,7 @@ pub async fn assert_each_event_once(reader: &dyn EventStore, run: &CrashRun, rea
             .read_stream(s, 0, Direction::Forward, APPENDS_PER_WRITER * 2)
             .await
             .unwrap_or_else(|error| panic!("{reader_name}: reading {s}: {error}"));
-        let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+        let ids: Vec<&str> = page.events.iter().map(|e| &*e.id).collect();
         assert_eq!(
             ids, expected_ids,
             "{reader_name}, {s}: every event once, in order"

@@ -172,8 +172,8 @@ pub struct RecordedEvent {
     pub version: u64,
     /// Its place in the `$all` feed: strictly increasing in commit order, from 1, gaps allowed.
     pub position: u64,
-    pub id: String,
-    pub event_type: String,
+    pub id: ByteString,
+    pub event_type: ByteString,
     pub schema_version: Option<u32>,
     /// Raw JSON.
     pub data: Bytes,
@@ -347,8 +347,8 @@ impl<'de> Deserialize<'de> for RecordedEvent {
             stream: event.stream,
             version: event.version,
             position: event.position,
-            id: event.id,
-            event_type: event.event_type,
+            id: event.id.into(),
+            event_type: event.event_type.into(),
             schema_version: event.schema_version,
             data: raw_bytes(event.data),
             metadata: event.metadata.map(raw_bytes),

@@ -29,7 +29,7 @@ fn recorded(name: &str, version: u64, position: u64, id: &str) -> RecordedEvent 
         stream: stream(name),
         version,
         position,
-        id: id.to_owned(),
+        id: id.into(),
         event_type: "Imported".into(),
         schema_version: Some(version as u32 + 2),
         data: Bytes::from(format!("{{\"id\":\"{id}\",\"at\":{position}}}")),

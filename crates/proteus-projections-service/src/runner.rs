@@ -395,7 +395,7 @@ impl Runner {
             .find(|event| event.position < position)
             .map(|event| EventMark {
                 position: event.position,
-                id: event.id.clone(),
+                id: event.id.to_string(),
             })
             .or_else(|| checkpoint.last_event.clone());
         let next = Checkpoint {
@@ -463,7 +463,7 @@ impl Runner {
             position,
             stream: found.map(|e| e.stream.to_string()).unwrap_or_default(),
             version: found.map_or(0, |e| e.version),
-            event_type: found.map(|e| e.event_type.clone()).unwrap_or_default(),
+            event_type: found.map(|e| e.event_type.to_string()).unwrap_or_default(),
             reason: format!(
                 "its checkpoint follows event {} at position {position}, but this event store holds {held} there: the event store was replaced (a copy to NATS numbers positions anew) or is not the one the projection was built from (check --event-store-schema or --event-store-prefix); rebuild it on this store (proteus projection rebuild {})",
                 mark.id,
@@ -731,7 +731,7 @@ fn stored_error(event: &RecordedEvent, what: &str, error: serde_json::Error) -> 
         position: event.position,
         stream: event.stream.to_string(),
         version: event.version,
-        event_type: event.event_type.clone(),
+        event_type: event.event_type.to_string(),
         reason: format!(
             "its stored {what} is not valid JSON ({error}); the event store is damaged there: restore it from a backup"
         ),

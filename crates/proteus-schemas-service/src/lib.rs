@@ -365,7 +365,7 @@ impl SchemaService {
                     position: event.position,
                     stream: event.stream.as_str().to_owned(),
                     version: event.version,
-                    event_type: event.event_type.clone(),
+                    event_type: event.event_type.to_string(),
                     error: Box::new(error),
                 })
             })?;

@@ -506,8 +506,8 @@ async fn append_to_nats<'e>(
             ));
         }
         let proposed = |event: &&RecordedEvent| ProposedEvent {
-            id: event.id.as_str().into(),
-            event_type: event.event_type.as_str().into(),
+            id: event.id.clone(),
+            event_type: event.event_type.clone(),
             schema_version: event.schema_version,
             data: event.data.clone(),
             metadata: event.metadata.clone(),

@@ -223,7 +223,7 @@ fn print_events(events: &[RecordedEvent], output: Output, table: bool) {
                 event.position.to_string(),
                 event.stream.as_str().to_owned(),
                 event.version.to_string(),
-                event.event_type.clone(),
+                event.event_type.to_string(),
                 rfc3339_ms(event.recorded_ms),
                 truncate(&String::from_utf8_lossy(&event.data), 60),
             ]

@@ -72,7 +72,7 @@ async fn race(store: Arc<dyn EventStore>, rounds: &[Vec<usize>]) {
         .read_stream(&stream, 0, Direction::Forward, READ_COUNT_MAX)
         .await
         .unwrap();
-    let stored: Vec<String> = page.events.iter().map(|e| e.id.clone()).collect();
+    let stored: Vec<String> = page.events.iter().map(|e| e.id.to_string()).collect();
     assert_eq!(
         stored, history,
         "the stream is the winners' events, in order, once"

@@ -115,7 +115,7 @@ fn unavailable(error: &EventStoreError) -> bool {
 }
 
 fn ids(events: &[proteus_eventstore::RecordedEvent]) -> Vec<String> {
-    events.iter().map(|e| e.id.clone()).collect()
+    events.iter().map(|e| e.id.to_string()).collect()
 }
 
 /// An instance appending to a stream it has never seen, with `Any` or `NoStream`, publishes

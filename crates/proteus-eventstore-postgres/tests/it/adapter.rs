@@ -386,7 +386,7 @@ async fn imports_racing_appends_to_the_same_streams_never_deadlock() {
             stream: name.clone(),
             version,
             position: 10_000_000 * (round + 1),
-            id: format!("import-{round}"),
+            id: format!("import-{round}").into(),
             event_type: "Imported".into(),
             schema_version: None,
             data: Bytes::from_static(b"{}"),

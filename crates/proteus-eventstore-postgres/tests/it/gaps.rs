@@ -135,7 +135,7 @@ async fn concurrent_writers_leave_no_gap_a_reader_could_see() {
         }
     }
     assert_eq!(stored.len(), total);
-    let stored_ids: HashSet<String> = stored.iter().map(|e| e.id.clone()).collect();
+    let stored_ids: HashSet<String> = stored.iter().map(|e| e.id.to_string()).collect();
     assert_eq!(stored_ids, written);
     for reader in readers {
         let seen = reader.await.unwrap();
@@ -181,7 +181,7 @@ async fn the_feed_stops_before_a_position_whose_transaction_is_open() {
         .read_all(0, Direction::Forward, 100, &all)
         .await
         .unwrap();
-    let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    let ids: Vec<&str> = page.events.iter().map(|e| &*e.id).collect();
     assert_eq!(
         ids,
         ["a"],
@@ -216,7 +216,7 @@ async fn the_feed_stops_before_a_position_whose_transaction_is_open() {
         .read_all(page.next_position, Direction::Forward, 100, &all)
         .await
         .unwrap();
-    let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    let ids: Vec<&str> = page.events.iter().map(|e| &*e.id).collect();
     assert_eq!(ids, ["b"]);
     assert_eq!(page.events[0].position, after.first_position);
     assert_eq!(page.head_position, after.last_position);

@@ -74,7 +74,7 @@ async fn race(stores: [Arc<dyn EventStore>; 2], rounds: &[Vec<usize>]) {
         .read_stream(&stream, 0, Direction::Forward, READ_COUNT_MAX)
         .await
         .unwrap();
-    let stored: Vec<String> = page.events.iter().map(|e| e.id.clone()).collect();
+    let stored: Vec<String> = page.events.iter().map(|e| e.id.to_string()).collect();
     assert_eq!(
         stored, history,
         "the stream is the winners' events, in order, once"

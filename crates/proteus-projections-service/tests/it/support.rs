@@ -245,13 +245,15 @@ pub fn expected(events: &[RecordedEvent]) -> [BTreeMap<String, Value>; 3] {
     for event in events {
         let data: Value = serde_json::from_slice(&event.data).unwrap();
         let stream = event.stream.as_str().to_owned();
-        let entry = by_type.entry(event.event_type.clone()).or_insert((0, None));
+        let entry = by_type
+            .entry(event.event_type.to_string())
+            .or_insert((0, None));
         entry.0 += 1;
         if let Some(amount) = data.get("amount").and_then(Value::as_i64) {
             entry.1 = Some(entry.1.unwrap_or(0) + amount);
         }
         if stream.starts_with("acct-") {
-            match event.event_type.as_str() {
+            match &*event.event_type {
                 "Opened" => {
                     let doc = balances.entry(stream.clone()).or_insert_with(|| json!({}));
                     doc["owner"] = data["owner"].clone();
