@@ -8,7 +8,7 @@ mod scan;
 mod write;
 
 use ids::{IdCacheMetrics, IdIndex, IndexSlot, id_key};
-use read::BackwardRest;
+use read::{BackwardRest, BackwardStreamRest};
 use scan::{FeedCursor, Parkable, ParkedScans, Scan, ScanReadMetrics, StreamCursor};
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -220,6 +220,8 @@ struct Inner {
     parked_stream_scans: ParkedScans<StreamCursor>,
     /// What backward feed pages' windows held past the page (`read_backward`).
     parked_backward_reads: ParkedScans<FeedCursor, BackwardRest>,
+    /// What backward pages of one stream read below the page (`stream_events_backward`).
+    parked_backward_stream_reads: ParkedScans<StreamCursor, BackwardStreamRest>,
     /// How many times the client has (re)connected: a scan parked before the last
     /// reconnection may have lost its consumer with the server's memory, and is not resumed.
     connections: Arc<AtomicU64>,
@@ -343,6 +345,8 @@ impl NatsEventStore {
         let parked_stream_scans = ParkedScans::new(ScanReadMetrics::streams(&config.stream_prefix));
         let parked_backward_reads =
             ParkedScans::new(ScanReadMetrics::backward_feeds(&config.stream_prefix));
+        let parked_backward_stream_reads =
+            ParkedScans::new(ScanReadMetrics::backward_streams(&config.stream_prefix));
         Ok(NatsEventStore {
             inner: Arc::new(Inner {
                 config,
@@ -361,6 +365,7 @@ impl NatsEventStore {
                 parked_feed_scans,
                 parked_stream_scans,
                 parked_backward_reads,
+                parked_backward_stream_reads,
                 connections,
             }),
         })

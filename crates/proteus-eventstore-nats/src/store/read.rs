@@ -314,8 +314,13 @@ impl NatsEventStore {
             Direction::Backward => {
                 let top = from_version.min(last_version);
                 let low = top.saturating_sub(span);
+                let cursor = StreamCursor {
+                    subject: subject.to_owned(),
+                    stream_created_ns: feed.stream_created_ns,
+                    next_version: from_version,
+                };
                 let mut events = self
-                    .stream_events(stream, subject, &end, low..=top, None)
+                    .stream_events_backward(stream, &end, low..=top, cursor, max_count)
                     .await?;
                 events.reverse();
                 let lowest = events.last().map_or(0, |e| e.version);
@@ -329,6 +334,67 @@ impl NatsEventStore {
                 })
             }
         }
+    }
+
+    /// The events at `versions` for a backward page of one stream (oldest first), starting
+    /// with what the previous page parked at `cursor` (a page that starts where the one before
+    /// stopped); a page after such a one reads ahead for [`BACKWARD_READ_AHEAD_PAGES`] pages
+    /// (within about [`PARKED_SCAN_BYTES_MAX`]). What was read below the page is parked for the
+    /// next one.
+    async fn stream_events_backward(
+        &self,
+        stream: &StreamName,
+        end: &LiveEnd,
+        versions: RangeInclusive<u64>,
+        cursor: StreamCursor,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        let (low, top) = (*versions.start(), *versions.end());
+        let connection = self.inner.connections.load(Ordering::SeqCst);
+        let parked_reads = &self.inner.parked_backward_stream_reads;
+        let parked = parked_reads.take(&cursor, connection);
+        let paging = parked.is_some();
+        if paging {
+            parked_reads.metrics.resumed.increment(1);
+        }
+        let BackwardStreamRest {
+            mut events,
+            mut event_bytes,
+        } = parked.unwrap_or_default();
+        events.retain(|e| e.version <= top);
+        let held_from = events.first().map_or(top + 1, |e| e.version);
+        if low < held_from {
+            let read_from = if paging && event_bytes > 0 {
+                let ahead = (max_count as u64 * BACKWARD_READ_AHEAD_PAGES)
+                    .min((PARKED_SCAN_BYTES_MAX / event_bytes) as u64);
+                low.saturating_sub(ahead)
+            } else {
+                low
+            };
+            if read_from < end.first_version {
+                parked_reads.metrics.consumers_created.increment(1);
+            }
+            let subject = &cursor.subject;
+            let mut read = self
+                .stream_events(stream, subject, end, read_from..=held_from - 1, None)
+                .await?;
+            if !read.is_empty() {
+                let bytes: usize = read.iter().map(event_size).sum();
+                event_bytes = bytes.div_ceil(read.len());
+            }
+            read.append(&mut events);
+            events = read;
+        }
+        let page = events.split_off(events.partition_point(|e| e.version < low));
+        if low > 0 {
+            let rest = BackwardStreamRest::within_bytes(events, event_bytes);
+            let parked_at = StreamCursor {
+                next_version: low - 1,
+                ..cursor
+            };
+            parked_reads.park(parked_at, rest, connection);
+        }
+        Ok(page)
     }
 
     /// A forward read of the `$all` feed or a category (`subjects`), from `from_position`:
@@ -716,6 +782,47 @@ impl Parkable for BackwardRest {
     }
 }
 
+/// What a backward page of one stream read below itself, parked for the page that starts
+/// where it stopped: events by ascending version, up to that page's first, the newest kept
+/// within [`PARKED_SCAN_BYTES_MAX`].
+#[derive(Default)]
+pub(super) struct BackwardStreamRest {
+    events: Vec<RecordedEvent>,
+    /// About how many bytes an event of the stream takes, which bounds the next read-ahead.
+    event_bytes: usize,
+}
+
+impl BackwardStreamRest {
+    fn within_bytes(mut events: Vec<RecordedEvent>, event_bytes: usize) -> Self {
+        let mut bytes = 0usize;
+        if let Some(too_many) = events.iter().rposition(|event| {
+            bytes += event_size(event);
+            bytes > PARKED_SCAN_BYTES_MAX
+        }) {
+            // The versions dropped are read again by the page that needs them.
+            events.drain(..=too_many);
+        }
+        BackwardStreamRest {
+            events,
+            event_bytes,
+        }
+    }
+}
+
+impl Parkable for BackwardStreamRest {
+    fn can_park(&self) -> bool {
+        true
+    }
+}
+
+/// The bytes an event held in memory stands for: its data, metadata, id and type.
+fn event_size(event: &RecordedEvent) -> usize {
+    event.data.len()
+        + event.metadata.as_ref().map_or(0, |m| m.len())
+        + event.id.len()
+        + event.event_type.len()
+}
+
 /// What a stream read asks for: from which version, which way, at most how many events.
 struct PageAsked {
     from_version: u64,
@@ -752,6 +859,32 @@ mod tests {
         // A message larger than the bound alone is not kept: it is read again.
         let huge = BackwardRest::of_window(vec![message(9, 2_000_000)], 9, seen);
         assert_eq!((huge.messages.len(), huge.low_seq), (0, 10));
+    }
+
+    fn event_of(version: u64, data_bytes: usize) -> RecordedEvent {
+        RecordedEvent {
+            stream: StreamName::parse("s-1").unwrap(),
+            version,
+            position: version + 1,
+            id: format!("e{version}").into(),
+            event_type: "T".into(),
+            schema_version: None,
+            data: Bytes::from(vec![b' '; data_bytes]),
+            metadata: None,
+            recorded_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_stream_rest_keeps_its_newest_events_within_a_mebibyte() {
+        let small = BackwardStreamRest::within_bytes((0..5).map(|v| event_of(v, 10)).collect(), 13);
+        assert_eq!(small.events.len(), 5);
+        assert_eq!(small.event_bytes, 13);
+        // 300 KB each: versions 7 to 9 fit, 4 to 6 are read again by the page that needs them.
+        let large =
+            BackwardStreamRest::within_bytes((4..10).map(|v| event_of(v, 300_000)).collect(), 0);
+        let kept: Vec<u64> = large.events.iter().map(|e| e.version).collect();
+        assert_eq!(kept, vec![7, 8, 9]);
     }
 
     #[test]

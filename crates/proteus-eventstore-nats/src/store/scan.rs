@@ -433,6 +433,14 @@ impl ScanReadMetrics {
         Self::of("backward_feed", stream_prefix)
     }
 
+    /// `proteus_eventstore_nats_backward_stream_read_consumers_total` and
+    /// `proteus_eventstore_nats_backward_stream_reads_resumed_total`: backward pages of one
+    /// stream, which read a range of versions (with a consumer unless the stream's last append
+    /// holds it), and go on from what the previous page read below itself.
+    pub(super) fn backward_streams(stream_prefix: &str) -> Self {
+        Self::of("backward_stream", stream_prefix)
+    }
+
     fn of(reads: &str, stream_prefix: &str) -> Self {
         let labels = [("store", stream_prefix.to_owned())];
         ScanReadMetrics {

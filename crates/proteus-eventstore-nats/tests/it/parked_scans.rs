@@ -270,7 +270,7 @@ async fn pages_of_one_stream_go_on_with_one_consumer_and_none_is_left_at_its_end
     // The last page read to the stream's end: its consumer was deleted, not parked.
     wait_for_no_consumers(&harness).await;
 
-    // Backward pages and an aggregate read everything at once: nothing parked after them.
+    // Backward pages and an aggregate hold no consumer after them.
     let backward = store
         .read_stream(&long, u64::MAX, Direction::Backward, 10)
         .await
@@ -461,5 +461,52 @@ async fn backward_pages_of_large_events_park_a_bounded_rest() {
         let (read, _) = ids_backward(&store, page_size, &ReadFilter::default()).await;
         assert_eq!(read, newest_first, "pages of {page_size}");
     }
+    store.close().await.unwrap();
+}
+
+/// A reader paging back through one long stream (pages of 5 in appends of 7, another stream
+/// interleaved) gets every event once at its version, newest first, with a range read (a
+/// consumer) every few pages, not for each page.
+#[tokio::test]
+async fn backward_pages_of_one_stream_go_on_from_what_the_page_before_read() {
+    let harness = Harness::new();
+    let store = harness.store().await;
+    let mut written = Vec::new();
+    for round in 0..10 {
+        written.extend(write_stream(&store, "back-1", &format!("a{round}"), 3).await);
+        write_stream(&store, "other-1", &format!("o{round}"), 1).await;
+    }
+    let back = stream("back-1");
+    let mut created = ConsumersCreated::watch(&harness).await;
+    let (mut read, mut from, mut pages) = (Vec::new(), u64::MAX, 0);
+    loop {
+        let page = store
+            .read_stream(&back, from, Direction::Backward, 5)
+            .await
+            .unwrap();
+        let top = from.min(written.len() as u64 - 1);
+        for (offset, event) in page.events.iter().enumerate() {
+            assert_eq!(event.version, top - offset as u64, "page {pages}");
+        }
+        read.extend(ids(&page.events));
+        pages += 1;
+        if pages == 3 {
+            // Appends above where the reader stands do not disturb it.
+            write_stream(&store, "back-1", "later", 1).await;
+        }
+        if page.is_end {
+            break;
+        }
+        from = page.next_version;
+    }
+    let newest_first: Vec<String> = written.iter().rev().cloned().collect();
+    assert_eq!(read, newest_first);
+    assert_eq!(pages, 42);
+    let windows = created.count().await;
+    assert!(
+        (1..=pages / 6).contains(&windows),
+        "{windows} consumers created for {pages} backward pages of one stream"
+    );
+    wait_for_no_consumers(&harness).await;
     store.close().await.unwrap();
 }

@@ -548,7 +548,7 @@ fn read_in_pages(
 
 /// Reading `$all`, then one long stream, page by page over HTTP from a store on NATS creates one
 /// consumer for each, which every later page goes on with, and `/metrics` says so; so do
-/// backward pages of `$all`, which go on from the window the previous page read.
+/// backward pages of `$all` and of the stream, which go on from what the previous page read.
 #[test]
 fn nats_feed_and_stream_pages_go_on_with_one_consumer_and_say_so() {
     let streams = NatsStreams::new();
@@ -613,5 +613,23 @@ fn nats_feed_and_stream_pages_go_on_with_one_consumer_and_say_so() {
     assert!(
         (1.0..=2.0).contains(&windows),
         "{windows} windows: {metrics}"
+    );
+
+    // The long stream backward in pages of 4: the first page is within its last append, the
+    // second reads the rest ahead (one consumer), the others go on from what it read.
+    let (read, pages) = read_in_pages(&http, &server.url, "long-1", "next_version", "backward");
+    assert_eq!(read, written.into_iter().rev().collect::<Vec<_>>());
+    assert_eq!(pages, 5);
+    let metrics = crate::support::metrics_text(&http, &server.url);
+    let metric = |name: &str| store_metric(&metrics, name, &streams.0);
+    assert_eq!(
+        metric("proteus_eventstore_nats_backward_stream_reads_resumed_total"),
+        4.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric("proteus_eventstore_nats_backward_stream_read_consumers_total"),
+        1.0,
+        "{metrics}"
     );
 }
