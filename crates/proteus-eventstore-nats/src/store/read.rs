@@ -352,11 +352,8 @@ impl NatsEventStore {
         let (low, top) = (*versions.start(), *versions.end());
         let connection = self.inner.connections.load(Ordering::SeqCst);
         let parked_reads = &self.inner.parked_backward_stream_reads;
-        let parked = parked_reads.take(&cursor, connection);
+        let parked = parked_reads.take_resumed(&cursor, connection);
         let paging = parked.is_some();
-        if paging {
-            parked_reads.metrics.resumed.increment(1);
-        }
         let BackwardStreamRest {
             mut events,
             mut event_bytes,
@@ -571,11 +568,8 @@ impl NatsEventStore {
             next_position: from_position,
         };
         let parked_reads = &self.inner.parked_backward_reads;
-        let parked = parked_reads.take(&cursor, connection);
+        let parked = parked_reads.take_resumed(&cursor, connection);
         let resumed = parked.is_some();
-        if resumed {
-            parked_reads.metrics.resumed.increment(1);
-        }
         let BackwardRest {
             mut messages,
             mut low_seq,
@@ -657,7 +651,9 @@ impl NatsEventStore {
             drop(scan);
             seen.sequences += hi - low_seq + 1;
         }
-        let Some((m, stopped_inside)) = stopped_at else {
+        // Older events follow in this window, or in the sequences below it.
+        let more = |&(m, stopped_inside): &(usize, bool)| stopped_inside || m > 0 || low_seq > 1;
+        let Some((m, stopped_inside)) = stopped_at.filter(more) else {
             return Ok(FeedPage {
                 events,
                 next_position: 0,
@@ -665,16 +661,6 @@ impl NatsEventStore {
                 head_position: head,
             });
         };
-        // Older events follow in this window, or in the sequences below it.
-        let more = stopped_inside || m > 0 || low_seq > 1;
-        if !more {
-            return Ok(FeedPage {
-                events,
-                next_position: 0,
-                is_end: true,
-                head_position: head,
-            });
-        }
         let next_position = last_scanned.map_or(0, |p| p.saturating_sub(1));
         // What the window holds below where the page stopped, the message it stopped inside
         // included, is parked for the page that starts there.

@@ -352,6 +352,16 @@ impl<Cursor: Clone + Eq + std::hash::Hash, T: Parkable> ParkedScans<Cursor, T> {
         (fresh && parked.connection == connection).then_some(parked.item)
     }
 
+    /// [`take`](Self::take), counting the page as resumed when a read was parked there: for
+    /// what holds no consumer, which cannot fail to go on.
+    pub(super) fn take_resumed(&self, cursor: &Cursor, connection: u64) -> Option<T> {
+        let parked = self.take(cursor, connection);
+        if parked.is_some() {
+            self.metrics.resumed.increment(1);
+        }
+        parked
+    }
+
     /// Parks `item` at `cursor` if it can go on from there and holds little enough; otherwise
     /// drops it (a scan's drop deletes its consumer). Reads parked too long ago to be resumed,
     /// and the oldest past [`PARKED_SCANS_MAX`], are dropped too.
