@@ -103,12 +103,39 @@ pub(crate) async fn ensure_bucket(
     };
     // An error here may be another instance creating it at the same moment: open it then.
     let created = js.create_stream(config).await;
-    match js.get_key_value(name).await {
-        Ok(store) => Ok(store),
-        Err(error) => Err(match created {
-            Err(create_error) => failure(url, &what, create_error),
-            Ok(_) => failure(url, &what, error),
-        }),
+    let store = match js.get_key_value(name).await {
+        Ok(store) => store,
+        Err(error) => {
+            return Err(match created {
+                Err(create_error) => failure(url, &what, create_error),
+                Ok(_) => failure(url, &what, error),
+            });
+        }
+    };
+    if replicas > 1 {
+        wait_for_leader(js, &format!("KV_{name}")).await;
+    }
+    Ok(store)
+}
+
+/// Longest wait, after creating a replicated bucket, for its replicas to elect a leader.
+const BUCKET_LEADER_WAIT_MS: u64 = 10_000;
+
+/// Waits (at most [`BUCKET_LEADER_WAIT_MS`]) until the replicated stream `stream` has a
+/// leader: a bucket just created on a cluster answers its first requests "no responders"
+/// until one is elected, which a store opened on a fresh cluster would otherwise hand to its
+/// first caller. Past the bound the store is opened anyway; its requests say the bucket has
+/// no leader, a retriable error.
+async fn wait_for_leader(js: &jetstream::Context, stream: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_millis(BUCKET_LEADER_WAIT_MS);
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut handle) = js.get_stream(stream).await
+            && let Ok(info) = handle.info().await
+            && info.cluster.as_ref().is_some_and(|c| c.leader.is_some())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
