@@ -101,6 +101,7 @@ pub(crate) async fn ensure_bucket(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
+    let stream_name = config.name.clone();
     // An error here may be another instance creating it at the same moment: open it then.
     let created = js.create_stream(config).await;
     let store = match js.get_key_value(name).await {
@@ -113,7 +114,7 @@ pub(crate) async fn ensure_bucket(
         }
     };
     if replicas > 1 {
-        wait_for_leader(js, &format!("KV_{name}")).await;
+        wait_for_leader(js, &stream_name).await;
     }
     Ok(store)
 }
@@ -129,9 +130,9 @@ const BUCKET_LEADER_WAIT_MS: u64 = 10_000;
 async fn wait_for_leader(js: &jetstream::Context, stream: &str) {
     let deadline = std::time::Instant::now() + Duration::from_millis(BUCKET_LEADER_WAIT_MS);
     while std::time::Instant::now() < deadline {
-        if let Ok(mut handle) = js.get_stream(stream).await
-            && let Ok(info) = handle.info().await
-            && info.cluster.as_ref().is_some_and(|c| c.leader.is_some())
+        // Getting the stream fetches its info: one request per look.
+        if let Ok(handle) = js.get_stream(stream).await
+            && (handle.cached_info().cluster.as_ref()).is_some_and(|c| c.leader.is_some())
         {
             return;
         }
