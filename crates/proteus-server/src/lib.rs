@@ -47,6 +47,7 @@ use tokio::sync::watch;
 
 pub use metrics_layer::install_metrics_recorder;
 pub use problem::Problem;
+pub use streams::parse_append;
 
 /// Limits and settings of the HTTP layer.
 #[derive(Clone, Debug)]

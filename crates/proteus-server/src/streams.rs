@@ -159,8 +159,8 @@ pub struct AppendQuery {
 /// Events are cut out of the body as raw JSON and each parsed straight into a
 /// [`ProposedEvent`], whose data and metadata stay the bytes they were sent as: building a
 /// `Value` tree of every payload only to write it out again was the most expensive part of an
-/// append over HTTP.
-fn parse_append(body: &Bytes) -> Result<(Option<String>, Vec<ProposedEvent>), Problem> {
+/// append over HTTP. Public for `benches/append_body.rs`.
+pub fn parse_append(body: &Bytes) -> Result<(Option<String>, Vec<ProposedEvent>), Problem> {
     match parse_append_in_one_pass(body) {
         Some(parsed) => Ok(parsed),
         None => parse_append_step_by_step(body),
