@@ -23,7 +23,11 @@ async fn append(
 }
 
 /// POSTs `body` as sent (not re-encoded), as JSON.
-async fn post_json_text(server: &TestServer, path: &str, body: &'static str) -> reqwest::Response {
+async fn post_json_text(
+    server: &TestServer,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
     server
         .http
         .post(server.url(path))
@@ -102,6 +106,17 @@ async fn append_bodies_in_every_form_keep_payloads_as_sent() {
             "{body}: {bad}"
         );
     }
+    // A body that is not UTF-8 (checked once, as a whole, before the one-pass parse).
+    let not_utf8 = b"[{\"id\":\"a\",\"type\":\"T\",\"data\":\"\xff\"}]".to_vec();
+    let response = post_json_text(&server, "/v1/streams/note-2", not_utf8).await;
+    let bad = problem(response, 400, "invalid-events").await;
+    assert!(
+        bad["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the body is not JSON"),
+        "{bad}"
+    );
 }
 
 #[tokio::test]
