@@ -1,6 +1,11 @@
-//! What parsing an append body costs the server per event, the body shaped as `proteus bench
-//! streams` sends it (`[{"id", "type", "data"}, …]`, 100 events, data a JSON object of about
-//! 100 B or 1 KiB), against two references in the same run:
+//! What parsing an append body costs the server per event, for the two append APIs:
+//!
+//! - `/v1/streams/{stream}` (event sourcing), the body shaped as `proteus bench streams` sends
+//!   it: `[{"id", "type", "data"}, …]`, 100 events, data a JSON object of about 100 B or 1 KiB;
+//! - `/v1/topics/{topic}/events` as a CloudEvents batch (`application/cloudevents-batch+json`)
+//!   of 100 events with the usual attributes and the same data.
+//!
+//! Each against two references in the same run:
 //!
 //! - `serde_json_value`: the body parsed into a `serde_json::Value` tree, what a server that
 //!   does not borrow from the body does (and what Proteus did before 2026-11-26);
@@ -21,14 +26,32 @@ use serde_json::{Value, json};
 
 const EVENTS_PER_APPEND: usize = 100;
 
+fn data(data_bytes: usize) -> String {
+    json!({ "payload": "x".repeat(data_bytes.saturating_sub(16)) }).to_string()
+}
+
 /// 100 events of `data_bytes` of data each, with fresh UUIDv7 ids, as the load generator
 /// writes them.
 fn body(data_bytes: usize) -> Bytes {
-    let data = json!({ "payload": "x".repeat(data_bytes.saturating_sub(16)) }).to_string();
+    let data = data(data_bytes);
     let events: Vec<String> = (0..EVENTS_PER_APPEND)
         .map(|_| {
             format!(
                 r#"{{"id":"{}","type":"BenchEvent","data":{data}}}"#,
+                uuid::Uuid::now_v7()
+            )
+        })
+        .collect();
+    Bytes::from(format!("[{}]", events.join(",")))
+}
+
+/// A CloudEvents batch of 100 events of `data_bytes` of data each.
+fn cloudevents_batch(data_bytes: usize) -> Bytes {
+    let data = data(data_bytes);
+    let events: Vec<String> = (0..EVENTS_PER_APPEND)
+        .map(|index| {
+            format!(
+                r#"{{"specversion":"1.0","id":"{}","source":"/bench/orders","type":"order.placed","subject":"order-{index}","time":"2026-11-29T12:00:00Z","datacontenttype":"application/json","data":{data}}}"#,
                 uuid::Uuid::now_v7()
             )
         })
@@ -51,6 +74,24 @@ fn append_body(c: &mut Criterion) {
         });
         group.bench_function("serde_json_check_only", |b| {
             b.iter(|| serde_json::from_slice::<IgnoredAny>(black_box(&body)).map(drop))
+        });
+        group.finish();
+
+        let batch = cloudevents_batch(data_bytes);
+        let events = proteus_log::Event::batch_from_bytes(batch.clone()).expect("the batch parses");
+        assert_eq!(events.len(), EVENTS_PER_APPEND);
+        let mut group = c.benchmark_group(format!("cloudevents_batch/{data_bytes}B"));
+        group.throughput(Throughput::Elements(EVENTS_PER_APPEND as u64));
+        group.bench_function("proteus_batch_from_bytes", |b| {
+            b.iter(|| {
+                proteus_log::Event::batch_from_bytes(black_box(batch.clone())).map(|e| e.len())
+            })
+        });
+        group.bench_function("serde_json_value", |b| {
+            b.iter(|| serde_json::from_slice::<Value>(black_box(&batch)).map(drop))
+        });
+        group.bench_function("serde_json_check_only", |b| {
+            b.iter(|| serde_json::from_slice::<IgnoredAny>(black_box(&batch)).map(drop))
         });
         group.finish();
     }
