@@ -173,6 +173,12 @@ impl LiveEnd {
     fn last_version(&self) -> u64 {
         self.first_version + self.count - 1
     }
+
+    /// Whether the newest message, read with the end, holds every event from `version` on:
+    /// a read from there needs no consumer.
+    fn holds_from(&self, version: u64) -> bool {
+        version >= self.first_version
+    }
 }
 
 /// The events stream's end and the `$all` feed's head at one moment.

@@ -69,7 +69,7 @@ impl NatsEventStore {
         let parked = cursor
             .as_ref()
             .and_then(|cursor| self.inner.parked_stream_scans.take(cursor, connection));
-        if low >= end.first_version {
+        if end.holds_from(low) {
             // Within the last append: its message, read with the stream's end, holds them.
             let mut events = Vec::new();
             for (i, event) in self.decode(&end.last, end.count)?.into_iter().enumerate() {
@@ -185,7 +185,7 @@ impl NatsEventStore {
         // every read gets first, holds it.
         let next_version = events.last().map(|e: &RecordedEvent| e.version + 1);
         if let (Some(cursor), Some(next_version)) = (cursor, next_version)
-            && next_version < end.first_version
+            && !end.holds_from(next_version)
         {
             if let Some(msg) = unfinished {
                 scan.put_back(msg);
@@ -368,7 +368,8 @@ impl NatsEventStore {
             } else {
                 low
             };
-            if read_from < end.first_version {
+            // `stream_events` reads with a consumer unless the last append holds them.
+            if !end.holds_from(read_from) {
                 parked_reads.metrics.consumers_created.increment(1);
             }
             let subject = &cursor.subject;
