@@ -146,7 +146,11 @@ fn check_append(events: &[ProposedEvent], json: Json) -> Result<usize, EventStor
             hint: "split it into several appends with expected versions, or use fewer, coarser events",
         });
     }
-    let mut ids = HashSet::with_capacity(events.len());
+    // foldhash rather than the default SipHash: the set lives for one append and is seeded at
+    // random, so a body's ids cannot be picked to collide; SipHash was 2% of the server's time
+    // on batched appends (2026-11-29).
+    let mut ids: HashSet<&str, foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(events.len(), Default::default());
     let mut bytes = 0usize;
     for (index, event) in events.iter().enumerate() {
         check_event(index, event, json)?;

@@ -58,8 +58,13 @@ fn check_text(what: &'static str, text: &str, bytes_max: usize) -> Result<(), In
         )));
     }
     // Printable ASCII (the usual UUIDs and type names) has neither; only other text needs the
-    // Unicode tables, which cost 3% of an append over HTTP in a profile (2026-11-26).
-    if text.bytes().all(|b| b.is_ascii_graphic()) {
+    // Unicode tables, which cost 3% of an append over HTTP in a profile (2026-11-26). Every
+    // byte is looked at, with no early exit, so the check runs on whole vectors: stopping at
+    // the first other byte (`all`) went byte by byte, 2% of the server's time (2026-11-29).
+    if text
+        .bytes()
+        .fold(true, |graphic, b| graphic & b.is_ascii_graphic())
+    {
         return Ok(());
     }
     if let Some(bad) = text.chars().find(|c| c.is_control() || c.is_whitespace()) {

@@ -5,6 +5,9 @@
 //! - `/v1/topics/{topic}/events` as a CloudEvents batch (`application/cloudevents-batch+json`)
 //!   of 100 events with the usual attributes and the same data.
 //!
+//! The stream body's events are also checked as the server checks them before an append
+//! (`proteus_check`: ids, types and sizes within their limits, no id twice).
+//!
 //! Each against two references in the same run:
 //!
 //! - `serde_json_value`: the body parsed into a `serde_json::Value` tree, what a server that
@@ -21,7 +24,8 @@
 use std::hint::black_box;
 
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use proteus_eventstore::ValidatedAppend;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
@@ -69,6 +73,13 @@ fn append_body(c: &mut Criterion) {
         group.throughput(Throughput::Elements(EVENTS_PER_APPEND as u64));
         group.bench_function("proteus_parse_append", |b| {
             b.iter(|| proteus_server::parse_append(black_box(&body)).map(|(_, e)| e.len()))
+        });
+        group.bench_function("proteus_check", |b| {
+            b.iter_batched(
+                || events.clone(),
+                ValidatedAppend::of_parsed_json,
+                BatchSize::SmallInput,
+            )
         });
         group.bench_function("serde_json_value", |b| {
             b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).map(drop))
