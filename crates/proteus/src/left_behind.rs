@@ -35,15 +35,23 @@ const CHECKS_MS_MAX: u64 = 10_000;
 /// [`CHECKS_MS_MAX`]; past it the checks are abandoned with a warning.
 pub async fn warn_of_data_not_served(settings: &Settings, served: Served<'_>) {
     let bound = std::time::Duration::from_millis(CHECKS_MS_MAX);
+    check_within(bound, settings, served).await;
+}
+
+/// [`warn_of_data_not_served`] bounded by `bound`: whether the checks finished in time.
+async fn check_within(bound: std::time::Duration, settings: &Settings, served: Served<'_>) -> bool {
     if tokio::time::timeout(bound, check_all(settings, served))
         .await
-        .is_err()
+        .is_ok()
     {
-        tracing::warn!(
-            "the start-up check for data left in the embedded stores of {} took more than {CHECKS_MS_MAX} ms and was abandoned",
-            settings.data_dir.display()
-        );
+        return true;
     }
+    tracing::warn!(
+        "the start-up check for data left in the embedded stores of {} took more than {} ms and was abandoned",
+        settings.data_dir.display(),
+        bound.as_millis()
+    );
+    false
 }
 
 /// Opens an embedded store off the async threads (opening may repair a file), so the bound
@@ -361,4 +369,83 @@ async fn warn_of_projections(data_dir: &Path, shared: &dyn ReadModelStore) {
         named(&names),
         commands.join(" ; "),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use proteus_eventstore::{ExpectedVersion, ProposedEvent, StreamName};
+    use proteus_eventstore_postgres::{PostgresEventStore, PostgresEventStoreConfig};
+    use proteus_postgres::test_support;
+
+    use super::*;
+    use crate::settings::ServeArgs;
+
+    /// A check held up by its backend (here a PostgreSQL table locked by another session, as
+    /// `VACUUM FULL` or a long migration would hold it, under a statement timeout of 30 s)
+    /// is abandoned at its bound, so the server starts anyway.
+    #[tokio::test]
+    async fn checks_held_up_by_a_backend_are_abandoned_at_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = EmbeddedEventStore::open(dir.path(), EmbeddedConfig::default()).unwrap();
+        let stream = StreamName::parse("order-1").unwrap();
+        let event = ProposedEvent::new("e-1", "OrderPlaced", &b"{}"[..]);
+        embedded
+            .append(&stream, ExpectedVersion::Any, vec![event])
+            .await
+            .unwrap();
+        embedded.close().await.unwrap();
+        drop(embedded);
+
+        let schema = test_support::unique_name("left_behind");
+        let settings = Settings::resolve(ServeArgs {
+            data_dir: Some(dir.path().into()),
+            event_store: Some(test_support::url()),
+            event_store_schema: Some(schema.clone()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let served_events =
+            PostgresEventStore::open(PostgresEventStoreConfig::new(test_support::url(), &schema))
+                .await
+                .unwrap_or_else(|e| panic!("{}", test_support::unreachable(e)));
+        let log = proteus_log_embedded::EmbeddedLog::open(
+            proteus_log_embedded::EmbeddedConfig::new(dir.path()),
+        )
+        .await
+        .unwrap();
+        let groups = EmbeddedGroupStore::open(dir.path()).unwrap();
+        let read_models = EmbeddedReadModelStore::open(dir.path()).unwrap();
+        let served = || Served {
+            log: &log,
+            groups: &groups,
+            read_models: &read_models,
+            events: &served_events,
+        };
+
+        // Unhindered, the check ends well within the bound.
+        assert!(check_within(Duration::from_secs(10), &settings, served()).await);
+
+        let locker = test_support::admin().await;
+        locker
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE {schema}.streams IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let finished = check_within(Duration::from_millis(300), &settings, served()).await;
+        let took = started.elapsed();
+        locker.batch_execute("ROLLBACK").await.unwrap();
+        test_support::drop_schema(&schema);
+        assert!(
+            !finished,
+            "the check finished although its table was locked"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "the check took {took:?}, far past its bound of 300 ms"
+        );
+    }
 }
