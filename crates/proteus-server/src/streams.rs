@@ -191,7 +191,8 @@ fn parse_append_step_by_step(
                         .remove("expected_version")
                         .map(|raw| serde_json::from_str::<Value>(raw.get()).map_err(not_json))
                     {
-                        None => None,
+                        // `null` is no expectation, as an absent key.
+                        None | Some(Ok(Value::Null)) => None,
                         Some(Ok(Value::String(text))) => Some(text),
                         Some(Ok(Value::Number(n))) => Some(n.to_string()),
                         Some(Ok(other)) => {
@@ -244,16 +245,6 @@ fn parse_append_step_by_step(
     Ok((expected, events))
 }
 
-/// The `{"events", "expected_version"?}` shape of an append body, for the one-pass parse.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AppendEnvelope<'a> {
-    #[serde(borrow)]
-    events: Vec<BorrowedEvent<'a>>,
-    #[serde(default)]
-    expected_version: Option<ExpectedVersionJson>,
-}
-
 /// An event of a well-formed body, borrowing its data and metadata from the body: the same
 /// fields and rules as [`ProposedEvent`]'s own deserialisation.
 #[derive(Deserialize)]
@@ -291,6 +282,82 @@ impl BorrowedEvent<'_> {
     }
 }
 
+/// The array of events of a body, each made a [`ProposedEvent`] of slices of `body` as it is
+/// parsed: no vector of borrowed events built first and converted after.
+struct EventsOf<'b> {
+    body: &'b ByteString,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for EventsOf<'_> {
+    type Value = Vec<ProposedEvent>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, input: D) -> Result<Self::Value, D::Error> {
+        input.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EventsOf<'_> {
+    type Value = Vec<ProposedEvent>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("an array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(event) = seq.next_element::<BorrowedEvent>()? {
+            events.push(event.into_proposed(self.body));
+        }
+        Ok(events)
+    }
+}
+
+/// The keys of an append body's envelope; any other is an error.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum EnvelopeKey {
+    Events,
+    ExpectedVersion,
+}
+
+/// The `{"events", "expected_version"?}` shape of an append body, each event made as in
+/// [`EventsOf`].
+struct EnvelopeOf<'b> {
+    body: &'b ByteString,
+}
+
+impl<'de> serde::de::Visitor<'de> for EnvelopeOf<'_> {
+    type Value = (Option<String>, Vec<ProposedEvent>);
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("an object of \"events\" and \"expected_version\"")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let (mut expected, mut events) = (None, None);
+        while let Some(key) = map.next_key::<EnvelopeKey>()? {
+            match key {
+                EnvelopeKey::Events if events.is_none() => {
+                    events = Some(map.next_value_seed(EventsOf { body: self.body })?);
+                }
+                EnvelopeKey::ExpectedVersion if expected.is_none() => {
+                    // `null` is no expectation, as an absent key.
+                    expected = Some(map.next_value::<Option<ExpectedVersionJson>>()?.map(
+                        |expected| match expected {
+                            ExpectedVersionJson::Text(text) => text,
+                            ExpectedVersionJson::Number(number) => number.to_string(),
+                        },
+                    ));
+                }
+                _ => return Err(A::Error::custom("a key given twice")),
+            }
+        }
+        let events = events.ok_or_else(|| A::Error::missing_field("events"))?;
+        Ok((expected.flatten(), events))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ExpectedVersionJson {
@@ -311,22 +378,16 @@ fn parse_append_in_one_pass(body: &Bytes) -> Option<(Option<String>, Vec<Propose
     // without another check. Checking each string as it came cost a sixth of the parse
     // (`benches/append_body.rs`).
     let body = ByteString::try_from(body.clone()).ok()?;
-    let (expected, events) = match body.trim_ascii_start().as_bytes().first()? {
-        b'[' => (
-            None,
-            serde_json::from_str::<Vec<BorrowedEvent>>(&body).ok()?,
-        ),
-        b'{' => {
-            let envelope: AppendEnvelope = serde_json::from_str(&body).ok()?;
-            let expected = envelope.expected_version.map(|expected| match expected {
-                ExpectedVersionJson::Text(text) => text,
-                ExpectedVersionJson::Number(number) => number.to_string(),
-            });
-            (expected, envelope.events)
-        }
+    let mut input = serde_json::Deserializer::from_str(&body);
+    let parsed = match body.trim_ascii_start().as_bytes().first()? {
+        b'[' => serde::de::DeserializeSeed::deserialize(EventsOf { body: &body }, &mut input)
+            .map(|events| (None, events)),
+        b'{' => serde::Deserializer::deserialize_map(&mut input, EnvelopeOf { body: &body }),
         _ => return None,
     };
-    let events = events.into_iter().map(|e| e.into_proposed(&body)).collect();
+    let (expected, events) = parsed.ok()?;
+    // Only whitespace may follow, as `serde_json::from_str` requires.
+    input.end().ok()?;
     Some((expected, events))
 }
 
@@ -901,6 +962,7 @@ mod tests {
             r#"{"events":[{"id":"a","type":"T","data":{}}],"expected_version":7}"#,
             r#"{"expected_version":"no_stream","events":[{"id":"a","type":"T","data":{}}]}"#,
             r#"{"events":[]}"#,
+            r#"{"events":[{"id":"a\u0062","type":"\u0054","data":{}}],"expected_version":null}"#,
         ];
         for text in agreeing {
             let body = Bytes::from(text);
@@ -910,7 +972,7 @@ mod tests {
             assert_eq!(fast.0, expected);
             assert_eq!(fast.1, events);
         }
-        let left_to_the_other: [&[u8]; 7] = [
+        let left_to_the_other: [&[u8]; 10] = [
             br#"{"id":"a","type":"T","data":{}}"#,
             br#"[{"type":"T","data":{}}]"#,
             br#"{"events":[],"expected_version":-1}"#,
@@ -918,6 +980,9 @@ mod tests {
             br#"[{"id":"a","type":"T","data":{}},]"#,
             b"[{\"id\":\"\xff\",\"type\":\"T\",\"data\":{}}]",
             b"42",
+            br#"[{"id":"a","type":"T","data":{}}] x"#,
+            br#"{"events":[],"events":[]}"#,
+            br#"{"events":[{"id":"a","type":"T","data":{},"extra":1}]}"#,
         ];
         for body in left_to_the_other {
             assert!(
