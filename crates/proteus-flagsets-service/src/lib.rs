@@ -515,6 +515,19 @@ impl FlagService {
         expected_version: Option<u64>,
     ) -> Result<Option<Revision>, FlagServiceError> {
         let _writer = self.inner.writer.lock().await;
+        self.apply_with_writer(set, change, author, validation, expected_version)
+            .await
+    }
+
+    /// [`FlagService::apply`], the writer lock held by the caller.
+    async fn apply_with_writer(
+        &self,
+        set: &FlagSetName,
+        change: Change,
+        author: Author,
+        validation: ValidationMode,
+        expected_version: Option<u64>,
+    ) -> Result<Option<Revision>, FlagServiceError> {
         // Changes other instances made are applied first, so this one starts from them.
         self.follow_until(None, false).await?;
         let current = self.get(set);
@@ -963,6 +976,9 @@ impl FlagService {
     /// Applies every schedule that is due, oldest first, and records how each ended. A crash
     /// between a schedule's revision and its end record applies it again after the restart,
     /// which changes nothing for puts and state changes (the document is already that way).
+    /// The revision and the end record are written under one hold of the writer lock, so a
+    /// cancellation (a paused rollout) sees the schedule either pending or ended, never applied
+    /// and still pending.
     async fn apply_due_schedules(&self) {
         let now = now_ms();
         let mut due: Vec<Schedule> = self
@@ -976,7 +992,9 @@ impl FlagService {
             .collect();
         due.sort_by_key(|s| (s.at_ms, s.id.clone()));
         for schedule in due {
-            // Another instance may have applied and ended it since (followed in `apply`).
+            let _writer = self.inner.writer.lock().await;
+            // Another instance may have applied and ended it since (followed in `apply`), or
+            // someone cancelled it.
             if !lock(&self.inner.schedules).contains_key(&schedule.id) {
                 continue;
             }
@@ -989,7 +1007,7 @@ impl FlagService {
                 comment: Some(comment),
             };
             let outcome = match self
-                .apply(
+                .apply_with_writer(
                     &schedule.set,
                     schedule.change.clone(),
                     author,

@@ -800,11 +800,16 @@ pub async fn pause_rollout(
     let mut cancelled = Vec::new();
     for schedule in state.flags.schedules(&set) {
         if matches!(&schedule.change, Change::SetRollout { key: k, .. } if k == &key) {
-            state
+            match state
                 .flags
                 .cancel_schedule(&set, &schedule.id, author.clone())
-                .await?;
-            cancelled.push(schedule.id);
+                .await
+            {
+                Ok(()) => cancelled.push(schedule.id),
+                // Applied (its time came) since the list was read: no longer pending.
+                Err(FlagServiceError::ScheduleNotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
         }
     }
     Ok(axum::Json(json!({ "flag": key, "cancelled": cancelled })).into_response())
