@@ -723,6 +723,12 @@ impl SchemaRegistry {
         self.registered(event_type).is_some()
     }
 
+    /// Whether any event type has a schema: when none does, an append under
+    /// [`SchemaPolicy::Lenient`] has nothing to check and can skip looking up each event's type.
+    pub fn has_any_schema(&self) -> bool {
+        self.types.values().any(|entry| !entry.versions.is_empty())
+    }
+
     /// The name of `event_type` if it has a schema. Looked up by text (no name is parsed and
     /// allocated): appends ask this for every event.
     fn registered(&self, event_type: &str) -> Option<&EventTypeName> {

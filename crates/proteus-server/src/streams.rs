@@ -25,7 +25,7 @@ use proteus_eventstore::{
     ByteString, Category, Direction, ErrorKind, EventStore, EventStoreError, ExpectedVersion,
     ProposedEvent, ReadFilter, RecordedEvent, StreamName, ValidatedAppend,
 };
-use proteus_schemas::AppendCheck;
+use proteus_schemas::{AppendCheck, SchemaPolicy};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -399,6 +399,11 @@ fn validate_events(state: &AppState, events: &mut [ProposedEvent]) -> Result<(),
         return Ok(());
     };
     let registry = schemas.registry();
+    // The common case, no schema at all and types without one let through, decides nothing
+    // per event: two lookups and a `Value` per event were about 1% of a batched append.
+    if schemas.policy() == SchemaPolicy::Lenient && !registry.has_any_schema() {
+        return Ok(());
+    }
     for (index, event) in events.iter_mut().enumerate() {
         // Data is decoded only for types with a schema; the others are decided on the type.
         let data: Value = if registry.has_schema(&event.event_type) {
@@ -472,9 +477,20 @@ pub async fn append(
     } else {
         StatusCode::CREATED
     };
-    let mut body = serde_json::to_value(outcome).unwrap_or_default();
-    body["stream"] = json!(stream.as_str());
+    let body = Appended {
+        stream: stream.as_str(),
+        outcome,
+    };
     Ok((status, axum::Json(body)).into_response())
+}
+
+/// The body of an append's answer: the outcome and the stream it is in. Serialized as it is,
+/// not through a `Value` tree (a map built and dropped for every append).
+#[derive(serde::Serialize)]
+struct Appended<'a> {
+    stream: &'a str,
+    #[serde(flatten)]
+    outcome: proteus_eventstore::AppendOutcome,
 }
 
 #[derive(Deserialize)]
