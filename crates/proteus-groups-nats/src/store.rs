@@ -336,7 +336,7 @@ impl NatsGroupStore {
         let bytes = serde_json::to_vec(record)
             .map_err(|error| StoreError::Backend(format!("cannot encode a group: {error}")))?;
         // Leave room for the subject and headers in the server's payload limit.
-        let max_payload = self.client.server_info().max_payload.saturating_sub(1024);
+        let max_payload = self.client.max_payload().saturating_sub(1024);
         if bytes.len() > max_payload {
             return Err(StoreError::Backend(format!(
                 "group '{}' of topic '{}' holds {} bytes of settings and progress, more than the \

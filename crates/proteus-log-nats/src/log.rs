@@ -366,12 +366,13 @@ impl NatsLog {
         names::partition_subject(&self.inner.config.subject_prefix, topic, partition)
     }
 
-    /// The largest event the server can take: its `max_payload` less room for headers.
+    /// The largest event the server can take: its `max_payload` less room for headers. The
+    /// client's own copy of the limit (one atomic load), where `server_info()` would clone the
+    /// server's whole INFO on every append.
     fn payload_bytes_max(&self) -> usize {
         self.inner
             .client
-            .server_info()
-            .max_payload
+            .max_payload()
             .saturating_sub(HEADER_BYTES_RESERVED)
     }
 

@@ -106,31 +106,31 @@ impl NatsEventStore {
                     (last_seq, actual)
                 }
             };
-            let hits: Vec<bool> = keys.iter().map(|key| index.ids.contains(key)).collect();
-            // (version, position) of each event the stream already holds.
-            let found: Vec<Option<(u64, u64)>> = if hits.contains(&true) {
-                self.confirm_hits(stream, &subject, &events, &hits, last_seq)
-                    .await?
-            } else {
-                vec![None; events.len()]
-            };
-            let versions: Vec<Option<u64>> = found.iter().map(|f| f.map(|(v, _)| v)).collect();
-            if let Idempotency::Duplicate { first_version } =
-                check_idempotency(stream, &events, &versions)?
-            {
-                let position = |at: usize| found[at].map_or(0, |(_, p)| p);
-                return Ok(AppendOutcome {
-                    first_version,
-                    last_version: first_version + count - 1,
-                    first_position: position(0),
-                    last_position: position(events.len() - 1),
-                    duplicate: true,
-                });
+            // An id the index does not hold is not in the stream: with none held (almost every
+            // append), nothing is a retry and there is nothing to confirm or decide.
+            if keys.iter().any(|key| index.ids.contains(key)) {
+                let hits: Vec<bool> = keys.iter().map(|key| index.ids.contains(key)).collect();
+                // (version, position) of each event the stream already holds.
+                let found = self
+                    .confirm_hits(stream, &subject, &events, &hits, last_seq)
+                    .await?;
+                let versions: Vec<Option<u64>> = found.iter().map(|f| f.map(|(v, _)| v)).collect();
+                if let Idempotency::Duplicate { first_version } =
+                    check_idempotency(stream, &events, &versions)?
+                {
+                    let position = |at: usize| found[at].map_or(0, |(_, p)| p);
+                    return Ok(AppendOutcome {
+                        first_version,
+                        last_version: first_version + count - 1,
+                        first_position: position(0),
+                        last_position: position(events.len() - 1),
+                        duplicate: true,
+                    });
+                }
             }
             check_expected_version(stream, expected, actual)?;
             let first_version = actual.map_or(0, |v| v + 1);
             let headers = codec::events_headers(first_version, events.len(), last_seq);
-            let what = format!("appending to stream '{stream}'");
             match self
                 .publish(subject.clone(), headers, payload.clone())
                 .await
@@ -171,7 +171,10 @@ impl NatsEventStore {
                         "the append's size in NATS (its events' ids, types, data and metadata, framed)",
                     ));
                 }
-                Err(error) => return Err(self.error(&what, error, true)),
+                Err(error) => {
+                    let what = format!("appending to stream '{stream}'");
+                    return Err(self.error(&what, error, true));
+                }
             }
         }
     }

@@ -3,8 +3,8 @@
 //! conformance suite (twice: as configured, and with an id cache so small that streams' id
 //! indexes are evicted all the time), forward feed reads going on page after page with one
 //! parked consumer, and so do pages of one long stream (`parked_scans`), a retry of an append thousands of messages back, two
-//! instances racing on one stream, appends across a connection outage and across a crash of a
-//! server of the test's own (`server_crash`). Each harness uses its own stream and subject
+//! instances racing on one stream, an append larger than the server's `max_payload`, appends across
+//! a connection outage and across a crash of a server of the test's own (`server_crash`). Each harness uses its own stream and subject
 //! prefixes and deletes its streams when it is dropped, even when the test fails. The tests
 //! fail (never skip) when NATS is not running, saying how to start it.
 
@@ -520,4 +520,54 @@ async fn a_store_opened_without_creating_needs_its_streams() {
         .close()
         .await
         .unwrap();
+}
+
+/// An append the store's limits allow but one NATS message cannot carry (the server's
+/// `max_payload`, 1 MB by default) is refused before anything is sent, naming the limit, and
+/// leaves the stream as it was. The limit is the client's copy of the server's (read on
+/// every append), so this fails if it is ever read as zero or as something else.
+#[tokio::test]
+async fn an_append_larger_than_the_servers_max_payload_is_refused_whole() {
+    let harness = Harness::new();
+    let store = harness.store().await;
+    let orders = stream("order-big");
+    store
+        .append(
+            &orders,
+            ExpectedVersion::NoStream,
+            vec![event("small", "OrderPlaced")],
+        )
+        .await
+        .unwrap();
+    // Two events of 600 KB of data: within every limit of the event store (1 MiB each, 8 MiB
+    // an append), above the 1 MB one message carries on a server left at its default.
+    let big =
+        |id: &str| ProposedEvent::new(id, "OrderPlaced", format!("\"{}\"", "x".repeat(600_000)));
+    let error = store
+        .append(
+            &orders,
+            ExpectedVersion::Exact(0),
+            vec![big("big-1"), big("big-2")],
+        )
+        .await
+        .unwrap_err();
+    match &error {
+        EventStoreError::LimitExceeded {
+            limit, value, max, ..
+        } => {
+            assert_eq!(*limit, "nats_max_payload");
+            assert!(*value > 1_200_000 && *max < *value && *max > 0, "{error}");
+        }
+        other => panic!("expected the NATS payload limit, got {other:?}"),
+    }
+    assert!(error.to_string().contains("max_payload"), "{error}");
+    let page = store
+        .read_stream(&orders, 0, Direction::Forward, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&page.events),
+        ["small"],
+        "nothing of the refused append is written"
+    );
 }
