@@ -2,11 +2,12 @@
 //! (`PROTEUS_TEST_NATS_URL`, default `nats://127.0.0.1:4222`): the whole `EventStore`
 //! conformance suite (twice: as configured, and with an id cache so small that streams' id
 //! indexes are evicted all the time), forward feed reads going on page after page with one
-//! parked consumer, and so do pages of one long stream (`parked_scans`), a retry of an append thousands of messages back, two
-//! instances racing on one stream, an append larger than the server's `max_payload`, appends across
-//! a connection outage and across a crash of a server of the test's own (`server_crash`). Each harness uses its own stream and subject
-//! prefixes and deletes its streams when it is dropped, even when the test fails. The tests
-//! fail (never skip) when NATS is not running, saying how to start it.
+//! parked consumer, and so do pages of one long stream (`parked_scans`), a retry of an append
+//! thousands of messages back, two instances racing on one stream, an append larger than the
+//! server's `max_payload`, appends across a connection outage and across a crash of a server of
+//! the test's own (`server_crash`). Each harness uses its own stream and subject prefixes and
+//! deletes its streams when it is dropped, even when the test fails. The tests fail (never
+//! skip) when NATS is not running, saying how to start it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -524,8 +525,9 @@ async fn a_store_opened_without_creating_needs_its_streams() {
 
 /// An append the store's limits allow but one NATS message cannot carry (the server's
 /// `max_payload`, 1 MB by default) is refused before anything is sent, naming the limit, and
-/// leaves the stream as it was. The limit is the client's copy of the server's (read on
-/// every append), so this fails if it is ever read as zero or as something else.
+/// leaves the stream as it was. The limit is the client's copy of the server's, read on every
+/// append: read as zero, the first append would fail; read as unbounded, the refusal would come
+/// from the client library with a limit far above the append.
 #[tokio::test]
 async fn an_append_larger_than_the_servers_max_payload_is_refused_whole() {
     let harness = Harness::new();
